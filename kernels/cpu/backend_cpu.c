@@ -1,0 +1,108 @@
+// backend_cpu.c: the CPU backend's table and its memory functions.
+#include "cpu_impl.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+static void *cpu_alloc(ent_backend_t *be, size_t bytes) {
+    (void)be;
+    void *p = NULL;
+    if (bytes == 0) bytes = 64;
+    if (posix_memalign(&p, 64, bytes) != 0) return NULL;
+    memset(p, 0, bytes);
+    return p;
+}
+
+static void cpu_free(ent_backend_t *be, void *p) {
+    (void)be;
+    free(p);
+}
+
+static void cpu_zero(ent_backend_t *be, void *p, size_t bytes) {
+    (void)be;
+    memset(p, 0, bytes);
+}
+
+static void cpu_copy(ent_backend_t *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    memcpy(dst, src, bytes);
+}
+
+// MemAvailable from /proc/meminfo, capped by the address-space limit: what
+// can be allocated and touched before the kernel starts reclaiming or killing.
+static size_t cpu_available_memory(ent_backend_t *be) {
+    (void)be;
+    size_t avail = (size_t)-1;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f != NULL) {
+        char line[256];
+        unsigned long long kb;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+                avail = (size_t)kb * 1024;
+                break;
+            }
+        fclose(f);
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < avail)
+        avail = rl.rlim_cur;
+    return avail;
+}
+
+static const struct ent_backend_i cpu_backend_i = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free_mem = cpu_free,
+    .zero = cpu_zero,
+    .to_device = cpu_copy,
+    .to_host = cpu_copy,
+    .synchronize = NULL,
+    .available_memory = cpu_available_memory,
+    .encoder_forward = ent_cpu_encoder_forward,
+    .encoder_backward = ent_cpu_encoder_backward,
+    .layernorm_forward = ent_cpu_layernorm_forward,
+    .layernorm_backward = ent_cpu_layernorm_backward,
+    .matmul_forward = ent_cpu_matmul_forward,
+    .matmul_backward = ent_cpu_matmul_backward,
+    .attention_forward = ent_cpu_attention_forward,
+    .attention_backward = ent_cpu_attention_backward,
+    .gelu_forward = ent_cpu_gelu_forward,
+    .gelu_backward = ent_cpu_gelu_backward,
+    .residual_forward = ent_cpu_residual_forward,
+    .residual_backward = ent_cpu_residual_backward,
+    .softmax_xent_forward = ent_cpu_softmax_xent_forward,
+    .softmax_xent_backward = ent_cpu_softmax_xent_backward,
+    .adamw_update = ent_cpu_adamw_update,
+    .sum_squares = ent_cpu_sum_squares,
+};
+
+ent_backend_t *ent_backend_cpu_new(int threads) {
+    ent_backend_t *be = calloc(1, sizeof *be);
+    if (be == NULL) return NULL;
+    if (threads > 0) omp_set_num_threads(threads);
+    be->iface = &cpu_backend_i;
+    be->impl = NULL;
+    be->threads = omp_get_max_threads();
+    return be;
+}
+
+void ent_backend_free(ent_backend_t **be) {
+    if (be == NULL || *be == NULL) return;
+    free(*be);
+    *be = NULL;
+}
+
+const char *ent_backend_cpu_describe(void) {
+    static char desc[256];
+    const char *modes[] = {"sequential", "pthreads", "openmp"};
+    int mode = openblas_get_parallel();
+    char *cfg = openblas_get_config();
+    snprintf(desc, sizeof desc, "%s (%s, %d threads)", cfg ? cfg : "OpenBLAS",
+             mode >= 0 && mode <= 2 ? modes[mode] : "?", omp_get_max_threads());
+    return desc;
+}

@@ -1,0 +1,53 @@
+// cpu_impl.h: private to kernels/cpu. The CPU ops behind struct ent_backend_i;
+// each has the signature of its table entry (see ent_kernels.h for shapes).
+#ifndef ENT_CPU_IMPL_H
+#define ENT_CPU_IMPL_H
+
+#include "../ent_kernels.h"
+
+// Column reductions (bias and layernorm weight gradients) are split into
+// blocks of this many columns: each thread owns whole columns and walks the
+// rows in order, so results are bit-identical whatever the thread count.
+#define ENT_CPU_COL_BLOCK 64
+
+void ent_cpu_encoder_forward(ent_backend_t *be, float *out, const int32_t *tokens,
+                             const float *wte, const float *wpe, int B, int T, int C);
+void ent_cpu_encoder_backward(ent_backend_t *be, float *dwte, float *dwpe, const float *dout,
+                              const int32_t *tokens, int B, int T, int C);
+void ent_cpu_layernorm_forward(ent_backend_t *be, float *out, float *mean, float *rstd,
+                               const float *inp, const float *weight, const float *bias,
+                               int N, int C);
+void ent_cpu_layernorm_backward(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
+                                const float *dout, const float *inp, const float *weight,
+                                const float *mean, const float *rstd, int N, int C);
+void ent_cpu_matmul_forward(ent_backend_t *be, float *out, const float *inp,
+                            const float *weight, const float *bias, int N, int C, int OC);
+void ent_cpu_matmul_backward(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
+                             const float *dout, const float *inp, const float *weight,
+                             int N, int C, int OC);
+void ent_cpu_attention_forward(ent_backend_t *be, float *out, float *att, const float *qkv,
+                               int B, int T, int C, int NH);
+void ent_cpu_attention_backward(ent_backend_t *be, float *dqkv, float *scratch,
+                                const float *dout, const float *qkv, const float *att,
+                                int B, int T, int C, int NH);
+void ent_cpu_gelu_forward(ent_backend_t *be, float *out, const float *inp, size_t n);
+void ent_cpu_gelu_backward(ent_backend_t *be, float *dinp, const float *inp,
+                           const float *dout, size_t n);
+void ent_cpu_residual_forward(ent_backend_t *be, float *out, const float *a, const float *b,
+                              size_t n);
+void ent_cpu_residual_backward(ent_backend_t *be, float *da, float *db, const float *dout,
+                               size_t n);
+void ent_cpu_softmax_xent_forward(ent_backend_t *be, float *losses, float *probs,
+                                  const float *logits, const int32_t *targets,
+                                  int N, int V, int Vp);
+void ent_cpu_softmax_xent_backward(ent_backend_t *be, float *dlogits, const float *probs,
+                                   const int32_t *targets, float dloss, int N, int V, int Vp);
+void ent_cpu_adamw_update(ent_backend_t *be, float *params, const float *grads, float *m,
+                          float *v, size_t n, float lr, float beta1, float beta2, float eps,
+                          float weight_decay, float grad_scale, int t);
+double ent_cpu_sum_squares(ent_backend_t *be, const float *x, size_t n);
+
+// Adds the column sums of x (N,C) into acc (C), deterministically.
+void ent_cpu_add_column_sums(float *acc, const float *x, int N, int C);
+
+#endif // ENT_CPU_IMPL_H

@@ -1,0 +1,184 @@
+// ent_kernels.h: the lowest layer of Entente.
+//
+// Two things live here because every other folder needs them and kernels/ may
+// include nothing above it:
+//   1. the status type, error messages and CHECK macros used by every layer;
+//   2. the backend interface: one table of function pointers with the math of
+//      one device (forward and backward of every GPT op, AdamW, norms), filled
+//      by kernels/cpu (and later kernels/cuda).
+//
+// Conventions of every op:
+//   - tensors are row-major float32; shapes are given in comments as (rows, cols);
+//   - N is the number of token positions in a micro-batch (B*T);
+//   - a matmul weight is (OC, C): out = inp @ weight^T + bias, as in llm.c;
+//   - backward ops ACCUMULATE (+=) into every gradient they produce, so callers
+//     zero gradient buffers once and may sum contributions from several ops;
+//     the exceptions (softmax_xent_backward) say so.
+#ifndef ENT_KERNELS_H
+#define ENT_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---------------------------------------------------------------------------
+// status and errors
+
+typedef enum {
+    ENT_OK = 0,
+    ENT_ERR_USAGE,    // bad command line or configuration (exit code 2)
+    ENT_ERR_INPUT,    // a data file or checkpoint that is malformed (exit code 1)
+    ENT_ERR_IO,       // the file system refused (exit code 1)
+    ENT_ERR_NOMEM,    // not enough memory for what was asked (exit code 1)
+    ENT_ERR_INTERNAL, // a library call failed unexpectedly (exit code 1)
+} ent_status;
+
+// Records a one-line error message (printf format) and returns st, so that
+// `return ent_fail(ENT_ERR_INPUT, "%s: bad magic", path);` both reports and propagates.
+ent_status ent_fail(ent_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+// The last message recorded by ent_fail in this thread ("" if none). Not owned by the caller.
+const char *ent_last_error(void);
+void ent_clear_error(void);
+// The process exit code for a status: 0 ok, 2 usage/config, 1 everything else.
+int ent_exit_code(ent_status st);
+// Called by ENT_CHECK on a failed call; prints "file:line: expr" when ENTENTE_TRACE is set.
+void ent_trace(const char *file, int line, const char *expr);
+// Aborts the process after printing file:line, the rank and the broken invariant.
+void ent_assert_fail(const char *file, int line, const char *expr) __attribute__((noreturn));
+
+// Messages printed by every layer carry the rank once the world is larger than one.
+void ent_log_set_rank(int rank, int world);
+void ent_log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void ent_log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#define ENT_CHECK(call)                                  \
+    do {                                                 \
+        ent_status ent_s__ = (call);                     \
+        if (ent_s__ != ENT_OK) {                         \
+            ent_trace(__FILE__, __LINE__, #call);        \
+            return ent_s__;                              \
+        }                                                \
+    } while (0)
+
+// Stores the status in `st` (which the caller declares) and jumps to label on failure.
+#define ENT_CHECK_GOTO(call, label)                      \
+    do {                                                 \
+        st = (call);                                     \
+        if (st != ENT_OK) {                              \
+            ent_trace(__FILE__, __LINE__, #call);        \
+            goto label;                                  \
+        }                                                \
+    } while (0)
+
+#define ENT_ASSERT(cond)                                                   \
+    do {                                                                   \
+        if (!(cond)) ent_assert_fail(__FILE__, __LINE__, #cond);           \
+    } while (0)
+
+// ---------------------------------------------------------------------------
+// backend interface
+
+typedef struct ent_backend ent_backend_t;
+
+struct ent_backend_i {
+    const char *name;
+
+    // memory: alloc returns zeroed device memory the caller owns (free with
+    // free_mem), or NULL when the device has not enough.
+    void *(*alloc)(ent_backend_t *be, size_t bytes);
+    void (*free_mem)(ent_backend_t *be, void *p);
+    void (*zero)(ent_backend_t *be, void *p, size_t bytes);
+    void (*to_device)(ent_backend_t *be, void *dst, const void *host_src, size_t bytes);
+    void (*to_host)(ent_backend_t *be, void *host_dst, const void *src, size_t bytes);
+    void (*synchronize)(ent_backend_t *be); // optional (NULL: ops are synchronous)
+    // bytes the device can still give this process; optional (NULL: unknown)
+    size_t (*available_memory)(ent_backend_t *be);
+
+    // out (B,T,C) = wte[tokens] + wpe[position]; tokens (B,T) index wte (Vp,C), wpe (maxT,C)
+    void (*encoder_forward)(ent_backend_t *be, float *out, const int32_t *tokens,
+                            const float *wte, const float *wpe, int B, int T, int C);
+    void (*encoder_backward)(ent_backend_t *be, float *dwte, float *dwpe, const float *dout,
+                             const int32_t *tokens, int B, int T, int C);
+
+    // out (N,C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) saved for backward
+    void (*layernorm_forward)(ent_backend_t *be, float *out, float *mean, float *rstd,
+                              const float *inp, const float *weight, const float *bias,
+                              int N, int C);
+    void (*layernorm_backward)(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
+                               const float *dout, const float *inp, const float *weight,
+                               const float *mean, const float *rstd, int N, int C);
+
+    // out (N,OC) = inp (N,C) @ weight^T (C,OC) + bias (OC); bias may be NULL
+    void (*matmul_forward)(ent_backend_t *be, float *out, const float *inp, const float *weight,
+                           const float *bias, int N, int C, int OC);
+    // dinp (N,C), dweight (OC,C), dbias (OC, may be NULL)
+    void (*matmul_backward)(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
+                            const float *dout, const float *inp, const float *weight,
+                            int N, int C, int OC);
+
+    // causal multi-head attention. qkv (B,T,3C) holds Q, K, V side by side, each
+    // split into NH heads of C/NH; out (B,T,C); att (B,NH,T,T) receives the
+    // softmax probabilities, kept for backward (zero above the diagonal).
+    void (*attention_forward)(ent_backend_t *be, float *out, float *att, const float *qkv,
+                              int B, int T, int C, int NH);
+    // dqkv (B,T,3C) accumulates; scratch (B,NH,T,T) is overwritten.
+    void (*attention_backward)(ent_backend_t *be, float *dqkv, float *scratch,
+                               const float *dout, const float *qkv, const float *att,
+                               int B, int T, int C, int NH);
+
+    // GELU, tanh approximation, element-wise over n values
+    void (*gelu_forward)(ent_backend_t *be, float *out, const float *inp, size_t n);
+    void (*gelu_backward)(ent_backend_t *be, float *dinp, const float *inp, const float *dout,
+                          size_t n);
+
+    // out = a + b (n values); backward: da += dout, db += dout
+    void (*residual_forward)(ent_backend_t *be, float *out, const float *a, const float *b,
+                             size_t n);
+    void (*residual_backward)(ent_backend_t *be, float *da, float *db, const float *dout,
+                              size_t n);
+
+    // fused softmax + cross-entropy over the first V of Vp logits per row (the
+    // padding columns get probability 0). probs (N,Vp) may alias logits.
+    // targets (N) may be NULL: then only probs are produced and losses is untouched.
+    void (*softmax_xent_forward)(ent_backend_t *be, float *losses, float *probs,
+                                 const float *logits, const int32_t *targets,
+                                 int N, int V, int Vp);
+    // dlogits (N,Vp) = (probs - onehot(targets)) * dloss. OVERWRITES dlogits, which
+    // may alias probs; dloss is the gradient of the total loss w.r.t. each row's loss.
+    void (*softmax_xent_backward)(ent_backend_t *be, float *dlogits, const float *probs,
+                                  const int32_t *targets, float dloss, int N, int V, int Vp);
+
+    // AdamW with decoupled weight decay over n values; t is the 1-based step.
+    // grads are multiplied by grad_scale first (clipping); weight_decay is
+    // applied as params -= lr * weight_decay * params.
+    void (*adamw_update)(ent_backend_t *be, float *params, const float *grads, float *m,
+                         float *v, size_t n, float lr, float beta1, float beta2, float eps,
+                         float weight_decay, float grad_scale, int t);
+
+    // sum of x[i]^2 in double, in an order that does not depend on thread count
+    double (*sum_squares)(ent_backend_t *be, const float *x, size_t n);
+};
+
+// A backend instance: the interface plus the device state it runs on.
+struct ent_backend {
+    const struct ent_backend_i *iface;
+    void *impl; // backend-private (stream, handles); NULL for the CPU backend
+    int threads; // host threads used by the CPU backend
+};
+
+// The CPU backend (OpenBLAS + OpenMP). threads <= 0 uses OpenMP's default.
+// The caller owns the result; release it with ent_backend_free.
+ent_backend_t *ent_backend_cpu_new(int threads);
+void ent_backend_free(ent_backend_t **be);
+
+// The BLAS library and threading in use, for logs and benchmarks ("OpenBLAS 0.3.21 ... (openmp)").
+const char *ent_backend_cpu_describe(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif // ENT_KERNELS_H

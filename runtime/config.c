@@ -1,0 +1,433 @@
+// config.c: the INI configuration.
+//
+// One table of keys is the single source of truth: it sets the defaults,
+// parses and range-checks values, prints `entente train --help`, and writes
+// the effective configuration into the run directory. docs/config.md mirrors
+// it (a test checks that every key and default appears there).
+#include "runtime_impl.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { K_INT, K_FLOAT, K_BOOL, K_STR, K_U64 } key_type;
+
+typedef struct {
+    const char *section, *key;
+    key_type type;
+    size_t offset, size;
+    const char *def;
+    double lo, hi;      // accepted range (numbers)
+    int lo_open;        // 1: lo itself is not accepted
+    const char *help;
+} key_desc;
+
+#define FIELD(f) offsetof(ent_config, f), sizeof(((ent_config *)0)->f)
+#define BIG 1e9
+
+static const key_desc keys[] = {
+    {"model", "layers", K_INT, FIELD(layers), "4", 1, 1024, 0, "transformer blocks"},
+    {"model", "heads", K_INT, FIELD(heads), "4", 1, 1024, 0, "attention heads per block; must divide width"},
+    {"model", "width", K_INT, FIELD(width), "128", 1, 65536, 0, "embedding width (channels)"},
+    {"model", "context", K_INT, FIELD(context), "128", 1, 65536, 0, "tokens per sequence (and learned positions)"},
+    {"model", "vocab", K_INT, FIELD(vocab), "257", 2, 65536, 0, "vocabulary size; 257 = bytes + end-of-text"},
+
+    {"train", "steps", K_INT, FIELD(steps), "1000", 1, BIG, 0, "optimizer steps"},
+    {"train", "batch_size", K_INT, FIELD(batch_size), "32", 1, BIG, 0, "sequences per optimizer step, whole job"},
+    {"train", "micro_batch", K_INT, FIELD(micro_batch), "0", 0, BIG, 0, "sequences per forward/backward on a rank; 0 = batch_size / data-parallel ranks (no accumulation)"},
+    {"train", "lr", K_FLOAT, FIELD(lr), "0.001", 0, 10, 0, "peak learning rate"},
+    {"train", "lr_floor", K_FLOAT, FIELD(lr_floor), "0.1", 0, 1, 0, "final learning rate, as a fraction of lr (cosine decay)"},
+    {"train", "warmup_steps", K_INT, FIELD(warmup_steps), "100", 0, BIG, 0, "steps of linear warm-up; at most steps"},
+    {"train", "weight_decay", K_FLOAT, FIELD(weight_decay), "0.1", 0, 10, 0, "AdamW decoupled weight decay (matrices and embeddings only)"},
+    {"train", "beta1", K_FLOAT, FIELD(beta1), "0.9", 0, 0.999999, 0, "AdamW first-moment decay"},
+    {"train", "beta2", K_FLOAT, FIELD(beta2), "0.95", 0, 0.999999, 0, "AdamW second-moment decay"},
+    {"train", "eps", K_FLOAT, FIELD(eps), "1e-8", 0, 1, 1, "AdamW epsilon"},
+    {"train", "grad_clip", K_FLOAT, FIELD(grad_clip), "1.0", 0, 1e6, 0, "clip the global gradient norm to this; 0 = off"},
+    {"train", "seed", K_U64, FIELD(seed), "1337", 0, 0, 0, "seed of initialisation and data order"},
+    {"train", "log_every", K_INT, FIELD(log_every), "1", 1, BIG, 0, "print a progress line every this many steps"},
+
+    {"eval", "every", K_INT, FIELD(eval_every), "100", 0, BIG, 0, "validation loss every this many steps (and at the start and end); 0 = start and end only"},
+    {"eval", "batches", K_INT, FIELD(eval_batches), "20", 1, BIG, 0, "micro-batches of validation data per evaluation"},
+
+    {"sample", "every", K_INT, FIELD(sample_every), "0", 0, BIG, 0, "print generated text every this many steps; 0 = at the end only"},
+    {"sample", "tokens", K_INT, FIELD(sample_tokens), "256", 0, 1000000, 0, "tokens generated per sample; 0 = no samples"},
+    {"sample", "temperature", K_FLOAT, FIELD(sample_temperature), "0.8", 0, 100, 0, "softmax temperature; 0 = always the most likely token"},
+    {"sample", "seed", K_U64, FIELD(sample_seed), "42", 0, 0, 0, "seed of the sampler"},
+    {"sample", "prompt", K_STR, FIELD(sample_prompt), "", 0, 0, 0, "text the sample continues; empty = start of a document"},
+
+    {"data", "dir", K_STR, FIELD(data_dir), "", 0, 0, 0, "directory of token shards (entente data prepare); required"},
+    {"data", "train_pattern", K_STR, FIELD(train_pattern), "*train*.bin", 0, 0, 0, "glob of training shards in dir"},
+    {"data", "val_pattern", K_STR, FIELD(val_pattern), "*val*.bin", 0, 0, 0, "glob of validation shards in dir; none found = no validation"},
+    {"data", "shuffle", K_BOOL, FIELD(shuffle), "true", 0, 0, 0, "visit sequences in a seeded order, new each epoch"},
+
+    {"parallel", "tp", K_INT, FIELD(tp), "1", 1, 1024, 0, "tensor-parallel ranks; must divide heads and the world size"},
+    {"parallel", "zero", K_INT, FIELD(zero), "0", 0, 1, 0, "1 = shard AdamW state across data-parallel ranks (ZeRO-1)"},
+
+    {"system", "threads", K_INT, FIELD(threads), "0", 0, 4096, 0, "CPU threads per rank; 0 = OMP_NUM_THREADS or all cores"},
+};
+
+#define NKEYS ((int)(sizeof keys / sizeof keys[0]))
+_Static_assert(NKEYS <= ENT_CONFIG_MAX_KEYS, "raise ENT_CONFIG_MAX_KEYS");
+
+// ---------------------------------------------------------------------------
+// values
+
+static int find_key(const char *section, const char *key) {
+    for (int i = 0; i < NKEYS; i++)
+        if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].key, key) == 0) return i;
+    return -1;
+}
+
+static int section_exists(const char *section) {
+    for (int i = 0; i < NKEYS; i++)
+        if (strcmp(keys[i].section, section) == 0) return 1;
+    return 0;
+}
+
+static void describe_range(const key_desc *k, char *buf, size_t n) {
+    switch (k->type) {
+    case K_INT:
+        if (k->hi >= BIG) snprintf(buf, n, "an integer >= %.0f", k->lo);
+        else snprintf(buf, n, "an integer in %.0f..%.0f", k->lo, k->hi);
+        break;
+    case K_FLOAT:
+        snprintf(buf, n, "a number in %s%g, %g]", k->lo_open ? "(" : "[", k->lo, k->hi);
+        break;
+    case K_BOOL: snprintf(buf, n, "true or false"); break;
+    case K_U64: snprintf(buf, n, "an integer in 0..18446744073709551615"); break;
+    case K_STR: snprintf(buf, n, "text of at most %zu bytes", k->size - 1); break;
+    }
+}
+
+// Undoes the quoting of a "..." value: \n \t \" \\ escapes.
+static int unquote(const char *in, char *out, size_t cap) {
+    size_t len = strlen(in), j = 0;
+    if (len < 2 || in[0] != '"' || in[len - 1] != '"') {
+        if (len >= cap) return -1;
+        memcpy(out, in, len + 1);
+        return 0;
+    }
+    for (size_t i = 1; i + 1 < len; i++) {
+        char c = in[i];
+        if (c == '\\' && i + 2 < len) {
+            char e = in[++i];
+            c = e == 'n' ? '\n' : e == 't' ? '\t' : e;
+        }
+        if (j + 1 >= cap) return -1;
+        out[j++] = c;
+    }
+    out[j] = '\0';
+    return 0;
+}
+
+// Parses text into the key's field. On failure writes why into err.
+static int parse_value(ent_config *cfg, const key_desc *k, const char *text, char *err,
+                       size_t errn) {
+    char *field = (char *)cfg + k->offset;
+    char range[96];
+    describe_range(k, range, sizeof range);
+    const char *p = text;
+    while (isspace((unsigned char)*p)) p++;
+    if (k->type != K_STR && *p == '\0') {
+        snprintf(err, errn, "no value given; expected %s", range);
+        return -1;
+    }
+    char *end = NULL;
+    errno = 0;
+    switch (k->type) {
+    case K_INT: {
+        long long v = strtoll(p, &end, 10);
+        while (end && isspace((unsigned char)*end)) end++;
+        if (errno != 0 || *end != '\0') {
+            snprintf(err, errn, "'%s' is not %s", text, range);
+            return -1;
+        }
+        if (v < k->lo || v > k->hi) {
+            snprintf(err, errn, "%lld is out of range; expected %s", v, range);
+            return -1;
+        }
+        *(int *)field = (int)v;
+        return 0;
+    }
+    case K_U64: {
+        if (*p == '-') {
+            snprintf(err, errn, "'%s' is not %s", text, range);
+            return -1;
+        }
+        unsigned long long v = strtoull(p, &end, 0);
+        while (end && isspace((unsigned char)*end)) end++;
+        if (errno != 0 || *end != '\0') {
+            snprintf(err, errn, "'%s' is not %s", text, range);
+            return -1;
+        }
+        *(uint64_t *)field = v;
+        return 0;
+    }
+    case K_FLOAT: {
+        double v = strtod(p, &end);
+        while (end && isspace((unsigned char)*end)) end++;
+        if (errno != 0 || *end != '\0' || !isfinite(v)) {
+            snprintf(err, errn, "'%s' is not %s", text, range);
+            return -1;
+        }
+        if (v < k->lo || v > k->hi || (k->lo_open && v == k->lo)) {
+            snprintf(err, errn, "%g is out of range; expected %s", v, range);
+            return -1;
+        }
+        *(double *)field = v;
+        return 0;
+    }
+    case K_BOOL: {
+        static const char *yes[] = {"true", "yes", "on", "1"}, *no[] = {"false", "no", "off", "0"};
+        for (int i = 0; i < 4; i++) {
+            if (strcasecmp(p, yes[i]) == 0) { *(int *)field = 1; return 0; }
+            if (strcasecmp(p, no[i]) == 0) { *(int *)field = 0; return 0; }
+        }
+        snprintf(err, errn, "'%s' is not %s", text, range);
+        return -1;
+    }
+    case K_STR:
+        if (unquote(text, field, k->size) != 0) {
+            snprintf(err, errn, "value is too long; expected %s", range);
+            return -1;
+        }
+        return 0;
+    }
+    return -1;
+}
+
+void ent_config_defaults(ent_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    char err[256];
+    for (int i = 0; i < NKEYS; i++) {
+        int rc = parse_value(cfg, &keys[i], keys[i].def, err, sizeof err);
+        ENT_ASSERT(rc == 0); // a default outside its own range is a bug in the table
+    }
+}
+
+// Where a key's value came from, for messages: "FILE:LINE", "--set" or "default".
+static void key_origin(const ent_config *cfg, int idx, char *buf, size_t n) {
+    int line = cfg->key_line[idx];
+    if (line > 0) snprintf(buf, n, "%s:%d", cfg->path, line);
+    else if (line < 0) snprintf(buf, n, "--set %s.%s", keys[idx].section, keys[idx].key);
+    else snprintf(buf, n, "default of %s.%s", keys[idx].section, keys[idx].key);
+}
+
+// ---------------------------------------------------------------------------
+// the INI file
+
+typedef struct {
+    ent_config *cfg;
+    FILE *file;
+    int line;
+    int error_line; // first error found by the handler (0: none)
+    char error[ENT_PATH_MAX + 1024];
+    unsigned char seen[ENT_CONFIG_MAX_KEYS];
+} ini_ctx;
+
+static char *counting_reader(char *str, int num, void *stream) {
+    ini_ctx *ctx = stream;
+    char *r = fgets(str, num, ctx->file);
+    if (r != NULL) ctx->line++;
+    return r;
+}
+
+static int on_ini_value(void *user, const char *section, const char *name, const char *value) {
+    ini_ctx *ctx = user;
+    if (ctx->error_line) return 0;
+    const char *path = ctx->cfg->path;
+    if (section[0] == '\0') {
+        snprintf(ctx->error, sizeof ctx->error,
+                 "%s:%d: key '%s' is outside any [section]", path, ctx->line, name);
+        ctx->error_line = ctx->line;
+        return 0;
+    }
+    if (!section_exists(section)) {
+        snprintf(ctx->error, sizeof ctx->error,
+                 "%s:%d: unknown section [%s] (sections: model train eval sample data parallel "
+                 "system)", path, ctx->line, section);
+        ctx->error_line = ctx->line;
+        return 0;
+    }
+    int idx = find_key(section, name);
+    if (idx < 0) {
+        snprintf(ctx->error, sizeof ctx->error,
+                 "%s:%d: unknown key '%s' in [%s] (see 'entente train --help' or docs/config.md)",
+                 path, ctx->line, name, section);
+        ctx->error_line = ctx->line;
+        return 0;
+    }
+    if (ctx->seen[idx]) {
+        snprintf(ctx->error, sizeof ctx->error, "%s:%d: [%s] %s is set twice (first on line %d)",
+                 path, ctx->line, section, name, ctx->cfg->key_line[idx]);
+        ctx->error_line = ctx->line;
+        return 0;
+    }
+    char why[256];
+    if (parse_value(ctx->cfg, &keys[idx], value, why, sizeof why) != 0) {
+        snprintf(ctx->error, sizeof ctx->error, "%s:%d: [%s] %s: %s", path, ctx->line, section,
+                 name, why);
+        ctx->error_line = ctx->line;
+        return 0;
+    }
+    ctx->seen[idx] = 1;
+    ctx->cfg->key_line[idx] = ctx->line;
+    return 1;
+}
+
+static ent_status load_file(ent_config *cfg, const char *path) {
+    if (strlen(path) >= sizeof cfg->path)
+        return ent_fail(ENT_ERR_USAGE, "config path is too long: %.64s...", path);
+    snprintf(cfg->path, sizeof cfg->path, "%s", path);
+    ini_ctx ctx = {.cfg = cfg};
+    ctx.file = fopen(path, "r");
+    if (ctx.file == NULL)
+        return ent_fail(ENT_ERR_USAGE, "cannot read config %s: %s", path, strerror(errno));
+    int rc = ini_parse_stream(counting_reader, &ctx, on_ini_value, &ctx);
+    int read_error = ferror(ctx.file);
+    fclose(ctx.file);
+    if (read_error) return ent_fail(ENT_ERR_USAGE, "cannot read config %s: I/O error", path);
+    if (rc > 0 && rc != ctx.error_line)
+        return ent_fail(ENT_ERR_USAGE,
+                        "%s:%d: syntax error: expected '[section]', 'key = value' or a comment",
+                        path, rc);
+    if (ctx.error_line) return ent_fail(ENT_ERR_USAGE, "%s", ctx.error);
+    if (rc < 0) return ent_fail(ENT_ERR_USAGE, "cannot parse config %s", path);
+    return ENT_OK;
+}
+
+ent_status ent_config_set(ent_config *cfg, const char *assignment) {
+    const char *eq = strchr(assignment, '=');
+    const char *dot = strchr(assignment, '.');
+    if (eq == NULL || dot == NULL || dot > eq)
+        return ent_fail(ENT_ERR_USAGE, "--set %s: expected section.key=value", assignment);
+    char section[64], key[64];
+    size_t slen = (size_t)(dot - assignment), klen = (size_t)(eq - dot - 1);
+    if (slen == 0 || slen >= sizeof section || klen == 0 || klen >= sizeof key)
+        return ent_fail(ENT_ERR_USAGE, "--set %s: expected section.key=value", assignment);
+    memcpy(section, assignment, slen);
+    section[slen] = '\0';
+    memcpy(key, dot + 1, klen);
+    key[klen] = '\0';
+    int idx = find_key(section, key);
+    if (idx < 0)
+        return ent_fail(ENT_ERR_USAGE, "--set %s: unknown key %s.%s (see 'entente train --help')",
+                        assignment, section, key);
+    char why[256];
+    if (parse_value(cfg, &keys[idx], eq + 1, why, sizeof why) != 0)
+        return ent_fail(ENT_ERR_USAGE, "--set %s.%s: %s", section, key, why);
+    cfg->key_line[idx] = -1;
+    return ENT_OK;
+}
+
+ent_status ent_config_load(ent_config *cfg, const char *path, const char *const *overrides,
+                           int n_overrides) {
+    ent_config_defaults(cfg);
+    if (path != NULL) ENT_CHECK(load_file(cfg, path));
+    for (int i = 0; i < n_overrides; i++) ENT_CHECK(ent_config_set(cfg, overrides[i]));
+    return ent_config_validate(cfg);
+}
+
+// ---------------------------------------------------------------------------
+// combinations
+
+#define KEY(s, k) find_key(s, k)
+
+ent_status ent_config_validate(const ent_config *cfg) {
+    char a[ENT_PATH_MAX + 64], b[ENT_PATH_MAX + 64];
+    if (cfg->width % cfg->heads != 0) {
+        key_origin(cfg, KEY("model", "width"), a, sizeof a);
+        key_origin(cfg, KEY("model", "heads"), b, sizeof b);
+        return ent_fail(ENT_ERR_USAGE,
+                        "%s: model.width = %d is not divisible by model.heads = %d (%s)", a,
+                        cfg->width, cfg->heads, b);
+    }
+    if (cfg->heads % cfg->tp != 0) {
+        key_origin(cfg, KEY("parallel", "tp"), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE, "%s: parallel.tp = %d does not divide model.heads = %d",
+                        a, cfg->tp, cfg->heads);
+    }
+    if (cfg->micro_batch > 0 && cfg->batch_size % cfg->micro_batch != 0) {
+        key_origin(cfg, KEY("train", "micro_batch"), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE,
+                        "%s: train.micro_batch = %d does not divide train.batch_size = %d", a,
+                        cfg->micro_batch, cfg->batch_size);
+    }
+    if (cfg->warmup_steps > cfg->steps) {
+        key_origin(cfg, KEY("train", "warmup_steps"), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE, "%s: train.warmup_steps = %d exceeds train.steps = %d", a,
+                        cfg->warmup_steps, cfg->steps);
+    }
+    if (cfg->data_dir[0] == '\0') {
+        const char *where = cfg->path[0] ? cfg->path : "configuration";
+        return ent_fail(ENT_ERR_USAGE,
+                        "%s: data.dir is not set: name a directory of token shards "
+                        "(entente data prepare --help)", where);
+    }
+    if (cfg->vocab != ENT_BYTE_VOCAB && cfg->sample_prompt[0] != '\0') {
+        key_origin(cfg, KEY("sample", "prompt"), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE,
+                        "%s: sample.prompt needs the byte-level vocabulary (model.vocab = %d), "
+                        "not %d", a, ENT_BYTE_VOCAB, cfg->vocab);
+    }
+    return ENT_OK;
+}
+
+// ---------------------------------------------------------------------------
+// output
+
+static void write_value(const ent_config *cfg, const key_desc *k, FILE *f) {
+    const char *field = (const char *)cfg + k->offset;
+    switch (k->type) {
+    case K_INT: fprintf(f, "%d", *(const int *)field); break;
+    case K_U64: fprintf(f, "%llu", (unsigned long long)*(const uint64_t *)field); break;
+    case K_FLOAT: fprintf(f, "%.17g", *(const double *)field); break;
+    case K_BOOL: fputs(*(const int *)field ? "true" : "false", f); break;
+    case K_STR: {
+        const char *s = field;
+        size_t len = strlen(s);
+        int plain = len == 0 || (!isspace((unsigned char)s[0]) &&
+                                 !isspace((unsigned char)s[len - 1]) && strpbrk(s, ";#\"\\\n\t") == NULL);
+        if (plain) {
+            fputs(s, f);
+            break;
+        }
+        fputc('"', f);
+        for (const char *p = s; *p; p++) {
+            if (*p == '\n') fputs("\\n", f);
+            else if (*p == '\t') fputs("\\t", f);
+            else if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+            else fputc(*p, f);
+        }
+        fputc('"', f);
+        break;
+    }
+    }
+}
+
+void ent_config_write(const ent_config *cfg, FILE *f) {
+    const char *section = "";
+    for (int i = 0; i < NKEYS; i++) {
+        if (strcmp(section, keys[i].section) != 0) {
+            section = keys[i].section;
+            fprintf(f, "%s[%s]\n", i ? "\n" : "", section);
+        }
+        fprintf(f, "%s = ", keys[i].key);
+        write_value(cfg, &keys[i], f);
+        fputc('\n', f);
+    }
+}
+
+void ent_config_describe_keys(FILE *f) {
+    for (int i = 0; i < NKEYS; i++) {
+        char name[64], range[96];
+        snprintf(name, sizeof name, "%s.%s", keys[i].section, keys[i].key);
+        describe_range(&keys[i], range, sizeof range);
+        fprintf(f, "  %-22s default %-12s %s\n  %-22s %s\n", name,
+                keys[i].def[0] ? keys[i].def : "(empty)", range, "", keys[i].help);
+    }
+}

@@ -1,0 +1,245 @@
+// ent_runtime.h: the GPT model, its parameter table, the data loader, the
+// configuration, the training loop and sampling: what the `entente` binary runs.
+#ifndef ENT_RUNTIME_H
+#define ENT_RUNTIME_H
+
+#include "ent_comm.h"
+#include "ent_kernels.h"
+
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---------------------------------------------------------------------------
+// configuration (INI; every key is documented in docs/config.md)
+
+#define ENT_PATH_MAX 4096
+#define ENT_PROMPT_MAX 1024
+#define ENT_CONFIG_MAX_KEYS 64
+
+typedef struct {
+    // [model]
+    int layers, heads, width, context, vocab;
+    // [train]
+    int steps, batch_size, micro_batch, warmup_steps, log_every;
+    double lr, lr_floor, weight_decay, beta1, beta2, eps, grad_clip;
+    uint64_t seed;
+    // [eval]
+    int eval_every, eval_batches;
+    // [sample]
+    int sample_every, sample_tokens;
+    double sample_temperature;
+    uint64_t sample_seed;
+    char sample_prompt[ENT_PROMPT_MAX];
+    // [data]
+    char data_dir[ENT_PATH_MAX];
+    char train_pattern[256], val_pattern[256];
+    int shuffle;
+    // [parallel]
+    int tp, zero;
+    // [system]
+    int threads;
+
+    char path[ENT_PATH_MAX]; // the file it was read from ("" for defaults only)
+    // where each key's value came from, for messages: its line in path,
+    // 0 for the default, -1 for --set (indexed like the key table in config.c)
+    int key_line[ENT_CONFIG_MAX_KEYS];
+} ent_config;
+
+// Fills every key with its documented default.
+void ent_config_defaults(ent_config *cfg);
+// Reads an INI file over the defaults, then applies overrides ("section.key=value",
+// n_overrides of them) and checks every value and combination. Errors name the
+// file, line and key (or the --set argument) and return ENT_ERR_USAGE.
+ent_status ent_config_load(ent_config *cfg, const char *path, const char *const *overrides,
+                           int n_overrides);
+// Applies one "section.key=value" override (as from --set).
+ent_status ent_config_set(ent_config *cfg, const char *assignment);
+// Checks values that depend on each other (heads dividing width, ...).
+ent_status ent_config_validate(const ent_config *cfg);
+// Writes the effective configuration as INI text: every key, its value.
+void ent_config_write(const ent_config *cfg, FILE *f);
+// Writes the table of keys (section.key, default, accepted range, meaning), for --help.
+void ent_config_describe_keys(FILE *f);
+
+// ---------------------------------------------------------------------------
+// the parameter table: one row per trainable tensor (DESIGN.md)
+
+typedef enum {
+    ENT_SPLIT_NONE = 0, // replicated across tensor-parallel ranks
+    ENT_SPLIT_ROWS,     // rows (output features) split across TP ranks
+    ENT_SPLIT_COLS,     // columns (input features) split across TP ranks
+} ent_split;
+
+typedef struct {
+    char name[64];      // Hugging Face GPT-2 name, e.g. "h.3.attn.c_attn.weight"
+    int ndim;
+    int64_t shape[2];   // global shape; a weight is (out, in)
+    ent_split split;
+    int split_groups;   // rows made of this many blocks split separately (3 for Q,K,V)
+    int decay;          // 1: AdamW weight decay applies (matrices and embeddings)
+    size_t offset;      // in floats, into each arena (params, grads, m, v)
+    size_t numel;
+} ent_param_row;
+
+typedef struct {
+    int layers, heads, width, context;
+    int vocab;        // tokens the model predicts
+    int padded_vocab; // vocab rounded up to a multiple of 64 (rows of wte)
+} ent_model_shape;
+
+typedef struct {
+    ent_param_row *rows;
+    int nrows;
+    size_t total; // floats in each arena
+} ent_param_table;
+
+// Builds the table for a shape; the caller owns it (ent_param_table_free).
+ent_status ent_param_table_build(const ent_model_shape *shape, ent_param_table *table);
+void ent_param_table_free(ent_param_table *table);
+// The row with this name, or NULL.
+const ent_param_row *ent_param_table_find(const ent_param_table *table, const char *name);
+
+// The model shape a configuration asks for.
+ent_model_shape ent_model_shape_from_config(const ent_config *cfg);
+// Trainable parameters (real vocabulary, as GPT-2 counts them).
+size_t ent_model_shape_num_params(const ent_model_shape *shape);
+// FLOPs of one training token: 6 * params + 6 * layers * width * context (llm.c's count).
+double ent_model_shape_flops_per_token(const ent_model_shape *shape);
+
+// ---------------------------------------------------------------------------
+// the GPT model (GPT-2 architecture, pre-norm, tied embeddings, learned positions)
+
+typedef struct ent_model ent_model_t;
+
+typedef enum { ENT_ARENA_PARAMS = 0, ENT_ARENA_GRADS, ENT_ARENA_ADAM_M, ENT_ARENA_ADAM_V } ent_arena;
+
+// Bytes the model needs on its device for micro-batches of B sequences of T tokens.
+size_t ent_model_memory_bytes(const ent_model_shape *shape, int B, int T);
+// Allocates a model for micro-batches of up to B x T tokens (T <= context). Fails with
+// ENT_ERR_NOMEM and the sizes when the memory is not there. Caller owns the model.
+ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *shape, int B, int T,
+                         ent_model_t **out);
+void ent_model_free(ent_model_t **model);
+// GPT-2 initialisation from a seed: N(0, 0.02) weights, residual projections
+// scaled by 1/sqrt(2 * layers), zero biases, unit layernorm gains. Each tensor
+// draws from its own stream (seed, row name), so order and layout do not matter.
+void ent_model_init(ent_model_t *model, uint64_t seed);
+// Forward pass over b x t tokens (b <= B, t <= T). With targets, returns the mean
+// cross-entropy in *loss and keeps what backward needs; without, leaves logits.
+void ent_model_forward(ent_model_t *model, const int32_t *tokens, const int32_t *targets,
+                       int b, int t, float *loss);
+// Sets every parameter gradient to zero.
+void ent_model_zero_grad(ent_model_t *model);
+// Backward pass of the last forward with targets; ACCUMULATES into the parameter
+// gradients. dloss scales every position's loss gradient (1 / tokens per step).
+void ent_model_backward(ent_model_t *model, float dloss);
+// Global L2 norm of the parameter gradients.
+double ent_model_grad_norm(ent_model_t *model);
+// One AdamW step on every row (weight decay only on rows with decay set).
+void ent_model_adamw(ent_model_t *model, float lr, float beta1, float beta2, float eps,
+                     float weight_decay, float grad_scale, int step);
+// Copies the logits of position (b, t) of the last forward into host memory
+// (padded_vocab floats).
+void ent_model_logits_at(ent_model_t *model, int b, int t, float *host_out);
+// The model's arenas (device memory) and its table; not owned by the caller.
+float *ent_model_arena(ent_model_t *model, ent_arena which);
+const ent_param_table *ent_model_table(const ent_model_t *model);
+const ent_model_shape *ent_model_get_shape(const ent_model_t *model);
+
+// ---------------------------------------------------------------------------
+// token data: shards in llm.c's .bin layout
+
+#define ENT_SHARD_MAGIC 20240520
+#define ENT_SHARD_VERSION 1
+#define ENT_SHARD_HEADER_INTS 256
+#define ENT_TOKEN_EOT 256   // the byte-level tokenizer's end-of-text token
+#define ENT_BYTE_VOCAB 257  // 256 byte values + end-of-text
+
+// Writes one shard (header + uint16 tokens) atomically: PATH.tmp, fsync, rename.
+ent_status ent_shard_write(const char *path, const uint16_t *tokens, size_t ntokens);
+// Checks a shard's header and size; *ntokens gets the header's token count.
+ent_status ent_shard_check_header(const char *path, size_t *ntokens);
+
+typedef struct ent_dataset ent_dataset_t;
+
+// Opens every shard in dir matching the glob pattern (sorted by name), checks
+// magic, version, size and every token id against vocab, and views the tokens
+// as sequences of T+1 tokens (stride T) that never cross a shard boundary.
+// Caller owns the result.
+ent_status ent_dataset_open(const char *dir, const char *pattern, int vocab, int T,
+                            ent_dataset_t **out);
+void ent_dataset_close(ent_dataset_t **data);
+int64_t ent_dataset_num_sequences(const ent_dataset_t *data);
+int64_t ent_dataset_num_tokens(const ent_dataset_t *data);
+int ent_dataset_num_shards(const ent_dataset_t *data);
+// Copies sequence seq: inputs (T) and the next-token targets (T).
+void ent_dataset_sequence(const ent_dataset_t *data, int64_t seq, int32_t *inputs,
+                          int32_t *targets);
+
+// The topology-independent cursor: `consumed` counts sequences taken by the
+// whole job since the start. Position p maps to epoch p / n and, within the
+// epoch, to sequence permute(p % n) (a seeded bijection, new each epoch), so
+// any number of ranks can split a global batch and a run can resume on another.
+typedef struct {
+    int64_t consumed;
+} ent_data_cursor;
+
+// A bijection on [0, n) chosen by (seed, epoch); the identity when shuffle is 0.
+int64_t ent_data_permute(int64_t i, int64_t n, uint64_t seed, int64_t epoch);
+// Fills count sequences starting at global position cursor->consumed + skip
+// into inputs/targets (count x T each); does not move the cursor.
+void ent_dataset_fill(const ent_dataset_t *data, const ent_data_cursor *cursor, int64_t skip,
+                      int count, int shuffle, uint64_t seed, int32_t *inputs,
+                      int32_t *targets);
+
+// `entente data prepare`: tokenizes the input files byte by byte (each file is
+// preceded by the end-of-text token), holds out val_fraction of the tokens in
+// blocks spread evenly through the stream, and writes train_NNNNNN.bin and
+// val_NNNNNN.bin shards of at most shard_tokens into outdir.
+typedef struct {
+    const char *const *inputs;
+    int n_inputs;
+    const char *outdir;
+    double val_fraction;
+    size_t shard_tokens;
+    int force; // replace shards already in outdir
+} ent_prepare_args;
+
+ent_status ent_data_prepare(const ent_prepare_args *args, size_t *train_tokens,
+                            size_t *val_tokens);
+
+// ---------------------------------------------------------------------------
+// training and sampling
+
+// The learning rate at a 1-based step: linear warm-up to lr over warmup_steps,
+// then cosine decay to lr * lr_floor at the last step.
+double ent_lr_schedule(const ent_config *cfg, int step);
+
+// Runs `entente train` with a loaded configuration; writes run_dir/metrics.jsonl,
+// run_dir/config.ini and run_dir/samples.txt.
+ent_status ent_train(const ent_config *cfg, const char *run_dir, ent_comm_t *comm);
+
+// Generates n tokens after a prompt of np tokens (np >= 1) with the model's
+// forward pass; temperature 0 picks the most likely token. out gets the n new tokens.
+void ent_sample(ent_model_t *model, const int32_t *prompt, int np, int n, double temperature,
+                uint64_t seed, int32_t *out);
+// Writes byte-level tokens as text (end-of-text shown as a line "<|endoftext|>",
+// control bytes as '?'); other vocabularies print token ids.
+void ent_tokens_print(FILE *f, const int32_t *tokens, int n, int vocab);
+
+// ---------------------------------------------------------------------------
+// the command line
+
+// `entente ARGS...`: the whole CLI; returns the process exit code.
+int ent_cli_main(int argc, char **argv);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif // ENT_RUNTIME_H

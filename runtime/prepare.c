@@ -1,0 +1,199 @@
+// prepare.c: `entente data prepare`, raw files to token shards.
+//
+// The tokenizer is byte-level: token = byte value (0..255), and 256 marks the
+// end of text; each input file is one document, preceded by that token. Any
+// bytes are accepted (UTF-8 or not, text or binary). The validation split holds
+// out whole blocks spread evenly through the token stream: with fraction f,
+// block i goes to validation when floor((i+1) f) > floor(i f), with blocks of
+// clamp(total * f / 20, 256, 32768) tokens, so even a small corpus gets about
+// twenty validation blocks drawn from its whole length.
+//
+// Output appears atomically: every shard is written as NAME.tmp and renamed,
+// all inputs are opened before anything is written, and if a write fails the
+// shards already written by this run are removed again.
+#include "runtime_impl.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef struct {
+    const char *outdir;
+    const char *prefix; // "train" or "val"
+    size_t shard_tokens;
+    uint16_t *buf;
+    size_t len, cap;
+    int nwritten;
+    size_t total;
+    char **written; // paths written so far
+} shard_writer;
+
+static ent_status writer_flush(shard_writer *w) {
+    if (w->len == 0) return ENT_OK;
+    char path[ENT_PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s_%06d.bin", w->outdir, w->prefix, w->nwritten);
+    char **grown = realloc(w->written, sizeof *grown * (size_t)(w->nwritten + 1));
+    if (grown == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory writing %s", path);
+    w->written = grown;
+    w->written[w->nwritten] = NULL;
+    ENT_CHECK(ent_shard_write(path, w->buf, w->len));
+    w->written[w->nwritten++] = strdup(path);
+    w->total += w->len;
+    w->len = 0;
+    return ENT_OK;
+}
+
+static ent_status writer_put(shard_writer *w, uint16_t token) {
+    if (w->len == w->cap) {
+        size_t cap = w->cap ? w->cap * 2 : 1 << 16;
+        if (cap > w->shard_tokens) cap = w->shard_tokens;
+        uint16_t *buf = realloc(w->buf, cap * sizeof *buf);
+        if (buf == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory buffering tokens");
+        w->buf = buf;
+        w->cap = cap;
+    }
+    w->buf[w->len++] = token;
+    if (w->len == w->shard_tokens) ENT_CHECK(writer_flush(w));
+    return ENT_OK;
+}
+
+static void writer_remove_outputs(shard_writer *w) {
+    for (int i = 0; i < w->nwritten; i++)
+        if (w->written[i]) unlink(w->written[i]);
+}
+
+static void writer_free(shard_writer *w) {
+    for (int i = 0; i < w->nwritten; i++) free(w->written[i]);
+    free(w->written);
+    free(w->buf);
+}
+
+// Was this path written by the writer in this run?
+static int writer_wrote(const shard_writer *w, const char *path) {
+    for (int i = 0; i < w->nwritten; i++)
+        if (w->written[i] && strcmp(w->written[i], path) == 0) return 1;
+    return 0;
+}
+
+// Splits the token stream between the two writers block by block.
+typedef struct {
+    shard_writer *train, *val;
+    double fraction;
+    size_t block;
+    size_t pos; // tokens routed so far
+} splitter;
+
+static ent_status split_put(splitter *s, uint16_t token) {
+    size_t i = s->pos++ / s->block;
+    int to_val = s->fraction > 0 && floor((double)(i + 1) * s->fraction) > floor((double)i * s->fraction);
+    return writer_put(to_val ? s->val : s->train, token);
+}
+
+ent_status ent_data_prepare(const ent_prepare_args *a, size_t *train_tokens,
+                            size_t *val_tokens) {
+    if (a->n_inputs < 1) return ent_fail(ENT_ERR_USAGE, "data prepare: no --input given");
+    if (!(a->val_fraction >= 0.0 && a->val_fraction <= 0.5))
+        return ent_fail(ENT_ERR_USAGE, "data prepare: --val-fraction %g is outside [0, 0.5]",
+                        a->val_fraction);
+    if (a->shard_tokens < 1 || a->shard_tokens > INT32_MAX)
+        return ent_fail(ENT_ERR_USAGE, "data prepare: --shard-tokens must be in 1..%d",
+                        INT32_MAX);
+
+    // open every input first: a missing one fails before anything is written
+    ent_status st = ENT_OK;
+    FILE **files = calloc((size_t)a->n_inputs, sizeof *files);
+    if (files == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
+    double total = 0;
+    for (int i = 0; i < a->n_inputs; i++) {
+        files[i] = fopen(a->inputs[i], "rb");
+        struct stat sb;
+        if (files[i] == NULL) {
+            st = ent_fail(ENT_ERR_INPUT, "cannot read input %s: %s", a->inputs[i], strerror(errno));
+            goto close_inputs;
+        }
+        if (fstat(fileno(files[i]), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+            st = ent_fail(ENT_ERR_INPUT, "input %s is a directory, not a file", a->inputs[i]);
+            goto close_inputs;
+        }
+        // non-regular inputs (pipes) count as unknown: the block size then uses its floor
+        if (S_ISREG(sb.st_mode)) total += (double)sb.st_size + 1;
+    }
+
+    ENT_CHECK_GOTO(ent_mkdirs(a->outdir), close_inputs);
+    char **existing = NULL;
+    int nexisting = 0;
+    const char *patterns[2] = {"train_*.bin", "val_*.bin"};
+    for (int p = 0; p < 2 && !a->force; p++) {
+        nexisting = ent_glob_shards(a->outdir, patterns[p], &existing);
+        if (nexisting < 0) {
+            st = ENT_ERR_IO;
+            goto close_inputs;
+        }
+        if (nexisting > 0) {
+            st = ent_fail(ENT_ERR_USAGE,
+                          "%s already holds shards (%s, ...): choose an empty directory or "
+                          "pass --force to replace them", a->outdir, existing[0]);
+            ent_free_paths(existing, nexisting);
+            goto close_inputs;
+        }
+    }
+
+    shard_writer train = {.outdir = a->outdir, .prefix = "train", .shard_tokens = a->shard_tokens};
+    shard_writer val = {.outdir = a->outdir, .prefix = "val", .shard_tokens = a->shard_tokens};
+    double block = total * a->val_fraction / 20.0;
+    splitter sp = {
+        .train = &train,
+        .val = &val,
+        .fraction = a->val_fraction,
+        .block = (size_t)(block < 256 ? 256 : block > 32768 ? 32768 : block),
+    };
+    size_t payload = 0;
+    unsigned char chunk[1 << 16];
+    for (int i = 0; i < a->n_inputs; i++) {
+        ENT_CHECK_GOTO(split_put(&sp, ENT_TOKEN_EOT), fail);
+        size_t got;
+        while ((got = fread(chunk, 1, sizeof chunk, files[i])) > 0) {
+            payload += got;
+            for (size_t k = 0; k < got; k++) ENT_CHECK_GOTO(split_put(&sp, chunk[k]), fail);
+        }
+        if (ferror(files[i])) {
+            st = ent_fail(ENT_ERR_IO, "error reading input %s: %s", a->inputs[i], strerror(errno));
+            goto fail;
+        }
+    }
+    if (payload == 0) {
+        st = ent_fail(ENT_ERR_INPUT, "empty corpus: the %d input file(s) hold no bytes (first: %s)",
+                      a->n_inputs, a->inputs[0]);
+        goto fail;
+    }
+    ENT_CHECK_GOTO(writer_flush(&train), fail);
+    ENT_CHECK_GOTO(writer_flush(&val), fail);
+
+    // with --force, shards of an earlier preparation that were not overwritten go
+    for (int p = 0; p < 2 && a->force; p++) {
+        nexisting = ent_glob_shards(a->outdir, patterns[p], &existing);
+        for (int k = 0; k < nexisting; k++)
+            if (!writer_wrote(&train, existing[k]) && !writer_wrote(&val, existing[k]))
+                unlink(existing[k]);
+        ent_free_paths(existing, nexisting);
+    }
+    if (train_tokens) *train_tokens = train.total;
+    if (val_tokens) *val_tokens = val.total;
+    writer_free(&train);
+    writer_free(&val);
+    goto close_inputs;
+
+fail:
+    writer_remove_outputs(&train);
+    writer_remove_outputs(&val);
+    writer_free(&train);
+    writer_free(&val);
+close_inputs:
+    for (int i = 0; i < a->n_inputs; i++)
+        if (files[i]) fclose(files[i]);
+    free(files);
+    return st;
+}

@@ -1,0 +1,45 @@
+// runtime_impl.h: private to runtime/.
+#ifndef ENT_RUNTIME_IMPL_H
+#define ENT_RUNTIME_IMPL_H
+
+#include "ent_runtime.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+// ---- random numbers (xoshiro256**, seeded through splitmix64) ----
+typedef struct {
+    uint64_t s[4];
+} ent_rng;
+
+void ent_rng_seed(ent_rng *rng, uint64_t seed);
+uint64_t ent_rng_next(ent_rng *rng);
+double ent_rng_uniform(ent_rng *rng); // [0, 1)
+double ent_rng_normal(ent_rng *rng);  // N(0, 1)
+uint64_t ent_hash64(uint64_t x);      // splitmix64 finaliser
+uint64_t ent_hash_string(const char *s, uint64_t seed);
+
+// ---- files ----
+// mkdir -p; names the path and the reason on failure.
+ent_status ent_mkdirs(const char *path);
+// Writes data to path atomically: path.tmp, fsync, rename, fsync of the directory.
+// On failure nothing is left at path.tmp and an older path is untouched.
+ent_status ent_write_file_atomic(const char *path, const void *data, size_t len);
+// The same for data in several pieces written one after the other.
+ent_status ent_write_file_parts_atomic(const char *path, const void *const *parts,
+                                      const size_t *lens, int nparts);
+// fsyncs a directory so that a rename inside it is durable.
+ent_status ent_fsync_dir(const char *dir);
+
+// ---- memory ----
+// Formats bytes as "1.23 GiB" into buf.
+const char *ent_format_bytes(double bytes, char *buf, size_t n);
+
+// ---- data ----
+// Files in dir matching the glob pattern, sorted; *paths is owned by the caller
+// (ent_free_paths). Returns the count, 0 when none match, or -1 (error recorded)
+// when dir cannot be read.
+int ent_glob_shards(const char *dir, const char *pattern, char ***paths);
+void ent_free_paths(char **paths, int n);
+
+#endif // ENT_RUNTIME_IMPL_H

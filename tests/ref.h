@@ -1,0 +1,40 @@
+// ref.h: plain double-precision reference implementations of every kernel's
+// forward pass, written for clarity rather than speed, and the helpers the
+// tests share (random inputs, error measures). Test code only.
+#ifndef ENT_TEST_REF_H
+#define ENT_TEST_REF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+// ---- random inputs: seeded from the clock unless ENT_TEST_SEED is set ----
+uint64_t test_seed(void);              // prints the seed once, for reproduction
+void test_rng_reset(uint64_t seed);
+double test_uniform(void);             // [0, 1)
+double test_normal(void);
+void fill_normal(float *x, size_t n, double std);
+void fill_uniform(float *x, size_t n, double lo, double hi);
+void to_double(const float *x, double *y, size_t n);
+
+// max |a - b| / max |b|: the error relative to the reference's scale
+double rel_error(const float *a, const double *b, size_t n);
+
+// ---- reference forward passes (inputs in double, outputs in double) ----
+void ref_encoder(double *out, const int32_t *tokens, const double *wte, const double *wpe,
+                 int B, int T, int C);
+void ref_layernorm(double *out, const double *inp, const double *w, const double *b, int N,
+                   int C);
+void ref_matmul(double *out, const double *inp, const double *w, const double *bias, int N,
+                int C, int OC);
+void ref_attention(double *out, const double *qkv, int B, int T, int C, int NH);
+void ref_gelu(double *out, const double *inp, size_t n);
+void ref_softmax_xent(double *losses, double *probs, const double *logits,
+                      const int32_t *targets, int N, int V, int Vp);
+
+// Central finite differences of f(x) . w over every x_i, with step h:
+// grad_i = (f(x + h e_i) - f(x - h e_i)) . w / 2h. f writes nout values.
+typedef void (*ref_fn)(const double *x, double *out, void *ctx);
+void finite_diff(ref_fn f, void *ctx, double *x, size_t nx, const double *w, size_t nout,
+                 double h, double *grad);
+
+#endif

@@ -1,0 +1,404 @@
+// test_kernels.c: every CPU kernel against the double-precision reference.
+//
+// Forward passes must match the reference within 1e-5 relative error (max
+// abs difference over the reference's largest magnitude). Backward passes
+// must match central finite differences of the reference forward, taken in
+// double, and must ACCUMULATE: gradient buffers start with random values that
+// the kernel has to add to, not overwrite. Inputs are fresh random numbers on
+// every run; the seed is printed (ENT_TEST_SEED=... reproduces a run).
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ent_kernels.h"
+#include "ref.h"
+
+#define FWD_TOL 1e-5
+#define BWD_TOL 1e-5
+
+static ent_backend_t *be;
+
+static int setup(void **state) {
+    (void)state;
+    be = ent_backend_cpu_new(0);
+    return be == NULL;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    ent_backend_free(&be);
+    return 0;
+}
+
+static void reseed(uint64_t salt) { test_rng_reset(test_seed() ^ (salt * 0x9e3779b97f4a7c15ULL)); }
+
+static float *fvec(size_t n) {
+    float *p = calloc(n ? n : 1, sizeof(float));
+    assert_non_null(p);
+    return p;
+}
+
+static double *dvec(size_t n) {
+    double *p = calloc(n ? n : 1, sizeof(double));
+    assert_non_null(p);
+    return p;
+}
+
+// the change a backward kernel made to a buffer that started as `before`
+static void delta(float *out, const float *after, const float *before, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] = after[i] - before[i];
+}
+
+// Fails the test when err is not below tol; ENT_TEST_VERBOSE=1 prints every figure.
+static void check(const char *what, double err, double tol) {
+    if (getenv("ENT_TEST_VERBOSE")) fprintf(stderr, "  %-40s %.3g (< %.1g)\n", what, err, tol);
+    if (!(err < tol)) fail_msg("%s: relative error %.3g exceeds %.1g", what, err, tol);
+}
+
+// ---------------------------------------------------------------------------
+// matmul
+
+typedef struct { int N, C, OC; } mm_ctx;
+
+static void mm_fn(const double *x, double *out, void *p) {
+    mm_ctx *c = p;
+    const double *inp = x, *w = x + (size_t)c->N * c->C, *bias = w + (size_t)c->OC * c->C;
+    ref_matmul(out, inp, w, bias, c->N, c->C, c->OC);
+}
+
+static void test_matmul(void **state) {
+    (void)state;
+    reseed(1);
+    // OC > 64 crosses a column block of the bias reduction; odd sizes catch tiling bugs
+    mm_ctx c = {9, 20, 70};
+    size_t ni = (size_t)c.N * c.C, nw = (size_t)c.OC * c.C, nb = c.OC, no = (size_t)c.N * c.OC;
+    size_t nx = ni + nw + nb;
+    float *x = fvec(nx), *out = fvec(no), *dout = fvec(no);
+    fill_normal(x, nx, 1.0);
+    fill_normal(dout, no, 1.0);
+    double *xd = dvec(nx), *ref = dvec(no), *doutd = dvec(no), *fd = dvec(nx);
+    to_double(x, xd, nx);
+    to_double(dout, doutd, no);
+
+    be->iface->matmul_forward(be, out, x, x + ni, x + ni + nw, c.N, c.C, c.OC);
+    mm_fn(xd, ref, &c);
+    check("matmul forward", rel_error(out, ref, no), FWD_TOL);
+    // without bias
+    be->iface->matmul_forward(be, out, x, x + ni, NULL, c.N, c.C, c.OC);
+    ref_matmul(ref, xd, xd + ni, NULL, c.N, c.C, c.OC);
+    check("matmul forward (no bias)", rel_error(out, ref, no), FWD_TOL);
+
+    float *g0 = fvec(nx), *g = fvec(nx), *dg = fvec(nx);
+    fill_normal(g0, nx, 1.0);
+    memcpy(g, g0, sizeof(float) * nx);
+    be->iface->matmul_backward(be, g, g + ni, g + ni + nw, dout, x, x + ni, c.N, c.C, c.OC);
+    delta(dg, g, g0, nx);
+    finite_diff(mm_fn, &c, xd, nx, doutd, no, 1e-6, fd);
+    check("matmul backward dinp", rel_error(dg, fd, ni), BWD_TOL);
+    check("matmul backward dweight", rel_error(dg + ni, fd + ni, nw), BWD_TOL);
+    check("matmul backward dbias", rel_error(dg + ni + nw, fd + ni + nw, nb), BWD_TOL);
+    free(x); free(out); free(dout); free(xd); free(ref); free(doutd); free(fd);
+    free(g0); free(g); free(dg);
+}
+
+// ---------------------------------------------------------------------------
+// layernorm
+
+typedef struct { int N, C; } ln_ctx;
+
+static void ln_fn(const double *x, double *out, void *p) {
+    ln_ctx *c = p;
+    size_t ni = (size_t)c->N * c->C;
+    ref_layernorm(out, x, x + ni, x + ni + c->C, c->N, c->C);
+}
+
+static void test_layernorm(void **state) {
+    (void)state;
+    reseed(2);
+    ln_ctx c = {5, 70};
+    size_t ni = (size_t)c.N * c.C, nx = ni + 2 * (size_t)c.C;
+    float *x = fvec(nx), *out = fvec(ni), *mean = fvec(c.N), *rstd = fvec(c.N), *dout = fvec(ni);
+    fill_normal(x, ni, 2.0);
+    for (size_t i = 0; i < ni; i++) x[i] += 0.5f; // a non-zero mean to remove
+    fill_normal(x + ni, 2 * (size_t)c.C, 1.0);
+    fill_normal(dout, ni, 1.0);
+    double *xd = dvec(nx), *ref = dvec(ni), *doutd = dvec(ni), *fd = dvec(nx);
+    to_double(x, xd, nx);
+    to_double(dout, doutd, ni);
+
+    be->iface->layernorm_forward(be, out, mean, rstd, x, x + ni, x + ni + c.C, c.N, c.C);
+    ln_fn(xd, ref, &c);
+    check("layernorm forward", rel_error(out, ref, ni), FWD_TOL);
+
+    float *g0 = fvec(nx), *g = fvec(nx), *dg = fvec(nx);
+    fill_normal(g0, nx, 1.0);
+    memcpy(g, g0, sizeof(float) * nx);
+    be->iface->layernorm_backward(be, g, g + ni, g + ni + c.C, dout, x, x + ni, mean, rstd, c.N,
+                                  c.C);
+    delta(dg, g, g0, nx);
+    finite_diff(ln_fn, &c, xd, nx, doutd, ni, 1e-6, fd);
+    check("layernorm backward dinp", rel_error(dg, fd, ni), BWD_TOL);
+    check("layernorm backward dweight", rel_error(dg + ni, fd + ni, c.C), BWD_TOL);
+    check("layernorm backward dbias", rel_error(dg + ni + c.C, fd + ni + c.C, c.C), BWD_TOL);
+    free(x); free(out); free(mean); free(rstd); free(dout); free(xd); free(ref); free(doutd);
+    free(fd); free(g0); free(g); free(dg);
+}
+
+// ---------------------------------------------------------------------------
+// attention
+
+typedef struct { int B, T, C, NH; } att_ctx;
+
+static void att_fn(const double *x, double *out, void *p) {
+    att_ctx *c = p;
+    ref_attention(out, x, c->B, c->T, c->C, c->NH);
+}
+
+static void test_attention(void **state) {
+    (void)state;
+    reseed(3);
+    att_ctx c = {2, 7, 12, 3};
+    size_t nx = (size_t)c.B * c.T * 3 * c.C, no = (size_t)c.B * c.T * c.C;
+    size_t natt = (size_t)c.B * c.NH * c.T * c.T;
+    float *x = fvec(nx), *out = fvec(no), *att = fvec(natt), *scratch = fvec(natt), *dout = fvec(no);
+    fill_normal(x, nx, 1.0);
+    fill_normal(dout, no, 1.0);
+    double *xd = dvec(nx), *ref = dvec(no), *doutd = dvec(no), *fd = dvec(nx);
+    to_double(x, xd, nx);
+    to_double(dout, doutd, no);
+
+    be->iface->attention_forward(be, out, att, x, c.B, c.T, c.C, c.NH);
+    att_fn(xd, ref, &c);
+    check("attention forward", rel_error(out, ref, no), FWD_TOL);
+    // saved probabilities: rows sum to one, nothing above the diagonal
+    for (size_t r = 0; r < (size_t)c.B * c.NH * c.T; r++) {
+        int t = (int)(r % (size_t)c.T);
+        double sum = 0;
+        for (int j = 0; j < c.T; j++) {
+            float p = att[r * c.T + j];
+            if (j > t) assert_true(p == 0.0f);
+            sum += p;
+        }
+        assert_true(fabs(sum - 1.0) < 1e-5);
+    }
+
+    float *g0 = fvec(nx), *g = fvec(nx), *dg = fvec(nx);
+    fill_normal(g0, nx, 1.0);
+    memcpy(g, g0, sizeof(float) * nx);
+    be->iface->attention_backward(be, g, scratch, dout, x, att, c.B, c.T, c.C, c.NH);
+    delta(dg, g, g0, nx);
+    finite_diff(att_fn, &c, xd, nx, doutd, no, 1e-6, fd);
+    check("attention backward dqkv", rel_error(dg, fd, nx), BWD_TOL);
+    free(x); free(out); free(att); free(scratch); free(dout); free(xd); free(ref); free(doutd);
+    free(fd); free(g0); free(g); free(dg);
+}
+
+// ---------------------------------------------------------------------------
+// gelu, residual
+
+static void test_gelu(void **state) {
+    (void)state;
+    reseed(4);
+    size_t n = 1000;
+    float *x = fvec(n), *out = fvec(n), *dout = fvec(n), *g0 = fvec(n), *g = fvec(n), *dg = fvec(n);
+    fill_uniform(x, n, -5.0, 5.0);
+    fill_normal(dout, n, 1.0);
+    fill_normal(g0, n, 1.0);
+    double *xd = dvec(n), *ref = dvec(n), *fd = dvec(n), *doutd = dvec(n);
+    to_double(x, xd, n);
+    to_double(dout, doutd, n);
+    be->iface->gelu_forward(be, out, x, n);
+    ref_gelu(ref, xd, n);
+    check("gelu forward", rel_error(out, ref, n), FWD_TOL);
+    memcpy(g, g0, sizeof(float) * n);
+    be->iface->gelu_backward(be, g, x, dout, n);
+    delta(dg, g, g0, n);
+    // the output of element i depends on x_i only: one finite difference per element
+    for (size_t i = 0; i < n; i++) {
+        double h = 1e-6, a = xd[i] + h, b = xd[i] - h, fa, fb;
+        ref_gelu(&fa, &a, 1);
+        ref_gelu(&fb, &b, 1);
+        fd[i] = (fa - fb) / (2 * h) * doutd[i];
+    }
+    check("gelu backward", rel_error(dg, fd, n), BWD_TOL);
+    free(x); free(out); free(dout); free(g0); free(g); free(dg); free(xd); free(ref); free(fd);
+    free(doutd);
+}
+
+static void test_residual(void **state) {
+    (void)state;
+    reseed(5);
+    size_t n = 777;
+    float *a = fvec(n), *b = fvec(n), *out = fvec(n), *dout = fvec(n);
+    float *da0 = fvec(n), *db0 = fvec(n), *da = fvec(n), *db = fvec(n), *d = fvec(n);
+    double *ref = dvec(n), *doutd = dvec(n);
+    fill_normal(a, n, 1.0);
+    fill_normal(b, n, 1.0);
+    fill_normal(dout, n, 1.0);
+    fill_normal(da0, n, 1.0);
+    fill_normal(db0, n, 1.0);
+    be->iface->residual_forward(be, out, a, b, n);
+    for (size_t i = 0; i < n; i++) ref[i] = (double)a[i] + b[i];
+    check("residual forward", rel_error(out, ref, n), FWD_TOL);
+    memcpy(da, da0, sizeof(float) * n);
+    memcpy(db, db0, sizeof(float) * n);
+    be->iface->residual_backward(be, da, db, dout, n);
+    to_double(dout, doutd, n);
+    delta(d, da, da0, n);
+    check("residual backward da", rel_error(d, doutd, n), BWD_TOL);
+    delta(d, db, db0, n);
+    check("residual backward db", rel_error(d, doutd, n), BWD_TOL);
+    free(a); free(b); free(out); free(dout); free(da0); free(db0); free(da); free(db); free(d);
+    free(ref); free(doutd);
+}
+
+// ---------------------------------------------------------------------------
+// encoder
+
+typedef struct { int B, T, C, V; const int32_t *tokens; } enc_ctx;
+
+static void enc_fn(const double *x, double *out, void *p) {
+    enc_ctx *c = p;
+    ref_encoder(out, c->tokens, x, x + (size_t)c->V * c->C, c->B, c->T, c->C);
+}
+
+static void test_encoder(void **state) {
+    (void)state;
+    reseed(6);
+    int32_t tokens[3 * 5];
+    enc_ctx c = {3, 5, 70, 11, tokens};
+    for (int i = 0; i < c.B * c.T; i++) tokens[i] = (int32_t)(test_uniform() * 4); // repeats
+    size_t nwte = (size_t)c.V * c.C, nx = nwte + (size_t)c.T * c.C, no = (size_t)c.B * c.T * c.C;
+    float *x = fvec(nx), *out = fvec(no), *dout = fvec(no), *g0 = fvec(nx), *g = fvec(nx), *dg = fvec(nx);
+    fill_normal(x, nx, 1.0);
+    fill_normal(dout, no, 1.0);
+    fill_normal(g0, nx, 1.0);
+    double *xd = dvec(nx), *ref = dvec(no), *doutd = dvec(no), *fd = dvec(nx);
+    to_double(x, xd, nx);
+    to_double(dout, doutd, no);
+    be->iface->encoder_forward(be, out, tokens, x, x + nwte, c.B, c.T, c.C);
+    enc_fn(xd, ref, &c);
+    check("encoder forward", rel_error(out, ref, no), FWD_TOL);
+    memcpy(g, g0, sizeof(float) * nx);
+    be->iface->encoder_backward(be, g, g + nwte, dout, tokens, c.B, c.T, c.C);
+    delta(dg, g, g0, nx);
+    finite_diff(enc_fn, &c, xd, nx, doutd, no, 1e-6, fd);
+    check("encoder backward dwte", rel_error(dg, fd, nwte), BWD_TOL);
+    check("encoder backward dwpe", rel_error(dg + nwte, fd + nwte, nx - nwte), BWD_TOL);
+    free(x); free(out); free(dout); free(g0); free(g); free(dg); free(xd); free(ref); free(doutd);
+    free(fd);
+}
+
+// ---------------------------------------------------------------------------
+// softmax + cross-entropy
+
+typedef struct { int N, V, Vp; const int32_t *targets; } sx_ctx;
+
+static void sx_fn(const double *x, double *out, void *p) {
+    sx_ctx *c = p;
+    ref_softmax_xent(out, NULL, x, c->targets, c->N, c->V, c->Vp);
+}
+
+static void test_softmax_xent(void **state) {
+    (void)state;
+    reseed(7);
+    int32_t targets[6];
+    sx_ctx c = {6, 50, 64, targets};
+    for (int n = 0; n < c.N; n++) targets[n] = (int32_t)(test_uniform() * c.V);
+    size_t nx = (size_t)c.N * c.Vp;
+    float *logits = fvec(nx), *probs = fvec(nx), *losses = fvec(c.N), *inplace = fvec(nx);
+    fill_normal(logits, nx, 3.0);
+    for (int n = 0; n < c.N; n++)
+        for (int i = c.V; i < c.Vp; i++) logits[(size_t)n * c.Vp + i] = 100.0f; // padding is ignored
+    double *xd = dvec(nx), *refp = dvec(nx), *refl = dvec(c.N), *fd = dvec(nx), *w = dvec(c.N);
+    to_double(logits, xd, nx);
+    be->iface->softmax_xent_forward(be, losses, probs, logits, targets, c.N, c.V, c.Vp);
+    ref_softmax_xent(refl, refp, xd, targets, c.N, c.V, c.Vp);
+    check("softmax_xent forward losses", rel_error(losses, refl, c.N), FWD_TOL);
+    check("softmax_xent forward probs", rel_error(probs, refp, nx), FWD_TOL);
+    // in place (probs aliasing logits), as the model calls it
+    memcpy(inplace, logits, sizeof(float) * nx);
+    float *losses2 = fvec(c.N);
+    be->iface->softmax_xent_forward(be, losses2, inplace, inplace, targets, c.N, c.V, c.Vp);
+    check("softmax_xent forward in place", rel_error(inplace, refp, nx), FWD_TOL);
+    check("softmax_xent forward in place losses", rel_error(losses2, refl, c.N), FWD_TOL);
+
+    // backward overwrites: dlogits = d(dloss * sum losses)/dlogits
+    float dloss = 0.37f;
+    for (int n = 0; n < c.N; n++) w[n] = dloss;
+    be->iface->softmax_xent_backward(be, inplace, inplace, targets, dloss, c.N, c.V, c.Vp);
+    finite_diff(sx_fn, &c, xd, nx, w, c.N, 1e-6, fd);
+    check("softmax_xent backward", rel_error(inplace, fd, nx), BWD_TOL);
+    free(logits); free(probs); free(losses); free(inplace); free(losses2); free(xd); free(refp);
+    free(refl); free(fd); free(w);
+}
+
+// ---------------------------------------------------------------------------
+// optimizer and norm
+
+static void test_adamw(void **state) {
+    (void)state;
+    reseed(8);
+    size_t n = 5000;
+    float *p = fvec(n), *g = fvec(n), *m = fvec(n), *v = fvec(n);
+    double *pd = dvec(n), *md = dvec(n), *vd = dvec(n);
+    fill_normal(p, n, 1.0);
+    to_double(p, pd, n);
+    double lr = 1e-2, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1, scale = 0.5;
+    for (int t = 1; t <= 3; t++) {
+        fill_normal(g, n, 1.0);
+        be->iface->adamw_update(be, p, g, m, v, n, (float)lr, (float)b1, (float)b2, (float)eps,
+                                (float)wd, (float)scale, t);
+        for (size_t i = 0; i < n; i++) {
+            double gi = g[i] * scale;
+            md[i] = b1 * md[i] + (1 - b1) * gi;
+            vd[i] = b2 * vd[i] + (1 - b2) * gi * gi;
+            double mh = md[i] / (1 - pow(b1, t)), vh = vd[i] / (1 - pow(b2, t));
+            pd[i] -= lr * (mh / (sqrt(vh) + eps) + wd * pd[i]);
+        }
+    }
+    check("adamw params", rel_error(p, pd, n), FWD_TOL);
+    check("adamw m", rel_error(m, md, n), FWD_TOL);
+    check("adamw v", rel_error(v, vd, n), FWD_TOL);
+    free(p); free(g); free(m); free(v); free(pd); free(md); free(vd);
+}
+
+static void test_sum_squares(void **state) {
+    (void)state;
+    reseed(9);
+    size_t n = 100003; // several chunks and a ragged tail
+    float *x = fvec(n);
+    fill_normal(x, n, 1.0);
+    double ref = 0;
+    for (size_t i = 0; i < n; i++) ref += (double)x[i] * x[i];
+    double got = be->iface->sum_squares(be, x, n);
+    assert_true(fabs(got - ref) / ref < 1e-12);
+    // the same bits whatever the thread count
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    double one = be->iface->sum_squares(be, x, n);
+    omp_set_num_threads(threads > 1 ? threads : 2);
+    double many = be->iface->sum_squares(be, x, n);
+    omp_set_num_threads(threads);
+    assert_memory_equal(&one, &many, sizeof(double));
+    free(x);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_matmul),     cmocka_unit_test(test_layernorm),
+        cmocka_unit_test(test_attention),  cmocka_unit_test(test_gelu),
+        cmocka_unit_test(test_residual),   cmocka_unit_test(test_encoder),
+        cmocka_unit_test(test_softmax_xent), cmocka_unit_test(test_adamw),
+        cmocka_unit_test(test_sum_squares),
+    };
+    return cmocka_run_group_tests_name("kernels", tests, setup, teardown);
+}
