@@ -103,14 +103,21 @@ static void describe_range(const key_desc *k, char *buf, size_t n) {
     }
 }
 
-// Undoes the quoting of a "..." value: \n \t \" \\ escapes.
+// The INI parser (libinih) reads lines of at most this many bytes, newline
+// included; every value must fit on one line with its key.
+#define LINE_MAX_BYTES (INI_MAX_LINE - 2)
+
+// Undoes the quoting of a "..." value: \n \t \" \\ \; escapes. Returns -1 when
+// the value is too long for out, -2 for an opening quote without its closing one.
 static int unquote(const char *in, char *out, size_t cap) {
     size_t len = strlen(in), j = 0;
-    if (len < 2 || in[0] != '"' || in[len - 1] != '"') {
+    if (len == 0 || in[0] != '"') {
         if (len >= cap) return -1;
         memcpy(out, in, len + 1);
         return 0;
     }
+    if (len < 2 || in[len - 1] != '"' || (len >= 3 && in[len - 2] == '\\' && in[len - 3] != '\\'))
+        return -2;
     for (size_t i = 1; i + 1 < len; i++) {
         char c = in[i];
         if (c == '\\' && i + 2 < len) {
@@ -123,6 +130,39 @@ static int unquote(const char *in, char *out, size_t cap) {
     out[j] = '\0';
     return 0;
 }
+
+// A string is written quoted when it has edge spaces or characters INI would
+// take as comments or escapes.
+static int needs_quotes(const char *s) {
+    size_t len = strlen(s);
+    return len > 0 && (isspace((unsigned char)s[0]) || isspace((unsigned char)s[len - 1]) ||
+                       strpbrk(s, ";#\"\\\n\t") != NULL || s[0] == '"');
+}
+
+// Writes s as an INI value into f (or only counts its bytes when f is NULL).
+static size_t write_string(const char *s, FILE *f) {
+    if (!needs_quotes(s)) {
+        if (f) fputs(s, f);
+        return strlen(s);
+    }
+    size_t n = 2;
+    if (f) fputc('"', f);
+    for (const char *p = s; *p; p++) {
+        const char *esc = *p == '\n' ? "\\n" : *p == '\t' ? "\\t" : *p == '"' ? "\\\""
+                          : *p == '\\' ? "\\\\" : *p == ';' ? "\\;" : NULL;
+        if (esc) {
+            if (f) fputs(esc, f);
+            n += 2;
+        } else {
+            if (f) fputc(*p, f);
+            n += 1;
+        }
+    }
+    if (f) fputc('"', f);
+    return n;
+}
+
+static size_t written_length(const char *s) { return write_string(s, NULL); }
 
 // Parses text into the key's field. On failure writes why into err.
 static int parse_value(ent_config *cfg, const key_desc *k, const char *text, char *err,
@@ -158,7 +198,7 @@ static int parse_value(ent_config *cfg, const key_desc *k, const char *text, cha
             snprintf(err, errn, "'%s' is not %s", text, range);
             return -1;
         }
-        unsigned long long v = strtoull(p, &end, 0);
+        unsigned long long v = strtoull(p, &end, 10);
         while (end && isspace((unsigned char)*end)) end++;
         if (errno != 0 || *end != '\0') {
             snprintf(err, errn, "'%s' is not %s", text, range);
@@ -190,12 +230,22 @@ static int parse_value(ent_config *cfg, const key_desc *k, const char *text, cha
         snprintf(err, errn, "'%s' is not %s", text, range);
         return -1;
     }
-    case K_STR:
-        if (unquote(text, field, k->size) != 0) {
-            snprintf(err, errn, "value is too long; expected %s", range);
+    case K_STR: {
+        int rc = unquote(text, field, k->size);
+        if (rc == -2) {
+            snprintf(err, errn, "unterminated quoted value %s (inside quotes, write ';' as \\;, "
+                     "since ' ;' starts a comment)", text);
+            return -1;
+        }
+        // the effective config must reload: "key = value" has to fit one INI line
+        size_t line = strlen(k->key) + 3 + written_length(field);
+        if (rc == -1 || line > LINE_MAX_BYTES) {
+            snprintf(err, errn, "value is too long: a config line holds at most %d bytes",
+                     LINE_MAX_BYTES);
             return -1;
         }
         return 0;
+    }
     }
     return -1;
 }
@@ -229,16 +279,45 @@ typedef struct {
     unsigned char seen[ENT_CONFIG_MAX_KEYS];
 } ini_ctx;
 
+// Feeds libinih one line at a time, counting lines; a line longer than the
+// parser's buffer would be split silently, so it ends the parse with an error.
 static char *counting_reader(char *str, int num, void *stream) {
     ini_ctx *ctx = stream;
     char *r = fgets(str, num, ctx->file);
-    if (r != NULL) ctx->line++;
+    if (r == NULL) return NULL;
+    ctx->line++;
+    size_t len = strlen(r);
+    if (len > 0 && r[len - 1] != '\n' && !feof(ctx->file)) {
+        if (!ctx->error_line) {
+            snprintf(ctx->error, sizeof ctx->error,
+                     "%s:%d: line is longer than %d bytes, the most a config line may hold",
+                     ctx->cfg->path, ctx->line, LINE_MAX_BYTES);
+            ctx->error_line = ctx->line;
+        }
+        return NULL;
+    }
+    // libinih reports sections only through their keys: check headers here so
+    // that a misspelt section with nothing under it is not ignored
+    const char *p = r;
+    while (isspace((unsigned char)*p)) p++;
+    const char *close = *p == '[' ? strchr(p, ']') : NULL;
+    if (close != NULL && !ctx->error_line) {
+        char section[64];
+        size_t n = (size_t)(close - p - 1);
+        snprintf(section, sizeof section, "%.*s", (int)(n < sizeof section ? n : sizeof section - 1), p + 1);
+        if (!section_exists(section)) {
+            snprintf(ctx->error, sizeof ctx->error,
+                     "%s:%d: unknown section [%s] (sections: model train eval sample data "
+                     "parallel system)", ctx->cfg->path, ctx->line, section);
+            ctx->error_line = ctx->line;
+        }
+    }
     return r;
 }
 
 static int on_ini_value(void *user, const char *section, const char *name, const char *value) {
     ini_ctx *ctx = user;
-    if (ctx->error_line) return 0;
+    if (ctx->error_line) return 1; // the first error is already recorded
     const char *path = ctx->cfg->path;
     if (section[0] == '\0') {
         snprintf(ctx->error, sizeof ctx->error,
@@ -291,7 +370,8 @@ static ent_status load_file(ent_config *cfg, const char *path) {
     int read_error = ferror(ctx.file);
     fclose(ctx.file);
     if (read_error) return ent_fail(ENT_ERR_USAGE, "cannot read config %s: I/O error", path);
-    if (rc > 0 && rc != ctx.error_line)
+    // rc is the first line libinih could not parse (0: none); the first problem wins
+    if (rc > 0 && rc != ctx.error_line && (ctx.error_line == 0 || rc < ctx.error_line))
         return ent_fail(ENT_ERR_USAGE,
                         "%s:%d: syntax error: expected '[section]', 'key = value' or a comment",
                         path, rc);
@@ -387,25 +467,7 @@ static void write_value(const ent_config *cfg, const key_desc *k, FILE *f) {
     case K_U64: fprintf(f, "%llu", (unsigned long long)*(const uint64_t *)field); break;
     case K_FLOAT: fprintf(f, "%.17g", *(const double *)field); break;
     case K_BOOL: fputs(*(const int *)field ? "true" : "false", f); break;
-    case K_STR: {
-        const char *s = field;
-        size_t len = strlen(s);
-        int plain = len == 0 || (!isspace((unsigned char)s[0]) &&
-                                 !isspace((unsigned char)s[len - 1]) && strpbrk(s, ";#\"\\\n\t") == NULL);
-        if (plain) {
-            fputs(s, f);
-            break;
-        }
-        fputc('"', f);
-        for (const char *p = s; *p; p++) {
-            if (*p == '\n') fputs("\\n", f);
-            else if (*p == '\t') fputs("\\t", f);
-            else if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
-            else fputc(*p, f);
-        }
-        fputc('"', f);
-        break;
-    }
+    case K_STR: write_string(field, f); break;
     }
 }
 

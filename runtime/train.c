@@ -15,7 +15,7 @@
 
 double ent_lr_schedule(const ent_config *cfg, int step) {
     double lr = cfg->lr, floor_lr = cfg->lr * cfg->lr_floor;
-    if (step <= cfg->warmup_steps) return lr * step / (double)cfg->warmup_steps;
+    if (step <= cfg->warmup_steps) return lr * ((double)step / cfg->warmup_steps);
     int decay_steps = cfg->steps - cfg->warmup_steps;
     if (decay_steps <= 0) return lr;
     double progress = (double)(step - cfg->warmup_steps) / decay_steps;
