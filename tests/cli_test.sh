@@ -1,0 +1,644 @@
+#!/usr/bin/env bash
+# cli_test.sh: command-line tests of the entente binary, one named case per call.
+#
+#   cli_test.sh ENTENTE_BINARY SOURCE_DIR CASE
+#
+# Exit status: 0 pass, 1 fail (each failed check says what was expected and
+# what happened: exit code and stderr), 77 when the case cannot run here.
+# Every case works in its own temporary directory, removed on exit. The test
+# data is a small corpus made here with awk and seq: no network, no packages.
+# Only POSIX tools plus bash, grep, awk, sed: no python.
+#
+# Cases: help docs_config config_errors print_config print_config_strings
+#        data_errors run_dir_error out_of_memory train_tiny train_mpirun
+set -u
+export LC_ALL=C
+
+if [ $# -ne 3 ]; then
+    echo "usage: $0 ENTENTE_BINARY SOURCE_DIR CASE" >&2
+    exit 2
+fi
+case "$1" in /*) E=$1 ;; *) E=$PWD/$1 ;; esac
+case "$2" in /*) SRC=$2 ;; *) SRC=$PWD/$2 ;; esac
+CASE=$3
+
+if [ ! -x "$E" ]; then
+    echo "FAIL: entente binary $E does not exist or is not executable"
+    exit 1
+fi
+
+W=$(mktemp -d "${TMPDIR:-/tmp}/entente-cli-$CASE.XXXXXX") || exit 1
+trap 'rm -rf "$W"' EXIT
+cd "$W" || exit 1
+ulimit -c 0 2>/dev/null || true # a crash must show as an exit code, not leave a core
+
+FAILED=0
+RC=0
+LAST_CMD=""
+
+# ---------------------------------------------------------------------------
+# helpers
+
+show_last() {
+    echo "    command:   $LAST_CMD"
+    echo "    exit code: $RC"
+    echo "    stderr (first 15 lines):"
+    sed -n '1,15s/^/      | /p' "$W/err"
+}
+
+fail() {
+    echo "FAIL: $*"
+    FAILED=1
+}
+
+# expect DESC WANT [PATTERN ...] -- CMD [ARG ...]
+# Runs CMD (stdout to $W/out, stderr to $W/err) and checks its exit code:
+# WANT is a number or 'nonzero' (any failure that is not a crash). Each
+# PATTERN is a fixed string that must appear on an "entente: error:" line of
+# stderr, or in stdout when written as out:TEXT, or anywhere in stderr when
+# written as err:TEXT. A failure must print an "entente: error:" line unless
+# --no-error-line is given. An exit code of 124 or more (timeout, signal) fails.
+expect() {
+    local desc=$1 want=$2
+    shift 2
+    local pats=() errline=1
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+        if [ "$1" = --no-error-line ]; then errline=0; else pats+=("$1"); fi
+        shift
+    done
+    shift
+    LAST_CMD="$*"
+    "$@" >"$W/out" 2>"$W/err" </dev/null
+    RC=$?
+    local ok=1
+    if [ "$RC" -ge 124 ]; then
+        fail "$desc: expected exit code $want, got $RC (a crash, a signal or a timeout)"
+        ok=0
+    elif [ "$want" = nonzero ]; then
+        if [ "$RC" -eq 0 ]; then
+            fail "$desc: expected a non-zero exit code, got 0"
+            ok=0
+        fi
+    elif [ "$RC" != "$want" ]; then
+        fail "$desc: expected exit code $want, got $RC"
+        ok=0
+    fi
+    if [ "$want" != 0 ] && [ $errline = 1 ] && ! grep -q '^entente: error: ' "$W/err"; then
+        fail "$desc: expected a line 'entente: error: ...' on stderr"
+        ok=0
+    fi
+    local p
+    for p in "${pats[@]+"${pats[@]}"}"; do
+        case "$p" in
+        out:*)
+            if ! grep -qF -- "${p#out:}" "$W/out"; then
+                fail "$desc: expected stdout to contain '${p#out:}'"
+                echo "    stdout (first 15 lines):"
+                sed -n '1,15s/^/      | /p' "$W/out"
+                ok=0
+            fi
+            ;;
+        err:*)
+            if ! grep -qF -- "${p#err:}" "$W/err"; then
+                fail "$desc: expected stderr to contain '${p#err:}'"
+                ok=0
+            fi
+            ;;
+        *)
+            if ! grep '^entente: error: ' "$W/err" | grep -qF -- "$p"; then
+                fail "$desc: expected the error message to contain '$p'"
+                ok=0
+            fi
+            ;;
+        esac
+    done
+    [ $ok = 1 ] || show_last
+    return $((1 - ok))
+}
+
+# no_shards DESC DIR: no .bin (or leftover .bin.tmp) file in DIR
+no_shards() {
+    local found
+    found=$(find "$2" -name '*.bin*' 2>/dev/null | head -3)
+    [ -z "$found" ] || fail "$1: expected no shard in $2, found: $found"
+}
+
+# A few hundred KB of varied text: numbered lines of words drawn by a seeded
+# awk, then seq output.
+make_corpus() {
+    awk 'BEGIN {
+        srand(7)
+        n = split("the quick brown fox jumps over a lazy dog while entente trains one " \
+                  "small model on pooled compute across several sites and every rank " \
+                  "reads token shards of bytes from disk Then It Stops", w, " ")
+        for (i = 1; i <= 6000; i++) {
+            line = i ":"
+            k = 3 + int(rand() * 9)
+            for (j = 0; j < k; j++) line = line " " w[1 + int(rand() * n)]
+            print line
+        }
+    }' >"$1"
+    seq 1 20000 >>"$1"
+}
+
+# Corpus and shards in $W/data (once per case).
+DATA=$W/data
+make_data() {
+    [ -f "$DATA/train_000000.bin" ] && return 0
+    make_corpus "$W/corpus.txt"
+    if ! expect "prepare the test corpus" 0 -- "$E" data prepare --input "$W/corpus.txt" --output "$DATA"; then
+        echo "FAIL: cannot prepare test data; stopping"
+        exit 1
+    fi
+}
+
+# write_config FILE [DATA_DIR]: the tiny configuration
+write_config() {
+    cat >"$1" <<EOF
+; tiny model for the CLI tests
+[model]
+layers = 2
+heads = 2
+width = 32
+context = 32
+
+[train]
+steps = 30
+batch_size = 8
+lr = 3e-3
+warmup_steps = 5
+
+[eval]
+every = 10
+batches = 2
+
+[sample]
+tokens = 32
+
+[data]
+dir = ${2:-$DATA}
+EOF
+}
+
+# The keys of the table in runtime/config.c, as section.key.
+source_keys() {
+    sed -n 's/^ *{"\([a-z0-9_]*\)", "\([a-z0-9_]*\)", K_[A-Z0-9]*,.*/\1.\2/p' "$SRC/runtime/config.c"
+}
+
+# "section.key default" pairs from `entente train --help` (lines that start
+# with two spaces, then section.key, then "default").
+help_keys() {
+    "$E" train --help | sed -n 's/^  \([a-z0-9_]*\.[a-z0-9_]*\) *default *\([^ ]*\).*/\1 \2/p'
+}
+
+# ---------------------------------------------------------------------------
+# cases
+
+case_help() {
+    expect "entente --help" 0 out:train "out:data prepare" -- "$E" --help
+    expect "entente -h" 0 out:train -- "$E" -h
+    expect "entente help train" 0 out:model.layers -- "$E" help train
+    expect "entente --version" 0 "out:entente " -- "$E" --version
+
+    expect "entente train --help" 0 out:--config out:--set out:--run-dir out:--print-config \
+        -- "$E" train --help
+    local keys k n=0
+    keys=$(source_keys)
+    if [ -z "$keys" ]; then
+        fail "cannot read the key table from $SRC/runtime/config.c"
+    fi
+    local rows
+    rows=$(grep -cE "K_[A-Z0-9]+, FIELD\(" "$SRC/runtime/config.c")
+    [ "$(printf "%s\n" "$keys" | grep -c .)" = "$rows" ] ||
+        fail "this test read $(printf "%s\n" "$keys" | grep -c .) keys from runtime/config.c, which has $rows rows"
+    for k in $keys; do
+        n=$((n + 1))
+        grep -qE "^  $(printf '%s' "$k" | sed 's/\./\\./') +default " "$W/out" ||
+            fail "entente train --help: key $k (runtime/config.c) is not listed as '  $k  default ...'"
+    done
+    local listed
+    listed=$(grep -cE '^  [a-z0-9_]+\.[a-z0-9_]+ +default ' "$W/out")
+    [ "$listed" = "$n" ] ||
+        fail "entente train --help lists $listed keys, runtime/config.c has $n"
+    for k in model.layers model.heads model.width model.context train.lr train.steps data.dir; do
+        grep -qF "  $k " "$W/out" || fail "entente train --help does not list $k"
+    done
+
+    expect "entente data prepare --help" 0 out:--input out:--output out:--val-fraction out:--force \
+        -- "$E" data prepare --help
+    expect "entente data --help" 0 "out:data prepare" -- "$E" data --help
+    expect "entente with no arguments" 2 --no-error-line "err:Usage: entente COMMAND" -- "$E"
+    # the usage text goes to stderr, so only the exit code and the text are checked
+    expect "entente frobnicate" 2 "unknown command 'frobnicate'" -- "$E" frobnicate
+    expect "entente data (no subcommand)" 2 "entente data prepare" -- "$E" data
+    expect "entente data frob" 2 "entente data prepare" -- "$E" data frob
+}
+
+case_docs_config() {
+    local doc=$SRC/docs/config.md
+    if [ ! -f "$doc" ]; then
+        fail "$doc does not exist: every configuration key should be documented there"
+        return
+    fi
+    local pairs
+    pairs=$(help_keys)
+    if [ -z "$pairs" ]; then
+        fail "entente train --help lists no keys"
+        return
+    fi
+    # For each key: some line of the doc holds the key and its default, each as
+    # a whole token (train.lr does not match train.lr_floor; 1 does not match 10
+    # or 1.0). An empty default, shown as (empty), may be written (empty), "" or empty.
+    local missing
+    missing=$(printf '%s\n' "$pairs" | awk -v doc="$doc" '
+        function word(c) { return c ~ /[A-Za-z0-9_]/ }
+        # does tok occur in s with a token boundary on each side?
+        function has(s, tok,    i, pos, before, after, next2) {
+            pos = 0
+            while ((i = index(substr(s, pos + 1), tok)) > 0) {
+                pos += i
+                before = pos > 1 ? substr(s, pos - 1, 1) : ""
+                after = substr(s, pos + length(tok), 1)
+                next2 = substr(s, pos + length(tok) + 1, 1)
+                if (!word(before) && before != "." &&
+                    !word(after) && !(after == "." && word(next2)))
+                    return 1
+            }
+            return 0
+        }
+        BEGIN { while ((getline line < doc) > 0) lines[++n] = line }
+        {
+            key = $1; def = $2; ok = 0
+            for (i = 1; i <= n && !ok; i++) {
+                if (!has(lines[i], key)) continue
+                if (def == "(empty)")
+                    ok = index(lines[i], "(empty)") || index(lines[i], "\"\"") || has(lines[i], "empty")
+                else
+                    ok = has(lines[i], def)
+            }
+            if (!ok) print key " (default " def ")"
+        }')
+    if [ -n "$missing" ]; then
+        fail "$doc lacks these keys with their default on the same line:"
+        printf '%s\n' "$missing" | sed 's/^/      /'
+    fi
+}
+
+case_config_errors() {
+    make_data
+    write_config "$W/tiny.ini"
+
+    expect "missing config file" 2 "$W/nope.ini" -- "$E" train --config "$W/nope.ini"
+
+    write_config "$W/unknown.ini"
+    sed -i 's/^heads = 2$/heads = 2\nfrobs = 3/' "$W/unknown.ini"
+    local line
+    line=$(grep -n '^frobs' "$W/unknown.ini" | cut -d: -f1)
+    expect "unknown key in the file" 2 "$W/unknown.ini:$line" "frobs" -- \
+        "$E" train --config "$W/unknown.ini"
+
+    write_config "$W/section.ini"
+    printf '[bogus]\nx = 1\n' >>"$W/section.ini"
+    expect "unknown section" 2 "[bogus]" -- "$E" train --config "$W/section.ini"
+
+    write_config "$W/range.ini"
+    sed -i 's/^layers = 2$/layers = 0/' "$W/range.ini"
+    line=$(grep -n '^layers' "$W/range.ini" | cut -d: -f1)
+    expect "out-of-range value in the file" 2 "$W/range.ini:$line" "layers" "out of range" -- \
+        "$E" train --config "$W/range.ini"
+    expect "out-of-range value in --set" 2 "train.lr" "out of range" -- \
+        "$E" train --config "$W/tiny.ini" --set train.lr=-1
+    expect "not a number" 2 "train.steps" "'many'" -- \
+        "$E" train --config "$W/tiny.ini" --set train.steps=many
+
+    write_config "$W/heads.ini"
+    sed -i 's/^heads = 2$/heads = 3/' "$W/heads.ini"
+    expect "width not divisible by heads (file)" 2 "model.width = 32" "model.heads = 3" -- \
+        "$E" train --config "$W/heads.ini"
+    expect "width not divisible by heads (--set)" 2 "model.width = 32" "--set model.heads" -- \
+        "$E" train --config "$W/tiny.ini" --set model.heads=5
+
+    write_config "$W/warmup.ini"
+    expect "warmup_steps above steps" 2 "train.warmup_steps" -- \
+        "$E" train --config "$W/warmup.ini" --set train.steps=3
+
+    expect "--set with an unknown key" 2 "model.frobs" -- \
+        "$E" train --config "$W/tiny.ini" --set model.frobs=3
+    expect "--set without '='" 2 "--set model.layers" "section.key=value" -- \
+        "$E" train --config "$W/tiny.ini" --set model.layers
+    expect "--set without a value argument" 2 "--set needs a value" -- \
+        "$E" train --config "$W/tiny.ini" --set
+    expect "unknown CLI argument" 2 "unknown argument '--frobnicate'" -- \
+        "$E" train --config "$W/tiny.ini" --frobnicate
+    expect "--config missing" 2 "--config" -- "$E" train --set model.layers=2
+    expect "--config without its value" 2 "--config needs a value" -- "$E" train --config
+
+    printf '[model]\nlayers = 2\n' >"$W/nodata.ini"
+    expect "data.dir not set" 2 "data.dir" -- "$E" train --config "$W/nodata.ini"
+
+    expect "data prepare: unknown argument" 2 "unknown argument '--frob'" -- \
+        "$E" data prepare --input "$W/corpus.txt" --output "$W/d2" --frob
+    expect "data prepare: --output missing" 2 "--output" -- \
+        "$E" data prepare --input "$W/corpus.txt"
+    expect "data prepare: bad --val-fraction" 2 "--val-fraction" -- \
+        "$E" data prepare --input "$W/corpus.txt" --output "$W/d2" --val-fraction 0.9
+    no_shards "config errors write no shards" "$W/d2"
+}
+
+case_print_config() {
+    make_data
+    write_config "$W/tiny.ini"
+    expect "--print-config with --set" 0 "out:[model]" "out:[train]" "out:[data]" -- \
+        "$E" train --config "$W/tiny.ini" --set train.steps=7 --set sample.prompt=Once --print-config
+    cp "$W/out" "$W/p1.ini"
+    grep -qE '^steps *= *7$' "$W/p1.ini" || fail "--print-config does not show the --set train.steps=7"
+    grep -qE '^prompt *= *Once$' "$W/p1.ini" || fail "--print-config does not show the --set sample.prompt=Once"
+    grep -qE '^layers *= *2$' "$W/p1.ini" || fail "--print-config does not show model.layers = 2 from the file"
+    grep -qE "^dir *= *$DATA\$" "$W/p1.ini" || fail "--print-config does not show data.dir"
+    # every key appears, under its section
+    local k sec key
+    for k in $(source_keys); do
+        sec=${k%%.*}
+        key=${k#*.}
+        awk -v s="[$sec]" -v k="$key" '
+            /^\[/ { in_s = ($0 == s) }
+            in_s && $1 == k && $2 == "=" { found = 1 }
+            END { exit !found }' "$W/p1.ini" || fail "--print-config lacks $key under [$sec]"
+    done
+    [ -d "$W/runs" ] && fail "--print-config created a run directory"
+    expect "--print-config of the printed config" 0 -- "$E" train --config "$W/p1.ini" --print-config
+    if ! cmp -s "$W/p1.ini" "$W/out"; then
+        fail "the printed config does not print the same when loaded again:"
+        diff "$W/p1.ini" "$W/out" | head -20 | sed 's/^/      /'
+    fi
+}
+
+# Strings the INI writer has to protect: an inline-comment character after a
+# space must be written so that it loads again unchanged. A value too long for
+# one config line (the parser's 198-byte limit) must be refused by --set with
+# a message, so that --print-config and a run's config.ini always reload.
+case_print_config_strings() {
+    make_data
+    write_config "$W/tiny.ini"
+    local long="$W/$(printf 'd%.0s' $(seq 1 300))"
+    local s
+    for s in "data.dir=$long" "sample.prompt=$(printf 'p%.0s' $(seq 1 600))"; do
+        expect "--set '${s:0:40}...' (longer than a config line)" 2 "${s%%=*}" "too long" -- \
+            "$E" train --config "$W/tiny.ini" --set "$s" --print-config
+    done
+    for s in "sample.prompt=ham ;eggs" "sample.prompt=a # b" "sample.prompt=x\\;y \\\"z\\\"" \
+        "data.dir=$W/$(printf 'd%.0s' $(seq 1 100))"; do
+        if ! expect "--print-config --set '${s:0:40}...'" 0 -- \
+            "$E" train --config "$W/tiny.ini" --set "$s" --print-config; then
+            continue
+        fi
+        cp "$W/out" "$W/p1.ini"
+        if expect "load the printed config of --set '${s:0:40}...'" 0 -- \
+            "$E" train --config "$W/p1.ini" --print-config; then
+            if ! cmp -s "$W/p1.ini" "$W/out"; then
+                fail "--set '${s:0:40}...': the printed config loads as a different config:"
+                diff "$W/p1.ini" "$W/out" | cut -c1-100 | head -6 | sed 's/^/      /'
+            fi
+        fi
+    done
+    # A long value written by hand either loads whole or is refused (exit 2);
+    # it is never cut short in silence. (";tail" after 190 bytes: a parser
+    # that splits long lines would read the rest as a comment line.)
+    local p190
+    p190=$(printf 'p%.0s' $(seq 1 190))
+    printf "[data]\ndir = %s\n\n[sample]\nprompt = %s;tail\n" "$DATA" "$p190" >"$W/long.ini"
+    "$E" train --config "$W/long.ini" --print-config >"$W/out" 2>"$W/err"
+    RC=$?
+    LAST_CMD="entente train --config long.ini --print-config (sample.prompt of 195 bytes)"
+    if [ "$RC" = 0 ]; then
+        grep -qF "prompt = $p190;tail" "$W/out" || {
+            fail "a 195-byte sample.prompt in a config file (190 x p, then ;tail) loaded as $(sed -n "s/^prompt = //p" "$W/out" | tr -d "\n" | wc -c) bytes, the ;tail dropped without an error"
+            show_last
+        }
+    elif [ "$RC" != 2 ]; then
+        fail "a 195-byte sample.prompt in a config file: expected exit code 0 (or 2 with a message), got $RC"
+        show_last
+    fi
+}
+
+case_data_errors() {
+    make_data
+    write_config "$W/tiny.ini"
+
+    expect "data.dir missing" 1 "$W/nodir" -- \
+        "$E" train --config "$W/tiny.ini" --set "data.dir=$W/nodir" --run-dir "$W/r1"
+    [ -e "$W/r1" ] && fail "a failed start (missing data) created the run directory"
+
+    mkdir -p "$W/emptydir"
+    expect "data.dir without shards" 1 "$W/emptydir" "no token shards" -- \
+        "$E" train --config "$W/tiny.ini" --set "data.dir=$W/emptydir" --run-dir "$W/r1"
+
+    # wrong magic
+    cp -r "$DATA" "$W/magic"
+    printf 'XXXX' | dd of="$W/magic/train_000000.bin" bs=1 seek=0 conv=notrunc 2>/dev/null
+    expect "shard with a wrong magic" 1 "$W/magic/train_000000.bin" "magic" -- \
+        "$E" train --config "$W/tiny.ini" --set "data.dir=$W/magic" --run-dir "$W/r1"
+
+    # truncated (in the validation shard, which is opened after the train shards)
+    cp -r "$DATA" "$W/trunc"
+    local size
+    size=$(wc -c <"$W/trunc/val_000000.bin")
+    truncate -s $((size - 100)) "$W/trunc/val_000000.bin"
+    expect "truncated shard" 1 "$W/trunc/val_000000.bin" "truncated" -- \
+        "$E" train --config "$W/tiny.ini" --set "data.dir=$W/trunc" --run-dir "$W/r1"
+
+    # shorter than the header
+    mkdir -p "$W/tiny"
+    printf 'short' >"$W/tiny/train_000000.bin"
+    expect "shard shorter than its header" 1 "$W/tiny/train_000000.bin" -- \
+        "$E" train --config "$W/tiny.ini" --set "data.dir=$W/tiny" --run-dir "$W/r1"
+
+    # a token id of 0xffff (little-endian uint16) at token position 1000
+    cp -r "$DATA" "$W/vocab"
+    printf '\377\377' | dd of="$W/vocab/train_000000.bin" bs=1 seek=$((1024 + 2 * 1000)) \
+        conv=notrunc 2>/dev/null
+    expect "token outside the vocabulary" 1 "$W/vocab/train_000000.bin" "65535" "vocabulary" -- \
+        "$E" train --config "$W/tiny.ini" --set "data.dir=$W/vocab" --run-dir "$W/r1"
+    # byte tokens above model.vocab are out of vocabulary too
+    expect "model.vocab smaller than the data's tokens" 1 "vocabulary" -- \
+        "$E" train --config "$W/tiny.ini" --set model.vocab=100 --run-dir "$W/r1"
+    [ -e "$W/r1" ] && fail "a failed start (bad data) created the run directory $W/r1"
+
+    # prepare: empty input
+    : >"$W/empty.txt"
+    expect "prepare an empty input" 1 "empty" "$W/empty.txt" -- \
+        "$E" data prepare --input "$W/empty.txt" --output "$W/out_empty"
+    no_shards "prepare an empty input" "$W/out_empty"
+
+    # prepare: missing input (with a good one before it)
+    expect "prepare a missing input" 1 "$W/missing.txt" -- \
+        "$E" data prepare --input "$W/corpus.txt" "$W/missing.txt" --output "$W/out_missing"
+    no_shards "prepare a missing input" "$W/out_missing"
+
+    # prepare: a directory as input
+    expect "prepare a directory as input" 1 "$W/emptydir" -- \
+        "$E" data prepare --input "$W/emptydir" --output "$W/out_dirin"
+    no_shards "prepare a directory as input" "$W/out_dirin"
+
+    # prepare: a binary file (the entente binary itself) is accepted
+    local bytes total
+    bytes=$(wc -c <"$E")
+    if expect "prepare a binary file" 0 "out:wrote" -- \
+        "$E" data prepare --input "$E" --output "$W/out_bin"; then
+        [ -f "$W/out_bin/train_000000.bin" ] || fail "prepare a binary file: no train_000000.bin"
+        # one token per byte plus the end-of-text token
+        total=$(sed -n 's/.*wrote \([0-9]*\) train and \([0-9]*\) val tokens.*/\1 \2/p' "$W/out" |
+            awk '{ print $1 + $2 }')
+        [ "$total" = $((bytes + 1)) ] ||
+            fail "prepare a binary file of $bytes bytes: expected $((bytes + 1)) tokens, stdout says '$total'"
+    fi
+
+    # prepare: into a directory that already holds shards
+    mkdir -p "$W/out_force"
+    expect "prepare into an empty dir, small shards" 0 -- \
+        "$E" data prepare --input "$W/corpus.txt" --output "$W/out_force" --shard-tokens 100000
+    local before
+    before=$(ls "$W/out_force" | grep -c '\.bin$')
+    [ "$before" -gt 2 ] || fail "--shard-tokens 100000 should give several shards, got $before"
+    cp "$W/out_force/train_000000.bin" "$W/first.bin"
+    expect "prepare into a dir with shards, no --force" 2 "$W/out_force" "--force" -- \
+        "$E" data prepare --input "$W/corpus.txt" --output "$W/out_force"
+    cmp -s "$W/out_force/train_000000.bin" "$W/first.bin" ||
+        fail "a refused prepare changed the existing shards"
+    expect "prepare into a dir with shards, --force" 0 "out:wrote" -- \
+        "$E" data prepare --input "$W/corpus.txt" --output "$W/out_force" --force
+    local after
+    after=$(ls "$W/out_force" | grep '\.bin' | tr '\n' ' ')
+    [ "$after" = "train_000000.bin val_000000.bin " ] ||
+        fail "--force should leave exactly the new train_000000.bin and val_000000.bin, found: $after"
+    cmp -s "$W/out_force/train_000000.bin" "$DATA/train_000000.bin" ||
+        fail "--force did not write the same shard as a fresh prepare of the same corpus"
+}
+
+case_run_dir_error() {
+    make_data
+    write_config "$W/tiny.ini"
+    : >"$W/file"
+    expect "--run-dir under a regular file" 1 "$W/file" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/file/sub"
+    [ -f "$W/file" ] && [ ! -s "$W/file" ] || fail "the regular file $W/file was changed"
+}
+
+case_out_of_memory() {
+    make_data
+    write_config "$W/tiny.ini"
+    expect "a model far too big" 1 "not enough memory" -- \
+        "$E" train --config "$W/tiny.ini" --set model.width=65536 --set model.layers=1024 \
+        --set model.heads=64 --run-dir "$W/run"
+    local cores
+    cores=$(find "$W" -maxdepth 1 -name 'core*' | head -1)
+    [ -z "$cores" ] || fail "a core file was left: $cores"
+    grep -qiE 'segmentation|aborted|core dumped' "$W/err" && fail "stderr reports a crash"
+    [ -e "$W/run" ] && fail "the failed run created its run directory"
+}
+
+# check_run DESC RUN_DIR STDOUT: the files and records of the tiny run
+check_run() {
+    local desc=$1 run=$2 out=$3 f
+    for f in metrics.jsonl config.ini run.json samples.txt; do
+        [ -s "$run/$f" ] || fail "$desc: $run/$f is missing or empty"
+    done
+    [ -s "$run/metrics.jsonl" ] || return
+    local m=$run/metrics.jsonl
+    # one train record per step 1..30, with every field
+    local bad
+    bad=$(awk '
+        /"loss":/ {
+            if (!match($0, /"step":[0-9]+/)) { print "no step: " $0; next }
+            s = substr($0, RSTART + 7, RLENGTH - 7) + 0
+            seen[s]++
+            n = split("loss lr grad_norm tokens_per_s", k, " ")
+            for (i = 1; i <= n; i++)
+                if ($0 !~ ("\"" k[i] "\":-?[0-9]")) print "step " s ": no numeric " k[i]
+        }
+        END {
+            for (s = 1; s <= 30; s++) if (seen[s] != 1) print "step " s ": " (seen[s] + 0) " train records"
+            for (s in seen) if (s + 0 < 1 || s + 0 > 30) print "unexpected train record for step " s
+        }' "$m")
+    [ -z "$bad" ] || { fail "$desc: metrics.jsonl train records:"; printf '%s\n' "$bad" | head -10 | sed 's/^/      /'; }
+    local vsteps
+    vsteps=$(sed -n 's/^{"step":\([0-9]*\),"val_loss":[0-9].*/\1/p' "$m" | tr '\n' ' ')
+    [ "$vsteps" = "0 10 20 30 " ] ||
+        fail "$desc: expected val_loss records at steps 0 10 20 30, found at: '$vsteps'"
+    local first last
+    first=$(sed -n 's/^{"step":1,.*"loss":\([-0-9.e+]*\).*/\1/p' "$m")
+    last=$(sed -n 's/^{"step":30,.*"loss":\([-0-9.e+]*\).*/\1/p' "$m")
+    if [ -z "$first" ] || [ -z "$last" ]; then
+        fail "$desc: no loss at step 1 or 30 in metrics.jsonl"
+    elif ! awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }'; then
+        fail "$desc: the loss did not fall: step 1 $first, step 30 $last"
+    fi
+    # warm-up reaches the peak learning rate at step 5
+    grep -qE '^\{"step":5,.*"lr":0\.003[,}]' "$m" ||
+        fail "$desc: step 5 (end of warm-up) should have lr 0.003: $(grep '^{"step":5,' "$m" | grep lr)"
+    grep -qE '^step +1/30 \| loss [0-9.]+ \| lr ' "$out" || fail "$desc: no progress line for step 1 on stdout"
+    grep -qE '^step +30/30 \| loss [0-9.]+ \| lr ' "$out" || fail "$desc: no progress line for step 30 on stdout"
+    grep -qE '^step +30/30 \| val loss [0-9.]+' "$out" || fail "$desc: no val loss line for step 30 on stdout"
+    grep -q '^---- sample at step 30 ' "$out" || fail "$desc: no sample on stdout"
+    grep -q '^---- sample at step 30 ' "$run/samples.txt" || fail "$desc: no sample in samples.txt"
+}
+
+case_train_tiny() {
+    make_data
+    write_config "$W/tiny.ini"
+    expect "train the tiny config" 0 -- "$E" train --config "$W/tiny.ini" --run-dir "$W/run" || return
+    cp "$W/out" "$W/train.out"
+    check_run "train_tiny" "$W/run" "$W/train.out"
+    grep -q '"world_size":1' "$W/run/run.json" || fail "run.json lacks \"world_size\":1"
+    # the run's config.ini is the effective config and loads again
+    expect "print the tiny config" 0 -- "$E" train --config "$W/tiny.ini" --print-config
+    cp "$W/out" "$W/p1.ini"
+    expect "load the run's config.ini" 0 -- "$E" train --config "$W/run/config.ini" --print-config
+    cmp -s "$W/p1.ini" "$W/out" || fail "run/config.ini does not load as the run's configuration"
+}
+
+case_train_mpirun() {
+    if ! command -v mpirun >/dev/null 2>&1; then
+        echo "SKIP: mpirun is not installed"
+        exit 77
+    fi
+    if ! command -v timeout >/dev/null 2>&1; then
+        echo "SKIP: timeout (coreutils) is not installed"
+        exit 77
+    fi
+    local flags=() over=()
+    if mpirun --version 2>&1 | grep -qi 'open mpi\|open-mpi\|openrte'; then
+        [ "$(id -u)" = 0 ] && flags+=(--allow-run-as-root)
+        over=(--oversubscribe)
+    fi
+    make_data
+    write_config "$W/tiny.ini"
+    expect "mpirun -np 1 entente train" 0 -- \
+        timeout 60 mpirun "${flags[@]+"${flags[@]}"}" -np 1 "$E" train --config "$W/tiny.ini" --run-dir "$W/run1"
+    cp "$W/out" "$W/train.out"
+    [ "$RC" = 0 ] && check_run "mpirun -np 1" "$W/run1" "$W/train.out"
+    expect "mpirun -np 2 entente train" nonzero "one rank only" -- \
+        timeout 60 mpirun "${flags[@]+"${flags[@]}"}" -np 2 "${over[@]+"${over[@]}"}" "$E" train \
+        --config "$W/tiny.ini" --run-dir "$W/run2"
+    [ -e "$W/run2/metrics.jsonl" ] && fail "mpirun -np 2: a run that refused to start wrote metrics"
+}
+
+# ---------------------------------------------------------------------------
+
+case "$CASE" in
+help | docs_config | config_errors | print_config | print_config_strings | data_errors | \
+    run_dir_error | out_of_memory | train_tiny | train_mpirun)
+    "case_$CASE"
+    ;;
+*)
+    echo "unknown case '$CASE'" >&2
+    exit 2
+    ;;
+esac
+
+if [ "$FAILED" != 0 ]; then
+    echo "cli_$CASE: FAILED"
+    exit 1
+fi
+echo "cli_$CASE: passed"
+exit 0
