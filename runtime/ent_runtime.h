@@ -232,6 +232,9 @@ void ent_sample(ent_model_t *model, const int32_t *prompt, int np, int n, double
 // control bytes as '?'); other vocabularies print token ids.
 void ent_tokens_print(FILE *f, const int32_t *tokens, int n, int vocab);
 
+// Formats a byte count as "1.23 GiB" into buf (n bytes) and returns buf.
+const char *ent_format_bytes(double bytes, char *buf, size_t n);
+
 // ---------------------------------------------------------------------------
 // the command line
 

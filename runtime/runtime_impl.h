@@ -31,9 +31,6 @@ ent_status ent_write_file_parts_atomic(const char *path, const void *const *part
 // fsyncs a directory so that a rename inside it is durable.
 ent_status ent_fsync_dir(const char *dir);
 
-// ---- memory ----
-// Formats bytes as "1.23 GiB" into buf.
-const char *ent_format_bytes(double bytes, char *buf, size_t n);
 
 // ---- data ----
 // Files in dir matching the glob pattern, sorted; *paths is owned by the caller

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Configures and builds Entente (Release, CPU backend) into build/.
+# Extra arguments go to CMake's configure step, e.g. -DENT_ARCH=native.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+cmake --build build -j "$(nproc)"
