@@ -4,6 +4,7 @@
 #include "runtime_impl.h"
 #include "ent_version.h"
 
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -215,6 +216,9 @@ out:
 // ---------------------------------------------------------------------------
 
 int ent_cli_main(int argc, char **argv) {
+    // A file-size limit (ulimit -f) then fails the write with EFBIG, which is
+    // reported with the file's name, instead of killing the process.
+    signal(SIGXFSZ, SIG_IGN);
     if (argc < 2) {
         fputs(main_help, stderr);
         return 2;

@@ -66,10 +66,19 @@ typedef struct {
     int micro, accum, T;
     int32_t *inputs, *targets; // (micro, T) host
     FILE *metrics, *samples;
+    const char *run_dir;
     int32_t *prompt;
     int nprompt;
     double t_start;
 } trainer;
+
+// Flushes a run file; a write that failed (a full disk, say) stops the run.
+static ent_status flush_run_file(const trainer *tr, FILE *f, const char *name) {
+    if (fflush(f) != 0 || ferror(f))
+        return ent_fail(ENT_ERR_IO, "cannot write %s/%s: %s", tr->run_dir, name,
+                        strerror(errno ? errno : EIO));
+    return ENT_OK;
+}
 
 static ent_status eval_loss(trainer *tr, double *out) {
     int64_t nseq = ent_dataset_num_sequences(tr->val);
@@ -90,13 +99,13 @@ static ent_status eval_loss(trainer *tr, double *out) {
     return ENT_OK;
 }
 
-static void write_sample(trainer *tr, int step) {
+static ent_status write_sample(trainer *tr, int step) {
     const ent_config *cfg = tr->cfg;
-    if (cfg->sample_tokens == 0) return;
+    if (cfg->sample_tokens == 0) return ENT_OK;
     int32_t *out = malloc(sizeof(int32_t) * (size_t)cfg->sample_tokens);
     if (out == NULL) {
         ent_log_warn("out of memory for a sample of %d tokens; skipped", cfg->sample_tokens);
-        return;
+        return ENT_OK;
     }
     ent_sample(tr->model, tr->prompt, tr->nprompt, cfg->sample_tokens, cfg->sample_temperature,
                cfg->sample_seed, out);
@@ -108,9 +117,10 @@ static void write_sample(trainer *tr, int step) {
         ent_tokens_print(f, tr->prompt + 1, tr->nprompt - 1, cfg->vocab);
         ent_tokens_print(f, out, cfg->sample_tokens, cfg->vocab);
         fprintf(f, "\n----\n");
-        fflush(f);
     }
     free(out);
+    fflush(stdout);
+    return flush_run_file(tr, tr->samples, "samples.txt");
 }
 
 static ent_status run_eval(trainer *tr, int step, double *val_loss) {
@@ -126,8 +136,7 @@ static ent_status run_eval(trainer *tr, int step, double *val_loss) {
     fputc(',', tr->metrics);
     json_number(tr->metrics, "elapsed_s", now_seconds() - tr->t_start);
     fputs("}\n", tr->metrics);
-    fflush(tr->metrics);
-    return ENT_OK;
+    return flush_run_file(tr, tr->metrics, "metrics.jsonl");
 }
 
 // One optimizer step: accumulate gradients over the micro-batches of the global
@@ -231,7 +240,7 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, ent_comm_t *com
         return ent_fail(ENT_ERR_USAGE, "parallel.tp = %d, parallel.zero = %d: this version "
                         "trains on one rank only (tp = 1, zero = 0)", cfg->tp, cfg->zero);
 
-    trainer tr = {.cfg = cfg};
+    trainer tr = {.cfg = cfg, .run_dir = run_dir};
     ent_status st = ENT_OK;
     tr.T = cfg->context;
     tr.micro = cfg->micro_batch > 0 ? cfg->micro_batch : cfg->batch_size;
@@ -322,7 +331,7 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, ent_comm_t *com
                 (long long)(tr.cursor.consumed / ent_dataset_num_sequences(tr.train)));
         json_number(tr.metrics, "elapsed_s", now_seconds() - tr.t_start);
         fputs("}\n", tr.metrics);
-        fflush(tr.metrics);
+        ENT_CHECK_GOTO(flush_run_file(&tr, tr.metrics, "metrics.jsonl"), done);
 
         if (step % cfg->log_every == 0 || step == cfg->steps) {
             char eta[32];
@@ -336,7 +345,7 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, ent_comm_t *com
         if ((cfg->eval_every > 0 && step % cfg->eval_every == 0) || last)
             ENT_CHECK_GOTO(run_eval(&tr, step, &val_loss), done);
         if ((cfg->sample_every > 0 && step % cfg->sample_every == 0) || last)
-            write_sample(&tr, step);
+            ENT_CHECK_GOTO(write_sample(&tr, step), done);
     }
     double elapsed = now_seconds() - tr.t_start;
     char t_train[32], t_all[32];

@@ -524,6 +524,30 @@ case_run_dir_error() {
     [ -f "$W/file" ] && [ ! -s "$W/file" ] || fail "the regular file $W/file was changed"
 }
 
+# A full disk: metrics.jsonl or samples.txt on /dev/full during training, and a
+# file-size limit (ulimit -f) for data prepare. Each is a clean error naming the file;
+# prepare leaves no shard behind.
+case_disk_full() {
+    make_data
+    write_config "$W/tiny.ini"
+    mkdir -p "$W/run"
+    ln -s /dev/full "$W/run/metrics.jsonl"
+    expect "train with metrics.jsonl on a full disk" 1 "metrics.jsonl" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/run"
+    mkdir -p "$W/big"
+    head -c 3000000 /dev/urandom >"$W/big/input.bin"
+    expect "data prepare beyond the file-size limit" 1 "$W/big/out/train_000000.bin" -- \
+        bash -c 'ulimit -f 1000 && exec "$0" data prepare --input "$1" --output "$2"' \
+        "$E" "$W/big/input.bin" "$W/big/out"
+    no_shards "data prepare beyond the file-size limit" "$W/big/out"
+    # (training is not run under a small ulimit -f: MPI's own start-up needs
+    # files of several MB and fails before entente runs)
+    mkdir -p "$W/run3"
+    ln -s /dev/full "$W/run3/samples.txt"
+    expect "train with samples.txt on a full disk" 1 "samples.txt" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/run3"
+}
+
 case_out_of_memory() {
     make_data
     write_config "$W/tiny.ini"
@@ -627,7 +651,7 @@ case_train_mpirun() {
 
 case "$CASE" in
 help | docs_config | config_errors | print_config | print_config_strings | data_errors | \
-    run_dir_error | out_of_memory | train_tiny | train_mpirun)
+    run_dir_error | disk_full | out_of_memory | train_tiny | train_mpirun)
     "case_$CASE"
     ;;
 *)
