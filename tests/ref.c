@@ -1,6 +1,7 @@
 // ref.c: the double-precision references (see ref.h).
 #include "ref.h"
 
+#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +46,27 @@ void fill_normal(float *x, size_t n, double std) {
 void fill_uniform(float *x, size_t n, double lo, double hi) {
     for (size_t i = 0; i < n; i++) x[i] = (float)(lo + (hi - lo) * test_uniform());
 }
+
+void test_reseed(uint64_t salt) { test_rng_reset(test_seed() ^ (salt * 0x9e3779b97f4a7c15ULL)); }
+
+int64_t test_rand_int(int64_t lo, int64_t hi) {
+    int64_t v = lo + (int64_t)(test_uniform() * (double)(hi - lo + 1));
+    return v > hi ? hi : v;
+}
+
+int test_tmpdir_create(char *buf, size_t n, const char *tag) {
+    snprintf(buf, n, "/tmp/ent_test_%s_XXXXXX", tag);
+    return mkdtemp(buf) == NULL;
+}
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+int test_tree_remove(const char *path) { return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS); }
 
 void to_double(const float *x, double *y, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] = x[i];

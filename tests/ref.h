@@ -15,6 +15,16 @@ double test_normal(void);
 void fill_normal(float *x, size_t n, double std);
 void fill_uniform(float *x, size_t n, double lo, double hi);
 void to_double(const float *x, double *y, size_t n);
+// Restarts the random stream from the run's seed mixed with a per-test salt.
+void test_reseed(uint64_t salt);
+// A uniform integer in [lo, hi].
+int64_t test_rand_int(int64_t lo, int64_t hi);
+
+// ---- temporary directories ----
+// Creates /tmp/ent_test_<tag>_XXXXXX into buf (n bytes); returns 0 on success.
+int test_tmpdir_create(char *buf, size_t n, const char *tag);
+// Removes a directory tree; returns 0 on success.
+int test_tree_remove(const char *path);
 
 // max |a - b| / max |b|: the error relative to the reference's scale
 double rel_error(const float *a, const double *b, size_t n);

@@ -19,7 +19,6 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,30 +30,14 @@
 
 static char tmpdir[64];
 
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static int setup(void **state) {
     (void)state;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/ent_test_config_XXXXXX");
-    return mkdtemp(tmpdir) == NULL;
+    return test_tmpdir_create(tmpdir, sizeof tmpdir, "config");
 }
 
 static int teardown(void **state) {
     (void)state;
-    return nftw(tmpdir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static void reseed(uint64_t salt) { test_rng_reset(test_seed() ^ (salt * 0x9e3779b97f4a7c15ULL)); }
-
-// uniform integer in [lo, hi]
-static int64_t rand_int(int64_t lo, int64_t hi) {
-    int64_t v = lo + (int64_t)(test_uniform() * (double)(hi - lo + 1));
-    return v > hi ? hi : v;
+    return test_tree_remove(tmpdir);
 }
 
 static uint64_t rand_u64(void) {
@@ -164,7 +147,7 @@ static void assert_config_equal(const ent_config *a, const ent_config *b) {
 // backslashes and the INI comment characters.
 static void random_text(char *out, int len) {
     static const char alphabet[] = "abcdefxyzABCXYZ0123456789 \t\n\"\\#;=:[]{}/.,!?-_'*&%$@~`<>()";
-    for (int i = 0; i < len; i++) out[i] = alphabet[rand_int(0, (int)sizeof alphabet - 2)];
+    for (int i = 0; i < len; i++) out[i] = alphabet[test_rand_int(0, (int)sizeof alphabet - 2)];
     out[len] = '\0';
 }
 
@@ -172,15 +155,15 @@ static void random_text(char *out, int len) {
 // its own and with the defaults of the other groups.
 static void random_config(ent_config *c) {
     ent_config_defaults(c);
-    c->layers = (int)rand_int(1, 48);
-    c->heads = 1 << rand_int(0, 4);
-    c->width = c->heads * (int)rand_int(1, 96);
-    c->tp = 1 << rand_int(0, (int)log2(c->heads));
-    c->context = (int)rand_int(1, 65536);
-    c->steps = (int)rand_int(1, 1000000);
-    c->warmup_steps = (int)rand_int(0, c->steps < 20000 ? c->steps : 20000);
-    c->micro_batch = rand_int(0, 1) ? (int)rand_int(1, 64) : 0;
-    c->batch_size = c->micro_batch ? c->micro_batch * (int)rand_int(1, 16) : (int)rand_int(1, 4096);
+    c->layers = (int)test_rand_int(1, 48);
+    c->heads = 1 << test_rand_int(0, 4);
+    c->width = c->heads * (int)test_rand_int(1, 96);
+    c->tp = 1 << test_rand_int(0, (int)log2(c->heads));
+    c->context = (int)test_rand_int(1, 65536);
+    c->steps = (int)test_rand_int(1, 1000000);
+    c->warmup_steps = (int)test_rand_int(0, c->steps < 20000 ? c->steps : 20000);
+    c->micro_batch = test_rand_int(0, 1) ? (int)test_rand_int(1, 64) : 0;
+    c->batch_size = c->micro_batch ? c->micro_batch * (int)test_rand_int(1, 16) : (int)test_rand_int(1, 4096);
     c->lr = 10.0 * test_uniform();
     c->lr_floor = test_uniform();
     c->weight_decay = 10.0 * test_uniform();
@@ -189,26 +172,26 @@ static void random_config(ent_config *c) {
     c->eps = 1e-8 * (1.0 + test_uniform());
     c->grad_clip = 1e6 * test_uniform();
     c->seed = rand_u64();
-    c->log_every = (int)rand_int(1, 1000);
-    c->eval_every = (int)rand_int(0, 100000);
-    c->eval_batches = (int)rand_int(1, 1000);
-    c->sample_every = (int)rand_int(0, 100000);
-    c->sample_tokens = (int)rand_int(0, 1000000);
+    c->log_every = (int)test_rand_int(1, 1000);
+    c->eval_every = (int)test_rand_int(0, 100000);
+    c->eval_batches = (int)test_rand_int(1, 1000);
+    c->sample_every = (int)test_rand_int(0, 100000);
+    c->sample_tokens = (int)test_rand_int(0, 1000000);
     c->sample_temperature = 100.0 * test_uniform();
     c->sample_seed = rand_u64();
-    if (rand_int(0, 1)) {
+    if (test_rand_int(0, 1)) {
         c->vocab = ENT_BYTE_VOCAB;
-        random_text(c->sample_prompt, (int)rand_int(1, 60));
+        random_text(c->sample_prompt, (int)test_rand_int(1, 60));
     } else {
-        do c->vocab = (int)rand_int(2, 65536); while (c->vocab == ENT_BYTE_VOCAB);
+        do c->vocab = (int)test_rand_int(2, 65536); while (c->vocab == ENT_BYTE_VOCAB);
         c->sample_prompt[0] = '\0';
     }
     snprintf(c->data_dir, sizeof c->data_dir, "/tmp/ent data/%llx", (unsigned long long)rand_u64());
-    snprintf(c->train_pattern, sizeof c->train_pattern, "*tr%d*.bin", (int)rand_int(0, 999));
-    snprintf(c->val_pattern, sizeof c->val_pattern, "v%d_*.bin", (int)rand_int(0, 999));
-    c->shuffle = (int)rand_int(0, 1);
-    c->zero = (int)rand_int(0, 1);
-    c->threads = (int)rand_int(0, 4096);
+    snprintf(c->train_pattern, sizeof c->train_pattern, "*tr%d*.bin", (int)test_rand_int(0, 999));
+    snprintf(c->val_pattern, sizeof c->val_pattern, "v%d_*.bin", (int)test_rand_int(0, 999));
+    c->shuffle = (int)test_rand_int(0, 1);
+    c->zero = (int)test_rand_int(0, 1);
+    c->threads = (int)test_rand_int(0, 4096);
 }
 
 // The value of one key as INI text, written by the test (not by ent_config_write):
@@ -221,7 +204,7 @@ static void format_value(const ent_config *c, const field *f, char *buf, size_t 
     case T_INT: snprintf(buf, n, "%d", AT(x, f, int)); break;
     case T_FLOAT: snprintf(buf, n, "%.17g", AT(x, f, double)); break;
     case T_U64: snprintf(buf, n, "%llu", (unsigned long long)AT(x, f, uint64_t)); break;
-    case T_BOOL: snprintf(buf, n, "%s", (AT(x, f, int) ? yes : no)[rand_int(0, 5)]); break;
+    case T_BOOL: snprintf(buf, n, "%s", (AT(x, f, int) ? yes : no)[test_rand_int(0, 5)]); break;
     case T_STR: {
         size_t j = 0;
         buf[j++] = '"';
@@ -247,7 +230,7 @@ static char *ini_text(const ent_config *c, const int *use) {
     for (int i = 0; i < NFIELDS; i++)
         if (use[i]) order[n++] = i;
     for (int i = n - 1; i > 0; i--) {
-        int j = (int)rand_int(0, i), t = order[i];
+        int j = (int)test_rand_int(0, i), t = order[i];
         order[i] = order[j];
         order[j] = t;
     }
@@ -264,10 +247,10 @@ static char *ini_text(const ent_config *c, const int *use) {
             section = fl->section;
             fprintf(f, "\n[%s]\n", section);
         }
-        if (rand_int(0, 3) == 0) fputs(rand_int(0, 1) ? "# a comment\n" : "\n", f);
+        if (test_rand_int(0, 3) == 0) fputs(test_rand_int(0, 1) ? "# a comment\n" : "\n", f);
         char value[256];
         format_value(c, fl, value, sizeof value);
-        fprintf(f, "%s%s%s\n", fl->key, eqs[rand_int(0, 3)], value);
+        fprintf(f, "%s%s%s\n", fl->key, eqs[test_rand_int(0, 3)], value);
     }
     assert_int_equal(fclose(f), 0);
     return buf;
@@ -278,16 +261,16 @@ static char *ini_text(const ent_config *c, const int *use) {
 
 static void test_load_overrides_defaults(void **state) {
     (void)state;
-    reseed(1);
+    test_reseed(1);
     ent_config defaults;
     ent_config_defaults(&defaults);
     for (int trial = 0; trial < 20; trial++) {
         ent_config want;
         random_config(&want);
         int use[NFIELDS], groups[6];
-        for (int g = 0; g < 6; g++) groups[g] = g == 5 || rand_int(0, 1); // data.dir is required
+        for (int g = 0; g < 6; g++) groups[g] = g == 5 || test_rand_int(0, 1); // data.dir is required
         for (int i = 0; i < NFIELDS; i++)
-            use[i] = fields[i].group ? groups[fields[i].group] : (int)rand_int(0, 1);
+            use[i] = fields[i].group ? groups[fields[i].group] : (int)test_rand_int(0, 1);
         char *text = ini_text(&want, use), path[128];
         write_text(path, sizeof path, "load.ini", text);
         ent_config got;
@@ -346,10 +329,10 @@ static const bad_file bad_files[] = {
 
 static void test_load_errors(void **state) {
     (void)state;
-    reseed(2);
+    test_reseed(2);
     for (size_t c = 0; c < sizeof bad_files / sizeof bad_files[0]; c++) {
         // a random number of comment and blank lines first, so the line number moves
-        int pad = (int)rand_int(0, 6);
+        int pad = (int)test_rand_int(0, 6);
         char text[512] = "", path[128], where[192];
         for (int i = 0; i < pad; i++) strcat(text, i % 2 ? "; pad\n" : "\n");
         strcat(text, bad_files[c].text);
@@ -370,9 +353,9 @@ static void test_load_errors(void **state) {
 
 static void test_duplicate_key(void **state) {
     (void)state;
-    reseed(3);
+    test_reseed(3);
     // the key is set on line `first`, then again after other keys and a reopened section
-    int pad = (int)rand_int(0, 9), first = pad + 2;
+    int pad = (int)test_rand_int(0, 9), first = pad + 2;
     char text[512] = "[model]\n", path[128], where[160], first_line[32];
     for (int i = 0; i < pad; i++) strcat(text, "# pad\n");
     strcat(text, "layers = 2\nheads = 4\n[train]\nsteps = 5\n[model]\nlayers = 3\n");
@@ -396,10 +379,10 @@ static void test_missing_file(void **state) {
 
 static void test_inconsistent_combinations(void **state) {
     (void)state;
-    reseed(4);
+    test_reseed(4);
     char path[128], a[160], b[160];
     ent_config cfg;
-    int heads = 1 << rand_int(1, 4), width = heads * (int)rand_int(2, 20) + 1;
+    int heads = 1 << test_rand_int(1, 4), width = heads * (int)test_rand_int(2, 20) + 1;
 
     // width not divisible by heads: both keys and both lines
     char text[512];
@@ -410,16 +393,16 @@ static void test_inconsistent_combinations(void **state) {
     expect_error(ent_config_load(&cfg, path, NULL, 0), ENT_ERR_USAGE, "model.width", "model.heads", a, b);
 
     // micro_batch not dividing batch_size
-    int micro = (int)rand_int(2, 16), batch = micro * (int)rand_int(1, 8) + (int)rand_int(1, micro - 1);
+    int micro = (int)test_rand_int(2, 16), batch = micro * (int)test_rand_int(1, 8) + (int)test_rand_int(1, micro - 1);
     snprintf(text, sizeof text, "[train]\nbatch_size = %d\nmicro_batch = %d\n[data]\ndir = /d\n", batch, micro);
     write_text(path, sizeof path, "micro.ini", text);
     snprintf(a, sizeof a, "%s:3", path);
     expect_error(ent_config_load(&cfg, path, NULL, 0), ENT_ERR_USAGE, "micro_batch", "batch_size", a, NULL);
 
     // warm-up longer than the run
-    int steps = (int)rand_int(1, 1000);
+    int steps = (int)test_rand_int(1, 1000);
     snprintf(text, sizeof text, "[data]\ndir = /d\n[train]\nsteps = %d\nwarmup_steps = %d\n", steps,
-             steps + (int)rand_int(1, 100));
+             steps + (int)test_rand_int(1, 100));
     write_text(path, sizeof path, "warmup.ini", text);
     snprintf(a, sizeof a, "%s:5", path);
     expect_error(ent_config_load(&cfg, path, NULL, 0), ENT_ERR_USAGE, "warmup_steps", "train.steps", a, NULL);
@@ -462,9 +445,9 @@ static void test_inconsistent_combinations(void **state) {
 
 static void test_set_overrides(void **state) {
     (void)state;
-    reseed(5);
+    test_reseed(5);
     char path[128], text[256];
-    int layers = (int)rand_int(1, 50), layers2 = layers + (int)rand_int(1, 50);
+    int layers = (int)test_rand_int(1, 50), layers2 = layers + (int)test_rand_int(1, 50);
     double lr = 0.5 * test_uniform();
     snprintf(text, sizeof text, "[model]\nlayers = %d\n[train]\nlr = %.17g\n[data]\ndir = /d\n", layers, lr);
     write_text(path, sizeof path, "set.ini", text);
@@ -566,7 +549,7 @@ static void write_and_reload(const ent_config *cfg, const char *name, ent_config
 
 static void test_round_trip(void **state) {
     (void)state;
-    reseed(6);
+    test_reseed(6);
     for (int trial = 0; trial < 20; trial++) {
         ent_config want, first, second;
         random_config(&want);
@@ -624,14 +607,14 @@ static void test_round_trip_inline_comment_chars(void **state) {
 // characters that need escapes.
 static void test_long_values(void **state) {
     (void)state;
-    reseed(7);
+    test_reseed(7);
     static const char *keys[][2] = {{"sample", "prompt"}, {"data", "dir"}, {"data", "train_pattern"}};
     int accepted = 0, refused = 0;
     for (int trial = 0; trial < 300; trial++) {
-        int which = (int)rand_int(0, 2), len = (int)rand_int(1, 400);
+        int which = (int)test_rand_int(0, 2), len = (int)test_rand_int(1, 400);
         char value[512], quoted[1100], arg[1200], name[64];
         random_text(value, len);
-        if (rand_int(0, 1)) value[rand_int(0, len - 1)] = ';';
+        if (test_rand_int(0, 1)) value[test_rand_int(0, len - 1)] = ';';
         // quote it the way a user would on the command line
         size_t j = 0;
         quoted[j++] = '"';
@@ -667,13 +650,13 @@ static void test_long_values(void **state) {
     // a line longer than the parser's buffer names its own line, in any section
     int lens[] = {250, 1000, 5000};
     for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
-        int pad = (int)rand_int(0, 5);
+        int pad = (int)test_rand_int(0, 5);
         char *text = calloc(1, (size_t)lens[i] + 256), path[128], where[160];
         assert_non_null(text);
         for (int k = 0; k < pad; k++) strcat(text, "# pad\n");
         strcat(text, "[data]\ndir = /");
         size_t at = strlen(text);
-        for (int k = 0; k < lens[i]; k++) text[at + k] = (char)('a' + rand_int(0, 25));
+        for (int k = 0; k < lens[i]; k++) text[at + k] = (char)('a' + test_rand_int(0, 25));
         strcat(text, "\n[model]\nlayers = 2\n");
         write_text(path, sizeof path, "longline.ini", text);
         snprintf(where, sizeof where, "%s:%d:", path, pad + 2);
@@ -700,13 +683,13 @@ static void test_first_error_before_long_line(void **state) {
 // switch to octal (nor "08" be rejected while "8" is accepted).
 static void test_seed_is_decimal(void **state) {
     (void)state;
-    reseed(8);
+    test_reseed(8);
     ent_config cfg;
     ent_config_defaults(&cfg);
     assert_int_equal(ent_config_set(&cfg, "train.seed=18446744073709551615"), ENT_OK);
     assert_true(cfg.seed == UINT64_MAX);
     expect_error(ent_config_set(&cfg, "train.seed=18446744073709551616"), ENT_ERR_USAGE, "train.seed", NULL, NULL, NULL);
-    unsigned v = (unsigned)rand_int(8, 99999);
+    unsigned v = (unsigned)test_rand_int(8, 99999);
     char arg[64];
     snprintf(arg, sizeof arg, "train.seed=0%u", v);
     ent_status st = ent_config_set(&cfg, arg);
@@ -753,14 +736,14 @@ static void check_schedule(const ent_config *c) {
 
 static void test_lr_schedule(void **state) {
     (void)state;
-    reseed(9);
+    test_reseed(9);
     for (int trial = 0; trial < 50; trial++) {
         ent_config c;
         ent_config_defaults(&c);
         c.lr = 10.0 * (1.0 - test_uniform());
         c.lr_floor = trial % 10 == 0 ? 0.0 : trial % 10 == 1 ? 1.0 : test_uniform();
-        c.steps = (int)rand_int(2, 3000);
-        c.warmup_steps = trial % 5 == 0 ? 0 : (int)rand_int(1, c.steps - 1);
+        c.steps = (int)test_rand_int(2, 3000);
+        c.warmup_steps = trial % 5 == 0 ? 0 : (int)test_rand_int(1, c.steps - 1);
         check_schedule(&c);
     }
     // no warm-up: the first step already decays from lr

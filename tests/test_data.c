@@ -20,7 +20,6 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <ftw.h>
 #include <glob.h>
 #include <math.h>
 #include <stdio.h>
@@ -34,30 +33,14 @@
 
 static char root[64]; // every test works in a folder under it; teardown removes it
 
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static int setup(void **state) {
     (void)state;
-    snprintf(root, sizeof root, "/tmp/ent_test_data_XXXXXX");
-    return mkdtemp(root) == NULL;
+    return test_tmpdir_create(root, sizeof root, "data");
 }
 
 static int teardown(void **state) {
     (void)state;
-    return nftw(root, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static void reseed(uint64_t salt) { test_rng_reset(test_seed() ^ (salt * 0x9e3779b97f4a7c15ULL)); }
-
-// uniform integer in [lo, hi]
-static int64_t rand_int(int64_t lo, int64_t hi) {
-    int64_t v = lo + (int64_t)(test_uniform() * (double)(hi - lo + 1));
-    return v > hi ? hi : v;
+    return test_tree_remove(root);
 }
 
 // root/name (created unless create is 0) into path
@@ -195,14 +178,14 @@ static void make_corpus(corpus *c, const char *dir, size_t bin_len, size_t text_
     assert_non_null(c->text_data);
     for (size_t i = 0; i < 256; i++) c->bin_data[i] = (unsigned char)i;
     for (size_t i = 255; i > 0; i--) {
-        size_t j = (size_t)rand_int(0, (int64_t)i);
+        size_t j = (size_t)test_rand_int(0, (int64_t)i);
         unsigned char t = c->bin_data[i];
         c->bin_data[i] = c->bin_data[j];
         c->bin_data[j] = t;
     }
-    for (size_t i = 256; i < bin_len; i++) c->bin_data[i] = (unsigned char)rand_int(128, 255);
+    for (size_t i = 256; i < bin_len; i++) c->bin_data[i] = (unsigned char)test_rand_int(128, 255);
     for (size_t i = 0; i < text_len; i++)
-        c->text_data[i] = rand_int(0, 40) == 0 ? '\n' : (unsigned char)rand_int(32, 126);
+        c->text_data[i] = test_rand_int(0, 40) == 0 ? '\n' : (unsigned char)test_rand_int(32, 126);
     write_bytes(c->bin, c->bin_data, bin_len);
     write_bytes(c->text, c->text_data, text_len);
 }
@@ -243,12 +226,12 @@ static ent_status prepare(const corpus *c, const char *outdir, double val_fracti
 
 static void test_prepare_counts(void **state) {
     (void)state;
-    reseed(1);
+    test_reseed(1);
     char dir[128], out[256];
     folder(dir, sizeof dir, "prepare_counts", 1);
     for (int trial = 0; trial < 4; trial++) {
         corpus c;
-        make_corpus(&c, dir, (size_t)rand_int(20000, 40000), (size_t)rand_int(20000, 40000));
+        make_corpus(&c, dir, (size_t)test_rand_int(20000, 40000), (size_t)test_rand_int(20000, 40000));
         snprintf(out, sizeof out, "%s/out%d", dir, trial);
         double f = trial == 0 ? 0.5 : 0.05 + 0.25 * test_uniform();
         size_t train = 0, val = 0;
@@ -300,11 +283,11 @@ static void test_prepare_counts(void **state) {
 
 static void test_prepare_no_val(void **state) {
     (void)state;
-    reseed(2);
+    test_reseed(2);
     char dir[128], out[256];
     folder(dir, sizeof dir, "prepare_noval", 1);
     corpus c;
-    make_corpus(&c, dir, (size_t)rand_int(300, 5000), (size_t)rand_int(1, 5000));
+    make_corpus(&c, dir, (size_t)test_rand_int(300, 5000), (size_t)test_rand_int(1, 5000));
     snprintf(out, sizeof out, "%s/out", dir);
     size_t train = 0, val = 99;
     assert_int_equal(prepare(&c, out, 0.0, 1 << 20, 0, &train, &val), ENT_OK);
@@ -324,15 +307,15 @@ static void test_prepare_no_val(void **state) {
 
 static void test_prepare_shard_split(void **state) {
     (void)state;
-    reseed(3);
+    test_reseed(3);
     char dir[128], big[256], small[256];
     folder(dir, sizeof dir, "prepare_split", 1);
     corpus c;
-    make_corpus(&c, dir, (size_t)rand_int(3000, 6000), (size_t)rand_int(2000, 6000));
+    make_corpus(&c, dir, (size_t)test_rand_int(3000, 6000), (size_t)test_rand_int(2000, 6000));
     snprintf(big, sizeof big, "%s/big", dir);
     snprintf(small, sizeof small, "%s/small", dir);
     double f = 0.1 + 0.2 * test_uniform();
-    size_t shard_tokens = (size_t)rand_int(100, 900);
+    size_t shard_tokens = (size_t)test_rand_int(100, 900);
     size_t train1, val1, train2, val2;
     assert_int_equal(prepare(&c, big, f, 1 << 20, 0, &train1, &val1), ENT_OK);
     assert_int_equal(prepare(&c, small, f, shard_tokens, 0, &train2, &val2), ENT_OK);
@@ -367,7 +350,7 @@ static void expect_error(ent_status st, ent_status want, const char *w1, const c
 
 static void test_prepare_errors(void **state) {
     (void)state;
-    reseed(4);
+    test_reseed(4);
     char dir[128], out[256], empty[256], missing[256];
     folder(dir, sizeof dir, "prepare_errors", 1);
     corpus c;
@@ -412,11 +395,11 @@ static void test_prepare_errors(void **state) {
 
 static void test_prepare_force(void **state) {
     (void)state;
-    reseed(5);
+    test_reseed(5);
     char dir[128], out[256];
     folder(dir, sizeof dir, "prepare_force", 1);
     corpus c;
-    make_corpus(&c, dir, (size_t)rand_int(2000, 4000), (size_t)rand_int(1000, 3000));
+    make_corpus(&c, dir, (size_t)test_rand_int(2000, 4000), (size_t)test_rand_int(1000, 3000));
     snprintf(out, sizeof out, "%s/out", dir);
     // a first preparation: many small shards
     assert_int_equal(prepare(&c, out, 0.2, 300, 0, NULL, NULL), ENT_OK);
@@ -490,12 +473,12 @@ static void expect_bad_shard(const char *dir, const char *name, int vocab, int T
 
 static void test_shard_validation(void **state) {
     (void)state;
-    reseed(6);
+    test_reseed(6);
     char dir[128], path[512], w[64], w2[64];
     folder(dir, sizeof dir, "bad_shards", 1);
-    size_t n = (size_t)rand_int(100, 2000), got;
+    size_t n = (size_t)test_rand_int(100, 2000), got;
     uint16_t *tok = malloc((n + 8) * sizeof(uint16_t));
-    for (size_t i = 0; i < n + 8; i++) tok[i] = (uint16_t)rand_int(0, ENT_BYTE_VOCAB - 1);
+    for (size_t i = 0; i < n + 8; i++) tok[i] = (uint16_t)test_rand_int(0, ENT_BYTE_VOCAB - 1);
 
     // a good one first: header count, readable
     snprintf(path, sizeof path, "%s/good.bin", dir);
@@ -561,12 +544,12 @@ static void test_shard_validation(void **state) {
     }
 
     // a token id >= vocab: the message names the id and its position; vocab - 1 is fine
-    int vocab = (int)rand_int(300, 60000);
-    size_t pos = (size_t)rand_int(0, (int64_t)n - 1);
-    uint16_t bad_id = (uint16_t)rand_int(vocab, 65535);
+    int vocab = (int)test_rand_int(300, 60000);
+    size_t pos = (size_t)test_rand_int(0, (int64_t)n - 1);
+    uint16_t bad_id = (uint16_t)test_rand_int(vocab, 65535);
     uint16_t *t2 = malloc(n * sizeof(uint16_t));
-    for (size_t i = 0; i < n; i++) t2[i] = (uint16_t)rand_int(0, vocab - 1);
-    t2[rand_int(0, (int64_t)n - 1)] = (uint16_t)(vocab - 1);
+    for (size_t i = 0; i < n; i++) t2[i] = (uint16_t)test_rand_int(0, vocab - 1);
+    t2[test_rand_int(0, (int64_t)n - 1)] = (uint16_t)(vocab - 1);
     snprintf(path, sizeof path, "%s/vocab_a_ok.bin", dir);
     assert_int_equal(ent_shard_write(path, t2, n), ENT_OK);
     assert_int_equal(ent_dataset_open(dir, "vocab_a_ok.bin", vocab, 8, &d), ENT_OK);
@@ -600,7 +583,7 @@ static void test_shard_validation(void **state) {
     assert_null(d);
 
     // too short for one sequence of T + 1 tokens: T tokens, even in two shards
-    int T = (int)rand_int(4, 64);
+    int T = (int)test_rand_int(4, 64);
     snprintf(path, sizeof path, "%s/tiny_a.bin", dir);
     assert_int_equal(ent_shard_write(path, tok, (size_t)T), ENT_OK);
     snprintf(path, sizeof path, "%s/tiny_b.bin", dir);
@@ -621,22 +604,22 @@ static void test_shard_validation(void **state) {
 // Shards written by another tool (llm.c's tokenizer scripts) in the same layout.
 static void test_foreign_shards(void **state) {
     (void)state;
-    reseed(7);
+    test_reseed(7);
     char dir[128], val[512], train[512];
     folder(dir, sizeof dir, "llmc", 1);
-    size_t n = (size_t)rand_int(2000, 6000);
+    size_t n = (size_t)test_rand_int(2000, 6000);
     uint16_t *tok = malloc(n * sizeof(uint16_t)), *other = malloc(n * sizeof(uint16_t));
     for (size_t i = 0; i < n; i++) {
-        tok[i] = (uint16_t)rand_int(0, 50256);
-        other[i] = (uint16_t)rand_int(0, 50256);
+        tok[i] = (uint16_t)test_rand_int(0, 50256);
+        other[i] = (uint16_t)test_rand_int(0, 50256);
     }
-    tok[rand_int(0, (int64_t)n - 1)] = 50256; // GPT-2's end-of-text
+    tok[test_rand_int(0, (int64_t)n - 1)] = 50256; // GPT-2's end-of-text
     snprintf(val, sizeof val, "%s/tiny_shakespeare_val.bin", dir);
     snprintf(train, sizeof train, "%s/tiny_shakespeare_train.bin", dir);
     write_raw_shard(val, 20240520, 1, (int32_t)n, tok, n);
     write_raw_shard(train, 20240520, 1, (int32_t)n - 1, other, n - 1);
 
-    int T = (int)rand_int(8, 128);
+    int T = (int)test_rand_int(8, 128);
     ent_dataset_t *d = NULL;
     ent_status st = ent_dataset_open(dir, "*val*.bin", 50257, T, &d);
     if (st != ENT_OK) fail_msg("%s", ent_last_error());
@@ -678,19 +661,19 @@ static void test_foreign_shards(void **state) {
 
 static void test_sequences(void **state) {
     (void)state;
-    reseed(8);
+    test_reseed(8);
     char dir[128], path[512];
     folder(dir, sizeof dir, "sequences", 1);
-    int T = (int)rand_int(4, 48);
+    int T = (int)test_rand_int(4, 48);
     // shard lengths: random ones and the edges (empty, T, T + 1, 2T + 1, a multiple of T)
-    size_t lens[8] = {(size_t)rand_int(T + 1, 3000), 0, (size_t)T, (size_t)rand_int(1, 3000),
-                      (size_t)T + 1, (size_t)rand_int(T + 1, 3000), 2 * (size_t)T + 1,
-                      (size_t)T * (size_t)rand_int(2, 50)};
+    size_t lens[8] = {(size_t)test_rand_int(T + 1, 3000), 0, (size_t)T, (size_t)test_rand_int(1, 3000),
+                      (size_t)T + 1, (size_t)test_rand_int(T + 1, 3000), 2 * (size_t)T + 1,
+                      (size_t)T * (size_t)test_rand_int(2, 50)};
     uint16_t *tok[8];
     int64_t want_seq = 0, want_tok = 0;
     for (int s = 0; s < 8; s++) {
         tok[s] = malloc(lens[s] * sizeof(uint16_t) + 2);
-        for (size_t i = 0; i < lens[s]; i++) tok[s][i] = (uint16_t)rand_int(0, ENT_BYTE_VOCAB - 1);
+        for (size_t i = 0; i < lens[s]; i++) tok[s][i] = (uint16_t)test_rand_int(0, ENT_BYTE_VOCAB - 1);
         snprintf(path, sizeof path, "%s/train_%06d.bin", dir, s);
         assert_int_equal(ent_shard_write(path, tok[s], lens[s]), ENT_OK);
         want_seq += lens[s] > 0 ? (int64_t)(lens[s] - 1) / T : 0;
@@ -729,13 +712,13 @@ static void test_sequences(void **state) {
 
 static void test_permute(void **state) {
     (void)state;
-    reseed(9);
+    test_reseed(9);
     const int64_t sizes[] = {1, 2, 3, 7, 64, 1000, 12345};
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
         int64_t n = sizes[k];
         for (int trial = 0; trial < 3; trial++) {
-            uint64_t seed = (uint64_t)rand_int(0, INT64_MAX);
-            int64_t epoch = rand_int(0, 1000);
+            uint64_t seed = (uint64_t)test_rand_int(0, INT64_MAX);
+            int64_t epoch = test_rand_int(0, 1000);
             unsigned char *seen = calloc((size_t)n, 1);
             for (int64_t i = 0; i < n; i++) {
                 int64_t p = ent_data_permute(i, n, seed, epoch);
@@ -750,7 +733,7 @@ static void test_permute(void **state) {
     }
     // n = 1000: another epoch or another seed reorders; none is the identity
     int64_t n = 1000, order[4][1000];
-    uint64_t seed = (uint64_t)rand_int(0, INT64_MAX);
+    uint64_t seed = (uint64_t)test_rand_int(0, INT64_MAX);
     for (int64_t i = 0; i < n; i++) {
         order[0][i] = ent_data_permute(i, n, seed, 0);
         order[1][i] = ent_data_permute(i, n, seed, 1);
@@ -783,17 +766,17 @@ typedef struct {
 static void make_unique_data(unique_data *u, const char *name) {
     char dir[128], path[512];
     folder(dir, sizeof dir, name, 1);
-    int N = (int)rand_int(4000, 12000);
-    u->T = (int)rand_int(4, 24);
+    int N = (int)test_rand_int(4000, 12000);
+    u->T = (int)test_rand_int(4, 24);
     u->all = malloc(sizeof(uint16_t) * N);
     for (int i = 0; i < N; i++) u->all[i] = (uint16_t)i;
     for (int i = N - 1; i > 0; i--) {
-        int j = (int)rand_int(0, i);
+        int j = (int)test_rand_int(0, i);
         uint16_t t = u->all[i];
         u->all[i] = u->all[j];
         u->all[j] = t;
     }
-    int cut1 = (int)rand_int(u->T + 1, N / 3), cut2 = (int)rand_int(N / 2, N - u->T - 1);
+    int cut1 = (int)test_rand_int(u->T + 1, N / 3), cut2 = (int)test_rand_int(N / 2, N - u->T - 1);
     int cuts[4] = {0, cut1, cut2, N};
     u->seq_of_first = malloc(sizeof(int64_t) * N);
     u->start = malloc(sizeof(int64_t) * N);
@@ -845,17 +828,17 @@ static void fill_ids(const unique_data *u, int64_t at, int64_t skip, int count, 
 
 static void test_fill(void **state) {
     (void)state;
-    reseed(10);
+    test_reseed(10);
     unique_data u;
     make_unique_data(&u, "fill");
     int64_t n = u.nseq;
-    uint64_t seed = (uint64_t)rand_int(0, INT64_MAX);
+    uint64_t seed = (uint64_t)test_rand_int(0, INT64_MAX);
     int64_t *e0 = malloc(sizeof(int64_t) * n), *e1 = malloc(sizeof(int64_t) * n), *e0b = malloc(sizeof(int64_t) * n);
     unsigned char *seen = malloc((size_t)n);
 
     // one epoch with shuffle, in uneven chunks: every sequence exactly once
     for (int64_t at = 0; at < n;) {
-        int count = (int)fmin((double)rand_int(1, 40), (double)(n - at));
+        int count = (int)fmin((double)test_rand_int(1, 40), (double)(n - at));
         fill_ids(&u, at, 0, count, 1, seed, e0 + at);
         at += count;
     }
@@ -898,7 +881,7 @@ static void test_fill(void **state) {
     // the data-parallel split: 8 at once = 4 (skip 0) + 4 (skip 4), at random
     // positions and across an epoch boundary; and a resumed cursor continues
     for (int trial = 0; trial < 20; trial++) {
-        int64_t at = trial == 0 ? n - 3 : rand_int(0, 3 * n);
+        int64_t at = trial == 0 ? n - 3 : test_rand_int(0, 3 * n);
         int shuffle = trial % 3 != 0;
         int64_t all8[8], first4[4], last4[4], resumed[4];
         fill_ids(&u, at, 0, 8, shuffle, seed, all8);

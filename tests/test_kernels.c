@@ -38,8 +38,6 @@ static int teardown(void **state) {
     return 0;
 }
 
-static void reseed(uint64_t salt) { test_rng_reset(test_seed() ^ (salt * 0x9e3779b97f4a7c15ULL)); }
-
 static float *fvec(size_t n) {
     float *p = calloc(n ? n : 1, sizeof(float));
     assert_non_null(p);
@@ -76,7 +74,7 @@ static void mm_fn(const double *x, double *out, void *p) {
 
 static void test_matmul(void **state) {
     (void)state;
-    reseed(1);
+    test_reseed(1);
     // OC > 64 crosses a column block of the bias reduction; odd sizes catch tiling bugs
     mm_ctx c = {9, 20, 70};
     size_t ni = (size_t)c.N * c.C, nw = (size_t)c.OC * c.C, nb = c.OC, no = (size_t)c.N * c.OC;
@@ -122,7 +120,7 @@ static void ln_fn(const double *x, double *out, void *p) {
 
 static void test_layernorm(void **state) {
     (void)state;
-    reseed(2);
+    test_reseed(2);
     ln_ctx c = {5, 70};
     size_t ni = (size_t)c.N * c.C, nx = ni + 2 * (size_t)c.C;
     float *x = fvec(nx), *out = fvec(ni), *mean = fvec(c.N), *rstd = fvec(c.N), *dout = fvec(ni);
@@ -164,7 +162,7 @@ static void att_fn(const double *x, double *out, void *p) {
 
 static void test_attention(void **state) {
     (void)state;
-    reseed(3);
+    test_reseed(3);
     att_ctx c = {2, 7, 12, 3};
     size_t nx = (size_t)c.B * c.T * 3 * c.C, no = (size_t)c.B * c.T * c.C;
     size_t natt = (size_t)c.B * c.NH * c.T * c.T;
@@ -206,7 +204,7 @@ static void test_attention(void **state) {
 
 static void test_gelu(void **state) {
     (void)state;
-    reseed(4);
+    test_reseed(4);
     size_t n = 1000;
     float *x = fvec(n), *out = fvec(n), *dout = fvec(n), *g0 = fvec(n), *g = fvec(n), *dg = fvec(n);
     fill_uniform(x, n, -5.0, 5.0);
@@ -235,7 +233,7 @@ static void test_gelu(void **state) {
 
 static void test_residual(void **state) {
     (void)state;
-    reseed(5);
+    test_reseed(5);
     size_t n = 777;
     float *a = fvec(n), *b = fvec(n), *out = fvec(n), *dout = fvec(n);
     float *da0 = fvec(n), *db0 = fvec(n), *da = fvec(n), *db = fvec(n), *d = fvec(n);
@@ -272,7 +270,7 @@ static void enc_fn(const double *x, double *out, void *p) {
 
 static void test_encoder(void **state) {
     (void)state;
-    reseed(6);
+    test_reseed(6);
     int32_t tokens[3 * 5];
     enc_ctx c = {3, 5, 70, 11, tokens};
     for (int i = 0; i < c.B * c.T; i++) tokens[i] = (int32_t)(test_uniform() * 4); // repeats
@@ -309,7 +307,7 @@ static void sx_fn(const double *x, double *out, void *p) {
 
 static void test_softmax_xent(void **state) {
     (void)state;
-    reseed(7);
+    test_reseed(7);
     int32_t targets[6];
     sx_ctx c = {6, 50, 64, targets};
     for (int n = 0; n < c.N; n++) targets[n] = (int32_t)(test_uniform() * c.V);
@@ -346,7 +344,7 @@ static void test_softmax_xent(void **state) {
 
 static void test_adamw(void **state) {
     (void)state;
-    reseed(8);
+    test_reseed(8);
     size_t n = 5000;
     float *p = fvec(n), *g = fvec(n), *m = fvec(n), *v = fvec(n);
     double *pd = dvec(n), *md = dvec(n), *vd = dvec(n);
@@ -373,7 +371,7 @@ static void test_adamw(void **state) {
 
 static void test_sum_squares(void **state) {
     (void)state;
-    reseed(9);
+    test_reseed(9);
     size_t n = 100003; // several chunks and a ragged tail
     float *x = fvec(n);
     fill_normal(x, n, 1.0);
