@@ -48,7 +48,7 @@ static const key_desc keys[] = {
     {"train", "eps", K_FLOAT, FIELD(eps), "1e-8", 0, 1, 1, "AdamW epsilon"},
     {"train", "grad_clip", K_FLOAT, FIELD(grad_clip), "1.0", 0, 1e6, 0, "clip the global gradient norm to this; 0 = off"},
     {"train", "seed", K_U64, FIELD(seed), "1337", 0, 0, 0, "seed of initialisation and data order"},
-    {"train", "log_every", K_INT, FIELD(log_every), "1", 1, BIG, 0, "print a progress line every this many steps"},
+    {"train", "log_every", K_INT, FIELD(log_every), "1", 1, BIG, 0, "keep a progress line every this many steps (on a terminal, a status line shows every step)"},
 
     {"eval", "every", K_INT, FIELD(eval_every), "100", 0, BIG, 0, "validation loss every this many steps (and at the start and end); 0 = start and end only"},
     {"eval", "batches", K_INT, FIELD(eval_batches), "20", 1, BIG, 0, "micro-batches of validation data per evaluation"},

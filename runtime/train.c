@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -67,10 +68,37 @@ typedef struct {
     int32_t *inputs, *targets; // (micro, T) host
     FILE *metrics, *samples;
     const char *run_dir;
+    int tty; // stdout is a terminal
     int32_t *prompt;
     int nprompt;
     double t_start;
 } trainer;
+
+// A launcher (mpirun, srun) hands each rank a pseudo-terminal even when its
+// output goes to a file, so only a process started directly counts.
+static int stdout_is_terminal(void) {
+    const char *launched[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"};
+    for (size_t i = 0; i < sizeof launched / sizeof launched[0]; i++)
+        if (getenv(launched[i]) != NULL) return 0;
+    const char *term = getenv("TERM");
+    return isatty(STDOUT_FILENO) && !(term != NULL && strcmp(term, "dumb") == 0);
+}
+
+// Terminal output. On a terminal every step rewrites one status line and the
+// lines of every log_every-th step (and evaluations) stay; elsewhere (a Slurm
+// log, a pipe) only the lines that stay are written.
+static void progress(const trainer *tr, int keep, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void progress(const trainer *tr, int keep, const char *fmt, ...) {
+    if (!keep && !tr->tty) return;
+    va_list ap;
+    va_start(ap, fmt);
+    if (tr->tty) fputs("\r\033[K", stdout);
+    vprintf(fmt, ap);
+    va_end(ap);
+    if (keep) fputc('\n', stdout);
+    fflush(stdout);
+}
 
 // Flushes a run file; a write that failed (a full disk, say) stops the run.
 static ent_status flush_run_file(const trainer *tr, FILE *f, const char *name) {
@@ -109,6 +137,7 @@ static ent_status write_sample(trainer *tr, int step) {
     }
     ent_sample(tr->model, tr->prompt, tr->nprompt, cfg->sample_tokens, cfg->sample_temperature,
                cfg->sample_seed, out);
+    if (tr->tty) fputs("\r\033[K", stdout); // over a status line left by progress()
     FILE *dests[2] = {stdout, tr->samples};
     for (int i = 0; i < 2; i++) {
         FILE *f = dests[i];
@@ -128,8 +157,7 @@ static ent_status run_eval(trainer *tr, int step, double *val_loss) {
     double loss;
     ENT_CHECK(eval_loss(tr, &loss));
     *val_loss = loss;
-    printf("step %6d/%d | val loss %.4f\n", step, tr->cfg->steps, loss);
-    fflush(stdout);
+    progress(tr, 1, "step %6d/%d | val loss %.4f", step, tr->cfg->steps, loss);
     fputc('{', tr->metrics);
     fprintf(tr->metrics, "\"step\":%d,", step);
     json_number(tr->metrics, "val_loss", loss);
@@ -240,7 +268,7 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, ent_comm_t *com
         return ent_fail(ENT_ERR_USAGE, "parallel.tp = %d, parallel.zero = %d: this version "
                         "trains on one rank only (tp = 1, zero = 0)", cfg->tp, cfg->zero);
 
-    trainer tr = {.cfg = cfg, .run_dir = run_dir};
+    trainer tr = {.cfg = cfg, .run_dir = run_dir, .tty = stdout_is_terminal()};
     ent_status st = ENT_OK;
     tr.T = cfg->context;
     tr.micro = cfg->micro_batch > 0 ? cfg->micro_batch : cfg->batch_size;
@@ -333,14 +361,12 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, ent_comm_t *com
         fputs("}\n", tr.metrics);
         ENT_CHECK_GOTO(flush_run_file(&tr, tr.metrics, "metrics.jsonl"), done);
 
-        if (step % cfg->log_every == 0 || step == cfg->steps) {
-            char eta[32];
-            format_duration(step_avg * (cfg->steps - step), eta, sizeof eta);
-            printf("step %6d/%d | loss %.4f | lr %.2e | grad norm %.3f | %.1fk tok/s | "
-                   "%.0f ms/step | eta %s\n",
-                   step, cfg->steps, loss, lr, norm, tok_s / 1e3, dt * 1e3, eta);
-            fflush(stdout);
-        }
+        char eta[32];
+        format_duration(step_avg * (cfg->steps - step), eta, sizeof eta);
+        progress(&tr, step % cfg->log_every == 0 || step == cfg->steps,
+                 "step %6d/%d | loss %.4f | lr %.2e | grad norm %.3f | %.1fk tok/s | "
+                 "%.0f ms/step | eta %s",
+                 step, cfg->steps, loss, lr, norm, tok_s / 1e3, dt * 1e3, eta);
         int last = step == cfg->steps;
         if ((cfg->eval_every > 0 && step % cfg->eval_every == 0) || last)
             ENT_CHECK_GOTO(run_eval(&tr, step, &val_loss), done);

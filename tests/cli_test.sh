@@ -621,6 +621,45 @@ case_train_tiny() {
     cmp -s "$W/p1.ini" "$W/out" || fail "run/config.ini does not load as the run's configuration"
 }
 
+# losses FILE: the training losses of a metrics.jsonl, one per line, as printed
+losses() {
+    sed -n 's/.*"loss":\([^,}]*\).*/\1/p' "$1"
+}
+
+# Two runs of the same configuration give the same losses to the last bit; a
+# different seed gives different ones; accumulating micro-batches of 4 or 2
+# reproduces the batch of 8 within float rounding (1e-4 relative).
+case_train_reproducible() {
+    make_data
+    write_config "$W/tiny.ini"
+    local run
+    for run in a b; do
+        expect "tiny run $run" 0 -- "$E" train --config "$W/tiny.ini" --run-dir "$W/$run" \
+            --set sample.tokens=0 || return
+        losses "$W/$run/metrics.jsonl" >"$W/$run.loss"
+    done
+    [ "$(wc -l <"$W/a.loss")" = 30 ] || fail "expected 30 losses, got $(wc -l <"$W/a.loss")"
+    cmp -s "$W/a.loss" "$W/b.loss" || {
+        fail "two runs of the same configuration gave different losses:"
+        diff "$W/a.loss" "$W/b.loss" | head -6 | sed 's/^/      /'
+    }
+    expect "tiny run, another seed" 0 -- "$E" train --config "$W/tiny.ini" --run-dir "$W/c" \
+        --set sample.tokens=0 --set train.seed=99 || return
+    losses "$W/c/metrics.jsonl" >"$W/c.loss"
+    cmp -s "$W/a.loss" "$W/c.loss" && fail "train.seed=99 gave the same losses as the default seed"
+    local micro
+    for micro in 4 2; do
+        expect "tiny run, micro_batch $micro" 0 -- "$E" train --config "$W/tiny.ini" \
+            --run-dir "$W/m$micro" --set sample.tokens=0 --set train.micro_batch=$micro || return
+        grep -q "\"grad_accum\":$((8 / micro))" "$W/m$micro/run.json" ||
+            fail "micro_batch $micro: run.json does not record $((8 / micro)) accumulation steps"
+        losses "$W/m$micro/metrics.jsonl" >"$W/m$micro.loss"
+        paste "$W/a.loss" "$W/m$micro.loss" | awk -v m="$micro" '
+            { d = $1 - $2; if (d < 0) d = -d; if (d > 1e-4 * $1) { bad = 1; print "      step " NR ": " $1 " vs " $2 } }
+            END { exit bad }' || fail "micro_batch $micro (accumulation) departs from the single batch"
+    done
+}
+
 case_train_mpirun() {
     if ! command -v mpirun >/dev/null 2>&1; then
         echo "SKIP: mpirun is not installed"
@@ -651,7 +690,7 @@ case_train_mpirun() {
 
 case "$CASE" in
 help | docs_config | config_errors | print_config | print_config_strings | data_errors | \
-    run_dir_error | disk_full | out_of_memory | train_tiny | train_mpirun)
+    run_dir_error | disk_full | out_of_memory | train_tiny | train_reproducible | train_mpirun)
     "case_$CASE"
     ;;
 *)
