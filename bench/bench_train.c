@@ -81,7 +81,9 @@ int main(int argc, char **argv) {
     ent_model_shape s = {.layers = layers, .heads = heads, .width = width, .context = context,
                          .vocab = vocab, .padded_vocab = (vocab + 63) / 64 * 64};
     ent_model_t *m = NULL;
-    if (ent_model_new(be, &s, B, context, &m) != ENT_OK) {
+    ent_optim_t *o = NULL;
+    if (ent_model_new(be, &s, NULL, B, context, &m) != ENT_OK ||
+        ent_optim_new(m, NULL, 0, &o) != ENT_OK) {
         fprintf(stderr, "bench_train: %s\n", ent_last_error());
         return 1;
     }
@@ -102,7 +104,7 @@ int main(int argc, char **argv) {
            ent_model_shape_num_params(&s) / 1e6);
     printf("             batch %d x %d = %d tokens/step, %.3g FLOP/token, %s of memory\n", B,
            context, N, flops_tok,
-           ent_format_bytes((double)ent_model_memory_bytes(&s, B, context), mem, sizeof mem));
+           ent_format_bytes((double)ent_model_memory_bytes(&s, 1, B, context), mem, sizeof mem));
     printf("             %s\n", ent_backend_cpu_describe());
 
     double t_fwd = 0, t_bwd = 0, t_opt = 0;
@@ -112,11 +114,14 @@ int main(int argc, char **argv) {
         float loss;
         ent_model_forward(m, tok, tgt, B, context, &loss);
         double t1 = now();
+        ent_optim_begin_backward(o, 1);
         ent_model_backward(m, 1.0f / (float)N);
-        double norm = ent_model_grad_norm(m);
+        ent_optim_reduce_grads(o);
+        double norm;
+        ent_optim_grad_norm(o, &norm);
         double t2 = now();
-        ent_model_adamw(m, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, norm > 1.0 ? (float)(1.0 / norm) : 1.0f,
-                        step);
+        ent_adamw hp = {1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f};
+        ent_optim_step(o, &hp, norm > 1.0 ? (float)(1.0 / norm) : 1.0f, step);
         double t3 = now();
         if (step > warmup) {
             t_fwd += t1 - t0;
@@ -145,6 +150,7 @@ int main(int argc, char **argv) {
     printf("%-44s %12.1f%%\n", "training / sgemm 2048^3", 100 * gflops / peak);
     free(tok);
     free(tgt);
+    ent_optim_free(&o);
     ent_model_free(&m);
     ent_backend_free(&be);
     return 0;

@@ -1,15 +1,29 @@
-// ent_comm.h: communication. Inside a site every entente process is an MPI
-// rank from its first line, so that data and tensor parallelism add process
-// groups and collectives here, not start-up plumbing. (The coalition link
-// over ZeroMQ will live here too.)
+// ent_comm.h: communication inside a site.
+//
+// Every entente process is an MPI rank from its first line. A site's ranks
+// form a 2-D grid, world = DP x TP with the TP ranks of a group adjacent
+// (world rank = dp_rank * tp_size + tp_rank), so tensor parallelism stays
+// inside a node. Collectives run on process groups; each group has a backend:
+// MPI for host memory, NCCL for device memory (when built with CUDA).
+//
+// Every wait inside a collective is watched: a rank that has waited longer
+// than the timeout (ent_comm_set_timeout) concludes that a peer died or hangs,
+// prints which collective on which group, and exits with ENT_EXIT_PEER_LOST,
+// so a job never hangs forever. (The coalition link over ZeroMQ will live
+// here too.)
 #ifndef ENT_COMM_H
 #define ENT_COMM_H
 
 #include "ent_kernels.h"
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+// Exit code of a rank whose collective timed out (a peer is lost).
+#define ENT_EXIT_PEER_LOST 3
 
 typedef struct ent_comm ent_comm_t;
 
@@ -24,9 +38,85 @@ int ent_comm_size(const ent_comm_t *comm);
 // Rank among the processes on this node, and how many share the node.
 int ent_comm_local_rank(const ent_comm_t *comm);
 int ent_comm_local_size(const ent_comm_t *comm);
+// Number of distinct nodes in the world.
+int ent_comm_num_nodes(const ent_comm_t *comm);
+
+// Bounds every wait in a collective to `seconds` (0 = no bound); see above.
+void ent_comm_set_timeout(ent_comm_t *comm, double seconds);
 
 // Ends every rank of the job with exit code `code` (after a fatal error on one rank).
 void ent_comm_abort(const ent_comm_t *comm, int code) __attribute__((noreturn));
+
+// Combines a status across the world: every rank gets ENT_OK only if every
+// rank passed ENT_OK. A rank that failed keeps its own message; the others
+// get "rank N failed: see its message" (N the lowest failing rank).
+ent_status ent_comm_agree(ent_comm_t *comm, ent_status local);
+
+// ---------------------------------------------------------------------------
+// process groups and collectives
+
+typedef struct ent_group ent_group_t;
+typedef struct ent_request ent_request_t;
+
+typedef enum { ENT_F32 = 0, ENT_F64, ENT_I32, ENT_I64, ENT_U64 } ent_dtype;
+typedef enum { ENT_SUM = 0, ENT_AVG, ENT_MAX, ENT_MIN } ent_op; // AVG: floating types only
+
+int ent_group_rank(const ent_group_t *g);
+int ent_group_size(const ent_group_t *g);
+const char *ent_group_name(const ent_group_t *g); // "world", "dp", "tp"
+const char *ent_group_backend(const ent_group_t *g); // "mpi", "nccl"
+
+// Blocking collectives. send may equal recv (in place) for allreduce.
+// reduce_scatter: send holds size x count values, recv gets this rank's count.
+// allgather: send holds count values, recv gets size x count in rank order.
+ent_status ent_allreduce(ent_group_t *g, const void *send, void *recv, size_t count,
+                         ent_dtype dtype, ent_op op);
+ent_status ent_reduce_scatter(ent_group_t *g, const void *send, void *recv, size_t count,
+                              ent_dtype dtype, ent_op op);
+ent_status ent_allgather(ent_group_t *g, const void *send, void *recv, size_t count,
+                         ent_dtype dtype);
+ent_status ent_broadcast(ent_group_t *g, void *buf, size_t count, ent_dtype dtype, int root);
+ent_status ent_barrier(ent_group_t *g);
+
+// Non-blocking variants: start the operation and return a request the caller
+// owns; ent_wait completes it (and frees it), ent_test advances it.
+ent_status ent_iallreduce(ent_group_t *g, const void *send, void *recv, size_t count,
+                          ent_dtype dtype, ent_op op, ent_request_t **req);
+ent_status ent_ireduce_scatter(ent_group_t *g, const void *send, void *recv, size_t count,
+                               ent_dtype dtype, ent_op op, ent_request_t **req);
+ent_status ent_iallgather(ent_group_t *g, const void *send, void *recv, size_t count,
+                          ent_dtype dtype, ent_request_t **req);
+ent_status ent_ibroadcast(ent_group_t *g, void *buf, size_t count, ent_dtype dtype, int root,
+                          ent_request_t **req);
+// Completes the request, frees it and NULLs *req (a NULL *req is a no-op).
+ent_status ent_wait(ent_request_t **req);
+// Advances the request without blocking; *done is set when it completed (then
+// ent_wait returns at once).
+ent_status ent_test(ent_request_t *req, int *done);
+
+// ---------------------------------------------------------------------------
+// the DP x TP grid of a site
+
+typedef struct {
+    ent_group_t *world, *dp, *tp; // host-memory (MPI) groups
+    int dp_rank, dp_size, tp_rank, tp_size;
+} ent_grid;
+
+// Splits the world into the grid; tp must divide the world size. The caller
+// owns the grid (ent_grid_free). Warns when a TP group spans nodes.
+ent_status ent_grid_new(ent_comm_t *comm, int tp, ent_grid **out);
+// A grid of this rank alone (DP = TP = 1), e.g. for a single-rank reference.
+ent_status ent_grid_new_self(ent_grid **out);
+void ent_grid_free(ent_grid **grid);
+
+// A device-memory (NCCL) twin of an MPI group: same ranks, NCCL unique id
+// distributed with MPI_Bcast, this rank on GPU local_rank. Fails with a clear
+// message when there are fewer GPUs on the node than ranks, or when this build
+// has no NCCL. The caller owns it (ent_group_free).
+ent_status ent_group_new_nccl(ent_comm_t *comm, ent_group_t *mpi_group, ent_group_t **out);
+void ent_group_free(ent_group_t **g);
+// 1 when this build has the NCCL backend.
+int ent_comm_have_nccl(void);
 
 #ifdef __cplusplus
 }

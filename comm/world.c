@@ -1,4 +1,4 @@
-// world.c: MPI start-up and the world's shape.
+// world.c: MPI start-up, the world's shape, and agreeing on errors.
 #include "comm_impl.h"
 
 #include <stdlib.h>
@@ -24,6 +24,8 @@ ent_status ent_comm_init(int *argc, char ***argv, ent_comm_t **out) {
                                       &c->node));
     ENT_MPI_CHECK(MPI_Comm_rank(c->node, &c->local_rank));
     ENT_MPI_CHECK(MPI_Comm_size(c->node, &c->local_size));
+    int leader = c->local_rank == 0;
+    ENT_MPI_CHECK(MPI_Allreduce(&leader, &c->num_nodes, 1, MPI_INT, MPI_SUM, c->world));
     ent_log_set_rank(c->rank, c->size);
     *out = c;
     return ENT_OK;
@@ -43,8 +45,26 @@ int ent_comm_rank(const ent_comm_t *comm) { return comm->rank; }
 int ent_comm_size(const ent_comm_t *comm) { return comm->size; }
 int ent_comm_local_rank(const ent_comm_t *comm) { return comm->local_rank; }
 int ent_comm_local_size(const ent_comm_t *comm) { return comm->local_size; }
+int ent_comm_num_nodes(const ent_comm_t *comm) { return comm->num_nodes; }
+
+void ent_comm_set_timeout(ent_comm_t *comm, double seconds) {
+    ent_watch_start_thread(seconds, comm->rank);
+}
 
 void ent_comm_abort(const ent_comm_t *comm, int code) {
     MPI_Abort(comm != NULL ? comm->world : MPI_COMM_WORLD, code);
     exit(code); // not reached: MPI_Abort ends the process
+}
+
+ent_status ent_comm_agree(ent_comm_t *comm, ent_status local) {
+    if (comm->size == 1) return local;
+    // MINLOC over (rank, status) pairs: the lowest failing rank and its status
+    // (a rank that did not fail offers the world size, which never wins)
+    int mine[2] = {local != ENT_OK ? comm->rank : comm->size, (int)local}, first[2];
+    int rc = MPI_Allreduce(mine, first, 1, MPI_2INT, MPI_MINLOC, comm->world);
+    if (rc != MPI_SUCCESS)
+        return local != ENT_OK ? local : ent_fail(ENT_ERR_INTERNAL, "MPI_Allreduce failed");
+    if (first[0] == comm->size) return ENT_OK;
+    if (local != ENT_OK) return local;
+    return ent_fail((ent_status)first[1], "rank %d failed (see its message)", first[0]);
 }

@@ -34,7 +34,11 @@ typedef enum {
     ENT_ERR_IO,       // the file system refused (exit code 1)
     ENT_ERR_NOMEM,    // not enough memory for what was asked (exit code 1)
     ENT_ERR_INTERNAL, // a library call failed unexpectedly (exit code 1)
+    ENT_STOPPED,      // stopped on request (SIGTERM, SIGUSR1, SIGINT): exit code 75, requeue
 } ent_status;
+
+// Exit code of a run stopped by a signal (preemption): the batch script requeues.
+#define ENT_EXIT_REQUEUE 75
 
 // Records a one-line error message (printf format) and returns st, so that
 // `return ent_fail(ENT_ERR_INPUT, "%s: bad magic", path);` both reports and propagates.
@@ -42,7 +46,7 @@ ent_status ent_fail(ent_status st, const char *fmt, ...) __attribute__((format(p
 // The last message recorded by ent_fail in this thread ("" if none). Not owned by the caller.
 const char *ent_last_error(void);
 void ent_clear_error(void);
-// The process exit code for a status: 0 ok, 2 usage/config, 1 everything else.
+// The process exit code for a status: 0 ok, 2 usage/config, 75 stopped, 1 everything else.
 int ent_exit_code(ent_status st);
 // Called by ENT_CHECK on a failed call; prints "file:line: expr" when ENTENTE_TRACE is set.
 void ent_trace(const char *file, int line, const char *expr);

@@ -30,6 +30,7 @@ int ent_exit_code(ent_status st) {
     switch (st) {
     case ENT_OK: return 0;
     case ENT_ERR_USAGE: return 2;
+    case ENT_STOPPED: return ENT_EXIT_REQUEUE;
     default: return 1;
     }
 }

@@ -51,7 +51,7 @@ static const key_desc keys[] = {
     {"train", "log_every", K_INT, FIELD(log_every), "1", 1, BIG, 0, "keep a progress line every this many steps (on a terminal, a status line shows every step)"},
 
     {"eval", "every", K_INT, FIELD(eval_every), "100", 0, BIG, 0, "validation loss every this many steps (and at the start and end); 0 = start and end only"},
-    {"eval", "batches", K_INT, FIELD(eval_batches), "20", 1, BIG, 0, "micro-batches of validation data per evaluation"},
+    {"eval", "batches", K_INT, FIELD(eval_batches), "4", 1, BIG, 0, "batches of validation data per evaluation (train.batch_size sequences each, the same set whatever the number of ranks)"},
 
     {"sample", "every", K_INT, FIELD(sample_every), "0", 0, BIG, 0, "print generated text every this many steps; 0 = at the end only"},
     {"sample", "tokens", K_INT, FIELD(sample_tokens), "256", 0, 1000000, 0, "tokens generated per sample; 0 = no samples"},
@@ -66,6 +66,7 @@ static const key_desc keys[] = {
 
     {"parallel", "tp", K_INT, FIELD(tp), "1", 1, 1024, 0, "tensor-parallel ranks; must divide heads and the world size"},
     {"parallel", "zero", K_INT, FIELD(zero), "0", 0, 1, 0, "1 = shard AdamW state across data-parallel ranks (ZeRO-1)"},
+    {"parallel", "timeout", K_FLOAT, FIELD(timeout), "600", 0, 1e6, 0, "seconds a rank waits in one collective before it concludes a peer is lost and stops (exit code 3); 0 = wait forever"},
 
     {"system", "threads", K_INT, FIELD(threads), "0", 0, 4096, 0, "CPU threads per rank; 0 = OMP_NUM_THREADS or all cores"},
 };

@@ -41,6 +41,7 @@ typedef struct {
     int shuffle;
     // [parallel]
     int tp, zero;
+    double timeout;
     // [system]
     int threads;
 
@@ -76,14 +77,15 @@ typedef enum {
 } ent_split;
 
 typedef struct {
-    char name[64];      // Hugging Face GPT-2 name, e.g. "h.3.attn.c_attn.weight"
+    char name[64];         // Hugging Face GPT-2 name, e.g. "h.3.attn.c_attn.weight"
     int ndim;
-    int64_t shape[2];   // global shape; a weight is (out, in)
+    int64_t shape[2];      // global shape; a weight is (out, in)
+    int64_t local_shape[2];// the part one tensor-parallel rank holds
     ent_split split;
-    int split_groups;   // rows made of this many blocks split separately (3 for Q,K,V)
-    int decay;          // 1: AdamW weight decay applies (matrices and embeddings)
-    size_t offset;      // in floats, into each arena (params, grads, m, v)
-    size_t numel;
+    int split_groups;      // rows made of this many blocks split separately (3 for Q,K,V)
+    int decay;             // 1: AdamW weight decay applies (matrices and embeddings)
+    size_t offset;         // in floats, into each local arena (params, grads, ...)
+    size_t numel;          // local elements (the global count when not split)
 } ent_param_row;
 
 typedef struct {
@@ -95,14 +97,21 @@ typedef struct {
 typedef struct {
     ent_param_row *rows;
     int nrows;
-    size_t total; // floats in each arena
+    size_t total; // floats in each local arena
+    int tp_size;  // tensor-parallel ranks the rows are split over
 } ent_param_table;
 
-// Builds the table for a shape; the caller owns it (ent_param_table_free).
-ent_status ent_param_table_build(const ent_model_shape *shape, ent_param_table *table);
+// Builds the table of one rank of tp_size tensor-parallel ranks (1: no split);
+// the caller owns it (ent_param_table_free).
+ent_status ent_param_table_build(const ent_model_shape *shape, int tp_size,
+                                 ent_param_table *table);
 void ent_param_table_free(ent_param_table *table);
 // The row with this name, or NULL.
 const ent_param_row *ent_param_table_find(const ent_param_table *table, const char *name);
+// Copies tensor-parallel rank tp_rank's part of a row's global tensor (global
+// shape, row-major) into local (local shape). Q, K and V are split separately.
+void ent_param_row_slice(const ent_param_row *row, int tp_rank, int tp_size,
+                         const float *global, float *local);
 
 // The model shape a configuration asks for.
 ent_model_shape ent_model_shape_from_config(const ent_config *cfg);
@@ -116,40 +125,83 @@ double ent_model_shape_flops_per_token(const ent_model_shape *shape);
 
 typedef struct ent_model ent_model_t;
 
-typedef enum { ENT_ARENA_PARAMS = 0, ENT_ARENA_GRADS, ENT_ARENA_ADAM_M, ENT_ARENA_ADAM_V } ent_arena;
+typedef enum { ENT_ARENA_PARAMS = 0, ENT_ARENA_GRADS } ent_arena;
 
-// Bytes the model needs on its device for micro-batches of B sequences of T tokens.
-size_t ent_model_memory_bytes(const ent_model_shape *shape, int B, int T);
-// Allocates a model for micro-batches of up to B x T tokens (T <= context). Fails with
-// ENT_ERR_NOMEM and the sizes when the memory is not there. Caller owns the model.
-ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *shape, int B, int T,
-                         ent_model_t **out);
+typedef struct {
+    ent_group_t *tp;       // tensor-parallel group (Megatron style); NULL = none
+    size_t arena_multiple; // arenas padded to a multiple of this many floats (ZeRO shards)
+} ent_model_opts;
+
+// Bytes one rank needs on its device: parameters, gradients, AdamW state and
+// activations for micro-batches of B sequences of T tokens, with TP over tp ranks.
+size_t ent_model_memory_bytes(const ent_model_shape *shape, int tp, int B, int T);
+// Allocates a model for micro-batches of up to B x T tokens (T <= context); opts
+// may be NULL. Fails with ENT_ERR_NOMEM and the sizes when the memory is not
+// there. Caller owns the model.
+ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *shape,
+                         const ent_model_opts *opts, int B, int T, ent_model_t **out);
 void ent_model_free(ent_model_t **model);
 // GPT-2 initialisation from a seed: N(0, 0.02) weights, residual projections
 // scaled by 1/sqrt(2 * layers), zero biases, unit layernorm gains. Each tensor
-// draws from its own stream (seed, row name), so order and layout do not matter.
+// draws from its own stream (seed, row name) at its global shape, and each TP
+// rank keeps its part, so any layout initialises the same model.
 void ent_model_init(ent_model_t *model, uint64_t seed);
 // Forward pass over b x t tokens (b <= B, t <= T). With targets, returns the mean
 // cross-entropy in *loss and keeps what backward needs; without, leaves logits.
-void ent_model_forward(ent_model_t *model, const int32_t *tokens, const int32_t *targets,
-                       int b, int t, float *loss);
+ent_status ent_model_forward(ent_model_t *model, const int32_t *tokens, const int32_t *targets,
+                             int b, int t, float *loss);
 // Sets every parameter gradient to zero.
 void ent_model_zero_grad(ent_model_t *model);
 // Backward pass of the last forward with targets; ACCUMULATES into the parameter
 // gradients. dloss scales every position's loss gradient (1 / tokens per step).
-void ent_model_backward(ent_model_t *model, float dloss);
-// Global L2 norm of the parameter gradients.
-double ent_model_grad_norm(ent_model_t *model);
-// One AdamW step on every row (weight decay only on rows with decay set).
-void ent_model_adamw(ent_model_t *model, float lr, float beta1, float beta2, float eps,
-                     float weight_decay, float grad_scale, int step);
+ent_status ent_model_backward(ent_model_t *model, float dloss);
+// Called by backward as soon as the gradients of a bucket (a contiguous range
+// of the arena: the final layernorm, one block, the embeddings) are complete.
+typedef void (*ent_grad_hook)(void *ctx, size_t offset, size_t count);
+void ent_model_set_grad_hook(ent_model_t *model, ent_grad_hook hook, void *ctx);
 // Copies the logits of position (b, t) of the last forward into host memory
 // (padded_vocab floats).
 void ent_model_logits_at(ent_model_t *model, int b, int t, float *host_out);
-// The model's arenas (device memory) and its table; not owned by the caller.
+// The model's arenas (device memory; ent_model_arena_floats floats each, padded)
+// and its table; not owned by the caller.
 float *ent_model_arena(ent_model_t *model, ent_arena which);
+size_t ent_model_arena_floats(const ent_model_t *model);
 const ent_param_table *ent_model_table(const ent_model_t *model);
 const ent_model_shape *ent_model_get_shape(const ent_model_t *model);
+ent_backend_t *ent_model_backend(const ent_model_t *model);
+int ent_model_tp_rank(const ent_model_t *model);
+
+// ---------------------------------------------------------------------------
+// the optimizer: AdamW, with the data-parallel reduction of gradients
+
+typedef struct ent_optim ent_optim_t;
+
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay;
+} ent_adamw;
+
+// AdamW state for a model trained by the data-parallel group of grid (NULL: a
+// single process, no communication). zero = 1 shards the AdamW state across the DP ranks
+// (ZeRO-1): gradients are reduce-scattered, each rank updates its shard, and
+// parameters are all-gathered; the model's arena_multiple must be a multiple of
+// 16 x dp_size. Otherwise gradients are all-reduced bucket by bucket during the
+// backward pass of the last micro-batch. Caller owns the result.
+ent_status ent_optim_new(ent_model_t *model, const ent_grid *grid, int zero, ent_optim_t **out);
+void ent_optim_free(ent_optim_t **optim);
+// Called before each micro-batch's backward pass; last = 1 for the micro-batch
+// that completes the step (its backward starts the bucket all-reduces).
+void ent_optim_begin_backward(ent_optim_t *optim, int last);
+// Completes the reduction of gradients over the DP group (sums: the loss
+// gradient already carries the 1 / global tokens).
+ent_status ent_optim_reduce_grads(ent_optim_t *optim);
+// Global L2 norm of the reduced gradient, every tensor counted once.
+ent_status ent_optim_grad_norm(ent_optim_t *optim, double *norm);
+// One AdamW step (t 1-based) with gradients scaled by grad_scale (clipping);
+// weight decay only on rows with decay set.
+ent_status ent_optim_step(ent_optim_t *optim, const ent_adamw *hp, float grad_scale, int t);
+// Floats of AdamW state this rank keeps (a shard under ZeRO-1), and the arena
+// offset where its range starts.
+size_t ent_optim_state_floats(const ent_optim_t *optim, size_t *first);
 
 // ---------------------------------------------------------------------------
 // token data: shards in llm.c's .bin layout
@@ -226,8 +278,8 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, ent_comm_t *com
 
 // Generates n tokens after a prompt of np tokens (np >= 1) with the model's
 // forward pass; temperature 0 picks the most likely token. out gets the n new tokens.
-void ent_sample(ent_model_t *model, const int32_t *prompt, int np, int n, double temperature,
-                uint64_t seed, int32_t *out);
+ent_status ent_sample(ent_model_t *model, const int32_t *prompt, int np, int n,
+                      double temperature, uint64_t seed, int32_t *out);
 // Writes byte-level tokens as text (end-of-text shown as a line "<|endoftext|>",
 // control bytes as '?'); other vocabularies print token ids.
 void ent_tokens_print(FILE *f, const int32_t *tokens, int n, int vocab);

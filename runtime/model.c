@@ -1,10 +1,20 @@
-// model.c: GPT-2 on any backend.
+// model.c: GPT-2 on any backend, with optional tensor parallelism.
 //
 // Pre-norm transformer blocks, learned positions, input and output embedding
-// tied. Parameters, gradients and the two AdamW moments each live in one arena
-// laid out by the parameter table; activations live in one more arena, carved
-// into views below (llm.c style). The backward pass reuses one layer's worth of
+// tied. Parameters and gradients each live in one arena laid out by the
+// parameter table; activations live in one more arena, carved into views
+// below (llm.c style). The backward pass reuses one layer's worth of
 // activation-gradient buffers for every layer.
+//
+// Tensor parallelism (Megatron style) over the TP group: each rank holds
+// NH/tp heads of the QKV projection (column-parallel) and the matching
+// columns of the attention output projection (row-parallel), and 4C/tp of
+// the MLP's hidden units (MLP-up column-parallel, MLP-down row-parallel).
+// One all-reduce joins the partial outputs of each attention and each MLP in
+// the forward pass, one joins the partial input gradients of each in the
+// backward pass. Embeddings, layernorms, the output bias of both row-parallel
+// projections and the tied output layer are replicated: every TP rank
+// computes them identically, so their gradients agree without communication.
 #include "runtime_impl.h"
 
 #include <math.h>
@@ -13,21 +23,21 @@
 
 typedef struct {
     float *ln1w, *ln1b;   // (C)
-    float *qkvw, *qkvb;   // (3C, C), (3C)
-    float *projw, *projb; // (C, C), (C)
+    float *qkvw, *qkvb;   // (3Ca, C), (3Ca)       Ca = C / tp
+    float *projw, *projb; // (C, Ca), (C)
     float *ln2w, *ln2b;   // (C)
-    float *fcw, *fcb;     // (4C, C), (4C)
-    float *fcpw, *fcpb;   // (C, 4C), (C)
+    float *fcw, *fcb;     // (Cf, C), (Cf)          Cf = 4C / tp
+    float *fcpw, *fcpb;   // (C, Cf), (C)
 } layer_tensors;
 
 typedef struct {
     float *ln1, *ln1_mean, *ln1_rstd; // (B,T,C), (B,T), (B,T)
-    float *qkv;                       // (B,T,3C)
-    float *atty;                      // (B,T,C)
-    float *att;                       // (B,NH,T,T)
+    float *qkv;                       // (B,T,3Ca)
+    float *atty;                      // (B,T,Ca)
+    float *att;                       // (B,NH/tp,T,T)
     float *res2;                      // (B,T,C)
     float *ln2, *ln2_mean, *ln2_rstd; // (B,T,C), (B,T), (B,T)
-    float *fch, *fch_gelu;            // (B,T,4C)
+    float *fch, *fch_gelu;            // (B,T,Cf)
     float *res3;                      // (B,T,C)
 } layer_acts;
 
@@ -35,7 +45,11 @@ struct ent_model {
     ent_backend_t *be;
     ent_model_shape shape;
     ent_param_table table;
-    float *arena[4];       // params, grads, m, v: table.total floats each
+    ent_group_t *tp;       // NULL without tensor parallelism
+    int tp_rank, tp_size;
+    int Ca, Cf, NHl;       // this rank's attention channels, MLP units, heads
+    float *arena[2];       // params, grads: arena_floats each
+    size_t arena_floats;
     float *wte, *wpe, *lnfw, *lnfb, *dwte, *dwpe, *dlnfw, *dlnfb;
     layer_tensors *p, *g;  // per layer: parameter and gradient views
     int B, T;              // capacity of the activation buffers
@@ -52,6 +66,8 @@ struct ent_model {
     float *grad_acts;      // arena of activation gradients (one layer's worth)
     float *dres, *dln, *datty, *dqkv, *datt, *dfch_gelu, *dfch;
 
+    ent_grad_hook hook;    // told when a bucket's gradients are complete
+    void *hook_ctx;
     float *host_losses;    // (B,T)
     int last_b, last_t, last_has_targets;
 };
@@ -59,26 +75,29 @@ struct ent_model {
 // ---------------------------------------------------------------------------
 // sizes
 
-// Floats of activations, and of activation gradients, for a B x T micro-batch.
-static void activation_floats(const ent_model_shape *s, int B, int T, double *acts,
+// Floats of activations, and of activation gradients, for a B x T micro-batch
+// on one of tp ranks.
+static void activation_floats(const ent_model_shape *s, int tp, int B, int T, double *acts,
                               double *grads) {
     double BT = (double)B * T, C = s->width, L = s->layers;
-    double att = (double)s->heads * B * (double)T * T;
-    double per_layer = 16 * BT * C + 4 * BT + att;
+    double Ca = C / tp, Cf = 4 * C / tp;
+    double att = (double)(s->heads / tp) * B * (double)T * T;
+    double per_layer = 4 * BT * C + 4 * Ca * BT + 2 * Cf * BT + 4 * BT + att;
     *acts = L * per_layer + 3 * BT * C + 2 * BT + BT * s->padded_vocab + BT;
-    *grads = 15 * BT * C + att;
+    *grads = 2 * BT * C + 4 * BT * Ca + 2 * BT * Cf + att;
 }
 
-size_t ent_model_memory_bytes(const ent_model_shape *s, int B, int T) {
+size_t ent_model_memory_bytes(const ent_model_shape *s, int tp, int B, int T) {
     ent_param_table t;
     size_t params = 0;
-    if (ent_param_table_build(s, &t) == ENT_OK) {
+    if (ent_param_table_build(s, tp, &t) == ENT_OK) {
         params = t.total;
         ent_param_table_free(&t);
     }
     double acts, grads;
-    activation_floats(s, B, T, &acts, &grads);
-    double bytes = 4.0 * (4.0 * params + acts + grads) + 8.0 * B * T; // + tokens, targets
+    activation_floats(s, tp, B, T, &acts, &grads);
+    // params, grads, AdamW m and v; activations and their gradients; tokens, targets
+    double bytes = 4.0 * (4.0 * params + acts + grads) + 8.0 * B * T;
     return bytes > (double)SIZE_MAX ? SIZE_MAX : (size_t)bytes;
 }
 
@@ -103,15 +122,17 @@ static float *carve(float **cursor, double n) {
     return p;
 }
 
-ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, int B, int T,
-                         ent_model_t **out) {
+ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_model_opts *opts,
+                         int B, int T, ent_model_t **out) {
     *out = NULL;
     ENT_ASSERT(B >= 1 && T >= 1 && T <= s->context);
+    ent_group_t *tpg = opts != NULL ? opts->tp : NULL;
+    int tp = tpg != NULL ? ent_group_size(tpg) : 1;
     if ((double)B * T > 2147483647.0)
         return ent_fail(ENT_ERR_USAGE,
                         "micro-batch of %d x %d tokens is too large for this model: lower "
                         "train.micro_batch or model.context", B, T);
-    size_t need = ent_model_memory_bytes(s, B, T);
+    size_t need = ent_model_memory_bytes(s, tp, B, T);
     if (be->iface->available_memory != NULL) {
         size_t avail = be->iface->available_memory(be);
         if (need > avail) {
@@ -120,7 +141,7 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, int B, int
                             "not enough memory: the model (%d layers, width %d, context %d, "
                             "vocab %d) with micro-batches of %d x %d tokens needs %s on the %s "
                             "device, %s is available; lower model.width, model.layers, "
-                            "train.micro_batch or model.context",
+                            "train.micro_batch or model.context, or add tensor-parallel ranks",
                             s->layers, s->width, s->context, s->vocab, B, T,
                             ent_format_bytes((double)need, a, sizeof a), be->iface->name,
                             ent_format_bytes((double)avail, b, sizeof b));
@@ -134,16 +155,24 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, int B, int
     m->shape = *s;
     m->B = B;
     m->T = T;
-    ENT_CHECK_GOTO(ent_param_table_build(s, &m->table), fail);
-    int L = s->layers, C = s->width, NH = s->heads, Vp = s->padded_vocab;
+    m->tp = tp > 1 ? tpg : NULL;
+    m->tp_size = tp;
+    m->tp_rank = tpg != NULL ? ent_group_rank(tpg) : 0;
+    ENT_CHECK_GOTO(ent_param_table_build(s, tp, &m->table), fail);
+    int L = s->layers, C = s->width, Vp = s->padded_vocab;
+    m->Ca = C / tp;
+    m->Cf = 4 * C / tp;
+    m->NHl = s->heads / tp;
     double BT = (double)B * T;
 
+    size_t multiple = opts != NULL && opts->arena_multiple > 0 ? opts->arena_multiple : 1;
+    m->arena_floats = (m->table.total + multiple - 1) / multiple * multiple;
     char sz[32];
-    for (int i = 0; i < 4; i++) {
-        m->arena[i] = be->iface->alloc(be, m->table.total * sizeof(float));
+    for (int i = 0; i < 2; i++) {
+        m->arena[i] = be->iface->alloc(be, m->arena_floats * sizeof(float));
         if (m->arena[i] == NULL) {
             st = ent_fail(ENT_ERR_NOMEM, "cannot allocate %s for the model's arenas",
-                          ent_format_bytes(4.0 * m->table.total * sizeof(float), sz, sizeof sz));
+                          ent_format_bytes(2.0 * m->arena_floats * sizeof(float), sz, sizeof sz));
             goto fail;
         }
     }
@@ -172,8 +201,8 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, int B, int
 
     // activations: sizes in floats, each view rounded up to 16 floats
     double acts, grads;
-    activation_floats(s, B, T, &acts, &grads);
-    size_t nacts = (size_t)acts + (size_t)(L * 11 + 16) * 16;
+    activation_floats(s, tp, B, T, &acts, &grads);
+    size_t nacts = (size_t)acts + (size_t)(L * 13 + 16) * 16;
     size_t ngrads = (size_t)grads + 8 * 16;
     m->acts = be->iface->alloc(be, nacts * sizeof(float));
     m->grad_acts = be->iface->alloc(be, ngrads * sizeof(float));
@@ -185,7 +214,7 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, int B, int
     }
     m->targets = m->tokens + (size_t)BT;
     float *cur = m->acts;
-    double att = (double)NH * B * (double)T * T;
+    double att = (double)m->NHl * B * (double)T * T;
     m->encoded = carve(&cur, BT * C);
     m->proj = carve(&cur, BT * C);
     for (int l = 0; l < L; l++) {
@@ -193,15 +222,15 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, int B, int
         a->ln1 = carve(&cur, BT * C);
         a->ln1_mean = carve(&cur, BT);
         a->ln1_rstd = carve(&cur, BT);
-        a->qkv = carve(&cur, 3 * BT * C);
-        a->atty = carve(&cur, BT * C);
+        a->qkv = carve(&cur, 3 * BT * m->Ca);
+        a->atty = carve(&cur, BT * m->Ca);
         a->att = carve(&cur, att);
         a->res2 = carve(&cur, BT * C);
         a->ln2 = carve(&cur, BT * C);
         a->ln2_mean = carve(&cur, BT);
         a->ln2_rstd = carve(&cur, BT);
-        a->fch = carve(&cur, 4 * BT * C);
-        a->fch_gelu = carve(&cur, 4 * BT * C);
+        a->fch = carve(&cur, BT * m->Cf);
+        a->fch_gelu = carve(&cur, BT * m->Cf);
         a->res3 = carve(&cur, BT * C);
     }
     m->lnf = carve(&cur, BT * C);
@@ -214,11 +243,11 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, int B, int
     cur = m->grad_acts;
     m->dres = carve(&cur, BT * C);
     m->dln = carve(&cur, BT * C);
-    m->datty = carve(&cur, BT * C);
-    m->dqkv = carve(&cur, 3 * BT * C);
+    m->datty = carve(&cur, BT * m->Ca);
+    m->dqkv = carve(&cur, 3 * BT * m->Ca);
     m->datt = carve(&cur, att);
-    m->dfch_gelu = carve(&cur, 4 * BT * C);
-    m->dfch = carve(&cur, 4 * BT * C);
+    m->dfch_gelu = carve(&cur, BT * m->Cf);
+    m->dfch = carve(&cur, BT * m->Cf);
     ENT_ASSERT((size_t)(cur - m->grad_acts) <= ngrads);
     *out = m;
     return ENT_OK;
@@ -231,7 +260,7 @@ void ent_model_free(ent_model_t **model) {
     if (model == NULL || *model == NULL) return;
     ent_model_t *m = *model;
     ent_backend_t *be = m->be;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 2; i++)
         if (m->arena[i]) be->iface->free_mem(be, m->arena[i]);
     if (m->acts) be->iface->free_mem(be, m->acts);
     if (m->grad_acts) be->iface->free_mem(be, m->grad_acts);
@@ -252,18 +281,20 @@ void ent_model_init(ent_model_t *m, uint64_t seed) {
     const ent_param_table *t = &m->table;
     double residual_std = 0.02 / sqrt(2.0 * m->shape.layers);
     size_t max_numel = 0;
-    for (int i = 0; i < t->nrows; i++)
-        if (t->rows[i].numel > max_numel) max_numel = t->rows[i].numel;
-    float *host = malloc(sizeof(float) * max_numel);
-    ENT_ASSERT(host != NULL);
+    for (int i = 0; i < t->nrows; i++) {
+        size_t global = (size_t)(t->rows[i].shape[0] * t->rows[i].shape[1]);
+        if (global > max_numel) max_numel = global;
+    }
+    float *global = malloc(sizeof(float) * max_numel), *local = malloc(sizeof(float) * max_numel);
+    ENT_ASSERT(global != NULL && local != NULL);
     for (int i = 0; i < t->nrows; i++) {
         const ent_param_row *r = &t->rows[i];
         const char *suffix = strrchr(r->name, '.');
-        size_t n = r->numel;
+        size_t n = (size_t)(r->shape[0] * r->shape[1]);
         if (strcmp(suffix, ".bias") == 0) {
-            memset(host, 0, sizeof(float) * n);
+            memset(global, 0, sizeof(float) * n);
         } else if (r->ndim == 1) { // layernorm gain
-            for (size_t k = 0; k < n; k++) host[k] = 1.0f;
+            for (size_t k = 0; k < n; k++) global[k] = 1.0f;
         } else {
             int residual = strstr(r->name, "c_proj.weight") != NULL;
             double std = residual ? residual_std : 0.02;
@@ -272,27 +303,36 @@ void ent_model_init(ent_model_t *m, uint64_t seed) {
                               ? (size_t)m->shape.vocab * (size_t)r->shape[1] : n;
             ent_rng rng;
             ent_rng_seed(&rng, ent_hash_string(r->name, seed));
-            for (size_t k = 0; k < live; k++) host[k] = (float)(std * ent_rng_normal(&rng));
-            for (size_t k = live; k < n; k++) host[k] = 0.0f;
+            for (size_t k = 0; k < live; k++) global[k] = (float)(std * ent_rng_normal(&rng));
+            for (size_t k = live; k < n; k++) global[k] = 0.0f;
         }
-        m->be->iface->to_device(m->be, m->arena[ENT_ARENA_PARAMS] + r->offset, host,
-                                sizeof(float) * n);
+        ent_param_row_slice(r, m->tp_rank, m->tp_size, global, local);
+        m->be->iface->to_device(m->be, m->arena[ENT_ARENA_PARAMS] + r->offset, local,
+                                sizeof(float) * r->numel);
     }
-    free(host);
-    for (int i = 1; i < 4; i++)
-        m->be->iface->zero(m->be, m->arena[i], sizeof(float) * t->total);
+    free(global);
+    free(local);
+    m->be->iface->zero(m->be, m->arena[ENT_ARENA_GRADS], sizeof(float) * m->arena_floats);
 }
 
 // ---------------------------------------------------------------------------
 // forward and backward
 
-void ent_model_forward(ent_model_t *m, const int32_t *tokens, const int32_t *targets, int b,
-                       int t, float *loss) {
+// Sums the partial results of the TP ranks (no-op without TP).
+static ent_status tp_sum(ent_model_t *m, float *x, size_t n) {
+    if (m->tp == NULL) return ENT_OK;
+    return ent_allreduce(m->tp, x, x, n, ENT_F32, ENT_SUM);
+}
+
+ent_status ent_model_forward(ent_model_t *m, const int32_t *tokens, const int32_t *targets,
+                             int b, int t, float *loss) {
     ENT_ASSERT(b >= 1 && b <= m->B && t >= 1 && t <= m->T);
     const struct ent_backend_i *k = m->be->iface;
     ent_backend_t *be = m->be;
-    int L = m->shape.layers, C = m->shape.width, NH = m->shape.heads;
+    int L = m->shape.layers, C = m->shape.width, Ca = m->Ca, Cf = m->Cf;
     int V = m->shape.vocab, Vp = m->shape.padded_vocab, N = b * t;
+    // the output biases of row-parallel layers are added by TP rank 0 alone
+    int add_bias = m->tp_rank == 0;
     k->to_device(be, m->tokens, tokens, sizeof(int32_t) * (size_t)N);
     if (targets != NULL) k->to_device(be, m->targets, targets, sizeof(int32_t) * (size_t)N);
 
@@ -302,14 +342,16 @@ void ent_model_forward(ent_model_t *m, const int32_t *tokens, const int32_t *tar
         layer_acts *a = &m->a[l];
         const float *residual = l == 0 ? m->encoded : m->a[l - 1].res3;
         k->layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, residual, p->ln1w, p->ln1b, N, C);
-        k->matmul_forward(be, a->qkv, a->ln1, p->qkvw, p->qkvb, N, C, 3 * C);
-        k->attention_forward(be, a->atty, a->att, a->qkv, b, t, C, NH);
-        k->matmul_forward(be, m->proj, a->atty, p->projw, p->projb, N, C, C);
+        k->matmul_forward(be, a->qkv, a->ln1, p->qkvw, p->qkvb, N, C, 3 * Ca);
+        k->attention_forward(be, a->atty, a->att, a->qkv, b, t, Ca, m->NHl);
+        k->matmul_forward(be, m->proj, a->atty, p->projw, add_bias ? p->projb : NULL, N, Ca, C);
+        ENT_CHECK(tp_sum(m, m->proj, (size_t)N * C));
         k->residual_forward(be, a->res2, residual, m->proj, (size_t)N * C);
         k->layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, p->ln2w, p->ln2b, N, C);
-        k->matmul_forward(be, a->fch, a->ln2, p->fcw, p->fcb, N, C, 4 * C);
-        k->gelu_forward(be, a->fch_gelu, a->fch, (size_t)N * 4 * C);
-        k->matmul_forward(be, m->proj, a->fch_gelu, p->fcpw, p->fcpb, N, 4 * C, C);
+        k->matmul_forward(be, a->fch, a->ln2, p->fcw, p->fcb, N, C, Cf);
+        k->gelu_forward(be, a->fch_gelu, a->fch, (size_t)N * Cf);
+        k->matmul_forward(be, m->proj, a->fch_gelu, p->fcpw, add_bias ? p->fcpb : NULL, N, Cf, C);
+        ENT_CHECK(tp_sum(m, m->proj, (size_t)N * C));
         k->residual_forward(be, a->res3, a->res2, m->proj, (size_t)N * C);
     }
     k->layernorm_forward(be, m->lnf, m->lnf_mean, m->lnf_rstd, m->a[L - 1].res3, m->lnfw, m->lnfb,
@@ -318,24 +360,39 @@ void ent_model_forward(ent_model_t *m, const int32_t *tokens, const int32_t *tar
     m->last_b = b;
     m->last_t = t;
     m->last_has_targets = targets != NULL;
-    if (targets == NULL) return;
+    if (targets == NULL) return ENT_OK;
     k->softmax_xent_forward(be, m->losses, m->logits, m->logits, m->targets, N, V, Vp);
     k->to_host(be, m->host_losses, m->losses, sizeof(float) * (size_t)N);
     double sum = 0.0;
     for (int i = 0; i < N; i++) sum += m->host_losses[i];
     if (loss != NULL) *loss = (float)(sum / N);
+    return ENT_OK;
 }
 
 void ent_model_zero_grad(ent_model_t *m) {
-    m->be->iface->zero(m->be, m->arena[ENT_ARENA_GRADS], sizeof(float) * m->table.total);
+    m->be->iface->zero(m->be, m->arena[ENT_ARENA_GRADS], sizeof(float) * m->arena_floats);
 }
 
-void ent_model_backward(ent_model_t *m, float dloss) {
+void ent_model_set_grad_hook(ent_model_t *m, ent_grad_hook hook, void *ctx) {
+    m->hook = hook;
+    m->hook_ctx = ctx;
+}
+
+// Tells the hook that the gradients of rows [first, last] are complete.
+static void bucket_done(ent_model_t *m, const float *first, const float *last_row_start,
+                        size_t last_numel) {
+    if (m->hook == NULL) return;
+    const float *G = m->arena[ENT_ARENA_GRADS];
+    size_t off = (size_t)(first - G), end = (size_t)(last_row_start - G) + last_numel;
+    m->hook(m->hook_ctx, off, end - off);
+}
+
+ent_status ent_model_backward(ent_model_t *m, float dloss) {
     ENT_ASSERT(m->last_has_targets); // backward needs a forward with targets
     const struct ent_backend_i *k = m->be->iface;
     ent_backend_t *be = m->be;
     int b = m->last_b, t = m->last_t, N = b * t;
-    int L = m->shape.layers, C = m->shape.width, NH = m->shape.heads;
+    int L = m->shape.layers, C = m->shape.width, Ca = m->Ca, Cf = m->Cf;
     int V = m->shape.vocab, Vp = m->shape.padded_vocab;
     size_t NC = (size_t)N * C;
 
@@ -346,6 +403,7 @@ void ent_model_backward(ent_model_t *m, float dloss) {
     k->zero(be, m->dres, sizeof(float) * NC);
     k->layernorm_backward(be, m->dres, m->dlnfw, m->dlnfb, m->dln, m->a[L - 1].res3, m->lnfw,
                           m->lnf_mean, m->lnf_rstd, N, C);
+    bucket_done(m, m->dlnfw, m->dlnfb, (size_t)C);
     // dres is the gradient of the residual stream; every block adds to it in place
     for (int l = L - 1; l >= 0; l--) {
         const layer_tensors *p = &m->p[l];
@@ -353,45 +411,33 @@ void ent_model_backward(ent_model_t *m, float dloss) {
         const layer_acts *a = &m->a[l];
         const float *residual = l == 0 ? m->encoded : m->a[l - 1].res3;
         // MLP: res3 = res2 + fcproj(gelu(fc(ln2(res2))))
-        k->zero(be, m->dfch_gelu, sizeof(float) * NC * 4);
+        k->zero(be, m->dfch_gelu, sizeof(float) * (size_t)N * Cf);
         k->matmul_backward(be, m->dfch_gelu, g->fcpw, g->fcpb, m->dres, a->fch_gelu, p->fcpw, N,
-                           4 * C, C);
-        k->zero(be, m->dfch, sizeof(float) * NC * 4);
-        k->gelu_backward(be, m->dfch, a->fch, m->dfch_gelu, NC * 4);
+                           Cf, C);
+        k->zero(be, m->dfch, sizeof(float) * (size_t)N * Cf);
+        k->gelu_backward(be, m->dfch, a->fch, m->dfch_gelu, (size_t)N * Cf);
         k->zero(be, m->dln, sizeof(float) * NC);
-        k->matmul_backward(be, m->dln, g->fcw, g->fcb, m->dfch, a->ln2, p->fcw, N, C, 4 * C);
+        k->matmul_backward(be, m->dln, g->fcw, g->fcb, m->dfch, a->ln2, p->fcw, N, C, Cf);
+        ENT_CHECK(tp_sum(m, m->dln, NC));
         k->layernorm_backward(be, m->dres, g->ln2w, g->ln2b, m->dln, a->res2, p->ln2w,
                               a->ln2_mean, a->ln2_rstd, N, C);
         // attention: res2 = residual + proj(attn(qkv(ln1(residual))))
-        k->zero(be, m->datty, sizeof(float) * NC);
-        k->matmul_backward(be, m->datty, g->projw, g->projb, m->dres, a->atty, p->projw, N, C, C);
-        k->zero(be, m->dqkv, sizeof(float) * NC * 3);
-        k->attention_backward(be, m->dqkv, m->datt, m->datty, a->qkv, a->att, b, t, C, NH);
+        k->zero(be, m->datty, sizeof(float) * (size_t)N * Ca);
+        k->matmul_backward(be, m->datty, g->projw, g->projb, m->dres, a->atty, p->projw, N, Ca, C);
+        k->zero(be, m->dqkv, sizeof(float) * (size_t)N * 3 * Ca);
+        k->attention_backward(be, m->dqkv, m->datt, m->datty, a->qkv, a->att, b, t, Ca, m->NHl);
         k->zero(be, m->dln, sizeof(float) * NC);
-        k->matmul_backward(be, m->dln, g->qkvw, g->qkvb, m->dqkv, a->ln1, p->qkvw, N, C, 3 * C);
+        k->matmul_backward(be, m->dln, g->qkvw, g->qkvb, m->dqkv, a->ln1, p->qkvw, N, C, 3 * Ca);
+        ENT_CHECK(tp_sum(m, m->dln, NC));
         k->layernorm_backward(be, m->dres, g->ln1w, g->ln1b, m->dln, residual, p->ln1w,
                               a->ln1_mean, a->ln1_rstd, N, C);
+        bucket_done(m, g->ln1w, g->fcpb, (size_t)C);
     }
     k->encoder_backward(be, m->dwte, m->dwpe, m->dres, m->tokens, b, t, C);
+    bucket_done(m, m->dwte, m->dwpe, (size_t)m->shape.context * C);
     // the probabilities were consumed: a second backward needs a new forward
     m->last_has_targets = 0;
-}
-
-double ent_model_grad_norm(ent_model_t *m) {
-    return sqrt(m->be->iface->sum_squares(m->be, m->arena[ENT_ARENA_GRADS], m->table.total));
-}
-
-void ent_model_adamw(ent_model_t *m, float lr, float beta1, float beta2, float eps,
-                     float weight_decay, float grad_scale, int step) {
-    const ent_param_table *t = &m->table;
-    for (int i = 0; i < t->nrows; i++) {
-        const ent_param_row *r = &t->rows[i];
-        size_t o = r->offset;
-        m->be->iface->adamw_update(m->be, m->arena[ENT_ARENA_PARAMS] + o,
-                                   m->arena[ENT_ARENA_GRADS] + o, m->arena[ENT_ARENA_ADAM_M] + o,
-                                   m->arena[ENT_ARENA_ADAM_V] + o, r->numel, lr, beta1, beta2,
-                                   eps, r->decay ? weight_decay : 0.0f, grad_scale, step);
-    }
+    return ENT_OK;
 }
 
 void ent_model_logits_at(ent_model_t *m, int b, int t, float *host_out) {
@@ -402,5 +448,8 @@ void ent_model_logits_at(ent_model_t *m, int b, int t, float *host_out) {
 }
 
 float *ent_model_arena(ent_model_t *m, ent_arena which) { return m->arena[which]; }
+size_t ent_model_arena_floats(const ent_model_t *m) { return m->arena_floats; }
 const ent_param_table *ent_model_table(const ent_model_t *m) { return &m->table; }
 const ent_model_shape *ent_model_get_shape(const ent_model_t *m) { return &m->shape; }
+ent_backend_t *ent_model_backend(const ent_model_t *m) { return m->be; }
+int ent_model_tp_rank(const ent_model_t *m) { return m->tp_rank; }

@@ -35,6 +35,7 @@ typedef struct {
     ent_param_table *t;
     size_t offset;
     int cap;
+    int tp; // tensor-parallel ranks
 } table_builder;
 
 static ent_status add_row(table_builder *tb, const char *name, int ndim, int64_t d0, int64_t d1,
@@ -56,16 +57,25 @@ static ent_status add_row(table_builder *tb, const char *name, int ndim, int64_t
     r->split = split;
     r->split_groups = groups;
     r->decay = decay;
-    r->numel = (size_t)d0 * (size_t)r->shape[1];
+    r->local_shape[0] = r->shape[0];
+    r->local_shape[1] = r->shape[1];
+    if (split == ENT_SPLIT_ROWS) r->local_shape[0] /= tb->tp;
+    if (split == ENT_SPLIT_COLS) r->local_shape[1] /= tb->tp;
+    r->numel = (size_t)r->local_shape[0] * (size_t)r->local_shape[1];
     // 16-float alignment keeps every tensor on its own cache lines (and SIMD-aligned)
     r->offset = tb->offset;
     tb->offset += (r->numel + 15) / 16 * 16;
     return ENT_OK;
 }
 
-ent_status ent_param_table_build(const ent_model_shape *s, ent_param_table *t) {
+ent_status ent_param_table_build(const ent_model_shape *s, int tp_size, ent_param_table *t) {
     memset(t, 0, sizeof *t);
-    table_builder tb = {.t = t};
+    // every split dimension (heads' channels, 4C) must divide evenly
+    if (tp_size < 1 || s->heads % tp_size != 0)
+        return ent_fail(ENT_ERR_USAGE, "%d tensor-parallel ranks do not divide %d heads", tp_size,
+                        s->heads);
+    table_builder tb = {.t = t, .tp = tp_size};
+    t->tp_size = tp_size;
     int64_t C = s->width;
     char name[64];
     ent_status st = ENT_OK;
@@ -105,6 +115,26 @@ fail:
 void ent_param_table_free(ent_param_table *t) {
     free(t->rows);
     memset(t, 0, sizeof *t);
+}
+
+void ent_param_row_slice(const ent_param_row *r, int tp_rank, int tp_size, const float *global,
+                         float *local) {
+    int64_t rows = r->shape[0], cols = r->shape[1];
+    if (r->split == ENT_SPLIT_NONE || tp_size == 1) {
+        memcpy(local, global, sizeof(float) * (size_t)(rows * cols));
+    } else if (r->split == ENT_SPLIT_ROWS) {
+        // each of the groups (Q, K, V) gives this rank its own band of rows
+        int64_t group_rows = rows / r->split_groups, band = group_rows / tp_size;
+        for (int g = 0; g < r->split_groups; g++)
+            memcpy(local + (size_t)(g * band * cols),
+                   global + (size_t)((g * group_rows + tp_rank * band) * cols),
+                   sizeof(float) * (size_t)(band * cols));
+    } else { // columns
+        int64_t band = cols / tp_size;
+        for (int64_t i = 0; i < rows; i++)
+            memcpy(local + (size_t)(i * band), global + (size_t)(i * cols + tp_rank * band),
+                   sizeof(float) * (size_t)band);
+    }
 }
 
 const ent_param_row *ent_param_table_find(const ent_param_table *t, const char *name) {

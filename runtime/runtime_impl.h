@@ -18,6 +18,7 @@ double ent_rng_uniform(ent_rng *rng); // [0, 1)
 double ent_rng_normal(ent_rng *rng);  // N(0, 1)
 uint64_t ent_hash64(uint64_t x);      // splitmix64 finaliser
 uint64_t ent_hash_string(const char *s, uint64_t seed);
+uint64_t ent_hash_bytes(const void *data, size_t n, uint64_t seed);
 
 // ---- files ----
 // mkdir -p; names the path and the reason on failure.

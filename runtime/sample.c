@@ -23,8 +23,8 @@ static int32_t draw(const float *logits, int V, double temperature, ent_rng *rng
     return best;
 }
 
-void ent_sample(ent_model_t *model, const int32_t *prompt, int np, int n, double temperature,
-                uint64_t seed, int32_t *out) {
+ent_status ent_sample(ent_model_t *model, const int32_t *prompt, int np, int n,
+                      double temperature, uint64_t seed, int32_t *out) {
     ENT_ASSERT(np >= 1);
     const ent_model_shape *s = ent_model_get_shape(model);
     int T = s->context;
@@ -35,8 +35,10 @@ void ent_sample(ent_model_t *model, const int32_t *prompt, int np, int n, double
     memcpy(window, prompt + (np - len), sizeof(int32_t) * (size_t)len);
     ent_rng rng;
     ent_rng_seed(&rng, seed);
-    for (int i = 0; i < n; i++) {
-        ent_model_forward(model, window, NULL, 1, len, NULL);
+    ent_status st = ENT_OK;
+    for (int i = 0; i < n && st == ENT_OK; i++) {
+        st = ent_model_forward(model, window, NULL, 1, len, NULL);
+        if (st != ENT_OK) break;
         ent_model_logits_at(model, 0, len - 1, logits);
         int32_t next = draw(logits, s->vocab, temperature, &rng);
         out[i] = next;
@@ -48,6 +50,7 @@ void ent_sample(ent_model_t *model, const int32_t *prompt, int np, int n, double
     }
     free(window);
     free(logits);
+    return st;
 }
 
 void ent_tokens_print(FILE *f, const int32_t *tokens, int n, int vocab) {

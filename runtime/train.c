@@ -1,13 +1,23 @@
 // train.c: `entente train`, the inner training loop of one site.
 //
-// Each step: gradient accumulation over micro-batches, global-norm clipping,
-// AdamW with the warm-up + cosine schedule, a progress line and a metrics
-// record; validation loss and generated samples at the configured intervals.
+// The world is a DP x TP grid (comm/). Each step, every data-parallel rank
+// takes its own micro-batches of the global batch from the shared data cursor,
+// accumulates gradients, and the optimizer reduces them over the DP group
+// (bucket by bucket during the last backward pass, or by reduce-scatter for
+// ZeRO-1); then global-norm clipping and AdamW with the warm-up + cosine
+// schedule. World rank 0 prints progress and writes the run directory.
+//
+// Ranks agree at every step: on any error (a rank that cannot write its
+// files fails the whole job cleanly, not half of it) and on a stop request
+// (SIGTERM, SIGUSR1 or SIGINT on any rank stops every rank after the same
+// step, with exit code 75 for the batch script to requeue).
 #include "runtime_impl.h"
 #include "ent_version.h"
 
 #include <errno.h>
 #include <math.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +54,10 @@ static void json_number(FILE *f, const char *key, double v) {
 }
 
 static void json_string(FILE *f, const char *s) {
+    if (s == NULL) {
+        fputs("null", f);
+        return;
+    }
     fputc('"', f);
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
@@ -55,20 +69,50 @@ static void json_string(FILE *f, const char *s) {
 }
 
 // ---------------------------------------------------------------------------
+// stop requests
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig) {
+    stop_signal = sig;
+    // a second Ctrl-C ends the process at once
+    if (sig == SIGINT) signal(SIGINT, SIG_DFL);
+}
+
+static void install_stop_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+}
+
+static const char *signal_name(int sig) {
+    return sig == SIGTERM ? "SIGTERM" : sig == SIGUSR1 ? "SIGUSR1" : sig == SIGINT ? "SIGINT"
+                                                                                     : "a signal";
+}
+
+// ---------------------------------------------------------------------------
 // state of one training run
 
 typedef struct {
     const ent_config *cfg;
+    ent_comm_t *comm;
+    ent_grid *grid;
     ent_backend_t *be;
     ent_model_t *model;
+    ent_optim_t *optim;
     ent_dataset_t *train, *val;
     ent_data_cursor cursor;
     uint64_t data_seed;
-    int micro, accum, T;
+    int micro, accum, T, threads;
+    int leader;  // world rank 0: prints and writes the run directory
+    int tty;     // the leader's stdout is a terminal
     int32_t *inputs, *targets; // (micro, T) host
     FILE *metrics, *samples;
     const char *run_dir;
-    int tty; // stdout is a terminal
     int32_t *prompt;
     int nprompt;
     double t_start;
@@ -84,13 +128,26 @@ static int stdout_is_terminal(void) {
     return isatty(STDOUT_FILENO) && !(term != NULL && strcmp(term, "dumb") == 0);
 }
 
-// Terminal output. On a terminal every step rewrites one status line and the
-// lines of every log_every-th step (and evaluations) stay; elsewhere (a Slurm
-// log, a pipe) only the lines that stay are written.
+// CPU threads per rank: system.threads, else OMP_NUM_THREADS, else the cores
+// this rank is bound to, else the node's cores shared by its ranks.
+static int choose_threads(const ent_config *cfg, const ent_comm_t *comm) {
+    if (cfg->threads > 0) return cfg->threads;
+    if (getenv("OMP_NUM_THREADS") != NULL) return 0; // OpenMP reads it
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) < online)
+        return CPU_COUNT(&set);
+    long per_rank = online / ent_comm_local_size(comm);
+    return per_rank > 0 ? (int)per_rank : 1;
+}
+
+// Terminal output of the leader. On a terminal every step rewrites one status
+// line and the lines of every log_every-th step (and evaluations) stay;
+// elsewhere (a Slurm log, a pipe) only the lines that stay are written.
 static void progress(const trainer *tr, int keep, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void progress(const trainer *tr, int keep, const char *fmt, ...) {
-    if (!keep && !tr->tty) return;
+    if (!tr->leader || (!keep && !tr->tty)) return;
     va_list ap;
     va_start(ap, fmt);
     if (tr->tty) fputs("\r\033[K", stdout);
@@ -108,22 +165,31 @@ static ent_status flush_run_file(const trainer *tr, FILE *f, const char *name) {
     return ENT_OK;
 }
 
+// Mean validation loss over the first eval.batches x batch_size validation
+// sequences (fewer if there are fewer): the same set whatever the number of
+// ranks, shared out among the DP ranks in micro-batch chunks.
 static ent_status eval_loss(trainer *tr, double *out) {
     int64_t nseq = ent_dataset_num_sequences(tr->val);
-    int64_t want = (int64_t)tr->cfg->eval_batches * tr->micro;
+    int64_t want = (int64_t)tr->cfg->eval_batches * tr->cfg->batch_size;
     if (want > nseq) want = nseq;
+    int D = tr->grid->dp_size, r = tr->grid->dp_rank;
     ent_data_cursor start = {0};
-    double sum = 0.0;
-    int64_t done = 0;
-    while (done < want) {
-        int b = (int)(want - done < tr->micro ? want - done : tr->micro);
-        ent_dataset_fill(tr->val, &start, done, b, 0, 0, tr->inputs, tr->targets);
+    double sums[2] = {0.0, 0.0}; // loss x sequences, sequences
+    // rank r evaluates the r-th of every D consecutive chunks of micro sequences;
+    // every rank runs the same number of forward passes (TP needs that)
+    int64_t chunk = tr->micro, rounds = (want + chunk * D - 1) / (chunk * D);
+    for (int64_t k = 0; k < rounds; k++) {
+        int64_t first = (k * D + r) * chunk;
+        int b = first >= want ? 0 : (int)(want - first < chunk ? want - first : chunk);
+        int run = b > 0 ? b : 1; // a rank without data still joins the TP collectives
+        ent_dataset_fill(tr->val, &start, b > 0 ? first : 0, run, 0, 0, tr->inputs, tr->targets);
         float loss = 0.0f;
-        ent_model_forward(tr->model, tr->inputs, tr->targets, b, tr->T, &loss);
-        sum += (double)loss * b;
-        done += b;
+        ENT_CHECK(ent_model_forward(tr->model, tr->inputs, tr->targets, run, tr->T, &loss));
+        sums[0] += b > 0 ? (double)loss * b : 0.0;
+        sums[1] += b;
     }
-    *out = sum / (double)want;
+    ENT_CHECK(ent_allreduce(tr->grid->dp, sums, sums, 2, ENT_F64, ENT_SUM));
+    *out = sums[0] / sums[1];
     return ENT_OK;
 }
 
@@ -131,12 +197,14 @@ static ent_status write_sample(trainer *tr, int step) {
     const ent_config *cfg = tr->cfg;
     if (cfg->sample_tokens == 0) return ENT_OK;
     int32_t *out = malloc(sizeof(int32_t) * (size_t)cfg->sample_tokens);
-    if (out == NULL) {
-        ent_log_warn("out of memory for a sample of %d tokens; skipped", cfg->sample_tokens);
-        return ENT_OK;
+    if (out == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for a sample");
+    // every rank samples (tensor parallelism needs them all); the leader writes
+    ent_status st = ent_sample(tr->model, tr->prompt, tr->nprompt, cfg->sample_tokens,
+                               cfg->sample_temperature, cfg->sample_seed, out);
+    if (st != ENT_OK || !tr->leader) {
+        free(out);
+        return st;
     }
-    ent_sample(tr->model, tr->prompt, tr->nprompt, cfg->sample_tokens, cfg->sample_temperature,
-               cfg->sample_seed, out);
     if (tr->tty) fputs("\r\033[K", stdout); // over a status line left by progress()
     FILE *dests[2] = {stdout, tr->samples};
     for (int i = 0; i < 2; i++) {
@@ -158,6 +226,7 @@ static ent_status run_eval(trainer *tr, int step, double *val_loss) {
     ENT_CHECK(eval_loss(tr, &loss));
     *val_loss = loss;
     progress(tr, 1, "step %6d/%d | val loss %.4f", step, tr->cfg->steps, loss);
+    if (!tr->leader) return ENT_OK;
     fputc('{', tr->metrics);
     fprintf(tr->metrics, "\"step\":%d,", step);
     json_number(tr->metrics, "val_loss", loss);
@@ -167,41 +236,102 @@ static ent_status run_eval(trainer *tr, int step, double *val_loss) {
     return flush_run_file(tr, tr->metrics, "metrics.jsonl");
 }
 
-// One optimizer step: accumulate gradients over the micro-batches of the global
-// batch, clip, update. Returns the mean loss and the (unclipped) gradient norm.
+// One optimizer step: this rank's micro-batches of the global batch, the DP
+// reduction, clipping, AdamW. Returns the global mean loss and gradient norm.
 static ent_status train_step(trainer *tr, int step, double lr, double *loss_out,
                              double *norm_out) {
     const ent_config *cfg = tr->cfg;
+    int D = tr->grid->dp_size;
     ent_model_zero_grad(tr->model);
-    float dloss = 1.0f / ((float)tr->micro * (float)tr->T * (float)tr->accum);
+    float dloss = 1.0f / ((float)tr->micro * (float)tr->T * (float)tr->accum * (float)D);
     double loss_sum = 0.0;
     for (int a = 0; a < tr->accum; a++) {
-        ent_dataset_fill(tr->train, &tr->cursor, (int64_t)a * tr->micro, tr->micro,
-                         cfg->shuffle, tr->data_seed, tr->inputs, tr->targets);
+        // the step's global batch is micro-batch a of every rank in turn
+        int64_t skip = ((int64_t)a * D + tr->grid->dp_rank) * tr->micro;
+        ent_dataset_fill(tr->train, &tr->cursor, skip, tr->micro, cfg->shuffle, tr->data_seed,
+                         tr->inputs, tr->targets);
         float loss = 0.0f;
-        ent_model_forward(tr->model, tr->inputs, tr->targets, tr->micro, tr->T, &loss);
-        ent_model_backward(tr->model, dloss);
+        ENT_CHECK(ent_model_forward(tr->model, tr->inputs, tr->targets, tr->micro, tr->T, &loss));
+        ent_optim_begin_backward(tr->optim, a == tr->accum - 1);
+        ENT_CHECK(ent_model_backward(tr->model, dloss));
         loss_sum += loss;
     }
     tr->cursor.consumed += (int64_t)cfg->batch_size;
-    double norm = ent_model_grad_norm(tr->model);
-    *loss_out = loss_sum / tr->accum;
+    ENT_CHECK(ent_optim_reduce_grads(tr->optim));
+    double loss = loss_sum / tr->accum, norm;
+    ENT_CHECK(ent_allreduce(tr->grid->dp, &loss, &loss, 1, ENT_F64, ENT_AVG));
+    ENT_CHECK(ent_optim_grad_norm(tr->optim, &norm));
+    *loss_out = loss;
     *norm_out = norm;
-    if (!isfinite(*loss_out) || !isfinite(norm))
+    // every rank sees the same loss and norm, so every rank stops here together
+    if (!isfinite(loss) || !isfinite(norm))
         return ent_fail(ENT_ERR_INPUT,
                         "training diverged at step %d: loss %g, gradient norm %g (lower train.lr "
-                        "or train.grad_clip)", step, *loss_out, norm);
+                        "or train.grad_clip)", step, loss, norm);
     float scale = 1.0f;
     if (cfg->grad_clip > 0 && norm > cfg->grad_clip) scale = (float)(cfg->grad_clip / norm);
-    ent_model_adamw(tr->model, (float)lr, (float)cfg->beta1, (float)cfg->beta2, (float)cfg->eps,
-                    (float)cfg->weight_decay, scale, step);
+    ent_adamw hp = {(float)lr, (float)cfg->beta1, (float)cfg->beta2, (float)cfg->eps,
+                    (float)cfg->weight_decay};
+    return ent_optim_step(tr->optim, &hp, scale, step);
+}
+
+// ---------------------------------------------------------------------------
+// set-up
+
+// Every rank must run the same configuration: compare a hash of its text.
+static ent_status check_same_config(const ent_config *cfg, ent_comm_t *comm, ent_grid *grid) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&text, &len);
+    if (mem == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
+    ent_config_write(cfg, mem);
+    fclose(mem);
+    uint64_t h = ent_hash_bytes(text, len, 0), lo = h, hi = h;
+    free(text);
+    ENT_CHECK(ent_allreduce(grid->world, &h, &lo, 1, ENT_U64, ENT_MIN));
+    ENT_CHECK(ent_allreduce(grid->world, &h, &hi, 1, ENT_U64, ENT_MAX));
+    if (lo != hi)
+        return ent_fail(ENT_ERR_USAGE,
+                        "the %d ranks do not run the same configuration (this rank's hash "
+                        "%016llx, others range %016llx..%016llx): give every rank the same "
+                        "--config file and --set options", ent_comm_size(comm),
+                        (unsigned long long)h, (unsigned long long)lo, (unsigned long long)hi);
     return ENT_OK;
 }
 
-static ent_status write_run_files(const trainer *tr, const char *run_dir, ent_comm_t *comm,
-                                  size_t nparams) {
+// Micro-batch and accumulation for dp ranks; errors name the keys.
+static ent_status batch_geometry(const ent_config *cfg, int dp, int *micro, int *accum) {
+    if (cfg->micro_batch == 0) {
+        if (cfg->batch_size % dp != 0)
+            return ent_fail(ENT_ERR_USAGE,
+                            "train.batch_size = %d is not divisible by the %d data-parallel "
+                            "ranks (world size / parallel.tp)", cfg->batch_size, dp);
+        *micro = cfg->batch_size / dp;
+    } else {
+        *micro = cfg->micro_batch;
+        if (cfg->batch_size % (cfg->micro_batch * dp) != 0)
+            return ent_fail(ENT_ERR_USAGE,
+                            "train.batch_size = %d is not a multiple of train.micro_batch x "
+                            "data-parallel ranks = %d x %d", cfg->batch_size, cfg->micro_batch, dp);
+    }
+    *accum = cfg->batch_size / (*micro * dp);
+    return ENT_OK;
+}
+
+static void write_topology_json(const trainer *tr, FILE *f) {
+    const ent_grid *g = tr->grid;
+    fprintf(f, "\"world_size\":%d,\"dp\":%d,\"tp\":%d,\"zero\":%d,\"nodes\":%d,"
+            "\"ranks_per_node\":%d,\"threads_per_rank\":%d,\"slurm_job_id\":",
+            ent_comm_size(tr->comm), g->dp_size, g->tp_size, tr->cfg->zero,
+            ent_comm_num_nodes(tr->comm), ent_comm_local_size(tr->comm), tr->be->threads);
+    json_string(f, getenv("SLURM_JOB_ID"));
+    fputs(",\"slurm_nodelist\":", f);
+    json_string(f, getenv("SLURM_JOB_NODELIST"));
+}
+
+static ent_status write_run_files(const trainer *tr, size_t nparams) {
     char path[ENT_PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/config.ini", run_dir);
+    snprintf(path, sizeof path, "%s/config.ini", tr->run_dir);
     char *text = NULL;
     size_t len = 0;
     FILE *mem = open_memstream(&text, &len);
@@ -214,7 +344,7 @@ static ent_status write_run_files(const trainer *tr, const char *run_dir, ent_co
     free(text);
     ENT_CHECK(st);
 
-    snprintf(path, sizeof path, "%s/run.json", run_dir);
+    snprintf(path, sizeof path, "%s/run.json", tr->run_dir);
     mem = open_memstream(&text, &len);
     if (mem == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
     char host[256] = "";
@@ -227,8 +357,9 @@ static ent_status write_run_files(const trainer *tr, const char *run_dir, ent_co
     json_string(mem, host);
     fprintf(mem, ",\"config\":");
     json_string(mem, tr->cfg->path);
-    fprintf(mem, ",\"world_size\":%d,\"threads\":%d,\"backend\":\"%s\",\"blas\":",
-            ent_comm_size(comm), tr->be->threads, tr->be->iface->name);
+    fputc(',', mem);
+    write_topology_json(tr, mem);
+    fprintf(mem, ",\"backend\":\"%s\",\"blas\":", tr->be->iface->name);
     json_string(mem, ent_backend_cpu_describe());
     fprintf(mem, ",\"parameters\":%zu,\"micro_batch\":%d,\"grad_accum\":%d}\n", nparams,
             tr->micro, tr->accum);
@@ -246,11 +377,76 @@ static ent_status open_run_file(const char *run_dir, const char *name, FILE **ou
     return ENT_OK;
 }
 
+// The leader's run directory: files, and the start record of metrics.jsonl.
+static ent_status open_run_dir(trainer *tr, size_t nparams) {
+    ENT_CHECK(ent_mkdirs(tr->run_dir));
+    ENT_CHECK(write_run_files(tr, nparams));
+    ENT_CHECK(open_run_file(tr->run_dir, "metrics.jsonl", &tr->metrics));
+    ENT_CHECK(open_run_file(tr->run_dir, "samples.txt", &tr->samples));
+    fputs("{\"event\":\"start\",", tr->metrics);
+    write_topology_json(tr, tr->metrics);
+    fputs("}\n", tr->metrics);
+    return flush_run_file(tr, tr->metrics, "metrics.jsonl");
+}
+
+static ent_status prepare_model(trainer *tr) {
+    const ent_config *cfg = tr->cfg;
+    tr->be = ent_backend_cpu_new(tr->threads);
+    if (tr->be == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory creating the CPU backend");
+    ent_model_shape shape = ent_model_shape_from_config(cfg);
+    ent_model_opts opts = {
+        .tp = tr->grid->tp_size > 1 ? tr->grid->tp : NULL,
+        .arena_multiple = 16 * (size_t)tr->grid->dp_size,
+    };
+    ENT_CHECK(ent_model_new(tr->be, &shape, &opts, tr->micro, tr->T, &tr->model));
+    ent_model_init(tr->model, cfg->seed);
+    ENT_CHECK(ent_optim_new(tr->model, tr->grid, cfg->zero, &tr->optim));
+    tr->inputs = malloc(sizeof(int32_t) * (size_t)tr->micro * tr->T);
+    tr->targets = malloc(sizeof(int32_t) * (size_t)tr->micro * tr->T);
+    size_t plen = strlen(cfg->sample_prompt);
+    tr->prompt = malloc(sizeof(int32_t) * (plen + 1));
+    if (tr->inputs == NULL || tr->targets == NULL || tr->prompt == NULL)
+        return ent_fail(ENT_ERR_NOMEM, "out of memory for batch buffers");
+    tr->prompt[0] = ENT_TOKEN_EOT;
+    for (size_t i = 0; i < plen; i++) tr->prompt[i + 1] = (unsigned char)cfg->sample_prompt[i];
+    tr->nprompt = (int)plen + 1;
+    return ENT_OK;
+}
+
+static ent_status open_data(trainer *tr) {
+    const ent_config *cfg = tr->cfg;
+    ENT_CHECK(ent_dataset_open(cfg->data_dir, cfg->train_pattern, cfg->vocab, tr->T, &tr->train));
+    char **vals = NULL;
+    int nval = ent_glob_shards(cfg->data_dir, cfg->val_pattern, &vals);
+    ent_free_paths(vals, nval > 0 ? nval : 0);
+    if (nval > 0)
+        return ent_dataset_open(cfg->data_dir, cfg->val_pattern, cfg->vocab, tr->T, &tr->val);
+    if (tr->leader)
+        ent_log_warn("no validation shards match %s/%s: training without validation loss",
+                     cfg->data_dir, cfg->val_pattern);
+    return ENT_OK;
+}
+
+// Do all DP replicas hold bit-identical parameters? (They must: this catches
+// silent divergence, e.g. non-deterministic reductions.)
+static ent_status replicas_identical(trainer *tr, int *same) {
+    const float *p = ent_model_arena(tr->model, ENT_ARENA_PARAMS);
+    uint64_t h = ent_hash_bytes(p, sizeof(float) * ent_model_arena_floats(tr->model), 0), lo, hi;
+    ENT_CHECK(ent_allreduce(tr->grid->dp, &h, &lo, 1, ENT_U64, ENT_MIN));
+    ENT_CHECK(ent_allreduce(tr->grid->dp, &h, &hi, 1, ENT_U64, ENT_MAX));
+    int64_t ok = lo == hi, all = 0;
+    ENT_CHECK(ent_allreduce(tr->grid->world, &ok, &all, 1, ENT_I64, ENT_MIN));
+    *same = (int)all;
+    return ENT_OK;
+}
+
 static void trainer_free(trainer *tr) {
+    ent_optim_free(&tr->optim);
     ent_model_free(&tr->model);
     ent_dataset_close(&tr->train);
     ent_dataset_close(&tr->val);
     ent_backend_free(&tr->be);
+    ent_grid_free(&tr->grid);
     if (tr->metrics) fclose(tr->metrics);
     if (tr->samples) fclose(tr->samples);
     free(tr->inputs);
@@ -258,85 +454,63 @@ static void trainer_free(trainer *tr) {
     free(tr->prompt);
 }
 
+// ---------------------------------------------------------------------------
+
 ent_status ent_train(const ent_config *cfg, const char *run_dir, ent_comm_t *comm) {
-    if (ent_comm_size(comm) != 1)
-        return ent_fail(ENT_ERR_USAGE,
-                        "started with %d ranks, but this version trains on one rank only "
-                        "(data and tensor parallelism are not implemented yet)",
-                        ent_comm_size(comm));
-    if (cfg->tp != 1 || cfg->zero != 0)
-        return ent_fail(ENT_ERR_USAGE, "parallel.tp = %d, parallel.zero = %d: this version "
-                        "trains on one rank only (tp = 1, zero = 0)", cfg->tp, cfg->zero);
-
-    trainer tr = {.cfg = cfg, .run_dir = run_dir, .tty = stdout_is_terminal()};
+    trainer tr = {.cfg = cfg, .comm = comm, .run_dir = run_dir};
     ent_status st = ENT_OK;
+    tr.leader = ent_comm_rank(comm) == 0;
+    tr.tty = tr.leader && stdout_is_terminal();
     tr.T = cfg->context;
-    tr.micro = cfg->micro_batch > 0 ? cfg->micro_batch : cfg->batch_size;
-    tr.accum = cfg->batch_size / tr.micro;
     tr.data_seed = ent_hash64(cfg->seed ^ 0xda7aULL);
+    tr.threads = choose_threads(cfg, comm);
+    ent_comm_set_timeout(comm, cfg->timeout);
+    install_stop_handlers();
 
+    // every rank reaches the same verdict on these, so none is left waiting
+    ENT_CHECK_GOTO(ent_grid_new(comm, cfg->tp, &tr.grid), done);
+    ENT_CHECK_GOTO(check_same_config(cfg, comm, tr.grid), done);
+    ENT_CHECK_GOTO(batch_geometry(cfg, tr.grid->dp_size, &tr.micro, &tr.accum), done);
     // data first: a bad shard fails before any memory is committed
-    ENT_CHECK_GOTO(ent_dataset_open(cfg->data_dir, cfg->train_pattern, cfg->vocab, tr.T,
-                                    &tr.train), done);
-    char **vals = NULL;
-    int nval = ent_glob_shards(cfg->data_dir, cfg->val_pattern, &vals);
-    ent_free_paths(vals, nval > 0 ? nval : 0);
-    if (nval > 0) {
-        ENT_CHECK_GOTO(ent_dataset_open(cfg->data_dir, cfg->val_pattern, cfg->vocab, tr.T,
-                                        &tr.val), done);
-    } else {
-        ent_log_warn("no validation shards match %s/%s: training without validation loss",
-                     cfg->data_dir, cfg->val_pattern);
-    }
-
-    tr.be = ent_backend_cpu_new(cfg->threads);
-    if (tr.be == NULL) {
-        st = ent_fail(ENT_ERR_NOMEM, "out of memory creating the CPU backend");
-        goto done;
-    }
+    ENT_CHECK_GOTO(ent_comm_agree(comm, open_data(&tr)), done);
+    ENT_CHECK_GOTO(ent_comm_agree(comm, prepare_model(&tr)), done);
     ent_model_shape shape = ent_model_shape_from_config(cfg);
-    ENT_CHECK_GOTO(ent_model_new(tr.be, &shape, tr.micro, tr.T, &tr.model), done);
-    ent_model_init(tr.model, cfg->seed);
-
-    tr.inputs = malloc(sizeof(int32_t) * (size_t)tr.micro * tr.T);
-    tr.targets = malloc(sizeof(int32_t) * (size_t)tr.micro * tr.T);
-    size_t plen = strlen(cfg->sample_prompt);
-    tr.prompt = malloc(sizeof(int32_t) * (plen + 1));
-    if (tr.inputs == NULL || tr.targets == NULL || tr.prompt == NULL) {
-        st = ent_fail(ENT_ERR_NOMEM, "out of memory for batch buffers");
-        goto done;
-    }
-    tr.prompt[0] = ENT_TOKEN_EOT;
-    for (size_t i = 0; i < plen; i++) tr.prompt[i + 1] = (unsigned char)cfg->sample_prompt[i];
-    tr.nprompt = (int)plen + 1;
-
-    ENT_CHECK_GOTO(ent_mkdirs(run_dir), done);
     size_t nparams = ent_model_shape_num_params(&shape);
-    ENT_CHECK_GOTO(write_run_files(&tr, run_dir, comm, nparams), done);
-    ENT_CHECK_GOTO(open_run_file(run_dir, "metrics.jsonl", &tr.metrics), done);
-    ENT_CHECK_GOTO(open_run_file(run_dir, "samples.txt", &tr.samples), done);
+    ENT_CHECK_GOTO(ent_comm_agree(comm, tr.leader ? open_run_dir(&tr, nparams) : ENT_OK), done);
 
-    char mem[32];
+    if (tr.leader) {
+        char mem[32];
+        size_t tokens_per_step = (size_t)cfg->batch_size * tr.T;
+        ent_log_info("entente %s (%s): %d rank(s) on %d node(s), DP %d x TP %d%s, %d thread(s) "
+                     "per rank; %s", ENT_VERSION, ENT_GIT_REVISION, ent_comm_size(comm),
+                     ent_comm_num_nodes(comm), tr.grid->dp_size, tr.grid->tp_size,
+                     cfg->zero && tr.grid->dp_size > 1 ? " with ZeRO-1" : "", tr.be->threads,
+                     ent_backend_cpu_describe());
+        ent_log_info("model: %d layers, %d heads, width %d, context %d, vocab %d: %.2fM "
+                     "parameters, %s per rank", cfg->layers, cfg->heads, cfg->width, cfg->context,
+                     cfg->vocab, nparams / 1e6,
+                     ent_format_bytes((double)ent_model_memory_bytes(&shape, tr.grid->tp_size,
+                                                                     tr.micro, tr.T),
+                                      mem, sizeof mem));
+        ent_log_info("data: %s: train %lld tokens in %d shard(s) (%lld sequences); val %lld "
+                     "tokens", cfg->data_dir, (long long)ent_dataset_num_tokens(tr.train),
+                     ent_dataset_num_shards(tr.train),
+                     (long long)ent_dataset_num_sequences(tr.train),
+                     tr.val ? (long long)ent_dataset_num_tokens(tr.val) : 0LL);
+        ent_log_info("batch: %d sequences x %d tokens = %zu tokens/step (micro-batch %d per "
+                     "rank, %d accumulation steps); %d steps = %.2f epochs",
+                     cfg->batch_size, tr.T, tokens_per_step, tr.micro, tr.accum, cfg->steps,
+                     (double)cfg->steps * cfg->batch_size /
+                         (double)ent_dataset_num_sequences(tr.train));
+        ent_log_info("run dir: %s", run_dir);
+    }
+
     size_t tokens_per_step = (size_t)cfg->batch_size * tr.T;
-    ent_log_info("entente %s (%s): %d rank x %d threads, %s", ENT_VERSION, ENT_GIT_REVISION,
-                 ent_comm_size(comm), tr.be->threads, ent_backend_cpu_describe());
-    ent_log_info("model: %d layers, %d heads, width %d, context %d, vocab %d: %.2fM parameters, "
-                 "%s in memory", cfg->layers, cfg->heads, cfg->width, cfg->context, cfg->vocab,
-                 nparams / 1e6, ent_format_bytes((double)ent_model_memory_bytes(&shape, tr.micro, tr.T), mem, sizeof mem));
-    ent_log_info("data: %s: train %lld tokens in %d shard(s) (%lld sequences); val %lld tokens",
-                 cfg->data_dir, (long long)ent_dataset_num_tokens(tr.train),
-                 ent_dataset_num_shards(tr.train), (long long)ent_dataset_num_sequences(tr.train),
-                 tr.val ? (long long)ent_dataset_num_tokens(tr.val) : 0LL);
-    ent_log_info("batch: %d sequences x %d tokens = %zu tokens/step (micro-batch %d, %d "
-                 "accumulation steps); %d steps = %.2f epochs",
-                 cfg->batch_size, tr.T, tokens_per_step, tr.micro, tr.accum, cfg->steps,
-                 (double)cfg->steps * cfg->batch_size / (double)ent_dataset_num_sequences(tr.train));
-    ent_log_info("run dir: %s", run_dir);
-
     tr.t_start = now_seconds();
     double val_loss = NAN, train_time = 0.0, step_avg = 0.0;
-    ENT_CHECK_GOTO(run_eval(&tr, 0, &val_loss), done);
-    for (int step = 1; step <= cfg->steps; step++) {
+    int step = 0, stopped_by = 0;
+    ENT_CHECK_GOTO(ent_comm_agree(comm, run_eval(&tr, 0, &val_loss)), done);
+    for (step = 1; step <= cfg->steps; step++) {
         double lr = ent_lr_schedule(cfg, step);
         double t0 = now_seconds(), loss, norm;
         ENT_CHECK_GOTO(train_step(&tr, step, lr, &loss, &norm), done);
@@ -345,22 +519,24 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, ent_comm_t *com
         step_avg = step == 1 ? dt : 0.9 * step_avg + 0.1 * dt;
         double tok_s = tokens_per_step / dt;
 
-        fputc('{', tr.metrics);
-        fprintf(tr.metrics, "\"step\":%d,", step);
-        json_number(tr.metrics, "loss", loss);
-        fputc(',', tr.metrics);
-        json_number(tr.metrics, "lr", lr);
-        fputc(',', tr.metrics);
-        json_number(tr.metrics, "grad_norm", norm);
-        fputc(',', tr.metrics);
-        json_number(tr.metrics, "tokens_per_s", tok_s);
-        fprintf(tr.metrics, ",\"tokens\":%lld,\"epoch\":%lld,",
-                (long long)(tokens_per_step * (size_t)step),
-                (long long)(tr.cursor.consumed / ent_dataset_num_sequences(tr.train)));
-        json_number(tr.metrics, "elapsed_s", now_seconds() - tr.t_start);
-        fputs("}\n", tr.metrics);
-        ENT_CHECK_GOTO(flush_run_file(&tr, tr.metrics, "metrics.jsonl"), done);
-
+        ent_status io = ENT_OK;
+        if (tr.leader) {
+            fputc('{', tr.metrics);
+            fprintf(tr.metrics, "\"step\":%d,", step);
+            json_number(tr.metrics, "loss", loss);
+            fputc(',', tr.metrics);
+            json_number(tr.metrics, "lr", lr);
+            fputc(',', tr.metrics);
+            json_number(tr.metrics, "grad_norm", norm);
+            fputc(',', tr.metrics);
+            json_number(tr.metrics, "tokens_per_s", tok_s);
+            fprintf(tr.metrics, ",\"tokens\":%lld,\"epoch\":%lld,",
+                    (long long)(tokens_per_step * (size_t)step),
+                    (long long)(tr.cursor.consumed / ent_dataset_num_sequences(tr.train)));
+            json_number(tr.metrics, "elapsed_s", now_seconds() - tr.t_start);
+            fputs("}\n", tr.metrics);
+            io = flush_run_file(&tr, tr.metrics, "metrics.jsonl");
+        }
         char eta[32];
         format_duration(step_avg * (cfg->steps - step), eta, sizeof eta);
         progress(&tr, step % cfg->log_every == 0 || step == cfg->steps,
@@ -368,22 +544,51 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, ent_comm_t *com
                  "%.0f ms/step | eta %s",
                  step, cfg->steps, loss, lr, norm, tok_s / 1e3, dt * 1e3, eta);
         int last = step == cfg->steps;
-        if ((cfg->eval_every > 0 && step % cfg->eval_every == 0) || last)
-            ENT_CHECK_GOTO(run_eval(&tr, step, &val_loss), done);
-        if ((cfg->sample_every > 0 && step % cfg->sample_every == 0) || last)
-            ENT_CHECK_GOTO(write_sample(&tr, step), done);
+        if (io == ENT_OK && ((cfg->eval_every > 0 && step % cfg->eval_every == 0) || last))
+            io = run_eval(&tr, step, &val_loss);
+        if (io == ENT_OK && ((cfg->sample_every > 0 && step % cfg->sample_every == 0) || last))
+            io = write_sample(&tr, step);
+        ENT_CHECK_GOTO(ent_comm_agree(comm, io), done);
+        // a stop request on any rank stops every rank after this step
+        int64_t sig = stop_signal, any = 0;
+        ENT_CHECK_GOTO(ent_allreduce(tr.grid->world, &sig, &any, 1, ENT_I64, ENT_MAX), done);
+        if (any != 0 && !last) {
+            stopped_by = (int)any;
+            break;
+        }
     }
-    double elapsed = now_seconds() - tr.t_start;
-    char t_train[32], t_all[32];
-    format_duration(train_time, t_train, sizeof t_train);
-    format_duration(elapsed, t_all, sizeof t_all);
-    if (tr.val != NULL)
-        ent_log_info("done: %d steps in %s (training %s, %.1fk tok/s); final val loss %.4f",
-                     cfg->steps, t_all, t_train,
-                     tokens_per_step * (double)cfg->steps / train_time / 1e3, val_loss);
-    else
-        ent_log_info("done: %d steps in %s (training %s, %.1fk tok/s)", cfg->steps, t_all,
-                     t_train, tokens_per_step * (double)cfg->steps / train_time / 1e3);
+    if (step > cfg->steps) step = cfg->steps;
+
+    int same = 0;
+    ENT_CHECK_GOTO(replicas_identical(&tr, &same), done);
+    if (tr.leader) {
+        double elapsed = now_seconds() - tr.t_start;
+        fprintf(tr.metrics, "{\"event\":\"end\",\"step\":%d,\"reason\":\"%s\","
+                "\"replicas_identical\":%s,", step, stopped_by ? "signal" : "completed",
+                same ? "true" : "false");
+        json_number(tr.metrics, "elapsed_s", elapsed);
+        fputs("}\n", tr.metrics);
+        st = flush_run_file(&tr, tr.metrics, "metrics.jsonl");
+        if (!same)
+            ent_log_warn("the data-parallel replicas do not hold identical parameters at step %d",
+                         step);
+        char t_train[32], t_all[32];
+        format_duration(train_time, t_train, sizeof t_train);
+        format_duration(elapsed, t_all, sizeof t_all);
+        if (stopped_by)
+            ent_log_info("stopped by %s after step %d of %d (exit code %d: requeue to go on)",
+                         signal_name(stopped_by), step, cfg->steps, ENT_EXIT_REQUEUE);
+        else if (tr.val != NULL)
+            ent_log_info("done: %d steps in %s (training %s, %.1fk tok/s); final val loss %.4f",
+                         cfg->steps, t_all, t_train,
+                         tokens_per_step * (double)cfg->steps / train_time / 1e3, val_loss);
+        else
+            ent_log_info("done: %d steps in %s (training %s, %.1fk tok/s)", cfg->steps, t_all,
+                         t_train, tokens_per_step * (double)cfg->steps / train_time / 1e3);
+    }
+    ENT_CHECK_GOTO(ent_comm_agree(comm, st), done);
+    if (stopped_by) st = ent_fail(ENT_STOPPED, "stopped by %s after step %d",
+                                  signal_name(stopped_by), step);
 done:
     trainer_free(&tr);
     return st;

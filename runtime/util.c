@@ -27,6 +27,21 @@ uint64_t ent_hash_string(const char *s, uint64_t seed) {
     return ent_hash64(h);
 }
 
+uint64_t ent_hash_bytes(const void *data, size_t n, uint64_t seed) {
+    // 8 bytes at a time, each word mixed in through the splitmix finaliser
+    const unsigned char *p = data;
+    uint64_t h = ent_hash64(seed ^ n);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        h = ent_hash64(h ^ w);
+    }
+    uint64_t tail = 0;
+    memcpy(&tail, p + i, n - i);
+    return ent_hash64(h ^ tail);
+}
+
 void ent_rng_seed(ent_rng *rng, uint64_t seed) {
     for (int i = 0; i < 4; i++) {
         seed = ent_hash64(seed);

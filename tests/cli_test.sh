@@ -660,7 +660,8 @@ case_train_reproducible() {
     done
 }
 
-case_train_mpirun() {
+# need_mpirun: sets MPIRUN (mpirun with the flags this machine needs) or skips.
+need_mpirun() {
     if ! command -v mpirun >/dev/null 2>&1; then
         echo "SKIP: mpirun is not installed"
         exit 77
@@ -669,28 +670,189 @@ case_train_mpirun() {
         echo "SKIP: timeout (coreutils) is not installed"
         exit 77
     fi
-    local flags=() over=()
+    MPIRUN=(mpirun)
     if mpirun --version 2>&1 | grep -qi 'open mpi\|open-mpi\|openrte'; then
-        [ "$(id -u)" = 0 ] && flags+=(--allow-run-as-root)
-        over=(--oversubscribe)
+        [ "$(id -u)" = 0 ] && MPIRUN+=(--allow-run-as-root)
+        MPIRUN+=(--oversubscribe)
     fi
+    export OMP_NUM_THREADS=1
+}
+
+# rank_pid RANK: the pid of this case's entente process of that MPI rank
+rank_pid() {
+    local p
+    for p in $(pgrep -x entente); do
+        tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1" || continue
+        tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -qF "$W" || continue
+        echo "$p"
+        return 0
+    done
+    return 1
+}
+
+# wait_for_step METRICS STEP SECONDS: until metrics.jsonl has a record of STEP
+wait_for_step() {
+    local t=0
+    while [ $t -lt $(($3 * 10)) ]; do
+        grep -q "^{\"step\":$2," "$1" 2>/dev/null && return 0
+        sleep 0.1
+        t=$((t + 1))
+    done
+    return 1
+}
+
+case_train_mpirun() {
+    need_mpirun
     make_data
     write_config "$W/tiny.ini"
     expect "mpirun -np 1 entente train" 0 -- \
-        timeout 60 mpirun "${flags[@]+"${flags[@]}"}" -np 1 "$E" train --config "$W/tiny.ini" --run-dir "$W/run1"
+        timeout 60 "${MPIRUN[@]}" -np 1 "$E" train --config "$W/tiny.ini" --run-dir "$W/run1"
     cp "$W/out" "$W/train.out"
     [ "$RC" = 0 ] && check_run "mpirun -np 1" "$W/run1" "$W/train.out"
-    expect "mpirun -np 2 entente train" nonzero "one rank only" -- \
-        timeout 60 mpirun "${flags[@]+"${flags[@]}"}" -np 2 "${over[@]+"${over[@]}"}" "$E" train \
-        --config "$W/tiny.ini" --run-dir "$W/run2"
-    [ -e "$W/run2/metrics.jsonl" ] && fail "mpirun -np 2: a run that refused to start wrote metrics"
+    # layouts that cannot work are refused on every rank, before any work, without a hang
+    expect "mpirun -np 3 with parallel.tp=2" 2 "does not divide the world size 3" -- \
+        timeout 60 "${MPIRUN[@]}" -np 3 "$E" train --config "$W/tiny.ini" --run-dir "$W/run2" \
+        --set parallel.tp=2 --set model.heads=2
+    [ "$(grep -c 'does not divide the world size' "$W/err")" = 3 ] ||
+        fail "mpirun -np 3 with parallel.tp=2: expected the error from each of the 3 ranks"
+    expect "mpirun -np 3, batch of 8" 2 "not divisible by the 3 data-parallel ranks" -- \
+        timeout 60 "${MPIRUN[@]}" -np 3 "$E" train --config "$W/tiny.ini" --run-dir "$W/run3"
+    expect "ranks with different configurations" 2 "do not run the same configuration" -- \
+        timeout 60 "${MPIRUN[@]}" -np 1 "$E" train --config "$W/tiny.ini" --run-dir "$W/run4" : \
+        -np 1 "$E" train --config "$W/tiny.ini" --run-dir "$W/run4" --set train.lr=0.001
+    local d
+    for d in run2 run3 run4; do
+        [ -e "$W/$d/metrics.jsonl" ] && fail "$d: a run that refused to start wrote metrics"
+    done
+}
+
+# parallel_case NP SETTINGS...: the tiny model trained on NP ranks with the
+# same global batch reproduces the single-rank losses, validation losses and
+# gradient norms within 1e-5 relative, every DP replica ends with identical
+# parameters, and the run records its topology.
+parallel_case() {
+    need_mpirun
+    local np=$1
+    shift
+    make_data
+    write_config "$W/tiny.ini"
+    sed -i 's/^heads = 2/heads = 4/' "$W/tiny.ini"
+    local sets=(--set sample.tokens=8 --set train.steps=20 --set eval.every=5)
+    local s
+    for s in "$@"; do sets+=(--set "$s"); done
+    expect "single-rank reference" 0 -- "$E" train --config "$W/tiny.ini" --run-dir "$W/ref" \
+        "${sets[@]:0:6}" || return
+    expect "mpirun -np $np, $*" 0 -- timeout 120 "${MPIRUN[@]}" -np "$np" "$E" train \
+        --config "$W/tiny.ini" --run-dir "$W/par" "${sets[@]}" || return
+    local kind
+    for kind in loss val_loss grad_norm; do
+        sed -n "s/.*\"$kind\":\\([^,}]*\\).*/\\1/p" "$W/ref/metrics.jsonl" >"$W/ref.$kind"
+        sed -n "s/.*\"$kind\":\\([^,}]*\\).*/\\1/p" "$W/par/metrics.jsonl" >"$W/par.$kind"
+        [ -s "$W/ref.$kind" ] || fail "no $kind in the reference metrics"
+        paste "$W/ref.$kind" "$W/par.$kind" | awk -v kind="$kind" '
+            { n++; d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1 || $2 == "") { bad = 1; print "      " kind " " n ": " $1 " vs " $2 } }
+            END { exit bad }' || fail "$np ranks ($*): the $kind curve departs from the single rank"
+        [ "$(wc -l <"$W/ref.$kind")" = "$(wc -l <"$W/par.$kind")" ] ||
+            fail "$np ranks ($*): a different number of $kind records"
+    done
+    grep -q '"event":"end","step":20,"reason":"completed","replicas_identical":true' \
+        "$W/par/metrics.jsonl" || fail "$np ranks ($*): no end record with identical replicas"
+    grep -q "\"world_size\":$np," "$W/par/run.json" || fail "run.json does not record $np ranks"
+    grep -q '^{"event":"start","world_size":'"$np"',' "$W/par/metrics.jsonl" ||
+        fail "metrics.jsonl does not start with the topology"
+}
+
+case_parallel_dp2() { parallel_case 2; }
+case_parallel_tp2() { parallel_case 2 parallel.tp=2; }
+case_parallel_zero() { parallel_case 2 parallel.zero=1; }
+case_parallel_dp2_tp2() { parallel_case 4 parallel.tp=2; }
+case_parallel_accum_zero() { parallel_case 4 parallel.zero=1 train.micro_batch=1; }
+
+# A rank killed mid-run: mpirun ends the whole job, non-zero, within seconds.
+case_rank_dies() {
+    need_mpirun
+    make_data
+    write_config "$W/tiny.ini"
+    timeout 120 "${MPIRUN[@]}" -np 2 "$E" train --config "$W/tiny.ini" --run-dir "$W/run" \
+        --set train.steps=1000000 --set eval.every=0 >"$W/out" 2>"$W/err" &
+    local job=$!
+    wait_for_step "$W/run/metrics.jsonl" 3 60 || { fail "the run did not reach step 3"; kill $job; return; }
+    local victim
+    victim=$(rank_pid 1) || { fail "cannot find rank 1"; kill $job; return; }
+    local t0=$SECONDS
+    kill -9 "$victim"
+    wait $job
+    RC=$?
+    LAST_CMD="mpirun -np 2 entente train, rank 1 killed"
+    [ "$RC" != 0 ] || fail "the job exited 0 after rank 1 was killed"
+    [ "$RC" != 124 ] || fail "the job hung after rank 1 was killed (stopped by timeout)"
+    [ $((SECONDS - t0)) -le 30 ] || fail "the job took $((SECONDS - t0)) s to end after rank 1 died"
+}
+
+# A rank that hangs (SIGSTOP): the others give up after parallel.timeout with
+# exit code 3 and a message naming the collective.
+case_rank_hangs() {
+    need_mpirun
+    make_data
+    write_config "$W/tiny.ini"
+    timeout 120 "${MPIRUN[@]}" -np 2 "$E" train --config "$W/tiny.ini" --run-dir "$W/run" \
+        --set train.steps=1000000 --set eval.every=0 --set parallel.timeout=3 >"$W/out" 2>"$W/err" &
+    local job=$!
+    wait_for_step "$W/run/metrics.jsonl" 3 60 || { fail "the run did not reach step 3"; kill $job; return; }
+    local victim
+    victim=$(rank_pid 1) || { fail "cannot find rank 1"; kill $job; return; }
+    local t0=$SECONDS
+    kill -STOP "$victim"
+    wait $job
+    RC=$?
+    kill -9 "$victim" 2>/dev/null
+    LAST_CMD="mpirun -np 2 entente train --set parallel.timeout=3, rank 1 stopped"
+    [ "$RC" != 0 ] || fail "the job exited 0 while rank 1 hung"
+    [ "$RC" != 124 ] || { fail "the job hung while rank 1 was stopped"; show_last; }
+    grep -q 'entente\[0\]: error: .* on group .* has not completed after 3 s' "$W/err" ||
+        { fail "rank 0 did not report the stalled collective"; show_last; }
+    [ $((SECONDS - t0)) -le 30 ] || fail "the job took $((SECONDS - t0)) s to end (timeout 3 s)"
+}
+
+# SIGTERM (Slurm's preemption) or SIGUSR1 (--signal) stops the run after the
+# current step with exit code 75; under mpirun a signal to one rank stops all.
+case_signal_stop() {
+    need_mpirun
+    make_data
+    write_config "$W/tiny.ini"
+    local long=(--set train.steps=1000000 --set eval.every=0)
+    "$E" train --config "$W/tiny.ini" --run-dir "$W/one" "${long[@]}" >"$W/out" 2>"$W/err" &
+    local job=$!
+    wait_for_step "$W/one/metrics.jsonl" 3 60 || { fail "the run did not reach step 3"; kill -9 $job; return; }
+    kill -TERM $job
+    wait $job
+    RC=$?
+    LAST_CMD="entente train, SIGTERM"
+    [ "$RC" = 75 ] || { fail "SIGTERM: expected exit code 75, got $RC"; show_last; }
+    grep -q '^entente: stopped by SIGTERM after step [0-9]*' "$W/err" || { fail "SIGTERM: no stop message"; show_last; }
+    grep -q '"event":"end","step":[0-9]*,"reason":"signal"' "$W/one/metrics.jsonl" ||
+        fail "SIGTERM: no end record with reason signal"
+
+    timeout 120 "${MPIRUN[@]}" -np 2 "$E" train --config "$W/tiny.ini" --run-dir "$W/two" \
+        "${long[@]}" >"$W/out" 2>"$W/err" &
+    job=$!
+    wait_for_step "$W/two/metrics.jsonl" 3 60 || { fail "the 2-rank run did not reach step 3"; kill $job; return; }
+    kill -USR1 "$(rank_pid 1)"
+    wait $job
+    RC=$?
+    LAST_CMD="mpirun -np 2 entente train, SIGUSR1 to rank 1"
+    [ "$RC" = 75 ] || { fail "SIGUSR1 to rank 1: expected exit code 75, got $RC"; show_last; }
+    grep -q '"event":"end","step":[0-9]*,"reason":"signal","replicas_identical":true' \
+        "$W/two/metrics.jsonl" || fail "SIGUSR1: the ranks did not stop together with identical replicas"
 }
 
 # ---------------------------------------------------------------------------
 
 case "$CASE" in
 help | docs_config | config_errors | print_config | print_config_strings | data_errors | \
-    run_dir_error | disk_full | out_of_memory | train_tiny | train_reproducible | train_mpirun)
+    run_dir_error | disk_full | out_of_memory | train_tiny | train_reproducible | train_mpirun | \
+    parallel_dp2 | parallel_tp2 | parallel_zero | parallel_dp2_tp2 | parallel_accum_zero | \
+    rank_dies | rank_hangs | signal_stop)
     "case_$CASE"
     ;;
 *)

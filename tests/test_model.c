@@ -41,7 +41,7 @@ static ent_model_shape tiny_shape(int layers, int heads, int width, int context)
 
 static ent_model_t *new_model(const ent_model_shape *s, int B, uint64_t seed) {
     ent_model_t *m = NULL;
-    assert_int_equal(ent_model_new(be, s, B, s->context, &m), ENT_OK);
+    assert_int_equal(ent_model_new(be, s, NULL, B, s->context, &m), ENT_OK);
     ent_model_init(m, seed);
     return m;
 }
@@ -52,7 +52,7 @@ static void random_tokens(int32_t *x, size_t n, int vocab) {
 
 static double loss_of(ent_model_t *m, const int32_t *tok, const int32_t *tgt, int B, int T) {
     float loss = 0.0f;
-    ent_model_forward(m, tok, tgt, B, T, &loss);
+    assert_int_equal(ent_model_forward(m, tok, tgt, B, T, &loss), ENT_OK);
     return loss;
 }
 
@@ -96,9 +96,8 @@ static void test_gradient_check(void **state) {
     random_tokens(tok, (size_t)B * T, s.vocab);
     random_tokens(tgt, (size_t)B * T, s.vocab);
     ent_model_zero_grad(m);
-    double loss = loss_of(m, tok, tgt, B, T);
-    ent_model_backward(m, 1.0f / (float)(B * T));
-    (void)loss;
+    loss_of(m, tok, tgt, B, T);
+    assert_int_equal(ent_model_backward(m, 1.0f / (float)(B * T)), ENT_OK);
 
     const float *grads = ent_model_arena(m, ENT_ARENA_GRADS);
     int verbose = getenv("ENT_TEST_VERBOSE") != NULL;
@@ -155,16 +154,23 @@ static void test_initial_loss(void **state) {
 // Runs `steps` AdamW steps on one fixed batch; returns the last loss.
 static double train_on_batch(ent_model_t *m, const int32_t *tok, const int32_t *tgt, int B,
                              int T, int steps, float lr, double *losses) {
+    ent_optim_t *o = NULL;
+    assert_int_equal(ent_optim_new(m, NULL, 0, &o), ENT_OK);
+    ent_adamw hp = {lr, 0.9f, 0.95f, 1e-8f, 0.0f};
     double loss = 0.0;
     for (int step = 1; step <= steps; step++) {
         ent_model_zero_grad(m);
         loss = loss_of(m, tok, tgt, B, T);
         if (losses) losses[step - 1] = loss;
-        ent_model_backward(m, 1.0f / (float)(B * T));
-        double norm = ent_model_grad_norm(m);
+        ent_optim_begin_backward(o, 1);
+        assert_int_equal(ent_model_backward(m, 1.0f / (float)(B * T)), ENT_OK);
+        assert_int_equal(ent_optim_reduce_grads(o), ENT_OK);
+        double norm;
+        assert_int_equal(ent_optim_grad_norm(o, &norm), ENT_OK);
         float scale = norm > 1.0 ? (float)(1.0 / norm) : 1.0f;
-        ent_model_adamw(m, lr, 0.9f, 0.95f, 1e-8f, 0.0f, scale, step);
+        assert_int_equal(ent_optim_step(o, &hp, scale, step), ENT_OK);
     }
+    ent_optim_free(&o);
     return loss;
 }
 
@@ -177,13 +183,12 @@ static void test_overfit_one_batch(void **state) {
     int32_t tok[4 * 32], tgt[4 * 32];
     random_tokens(tok, (size_t)B * T, s.vocab);
     random_tokens(tgt, (size_t)B * T, s.vocab);
-    double loss = 0.0;
+    // train until the loss is below 0.05, at most 600 steps
+    double losses[600], loss = 0.0;
+    train_on_batch(m, tok, tgt, B, T, 600, 3e-3f, losses);
     int steps = 0;
-    while (steps < 600) {
-        loss = train_on_batch(m, tok, tgt, B, T, 1, 3e-3f, NULL);
-        steps++;
-        if (loss < 0.05) break;
-    }
+    while (steps < 600 && losses[steps] >= 0.05) steps++;
+    loss = steps < 600 ? losses[steps] : losses[599];
     if (getenv("ENT_TEST_VERBOSE")) fprintf(stderr, "  loss %.4f after %d steps\n", loss, steps);
     if (!(loss < 0.05)) fail_msg("loss %.4f after %d steps on one batch, expected < 0.05", loss, steps);
     ent_model_free(&m);
@@ -213,7 +218,7 @@ static void test_deterministic(void **state) {
         (void)total;
     }
     ent_param_table table;
-    assert_int_equal(ent_param_table_build(&s, &table), ENT_OK);
+    assert_int_equal(ent_param_table_build(&s, 1, &table), ENT_OK);
     assert_memory_equal(losses[0], losses[1], sizeof losses[0]);
     assert_memory_equal(params[0], params[1], sizeof(float) * table.total);
     assert_memory_not_equal(losses[0], losses[2], sizeof losses[0]);
@@ -228,7 +233,7 @@ static void test_parameter_table(void **state) {
                          .vocab = 50257, .padded_vocab = 50304};
     assert_int_equal(ent_model_shape_num_params(&s), 124439808);
     ent_param_table t;
-    assert_int_equal(ent_param_table_build(&s, &t), ENT_OK);
+    assert_int_equal(ent_param_table_build(&s, 1, &t), ENT_OK);
     assert_int_equal(t.nrows, 2 + 12 * 12 + 2);
     const ent_param_row *qkv = ent_param_table_find(&t, "h.11.attn.c_attn.weight");
     assert_non_null(qkv);
@@ -293,7 +298,7 @@ static void test_out_of_memory(void **state) {
     ent_model_shape s = {.layers = 1024, .heads = 64, .width = 65536, .context = 1024,
                          .vocab = 257, .padded_vocab = 320};
     ent_model_t *m = NULL;
-    assert_int_equal(ent_model_new(be, &s, 8, 1024, &m), ENT_ERR_NOMEM);
+    assert_int_equal(ent_model_new(be, &s, NULL, 8, 1024, &m), ENT_ERR_NOMEM);
     assert_null(m);
     assert_non_null(strstr(ent_last_error(), "not enough memory"));
 }

@@ -1,0 +1,233 @@
+// test_comm.c: the collectives and the grid, run by ctest under mpirun with
+// 2 and 4 ranks (label mpi). Every rank checks its own results; mpirun fails
+// the test when any rank does. Data are small integers in floating point, so
+// every sum is exact and results are compared bit for bit.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ent_comm.h"
+
+static ent_comm_t *comm;
+static ent_grid *grid;
+static int rank, size;
+
+// rank r's value at index i
+static double val(int r, size_t i) { return (double)((r + 1) * (int)(i % 7 + 1)); }
+// the sum over ranks of val(r, i)
+static double sum_val(size_t i) { return (double)(size * (size + 1) / 2) * (double)(i % 7 + 1); }
+
+static void test_allreduce(void **state) {
+    (void)state;
+    size_t counts[] = {0, 1, 1000, 3000001};
+    for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
+        size_t n = counts[c];
+        float *send = malloc(sizeof(float) * (n + 1)), *recv = malloc(sizeof(float) * (n + 1));
+        double *d = malloc(sizeof(double) * (n + 1));
+        for (size_t i = 0; i < n; i++) {
+            send[i] = (float)val(rank, i);
+            d[i] = val(rank, i);
+        }
+        assert_int_equal(ent_allreduce(grid->world, send, recv, n, ENT_F32, ENT_SUM), ENT_OK);
+        for (size_t i = 0; i < n; i++) assert_true(recv[i] == (float)sum_val(i));
+        // in place, double, average
+        assert_int_equal(ent_allreduce(grid->world, d, d, n, ENT_F64, ENT_AVG), ENT_OK);
+        for (size_t i = 0; i < n; i++) assert_true(d[i] == sum_val(i) / size);
+        free(send);
+        free(recv);
+        free(d);
+    }
+    int64_t mine[2] = {rank, -rank}, out[2];
+    assert_int_equal(ent_allreduce(grid->world, mine, out, 2, ENT_I64, ENT_MAX), ENT_OK);
+    assert_int_equal(out[0], size - 1);
+    assert_int_equal(out[1], 0);
+    assert_int_equal(ent_allreduce(grid->world, mine, out, 2, ENT_I64, ENT_MIN), ENT_OK);
+    assert_int_equal(out[0], 0);
+    assert_int_equal(out[1], -(size - 1));
+    // AVG of integers is refused, not silently truncated
+    assert_int_equal(ent_allreduce(grid->world, mine, out, 2, ENT_I64, ENT_AVG), ENT_ERR_INTERNAL);
+}
+
+static void test_reduce_scatter_allgather(void **state) {
+    (void)state;
+    size_t count = 12345;
+    float *send = malloc(sizeof(float) * count * size), *mine = malloc(sizeof(float) * count);
+    float *all = malloc(sizeof(float) * count * size);
+    for (size_t i = 0; i < count * size; i++) send[i] = (float)val(rank, i);
+    assert_int_equal(ent_reduce_scatter(grid->world, send, mine, count, ENT_F32, ENT_SUM), ENT_OK);
+    for (size_t i = 0; i < count; i++)
+        assert_true(mine[i] == (float)sum_val((size_t)rank * count + i));
+    // gathering the pieces back gives the whole reduction, in rank order
+    assert_int_equal(ent_allgather(grid->world, mine, all, count, ENT_F32), ENT_OK);
+    for (size_t i = 0; i < count * size; i++) assert_true(all[i] == (float)sum_val(i));
+    // in place: this rank's slot of the output
+    memset(all, 0, sizeof(float) * count * size);
+    for (size_t i = 0; i < count; i++) all[(size_t)rank * count + i] = (float)(rank * 10 + 1);
+    assert_int_equal(ent_allgather(grid->world, all + (size_t)rank * count, all, count, ENT_F32),
+                     ENT_OK);
+    for (int r = 0; r < size; r++) assert_true(all[(size_t)r * count + 7] == (float)(r * 10 + 1));
+    free(send);
+    free(mine);
+    free(all);
+}
+
+static void test_broadcast_barrier(void **state) {
+    (void)state;
+    int root = size - 1;
+    double buf[100];
+    for (int i = 0; i < 100; i++) buf[i] = rank == root ? i * 0.5 : -1.0;
+    assert_int_equal(ent_broadcast(grid->world, buf, 100, ENT_F64, root), ENT_OK);
+    for (int i = 0; i < 100; i++) assert_true(buf[i] == i * 0.5);
+    assert_int_equal(ent_broadcast(grid->world, buf, 1, ENT_F64, size), ENT_ERR_INTERNAL);
+    assert_int_equal(ent_barrier(grid->world), ENT_OK);
+}
+
+static void test_nonblocking(void **state) {
+    (void)state;
+    size_t n = 200000;
+    float *a = malloc(sizeof(float) * n), *b = malloc(sizeof(float) * n);
+    double *c = malloc(sizeof(double) * n);
+    float *rs_send = malloc(sizeof(float) * n * size), *rs = malloc(sizeof(float) * n);
+    int bc[4] = {0};
+    for (size_t i = 0; i < n; i++) {
+        a[i] = (float)val(rank, i);
+        b[i] = (float)val(rank, i + 3);
+        c[i] = val(rank, i);
+    }
+    for (size_t i = 0; i < n * size; i++) rs_send[i] = (float)val(rank, i);
+    if (rank == 0) bc[0] = 11, bc[1] = 22, bc[2] = 33, bc[3] = 44;
+    // several operations in flight at once, completed in another order
+    ent_request_t *r1 = NULL, *r2 = NULL, *r3 = NULL, *r4 = NULL, *r5 = NULL;
+    assert_int_equal(ent_iallreduce(grid->world, a, a, n, ENT_F32, ENT_SUM, &r1), ENT_OK);
+    assert_int_equal(ent_iallreduce(grid->world, b, b, n, ENT_F32, ENT_SUM, &r2), ENT_OK);
+    assert_int_equal(ent_iallreduce(grid->world, c, c, n, ENT_F64, ENT_AVG, &r3), ENT_OK);
+    assert_int_equal(ent_ibroadcast(grid->world, bc, 4, ENT_I32, 0, &r4), ENT_OK);
+    assert_int_equal(ent_ireduce_scatter(grid->world, rs_send, rs, n, ENT_F32, ENT_SUM, &r5), ENT_OK);
+    int done = 0;
+    for (int spins = 0; spins < 1000000 && !done; spins++)
+        assert_int_equal(ent_test(r2, &done), ENT_OK);
+    assert_int_equal(ent_wait(&r2), ENT_OK);
+    assert_null(r2);
+    assert_int_equal(ent_wait(&r5), ENT_OK);
+    assert_int_equal(ent_wait(&r4), ENT_OK);
+    assert_int_equal(ent_wait(&r3), ENT_OK);
+    assert_int_equal(ent_wait(&r1), ENT_OK);
+    assert_int_equal(ent_wait(&r1), ENT_OK); // NULL: a no-op
+    for (size_t i = 0; i < n; i++) {
+        assert_true(a[i] == (float)sum_val(i));
+        assert_true(b[i] == (float)sum_val(i + 3));
+        assert_true(c[i] == sum_val(i) / size);
+        assert_true(rs[i] == (float)sum_val((size_t)rank * n + i));
+    }
+    assert_int_equal(bc[3], 44);
+    free(a); free(b); free(c); free(rs_send); free(rs);
+}
+
+static void test_grid(void **state) {
+    (void)state;
+    int tps[] = {1, 2, 4};
+    for (size_t k = 0; k < sizeof tps / sizeof tps[0]; k++) {
+        int tp = tps[k];
+        ent_grid *g = NULL;
+        if (size % tp != 0) {
+            assert_int_equal(ent_grid_new(comm, tp, &g), ENT_ERR_USAGE);
+            assert_null(g);
+            assert_non_null(strstr(ent_last_error(), "does not divide the world size"));
+            continue;
+        }
+        assert_int_equal(ent_grid_new(comm, tp, &g), ENT_OK);
+        assert_int_equal(g->tp_size, tp);
+        assert_int_equal(g->dp_size, size / tp);
+        // TP ranks are adjacent: world rank = dp_rank * tp + tp_rank
+        assert_int_equal(rank, g->dp_rank * tp + g->tp_rank);
+        assert_int_equal(ent_group_rank(g->tp), g->tp_rank);
+        assert_int_equal(ent_group_size(g->tp), tp);
+        assert_int_equal(ent_group_rank(g->dp), g->dp_rank);
+        assert_int_equal(ent_group_size(g->dp), size / tp);
+        // the members of my TP group are dp_rank*tp .. dp_rank*tp + tp-1
+        int64_t r = rank, sum = 0;
+        assert_int_equal(ent_allreduce(g->tp, &r, &sum, 1, ENT_I64, ENT_SUM), ENT_OK);
+        int64_t first = (int64_t)g->dp_rank * tp;
+        assert_int_equal(sum, first * tp + (int64_t)tp * (tp - 1) / 2);
+        // the members of my DP group share my tp_rank
+        int64_t tpr = g->tp_rank, max = -1;
+        assert_int_equal(ent_allreduce(g->dp, &tpr, &max, 1, ENT_I64, ENT_MAX), ENT_OK);
+        assert_int_equal(max, g->tp_rank);
+        assert_string_equal(ent_group_name(g->tp), "tp");
+        assert_string_equal(ent_group_backend(g->dp), "mpi");
+        ent_grid_free(&g);
+        assert_null(g);
+    }
+    ent_grid *g = NULL;
+    assert_int_equal(ent_grid_new(comm, 0, &g), ENT_ERR_USAGE);
+    assert_int_equal(ent_grid_new(comm, size + 1, &g), ENT_ERR_USAGE);
+}
+
+static void test_agree(void **state) {
+    (void)state;
+    assert_int_equal(ent_comm_agree(comm, ENT_OK), ENT_OK);
+    // the last rank fails: every rank learns it, the others with its number
+    ent_status local = rank == size - 1 ? ent_fail(ENT_ERR_INPUT, "bad shard on this rank") : ENT_OK;
+    ent_status st = ent_comm_agree(comm, local);
+    assert_int_equal(st, ENT_ERR_INPUT);
+    if (rank == size - 1) {
+        assert_string_equal(ent_last_error(), "bad shard on this rank");
+    } else {
+        char want[64];
+        snprintf(want, sizeof want, "rank %d failed", size - 1);
+        assert_non_null(strstr(ent_last_error(), want));
+    }
+}
+
+static void test_nccl_without_gpu(void **state) {
+    (void)state;
+    // On a machine without GPUs a NCCL group must fail cleanly, on every rank.
+    // (test_nccl runs the collectives themselves where GPUs exist.)
+    ent_group_t *g = NULL;
+    ent_status st = ent_group_new_nccl(comm, grid->world, &g);
+    if (!ent_comm_have_nccl()) {
+        assert_int_equal(st, ENT_ERR_USAGE);
+        assert_non_null(strstr(ent_last_error(), "no NCCL backend"));
+        return;
+    }
+    if (st == ENT_OK) { // a machine with enough GPUs: nothing to check here
+        ent_group_free(&g);
+        return;
+    }
+    assert_int_equal(st, ENT_ERR_USAGE);
+    assert_null(g);
+    assert_true(strstr(ent_last_error(), "GPU(s) for") != NULL ||
+                strstr(ent_last_error(), "has no GPU") != NULL);
+}
+
+int main(int argc, char **argv) {
+    if (ent_comm_init(&argc, &argv, &comm) != ENT_OK) {
+        fprintf(stderr, "test_comm: %s\n", ent_last_error());
+        return 1;
+    }
+    ent_comm_set_timeout(comm, 120);
+    rank = ent_comm_rank(comm);
+    size = ent_comm_size(comm);
+    if (ent_grid_new(comm, 1, &grid) != ENT_OK) {
+        fprintf(stderr, "test_comm: %s\n", ent_last_error());
+        return 1;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_allreduce),   cmocka_unit_test(test_reduce_scatter_allgather),
+        cmocka_unit_test(test_broadcast_barrier), cmocka_unit_test(test_nonblocking),
+        cmocka_unit_test(test_grid),        cmocka_unit_test(test_agree),
+        cmocka_unit_test(test_nccl_without_gpu),
+    };
+    char name[32];
+    snprintf(name, sizeof name, "comm (rank %d of %d)", rank, size);
+    int failed = cmocka_run_group_tests_name(name, tests, NULL, NULL);
+    ent_grid_free(&grid);
+    ent_comm_finalize(&comm);
+    return failed;
+}
