@@ -57,6 +57,10 @@ void ent_assert_fail(const char *file, int line, const char *expr) __attribute__
 void ent_log_set_rank(int rank, int world);
 void ent_log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void ent_log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+// "entente: error: ..." (with the rank in a multi-rank job) on stderr.
+void ent_log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+// The same without "error: ", for messages that end a run but are no error.
+void ent_log_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #define ENT_CHECK(call)                                  \
     do {                                                 \

@@ -73,6 +73,20 @@ void ent_log_info(const char *fmt, ...) {
     va_end(ap);
 }
 
+void ent_log_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    log_line(stderr, "error: ", fmt, ap);
+    va_end(ap);
+}
+
+void ent_log_notice(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    log_line(stderr, "", fmt, ap);
+    va_end(ap);
+}
+
 void ent_log_warn(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);

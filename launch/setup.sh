@@ -11,6 +11,7 @@ packages=(
     libinih-dev                           # INI config parser
     libcmocka-dev                         # unit tests
     bible-kjv                             # the built-in default corpus
+    slurm-wlm munge                       # Slurm, for the template test (a one-node cluster)
 )
 
 missing=()

@@ -69,8 +69,8 @@ static const char *prepare_help =
 static int is_help(const char *a) { return strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0; }
 
 static int report(ent_status st) {
-    if (st == ENT_STOPPED) fprintf(stderr, "entente: %s\n", ent_last_error());
-    else fprintf(stderr, "entente: error: %s\n", ent_last_error());
+    if (st == ENT_STOPPED) ent_log_notice("%s", ent_last_error());
+    else ent_log_error("%s", ent_last_error());
     return ent_exit_code(st);
 }
 

@@ -83,7 +83,7 @@ expect() {
         fail "$desc: expected exit code $want, got $RC"
         ok=0
     fi
-    if [ "$want" != 0 ] && [ $errline = 1 ] && ! grep -q '^entente: error: ' "$W/err"; then
+    if [ "$want" != 0 ] && [ $errline = 1 ] && ! grep -qE '^entente(\[[0-9]+\])?: error: ' "$W/err"; then
         fail "$desc: expected a line 'entente: error: ...' on stderr"
         ok=0
     fi
@@ -105,7 +105,7 @@ expect() {
             fi
             ;;
         *)
-            if ! grep '^entente: error: ' "$W/err" | grep -qF -- "$p"; then
+            if ! grep -E '^entente(\[[0-9]+\])?: error: ' "$W/err" | grep -qF -- "$p"; then
                 fail "$desc: expected the error message to contain '$p'"
                 ok=0
             fi
@@ -830,6 +830,7 @@ case_signal_stop() {
     LAST_CMD="entente train, SIGTERM"
     [ "$RC" = 75 ] || { fail "SIGTERM: expected exit code 75, got $RC"; show_last; }
     grep -q '^entente: stopped by SIGTERM after step [0-9]*' "$W/err" || { fail "SIGTERM: no stop message"; show_last; }
+    grep -q 'error' "$W/err" && { fail "SIGTERM: a clean stop printed an error"; show_last; }
     grep -q '"event":"end","step":[0-9]*,"reason":"signal"' "$W/one/metrics.jsonl" ||
         fail "SIGTERM: no end record with reason signal"
 
