@@ -6,7 +6,10 @@
 // without spinning (cores of a shared machine need not run at one speed, so
 // the baseline is the mean of every rank's solo rate). Phase 2: every rank trains, one thread each, data parallel with
 // the same per-rank micro-batch, gradients all-reduced bucket by bucket during
-// the backward pass. The phases alternate for three rounds (a shared machine
+// the backward pass. A third phase runs every rank alone at the same time,
+// without communication: the most any data parallelism could reach on this
+// machine, which separates the cores' shared resources (clock, caches, memory)
+// from the cost of the gradient reduction. The phases alternate for three rounds (a shared machine
 // drifts); the medians of per-step tokens/s of each phase are printed with
 // their ratio (the weak-scaling efficiency per rank), and how long a step
 // waited for the reduction after its backward pass. It prints figures; it
@@ -131,6 +134,7 @@ int main(int argc, char **argv) {
 
     static double one[ROUNDS * MAX_STEPS], many[ROUNDS * MAX_STEPS], wait[ROUNDS * MAX_STEPS];
     static double c1[ROUNDS * MAX_STEPS], cn[ROUNDS * MAX_STEPS];
+    static double indep[ROUNDS * MAX_STEPS], ci[ROUNDS * MAX_STEPS];
     double ignored[MAX_STEPS];
     for (int round = 0; round < ROUNDS; round++) {
         for (int solo = 0; solo < size; solo++) {
@@ -140,6 +144,10 @@ int main(int argc, char **argv) {
         }
         train(&s, world, B, steps, warmup, 1 + rank, many + round * steps, cn + round * steps,
               wait + round * steps);
+        idle_barrier();
+        train(&s, self, B, steps, warmup, 1 + rank, indep + round * steps, ci + round * steps,
+              ignored);
+        idle_barrier();
     }
     int n = ROUNDS * steps;
     // each rank's solo median; the slowest rank sets the pace of a DP step
@@ -150,6 +158,9 @@ int main(int argc, char **argv) {
     MPI_Allreduce(MPI_IN_PLACE, many, n, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, cn, n, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, wait, n, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    // independent ranks: the mean of their medians
+    double ind = median(indep, n), ind_sum = 0;
+    MPI_Allreduce(&ind, &ind_sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
     if (rank == 0) {
         double r1 = solo_sum / size, rn = median(many, n), w = median(wait, n);
         printf("\n%-52s %12s\n", "measurement (median of steps)", "value");
@@ -162,8 +173,13 @@ int main(int argc, char **argv) {
         printf("%-52s %12.1f\n", "  forward + backward (slowest rank), ms/step", median(cn, n));
         printf("%-52s %12.1f\n", "  wait for the gradient reduction, ms/step", w);
         printf("%-52s %12.0f\n", "  whole job: tokens/s", rn * size);
+        snprintf(label, sizeof label, "%d ranks at once, no communication: tokens/s", size);
+        printf("%-52s %12.0f\n", label, ind_sum / size);
         printf("%-52s %11.1f%%\n", "weak-scaling efficiency (per rank)", 100 * rn / r1);
         printf("%-52s %11.1f%%\n", "  against the slowest rank alone", 100 * rn / solo_min);
+        printf("%-52s %11.1f%%\n", "  ceiling: ranks at once without communication",
+               100 * ind_sum / size / r1);
+        printf("%-52s %11.1f%%\n", "  data parallel vs ranks at once", 100 * rn * size / ind_sum);
     }
     ent_grid_free(&self);
     ent_grid_free(&world);

@@ -8,4 +8,13 @@ cd "$(dirname "$0")/.."
 launch/setup.sh
 launch/build.sh
 cd build
-ctest --output-on-failure --timeout 600 "$@"
+rc=0
+ctest --output-on-failure --timeout 600 "$@" || rc=$?
+# ctest shows no output of skipped tests: list their reasons
+if grep -q '^SKIP' Testing/Temporary/LastTest.log 2>/dev/null; then
+    echo
+    echo "Skipped tests and why:"
+    awk '/^[0-9]+\/[0-9]+ Testing: / { name = $3 } /^SKIP/ { print "  " name ": " $0 }' \
+        Testing/Temporary/LastTest.log
+fi
+exit "$rc"
