@@ -10,20 +10,13 @@
 // It prints figures; it never passes or fails.
 #include "ent_comm.h"
 
+#include "bench_util.h"
+
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *x, int n) {
-    qsort(x, (size_t)n, sizeof *x, cmp_double);
-    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
-}
 
 int main(int argc, char **argv) {
     ent_comm_t *comm = NULL;
@@ -86,7 +79,7 @@ int main(int argc, char **argv) {
         MPI_Allreduce(MPI_IN_PLACE, t_ent, reps, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
         MPI_Allreduce(MPI_IN_PLACE, t_nb, reps, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
         if (rank == 0) {
-            double a = median(t_mpi, reps), b = median(t_ent, reps), c = median(t_nb, reps);
+            double a = bench_median(t_mpi, reps), b = bench_median(t_ent, reps), c = bench_median(t_nb, reps);
             printf("%10zu %6d %14.4f %14.4f %14.4f %9.1f%% %9.1f%%\n", bytes, reps, a * 1e3,
                    b * 1e3, c * 1e3, 100 * (b / a - 1), 100 * (c / a - 1));
             fflush(stdout);

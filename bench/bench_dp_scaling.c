@@ -16,6 +16,8 @@
 // never passes or fails.
 #include "ent_runtime.h"
 
+#include "bench_util.h"
+
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,15 +27,6 @@
 #define ROUNDS 3
 #define MAX_STEPS 256
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *x, int n) {
-    qsort(x, (size_t)n, sizeof *x, cmp_double);
-    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
-}
 
 // Waits for the other ranks without occupying a core (a polling sleep).
 static void idle_barrier(void) {
@@ -151,7 +144,7 @@ int main(int argc, char **argv) {
     }
     int n = ROUNDS * steps;
     // each rank's solo median; the slowest rank sets the pace of a DP step
-    double solo = median(one, n), solo_c = median(c1, n), solo_sum = 0, solo_min = solo;
+    double solo = bench_median(one, n), solo_c = bench_median(c1, n), solo_sum = 0, solo_min = solo;
     MPI_Allreduce(&solo, &solo_sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, &solo_min, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, &solo_c, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
@@ -159,10 +152,10 @@ int main(int argc, char **argv) {
     MPI_Allreduce(MPI_IN_PLACE, cn, n, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, wait, n, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     // independent ranks: the mean of their medians
-    double ind = median(indep, n), ind_sum = 0;
+    double ind = bench_median(indep, n), ind_sum = 0;
     MPI_Allreduce(&ind, &ind_sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
     if (rank == 0) {
-        double r1 = solo_sum / size, rn = median(many, n), w = median(wait, n);
+        double r1 = solo_sum / size, rn = bench_median(many, n), w = bench_median(wait, n);
         printf("\n%-52s %12s\n", "measurement (median of steps)", "value");
         printf("%-52s %12.0f\n", "1 rank x 1 thread: tokens/s (mean of ranks alone)", r1);
         printf("%-52s %12.0f\n", "  slowest rank alone: tokens/s", solo_min);
@@ -170,7 +163,7 @@ int main(int argc, char **argv) {
         char label[64];
         snprintf(label, sizeof label, "%d ranks x 1 thread: tokens/s per rank", size);
         printf("%-52s %12.0f\n", label, rn);
-        printf("%-52s %12.1f\n", "  forward + backward (slowest rank), ms/step", median(cn, n));
+        printf("%-52s %12.1f\n", "  forward + backward (slowest rank), ms/step", bench_median(cn, n));
         printf("%-52s %12.1f\n", "  wait for the gradient reduction, ms/step", w);
         printf("%-52s %12.0f\n", "  whole job: tokens/s", rn * size);
         snprintf(label, sizeof label, "%d ranks at once, no communication: tokens/s", size);

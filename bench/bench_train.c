@@ -7,6 +7,7 @@
 // on a 2048^3 product and on the model's own largest matmul shape. It never
 // passes or fails: it reports figures.
 #include "ent_runtime.h"
+#include "bench_util.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -22,10 +23,6 @@ static double now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 // Median GFLOP/s of reps products C (M,N) = A (M,K) @ B^T (K,N), as the model calls sgemm.
 static double sgemm_gflops(int M, int N, int K, int reps) {
@@ -40,8 +37,7 @@ static double sgemm_gflops(int M, int N, int K, int reps) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a, K, b, K, 0.0f, c, N);
         rate[r] = 2.0 * M * N * (double)K / (now() - t0) / 1e9;
     }
-    qsort(rate, (size_t)reps, sizeof *rate, cmp_double);
-    double median = rate[reps / 2];
+    double median = bench_median(rate, reps);
     free(a); free(b); free(c); free(rate);
     return median;
 }

@@ -111,11 +111,10 @@ ent_status ent_barrier(ent_group_t *g) {
     return ENT_OK;
 }
 
-ent_status ent_iallreduce(ent_group_t *g, const void *send, void *recv, size_t count,
-                          ent_dtype dtype, ent_op op, ent_request_t **req) {
-    ENT_CHECK(check_op(g, dtype, op, "all-reduce"));
-    ENT_CHECK(new_request(g, "all-reduce", req));
-    ent_status st = g->iface->allreduce(g, send, recv, count, dtype, op, *req);
+// Completes the start of a non-blocking operation: a request the backend
+// refused is freed; an AVG is noted, to be finished by ent_wait.
+static ent_status started(ent_status st, ent_request_t **req, void *recv, size_t count,
+                          ent_dtype dtype, ent_op op) {
     if (st != ENT_OK) {
         free(*req);
         *req = NULL;
@@ -127,35 +126,29 @@ ent_status ent_iallreduce(ent_group_t *g, const void *send, void *recv, size_t c
         (*req)->dtype = dtype;
     }
     return ENT_OK;
+}
+
+ent_status ent_iallreduce(ent_group_t *g, const void *send, void *recv, size_t count,
+                          ent_dtype dtype, ent_op op, ent_request_t **req) {
+    ENT_CHECK(check_op(g, dtype, op, "all-reduce"));
+    ENT_CHECK(new_request(g, "all-reduce", req));
+    return started(g->iface->allreduce(g, send, recv, count, dtype, op, *req), req, recv, count,
+                   dtype, op);
 }
 
 ent_status ent_ireduce_scatter(ent_group_t *g, const void *send, void *recv, size_t count,
                                ent_dtype dtype, ent_op op, ent_request_t **req) {
     ENT_CHECK(check_op(g, dtype, op, "reduce-scatter"));
     ENT_CHECK(new_request(g, "reduce-scatter", req));
-    ent_status st = g->iface->reduce_scatter(g, send, recv, count, dtype, op, *req);
-    if (st != ENT_OK) {
-        free(*req);
-        *req = NULL;
-        return st;
-    }
-    if (op == ENT_AVG) {
-        (*req)->avg_buf = recv;
-        (*req)->avg_count = count;
-        (*req)->dtype = dtype;
-    }
-    return ENT_OK;
+    return started(g->iface->reduce_scatter(g, send, recv, count, dtype, op, *req), req, recv,
+                   count, dtype, op);
 }
 
 ent_status ent_iallgather(ent_group_t *g, const void *send, void *recv, size_t count,
                           ent_dtype dtype, ent_request_t **req) {
     ENT_CHECK(new_request(g, "all-gather", req));
-    ent_status st = g->iface->allgather(g, send, recv, count, dtype, *req);
-    if (st != ENT_OK) {
-        free(*req);
-        *req = NULL;
-    }
-    return st;
+    return started(g->iface->allgather(g, send, recv, count, dtype, *req), req, recv, count,
+                   dtype, ENT_SUM);
 }
 
 ent_status ent_ibroadcast(ent_group_t *g, void *buf, size_t count, ent_dtype dtype, int root,
@@ -164,12 +157,8 @@ ent_status ent_ibroadcast(ent_group_t *g, void *buf, size_t count, ent_dtype dty
         return ent_fail(ENT_ERR_INTERNAL, "broadcast on group %s: root %d out of range", g->name,
                         root);
     ENT_CHECK(new_request(g, "broadcast", req));
-    ent_status st = g->iface->broadcast(g, buf, count, dtype, root, *req);
-    if (st != ENT_OK) {
-        free(*req);
-        *req = NULL;
-    }
-    return st;
+    return started(g->iface->broadcast(g, buf, count, dtype, root, *req), req, buf, count, dtype,
+                   ENT_SUM);
 }
 
 ent_status ent_wait(ent_request_t **req) {

@@ -1,0 +1,18 @@
+// bench_util.h: small helpers shared by the benchmark programs.
+#ifndef ENT_BENCH_UTIL_H
+#define ENT_BENCH_UTIL_H
+
+#include <stdlib.h>
+
+static inline int bench_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+// The median of n values (x is sorted in place).
+static inline double bench_median(double *x, int n) {
+    qsort(x, (size_t)n, sizeof *x, bench_cmp_double);
+    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}
+
+#endif
