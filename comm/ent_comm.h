@@ -16,6 +16,7 @@
 
 #include "ent_kernels.h"
 
+#include <mpi.h>
 #include <stddef.h>
 
 #ifdef __cplusplus
@@ -28,8 +29,13 @@ extern "C" {
 typedef struct ent_comm ent_comm_t;
 
 // Initialises MPI (a singleton when started without mpirun) and returns the
-// world, which the caller owns and releases with ent_comm_finalize.
+// world, which the caller owns and releases with ent_comm_finalize. MPI is
+// called from one thread at a time (MPI_THREAD_FUNNELED).
 ent_status ent_comm_init(int *argc, char ***argv, ent_comm_t **out);
+// The same, with MPI_THREAD_MULTIPLE when `multiple` is set (a background
+// thread that also calls MPI, e.g. asynchronous checkpoints); fails with a
+// clear message when the MPI library does not provide it.
+ent_status ent_comm_init_threads(int *argc, char ***argv, int multiple, ent_comm_t **out);
 // Finalises MPI and NULLs *comm.
 void ent_comm_finalize(ent_comm_t **comm);
 
@@ -65,6 +71,8 @@ int ent_group_rank(const ent_group_t *g);
 int ent_group_size(const ent_group_t *g);
 const char *ent_group_name(const ent_group_t *g); // "world", "dp", "tp"
 const char *ent_group_backend(const ent_group_t *g); // "mpi", "nccl"
+// The group's MPI communicator, for libraries that take one (parallel HDF5).
+MPI_Comm ent_group_mpi_comm(const ent_group_t *g);
 
 // Blocking collectives. send may equal recv (in place) for allreduce.
 // reduce_scatter: send holds size x count values, recv gets this rank's count.

@@ -4,6 +4,10 @@
 #include <stdlib.h>
 
 ent_status ent_comm_init(int *argc, char ***argv, ent_comm_t **out) {
+    return ent_comm_init_threads(argc, argv, 0, out);
+}
+
+ent_status ent_comm_init_threads(int *argc, char ***argv, int multiple, ent_comm_t **out) {
     *out = NULL;
     int initialized = 0;
     MPI_Initialized(&initialized);
@@ -15,8 +19,13 @@ ent_status ent_comm_init(int *argc, char ***argv, ent_comm_t **out) {
         setenv("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "3", 0);
         int provided = 0;
         // FUNNELED: only the main thread calls MPI; OpenMP threads compute.
-        if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+        int want = multiple ? MPI_THREAD_MULTIPLE : MPI_THREAD_FUNNELED;
+        if (MPI_Init_thread(argc, argv, want, &provided) != MPI_SUCCESS)
             return ent_fail(ENT_ERR_INTERNAL, "MPI_Init_thread failed");
+        if (provided < want)
+            return ent_fail(ENT_ERR_USAGE, "this MPI library does not provide "
+                            "MPI_THREAD_MULTIPLE, which checkpoint.async needs: set "
+                            "checkpoint.async = false");
     }
     ent_comm_t *c = calloc(1, sizeof *c);
     if (c == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory creating the MPI world");

@@ -87,6 +87,75 @@ void ent_log_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
     } while (0)
 
 // ---------------------------------------------------------------------------
+// files
+
+// mkdir -p; names the path and the reason on failure.
+ent_status ent_mkdirs(const char *path);
+// fsyncs a directory so that a rename inside it is durable.
+ent_status ent_fsync_dir(const char *dir);
+// Writes data to path atomically: path.tmp, fsync, rename, fsync of the directory.
+// On failure nothing is left at path.tmp and an older path is untouched.
+ent_status ent_write_file_atomic(const char *path, const void *data, size_t len);
+// The same for data in several pieces written one after the other.
+ent_status ent_write_file_parts_atomic(const char *path, const void *const *parts,
+                                      const size_t *lens, int nparts);
+
+// ---------------------------------------------------------------------------
+// the parameter table: one row per trainable tensor (DESIGN.md)
+//
+// Every layer describes tensors with it: the model lays out its arenas by it,
+// the optimizer and data parallelism shard by it, tensor parallelism slices by
+// it, checkpoints write one dataset per row at the global shape. runtime/
+// builds the GPT-2 table; the type and its layout helpers live here, below
+// every layer that reads it.
+
+typedef enum {
+    ENT_SPLIT_NONE = 0, // replicated across tensor-parallel ranks
+    ENT_SPLIT_ROWS,     // rows (output features) split across TP ranks
+    ENT_SPLIT_COLS,     // columns (input features) split across TP ranks
+} ent_split;
+
+typedef struct {
+    char name[64];          // Hugging Face GPT-2 name, e.g. "h.3.attn.c_attn.weight"
+    int ndim;               // 1 or 2 (a 1-D row has shape[1] = local_shape[1] = 1)
+    int64_t shape[2];       // global shape; a weight is (out, in)
+    int64_t local_shape[2]; // the part one tensor-parallel rank holds
+    ent_split split;
+    int split_groups;       // rows made of this many blocks split separately (3 for Q,K,V)
+    int decay;              // 1: AdamW weight decay applies (matrices and embeddings)
+    size_t offset;          // in floats, into each local arena (params, grads, ...)
+    size_t numel;           // local elements (the global count when not split)
+} ent_param_row;
+
+typedef struct {
+    ent_param_row *rows;
+    int nrows;
+    size_t total; // floats in each local arena
+    int tp_size;  // tensor-parallel ranks the rows are split over
+} ent_param_table;
+
+void ent_param_table_free(ent_param_table *table);
+// The row with this name, or NULL.
+const ent_param_row *ent_param_table_find(const ent_param_table *table, const char *name);
+// Copies tensor-parallel rank tp_rank's part of a row's global tensor (global
+// shape, row-major) into local (local shape). Q, K and V are split separately.
+void ent_param_row_slice(const ent_param_row *row, int tp_rank, int tp_size,
+                         const float *global, float *local);
+
+// A block of a row's global tensor: rows start[0].. and columns start[1]..
+typedef struct {
+    int64_t start[2], count[2];
+} ent_rect;
+#define ENT_MAX_RECTS 5
+
+// The blocks of the global tensor that hold local elements [lo, hi) (flat,
+// row-major in the local shape) of tensor-parallel rank tp_rank, in the order
+// those elements have in the global tensor (which is their local order).
+// Returns how many (at most ENT_MAX_RECTS); 0 when lo >= hi.
+int ent_param_row_rects(const ent_param_row *row, int tp_rank, int tp_size, size_t lo,
+                        size_t hi, ent_rect *out);
+
+// ---------------------------------------------------------------------------
 // backend interface
 
 typedef struct ent_backend ent_backend_t;

@@ -15,10 +15,14 @@ static int log_rank = 0;
 static int log_world = 1;
 
 ent_status ent_fail(ent_status st, const char *fmt, ...) {
+    // formatted aside first: callers may wrap the previous message,
+    // ent_fail(st, "saving: %s", ent_last_error())
+    char msg[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(last_error, msg, sizeof msg);
     return st;
 }
 

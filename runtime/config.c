@@ -68,6 +68,11 @@ static const key_desc keys[] = {
     {"parallel", "zero", K_INT, FIELD(zero), "0", 0, 1, 0, "1 = shard AdamW state across data-parallel ranks (ZeRO-1)"},
     {"parallel", "timeout", K_FLOAT, FIELD(timeout), "600", 0, 1e6, 0, "seconds a rank waits in one collective before it concludes a peer is lost and stops (exit code 3); 0 = wait forever"},
 
+    {"checkpoint", "dir", K_STR, FIELD(ckpt_dir), "", 0, 0, 0, "directory of checkpoints; empty = RUN_DIR/checkpoints"},
+    {"checkpoint", "every", K_INT, FIELD(ckpt_every), "0", 0, BIG, 0, "save every this many steps (and always at the end and on SIGTERM/SIGUSR1); 0 = end and signals only"},
+    {"checkpoint", "keep", K_INT, FIELD(ckpt_keep), "3", 0, BIG, 0, "keep this many newest checkpoints; 0 = all"},
+    {"checkpoint", "async", K_BOOL, FIELD(ckpt_async), "false", 0, 0, 0, "write checkpoints from a background thread; training waits only for a copy in memory"},
+    {"checkpoint", "on_error", K_STR, FIELD(ckpt_on_error), "stop", 0, 0, 0, "when a save fails (a full disk): stop (exit 1) or continue training"},
     {"system", "threads", K_INT, FIELD(threads), "0", 0, 4096, 0, "CPU threads per rank; 0 = OMP_NUM_THREADS or all cores"},
 };
 
@@ -309,7 +314,7 @@ static char *counting_reader(char *str, int num, void *stream) {
         if (!section_exists(section)) {
             snprintf(ctx->error, sizeof ctx->error,
                      "%s:%d: unknown section [%s] (sections: model train eval sample data "
-                     "parallel system)", ctx->cfg->path, ctx->line, section);
+                     "parallel checkpoint system)", ctx->cfg->path, ctx->line, section);
             ctx->error_line = ctx->line;
         }
     }
@@ -359,14 +364,14 @@ static int on_ini_value(void *user, const char *section, const char *name, const
     return 1;
 }
 
-static ent_status load_file(ent_config *cfg, const char *path) {
-    if (strlen(path) >= sizeof cfg->path)
+// Parses INI text from f (named `path` in messages) over cfg; closes f.
+static ent_status load_stream(ent_config *cfg, const char *path, FILE *f) {
+    if (strlen(path) >= sizeof cfg->path) {
+        fclose(f);
         return ent_fail(ENT_ERR_USAGE, "config path is too long: %.64s...", path);
+    }
     snprintf(cfg->path, sizeof cfg->path, "%s", path);
-    ini_ctx ctx = {.cfg = cfg};
-    ctx.file = fopen(path, "r");
-    if (ctx.file == NULL)
-        return ent_fail(ENT_ERR_USAGE, "cannot read config %s: %s", path, strerror(errno));
+    ini_ctx ctx = {.cfg = cfg, .file = f};
     int rc = ini_parse_stream(counting_reader, &ctx, on_ini_value, &ctx);
     int read_error = ferror(ctx.file);
     fclose(ctx.file);
@@ -379,6 +384,22 @@ static ent_status load_file(ent_config *cfg, const char *path) {
     if (ctx.error_line) return ent_fail(ENT_ERR_USAGE, "%s", ctx.error);
     if (rc < 0) return ent_fail(ENT_ERR_USAGE, "cannot parse config %s", path);
     return ENT_OK;
+}
+
+static ent_status load_file(ent_config *cfg, const char *path) {
+    FILE *f = fopen(path, "r");
+    if (f == NULL) return ent_fail(ENT_ERR_USAGE, "cannot read config %s: %s", path, strerror(errno));
+    return load_stream(cfg, path, f);
+}
+
+ent_status ent_config_load_text(ent_config *cfg, const char *text, const char *origin,
+                                const char *const *overrides, int n_overrides) {
+    ent_config_defaults(cfg);
+    FILE *f = fmemopen((void *)text, strlen(text), "r");
+    if (f == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", origin);
+    ENT_CHECK(load_stream(cfg, origin, f));
+    for (int i = 0; i < n_overrides; i++) ENT_CHECK(ent_config_set(cfg, overrides[i]));
+    return ent_config_validate(cfg);
 }
 
 ent_status ent_config_set(ent_config *cfg, const char *assignment) {
@@ -448,6 +469,11 @@ ent_status ent_config_validate(const ent_config *cfg) {
         return ent_fail(ENT_ERR_USAGE,
                         "%s: data.dir is not set: name a directory of token shards "
                         "(entente data prepare --help)", where);
+    }
+    if (strcmp(cfg->ckpt_on_error, "stop") != 0 && strcmp(cfg->ckpt_on_error, "continue") != 0) {
+        key_origin(cfg, KEY("checkpoint", "on_error"), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE, "%s: checkpoint.on_error = '%s': expected stop or continue",
+                        a, cfg->ckpt_on_error);
     }
     if (cfg->vocab != ENT_BYTE_VOCAB && cfg->sample_prompt[0] != '\0') {
         key_origin(cfg, KEY("sample", "prompt"), a, sizeof a);

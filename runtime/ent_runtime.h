@@ -42,6 +42,10 @@ typedef struct {
     // [parallel]
     int tp, zero;
     double timeout;
+    // [checkpoint]
+    char ckpt_dir[ENT_PATH_MAX];
+    int ckpt_every, ckpt_keep, ckpt_async;
+    char ckpt_on_error[16];
     // [system]
     int threads;
 
@@ -68,25 +72,7 @@ void ent_config_write(const ent_config *cfg, FILE *f);
 void ent_config_describe_keys(FILE *f);
 
 // ---------------------------------------------------------------------------
-// the parameter table: one row per trainable tensor (DESIGN.md)
-
-typedef enum {
-    ENT_SPLIT_NONE = 0, // replicated across tensor-parallel ranks
-    ENT_SPLIT_ROWS,     // rows (output features) split across TP ranks
-    ENT_SPLIT_COLS,     // columns (input features) split across TP ranks
-} ent_split;
-
-typedef struct {
-    char name[64];         // Hugging Face GPT-2 name, e.g. "h.3.attn.c_attn.weight"
-    int ndim;
-    int64_t shape[2];      // global shape; a weight is (out, in)
-    int64_t local_shape[2];// the part one tensor-parallel rank holds
-    ent_split split;
-    int split_groups;      // rows made of this many blocks split separately (3 for Q,K,V)
-    int decay;             // 1: AdamW weight decay applies (matrices and embeddings)
-    size_t offset;         // in floats, into each local arena (params, grads, ...)
-    size_t numel;          // local elements (the global count when not split)
-} ent_param_row;
+// the GPT-2 parameter table (the table's type is in ent_kernels.h)
 
 typedef struct {
     int layers, heads, width, context;
@@ -94,24 +80,10 @@ typedef struct {
     int padded_vocab; // vocab rounded up to a multiple of 64 (rows of wte)
 } ent_model_shape;
 
-typedef struct {
-    ent_param_row *rows;
-    int nrows;
-    size_t total; // floats in each local arena
-    int tp_size;  // tensor-parallel ranks the rows are split over
-} ent_param_table;
-
 // Builds the table of one rank of tp_size tensor-parallel ranks (1: no split);
 // the caller owns it (ent_param_table_free).
 ent_status ent_param_table_build(const ent_model_shape *shape, int tp_size,
                                  ent_param_table *table);
-void ent_param_table_free(ent_param_table *table);
-// The row with this name, or NULL.
-const ent_param_row *ent_param_table_find(const ent_param_table *table, const char *name);
-// Copies tensor-parallel rank tp_rank's part of a row's global tensor (global
-// shape, row-major) into local (local shape). Q, K and V are split separately.
-void ent_param_row_slice(const ent_param_row *row, int tp_rank, int tp_size,
-                         const float *global, float *local);
 
 // The model shape a configuration asks for.
 ent_model_shape ent_model_shape_from_config(const ent_config *cfg);
@@ -202,6 +174,8 @@ ent_status ent_optim_step(ent_optim_t *optim, const ent_adamw *hp, float grad_sc
 // Floats of AdamW state this rank keeps (a shard under ZeRO-1), and the arena
 // offset where its range starts.
 size_t ent_optim_state_floats(const ent_optim_t *optim, size_t *first);
+// The AdamW moments (state_floats floats each, device memory); not owned.
+void ent_optim_moments(ent_optim_t *optim, float **m, float **v);
 
 // ---------------------------------------------------------------------------
 // token data: shards in llm.c's .bin layout
@@ -273,13 +247,26 @@ ent_status ent_data_prepare(const ent_prepare_args *args, size_t *train_tokens,
 double ent_lr_schedule(const ent_config *cfg, int step);
 
 // Runs `entente train` with a loaded configuration; writes run_dir/metrics.jsonl,
-// run_dir/config.ini and run_dir/samples.txt.
-ent_status ent_train(const ent_config *cfg, const char *run_dir, ent_comm_t *comm);
+// run_dir/config.ini, run_dir/samples.txt and checkpoints. resume: a checkpoint
+// file to continue from, or NULL.
+ent_status ent_train(const ent_config *cfg, const char *run_dir, const char *resume,
+                     ent_comm_t *comm);
+// The checkpoint directory of a run: checkpoint.dir, or RUN_DIR/checkpoints.
+void ent_checkpoint_dir(const ent_config *cfg, const char *run_dir, char *out, size_t n);
+// Loads a configuration from the text stored in a checkpoint, then overrides.
+ent_status ent_config_load_text(ent_config *cfg, const char *text, const char *origin,
+                                const char *const *overrides, int n_overrides);
 
 // Generates n tokens after a prompt of np tokens (np >= 1) with the model's
 // forward pass; temperature 0 picks the most likely token. out gets the n new tokens.
 ent_status ent_sample(ent_model_t *model, const int32_t *prompt, int np, int n,
                       double temperature, uint64_t seed, int32_t *out);
+// `entente sample --checkpoint`: loads the model of a checkpoint (any layout it
+// was saved with) on this process's CPU and writes tokens generated after the
+// prompt to out; with logits_path, also the logits of every prompt position.
+ent_status ent_sample_checkpoint(const char *path, const char *prompt, int tokens,
+                                 double temperature, uint64_t seed, const char *logits_path,
+                                 FILE *out);
 // Writes byte-level tokens as text (end-of-text shown as a line "<|endoftext|>",
 // control bytes as '?'); other vocabularies print token ids.
 void ent_tokens_print(FILE *f, const int32_t *tokens, int n, int vocab);

@@ -38,6 +38,11 @@ struct ent_optim {
     ent_status hook_status; // first failure inside the hook
 };
 
+void ent_optim_moments(ent_optim_t *o, float **m, float **v) {
+    *m = o->m;
+    *v = o->v;
+}
+
 size_t ent_optim_state_floats(const ent_optim_t *o, size_t *first) {
     if (first) *first = o->first;
     return o->count;

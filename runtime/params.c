@@ -112,33 +112,3 @@ fail:
     return st;
 }
 
-void ent_param_table_free(ent_param_table *t) {
-    free(t->rows);
-    memset(t, 0, sizeof *t);
-}
-
-void ent_param_row_slice(const ent_param_row *r, int tp_rank, int tp_size, const float *global,
-                         float *local) {
-    int64_t rows = r->shape[0], cols = r->shape[1];
-    if (r->split == ENT_SPLIT_NONE || tp_size == 1) {
-        memcpy(local, global, sizeof(float) * (size_t)(rows * cols));
-    } else if (r->split == ENT_SPLIT_ROWS) {
-        // each of the groups (Q, K, V) gives this rank its own band of rows
-        int64_t group_rows = rows / r->split_groups, band = group_rows / tp_size;
-        for (int g = 0; g < r->split_groups; g++)
-            memcpy(local + (size_t)(g * band * cols),
-                   global + (size_t)((g * group_rows + tp_rank * band) * cols),
-                   sizeof(float) * (size_t)(band * cols));
-    } else { // columns
-        int64_t band = cols / tp_size;
-        for (int64_t i = 0; i < rows; i++)
-            memcpy(local + (size_t)(i * band), global + (size_t)(i * cols + tp_rank * band),
-                   sizeof(float) * (size_t)band);
-    }
-}
-
-const ent_param_row *ent_param_table_find(const ent_param_table *t, const char *name) {
-    for (int i = 0; i < t->nrows; i++)
-        if (strcmp(t->rows[i].name, name) == 0) return &t->rows[i];
-    return NULL;
-}

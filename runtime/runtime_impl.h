@@ -20,19 +20,6 @@ uint64_t ent_hash64(uint64_t x);      // splitmix64 finaliser
 uint64_t ent_hash_string(const char *s, uint64_t seed);
 uint64_t ent_hash_bytes(const void *data, size_t n, uint64_t seed);
 
-// ---- files ----
-// mkdir -p; names the path and the reason on failure.
-ent_status ent_mkdirs(const char *path);
-// Writes data to path atomically: path.tmp, fsync, rename, fsync of the directory.
-// On failure nothing is left at path.tmp and an older path is untouched.
-ent_status ent_write_file_atomic(const char *path, const void *data, size_t len);
-// The same for data in several pieces written one after the other.
-ent_status ent_write_file_parts_atomic(const char *path, const void *const *parts,
-                                      const size_t *lens, int nparts);
-// fsyncs a directory so that a rename inside it is durable.
-ent_status ent_fsync_dir(const char *dir);
-
-
 // ---- data ----
 // Files in dir matching the glob pattern, sorted; *paths is owned by the caller
 // (ent_free_paths). Returns the count, 0 when none match, or -1 (error recorded)

@@ -3,7 +3,9 @@
 // Each new token runs the forward pass over the last `context` tokens (no KV
 // cache yet) and draws from softmax(logits / temperature) on the host.
 #include "runtime_impl.h"
+#include "ent_ckpt.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,4 +68,82 @@ void ent_tokens_print(FILE *f, const int32_t *tokens, int n, int vocab) {
             fputc(t, f);
         }
     }
+}
+
+// The logits of every position of the prompt (its last `context` tokens), one
+// line of `vocab` numbers per position: for checking exports against other
+// implementations of GPT-2.
+static ent_status write_logits(ent_model_t *m, const int32_t *ids, int n, const char *path) {
+    const ent_model_shape *s = ent_model_get_shape(m);
+    int t = n < s->context ? n : s->context;
+    ENT_CHECK(ent_model_forward(m, ids + (n - t), NULL, 1, t, NULL));
+    FILE *f = fopen(path, "w");
+    if (f == NULL) return ent_fail(ENT_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+    float *row = malloc(sizeof(float) * (size_t)s->padded_vocab);
+    if (row == NULL) {
+        fclose(f);
+        return ent_fail(ENT_ERR_NOMEM, "out of memory");
+    }
+    for (int i = 0; i < t; i++) {
+        ent_model_logits_at(m, 0, i, row);
+        for (int v = 0; v < s->vocab; v++) fprintf(f, v ? " %.9g" : "%.9g", row[v]);
+        fputc('\n', f);
+    }
+    free(row);
+    if (fclose(f) != 0) return ent_fail(ENT_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+    return ENT_OK;
+}
+
+ent_status ent_sample_checkpoint(const char *path, const char *prompt, int tokens,
+                                 double temperature, uint64_t seed, const char *logits_path,
+                                 FILE *out) {
+    ent_ckpt_t *ck = NULL;
+    ENT_CHECK(ent_ckpt_open(path, NULL, &ck));
+    int64_t v[5];
+    const char *keys[] = {"model.layers", "model.heads", "model.width", "model.context",
+                          "model.vocab"};
+    ent_status st = ENT_OK;
+    for (int i = 0; i < 5 && st == ENT_OK; i++) st = ent_ckpt_attr_i64(ck, keys[i], &v[i]);
+    ent_model_shape shape = {.layers = (int)v[0], .heads = (int)v[1], .width = (int)v[2],
+                             .context = (int)v[3], .vocab = (int)v[4],
+                             .padded_vocab = (int)((v[4] + 63) / 64 * 64)};
+    size_t plen = strlen(prompt);
+    if (st == ENT_OK && plen > 0 && shape.vocab != ENT_BYTE_VOCAB)
+        st = ent_fail(ENT_ERR_USAGE, "--prompt needs a byte-level model (vocabulary %d); this "
+                      "one has %d tokens", ENT_BYTE_VOCAB, shape.vocab);
+    ent_backend_t *be = NULL;
+    ent_model_t *m = NULL;
+    int32_t *ids = NULL, *gen = NULL;
+    if (st == ENT_OK) {
+        be = ent_backend_cpu_new(0);
+        if (be == NULL) st = ent_fail(ENT_ERR_NOMEM, "out of memory");
+    }
+    if (st == ENT_OK) st = ent_model_new(be, &shape, NULL, 1, shape.context, &m);
+    if (st == ENT_OK) {
+        ent_ckpt_shard sh = {.table = ent_model_table(m), .tp_rank = 0, .tp_size = 1,
+                             .params = ent_model_arena(m, ENT_ARENA_PARAMS)};
+        st = ent_ckpt_read(ck, &sh);
+    }
+    if (st == ENT_OK) {
+        ids = malloc(sizeof(int32_t) * (plen + 1));
+        gen = malloc(sizeof(int32_t) * (size_t)tokens);
+        if (ids == NULL || gen == NULL) st = ent_fail(ENT_ERR_NOMEM, "out of memory");
+    }
+    if (st == ENT_OK) {
+        ids[0] = shape.vocab == ENT_BYTE_VOCAB ? ENT_TOKEN_EOT : 0;
+        for (size_t i = 0; i < plen; i++) ids[i + 1] = (unsigned char)prompt[i];
+        if (logits_path != NULL) st = write_logits(m, ids, (int)plen + 1, logits_path);
+    }
+    if (st == ENT_OK && tokens > 0) st = ent_sample(m, ids, (int)plen + 1, tokens, temperature, seed, gen);
+    if (st == ENT_OK && tokens > 0) {
+        fputs(prompt, out);
+        ent_tokens_print(out, gen, tokens, shape.vocab);
+        fputc('\n', out);
+    }
+    free(ids);
+    free(gen);
+    ent_model_free(&m);
+    ent_backend_free(&be);
+    ent_ckpt_close(&ck);
+    return st;
 }

@@ -10,8 +10,11 @@
 // Ranks agree at every step: on any error (a rank that cannot write its
 // files fails the whole job cleanly, not half of it) and on a stop request
 // (SIGTERM, SIGUSR1 or SIGINT on any rank stops every rank after the same
-// step, with exit code 75 for the batch script to requeue).
+// step, saves a checkpoint, and exits with code 75 for the batch script to
+// requeue). Checkpoints are saved every checkpoint.every steps and at the end;
+// a run resumed from one continues exactly where it stopped, on any layout.
 #include "runtime_impl.h"
+#include "ent_ckpt.h"
 #include "ent_version.h"
 
 #include <errno.h>
@@ -116,6 +119,10 @@ typedef struct {
     int32_t *prompt;
     int nprompt;
     double t_start;
+    ent_ckpt_saver_t *saver;
+    char ckpt_dir[ENT_PATH_MAX];
+    int start_step;      // the step a resumed run continues from (0: a new run)
+    const char *resumed; // the checkpoint it was resumed from
 } trainer;
 
 // A launcher (mpirun, srun) hands each rank a pseudo-terminal even when its
@@ -369,10 +376,12 @@ static ent_status write_run_files(const trainer *tr, size_t nparams) {
     return st;
 }
 
-static ent_status open_run_file(const char *run_dir, const char *name, FILE **out) {
+static ent_status open_run_file(const trainer *tr, const char *name, FILE **out) {
     char path[ENT_PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/%s", run_dir, name);
-    *out = fopen(path, "w");
+    snprintf(path, sizeof path, "%s/%s", tr->run_dir, name);
+    // a resumed run continues its files (a step redone after the checkpoint
+    // appears again; the last record of a step is the one that counts)
+    *out = fopen(path, tr->resumed ? "a" : "w");
     if (*out == NULL) return ent_fail(ENT_ERR_IO, "cannot write %s: %s", path, strerror(errno));
     return ENT_OK;
 }
@@ -381,10 +390,15 @@ static ent_status open_run_file(const char *run_dir, const char *name, FILE **ou
 static ent_status open_run_dir(trainer *tr, size_t nparams) {
     ENT_CHECK(ent_mkdirs(tr->run_dir));
     ENT_CHECK(write_run_files(tr, nparams));
-    ENT_CHECK(open_run_file(tr->run_dir, "metrics.jsonl", &tr->metrics));
-    ENT_CHECK(open_run_file(tr->run_dir, "samples.txt", &tr->samples));
+    ENT_CHECK(open_run_file(tr, "metrics.jsonl", &tr->metrics));
+    ENT_CHECK(open_run_file(tr, "samples.txt", &tr->samples));
     fputs("{\"event\":\"start\",", tr->metrics);
     write_topology_json(tr, tr->metrics);
+    if (tr->resumed) {
+        fputs(",\"resumed_from\":", tr->metrics);
+        json_string(tr->metrics, tr->resumed);
+        fprintf(tr->metrics, ",\"resumed_step\":%d", tr->start_step);
+    }
     fputs("}\n", tr->metrics);
     return flush_run_file(tr, tr->metrics, "metrics.jsonl");
 }
@@ -440,7 +454,151 @@ static ent_status replicas_identical(trainer *tr, int *same) {
     return ENT_OK;
 }
 
+// ---------------------------------------------------------------------------
+// checkpoints
+
+void ent_checkpoint_dir(const ent_config *cfg, const char *run_dir, char *out, size_t n) {
+    if (cfg->ckpt_dir[0]) snprintf(out, n, "%s", cfg->ckpt_dir);
+    else snprintf(out, n, "%s/checkpoints", run_dir);
+}
+
+static uint64_t shape_hash(const ent_config *cfg) {
+    char text[128];
+    snprintf(text, sizeof text, "gpt2:%d:%d:%d:%d:%d", cfg->layers, cfg->heads, cfg->width,
+             cfg->context, cfg->vocab);
+    return ent_hash_string(text, 0);
+}
+
+// What this rank holds and which part it writes: its 1/DP share of the arena
+// (under ZeRO-1 exactly its AdamW shard).
+static ent_ckpt_shard rank_shard(trainer *tr) {
+    ent_ckpt_shard sh = {0};
+    sh.table = ent_model_table(tr->model);
+    sh.tp_rank = tr->grid->tp_rank;
+    sh.tp_size = tr->grid->tp_size;
+    sh.params = ent_model_arena(tr->model, ENT_ARENA_PARAMS);
+    ent_optim_moments(tr->optim, &sh.adam_m, &sh.adam_v);
+    sh.state_count = ent_optim_state_floats(tr->optim, &sh.state_first);
+    size_t share = ent_model_arena_floats(tr->model) / (size_t)tr->grid->dp_size;
+    sh.write_first = share * (size_t)tr->grid->dp_rank;
+    sh.write_count = share;
+    return sh;
+}
+
+static ent_status save_checkpoint(trainer *tr, int step) {
+    const ent_config *cfg = tr->cfg;
+    char *config = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&config, &len);
+    if (mem == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
+    ent_config_write(cfg, mem);
+    fclose(mem);
+    int64_t nseq = ent_dataset_num_sequences(tr->train);
+    ent_model_shape shape = ent_model_shape_from_config(cfg);
+    ent_ckpt_attr attrs[] = {
+        {.name = "step", .type = ENT_ATTR_I64, .i = step},
+        {.name = "tokens", .type = ENT_ATTR_I64, .i = tr->cursor.consumed * tr->T},
+        {.name = "data.consumed", .type = ENT_ATTR_I64, .i = tr->cursor.consumed},
+        {.name = "data.epoch", .type = ENT_ATTR_I64, .i = tr->cursor.consumed / nseq},
+        {.name = "data.sequences", .type = ENT_ATTR_I64, .i = nseq},
+        {.name = "rng.train_seed", .type = ENT_ATTR_U64, .u = cfg->seed},
+        {.name = "rng.data_order_key", .type = ENT_ATTR_U64, .u = tr->data_seed},
+        {.name = "model.architecture", .type = ENT_ATTR_STR, .s = "gpt2"},
+        {.name = "model.layers", .type = ENT_ATTR_I64, .i = cfg->layers},
+        {.name = "model.heads", .type = ENT_ATTR_I64, .i = cfg->heads},
+        {.name = "model.width", .type = ENT_ATTR_I64, .i = cfg->width},
+        {.name = "model.context", .type = ENT_ATTR_I64, .i = cfg->context},
+        {.name = "model.vocab", .type = ENT_ATTR_I64, .i = cfg->vocab},
+        {.name = "model.padded_vocab", .type = ENT_ATTR_I64, .i = shape.padded_vocab},
+        {.name = "model.parameters", .type = ENT_ATTR_I64, .i = (int64_t)ent_model_shape_num_params(&shape)},
+        {.name = "model.shape_hash", .type = ENT_ATTR_U64, .u = shape_hash(cfg)},
+        {.name = "saved_by.world_size", .type = ENT_ATTR_I64, .i = ent_comm_size(tr->comm)},
+        {.name = "saved_by.dp", .type = ENT_ATTR_I64, .i = tr->grid->dp_size},
+        {.name = "saved_by.tp", .type = ENT_ATTR_I64, .i = tr->grid->tp_size},
+        {.name = "saved_by.zero", .type = ENT_ATTR_I64, .i = cfg->zero},
+        {.name = "entente_version", .type = ENT_ATTR_STR, .s = ENT_VERSION},
+        {.name = "revision", .type = ENT_ATTR_STR, .s = ENT_GIT_REVISION},
+        {.name = "config", .type = ENT_ATTR_STR, .s = config},
+    };
+    ent_ckpt_shard sh = rank_shard(tr);
+    char name[64];
+    ent_ckpt_name(step, name, sizeof name);
+    ent_status st = ent_ckpt_save(tr->saver, name, attrs, (int)(sizeof attrs / sizeof attrs[0]), &sh);
+    free(config);
+    if (st != ENT_OK) {
+        if (strcmp(cfg->ckpt_on_error, "stop") == 0)
+            return ent_fail(st, "checkpoint at step %d failed (the previous checkpoint is intact; "
+                            "checkpoint.on_error = stop): %s", step, ent_last_error());
+        if (tr->leader)
+            ent_log_warn("checkpoint at step %d failed, training goes on (checkpoint.on_error = "
+                         "continue): %s", step, ent_last_error());
+        return ENT_OK;
+    }
+    if (tr->leader) {
+        fprintf(tr->metrics, "{\"event\":\"checkpoint\",\"step\":%d,\"file\":", step);
+        char path[ENT_PATH_MAX + 80];
+        snprintf(path, sizeof path, "%s/%s", tr->ckpt_dir, name);
+        json_string(tr->metrics, path);
+        fprintf(tr->metrics, ",\"async\":%s,", cfg->ckpt_async ? "true" : "false");
+        json_number(tr->metrics, "blocked_s", ent_ckpt_last_blocked_seconds(tr->saver));
+        fputs("}\n", tr->metrics);
+        return flush_run_file(tr, tr->metrics, "metrics.jsonl");
+    }
+    return ENT_OK;
+}
+
+// Compares the checkpoint's model with this run's: every difference is named.
+static ent_status check_same_model(trainer *tr, ent_ckpt_t *ck) {
+    const ent_config *cfg = tr->cfg;
+    const char *keys[] = {"model.layers", "model.heads", "model.width", "model.context",
+                          "model.vocab"};
+    int64_t mine[] = {cfg->layers, cfg->heads, cfg->width, cfg->context, cfg->vocab};
+    char diff[1024] = "";
+    size_t used = 0;
+    for (int i = 0; i < 5; i++) {
+        int64_t theirs = 0;
+        ENT_CHECK(ent_ckpt_attr_i64(ck, keys[i], &theirs));
+        if (theirs != mine[i])
+            used += (size_t)snprintf(diff + used, sizeof diff - used, "%s%s: checkpoint %lld, this "
+                                     "run %lld", used ? "; " : "", keys[i], (long long)theirs,
+                                     (long long)mine[i]);
+        if (used >= sizeof diff) used = sizeof diff - 1;
+    }
+    if (used)
+        return ent_fail(ENT_ERR_USAGE, "%s holds another model than this run trains: %s",
+                        ent_ckpt_path(ck), diff);
+    uint64_t seed = 0;
+    if (ent_ckpt_attr_u64(ck, "rng.train_seed", &seed) == ENT_OK && seed != cfg->seed && tr->leader)
+        ent_log_warn("train.seed = %llu differs from the checkpoint's %llu: the data order "
+                     "changes from here on", (unsigned long long)cfg->seed,
+                     (unsigned long long)seed);
+    return ENT_OK;
+}
+
+static ent_status resume_from(trainer *tr, const char *path) {
+    ent_ckpt_t *ck = NULL;
+    ENT_CHECK(ent_ckpt_open(path, tr->grid->world, &ck));
+    int64_t step = 0, consumed = 0;
+    ent_status st = check_same_model(tr, ck);
+    if (st == ENT_OK) st = ent_ckpt_attr_i64(ck, "step", &step);
+    if (st == ENT_OK) st = ent_ckpt_attr_i64(ck, "data.consumed", &consumed);
+    if (st == ENT_OK && step >= tr->cfg->steps)
+        st = ent_fail(ENT_ERR_USAGE, "%s is at step %lld: train.steps = %d leaves nothing to do "
+                      "(raise train.steps to train on)", path, (long long)step, tr->cfg->steps);
+    if (st == ENT_OK) {
+        ent_ckpt_shard sh = rank_shard(tr);
+        st = ent_ckpt_read(ck, &sh);
+    }
+    ent_ckpt_close(&ck);
+    ENT_CHECK(st);
+    tr->start_step = (int)step;
+    tr->cursor.consumed = consumed;
+    tr->resumed = path;
+    return ENT_OK;
+}
+
 static void trainer_free(trainer *tr) {
+    ent_ckpt_saver_free(&tr->saver);
     ent_optim_free(&tr->optim);
     ent_model_free(&tr->model);
     ent_dataset_close(&tr->train);
@@ -456,7 +614,8 @@ static void trainer_free(trainer *tr) {
 
 // ---------------------------------------------------------------------------
 
-ent_status ent_train(const ent_config *cfg, const char *run_dir, ent_comm_t *comm) {
+ent_status ent_train(const ent_config *cfg, const char *run_dir, const char *resume,
+                     ent_comm_t *comm) {
     trainer tr = {.cfg = cfg, .comm = comm, .run_dir = run_dir};
     ent_status st = ENT_OK;
     tr.leader = ent_comm_rank(comm) == 0;
@@ -474,6 +633,12 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, ent_comm_t *com
     // data first: a bad shard fails before any memory is committed
     ENT_CHECK_GOTO(ent_comm_agree(comm, open_data(&tr)), done);
     ENT_CHECK_GOTO(ent_comm_agree(comm, prepare_model(&tr)), done);
+    if (resume != NULL) ENT_CHECK_GOTO(ent_comm_agree(comm, resume_from(&tr, resume)), done);
+    ent_checkpoint_dir(cfg, run_dir, tr.ckpt_dir, sizeof tr.ckpt_dir);
+    ent_ckpt_saver_opts sopts = {.dir = tr.ckpt_dir, .keep = cfg->ckpt_keep,
+                                 .async = cfg->ckpt_async};
+    ENT_CHECK_GOTO(ent_comm_agree(comm, ent_ckpt_saver_new(tr.grid->world, &sopts, &tr.saver)),
+                   done);
     ent_model_shape shape = ent_model_shape_from_config(cfg);
     size_t nparams = ent_model_shape_num_params(&shape);
     ENT_CHECK_GOTO(ent_comm_agree(comm, tr.leader ? open_run_dir(&tr, nparams) : ENT_OK), done);
@@ -502,15 +667,20 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, ent_comm_t *com
                      cfg->batch_size, tr.T, tokens_per_step, tr.micro, tr.accum, cfg->steps,
                      (double)cfg->steps * cfg->batch_size /
                          (double)ent_dataset_num_sequences(tr.train));
-        ent_log_info("run dir: %s", run_dir);
+        ent_log_info("run dir: %s; checkpoints: %s (every %d steps, keep %d%s)", run_dir,
+                     tr.ckpt_dir, cfg->ckpt_every, cfg->ckpt_keep,
+                     cfg->ckpt_async ? ", asynchronous" : "");
+        if (tr.resumed)
+            ent_log_info("resumed from %s at step %d (%lld sequences consumed)", tr.resumed,
+                         tr.start_step, (long long)tr.cursor.consumed);
     }
 
     size_t tokens_per_step = (size_t)cfg->batch_size * tr.T;
     tr.t_start = now_seconds();
     double val_loss = NAN, train_time = 0.0, step_avg = 0.0;
-    int step = 0, stopped_by = 0;
-    ENT_CHECK_GOTO(ent_comm_agree(comm, run_eval(&tr, 0, &val_loss)), done);
-    for (step = 1; step <= cfg->steps; step++) {
+    int step = tr.start_step, stopped_by = 0, saved = -1;
+    if (!tr.resumed) ENT_CHECK_GOTO(ent_comm_agree(comm, run_eval(&tr, 0, &val_loss)), done);
+    for (step = tr.start_step + 1; step <= cfg->steps; step++) {
         double lr = ent_lr_schedule(cfg, step);
         double t0 = now_seconds(), loss, norm;
         ENT_CHECK_GOTO(train_step(&tr, step, lr, &loss, &norm), done);
@@ -531,7 +701,7 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, ent_comm_t *com
             fputc(',', tr.metrics);
             json_number(tr.metrics, "tokens_per_s", tok_s);
             fprintf(tr.metrics, ",\"tokens\":%lld,\"epoch\":%lld,",
-                    (long long)(tokens_per_step * (size_t)step),
+                    (long long)(tr.cursor.consumed * tr.T),
                     (long long)(tr.cursor.consumed / ent_dataset_num_sequences(tr.train)));
             json_number(tr.metrics, "elapsed_s", now_seconds() - tr.t_start);
             fputs("}\n", tr.metrics);
@@ -556,8 +726,19 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, ent_comm_t *com
             stopped_by = (int)any;
             break;
         }
+        if (cfg->ckpt_every > 0 && step % cfg->ckpt_every == 0 && !last) {
+            ENT_CHECK_GOTO(save_checkpoint(&tr, step), done);
+            saved = step;
+        }
     }
     if (step > cfg->steps) step = cfg->steps;
+    // the last step, or the one a signal stopped at, is always saved
+    if (saved != step) ENT_CHECK_GOTO(save_checkpoint(&tr, step), done);
+    st = ent_ckpt_wait(tr.saver);
+    if (st != ENT_OK && strcmp(cfg->ckpt_on_error, "stop") == 0) goto done;
+    if (st != ENT_OK && tr.leader)
+        ent_log_warn("checkpoint failed: %s", ent_last_error());
+    st = ENT_OK;
 
     int same = 0;
     ENT_CHECK_GOTO(replicas_identical(&tr, &same), done);
@@ -580,11 +761,13 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, ent_comm_t *com
                          signal_name(stopped_by), step, cfg->steps, ENT_EXIT_REQUEUE);
         else if (tr.val != NULL)
             ent_log_info("done: %d steps in %s (training %s, %.1fk tok/s); final val loss %.4f",
-                         cfg->steps, t_all, t_train,
-                         tokens_per_step * (double)cfg->steps / train_time / 1e3, val_loss);
+                         step - tr.start_step, t_all, t_train,
+                         tokens_per_step * (double)(step - tr.start_step) / train_time / 1e3,
+                         val_loss);
         else
-            ent_log_info("done: %d steps in %s (training %s, %.1fk tok/s)", cfg->steps, t_all,
-                         t_train, tokens_per_step * (double)cfg->steps / train_time / 1e3);
+            ent_log_info("done: %d steps in %s (training %s, %.1fk tok/s)", step - tr.start_step,
+                         t_all, t_train,
+                         tokens_per_step * (double)(step - tr.start_step) / train_time / 1e3);
     }
     ENT_CHECK_GOTO(ent_comm_agree(comm, st), done);
     if (stopped_by) st = ent_fail(ENT_STOPPED, "stopped by %s after step %d",

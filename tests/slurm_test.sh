@@ -8,7 +8,8 @@
 #  2. the template, submitted with 2 tasks on a tiny configuration, ends
 #     COMPLETED with exit code 0, and its metrics record 2 ranks and the job id;
 #  3. a long job signalled as on preemption (SIGUSR1) stops after a step with
-#     exit code 75, records why, and is requeued by the template;
+#     exit code 75, saves a checkpoint, is requeued by the template, and the
+#     requeued job resumes from that checkpoint;
 #  4. every daemon is stopped by its PID and the directory removed.
 #
 # Exit 0: passed; 1: failed; 77: skipped (not root, or Slurm not installed),
@@ -242,7 +243,25 @@ if [ $reached = 1 ]; then
         "$W/work/long/metrics.jsonl" || fail "the signalled job has no end record with reason signal"
     grep -q "stopped by SIGUSR1 after step" "entente-$id.out" || fail "the job log does not say why it stopped"
     grep -q "requeueing job $id" "entente-$id.out" || fail "the template did not requeue job $id"
-    echo "slurm: job $id stopped by SIGUSR1 and requeued (restarts: ${restarts:-0})"
+    stop=$(sed -n 's/.*"event":"end","step":\([0-9]*\),"reason":"signal".*/\1/p' "$W/work/long/metrics.jsonl" | head -1)
+    [ -f "$W/work/long/checkpoints/$(printf 'step_%08d.h5' "${stop:-0}")" ] ||
+        fail "the job stopped at step ${stop:-?} but saved no checkpoint of it"
+    # the requeued job (same id, same run directory) resumes from that
+    # checkpoint. Slurm holds a requeued job back for a while (BeginTime), so
+    # that the first run's step has finished: wait for that (its PMIx socket
+    # gone), then release the job at once
+    for t in $(seq 300); do
+        [ -e "$W/spool/stepd.slurm.pmix.$id.0" ] || break
+        sleep 0.1
+    done
+    scontrol update JobId="$id" StartTime=now >/dev/null 2>&1
+    resumed=0
+    for t in $(seq 900); do
+        grep -q "\"resumed_step\":$stop" "$W/work/long/metrics.jsonl" 2>/dev/null && { resumed=1; break; }
+        sleep 0.1
+    done
+    [ $resumed = 1 ] || fail "the requeued job $id did not resume from step $stop (state $(job_state "$id"))"
+    echo "slurm: job $id stopped by SIGUSR1 at step $stop, saved, requeued (restarts: ${restarts:-0}), resumed from step $stop"
 else
     fail "job $id did not reach step 3 (state $(job_state "$id"))"
 fi

@@ -293,6 +293,73 @@ static void test_initialisation(void **state) {
     ent_model_free(&m);
 }
 
+// Tensor-parallel layout: for TP = 2 and 4, every rank's part of every row,
+// found block by block by ent_param_row_rects for random local ranges, is
+// exactly what ent_param_row_slice gives, and the ranks' parts together cover
+// every element of the global tensor once.
+static void test_tensor_parallel_layout(void **state) {
+    (void)state;
+    test_rng_reset(test_seed() ^ 0x55);
+    ent_model_shape s = tiny_shape(1, 4, 16, 8);
+    int tps[] = {2, 4};
+    for (int k = 0; k < 2; k++) {
+        int tp = tps[k];
+        for (int rank = 0; rank < tp; rank++) {
+            ent_param_table t;
+            assert_int_equal(ent_param_table_build(&s, tp, &t), ENT_OK);
+            for (int i = 0; i < t.nrows; i++) {
+                const ent_param_row *r = &t.rows[i];
+                size_t n = (size_t)(r->shape[0] * r->shape[1]);
+                float *global = malloc(sizeof(float) * n), *local = malloc(sizeof(float) * r->numel);
+                for (size_t j = 0; j < n; j++) global[j] = (float)j; // each element names itself
+                ent_param_row_slice(r, rank, tp, global, local);
+                for (int trial = 0; trial < 20; trial++) {
+                    size_t lo = (size_t)test_rand_int(0, (int64_t)r->numel - 1);
+                    size_t hi = (size_t)test_rand_int((int64_t)lo + 1, (int64_t)r->numel);
+                    ent_rect rects[ENT_MAX_RECTS];
+                    int nr = ent_param_row_rects(r, rank, tp, lo, hi, rects);
+                    assert_true(nr >= 1 && nr <= ENT_MAX_RECTS);
+                    size_t at = lo;
+                    for (int q = 0; q < nr; q++)
+                        for (int64_t a = 0; a < rects[q].count[0]; a++)
+                            for (int64_t b = 0; b < rects[q].count[1]; b++) {
+                                float want = (float)((rects[q].start[0] + a) * r->shape[1] +
+                                                     rects[q].start[1] + b);
+                                assert_true(at < hi && local[at] == want);
+                                at++;
+                            }
+                    assert_int_equal(at, hi);
+                }
+                free(global);
+                free(local);
+            }
+            ent_param_table_free(&t);
+        }
+        // coverage: every global element belongs to exactly one rank (or to
+        // every rank, for replicated rows)
+        ent_param_table t;
+        assert_int_equal(ent_param_table_build(&s, tp, &t), ENT_OK);
+        for (int i = 0; i < t.nrows; i++) {
+            const ent_param_row *r = &t.rows[i];
+            size_t n = (size_t)(r->shape[0] * r->shape[1]);
+            int *hits = calloc(n, sizeof(int));
+            for (int rank = 0; rank < tp; rank++) {
+                ent_rect rects[ENT_MAX_RECTS];
+                int nr = ent_param_row_rects(r, rank, tp, 0, r->numel, rects);
+                for (int q = 0; q < nr; q++)
+                    for (int64_t a = 0; a < rects[q].count[0]; a++)
+                        for (int64_t b = 0; b < rects[q].count[1]; b++)
+                            hits[(rects[q].start[0] + a) * r->shape[1] + rects[q].start[1] + b]++;
+            }
+            int expect = r->split == ENT_SPLIT_NONE ? tp : 1;
+            for (size_t j = 0; j < n; j++)
+                if (hits[j] != expect) fail_msg("%s (TP %d): element %zu covered %d times", r->name, tp, j, hits[j]);
+            free(hits);
+        }
+        ent_param_table_free(&t);
+    }
+}
+
 static void test_out_of_memory(void **state) {
     (void)state;
     ent_model_shape s = {.layers = 1024, .heads = 64, .width = 65536, .context = 1024,
@@ -308,7 +375,7 @@ int main(void) {
         cmocka_unit_test(test_parameter_table), cmocka_unit_test(test_gradient_check),
         cmocka_unit_test(test_initial_loss),    cmocka_unit_test(test_overfit_one_batch),
         cmocka_unit_test(test_deterministic),   cmocka_unit_test(test_initialisation),
-        cmocka_unit_test(test_out_of_memory),
+        cmocka_unit_test(test_tensor_parallel_layout), cmocka_unit_test(test_out_of_memory),
     };
     return cmocka_run_group_tests_name("model", tests, setup, teardown);
 }

@@ -1,0 +1,134 @@
+// ent_ckpt.h: HDF5 checkpoints, layout v1 (docs/checkpoint.md).
+//
+// A checkpoint is one HDF5 file: attributes on the root group (format, version,
+// step, data cursor, configuration, model shape, ...), and one float32
+// dataset per parameter-table row at its global shape in /params, /adam_m and
+// /adam_v, chunked, with a Fletcher32 checksum on every chunk. It is written
+// collectively with parallel HDF5 (each rank writes only its share), appears
+// under its name only once complete, and any number of ranks in any layout
+// can read any part of it back.
+#ifndef ENT_CKPT_H
+#define ENT_CKPT_H
+
+#include "ent_comm.h"
+#include "ent_kernels.h"
+
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ENT_CKPT_FORMAT "entente-checkpoint"
+#define ENT_CKPT_VERSION 1
+
+// ---------------------------------------------------------------------------
+// attributes: named scalars and texts on the root group
+
+typedef enum { ENT_ATTR_I64, ENT_ATTR_U64, ENT_ATTR_F64, ENT_ATTR_STR } ent_attr_type;
+
+typedef struct {
+    const char *name;
+    ent_attr_type type;
+    int64_t i;
+    uint64_t u;
+    double f;
+    const char *s;
+} ent_ckpt_attr;
+
+// ---------------------------------------------------------------------------
+// what one rank holds
+
+typedef struct {
+    const ent_param_table *table; // this rank's table: global and local shapes, offsets
+    int tp_rank, tp_size;
+    float *params;                // the local parameter arena
+    float *adam_m, *adam_v;       // AdamW moments of arena range [state_first, +state_count); NULL: none
+    size_t state_first, state_count;
+    // writing: the arena range this rank writes (its share; rows replicated
+    // across TP ranks are written by TP rank 0 only)
+    size_t write_first, write_count;
+} ent_ckpt_shard;
+
+// Initialises HDF5 before MPI starts: call once, before ent_comm_init. HDF5
+// then never tears itself down at MPI_Finalize or exit: after a write that
+// failed (a full disk), HDF5 1.10 crashes when it closes the damaged file a
+// second time, which its automatic clean-up would do.
+void ent_ckpt_library_init(void);
+
+// ---------------------------------------------------------------------------
+// saving
+
+typedef struct ent_ckpt_saver ent_ckpt_saver_t;
+
+typedef struct {
+    const char *dir;     // checkpoint directory (created if missing)
+    int keep;            // keep this many newest checkpoints (0: all)
+    int async;           // write from a background thread (needs MPI_THREAD_MULTIPLE)
+} ent_ckpt_saver_opts;
+
+// A saver for the ranks of `world` (collective). The caller owns it.
+ent_status ent_ckpt_saver_new(ent_group_t *world, const ent_ckpt_saver_opts *opts,
+                              ent_ckpt_saver_t **out);
+// Finishes a save in flight, then frees the saver.
+void ent_ckpt_saver_free(ent_ckpt_saver_t **saver);
+// Saves DIR/NAME collectively: every rank writes its share into NAME.tmp, then
+// rank 0 syncs it, renames it to NAME, syncs the directory, points DIR/latest
+// at it and removes checkpoints beyond `keep`. Synchronous: returns when the
+// checkpoint is committed. Asynchronous: waits for the previous save, copies
+// the shard to host memory, returns, and a background thread does the rest.
+// Every rank returns the same status.
+ent_status ent_ckpt_save(ent_ckpt_saver_t *saver, const char *name, const ent_ckpt_attr *attrs,
+                         int nattrs, const ent_ckpt_shard *shard);
+// Waits for an asynchronous save in flight; its status (ENT_OK if none).
+ent_status ent_ckpt_wait(ent_ckpt_saver_t *saver);
+// Seconds the caller was blocked by the last ent_ckpt_save.
+double ent_ckpt_last_blocked_seconds(const ent_ckpt_saver_t *saver);
+
+// The file name of the checkpoint of a step: "step_00001234.h5".
+void ent_ckpt_name(int64_t step, char *buf, size_t n);
+// Resolves "DIR/latest" (or a file path) to the checkpoint file it names.
+ent_status ent_ckpt_resolve_latest(const char *dir, char *out, size_t n);
+
+// ---------------------------------------------------------------------------
+// loading
+
+typedef struct ent_ckpt ent_ckpt_t;
+
+// Opens a checkpoint for reading: collectively by the ranks of world, or by
+// this process alone (world NULL). Checks format and version. Caller owns it.
+ent_status ent_ckpt_open(const char *path, ent_group_t *world, ent_ckpt_t **out);
+void ent_ckpt_close(ent_ckpt_t **ck);
+const char *ent_ckpt_path(const ent_ckpt_t *ck);
+// Root attributes; ENT_ERR_INPUT naming the attribute when missing or of
+// another type. A text is copied into buf (n bytes) or malloc'ed (*text).
+ent_status ent_ckpt_attr_i64(ent_ckpt_t *ck, const char *name, int64_t *v);
+ent_status ent_ckpt_attr_u64(ent_ckpt_t *ck, const char *name, uint64_t *v);
+ent_status ent_ckpt_attr_text(ent_ckpt_t *ck, const char *name, char **text);
+int ent_ckpt_has_moments(ent_ckpt_t *ck);
+// Reads this rank's part of every row (params whole, moments over the state
+// range when shard->adam_m is set), collectively. Each dataset's shape must be
+// the row's global shape; a failed checksum names the dataset.
+ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *shard);
+// Reads one whole dataset ("params/wte.weight"); *data is malloc'ed.
+ent_status ent_ckpt_read_dataset(ent_ckpt_t *ck, const char *name, float **data,
+                                 int64_t shape[2], int *ndim);
+
+// ---------------------------------------------------------------------------
+// tools (one process)
+
+// `entente ckpt info`: step, tokens, model, sizes, creation, layout summary.
+ent_status ent_ckpt_info(const char *path, FILE *out);
+// `entente ckpt verify`: reads every dataset (checksums), checks shapes and
+// values (no NaN/Inf); the first failure names the dataset.
+ent_status ent_ckpt_verify(const char *path, FILE *out);
+// `entente ckpt export --format safetensors`: Hugging Face GPT-2 tensors
+// (model.safetensors) and config.json in outdir.
+ent_status ent_ckpt_export_safetensors(const char *path, const char *outdir, FILE *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif // ENT_CKPT_H

@@ -1,0 +1,185 @@
+// h5util.c: HDF5 errors, attributes and layout details shared by checkpoint/.
+#include "ckpt_impl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+const char *const ckpt_groups[CKPT_NGROUPS] = {"params", "adam_m", "adam_v"};
+
+void ent_ckpt_library_init(void) {
+    H5dont_atexit();
+    ckpt_h5_init();
+}
+
+void ckpt_h5_init(void) {
+    static int done = 0;
+    if (done) return;
+    done = 1;
+    // Lustre and GPFS often refuse flock; checkpoints are never shared for writing
+    setenv("HDF5_USE_FILE_LOCKING", "FALSE", 0);
+    H5open();
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+}
+
+typedef struct {
+    char innermost[512];
+} walk_data;
+
+static herr_t walk(unsigned n, const H5E_error2_t *err, void *data) {
+    (void)n;
+    walk_data *w = data;
+    // walking downward, the last entry is where the failure started
+    if (err->desc != NULL && err->desc[0] != '\0')
+        snprintf(w->innermost, sizeof w->innermost, "%s", err->desc);
+    return 0;
+}
+
+ent_status ckpt_h5_fail(ent_status st, const char *what, ...) {
+    char head[1024];
+    va_list ap;
+    va_start(ap, what);
+    vsnprintf(head, sizeof head, what, ap);
+    va_end(ap);
+    walk_data w = {""};
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, walk, &w);
+    H5Eclear2(H5E_DEFAULT);
+    if (w.innermost[0]) return ent_fail(st, "%s: %s", head, w.innermost);
+    return ent_fail(st, "%s", head);
+}
+
+ent_status ckpt_write_attr(hid_t obj, const ent_ckpt_attr *a) {
+    hid_t space = H5Screate(H5S_SCALAR), type = -1;
+    const void *value = NULL;
+    switch (a->type) {
+    case ENT_ATTR_I64: type = H5Tcopy(H5T_NATIVE_INT64); value = &a->i; break;
+    case ENT_ATTR_U64: type = H5Tcopy(H5T_NATIVE_UINT64); value = &a->u; break;
+    case ENT_ATTR_F64: type = H5Tcopy(H5T_NATIVE_DOUBLE); value = &a->f; break;
+    case ENT_ATTR_STR:
+        type = H5Tcopy(H5T_C_S1);
+        H5Tset_size(type, strlen(a->s) + 1);
+        H5Tset_strpad(type, H5T_STR_NULLTERM);
+        value = a->s;
+        break;
+    }
+    hid_t attr = H5Acreate2(obj, a->name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t rc = attr < 0 ? -1 : H5Awrite(attr, type, value);
+    ent_status st = rc < 0 ? ckpt_h5_fail(ENT_ERR_IO, "cannot write attribute %s", a->name) : ENT_OK;
+    if (attr >= 0) H5Aclose(attr);
+    H5Tclose(type);
+    H5Sclose(space);
+    return st;
+}
+
+static hid_t open_attr(hid_t obj, const char *path, const char *name, ent_status *st) {
+    if (H5Aexists(obj, name) <= 0) {
+        *st = ent_fail(ENT_ERR_INPUT, "%s: attribute '%s' is missing (not an entente checkpoint, "
+                       "or a damaged one)", path, name);
+        return -1;
+    }
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    if (a < 0) *st = ckpt_h5_fail(ENT_ERR_INPUT, "%s: cannot read attribute '%s'", path, name);
+    return a;
+}
+
+ent_status ckpt_read_text_attr(hid_t obj, const char *path, const char *name, char **text) {
+    ent_status st = ENT_OK;
+    *text = NULL;
+    hid_t a = open_attr(obj, path, name, &st);
+    if (a < 0) return st;
+    hid_t type = H5Aget_type(a);
+    if (H5Tget_class(type) != H5T_STRING || H5Tis_variable_str(type) > 0) {
+        H5Tclose(type);
+        H5Aclose(a);
+        return ent_fail(ENT_ERR_INPUT, "%s: attribute '%s' is not a text", path, name);
+    }
+    size_t n = H5Tget_size(type);
+    char *buf = calloc(n + 1, 1);
+    hid_t mem = H5Tcopy(H5T_C_S1);
+    H5Tset_size(mem, n);
+    herr_t rc = buf == NULL ? -1 : H5Aread(a, mem, buf);
+    st = rc < 0 ? ckpt_h5_fail(ENT_ERR_INPUT, "%s: cannot read attribute '%s'", path, name)
+                           : ENT_OK;
+    H5Tclose(mem);
+    H5Tclose(type);
+    H5Aclose(a);
+    if (st != ENT_OK) {
+        free(buf);
+        return st;
+    }
+    *text = buf;
+    return ENT_OK;
+}
+
+static ent_status read_int_attr(hid_t obj, const char *path, const char *name, hid_t mem,
+                                void *v) {
+    ent_status st = ENT_OK;
+    hid_t a = open_attr(obj, path, name, &st);
+    if (a < 0) return st;
+    hid_t type = H5Aget_type(a);
+    int ok = H5Tget_class(type) == H5T_INTEGER;
+    H5Tclose(type);
+    herr_t rc = ok ? H5Aread(a, mem, v) : -1;
+    st = !ok     ? ent_fail(ENT_ERR_INPUT, "%s: attribute '%s' is not an integer", path, name)
+         : rc < 0 ? ckpt_h5_fail(ENT_ERR_INPUT, "%s: cannot read attribute '%s'", path, name)
+                  : ENT_OK;
+    H5Aclose(a);
+    return st;
+}
+
+ent_status ckpt_read_i64_attr(hid_t obj, const char *path, const char *name, int64_t *v) {
+    return read_int_attr(obj, path, name, H5T_NATIVE_INT64, v);
+}
+
+ent_status ckpt_read_u64_attr(hid_t obj, const char *path, const char *name, uint64_t *v) {
+    return read_int_attr(obj, path, name, H5T_NATIVE_UINT64, v);
+}
+
+void ckpt_chunk_dims(int ndim, const int64_t shape[2], hsize_t chunk[2]) {
+    const int64_t target = 1 << 20;
+    if (ndim == 1) {
+        chunk[0] = (hsize_t)(shape[0] < target ? shape[0] : target);
+        chunk[1] = 1;
+        return;
+    }
+    int64_t rows = target / shape[1];
+    if (rows < 1) rows = 1;
+    if (rows > shape[0]) rows = shape[0];
+    chunk[0] = (hsize_t)rows;
+    chunk[1] = (hsize_t)shape[1];
+}
+
+ent_status ckpt_check_format(hid_t file, const char *path) {
+    char *format = NULL;
+    ent_status st = ckpt_read_text_attr(file, path, "format", &format);
+    if (st != ENT_OK)
+        return ent_fail(ENT_ERR_INPUT, "%s is an HDF5 file but not an entente checkpoint (no "
+                        "'format' attribute)", path);
+    if (strcmp(format, ENT_CKPT_FORMAT) != 0) {
+        st = ent_fail(ENT_ERR_INPUT, "%s is not an entente checkpoint (format '%.64s')", path,
+                      format);
+        free(format);
+        return st;
+    }
+    free(format);
+    int64_t version = 0;
+    ENT_CHECK(ckpt_read_i64_attr(file, path, "format_version", &version));
+    if (version != ENT_CKPT_VERSION)
+        return ent_fail(ENT_ERR_INPUT,
+                        "%s: checkpoint format version %lld is not supported (this build reads "
+                        "version %d)", path, (long long)version, ENT_CKPT_VERSION);
+    return ENT_OK;
+}
+
+ent_status ckpt_fsync_path(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return ent_fail(ENT_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    int rc = fsync(fd);
+    int err = errno;
+    close(fd);
+    if (rc != 0) return ent_fail(ENT_ERR_IO, "cannot sync %s: %s", path, strerror(err));
+    return ENT_OK;
+}

@@ -1,0 +1,548 @@
+// write.c: saving checkpoints.
+//
+// Every rank of the world writes its share of the state into one file with
+// parallel HDF5 and collective hyperslab writes: the rows of its arena range
+// [write_first, +write_count), each as the blocks of the global tensor that
+// range covers (ent_param_row_rects); rows replicated across tensor-parallel
+// ranks only from TP rank 0. Filtered (Fletcher32) datasets must be written
+// collectively, so every rank takes part in every dataset, if only with an
+// empty selection; after a local failure a rank still goes through every
+// collective call, so no rank is left waiting, and the ranks agree on the
+// outcome at the end.
+//
+// Commit: the file is written as NAME.tmp; rank 0 syncs it, renames it to NAME,
+// syncs the directory, then points the `latest` symlink at it (a new link
+// renamed over the old) and removes checkpoints beyond `keep`. A crash at any
+// moment leaves `latest` naming a complete checkpoint.
+//
+// Asynchronous saves copy the shard's share to host memory and hand it to a
+// background thread that runs the same steps on its own duplicate of the
+// world's communicator (MPI_THREAD_MULTIPLE).
+#include "ckpt_impl.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PATH_BYTES 4096
+
+void ent_ckpt_name(int64_t step, char *buf, size_t n) {
+    snprintf(buf, n, "step_%08lld.h5", (long long)step);
+}
+
+// ---------------------------------------------------------------------------
+// one save
+
+// The arenas to write: for each of params, adam_m, adam_v, a buffer holding
+// arena range [first, ...) (NULL: this arena is not in the checkpoint).
+typedef struct {
+    const float *base[CKPT_NGROUPS];
+    size_t first[CKPT_NGROUPS];
+} sources;
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// Writes this rank's part of one row into an open dataset (collective).
+static ent_status write_row(hid_t dset, hid_t dxpl, const ent_param_row *r,
+                            const ent_ckpt_shard *sh, const float *base, size_t base_first,
+                            int usable) {
+    size_t a = r->offset, b = r->offset + r->numel;
+    size_t w0 = sh->write_first, w1 = sh->write_first + sh->write_count;
+    size_t lo = (a > w0 ? a : w0) - a, hi = (b < w1 ? b : w1);
+    hi = hi > a ? hi - a : 0;
+    int mine = usable && lo < hi && (r->split != ENT_SPLIT_NONE || sh->tp_rank == 0);
+    hid_t fspace = H5Dget_space(dset);
+    hsize_t n = mine ? (hsize_t)(hi - lo) : 1;
+    hid_t mspace = H5Screate_simple(1, &n, NULL);
+    H5Sselect_none(fspace);
+    if (mine) {
+        ent_rect rects[ENT_MAX_RECTS];
+        int nr = ent_param_row_rects(r, sh->tp_rank, sh->tp_size, lo, hi, rects);
+        for (int k = 0; k < nr; k++) {
+            hsize_t start[2] = {(hsize_t)rects[k].start[0], (hsize_t)rects[k].start[1]};
+            hsize_t count[2] = {(hsize_t)rects[k].count[0], (hsize_t)rects[k].count[1]};
+            H5Sselect_hyperslab(fspace, H5S_SELECT_OR, start, NULL, count, NULL);
+        }
+    } else {
+        H5Sselect_none(mspace);
+    }
+    const float *buf = mine ? base + (r->offset + lo - base_first) : NULL;
+    static const float dummy = 0.0f;
+    herr_t rc = H5Dwrite(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, buf ? buf : &dummy);
+    ent_status st = rc < 0 ? ckpt_h5_fail(ENT_ERR_IO, "dataset %s", r->name) : ENT_OK;
+    H5Sclose(mspace);
+    H5Sclose(fspace);
+    return st;
+}
+
+// Writes the whole file (every rank, collectively). Keeps going through every
+// collective call after a failure and returns the first failure.
+static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr *attrs,
+                             int nattrs, const ent_ckpt_shard *sh, const sources *src) {
+    ckpt_h5_init();
+    ent_status st = ENT_OK;
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
+    H5Pset_coll_metadata_write(fapl, 1);
+    // (HDF5 clears its error stack on entry to every call: a failure is
+    // reported before anything else is called)
+    hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    if (file < 0) st = ckpt_h5_fail(ENT_ERR_IO, "cannot create checkpoint %s", tmp);
+    H5Pclose(fapl);
+    if (file < 0) return st;
+
+    time_t now = time(NULL);
+    char created[64];
+    strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%S%z", localtime(&now));
+    ent_ckpt_attr own[3] = {
+        {.name = "format", .type = ENT_ATTR_STR, .s = ENT_CKPT_FORMAT},
+        {.name = "format_version", .type = ENT_ATTR_I64, .i = ENT_CKPT_VERSION},
+        {.name = "created", .type = ENT_ATTR_STR, .s = created},
+    };
+    for (int i = 0; i < 3 && st == ENT_OK; i++) st = ckpt_write_attr(file, &own[i]);
+    ent_ckpt_attr tensors = {.name = "tensors", .type = ENT_ATTR_I64, .i = sh->table->nrows};
+    if (st == ENT_OK) st = ckpt_write_attr(file, &tensors);
+    for (int i = 0; i < nattrs && st == ENT_OK; i++) st = ckpt_write_attr(file, &attrs[i]);
+
+    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+    H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
+    hid_t ftype = H5T_IEEE_F32LE;
+    for (int g = 0; g < CKPT_NGROUPS; g++) {
+        if (src->base[g] == NULL && g > 0) continue; // no moments in this checkpoint
+        hid_t grp = H5Gcreate2(file, ckpt_groups[g], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        if (grp < 0 && st == ENT_OK) st = ckpt_h5_fail(ENT_ERR_IO, "cannot create group %s", ckpt_groups[g]);
+        for (int i = 0; grp >= 0 && i < sh->table->nrows; i++) {
+            const ent_param_row *r = &sh->table->rows[i];
+            hsize_t dims[2] = {(hsize_t)r->shape[0], (hsize_t)r->shape[1]}, chunk[2];
+            ckpt_chunk_dims(r->ndim, r->shape, chunk);
+            hid_t space = H5Screate_simple(r->ndim, dims, NULL);
+            hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+            H5Pset_chunk(dcpl, r->ndim, chunk);
+            H5Pset_fletcher32(dcpl);
+            // every chunk written in full: no fill values to write first
+            H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+            hid_t dset = H5Dcreate2(grp, r->name, ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+            if (dset < 0 && st == ENT_OK)
+                st = ckpt_h5_fail(ENT_ERR_IO, "cannot create dataset %s/%s", ckpt_groups[g], r->name);
+            H5Pclose(dcpl);
+            H5Sclose(space);
+            if (dset < 0) continue;
+            ent_status w = write_row(dset, dxpl, r, sh, src->base[g], src->first[g],
+                                     src->base[g] != NULL);
+            if (w != ENT_OK && st == ENT_OK)
+                st = ent_fail(w, "writing %s/%s of %s: %s", ckpt_groups[g], r->name, tmp,
+                              ent_last_error());
+            if (H5Dclose(dset) < 0 && st == ENT_OK)
+                st = ckpt_h5_fail(ENT_ERR_IO, "writing %s/%s of %s", ckpt_groups[g], r->name, tmp);
+        }
+        if (grp >= 0) H5Gclose(grp);
+    }
+    H5Pclose(dxpl);
+    if (H5Fclose(file) < 0 && st == ENT_OK)
+        st = ckpt_h5_fail(ENT_ERR_IO, "cannot complete checkpoint %s", tmp);
+    return st;
+}
+
+// Bytes of the file: the data, plus HDF5's metadata and checksums (generous).
+static double file_bytes(const ent_ckpt_shard *sh, int moments) {
+    double values = 0;
+    for (int i = 0; i < sh->table->nrows; i++)
+        values += (double)sh->table->rows[i].shape[0] * (double)sh->table->rows[i].shape[1];
+    int groups = moments ? 3 : 1;
+    return 4.0 * values * groups + 8192.0 * sh->table->nrows * groups + 1048576.0;
+}
+
+static const char *mib(double bytes, char *buf, size_t n) {
+    snprintf(buf, n, "%.1f MiB", bytes / 1048576.0);
+    return buf;
+}
+
+// Rank 0, before writing: is there room for the file (free space, ulimit -f)?
+// Quotas are not seen here; a write that fails midway is handled as well.
+// ENTENTE_CKPT_SKIP_SPACE_CHECK=1 skips this (the tests use it to fail midway).
+static ent_status check_room(const char *dir, double need) {
+    const char *skip = getenv("ENTENTE_CKPT_SKIP_SPACE_CHECK");
+    if (skip != NULL && strcmp(skip, "1") == 0) return ENT_OK;
+    char a[32], b[32];
+    struct statvfs vs;
+    if (statvfs(dir, &vs) == 0) {
+        double avail = (double)vs.f_bavail * (double)vs.f_frsize;
+        if (need > avail)
+            return ent_fail(ENT_ERR_IO, "not enough space for a checkpoint in %s: it needs about "
+                            "%s, the file system has %s free", dir, mib(need, a, sizeof a),
+                            mib(avail, b, sizeof b));
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && need > (double)rl.rlim_cur)
+        return ent_fail(ENT_ERR_IO, "a checkpoint of about %s exceeds this process's file-size "
+                        "limit (ulimit -f: %s)", mib(need, a, sizeof a),
+                        mib((double)rl.rlim_cur, b, sizeof b));
+    return ENT_OK;
+}
+
+// Adds what the machine says about room to a failed write's message.
+static ent_status with_room_hint(ent_status st, const char *dir) {
+    char a[32], b[32], hint[160] = "";
+    struct statvfs vs;
+    struct rlimit rl;
+    if (statvfs(dir, &vs) == 0)
+        snprintf(hint, sizeof hint, " (%s free on the file system of %s",
+                 mib((double)vs.f_bavail * (double)vs.f_frsize, a, sizeof a), dir);
+    if (hint[0] && getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        snprintf(hint + strlen(hint), sizeof hint - strlen(hint), "; file-size limit %s",
+                 mib((double)rl.rlim_cur, b, sizeof b));
+    if (hint[0]) strcat(hint, ")");
+    return ent_fail(st, "%s%s", ent_last_error(), hint);
+}
+
+// Points dir/latest at name: a new symlink renamed over the old one.
+static ent_status point_latest(const char *dir, const char *name) {
+    char link[PATH_BYTES + 32], tmp[PATH_BYTES + 32];
+    snprintf(link, sizeof link, "%s/latest", dir);
+    snprintf(tmp, sizeof tmp, "%s/latest.tmp", dir);
+    unlink(tmp);
+    if (symlink(name, tmp) != 0)
+        return ent_fail(ENT_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
+    if (rename(tmp, link) != 0) {
+        int err = errno;
+        unlink(tmp);
+        return ent_fail(ENT_ERR_IO, "cannot update %s: %s", link, strerror(err));
+    }
+    return ent_fsync_dir(dir);
+}
+
+// Steps of the checkpoints in dir (step_NNNNNNNN.h5), sorted; *n of them.
+static int64_t *list_steps(const char *dir, int *n) {
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (d == NULL) return NULL;
+    int cap = 16;
+    int64_t *steps = malloc(sizeof *steps * (size_t)cap);
+    struct dirent *e;
+    while (steps != NULL && (e = readdir(d)) != NULL) {
+        long long step;
+        char tail[8];
+        if (sscanf(e->d_name, "step_%lld.%7s", &step, tail) != 2 || strcmp(tail, "h5") != 0)
+            continue;
+        char expect[64];
+        ent_ckpt_name(step, expect, sizeof expect);
+        if (strcmp(expect, e->d_name) != 0) continue;
+        if (*n == cap) {
+            cap *= 2;
+            int64_t *grown = realloc(steps, sizeof *steps * (size_t)cap);
+            if (grown == NULL) break;
+            steps = grown;
+        }
+        steps[(*n)++] = step;
+    }
+    closedir(d);
+    for (int i = 1; i < *n; i++) // insertion sort: a few dozen at most
+        for (int j = i; j > 0 && steps[j - 1] > steps[j]; j--) {
+            int64_t t = steps[j];
+            steps[j] = steps[j - 1];
+            steps[j - 1] = t;
+        }
+    return steps;
+}
+
+// Keeps `keep` checkpoints: the one just committed (never removed, whatever
+// its step) and the keep - 1 others with the highest steps.
+static void retain(const char *dir, int keep, int64_t newest) {
+    if (keep <= 0) return;
+    int n;
+    int64_t *steps = list_steps(dir, &n);
+    int kept = 1;
+    for (int i = n - 1; i >= 0; i--) {
+        if (steps[i] == newest) continue;
+        if (kept < keep) {
+            kept++;
+            continue;
+        }
+        char path[PATH_BYTES + 64], name[64];
+        ent_ckpt_name(steps[i], name, sizeof name);
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        if (unlink(path) != 0)
+            ent_log_warn("cannot remove old checkpoint %s: %s", path, strerror(errno));
+    }
+    free(steps);
+}
+
+// Removes partial files a killed save left behind (NAME.tmp), rank 0.
+static void remove_stale_tmp(const char *dir) {
+    DIR *d = opendir(dir);
+    if (d == NULL) return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        if (strncmp(e->d_name, "step_", 5) != 0 || len <= 7 || strcmp(e->d_name + len - 7, ".h5.tmp") != 0)
+            continue;
+        // a killed save leaves a regular file; anything else is not ours to remove
+        char path[PATH_BYTES + 300];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        struct stat sb;
+        if (lstat(path, &sb) == 0 && S_ISREG(sb.st_mode)) unlink(path);
+    }
+    closedir(d);
+}
+
+// Every rank: the outcome of a step taken by some ranks (0 ok). A rank that
+// failed keeps its message; the others name it.
+static ent_status agree(MPI_Comm comm, ent_status local, const char *what) {
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    int size;
+    MPI_Comm_size(comm, &size);
+    int mine[2] = {local != ENT_OK ? rank : size, (int)local}, first[2];
+    MPI_Allreduce(mine, first, 1, MPI_2INT, MPI_MINLOC, comm);
+    if (first[0] == size || local != ENT_OK) return local;
+    return ent_fail((ent_status)first[1], "%s failed on rank %d (see its message)", what, first[0]);
+}
+
+// The whole save: file, agreement, commit (rank 0), agreement.
+static ent_status save_now(MPI_Comm comm, const char *dir, int keep, const char *name,
+                           int64_t step, const ent_ckpt_attr *attrs, int nattrs,
+                           const ent_ckpt_shard *sh, const sources *src) {
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    char final[PATH_BYTES + 80], tmp[PATH_BYTES + 88];
+    snprintf(final, sizeof final, "%s/%s", dir, name);
+    snprintf(tmp, sizeof tmp, "%s.tmp", final);
+    ent_status st = ENT_OK;
+    if (rank == 0) {
+        st = ent_mkdirs(dir);
+        if (st == ENT_OK) remove_stale_tmp(dir);
+        if (st == ENT_OK) st = check_room(dir, file_bytes(sh, src->base[1] != NULL));
+    }
+    ENT_CHECK(agree(comm, st, "preparing the checkpoint"));
+    st = write_file(comm, tmp, attrs, nattrs, sh, src);
+    if (st != ENT_OK) st = with_room_hint(st, dir);
+    st = agree(comm, st, "writing the checkpoint");
+    if (st != ENT_OK) {
+        if (rank == 0) unlink(tmp); // the previous checkpoint and `latest` stay as they were
+        return st;
+    }
+    if (rank == 0) {
+        st = ckpt_fsync_path(tmp);
+        if (st == ENT_OK && rename(tmp, final) != 0)
+            st = ent_fail(ENT_ERR_IO, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
+        if (st == ENT_OK) st = ent_fsync_dir(dir);
+        if (st == ENT_OK) st = point_latest(dir, name);
+        if (st == ENT_OK) retain(dir, keep, step);
+        if (st != ENT_OK) unlink(tmp);
+    }
+    return agree(comm, st, "committing the checkpoint");
+}
+
+// ---------------------------------------------------------------------------
+// the saver
+
+typedef struct {
+    char name[256];
+    int64_t step;
+    ent_ckpt_attr *attrs; // deep copies
+    int nattrs;
+    ent_ckpt_shard shard;
+    float *snap[CKPT_NGROUPS]; // host copies of the write range
+    sources src;
+} job;
+
+struct ent_ckpt_saver {
+    ent_group_t *world;
+    MPI_Comm io;          // a duplicate of the world's communicator, for the thread
+    char dir[PATH_BYTES];
+    int keep, async;
+    pthread_t thread;
+    int running;
+    job *pending;
+    ent_status result;
+    char result_msg[1024];
+    double blocked;
+};
+
+static void free_job(job *j) {
+    if (j == NULL) return;
+    for (int i = 0; i < j->nattrs; i++) {
+        free((char *)j->attrs[i].name);
+        if (j->attrs[i].type == ENT_ATTR_STR) free((char *)j->attrs[i].s);
+    }
+    free(j->attrs);
+    for (int g = 0; g < CKPT_NGROUPS; g++) free(j->snap[g]);
+    free(j);
+}
+
+static void *run_job(void *arg) {
+    ent_ckpt_saver_t *s = arg;
+    job *j = s->pending;
+    ent_status st = save_now(s->io, s->dir, s->keep, j->name, j->step, j->attrs, j->nattrs,
+                             &j->shard, &j->src);
+    s->result = st;
+    snprintf(s->result_msg, sizeof s->result_msg, "%s", st == ENT_OK ? "" : ent_last_error());
+    return NULL;
+}
+
+ent_status ent_ckpt_saver_new(ent_group_t *world, const ent_ckpt_saver_opts *opts,
+                              ent_ckpt_saver_t **out) {
+    *out = NULL;
+    ent_ckpt_saver_t *s = calloc(1, sizeof *s);
+    if (s == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory creating the checkpoint saver");
+    if (strlen(opts->dir) >= sizeof s->dir) {
+        free(s);
+        return ent_fail(ENT_ERR_USAGE, "checkpoint directory name too long: %.64s...", opts->dir);
+    }
+    s->world = world;
+    snprintf(s->dir, sizeof s->dir, "%s", opts->dir);
+    s->keep = opts->keep;
+    s->async = opts->async;
+    s->io = MPI_COMM_NULL;
+    if (s->async) {
+        int level = 0;
+        MPI_Query_thread(&level);
+        if (level < MPI_THREAD_MULTIPLE) {
+            free(s);
+            return ent_fail(ENT_ERR_USAGE, "asynchronous checkpoints need MPI initialised with "
+                            "MPI_THREAD_MULTIPLE");
+        }
+        MPI_Comm_dup(ent_group_mpi_comm(world), &s->io);
+    }
+    *out = s;
+    return ENT_OK;
+}
+
+ent_status ent_ckpt_wait(ent_ckpt_saver_t *s) {
+    if (s == NULL || !s->running) return ENT_OK;
+    pthread_join(s->thread, NULL);
+    s->running = 0;
+    free_job(s->pending);
+    s->pending = NULL;
+    if (s->result != ENT_OK) return ent_fail(s->result, "%s", s->result_msg);
+    return ENT_OK;
+}
+
+void ent_ckpt_saver_free(ent_ckpt_saver_t **saver) {
+    if (saver == NULL || *saver == NULL) return;
+    ent_ckpt_saver_t *s = *saver;
+    ent_ckpt_wait(s);
+    if (s->io != MPI_COMM_NULL) MPI_Comm_free(&s->io);
+    free(s);
+    *saver = NULL;
+}
+
+double ent_ckpt_last_blocked_seconds(const ent_ckpt_saver_t *s) { return s->blocked; }
+
+static int64_t find_step(const ent_ckpt_attr *attrs, int n) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(attrs[i].name, "step") == 0) return attrs[i].i;
+    return -1;
+}
+
+// The job of an asynchronous save: copies of the attributes and of this rank's
+// write range of every arena.
+static ent_status make_job(const char *name, const ent_ckpt_attr *attrs, int nattrs,
+                           const ent_ckpt_shard *sh, job **out) {
+    job *j = calloc(1, sizeof *j);
+    if (j == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for a checkpoint");
+    snprintf(j->name, sizeof j->name, "%s", name);
+    j->step = find_step(attrs, nattrs);
+    j->shard = *sh;
+    j->attrs = calloc((size_t)nattrs, sizeof *j->attrs);
+    j->nattrs = nattrs;
+    int ok = j->attrs != NULL;
+    for (int i = 0; ok && i < nattrs; i++) {
+        j->attrs[i] = attrs[i];
+        j->attrs[i].name = strdup(attrs[i].name);
+        if (attrs[i].type == ENT_ATTR_STR) j->attrs[i].s = strdup(attrs[i].s);
+        ok = j->attrs[i].name != NULL && (attrs[i].type != ENT_ATTR_STR || j->attrs[i].s != NULL);
+    }
+    const float *from[CKPT_NGROUPS] = {sh->params, sh->adam_m, sh->adam_v};
+    size_t origin[CKPT_NGROUPS] = {0, sh->state_first, sh->state_first};
+    for (int g = 0; ok && g < CKPT_NGROUPS; g++) {
+        if (from[g] == NULL) continue;
+        j->snap[g] = malloc(sizeof(float) * (sh->write_count ? sh->write_count : 1));
+        ok = j->snap[g] != NULL;
+        if (!ok) break;
+        const float *src = from[g] + (sh->write_first - origin[g]);
+        float *dst = j->snap[g];
+        size_t n = sh->write_count;
+        // the copy is what training waits for: both cores make it
+#pragma omp parallel for schedule(static)
+        for (size_t k = 0; k < n; k += 1 << 16)
+            memcpy(dst + k, src + k, sizeof(float) * (n - k < (1 << 16) ? n - k : (1 << 16)));
+        j->src.base[g] = j->snap[g];
+        j->src.first[g] = sh->write_first;
+    }
+    if (!ok) {
+        free_job(j);
+        return ent_fail(ENT_ERR_NOMEM, "out of memory for the host copy of a checkpoint");
+    }
+    *out = j;
+    return ENT_OK;
+}
+
+ent_status ent_ckpt_save(ent_ckpt_saver_t *s, const char *name, const ent_ckpt_attr *attrs,
+                         int nattrs, const ent_ckpt_shard *sh) {
+    double t0 = now_seconds();
+    if (!s->async) {
+        sources src = {{sh->params, sh->adam_m, sh->adam_v}, {0, sh->state_first, sh->state_first}};
+        ent_status st = save_now(ent_group_mpi_comm(s->world), s->dir, s->keep, name,
+                                 find_step(attrs, nattrs), attrs, nattrs, sh, &src);
+        s->blocked = now_seconds() - t0;
+        return st;
+    }
+    // one save in flight at a time: the previous one must have committed
+    ENT_CHECK(ent_ckpt_wait(s));
+    job *j = NULL;
+    ent_status st = make_job(name, attrs, nattrs, sh, &j);
+    // every rank must start the thread, or none (the thread's calls are collective)
+    int mine = st == ENT_OK, all = 0;
+    MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, ent_group_mpi_comm(s->world));
+    if (!all) {
+        free_job(j);
+        s->blocked = now_seconds() - t0;
+        return st != ENT_OK ? st : ent_fail(ENT_ERR_NOMEM, "another rank could not copy its "
+                                             "checkpoint shard to host memory");
+    }
+    s->pending = j;
+    if (pthread_create(&s->thread, NULL, run_job, s) != 0) {
+        // cannot happen in practice; save synchronously rather than lose it
+        s->pending = NULL;
+        st = save_now(s->io, s->dir, s->keep, j->name, j->step, j->attrs, j->nattrs, &j->shard,
+                      &j->src);
+        free_job(j);
+        s->blocked = now_seconds() - t0;
+        return st;
+    }
+    s->running = 1;
+    s->blocked = now_seconds() - t0;
+    return ENT_OK;
+}
+
+ent_status ent_ckpt_resolve_latest(const char *dir, char *out, size_t n) {
+    struct stat st;
+    if (stat(dir, &st) == 0 && S_ISREG(st.st_mode)) {
+        snprintf(out, n, "%s", dir);
+        return ENT_OK;
+    }
+    char link[PATH_BYTES + 16], target[PATH_BYTES];
+    snprintf(link, sizeof link, "%s/latest", dir);
+    ssize_t len = readlink(link, target, sizeof target - 1);
+    if (len < 0)
+        return ent_fail(ENT_ERR_INPUT, "no checkpoint to resume: %s does not exist (%s)", link,
+                        strerror(errno));
+    target[len] = '\0';
+    if (target[0] == '/') snprintf(out, n, "%s", target);
+    else snprintf(out, n, "%s/%s", dir, target);
+    if (stat(out, &st) != 0)
+        return ent_fail(ENT_ERR_INPUT, "%s points to %s, which does not exist", link, out);
+    return ENT_OK;
+}
