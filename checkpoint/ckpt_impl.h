@@ -31,6 +31,21 @@ ent_status ckpt_read_u64_attr(hid_t obj, const char *path, const char *name, uin
 // Chunk shape of a dataset: whole rows up to about 1M floats (4 MiB).
 void ckpt_chunk_dims(int ndim, const int64_t shape[2], hsize_t chunk[2]);
 
+// The memory dataspace for n contiguous floats landing in the given blocks of
+// the file: the block's own shape when there is one block (HDF5 then maps it
+// to chunks directly; a mismatched shape makes it go element by element), a
+// flat run otherwise, and an empty selection when n is 0.
+hid_t ckpt_memory_space(int ndim, const ent_rect *rects, int nrects, size_t n);
+
+// Whole datasets chunk by chunk past the filter pipeline (direct.c), for one
+// process: Fletcher32 computed as HDF5 does; chunks must span whole rows.
+uint32_t ckpt_fletcher32(const void *data, size_t nbytes);
+int ckpt_direct_ok(hid_t dset);
+// Threads that prepare and check chunks (default 1; 0: OpenMP's count).
+void ckpt_direct_threads(int n);
+ent_status ckpt_write_whole(hid_t dset, const char *name, const float *src);
+ent_status ckpt_read_whole(hid_t dset, const char *name, float *dst);
+
 // Checks the format and version attributes of an open file.
 ent_status ckpt_check_format(hid_t file, const char *path);
 

@@ -71,6 +71,10 @@ typedef struct {
 // A saver for the ranks of `world` (collective). The caller owns it.
 ent_status ent_ckpt_saver_new(ent_group_t *world, const ent_ckpt_saver_opts *opts,
                               ent_ckpt_saver_t **out);
+// Asynchronous saver: allocates and touches the host snapshot for this shard
+// now (outside the training loop), so that a save blocks only for the copy.
+// A no-op for a synchronous saver.
+ent_status ent_ckpt_saver_prepare(ent_ckpt_saver_t *saver, const ent_ckpt_shard *shard);
 // Finishes a save in flight, then frees the saver.
 void ent_ckpt_saver_free(ent_ckpt_saver_t **saver);
 // Saves DIR/NAME collectively: every rank writes its share into NAME.tmp, then

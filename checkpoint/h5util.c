@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,10 @@ void ckpt_h5_init(void) {
     setenv("HDF5_USE_FILE_LOCKING", "FALSE", 0);
     H5open();
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    // HDF5 allocates and frees a buffer per chunk (4 MiB); kept in the heap,
+    // they are reused instead of being mapped and zeroed by the kernel anew
+    mallopt(M_MMAP_THRESHOLD, 64 << 20);
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
 }
 
 typedef struct {
@@ -138,8 +143,31 @@ ent_status ckpt_read_u64_attr(hid_t obj, const char *path, const char *name, uin
     return read_int_attr(obj, path, name, H5T_NATIVE_UINT64, v);
 }
 
+hid_t ckpt_memory_space(int ndim, const ent_rect *rects, int nrects, size_t n) {
+    if (n == 0) {
+        hsize_t one = 1;
+        hid_t m = H5Screate_simple(1, &one, NULL);
+        H5Sselect_none(m);
+        return m;
+    }
+    // an explicit hyperslab over the whole extent, not the default "all"
+    // selection: HDF5 1.10 maps hyperslabs to chunks block by block, but "all"
+    // element by element
+    hsize_t zero[2] = {0, 0};
+    if (nrects == 1) {
+        hsize_t dims[2] = {(hsize_t)rects[0].count[0], (hsize_t)rects[0].count[1]};
+        hid_t m = H5Screate_simple(ndim, dims, NULL);
+        H5Sselect_hyperslab(m, H5S_SELECT_SET, zero, NULL, dims, NULL);
+        return m;
+    }
+    hsize_t flat = (hsize_t)n;
+    hid_t m = H5Screate_simple(1, &flat, NULL);
+    H5Sselect_hyperslab(m, H5S_SELECT_SET, zero, NULL, &flat, NULL);
+    return m;
+}
+
 void ckpt_chunk_dims(int ndim, const int64_t shape[2], hsize_t chunk[2]) {
-    const int64_t target = 1 << 20;
+    const int64_t target = 1 << 22;
     if (ndim == 1) {
         chunk[0] = (hsize_t)(shape[0] < target ? shape[0] : target);
         chunk[1] = 1;

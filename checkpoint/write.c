@@ -54,32 +54,41 @@ static double now_seconds(void) {
 }
 
 // Writes this rank's part of one row into an open dataset (collective).
-static ent_status write_row(hid_t dset, hid_t dxpl, const ent_param_row *r,
+static ent_status write_row(hid_t dset, hid_t dxpl, const char *group, const ent_param_row *r,
                             const ent_ckpt_shard *sh, const float *base, size_t base_first,
-                            int usable) {
+                            int usable, int alone) {
     size_t a = r->offset, b = r->offset + r->numel;
     size_t w0 = sh->write_first, w1 = sh->write_first + sh->write_count;
     size_t lo = (a > w0 ? a : w0) - a, hi = (b < w1 ? b : w1);
     hi = hi > a ? hi - a : 0;
     int mine = usable && lo < hi && (r->split != ENT_SPLIT_NONE || sh->tp_rank == 0);
+    // one process writing a whole tensor: chunk by chunk, past HDF5's filter pipeline
+    if (alone && mine && lo == 0 && hi == r->numel && sh->tp_size == 1) {
+        char name[160];
+        snprintf(name, sizeof name, "%s/%s", group, r->name);
+        return ckpt_write_whole(dset, name, base + (r->offset - base_first));
+    }
     hid_t fspace = H5Dget_space(dset);
-    hsize_t n = mine ? (hsize_t)(hi - lo) : 1;
-    hid_t mspace = H5Screate_simple(1, &n, NULL);
+    ent_rect rects[ENT_MAX_RECTS];
+    int nr = mine ? ent_param_row_rects(r, sh->tp_rank, sh->tp_size, lo, hi, rects) : 0;
+    hid_t mspace = ckpt_memory_space(r->ndim, rects, nr, hi - lo);
     H5Sselect_none(fspace);
     if (mine) {
-        ent_rect rects[ENT_MAX_RECTS];
-        int nr = ent_param_row_rects(r, sh->tp_rank, sh->tp_size, lo, hi, rects);
         for (int k = 0; k < nr; k++) {
             hsize_t start[2] = {(hsize_t)rects[k].start[0], (hsize_t)rects[k].start[1]};
             hsize_t count[2] = {(hsize_t)rects[k].count[0], (hsize_t)rects[k].count[1]};
-            H5Sselect_hyperslab(fspace, H5S_SELECT_OR, start, NULL, count, NULL);
+            // SET first: a single block stays a regular selection, which HDF5
+            // maps to chunks directly (an OR-built one goes element by element)
+            H5Sselect_hyperslab(fspace, k == 0 ? H5S_SELECT_SET : H5S_SELECT_OR, start, NULL,
+                                count, NULL);
         }
     } else {
         H5Sselect_none(mspace);
     }
     const float *buf = mine ? base + (r->offset + lo - base_first) : NULL;
     static const float dummy = 0.0f;
-    herr_t rc = H5Dwrite(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, buf ? buf : &dummy);
+    herr_t rc = H5Dwrite(dset, H5T_NATIVE_FLOAT, mspace, fspace,
+                         dxpl, buf ? buf : &dummy);
     ent_status st = rc < 0 ? ckpt_h5_fail(ENT_ERR_IO, "dataset %s", r->name) : ENT_OK;
     H5Sclose(mspace);
     H5Sclose(fspace);
@@ -92,9 +101,13 @@ static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr
                              int nattrs, const ent_ckpt_shard *sh, const sources *src) {
     ckpt_h5_init();
     ent_status st = ENT_OK;
+    int size = 1;
+    MPI_Comm_size(comm, &size);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
-    H5Pset_coll_metadata_write(fapl, 1);
+    if (size > 1) {
+        H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
+        H5Pset_coll_metadata_write(fapl, 1);
+    }
     // (HDF5 clears its error stack on entry to every call: a failure is
     // reported before anything else is called)
     hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
@@ -116,7 +129,7 @@ static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr
     for (int i = 0; i < nattrs && st == ENT_OK; i++) st = ckpt_write_attr(file, &attrs[i]);
 
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-    H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
+    if (size > 1) H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
     hid_t ftype = H5T_IEEE_F32LE;
     for (int g = 0; g < CKPT_NGROUPS; g++) {
         if (src->base[g] == NULL && g > 0) continue; // no moments in this checkpoint
@@ -138,8 +151,8 @@ static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr
             H5Pclose(dcpl);
             H5Sclose(space);
             if (dset < 0) continue;
-            ent_status w = write_row(dset, dxpl, r, sh, src->base[g], src->first[g],
-                                     src->base[g] != NULL);
+            ent_status w = write_row(dset, dxpl, ckpt_groups[g], r, sh, src->base[g],
+                                     src->first[g], src->base[g] != NULL, size == 1);
             if (w != ENT_OK && st == ENT_OK)
                 st = ent_fail(w, "writing %s/%s of %s: %s", ckpt_groups[g], r->name, tmp,
                               ent_last_error());
@@ -353,8 +366,7 @@ typedef struct {
     ent_ckpt_attr *attrs; // deep copies
     int nattrs;
     ent_ckpt_shard shard;
-    float *snap[CKPT_NGROUPS]; // host copies of the write range
-    sources src;
+    sources src;          // the saver's snapshot buffers
 } job;
 
 struct ent_ckpt_saver {
@@ -365,6 +377,8 @@ struct ent_ckpt_saver {
     pthread_t thread;
     int running;
     job *pending;
+    float *snap[CKPT_NGROUPS]; // host copies of the write range, reused by every save
+    size_t snap_floats;
     ent_status result;
     char result_msg[1024];
     double blocked;
@@ -377,13 +391,13 @@ static void free_job(job *j) {
         if (j->attrs[i].type == ENT_ATTR_STR) free((char *)j->attrs[i].s);
     }
     free(j->attrs);
-    for (int g = 0; g < CKPT_NGROUPS; g++) free(j->snap[g]);
     free(j);
 }
 
 static void *run_job(void *arg) {
     ent_ckpt_saver_t *s = arg;
     job *j = s->pending;
+
     ent_status st = save_now(s->io, s->dir, s->keep, j->name, j->step, j->attrs, j->nattrs,
                              &j->shard, &j->src);
     s->result = st;
@@ -434,6 +448,7 @@ void ent_ckpt_saver_free(ent_ckpt_saver_t **saver) {
     ent_ckpt_saver_t *s = *saver;
     ent_ckpt_wait(s);
     if (s->io != MPI_COMM_NULL) MPI_Comm_free(&s->io);
+    for (int g = 0; g < CKPT_NGROUPS; g++) free(s->snap[g]);
     free(s);
     *saver = NULL;
 }
@@ -446,10 +461,33 @@ static int64_t find_step(const ent_ckpt_attr *attrs, int n) {
     return -1;
 }
 
-// The job of an asynchronous save: copies of the attributes and of this rank's
-// write range of every arena.
-static ent_status make_job(const char *name, const ent_ckpt_attr *attrs, int nattrs,
-                           const ent_ckpt_shard *sh, job **out) {
+ent_status ent_ckpt_saver_prepare(ent_ckpt_saver_t *s, const ent_ckpt_shard *sh) {
+    if (!s->async) return ENT_OK;
+    size_t n = sh->write_count ? sh->write_count : 1;
+    if (s->snap_floats >= n) return ENT_OK;
+    for (int g = 0; g < CKPT_NGROUPS; g++) {
+        free(s->snap[g]);
+        s->snap[g] = NULL;
+    }
+    s->snap_floats = 0;
+    int groups = sh->adam_m != NULL ? CKPT_NGROUPS : 1;
+    for (int g = 0; g < groups; g++) {
+        s->snap[g] = malloc(sizeof(float) * n);
+        if (s->snap[g] == NULL)
+            return ent_fail(ENT_ERR_NOMEM, "out of memory for the host copy of a checkpoint "
+                            "(%zu MiB)", groups * n * sizeof(float) >> 20);
+        // touched now, so the first save does not wait for the kernel to zero pages
+        memset(s->snap[g], 0, sizeof(float) * n);
+    }
+    s->snap_floats = n;
+    return ENT_OK;
+}
+
+// The job of an asynchronous save: copies of the attributes, and of this
+// rank's write range of every arena into the saver's snapshot buffers.
+static ent_status make_job(ent_ckpt_saver_t *s, const char *name, const ent_ckpt_attr *attrs,
+                           int nattrs, const ent_ckpt_shard *sh, job **out) {
+    ENT_CHECK(ent_ckpt_saver_prepare(s, sh));
     job *j = calloc(1, sizeof *j);
     if (j == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for a checkpoint");
     snprintf(j->name, sizeof j->name, "%s", name);
@@ -464,26 +502,23 @@ static ent_status make_job(const char *name, const ent_ckpt_attr *attrs, int nat
         if (attrs[i].type == ENT_ATTR_STR) j->attrs[i].s = strdup(attrs[i].s);
         ok = j->attrs[i].name != NULL && (attrs[i].type != ENT_ATTR_STR || j->attrs[i].s != NULL);
     }
+    if (!ok) {
+        free_job(j);
+        return ent_fail(ENT_ERR_NOMEM, "out of memory for a checkpoint");
+    }
     const float *from[CKPT_NGROUPS] = {sh->params, sh->adam_m, sh->adam_v};
     size_t origin[CKPT_NGROUPS] = {0, sh->state_first, sh->state_first};
-    for (int g = 0; ok && g < CKPT_NGROUPS; g++) {
+    for (int g = 0; g < CKPT_NGROUPS; g++) {
         if (from[g] == NULL) continue;
-        j->snap[g] = malloc(sizeof(float) * (sh->write_count ? sh->write_count : 1));
-        ok = j->snap[g] != NULL;
-        if (!ok) break;
         const float *src = from[g] + (sh->write_first - origin[g]);
-        float *dst = j->snap[g];
+        float *dst = s->snap[g];
         size_t n = sh->write_count;
-        // the copy is what training waits for: both cores make it
+        // the copy is what training waits for: every core makes it
 #pragma omp parallel for schedule(static)
         for (size_t k = 0; k < n; k += 1 << 16)
             memcpy(dst + k, src + k, sizeof(float) * (n - k < (1 << 16) ? n - k : (1 << 16)));
-        j->src.base[g] = j->snap[g];
+        j->src.base[g] = dst;
         j->src.first[g] = sh->write_first;
-    }
-    if (!ok) {
-        free_job(j);
-        return ent_fail(ENT_ERR_NOMEM, "out of memory for the host copy of a checkpoint");
     }
     *out = j;
     return ENT_OK;
@@ -502,7 +537,7 @@ ent_status ent_ckpt_save(ent_ckpt_saver_t *s, const char *name, const ent_ckpt_a
     // one save in flight at a time: the previous one must have committed
     ENT_CHECK(ent_ckpt_wait(s));
     job *j = NULL;
-    ent_status st = make_job(name, attrs, nattrs, sh, &j);
+    ent_status st = make_job(s, name, attrs, nattrs, sh, &j);
     // every rank must start the thread, or none (the thread's calls are collective)
     int mine = st == ENT_OK, all = 0;
     MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, ent_group_mpi_comm(s->world));

@@ -639,6 +639,10 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, const char *res
                                  .async = cfg->ckpt_async};
     ENT_CHECK_GOTO(ent_comm_agree(comm, ent_ckpt_saver_new(tr.grid->world, &sopts, &tr.saver)),
                    done);
+    {
+        ent_ckpt_shard sh = rank_shard(&tr);
+        ENT_CHECK_GOTO(ent_comm_agree(comm, ent_ckpt_saver_prepare(tr.saver, &sh)), done);
+    }
     ent_model_shape shape = ent_model_shape_from_config(cfg);
     size_t nparams = ent_model_shape_num_params(&shape);
     ENT_CHECK_GOTO(ent_comm_agree(comm, tr.leader ? open_run_dir(&tr, nparams) : ENT_OK), done);

@@ -208,6 +208,10 @@ static void test_gelu(void **state) {
     size_t n = 1000;
     float *x = fvec(n), *out = fvec(n), *dout = fvec(n), *g0 = fvec(n), *g = fvec(n), *dg = fvec(n);
     fill_uniform(x, n, -5.0, 5.0);
+    // and large pre-activations, where exp(2u) reaches its clamp (a 4 * e^88
+    // once overflowed to Inf, and 0 * Inf made the gradient NaN)
+    fill_uniform(x + 800, 100, -60.0, 60.0);
+    for (size_t i = 900; i < 1000; i++) x[i] = (float)(i % 2 ? 1 : -1) * (float)(10 + (i - 900));
     fill_normal(dout, n, 1.0);
     fill_normal(g0, n, 1.0);
     double *xd = dvec(n), *ref = dvec(n), *fd = dvec(n), *doutd = dvec(n);
@@ -227,6 +231,8 @@ static void test_gelu(void **state) {
         fd[i] = (fa - fb) / (2 * h) * doutd[i];
     }
     check("gelu backward", rel_error(dg, fd, n), BWD_TOL);
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(dg[i])) fail_msg("gelu backward at x = %g gives %g", (double)x[i], (double)dg[i]);
     free(x); free(out); free(dout); free(g0); free(g); free(dg); free(xd); free(ref); free(fd);
     free(doutd);
 }

@@ -21,10 +21,12 @@ void ent_cpu_gelu_backward(ent_backend_t *be, float *dinp, const float *inp,
         float x = inp[i];
         float u = GELU_SCALE * (x + 0.044715f * x * x * x);
         // tanh and sech^2 from one exponential; sech^2 = 4e / (e + 1)^2 keeps its
-        // relative accuracy where 1 - tanh^2 would cancel
+        // relative accuracy where 1 - tanh^2 would cancel. Multiplied as
+        // 4 * inv * (e * inv): e * inv = e / (e + 1) stays in [0, 1], where
+        // 4 * e alone overflows for large inputs (e is up to e^88)
         float e = ent_cpu_expf(2.0f * u), inv = 1.0f / (e + 1.0f);
         float th = 1.0f - 2.0f * inv;
-        float sech2 = 4.0f * e * inv * inv;
+        float sech2 = 4.0f * inv * (e * inv);
         float du = GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
         dinp[i] += dout[i] * (0.5f * (1.0f + th) + 0.5f * x * sech2 * du);
     }
