@@ -50,33 +50,6 @@ static double touch(const float *a, const float *b, const float *c, size_t n) {
     return s;
 }
 
-// Writes the three arrays to path with plain pwrite (16 MiB pieces) and fsync:
-// the ceiling of any file format. Returns seconds, or -1.
-static double raw_write(const char *path, float *const *arrays, size_t n) {
-    double t0 = now();
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return -1;
-    off_t at = 0;
-    const size_t piece = (size_t)16 << 20;
-    for (int k = 0; k < 3; k++) {
-        const char *src = (const char *)arrays[k];
-        size_t left = n * sizeof(float);
-        while (left > 0) {
-            size_t len = left < piece ? left : piece;
-            if (pwrite(fd, src, len, at) != (ssize_t)len) {
-                close(fd);
-                return -1;
-            }
-            src += len;
-            at += (off_t)len;
-            left -= len;
-        }
-    }
-    int rc = fsync(fd);
-    close(fd);
-    return rc == 0 ? now() - t0 : -1;
-}
-
 // Runs a shell command and returns its wall time in seconds (-1 on failure).
 static double timed(const char *cmd) {
     double t0 = now();
@@ -86,7 +59,7 @@ static double timed(const char *cmd) {
 
 int main(int argc, char **argv) {
     const char *dir = "bench-checkpoint.tmp";
-    int layers = 12, width = 768, vocab = 50257, rounds = 3;
+    int layers = 12, width = 768, vocab = 50257, rounds = 5;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc) dir = argv[++i];
         else if (strcmp(argv[i], "--layers") == 0 && i + 1 < argc) layers = atoi(argv[++i]);
@@ -99,7 +72,7 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (rounds < 1 || rounds > 16) rounds = 3;
+    if (rounds < 1 || rounds > 16) rounds = 5;
     ent_ckpt_library_init();
     ent_comm_t *comm = NULL;
     ent_grid *grid = NULL;
@@ -141,15 +114,11 @@ int main(int argc, char **argv) {
     // Rounds of: synchronous save, dd write, load, dd read, asynchronous save.
     // A shared disk's speed drifts: the rounds alternate, the medians are printed.
     enum { MAXR = 16 };
-    double t_save[MAXR], t_ddw[MAXR], t_raw[MAXR], t_load[MAXR], t_ddr[MAXR], t_blocked[MAXR],
-        t_async[MAXR];
-    char rawfile[4200];
-    float *arrays[3] = {p, m, v};
+    double t_save[MAXR], t_ddw[MAXR], t_load[MAXR], t_ddr[MAXR], t_blocked[MAXR], t_async[MAXR];
     volatile double sink = 0;
     char cmd[8192], ddfile[4200], ckfile[4200];
     snprintf(ddfile, sizeof ddfile, "%s/bench_dd.bin", dir);
     snprintf(ckfile, sizeof ckfile, "%s/bench_a.h5", dir);
-    snprintf(rawfile, sizeof rawfile, "%s/bench_raw.bin", dir);
     long count = (long)(bytes / (16.0 * 1048576.0) + 0.5);
     ent_ckpt_saver_opts sync_opts = {.dir = dir, .keep = 0, .async = 0};
     ent_ckpt_saver_opts async_opts = {.dir = dir, .keep = 0, .async = 1};
@@ -169,9 +138,6 @@ int main(int argc, char **argv) {
         snprintf(cmd, sizeof cmd, "dd if=/dev/zero of='%s' bs=16M count=%ld conv=fsync status=none",
                  ddfile, count);
         t_ddw[r] = timed(cmd);
-        sink += touch(p, m, v, n);
-        t_raw[r] = raw_write(rawfile, arrays, n);
-        unlink(rawfile);
         drop_from_cache(ckfile);
         memset(p, 0, sizeof(float) * n);
         t0 = now();
@@ -199,21 +165,17 @@ int main(int argc, char **argv) {
     ent_ckpt_saver_free(&sync_saver);
     ent_ckpt_saver_free(&async_saver);
     double save = bench_median(t_save, rounds), ddw = bench_median(t_ddw, rounds);
-    double raw = bench_median(t_raw, rounds);
     double load = bench_median(t_load, rounds), ddr = bench_median(t_ddr, rounds);
     double blocked = bench_median(t_blocked, rounds), async = bench_median(t_async, rounds);
 
     printf("\n%-52s %10s %12s   (median of %d rounds)\n", "measurement", "seconds", "MiB/s", rounds);
     printf("%-52s %10.2f %12.0f\n", "save (HDF5, checksums, fsync, rename)", save, mib / save);
     printf("%-52s %10.2f %12.0f\n", "dd bs=16M conv=fsync, same bytes (baseline)", ddw, mib / ddw);
-    printf("%-52s %10.2f %12.0f\n", "pwrite + fsync of the same memory (format ceiling)", raw,
-           mib / raw);
     printf("%-52s %10.2f %12.0f\n", "load (read + verify checksums), from disk", load, mib / load);
     printf("%-52s %10.2f %12.0f\n", "dd read, same bytes, from disk (baseline)", ddr, mib / ddr);
     printf("%-52s %10.2f\n", "async save: training blocked (copy to memory)", blocked);
     printf("%-52s %10.2f\n", "async save: written and committed after", async);
     printf("\n%-52s %9.1f%%\n", "save / dd write", 100 * ddw / save);
-    printf("%-52s %9.1f%%\n", "save / pwrite of the same memory", 100 * raw / save);
     printf("%-52s %9.1f%%\n", "load / dd read", 100 * ddr / load);
     printf("%-52s %9.1f%%\n", "async blocked / synchronous save", 100 * blocked / save);
     if (!ok) printf("WARNING: the state read back differs from the state saved\n");

@@ -5,16 +5,11 @@
 #include "ent_ckpt.h"
 
 #include <hdf5.h>
+#include <sys/types.h>
 
 // The three arenas a checkpoint holds, in file order.
 #define CKPT_NGROUPS 3
 extern const char *const ckpt_groups[CKPT_NGROUPS]; // "params", "adam_m", "adam_v"
-
-struct ent_ckpt {
-    hid_t file;
-    char path[4096];
-    int parallel; // opened by a group (collective reads)
-};
 
 // Turns HDF5's error stack printing off once (errors are reported by us).
 void ckpt_h5_init(void);
@@ -28,7 +23,7 @@ ent_status ckpt_read_text_attr(hid_t obj, const char *path, const char *name, ch
 ent_status ckpt_read_i64_attr(hid_t obj, const char *path, const char *name, int64_t *v);
 ent_status ckpt_read_u64_attr(hid_t obj, const char *path, const char *name, uint64_t *v);
 
-// Chunk shape of a dataset: whole rows up to about 1M floats (4 MiB).
+// Chunk shape of a dataset: whole rows up to about 4M floats (16 MiB).
 void ckpt_chunk_dims(int ndim, const int64_t shape[2], hsize_t chunk[2]);
 
 // The memory dataspace for n contiguous floats landing in the given blocks of
@@ -37,14 +32,39 @@ void ckpt_chunk_dims(int ndim, const int64_t shape[2], hsize_t chunk[2]);
 // flat run otherwise, and an empty selection when n is 0.
 hid_t ckpt_memory_space(int ndim, const ent_rect *rects, int nrects, size_t n);
 
+// A checkpoint file streamed through the page cache (stream.c): while it is
+// written, pages written a while ago are pushed to disk and dropped; while it
+// is read, pages read a while ago are dropped. Hints only: fd is -1 where the
+// file cannot be opened, and then nothing is done (nor for a NULL stream).
+typedef struct {
+    int fd;
+    off_t done; // bytes from the start already dropped
+} ckpt_stream;
+void ckpt_stream_open(ckpt_stream *s, const char *path);
+void ckpt_stream_advance(ckpt_stream *s);          // writing: up to the file's end
+void ckpt_stream_read_to(ckpt_stream *s, off_t at); // reading: at the file offset at
+void ckpt_stream_close(ckpt_stream *s);
+
+struct ent_ckpt {
+    hid_t file;
+    char path[4096];
+    int parallel;       // opened by a group (collective reads)
+    ckpt_stream stream; // one process reading (fd -1 otherwise)
+};
+
 // Whole datasets chunk by chunk past the filter pipeline (direct.c), for one
 // process: Fletcher32 computed as HDF5 does; chunks must span whole rows.
 uint32_t ckpt_fletcher32(const void *data, size_t nbytes);
 int ckpt_direct_ok(hid_t dset);
-// Threads that prepare and check chunks (default 1; 0: OpenMP's count).
-void ckpt_direct_threads(int n);
-ent_status ckpt_write_whole(hid_t dset, const char *name, const float *src);
-ent_status ckpt_read_whole(hid_t dset, const char *name, float *dst);
+// A full chunk moves between memory and file without a copy: the 4 bytes
+// after it in memory (the next chunk's, or `slack` bytes the caller may lend
+// after the tensor) hold its checksum meanwhile and are put back, so no other
+// thread may use the tensor or its slack during the call. stream (may be
+// NULL) follows every chunk written or read.
+ent_status ckpt_write_whole(hid_t dset, const char *name, float *src, size_t slack,
+                            ckpt_stream *stream);
+ent_status ckpt_read_whole(hid_t dset, const char *name, float *dst, size_t slack,
+                           ckpt_stream *stream);
 
 // Checks the format and version attributes of an open file.
 ent_status ckpt_check_format(hid_t file, const char *path);

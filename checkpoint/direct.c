@@ -3,20 +3,18 @@
 //
 // HDF5 1.10 pushes every filtered chunk through a selection walk, a copy and
 // a scalar checksum, one chunk at a time; that cost more than the disk. Here
-// the chunks of a tensor are prepared in parallel (copy, zero padding of edge
-// chunks, the Fletcher32 checksum appended exactly as HDF5's filter does, so
-// every HDF5 reader verifies them) and then written in order. Reads check the
-// same checksum and name the dataset and chunk that fails it.
+// each chunk goes straight from the caller's memory to the file with the
+// Fletcher32 checksum appended exactly as HDF5's filter does (so every HDF5
+// reader verifies it), and is read back the same way, the checksum checked
+// here and a failure named by dataset and chunk.
 #include "ckpt_impl.h"
-
-#include <omp.h>
 
 #include <stdlib.h>
 #include <string.h>
 
-// The chunk buffers, kept from one tensor to the next (fresh 64 MiB each time
-// would be fresh pages for the kernel to zero). HDF5 is called from one thread
-// at a time, and so is this.
+// The buffer for edge chunks, kept from one tensor to the next (fresh 16 MiB
+// each time would be fresh pages for the kernel to zero). HDF5 is called from
+// one thread at a time, and so is this.
 static unsigned char *pool;
 static size_t pool_bytes;
 
@@ -28,13 +26,6 @@ static unsigned char *chunk_buffers(size_t bytes) {
     pool_bytes = bytes;
     return pool;
 }
-
-// Threads preparing and checking chunks. One is enough since the checksum
-// vectorises, and more cost more: while this thread writes, OpenMP's other
-// threads spin, taking the cores the kernel needs to take in the data.
-static int helper_threads = 1;
-
-void ckpt_direct_threads(int n) { helper_threads = n; }
 
 // HDF5's Fletcher32 (H5_checksum_fletcher32), bit for bit: big-endian 16-bit
 // words, sums folded every 360 words, an odd last byte as the high half of a
@@ -112,98 +103,94 @@ int ckpt_direct_ok(hid_t dset) {
     return read_layout(dset, &l);
 }
 
-ent_status ckpt_write_whole(hid_t dset, const char *name, const float *src) {
+ent_status ckpt_write_whole(hid_t dset, const char *name, float *src, size_t slack,
+                            ckpt_stream *stream) {
     chunk_layout l;
     ENT_CHECK(layout_of(dset, name, &l));
-    // one batch of chunks prepared in parallel, then written in order
-    int batch = 4;
-    size_t bytes = l.chunk_elems * sizeof(float);
-    unsigned char *bufs = chunk_buffers((bytes + 4) * (size_t)batch);
-    if (bufs == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory writing %s", name);
-    size_t row = (size_t)l.chunk[1];
+    size_t bytes = l.chunk_elems * sizeof(float), row = (size_t)l.chunk[1];
     ent_status st = ENT_OK;
-    for (hsize_t k0 = 0; k0 < l.nchunks && st == ENT_OK; k0 += (hsize_t)batch) {
-        int n = (int)(l.nchunks - k0 < (hsize_t)batch ? l.nchunks - k0 : (hsize_t)batch);
-#pragma omp parallel for schedule(static) num_threads(helper_threads ? helper_threads : omp_get_max_threads())
-        for (int i = 0; i < n; i++) {
-            hsize_t k = k0 + (hsize_t)i;
-            unsigned char *b = bufs + (size_t)i * (bytes + 4);
-            size_t have = chunk_rows(&l, k) * row * sizeof(float);
-            memcpy(b, src + (size_t)k * l.chunk_elems, have);
-            memset(b + have, 0, bytes - have); // the edge chunk's padding
-            uint32_t sum = ckpt_fletcher32(b, bytes);
-            memcpy(b + bytes, &sum, 4); // stored as HDF5's filter stores it
+    for (hsize_t k = 0; k < l.nchunks && st == ENT_OK; k++) {
+        unsigned char *chunk = (unsigned char *)(src + (size_t)k * l.chunk_elems);
+        size_t have = chunk_rows(&l, k) * row * sizeof(float);
+        // a full chunk with 4 bytes after it (the next chunk's, or slack) goes
+        // from src itself with its checksum in those bytes, which are put back
+        // after; an edge chunk is padded in a buffer
+        int in_place = have == bytes && (k + 1 < l.nchunks || slack >= 4);
+        unsigned char *out = chunk, kept[4];
+        if (in_place) {
+            memcpy(kept, chunk + bytes, 4);
+        } else {
+            out = chunk_buffers(bytes + 4);
+            if (out == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory writing %s", name);
+            memcpy(out, chunk, have);
+            memset(out + have, 0, bytes - have);
         }
-        for (int i = 0; i < n && st == ENT_OK; i++) {
-            hsize_t offset[2] = {(k0 + (hsize_t)i) * l.chunk[0], 0};
-            if (H5Dwrite_chunk(dset, H5P_DEFAULT, 0, offset, bytes + 4, bufs + (size_t)i * (bytes + 4)) < 0)
-                st = ckpt_h5_fail(ENT_ERR_IO, "dataset %s", name);
-        }
+        uint32_t sum = ckpt_fletcher32(out, bytes);
+        memcpy(out + bytes, &sum, 4); // where HDF5's filter stores it
+        hsize_t offset[2] = {k * l.chunk[0], 0};
+        if (H5Dwrite_chunk(dset, H5P_DEFAULT, 0, offset, bytes + 4, out) < 0)
+            st = ckpt_h5_fail(ENT_ERR_IO, "dataset %s", name);
+        if (in_place) memcpy(chunk + bytes, kept, 4);
+        ckpt_stream_advance(stream);
     }
     return st;
 }
 
-ent_status ckpt_read_whole(hid_t dset, const char *name, float *dst) {
+ent_status ckpt_read_whole(hid_t dset, const char *name, float *dst, size_t slack,
+                           ckpt_stream *stream) {
     chunk_layout l;
     ENT_CHECK(layout_of(dset, name, &l));
-    unsigned filters = 0;
-    int nfilters = 0;
     {
         hid_t dcpl = H5Dget_create_plist(dset);
-        nfilters = H5Pget_nfilters(dcpl);
-        int fletcher = nfilters == 1 && H5Pget_filter2(dcpl, 0, &filters, NULL, NULL, 0, NULL,
-                                                       NULL) == H5Z_FILTER_FLETCHER32;
+        unsigned flags = 0;
+        int fletcher = H5Pget_nfilters(dcpl) == 1 &&
+                       H5Pget_filter2(dcpl, 0, &flags, NULL, NULL, 0, NULL, NULL) == H5Z_FILTER_FLETCHER32;
         H5Pclose(dcpl);
         if (!fletcher)
             return ent_fail(ENT_ERR_INPUT, "dataset %s is not stored with exactly one "
                             "Fletcher32 filter", name);
     }
-    enum { batch = 4 };
-    size_t bytes = l.chunk_elems * sizeof(float);
-    unsigned char *bufs = chunk_buffers((bytes + 4) * (size_t)batch);
-    int bad[batch] = {0};
-    if (bufs == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", name);
-    size_t row = (size_t)l.chunk[1];
-    ent_status st = ENT_OK;
-    for (hsize_t k0 = 0; k0 < l.nchunks && st == ENT_OK; k0 += (hsize_t)batch) {
-        int n = (int)(l.nchunks - k0 < (hsize_t)batch ? l.nchunks - k0 : (hsize_t)batch);
-        for (int i = 0; i < n && st == ENT_OK; i++) {
-            hsize_t offset[2] = {(k0 + (hsize_t)i) * l.chunk[0], 0};
-            hsize_t stored = 0;
-            uint32_t mask = 0;
-            if (H5Dget_chunk_storage_size(dset, offset, &stored) < 0 || stored != bytes + 4)
-                st = ent_fail(ENT_ERR_INPUT, "dataset %s: chunk at row %llu is missing or has "
-                              "%llu bytes, expected %zu (damaged file)", name,
-                              (unsigned long long)offset[0], (unsigned long long)stored, bytes + 4);
-            else if (H5Dread_chunk(dset, H5P_DEFAULT, offset, &mask, bufs + (size_t)i * (bytes + 4)) < 0)
-                st = ckpt_h5_fail(ENT_ERR_INPUT, "dataset %s: cannot read the chunk at row %llu",
-                                  name, (unsigned long long)offset[0]);
-            else if (mask != 0)
-                st = ent_fail(ENT_ERR_INPUT, "dataset %s: the chunk at row %llu was stored without "
-                              "its checksum", name, (unsigned long long)offset[0]);
+    size_t bytes = l.chunk_elems * sizeof(float), row = (size_t)l.chunk[1];
+    for (hsize_t k = 0; k < l.nchunks; k++) {
+        hsize_t offset[2] = {k * l.chunk[0], 0}, stored_bytes = 0;
+        haddr_t addr = HADDR_UNDEF;
+        unsigned chunk_filters = 0;
+        if (H5Dget_chunk_info_by_coord(dset, offset, &chunk_filters, &addr, &stored_bytes) < 0 ||
+            addr == HADDR_UNDEF || stored_bytes != bytes + 4)
+            return ent_fail(ENT_ERR_INPUT, "dataset %s: chunk at row %llu is missing or has %llu "
+                            "bytes, expected %zu (damaged file)", name,
+                            (unsigned long long)offset[0], (unsigned long long)stored_bytes,
+                            bytes + 4);
+        // as when writing: a full chunk lands in dst itself, its checksum in the
+        // 4 bytes after it, which are put back; an edge chunk goes to a buffer
+        unsigned char *chunk = (unsigned char *)(dst + (size_t)k * l.chunk_elems);
+        size_t have = chunk_rows(&l, k) * row * sizeof(float);
+        int in_place = have == bytes && (k + 1 < l.nchunks || slack >= 4);
+        unsigned char *in = chunk, kept[4];
+        if (in_place) {
+            memcpy(kept, chunk + bytes, 4);
+        } else if ((in = chunk_buffers(bytes + 4)) == NULL) {
+            return ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", name);
         }
-        if (st != ENT_OK) break;
-#pragma omp parallel for schedule(static) num_threads(helper_threads ? helper_threads : omp_get_max_threads())
-        for (int i = 0; i < n; i++) {
-            hsize_t k = k0 + (hsize_t)i;
-            const unsigned char *b = bufs + (size_t)i * (bytes + 4);
-            uint32_t stored;
-            memcpy(&stored, b + bytes, 4);
-            // HDF5 also accepts the checksum with the bytes of each half swapped
-            // (written that way by its releases before 1.6.3)
-            uint32_t sum = ckpt_fletcher32(b, bytes);
-            uint32_t swapped = ((sum & 0x00ff00ffu) << 8) | ((sum >> 8) & 0x00ff00ffu);
-            bad[i] = stored != sum && stored != swapped;
-            if (!bad[i])
-                memcpy(dst + (size_t)k * l.chunk_elems, b, chunk_rows(&l, k) * row * sizeof(float));
-        }
-        for (int i = 0; i < n; i++)
-            if (bad[i]) {
-                st = ent_fail(ENT_ERR_INPUT, "dataset %s: data error detected by Fletcher32 "
-                              "checksum in the chunk at row %llu", name,
-                              (unsigned long long)((k0 + (hsize_t)i) * l.chunk[0]));
-                break;
-            }
+        uint32_t mask = 0, stored;
+        herr_t rc = H5Dread_chunk(dset, H5P_DEFAULT, offset, &mask, in);
+        memcpy(&stored, in + bytes, 4);
+        if (in_place) memcpy(chunk + bytes, kept, 4);
+        if (rc < 0)
+            return ckpt_h5_fail(ENT_ERR_INPUT, "dataset %s: cannot read the chunk at row %llu",
+                                name, (unsigned long long)offset[0]);
+        if (mask != 0)
+            return ent_fail(ENT_ERR_INPUT, "dataset %s: the chunk at row %llu was stored without "
+                            "its checksum", name, (unsigned long long)offset[0]);
+        // HDF5 also accepts the checksum with the bytes of each half swapped
+        // (written that way by its releases before 1.6.3)
+        uint32_t sum = ckpt_fletcher32(in, bytes);
+        uint32_t swapped = ((sum & 0x00ff00ffu) << 8) | ((sum >> 8) & 0x00ff00ffu);
+        if (stored != sum && stored != swapped)
+            return ent_fail(ENT_ERR_INPUT, "dataset %s: data error detected by Fletcher32 "
+                            "checksum in the chunk at row %llu", name, (unsigned long long)offset[0]);
+        if (!in_place) memcpy(chunk, in, have);
+        ckpt_stream_read_to(stream, (off_t)(addr + stored_bytes));
     }
-    return st;
+    return ENT_OK;
 }

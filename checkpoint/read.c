@@ -32,6 +32,7 @@ ent_status ent_ckpt_open(const char *path, ent_group_t *world, ent_ckpt_t **out)
         H5Pset_all_coll_metadata_ops(fapl, 1);
         ck->parallel = 1;
     }
+    ck->stream.fd = -1;
     ck->file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
     ent_status st = ck->file < 0 ? ckpt_h5_fail(ENT_ERR_INPUT, "cannot open checkpoint %s "
                                                 "(truncated or damaged?)", path)
@@ -46,6 +47,7 @@ ent_status ent_ckpt_open(const char *path, ent_group_t *world, ent_ckpt_t **out)
         ent_ckpt_close(&ck);
         return st;
     }
+    if (!ck->parallel) ckpt_stream_open(&ck->stream, path); // direct reads drop what they read
     *out = ck;
     return ENT_OK;
 }
@@ -53,6 +55,7 @@ ent_status ent_ckpt_open(const char *path, ent_group_t *world, ent_ckpt_t **out)
 void ent_ckpt_close(ent_ckpt_t **ck) {
     if (ck == NULL || *ck == NULL) return;
     if ((*ck)->file >= 0) H5Fclose((*ck)->file);
+    ckpt_stream_close(&(*ck)->stream);
     free(*ck);
     *ck = NULL;
 }
@@ -159,6 +162,7 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
             }
             size_t lo = 0, hi = r->numel;
             float *dst = sh->params + r->offset;
+            size_t end = sh->table->total; // the arena dst lies in ends here
             if (g > 0) { // moments: only this rank's state range
                 size_t a = r->offset, b = r->offset + r->numel;
                 size_t s0 = sh->state_first, s1 = sh->state_first + sh->state_count;
@@ -166,12 +170,15 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
                 hi = b < s1 ? b - a : (s1 > a ? s1 - a : 0);
                 float *m = g == 1 ? sh->adam_m : sh->adam_v;
                 dst = m + (r->offset + lo - sh->state_first);
+                end = s1;
             }
             if (!ck->parallel && sh->tp_size == 1 && lo == 0 && hi == r->numel && ckpt_direct_ok(d)) {
                 // one process reading a whole tensor: chunk by chunk, checksums checked here
                 char name[160];
                 snprintf(name, sizeof name, "%s/%s", ckpt_groups[g], r->name);
-                local = ckpt_read_whole(d, name, dst);
+                size_t row_end = r->offset + r->numel;
+                local = ckpt_read_whole(d, name, dst, (end > row_end ? end - row_end : 0) * sizeof(float),
+                                        &ck->stream);
                 if (local != ENT_OK) local = ent_fail(local, "%s: %s", ck->path, ent_last_error());
             } else {
                 local = read_part(ck, d, dxpl, ckpt_groups[g], r, sh, lo, hi, dst);
@@ -201,14 +208,14 @@ ent_status ent_ckpt_read_dataset(ent_ckpt_t *ck, const char *name, float **data,
     H5Sget_simple_extent_dims(space, dims, NULL);
     H5Sclose(space);
     size_t n = (size_t)dims[0] * (size_t)(nd == 2 ? dims[1] : 1);
-    float *buf = malloc(sizeof(float) * (n ? n : 1));
+    float *buf = malloc(sizeof(float) * (n + 1)); // one more: slack for the direct read
     if (buf == NULL) {
         H5Dclose(d);
         return ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", name);
     }
     ent_status st;
     if (!ck->parallel && ckpt_direct_ok(d)) {
-        st = ckpt_read_whole(d, name, buf);
+        st = ckpt_read_whole(d, name, buf, sizeof(float), &ck->stream);
         if (st != ENT_OK) st = ent_fail(st, "%s: %s", ck->path, ent_last_error());
     } else {
         herr_t rc = H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);

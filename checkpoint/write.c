@@ -21,6 +21,7 @@
 #include "ckpt_impl.h"
 
 #include <dirent.h>
+#include <omp.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -41,10 +42,10 @@ void ent_ckpt_name(int64_t step, char *buf, size_t n) {
 // one save
 
 // The arenas to write: for each of params, adam_m, adam_v, a buffer holding
-// arena range [first, ...) (NULL: this arena is not in the checkpoint).
+// arena range [first, end) (NULL: this arena is not in the checkpoint).
 typedef struct {
-    const float *base[CKPT_NGROUPS];
-    size_t first[CKPT_NGROUPS];
+    float *base[CKPT_NGROUPS];
+    size_t first[CKPT_NGROUPS], end[CKPT_NGROUPS];
 } sources;
 
 static double now_seconds(void) {
@@ -55,8 +56,11 @@ static double now_seconds(void) {
 
 // Writes this rank's part of one row into an open dataset (collective).
 static ent_status write_row(hid_t dset, hid_t dxpl, const char *group, const ent_param_row *r,
-                            const ent_ckpt_shard *sh, const float *base, size_t base_first,
-                            int usable, int alone) {
+                            const ent_ckpt_shard *sh, const sources *src, int g, int alone,
+                            ckpt_stream *stream) {
+    float *base = src->base[g];
+    size_t base_first = src->first[g];
+    int usable = base != NULL;
     size_t a = r->offset, b = r->offset + r->numel;
     size_t w0 = sh->write_first, w1 = sh->write_first + sh->write_count;
     size_t lo = (a > w0 ? a : w0) - a, hi = (b < w1 ? b : w1);
@@ -66,7 +70,10 @@ static ent_status write_row(hid_t dset, hid_t dxpl, const char *group, const ent
     if (alone && mine && lo == 0 && hi == r->numel && sh->tp_size == 1) {
         char name[160];
         snprintf(name, sizeof name, "%s/%s", group, r->name);
-        return ckpt_write_whole(dset, name, base + (r->offset - base_first));
+        size_t row_end = r->offset + r->numel;
+        size_t after = src->end[g] > row_end ? src->end[g] - row_end : 0; // floats after it
+        return ckpt_write_whole(dset, name, base + (r->offset - base_first),
+                                after * sizeof(float), stream);
     }
     hid_t fspace = H5Dget_space(dset);
     ent_rect rects[ENT_MAX_RECTS];
@@ -114,6 +121,8 @@ static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr
     if (file < 0) st = ckpt_h5_fail(ENT_ERR_IO, "cannot create checkpoint %s", tmp);
     H5Pclose(fapl);
     if (file < 0) return st;
+    ckpt_stream stream;
+    ckpt_stream_open(&stream, tmp);
 
     time_t now = time(NULL);
     char created[64];
@@ -151,19 +160,21 @@ static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr
             H5Pclose(dcpl);
             H5Sclose(space);
             if (dset < 0) continue;
-            ent_status w = write_row(dset, dxpl, ckpt_groups[g], r, sh, src->base[g],
-                                     src->first[g], src->base[g] != NULL, size == 1);
+            ent_status w = write_row(dset, dxpl, ckpt_groups[g], r, sh, src, g, size == 1,
+                                     &stream);
             if (w != ENT_OK && st == ENT_OK)
                 st = ent_fail(w, "writing %s/%s of %s: %s", ckpt_groups[g], r->name, tmp,
                               ent_last_error());
             if (H5Dclose(dset) < 0 && st == ENT_OK)
                 st = ckpt_h5_fail(ENT_ERR_IO, "writing %s/%s of %s", ckpt_groups[g], r->name, tmp);
+            ckpt_stream_advance(&stream);
         }
         if (grp >= 0) H5Gclose(grp);
     }
     H5Pclose(dxpl);
     if (H5Fclose(file) < 0 && st == ENT_OK)
         st = ckpt_h5_fail(ENT_ERR_IO, "cannot complete checkpoint %s", tmp);
+    ckpt_stream_close(&stream);
     return st;
 }
 
@@ -476,8 +487,10 @@ ent_status ent_ckpt_saver_prepare(ent_ckpt_saver_t *s, const ent_ckpt_shard *sh)
         if (s->snap[g] == NULL)
             return ent_fail(ENT_ERR_NOMEM, "out of memory for the host copy of a checkpoint "
                             "(%zu MiB)", groups * n * sizeof(float) >> 20);
-        // touched now, so the first save does not wait for the kernel to zero pages
-        memset(s->snap[g], 0, sizeof(float) * n);
+        // touched now, so that the first save does not wait for the kernel to
+        // provide pages (not with zeros: the compiler makes malloc + zeroing a
+        // calloc, which touches nothing)
+        memset(s->snap[g], 0xff, sizeof(float) * n);
     }
     s->snap_floats = n;
     return ENT_OK;
@@ -513,12 +526,17 @@ static ent_status make_job(ent_ckpt_saver_t *s, const char *name, const ent_ckpt
         const float *src = from[g] + (sh->write_first - origin[g]);
         float *dst = s->snap[g];
         size_t n = sh->write_count;
-        // the copy is what training waits for: every core makes it
-#pragma omp parallel for schedule(static)
-        for (size_t k = 0; k < n; k += 1 << 16)
-            memcpy(dst + k, src + k, sizeof(float) * (n - k < (1 << 16) ? n - k : (1 << 16)));
+        // the copy is what training waits for: every core makes it, each one
+        // long piece (large copies bypass the cache on the way to memory)
+#pragma omp parallel
+        {
+            size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
+            size_t lo = n * t / nt, hi = n * (t + 1) / nt;
+            memcpy(dst + lo, src + lo, sizeof(float) * (hi - lo));
+        }
         j->src.base[g] = dst;
         j->src.first[g] = sh->write_first;
+        j->src.end[g] = sh->write_first + n;
     }
     *out = j;
     return ENT_OK;
@@ -528,7 +546,10 @@ ent_status ent_ckpt_save(ent_ckpt_saver_t *s, const char *name, const ent_ckpt_a
                          int nattrs, const ent_ckpt_shard *sh) {
     double t0 = now_seconds();
     if (!s->async) {
-        sources src = {{sh->params, sh->adam_m, sh->adam_v}, {0, sh->state_first, sh->state_first}};
+        size_t state_end = sh->state_first + sh->state_count;
+        sources src = {{sh->params, sh->adam_m, sh->adam_v},
+                       {0, sh->state_first, sh->state_first},
+                       {sh->table->total, state_end, state_end}};
         ent_status st = save_now(ent_group_mpi_comm(s->world), s->dir, s->keep, name,
                                  find_step(attrs, nattrs), attrs, nattrs, sh, &src);
         s->blocked = now_seconds() - t0;

@@ -233,7 +233,8 @@ case_corrupt() {
     "$E" ckpt verify "$good" >/dev/null || fail "the untouched checkpoint no longer verifies"
 }
 
-# SIGKILL 20 times at random moments of a run that saves every step: the
+# SIGKILL 20 times at random moments of a run that saves every step (half of
+# them at random moments inside a save): the
 # run directory's `latest` must always name a checkpoint that verifies, and a
 # run resumed from it must train on.
 case_kill() {
@@ -257,7 +258,20 @@ case_kill() {
             kill -0 $pid 2>/dev/null || break
             sleep 0.05
         done
-        sleep "0.$((RANDOM % 10))$((RANDOM % 10))"
+        if [ $((i % 2)) = 0 ]; then
+            # any moment of training or saving
+            sleep "0.$((RANDOM % 10))$((RANDOM % 10))"
+        else
+            # a moment inside a save: once its .tmp exists, within 0-49 ms
+            # (a save is short next to a step on a busy machine, so random
+            # moments alone may all miss it)
+            for t in $(seq 2000); do
+                compgen -G "$W/run/checkpoints/*.tmp" >/dev/null && break
+                kill -0 $pid 2>/dev/null || break
+                sleep 0.002
+            done
+            sleep "0.0$((RANDOM % 5))$((RANDOM % 10))"
+        fi
         kill -9 $pid 2>/dev/null
         wait $pid 2>/dev/null
         ls "$W/run/checkpoints"/*.tmp >/dev/null 2>&1 && during=$((during + 1))

@@ -1,0 +1,52 @@
+// stream.c: keeping a checkpoint's pages from piling up in the page cache.
+//
+// A save writes gigabytes in one go. Left to itself the kernel keeps every
+// page dirty in memory until the final fsync: the save then pays for fresh
+// page-cache memory for the whole file, writes it all back at the end, and
+// evicts what the node had cached (the data shards). Instead, as the file
+// grows, the pages written a window ago are pushed to disk and dropped, so
+// writeback overlaps the writing and the cache holds a few windows at most.
+// Reading a checkpoint (resume, verify), pages read a window ago are dropped:
+// they will not be read again, and recycling them is faster than taking fresh
+// memory for the page cache. These are hints: durability still comes from the
+// fsync at commit, and a file system that ignores them only loses speed.
+#include "ckpt_impl.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+// Bytes pushed to disk and dropped at a time.
+#define STREAM_WINDOW ((off_t)64 << 20)
+
+void ckpt_stream_open(ckpt_stream *s, const char *path) {
+    s->fd = open(path, O_RDONLY | O_CLOEXEC);
+    s->done = 0;
+}
+
+void ckpt_stream_advance(ckpt_stream *s) {
+    struct stat sb;
+    if (s == NULL || s->fd < 0 || fstat(s->fd, &sb) != 0) return;
+    // [done, done + window) is written back and dropped once the window after
+    // it is complete too; that one is only started, so the disk keeps busy
+    while (sb.st_size - s->done >= 2 * STREAM_WINDOW) {
+        off_t next = s->done + STREAM_WINDOW;
+        sync_file_range(s->fd, next, sb.st_size - next, SYNC_FILE_RANGE_WRITE);
+        sync_file_range(s->fd, s->done, STREAM_WINDOW, SYNC_FILE_RANGE_WAIT_BEFORE |
+                        SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+        posix_fadvise(s->fd, s->done, STREAM_WINDOW, POSIX_FADV_DONTNEED);
+        s->done = next;
+    }
+}
+
+void ckpt_stream_close(ckpt_stream *s) {
+    if (s->fd >= 0) close(s->fd);
+    s->fd = -1;
+}
+
+void ckpt_stream_read_to(ckpt_stream *s, off_t at) {
+    if (s == NULL || s->fd < 0 || at - s->done < 2 * STREAM_WINDOW) return;
+    off_t upto = at - STREAM_WINDOW; // the window just read stays
+    posix_fadvise(s->fd, s->done, upto - s->done, POSIX_FADV_DONTNEED);
+    s->done = upto;
+}
