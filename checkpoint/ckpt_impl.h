@@ -31,6 +31,9 @@ void ckpt_chunk_dims(int ndim, const int64_t shape[2], hsize_t chunk[2]);
 // to chunks directly; a mismatched shape makes it go element by element), a
 // flat run otherwise, and an empty selection when n is 0.
 hid_t ckpt_memory_space(int ndim, const ent_rect *rects, int nrects, size_t n);
+// Selects the blocks in the file space; none (a rank with no part in a
+// collective call) selects nothing in either space.
+void ckpt_select_blocks(hid_t fspace, hid_t mspace, const ent_rect *rects, int nrects);
 
 // A checkpoint file streamed through the page cache (stream.c): while it is
 // written, pages written a while ago are pushed to disk and dropped; while it

@@ -103,25 +103,35 @@ int ckpt_direct_ok(hid_t dset) {
     return read_layout(dset, &l);
 }
 
+// Where chunk k of the tensor at base moves between memory and file: base
+// itself when the chunk is full and 4 bytes follow it (the next chunk's, or
+// slack), which then hold the checksum meanwhile and are saved in kept[]
+// (*in_place = 1); otherwise the edge buffer. *have: the chunk's bytes of
+// data. NULL: out of memory.
+static unsigned char *chunk_io(const chunk_layout *l, hsize_t k, float *base, size_t slack,
+                               unsigned char kept[4], int *in_place, size_t *have) {
+    size_t bytes = l->chunk_elems * sizeof(float);
+    unsigned char *chunk = (unsigned char *)(base + (size_t)k * l->chunk_elems);
+    *have = chunk_rows(l, k) * (size_t)l->chunk[1] * sizeof(float);
+    *in_place = *have == bytes && (k + 1 < l->nchunks || slack >= 4);
+    if (!*in_place) return chunk_buffers(bytes + 4);
+    memcpy(kept, chunk + bytes, 4);
+    return chunk;
+}
+
 ent_status ckpt_write_whole(hid_t dset, const char *name, float *src, size_t slack,
                             ckpt_stream *stream) {
     chunk_layout l;
     ENT_CHECK(layout_of(dset, name, &l));
-    size_t bytes = l.chunk_elems * sizeof(float), row = (size_t)l.chunk[1];
+    size_t bytes = l.chunk_elems * sizeof(float);
     ent_status st = ENT_OK;
     for (hsize_t k = 0; k < l.nchunks && st == ENT_OK; k++) {
-        unsigned char *chunk = (unsigned char *)(src + (size_t)k * l.chunk_elems);
-        size_t have = chunk_rows(&l, k) * row * sizeof(float);
-        // a full chunk with 4 bytes after it (the next chunk's, or slack) goes
-        // from src itself with its checksum in those bytes, which are put back
-        // after; an edge chunk is padded in a buffer
-        int in_place = have == bytes && (k + 1 < l.nchunks || slack >= 4);
-        unsigned char *out = chunk, kept[4];
-        if (in_place) {
-            memcpy(kept, chunk + bytes, 4);
-        } else {
-            out = chunk_buffers(bytes + 4);
-            if (out == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory writing %s", name);
+        unsigned char *chunk = (unsigned char *)(src + (size_t)k * l.chunk_elems), kept[4];
+        int in_place;
+        size_t have;
+        unsigned char *out = chunk_io(&l, k, src, slack, kept, &in_place, &have);
+        if (out == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory writing %s", name);
+        if (!in_place) { // an edge chunk, padded
             memcpy(out, chunk, have);
             memset(out + have, 0, bytes - have);
         }
@@ -150,7 +160,7 @@ ent_status ckpt_read_whole(hid_t dset, const char *name, float *dst, size_t slac
             return ent_fail(ENT_ERR_INPUT, "dataset %s is not stored with exactly one "
                             "Fletcher32 filter", name);
     }
-    size_t bytes = l.chunk_elems * sizeof(float), row = (size_t)l.chunk[1];
+    size_t bytes = l.chunk_elems * sizeof(float);
     for (hsize_t k = 0; k < l.nchunks; k++) {
         hsize_t offset[2] = {k * l.chunk[0], 0}, stored_bytes = 0;
         haddr_t addr = HADDR_UNDEF;
@@ -161,17 +171,11 @@ ent_status ckpt_read_whole(hid_t dset, const char *name, float *dst, size_t slac
                             "bytes, expected %zu (damaged file)", name,
                             (unsigned long long)offset[0], (unsigned long long)stored_bytes,
                             bytes + 4);
-        // as when writing: a full chunk lands in dst itself, its checksum in the
-        // 4 bytes after it, which are put back; an edge chunk goes to a buffer
-        unsigned char *chunk = (unsigned char *)(dst + (size_t)k * l.chunk_elems);
-        size_t have = chunk_rows(&l, k) * row * sizeof(float);
-        int in_place = have == bytes && (k + 1 < l.nchunks || slack >= 4);
-        unsigned char *in = chunk, kept[4];
-        if (in_place) {
-            memcpy(kept, chunk + bytes, 4);
-        } else if ((in = chunk_buffers(bytes + 4)) == NULL) {
-            return ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", name);
-        }
+        unsigned char *chunk = (unsigned char *)(dst + (size_t)k * l.chunk_elems), kept[4];
+        int in_place;
+        size_t have;
+        unsigned char *in = chunk_io(&l, k, dst, slack, kept, &in_place, &have);
+        if (in == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", name);
         uint32_t mask = 0, stored;
         herr_t rc = H5Dread_chunk(dset, H5P_DEFAULT, offset, &mask, in);
         memcpy(&stored, in + bytes, 4);

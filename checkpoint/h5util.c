@@ -166,6 +166,19 @@ hid_t ckpt_memory_space(int ndim, const ent_rect *rects, int nrects, size_t n) {
     return m;
 }
 
+void ckpt_select_blocks(hid_t fspace, hid_t mspace, const ent_rect *rects, int nrects) {
+    H5Sselect_none(fspace);
+    if (nrects == 0) H5Sselect_none(mspace);
+    for (int k = 0; k < nrects; k++) {
+        hsize_t start[2] = {(hsize_t)rects[k].start[0], (hsize_t)rects[k].start[1]};
+        hsize_t count[2] = {(hsize_t)rects[k].count[0], (hsize_t)rects[k].count[1]};
+        // SET first: a single block stays a regular selection, which HDF5
+        // maps to chunks directly (an OR-built one goes element by element)
+        H5Sselect_hyperslab(fspace, k == 0 ? H5S_SELECT_SET : H5S_SELECT_OR, start, NULL, count,
+                            NULL);
+    }
+}
+
 void ckpt_chunk_dims(int ndim, const int64_t shape[2], hsize_t chunk[2]) {
     const int64_t target = 1 << 22;
     if (ndim == 1) {

@@ -119,19 +119,7 @@ static ent_status read_part(ent_ckpt_t *ck, hid_t dset, hid_t dxpl, const char *
     ent_rect rects[ENT_MAX_RECTS];
     int nr = lo < hi ? ent_param_row_rects(r, sh->tp_rank, sh->tp_size, lo, hi, rects) : 0;
     hid_t mspace = ckpt_memory_space(r->ndim, rects, nr, lo < hi ? hi - lo : 0);
-    H5Sselect_none(fspace);
-    if (lo < hi) {
-        for (int k = 0; k < nr; k++) {
-            hsize_t start[2] = {(hsize_t)rects[k].start[0], (hsize_t)rects[k].start[1]};
-            hsize_t count[2] = {(hsize_t)rects[k].count[0], (hsize_t)rects[k].count[1]};
-            // SET first: a single block stays a regular selection, which HDF5
-            // maps to chunks directly (an OR-built one goes element by element)
-            H5Sselect_hyperslab(fspace, k == 0 ? H5S_SELECT_SET : H5S_SELECT_OR, start, NULL,
-                                count, NULL);
-        }
-    } else {
-        H5Sselect_none(mspace);
-    }
+    ckpt_select_blocks(fspace, mspace, rects, lo < hi ? nr : 0);
     float dummy;
     herr_t rc = H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace,
                         dxpl, lo < hi ? buf : &dummy);

@@ -79,19 +79,7 @@ static ent_status write_row(hid_t dset, hid_t dxpl, const char *group, const ent
     ent_rect rects[ENT_MAX_RECTS];
     int nr = mine ? ent_param_row_rects(r, sh->tp_rank, sh->tp_size, lo, hi, rects) : 0;
     hid_t mspace = ckpt_memory_space(r->ndim, rects, nr, hi - lo);
-    H5Sselect_none(fspace);
-    if (mine) {
-        for (int k = 0; k < nr; k++) {
-            hsize_t start[2] = {(hsize_t)rects[k].start[0], (hsize_t)rects[k].start[1]};
-            hsize_t count[2] = {(hsize_t)rects[k].count[0], (hsize_t)rects[k].count[1]};
-            // SET first: a single block stays a regular selection, which HDF5
-            // maps to chunks directly (an OR-built one goes element by element)
-            H5Sselect_hyperslab(fspace, k == 0 ? H5S_SELECT_SET : H5S_SELECT_OR, start, NULL,
-                                count, NULL);
-        }
-    } else {
-        H5Sselect_none(mspace);
-    }
+    ckpt_select_blocks(fspace, mspace, rects, mine ? nr : 0);
     const float *buf = mine ? base + (r->offset + lo - base_first) : NULL;
     static const float dummy = 0.0f;
     herr_t rc = H5Dwrite(dset, H5T_NATIVE_FLOAT, mspace, fspace,

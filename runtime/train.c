@@ -671,9 +671,12 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, const char *res
                      cfg->batch_size, tr.T, tokens_per_step, tr.micro, tr.accum, cfg->steps,
                      (double)cfg->steps * cfg->batch_size /
                          (double)ent_dataset_num_sequences(tr.train));
-        ent_log_info("run dir: %s; checkpoints: %s (every %d steps, keep %d%s)", run_dir,
-                     tr.ckpt_dir, cfg->ckpt_every, cfg->ckpt_keep,
-                     cfg->ckpt_async ? ", asynchronous" : "");
+        char every[48] = "";
+        if (cfg->ckpt_every > 0) snprintf(every, sizeof every, "every %d steps, ", cfg->ckpt_every);
+        char keep[32] = "keep all";
+        if (cfg->ckpt_keep > 0) snprintf(keep, sizeof keep, "keep %d", cfg->ckpt_keep);
+        ent_log_info("run dir: %s; checkpoints: %s (%sat the end and on SIGTERM/SIGUSR1; %s%s)",
+                     run_dir, tr.ckpt_dir, every, keep, cfg->ckpt_async ? "; asynchronous" : "");
         if (tr.resumed)
             ent_log_info("resumed from %s at step %d (%lld sequences consumed)", tr.resumed,
                          tr.start_step, (long long)tr.cursor.consumed);
