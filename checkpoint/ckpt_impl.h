@@ -55,6 +55,15 @@ struct ent_ckpt {
     ckpt_stream stream; // one process reading (fd -1 otherwise)
 };
 
+// Checks checksums on a helper thread while reading goes on. NULL when no
+// thread can be started (then pass NULL on: chunks are checked inline).
+typedef struct ckpt_verifier ckpt_verifier;
+ckpt_verifier *ckpt_verifier_start(void);
+// Waits for every queued check and frees v; the first failing chunk, named by
+// dataset and row, or ENT_OK (also for NULL). The memory checked must stay
+// untouched until then.
+ent_status ckpt_verifier_finish(ckpt_verifier *v);
+
 // Whole datasets chunk by chunk past the filter pipeline (direct.c), for one
 // process: Fletcher32 computed as HDF5 does; chunks must span whole rows.
 uint32_t ckpt_fletcher32(const void *data, size_t nbytes);
@@ -66,8 +75,11 @@ int ckpt_direct_ok(hid_t dset);
 // NULL) follows every chunk written or read.
 ent_status ckpt_write_whole(hid_t dset, const char *name, float *src, size_t slack,
                             ckpt_stream *stream);
+// With a verifier, the checksums of chunks read in place are checked by its
+// thread, and a failure is reported by ckpt_verifier_finish; without (NULL),
+// every chunk is checked before the call returns.
 ent_status ckpt_read_whole(hid_t dset, const char *name, float *dst, size_t slack,
-                           ckpt_stream *stream);
+                           ckpt_stream *stream, ckpt_verifier *verifier);
 
 // Checks the format and version attributes of an open file.
 ent_status ckpt_check_format(hid_t file, const char *path);

@@ -9,6 +9,8 @@
 // here and a failure named by dataset and chunk.
 #include "ckpt_impl.h"
 
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -146,8 +148,112 @@ ent_status ckpt_write_whole(hid_t dset, const char *name, float *src, size_t sla
     return st;
 }
 
+// Does a chunk's data match its stored checksum? HDF5 also accepts the
+// checksum with the bytes of each half swapped (written that way by its
+// releases before 1.6.3).
+static int chunk_sum_ok(const void *data, size_t bytes, uint32_t stored) {
+    uint32_t sum = ckpt_fletcher32(data, bytes);
+    uint32_t swapped = ((sum & 0x00ff00ffu) << 8) | ((sum >> 8) & 0x00ff00ffu);
+    return stored == sum || stored == swapped;
+}
+
+static ent_status chunk_sum_error(const char *name, unsigned long long row) {
+    return ent_fail(ENT_ERR_INPUT, "dataset %s: data error detected by Fletcher32 checksum in "
+                    "the chunk at row %llu", name, row);
+}
+
+// ---------------------------------------------------------------------------
+// the verifier: checksums checked by a helper thread while the next chunks
+// are read (reading is the kernel copying into memory on one core; checking
+// is a pass over that memory that the other core can make meanwhile)
+
+enum { VERIFY_QUEUE = 64 };
+
+typedef struct {
+    const void *data;
+    size_t bytes;
+    uint32_t stored;
+    unsigned long long row;
+    char name[160];
+} verify_item;
+
+struct ckpt_verifier {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    verify_item queue[VERIFY_QUEUE];
+    size_t added, checked; // items added and checked so far (queue index: count % size)
+    int closing;
+    int failed;            // the first failing item, in order, is kept
+    verify_item bad;
+};
+
+static void *verify_main(void *arg) {
+    ckpt_verifier *v = arg;
+    pthread_mutex_lock(&v->lock);
+    for (;;) {
+        while (v->checked == v->added && !v->closing) pthread_cond_wait(&v->changed, &v->lock);
+        if (v->checked == v->added) break; // closing, and nothing left
+        verify_item it = v->queue[v->checked % VERIFY_QUEUE];
+        pthread_mutex_unlock(&v->lock);
+        int ok = chunk_sum_ok(it.data, it.bytes, it.stored);
+        pthread_mutex_lock(&v->lock);
+        if (!ok && !v->failed) {
+            v->failed = 1;
+            v->bad = it;
+        }
+        v->checked++;
+        pthread_cond_broadcast(&v->changed);
+    }
+    pthread_mutex_unlock(&v->lock);
+    return NULL;
+}
+
+ckpt_verifier *ckpt_verifier_start(void) {
+    ckpt_verifier *v = calloc(1, sizeof *v);
+    if (v == NULL) return NULL;
+    pthread_mutex_init(&v->lock, NULL);
+    pthread_cond_init(&v->changed, NULL);
+    if (pthread_create(&v->thread, NULL, verify_main, v) != 0) {
+        pthread_cond_destroy(&v->changed);
+        pthread_mutex_destroy(&v->lock);
+        free(v);
+        return NULL; // the caller checks inline
+    }
+    return v;
+}
+
+static void verifier_add(ckpt_verifier *v, const void *data, size_t bytes, uint32_t stored,
+                         const char *name, unsigned long long row) {
+    pthread_mutex_lock(&v->lock);
+    while (v->added - v->checked == VERIFY_QUEUE) pthread_cond_wait(&v->changed, &v->lock);
+    verify_item *it = &v->queue[v->added % VERIFY_QUEUE];
+    it->data = data;
+    it->bytes = bytes;
+    it->stored = stored;
+    it->row = row;
+    snprintf(it->name, sizeof it->name, "%s", name);
+    v->added++;
+    pthread_cond_broadcast(&v->changed);
+    pthread_mutex_unlock(&v->lock);
+}
+
+ent_status ckpt_verifier_finish(ckpt_verifier *v) {
+    if (v == NULL) return ENT_OK;
+    pthread_mutex_lock(&v->lock);
+    v->closing = 1;
+    pthread_cond_broadcast(&v->changed);
+    pthread_mutex_unlock(&v->lock);
+    pthread_join(v->thread, NULL);
+    ent_status st = v->failed ? chunk_sum_error(v->bad.name, v->bad.row) : ENT_OK;
+    pthread_cond_destroy(&v->changed);
+    pthread_mutex_destroy(&v->lock);
+    free(v);
+    return st;
+}
+
 ent_status ckpt_read_whole(hid_t dset, const char *name, float *dst, size_t slack,
-                           ckpt_stream *stream) {
+                           ckpt_stream *stream, ckpt_verifier *verifier) {
     chunk_layout l;
     ENT_CHECK(layout_of(dset, name, &l));
     {
@@ -186,13 +292,12 @@ ent_status ckpt_read_whole(hid_t dset, const char *name, float *dst, size_t slac
         if (mask != 0)
             return ent_fail(ENT_ERR_INPUT, "dataset %s: the chunk at row %llu was stored without "
                             "its checksum", name, (unsigned long long)offset[0]);
-        // HDF5 also accepts the checksum with the bytes of each half swapped
-        // (written that way by its releases before 1.6.3)
-        uint32_t sum = ckpt_fletcher32(in, bytes);
-        uint32_t swapped = ((sum & 0x00ff00ffu) << 8) | ((sum >> 8) & 0x00ff00ffu);
-        if (stored != sum && stored != swapped)
-            return ent_fail(ENT_ERR_INPUT, "dataset %s: data error detected by Fletcher32 "
-                            "checksum in the chunk at row %llu", name, (unsigned long long)offset[0]);
+        // a chunk in place is checked by the verifier while the next is read;
+        // an edge chunk's buffer is needed again, so it is checked now
+        if (in_place && verifier != NULL)
+            verifier_add(verifier, in, bytes, stored, name, (unsigned long long)offset[0]);
+        else if (!chunk_sum_ok(in, bytes, stored))
+            return chunk_sum_error(name, (unsigned long long)offset[0]);
         if (!in_place) memcpy(chunk, in, have);
         ckpt_stream_read_to(stream, (off_t)(addr + stored_bytes));
     }

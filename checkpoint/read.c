@@ -133,6 +133,7 @@ static ent_status read_part(ent_ckpt_t *ck, hid_t dset, hid_t dxpl, const char *
 
 ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
     ent_status st = ENT_OK;
+    ckpt_verifier *verifier = NULL; // started by the first direct read
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
     if (ck->parallel) H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
     int moments = sh->adam_m != NULL && sh->adam_v != NULL;
@@ -165,8 +166,9 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
                 char name[160];
                 snprintf(name, sizeof name, "%s/%s", ckpt_groups[g], r->name);
                 size_t row_end = r->offset + r->numel;
+                if (verifier == NULL) verifier = ckpt_verifier_start();
                 local = ckpt_read_whole(d, name, dst, (end > row_end ? end - row_end : 0) * sizeof(float),
-                                        &ck->stream);
+                                        &ck->stream, verifier);
                 if (local != ENT_OK) local = ent_fail(local, "%s: %s", ck->path, ent_last_error());
             } else {
                 local = read_part(ck, d, dxpl, ckpt_groups[g], r, sh, lo, hi, dst);
@@ -177,6 +179,8 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
     }
 done:
     H5Pclose(dxpl);
+    ent_status checked = ckpt_verifier_finish(verifier);
+    if (checked != ENT_OK && st == ENT_OK) st = ent_fail(checked, "%s: %s", ck->path, ent_last_error());
     return st;
 }
 
@@ -203,7 +207,7 @@ ent_status ent_ckpt_read_dataset(ent_ckpt_t *ck, const char *name, float **data,
     }
     ent_status st;
     if (!ck->parallel && ckpt_direct_ok(d)) {
-        st = ckpt_read_whole(d, name, buf, sizeof(float), &ck->stream);
+        st = ckpt_read_whole(d, name, buf, sizeof(float), &ck->stream, NULL);
         if (st != ENT_OK) st = ent_fail(st, "%s: %s", ck->path, ent_last_error());
     } else {
         herr_t rc = H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
