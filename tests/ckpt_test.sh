@@ -347,13 +347,7 @@ case_signal() {
     local long=(--set train.steps=400 --set checkpoint.every=0 --set eval.every=0 --set sample.tokens=0)
     expect "uninterrupted" 0 -- "$E" train --config "$W/c.ini" --run-dir "$W/a" "${long[@]}" || return
     "$E" train --config "$W/c.ini" --run-dir "$W/b" "${long[@]}" >"$W/out" 2>"$W/err" &
-    local pid=$!
-    wait_for_step "$W/b/metrics.jsonl" 5 60 || { fail "the run did not reach step 5"; kill -9 $pid; return; }
-    kill -TERM $pid
-    wait $pid
-    RC=$?
-    LAST_CMD="entente train, SIGTERM"
-    [ "$RC" = 75 ] || { fail "SIGTERM: exit code $RC, expected 75"; show_last; return; }
+    sigterm_at_step $! "$W/b/metrics.jsonl" 5 || return
     local stop
     stop=$(sed -n 's/.*"event":"end","step":\([0-9]*\),"reason":"signal".*/\1/p' "$W/b/metrics.jsonl")
     [ -n "$stop" ] || { fail "no end record with reason signal"; return; }

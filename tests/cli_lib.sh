@@ -221,6 +221,22 @@ wait_for_step() {
     return 1
 }
 
+# sigterm_at_step PID METRICS STEP: once METRICS records STEP, sends SIGTERM to
+# the background run PID and waits for it: RC is its exit code, which must be
+# 75. Returns 1 after a failure (the run killed if it never reached STEP).
+sigterm_at_step() {
+    if ! wait_for_step "$2" "$3" 60; then
+        fail "the run did not reach step $3"
+        kill -9 "$1"
+        return 1
+    fi
+    kill -TERM "$1"
+    wait "$1"
+    RC=$?
+    LAST_CMD="entente train, SIGTERM"
+    [ "$RC" = 75 ] || { fail "SIGTERM: expected exit code 75, got $RC"; show_last; return 1; }
+}
+
 # run_case: runs case_$CASE and exits with its verdict.
 run_case() {
     if ! declare -F "case_$CASE" >/dev/null; then

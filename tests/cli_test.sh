@@ -611,12 +611,7 @@ case_signal_stop() {
     local long=(--set train.steps=1000000 --set eval.every=0)
     "$E" train --config "$W/tiny.ini" --run-dir "$W/one" "${long[@]}" >"$W/out" 2>"$W/err" &
     local job=$!
-    wait_for_step "$W/one/metrics.jsonl" 3 60 || { fail "the run did not reach step 3"; kill -9 $job; return; }
-    kill -TERM $job
-    wait $job
-    RC=$?
-    LAST_CMD="entente train, SIGTERM"
-    [ "$RC" = 75 ] || { fail "SIGTERM: expected exit code 75, got $RC"; show_last; }
+    sigterm_at_step $job "$W/one/metrics.jsonl" 3
     grep -q '^entente: stopped by SIGTERM after step [0-9]*' "$W/err" || { fail "SIGTERM: no stop message"; show_last; }
     grep -q 'error' "$W/err" && { fail "SIGTERM: a clean stop printed an error"; show_last; }
     grep -q '"event":"end","step":[0-9]*,"reason":"signal"' "$W/one/metrics.jsonl" ||
