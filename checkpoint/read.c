@@ -133,7 +133,8 @@ static ent_status read_part(ent_ckpt_t *ck, hid_t dset, hid_t dxpl, const char *
 
 ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
     ent_status st = ENT_OK;
-    ckpt_verifier *verifier = NULL; // started by the first direct read
+    // one process reads whole tensors directly; their checksums are checked beside
+    ckpt_verifier *verifier = !ck->parallel && sh->tp_size == 1 ? ckpt_verifier_start() : NULL;
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
     if (ck->parallel) H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
     int moments = sh->adam_m != NULL && sh->adam_v != NULL;
@@ -166,7 +167,6 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
                 char name[160];
                 snprintf(name, sizeof name, "%s/%s", ckpt_groups[g], r->name);
                 size_t row_end = r->offset + r->numel;
-                if (verifier == NULL) verifier = ckpt_verifier_start();
                 local = ckpt_read_whole(d, name, dst, (end > row_end ? end - row_end : 0) * sizeof(float),
                                         &ck->stream, verifier);
                 if (local != ENT_OK) local = ent_fail(local, "%s: %s", ck->path, ent_last_error());

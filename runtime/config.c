@@ -511,6 +511,20 @@ void ent_config_write(const ent_config *cfg, FILE *f) {
     }
 }
 
+char *ent_config_text(const ent_config *cfg, size_t *len) {
+    char *text = NULL;
+    size_t n = 0;
+    FILE *mem = open_memstream(&text, &n);
+    if (mem == NULL) return NULL;
+    ent_config_write(cfg, mem);
+    if (fclose(mem) != 0) {
+        free(text);
+        return NULL;
+    }
+    if (len != NULL) *len = n;
+    return text;
+}
+
 void ent_config_describe_keys(FILE *f) {
     for (int i = 0; i < NKEYS; i++) {
         char name[64], range[96];

@@ -68,6 +68,8 @@ ent_status ent_config_set(ent_config *cfg, const char *assignment);
 ent_status ent_config_validate(const ent_config *cfg);
 // Writes the effective configuration as INI text: every key, its value.
 void ent_config_write(const ent_config *cfg, FILE *f);
+// The same text in a malloc'ed string (its length in *len unless NULL); NULL when out of memory.
+char *ent_config_text(const ent_config *cfg, size_t *len);
 // Writes the table of keys (section.key, default, accepted range, meaning), for --help.
 void ent_config_describe_keys(FILE *f);
 

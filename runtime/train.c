@@ -287,12 +287,9 @@ static ent_status train_step(trainer *tr, int step, double lr, double *loss_out,
 
 // Every rank must run the same configuration: compare a hash of its text.
 static ent_status check_same_config(const ent_config *cfg, ent_comm_t *comm, ent_grid *grid) {
-    char *text = NULL;
     size_t len = 0;
-    FILE *mem = open_memstream(&text, &len);
-    if (mem == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
-    ent_config_write(cfg, mem);
-    fclose(mem);
+    char *text = ent_config_text(cfg, &len);
+    if (text == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
     uint64_t h = ent_hash_bytes(text, len, 0), lo = h, hi = h;
     free(text);
     ENT_CHECK(ent_allreduce(grid->world, &h, &lo, 1, ENT_U64, ENT_MIN));
@@ -487,12 +484,8 @@ static ent_ckpt_shard rank_shard(trainer *tr) {
 
 static ent_status save_checkpoint(trainer *tr, int step) {
     const ent_config *cfg = tr->cfg;
-    char *config = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&config, &len);
-    if (mem == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
-    ent_config_write(cfg, mem);
-    fclose(mem);
+    char *config = ent_config_text(cfg, NULL);
+    if (config == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
     int64_t nseq = ent_dataset_num_sequences(tr->train);
     ent_model_shape shape = ent_model_shape_from_config(cfg);
     ent_ckpt_attr attrs[] = {
