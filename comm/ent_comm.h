@@ -50,9 +50,6 @@ int ent_comm_num_nodes(const ent_comm_t *comm);
 // Bounds every wait in a collective to `seconds` (0 = no bound); see above.
 void ent_comm_set_timeout(ent_comm_t *comm, double seconds);
 
-// Ends every rank of the job with exit code `code` (after a fatal error on one rank).
-void ent_comm_abort(const ent_comm_t *comm, int code) __attribute__((noreturn));
-
 // Combines a status across the world: every rank gets ENT_OK only if every
 // rank passed ENT_OK. A rank that failed keeps its own message; the others
 // get "rank N failed: see its message" (N the lowest failing rank).

@@ -65,11 +65,6 @@ void ent_comm_set_timeout(ent_comm_t *comm, double seconds) {
     ent_watch_start_thread(seconds, comm->rank);
 }
 
-void ent_comm_abort(const ent_comm_t *comm, int code) {
-    MPI_Abort(comm != NULL ? comm->world : MPI_COMM_WORLD, code);
-    exit(code); // not reached: MPI_Abort ends the process
-}
-
 ent_status ent_comm_agree(ent_comm_t *comm, ent_status local) {
     if (comm->size == 1) return local;
     // MINLOC over (rank, status) pairs: the lowest failing rank and its status

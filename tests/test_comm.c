@@ -94,8 +94,10 @@ static void test_nonblocking(void **state) {
     float *a = malloc(sizeof(float) * n), *b = malloc(sizeof(float) * n);
     double *c = malloc(sizeof(double) * n);
     float *rs_send = malloc(sizeof(float) * n * size), *rs = malloc(sizeof(float) * n);
+    float *ag_send = malloc(sizeof(float) * n), *ag = malloc(sizeof(float) * n * size);
     int bc[4] = {0};
     for (size_t i = 0; i < n; i++) {
+        ag_send[i] = (float)val(rank, i);
         a[i] = (float)val(rank, i);
         b[i] = (float)val(rank, i + 3);
         c[i] = val(rank, i);
@@ -103,17 +105,19 @@ static void test_nonblocking(void **state) {
     for (size_t i = 0; i < n * size; i++) rs_send[i] = (float)val(rank, i);
     if (rank == 0) bc[0] = 11, bc[1] = 22, bc[2] = 33, bc[3] = 44;
     // several operations in flight at once, completed in another order
-    ent_request_t *r1 = NULL, *r2 = NULL, *r3 = NULL, *r4 = NULL, *r5 = NULL;
+    ent_request_t *r1 = NULL, *r2 = NULL, *r3 = NULL, *r4 = NULL, *r5 = NULL, *r6 = NULL;
     assert_int_equal(ent_iallreduce(grid->world, a, a, n, ENT_F32, ENT_SUM, &r1), ENT_OK);
     assert_int_equal(ent_iallreduce(grid->world, b, b, n, ENT_F32, ENT_SUM, &r2), ENT_OK);
     assert_int_equal(ent_iallreduce(grid->world, c, c, n, ENT_F64, ENT_AVG, &r3), ENT_OK);
     assert_int_equal(ent_ibroadcast(grid->world, bc, 4, ENT_I32, 0, &r4), ENT_OK);
     assert_int_equal(ent_ireduce_scatter(grid->world, rs_send, rs, n, ENT_F32, ENT_SUM, &r5), ENT_OK);
+    assert_int_equal(ent_iallgather(grid->world, ag_send, ag, n, ENT_F32, &r6), ENT_OK);
     int done = 0;
     for (int spins = 0; spins < 1000000 && !done; spins++)
         assert_int_equal(ent_test(r2, &done), ENT_OK);
     assert_int_equal(ent_wait(&r2), ENT_OK);
     assert_null(r2);
+    assert_int_equal(ent_wait(&r6), ENT_OK);
     assert_int_equal(ent_wait(&r5), ENT_OK);
     assert_int_equal(ent_wait(&r4), ENT_OK);
     assert_int_equal(ent_wait(&r3), ENT_OK);
@@ -124,9 +128,10 @@ static void test_nonblocking(void **state) {
         assert_true(b[i] == (float)sum_val(i + 3));
         assert_true(c[i] == sum_val(i) / size);
         assert_true(rs[i] == (float)sum_val((size_t)rank * n + i));
+        for (int r = 0; r < size; r++) assert_true(ag[(size_t)r * n + i] == (float)val(r, i));
     }
     assert_int_equal(bc[3], 44);
-    free(a); free(b); free(c); free(rs_send); free(rs);
+    free(a); free(b); free(c); free(rs_send); free(rs); free(ag_send); free(ag);
 }
 
 static void test_grid(void **state) {
