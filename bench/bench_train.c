@@ -17,12 +17,6 @@
 #include <string.h>
 #include <time.h>
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 
 // Median GFLOP/s of reps products C (M,N) = A (M,K) @ B^T (K,N), as the model calls sgemm.
 static double sgemm_gflops(int M, int N, int K, int reps) {
@@ -33,9 +27,9 @@ static double sgemm_gflops(int M, int N, int K, int reps) {
     double *rate = malloc(sizeof(double) * (size_t)reps);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a, K, b, K, 0.0f, c, N);
     for (int r = 0; r < reps; r++) {
-        double t0 = now();
+        double t0 = bench_now();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a, K, b, K, 0.0f, c, N);
-        rate[r] = 2.0 * M * N * (double)K / (now() - t0) / 1e9;
+        rate[r] = 2.0 * M * N * (double)K / (bench_now() - t0) / 1e9;
     }
     double median = bench_median(rate, reps);
     free(a); free(b); free(c); free(rate);
@@ -105,20 +99,20 @@ int main(int argc, char **argv) {
 
     double t_fwd = 0, t_bwd = 0, t_opt = 0;
     for (int step = 1; step <= warmup + steps; step++) {
-        double t0 = now();
+        double t0 = bench_now();
         ent_model_zero_grad(m);
         float loss;
         ent_model_forward(m, tok, tgt, B, context, &loss);
-        double t1 = now();
+        double t1 = bench_now();
         ent_optim_begin_backward(o, 1);
         ent_model_backward(m, 1.0f / (float)N);
         ent_optim_reduce_grads(o);
         double norm;
         ent_optim_grad_norm(o, &norm);
-        double t2 = now();
+        double t2 = bench_now();
         ent_adamw hp = {1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f};
         ent_optim_step(o, &hp, norm > 1.0 ? (float)(1.0 / norm) : 1.0f, step);
-        double t3 = now();
+        double t3 = bench_now();
         if (step > warmup) {
             t_fwd += t1 - t0;
             t_bwd += t2 - t1;

@@ -72,7 +72,7 @@ typedef struct {
 ent_status ent_ckpt_saver_new(ent_group_t *world, const ent_ckpt_saver_opts *opts,
                               ent_ckpt_saver_t **out);
 // Asynchronous saver: allocates and touches the host snapshot for this shard
-// now (outside the training loop), so that a save blocks only for the copy.
+// now (outside the training loop), so that no save waits for fresh pages.
 // A no-op for a synchronous saver.
 ent_status ent_ckpt_saver_prepare(ent_ckpt_saver_t *saver, const ent_ckpt_shard *shard);
 // Finishes a save in flight, then frees the saver.
@@ -80,14 +80,21 @@ void ent_ckpt_saver_free(ent_ckpt_saver_t **saver);
 // Saves DIR/NAME collectively: every rank writes its share into NAME.tmp, then
 // rank 0 syncs it, renames it to NAME, syncs the directory, points DIR/latest
 // at it and removes checkpoints beyond `keep`. Synchronous: returns when the
-// checkpoint is committed. Asynchronous: waits for the previous save, copies
-// the shard to host memory, returns, and a background thread does the rest.
-// Every rank returns the same status.
+// checkpoint is committed. Asynchronous: waits for the previous save and
+// returns; a background thread copies the shard to the host snapshot, then
+// writes and commits it. The shard's arrays may be read meanwhile (the next
+// step's forward and backward) but not written until ent_ckpt_wait_staged
+// returns (call it before the optimizer update). Every rank returns the same
+// status.
 ent_status ent_ckpt_save(ent_ckpt_saver_t *saver, const char *name, const ent_ckpt_attr *attrs,
                          int nattrs, const ent_ckpt_shard *shard);
+// Waits until an asynchronous save in flight has copied the shard (at once if
+// none, or for a synchronous saver); the wait counts as blocked time.
+void ent_ckpt_wait_staged(ent_ckpt_saver_t *saver);
 // Waits for an asynchronous save in flight; its status (ENT_OK if none).
 ent_status ent_ckpt_wait(ent_ckpt_saver_t *saver);
-// Seconds the caller was blocked by the last ent_ckpt_save.
+// Seconds the caller was blocked by the last ent_ckpt_save and the
+// ent_ckpt_wait_staged after it.
 double ent_ckpt_last_blocked_seconds(const ent_ckpt_saver_t *saver);
 
 // The file name of the checkpoint of a step: "step_00001234.h5".

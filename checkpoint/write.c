@@ -21,7 +21,6 @@
 #include "ckpt_impl.h"
 
 #include <dirent.h>
-#include <omp.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -29,6 +28,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -364,7 +364,7 @@ typedef struct {
     int64_t step;
     ent_ckpt_attr *attrs; // deep copies
     int nattrs;
-    ent_ckpt_shard shard;
+    ent_ckpt_shard shard; // the caller's arrays, copied from by the thread
     sources src;          // the saver's snapshot buffers
 } job;
 
@@ -378,6 +378,9 @@ struct ent_ckpt_saver {
     job *pending;
     float *snap[CKPT_NGROUPS]; // host copies of the write range, reused by every save
     size_t snap_floats;
+    pthread_mutex_t lock;      // guards staged
+    pthread_cond_t staged_cv;
+    int staged;                // the pending job's snapshot is complete
     ent_status result;
     char result_msg[1024];
     double blocked;
@@ -393,9 +396,31 @@ static void free_job(job *j) {
     free(j);
 }
 
+// Copies the job's share of every arena into the snapshot. One thread: it
+// runs beside the next step's forward and backward, which use every core.
+static void stage(job *j) {
+    const ent_ckpt_shard *sh = &j->shard;
+    const float *from[CKPT_NGROUPS] = {sh->params, sh->adam_m, sh->adam_v};
+    size_t origin[CKPT_NGROUPS] = {0, sh->state_first, sh->state_first};
+    for (int g = 0; g < CKPT_NGROUPS; g++)
+        if (from[g] != NULL)
+            memcpy(j->src.base[g], from[g] + (sh->write_first - origin[g]),
+                   sizeof(float) * sh->write_count);
+}
+
 static void *run_job(void *arg) {
     ent_ckpt_saver_t *s = arg;
     job *j = s->pending;
+    stage(j);
+    pthread_mutex_lock(&s->lock);
+    s->staged = 1;
+    pthread_cond_broadcast(&s->staged_cv);
+    pthread_mutex_unlock(&s->lock);
+    // The write yields the cores to training: this thread drops to the lowest
+    // CPU priority once the copy is made (Linux keeps a nice value per thread;
+    // raising it needs no privilege). Whenever training waits for the save
+    // (the next one, the end of the run) the cores are idle and it has them.
+    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
 
     ent_status st = save_now(s->io, s->dir, s->keep, j->name, j->step, j->attrs, j->nattrs,
                              &j->shard, &j->src);
@@ -418,10 +443,14 @@ ent_status ent_ckpt_saver_new(ent_group_t *world, const ent_ckpt_saver_opts *opt
     s->keep = opts->keep;
     s->async = opts->async;
     s->io = MPI_COMM_NULL;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->staged_cv, NULL);
     if (s->async) {
         int level = 0;
         MPI_Query_thread(&level);
         if (level < MPI_THREAD_MULTIPLE) {
+            pthread_mutex_destroy(&s->lock);
+            pthread_cond_destroy(&s->staged_cv);
             free(s);
             return ent_fail(ENT_ERR_USAGE, "asynchronous checkpoints need MPI initialised with "
                             "MPI_THREAD_MULTIPLE");
@@ -448,8 +477,20 @@ void ent_ckpt_saver_free(ent_ckpt_saver_t **saver) {
     ent_ckpt_wait(s);
     if (s->io != MPI_COMM_NULL) MPI_Comm_free(&s->io);
     for (int g = 0; g < CKPT_NGROUPS; g++) free(s->snap[g]);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->staged_cv);
     free(s);
     *saver = NULL;
+}
+
+void ent_ckpt_wait_staged(ent_ckpt_saver_t *s) {
+    if (s == NULL || !s->running) return;
+    double t0 = now_seconds();
+    pthread_mutex_lock(&s->lock);
+    int waited = !s->staged;
+    while (!s->staged) pthread_cond_wait(&s->staged_cv, &s->lock);
+    pthread_mutex_unlock(&s->lock);
+    if (waited) s->blocked += now_seconds() - t0;
 }
 
 double ent_ckpt_last_blocked_seconds(const ent_ckpt_saver_t *s) { return s->blocked; }
@@ -484,8 +525,9 @@ ent_status ent_ckpt_saver_prepare(ent_ckpt_saver_t *s, const ent_ckpt_shard *sh)
     return ENT_OK;
 }
 
-// The job of an asynchronous save: copies of the attributes, and of this
-// rank's write range of every arena into the saver's snapshot buffers.
+// The job of an asynchronous save: copies of the attributes, the caller's
+// arrays, and the snapshot buffers the thread copies this rank's write range
+// of every arena into (stage) before it writes them.
 static ent_status make_job(ent_ckpt_saver_t *s, const char *name, const ent_ckpt_attr *attrs,
                            int nattrs, const ent_ckpt_shard *sh, job **out) {
     ENT_CHECK(ent_ckpt_saver_prepare(s, sh));
@@ -508,23 +550,11 @@ static ent_status make_job(ent_ckpt_saver_t *s, const char *name, const ent_ckpt
         return ent_fail(ENT_ERR_NOMEM, "out of memory for a checkpoint");
     }
     const float *from[CKPT_NGROUPS] = {sh->params, sh->adam_m, sh->adam_v};
-    size_t origin[CKPT_NGROUPS] = {0, sh->state_first, sh->state_first};
     for (int g = 0; g < CKPT_NGROUPS; g++) {
         if (from[g] == NULL) continue;
-        const float *src = from[g] + (sh->write_first - origin[g]);
-        float *dst = s->snap[g];
-        size_t n = sh->write_count;
-        // the copy is what training waits for: every core makes it, each one
-        // long piece (large copies bypass the cache on the way to memory)
-#pragma omp parallel
-        {
-            size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
-            size_t lo = n * t / nt, hi = n * (t + 1) / nt;
-            memcpy(dst + lo, src + lo, sizeof(float) * (hi - lo));
-        }
-        j->src.base[g] = dst;
+        j->src.base[g] = s->snap[g];
         j->src.first[g] = sh->write_first;
-        j->src.end[g] = sh->write_first + n;
+        j->src.end[g] = sh->write_first + sh->write_count;
     }
     *out = j;
     return ENT_OK;
@@ -557,9 +587,11 @@ ent_status ent_ckpt_save(ent_ckpt_saver_t *s, const char *name, const ent_ckpt_a
                                              "checkpoint shard to host memory");
     }
     s->pending = j;
+    s->staged = 0;
     if (pthread_create(&s->thread, NULL, run_job, s) != 0) {
         // cannot happen in practice; save synchronously rather than lose it
         s->pending = NULL;
+        stage(j);
         st = save_now(s->io, s->dir, s->keep, j->name, j->step, j->attrs, j->nattrs, &j->shard,
                       &j->src);
         free_job(j);

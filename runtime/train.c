@@ -121,6 +121,8 @@ typedef struct {
     double t_start;
     ent_ckpt_saver_t *saver;
     char ckpt_dir[ENT_PATH_MAX];
+    int ckpt_unlogged;   // the step of a save whose metrics record waits for its
+                         // blocked time (an async save: until its copy is made)
     int start_step;      // the step a resumed run continues from (0: a new run)
     const char *resumed; // the checkpoint it was resumed from
 } trainer;
@@ -279,6 +281,9 @@ static ent_status train_step(trainer *tr, int step, double lr, double *loss_out,
     if (cfg->grad_clip > 0 && norm > cfg->grad_clip) scale = (float)(cfg->grad_clip / norm);
     ent_adamw hp = {(float)lr, (float)cfg->beta1, (float)cfg->beta2, (float)cfg->eps,
                     (float)cfg->weight_decay};
+    // an asynchronous save copies the state beside this step's forward and
+    // backward; the update writes the state, so it waits for the copy
+    ent_ckpt_wait_staged(tr->saver);
     return ent_optim_step(tr->optim, &hp, scale, step);
 }
 
@@ -482,6 +487,24 @@ static ent_ckpt_shard rank_shard(trainer *tr) {
     return sh;
 }
 
+// The metrics record of the last save, once the time it held training is
+// known: at once for a synchronous save, after the copy for an asynchronous
+// one (the next step's update, or the end of the run).
+static ent_status log_checkpoint(trainer *tr) {
+    int step = tr->ckpt_unlogged;
+    tr->ckpt_unlogged = 0;
+    if (step == 0 || !tr->leader) return ENT_OK;
+    char name[64], path[ENT_PATH_MAX + 80];
+    ent_ckpt_name(step, name, sizeof name);
+    snprintf(path, sizeof path, "%s/%s", tr->ckpt_dir, name);
+    fprintf(tr->metrics, "{\"event\":\"checkpoint\",\"step\":%d,\"file\":", step);
+    json_string(tr->metrics, path);
+    fprintf(tr->metrics, ",\"async\":%s,", tr->cfg->ckpt_async ? "true" : "false");
+    json_number(tr->metrics, "blocked_s", ent_ckpt_last_blocked_seconds(tr->saver));
+    fputs("}\n", tr->metrics);
+    return flush_run_file(tr, tr->metrics, "metrics.jsonl");
+}
+
 static ent_status save_checkpoint(trainer *tr, int step) {
     const ent_config *cfg = tr->cfg;
     char *config = ent_config_text(cfg, NULL);
@@ -527,17 +550,8 @@ static ent_status save_checkpoint(trainer *tr, int step) {
                          "continue): %s", step, ent_last_error());
         return ENT_OK;
     }
-    if (tr->leader) {
-        fprintf(tr->metrics, "{\"event\":\"checkpoint\",\"step\":%d,\"file\":", step);
-        char path[ENT_PATH_MAX + 80];
-        snprintf(path, sizeof path, "%s/%s", tr->ckpt_dir, name);
-        json_string(tr->metrics, path);
-        fprintf(tr->metrics, ",\"async\":%s,", cfg->ckpt_async ? "true" : "false");
-        json_number(tr->metrics, "blocked_s", ent_ckpt_last_blocked_seconds(tr->saver));
-        fputs("}\n", tr->metrics);
-        return flush_run_file(tr, tr->metrics, "metrics.jsonl");
-    }
-    return ENT_OK;
+    tr->ckpt_unlogged = step;
+    return cfg->ckpt_async ? ENT_OK : log_checkpoint(tr);
 }
 
 // Compares the checkpoint's model with this run's: every difference is named.
@@ -685,12 +699,12 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, const char *res
         double t0 = now_seconds(), loss, norm;
         ENT_CHECK_GOTO(train_step(&tr, step, lr, &loss, &norm), done);
         double dt = now_seconds() - t0;
+        ent_status io = log_checkpoint(&tr);
         train_time += dt;
         step_avg = step == 1 ? dt : 0.9 * step_avg + 0.1 * dt;
         double tok_s = tokens_per_step / dt;
 
-        ent_status io = ENT_OK;
-        if (tr.leader) {
+        if (io == ENT_OK && tr.leader) {
             fputc('{', tr.metrics);
             fprintf(tr.metrics, "\"step\":%d,", step);
             json_number(tr.metrics, "loss", loss);
@@ -738,6 +752,8 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, const char *res
     if (st != ENT_OK && strcmp(cfg->ckpt_on_error, "stop") == 0) goto done;
     if (st != ENT_OK && tr.leader)
         ent_log_warn("checkpoint failed: %s", ent_last_error());
+    if (st != ENT_OK) tr.ckpt_unlogged = 0; // not written: no record
+    ENT_CHECK_GOTO(ent_comm_agree(comm, log_checkpoint(&tr)), done);
     st = ENT_OK;
 
     int same = 0;

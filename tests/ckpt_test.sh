@@ -99,6 +99,15 @@ case_resume() {
     # two ranks, data parallel, and asynchronous saves
     expect "2 ranks, async saves" 0 -- timeout 120 "${MPIRUN[@]}" -np 2 "$E" train \
         --config "$W/c.ini" --run-dir "$W/d" --set checkpoint.async=true || return
+    # each async save's record (written once its copy is made) comes before
+    # the next step's, and says how long training waited
+    [ "$(grep -c '"event":"checkpoint".*"async":true,"blocked_s":[0-9]' "$W/d/metrics.jsonl")" = 2 ] ||
+        fail "async run: expected 2 checkpoint records with async and blocked_s"
+    local at10 at11
+    at10=$(grep -n '"event":"checkpoint","step":10,' "$W/d/metrics.jsonl" | cut -d: -f1)
+    at11=$(grep -n '^{"step":11,' "$W/d/metrics.jsonl" | cut -d: -f1)
+    [ -n "$at10" ] && [ -n "$at11" ] && [ "$at10" -lt "$at11" ] ||
+        fail "async run: the record of the step 10 checkpoint should precede step 11's"
     expect "2 ranks, resumed" 0 -- timeout 120 "${MPIRUN[@]}" -np 2 "$E" train --config "$W/c.ini" \
         --run-dir "$W/e" --resume "$W/d/checkpoints/step_00000010.h5" --set checkpoint.async=true || return
     same_curve "2 ranks DP, async" "$W/d/metrics.jsonl" "$W/e/metrics.jsonl" 11 20 0

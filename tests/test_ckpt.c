@@ -1,0 +1,189 @@
+// test_ckpt.c: the asynchronous saver's contract, in one process.
+//
+//  - staged: after ent_ckpt_save returns, the caller may read its arrays; once
+//    ent_ckpt_wait_staged returns it may overwrite them, and the checkpoint
+//    still holds the state as it was at the save (the arrays are large enough
+//    that a copy still running would be caught overwritten);
+//  - wait_staged without a save in flight, or on a synchronous saver, returns
+//    at once and adds nothing to the blocked time;
+//  - two saves in a row: the second waits for the first, both commit, and
+//    `latest` names the second.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ent_ckpt.h"
+#include "ent_runtime.h"
+#include "ref.h"
+
+static char root[64];
+static ent_comm_t *comm;
+static ent_grid *grid;
+
+typedef struct {
+    ent_param_table table;
+    float *p, *m, *v;
+    ent_ckpt_shard sh;
+} state;
+
+// A model state of about 3 x 10M floats, each value a function of its index
+// and a seed, so that what was saved can be told from what was written after.
+static float value(size_t i, int arena, uint32_t seed) {
+    uint32_t x = (uint32_t)(i * 2654435761u) ^ (seed * 40503u + (uint32_t)arena * 977u);
+    return (float)(x >> 8) * 1e-7f - 0.5f;
+}
+
+static void fill(state *s, uint32_t seed) {
+    float *a[3] = {s->p, s->m, s->v};
+    for (int k = 0; k < 3; k++)
+        for (size_t i = 0; i < s->table.total; i++) a[k][i] = value(i, k, seed);
+}
+
+static void state_new(state *s) {
+    ent_model_shape shape = {.layers = 2, .heads = 8, .width = 512, .context = 256,
+                             .vocab = 12000, .padded_vocab = 12032};
+    assert_int_equal(ent_param_table_build(&shape, 1, &s->table), ENT_OK);
+    size_t n = s->table.total;
+    s->p = malloc(sizeof(float) * n);
+    s->m = malloc(sizeof(float) * n);
+    s->v = malloc(sizeof(float) * n);
+    assert_true(s->p != NULL && s->m != NULL && s->v != NULL);
+    s->sh = (ent_ckpt_shard){.table = &s->table, .tp_size = 1, .params = s->p, .adam_m = s->m,
+                             .adam_v = s->v, .state_count = n, .write_count = n};
+}
+
+static void state_free(state *s) {
+    free(s->p);
+    free(s->m);
+    free(s->v);
+    ent_param_table_free(&s->table);
+}
+
+// The checkpoint at path holds exactly fill(seed)'s values.
+static void assert_holds(const char *path, state *s, uint32_t seed) {
+    ent_ckpt_t *ck = NULL;
+    assert_int_equal(ent_ckpt_open(path, grid->world, &ck), ENT_OK);
+    fill(s, seed ^ 0xdeadu); // something else, so the read must bring every value
+    assert_int_equal(ent_ckpt_read(ck, &s->sh), ENT_OK);
+    ent_ckpt_close(&ck);
+    float *a[3] = {s->p, s->m, s->v};
+    size_t wrong = 0;
+    for (int k = 0; k < 3; k++)
+        for (size_t i = 0; i < s->table.total; i++) wrong += a[k][i] != value(i, k, seed);
+    assert_int_equal(wrong, 0);
+}
+
+static ent_ckpt_saver_t *saver_new(const char *dir, int async) {
+    ent_ckpt_saver_opts o = {.dir = dir, .keep = 0, .async = async};
+    ent_ckpt_saver_t *sv = NULL;
+    assert_int_equal(ent_ckpt_saver_new(grid->world, &o, &sv), ENT_OK);
+    return sv;
+}
+
+static const ent_ckpt_attr step_attr[] = {{.name = "step", .type = ENT_ATTR_I64, .i = 7}};
+
+static void test_staged_then_overwritten(void **unused) {
+    (void)unused;
+    state s;
+    state_new(&s);
+    char dir[PATH_MAX], path[PATH_MAX + 32];
+    snprintf(dir, sizeof dir, "%s/staged", root);
+    ent_ckpt_saver_t *sv = saver_new(dir, 1);
+    assert_int_equal(ent_ckpt_saver_prepare(sv, &s.sh), ENT_OK);
+    ent_ckpt_wait_staged(sv); // nothing in flight: returns at once
+    for (int round = 0; round < 3; round++) {
+        uint32_t seed = 100u + (uint32_t)round;
+        fill(&s, seed);
+        assert_int_equal(ent_ckpt_save(sv, "a.h5", step_attr, 1, &s.sh), ENT_OK);
+        ent_ckpt_wait_staged(sv);
+        double blocked = ent_ckpt_last_blocked_seconds(sv);
+        // what an optimizer update does right after the copy: every value changes
+        fill(&s, seed + 1000u);
+        assert_int_equal(ent_ckpt_wait(sv), ENT_OK);
+        assert_true(blocked >= 0.0);
+        snprintf(path, sizeof path, "%s/a.h5", dir);
+        assert_holds(path, &s, seed);
+    }
+    ent_ckpt_saver_free(&sv);
+    state_free(&s);
+}
+
+static void test_two_saves_in_a_row(void **unused) {
+    (void)unused;
+    state s;
+    state_new(&s);
+    char dir[PATH_MAX], path[PATH_MAX + 32];
+    snprintf(dir, sizeof dir, "%s/row", root);
+    ent_ckpt_saver_t *sv = saver_new(dir, 1);
+    fill(&s, 1);
+    assert_int_equal(ent_ckpt_save(sv, "one.h5", step_attr, 1, &s.sh), ENT_OK);
+    ent_ckpt_wait_staged(sv);
+    fill(&s, 2);
+    // the second save waits for the first to commit before it starts
+    assert_int_equal(ent_ckpt_save(sv, "two.h5", step_attr, 1, &s.sh), ENT_OK);
+    ent_ckpt_saver_free(&sv); // finishes the save in flight
+    snprintf(path, sizeof path, "%s/one.h5", dir);
+    assert_holds(path, &s, 1);
+    snprintf(path, sizeof path, "%s/latest", dir);
+    char target[PATH_MAX];
+    assert_int_equal(ent_ckpt_resolve_latest(dir, target, sizeof target), ENT_OK);
+    assert_non_null(strstr(target, "two.h5"));
+    assert_holds(target, &s, 2);
+    state_free(&s);
+}
+
+static void test_sync_saver(void **unused) {
+    (void)unused;
+    state s;
+    state_new(&s);
+    char dir[PATH_MAX], path[PATH_MAX + 32];
+    snprintf(dir, sizeof dir, "%s/sync", root);
+    ent_ckpt_saver_t *sv = saver_new(dir, 0);
+    fill(&s, 5);
+    assert_int_equal(ent_ckpt_save(sv, "s.h5", step_attr, 1, &s.sh), ENT_OK);
+    double blocked = ent_ckpt_last_blocked_seconds(sv);
+    ent_ckpt_wait_staged(sv); // a synchronous save is done when it returns
+    assert_true(ent_ckpt_last_blocked_seconds(sv) == blocked);
+    assert_true(blocked > 0.0);
+    fill(&s, 6);
+    snprintf(path, sizeof path, "%s/s.h5", dir);
+    assert_holds(path, &s, 5);
+    ent_ckpt_saver_free(&sv);
+    state_free(&s);
+}
+
+static int setup(void **unused) {
+    (void)unused;
+    return test_tmpdir_create(root, sizeof root, "ckpt");
+}
+
+static int teardown(void **unused) {
+    (void)unused;
+    return test_tree_remove(root);
+}
+
+int main(int argc, char **argv) {
+    ent_ckpt_library_init();
+    if (ent_comm_init_threads(&argc, &argv, 1, &comm) != ENT_OK ||
+        ent_grid_new(comm, 1, &grid) != ENT_OK) {
+        fprintf(stderr, "test_ckpt: %s\n", ent_last_error());
+        return 1;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_staged_then_overwritten),
+        cmocka_unit_test(test_two_saves_in_a_row),
+        cmocka_unit_test(test_sync_saver),
+    };
+    int failed = cmocka_run_group_tests_name("ckpt", tests, setup, teardown);
+    ent_grid_free(&grid);
+    ent_comm_finalize(&comm);
+    return failed;
+}
