@@ -5,6 +5,7 @@
 //
 //   build/bench/bench_checkpoint [--dir DIR] [--layers L --width C --vocab V]
 //                                [--batch B] [--steps K] [--rounds R]
+//   mpirun -np N build/bench/bench_checkpoint ...   (save and load only)
 //
 // The state is a real model's and optimizer's (GPT-2 small by default, its
 // table at context 1024, trained on batches of B x 256 random tokens).
@@ -20,6 +21,10 @@
 // synchronous save, which holds the loop for all of its time. Slowdown: the K
 // steps after the save minus the K steps without, which also counts what the
 // saver's thread took from the training's cores (copy, checksums, page cache).
+// Under mpirun the ranks are data-parallel replicas: each writes its 1/N share
+// of the state with parallel HDF5's collective MPI-IO path, each reads the
+// whole state back (what resuming at DP=N does), and the training loop is
+// left out (the ranks would share the cores). dd runs on rank 0.
 // The measurements alternate over rounds and the medians are printed: a
 // shared disk's speed drifts. It prints figures; it never passes or fails. It
 // writes about 3 x the state's bytes in DIR and removes them.
@@ -126,7 +131,10 @@ int main(int argc, char **argv) {
     ent_grid *grid = NULL;
     check(ent_comm_init_threads(&argc, &argv, 1, &comm));
     check(ent_grid_new(comm, 1, &grid));
-    check(ent_mkdirs(dir));
+    int rank = ent_comm_rank(comm), ranks = ent_comm_size(comm);
+    if (rank != 0 && freopen("/dev/null", "w", stdout) == NULL) return 1;
+    if (rank == 0) check(ent_mkdirs(dir));
+    ent_barrier(grid->world);
     ent_model_shape s = {.layers = layers, .heads = width / 64, .width = width, .context = 1024,
                          .vocab = vocab, .padded_vocab = (vocab + 63) / 64 * 64};
     loop l = {.B = B, .T = T};
@@ -147,15 +155,20 @@ int main(int argc, char **argv) {
                          .params = ent_model_arena(l.model, ENT_ARENA_PARAMS)};
     ent_optim_moments(l.optim, &sh.adam_m, &sh.adam_v);
     sh.state_count = ent_optim_state_floats(l.optim, &sh.state_first);
-    sh.write_count = ent_model_arena_floats(l.model);
+    sh.write_count = ent_model_arena_floats(l.model) / (size_t)ranks; // the trainer's DP share
+    sh.write_first = sh.write_count * (size_t)rank;
     size_t n = sh.table->total;
     double bytes = 3.0 * 4.0 * (double)n, mib = bytes / 1048576.0;
     ent_ckpt_attr attrs[] = {{.name = "step", .type = ENT_ATTR_I64, .i = 1}};
     printf("bench_checkpoint: GPT model %d layers, width %d, vocab %d: %.1fM parameters; state "
            "(params + AdamW m, v) %.0f MiB; directory %s\n", layers, width, vocab, n / 1e6, mib,
            dir);
-    printf("                  training loop: batch %d x %d tokens, %d steps after each async "
-           "save; %s\n", B, T, K, ent_backend_cpu_describe());
+    if (ranks == 1)
+        printf("                  training loop: batch %d x %d tokens, %d steps after each async "
+               "save; %s\n", B, T, K, ent_backend_cpu_describe());
+    else
+        printf("                  %d ranks, each writing 1/%d of the state and reading all of it "
+               "(collective MPI-IO); no training loop\n", ranks, ranks);
     train_steps(&l, 2, NULL); // warm-up: every buffer touched, moments no longer zero
 
     // Rounds of: synchronous save, dd write, load, dd read, and the training
@@ -170,35 +183,43 @@ int main(int argc, char **argv) {
     ent_ckpt_saver_opts async_opts = {.dir = dir, .keep = 0, .async = 1};
     ent_ckpt_saver_t *sync_saver = NULL, *async_saver = NULL;
     check(ent_ckpt_saver_new(grid->world, &sync_opts, &sync_saver));
-    check(ent_ckpt_saver_new(grid->world, &async_opts, &async_saver));
-    check(ent_ckpt_saver_prepare(async_saver, &sh)); // as the trainer does, before training
+    if (ranks == 1) {
+        check(ent_ckpt_saver_new(grid->world, &async_opts, &async_saver));
+        check(ent_ckpt_saver_prepare(async_saver, &sh)); // as the trainer does, before training
+    }
     enum { PROBES = 4096 };
     float *expect = malloc(sizeof(float) * PROBES);
     int ok = expect != NULL;
     for (int r = 0; r < rounds && ok; r++) {
+        ent_barrier(grid->world);
         double t0 = bench_now();
         check(ent_ckpt_save(sync_saver, "bench_a.h5", attrs, 1, &sh));
         t_save[r] = bench_now() - t0;
         snprintf(cmd, sizeof cmd, "dd if=/dev/zero of='%s' bs=16M count=%ld conv=fsync status=none",
                  ddfile, count);
-        t_ddw[r] = timed(cmd);
+        if (rank == 0) t_ddw[r] = timed(cmd);
 
         // load what was just saved over parameters set to zero
         for (int i = 0; i < PROBES; i++) expect[i] = sh.params[(size_t)i * (n / PROBES)];
-        drop_from_cache(ckfile);
+        if (rank == 0) drop_from_cache(ckfile);
         memset(sh.params, 0, sizeof(float) * n);
+        ent_barrier(grid->world);
         t0 = bench_now();
         ent_ckpt_t *ck = NULL;
         check(ent_ckpt_open(ckfile, grid->world, &ck));
         check(ent_ckpt_read(ck, &sh));
         ent_ckpt_close(&ck);
+        ent_barrier(grid->world);
         t_load[r] = bench_now() - t0;
         for (int i = 0; i < PROBES; i++) ok = ok && sh.params[(size_t)i * (n / PROBES)] == expect[i];
-        drop_from_cache(ddfile);
         snprintf(cmd, sizeof cmd, "dd if='%s' of=/dev/null bs=16M status=none", ddfile);
-        t_ddr[r] = timed(cmd);
+        if (rank == 0) {
+            drop_from_cache(ddfile);
+            t_ddr[r] = timed(cmd);
+        }
+        ent_barrier(grid->world);
 
-        for (int turn = 0; turn < 2; turn++) {
+        for (int turn = 0; turn < 2 && ranks == 1; turn++) {
             if ((turn + r) % 2 == 0) {
                 t_plain[r] = train_steps(&l, K, NULL);
                 continue;
@@ -212,42 +233,53 @@ int main(int argc, char **argv) {
             check(ent_ckpt_wait(async_saver));
             t_async[r] = bench_now() - t0;
         }
-        t_slow[r] -= t_plain[r];
+        if (ranks == 1) t_slow[r] -= t_plain[r];
     }
     ent_ckpt_saver_free(&sync_saver);
     ent_ckpt_saver_free(&async_saver);
     double save = bench_median(t_save, rounds), ddw = bench_median(t_ddw, rounds);
     double load = bench_median(t_load, rounds), ddr = bench_median(t_ddr, rounds);
-    double blocked = bench_median(t_blocked, rounds), waited = bench_median(t_waited, rounds);
-    double plain = bench_median(t_plain, rounds), slow = bench_median(t_slow, rounds);
-    double async = bench_median(t_async, rounds);
-
     printf("\n%-56s %10s %12s   (median of %d rounds)\n", "measurement", "seconds", "MiB/s",
            rounds);
     printf("%-56s %10.2f %12.0f\n", "save (HDF5, checksums, fsync, rename)", save, mib / save);
     printf("%-56s %10.2f %12.0f\n", "dd bs=16M conv=fsync, same bytes (baseline)", ddw, mib / ddw);
-    printf("%-56s %10.2f %12.0f\n", "load (read + verify checksums), from disk", load, mib / load);
+    printf("%-56s %10.2f %12.0f\n", ranks == 1 ? "load (read + verify checksums), from disk"
+                                              : "load (every rank reads it all), from disk",
+           load, mib / load);
     printf("%-56s %10.2f %12.0f\n", "dd read, same bytes, from disk (baseline)", ddr, mib / ddr);
-    printf("%-56s %10.2f\n", "training step, no save", plain / K);
-    printf("%-56s %10.3f\n", "async save: training blocked (call + wait for the copy)", blocked);
-    printf("%-56s %10.3f\n", "  of which the update waited for the copy", waited);
-    char label[96];
-    snprintf(label, sizeof label, "async save: %d steps after it minus %d without", K, K);
-    printf("%-56s %10.2f\n", label, slow);
-    printf("%-56s %10.2f\n", "async save: written and committed after", async);
+    double blocked = 0, slow = 0;
+    if (ranks == 1) {
+        blocked = bench_median(t_blocked, rounds);
+        slow = bench_median(t_slow, rounds);
+        double waited = bench_median(t_waited, rounds), plain = bench_median(t_plain, rounds);
+        double async = bench_median(t_async, rounds);
+        printf("%-56s %10.2f\n", "training step, no save", plain / K);
+        printf("%-56s %10.3f\n", "async save: training blocked (call + wait for the copy)",
+               blocked);
+        printf("%-56s %10.3f\n", "  of which the update waited for the copy", waited);
+        char label[96];
+        snprintf(label, sizeof label, "async save: %d steps after it minus %d without", K, K);
+        printf("%-56s %10.2f\n", label, slow);
+        printf("%-56s %10.2f\n", "async save: written and committed after", async);
+    }
     printf("\n%-56s %9.1f%%\n", "save / dd write", 100 * ddw / save);
     printf("%-56s %9.1f%%\n", "load / dd read", 100 * ddr / load);
-    printf("%-56s %9.1f%%\n", "async blocked / synchronous save", 100 * blocked / save);
-    printf("%-56s %9.1f%%\n", "async step slowdown / synchronous save", 100 * slow / save);
+    if (ranks == 1) {
+        printf("%-56s %9.1f%%\n", "async blocked / synchronous save", 100 * blocked / save);
+        printf("%-56s %9.1f%%\n", "async step slowdown / synchronous save", 100 * slow / save);
+    }
+    int all_ok = 0;
+    MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, ent_group_mpi_comm(grid->world));
+    ok = all_ok;
     if (!ok) printf("WARNING: the state read back differs from the state saved\n");
 
     char path[4300];
     const char *names[] = {"bench_a.h5", "bench_b.h5", "bench_dd.bin", "latest"};
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 4 && rank == 0; i++) {
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
         unlink(path);
     }
-    rmdir(dir);
+    if (rank == 0) rmdir(dir);
     free(expect);
     free(l.tok);
     free(l.tgt);
