@@ -88,15 +88,20 @@ static ent_ckpt_saver_t *saver_new(const char *dir, int async) {
     return sv;
 }
 
+// A fresh state and a saver into root/sub (dir: PATH_MAX bytes).
+static ent_ckpt_saver_t *begin(state *s, char *dir, const char *sub, int async) {
+    state_new(s);
+    snprintf(dir, PATH_MAX, "%s/%s", root, sub);
+    return saver_new(dir, async);
+}
+
 static const ent_ckpt_attr step_attr[] = {{.name = "step", .type = ENT_ATTR_I64, .i = 7}};
 
 static void test_staged_then_overwritten(void **unused) {
     (void)unused;
     state s;
-    state_new(&s);
     char dir[PATH_MAX], path[PATH_MAX + 32];
-    snprintf(dir, sizeof dir, "%s/staged", root);
-    ent_ckpt_saver_t *sv = saver_new(dir, 1);
+    ent_ckpt_saver_t *sv = begin(&s, dir, "staged", 1);
     assert_int_equal(ent_ckpt_saver_prepare(sv, &s.sh), ENT_OK);
     ent_ckpt_wait_staged(sv); // nothing in flight: returns at once
     for (int round = 0; round < 3; round++) {
@@ -119,10 +124,8 @@ static void test_staged_then_overwritten(void **unused) {
 static void test_two_saves_in_a_row(void **unused) {
     (void)unused;
     state s;
-    state_new(&s);
     char dir[PATH_MAX], path[PATH_MAX + 32];
-    snprintf(dir, sizeof dir, "%s/row", root);
-    ent_ckpt_saver_t *sv = saver_new(dir, 1);
+    ent_ckpt_saver_t *sv = begin(&s, dir, "row", 1);
     fill(&s, 1);
     assert_int_equal(ent_ckpt_save(sv, "one.h5", step_attr, 1, &s.sh), ENT_OK);
     ent_ckpt_wait_staged(sv);
@@ -132,7 +135,6 @@ static void test_two_saves_in_a_row(void **unused) {
     ent_ckpt_saver_free(&sv); // finishes the save in flight
     snprintf(path, sizeof path, "%s/one.h5", dir);
     assert_holds(path, &s, 1);
-    snprintf(path, sizeof path, "%s/latest", dir);
     char target[PATH_MAX];
     assert_int_equal(ent_ckpt_resolve_latest(dir, target, sizeof target), ENT_OK);
     assert_non_null(strstr(target, "two.h5"));
@@ -143,10 +145,8 @@ static void test_two_saves_in_a_row(void **unused) {
 static void test_sync_saver(void **unused) {
     (void)unused;
     state s;
-    state_new(&s);
     char dir[PATH_MAX], path[PATH_MAX + 32];
-    snprintf(dir, sizeof dir, "%s/sync", root);
-    ent_ckpt_saver_t *sv = saver_new(dir, 0);
+    ent_ckpt_saver_t *sv = begin(&s, dir, "sync", 0);
     fill(&s, 5);
     assert_int_equal(ent_ckpt_save(sv, "s.h5", step_attr, 1, &s.sh), ENT_OK);
     double blocked = ent_ckpt_last_blocked_seconds(sv);
