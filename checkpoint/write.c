@@ -15,9 +15,11 @@
 // renamed over the old) and removes checkpoints beyond `keep`. A crash at any
 // moment leaves `latest` naming a complete checkpoint.
 //
-// Asynchronous saves copy the shard's share to host memory and hand it to a
-// background thread that runs the same steps on its own duplicate of the
-// world's communicator (MPI_THREAD_MULTIPLE).
+// Asynchronous saves hand the shard to a background thread that copies its
+// share to host memory (beside the caller's next forward and backward; the
+// caller's update waits for the copy: ent_ckpt_wait_staged), then runs the
+// same steps at low CPU priority on its own duplicate of the world's
+// communicator (MPI_THREAD_MULTIPLE).
 #include "ckpt_impl.h"
 
 #include <dirent.h>
