@@ -50,6 +50,15 @@ typedef struct {
     size_t first[CKPT_NGROUPS], end[CKPT_NGROUPS];
 } sources;
 
+// The caller's arrays as sources: parameters from arena offset 0, moments
+// over the state range; base NULL for an arena the shard lacks.
+static sources shard_sources(const ent_ckpt_shard *sh) {
+    size_t state_end = sh->state_first + sh->state_count;
+    return (sources){{sh->params, sh->adam_m, sh->adam_v},
+                     {0, sh->state_first, sh->state_first},
+                     {sh->table->total, state_end, state_end}};
+}
+
 static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -402,11 +411,10 @@ static void free_job(job *j) {
 // runs beside the next step's forward and backward, which use every core.
 static void stage(job *j) {
     const ent_ckpt_shard *sh = &j->shard;
-    const float *from[CKPT_NGROUPS] = {sh->params, sh->adam_m, sh->adam_v};
-    size_t origin[CKPT_NGROUPS] = {0, sh->state_first, sh->state_first};
+    sources live = shard_sources(sh);
     for (int g = 0; g < CKPT_NGROUPS; g++)
-        if (from[g] != NULL)
-            memcpy(j->src.base[g], from[g] + (sh->write_first - origin[g]),
+        if (live.base[g] != NULL)
+            memcpy(j->src.base[g], live.base[g] + (sh->write_first - live.first[g]),
                    sizeof(float) * sh->write_count);
 }
 
@@ -445,20 +453,18 @@ ent_status ent_ckpt_saver_new(ent_group_t *world, const ent_ckpt_saver_opts *opt
     s->keep = opts->keep;
     s->async = opts->async;
     s->io = MPI_COMM_NULL;
-    pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->staged_cv, NULL);
     if (s->async) {
         int level = 0;
         MPI_Query_thread(&level);
         if (level < MPI_THREAD_MULTIPLE) {
-            pthread_mutex_destroy(&s->lock);
-            pthread_cond_destroy(&s->staged_cv);
             free(s);
             return ent_fail(ENT_ERR_USAGE, "asynchronous checkpoints need MPI initialised with "
                             "MPI_THREAD_MULTIPLE");
         }
         MPI_Comm_dup(ent_group_mpi_comm(world), &s->io);
     }
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->staged_cv, NULL);
     *out = s;
     return ENT_OK;
 }
@@ -551,9 +557,9 @@ static ent_status make_job(ent_ckpt_saver_t *s, const char *name, const ent_ckpt
         free_job(j);
         return ent_fail(ENT_ERR_NOMEM, "out of memory for a checkpoint");
     }
-    const float *from[CKPT_NGROUPS] = {sh->params, sh->adam_m, sh->adam_v};
+    sources live = shard_sources(sh);
     for (int g = 0; g < CKPT_NGROUPS; g++) {
-        if (from[g] == NULL) continue;
+        if (live.base[g] == NULL) continue;
         j->src.base[g] = s->snap[g];
         j->src.first[g] = sh->write_first;
         j->src.end[g] = sh->write_first + sh->write_count;
@@ -566,10 +572,7 @@ ent_status ent_ckpt_save(ent_ckpt_saver_t *s, const char *name, const ent_ckpt_a
                          int nattrs, const ent_ckpt_shard *sh) {
     double t0 = now_seconds();
     if (!s->async) {
-        size_t state_end = sh->state_first + sh->state_count;
-        sources src = {{sh->params, sh->adam_m, sh->adam_v},
-                       {0, sh->state_first, sh->state_first},
-                       {sh->table->total, state_end, state_end}};
+        sources src = shard_sources(sh);
         ent_status st = save_now(ent_group_mpi_comm(s->world), s->dir, s->keep, name,
                                  find_step(attrs, nattrs), attrs, nattrs, sh, &src);
         s->blocked = now_seconds() - t0;
