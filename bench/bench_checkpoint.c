@@ -22,9 +22,10 @@
 // steps after the save minus the K steps without, which also counts what the
 // saver's thread took from the training's cores (copy, checksums, page cache).
 // Under mpirun the ranks are data-parallel replicas: each writes its 1/N share
-// of the state with parallel HDF5's collective MPI-IO path, each reads the
-// whole state back (what resuming at DP=N does), and the training loop is
-// left out (the ranks would share the cores). dd runs on rank 0.
+// of the state with parallel HDF5's collective MPI-IO path; to load, each
+// reads about 1/N of the file and broadcasts it to the others, ending with
+// the whole state, as resuming at DP=N does (without ZeRO); the training loop
+// is left out (the ranks would share the cores). dd runs on rank 0.
 // The measurements alternate over rounds and the medians are printed: a
 // shared disk's speed drifts. It prints figures; it never passes or fails. It
 // writes about 3 x the state's bytes in DIR and removes them.
@@ -157,6 +158,7 @@ int main(int argc, char **argv) {
     sh.state_count = ent_optim_state_floats(l.optim, &sh.state_first);
     sh.write_count = ent_model_arena_floats(l.model) / (size_t)ranks; // the trainer's DP share
     sh.write_first = sh.write_count * (size_t)rank;
+    sh.replicas = grid->dp; // the ranks share the reading, as the trainer's DP replicas do
     size_t n = sh.table->total;
     double bytes = 3.0 * 4.0 * (double)n, mib = bytes / 1048576.0;
     ent_ckpt_attr attrs[] = {{.name = "step", .type = ENT_ATTR_I64, .i = 1}};
@@ -167,8 +169,8 @@ int main(int argc, char **argv) {
         printf("                  training loop: batch %d x %d tokens, %d steps after each async "
                "save; %s\n", B, T, K, ent_backend_cpu_describe());
     else
-        printf("                  %d ranks, each writing 1/%d of the state and reading all of it "
-               "(collective MPI-IO); no training loop\n", ranks, ranks);
+        printf("                  %d ranks, each writing 1/%d of the state (collective MPI-IO), "
+               "reading 1/%d and broadcasting it; no training loop\n", ranks, ranks, ranks);
     train_steps(&l, 2, NULL); // warm-up: every buffer touched, moments no longer zero
 
     // Rounds of: synchronous save, dd write, load, dd read, and the training
@@ -244,7 +246,7 @@ int main(int argc, char **argv) {
     printf("%-56s %10.2f %12.0f\n", "save (HDF5, checksums, fsync, rename)", save, mib / save);
     printf("%-56s %10.2f %12.0f\n", "dd bs=16M conv=fsync, same bytes (baseline)", ddw, mib / ddw);
     printf("%-56s %10.2f %12.0f\n", ranks == 1 ? "load (read + verify checksums), from disk"
-                                              : "load (every rank reads it all), from disk",
+                                              : "load (read 1/N + broadcast), from disk",
            load, mib / load);
     printf("%-56s %10.2f %12.0f\n", "dd read, same bytes, from disk (baseline)", ddr, mib / ddr);
     double blocked = 0, slow = 0;

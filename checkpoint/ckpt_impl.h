@@ -37,22 +37,24 @@ void ckpt_select_blocks(hid_t fspace, hid_t mspace, const ent_rect *rects, int n
 
 // A checkpoint file streamed through the page cache (stream.c): while it is
 // written, pages written a while ago are pushed to disk and dropped; while it
-// is read, pages read a while ago are dropped. Hints only: fd is -1 where the
-// file cannot be opened, and then nothing is done (nor for a NULL stream).
+// is read, pages read a while ago are dropped (only those this process read:
+// other ranks may be reading the rest). Hints only: fd is -1 where the file
+// cannot be opened, and then nothing is done (nor for a NULL stream).
 typedef struct {
     int fd;
-    off_t done; // bytes from the start already dropped
+    off_t done; // writing: bytes from the start dropped; reading: where the run kept starts
+    off_t end;  // reading: where the run of bytes read last ends
 } ckpt_stream;
 void ckpt_stream_open(ckpt_stream *s, const char *path);
-void ckpt_stream_advance(ckpt_stream *s);          // writing: up to the file's end
-void ckpt_stream_read_to(ckpt_stream *s, off_t at); // reading: at the file offset at
+void ckpt_stream_advance(ckpt_stream *s);                  // writing: up to the file's end
+void ckpt_stream_read(ckpt_stream *s, off_t from, off_t to); // reading: bytes [from, to) read
 void ckpt_stream_close(ckpt_stream *s);
 
 struct ent_ckpt {
     hid_t file;
     char path[4096];
-    int parallel;       // opened by a group (collective reads)
-    ckpt_stream stream; // one process reading (fd -1 otherwise)
+    ent_group_t *world; // the ranks that opened it together (NULL: this process alone)
+    ckpt_stream stream;
 };
 
 // Checks checksums on a helper thread while reading goes on. NULL when no
@@ -64,10 +66,13 @@ ckpt_verifier *ckpt_verifier_start(void);
 // untouched until then.
 ent_status ckpt_verifier_finish(ckpt_verifier *v);
 
-// Whole datasets chunk by chunk past the filter pipeline (direct.c), for one
-// process: Fletcher32 computed as HDF5 does; chunks must span whole rows.
+// Datasets chunk by chunk past the filter pipeline (direct.c), each process
+// on its own file handle: Fletcher32 computed as HDF5 does; chunks must span
+// whole rows.
 uint32_t ckpt_fletcher32(const void *data, size_t nbytes);
-int ckpt_direct_ok(hid_t dset);
+// Rows in one chunk of the dataset when it can be moved chunk by chunk (whole
+// rows, one Fletcher32 filter); 0 when not.
+hsize_t ckpt_direct_rows(hid_t dset);
 // A full chunk moves between memory and file without a copy: the 4 bytes
 // after it in memory (the next chunk's, or `slack` bytes the caller may lend
 // after the tensor) hold its checksum meanwhile and are put back, so no other
@@ -75,14 +80,22 @@ int ckpt_direct_ok(hid_t dset);
 // NULL) follows every chunk written or read.
 ent_status ckpt_write_whole(hid_t dset, const char *name, float *src, size_t slack,
                             ckpt_stream *stream);
-// With a verifier, the checksums of chunks read in place are checked by its
-// thread, and a failure is reported by ckpt_verifier_finish; without (NULL),
-// every chunk is checked before the call returns.
-ent_status ckpt_read_whole(hid_t dset, const char *name, float *dst, size_t slack,
-                           ckpt_stream *stream, ckpt_verifier *verifier);
+// Reads rows [row0, row1) into dst (row0 on a chunk boundary, row1 too or
+// past the last row: read to the end); the same lending applies, slack being
+// what follows the last row read. With a verifier, the checksums of chunks
+// read in place are checked by its thread, and a failure is reported by
+// ckpt_verifier_finish; without (NULL), every chunk is checked before the
+// call returns.
+ent_status ckpt_read_rows(hid_t dset, const char *name, hsize_t row0, hsize_t row1, float *dst,
+                          size_t slack, ckpt_stream *stream, ckpt_verifier *verifier);
 
 // Checks the format and version attributes of an open file.
 ent_status ckpt_check_format(hid_t file, const char *path);
+
+// Every rank of comm: the outcome of a step that each took (ENT_OK only if
+// every rank's was). A rank that failed keeps its message; the others name
+// the lowest failing rank: "WHAT failed on rank N (see its message)".
+ent_status ckpt_agree(MPI_Comm comm, ent_status local, const char *what);
 
 // fsync of a file by name.
 ent_status ckpt_fsync_path(const char *path);

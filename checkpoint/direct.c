@@ -100,22 +100,23 @@ static size_t chunk_rows(const chunk_layout *l, hsize_t k) {
     return (size_t)(first + rows <= l->dims[0] ? rows : l->dims[0] - first);
 }
 
-int ckpt_direct_ok(hid_t dset) {
+hsize_t ckpt_direct_rows(hid_t dset) {
     chunk_layout l;
-    return read_layout(dset, &l);
+    return read_layout(dset, &l) ? l.chunk[0] : 0;
 }
 
-// Where chunk k of the tensor at base moves between memory and file: base
+// Where chunk k of a tensor, whose data is (or goes) at `chunk`, moves
+// between memory and file, chunks before k_end moving in one go: there
 // itself when the chunk is full and 4 bytes follow it (the next chunk's, or
-// slack), which then hold the checksum meanwhile and are saved in kept[]
-// (*in_place = 1); otherwise the edge buffer. *have: the chunk's bytes of
-// data. NULL: out of memory.
-static unsigned char *chunk_io(const chunk_layout *l, hsize_t k, float *base, size_t slack,
-                               unsigned char kept[4], int *in_place, size_t *have) {
+// the slack after the last), which then hold the checksum meanwhile and are
+// saved in kept[] (*in_place = 1); otherwise the edge buffer. *have: the
+// chunk's bytes of data. NULL: out of memory.
+static unsigned char *chunk_io(const chunk_layout *l, hsize_t k, hsize_t k_end,
+                               unsigned char *chunk, size_t slack, unsigned char kept[4],
+                               int *in_place, size_t *have) {
     size_t bytes = l->chunk_elems * sizeof(float);
-    unsigned char *chunk = (unsigned char *)(base + (size_t)k * l->chunk_elems);
     *have = chunk_rows(l, k) * (size_t)l->chunk[1] * sizeof(float);
-    *in_place = *have == bytes && (k + 1 < l->nchunks || slack >= 4);
+    *in_place = *have == bytes && (k + 1 < k_end || slack >= 4);
     if (!*in_place) return chunk_buffers(bytes + 4);
     memcpy(kept, chunk + bytes, 4);
     return chunk;
@@ -131,7 +132,7 @@ ent_status ckpt_write_whole(hid_t dset, const char *name, float *src, size_t sla
         unsigned char *chunk = (unsigned char *)(src + (size_t)k * l.chunk_elems), kept[4];
         int in_place;
         size_t have;
-        unsigned char *out = chunk_io(&l, k, src, slack, kept, &in_place, &have);
+        unsigned char *out = chunk_io(&l, k, l.nchunks, chunk, slack, kept, &in_place, &have);
         if (out == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory writing %s", name);
         if (!in_place) { // an edge chunk, padded
             memcpy(out, chunk, have);
@@ -252,10 +253,15 @@ ent_status ckpt_verifier_finish(ckpt_verifier *v) {
     return st;
 }
 
-ent_status ckpt_read_whole(hid_t dset, const char *name, float *dst, size_t slack,
-                           ckpt_stream *stream, ckpt_verifier *verifier) {
+ent_status ckpt_read_rows(hid_t dset, const char *name, hsize_t row0, hsize_t row1, float *dst,
+                          size_t slack, ckpt_stream *stream, ckpt_verifier *verifier) {
     chunk_layout l;
     ENT_CHECK(layout_of(dset, name, &l));
+    if (row1 > l.dims[0]) row1 = l.dims[0];
+    if (row0 % l.chunk[0] != 0 || (row1 % l.chunk[0] != 0 && row1 != l.dims[0]))
+        return ent_fail(ENT_ERR_INTERNAL, "dataset %s: rows %llu..%llu do not fall on whole "
+                        "chunks of %llu rows", name, (unsigned long long)row0,
+                        (unsigned long long)row1, (unsigned long long)l.chunk[0]);
     {
         hid_t dcpl = H5Dget_create_plist(dset);
         unsigned flags = 0;
@@ -267,7 +273,8 @@ ent_status ckpt_read_whole(hid_t dset, const char *name, float *dst, size_t slac
                             "Fletcher32 filter", name);
     }
     size_t bytes = l.chunk_elems * sizeof(float);
-    for (hsize_t k = 0; k < l.nchunks; k++) {
+    hsize_t k0 = row0 / l.chunk[0], k1 = (row1 + l.chunk[0] - 1) / l.chunk[0];
+    for (hsize_t k = k0; k < k1; k++) {
         hsize_t offset[2] = {k * l.chunk[0], 0}, stored_bytes = 0;
         haddr_t addr = HADDR_UNDEF;
         unsigned chunk_filters = 0;
@@ -277,10 +284,10 @@ ent_status ckpt_read_whole(hid_t dset, const char *name, float *dst, size_t slac
                             "bytes, expected %zu (damaged file)", name,
                             (unsigned long long)offset[0], (unsigned long long)stored_bytes,
                             bytes + 4);
-        unsigned char *chunk = (unsigned char *)(dst + (size_t)k * l.chunk_elems), kept[4];
+        unsigned char *chunk = (unsigned char *)(dst + (size_t)(k - k0) * l.chunk_elems), kept[4];
         int in_place;
         size_t have;
-        unsigned char *in = chunk_io(&l, k, dst, slack, kept, &in_place, &have);
+        unsigned char *in = chunk_io(&l, k, k1, chunk, slack, kept, &in_place, &have);
         if (in == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", name);
         uint32_t mask = 0, stored;
         herr_t rc = H5Dread_chunk(dset, H5P_DEFAULT, offset, &mask, in);
@@ -299,7 +306,7 @@ ent_status ckpt_read_whole(hid_t dset, const char *name, float *dst, size_t slac
         else if (!chunk_sum_ok(in, bytes, stored))
             return chunk_sum_error(name, (unsigned long long)offset[0]);
         if (!in_place) memcpy(chunk, in, have);
-        ckpt_stream_read_to(stream, (off_t)(addr + stored_bytes));
+        ckpt_stream_read(stream, (off_t)addr, (off_t)(addr + stored_bytes));
     }
     return ENT_OK;
 }

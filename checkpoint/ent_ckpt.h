@@ -49,6 +49,9 @@ typedef struct {
     // writing: the arena range this rank writes (its share; rows replicated
     // across TP ranks are written by TP rank 0 only)
     size_t write_first, write_count;
+    // reading: the ranks holding the same parameters as this one (its DP
+    // group), which then share the reading; NULL: this rank reads all it needs
+    ent_group_t *replicas;
 } ent_ckpt_shard;
 
 // Initialises HDF5 before MPI starts: call once, before ent_comm_init. HDF5
@@ -107,8 +110,9 @@ ent_status ent_ckpt_resolve_latest(const char *dir, char *out, size_t n);
 
 typedef struct ent_ckpt ent_ckpt_t;
 
-// Opens a checkpoint for reading: collectively by the ranks of world, or by
-// this process alone (world NULL). Checks format and version. Caller owns it.
+// Opens a checkpoint for reading: collectively by the ranks of world (each
+// opens it on its own; every rank gets the same status), or by this process
+// alone (world NULL). Checks format and version. Caller owns it.
 ent_status ent_ckpt_open(const char *path, ent_group_t *world, ent_ckpt_t **out);
 void ent_ckpt_close(ent_ckpt_t **ck);
 const char *ent_ckpt_path(const ent_ckpt_t *ck);
@@ -119,8 +123,9 @@ ent_status ent_ckpt_attr_u64(ent_ckpt_t *ck, const char *name, uint64_t *v);
 ent_status ent_ckpt_attr_text(ent_ckpt_t *ck, const char *name, char **text);
 int ent_ckpt_has_moments(ent_ckpt_t *ck);
 // Reads this rank's part of every row (params whole, moments over the state
-// range when shard->adam_m is set), collectively. Each dataset's shape must be
-// the row's global shape; a failed checksum names the dataset.
+// range when shard->adam_m is set), collectively when opened by a group (with
+// shard->replicas, a subgroup of it, sharing the reading). Each dataset's
+// shape must be the row's global shape; a failed checksum names the dataset.
 ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *shard);
 // Reads one whole dataset ("params/wte.weight"); *data is malloc'ed.
 ent_status ent_ckpt_read_dataset(ent_ckpt_t *ck, const char *name, float **data,

@@ -224,3 +224,13 @@ ent_status ckpt_fsync_path(const char *path) {
     if (rc != 0) return ent_fail(ENT_ERR_IO, "cannot sync %s: %s", path, strerror(err));
     return ENT_OK;
 }
+
+ent_status ckpt_agree(MPI_Comm comm, ent_status local, const char *what) {
+    int rank, size;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    int mine[2] = {local != ENT_OK ? rank : size, (int)local}, first[2];
+    MPI_Allreduce(mine, first, 1, MPI_2INT, MPI_MINLOC, comm);
+    if (first[0] == size || local != ENT_OK) return local;
+    return ent_fail((ent_status)first[1], "%s failed on rank %d (see its message)", what, first[0]);
+}

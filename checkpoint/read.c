@@ -1,9 +1,14 @@
 // read.c: opening checkpoints and reading them back, on any layout.
 //
-// Each rank reads the blocks of every global tensor that its own table
-// describes: its tensor-parallel part of every parameter row, and of the
-// AdamW moments only its state range (its ZeRO shard). As for writing, every
-// rank takes part in every collective read, and the ranks agree on the outcome.
+// Each rank opens the file on its own (a committed checkpoint is read-only)
+// and reads the blocks of every global tensor that its own table describes:
+// its tensor-parallel part of every parameter row, and of the AdamW moments
+// only its state range (its ZeRO shard). Data-parallel replicas need the same
+// blocks: each reads a part of them and broadcasts it to the others, so the
+// file is read once, not once per replica. Whole chunks move straight from
+// the file with their checksums checked beside (direct.c); the pieces of
+// chunks at the edges of a rank's part go through HDF5. The ranks agree on
+// the outcome, and nothing is broadcast unless every rank read its part.
 #include "ckpt_impl.h"
 
 #include <errno.h>
@@ -12,9 +17,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
-ent_status ent_ckpt_open(const char *path, ent_group_t *world, ent_ckpt_t **out) {
+// Opens the file on this process: read-only, through the default (POSIX)
+// driver, with no file lock (a committed checkpoint never changes, and
+// parallel file systems often refuse locks).
+static ent_status open_here(const char *path, ent_ckpt_t **out) {
     *out = NULL;
-    ckpt_h5_init();
     struct stat sb;
     if (stat(path, &sb) != 0)
         return ent_fail(ENT_ERR_INPUT, "cannot open checkpoint %s: %s", path, strerror(errno));
@@ -27,11 +34,7 @@ ent_status ent_ckpt_open(const char *path, ent_group_t *world, ent_ckpt_t **out)
     if (ck == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory opening %s", path);
     snprintf(ck->path, sizeof ck->path, "%s", path);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    if (world != NULL && ent_group_size(world) > 1) {
-        H5Pset_fapl_mpio(fapl, ent_group_mpi_comm(world), MPI_INFO_NULL);
-        H5Pset_all_coll_metadata_ops(fapl, 1);
-        ck->parallel = 1;
-    }
+    H5Pset_file_locking(fapl, 0, 1);
     ck->stream.fd = -1;
     ck->file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
     ent_status st = ck->file < 0 ? ckpt_h5_fail(ENT_ERR_INPUT, "cannot open checkpoint %s "
@@ -47,8 +50,28 @@ ent_status ent_ckpt_open(const char *path, ent_group_t *world, ent_ckpt_t **out)
         ent_ckpt_close(&ck);
         return st;
     }
-    if (!ck->parallel) ckpt_stream_open(&ck->stream, path); // direct reads drop what they read
+    ckpt_stream_open(&ck->stream, path); // direct reads drop what they have read
     *out = ck;
+    return ENT_OK;
+}
+
+// Every rank's outcome of a step on the file (no one else's without a group).
+static ent_status agree(ent_group_t *g, ent_status local, const char *what, const char *path) {
+    if (g == NULL) return local;
+    char step[4200];
+    snprintf(step, sizeof step, "%s %s", what, path);
+    return ckpt_agree(ent_group_mpi_comm(g), local, step);
+}
+
+ent_status ent_ckpt_open(const char *path, ent_group_t *world, ent_ckpt_t **out) {
+    ckpt_h5_init();
+    if (world != NULL && ent_group_size(world) < 2) world = NULL;
+    ent_status st = agree(world, open_here(path, out), "opening", path);
+    if (st != ENT_OK) {
+        ent_ckpt_close(out);
+        return st;
+    }
+    (*out)->world = world;
     return ENT_OK;
 }
 
@@ -110,19 +133,18 @@ static hid_t open_checked(ent_ckpt_t *ck, const char *group, const ent_param_row
     return d;
 }
 
-// Reads local elements [lo, hi) of row r into buf (collective when parallel;
-// a rank with nothing to read selects nothing).
-static ent_status read_part(ent_ckpt_t *ck, hid_t dset, hid_t dxpl, const char *group,
+// Reads local elements [lo, hi) of row r into buf through HDF5's filter
+// pipeline (any layout; the checksums are checked by HDF5).
+static ent_status read_part(ent_ckpt_t *ck, hid_t dset, const char *group,
                             const ent_param_row *r, const ent_ckpt_shard *sh, size_t lo,
                             size_t hi, float *buf) {
+    if (lo >= hi) return ENT_OK;
     hid_t fspace = H5Dget_space(dset);
     ent_rect rects[ENT_MAX_RECTS];
-    int nr = lo < hi ? ent_param_row_rects(r, sh->tp_rank, sh->tp_size, lo, hi, rects) : 0;
-    hid_t mspace = ckpt_memory_space(r->ndim, rects, nr, lo < hi ? hi - lo : 0);
-    ckpt_select_blocks(fspace, mspace, rects, lo < hi ? nr : 0);
-    float dummy;
-    herr_t rc = H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace,
-                        dxpl, lo < hi ? buf : &dummy);
+    int nr = ent_param_row_rects(r, sh->tp_rank, sh->tp_size, lo, hi, rects);
+    hid_t mspace = ckpt_memory_space(r->ndim, rects, nr, hi - lo);
+    ckpt_select_blocks(fspace, mspace, rects, nr);
+    herr_t rc = H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace, H5P_DEFAULT, buf);
     ent_status st = rc < 0 ? ckpt_h5_fail(ENT_ERR_INPUT, "%s: cannot read dataset %s/%s "
                                           "(corrupted?)", ck->path, group, r->name)
                            : ENT_OK;
@@ -131,56 +153,117 @@ static ent_status read_part(ent_ckpt_t *ck, hid_t dset, hid_t dxpl, const char *
     return st;
 }
 
+// Floats in one chunk of a row's dataset when this rank's part of the row is
+// the whole global tensor (so that whole chunks can move directly), as
+// entente chunks it; 0 otherwise.
+static size_t whole_chunk_floats(const ent_param_row *r) {
+    if (r->numel != (size_t)(r->shape[0] * r->shape[1])) return 0; // split across TP ranks
+    hsize_t chunk[2];
+    ckpt_chunk_dims(r->ndim, r->shape, chunk);
+    return (size_t)(chunk[0] * chunk[1]);
+}
+
+// Reads local elements [lo, hi) of row r to dst: the whole chunks among them
+// straight from the file (checksums checked by the verifier), the rest
+// through HDF5. `end`: the arena offset where the memory dst lies in ends.
+static ent_status read_range(ent_ckpt_t *ck, hid_t dset, int g, const ent_param_row *r,
+                             const ent_ckpt_shard *sh, size_t lo, size_t hi, float *dst,
+                             size_t end, ckpt_verifier *verifier) {
+    hsize_t rows = ckpt_direct_rows(dset);
+    size_t cols = (size_t)r->shape[1], per = rows * cols;
+    if (rows == 0 || r->numel != (size_t)r->shape[0] * cols || lo >= hi)
+        return read_part(ck, dset, ckpt_groups[g], r, sh, lo, hi, dst);
+    // whole chunks [a, b): from the first chunk boundary at or after lo to the
+    // last at or before hi (or the end of the tensor)
+    size_t a = (lo + per - 1) / per * per, b = hi == r->numel ? hi : hi / per * per;
+    if (a >= b) return read_part(ck, dset, ckpt_groups[g], r, sh, lo, hi, dst);
+    ENT_CHECK(read_part(ck, dset, ckpt_groups[g], r, sh, lo, a, dst));
+    char name[160];
+    snprintf(name, sizeof name, "%s/%s", ckpt_groups[g], r->name);
+    size_t after = r->offset + b; // the arena offset just past the chunks
+    ent_status st = ckpt_read_rows(dset, name, a / cols, (b + cols - 1) / cols, dst + (a - lo),
+                                   (end > after ? end - after : 0) * sizeof(float), &ck->stream,
+                                   verifier);
+    if (st != ENT_OK) return ent_fail(st, "%s: %s", ck->path, ent_last_error());
+    return read_part(ck, dset, ckpt_groups[g], r, sh, b, hi, dst + (b - lo));
+}
+
+// The arena ranges the replicas read, one each, to be broadcast after:
+// [cut[k], cut[k + 1]) for replica k, about equal, moved to the nearest chunk
+// boundary where the row there moves whole chunks, so each rank reads whole
+// chunks. Every replica
+// computes the same cuts from the same table.
+static void replica_cuts(const ent_param_table *t, size_t a0, size_t a1, int n, size_t *cut) {
+    cut[0] = a0;
+    cut[n] = a1;
+    int i = 0;
+    for (int k = 1; k < n; k++) {
+        size_t at = a0 + (size_t)((double)(a1 - a0) * k / n);
+        while (i + 1 < t->nrows && t->rows[i].offset + t->rows[i].numel <= at) i++;
+        const ent_param_row *r = &t->rows[i];
+        size_t per = whole_chunk_floats(r);
+        if (per > 0 && at >= r->offset && at < r->offset + r->numel) { // the nearest boundary
+            size_t q = (at - r->offset + per / 2) / per * per;
+            at = r->offset + (q < r->numel ? q : r->numel);
+        }
+        cut[k] = at < cut[k - 1] ? cut[k - 1] : at;
+    }
+}
+
 ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
     ent_status st = ENT_OK;
-    // one process reads whole tensors directly; their checksums are checked beside
-    ckpt_verifier *verifier = !ck->parallel && sh->tp_size == 1 ? ckpt_verifier_start() : NULL;
-    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-    if (ck->parallel) H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
+    const ent_param_table *t = sh->table;
     int moments = sh->adam_m != NULL && sh->adam_v != NULL;
+    int ngroups = moments ? CKPT_NGROUPS : 1;
+    // DP replicas hold the same parameters (and moments, without ZeRO): each
+    // reads a part and broadcasts it, so the file is read once
+    ent_group_t *reps = sh->replicas != NULL && ent_group_size(sh->replicas) > 1 ? sh->replicas : NULL;
+    int nrep = reps ? ent_group_size(reps) : 1, me = reps ? ent_group_rank(reps) : 0;
+    enum { MAXREP = 4096 };
+    if (nrep > MAXREP) return ent_fail(ENT_ERR_INTERNAL, "more than %d replicas", MAXREP);
+    size_t *cuts = calloc((size_t)ngroups * (size_t)(nrep + 1), sizeof(size_t));
+    if (cuts == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", ck->path);
+    int shared[CKPT_NGROUPS] = {1, 0, 0}; // which arenas the replicas share
+    if (moments) {
+        shared[1] = shared[2] = sh->state_first == 0 && sh->state_count >= t->total;
+        int all = shared[1];
+        if (reps != NULL) st = ent_allreduce(reps, &shared[1], &all, 1, ENT_I32, ENT_MIN);
+        shared[1] = shared[2] = all;
+    }
     if (moments && !ent_ckpt_has_moments(ck))
         st = ent_fail(ENT_ERR_INPUT, "%s holds no AdamW state (adam_m, adam_v)", ck->path);
-    for (int g = 0; g < (moments ? CKPT_NGROUPS : 1); g++) {
-        for (int i = 0; i < sh->table->nrows; i++) {
-            const ent_param_row *r = &sh->table->rows[i];
-            ent_status local = ENT_OK;
-            hid_t d = open_checked(ck, ckpt_groups[g], r, &local);
-            if (d < 0) {
-                // metadata is the same for every rank: every rank stops here together
-                if (st == ENT_OK) st = local;
-                goto done;
-            }
-            size_t lo = 0, hi = r->numel;
-            float *dst = sh->params + r->offset;
-            size_t end = sh->table->total; // the arena dst lies in ends here
-            if (g > 0) { // moments: only this rank's state range
-                size_t a = r->offset, b = r->offset + r->numel;
-                size_t s0 = sh->state_first, s1 = sh->state_first + sh->state_count;
-                lo = (a > s0 ? a : s0) - a;
-                hi = b < s1 ? b - a : (s1 > a ? s1 - a : 0);
-                float *m = g == 1 ? sh->adam_m : sh->adam_v;
-                dst = m + (r->offset + lo - sh->state_first);
-                end = s1;
-            }
-            if (!ck->parallel && sh->tp_size == 1 && lo == 0 && hi == r->numel && ckpt_direct_ok(d)) {
-                // one process reading a whole tensor: chunk by chunk, checksums checked here
-                char name[160];
-                snprintf(name, sizeof name, "%s/%s", ckpt_groups[g], r->name);
-                size_t row_end = r->offset + r->numel;
-                local = ckpt_read_whole(d, name, dst, (end > row_end ? end - row_end : 0) * sizeof(float),
-                                        &ck->stream, verifier);
-                if (local != ENT_OK) local = ent_fail(local, "%s: %s", ck->path, ent_last_error());
-            } else {
-                local = read_part(ck, d, dxpl, ckpt_groups[g], r, sh, lo, hi, dst);
-            }
-            if (local != ENT_OK && st == ENT_OK) st = local;
+    ckpt_verifier *verifier = ckpt_verifier_start();
+    for (int g = 0; g < ngroups && st == ENT_OK; g++) {
+        size_t s0 = g > 0 ? sh->state_first : 0, s1 = g > 0 ? sh->state_first + sh->state_count : t->total;
+        size_t *cut = cuts + (size_t)g * (size_t)(nrep + 1);
+        if (shared[g]) replica_cuts(t, s0, s1 < t->total ? s1 : t->total, nrep, cut);
+        size_t r0 = shared[g] ? cut[me] : s0, r1 = shared[g] ? cut[me + 1] : s1;
+        float *base = g == 0 ? sh->params : g == 1 ? sh->adam_m : sh->adam_v; // arena offset s0
+        for (int i = 0; i < t->nrows && st == ENT_OK; i++) {
+            const ent_param_row *r = &t->rows[i];
+            hid_t d = open_checked(ck, ckpt_groups[g], r, &st);
+            if (d < 0) break;
+            size_t a = r->offset, b = r->offset + r->numel;
+            size_t lo = (a > r0 ? a : r0) - a, hi = b < r1 ? b - a : (r1 > a ? r1 - a : 0);
+            if (lo < hi)
+                st = read_range(ck, d, g, r, sh, lo, hi, base + (a + lo - s0), s1, verifier);
             H5Dclose(d);
         }
     }
-done:
-    H5Pclose(dxpl);
     ent_status checked = ckpt_verifier_finish(verifier);
     if (checked != ENT_OK && st == ENT_OK) st = ent_fail(checked, "%s: %s", ck->path, ent_last_error());
+    // nothing is broadcast unless every rank has read its part
+    st = agree(ck->world != NULL ? ck->world : reps, st, "reading", ck->path);
+    for (int g = 0; g < ngroups && st == ENT_OK && reps != NULL; g++) {
+        if (!shared[g]) continue;
+        const size_t *cut = cuts + (size_t)g * (size_t)(nrep + 1);
+        size_t s0 = g > 0 ? sh->state_first : 0;
+        float *base = g == 0 ? sh->params : g == 1 ? sh->adam_m : sh->adam_v;
+        for (int k = 0; k < nrep && st == ENT_OK; k++)
+            if (cut[k + 1] > cut[k])
+                st = ent_broadcast(reps, base + (cut[k] - s0), cut[k + 1] - cut[k], ENT_F32, k);
+    }
+    free(cuts);
     return st;
 }
 
@@ -206,8 +289,8 @@ ent_status ent_ckpt_read_dataset(ent_ckpt_t *ck, const char *name, float **data,
         return ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", name);
     }
     ent_status st;
-    if (!ck->parallel && ckpt_direct_ok(d)) {
-        st = ckpt_read_whole(d, name, buf, sizeof(float), &ck->stream, NULL);
+    if (ckpt_direct_rows(d) > 0) {
+        st = ckpt_read_rows(d, name, 0, dims[0], buf, sizeof(float), &ck->stream, NULL);
         if (st != ENT_OK) st = ent_fail(st, "%s: %s", ck->path, ent_last_error());
     } else {
         herr_t rc = H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);

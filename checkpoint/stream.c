@@ -21,7 +21,7 @@
 
 void ckpt_stream_open(ckpt_stream *s, const char *path) {
     s->fd = open(path, O_RDONLY | O_CLOEXEC);
-    s->done = 0;
+    s->done = s->end = 0;
 }
 
 void ckpt_stream_advance(ckpt_stream *s) {
@@ -44,9 +44,15 @@ void ckpt_stream_close(ckpt_stream *s) {
     s->fd = -1;
 }
 
-void ckpt_stream_read_to(ckpt_stream *s, off_t at) {
-    if (s == NULL || s->fd < 0 || at - s->done < 2 * STREAM_WINDOW) return;
-    off_t upto = at - STREAM_WINDOW; // the window just read stays
+void ckpt_stream_read(ckpt_stream *s, off_t from, off_t to) {
+    if (s == NULL || s->fd < 0) return;
+    if (from != s->end) { // a jump: the run read before is not read again
+        if (s->end > s->done) posix_fadvise(s->fd, s->done, s->end - s->done, POSIX_FADV_DONTNEED);
+        s->done = from;
+    }
+    s->end = to;
+    if (to - s->done < 2 * STREAM_WINDOW) return;
+    off_t upto = to - STREAM_WINDOW; // the window just read stays
     posix_fadvise(s->fd, s->done, upto - s->done, POSIX_FADV_DONTNEED);
     s->done = upto;
 }

@@ -319,19 +319,6 @@ static void remove_stale_tmp(const char *dir) {
     closedir(d);
 }
 
-// Every rank: the outcome of a step taken by some ranks (0 ok). A rank that
-// failed keeps its message; the others name it.
-static ent_status agree(MPI_Comm comm, ent_status local, const char *what) {
-    int rank;
-    MPI_Comm_rank(comm, &rank);
-    int size;
-    MPI_Comm_size(comm, &size);
-    int mine[2] = {local != ENT_OK ? rank : size, (int)local}, first[2];
-    MPI_Allreduce(mine, first, 1, MPI_2INT, MPI_MINLOC, comm);
-    if (first[0] == size || local != ENT_OK) return local;
-    return ent_fail((ent_status)first[1], "%s failed on rank %d (see its message)", what, first[0]);
-}
-
 // The whole save: file, agreement, commit (rank 0), agreement.
 static ent_status save_now(MPI_Comm comm, const char *dir, int keep, const char *name,
                            int64_t step, const ent_ckpt_attr *attrs, int nattrs,
@@ -347,10 +334,10 @@ static ent_status save_now(MPI_Comm comm, const char *dir, int keep, const char 
         if (st == ENT_OK) remove_stale_tmp(dir);
         if (st == ENT_OK) st = check_room(dir, file_bytes(sh, src->base[1] != NULL));
     }
-    ENT_CHECK(agree(comm, st, "preparing the checkpoint"));
+    ENT_CHECK(ckpt_agree(comm, st, "preparing the checkpoint"));
     st = write_file(comm, tmp, attrs, nattrs, sh, src);
     if (st != ENT_OK) st = with_room_hint(st, dir);
-    st = agree(comm, st, "writing the checkpoint");
+    st = ckpt_agree(comm, st, "writing the checkpoint");
     if (st != ENT_OK) {
         if (rank == 0) unlink(tmp); // the previous checkpoint and `latest` stay as they were
         return st;
@@ -364,7 +351,7 @@ static ent_status save_now(MPI_Comm comm, const char *dir, int keep, const char 
         if (st == ENT_OK) retain(dir, keep, step);
         if (st != ENT_OK) unlink(tmp);
     }
-    return agree(comm, st, "committing the checkpoint");
+    return ckpt_agree(comm, st, "committing the checkpoint");
 }
 
 // ---------------------------------------------------------------------------

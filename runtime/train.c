@@ -484,6 +484,7 @@ static ent_ckpt_shard rank_shard(trainer *tr) {
     size_t share = ent_model_arena_floats(tr->model) / (size_t)tr->grid->dp_size;
     sh.write_first = share * (size_t)tr->grid->dp_rank;
     sh.write_count = share;
+    sh.replicas = tr->grid->dp;
     return sh;
 }
 

@@ -1,4 +1,6 @@
-// test_ckpt.c: the asynchronous saver's contract, in one process.
+// test_ckpt.c: the savers' contract and reading back, in one process and
+// under mpirun (mpi_ckpt_3: every rank writes its share of each save, and the
+// ranks, data-parallel replicas, share the reading and broadcast it).
 //
 //  - staged: after ent_ckpt_save returns, the caller may read its arrays; once
 //    ent_ckpt_wait_staged returns it may overwrite them, and the checkpoint
@@ -7,7 +9,11 @@
 //  - wait_staged without a save in flight, or on a synchronous saver, returns
 //    at once and adds nothing to the blocked time;
 //  - two saves in a row: the second waits for the first, both commit, and
-//    `latest` names the second.
+//    `latest` names the second;
+//  - parts of the moments, as ZeRO shards them (ranges that start or end
+//    inside a chunk, on a boundary, in the edge chunk), read back exactly;
+//  - a damaged chunk, read by one rank only, fails the read on every rank
+//    (and nothing is broadcast).
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,6 +26,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <hdf5.h>
+#include <fcntl.h>
+
 #include "ent_ckpt.h"
 #include "ent_runtime.h"
 #include "ref.h"
@@ -27,6 +36,7 @@
 static char root[64];
 static ent_comm_t *comm;
 static ent_grid *grid;
+static int rank, ranks;
 
 typedef struct {
     ent_param_table table;
@@ -56,8 +66,12 @@ static void state_new(state *s) {
     s->m = malloc(sizeof(float) * n);
     s->v = malloc(sizeof(float) * n);
     assert_true(s->p != NULL && s->m != NULL && s->v != NULL);
+    // each rank writes its share, and reads as one of `ranks` DP replicas
+    size_t share = n / (size_t)ranks, first = share * (size_t)rank;
     s->sh = (ent_ckpt_shard){.table = &s->table, .tp_size = 1, .params = s->p, .adam_m = s->m,
-                             .adam_v = s->v, .state_count = n, .write_count = n};
+                             .adam_v = s->v, .state_count = n, .write_first = first,
+                             .write_count = rank == ranks - 1 ? n - first : share,
+                             .replicas = grid->dp};
 }
 
 static void state_free(state *s) {
@@ -160,14 +174,102 @@ static void test_sync_saver(void **unused) {
     state_free(&s);
 }
 
+// Parts of the moments read back exactly, whatever chunks they cut.
+static void test_read_parts(void **unused) {
+    (void)unused;
+    state s;
+    char dir[PATH_MAX], path[PATH_MAX + 32];
+    ent_ckpt_saver_t *sv = begin(&s, dir, "parts", 0);
+    fill(&s, 9);
+    assert_int_equal(ent_ckpt_save(sv, "p.h5", step_attr, 1, &s.sh), ENT_OK);
+    ent_ckpt_saver_free(&sv);
+    snprintf(path, sizeof path, "%s/p.h5", dir);
+    const ent_param_row *wte = ent_param_table_find(&s.table, "wte.weight");
+    size_t n = s.table.total, c = (size_t)1 << 22; // floats in one chunk of wte (4M / 512 rows)
+    assert_true(wte != NULL && wte->offset == 0 && wte->numel > c && wte->numel < 2 * c);
+    size_t parts[][2] = {
+        {0, n},                                     // everything
+        {1, n - 1},                                 // from inside the first chunk on
+        {c, wte->numel - c},                        // just wte's edge chunk
+        {c - 3, 10},                                // across a chunk boundary
+        {12345, wte->numel + 999 - 12345},          // two chunk pieces, into the next row
+        {n - 5, 5},                                 // the last values
+        {n / (size_t)ranks * (size_t)rank, n / (size_t)ranks}, // a ZeRO shard of its own
+    };
+    for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++) {
+        fill(&s, 77); // something else, so the read must bring every value
+        s.sh.state_first = parts[k][0];
+        s.sh.state_count = parts[k][1];
+        ent_ckpt_t *ck = NULL;
+        assert_int_equal(ent_ckpt_open(path, grid->world, &ck), ENT_OK);
+        assert_int_equal(ent_ckpt_read(ck, &s.sh), ENT_OK);
+        ent_ckpt_close(&ck);
+        size_t wrong = 0;
+        for (size_t i = 0; i < n; i++) wrong += s.p[i] != value(i, 0, 9);
+        for (size_t i = 0; i < parts[k][1]; i++) {
+            wrong += s.m[i] != value(parts[k][0] + i, 1, 9);
+            wrong += s.v[i] != value(parts[k][0] + i, 2, 9);
+        }
+        if (wrong) fprintf(stderr, "part %zu (%zu, +%zu): %zu wrong\n", k, parts[k][0],
+                           parts[k][1], wrong);
+        assert_int_equal(wrong, 0);
+    }
+    state_free(&s);
+}
+
+// One flipped byte in a chunk that one rank reads: every rank fails, the one
+// that read it naming the dataset.
+static void test_damaged_chunk(void **unused) {
+    (void)unused;
+    state s;
+    char dir[PATH_MAX], path[PATH_MAX + 32];
+    ent_ckpt_saver_t *sv = begin(&s, dir, "damaged", 0);
+    fill(&s, 3);
+    assert_int_equal(ent_ckpt_save(sv, "d.h5", step_attr, 1, &s.sh), ENT_OK);
+    ent_ckpt_saver_free(&sv);
+    snprintf(path, sizeof path, "%s/d.h5", dir);
+    if (rank == 0) { // wte's second chunk (rows 8192..): its 1000th byte
+        hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        hid_t d = H5Dopen2(f, "params/wte.weight", H5P_DEFAULT);
+        hsize_t at[2] = {8192, 0}, bytes = 0;
+        haddr_t addr = HADDR_UNDEF;
+        unsigned mask = 0;
+        assert_true(H5Dget_chunk_info_by_coord(d, at, &mask, &addr, &bytes) >= 0);
+        H5Dclose(d);
+        H5Fclose(f);
+        int fd = open(path, O_RDWR);
+        unsigned char b = 0;
+        assert_int_equal(pread(fd, &b, 1, (off_t)addr + 1000), 1);
+        b ^= 0x10;
+        assert_int_equal(pwrite(fd, &b, 1, (off_t)addr + 1000), 1);
+        close(fd);
+    }
+    ent_barrier(grid->world);
+    ent_ckpt_t *ck = NULL;
+    assert_int_equal(ent_ckpt_open(path, grid->world, &ck), ENT_OK);
+    ent_status st = ent_ckpt_read(ck, &s.sh);
+    ent_ckpt_close(&ck);
+    assert_int_not_equal(st, ENT_OK);
+    const char *msg = ent_last_error();
+    fprintf(stderr, "rank %d: %s\n", rank, msg);
+    assert_true(strstr(msg, "params/wte.weight") != NULL || strstr(msg, "failed on rank") != NULL);
+    state_free(&s);
+}
+
+// rank 0 makes the directory; every rank uses it
 static int setup(void **unused) {
     (void)unused;
-    return test_tmpdir_create(root, sizeof root, "ckpt");
+    int rc = rank == 0 ? test_tmpdir_create(root, sizeof root, "ckpt") : 0;
+    MPI_Comm c = ent_group_mpi_comm(grid->world);
+    MPI_Bcast(&rc, 1, MPI_INT, 0, c);
+    MPI_Bcast(root, sizeof root, MPI_CHAR, 0, c);
+    return rc;
 }
 
 static int teardown(void **unused) {
     (void)unused;
-    return test_tree_remove(root);
+    ent_barrier(grid->world);
+    return rank == 0 ? test_tree_remove(root) : 0;
 }
 
 int main(int argc, char **argv) {
@@ -177,10 +279,14 @@ int main(int argc, char **argv) {
         fprintf(stderr, "test_ckpt: %s\n", ent_last_error());
         return 1;
     }
+    rank = ent_comm_rank(comm);
+    ranks = ent_comm_size(comm);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_staged_then_overwritten),
         cmocka_unit_test(test_two_saves_in_a_row),
         cmocka_unit_test(test_sync_saver),
+        cmocka_unit_test(test_read_parts),
+        cmocka_unit_test(test_damaged_chunk),
     };
     int failed = cmocka_run_group_tests_name("ckpt", tests, setup, teardown);
     ent_grid_free(&grid);
