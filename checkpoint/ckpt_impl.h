@@ -7,9 +7,20 @@
 #include <hdf5.h>
 #include <sys/types.h>
 
-// The three arenas a checkpoint holds, in file order.
-#define CKPT_NGROUPS 3
-extern const char *const ckpt_groups[CKPT_NGROUPS]; // "params", "adam_m", "adam_v"
+// The arenas a checkpoint holds, in file order: the parameters, the AdamW
+// moments (over the state range), and a coalition's anchor weights and outer
+// momentum (laid out as the parameters).
+enum { CKPT_PARAMS, CKPT_ADAM_M, CKPT_ADAM_V, CKPT_ANCHOR, CKPT_OUTER_M, CKPT_NGROUPS };
+extern const char *const ckpt_groups[CKPT_NGROUPS]; // "params", ..., "coalition/anchor", ...
+#define CKPT_COALITION "coalition"
+
+// A shard's arenas: for each group, the buffer holding arena range
+// [first, end) (base NULL: this arena is not in the shard).
+typedef struct {
+    float *base[CKPT_NGROUPS];
+    size_t first[CKPT_NGROUPS], end[CKPT_NGROUPS];
+} ckpt_sources;
+ckpt_sources ckpt_shard_sources(const ent_ckpt_shard *sh);
 
 // Turns HDF5's error stack printing off once (errors are reported by us).
 void ckpt_h5_init(void);

@@ -40,6 +40,16 @@ typedef struct {
 // ---------------------------------------------------------------------------
 // what one rank holds
 
+// A coalition's state at a site or at the coordinator: the anchor weights
+// (theta_anchor) and the outer optimizer's momentum, each laid out as the
+// parameter arena (this rank's part; NULL: not held), the round, and the
+// ledger (text; NULL: none).
+typedef struct {
+    float *anchor, *outer_momentum;
+    int64_t round;
+    const char *ledger;
+} ent_ckpt_coalition;
+
 typedef struct {
     const ent_param_table *table; // this rank's table: global and local shapes, offsets
     int tp_rank, tp_size;
@@ -52,6 +62,9 @@ typedef struct {
     // reading: the ranks holding the same parameters as this one (its DP
     // group), which then share the reading; NULL: this rank reads all it needs
     ent_group_t *replicas;
+    // the coalition's state, written to (or read from) group /coalition when
+    // set; NULL: none (not part of a coalition)
+    const ent_ckpt_coalition *coalition;
 } ent_ckpt_shard;
 
 // Initialises HDF5 before MPI starts: call once, before ent_comm_init. HDF5
@@ -122,8 +135,13 @@ ent_status ent_ckpt_attr_i64(ent_ckpt_t *ck, const char *name, int64_t *v);
 ent_status ent_ckpt_attr_u64(ent_ckpt_t *ck, const char *name, uint64_t *v);
 ent_status ent_ckpt_attr_text(ent_ckpt_t *ck, const char *name, char **text);
 int ent_ckpt_has_moments(ent_ckpt_t *ck);
+// Whether the file holds coalition state (group /coalition), and its round
+// and ledger (*ledger malloc'ed; "" when none was written).
+int ent_ckpt_has_coalition(ent_ckpt_t *ck);
+ent_status ent_ckpt_coalition_info(ent_ckpt_t *ck, int64_t *round, char **ledger);
 // Reads this rank's part of every row (params whole, moments over the state
-// range when shard->adam_m is set), collectively when opened by a group (with
+// range when shard->adam_m is set, the coalition's arrays that
+// shard->coalition holds), collectively when opened by a group (with
 // shard->replicas, a subgroup of it, sharing the reading). Each dataset's
 // shape must be the row's global shape; a failed checksum names the dataset.
 ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *shard);

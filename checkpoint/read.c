@@ -213,32 +213,35 @@ static void replica_cuts(const ent_param_table *t, size_t a0, size_t a1, int n, 
 ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
     ent_status st = ENT_OK;
     const ent_param_table *t = sh->table;
-    int moments = sh->adam_m != NULL && sh->adam_v != NULL;
-    int ngroups = moments ? CKPT_NGROUPS : 1;
-    // DP replicas hold the same parameters (and moments, without ZeRO): each
-    // reads a part and broadcasts it, so the file is read once
+    ckpt_sources src = ckpt_shard_sources(sh); // the arenas wanted, and where they go
+    int moments = src.base[CKPT_ADAM_M] != NULL && src.base[CKPT_ADAM_V] != NULL;
+    if (!moments) src.base[CKPT_ADAM_M] = src.base[CKPT_ADAM_V] = NULL;
+    // DP replicas hold the same parameters (and coalition arrays, and
+    // moments without ZeRO): each reads a part and broadcasts it, so the file
+    // is read once
     ent_group_t *reps = sh->replicas != NULL && ent_group_size(sh->replicas) > 1 ? sh->replicas : NULL;
     int nrep = reps ? ent_group_size(reps) : 1, me = reps ? ent_group_rank(reps) : 0;
-    enum { MAXREP = 4096 };
-    if (nrep > MAXREP) return ent_fail(ENT_ERR_INTERNAL, "more than %d replicas", MAXREP);
-    size_t *cuts = calloc((size_t)ngroups * (size_t)(nrep + 1), sizeof(size_t));
+    size_t *cuts = calloc((size_t)CKPT_NGROUPS * (size_t)(nrep + 1), sizeof(size_t));
     if (cuts == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", ck->path);
-    int shared[CKPT_NGROUPS] = {1, 0, 0}; // which arenas the replicas share
+    int shared[CKPT_NGROUPS]; // which arenas the replicas share
+    for (int g = 0; g < CKPT_NGROUPS; g++) shared[g] = g != CKPT_ADAM_M && g != CKPT_ADAM_V;
     if (moments) {
-        shared[1] = shared[2] = sh->state_first == 0 && sh->state_count >= t->total;
-        int all = shared[1];
-        if (reps != NULL) st = ent_allreduce(reps, &shared[1], &all, 1, ENT_I32, ENT_MIN);
-        shared[1] = shared[2] = all;
+        int mine = sh->state_first == 0 && sh->state_count >= t->total, all = mine;
+        if (reps != NULL) st = ent_allreduce(reps, &mine, &all, 1, ENT_I32, ENT_MIN);
+        shared[CKPT_ADAM_M] = shared[CKPT_ADAM_V] = all;
     }
     if (moments && !ent_ckpt_has_moments(ck))
         st = ent_fail(ENT_ERR_INPUT, "%s holds no AdamW state (adam_m, adam_v)", ck->path);
+    if ((src.base[CKPT_ANCHOR] != NULL || src.base[CKPT_OUTER_M] != NULL) && !ent_ckpt_has_coalition(ck))
+        st = ent_fail(ENT_ERR_INPUT, "%s holds no coalition state (group /%s): it was not saved "
+                      "by a member of a coalition", ck->path, CKPT_COALITION);
     ckpt_verifier *verifier = ckpt_verifier_start();
-    for (int g = 0; g < ngroups && st == ENT_OK; g++) {
-        size_t s0 = g > 0 ? sh->state_first : 0, s1 = g > 0 ? sh->state_first + sh->state_count : t->total;
+    for (int g = 0; g < CKPT_NGROUPS && st == ENT_OK; g++) {
+        if (src.base[g] == NULL) continue;
+        size_t s0 = src.first[g], s1 = src.end[g]; // base holds arena range [s0, s1)
         size_t *cut = cuts + (size_t)g * (size_t)(nrep + 1);
         if (shared[g]) replica_cuts(t, s0, s1 < t->total ? s1 : t->total, nrep, cut);
         size_t r0 = shared[g] ? cut[me] : s0, r1 = shared[g] ? cut[me + 1] : s1;
-        float *base = g == 0 ? sh->params : g == 1 ? sh->adam_m : sh->adam_v; // arena offset s0
         for (int i = 0; i < t->nrows && st == ENT_OK; i++) {
             const ent_param_row *r = &t->rows[i];
             hid_t d = open_checked(ck, ckpt_groups[g], r, &st);
@@ -246,7 +249,7 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
             size_t a = r->offset, b = r->offset + r->numel;
             size_t lo = (a > r0 ? a : r0) - a, hi = b < r1 ? b - a : (r1 > a ? r1 - a : 0);
             if (lo < hi)
-                st = read_range(ck, d, g, r, sh, lo, hi, base + (a + lo - s0), s1, verifier);
+                st = read_range(ck, d, g, r, sh, lo, hi, src.base[g] + (a + lo - s0), s1, verifier);
             H5Dclose(d);
         }
     }
@@ -254,16 +257,48 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
     if (checked != ENT_OK && st == ENT_OK) st = ent_fail(checked, "%s: %s", ck->path, ent_last_error());
     // nothing is broadcast unless every rank has read its part
     st = agree(ck->world != NULL ? ck->world : reps, st, "reading", ck->path);
-    for (int g = 0; g < ngroups && st == ENT_OK && reps != NULL; g++) {
-        if (!shared[g]) continue;
+    for (int g = 0; g < CKPT_NGROUPS && st == ENT_OK && reps != NULL; g++) {
+        if (src.base[g] == NULL || !shared[g]) continue;
         const size_t *cut = cuts + (size_t)g * (size_t)(nrep + 1);
-        size_t s0 = g > 0 ? sh->state_first : 0;
-        float *base = g == 0 ? sh->params : g == 1 ? sh->adam_m : sh->adam_v;
         for (int k = 0; k < nrep && st == ENT_OK; k++)
             if (cut[k + 1] > cut[k])
-                st = ent_broadcast(reps, base + (cut[k] - s0), cut[k + 1] - cut[k], ENT_F32, k);
+                st = ent_broadcast(reps, src.base[g] + (cut[k] - src.first[g]), cut[k + 1] - cut[k],
+                                   ENT_F32, k);
     }
     free(cuts);
+    return st;
+}
+
+int ent_ckpt_has_coalition(ent_ckpt_t *ck) {
+    return H5Lexists(ck->file, CKPT_COALITION, H5P_DEFAULT) > 0;
+}
+
+ent_status ent_ckpt_coalition_info(ent_ckpt_t *ck, int64_t *round, char **ledger) {
+    *ledger = NULL;
+    if (!ent_ckpt_has_coalition(ck))
+        return ent_fail(ENT_ERR_INPUT, "%s holds no coalition state (group /%s)", ck->path,
+                        CKPT_COALITION);
+    hid_t grp = H5Gopen2(ck->file, CKPT_COALITION, H5P_DEFAULT);
+    if (grp < 0) return ckpt_h5_fail(ENT_ERR_INPUT, "%s: cannot open group /%s", ck->path, CKPT_COALITION);
+    ent_status st = ckpt_read_i64_attr(grp, ck->path, "round", round);
+    hsize_t n = 0;
+    hid_t d = st == ENT_OK && H5Lexists(grp, "ledger", H5P_DEFAULT) > 0
+                  ? H5Dopen2(grp, "ledger", H5P_DEFAULT) : H5I_INVALID_HID;
+    if (d >= 0) {
+        hid_t space = H5Dget_space(d);
+        if (H5Sget_simple_extent_ndims(space) == 1) H5Sget_simple_extent_dims(space, &n, NULL);
+        H5Sclose(space);
+    }
+    if (st == ENT_OK) *ledger = calloc((size_t)n + 1, 1);
+    if (st == ENT_OK && *ledger == NULL) st = ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", ck->path);
+    if (st == ENT_OK && n > 0 && H5Dread(d, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, *ledger) < 0)
+        st = ckpt_h5_fail(ENT_ERR_INPUT, "%s: dataset /%s/ledger is damaged", ck->path, CKPT_COALITION);
+    if (d >= 0) H5Dclose(d);
+    H5Gclose(grp);
+    if (st != ENT_OK) {
+        free(*ledger);
+        *ledger = NULL;
+    }
     return st;
 }
 

@@ -90,6 +90,11 @@ ent_status ent_ckpt_info(const char *path, FILE *out) {
         fprintf(out, "  /%-8s %d tensors, %.0f values (%.1f MiB)\n", ckpt_groups[g], s.count,
                 s.values, s.values * 4 / 1048576.0);
     }
+    int64_t round = 0;
+    char *ledger = NULL;
+    if (ent_ckpt_has_coalition(ck) && ent_ckpt_coalition_info(ck, &round, &ledger) == ENT_OK)
+        fprintf(out, "coalition: round %lld, ledger %zu bytes\n", (long long)round, strlen(ledger));
+    free(ledger);
     char *config = NULL;
     if (ent_ckpt_attr_text(ck, "config", &config) == ENT_OK) {
         fprintf(out, "configuration it was trained with:\n%s", config);
@@ -193,6 +198,11 @@ ent_status ent_ckpt_verify(const char *path, FILE *out) {
             verify_fail(&v, "group %s holds %d datasets, the checkpoint says %lld tensors",
                         ckpt_groups[g], v.datasets - before, (long long)tensors);
     }
+    int64_t round = 0;
+    char *ledger = NULL;
+    if (ent_ckpt_has_coalition(ck) && ent_ckpt_coalition_info(ck, &round, &ledger) != ENT_OK)
+        verify_fail(&v, "%s", ent_last_error());
+    free(ledger);
     ent_ckpt_close(&ck);
     if (v.bad)
         return ent_fail(ENT_ERR_INPUT, "%d problem(s) in the checkpoint; first: %s", v.bad,

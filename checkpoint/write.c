@@ -43,22 +43,6 @@ void ent_ckpt_name(int64_t step, char *buf, size_t n) {
 // ---------------------------------------------------------------------------
 // one save
 
-// The arenas to write: for each of params, adam_m, adam_v, a buffer holding
-// arena range [first, end) (NULL: this arena is not in the checkpoint).
-typedef struct {
-    float *base[CKPT_NGROUPS];
-    size_t first[CKPT_NGROUPS], end[CKPT_NGROUPS];
-} sources;
-
-// The caller's arrays as sources: parameters from arena offset 0, moments
-// over the state range; base NULL for an arena the shard lacks.
-static sources shard_sources(const ent_ckpt_shard *sh) {
-    size_t state_end = sh->state_first + sh->state_count;
-    return (sources){{sh->params, sh->adam_m, sh->adam_v},
-                     {0, sh->state_first, sh->state_first},
-                     {sh->table->total, state_end, state_end}};
-}
-
 static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -67,7 +51,7 @@ static double now_seconds(void) {
 
 // Writes this rank's part of one row into an open dataset (collective).
 static ent_status write_row(hid_t dset, hid_t dxpl, const char *group, const ent_param_row *r,
-                            const ent_ckpt_shard *sh, const sources *src, int g, int alone,
+                            const ent_ckpt_shard *sh, const ckpt_sources *src, int g, int alone,
                             ckpt_stream *stream) {
     float *base = src->base[g];
     size_t base_first = src->first[g];
@@ -101,10 +85,40 @@ static ent_status write_row(hid_t dset, hid_t dxpl, const char *group, const ent
     return st;
 }
 
+// The group /coalition: its `round` attribute and its ledger, a byte dataset
+// (checksummed like the rest; written by rank 0, collectively), when there is
+// one. Its arrays are written as the other arenas are.
+static ent_status write_coalition(hid_t file, hid_t dxpl, int rank, const ent_ckpt_coalition *c) {
+    hid_t grp = H5Gcreate2(file, CKPT_COALITION, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (grp < 0) return ckpt_h5_fail(ENT_ERR_IO, "cannot create group %s", CKPT_COALITION);
+    ent_ckpt_attr round = {.name = "round", .type = ENT_ATTR_I64, .i = c->round};
+    ent_status st = ckpt_write_attr(grp, &round);
+    hsize_t n = c->ledger ? strlen(c->ledger) : 0, chunk = n < (1u << 22) ? n : (1u << 22);
+    if (st == ENT_OK && n > 0) {
+        hid_t space = H5Screate_simple(1, &n, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+        H5Pset_chunk(dcpl, 1, &chunk);
+        H5Pset_fletcher32(dcpl);
+        H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+        hid_t d = H5Dcreate2(grp, "ledger", H5T_STD_U8LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+        if (rank != 0) H5Sselect_none(space);
+        hid_t mem = H5Scopy(space);
+        static const char none = 0;
+        if (d < 0 || H5Dwrite(d, H5T_NATIVE_UCHAR, mem, space, dxpl,
+                              rank == 0 ? c->ledger : &none) < 0)
+            st = ckpt_h5_fail(ENT_ERR_IO, "cannot write dataset %s/ledger", CKPT_COALITION);
+        if (d >= 0) H5Dclose(d);
+        H5Sclose(mem);
+        H5Pclose(dcpl);
+        H5Sclose(space);
+    }
+    H5Gclose(grp);
+    return st;
+}
+
 // Writes the whole file (every rank, collectively). Keeps going through every
 // collective call after a failure and returns the first failure.
 static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr *attrs,
-                             int nattrs, const ent_ckpt_shard *sh, const sources *src) {
+                             int nattrs, const ent_ckpt_shard *sh, const ckpt_sources *src) {
     ckpt_h5_init();
     ent_status st = ENT_OK;
     int size = 1;
@@ -138,6 +152,12 @@ static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr
 
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
     if (size > 1) H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
+    if (sh->coalition != NULL) {
+        int rank = 0;
+        MPI_Comm_rank(comm, &rank);
+        ent_status c = write_coalition(file, dxpl, rank, sh->coalition);
+        if (st == ENT_OK) st = c;
+    }
     hid_t ftype = H5T_IEEE_F32LE;
     for (int g = 0; g < CKPT_NGROUPS; g++) {
         if (src->base[g] == NULL && g > 0) continue; // no moments in this checkpoint
@@ -178,12 +198,14 @@ static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr
 }
 
 // Bytes of the file: the data, plus HDF5's metadata and checksums (generous).
-static double file_bytes(const ent_ckpt_shard *sh, int moments) {
+static double file_bytes(const ent_ckpt_shard *sh, const ckpt_sources *src) {
     double values = 0;
     for (int i = 0; i < sh->table->nrows; i++)
         values += (double)sh->table->rows[i].shape[0] * (double)sh->table->rows[i].shape[1];
-    int groups = moments ? 3 : 1;
-    return 4.0 * values * groups + 8192.0 * sh->table->nrows * groups + 1048576.0;
+    int groups = 0;
+    for (int g = 0; g < CKPT_NGROUPS; g++) groups += src->base[g] != NULL;
+    double ledger = sh->coalition && sh->coalition->ledger ? (double)strlen(sh->coalition->ledger) : 0;
+    return 4.0 * values * groups + 8192.0 * sh->table->nrows * groups + ledger + 1048576.0;
 }
 
 static const char *mib(double bytes, char *buf, size_t n) {
@@ -322,7 +344,7 @@ static void remove_stale_tmp(const char *dir) {
 // The whole save: file, agreement, commit (rank 0), agreement.
 static ent_status save_now(MPI_Comm comm, const char *dir, int keep, const char *name,
                            int64_t step, const ent_ckpt_attr *attrs, int nattrs,
-                           const ent_ckpt_shard *sh, const sources *src) {
+                           const ent_ckpt_shard *sh, const ckpt_sources *src) {
     int rank;
     MPI_Comm_rank(comm, &rank);
     char final[PATH_BYTES + 80], tmp[PATH_BYTES + 88];
@@ -332,7 +354,7 @@ static ent_status save_now(MPI_Comm comm, const char *dir, int keep, const char 
     if (rank == 0) {
         st = ent_mkdirs(dir);
         if (st == ENT_OK) remove_stale_tmp(dir);
-        if (st == ENT_OK) st = check_room(dir, file_bytes(sh, src->base[1] != NULL));
+        if (st == ENT_OK) st = check_room(dir, file_bytes(sh, src));
     }
     ENT_CHECK(ckpt_agree(comm, st, "preparing the checkpoint"));
     st = write_file(comm, tmp, attrs, nattrs, sh, src);
@@ -363,7 +385,8 @@ typedef struct {
     ent_ckpt_attr *attrs; // deep copies
     int nattrs;
     ent_ckpt_shard shard; // the caller's arrays, copied from by the thread
-    sources src;          // the saver's snapshot buffers
+    ent_ckpt_coalition coalition; // shard.coalition points here (ledger: a copy)
+    ckpt_sources src;          // the saver's snapshot buffers
 } job;
 
 struct ent_ckpt_saver {
@@ -391,6 +414,7 @@ static void free_job(job *j) {
         if (j->attrs[i].type == ENT_ATTR_STR) free((char *)j->attrs[i].s);
     }
     free(j->attrs);
+    free((char *)j->coalition.ledger);
     free(j);
 }
 
@@ -398,7 +422,7 @@ static void free_job(job *j) {
 // runs beside the next step's forward and backward, which use every core.
 static void stage(job *j) {
     const ent_ckpt_shard *sh = &j->shard;
-    sources live = shard_sources(sh);
+    ckpt_sources live = ckpt_shard_sources(sh);
     for (int g = 0; g < CKPT_NGROUPS; g++)
         if (live.base[g] != NULL)
             memcpy(j->src.base[g], live.base[g] + (sh->write_first - live.first[g]),
@@ -499,24 +523,25 @@ static int64_t find_step(const ent_ckpt_attr *attrs, int n) {
 ent_status ent_ckpt_saver_prepare(ent_ckpt_saver_t *s, const ent_ckpt_shard *sh) {
     if (!s->async) return ENT_OK;
     size_t n = sh->write_count ? sh->write_count : 1;
-    if (s->snap_floats >= n) return ENT_OK;
-    for (int g = 0; g < CKPT_NGROUPS; g++) {
-        free(s->snap[g]);
-        s->snap[g] = NULL;
+    if (s->snap_floats < n) { // every buffer made anew, at the new size
+        for (int g = 0; g < CKPT_NGROUPS; g++) {
+            free(s->snap[g]);
+            s->snap[g] = NULL;
+        }
     }
-    s->snap_floats = 0;
-    int groups = sh->adam_m != NULL ? CKPT_NGROUPS : 1;
-    for (int g = 0; g < groups; g++) {
+    s->snap_floats = n;
+    ckpt_sources live = ckpt_shard_sources(sh);
+    for (int g = 0; g < CKPT_NGROUPS; g++) {
+        if (live.base[g] == NULL || s->snap[g] != NULL) continue;
         s->snap[g] = malloc(sizeof(float) * n);
         if (s->snap[g] == NULL)
             return ent_fail(ENT_ERR_NOMEM, "out of memory for the host copy of a checkpoint "
-                            "(%zu MiB)", groups * n * sizeof(float) >> 20);
+                            "(%zu MiB for %s)", n * sizeof(float) >> 20, ckpt_groups[g]);
         // touched now, so that the first save does not wait for the kernel to
         // provide pages (not with zeros: the compiler makes malloc + zeroing a
         // calloc, which touches nothing)
         memset(s->snap[g], 0xff, sizeof(float) * n);
     }
-    s->snap_floats = n;
     return ENT_OK;
 }
 
@@ -534,6 +559,12 @@ static ent_status make_job(ent_ckpt_saver_t *s, const char *name, const ent_ckpt
     j->attrs = calloc((size_t)nattrs, sizeof *j->attrs);
     j->nattrs = nattrs;
     int ok = j->attrs != NULL;
+    if (sh->coalition != NULL) {
+        j->coalition = *sh->coalition;
+        j->coalition.ledger = strdup(sh->coalition->ledger ? sh->coalition->ledger : "");
+        j->shard.coalition = &j->coalition;
+        ok = ok && j->coalition.ledger != NULL;
+    }
     for (int i = 0; ok && i < nattrs; i++) {
         j->attrs[i] = attrs[i];
         j->attrs[i].name = strdup(attrs[i].name);
@@ -544,7 +575,7 @@ static ent_status make_job(ent_ckpt_saver_t *s, const char *name, const ent_ckpt
         free_job(j);
         return ent_fail(ENT_ERR_NOMEM, "out of memory for a checkpoint");
     }
-    sources live = shard_sources(sh);
+    ckpt_sources live = ckpt_shard_sources(sh);
     for (int g = 0; g < CKPT_NGROUPS; g++) {
         if (live.base[g] == NULL) continue;
         j->src.base[g] = s->snap[g];
@@ -559,7 +590,7 @@ ent_status ent_ckpt_save(ent_ckpt_saver_t *s, const char *name, const ent_ckpt_a
                          int nattrs, const ent_ckpt_shard *sh) {
     double t0 = now_seconds();
     if (!s->async) {
-        sources src = shard_sources(sh);
+        ckpt_sources src = ckpt_shard_sources(sh);
         ent_status st = save_now(ent_group_mpi_comm(s->world), s->dir, s->keep, name,
                                  find_step(attrs, nattrs), attrs, nattrs, sh, &src);
         s->blocked = now_seconds() - t0;

@@ -13,7 +13,10 @@
 //  - parts of the moments, as ZeRO shards them (ranges that start or end
 //    inside a chunk, on a boundary, in the edge chunk), read back exactly;
 //  - a damaged chunk, read by one rank only, fails the read on every rank
-//    (and nothing is broadcast).
+//    (and nothing is broadcast);
+//  - coalition state (anchor weights, outer momentum, round, ledger) is
+//    written when present, by synchronous and asynchronous saves, verifies,
+//    and reads back; asking a file without it for it is a clear error.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -256,6 +259,71 @@ static void test_damaged_chunk(void **unused) {
     state_free(&s);
 }
 
+static void test_coalition_state(void **unused) {
+    (void)unused;
+    for (int async = 0; async < 2; async++) {
+        state s;
+        char dir[PATH_MAX], path[PATH_MAX + 32];
+        ent_ckpt_saver_t *sv = begin(&s, dir, async ? "coalition_async" : "coalition", async);
+        size_t n = s.table.total;
+        float *anchor = malloc(sizeof(float) * n), *outer = malloc(sizeof(float) * n);
+        assert_true(anchor != NULL && outer != NULL);
+        for (size_t i = 0; i < n; i++) {
+            anchor[i] = value(i, 3, 11);
+            outer[i] = value(i, 4, 11);
+        }
+        char ledger[] = "round 41: site-a 81920 tokens, site-b 40960 tokens\n";
+        ent_ckpt_coalition c = {.anchor = anchor, .outer_momentum = outer, .round = 42,
+                                .ledger = ledger};
+        fill(&s, 11);
+        s.sh.coalition = &c;
+        assert_int_equal(ent_ckpt_save(sv, "c.h5", step_attr, 1, &s.sh), ENT_OK);
+        ent_ckpt_wait_staged(sv);
+        // what the caller may do once the copy is made: change everything
+        for (size_t i = 0; i < n; i++) anchor[i] = outer[i] = -1.0f;
+        ledger[0] = 'X';
+        assert_int_equal(ent_ckpt_wait(sv), ENT_OK);
+        s.sh.coalition = NULL; // a file without coalition state, beside
+        assert_int_equal(ent_ckpt_save(sv, "plain.h5", step_attr, 1, &s.sh), ENT_OK);
+        ent_ckpt_saver_free(&sv);
+
+        snprintf(path, sizeof path, "%s/c.h5", dir);
+        if (rank == 0) {
+            FILE *devnull = fopen("/dev/null", "w");
+            assert_int_equal(ent_ckpt_verify(path, devnull), ENT_OK);
+            fclose(devnull);
+        }
+        ent_ckpt_coalition back = {.anchor = anchor, .outer_momentum = outer};
+        s.sh.coalition = &back;
+        ent_ckpt_t *ck = NULL;
+        assert_int_equal(ent_ckpt_open(path, grid->world, &ck), ENT_OK);
+        assert_true(ent_ckpt_has_coalition(ck));
+        assert_int_equal(ent_ckpt_read(ck, &s.sh), ENT_OK);
+        int64_t round = 0;
+        char *text = NULL;
+        assert_int_equal(ent_ckpt_coalition_info(ck, &round, &text), ENT_OK);
+        ent_ckpt_close(&ck);
+        assert_int_equal(round, 42);
+        assert_string_equal(text, "round 41: site-a 81920 tokens, site-b 40960 tokens\n");
+        free(text);
+        size_t wrong = 0;
+        for (size_t i = 0; i < n; i++)
+            wrong += anchor[i] != value(i, 3, 11) || outer[i] != value(i, 4, 11) ||
+                     s.p[i] != value(i, 0, 11);
+        assert_int_equal(wrong, 0);
+
+        snprintf(path, sizeof path, "%s/plain.h5", dir);
+        assert_int_equal(ent_ckpt_open(path, grid->world, &ck), ENT_OK);
+        assert_false(ent_ckpt_has_coalition(ck));
+        assert_int_not_equal(ent_ckpt_read(ck, &s.sh), ENT_OK);
+        assert_non_null(strstr(ent_last_error(), "holds no coalition state"));
+        ent_ckpt_close(&ck);
+        free(anchor);
+        free(outer);
+        state_free(&s);
+    }
+}
+
 // rank 0 makes the directory; every rank uses it
 static int setup(void **unused) {
     (void)unused;
@@ -287,6 +355,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_sync_saver),
         cmocka_unit_test(test_read_parts),
         cmocka_unit_test(test_damaged_chunk),
+        cmocka_unit_test(test_coalition_state),
     };
     int failed = cmocka_run_group_tests_name("ckpt", tests, setup, teardown);
     ent_grid_free(&grid);
