@@ -96,6 +96,8 @@ int main(int argc, char **argv) {
            context, N, flops_tok,
            ent_format_bytes((double)ent_model_memory_bytes(&s, 1, B, context), mem, sizeof mem));
     printf("             %s\n", ent_backend_cpu_describe());
+    const char *blas = ent_backend_cpu_warning();
+    if (blas != NULL) printf("             WARNING: %s\n", blas);
 
     double t_fwd = 0, t_bwd = 0, t_opt = 0;
     for (int step = 1; step <= warmup + steps; step++) {

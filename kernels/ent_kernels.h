@@ -253,6 +253,11 @@ void ent_backend_free(ent_backend_t **be);
 
 // The BLAS library and threading in use, for logs and benchmarks ("OpenBLAS 0.3.21 ... (openmp)").
 const char *ent_backend_cpu_describe(void);
+// A warning when OpenBLAS runs kernels far older than this CPU (a release
+// that does not know the CPU model falls back to its SSE3 "Prescott" kernels,
+// several times slower), naming the OPENBLAS_CORETYPE that fixes it; NULL
+// when its kernels suit the CPU.
+const char *ent_backend_cpu_warning(void);
 
 #ifdef __cplusplus
 }

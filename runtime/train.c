@@ -663,6 +663,8 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, const char *res
                      ent_comm_num_nodes(comm), tr.grid->dp_size, tr.grid->tp_size,
                      cfg->zero && tr.grid->dp_size > 1 ? " with ZeRO-1" : "", tr.be->threads,
                      ent_backend_cpu_describe());
+        const char *blas = ent_backend_cpu_warning();
+        if (blas != NULL) ent_log_warn("%s", blas);
         ent_log_info("model: %d layers, %d heads, width %d, context %d, vocab %d: %.2fM "
                      "parameters, %s per rank", cfg->layers, cfg->heads, cfg->width, cfg->context,
                      cfg->vocab, nparams / 1e6,

@@ -453,6 +453,17 @@ case_train_tiny() {
     cp "$W/out" "$W/p1.ini"
     expect "load the run's config.ini" 0 -- "$E" train --config "$W/run/config.ini" --print-config
     cmp -s "$W/p1.ini" "$W/out" || fail "run/config.ini does not load as the run's configuration"
+    # OpenBLAS on its pre-AVX2 kernels (what a release that does not know the
+    # CPU picks) is named, with the fix; on its AVX2 kernels it is not (the
+    # build needs AVX2, so every machine running it has it)
+    local short=(train --config "$W/tiny.ini" --set train.steps=5 --set sample.tokens=0)
+    expect "train on OpenBLAS's Prescott kernels" 0 -- \
+        env OPENBLAS_CORETYPE=Prescott "$E" "${short[@]}" --run-dir "$W/prescott" || return
+    grep -q 'warning: OpenBLAS runs its Prescott kernels.*OPENBLAS_CORETYPE=' "$W/err" ||
+        fail "no warning about OpenBLAS's Prescott kernels on an AVX2 machine"
+    expect "train on OpenBLAS's Haswell kernels" 0 -- \
+        env OPENBLAS_CORETYPE=Haswell "$E" "${short[@]}" --run-dir "$W/haswell" || return
+    grep -q 'OPENBLAS_CORETYPE' "$W/err" && fail "a warning about OpenBLAS's kernels on its Haswell kernels"
 }
 
 # Two runs of the same configuration give the same losses to the last bit; a

@@ -97,6 +97,27 @@ void ent_backend_free(ent_backend_t **be) {
     *be = NULL;
 }
 
+const char *ent_backend_cpu_warning(void) {
+    static char msg[320];
+    // OpenBLAS's x86-64 kernel sets from before AVX2 and FMA
+    static const char *const old[] = {"prescott", "core2", "penryn", "dunnington", "nehalem",
+                                      "atom", "opteron", "barcelona", "bobcat", "sandybridge",
+                                      "bulldozer"};
+    const char *core = openblas_get_corename();
+    int dated = 0;
+    for (size_t i = 0; core != NULL && i < sizeof old / sizeof old[0]; i++)
+        dated |= strcasecmp(core, old[i]) == 0;
+    __builtin_cpu_init();
+    if (!dated || !__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return NULL;
+    int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    snprintf(msg, sizeof msg, "OpenBLAS runs its %s kernels on a CPU with %s: this OpenBLAS "
+             "does not know the CPU model, and matrix products run several times slower. Set "
+             "OPENBLAS_CORETYPE=%s in the environment before starting entente", core,
+             avx512 ? "AVX-512" : "AVX2 and FMA", avx512 ? "SkylakeX" : "Haswell");
+    return msg;
+}
+
 const char *ent_backend_cpu_describe(void) {
     static char desc[256];
     const char *modes[] = {"sequential", "pthreads", "openmp"};
