@@ -89,8 +89,14 @@ hsize_t ckpt_direct_rows(hid_t dset);
 // after the tensor) hold its checksum meanwhile and are put back, so no other
 // thread may use the tensor or its slack during the call. stream (may be
 // NULL) follows every chunk written or read.
-ent_status ckpt_write_whole(hid_t dset, const char *name, float *src, size_t slack,
-                            ckpt_stream *stream);
+// Writes rows [row0, row1) from src (row0 on a chunk boundary, row1 too or
+// past the last row). `allocated`: the chunks must already be allocated at
+// their checksummed size (created collectively by parallel HDF5, which
+// allocates every chunk then), so that writing them changes no metadata and
+// each rank may write its own chunks on its own; a chunk that is not is an
+// error, and nothing of it is written.
+ent_status ckpt_write_rows(hid_t dset, const char *name, hsize_t row0, hsize_t row1, float *src,
+                           size_t slack, int allocated, ckpt_stream *stream);
 // Reads rows [row0, row1) into dst (row0 on a chunk boundary, row1 too or
 // past the last row: read to the end); the same lending applies, slack being
 // what follows the last row read. With a verifier, the checksums of chunks

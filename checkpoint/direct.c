@@ -122,17 +122,31 @@ static unsigned char *chunk_io(const chunk_layout *l, hsize_t k, hsize_t k_end,
     return chunk;
 }
 
-ent_status ckpt_write_whole(hid_t dset, const char *name, float *src, size_t slack,
-                            ckpt_stream *stream) {
+ent_status ckpt_write_rows(hid_t dset, const char *name, hsize_t row0, hsize_t row1, float *src,
+                           size_t slack, int allocated, ckpt_stream *stream) {
     chunk_layout l;
     ENT_CHECK(layout_of(dset, name, &l));
+    if (row1 > l.dims[0]) row1 = l.dims[0];
+    if (row0 % l.chunk[0] != 0 || (row1 % l.chunk[0] != 0 && row1 != l.dims[0]))
+        return ent_fail(ENT_ERR_INTERNAL, "dataset %s: rows %llu..%llu do not fall on whole "
+                        "chunks of %llu rows", name, (unsigned long long)row0,
+                        (unsigned long long)row1, (unsigned long long)l.chunk[0]);
     size_t bytes = l.chunk_elems * sizeof(float);
+    hsize_t k0 = row0 / l.chunk[0], k1 = (row1 + l.chunk[0] - 1) / l.chunk[0];
     ent_status st = ENT_OK;
-    for (hsize_t k = 0; k < l.nchunks && st == ENT_OK; k++) {
-        unsigned char *chunk = (unsigned char *)(src + (size_t)k * l.chunk_elems), kept[4];
+    for (hsize_t k = k0; k < k1 && st == ENT_OK; k++) {
+        unsigned char *chunk = (unsigned char *)(src + (size_t)(k - k0) * l.chunk_elems), kept[4];
+        hsize_t offset[2] = {k * l.chunk[0], 0}, stored = 0;
+        haddr_t addr = HADDR_UNDEF;
+        unsigned mask = 0;
+        if (allocated && (H5Dget_chunk_info_by_coord(dset, offset, &mask, &addr, &stored) < 0 ||
+                          addr == HADDR_UNDEF || stored != bytes + 4))
+            return ent_fail(ENT_ERR_INTERNAL, "dataset %s: the chunk at row %llu was not "
+                            "allocated at its size (%llu bytes, expected %zu)", name,
+                            (unsigned long long)offset[0], (unsigned long long)stored, bytes + 4);
         int in_place;
         size_t have;
-        unsigned char *out = chunk_io(&l, k, l.nchunks, chunk, slack, kept, &in_place, &have);
+        unsigned char *out = chunk_io(&l, k, k1, chunk, slack, kept, &in_place, &have);
         if (out == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory writing %s", name);
         if (!in_place) { // an edge chunk, padded
             memcpy(out, chunk, have);
@@ -140,7 +154,6 @@ ent_status ckpt_write_whole(hid_t dset, const char *name, float *src, size_t sla
         }
         uint32_t sum = ckpt_fletcher32(out, bytes);
         memcpy(out + bytes, &sum, 4); // where HDF5's filter stores it
-        hsize_t offset[2] = {k * l.chunk[0], 0};
         if (H5Dwrite_chunk(dset, H5P_DEFAULT, 0, offset, bytes + 4, out) < 0)
             st = ckpt_h5_fail(ENT_ERR_IO, "dataset %s", name);
         if (in_place) memcpy(chunk + bytes, kept, 4);

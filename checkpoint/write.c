@@ -49,37 +49,64 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-// Writes this rank's part of one row into an open dataset (collective).
+// Writes this rank's part of one row into an open dataset (collective). The
+// whole chunks of the part, where the row is not split across TP ranks, go
+// straight to the file (one process: chunks are allocated as they come;
+// several: parallel HDF5 allocated every chunk when the dataset was created,
+// so each rank writes its own); the rest (chunks shared with a neighbour's
+// share, tensor-parallel parts) through HDF5's collective filtered write,
+// which every rank joins, if only with an empty selection.
 static ent_status write_row(hid_t dset, hid_t dxpl, const char *group, const ent_param_row *r,
                             const ent_ckpt_shard *sh, const ckpt_sources *src, int g, int alone,
                             ckpt_stream *stream) {
     float *base = src->base[g];
     size_t base_first = src->first[g];
     int usable = base != NULL;
-    size_t a = r->offset, b = r->offset + r->numel;
+    size_t ra = r->offset, rb = r->offset + r->numel;
     size_t w0 = sh->write_first, w1 = sh->write_first + sh->write_count;
-    size_t lo = (a > w0 ? a : w0) - a, hi = (b < w1 ? b : w1);
-    hi = hi > a ? hi - a : 0;
+    size_t lo = (ra > w0 ? ra : w0) - ra, hi = (rb < w1 ? rb : w1);
+    hi = hi > ra ? hi - ra : 0;
     int mine = usable && lo < hi && (r->split != ENT_SPLIT_NONE || sh->tp_rank == 0);
-    // one process writing a whole tensor: chunk by chunk, past HDF5's filter pipeline
-    if (alone && mine && lo == 0 && hi == r->numel && sh->tp_size == 1) {
-        char name[160];
-        snprintf(name, sizeof name, "%s/%s", group, r->name);
-        size_t row_end = r->offset + r->numel;
-        size_t after = src->end[g] > row_end ? src->end[g] - row_end : 0; // floats after it
-        return ckpt_write_whole(dset, name, base + (r->offset - base_first),
-                                after * sizeof(float), stream);
+    float *buf = mine ? base + (r->offset + lo - base_first) : NULL;
+    ent_status st = ENT_OK;
+    size_t a = hi, b = hi; // [a, b): the whole chunks written directly
+    hsize_t rows = mine && r->numel == (size_t)(r->shape[0] * r->shape[1]) ? ckpt_direct_rows(dset) : 0;
+    if (rows > 0) {
+        size_t cols = (size_t)r->shape[1], per = (size_t)rows * cols;
+        size_t ca = (lo + per - 1) / per * per, cb = hi == r->numel ? hi : hi / per * per;
+        if (ca < cb) {
+            char name[160];
+            snprintf(name, sizeof name, "%s/%s", group, r->name);
+            size_t after = src->end[g] > ra + cb ? src->end[g] - (ra + cb) : 0; // floats after
+            st = ckpt_write_rows(dset, name, ca / cols, (cb + cols - 1) / cols, buf + (ca - lo),
+                                 after * sizeof(float), !alone, stream);
+            a = ca;
+            b = cb;
+        }
     }
+    if (alone && (!mine || (a == lo && b == hi))) return st; // nothing left for HDF5
+    // the rest: [lo, a) and [b, hi) (a = b = hi when nothing went directly)
     hid_t fspace = H5Dget_space(dset);
-    ent_rect rects[ENT_MAX_RECTS];
-    int nr = mine ? ent_param_row_rects(r, sh->tp_rank, sh->tp_size, lo, hi, rects) : 0;
-    hid_t mspace = ckpt_memory_space(r->ndim, rects, nr, hi - lo);
-    ckpt_select_blocks(fspace, mspace, rects, mine ? nr : 0);
-    const float *buf = mine ? base + (r->offset + lo - base_first) : NULL;
+    ent_rect rects[2 * ENT_MAX_RECTS];
+    int nhead = mine ? ent_param_row_rects(r, sh->tp_rank, sh->tp_size, lo, a, rects) : 0;
+    int ntail = mine ? ent_param_row_rects(r, sh->tp_rank, sh->tp_size, b, hi, rects + nhead) : 0;
+    int nr = nhead + ntail;
+    size_t n = (a - lo) + (hi - b);
+    hid_t mspace;
+    if (ntail == 0 || nhead == 0) {
+        mspace = ckpt_memory_space(r->ndim, rects, nr, n);
+        if (nhead == 0 && ntail > 0) buf += b - lo;
+    } else { // two runs of the buffer, around the part written directly
+        hsize_t extent = hi - lo, zero = 0, head = a - lo, tail_at = b - lo, tail = hi - b;
+        mspace = H5Screate_simple(1, &extent, NULL);
+        H5Sselect_hyperslab(mspace, H5S_SELECT_SET, &zero, NULL, &head, NULL);
+        H5Sselect_hyperslab(mspace, H5S_SELECT_OR, &tail_at, NULL, &tail, NULL);
+    }
+    ckpt_select_blocks(fspace, mspace, rects, nr);
     static const float dummy = 0.0f;
-    herr_t rc = H5Dwrite(dset, H5T_NATIVE_FLOAT, mspace, fspace,
-                         dxpl, buf ? buf : &dummy);
-    ent_status st = rc < 0 ? ckpt_h5_fail(ENT_ERR_IO, "dataset %s", r->name) : ENT_OK;
+    herr_t rc = H5Dwrite(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl,
+                         nr > 0 ? buf : &dummy);
+    if (rc < 0 && st == ENT_OK) st = ckpt_h5_fail(ENT_ERR_IO, "dataset %s", r->name);
     H5Sclose(mspace);
     H5Sclose(fspace);
     return st;
