@@ -84,6 +84,12 @@ uint32_t ckpt_fletcher32(const void *data, size_t nbytes);
 // Rows in one chunk of the dataset when it can be moved chunk by chunk (whole
 // rows, one Fletcher32 filter); 0 when not.
 hsize_t ckpt_direct_rows(hid_t dset);
+// The whole chunks among local elements [lo, hi) of row r, stored in dset:
+// [*a, *b), from the first chunk boundary at or after lo to the last at or
+// before hi (or the row's end). 0 when there are none, or the row is split
+// across TP ranks (its local elements are not whole global rows).
+int ckpt_whole_chunks(hid_t dset, const ent_param_row *r, size_t lo, size_t hi, size_t *a,
+                      size_t *b);
 // A full chunk moves between memory and file without a copy: the 4 bytes
 // after it in memory (the next chunk's, or `slack` bytes the caller may lend
 // after the tensor) hold its checksum meanwhile and are put back, so no other

@@ -105,6 +105,31 @@ hsize_t ckpt_direct_rows(hid_t dset) {
     return read_layout(dset, &l) ? l.chunk[0] : 0;
 }
 
+int ckpt_whole_chunks(hid_t dset, const ent_param_row *r, size_t lo, size_t hi, size_t *a,
+                      size_t *b) {
+    size_t cols = (size_t)r->shape[1];
+    if (lo >= hi || r->numel != (size_t)r->shape[0] * cols) return 0; // split across TP ranks
+    size_t per = (size_t)ckpt_direct_rows(dset) * cols;
+    if (per == 0) return 0;
+    *a = (lo + per - 1) / per * per;
+    *b = hi == r->numel ? hi : hi / per * per;
+    return *a < *b;
+}
+
+// Chunks [k0, k1) holding rows [row0, row1) (row1 past the end: to the end);
+// the rows must fall on whole chunks.
+static ent_status chunk_span(const chunk_layout *l, const char *name, hsize_t row0, hsize_t row1,
+                             hsize_t *k0, hsize_t *k1) {
+    if (row1 > l->dims[0]) row1 = l->dims[0];
+    if (row0 % l->chunk[0] != 0 || (row1 % l->chunk[0] != 0 && row1 != l->dims[0]))
+        return ent_fail(ENT_ERR_INTERNAL, "dataset %s: rows %llu..%llu do not fall on whole "
+                        "chunks of %llu rows", name, (unsigned long long)row0,
+                        (unsigned long long)row1, (unsigned long long)l->chunk[0]);
+    *k0 = row0 / l->chunk[0];
+    *k1 = (row1 + l->chunk[0] - 1) / l->chunk[0];
+    return ENT_OK;
+}
+
 // Where chunk k of a tensor, whose data is (or goes) at `chunk`, moves
 // between memory and file, chunks before k_end moving in one go: there
 // itself when the chunk is full and 4 bytes follow it (the next chunk's, or
@@ -125,14 +150,10 @@ static unsigned char *chunk_io(const chunk_layout *l, hsize_t k, hsize_t k_end,
 ent_status ckpt_write_rows(hid_t dset, const char *name, hsize_t row0, hsize_t row1, float *src,
                            size_t slack, int allocated, ckpt_stream *stream) {
     chunk_layout l;
+    hsize_t k0 = 0, k1 = 0;
     ENT_CHECK(layout_of(dset, name, &l));
-    if (row1 > l.dims[0]) row1 = l.dims[0];
-    if (row0 % l.chunk[0] != 0 || (row1 % l.chunk[0] != 0 && row1 != l.dims[0]))
-        return ent_fail(ENT_ERR_INTERNAL, "dataset %s: rows %llu..%llu do not fall on whole "
-                        "chunks of %llu rows", name, (unsigned long long)row0,
-                        (unsigned long long)row1, (unsigned long long)l.chunk[0]);
+    ENT_CHECK(chunk_span(&l, name, row0, row1, &k0, &k1));
     size_t bytes = l.chunk_elems * sizeof(float);
-    hsize_t k0 = row0 / l.chunk[0], k1 = (row1 + l.chunk[0] - 1) / l.chunk[0];
     ent_status st = ENT_OK;
     for (hsize_t k = k0; k < k1 && st == ENT_OK; k++) {
         unsigned char *chunk = (unsigned char *)(src + (size_t)(k - k0) * l.chunk_elems), kept[4];
@@ -269,12 +290,9 @@ ent_status ckpt_verifier_finish(ckpt_verifier *v) {
 ent_status ckpt_read_rows(hid_t dset, const char *name, hsize_t row0, hsize_t row1, float *dst,
                           size_t slack, ckpt_stream *stream, ckpt_verifier *verifier) {
     chunk_layout l;
+    hsize_t k0 = 0, k1 = 0;
     ENT_CHECK(layout_of(dset, name, &l));
-    if (row1 > l.dims[0]) row1 = l.dims[0];
-    if (row0 % l.chunk[0] != 0 || (row1 % l.chunk[0] != 0 && row1 != l.dims[0]))
-        return ent_fail(ENT_ERR_INTERNAL, "dataset %s: rows %llu..%llu do not fall on whole "
-                        "chunks of %llu rows", name, (unsigned long long)row0,
-                        (unsigned long long)row1, (unsigned long long)l.chunk[0]);
+    ENT_CHECK(chunk_span(&l, name, row0, row1, &k0, &k1));
     {
         hid_t dcpl = H5Dget_create_plist(dset);
         unsigned flags = 0;
@@ -286,7 +304,6 @@ ent_status ckpt_read_rows(hid_t dset, const char *name, hsize_t row0, hsize_t ro
                             "Fletcher32 filter", name);
     }
     size_t bytes = l.chunk_elems * sizeof(float);
-    hsize_t k0 = row0 / l.chunk[0], k1 = (row1 + l.chunk[0] - 1) / l.chunk[0];
     for (hsize_t k = k0; k < k1; k++) {
         hsize_t offset[2] = {k * l.chunk[0], 0}, stored_bytes = 0;
         haddr_t addr = HADDR_UNDEF;

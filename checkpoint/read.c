@@ -169,14 +169,9 @@ static size_t whole_chunk_floats(const ent_param_row *r) {
 static ent_status read_range(ent_ckpt_t *ck, hid_t dset, int g, const ent_param_row *r,
                              const ent_ckpt_shard *sh, size_t lo, size_t hi, float *dst,
                              size_t end, ckpt_verifier *verifier) {
-    hsize_t rows = ckpt_direct_rows(dset);
-    size_t cols = (size_t)r->shape[1], per = rows * cols;
-    if (rows == 0 || r->numel != (size_t)r->shape[0] * cols || lo >= hi)
+    size_t a, b, cols = (size_t)r->shape[1];
+    if (!ckpt_whole_chunks(dset, r, lo, hi, &a, &b))
         return read_part(ck, dset, ckpt_groups[g], r, sh, lo, hi, dst);
-    // whole chunks [a, b): from the first chunk boundary at or after lo to the
-    // last at or before hi (or the end of the tensor)
-    size_t a = (lo + per - 1) / per * per, b = hi == r->numel ? hi : hi / per * per;
-    if (a >= b) return read_part(ck, dset, ckpt_groups[g], r, sh, lo, hi, dst);
     ENT_CHECK(read_part(ck, dset, ckpt_groups[g], r, sh, lo, a, dst));
     char name[160];
     snprintf(name, sizeof name, "%s/%s", ckpt_groups[g], r->name);

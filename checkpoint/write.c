@@ -71,19 +71,15 @@ static ent_status write_row(hid_t dset, hid_t dxpl, const char *group, const ent
     float *buf = mine ? base + (r->offset + lo - base_first) : NULL;
     ent_status st = ENT_OK;
     size_t a = hi, b = hi; // [a, b): the whole chunks written directly
-    hsize_t rows = mine && r->numel == (size_t)(r->shape[0] * r->shape[1]) ? ckpt_direct_rows(dset) : 0;
-    if (rows > 0) {
-        size_t cols = (size_t)r->shape[1], per = (size_t)rows * cols;
-        size_t ca = (lo + per - 1) / per * per, cb = hi == r->numel ? hi : hi / per * per;
-        if (ca < cb) {
-            char name[160];
-            snprintf(name, sizeof name, "%s/%s", group, r->name);
-            size_t after = src->end[g] > ra + cb ? src->end[g] - (ra + cb) : 0; // floats after
-            st = ckpt_write_rows(dset, name, ca / cols, (cb + cols - 1) / cols, buf + (ca - lo),
-                                 after * sizeof(float), !alone, stream);
-            a = ca;
-            b = cb;
-        }
+    if (mine && ckpt_whole_chunks(dset, r, lo, hi, &a, &b)) {
+        char name[160];
+        snprintf(name, sizeof name, "%s/%s", group, r->name);
+        size_t cols = (size_t)r->shape[1];
+        size_t after = src->end[g] > ra + b ? src->end[g] - (ra + b) : 0; // floats after
+        st = ckpt_write_rows(dset, name, a / cols, (b + cols - 1) / cols, buf + (a - lo),
+                             after * sizeof(float), !alone, stream);
+    } else {
+        a = b = hi;
     }
     if (alone && (!mine || (a == lo && b == hi))) return st; // nothing left for HDF5
     // the rest: [lo, a) and [b, hi) (a = b = hi when nothing went directly)
