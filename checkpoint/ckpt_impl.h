@@ -54,10 +54,15 @@ void ckpt_select_blocks(hid_t fspace, hid_t mspace, const ent_rect *rects, int n
 typedef struct {
     int fd;
     off_t done; // writing: bytes from the start dropped; reading: where the run kept starts
-    off_t end;  // reading: where the run of bytes read last ends
+    off_t end;  // writing: the furthest byte written in place (0: the file's end);
+                // reading: where the run of bytes read last ends
 } ckpt_stream;
 void ckpt_stream_open(ckpt_stream *s, const char *path);
-void ckpt_stream_advance(ckpt_stream *s);                  // writing: up to the file's end
+// Writing a file laid out in advance (several ranks, each its own chunks):
+// this process wrote up to `to`. A file that grows as it is written (one
+// process) needs no report: its size says how far the writing got.
+void ckpt_stream_wrote(ckpt_stream *s, off_t to);
+void ckpt_stream_advance(ckpt_stream *s);                  // writing: up to how far it got
 void ckpt_stream_read(ckpt_stream *s, off_t from, off_t to); // reading: bytes [from, to) read
 void ckpt_stream_close(ckpt_stream *s);
 
@@ -111,6 +116,18 @@ ent_status ckpt_write_rows(hid_t dset, const char *name, hsize_t row0, hsize_t r
 // call returns.
 ent_status ckpt_read_rows(hid_t dset, const char *name, hsize_t row0, hsize_t row1, float *dst,
                           size_t slack, ckpt_stream *stream, ckpt_verifier *verifier);
+
+// A file access property list for one process laying out a multi-rank
+// checkpoint (layout.c): HDF5's POSIX driver, except that raw-data writes are
+// dropped while *drop is non-zero (chunks allocated then get their place in
+// the file, not their fill bytes). -1 when the driver cannot be registered.
+hid_t ckpt_layout_fapl(const int *drop);
+// Allocates every chunk of a dataset (Fletcher32 its only filter) at its
+// checksummed size, by writes that the layout driver drops: the chunks get
+// their place, in order, and the index its entries, for the ranks to write
+// them in place later. (H5D_ALLOC_TIME_EARLY would allocate them too, but
+// HDF5 then fills a chunk and computes its checksum for every dataset.)
+ent_status ckpt_layout_chunks(hid_t dset, const char *name);
 
 // Checks the format and version attributes of an open file.
 ent_status ckpt_check_format(hid_t file, const char *path);

@@ -178,6 +178,7 @@ ent_status ckpt_write_rows(hid_t dset, const char *name, hsize_t row0, hsize_t r
         if (H5Dwrite_chunk(dset, H5P_DEFAULT, 0, offset, bytes + 4, out) < 0)
             st = ckpt_h5_fail(ENT_ERR_IO, "dataset %s", name);
         if (in_place) memcpy(chunk + bytes, kept, 4);
+        if (allocated) ckpt_stream_wrote(stream, (off_t)(addr + bytes + 4));
         ckpt_stream_advance(stream);
     }
     return st;

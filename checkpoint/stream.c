@@ -24,14 +24,25 @@ void ckpt_stream_open(ckpt_stream *s, const char *path) {
     s->done = s->end = 0;
 }
 
+void ckpt_stream_wrote(ckpt_stream *s, off_t to) {
+    if (s != NULL && to > s->end) s->end = to;
+}
+
 void ckpt_stream_advance(ckpt_stream *s) {
     struct stat sb;
-    if (s == NULL || s->fd < 0 || fstat(s->fd, &sb) != 0) return;
+    if (s == NULL || s->fd < 0) return;
+    // how far this process got: the furthest byte it wrote in place, or, when
+    // it appends (nothing reported), the end of the file
+    off_t upto = s->end;
+    if (upto == 0) {
+        if (fstat(s->fd, &sb) != 0) return;
+        upto = sb.st_size;
+    }
     // [done, done + window) is written back and dropped once the window after
     // it is complete too; that one is only started, so the disk keeps busy
-    while (sb.st_size - s->done >= 2 * STREAM_WINDOW) {
+    while (upto - s->done >= 2 * STREAM_WINDOW) {
         off_t next = s->done + STREAM_WINDOW;
-        sync_file_range(s->fd, next, sb.st_size - next, SYNC_FILE_RANGE_WRITE);
+        sync_file_range(s->fd, next, upto - next, SYNC_FILE_RANGE_WRITE);
         sync_file_range(s->fd, s->done, STREAM_WINDOW, SYNC_FILE_RANGE_WAIT_BEFORE |
                         SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
         posix_fadvise(s->fd, s->done, STREAM_WINDOW, POSIX_FADV_DONTNEED);

@@ -109,33 +109,138 @@ static ent_status write_row(hid_t dset, hid_t dxpl, const char *group, const ent
     return st;
 }
 
-// The group /coalition: its `round` attribute and its ledger, a byte dataset
-// (checksummed like the rest; written by rank 0, collectively), when there is
-// one. Its arrays are written as the other arenas are.
-static ent_status write_coalition(hid_t file, hid_t dxpl, int rank, const ent_ckpt_coalition *c) {
-    hid_t grp = H5Gcreate2(file, CKPT_COALITION, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    if (grp < 0) return ckpt_h5_fail(ENT_ERR_IO, "cannot create group %s", CKPT_COALITION);
-    ent_ckpt_attr round = {.name = "round", .type = ENT_ATTR_I64, .i = c->round};
-    ent_status st = ckpt_write_attr(grp, &round);
-    hsize_t n = c->ledger ? strlen(c->ledger) : 0, chunk = n < (1u << 22) ? n : (1u << 22);
-    if (st == ENT_OK && n > 0) {
-        hid_t space = H5Screate_simple(1, &n, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
-        H5Pset_chunk(dcpl, 1, &chunk);
-        H5Pset_fletcher32(dcpl);
-        H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
-        hid_t d = H5Dcreate2(grp, "ledger", H5T_STD_U8LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-        if (rank != 0) H5Sselect_none(space);
-        hid_t mem = H5Scopy(space);
-        static const char none = 0;
-        if (d < 0 || H5Dwrite(d, H5T_NATIVE_UCHAR, mem, space, dxpl,
-                              rank == 0 ? c->ledger : &none) < 0)
-            st = ckpt_h5_fail(ENT_ERR_IO, "cannot write dataset %s/ledger", CKPT_COALITION);
+// Creates a dataset in grp: chunked, Fletcher32, never filled (every chunk is
+// written in full); `early`: with every chunk allocated now, none written
+// (the multi-rank layout, layout.c), otherwise allocated as written.
+static hid_t create_dataset(hid_t grp, const char *group, const char *name, hid_t type, int ndim,
+                            const hsize_t *dims, const hsize_t *chunk, int early, ent_status *st) {
+    hid_t space = H5Screate_simple(ndim, dims, NULL);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(dcpl, ndim, chunk);
+    H5Pset_fletcher32(dcpl);
+    H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+    hid_t dset = H5Dcreate2(grp, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    H5Pclose(dcpl);
+    H5Sclose(space);
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", group, name);
+    if (dset < 0) *st = ckpt_h5_fail(ENT_ERR_IO, "cannot create dataset %s", path);
+    else if (early) *st = ckpt_layout_chunks(dset, path);
+    return dset;
+}
+
+static size_t ledger_bytes(const ent_ckpt_shard *sh) {
+    return sh->coalition && sh->coalition->ledger ? strlen(sh->coalition->ledger) : 0;
+}
+
+// Lays the file out: its attributes, the group /coalition (its `round`
+// attribute, its ledger dataset when there is one) and a group per arena the
+// checkpoint holds, with a dataset per parameter row. `early`: every chunk is
+// allocated now, with *drop set meanwhile (one process laying out the file for
+// several, through the layout driver); otherwise chunks are allocated as they
+// are written. No data is written here.
+static ent_status create_layout(hid_t file, const ent_ckpt_attr *attrs, int nattrs,
+                                const ent_ckpt_shard *sh, const ckpt_sources *src, int early,
+                                int *drop) {
+    time_t now = time(NULL);
+    char created[64];
+    strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%S%z", localtime(&now));
+    ent_ckpt_attr own[4] = {
+        {.name = "format", .type = ENT_ATTR_STR, .s = ENT_CKPT_FORMAT},
+        {.name = "format_version", .type = ENT_ATTR_I64, .i = ENT_CKPT_VERSION},
+        {.name = "created", .type = ENT_ATTR_STR, .s = created},
+        {.name = "tensors", .type = ENT_ATTR_I64, .i = sh->table->nrows},
+    };
+    for (int i = 0; i < 4; i++) ENT_CHECK(ckpt_write_attr(file, &own[i]));
+    for (int i = 0; i < nattrs; i++) ENT_CHECK(ckpt_write_attr(file, &attrs[i]));
+    *drop = early;
+    ent_status st = ENT_OK;
+    if (sh->coalition != NULL) {
+        hid_t grp = H5Gcreate2(file, CKPT_COALITION, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        if (grp < 0) st = ckpt_h5_fail(ENT_ERR_IO, "cannot create group %s", CKPT_COALITION);
+        ent_ckpt_attr round = {.name = "round", .type = ENT_ATTR_I64, .i = sh->coalition->round};
+        if (st == ENT_OK) st = ckpt_write_attr(grp, &round);
+        hsize_t n = ledger_bytes(sh), chunk = n < (1u << 22) ? n : (1u << 22);
+        hid_t d = st == ENT_OK && n > 0 ? create_dataset(grp, CKPT_COALITION, "ledger",
+                                                         H5T_STD_U8LE, 1, &n, &chunk, early, &st)
+                                        : -1;
         if (d >= 0) H5Dclose(d);
-        H5Sclose(mem);
-        H5Pclose(dcpl);
-        H5Sclose(space);
+        if (grp >= 0) H5Gclose(grp);
     }
-    H5Gclose(grp);
+    for (int g = 0; g < CKPT_NGROUPS && st == ENT_OK; g++) {
+        if (src->base[g] == NULL && g > 0) continue; // no moments in this checkpoint
+        hid_t grp = H5Gcreate2(file, ckpt_groups[g], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        if (grp < 0) st = ckpt_h5_fail(ENT_ERR_IO, "cannot create group %s", ckpt_groups[g]);
+        for (int i = 0; st == ENT_OK && i < sh->table->nrows; i++) {
+            const ent_param_row *r = &sh->table->rows[i];
+            hsize_t dims[2] = {(hsize_t)r->shape[0], (hsize_t)r->shape[1]}, chunk[2];
+            ckpt_chunk_dims(r->ndim, r->shape, chunk);
+            hid_t d = create_dataset(grp, ckpt_groups[g], r->name, H5T_IEEE_F32LE, r->ndim, dims,
+                                     chunk, early, &st);
+            if (d >= 0) H5Dclose(d);
+        }
+        if (grp >= 0) H5Gclose(grp);
+    }
+    *drop = 0;
+    return st;
+}
+
+// Several ranks: rank 0 lays the file out alone, every chunk allocated and
+// none written (layout.c), and closes it; then the ranks open it together.
+// One process: the file is created and laid out, chunks allocated as written.
+static hid_t open_for_writing(MPI_Comm comm, const char *tmp, const ent_ckpt_attr *attrs,
+                              int nattrs, const ent_ckpt_shard *sh, const ckpt_sources *src,
+                              ent_status *st) {
+    int rank = 0, size = 1, drop = 0;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    // (HDF5 clears its error stack on entry to every call: a failure is
+    // reported before anything else is called)
+    if (rank == 0) {
+        hid_t fapl = size > 1 ? ckpt_layout_fapl(&drop) : H5Pcreate(H5P_FILE_ACCESS);
+        hid_t file = fapl < 0 ? -1 : H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+        if (fapl >= 0) H5Pclose(fapl);
+        if (file < 0) *st = ckpt_h5_fail(ENT_ERR_IO, "cannot create checkpoint %s", tmp);
+        if (*st == ENT_OK) *st = create_layout(file, attrs, nattrs, sh, src, size > 1, &drop);
+        if (size == 1) {
+            if (*st == ENT_OK) return file;
+            if (file >= 0) H5Fclose(file);
+            return -1;
+        }
+        if (file >= 0 && H5Fclose(file) < 0 && *st == ENT_OK)
+            *st = ckpt_h5_fail(ENT_ERR_IO, "cannot lay out checkpoint %s", tmp);
+    }
+    *st = ckpt_agree(comm, *st, "laying out the checkpoint");
+    if (*st != ENT_OK) return -1;
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
+    H5Pset_coll_metadata_write(fapl, 1);
+    H5Pset_all_coll_metadata_ops(fapl, 1);
+    hid_t file = H5Fopen(tmp, H5F_ACC_RDWR, fapl);
+    H5Pclose(fapl);
+    if (file < 0) *st = ckpt_h5_fail(ENT_ERR_IO, "cannot open checkpoint %s", tmp);
+    *st = ckpt_agree(comm, *st, "opening the checkpoint");
+    if (*st != ENT_OK && file >= 0) {
+        H5Fclose(file);
+        file = -1;
+    }
+    return file;
+}
+
+// Writes the ledger (rank 0, collectively).
+static ent_status write_ledger(hid_t file, hid_t dxpl, int rank, const ent_ckpt_shard *sh) {
+    static const char none = 0;
+    hid_t d = H5Dopen2(file, CKPT_COALITION "/ledger", H5P_DEFAULT);
+    hid_t space = d < 0 ? -1 : H5Dget_space(d);
+    if (space >= 0 && rank != 0) H5Sselect_none(space);
+    hid_t mem = space < 0 ? -1 : H5Scopy(space);
+    ent_status st = ENT_OK;
+    if (mem < 0 || H5Dwrite(d, H5T_NATIVE_UCHAR, mem, space, dxpl,
+                            rank == 0 ? sh->coalition->ledger : &none) < 0)
+        st = ckpt_h5_fail(ENT_ERR_IO, "cannot write dataset %s/ledger", CKPT_COALITION);
+    if (mem >= 0) H5Sclose(mem);
+    if (space >= 0) H5Sclose(space);
+    if (d >= 0) H5Dclose(d);
     return st;
 }
 
@@ -145,63 +250,25 @@ static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr
                              int nattrs, const ent_ckpt_shard *sh, const ckpt_sources *src) {
     ckpt_h5_init();
     ent_status st = ENT_OK;
-    int size = 1;
+    int rank = 0, size = 1;
+    MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &size);
-    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    if (size > 1) {
-        H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
-        H5Pset_coll_metadata_write(fapl, 1);
-    }
-    // (HDF5 clears its error stack on entry to every call: a failure is
-    // reported before anything else is called)
-    hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
-    if (file < 0) st = ckpt_h5_fail(ENT_ERR_IO, "cannot create checkpoint %s", tmp);
-    H5Pclose(fapl);
+    hid_t file = open_for_writing(comm, tmp, attrs, nattrs, sh, src, &st);
     if (file < 0) return st;
     ckpt_stream stream;
     ckpt_stream_open(&stream, tmp);
-
-    time_t now = time(NULL);
-    char created[64];
-    strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%S%z", localtime(&now));
-    ent_ckpt_attr own[3] = {
-        {.name = "format", .type = ENT_ATTR_STR, .s = ENT_CKPT_FORMAT},
-        {.name = "format_version", .type = ENT_ATTR_I64, .i = ENT_CKPT_VERSION},
-        {.name = "created", .type = ENT_ATTR_STR, .s = created},
-    };
-    for (int i = 0; i < 3 && st == ENT_OK; i++) st = ckpt_write_attr(file, &own[i]);
-    ent_ckpt_attr tensors = {.name = "tensors", .type = ENT_ATTR_I64, .i = sh->table->nrows};
-    if (st == ENT_OK) st = ckpt_write_attr(file, &tensors);
-    for (int i = 0; i < nattrs && st == ENT_OK; i++) st = ckpt_write_attr(file, &attrs[i]);
-
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
     if (size > 1) H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
-    if (sh->coalition != NULL) {
-        int rank = 0;
-        MPI_Comm_rank(comm, &rank);
-        ent_status c = write_coalition(file, dxpl, rank, sh->coalition);
-        if (st == ENT_OK) st = c;
-    }
-    hid_t ftype = H5T_IEEE_F32LE;
+    if (ledger_bytes(sh) > 0) st = write_ledger(file, dxpl, rank, sh);
     for (int g = 0; g < CKPT_NGROUPS; g++) {
         if (src->base[g] == NULL && g > 0) continue; // no moments in this checkpoint
-        hid_t grp = H5Gcreate2(file, ckpt_groups[g], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        if (grp < 0 && st == ENT_OK) st = ckpt_h5_fail(ENT_ERR_IO, "cannot create group %s", ckpt_groups[g]);
+        hid_t grp = H5Gopen2(file, ckpt_groups[g], H5P_DEFAULT);
+        if (grp < 0 && st == ENT_OK) st = ckpt_h5_fail(ENT_ERR_IO, "cannot open group %s", ckpt_groups[g]);
         for (int i = 0; grp >= 0 && i < sh->table->nrows; i++) {
             const ent_param_row *r = &sh->table->rows[i];
-            hsize_t dims[2] = {(hsize_t)r->shape[0], (hsize_t)r->shape[1]}, chunk[2];
-            ckpt_chunk_dims(r->ndim, r->shape, chunk);
-            hid_t space = H5Screate_simple(r->ndim, dims, NULL);
-            hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-            H5Pset_chunk(dcpl, r->ndim, chunk);
-            H5Pset_fletcher32(dcpl);
-            // every chunk written in full: no fill values to write first
-            H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
-            hid_t dset = H5Dcreate2(grp, r->name, ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+            hid_t dset = H5Dopen2(grp, r->name, H5P_DEFAULT);
             if (dset < 0 && st == ENT_OK)
-                st = ckpt_h5_fail(ENT_ERR_IO, "cannot create dataset %s/%s", ckpt_groups[g], r->name);
-            H5Pclose(dcpl);
-            H5Sclose(space);
+                st = ckpt_h5_fail(ENT_ERR_IO, "cannot open dataset %s/%s", ckpt_groups[g], r->name);
             if (dset < 0) continue;
             ent_status w = write_row(dset, dxpl, ckpt_groups[g], r, sh, src, g, size == 1,
                                      &stream);
@@ -228,7 +295,7 @@ static double file_bytes(const ent_ckpt_shard *sh, const ckpt_sources *src) {
         values += (double)sh->table->rows[i].shape[0] * (double)sh->table->rows[i].shape[1];
     int groups = 0;
     for (int g = 0; g < CKPT_NGROUPS; g++) groups += src->base[g] != NULL;
-    double ledger = sh->coalition && sh->coalition->ledger ? (double)strlen(sh->coalition->ledger) : 0;
+    double ledger = (double)ledger_bytes(sh);
     return 4.0 * values * groups + 8192.0 * sh->table->nrows * groups + ledger + 1048576.0;
 }
 
