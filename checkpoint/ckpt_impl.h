@@ -53,15 +53,17 @@ void ckpt_select_blocks(hid_t fspace, hid_t mspace, const ent_rect *rects, int n
 // cannot be opened, and then nothing is done (nor for a NULL stream).
 typedef struct {
     int fd;
-    off_t done; // writing: bytes from the start dropped; reading: where the run kept starts
-    off_t end;  // writing: the furthest byte written in place (0: the file's end);
-                // reading: where the run of bytes read last ends
+    off_t done; // writing: where the run not yet written back starts; reading:
+                // where the run kept starts
+    off_t end;  // where the run written in place (0: none, the file's end) or
+                // read last ends
 } ckpt_stream;
 void ckpt_stream_open(ckpt_stream *s, const char *path);
-// Writing a file laid out in advance (several ranks, each its own chunks):
-// this process wrote up to `to`. A file that grows as it is written (one
-// process) needs no report: its size says how far the writing got.
-void ckpt_stream_wrote(ckpt_stream *s, off_t to);
+// Writing a file laid out in advance (several ranks, each writing its chunks
+// in place, in file order): this process wrote bytes [from, to). A file that
+// grows as it is written (one process) needs no report: its size says how far
+// the writing got.
+void ckpt_stream_wrote(ckpt_stream *s, off_t from, off_t to);
 void ckpt_stream_advance(ckpt_stream *s);                  // writing: up to how far it got
 void ckpt_stream_read(ckpt_stream *s, off_t from, off_t to); // reading: bytes [from, to) read
 void ckpt_stream_close(ckpt_stream *s);
@@ -89,11 +91,12 @@ uint32_t ckpt_fletcher32(const void *data, size_t nbytes);
 // Rows in one chunk of the dataset when it can be moved chunk by chunk (whole
 // rows, one Fletcher32 filter); 0 when not.
 hsize_t ckpt_direct_rows(hid_t dset);
-// The whole chunks among local elements [lo, hi) of row r, stored in dset:
-// [*a, *b), from the first chunk boundary at or after lo to the last at or
-// before hi (or the row's end). 0 when there are none, or the row is split
-// across TP ranks (its local elements are not whole global rows).
-int ckpt_whole_chunks(hid_t dset, const ent_param_row *r, size_t lo, size_t hi, size_t *a,
+// The whole chunks among local elements [lo, hi) of row r, stored in chunks
+// of chunk_rows rows (ckpt_direct_rows): [*a, *b), from the first chunk
+// boundary at or after lo to the last at or before hi (or the row's end). 0
+// when there are none, or the row is split across TP ranks (its local
+// elements are not whole global rows), or chunk_rows is 0.
+int ckpt_whole_chunks(hsize_t chunk_rows, const ent_param_row *r, size_t lo, size_t hi, size_t *a,
                       size_t *b);
 // A full chunk moves between memory and file without a copy: the 4 bytes
 // after it in memory (the next chunk's, or `slack` bytes the caller may lend

@@ -105,11 +105,11 @@ hsize_t ckpt_direct_rows(hid_t dset) {
     return read_layout(dset, &l) ? l.chunk[0] : 0;
 }
 
-int ckpt_whole_chunks(hid_t dset, const ent_param_row *r, size_t lo, size_t hi, size_t *a,
+int ckpt_whole_chunks(hsize_t chunk_rows, const ent_param_row *r, size_t lo, size_t hi, size_t *a,
                       size_t *b) {
     size_t cols = (size_t)r->shape[1];
     if (lo >= hi || r->numel != (size_t)r->shape[0] * cols) return 0; // split across TP ranks
-    size_t per = (size_t)ckpt_direct_rows(dset) * cols;
+    size_t per = (size_t)chunk_rows * cols;
     if (per == 0) return 0;
     *a = (lo + per - 1) / per * per;
     *b = hi == r->numel ? hi : hi / per * per;
@@ -178,7 +178,7 @@ ent_status ckpt_write_rows(hid_t dset, const char *name, hsize_t row0, hsize_t r
         if (H5Dwrite_chunk(dset, H5P_DEFAULT, 0, offset, bytes + 4, out) < 0)
             st = ckpt_h5_fail(ENT_ERR_IO, "dataset %s", name);
         if (in_place) memcpy(chunk + bytes, kept, 4);
-        if (allocated) ckpt_stream_wrote(stream, (off_t)(addr + bytes + 4));
+        if (allocated) ckpt_stream_wrote(stream, (off_t)addr, (off_t)(addr + bytes + 4));
         ckpt_stream_advance(stream);
     }
     return st;

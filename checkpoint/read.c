@@ -170,7 +170,7 @@ static ent_status read_range(ent_ckpt_t *ck, hid_t dset, int g, const ent_param_
                              const ent_ckpt_shard *sh, size_t lo, size_t hi, float *dst,
                              size_t end, ckpt_verifier *verifier) {
     size_t a, b, cols = (size_t)r->shape[1];
-    if (!ckpt_whole_chunks(dset, r, lo, hi, &a, &b))
+    if (!ckpt_whole_chunks(ckpt_direct_rows(dset), r, lo, hi, &a, &b))
         return read_part(ck, dset, ckpt_groups[g], r, sh, lo, hi, dst);
     ENT_CHECK(read_part(ck, dset, ckpt_groups[g], r, sh, lo, a, dst));
     char name[160];

@@ -24,15 +24,26 @@ void ckpt_stream_open(ckpt_stream *s, const char *path) {
     s->done = s->end = 0;
 }
 
-void ckpt_stream_wrote(ckpt_stream *s, off_t to) {
-    if (s != NULL && to > s->end) s->end = to;
+// Gaps a run of writes may skip and stay one run: HDF5's metadata between two
+// datasets' chunks.
+#define STREAM_GAP ((off_t)1 << 20)
+
+void ckpt_stream_wrote(ckpt_stream *s, off_t from, off_t to) {
+    if (s == NULL || s->fd < 0) return;
+    if (s->end == 0 || from < s->end || from > s->end + STREAM_GAP) {
+        // a new run: what is left of the one before is sent on its way
+        if (s->end > s->done)
+            sync_file_range(s->fd, s->done, s->end - s->done, SYNC_FILE_RANGE_WRITE);
+        s->done = from;
+    }
+    s->end = to;
 }
 
 void ckpt_stream_advance(ckpt_stream *s) {
     struct stat sb;
     if (s == NULL || s->fd < 0) return;
-    // how far this process got: the furthest byte it wrote in place, or, when
-    // it appends (nothing reported), the end of the file
+    // how far this process got: the end of the run it is writing in place,
+    // or, when it appends (nothing reported), the end of the file
     off_t upto = s->end;
     if (upto == 0) {
         if (fstat(s->fd, &sb) != 0) return;

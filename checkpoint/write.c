@@ -50,60 +50,92 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-// Writes this rank's part of one row into an open dataset (collective). The
-// whole chunks of the part, where the row is not split across TP ranks, go
-// straight to the file (one process: chunks are allocated as they come;
-// several: parallel HDF5 allocated every chunk when the dataset was created,
-// so each rank writes its own); the rest (chunks shared with a neighbour's
-// share, tensor-parallel parts) through HDF5's collective filtered write,
-// which every rank joins, if only with an empty selection.
-static ent_status write_row(hid_t dset, hid_t dxpl, const char *group, const ent_param_row *r,
-                            const ent_ckpt_shard *sh, const ckpt_sources *src, int g, int alone,
-                            ckpt_stream *stream) {
-    float *base = src->base[g];
-    size_t base_first = src->first[g];
-    int usable = base != NULL;
+// This rank's part of one row: local elements [lo, hi) (none: lo == hi), of
+// which the whole chunks [a, b) go straight to the file (where the row is not
+// split across TP ranks), the rest, [lo, a) and [b, hi), through HDF5 (a = b =
+// hi when nothing goes straight). Rows replicated across TP ranks are written
+// by TP rank 0.
+typedef struct {
+    size_t lo, hi, a, b;
+} row_part;
+
+static row_part plan_row(const ent_param_row *r, const ent_ckpt_shard *sh, const ckpt_sources *src,
+                         int g) {
     size_t ra = r->offset, rb = r->offset + r->numel;
     size_t w0 = sh->write_first, w1 = sh->write_first + sh->write_count;
-    size_t lo = (ra > w0 ? ra : w0) - ra, hi = (rb < w1 ? rb : w1);
-    hi = hi > ra ? hi - ra : 0;
-    int mine = usable && lo < hi && (r->split != ENT_SPLIT_NONE || sh->tp_rank == 0);
-    float *buf = mine ? base + (r->offset + lo - base_first) : NULL;
-    ent_status st = ENT_OK;
-    size_t a = hi, b = hi; // [a, b): the whole chunks written directly
-    if (mine && ckpt_whole_chunks(dset, r, lo, hi, &a, &b)) {
-        char name[160];
-        snprintf(name, sizeof name, "%s/%s", group, r->name);
-        size_t cols = (size_t)r->shape[1];
-        size_t after = src->end[g] > ra + b ? src->end[g] - (ra + b) : 0; // floats after
-        st = ckpt_write_rows(dset, name, a / cols, (b + cols - 1) / cols, buf + (a - lo),
-                             after * sizeof(float), !alone, stream);
-    } else {
-        a = b = hi;
-    }
-    if (alone && (!mine || (a == lo && b == hi))) return st; // nothing left for HDF5
-    // the rest: [lo, a) and [b, hi) (a = b = hi when nothing went directly)
-    hid_t fspace = H5Dget_space(dset);
+    row_part p = {(ra > w0 ? ra : w0) - ra, rb < w1 ? rb : w1, 0, 0};
+    p.hi = p.hi > ra ? p.hi - ra : 0;
+    int mine = src->base[g] != NULL && p.lo < p.hi &&
+               (r->split != ENT_SPLIT_NONE || sh->tp_rank == 0);
+    if (!mine) p.lo = p.hi = 0;
+    hsize_t chunk[2];
+    ckpt_chunk_dims(r->ndim, r->shape, chunk); // as the dataset was created
+    if (!ckpt_whole_chunks(chunk[0], r, p.lo, p.hi, &p.a, &p.b)) p.a = p.b = p.hi;
+    return p;
+}
+
+static int part_for_hdf5(const row_part *p) { return p->a > p->lo || p->hi > p->b; }
+
+// A row of the file being written: its dataset, this rank's part of it, and
+// whether some rank writes part of it through HDF5 (agreed by all).
+typedef struct {
+    hid_t dset;
+    int g;
+    const ent_param_row *r;
+    row_part p;
+    int collective;
+} file_row;
+
+static float *part_base(const file_row *f, const ckpt_sources *src) {
+    return src->base[f->g] + (f->r->offset + f->p.lo - src->first[f->g]);
+}
+
+// The whole chunks of this rank's part, straight to the file (one process:
+// chunks are allocated as they come; several: rank 0 laid the file out with
+// every chunk allocated, so each rank writes its own in place).
+static ent_status write_chunks(const file_row *f, const ckpt_sources *src, int alone,
+                               ckpt_stream *stream) {
+    const ent_param_row *r = f->r;
+    char name[160];
+    snprintf(name, sizeof name, "%s/%s", ckpt_groups[f->g], r->name);
+    size_t cols = (size_t)r->shape[1], ra = r->offset;
+    size_t after = src->end[f->g] > ra + f->p.b ? src->end[f->g] - (ra + f->p.b) : 0;
+    return ckpt_write_rows(f->dset, name, f->p.a / cols, (f->p.b + cols - 1) / cols,
+                           part_base(f, src) + (f->p.a - f->p.lo), after * sizeof(float),
+                           !alone, stream);
+}
+
+// The rest of this rank's part (chunks shared with a neighbour's share,
+// tensor-parallel parts) through HDF5's filtered write: collective with
+// several ranks, every rank joining, if only with an empty selection.
+static ent_status write_rest(const file_row *f, hid_t dxpl, const ent_ckpt_shard *sh,
+                             const ckpt_sources *src) {
+    const ent_param_row *r = f->r;
+    const row_part *p = &f->p;
+    int mine = p->lo < p->hi;
+    float *buf = mine ? part_base(f, src) : NULL;
+    hid_t fspace = H5Dget_space(f->dset);
     ent_rect rects[2 * ENT_MAX_RECTS];
-    int nhead = mine ? ent_param_row_rects(r, sh->tp_rank, sh->tp_size, lo, a, rects) : 0;
-    int ntail = mine ? ent_param_row_rects(r, sh->tp_rank, sh->tp_size, b, hi, rects + nhead) : 0;
+    int nhead = mine ? ent_param_row_rects(r, sh->tp_rank, sh->tp_size, p->lo, p->a, rects) : 0;
+    int ntail = mine ? ent_param_row_rects(r, sh->tp_rank, sh->tp_size, p->b, p->hi,
+                                           rects + nhead) : 0;
     int nr = nhead + ntail;
-    size_t n = (a - lo) + (hi - b);
+    size_t n = (p->a - p->lo) + (p->hi - p->b);
     hid_t mspace;
     if (ntail == 0 || nhead == 0) {
         mspace = ckpt_memory_space(r->ndim, rects, nr, n);
-        if (nhead == 0 && ntail > 0) buf += b - lo;
+        if (nhead == 0 && ntail > 0) buf += p->b - p->lo;
     } else { // two runs of the buffer, around the part written directly
-        hsize_t extent = hi - lo, zero = 0, head = a - lo, tail_at = b - lo, tail = hi - b;
+        hsize_t extent = p->hi - p->lo, zero = 0, head = p->a - p->lo, tail_at = p->b - p->lo,
+                tail = p->hi - p->b;
         mspace = H5Screate_simple(1, &extent, NULL);
         H5Sselect_hyperslab(mspace, H5S_SELECT_SET, &zero, NULL, &head, NULL);
         H5Sselect_hyperslab(mspace, H5S_SELECT_OR, &tail_at, NULL, &tail, NULL);
     }
     ckpt_select_blocks(fspace, mspace, rects, nr);
     static const float dummy = 0.0f;
-    herr_t rc = H5Dwrite(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl,
-                         nr > 0 ? buf : &dummy);
-    if (rc < 0 && st == ENT_OK) st = ckpt_h5_fail(ENT_ERR_IO, "dataset %s", r->name);
+    herr_t rc = H5Dwrite(f->dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, nr > 0 ? buf : &dummy);
+    ent_status st = rc < 0 ? ckpt_h5_fail(ENT_ERR_IO, "dataset %s", r->name) : ENT_OK;
     H5Sclose(mspace);
     H5Sclose(fspace);
     return st;
@@ -215,7 +247,6 @@ static hid_t open_for_writing(MPI_Comm comm, const char *tmp, const ent_ckpt_att
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
     H5Pset_coll_metadata_write(fapl, 1);
-    H5Pset_all_coll_metadata_ops(fapl, 1);
     hid_t file = H5Fopen(tmp, H5F_ACC_RDWR, fapl);
     H5Pclose(fapl);
     if (file < 0) *st = ckpt_h5_fail(ENT_ERR_IO, "cannot open checkpoint %s", tmp);
@@ -244,44 +275,103 @@ static ent_status write_ledger(hid_t file, hid_t dxpl, int rank, const ent_ckpt_
     return st;
 }
 
-// Writes the whole file (every rank, collectively). Keeps going through every
-// collective call after a failure and returns the first failure.
+// Opens the dataset of every row of every arena the checkpoint holds (every
+// rank, all of them, in the same order: closing them is collective) and plans
+// this rank's part of each; *n of them. NULL when out of memory.
+static file_row *open_rows(hid_t file, const ent_ckpt_shard *sh, const ckpt_sources *src,
+                           const char *tmp, int *n, ent_status *st) {
+    int nrows = sh->table->nrows;
+    file_row *rows = calloc((size_t)CKPT_NGROUPS * (size_t)nrows, sizeof *rows);
+    *n = 0;
+    if (rows == NULL) {
+        *st = ent_fail(ENT_ERR_NOMEM, "out of memory writing %s", tmp);
+        return NULL;
+    }
+    for (int g = 0; g < CKPT_NGROUPS; g++) {
+        if (src->base[g] == NULL && g > 0) continue; // no moments in this checkpoint
+        for (int i = 0; i < nrows; i++) {
+            file_row *f = &rows[(*n)++];
+            char path[256];
+            f->g = g;
+            f->r = &sh->table->rows[i];
+            f->p = plan_row(f->r, sh, src, g);
+            snprintf(path, sizeof path, "%s/%s", ckpt_groups[g], f->r->name);
+            f->dset = H5Dopen2(file, path, H5P_DEFAULT);
+            if (f->dset < 0 && *st == ENT_OK)
+                *st = ckpt_h5_fail(ENT_ERR_IO, "cannot open dataset %s of %s", path, tmp);
+        }
+    }
+    return rows;
+}
+
+static void close_rows(file_row *rows, int n, const char *tmp, ent_status *st) {
+    for (int k = 0; rows != NULL && k < n; k++) {
+        const file_row *f = &rows[k];
+        if (f->dset >= 0 && H5Dclose(f->dset) < 0 && *st == ENT_OK)
+            *st = ckpt_h5_fail(ENT_ERR_IO, "writing %s/%s of %s", ckpt_groups[f->g], f->r->name,
+                               tmp);
+    }
+    free(rows);
+}
+
+// Writes the whole file (every rank, collectively). Each rank first writes the
+// whole chunks of its share, at its own pace; then the rows that some rank
+// writes part of through HDF5 are written together (were they written in file
+// order, a rank would wait at each for the others to get there). After a local
+// failure a rank still goes through every collective call, and returns the
+// first failure.
 static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr *attrs,
                              int nattrs, const ent_ckpt_shard *sh, const ckpt_sources *src) {
     ckpt_h5_init();
     ent_status st = ENT_OK;
-    int rank = 0, size = 1;
+    int rank = 0, size = 1, n = 0;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &size);
     hid_t file = open_for_writing(comm, tmp, attrs, nattrs, sh, src, &st);
     if (file < 0) return st;
+    file_row *rows = open_rows(file, sh, src, tmp, &n, &st);
+    // which rows need HDF5's collective write, agreed once
+    unsigned char *coll = malloc((size_t)n + 1);
+    if (coll == NULL && st == ENT_OK) st = ent_fail(ENT_ERR_NOMEM, "out of memory writing %s", tmp);
+    st = ckpt_agree(comm, st, "opening the checkpoint's datasets");
+    if (st != ENT_OK) {
+        free(coll);
+        close_rows(rows, n, tmp, &st);
+        H5Fclose(file);
+        return st;
+    }
+    for (int k = 0; k < n; k++) coll[k] = (unsigned char)part_for_hdf5(&rows[k].p);
+    if (size > 1) MPI_Allreduce(MPI_IN_PLACE, coll, n, MPI_UNSIGNED_CHAR, MPI_MAX, comm);
+    for (int k = 0; k < n; k++) rows[k].collective = coll[k];
+    free(coll);
+
     ckpt_stream stream;
     ckpt_stream_open(&stream, tmp);
+    for (int k = 0; k < n; k++) {
+        const file_row *f = &rows[k];
+        if (f->p.a >= f->p.b) continue;
+        ent_status w = write_chunks(f, src, size == 1, &stream);
+        if (w != ENT_OK && st == ENT_OK)
+            st = ent_fail(w, "writing %s/%s of %s: %s", ckpt_groups[f->g], f->r->name, tmp,
+                          ent_last_error());
+        ckpt_stream_advance(&stream);
+    }
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
     if (size > 1) H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
-    if (ledger_bytes(sh) > 0) st = write_ledger(file, dxpl, rank, sh);
-    for (int g = 0; g < CKPT_NGROUPS; g++) {
-        if (src->base[g] == NULL && g > 0) continue; // no moments in this checkpoint
-        hid_t grp = H5Gopen2(file, ckpt_groups[g], H5P_DEFAULT);
-        if (grp < 0 && st == ENT_OK) st = ckpt_h5_fail(ENT_ERR_IO, "cannot open group %s", ckpt_groups[g]);
-        for (int i = 0; grp >= 0 && i < sh->table->nrows; i++) {
-            const ent_param_row *r = &sh->table->rows[i];
-            hid_t dset = H5Dopen2(grp, r->name, H5P_DEFAULT);
-            if (dset < 0 && st == ENT_OK)
-                st = ckpt_h5_fail(ENT_ERR_IO, "cannot open dataset %s/%s", ckpt_groups[g], r->name);
-            if (dset < 0) continue;
-            ent_status w = write_row(dset, dxpl, ckpt_groups[g], r, sh, src, g, size == 1,
-                                     &stream);
-            if (w != ENT_OK && st == ENT_OK)
-                st = ent_fail(w, "writing %s/%s of %s: %s", ckpt_groups[g], r->name, tmp,
-                              ent_last_error());
-            if (H5Dclose(dset) < 0 && st == ENT_OK)
-                st = ckpt_h5_fail(ENT_ERR_IO, "writing %s/%s of %s", ckpt_groups[g], r->name, tmp);
-            ckpt_stream_advance(&stream);
-        }
-        if (grp >= 0) H5Gclose(grp);
+    for (int k = 0; k < n; k++) {
+        const file_row *f = &rows[k];
+        if (!f->collective) continue;
+        ent_status w = write_rest(f, dxpl, sh, src);
+        if (w != ENT_OK && st == ENT_OK)
+            st = ent_fail(w, "writing %s/%s of %s: %s", ckpt_groups[f->g], f->r->name, tmp,
+                          ent_last_error());
+    }
+    if (ledger_bytes(sh) > 0) {
+        ent_status w = write_ledger(file, dxpl, rank, sh);
+        if (st == ENT_OK) st = w;
     }
     H5Pclose(dxpl);
+    close_rows(rows, n, tmp, &st);
     if (H5Fclose(file) < 0 && st == ENT_OK)
         st = ckpt_h5_fail(ENT_ERR_IO, "cannot complete checkpoint %s", tmp);
     ckpt_stream_close(&stream);
