@@ -314,6 +314,23 @@ static void close_rows(file_row *rows, int n, const char *tmp, ent_status *st) {
     free(rows);
 }
 
+// The first failure of a rank that goes on through the collective calls (the
+// message ent_fail keeps would be overwritten by later ones). A failure
+// writing a row names the row and the file.
+typedef struct {
+    ent_status st;
+    char msg[1024];
+} first_failure;
+
+static void keep_first(first_failure *f, ent_status st, const file_row *row, const char *tmp) {
+    if (st == ENT_OK || f->st != ENT_OK) return;
+    f->st = st;
+    if (row != NULL)
+        ent_fail(st, "writing %s/%s of %s: %s", ckpt_groups[row->g], row->r->name, tmp,
+                 ent_last_error());
+    snprintf(f->msg, sizeof f->msg, "%s", ent_last_error());
+}
+
 // Writes the whole file (every rank, collectively). Each rank first writes the
 // whole chunks of its share, at its own pace; then the rows that some rank
 // writes part of through HDF5 are written together (were they written in file
@@ -347,35 +364,26 @@ static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr
 
     ckpt_stream stream;
     ckpt_stream_open(&stream, tmp);
-    for (int k = 0; k < n; k++) {
+    first_failure fail = {ENT_OK, ""};
+    for (int k = 0; k < n && fail.st == ENT_OK; k++) { // on its own: stops at a failure
         const file_row *f = &rows[k];
         if (f->p.a >= f->p.b) continue;
-        ent_status w = write_chunks(f, src, size == 1, &stream);
-        if (w != ENT_OK && st == ENT_OK)
-            st = ent_fail(w, "writing %s/%s of %s: %s", ckpt_groups[f->g], f->r->name, tmp,
-                          ent_last_error());
+        keep_first(&fail, write_chunks(f, src, size == 1, &stream), f, tmp);
         ckpt_stream_advance(&stream);
     }
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
     if (size > 1) H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
-    for (int k = 0; k < n; k++) {
-        const file_row *f = &rows[k];
-        if (!f->collective) continue;
-        ent_status w = write_rest(f, dxpl, sh, src);
-        if (w != ENT_OK && st == ENT_OK)
-            st = ent_fail(w, "writing %s/%s of %s: %s", ckpt_groups[f->g], f->r->name, tmp,
-                          ent_last_error());
-    }
-    if (ledger_bytes(sh) > 0) {
-        ent_status w = write_ledger(file, dxpl, rank, sh);
-        if (st == ENT_OK) st = w;
-    }
+    for (int k = 0; k < n; k++) // collective: every rank goes through all
+        if (rows[k].collective) keep_first(&fail, write_rest(&rows[k], dxpl, sh, src), &rows[k], tmp);
+    if (ledger_bytes(sh) > 0) keep_first(&fail, write_ledger(file, dxpl, rank, sh), NULL, tmp);
     H5Pclose(dxpl);
+    st = ENT_OK;
     close_rows(rows, n, tmp, &st);
-    if (H5Fclose(file) < 0 && st == ENT_OK)
-        st = ckpt_h5_fail(ENT_ERR_IO, "cannot complete checkpoint %s", tmp);
+    keep_first(&fail, st, NULL, tmp);
+    if (H5Fclose(file) < 0)
+        keep_first(&fail, ckpt_h5_fail(ENT_ERR_IO, "cannot complete checkpoint %s", tmp), NULL, tmp);
     ckpt_stream_close(&stream);
-    return st;
+    return fail.st == ENT_OK ? ENT_OK : ent_fail(fail.st, "%s", fail.msg);
 }
 
 // Bytes of the file: the data, plus HDF5's metadata and checksums (generous).

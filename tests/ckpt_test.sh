@@ -132,6 +132,15 @@ case_reshard() {
     expect "DP=2 x TP=2, uninterrupted" 0 -- timeout 120 "${MPIRUN[@]}" -np 4 "$E" train \
         --config "$W/c.ini" --run-dir "$W/src" --set parallel.tp=2 || return
     local c=$W/src/checkpoints/step_00000010.h5 m=$W/src/metrics.jsonl
+    # written by four ranks into a file rank 0 laid out: entente and HDF5's own
+    # tools (its Fletcher32 filter on every chunk read) read it back whole
+    "$E" ckpt verify "$c" >/dev/null || fail "a checkpoint written by DP=2 x TP=2 does not verify"
+    if command -v h5dump >/dev/null 2>&1; then
+        for d in /params/wte.weight /adam_m/h.0.attn.c_attn.weight /adam_v/ln_f.bias; do
+            h5dump -d "$d" "$c" >/dev/null 2>"$W/h5dump.err" ||
+                fail "h5dump cannot read $d of the DP=2 x TP=2 checkpoint: $(head -c 300 "$W/h5dump.err")"
+        done
+    fi
     expect "resumed on 1 rank" 0 -- "$E" train --config "$W/c.ini" --run-dir "$W/one" --resume "$c" || return
     same_curve "DP2xTP2 -> 1 rank" "$m" "$W/one/metrics.jsonl" 11 20 1e-5
     expect "resumed at TP=2" 0 -- timeout 120 "${MPIRUN[@]}" -np 2 "$E" train --config "$W/c.ini" \
@@ -306,7 +315,9 @@ case_kill() {
 # A save that cannot fit. A first run saves step 10 normally; a resumed run
 # then cannot save step 20: it stops (on_error = stop) or trains on
 # (continue), and step 10 stays the intact latest checkpoint either way.
-# disk_full_run DESC DIR ULIMIT_KB EXPECTED_MESSAGE [ENV...]
+# disk_full_run DESC DIR ULIMIT_KB EXPECTED_MESSAGE [ENV...]; the resumed runs
+# are started through ${LAUNCH[@]} (empty: one process)
+LAUNCH=()
 disk_full_run() {
     local desc=$1 dir=$2 limit=$3 why=$4
     shift 4
@@ -318,14 +329,15 @@ disk_full_run() {
     [ "$(readlink "$dir/latest")" = step_00000010.h5 ] || { fail "$desc: no checkpoint at step 10"; return; }
     expect "$desc: on_error = stop" 1 "checkpoint at step 20 failed" "the previous checkpoint is intact" \
         "$why" -- env "$@" bash -c "ulimit -f $limit; exec \"\$@\"" - \
-        "$E" train --config "$W/c.ini" --run-dir "$W/r-$desc" "${sets[@]}" --resume latest
+        "${LAUNCH[@]}" "$E" train --config "$W/c.ini" --run-dir "$W/r-$desc" "${sets[@]}" --resume latest
     [ "$(readlink "$dir/latest")" = step_00000010.h5 ] || fail "$desc: latest moved off step 10"
     "$E" ckpt verify "$dir/latest" >/dev/null || fail "$desc: step 10 no longer verifies"
     [ -e "$dir/step_00000020.h5" ] && fail "$desc: the failed save left step_00000020.h5"
     ls "$dir"/*.tmp >/dev/null 2>&1 && fail "$desc: the failed save left a .tmp file"
     expect "$desc: on_error = continue" 0 "err:checkpoint at step 20 failed, training goes on" \
-        -- env "$@" bash -c "ulimit -f $limit; exec \"\$@\"" - "$E" train --config "$W/c.ini" \
-        --run-dir "$W/r-$desc" "${sets[@]}" --resume latest --set checkpoint.on_error=continue
+        -- env "$@" bash -c "ulimit -f $limit; exec \"\$@\"" - "${LAUNCH[@]}" "$E" train \
+        --config "$W/c.ini" --run-dir "$W/r-$desc" "${sets[@]}" --resume latest \
+        --set checkpoint.on_error=continue
     [ "$(readlink "$dir/latest")" = step_00000010.h5 ] || fail "$desc: latest moved off step 10"
 }
 
@@ -344,6 +356,13 @@ case_disk_full() {
         disk_full_run "tmpfs-checked" "$W/tmpfs/c3" unlimited "the file system has" X=1
         rm -rf "$W/tmpfs/c3"
         disk_full_run "tmpfs-midway" "$W/tmpfs/c4" unlimited "file write failed" "$skip"
+        rm -rf "$W/tmpfs/c4"
+        # two ranks: rank 0 lays the whole file out (sparse), the ranks'
+        # writes into it then fail
+        need_mpirun
+        LAUNCH=(timeout 120 "${MPIRUN[@]}" -np 2)
+        disk_full_run "tmpfs-midway-2-ranks" "$W/tmpfs/c5" unlimited "file write failed" "$skip"
+        LAUNCH=()
         umount "$W/tmpfs"
     else
         echo "    (no tmpfs could be mounted here: the full file system was tested through the file-size limit only)"
