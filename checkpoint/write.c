@@ -1,15 +1,17 @@
 // write.c: saving checkpoints.
 //
-// Every rank of the world writes its share of the state into one file with
-// parallel HDF5: the rows of its arena range [write_first, +write_count),
-// each as the blocks of the global tensor that range covers
-// (ent_param_row_rects); rows replicated across tensor-parallel ranks only
-// from TP rank 0. The whole chunks of a share go straight to the file
-// (write_row); the rest through collective hyperslab writes: filtered
-// (Fletcher32) datasets must be written collectively, so every rank takes part
-// in every dataset, if only with an empty selection; after a local failure a
-// rank still goes through every collective call, so no rank is left waiting,
-// and the ranks agree on the outcome at the end.
+// Every rank of the world writes its share of the state into one file: the
+// rows of its arena range [write_first, +write_count), each as the blocks of
+// the global tensor that range covers (ent_param_row_rects); rows replicated
+// across tensor-parallel ranks only from TP rank 0. With several ranks, rank 0
+// first lays the file out alone, every chunk allocated and none written
+// (layout.c), and the ranks then open it with parallel HDF5. Each rank writes
+// the whole chunks of its share straight to the file (write_chunks), at its
+// own pace; then the rest, through HDF5's collective filtered (Fletcher32)
+// writes, row by row, every rank joining each, if only with an empty
+// selection (write_rest). After a local failure a rank still goes through
+// every collective call, so no rank is left waiting, and the ranks agree on
+// the outcome at the end.
 //
 // Commit: the file is written as NAME.tmp; rank 0 syncs it, renames it to NAME,
 // syncs the directory, then points the `latest` symlink at it (a new link
