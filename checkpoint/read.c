@@ -205,6 +205,14 @@ static void replica_cuts(const ent_param_table *t, size_t a0, size_t a1, int n, 
     }
 }
 
+// Advances the broadcasts in flight (MPI moves them only inside its calls).
+static void progress(ent_request_t **reqs, int n) {
+    for (int i = 0; i < n; i++) {
+        int done;
+        if (reqs[i] != NULL) ent_test(reqs[i], &done);
+    }
+}
+
 ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
     ent_status st = ENT_OK;
     const ent_param_table *t = sh->table;
@@ -215,14 +223,18 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
     // moments without ZeRO): each reads a part and broadcasts it, so the file
     // is read once
     ent_group_t *reps = sh->replicas != NULL && ent_group_size(sh->replicas) > 1 ? sh->replicas : NULL;
+    ent_group_t *all_ranks = ck->world != NULL ? ck->world : reps;
     int nrep = reps ? ent_group_size(reps) : 1, me = reps ? ent_group_rank(reps) : 0;
     size_t *cuts = calloc((size_t)CKPT_NGROUPS * (size_t)(nrep + 1), sizeof(size_t));
-    if (cuts == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", ck->path);
+    ent_request_t **reqs = calloc((size_t)CKPT_NGROUPS * (size_t)nrep, sizeof *reqs);
+    int nreq = 0;
+    if (cuts == NULL || reqs == NULL) st = ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", ck->path);
     int shared[CKPT_NGROUPS]; // which arenas the replicas share
     for (int g = 0; g < CKPT_NGROUPS; g++) shared[g] = g != CKPT_ADAM_M && g != CKPT_ADAM_V;
     if (moments) {
         int mine = sh->state_first == 0 && sh->state_count >= t->total, all = mine;
-        if (reps != NULL) st = ent_allreduce(reps, &mine, &all, 1, ENT_I32, ENT_MIN);
+        ent_status a = reps != NULL ? ent_allreduce(reps, &mine, &all, 1, ENT_I32, ENT_MIN) : ENT_OK;
+        if (st == ENT_OK) st = a;
         shared[CKPT_ADAM_M] = shared[CKPT_ADAM_V] = all;
     }
     if (moments && !ent_ckpt_has_moments(ck))
@@ -230,8 +242,21 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
     if ((src.base[CKPT_ANCHOR] != NULL || src.base[CKPT_OUTER_M] != NULL) && !ent_ckpt_has_coalition(ck))
         st = ent_fail(ENT_ERR_INPUT, "%s holds no coalition state (group /%s): it was not saved "
                       "by a member of a coalition", ck->path, CKPT_COALITION);
+    st = agree(all_ranks, st, "reading", ck->path);
+    if (st != ENT_OK) {
+        free(cuts);
+        free(reqs);
+        return st;
+    }
+    // Arena by arena, each replica reads its part, then sends it to the others
+    // while the next arena is read (its broadcast advanced between rows). A
+    // failed read does not stop the broadcasts (every rank takes part in all
+    // of them); every rank learns of it at the end and fails, the arrays then
+    // being unspecified. Reading and the broadcasts never touch the same
+    // arena at once: the 4 bytes lent after a chunk read in place stay within
+    // the arena being read.
     ckpt_verifier *verifier = ckpt_verifier_start();
-    for (int g = 0; g < CKPT_NGROUPS && st == ENT_OK; g++) {
+    for (int g = 0; g < CKPT_NGROUPS; g++) {
         if (src.base[g] == NULL) continue;
         size_t s0 = src.first[g], s1 = src.end[g]; // base holds arena range [s0, s1)
         size_t *cut = cuts + (size_t)g * (size_t)(nrep + 1);
@@ -246,22 +271,25 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
             if (lo < hi)
                 st = read_range(ck, d, g, r, sh, lo, hi, src.base[g] + (a + lo - s0), s1, verifier);
             H5Dclose(d);
+            progress(reqs, nreq);
+        }
+        for (int k = 0; reps != NULL && shared[g] && k < nrep; k++) {
+            if (cut[k + 1] <= cut[k]) continue;
+            ent_status b = ent_ibroadcast(reps, src.base[g] + (cut[k] - s0), cut[k + 1] - cut[k],
+                                          ENT_F32, k, &reqs[nreq]);
+            if (b == ENT_OK) nreq++;
+            else if (st == ENT_OK) st = b;
         }
     }
     ent_status checked = ckpt_verifier_finish(verifier);
     if (checked != ENT_OK && st == ENT_OK) st = ent_fail(checked, "%s: %s", ck->path, ent_last_error());
-    // nothing is broadcast unless every rank has read its part
-    st = agree(ck->world != NULL ? ck->world : reps, st, "reading", ck->path);
-    for (int g = 0; g < CKPT_NGROUPS && st == ENT_OK && reps != NULL; g++) {
-        if (src.base[g] == NULL || !shared[g]) continue;
-        const size_t *cut = cuts + (size_t)g * (size_t)(nrep + 1);
-        for (int k = 0; k < nrep && st == ENT_OK; k++)
-            if (cut[k + 1] > cut[k])
-                st = ent_broadcast(reps, src.base[g] + (cut[k] - src.first[g]), cut[k + 1] - cut[k],
-                                   ENT_F32, k);
+    for (int i = 0; i < nreq; i++) {
+        ent_status w = ent_wait(&reqs[i]);
+        if (st == ENT_OK) st = w;
     }
+    free(reqs);
     free(cuts);
-    return st;
+    return agree(all_ranks, st, "reading", ck->path);
 }
 
 int ent_ckpt_has_coalition(ent_ckpt_t *ck) {
