@@ -108,6 +108,10 @@ static herr_t layout_lock(H5FD_t *file, hbool_t rw) { return H5FDlock(sec2_of(fi
 static herr_t layout_unlock(H5FD_t *file) { return H5FDunlock(sec2_of(file)); }
 
 static const H5FD_class_t layout_class = {
+#ifdef H5FD_CLASS_VERSION // HDF5 1.14 on: classes carry a version and a value
+    .version = H5FD_CLASS_VERSION,
+    .value = 500, // from the range HDF5 leaves to drivers of its users
+#endif
     .name = "entente-layout",
     .maxaddr = ((haddr_t)1 << (8 * sizeof(off_t) - 1)) - 1, // as sec2
     .fc_degree = H5F_CLOSE_WEAK,
