@@ -106,9 +106,9 @@ int ckpt_whole_chunks(hsize_t chunk_rows, const ent_param_row *r, size_t lo, siz
 // Writes rows [row0, row1) from src (row0 on a chunk boundary, row1 too or
 // past the last row). `allocated`: the chunks must already be allocated at
 // their checksummed size (a file rank 0 laid out: ckpt_layout_chunks), so
-// that writing them changes no metadata and
-// each rank may write its own chunks on its own; a chunk that is not is an
-// error, and nothing of it is written.
+// that writing them changes no metadata and each rank may write its own
+// chunks on its own; a chunk that is not is an error, and nothing of it is
+// written.
 ent_status ckpt_write_rows(hid_t dset, const char *name, hsize_t row0, hsize_t row1, float *src,
                            size_t slack, int allocated, ckpt_stream *stream);
 // Reads rows [row0, row1) into dst (row0 on a chunk boundary, row1 too or
