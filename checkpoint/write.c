@@ -82,6 +82,7 @@ static int part_for_hdf5(const row_part *p) { return p->a > p->lo || p->hi > p->
 // whether some rank writes part of it through HDF5 (agreed by all).
 typedef struct {
     hid_t dset;
+    char path[160]; // GROUP/NAME
     int g;
     const ent_param_row *r;
     row_part p;
@@ -98,11 +99,9 @@ static float *part_base(const file_row *f, const ckpt_sources *src) {
 static ent_status write_chunks(const file_row *f, const ckpt_sources *src, int alone,
                                ckpt_stream *stream) {
     const ent_param_row *r = f->r;
-    char name[160];
-    snprintf(name, sizeof name, "%s/%s", ckpt_groups[f->g], r->name);
     size_t cols = (size_t)r->shape[1], ra = r->offset;
     size_t after = src->end[f->g] > ra + f->p.b ? src->end[f->g] - (ra + f->p.b) : 0;
-    return ckpt_write_rows(f->dset, name, f->p.a / cols, (f->p.b + cols - 1) / cols,
+    return ckpt_write_rows(f->dset, f->path, f->p.a / cols, (f->p.b + cols - 1) / cols,
                            part_base(f, src) + (f->p.a - f->p.lo), after * sizeof(float),
                            !alone, stream);
 }
@@ -293,27 +292,26 @@ static file_row *open_rows(hid_t file, const ent_ckpt_shard *sh, const ckpt_sour
         if (src->base[g] == NULL && g > 0) continue; // no moments in this checkpoint
         for (int i = 0; i < nrows; i++) {
             file_row *f = &rows[(*n)++];
-            char path[256];
             f->g = g;
             f->r = &sh->table->rows[i];
             f->p = plan_row(f->r, sh, src, g);
-            snprintf(path, sizeof path, "%s/%s", ckpt_groups[g], f->r->name);
-            f->dset = H5Dopen2(file, path, H5P_DEFAULT);
+            snprintf(f->path, sizeof f->path, "%s/%s", ckpt_groups[g], f->r->name);
+            f->dset = H5Dopen2(file, f->path, H5P_DEFAULT);
             if (f->dset < 0 && *st == ENT_OK)
-                *st = ckpt_h5_fail(ENT_ERR_IO, "cannot open dataset %s of %s", path, tmp);
+                *st = ckpt_h5_fail(ENT_ERR_IO, "cannot open dataset %s of %s", f->path, tmp);
         }
     }
     return rows;
 }
 
-static void close_rows(file_row *rows, int n, const char *tmp, ent_status *st) {
-    for (int k = 0; rows != NULL && k < n; k++) {
-        const file_row *f = &rows[k];
-        if (f->dset >= 0 && H5Dclose(f->dset) < 0 && *st == ENT_OK)
-            *st = ckpt_h5_fail(ENT_ERR_IO, "writing %s/%s of %s", ckpt_groups[f->g], f->r->name,
-                               tmp);
-    }
+// Closes and frees the rows; the first failure to close one.
+static ent_status close_rows(file_row *rows, int n, const char *tmp) {
+    ent_status st = ENT_OK;
+    for (int k = 0; rows != NULL && k < n; k++)
+        if (rows[k].dset >= 0 && H5Dclose(rows[k].dset) < 0 && st == ENT_OK)
+            st = ckpt_h5_fail(ENT_ERR_IO, "writing %s of %s", rows[k].path, tmp);
     free(rows);
+    return st;
 }
 
 // The first failure of a rank that goes on through the collective calls (the
@@ -327,9 +325,7 @@ typedef struct {
 static void keep_first(first_failure *f, ent_status st, const file_row *row, const char *tmp) {
     if (st == ENT_OK || f->st != ENT_OK) return;
     f->st = st;
-    if (row != NULL)
-        ent_fail(st, "writing %s/%s of %s: %s", ckpt_groups[row->g], row->r->name, tmp,
-                 ent_last_error());
+    if (row != NULL) ent_fail(st, "writing %s of %s: %s", row->path, tmp, ent_last_error());
     snprintf(f->msg, sizeof f->msg, "%s", ent_last_error());
 }
 
@@ -352,12 +348,13 @@ static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr
     // which rows need HDF5's collective write, agreed once
     unsigned char *coll = malloc((size_t)n + 1);
     if (coll == NULL && st == ENT_OK) st = ent_fail(ENT_ERR_NOMEM, "out of memory writing %s", tmp);
-    st = ckpt_agree(comm, st, "opening the checkpoint's datasets");
-    if (st != ENT_OK) {
+    first_failure fail = {ENT_OK, ""};
+    keep_first(&fail, ckpt_agree(comm, st, "opening the checkpoint's datasets"), NULL, tmp);
+    if (fail.st != ENT_OK) { // (closing may fail too: the message kept is the first)
         free(coll);
-        close_rows(rows, n, tmp, &st);
+        close_rows(rows, n, tmp);
         H5Fclose(file);
-        return st;
+        return ent_fail(fail.st, "%s", fail.msg);
     }
     for (int k = 0; k < n; k++) coll[k] = (unsigned char)part_for_hdf5(&rows[k].p);
     if (size > 1) MPI_Allreduce(MPI_IN_PLACE, coll, n, MPI_UNSIGNED_CHAR, MPI_MAX, comm);
@@ -366,7 +363,6 @@ static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr
 
     ckpt_stream stream;
     ckpt_stream_open(&stream, tmp);
-    first_failure fail = {ENT_OK, ""};
     for (int k = 0; k < n && fail.st == ENT_OK; k++) { // on its own: stops at a failure
         const file_row *f = &rows[k];
         if (f->p.a >= f->p.b) continue;
@@ -379,9 +375,7 @@ static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr
         if (rows[k].collective) keep_first(&fail, write_rest(&rows[k], dxpl, sh, src), &rows[k], tmp);
     if (ledger_bytes(sh) > 0) keep_first(&fail, write_ledger(file, dxpl, rank, sh), NULL, tmp);
     H5Pclose(dxpl);
-    st = ENT_OK;
-    close_rows(rows, n, tmp, &st);
-    keep_first(&fail, st, NULL, tmp);
+    keep_first(&fail, close_rows(rows, n, tmp), NULL, tmp);
     if (H5Fclose(file) < 0)
         keep_first(&fail, ckpt_h5_fail(ENT_ERR_IO, "cannot complete checkpoint %s", tmp), NULL, tmp);
     ckpt_stream_close(&stream);
