@@ -225,10 +225,10 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
     ent_group_t *reps = sh->replicas != NULL && ent_group_size(sh->replicas) > 1 ? sh->replicas : NULL;
     ent_group_t *all_ranks = ck->world != NULL ? ck->world : reps;
     int nrep = reps ? ent_group_size(reps) : 1, me = reps ? ent_group_rank(reps) : 0;
-    size_t *cuts = calloc((size_t)CKPT_NGROUPS * (size_t)(nrep + 1), sizeof(size_t));
+    size_t *cut = calloc((size_t)nrep + 1, sizeof(size_t)); // the arena being read's cuts
     ent_request_t **reqs = calloc((size_t)CKPT_NGROUPS * (size_t)nrep, sizeof *reqs);
     int nreq = 0;
-    if (cuts == NULL || reqs == NULL) st = ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", ck->path);
+    if (cut == NULL || reqs == NULL) st = ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", ck->path);
     int shared[CKPT_NGROUPS]; // which arenas the replicas share
     for (int g = 0; g < CKPT_NGROUPS; g++) shared[g] = g != CKPT_ADAM_M && g != CKPT_ADAM_V;
     if (moments) {
@@ -244,7 +244,7 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
                       "by a member of a coalition", ck->path, CKPT_COALITION);
     st = agree(all_ranks, st, "reading", ck->path);
     if (st != ENT_OK) {
-        free(cuts);
+        free(cut);
         free(reqs);
         return st;
     }
@@ -259,7 +259,6 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
     for (int g = 0; g < CKPT_NGROUPS; g++) {
         if (src.base[g] == NULL) continue;
         size_t s0 = src.first[g], s1 = src.end[g]; // base holds arena range [s0, s1)
-        size_t *cut = cuts + (size_t)g * (size_t)(nrep + 1);
         if (shared[g]) replica_cuts(t, s0, s1 < t->total ? s1 : t->total, nrep, cut);
         size_t r0 = shared[g] ? cut[me] : s0, r1 = shared[g] ? cut[me + 1] : s1;
         for (int i = 0; i < t->nrows && st == ENT_OK; i++) {
@@ -288,7 +287,7 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
         if (st == ENT_OK) st = w;
     }
     free(reqs);
-    free(cuts);
+    free(cut);
     return agree(all_ranks, st, "reading", ck->path);
 }
 
