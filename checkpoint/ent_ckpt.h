@@ -80,8 +80,11 @@ typedef struct ent_ckpt_saver ent_ckpt_saver_t;
 
 typedef struct {
     const char *dir;     // checkpoint directory (created if missing)
-    int keep;            // keep this many newest checkpoints (0: all)
+    int keep;            // keep this many newest checkpoints of this run (0: all)
     int async;           // write from a background thread (needs MPI_THREAD_MULTIPLE)
+    int adopt;           // the checkpoints already in dir are this run's (it resumed
+                         // from one of them); otherwise retention removes only the
+                         // checkpoints this saver wrote
 } ent_ckpt_saver_opts;
 
 // A saver for the ranks of `world` (collective). The caller owns it.
@@ -91,11 +94,18 @@ ent_status ent_ckpt_saver_new(ent_group_t *world, const ent_ckpt_saver_opts *opt
 // now (outside the training loop), so that no save waits for fresh pages.
 // A no-op for a synchronous saver.
 ent_status ent_ckpt_saver_prepare(ent_ckpt_saver_t *saver, const ent_ckpt_shard *shard);
+// Before the first save (collective): rank 0 creates the directory, writes a
+// small file there and checks that the file system has room for a checkpoint
+// of this shard's table (parameters and moments, float32, plus HDF5's
+// metadata; ENTENTE_CKPT_SKIP_SPACE_CHECK=1 skips the room check), then every
+// rank checks that it can write into the directory. Every rank returns the
+// same status (ENT_ERR_IO naming the directory).
+ent_status ent_ckpt_saver_check(ent_ckpt_saver_t *saver, const ent_ckpt_shard *shard);
 // Finishes a save in flight, then frees the saver.
 void ent_ckpt_saver_free(ent_ckpt_saver_t **saver);
 // Saves DIR/NAME collectively: every rank writes its share into NAME.tmp, then
 // rank 0 syncs it, renames it to NAME, syncs the directory, points DIR/latest
-// at it and removes checkpoints beyond `keep`. Synchronous: returns when the
+// at it and removes this run's checkpoints beyond `keep`. Synchronous: returns when the
 // checkpoint is committed. Asynchronous: waits for the previous save and
 // returns; a background thread copies the shard to the host snapshot, then
 // writes and commits it. The shard's arrays may be read meanwhile (the next
@@ -115,6 +125,10 @@ double ent_ckpt_last_blocked_seconds(const ent_ckpt_saver_t *saver);
 
 // The file name of the checkpoint of a step: "step_00001234.h5".
 void ent_ckpt_name(int64_t step, char *buf, size_t n);
+// The steps of the checkpoints in dir (files step_NNNNNNNN.h5), ascending, in
+// *steps (malloc'ed, the caller frees it; NULL when none); returns how many (0
+// also when dir cannot be read).
+int ent_ckpt_list_steps(const char *dir, int64_t **steps);
 // Resolves "DIR/latest" (or a file path) to the checkpoint file it names.
 ent_status ent_ckpt_resolve_latest(const char *dir, char *out, size_t n);
 

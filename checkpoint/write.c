@@ -15,7 +15,7 @@
 //
 // Commit: the file is written as NAME.tmp; rank 0 syncs it, renames it to NAME,
 // syncs the directory, then points the `latest` symlink at it (a new link
-// renamed over the old) and removes checkpoints beyond `keep`. A crash at any
+// renamed over the old) and removes this run's checkpoints beyond `keep`. A crash at any
 // moment leaves `latest` naming a complete checkpoint.
 //
 // Asynchronous saves hand the shard to a background thread that copies its
@@ -27,6 +27,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -486,16 +487,46 @@ static int64_t *list_steps(const char *dir, int *n) {
     return steps;
 }
 
+// The checkpoints retention may remove: those of this run (the steps this
+// saver committed, and those already in the directory when the run resumed
+// from one of them). Rank 0 keeps the list; the save thread adds to it.
+typedef struct {
+    int keep;       // checkpoint.keep (0: all)
+    int64_t *steps; // this run's checkpoints
+    int n, cap;
+} retention;
+
+static int owns(const retention *r, int64_t step) {
+    for (int i = 0; i < r->n; i++)
+        if (r->steps[i] == step) return 1;
+    return 0;
+}
+
+static void own(retention *r, int64_t step) {
+    if (owns(r, step)) return;
+    if (r->n == r->cap) {
+        int cap = r->cap ? 2 * r->cap : 16;
+        int64_t *grown = realloc(r->steps, sizeof *grown * (size_t)cap);
+        if (grown == NULL) return; // not owned: kept, never wrongly removed
+        r->steps = grown;
+        r->cap = cap;
+    }
+    r->steps[r->n++] = step;
+}
+
 // Keeps `keep` checkpoints: the one just committed (never removed, whatever
-// its step) and the keep - 1 others with the highest steps.
-static void retain(const char *dir, int keep, int64_t newest) {
-    if (keep <= 0) return;
+// its step) and the keep - 1 others with the highest steps. Only this run's
+// checkpoints are counted and removed: another run's files in the same
+// directory are left alone.
+static void retain(const char *dir, retention *r, int64_t newest) {
+    own(r, newest);
+    if (r->keep <= 0) return;
     int n;
     int64_t *steps = list_steps(dir, &n);
     int kept = 1;
     for (int i = n - 1; i >= 0; i--) {
-        if (steps[i] == newest) continue;
-        if (kept < keep) {
+        if (steps[i] == newest || !owns(r, steps[i])) continue;
+        if (kept < r->keep) {
             kept++;
             continue;
         }
@@ -506,6 +537,12 @@ static void retain(const char *dir, int keep, int64_t newest) {
             ent_log_warn("cannot remove old checkpoint %s: %s", path, strerror(errno));
     }
     free(steps);
+}
+
+int ent_ckpt_list_steps(const char *dir, int64_t **steps) {
+    int n;
+    *steps = list_steps(dir, &n);
+    return n;
 }
 
 // Removes partial files a killed save left behind (NAME.tmp), rank 0.
@@ -527,7 +564,7 @@ static void remove_stale_tmp(const char *dir) {
 }
 
 // The whole save: file, agreement, commit (rank 0), agreement.
-static ent_status save_now(MPI_Comm comm, const char *dir, int keep, const char *name,
+static ent_status save_now(MPI_Comm comm, const char *dir, retention *owned, const char *name,
                            int64_t step, const ent_ckpt_attr *attrs, int nattrs,
                            const ent_ckpt_shard *sh, const ckpt_sources *src) {
     int rank;
@@ -555,7 +592,7 @@ static ent_status save_now(MPI_Comm comm, const char *dir, int keep, const char 
             st = ent_fail(ENT_ERR_IO, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
         if (st == ENT_OK) st = ent_fsync_dir(dir);
         if (st == ENT_OK) st = point_latest(dir, name);
-        if (st == ENT_OK) retain(dir, keep, step);
+        if (st == ENT_OK) retain(dir, owned, step);
         if (st != ENT_OK) unlink(tmp);
     }
     return ckpt_agree(comm, st, "committing the checkpoint");
@@ -578,7 +615,8 @@ struct ent_ckpt_saver {
     ent_group_t *world;
     MPI_Comm io;          // a duplicate of the world's communicator, for the thread
     char dir[PATH_BYTES];
-    int keep, async;
+    retention owned; // checkpoint.keep and this run's checkpoints (rank 0)
+    int async;
     pthread_t thread;
     int running;
     job *pending;
@@ -628,7 +666,7 @@ static void *run_job(void *arg) {
     // (the next one, the end of the run) the cores are idle and it has them.
     setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
 
-    ent_status st = save_now(s->io, s->dir, s->keep, j->name, j->step, j->attrs, j->nattrs,
+    ent_status st = save_now(s->io, s->dir, &s->owned, j->name, j->step, j->attrs, j->nattrs,
                              &j->shard, &j->src);
     s->result = st;
     snprintf(s->result_msg, sizeof s->result_msg, "%s", st == ENT_OK ? "" : ent_last_error());
@@ -646,8 +684,14 @@ ent_status ent_ckpt_saver_new(ent_group_t *world, const ent_ckpt_saver_opts *opt
     }
     s->world = world;
     snprintf(s->dir, sizeof s->dir, "%s", opts->dir);
-    s->keep = opts->keep;
+    s->owned.keep = opts->keep;
     s->async = opts->async;
+    if (opts->adopt && ent_group_rank(world) == 0) {
+        int n;
+        int64_t *steps = list_steps(s->dir, &n);
+        for (int i = 0; i < n; i++) own(&s->owned, steps[i]);
+        free(steps);
+    }
     s->io = MPI_COMM_NULL;
     if (s->async) {
         int level = 0;
@@ -663,6 +707,41 @@ ent_status ent_ckpt_saver_new(ent_group_t *world, const ent_ckpt_saver_opts *opt
     pthread_cond_init(&s->staged_cv, NULL);
     *out = s;
     return ENT_OK;
+}
+
+// Rank 0: can a checkpoint be written into dir? It creates the directory,
+// writes and removes a small file there, and checks the room for `need` bytes.
+static ent_status probe_dir(const char *dir, double need) {
+    ENT_CHECK(ent_mkdirs(dir));
+    char probe[PATH_BYTES + 64];
+    snprintf(probe, sizeof probe, "%s/.entente-probe-%ld", dir, (long)getpid());
+    int fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return ent_fail(ENT_ERR_IO, "cannot create a file in %s: %s", dir, strerror(errno));
+    char block[4096];
+    memset(block, 0, sizeof block);
+    int err = write(fd, block, sizeof block) == (ssize_t)sizeof block ? 0 : errno ? errno : EIO;
+    if (close(fd) != 0 && err == 0) err = errno;
+    unlink(probe);
+    if (err != 0) return ent_fail(ENT_ERR_IO, "cannot write a file in %s: %s", dir, strerror(err));
+    return check_room(dir, need);
+}
+
+ent_status ent_ckpt_saver_check(ent_ckpt_saver_t *s, const ent_ckpt_shard *sh) {
+    MPI_Comm comm = ent_group_mpi_comm(s->world);
+    ckpt_sources src = ckpt_shard_sources(sh);
+    ent_status st = ent_group_rank(s->world) == 0 ? probe_dir(s->dir, file_bytes(sh, &src)) : ENT_OK;
+    ENT_CHECK(ckpt_agree(comm, st, "checking the checkpoint directory"));
+    // every rank writes into the file: each must see the directory rank 0 made
+    // (on another node it may be another file system, or none)
+    st = ENT_OK;
+    struct stat sb;
+    if (stat(s->dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || access(s->dir, W_OK | X_OK) != 0) {
+        int rank = ent_group_rank(s->world);
+        st = ent_fail(ENT_ERR_IO, "rank %d cannot write into the checkpoint directory %s: %s",
+                      rank, s->dir, strerror(errno ? errno : ENOTDIR));
+    }
+    return ckpt_agree(comm, st, "checking the checkpoint directory");
 }
 
 ent_status ent_ckpt_wait(ent_ckpt_saver_t *s) {
@@ -681,6 +760,7 @@ void ent_ckpt_saver_free(ent_ckpt_saver_t **saver) {
     ent_ckpt_wait(s);
     if (s->io != MPI_COMM_NULL) MPI_Comm_free(&s->io);
     for (int g = 0; g < CKPT_NGROUPS; g++) free(s->snap[g]);
+    free(s->owned.steps);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->staged_cv);
     free(s);
@@ -776,7 +856,7 @@ ent_status ent_ckpt_save(ent_ckpt_saver_t *s, const char *name, const ent_ckpt_a
     double t0 = now_seconds();
     if (!s->async) {
         ckpt_sources src = ckpt_shard_sources(sh);
-        ent_status st = save_now(ent_group_mpi_comm(s->world), s->dir, s->keep, name,
+        ent_status st = save_now(ent_group_mpi_comm(s->world), s->dir, &s->owned, name,
                                  find_step(attrs, nattrs), attrs, nattrs, sh, &src);
         s->blocked = now_seconds() - t0;
         return st;
@@ -800,7 +880,7 @@ ent_status ent_ckpt_save(ent_ckpt_saver_t *s, const char *name, const ent_ckpt_a
         // cannot happen in practice; save synchronously rather than lose it
         s->pending = NULL;
         stage(j);
-        st = save_now(s->io, s->dir, s->keep, j->name, j->step, j->attrs, j->nattrs, &j->shard,
+        st = save_now(s->io, s->dir, &s->owned, j->name, j->step, j->attrs, j->nattrs, &j->shard,
                       &j->src);
         free_job(j);
         s->blocked = now_seconds() - t0;

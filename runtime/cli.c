@@ -5,9 +5,11 @@
 #include "ent_ckpt.h"
 #include "ent_version.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 static const char *main_help =
@@ -36,7 +38,7 @@ static const char *main_help =
 
 static const char *train_help =
     "Usage: entente train --config FILE [--set SECTION.KEY=VALUE ...] [--run-dir DIR]\n"
-    "                     [--resume FILE|latest|auto] [--print-config]\n"
+    "                     [--resume FILE|latest|auto | --force] [--print-config]\n"
     "\n"
     "Trains the GPT model that FILE describes on the token shards in data.dir,\n"
     "printing a progress line per step, the validation loss at intervals and a\n"
@@ -49,12 +51,26 @@ static const char *train_help =
     "                       go (default: runs/<config name>-<date>-<time>)\n"
     "  --resume FILE        continue from a checkpoint, on any number of ranks; without\n"
     "                       --config the checkpoint's own configuration is used\n"
-    "                       (--set still applies)\n"
+    "                       (--set still applies), except the layout: parallel.tp\n"
+    "                       and parallel.zero come from --set (default 1 and 0)\n"
     "  --resume latest      the newest checkpoint of the run's checkpoint directory\n"
     "  --resume auto        latest if there is one, else start from the beginning\n"
-    "                       (what a requeued batch job wants)\n"
+    "                       (what a requeued batch job wants); a 'latest' that\n"
+    "                       points to a missing file is an error\n"
+    "  --force              start over in a run directory that holds a run: its\n"
+    "                       metrics.jsonl and samples.txt are truncated, config.ini\n"
+    "                       and run.json rewritten, and the checkpoints in its\n"
+    "                       checkpoint directory (and 'latest') removed before step 1\n"
     "  --print-config       print the effective configuration and exit\n"
     "  -h, --help           this help\n"
+    "\n"
+    "A run directory holds one run. Without --resume or --force, train refuses a\n"
+    "run directory (or checkpoint directory) that already holds one (exit code 2).\n"
+    "A resumed run appends to metrics.jsonl and samples.txt (a step redone after\n"
+    "the checkpoint appears again; its last record counts), and checkpoint.keep\n"
+    "only ever removes checkpoints of this run. Before step 1, train checks that\n"
+    "the checkpoint directory can be created and written and has room for one\n"
+    "checkpoint (exit code 1 otherwise).\n"
     "\n"
     "Environment: OMP_NUM_THREADS sets CPU threads per rank unless system.threads does.\n"
     "\n"
@@ -97,9 +113,8 @@ static int usage_error(const char *cmd, const char *fmt, const char *arg) {
 // ---------------------------------------------------------------------------
 // entente train
 
-// The configuration stored in a checkpoint, with --set overrides.
-static ent_status config_from_checkpoint(ent_config *cfg, const char *path, const char **sets,
-                                         int nsets) {
+static ent_status config_from_checkpoint_text(ent_config *cfg, const char *path,
+                                              const char **sets, int nsets) {
     ent_ckpt_t *ck = NULL;
     ENT_CHECK(ent_ckpt_open(path, NULL, &ck));
     char *text = NULL;
@@ -113,9 +128,30 @@ static ent_status config_from_checkpoint(ent_config *cfg, const char *path, cons
     return st;
 }
 
+// The configuration stored in a checkpoint, with --set overrides. The layout
+// (parallel.tp, parallel.zero) is not the checkpoint's: it comes from --set
+// or the defaults, since any layout resumes any checkpoint and the one it was
+// saved with need not fit the ranks at hand.
+static ent_status config_from_checkpoint(ent_config *cfg, const char *path, const char **sets,
+                                         int nsets) {
+    ent_config defaults;
+    ent_config_defaults(&defaults);
+    char tp[32], zero[32];
+    snprintf(tp, sizeof tp, "parallel.tp=%d", defaults.tp);
+    snprintf(zero, sizeof zero, "parallel.zero=%d", defaults.zero);
+    const char **all = calloc((size_t)nsets + 2, sizeof *all);
+    if (all == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
+    all[0] = tp;
+    all[1] = zero;
+    for (int i = 0; i < nsets; i++) all[i + 2] = sets[i];
+    ent_status st = config_from_checkpoint_text(cfg, path, all, nsets + 2);
+    free(all);
+    return st;
+}
+
 static int cmd_train(int argc, char **argv) {
     const char *config = NULL, *run_dir = NULL, *resume = NULL;
-    int print_config = 0;
+    int print_config = 0, force = 0;
     const char **sets = calloc((size_t)argc, sizeof *sets);
     int nsets = 0, rc = 0;
     if (sets == NULL) return report(ent_fail(ENT_ERR_NOMEM, "out of memory"));
@@ -135,6 +171,8 @@ static int cmd_train(int argc, char **argv) {
             resume = argv[++i];
         } else if (strcmp(a, "--print-config") == 0) {
             print_config = 1;
+        } else if (strcmp(a, "--force") == 0) {
+            force = 1;
         } else if (strcmp(a, "--config") == 0 || strcmp(a, "--set") == 0 ||
                    strcmp(a, "--run-dir") == 0 || strcmp(a, "--resume") == 0) {
             rc = usage_error("train", "%s needs a value", a);
@@ -143,6 +181,11 @@ static int cmd_train(int argc, char **argv) {
             rc = usage_error("train", "unknown argument '%s'", a);
             goto out;
         }
+    }
+    if (force && resume != NULL) {
+        rc = usage_error("train", "%s", "--force starts a run over and --resume continues one: "
+                         "give one of them");
+        goto out;
     }
     int by_pointer = resume != NULL && (strcmp(resume, "latest") == 0 || strcmp(resume, "auto") == 0);
     if (config == NULL && (resume == NULL || (by_pointer && run_dir == NULL))) {
@@ -175,12 +218,23 @@ static int cmd_train(int argc, char **argv) {
     if (st == ENT_OK && by_pointer) {
         char dir[ENT_PATH_MAX];
         ent_checkpoint_dir(&cfg, run_dir, dir, sizeof dir);
-        st = ent_ckpt_resolve_latest(dir, resume_path, sizeof resume_path);
-        if (st != ENT_OK && strcmp(resume, "auto") == 0 && config != NULL) {
+        char link[ENT_PATH_MAX + 16];
+        snprintf(link, sizeof link, "%s/latest", dir);
+        struct stat sb;
+        if (strcmp(resume, "auto") == 0 && config != NULL && lstat(link, &sb) != 0 &&
+            errno == ENOENT) {
+            // nothing saved yet: the run starts (or, killed before its first
+            // checkpoint, starts again) from step 0, appending to its files
             ent_log_notice("no checkpoint in %s yet: starting from the beginning", dir);
-            st = ENT_OK;
-            resume_path[0] = '\0';
-        } else if (st == ENT_OK && config == NULL) {
+        } else {
+            st = ent_ckpt_resolve_latest(dir, resume_path, sizeof resume_path);
+            // a 'latest' that names no file is never taken for "none yet"
+            if (st != ENT_OK && strcmp(resume, "auto") == 0)
+                st = ent_fail(st, "--resume auto: %s (restore the checkpoint it names or point "
+                              "it at another; to start over instead, give --force without "
+                              "--resume)", ent_last_error());
+        }
+        if (st == ENT_OK && resume_path[0] && config == NULL) {
             st = config_from_checkpoint(&cfg, resume_path, sets, nsets);
         }
     } else if (st == ENT_OK && resume != NULL) {
@@ -197,7 +251,9 @@ static int cmd_train(int argc, char **argv) {
     ent_comm_t *comm = NULL;
     ent_ckpt_library_init(); // before MPI: see ent_ckpt.h
     st = ent_comm_init_threads(NULL, NULL, cfg.ckpt_async, &comm);
-    if (st == ENT_OK) st = ent_train(&cfg, run_dir, resume_path[0] ? resume_path : NULL, comm);
+    ent_train_opts topts = {.run_dir = run_dir, .resume = resume_path[0] ? resume_path : NULL,
+                            .continues = resume != NULL, .force = force};
+    if (st == ENT_OK) st = ent_train(&cfg, &topts, comm);
     if (st != ENT_OK) rc = report(st);
     ent_comm_finalize(&comm);
 out:

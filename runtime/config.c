@@ -487,12 +487,27 @@ ent_status ent_config_validate(const ent_config *cfg) {
 // ---------------------------------------------------------------------------
 // output
 
+const char *ent_format_double(double v, char *buf, size_t n) {
+    // %.17g always reads back exactly but shows binary noise (3e-3 prints as
+    // 0.0030000000000000001); the first precision that reads back is the
+    // shortest exact text
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, n, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v) break;
+    }
+    return buf;
+}
+
 static void write_value(const ent_config *cfg, const key_desc *k, FILE *f) {
     const char *field = (const char *)cfg + k->offset;
     switch (k->type) {
     case K_INT: fprintf(f, "%d", *(const int *)field); break;
     case K_U64: fprintf(f, "%llu", (unsigned long long)*(const uint64_t *)field); break;
-    case K_FLOAT: fprintf(f, "%.17g", *(const double *)field); break;
+    case K_FLOAT: {
+        char num[32];
+        fputs(ent_format_double(*(const double *)field, num, sizeof num), f);
+        break;
+    }
     case K_BOOL: fputs(*(const int *)field ? "true" : "false", f); break;
     case K_STR: write_string(field, f); break;
     }

@@ -66,7 +66,11 @@ ent_status ent_config_load(ent_config *cfg, const char *path, const char *const 
 ent_status ent_config_set(ent_config *cfg, const char *assignment);
 // Checks values that depend on each other (heads dividing width, ...).
 ent_status ent_config_validate(const ent_config *cfg);
-// Writes the effective configuration as INI text: every key, its value.
+// Writes v into buf (n >= 32 bytes) as the shortest %g text that strtod reads
+// back as exactly v (3e-3 as "0.003"); returns buf.
+const char *ent_format_double(double v, char *buf, size_t n);
+// Writes the effective configuration as INI text: every key, its value, each
+// number in the shortest text that reads back exactly.
 void ent_config_write(const ent_config *cfg, FILE *f);
 // The same text in a malloc'ed string (its length in *len unless NULL); NULL when out of memory.
 char *ent_config_text(const ent_config *cfg, size_t *len);
@@ -248,11 +252,34 @@ ent_status ent_data_prepare(const ent_prepare_args *args, size_t *train_tokens,
 // then cosine decay to lr * lr_floor at the last step.
 double ent_lr_schedule(const ent_config *cfg, int step);
 
+// How `entente train` treats its run directory (docs/cli.md).
+typedef struct {
+    const char *run_dir;
+    const char *resume; // a checkpoint file to continue from, or NULL
+    int continues;      // --resume was given: append to the run in run_dir (with
+                        // resume NULL: --resume auto found no checkpoint yet)
+    int force;          // start over: replace the run files, remove the run's checkpoints
+} ent_train_opts;
+
 // Runs `entente train` with a loaded configuration; writes run_dir/metrics.jsonl,
-// run_dir/config.ini, run_dir/samples.txt and checkpoints. resume: a checkpoint
-// file to continue from, or NULL.
-ent_status ent_train(const ent_config *cfg, const char *run_dir, const char *resume,
-                     ent_comm_t *comm);
+// run_dir/config.ini, run_dir/run.json, run_dir/samples.txt and checkpoints.
+// Before step 1 it refuses a run directory (or checkpoint directory) that
+// holds another run unless continuing or forced, and checks that checkpoints
+// can be written (ENT_ERR_IO naming the directory).
+ent_status ent_train(const ent_config *cfg, const ent_train_opts *opts, ent_comm_t *comm);
+
+// The ETA of the progress line: the mean wall-clock time of the last
+// ENT_ETA_WINDOW steps, so that one slow or fast step hardly moves it.
+#define ENT_ETA_WINDOW 32
+typedef struct {
+    double seconds[ENT_ETA_WINDOW];
+    int count, next;
+} ent_eta;
+
+// Records the wall-clock seconds of one step (evaluations and saves included).
+void ent_eta_add(ent_eta *eta, double step_seconds);
+// Seconds that steps_left more steps will take; NAN before the first step.
+double ent_eta_remaining(const ent_eta *eta, int steps_left);
 // The checkpoint directory of a run: checkpoint.dir, or RUN_DIR/checkpoints.
 void ent_checkpoint_dir(const ent_config *cfg, const char *run_dir, char *out, size_t n);
 // Loads a configuration from the text stored in a checkpoint, then overrides.

@@ -18,12 +18,14 @@
 #include "ent_version.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,6 +50,19 @@ static void format_duration(double s, char *buf, size_t n) {
     if (t >= 3600) snprintf(buf, n, "%ldh%02ldm", t / 3600, (t / 60) % 60);
     else if (t >= 60) snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
     else snprintf(buf, n, "%lds", t);
+}
+
+void ent_eta_add(ent_eta *eta, double step_seconds) {
+    eta->seconds[eta->next] = step_seconds;
+    eta->next = (eta->next + 1) % ENT_ETA_WINDOW;
+    if (eta->count < ENT_ETA_WINDOW) eta->count++;
+}
+
+double ent_eta_remaining(const ent_eta *eta, int steps_left) {
+    if (eta->count == 0) return NAN;
+    double sum = 0.0;
+    for (int i = 0; i < eta->count; i++) sum += eta->seconds[i];
+    return sum / eta->count * steps_left;
 }
 
 // JSON number, or null for NaN/Inf (which JSON cannot hold).
@@ -116,6 +131,7 @@ typedef struct {
     int32_t *inputs, *targets; // (micro, T) host
     FILE *metrics, *samples;
     const char *run_dir;
+    const ent_train_opts *opts;
     int32_t *prompt;
     int nprompt;
     double t_start;
@@ -382,8 +398,9 @@ static ent_status open_run_file(const trainer *tr, const char *name, FILE **out)
     char path[ENT_PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/%s", tr->run_dir, name);
     // a resumed run continues its files (a step redone after the checkpoint
-    // appears again; the last record of a step is the one that counts)
-    *out = fopen(path, tr->resumed ? "a" : "w");
+    // appears again; the last record of a step is the one that counts); a new
+    // run gets here only with a run directory that holds none, or --force
+    *out = fopen(path, tr->opts->continues ? "a" : "w");
     if (*out == NULL) return ent_fail(ENT_ERR_IO, "cannot write %s: %s", path, strerror(errno));
     return ENT_OK;
 }
@@ -403,6 +420,123 @@ static ent_status open_run_dir(trainer *tr, size_t nparams) {
     }
     fputs("}\n", tr->metrics);
     return flush_run_file(tr, tr->metrics, "metrics.jsonl");
+}
+
+// ---------------------------------------------------------------------------
+// the run directory belongs to one run
+
+static const char *const run_files[] = {"metrics.jsonl", "samples.txt", "config.ini", "run.json"};
+
+// Is path, with its symbolic links resolved, the directory dir?
+static int same_dir(const char *dir, const char *file) {
+    char a[PATH_MAX], b[PATH_MAX];
+    if (realpath(dir, a) == NULL || realpath(file, b) == NULL) return 0;
+    char *slash = strrchr(b, '/');
+    if (slash == NULL) return 0;
+    *slash = '\0';
+    return strcmp(a, b[0] ? b : "/") == 0;
+}
+
+// The checkpoints in the checkpoint directory, for messages ("" when none).
+static void describe_checkpoints(const char *dir, char *buf, size_t n) {
+    buf[0] = '\0';
+    int64_t *steps = NULL;
+    int count = ent_ckpt_list_steps(dir, &steps);
+    char link[ENT_PATH_MAX + 16], target[ENT_PATH_MAX];
+    snprintf(link, sizeof link, "%s/latest", dir);
+    ssize_t len = readlink(link, target, sizeof target - 1);
+    if (count > 0) {
+        char first[64], last[64];
+        ent_ckpt_name(steps[0], first, sizeof first);
+        ent_ckpt_name(steps[count - 1], last, sizeof last);
+        snprintf(buf, n, "%d checkpoint(s), %s%s%s", count, first, count > 1 ? " .. " : "",
+                 count > 1 ? last : "");
+    } else if (len >= 0) {
+        target[len] = '\0';
+        snprintf(buf, n, "a 'latest' pointer to %s", target);
+    }
+    free(steps);
+}
+
+// Before anything is written (the leader): a new run needs a run directory
+// and a checkpoint directory that hold no other run, unless --force; a run
+// that continues (--resume) may only write checkpoints beside the ones it
+// continues. Nothing is changed here.
+static ent_status check_run_dir(const trainer *tr) {
+    const ent_train_opts *o = tr->opts;
+    if (o->force) return ENT_OK;
+    char path[ENT_PATH_MAX + 64];
+    if (!o->continues) {
+        for (size_t i = 0; i < sizeof run_files / sizeof run_files[0]; i++) {
+            snprintf(path, sizeof path, "%s/%s", tr->run_dir, run_files[i]);
+            struct stat sb;
+            if (lstat(path, &sb) == 0)
+                return ent_fail(ENT_ERR_USAGE,
+                                "run directory %s already holds a run (%s): continue it with "
+                                "--resume latest, start over with --force (which replaces its "
+                                "files and removes its checkpoints), or choose another --run-dir",
+                                tr->run_dir, path);
+        }
+    }
+    char held[ENT_PATH_MAX + 128];
+    describe_checkpoints(tr->ckpt_dir, held, sizeof held);
+    if (held[0] == '\0' || (o->resume != NULL && same_dir(tr->ckpt_dir, o->resume)))
+        return ENT_OK;
+    const char *key = tr->cfg->ckpt_dir[0] ? "checkpoint.dir" : "the run's checkpoint directory";
+    if (o->resume != NULL)
+        return ent_fail(ENT_ERR_USAGE,
+                        "%s %s holds another run's checkpoints (%s): a run resumed from %s "
+                        "would mix its checkpoints with them; choose another --run-dir or "
+                        "checkpoint.dir", key, tr->ckpt_dir, held, o->resume);
+    if (o->continues)
+        return ent_fail(ENT_ERR_USAGE,
+                        "%s %s holds %s but no 'latest' checkpoint to continue from: resume one "
+                        "of them with --resume FILE, or start over with --force",
+                        key, tr->ckpt_dir, held);
+    return ent_fail(ENT_ERR_USAGE,
+                    "%s %s already holds %s: continue that run with --resume latest, start over "
+                    "with --force (which removes them), or choose another --run-dir or "
+                    "checkpoint.dir", key, tr->ckpt_dir, held);
+}
+
+// --force (the leader, once every check has passed): the earlier run's
+// checkpoints go, so that `latest` and retention only ever see this run's.
+static ent_status remove_earlier_checkpoints(const trainer *tr) {
+    int64_t *steps = NULL;
+    int n = ent_ckpt_list_steps(tr->ckpt_dir, &steps), removed = 0;
+    char path[ENT_PATH_MAX + 80], name[64];
+    ent_status st = ENT_OK;
+    for (int i = 0; i < n && st == ENT_OK; i++) {
+        ent_ckpt_name(steps[i], name, sizeof name);
+        snprintf(path, sizeof path, "%s/%s", tr->ckpt_dir, name);
+        if (unlink(path) == 0) removed++;
+        else if (errno != ENOENT)
+            st = ent_fail(ENT_ERR_IO, "--force: cannot remove %s: %s", path, strerror(errno));
+    }
+    free(steps);
+    for (int i = 0; i < 2 && st == ENT_OK; i++) {
+        snprintf(path, sizeof path, "%s/%s", tr->ckpt_dir, i ? "latest.tmp" : "latest");
+        if (unlink(path) != 0 && errno != ENOENT)
+            st = ent_fail(ENT_ERR_IO, "--force: cannot remove %s: %s", path, strerror(errno));
+    }
+    if (removed > 0)
+        ent_log_notice("--force: removed %d checkpoint(s) of the earlier run from %s", removed,
+                       tr->ckpt_dir);
+    return st;
+}
+
+// The layout given (parallel.tp) must fit the world; a resume takes its
+// layout from the command line and the world, never from the checkpoint.
+static ent_status check_layout(const ent_config *cfg, const ent_comm_t *comm) {
+    int world = ent_comm_size(comm);
+    if (world % cfg->tp == 0) return ENT_OK;
+    int fit = 1; // the largest tensor-parallel size these ranks allow
+    for (int t = 1; t <= world; t++)
+        if (world % t == 0 && cfg->heads % t == 0) fit = t;
+    return ent_fail(ENT_ERR_USAGE,
+                    "parallel.tp = %d does not divide the world size %d: start a multiple of %d "
+                    "ranks, or give --set parallel.tp=%d (parallel.tp must divide both the world "
+                    "size and model.heads = %d)", cfg->tp, world, cfg->tp, fit, cfg->heads);
 }
 
 static ent_status prepare_model(trainer *tr) {
@@ -622,9 +756,9 @@ static void trainer_free(trainer *tr) {
 
 // ---------------------------------------------------------------------------
 
-ent_status ent_train(const ent_config *cfg, const char *run_dir, const char *resume,
-                     ent_comm_t *comm) {
-    trainer tr = {.cfg = cfg, .comm = comm, .run_dir = run_dir};
+ent_status ent_train(const ent_config *cfg, const ent_train_opts *opts, ent_comm_t *comm) {
+    const char *run_dir = opts->run_dir, *resume = opts->resume;
+    trainer tr = {.cfg = cfg, .comm = comm, .run_dir = run_dir, .opts = opts};
     ent_status st = ENT_OK;
     tr.leader = ent_comm_rank(comm) == 0;
     tr.tty = tr.leader && stdout_is_terminal();
@@ -633,23 +767,43 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, const char *res
     tr.threads = choose_threads(cfg, comm);
     ent_comm_set_timeout(comm, cfg->timeout);
     install_stop_handlers();
+    ent_checkpoint_dir(cfg, run_dir, tr.ckpt_dir, sizeof tr.ckpt_dir);
 
     // every rank reaches the same verdict on these, so none is left waiting
+    ENT_CHECK_GOTO(check_layout(cfg, comm), done);
     ENT_CHECK_GOTO(ent_grid_new(comm, cfg->tp, &tr.grid), done);
     ENT_CHECK_GOTO(check_same_config(cfg, comm, tr.grid), done);
     ENT_CHECK_GOTO(batch_geometry(cfg, tr.grid->dp_size, &tr.micro, &tr.accum), done);
+    ENT_CHECK_GOTO(ent_comm_agree(comm, tr.leader ? check_run_dir(&tr) : ENT_OK), done);
     // data first: a bad shard fails before any memory is committed
     ENT_CHECK_GOTO(ent_comm_agree(comm, open_data(&tr)), done);
     ENT_CHECK_GOTO(ent_comm_agree(comm, prepare_model(&tr)), done);
     if (resume != NULL) ENT_CHECK_GOTO(ent_comm_agree(comm, resume_from(&tr, resume)), done);
-    ent_checkpoint_dir(cfg, run_dir, tr.ckpt_dir, sizeof tr.ckpt_dir);
+    if (opts->force)
+        ENT_CHECK_GOTO(ent_comm_agree(comm, tr.leader ? remove_earlier_checkpoints(&tr) : ENT_OK),
+                       done);
+    // the checkpoints already there are this run's when it resumes from one of them
     ent_ckpt_saver_opts sopts = {.dir = tr.ckpt_dir, .keep = cfg->ckpt_keep,
-                                 .async = cfg->ckpt_async};
+                                 .async = cfg->ckpt_async,
+                                 .adopt = resume != NULL && same_dir(tr.ckpt_dir, resume)};
     ENT_CHECK_GOTO(ent_comm_agree(comm, ent_ckpt_saver_new(tr.grid->world, &sopts, &tr.saver)),
                    done);
     {
         ent_ckpt_shard sh = rank_shard(&tr);
         ENT_CHECK_GOTO(ent_comm_agree(comm, ent_ckpt_saver_prepare(tr.saver, &sh)), done);
+        // before step 1, not at the first save: a run whose checkpoints cannot
+        // be written would otherwise train to its end and be lost
+        st = ent_ckpt_saver_check(tr.saver, &sh);
+        if (st != ENT_OK && strcmp(cfg->ckpt_on_error, "stop") == 0) {
+            st = ent_fail(st, "checkpoints cannot be saved in %s (%s), checked before step 1: %s",
+                          tr.ckpt_dir, cfg->ckpt_dir[0] ? "checkpoint.dir" : "checkpoint.dir "
+                          "unset: RUN_DIR/checkpoints", ent_last_error());
+            goto done;
+        }
+        if (st != ENT_OK && tr.leader)
+            ent_log_warn("checkpoints will fail, training goes on (checkpoint.on_error = "
+                         "continue): %s", ent_last_error());
+        st = ENT_OK;
     }
     ent_model_shape shape = ent_model_shape_from_config(cfg);
     size_t nparams = ent_model_shape_num_params(&shape);
@@ -694,7 +848,8 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, const char *res
 
     size_t tokens_per_step = (size_t)cfg->batch_size * tr.T;
     tr.t_start = now_seconds();
-    double val_loss = NAN, train_time = 0.0, step_avg = 0.0;
+    double val_loss = NAN, train_time = 0.0, t_mark = tr.t_start;
+    ent_eta eta = {0};
     int step = tr.start_step, stopped_by = 0, saved = -1;
     if (!tr.resumed) ENT_CHECK_GOTO(ent_comm_agree(comm, run_eval(&tr, 0, &val_loss)), done);
     for (step = tr.start_step + 1; step <= cfg->steps; step++) {
@@ -704,7 +859,6 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, const char *res
         double dt = now_seconds() - t0;
         ent_status io = log_checkpoint(&tr);
         train_time += dt;
-        step_avg = step == 1 ? dt : 0.9 * step_avg + 0.1 * dt;
         double tok_s = tokens_per_step / dt;
 
         if (io == ENT_OK && tr.leader) {
@@ -724,12 +878,17 @@ ent_status ent_train(const ent_config *cfg, const char *run_dir, const char *res
             fputs("}\n", tr.metrics);
             io = flush_run_file(&tr, tr.metrics, "metrics.jsonl");
         }
-        char eta[32];
-        format_duration(step_avg * (cfg->steps - step), eta, sizeof eta);
+        // the wall-clock time since the last progress line: this step, and the
+        // evaluation, sample and save of the one before
+        double now = now_seconds();
+        ent_eta_add(&eta, now - t_mark);
+        t_mark = now;
+        char eta_text[32];
+        format_duration(ent_eta_remaining(&eta, cfg->steps - step), eta_text, sizeof eta_text);
         progress(&tr, step % cfg->log_every == 0 || step == cfg->steps,
                  "step %6d/%d | loss %.4f | lr %.2e | grad norm %.3f | %.1fk tok/s | "
                  "%.0f ms/step | eta %s",
-                 step, cfg->steps, loss, lr, norm, tok_s / 1e3, dt * 1e3, eta);
+                 step, cfg->steps, loss, lr, norm, tok_s / 1e3, dt * 1e3, eta_text);
         int last = step == cfg->steps;
         if (io == ENT_OK && ((cfg->eval_every > 0 && step % cfg->eval_every == 0) || last))
             io = run_eval(&tr, step, &val_loss);
