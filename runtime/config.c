@@ -495,6 +495,8 @@ const char *ent_format_double(double v, char *buf, size_t n) {
         snprintf(buf, n, "%.*g", prec, v);
         if (strtod(buf, NULL) == v) break;
     }
+    // a whole number as a person writes it: 600, not 6e+02
+    if (strchr(buf, 'e') != NULL && v == floor(v) && fabs(v) < 1e16) snprintf(buf, n, "%.0f", v);
     return buf;
 }
 

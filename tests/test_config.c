@@ -11,7 +11,9 @@
 //  - quoted strings with escapes; the written configuration reads back the same,
 //    including strings the INI syntax treats specially and values as long as the
 //    fields allow;
-//  - the learning-rate schedule: linear warm-up, cosine decay to the floor.
+//  - the learning-rate schedule: linear warm-up, cosine decay to the floor;
+//  - numbers are written in the shortest text that reads back exactly;
+//  - the progress line's ETA is steady under noisy step times.
 // Values are fresh random numbers on every run (ENT_TEST_SEED=... reproduces one).
 #include <setjmp.h>
 #include <stdarg.h>
@@ -762,6 +764,122 @@ static void test_lr_schedule(void **state) {
     assert_true(fabs(ent_lr_schedule(&c, c.steps) - c.lr) <= 1e-15);
 }
 
+// Numbers in the written configuration: the shortest text that reads back
+// exactly. 3e-3 is "0.003", not %.17g's 0.0030000000000000001.
+static void test_shortest_float_text(void **state) {
+    (void)state;
+    char buf[32];
+    static const struct {
+        double v;
+        const char *text;
+    } known[] = {{3e-3, "0.003"}, {0.1, "0.1"}, {600, "600"}, {0.95, "0.95"}, {1e-8, "1e-08"},
+                 {0.1 + 0.2, "0.30000000000000004"}, {-2.5, "-2.5"}, {0.0, "0"}};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        assert_string_equal(ent_format_double(known[i].v, buf, sizeof buf), known[i].text);
+    test_reseed(10);
+    for (int trial = 0; trial < 20000; trial++) {
+        // any finite double, from its bits
+        uint64_t bits = rand_u64();
+        double v;
+        memcpy(&v, &bits, sizeof v);
+        if (!isfinite(v)) continue;
+        ent_format_double(v, buf, sizeof buf);
+        double back = strtod(buf, NULL);
+        if (memcmp(&back, &v, sizeof v) != 0)
+            fail_msg("%.17g written as '%s' reads back as %.17g", v, buf, back);
+        // a decimal of k significant digits, as a person writes it, prints in
+        // at most k (k from 1 to 15: every such decimal is distinct as a double)
+        int k = (int)test_rand_int(1, 15);
+        char dec[64];
+        snprintf(dec, sizeof dec, "%.*e", k - 1, (1.0 + 9.0 * test_uniform()) *
+                                                      pow(10.0, (double)test_rand_int(-30, 30)));
+        v = strtod(dec, NULL);
+        ent_format_double(v, buf, sizeof buf);
+        int digits = 0;
+        for (const char *c = buf; *c && *c != 'e'; c++) digits += *c >= '0' && *c <= '9';
+        const char *lead = buf; // leading zeros of "0.00x" are not significant
+        while (*lead == '0' || *lead == '.') {
+            if (*lead == '0') digits--;
+            lead++;
+        }
+        if (strpbrk(buf, ".e") == NULL) // nor the trailing zeros of a whole number
+            for (const char *c = buf + strlen(buf) - 1; c > buf && *c == '0'; c--) digits--;
+        if (digits > k || strtod(buf, NULL) != v)
+            fail_msg("'%s' (%d significant digits) was written as '%s'", dec, k, buf);
+    }
+}
+
+// Every number key through the written text and back, bit for bit, with
+// random values over each key's whole range; 3e-3 appears as "lr = 0.003".
+static void test_float_keys_round_trip(void **state) {
+    (void)state;
+    test_reseed(11);
+    for (int trial = 0; trial < 200; trial++) {
+        ent_config cfg, back;
+        ent_config_defaults(&cfg);
+        snprintf(cfg.data_dir, sizeof cfg.data_dir, "shards");
+        cfg.lr = trial == 0 ? 3e-3 : 10.0 * (1.0 - test_uniform());
+        cfg.lr_floor = test_uniform();
+        cfg.weight_decay = test_uniform();
+        cfg.beta1 = test_uniform();
+        cfg.beta2 = test_uniform();
+        cfg.eps = 1e-12 * (1.0 + test_uniform());
+        cfg.grad_clip = 100.0 * test_uniform();
+        cfg.sample_temperature = 2.0 * test_uniform();
+        cfg.timeout = 1000.0 * test_uniform();
+        char *text = ent_config_text(&cfg, NULL);
+        assert_non_null(text);
+        if (trial == 0) assert_non_null(strstr(text, "\nlr = 0.003\n"));
+        ent_status st = ent_config_load_text(&back, text, "written", NULL, 0);
+        if (st != ENT_OK) fail_msg("%s\n---\n%s", ent_last_error(), text);
+        const double *a[] = {&cfg.lr, &cfg.lr_floor, &cfg.weight_decay, &cfg.beta1, &cfg.beta2,
+                             &cfg.eps, &cfg.grad_clip, &cfg.sample_temperature, &cfg.timeout};
+        const double *b[] = {&back.lr, &back.lr_floor, &back.weight_decay, &back.beta1,
+                             &back.beta2, &back.eps, &back.grad_clip, &back.sample_temperature,
+                             &back.timeout};
+        for (size_t i = 0; i < sizeof a / sizeof a[0]; i++)
+            if (memcmp(a[i], b[i], sizeof(double)) != 0)
+                fail_msg("value %zu: %.17g read back as %.17g\n---\n%s", i, *a[i], *b[i], text);
+        free(text);
+    }
+}
+
+// The ETA of the progress line: step times that swing by 5x (noise, and an
+// evaluation every 10th step) give an estimate that moves by a few percent
+// from one step to the next, stays near the true mean, and follows a lasting
+// change of speed within its window.
+static void test_eta_smoothing(void **state) {
+    (void)state;
+    test_reseed(12);
+    ent_eta eta = {0};
+    assert_true(isnan(ent_eta_remaining(&eta, 10)));
+    double base = 0.1, prev = 0.0, last_dt = 0.0, raw_swing = 1.0;
+    for (int step = 1; step <= 400; step++) {
+        if (step == 301) base = 0.2; // the run slows down for good
+        double dt = base * (0.5 + test_uniform()) * (step % 10 == 0 ? 5.0 : 1.0);
+        if (last_dt > 0 && fmax(dt / last_dt, last_dt / dt) > raw_swing)
+            raw_swing = fmax(dt / last_dt, last_dt / dt);
+        last_dt = dt;
+        ent_eta_add(&eta, dt);
+        double per_step = ent_eta_remaining(&eta, 1);
+        assert_true(fabs(ent_eta_remaining(&eta, 1000) - 1000 * per_step) <= 1e-9 * per_step * 1000);
+        // the true mean of a step: noise averages 1, one step in ten is 5x
+        double mean = base * 1.4;
+        if (step > ENT_ETA_WINDOW && step <= 300) {
+            if (fabs(per_step - prev) > 0.3 * prev)
+                fail_msg("step %d: the estimate moved from %g to %g s per step", step, prev, per_step);
+            if (fabs(per_step - mean) > 0.35 * mean)
+                fail_msg("step %d: %g s per step, the mean is %g", step, per_step, mean);
+        }
+        if (step >= 300 + ENT_ETA_WINDOW && fabs(per_step - mean) > 0.35 * mean)
+            fail_msg("step %d: %g s per step %d steps after the slow-down, the mean is %g", step,
+                     per_step, step - 300, mean);
+        prev = per_step;
+    }
+    // the input did swing: a step-by-step estimate would have moved by 5x
+    assert_true(raw_swing >= 5.0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_load_overrides_defaults),
@@ -778,6 +896,9 @@ int main(void) {
         cmocka_unit_test(test_first_error_before_long_line),
         cmocka_unit_test(test_seed_is_decimal),
         cmocka_unit_test(test_lr_schedule),
+        cmocka_unit_test(test_shortest_float_text),
+        cmocka_unit_test(test_float_keys_round_trip),
+        cmocka_unit_test(test_eta_smoothing),
     };
     return cmocka_run_group_tests_name("config", tests, setup, teardown);
 }
