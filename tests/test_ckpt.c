@@ -16,7 +16,10 @@
 //    (and nothing is broadcast);
 //  - coalition state (anchor weights, outer momentum, round, ledger) is
 //    written when present, by synchronous and asynchronous saves, verifies,
-//    and reads back; asking a file without it for it is a clear error.
+//    and reads back; asking a file without it for it is a clear error;
+//  - retention (keep) removes only the saver's own checkpoints (or those it
+//    adopts), and the check before the first save names a directory that
+//    cannot be created.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -60,10 +63,8 @@ static void fill(state *s, uint32_t seed) {
         for (size_t i = 0; i < s->table.total; i++) a[k][i] = value(i, k, seed);
 }
 
-static void state_new(state *s) {
-    ent_model_shape shape = {.layers = 2, .heads = 8, .width = 512, .context = 256,
-                             .vocab = 12000, .padded_vocab = 12032};
-    assert_int_equal(ent_param_table_build(&shape, 1, &s->table), ENT_OK);
+static void state_new_shaped(state *s, const ent_model_shape *shape) {
+    assert_int_equal(ent_param_table_build(shape, 1, &s->table), ENT_OK);
     size_t n = s->table.total;
     s->p = malloc(sizeof(float) * n);
     s->m = malloc(sizeof(float) * n);
@@ -75,6 +76,12 @@ static void state_new(state *s) {
                              .adam_v = s->v, .state_count = n, .write_first = first,
                              .write_count = rank == ranks - 1 ? n - first : share,
                              .replicas = grid->dp};
+}
+
+static void state_new(state *s) {
+    ent_model_shape shape = {.layers = 2, .heads = 8, .width = 512, .context = 256,
+                             .vocab = 12000, .padded_vocab = 12032};
+    state_new_shaped(s, &shape);
 }
 
 static void state_free(state *s) {
@@ -340,6 +347,77 @@ static int teardown(void **unused) {
     return rank == 0 ? test_tree_remove(root) : 0;
 }
 
+// Retention removes only this run's checkpoints: files of another run in the
+// same directory stay (unless the saver adopts them: a run resumed from one).
+// Then the check before the first save: a directory that cannot be created
+// fails on every rank, naming it; a good one is created and left clean.
+static void test_retention_and_check(void **unused) {
+    (void)unused;
+    state s;
+    ent_model_shape small = {.layers = 1, .heads = 2, .width = 32, .context = 16, .vocab = 64,
+                             .padded_vocab = 64};
+    state_new_shaped(&s, &small);
+    fill(&s, 9);
+    char dir[PATH_MAX], path[PATH_MAX + 64], name[64];
+    for (int adopt = 0; adopt < 2; adopt++) {
+        snprintf(dir, sizeof dir, "%s/retain%d", root, adopt);
+        const int64_t foreign[] = {1, 3}, mine[] = {2, 4, 5, 6};
+        if (rank == 0) {
+            assert_int_equal(ent_mkdirs(dir), ENT_OK);
+            for (int i = 0; i < 2; i++) {
+                ent_ckpt_name(foreign[i], name, sizeof name);
+                snprintf(path, sizeof path, "%s/%s", dir, name);
+                FILE *f = fopen(path, "w");
+                assert_non_null(f);
+                fputs("another run's checkpoint", f);
+                assert_int_equal(fclose(f), 0);
+            }
+        }
+        int64_t sync = 0;
+        assert_int_equal(ent_allreduce(grid->world, &sync, &sync, 1, ENT_I64, ENT_SUM), ENT_OK);
+        ent_ckpt_saver_opts o = {.dir = dir, .keep = 2, .adopt = adopt};
+        ent_ckpt_saver_t *sv = NULL;
+        assert_int_equal(ent_ckpt_saver_new(grid->world, &o, &sv), ENT_OK);
+        for (int i = 0; i < 4; i++) {
+            ent_ckpt_attr at = {.name = "step", .type = ENT_ATTR_I64, .i = mine[i]};
+            ent_ckpt_name(mine[i], name, sizeof name);
+            assert_int_equal(ent_ckpt_save(sv, name, &at, 1, &s.sh), ENT_OK);
+        }
+        ent_ckpt_saver_free(&sv);
+        int64_t *steps = NULL;
+        int n = ent_ckpt_list_steps(dir, &steps);
+        char found[256] = "";
+        for (int i = 0; i < n; i++)
+            snprintf(found + strlen(found), sizeof found - strlen(found), "%lld ",
+                     (long long)steps[i]);
+        free(steps);
+        // keep = 2 of this run: 5 and 6; another run's 1 and 3 stay unless adopted
+        assert_string_equal(found, adopt ? "5 6 " : "1 3 5 6 ");
+    }
+    snprintf(path, sizeof path, "%s/plain-file", root);
+    if (rank == 0) {
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        assert_int_equal(fclose(f), 0);
+    }
+    snprintf(dir, sizeof dir, "%s/plain-file/checkpoints", root);
+    ent_ckpt_saver_opts o = {.dir = dir, .keep = 0};
+    ent_ckpt_saver_t *sv = NULL;
+    assert_int_equal(ent_ckpt_saver_new(grid->world, &o, &sv), ENT_OK);
+    assert_int_equal(ent_ckpt_saver_check(sv, &s.sh), ENT_ERR_IO);
+    if (rank == 0) assert_non_null(strstr(ent_last_error(), "plain-file"));
+    ent_ckpt_saver_free(&sv);
+    snprintf(dir, sizeof dir, "%s/checked/deeper", root);
+    o.dir = dir;
+    assert_int_equal(ent_ckpt_saver_new(grid->world, &o, &sv), ENT_OK);
+    assert_int_equal(ent_ckpt_saver_check(sv, &s.sh), ENT_OK);
+    ent_ckpt_saver_free(&sv);
+    char cmd[PATH_MAX + 32];
+    snprintf(cmd, sizeof cmd, "test -z \"$(ls -A '%s')\"", dir); // no probe file left
+    assert_int_equal(system(cmd), 0);
+    state_free(&s);
+}
+
 int main(int argc, char **argv) {
     ent_ckpt_library_init();
     if (ent_comm_init_threads(&argc, &argv, 1, &comm) != ENT_OK ||
@@ -356,6 +434,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_read_parts),
         cmocka_unit_test(test_damaged_chunk),
         cmocka_unit_test(test_coalition_state),
+        cmocka_unit_test(test_retention_and_check),
     };
     int failed = cmocka_run_group_tests_name("ckpt", tests, setup, teardown);
     ent_grid_free(&grid);
