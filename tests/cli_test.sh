@@ -358,16 +358,148 @@ case_run_dir_error() {
     [ -f "$W/file" ] && [ ! -s "$W/file" ] || fail "the regular file $W/file was changed"
 }
 
+# A run directory holds one run. A second `train` into it is refused (exit 2)
+# and changes nothing, whichever of its files marks it, and so is a new run
+# into a checkpoint.dir that holds another run's checkpoints. --resume
+# continues the run, appending to metrics.jsonl and samples.txt; --force
+# starts over, replacing the files and removing the earlier checkpoints;
+# the two together are a usage error.
+case_run_dir_reuse() {
+    make_data
+    write_config "$W/tiny.ini"
+    local sets=(--set train.steps=10 --set eval.every=5 --set sample.tokens=8
+        --set checkpoint.every=2 --set checkpoint.keep=2)
+    expect "first run" 0 -- "$E" train --config "$W/tiny.ini" --run-dir "$W/run" "${sets[@]}" || return
+    local ck=$W/run/checkpoints
+    cp -a "$W/run" "$W/before"
+    expect "a second run into the same --run-dir" 2 "run directory $W/run already holds a run" \
+        "--resume latest" "--force" -- "$E" train --config "$W/tiny.ini" --run-dir "$W/run" "${sets[@]}"
+    diff -r "$W/before" "$W/run" >/dev/null || fail "a refused run changed the run directory"
+    # each of the run's files alone marks the directory as used, and stays as it was
+    local f
+    for f in metrics.jsonl samples.txt config.ini run.json; do
+        mkdir -p "$W/used-$f"
+        echo "earlier" >"$W/used-$f/$f"
+        expect "a run directory holding only $f" 2 "$W/used-$f/$f" -- \
+            "$E" train --config "$W/tiny.ini" --run-dir "$W/used-$f" "${sets[@]}"
+        [ "$(cat "$W/used-$f/$f")" = earlier ] || fail "a refused run changed $f"
+        [ -e "$W/used-$f/checkpoints" ] && fail "a refused run made $W/used-$f/checkpoints"
+    done
+    # another run directory, the same checkpoint.dir: refused, the checkpoints named
+    expect "a new run into a used checkpoint.dir" 2 "checkpoint.dir $ck" "2 checkpoint(s), step_00000008.h5 .. step_00000010.h5" \
+        "--force" -- "$E" train --config "$W/tiny.ini" --run-dir "$W/other" "${sets[@]}" \
+        --set checkpoint.dir="$ck"
+    [ -e "$W/other" ] && fail "a refused run created its run directory"
+    # a resume from another run's checkpoint into it would mix the two
+    cp "$ck/step_00000010.h5" "$W/elsewhere.h5"
+    expect "a resume from elsewhere into a used checkpoint.dir" 2 "holds another run's checkpoints" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/other" "${sets[@]}" --set train.steps=12 \
+        --set checkpoint.dir="$ck" --resume "$W/elsewhere.h5"
+    diff -r "$W/before" "$W/run" >/dev/null || fail "a refused run changed the run directory"
+    expect "--force with --resume" 2 "--force" "--resume" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/run" "${sets[@]}" --force --resume latest
+
+    # --resume latest: the earlier records stay, in front; the new ones follow
+    expect "--resume latest" 0 -- "$E" train --config "$W/tiny.ini" --run-dir "$W/run" "${sets[@]}" \
+        --set train.steps=14 --resume latest || return
+    local n
+    n=$(wc -l <"$W/before/metrics.jsonl")
+    head -n "$n" "$W/run/metrics.jsonl" | cmp -s - "$W/before/metrics.jsonl" ||
+        fail "--resume changed the earlier records of metrics.jsonl"
+    [ "$(grep -c '"loss":' "$W/run/metrics.jsonl")" = 14 ] ||
+        fail "after --resume, metrics.jsonl should hold 14 step records, has $(grep -c '"loss":' "$W/run/metrics.jsonl")"
+    head -c "$(wc -c <"$W/before/samples.txt")" "$W/run/samples.txt" | cmp -s - "$W/before/samples.txt" ||
+        fail "--resume changed the earlier samples"
+    grep -q '^---- sample at step 14 ' "$W/run/samples.txt" || fail "no sample of step 14 appended"
+    # retention counts the resumed run's checkpoints as its own (keep = 2)
+    [ "$(cd "$ck" && ls step_*.h5 | tr '\n' ' ')" = "step_00000012.h5 step_00000014.h5 " ] ||
+        fail "after --resume with keep = 2, expected steps 12 and 14, found: $(cd "$ck" && ls | tr '\n' ' ')"
+
+    # --force: a new run in place of the old one
+    expect "--force" 0 "err:--force: removed 2 checkpoint(s)" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/run" "${sets[@]}" --force || return
+    [ "$(grep -c '"loss":' "$W/run/metrics.jsonl")" = 10 ] ||
+        fail "--force: metrics.jsonl should hold the new run's 10 step records"
+    [ "$(grep -c '"event":"start"' "$W/run/metrics.jsonl")" = 1 ] ||
+        fail "--force: metrics.jsonl should hold one start record"
+    grep -q '^---- sample at step 14 ' "$W/run/samples.txt" && fail "--force: samples.txt kept the earlier run's"
+    [ "$(cd "$ck" && ls step_*.h5 | tr '\n' ' ')" = "step_00000008.h5 step_00000010.h5 " ] ||
+        fail "--force: expected only the new run's steps 8 and 10, found: $(cd "$ck" && ls | tr '\n' ' ')"
+    [ "$(readlink "$ck/latest")" = step_00000010.h5 ] || fail "--force: latest should name step 10"
+    # the new run is the same as the first (same config): its records match
+    diff <(losses "$W/before/metrics.jsonl") <(losses "$W/run/metrics.jsonl") >/dev/null ||
+        fail "--force: the new run's losses differ from the first run's"
+}
+
+# Checkpoints that cannot be written are found before step 1 (exit 1, the
+# directory named), not at the first save, even with checkpoint.every = 0:
+# a checkpoint.dir under a regular file, on a read-only file system, and on
+# a file system too small for one checkpoint. With checkpoint.on_error =
+# continue it is a warning and training goes on. Under mpirun every rank
+# exits with the same code and rank 0 names the directory.
+case_checkpoint_dir_checks() {
+    need_mpirun
+    make_data
+    write_config "$W/tiny.ini"
+    # (200 steps: a run that wrongly trains ends, and fails, in seconds)
+    local sets=(--set checkpoint.every=0 --set train.steps=200 --set eval.every=0 --set sample.tokens=0)
+    : >"$W/file"
+    expect "checkpoint.dir under a regular file" 1 "$W/file/ck" "checked before step 1" "checkpoint.dir" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/r1" "${sets[@]}" --set checkpoint.dir="$W/file/ck"
+    [ -e "$W/r1/metrics.jsonl" ] && fail "a run whose checkpoints cannot be written trained"
+    expect "the run directory under a regular file" 1 "$W/file/run/checkpoints" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/file/run" "${sets[@]}"
+    [ -f "$W/file" ] && [ ! -s "$W/file" ] || fail "the regular file $W/file was changed"
+    expect "on_error = continue: a warning, training goes on" 0 "err:checkpoints will fail, training goes on" \
+        "err:checkpoint at step 3 failed, training goes on" -- "$E" train --config "$W/tiny.ini" \
+        --run-dir "$W/r2" --set train.steps=3 --set train.warmup_steps=1 --set checkpoint.dir="$W/file/ck" --set checkpoint.on_error=continue
+    [ "$(grep -c '"loss":' "$W/r2/metrics.jsonl" 2>/dev/null)" = 3 ] || fail "on_error = continue: expected 3 step records"
+
+    mkdir -p "$W/mnt"
+    if [ "$(id -u)" != 0 ] || ! mount -t tmpfs -o size=4m tmpfs "$W/mnt" 2>/dev/null; then
+        echo "    (no tmpfs could be mounted here: the full and read-only file systems were not tested)"
+        return
+    fi
+    # the tiny model's checkpoint: 0.45 MB of params and two moments, taken
+    # with HDF5's metadata and a margin as about 2 MB, does not fit in the
+    # 1 MB that 3 MB of filler leave
+    head -c 3145728 /dev/zero >"$W/mnt/filler"
+    expect "checkpoint.dir on a full file system, checkpoint.every = 0" 1 "$W/mnt/ck" \
+        "not enough space for a checkpoint" "the file system has" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/r3" "${sets[@]}" --set checkpoint.dir="$W/mnt/ck"
+    [ -e "$W/r3/metrics.jsonl" ] && fail "a run whose checkpoint does not fit trained"
+    rm -f "$W/mnt/filler"
+    expect "the same with room" 0 -- "$E" train --config "$W/tiny.ini" --run-dir "$W/r4" \
+        --set train.steps=2 --set train.warmup_steps=1 --set checkpoint.dir="$W/mnt/ck"
+    [ "$(readlink "$W/mnt/ck/latest")" = step_00000002.h5 ] || fail "the run with room saved no checkpoint"
+    mount -o remount,ro "$W/mnt" || { umount "$W/mnt"; fail "cannot remount the tmpfs read-only"; return; }
+    expect "checkpoint.dir on a read-only file system" 1 "$W/mnt/new" "Read-only file system" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/r5" "${sets[@]}" --set checkpoint.dir="$W/mnt/new"
+    # two ranks: both exit 1, rank 0 names the directory, none trains
+    LAST_CMD="mpirun -np 2 entente train, checkpoint.dir read-only"
+    timeout 120 "${MPIRUN[@]}" -np 2 bash -c '"$0" "$@"; echo "rank $OMPI_COMM_WORLD_RANK exit $?" >>"'"$W"'/codes"' \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/r6" "${sets[@]}" --set checkpoint.dir="$W/mnt/new" \
+        >"$W/out" 2>"$W/err"
+    RC=$?
+    umount "$W/mnt"
+    [ "$(sort "$W/codes" 2>/dev/null | tr '\n' ' ')" = "rank 0 exit 1 rank 1 exit 1 " ] ||
+        { fail "2 ranks: expected both to exit 1, got: $(tr '\n' ' ' <"$W/codes" 2>/dev/null)"; show_last; }
+    grep -q "^entente\[0\]: error: .*$W/mnt/new.*Read-only file system" "$W/err" ||
+        { fail "2 ranks: rank 0 does not name the read-only directory"; show_last; }
+    [ -e "$W/r6/metrics.jsonl" ] && fail "2 ranks: a run whose checkpoints cannot be written trained"
+}
+
 # A full disk: metrics.jsonl or samples.txt on /dev/full during training, and a
 # file-size limit (ulimit -f) for data prepare. Each is a clean error naming the file;
 # prepare leaves no shard behind.
 case_disk_full() {
     make_data
     write_config "$W/tiny.ini"
+    # (--force: a run directory that holds a metrics.jsonl holds a run)
     mkdir -p "$W/run"
     ln -s /dev/full "$W/run/metrics.jsonl"
     expect "train with metrics.jsonl on a full disk" 1 "metrics.jsonl" -- \
-        "$E" train --config "$W/tiny.ini" --run-dir "$W/run"
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/run" --force
     mkdir -p "$W/big"
     head -c 3000000 /dev/urandom >"$W/big/input.bin"
     expect "data prepare beyond the file-size limit" 1 "$W/big/out/train_000000.bin" -- \
@@ -379,7 +511,7 @@ case_disk_full() {
     mkdir -p "$W/run3"
     ln -s /dev/full "$W/run3/samples.txt"
     expect "train with samples.txt on a full disk" 1 "samples.txt" -- \
-        "$E" train --config "$W/tiny.ini" --run-dir "$W/run3"
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/run3" --force
 }
 
 case_out_of_memory() {
