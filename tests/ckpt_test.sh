@@ -5,11 +5,13 @@
 #
 # resume         continuing from a checkpoint on the same layout is
 #                bit-identical to an uninterrupted run (1 rank, 2 ranks DP,
-#                asynchronous saves; --resume FILE, latest, auto)
+#                asynchronous saves; --resume FILE, latest, auto); a dangling
+#                latest is an error for auto too; metrics are appended
 # reshard        saved at DP=2 x TP=2, resumed on 1 rank, TP=2 and DP=4 with
 #                ZeRO-1 (and saved on 1 rank, resumed at DP=2 x TP=2): losses
 #                within 1e-5 of the uninterrupted run, the data cursor neither
-#                repeating nor skipping sequences
+#                repeating nor skipping sequences; without --config the
+#                layout comes from the command line, not the checkpoint
 # tools          ckpt info, ckpt verify, h5dump -H, sample --checkpoint,
 #                retention (checkpoint.keep), the latest pointer
 # export         ckpt export checked outside entente (tests/hf_crosscheck.py):
@@ -20,7 +22,8 @@
 #                model: clear errors from verify, resume and sample
 # kill           SIGKILL at random moments while saving, 20 times: `latest`
 #                always names a checkpoint that verifies and resumes
-# disk_full      a save that hits a full disk fails cleanly, the previous
+# disk_full      a checkpoint that cannot fit is found before step 1; a save
+#                that hits a full disk fails cleanly, the previous
 #                checkpoint stays, training stops or goes on as configured
 # signal         SIGTERM saves a checkpoint at the stop step (exit 75) and
 #                --resume auto continues bit-identically
@@ -121,6 +124,26 @@ case_resume() {
     same_curve "--resume auto, extended" "$W/a/metrics.jsonl" "$W/f/metrics.jsonl" 21 25 0
     expect "resume latest where there is none" 1 "latest" -- "$E" train --config "$W/c.ini" \
         --run-dir "$W/none" --resume latest
+    # a 'latest' that names a missing file is an error naming it, for auto
+    # too: never a fresh start over the run's records
+    cp -a "$W/f" "$W/dangling"
+    rm "$W/dangling/checkpoints/step_00000025.h5"
+    cp "$W/dangling/metrics.jsonl" "$W/dangling.metrics"
+    local kind
+    for kind in auto latest; do
+        expect "--resume $kind, latest dangling" 1 "$W/dangling/checkpoints/latest" \
+            "step_00000025.h5" -- "$E" train --config "$W/c.ini" --run-dir "$W/dangling" --resume "$kind"
+        cmp -s "$W/dangling/metrics.jsonl" "$W/dangling.metrics" ||
+            fail "--resume $kind with a dangling latest changed metrics.jsonl"
+    done
+    # auto after a run killed before its first checkpoint: from step 0 again,
+    # appending (the earlier records stay in front)
+    mkdir -p "$W/h"
+    printf '{"step":1,"loss":9}\n' >"$W/h/metrics.jsonl"
+    expect "auto, no checkpoint, earlier records" 0 "err:starting from the beginning" -- \
+        "$E" train --config "$W/c.ini" --run-dir "$W/h" --resume auto || return
+    [ "$(head -1 "$W/h/metrics.jsonl")" = '{"step":1,"loss":9}' ] || fail "--resume auto truncated metrics.jsonl"
+    same_curve "--resume auto, no checkpoint yet" "$W/a/metrics.jsonl" "$W/h/metrics.jsonl" 1 20 0
     expect "resume past train.steps" 2 "leaves nothing to do" -- "$E" train --config "$W/c.ini" \
         --run-dir "$W/g" --resume "$W/a/checkpoints/step_00000020.h5"
 }
@@ -143,6 +166,16 @@ case_reshard() {
     fi
     expect "resumed on 1 rank" 0 -- "$E" train --config "$W/c.ini" --run-dir "$W/one" --resume "$c" || return
     same_curve "DP2xTP2 -> 1 rank" "$m" "$W/one/metrics.jsonl" 11 20 1e-5
+    # without --config: the layout is not the checkpoint's (parallel.tp = 2)
+    # but the command line's and the world's
+    expect "resumed on 1 rank, the checkpoint's own config" 0 -- "$E" train --run-dir "$W/one-own" \
+        --resume "$c" || return
+    same_curve "DP2xTP2 -> 1 rank, own config" "$m" "$W/one-own/metrics.jsonl" 11 20 1e-5
+    grep -q '"world_size":1,"dp":1,"tp":1,"zero":0' "$W/one-own/run.json" ||
+        fail "a resume without --config did not take the layout of its one rank"
+    # a layout that does not fit the world: the message says which --set fits
+    expect "parallel.tp = 2 on 1 rank" 2 "parallel.tp = 2 does not divide the world size 1" \
+        "--set parallel.tp=1" -- "$E" train --run-dir "$W/one-tp2" --resume "$c" --set parallel.tp=2
     expect "resumed at TP=2" 0 -- timeout 120 "${MPIRUN[@]}" -np 2 "$E" train --config "$W/c.ini" \
         --run-dir "$W/tp2" --resume "$c" --set parallel.tp=2 || return
     same_curve "DP2xTP2 -> TP2" "$m" "$W/tp2/metrics.jsonl" 11 20 1e-5
@@ -313,23 +346,34 @@ case_kill() {
 }
 
 # A save that cannot fit. A first run saves step 10 normally; a resumed run
-# then cannot save step 20: it stops (on_error = stop) or trains on
-# (continue), and step 10 stays the intact latest checkpoint either way.
+# then cannot save step 20. When the room is checked (DESC *-checked), the
+# resumed run finds that before its first step: it stops at once (on_error =
+# stop), training nothing, or warns and trains on (continue). When the check
+# is skipped (*-midway), the save fails midway: it stops after step 20 or
+# trains on. Step 10 stays the intact latest checkpoint either way.
 # disk_full_run DESC DIR ULIMIT_KB EXPECTED_MESSAGE [ENV...]; the resumed runs
 # are started through ${LAUNCH[@]} (empty: one process)
 LAUNCH=()
 disk_full_run() {
     local desc=$1 dir=$2 limit=$3 why=$4
     shift 4
+    local when=("checkpoint at step 20 failed" "the previous checkpoint is intact")
+    case $desc in *-checked) when=("checked before step 1" "checkpoints cannot be saved in $dir") ;; esac
     local sets=(--set model.layers=4 --set model.width=128 --set checkpoint.dir="$dir"
         --set eval.every=0 --set sample.tokens=0)
     rm -rf "$W/r-$desc"
     expect "$desc: first run" 0 -- "$E" train --config "$W/c.ini" --run-dir "$W/r-$desc" "${sets[@]}" \
         --set train.steps=10 --set checkpoint.keep=0 || return
     [ "$(readlink "$dir/latest")" = step_00000010.h5 ] || { fail "$desc: no checkpoint at step 10"; return; }
-    expect "$desc: on_error = stop" 1 "checkpoint at step 20 failed" "the previous checkpoint is intact" \
+    local records
+    records=$(grep -c '"loss":' "$W/r-$desc/metrics.jsonl")
+    expect "$desc: on_error = stop" 1 "${when[@]}" \
         "$why" -- env "$@" bash -c "ulimit -f $limit; exec \"\$@\"" - \
         "${LAUNCH[@]}" "$E" train --config "$W/c.ini" --run-dir "$W/r-$desc" "${sets[@]}" --resume latest
+    case $desc in *-checked)
+        [ "$(grep -c '"loss":' "$W/r-$desc/metrics.jsonl")" = "$records" ] ||
+            fail "$desc: a run whose checkpoint could not fit trained before it stopped" ;;
+    esac
     [ "$(readlink "$dir/latest")" = step_00000010.h5 ] || fail "$desc: latest moved off step 10"
     "$E" ckpt verify "$dir/latest" >/dev/null || fail "$desc: step 10 no longer verifies"
     [ -e "$dir/step_00000020.h5" ] && fail "$desc: the failed save left step_00000020.h5"
