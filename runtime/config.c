@@ -70,7 +70,7 @@ static const key_desc keys[] = {
 
     {"checkpoint", "dir", K_STR, FIELD(ckpt_dir), "", 0, 0, 0, "directory of checkpoints; empty = RUN_DIR/checkpoints"},
     {"checkpoint", "every", K_INT, FIELD(ckpt_every), "0", 0, BIG, 0, "save every this many steps (and always at the end and on SIGTERM/SIGUSR1); 0 = end and signals only"},
-    {"checkpoint", "keep", K_INT, FIELD(ckpt_keep), "3", 0, BIG, 0, "keep this many newest checkpoints; 0 = all"},
+    {"checkpoint", "keep", K_INT, FIELD(ckpt_keep), "3", 0, BIG, 0, "keep this many newest checkpoints of this run (another run's are never removed); 0 = all"},
     {"checkpoint", "async", K_BOOL, FIELD(ckpt_async), "false", 0, 0, 0, "write checkpoints from a background thread, which first copies the state to memory beside the next step's forward and backward"},
     {"checkpoint", "on_error", K_STR, FIELD(ckpt_on_error), "stop", 0, 0, 0, "when a save fails (a full disk): stop (exit 1) or continue training"},
     {"system", "threads", K_INT, FIELD(threads), "0", 0, 4096, 0, "CPU threads per rank; 0 = OMP_NUM_THREADS or all cores"},

@@ -34,7 +34,7 @@ case_help() {
     expect "entente help train" 0 out:model.layers -- "$E" help train
     expect "entente --version" 0 "out:entente " -- "$E" --version
 
-    expect "entente train --help" 0 out:--config out:--set out:--run-dir out:--print-config \
+    expect "entente train --help" 0 out:--config out:--set out:--run-dir out:--print-config out:--force \
         -- "$E" train --help
     local keys k n=0
     keys=$(source_keys)
