@@ -427,7 +427,7 @@ static ent_status open_run_dir(trainer *tr, size_t nparams) {
 
 static const char *const run_files[] = {"metrics.jsonl", "samples.txt", "config.ini", "run.json"};
 
-// Is path, with its symbolic links resolved, the directory dir?
+// Is file in the directory dir (symbolic links resolved)?
 static int same_dir(const char *dir, const char *file) {
     char a[PATH_MAX], b[PATH_MAX];
     if (realpath(dir, a) == NULL || realpath(file, b) == NULL) return 0;
