@@ -11,8 +11,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ent_comm.h"
+
+static void sleep_seconds(double s) {
+    struct timespec ts = {(time_t)s, (long)((s - (time_t)s) * 1e9)};
+    nanosleep(&ts, NULL);
+}
 
 static ent_comm_t *comm;
 static ent_grid *grid;
@@ -211,6 +217,33 @@ static void test_nccl_without_gpu(void **state) {
                 strstr(ent_last_error(), "has no GPU") != NULL);
 }
 
+// `test_comm --hang-before WHAT`: the last rank never reaches an agreement
+// (as if stuck in I/O) and every other rank must leave through the watchdog
+// within the 2 s timeout with ENT_EXIT_PEER_LOST; WHAT is `agree`
+// (ent_comm_agree) or `raw` (a library's own collective under
+// ent_comm_watch_begin, as the checkpoint's agreements are). Reaching the end
+// of this function is the failure: tests/comm_hang_test.sh checks the code.
+static int hang_before(const char *what) {
+    ent_comm_set_timeout(comm, 2);
+    if (rank == size - 1) {
+        for (int i = 0; i < 600; i++) sleep_seconds(0.1); // the others must not wait for this
+        fprintf(stderr, "test_comm: rank %d: the others are still waiting after 60 s\n", rank);
+        return 1;
+    }
+    if (strcmp(what, "agree") == 0) {
+        ent_status st = ent_comm_agree(comm, ENT_OK);
+        fprintf(stderr, "test_comm: rank %d: ent_comm_agree returned %d, not through the "
+                        "watchdog\n", rank, (int)st);
+    } else {
+        int one = 1, all = 0;
+        ent_comm_watch_begin("an agreement of the test", "the world");
+        MPI_Allreduce(&one, &all, 1, MPI_INT, MPI_SUM, ent_group_mpi_comm(grid->world));
+        ent_comm_watch_end();
+        fprintf(stderr, "test_comm: rank %d: the watched MPI_Allreduce returned\n", rank);
+    }
+    return 1;
+}
+
 int main(int argc, char **argv) {
     if (ent_comm_init(&argc, &argv, &comm) != ENT_OK) {
         fprintf(stderr, "test_comm: %s\n", ent_last_error());
@@ -223,6 +256,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "test_comm: %s\n", ent_last_error());
         return 1;
     }
+    if (argc == 3 && strcmp(argv[1], "--hang-before") == 0) return hang_before(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_allreduce),   cmocka_unit_test(test_reduce_scatter_allgather),
         cmocka_unit_test(test_broadcast_barrier), cmocka_unit_test(test_nonblocking),
