@@ -60,8 +60,8 @@ extern const struct ent_comm_backend_i ent_comm_mpi_backend;
 // Wraps an MPI communicator as a group (owns_mpi: free it with the group).
 ent_status ent_group_from_mpi(MPI_Comm mpi, const char *name, int owns_mpi, ent_group_t **out);
 
-// Element size of a dtype, and the MPI datatype / op for it.
-size_t ent_dtype_size(ent_dtype dtype);
+// The MPI datatype of a dtype (bf16 and f16 as 16-bit words: moved, never
+// reduced); MPI_DATATYPE_NULL for a value that is not an ent_dtype.
 MPI_Datatype ent_mpi_dtype(ent_dtype dtype);
 
 // Divides count values of buf by `by` (AVG after a SUM), on the host.

@@ -70,7 +70,8 @@ void ent_comm_watch_end(void);
 typedef struct ent_group ent_group_t;
 typedef struct ent_request ent_request_t;
 
-typedef enum { ENT_F32 = 0, ENT_F64, ENT_I32, ENT_I64, ENT_U64 } ent_dtype;
+// Element types are kernels/' ent_dtype. The MPI backend moves every type;
+// it reduces all but bf16 and f16 (MPI has no such types), which NCCL reduces.
 typedef enum { ENT_SUM = 0, ENT_AVG, ENT_MAX, ENT_MIN } ent_op; // AVG: floating types only
 
 int ent_group_rank(const ent_group_t *g);

@@ -34,14 +34,22 @@ typedef struct {
                             ncclGetErrorString(ent_nc__));                            \
     } while (0)
 
+// Every ent_dtype has an NCCL type (group.c refuses values outside the enum
+// before they get here).
 static ncclDataType_t nccl_dtype(ent_dtype d) {
     switch (d) {
     case ENT_F32: return ncclFloat32;
     case ENT_F64: return ncclFloat64;
     case ENT_I32: return ncclInt32;
     case ENT_I64: return ncclInt64;
-    default: return ncclUint64;
+    case ENT_U64: return ncclUint64;
+    case ENT_BF16: return ncclBfloat16;
+    case ENT_F16: return ncclFloat16;
+    case ENT_I8: return ncclInt8;
+    case ENT_U8: return ncclUint8;
+    case ENT_DTYPE_COUNT: break;
     }
+    return ncclFloat32;
 }
 
 static ncclRedOp_t nccl_op(ent_op op) {

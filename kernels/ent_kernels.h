@@ -101,6 +101,30 @@ ent_status ent_write_file_parts_atomic(const char *path, const void *const *part
                                       const size_t *lens, int nparts);
 
 // ---------------------------------------------------------------------------
+// element types: one enum for every layer (arenas, table rows, collectives,
+// files). The first five keep their values across versions.
+
+typedef enum {
+    ENT_F32 = 0,
+    ENT_F64,
+    ENT_I32,
+    ENT_I64,
+    ENT_U64,
+    ENT_BF16, // bfloat16: 8-bit exponent, 7-bit mantissa (GPU parameters, activations)
+    ENT_F16,  // IEEE half
+    ENT_I8,   // int8 (blockwise-quantised deltas)
+    ENT_U8,   // bytes
+    ENT_DTYPE_COUNT
+} ent_dtype;
+
+// Bytes of one element; 0 for a value that is not an ent_dtype.
+size_t ent_dtype_size(ent_dtype dtype);
+// "f32", "bf16", ...; "invalid" for a value that is not an ent_dtype.
+const char *ent_dtype_name(ent_dtype dtype);
+// 1 for the floating-point types.
+int ent_dtype_is_float(ent_dtype dtype);
+
+// ---------------------------------------------------------------------------
 // the parameter table: one row per trainable tensor (DESIGN.md)
 //
 // Every layer describes tensors with it: the model lays out its arenas by it,
@@ -123,6 +147,7 @@ typedef struct {
     ent_split split;
     int split_groups;       // rows made of this many blocks split separately (3 for Q,K,V)
     int decay;              // 1: AdamW weight decay applies (matrices and embeddings)
+    ent_dtype dtype;        // element type in the parameter arena (ENT_F32 today)
     size_t offset;          // in floats, into each local arena (params, grads, ...)
     size_t numel;           // local elements (the global count when not split)
 } ent_param_row;

@@ -196,6 +196,49 @@ static void test_agree(void **state) {
     }
 }
 
+// Every dtype of the one enum has a size and a name; the MPI backend moves
+// every type bit for bit, reduces the integer ones, and refuses to reduce
+// bf16/f16 (MPI has no such arithmetic) or a value outside the enum.
+static void test_dtypes(void **state) {
+    (void)state;
+    size_t sizes[ENT_DTYPE_COUNT] = {[ENT_F32] = 4, [ENT_F64] = 8, [ENT_I32] = 4, [ENT_I64] = 8,
+                                     [ENT_U64] = 8, [ENT_BF16] = 2, [ENT_F16] = 2, [ENT_I8] = 1,
+                                     [ENT_U8] = 1};
+    for (int d = 0; d < ENT_DTYPE_COUNT; d++) {
+        assert_int_equal(ent_dtype_size((ent_dtype)d), sizes[d]);
+        assert_string_not_equal(ent_dtype_name((ent_dtype)d), "invalid");
+    }
+    assert_int_equal(ent_dtype_size(ENT_DTYPE_COUNT), 0);
+    assert_int_equal(ent_dtype_size((ent_dtype)-1), 0);
+    // int8 sum: rank r gives r+1 at every index
+    int8_t a[5], b[5];
+    for (int i = 0; i < 5; i++) a[i] = (int8_t)(rank + 1);
+    assert_int_equal(ent_allreduce(grid->world, a, b, 5, ENT_I8, ENT_SUM), ENT_OK);
+    for (int i = 0; i < 5; i++) assert_int_equal(b[i], size * (size + 1) / 2);
+    // bf16 words gathered bit for bit, including NaN and negative-zero patterns
+    uint16_t mine[3] = {(uint16_t)(0x3f80 + rank), 0x7fc1, 0x8000}, all[3 * 8];
+    assert_true(size <= 8);
+    assert_int_equal(ent_allgather(grid->world, mine, all, 3, ENT_BF16), ENT_OK);
+    for (int r = 0; r < size; r++) {
+        assert_int_equal(all[3 * r], 0x3f80 + r);
+        assert_int_equal(all[3 * r + 1], 0x7fc1);
+        assert_int_equal(all[3 * r + 2], 0x8000);
+    }
+    uint8_t bytes[4] = {1, 2, 3, (uint8_t)rank};
+    assert_int_equal(ent_broadcast(grid->world, bytes, 4, ENT_U8, 0), ENT_OK);
+    assert_int_equal(bytes[3], 0);
+    if (size > 1) { // a size-1 group copies without arithmetic
+        assert_int_equal(ent_allreduce(grid->world, mine, all, 3, ENT_BF16, ENT_SUM),
+                         ENT_ERR_INTERNAL);
+        assert_non_null(strstr(ent_last_error(), "MPI has no bf16 arithmetic"));
+    }
+    assert_int_equal(ent_allreduce(grid->world, a, b, 5, ENT_I8, ENT_AVG), ENT_ERR_INTERNAL);
+    assert_non_null(strstr(ent_last_error(), "AVG needs a floating type, not i8"));
+    assert_int_equal(ent_broadcast(grid->world, a, 5, (ent_dtype)ENT_DTYPE_COUNT, 0),
+                     ENT_ERR_INTERNAL);
+    assert_non_null(strstr(ent_last_error(), "is not an ent_dtype"));
+}
+
 static void test_nccl_without_gpu(void **state) {
     (void)state;
     // On a machine without GPUs a NCCL group must fail cleanly, on every rank.
@@ -261,6 +304,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_allreduce),   cmocka_unit_test(test_reduce_scatter_allgather),
         cmocka_unit_test(test_broadcast_barrier), cmocka_unit_test(test_nonblocking),
         cmocka_unit_test(test_grid),        cmocka_unit_test(test_agree),
+        cmocka_unit_test(test_dtypes),
         cmocka_unit_test(test_nccl_without_gpu),
     };
     char name[32];
