@@ -262,6 +262,20 @@ struct ent_backend_i {
 
     // sum of x[i]^2 in double, in an order that does not depend on thread count
     double (*sum_squares)(ent_backend_t *be, const float *x, size_t n);
+
+    // Optional vector ops for the coalition's outer loop (NULL: not provided;
+    // call them through ent_vec_* below, which say so). n values each.
+    // out = a - b (out may alias a or b)
+    void (*sub)(ent_backend_t *be, float *out, const float *a, const float *b, size_t n);
+    // y += alpha * x
+    void (*axpy)(ent_backend_t *be, float *y, float alpha, const float *x, size_t n);
+    // blockwise int8: blocks of `block` values (the last may be shorter), each
+    // with scale = max|x| / 127 (ceil(n / block) scales) and q = round(x / scale);
+    // dequantize gives q * scale.
+    void (*quantize_i8)(ent_backend_t *be, int8_t *q, float *scales, const float *x, size_t n,
+                        size_t block);
+    void (*dequantize_i8)(ent_backend_t *be, float *out, const int8_t *q, const float *scales,
+                          size_t n, size_t block);
 };
 
 // A backend instance: the interface plus the device state it runs on.
@@ -270,6 +284,15 @@ struct ent_backend {
     void *impl; // backend-private (stream, handles); NULL for the CPU backend
     int threads; // host threads used by the CPU backend
 };
+
+// The optional vector ops, dispatched: ENT_ERR_USAGE naming the backend and
+// the op when the backend has none; block must be at least 1.
+ent_status ent_vec_sub(ent_backend_t *be, float *out, const float *a, const float *b, size_t n);
+ent_status ent_vec_axpy(ent_backend_t *be, float *y, float alpha, const float *x, size_t n);
+ent_status ent_vec_quantize_i8(ent_backend_t *be, int8_t *q, float *scales, const float *x,
+                               size_t n, size_t block);
+ent_status ent_vec_dequantize_i8(ent_backend_t *be, float *out, const int8_t *q,
+                                 const float *scales, size_t n, size_t block);
 
 // The CPU backend (OpenBLAS + OpenMP). threads <= 0 uses OpenMP's default.
 // The caller owns the result; release it with ent_backend_free.

@@ -79,6 +79,10 @@ static const struct ent_backend_i cpu_backend_i = {
     .softmax_xent_backward = ent_cpu_softmax_xent_backward,
     .adamw_update = ent_cpu_adamw_update,
     .sum_squares = ent_cpu_sum_squares,
+    .sub = ent_cpu_sub,
+    .axpy = ent_cpu_axpy,
+    .quantize_i8 = ent_cpu_quantize_i8,
+    .dequantize_i8 = ent_cpu_dequantize_i8,
 };
 
 ent_backend_t *ent_backend_cpu_new(int threads) {

@@ -47,6 +47,13 @@ void ent_cpu_adamw_update(ent_backend_t *be, float *params, const float *grads, 
                           float weight_decay, float grad_scale, int t);
 double ent_cpu_sum_squares(ent_backend_t *be, const float *x, size_t n);
 
+void ent_cpu_sub(ent_backend_t *be, float *out, const float *a, const float *b, size_t n);
+void ent_cpu_axpy(ent_backend_t *be, float *y, float alpha, const float *x, size_t n);
+void ent_cpu_quantize_i8(ent_backend_t *be, int8_t *q, float *scales, const float *x, size_t n,
+                         size_t block);
+void ent_cpu_dequantize_i8(ent_backend_t *be, float *out, const int8_t *q, const float *scales,
+                           size_t n, size_t block);
+
 // exp(x) in float within about 1 ulp, written as plain arithmetic so that loops
 // calling it vectorize (glibc's expf and tanhf are scalar calls). Range
 // reduction x = n ln2 + r, a degree-6 polynomial for e^r (Cephes), 2^n through
