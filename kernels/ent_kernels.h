@@ -187,95 +187,107 @@ typedef struct ent_backend ent_backend_t;
 
 struct ent_backend_i {
     const char *name;
+    // 1: arenas and buffers are host memory that MPI and the CPU may use
+    // directly; 0: device memory, reached only through ops and copies
+    int is_host;
+    // releases the backend instance (its device state, then be itself)
+    void (*free)(ent_backend_t *be);
+    // one line for logs: the device, its libraries, threads ("OpenBLAS 0.3.21 ...")
+    const char *(*describe)(ent_backend_t *be);
 
     // memory: alloc returns zeroed device memory the caller owns (free with
     // free_mem), or NULL when the device has not enough.
     void *(*alloc)(ent_backend_t *be, size_t bytes);
     void (*free_mem)(ent_backend_t *be, void *p);
-    void (*zero)(ent_backend_t *be, void *p, size_t bytes);
-    void (*to_device)(ent_backend_t *be, void *dst, const void *host_src, size_t bytes);
-    void (*to_host)(ent_backend_t *be, void *host_dst, const void *src, size_t bytes);
-    void (*synchronize)(ent_backend_t *be); // optional (NULL: ops are synchronous)
+    ent_status (*zero)(ent_backend_t *be, void *p, size_t bytes);
+    ent_status (*to_device)(ent_backend_t *be, void *dst, const void *host_src, size_t bytes);
+    ent_status (*to_host)(ent_backend_t *be, void *host_dst, const void *src, size_t bytes);
+    // waits for every op started so far; a failure of one of them (a launch
+    // error, a fault) is reported here if the op could not report it
+    ent_status (*synchronize)(ent_backend_t *be);
     // bytes the device can still give this process; optional (NULL: unknown)
     size_t (*available_memory)(ent_backend_t *be);
 
     // out (B,T,C) = wte[tokens] + wpe[position]; tokens (B,T) index wte (Vp,C), wpe (maxT,C)
-    void (*encoder_forward)(ent_backend_t *be, float *out, const int32_t *tokens,
-                            const float *wte, const float *wpe, int B, int T, int C);
-    void (*encoder_backward)(ent_backend_t *be, float *dwte, float *dwpe, const float *dout,
-                             const int32_t *tokens, int B, int T, int C);
+    ent_status (*encoder_forward)(ent_backend_t *be, float *out, const int32_t *tokens,
+                                  const float *wte, const float *wpe, int B, int T, int C);
+    ent_status (*encoder_backward)(ent_backend_t *be, float *dwte, float *dwpe, const float *dout,
+                                   const int32_t *tokens, int B, int T, int C);
 
     // out (N,C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) saved for backward
-    void (*layernorm_forward)(ent_backend_t *be, float *out, float *mean, float *rstd,
-                              const float *inp, const float *weight, const float *bias,
-                              int N, int C);
-    void (*layernorm_backward)(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
-                               const float *dout, const float *inp, const float *weight,
-                               const float *mean, const float *rstd, int N, int C);
+    ent_status (*layernorm_forward)(ent_backend_t *be, float *out, float *mean, float *rstd,
+                                    const float *inp, const float *weight, const float *bias,
+                                    int N, int C);
+    ent_status (*layernorm_backward)(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
+                                     const float *dout, const float *inp, const float *weight,
+                                     const float *mean, const float *rstd, int N, int C);
 
     // out (N,OC) = inp (N,C) @ weight^T (C,OC) + bias (OC); bias may be NULL
-    void (*matmul_forward)(ent_backend_t *be, float *out, const float *inp, const float *weight,
-                           const float *bias, int N, int C, int OC);
+    ent_status (*matmul_forward)(ent_backend_t *be, float *out, const float *inp,
+                                 const float *weight, const float *bias, int N, int C, int OC);
     // dinp (N,C), dweight (OC,C), dbias (OC, may be NULL)
-    void (*matmul_backward)(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
-                            const float *dout, const float *inp, const float *weight,
-                            int N, int C, int OC);
+    ent_status (*matmul_backward)(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
+                                  const float *dout, const float *inp, const float *weight,
+                                  int N, int C, int OC);
 
     // causal multi-head attention. qkv (B,T,3C) holds Q, K, V side by side, each
-    // split into NH heads of C/NH; out (B,T,C); att (B,NH,T,T) receives the
-    // softmax probabilities, kept for backward (zero above the diagonal).
-    void (*attention_forward)(ent_backend_t *be, float *out, float *att, const float *qkv,
-                              int B, int T, int C, int NH);
-    // dqkv (B,T,3C) accumulates; scratch (B,NH,T,T) is overwritten.
-    void (*attention_backward)(ent_backend_t *be, float *dqkv, float *scratch,
-                               const float *dout, const float *qkv, const float *att,
-                               int B, int T, int C, int NH);
+    // split into NH heads of C/NH; out (B,T,C); att is the state kept for
+    // backward, of attention_state_bytes(B, T, NH) bytes: the CPU keeps the
+    // softmax probabilities (B,NH,T,T), zero above the diagonal; a flash-style
+    // kernel may keep only its softmax statistics.
+    size_t (*attention_state_bytes)(ent_backend_t *be, int B, int T, int NH);
+    ent_status (*attention_forward)(ent_backend_t *be, float *out, float *att, const float *qkv,
+                                    int B, int T, int C, int NH);
+    // dqkv (B,T,3C) accumulates; scratch (attention_state_bytes) is overwritten.
+    ent_status (*attention_backward)(ent_backend_t *be, float *dqkv, float *scratch,
+                                     const float *dout, const float *qkv, const float *att,
+                                     int B, int T, int C, int NH);
 
     // GELU, tanh approximation, element-wise over n values
-    void (*gelu_forward)(ent_backend_t *be, float *out, const float *inp, size_t n);
-    void (*gelu_backward)(ent_backend_t *be, float *dinp, const float *inp, const float *dout,
-                          size_t n);
+    ent_status (*gelu_forward)(ent_backend_t *be, float *out, const float *inp, size_t n);
+    ent_status (*gelu_backward)(ent_backend_t *be, float *dinp, const float *inp, const float *dout,
+                                size_t n);
 
     // out = a + b (n values); backward: da += dout, db += dout
-    void (*residual_forward)(ent_backend_t *be, float *out, const float *a, const float *b,
-                             size_t n);
-    void (*residual_backward)(ent_backend_t *be, float *da, float *db, const float *dout,
-                              size_t n);
+    ent_status (*residual_forward)(ent_backend_t *be, float *out, const float *a, const float *b,
+                                   size_t n);
+    ent_status (*residual_backward)(ent_backend_t *be, float *da, float *db, const float *dout,
+                                    size_t n);
 
     // fused softmax + cross-entropy over the first V of Vp logits per row (the
     // padding columns get probability 0). probs (N,Vp) may alias logits.
     // targets (N) may be NULL: then only probs are produced and losses is untouched.
-    void (*softmax_xent_forward)(ent_backend_t *be, float *losses, float *probs,
-                                 const float *logits, const int32_t *targets,
-                                 int N, int V, int Vp);
+    ent_status (*softmax_xent_forward)(ent_backend_t *be, float *losses, float *probs,
+                                       const float *logits, const int32_t *targets,
+                                       int N, int V, int Vp);
     // dlogits (N,Vp) = (probs - onehot(targets)) * dloss. OVERWRITES dlogits, which
     // may alias probs; dloss is the gradient of the total loss w.r.t. each row's loss.
-    void (*softmax_xent_backward)(ent_backend_t *be, float *dlogits, const float *probs,
-                                  const int32_t *targets, float dloss, int N, int V, int Vp);
+    ent_status (*softmax_xent_backward)(ent_backend_t *be, float *dlogits, const float *probs,
+                                        const int32_t *targets, float dloss, int N, int V, int Vp);
 
     // AdamW with decoupled weight decay over n values; t is the 1-based step.
     // grads are multiplied by grad_scale first (clipping); weight_decay is
     // applied as params -= lr * weight_decay * params.
-    void (*adamw_update)(ent_backend_t *be, float *params, const float *grads, float *m,
-                         float *v, size_t n, float lr, float beta1, float beta2, float eps,
-                         float weight_decay, float grad_scale, int t);
+    ent_status (*adamw_update)(ent_backend_t *be, float *params, const float *grads, float *m,
+                               float *v, size_t n, float lr, float beta1, float beta2, float eps,
+                               float weight_decay, float grad_scale, int t);
 
     // sum of x[i]^2 in double, in an order that does not depend on thread count
-    double (*sum_squares)(ent_backend_t *be, const float *x, size_t n);
+    ent_status (*sum_squares)(ent_backend_t *be, const float *x, size_t n, double *out);
 
     // Optional vector ops for the coalition's outer loop (NULL: not provided;
     // call them through ent_vec_* below, which say so). n values each.
     // out = a - b (out may alias a or b)
-    void (*sub)(ent_backend_t *be, float *out, const float *a, const float *b, size_t n);
+    ent_status (*sub)(ent_backend_t *be, float *out, const float *a, const float *b, size_t n);
     // y += alpha * x
-    void (*axpy)(ent_backend_t *be, float *y, float alpha, const float *x, size_t n);
+    ent_status (*axpy)(ent_backend_t *be, float *y, float alpha, const float *x, size_t n);
     // blockwise int8: blocks of `block` values (the last may be shorter), each
     // with scale = max|x| / 127 (ceil(n / block) scales) and q = round(x / scale);
     // dequantize gives q * scale.
-    void (*quantize_i8)(ent_backend_t *be, int8_t *q, float *scales, const float *x, size_t n,
-                        size_t block);
-    void (*dequantize_i8)(ent_backend_t *be, float *out, const int8_t *q, const float *scales,
-                          size_t n, size_t block);
+    ent_status (*quantize_i8)(ent_backend_t *be, int8_t *q, float *scales, const float *x, size_t n,
+                              size_t block);
+    ent_status (*dequantize_i8)(ent_backend_t *be, float *out, const int8_t *q, const float *scales,
+                                size_t n, size_t block);
 };
 
 // A backend instance: the interface plus the device state it runs on.
@@ -294,9 +306,22 @@ ent_status ent_vec_quantize_i8(ent_backend_t *be, int8_t *q, float *scales, cons
 ent_status ent_vec_dequantize_i8(ent_backend_t *be, float *out, const int8_t *q,
                                  const float *scales, size_t n, size_t block);
 
-// The CPU backend (OpenBLAS + OpenMP). threads <= 0 uses OpenMP's default.
-// The caller owns the result; release it with ent_backend_free.
+typedef struct {
+    int threads; // host threads (CPU backends); <= 0: OpenMP's default
+} ent_backend_opts;
+
+// Creates the backend called `name` (config key system.backend): "cpu", the
+// OpenBLAS + OpenMP backend; "cpu-guarded", the CPU backend whose memory is
+// kept inaccessible (PROT_NONE) outside its own ops and copies, so that any
+// access from outside the backend faults (for tests). opts may be NULL. An
+// unknown name is ENT_ERR_USAGE naming the known ones. The caller owns *out
+// (ent_backend_free).
+ent_status ent_backend_new(const char *name, const ent_backend_opts *opts, ent_backend_t **out);
+// The names ent_backend_new knows, comma-separated ("cpu, cpu-guarded").
+const char *ent_backend_names(void);
+// The CPU backend: ent_backend_new("cpu") with `threads`; NULL when out of memory.
 ent_backend_t *ent_backend_cpu_new(int threads);
+// Releases a backend (its iface->free) and NULLs *be.
 void ent_backend_free(ent_backend_t **be);
 
 // The BLAS library and threading in use, for logs and benchmarks ("OpenBLAS 0.3.21 ... (openmp)").

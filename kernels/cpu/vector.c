@@ -5,16 +5,18 @@
 
 #include <math.h>
 
-void ent_cpu_sub(ent_backend_t *be, float *out, const float *a, const float *b, size_t n) {
+ent_status ent_cpu_sub(ent_backend_t *be, float *out, const float *a, const float *b, size_t n) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = a[i] - b[i];
+    return ENT_OK;
 }
 
-void ent_cpu_axpy(ent_backend_t *be, float *y, float alpha, const float *x, size_t n) {
+ent_status ent_cpu_axpy(ent_backend_t *be, float *y, float alpha, const float *x, size_t n) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) y[i] += alpha * x[i];
+    return ENT_OK;
 }
 
 // scale = max |x| / 127 over the block; q = x / scale rounded to nearest
@@ -22,8 +24,8 @@ void ent_cpu_axpy(ent_backend_t *be, float *y, float alpha, const float *x, size
 // each value is at most scale / 2. An all-zero block has scale 0 and q = 0;
 // a non-finite value makes its block's scale non-finite, so a receiver that
 // checks the scales refuses it.
-void ent_cpu_quantize_i8(ent_backend_t *be, int8_t *q, float *scales, const float *x, size_t n,
-                         size_t block) {
+ent_status ent_cpu_quantize_i8(ent_backend_t *be, int8_t *q, float *scales, const float *x,
+                               size_t n, size_t block) {
     (void)be;
     size_t nblocks = (n + block - 1) / block;
 #pragma omp parallel for schedule(static)
@@ -43,11 +45,13 @@ void ent_cpu_quantize_i8(ent_backend_t *be, int8_t *q, float *scales, const floa
             q[i] = (int8_t)(r == r ? r : 0.0f);
         }
     }
+    return ENT_OK;
 }
 
-void ent_cpu_dequantize_i8(ent_backend_t *be, float *out, const int8_t *q, const float *scales,
-                           size_t n, size_t block) {
+ent_status ent_cpu_dequantize_i8(ent_backend_t *be, float *out, const int8_t *q,
+                                 const float *scales, size_t n, size_t block) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = (float)q[i] * scales[i / block];
+    return ENT_OK;
 }
