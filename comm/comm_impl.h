@@ -72,17 +72,4 @@ void ent_watch_begin(const char *what, const ent_group_t *g);
 void ent_watch_end(void);
 void ent_watch_start_thread(double timeout_seconds, int rank);
 
-// Translates an MPI error code into ENT_ERR_INTERNAL with MPI's own message.
-#define ENT_MPI_CHECK(call)                                                      \
-    do {                                                                         \
-        int ent_mpi_rc__ = (call);                                               \
-        if (ent_mpi_rc__ != MPI_SUCCESS) {                                       \
-            char ent_mpi_msg__[MPI_MAX_ERROR_STRING];                            \
-            int ent_mpi_len__ = 0;                                               \
-            MPI_Error_string(ent_mpi_rc__, ent_mpi_msg__, &ent_mpi_len__);        \
-            return ent_fail(ENT_ERR_INTERNAL, "%s:%d: %s: %s", __FILE__, __LINE__, \
-                            #call, ent_mpi_msg__);                               \
-        }                                                                        \
-    } while (0)
-
 #endif // ENT_COMM_IMPL_H

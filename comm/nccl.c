@@ -18,22 +18,6 @@ typedef struct {
     cudaStream_t stream;
 } nccl_group;
 
-#define ENT_CUDA_CHECK(call)                                                          \
-    do {                                                                              \
-        cudaError_t ent_cu__ = (call);                                                \
-        if (ent_cu__ != cudaSuccess)                                                  \
-            return ent_fail(ENT_ERR_INTERNAL, "%s:%d: %s: %s", __FILE__, __LINE__, #call, \
-                            cudaGetErrorString(ent_cu__));                            \
-    } while (0)
-
-#define ENT_NCCL_CHECK(call)                                                          \
-    do {                                                                              \
-        ncclResult_t ent_nc__ = (call);                                               \
-        if (ent_nc__ != ncclSuccess)                                                  \
-            return ent_fail(ENT_ERR_INTERNAL, "%s:%d: %s: %s", __FILE__, __LINE__, #call, \
-                            ncclGetErrorString(ent_nc__));                            \
-    } while (0)
-
 // Every ent_dtype has an NCCL type (group.c refuses values outside the enum
 // before they get here).
 static ncclDataType_t nccl_dtype(ent_dtype d) {

@@ -81,6 +81,90 @@ void ent_log_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
         }                                                \
     } while (0)
 
+// ---- calls into other libraries: one family of checks ----
+// ENT_<LIB>_CHECK(call) evaluates the call once; when it failed it records
+// "file:line: call: the library's own message" as ENT_ERR_INTERNAL and
+// returns that status; ENT_<LIB>_CHECK_GOTO(call, label) stores it in `st`
+// (which the caller declares) and jumps to label instead. This header
+// includes none of the libraries: a file that uses a check includes the
+// library's header (mpi.h, hdf5.h, cuda_runtime.h, nccl.h, zmq.h) itself.
+// Errors that are the user's (a missing file, a full disk, a peer that sent
+// garbage) deserve a message of their own, not these.
+
+// Records "file:line: call: message" with ENT_ERR_INTERNAL and returns it.
+ent_status ent_fail_call(const char *file, int line, const char *call, const char *message);
+
+// The core: `failed` and `message` may use ent_rc__, the call's result; the
+// outer macros stringify the call themselves (here it would be expanded).
+#define ENT_LIB_CHECK_(type, call, text, failed, message, on_fail)                                 \
+    do {                                                                                           \
+        type ent_rc__ = (call);                                                                    \
+        if (failed) {                                                                              \
+            ent_status ent_e__ = ent_fail_call(__FILE__, __LINE__, text, (message));               \
+            on_fail;                                                                               \
+        }                                                                                          \
+    } while (0)
+#define ENT_ON_FAIL_RETURN_ return ent_e__
+#define ENT_ON_FAIL_GOTO_(label)                                                                   \
+    do {                                                                                           \
+        st = ent_e__;                                                                              \
+        goto label;                                                                                \
+    } while (0)
+
+// MPI: MPI_SUCCESS or a code (under MPI_ERRORS_RETURN), MPI's error string.
+#define ENT_MPI_CHECK_(call, text, on_fail)                                                        \
+    do {                                                                                           \
+        int ent_mpi_rc__ = (call);                                                                 \
+        if (ent_mpi_rc__ != MPI_SUCCESS) {                                                         \
+            char ent_mpi_msg__[MPI_MAX_ERROR_STRING] = "unknown MPI error";                        \
+            int ent_mpi_len__ = 0;                                                                 \
+            MPI_Error_string(ent_mpi_rc__, ent_mpi_msg__, &ent_mpi_len__);                         \
+            ent_status ent_e__ = ent_fail_call(__FILE__, __LINE__, text, ent_mpi_msg__);           \
+            on_fail;                                                                               \
+        }                                                                                          \
+    } while (0)
+#define ENT_MPI_CHECK(call) ENT_MPI_CHECK_(call, #call, ENT_ON_FAIL_RETURN_)
+#define ENT_MPI_CHECK_GOTO(call, label) ENT_MPI_CHECK_(call, #call, ENT_ON_FAIL_GOTO_(label))
+
+// HDF5: a negative herr_t or hid_t (HDF5 prints its own error stack unless
+// it was turned off).
+#define ENT_H5_CHECK(call)                                                                         \
+    ENT_LIB_CHECK_(int64_t, call, #call, ent_rc__ < 0, "HDF5 reported an error",                   \
+                   ENT_ON_FAIL_RETURN_)
+#define ENT_H5_CHECK_GOTO(call, label)                                                             \
+    ENT_LIB_CHECK_(int64_t, call, #call, ent_rc__ < 0, "HDF5 reported an error",                   \
+                   ENT_ON_FAIL_GOTO_(label))
+
+// CUDA runtime: cudaSuccess or an error with its string.
+#define ENT_CUDA_CHECK(call)                                                                       \
+    ENT_LIB_CHECK_(cudaError_t, call, #call, ent_rc__ != cudaSuccess,                              \
+                   cudaGetErrorString(ent_rc__), ENT_ON_FAIL_RETURN_)
+#define ENT_CUDA_CHECK_GOTO(call, label)                                                           \
+    ENT_LIB_CHECK_(cudaError_t, call, #call, ent_rc__ != cudaSuccess,                              \
+                   cudaGetErrorString(ent_rc__), ENT_ON_FAIL_GOTO_(label))
+
+// NCCL: ncclSuccess or a result with its string.
+#define ENT_NCCL_CHECK(call)                                                                       \
+    ENT_LIB_CHECK_(ncclResult_t, call, #call, ent_rc__ != ncclSuccess,                             \
+                   ncclGetErrorString(ent_rc__), ENT_ON_FAIL_RETURN_)
+#define ENT_NCCL_CHECK_GOTO(call, label)                                                           \
+    ENT_LIB_CHECK_(ncclResult_t, call, #call, ent_rc__ != ncclSuccess,                             \
+                   ncclGetErrorString(ent_rc__), ENT_ON_FAIL_GOTO_(label))
+
+// ZeroMQ: -1 with zmq_errno() (calls that return a count or 0 on success).
+#define ENT_ZMQ_CHECK(call)                                                                        \
+    ENT_LIB_CHECK_(int, call, #call, ent_rc__ == -1, zmq_strerror(zmq_errno()), ENT_ON_FAIL_RETURN_)
+#define ENT_ZMQ_CHECK_GOTO(call, label)                                                            \
+    ENT_LIB_CHECK_(int, call, #call, ent_rc__ == -1, zmq_strerror(zmq_errno()),                    \
+                   ENT_ON_FAIL_GOTO_(label))
+
+// Memory: a NULL from an allocation is ENT_ERR_NOMEM naming what it was for.
+#define ENT_ALLOC_CHECK(ptr, what)                                                                 \
+    do {                                                                                           \
+        if ((ptr) == NULL)                                                                         \
+            return ent_fail(ENT_ERR_NOMEM, "out of memory allocating %s", (what));                 \
+    } while (0)
+
 #define ENT_ASSERT(cond)                                                   \
     do {                                                                   \
         if (!(cond)) ent_assert_fail(__FILE__, __LINE__, #cond);           \

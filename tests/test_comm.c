@@ -15,6 +15,8 @@
 
 #include "ent_comm.h"
 
+#include <mpi.h>
+
 static void sleep_seconds(double s) {
     struct timespec ts = {(time_t)s, (long)((s - (time_t)s) * 1e9)};
     nanosleep(&ts, NULL);
@@ -239,6 +241,39 @@ static void test_dtypes(void **state) {
     assert_non_null(strstr(ent_last_error(), "is not an ent_dtype"));
 }
 
+// The MPI member of the one check family: a failed call becomes
+// ENT_ERR_INTERNAL naming the file, line, call and MPI's own message; the
+// _GOTO form stores the status and jumps.
+static ent_status bad_root(MPI_Comm c) {
+    int x = 0;
+    ENT_MPI_CHECK(MPI_Bcast(&x, 1, MPI_INT, 1 << 20, c));
+    return ENT_OK;
+}
+
+static ent_status bad_root_goto(MPI_Comm c, int *cleaned) {
+    ent_status st = ENT_OK;
+    int x = 0;
+    ENT_MPI_CHECK_GOTO(MPI_Bcast(&x, 1, MPI_INT, -7, c), done);
+done:
+    *cleaned = 1;
+    return st;
+}
+
+static void test_mpi_check(void **state) {
+    (void)state;
+    MPI_Comm c;
+    assert_int_equal(MPI_Comm_dup(ent_group_mpi_comm(grid->world), &c), MPI_SUCCESS);
+    MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN);
+    assert_int_equal(bad_root(c), ENT_ERR_INTERNAL);
+    assert_non_null(strstr(ent_last_error(), "test_comm.c:"));
+    assert_non_null(strstr(ent_last_error(), "MPI_Bcast(&x, 1, MPI_INT, 1 << 20, c): "));
+    assert_non_null(strstr(ent_last_error(), "root")); // MPI's own words: "invalid root"
+    int cleaned = 0;
+    assert_int_equal(bad_root_goto(c, &cleaned), ENT_ERR_INTERNAL);
+    assert_int_equal(cleaned, 1);
+    MPI_Comm_free(&c);
+}
+
 static void test_nccl_without_gpu(void **state) {
     (void)state;
     // On a machine without GPUs a NCCL group must fail cleanly, on every rank.
@@ -304,7 +339,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_allreduce),   cmocka_unit_test(test_reduce_scatter_allgather),
         cmocka_unit_test(test_broadcast_barrier), cmocka_unit_test(test_nonblocking),
         cmocka_unit_test(test_grid),        cmocka_unit_test(test_agree),
-        cmocka_unit_test(test_dtypes),
+        cmocka_unit_test(test_dtypes),      cmocka_unit_test(test_mpi_check),
         cmocka_unit_test(test_nccl_without_gpu),
     };
     char name[32];
