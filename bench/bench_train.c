@@ -94,7 +94,7 @@ int main(int argc, char **argv) {
            ent_model_shape_num_params(&s) / 1e6);
     printf("             batch %d x %d = %d tokens/step, %.3g FLOP/token, %s of memory\n", B,
            context, N, flops_tok,
-           ent_format_bytes((double)ent_model_memory_bytes(&s, 1, B, context), mem, sizeof mem));
+           ent_format_bytes((double)ent_model_memory_bytes(be, &s, 1, B, context), mem, sizeof mem));
     printf("             %s\n", ent_backend_cpu_describe());
     const char *blas = ent_backend_cpu_warning();
     if (blas != NULL) printf("             WARNING: %s\n", blas);

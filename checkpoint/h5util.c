@@ -243,7 +243,14 @@ ent_status ckpt_agree(MPI_Comm comm, ent_status local, const char *what) {
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &size);
     int mine[2] = {local != ENT_OK ? rank : size, (int)local}, first[2];
-    MPI_Allreduce(mine, first, 1, MPI_2INT, MPI_MINLOC, comm);
+    // a rank stuck in its I/O must not hold the others here forever
+    ent_comm_watch_begin(what, "the checkpoint's ranks");
+    int rc = MPI_Allreduce(mine, first, 1, MPI_2INT, MPI_MINLOC, comm);
+    ent_comm_watch_end();
+    if (rc != MPI_SUCCESS)
+        return local != ENT_OK ? local
+                               : ent_fail(ENT_ERR_INTERNAL, "%s: MPI_Allreduce failed (code %d)",
+                                          what, rc);
     if (first[0] == size || local != ENT_OK) return local;
     return ent_fail((ent_status)first[1], "%s failed on rank %d (see its message)", what, first[0]);
 }

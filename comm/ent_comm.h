@@ -52,8 +52,17 @@ void ent_comm_set_timeout(ent_comm_t *comm, double seconds);
 
 // Combines a status across the world: every rank gets ENT_OK only if every
 // rank passed ENT_OK. A rank that failed keeps its own message; the others
-// get "rank N failed: see its message" (N the lowest failing rank).
+// get "rank N failed: see its message" (N the lowest failing rank). Watched
+// like a collective: a rank that never arrives stops the others after the
+// timeout with ENT_EXIT_PEER_LOST.
 ent_status ent_comm_agree(ent_comm_t *comm, ent_status local);
+
+// Puts a wait on other ranks that does not go through the collectives below
+// (an agreement on a library's communicator, a collective parallel-HDF5 call)
+// under the watchdog: begin before it and end after it, on the same thread.
+// `what` and `where` name it in the timeout's message and must outlive it.
+void ent_comm_watch_begin(const char *what, const char *where);
+void ent_comm_watch_end(void);
 
 // ---------------------------------------------------------------------------
 // process groups and collectives
@@ -61,7 +70,8 @@ ent_status ent_comm_agree(ent_comm_t *comm, ent_status local);
 typedef struct ent_group ent_group_t;
 typedef struct ent_request ent_request_t;
 
-typedef enum { ENT_F32 = 0, ENT_F64, ENT_I32, ENT_I64, ENT_U64 } ent_dtype;
+// Element types are kernels/' ent_dtype. The MPI backend moves every type;
+// it reduces all but bf16 and f16 (MPI has no such types), which NCCL reduces.
 typedef enum { ENT_SUM = 0, ENT_AVG, ENT_MAX, ENT_MIN } ent_op; // AVG: floating types only
 
 int ent_group_rank(const ent_group_t *g);

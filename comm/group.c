@@ -41,10 +41,24 @@ void ent_group_free(ent_group_t **g) {
 // ---------------------------------------------------------------------------
 // dispatch
 
+// A type every collective moves: one of the enum's.
+static ent_status check_type(const ent_group_t *g, ent_dtype dtype, const char *what) {
+    if (ent_dtype_size(dtype) == 0)
+        return ent_fail(ENT_ERR_INTERNAL, "%s on group %s: element type %d is not an ent_dtype",
+                        what, g->name, (int)dtype);
+    return ENT_OK;
+}
+
+// A reduction of dtype by op that the group's backend computes.
 static ent_status check_op(const ent_group_t *g, ent_dtype dtype, ent_op op, const char *what) {
-    if (op == ENT_AVG && dtype != ENT_F32 && dtype != ENT_F64)
-        return ent_fail(ENT_ERR_INTERNAL, "%s on group %s: AVG needs a floating type", what,
-                        g->name);
+    ENT_CHECK(check_type(g, dtype, what));
+    if (op == ENT_AVG && !ent_dtype_is_float(dtype))
+        return ent_fail(ENT_ERR_INTERNAL, "%s on group %s: AVG needs a floating type, not %s",
+                        what, g->name, ent_dtype_name(dtype));
+    if (g->iface == &ent_comm_mpi_backend && (dtype == ENT_BF16 || dtype == ENT_F16))
+        return ent_fail(ENT_ERR_INTERNAL,
+                        "%s on group %s: MPI has no %s arithmetic (reduce in f32, or on a NCCL "
+                        "group)", what, g->name, ent_dtype_name(dtype));
     return ENT_OK;
 }
 
@@ -93,11 +107,13 @@ ent_status ent_reduce_scatter(ent_group_t *g, const void *send, void *recv, size
 
 ent_status ent_allgather(ent_group_t *g, const void *send, void *recv, size_t count,
                          ent_dtype dtype) {
+    ENT_CHECK(check_type(g, dtype, "all-gather"));
     WATCHED("all-gather", g, g->iface->allgather(g, send, recv, count, dtype, NULL));
     return ENT_OK;
 }
 
 ent_status ent_broadcast(ent_group_t *g, void *buf, size_t count, ent_dtype dtype, int root) {
+    ENT_CHECK(check_type(g, dtype, "broadcast"));
     if (root < 0 || root >= g->size)
         return ent_fail(ENT_ERR_INTERNAL, "broadcast on group %s: root %d out of range", g->name,
                         root);
@@ -147,6 +163,7 @@ ent_status ent_ireduce_scatter(ent_group_t *g, const void *send, void *recv, siz
 
 ent_status ent_iallgather(ent_group_t *g, const void *send, void *recv, size_t count,
                           ent_dtype dtype, ent_request_t **req) {
+    ENT_CHECK(check_type(g, dtype, "all-gather"));
     ENT_CHECK(new_request(g, "all-gather", req));
     return started(g->iface->allgather(g, send, recv, count, dtype, *req), req, recv, count,
                    dtype, ENT_SUM);
@@ -154,6 +171,7 @@ ent_status ent_iallgather(ent_group_t *g, const void *send, void *recv, size_t c
 
 ent_status ent_ibroadcast(ent_group_t *g, void *buf, size_t count, ent_dtype dtype, int root,
                           ent_request_t **req) {
+    ENT_CHECK(check_type(g, dtype, "broadcast"));
     if (root < 0 || root >= g->size)
         return ent_fail(ENT_ERR_INTERNAL, "broadcast on group %s: root %d out of range", g->name,
                         root);

@@ -8,21 +8,19 @@
 #include <limits.h>
 #include <string.h>
 
-size_t ent_dtype_size(ent_dtype dtype) {
-    switch (dtype) {
-    case ENT_F32: case ENT_I32: return 4;
-    default: return 8;
-    }
-}
-
 MPI_Datatype ent_mpi_dtype(ent_dtype dtype) {
     switch (dtype) {
     case ENT_F32: return MPI_FLOAT;
     case ENT_F64: return MPI_DOUBLE;
     case ENT_I32: return MPI_INT32_T;
     case ENT_I64: return MPI_INT64_T;
-    default: return MPI_UINT64_T;
+    case ENT_U64: return MPI_UINT64_T;
+    case ENT_BF16: case ENT_F16: return MPI_UINT16_T;
+    case ENT_I8: return MPI_INT8_T;
+    case ENT_U8: return MPI_UINT8_T;
+    case ENT_DTYPE_COUNT: break;
     }
+    return MPI_DATATYPE_NULL;
 }
 
 static MPI_Op mpi_op(ent_op op) {

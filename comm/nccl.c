@@ -18,30 +18,22 @@ typedef struct {
     cudaStream_t stream;
 } nccl_group;
 
-#define ENT_CUDA_CHECK(call)                                                          \
-    do {                                                                              \
-        cudaError_t ent_cu__ = (call);                                                \
-        if (ent_cu__ != cudaSuccess)                                                  \
-            return ent_fail(ENT_ERR_INTERNAL, "%s:%d: %s: %s", __FILE__, __LINE__, #call, \
-                            cudaGetErrorString(ent_cu__));                            \
-    } while (0)
-
-#define ENT_NCCL_CHECK(call)                                                          \
-    do {                                                                              \
-        ncclResult_t ent_nc__ = (call);                                               \
-        if (ent_nc__ != ncclSuccess)                                                  \
-            return ent_fail(ENT_ERR_INTERNAL, "%s:%d: %s: %s", __FILE__, __LINE__, #call, \
-                            ncclGetErrorString(ent_nc__));                            \
-    } while (0)
-
+// Every ent_dtype has an NCCL type (group.c refuses values outside the enum
+// before they get here).
 static ncclDataType_t nccl_dtype(ent_dtype d) {
     switch (d) {
     case ENT_F32: return ncclFloat32;
     case ENT_F64: return ncclFloat64;
     case ENT_I32: return ncclInt32;
     case ENT_I64: return ncclInt64;
-    default: return ncclUint64;
+    case ENT_U64: return ncclUint64;
+    case ENT_BF16: return ncclBfloat16;
+    case ENT_F16: return ncclFloat16;
+    case ENT_I8: return ncclInt8;
+    case ENT_U8: return ncclUint8;
+    case ENT_DTYPE_COUNT: break;
     }
+    return ncclFloat32;
 }
 
 static ncclRedOp_t nccl_op(ent_op op) {

@@ -70,7 +70,9 @@ ent_status ent_comm_agree(ent_comm_t *comm, ent_status local) {
     // MINLOC over (rank, status) pairs: the lowest failing rank and its status
     // (a rank that did not fail offers the world size, which never wins)
     int mine[2] = {local != ENT_OK ? comm->rank : comm->size, (int)local}, first[2];
+    ent_comm_watch_begin("an agreement", "the world");
     int rc = MPI_Allreduce(mine, first, 1, MPI_2INT, MPI_MINLOC, comm->world);
+    ent_comm_watch_end();
     if (rc != MPI_SUCCESS)
         return local != ENT_OK ? local : ent_fail(ENT_ERR_INTERNAL, "MPI_Allreduce failed");
     if (first[0] == comm->size) return ENT_OK;

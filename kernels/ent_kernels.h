@@ -81,6 +81,90 @@ void ent_log_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
         }                                                \
     } while (0)
 
+// ---- calls into other libraries: one family of checks ----
+// ENT_<LIB>_CHECK(call) evaluates the call once; when it failed it records
+// "file:line: call: the library's own message" as ENT_ERR_INTERNAL and
+// returns that status; ENT_<LIB>_CHECK_GOTO(call, label) stores it in `st`
+// (which the caller declares) and jumps to label instead. This header
+// includes none of the libraries: a file that uses a check includes the
+// library's header (mpi.h, hdf5.h, cuda_runtime.h, nccl.h, zmq.h) itself.
+// Errors that are the user's (a missing file, a full disk, a peer that sent
+// garbage) deserve a message of their own, not these.
+
+// Records "file:line: call: message" with ENT_ERR_INTERNAL and returns it.
+ent_status ent_fail_call(const char *file, int line, const char *call, const char *message);
+
+// The core: `failed` and `message` may use ent_rc__, the call's result; the
+// outer macros stringify the call themselves (here it would be expanded).
+#define ENT_LIB_CHECK_(type, call, text, failed, message, on_fail)                                 \
+    do {                                                                                           \
+        type ent_rc__ = (call);                                                                    \
+        if (failed) {                                                                              \
+            ent_status ent_e__ = ent_fail_call(__FILE__, __LINE__, text, (message));               \
+            on_fail;                                                                               \
+        }                                                                                          \
+    } while (0)
+#define ENT_ON_FAIL_RETURN_ return ent_e__
+#define ENT_ON_FAIL_GOTO_(label)                                                                   \
+    do {                                                                                           \
+        st = ent_e__;                                                                              \
+        goto label;                                                                                \
+    } while (0)
+
+// MPI: MPI_SUCCESS or a code (under MPI_ERRORS_RETURN), MPI's error string.
+#define ENT_MPI_CHECK_(call, text, on_fail)                                                        \
+    do {                                                                                           \
+        int ent_mpi_rc__ = (call);                                                                 \
+        if (ent_mpi_rc__ != MPI_SUCCESS) {                                                         \
+            char ent_mpi_msg__[MPI_MAX_ERROR_STRING] = "unknown MPI error";                        \
+            int ent_mpi_len__ = 0;                                                                 \
+            MPI_Error_string(ent_mpi_rc__, ent_mpi_msg__, &ent_mpi_len__);                         \
+            ent_status ent_e__ = ent_fail_call(__FILE__, __LINE__, text, ent_mpi_msg__);           \
+            on_fail;                                                                               \
+        }                                                                                          \
+    } while (0)
+#define ENT_MPI_CHECK(call) ENT_MPI_CHECK_(call, #call, ENT_ON_FAIL_RETURN_)
+#define ENT_MPI_CHECK_GOTO(call, label) ENT_MPI_CHECK_(call, #call, ENT_ON_FAIL_GOTO_(label))
+
+// HDF5: a negative herr_t or hid_t (HDF5 prints its own error stack unless
+// it was turned off).
+#define ENT_H5_CHECK(call)                                                                         \
+    ENT_LIB_CHECK_(int64_t, call, #call, ent_rc__ < 0, "HDF5 reported an error",                   \
+                   ENT_ON_FAIL_RETURN_)
+#define ENT_H5_CHECK_GOTO(call, label)                                                             \
+    ENT_LIB_CHECK_(int64_t, call, #call, ent_rc__ < 0, "HDF5 reported an error",                   \
+                   ENT_ON_FAIL_GOTO_(label))
+
+// CUDA runtime: cudaSuccess or an error with its string.
+#define ENT_CUDA_CHECK(call)                                                                       \
+    ENT_LIB_CHECK_(cudaError_t, call, #call, ent_rc__ != cudaSuccess,                              \
+                   cudaGetErrorString(ent_rc__), ENT_ON_FAIL_RETURN_)
+#define ENT_CUDA_CHECK_GOTO(call, label)                                                           \
+    ENT_LIB_CHECK_(cudaError_t, call, #call, ent_rc__ != cudaSuccess,                              \
+                   cudaGetErrorString(ent_rc__), ENT_ON_FAIL_GOTO_(label))
+
+// NCCL: ncclSuccess or a result with its string.
+#define ENT_NCCL_CHECK(call)                                                                       \
+    ENT_LIB_CHECK_(ncclResult_t, call, #call, ent_rc__ != ncclSuccess,                             \
+                   ncclGetErrorString(ent_rc__), ENT_ON_FAIL_RETURN_)
+#define ENT_NCCL_CHECK_GOTO(call, label)                                                           \
+    ENT_LIB_CHECK_(ncclResult_t, call, #call, ent_rc__ != ncclSuccess,                             \
+                   ncclGetErrorString(ent_rc__), ENT_ON_FAIL_GOTO_(label))
+
+// ZeroMQ: -1 with zmq_errno() (calls that return a count or 0 on success).
+#define ENT_ZMQ_CHECK(call)                                                                        \
+    ENT_LIB_CHECK_(int, call, #call, ent_rc__ == -1, zmq_strerror(zmq_errno()), ENT_ON_FAIL_RETURN_)
+#define ENT_ZMQ_CHECK_GOTO(call, label)                                                            \
+    ENT_LIB_CHECK_(int, call, #call, ent_rc__ == -1, zmq_strerror(zmq_errno()),                    \
+                   ENT_ON_FAIL_GOTO_(label))
+
+// Memory: a NULL from an allocation is ENT_ERR_NOMEM naming what it was for.
+#define ENT_ALLOC_CHECK(ptr, what)                                                                 \
+    do {                                                                                           \
+        if ((ptr) == NULL)                                                                         \
+            return ent_fail(ENT_ERR_NOMEM, "out of memory allocating %s", (what));                 \
+    } while (0)
+
 #define ENT_ASSERT(cond)                                                   \
     do {                                                                   \
         if (!(cond)) ent_assert_fail(__FILE__, __LINE__, #cond);           \
@@ -99,6 +183,30 @@ ent_status ent_write_file_atomic(const char *path, const void *data, size_t len)
 // The same for data in several pieces written one after the other.
 ent_status ent_write_file_parts_atomic(const char *path, const void *const *parts,
                                       const size_t *lens, int nparts);
+
+// ---------------------------------------------------------------------------
+// element types: one enum for every layer (arenas, table rows, collectives,
+// files). The first five keep their values across versions.
+
+typedef enum {
+    ENT_F32 = 0,
+    ENT_F64,
+    ENT_I32,
+    ENT_I64,
+    ENT_U64,
+    ENT_BF16, // bfloat16: 8-bit exponent, 7-bit mantissa (GPU parameters, activations)
+    ENT_F16,  // IEEE half
+    ENT_I8,   // int8 (blockwise-quantised deltas)
+    ENT_U8,   // bytes
+    ENT_DTYPE_COUNT
+} ent_dtype;
+
+// Bytes of one element; 0 for a value that is not an ent_dtype.
+size_t ent_dtype_size(ent_dtype dtype);
+// "f32", "bf16", ...; "invalid" for a value that is not an ent_dtype.
+const char *ent_dtype_name(ent_dtype dtype);
+// 1 for the floating-point types.
+int ent_dtype_is_float(ent_dtype dtype);
 
 // ---------------------------------------------------------------------------
 // the parameter table: one row per trainable tensor (DESIGN.md)
@@ -123,6 +231,7 @@ typedef struct {
     ent_split split;
     int split_groups;       // rows made of this many blocks split separately (3 for Q,K,V)
     int decay;              // 1: AdamW weight decay applies (matrices and embeddings)
+    ent_dtype dtype;        // element type in the parameter arena (ENT_F32 today)
     size_t offset;          // in floats, into each local arena (params, grads, ...)
     size_t numel;           // local elements (the global count when not split)
 } ent_param_row;
@@ -162,81 +271,107 @@ typedef struct ent_backend ent_backend_t;
 
 struct ent_backend_i {
     const char *name;
+    // 1: arenas and buffers are host memory that MPI and the CPU may use
+    // directly; 0: device memory, reached only through ops and copies
+    int is_host;
+    // releases the backend instance (its device state, then be itself)
+    void (*free)(ent_backend_t *be);
+    // one line for logs: the device, its libraries, threads ("OpenBLAS 0.3.21 ...")
+    const char *(*describe)(ent_backend_t *be);
 
     // memory: alloc returns zeroed device memory the caller owns (free with
     // free_mem), or NULL when the device has not enough.
     void *(*alloc)(ent_backend_t *be, size_t bytes);
     void (*free_mem)(ent_backend_t *be, void *p);
-    void (*zero)(ent_backend_t *be, void *p, size_t bytes);
-    void (*to_device)(ent_backend_t *be, void *dst, const void *host_src, size_t bytes);
-    void (*to_host)(ent_backend_t *be, void *host_dst, const void *src, size_t bytes);
-    void (*synchronize)(ent_backend_t *be); // optional (NULL: ops are synchronous)
+    ent_status (*zero)(ent_backend_t *be, void *p, size_t bytes);
+    ent_status (*to_device)(ent_backend_t *be, void *dst, const void *host_src, size_t bytes);
+    ent_status (*to_host)(ent_backend_t *be, void *host_dst, const void *src, size_t bytes);
+    // waits for every op started so far; a failure of one of them (a launch
+    // error, a fault) is reported here if the op could not report it
+    ent_status (*synchronize)(ent_backend_t *be);
     // bytes the device can still give this process; optional (NULL: unknown)
     size_t (*available_memory)(ent_backend_t *be);
 
     // out (B,T,C) = wte[tokens] + wpe[position]; tokens (B,T) index wte (Vp,C), wpe (maxT,C)
-    void (*encoder_forward)(ent_backend_t *be, float *out, const int32_t *tokens,
-                            const float *wte, const float *wpe, int B, int T, int C);
-    void (*encoder_backward)(ent_backend_t *be, float *dwte, float *dwpe, const float *dout,
-                             const int32_t *tokens, int B, int T, int C);
+    ent_status (*encoder_forward)(ent_backend_t *be, float *out, const int32_t *tokens,
+                                  const float *wte, const float *wpe, int B, int T, int C);
+    ent_status (*encoder_backward)(ent_backend_t *be, float *dwte, float *dwpe, const float *dout,
+                                   const int32_t *tokens, int B, int T, int C);
 
     // out (N,C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) saved for backward
-    void (*layernorm_forward)(ent_backend_t *be, float *out, float *mean, float *rstd,
-                              const float *inp, const float *weight, const float *bias,
-                              int N, int C);
-    void (*layernorm_backward)(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
-                               const float *dout, const float *inp, const float *weight,
-                               const float *mean, const float *rstd, int N, int C);
+    ent_status (*layernorm_forward)(ent_backend_t *be, float *out, float *mean, float *rstd,
+                                    const float *inp, const float *weight, const float *bias,
+                                    int N, int C);
+    ent_status (*layernorm_backward)(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
+                                     const float *dout, const float *inp, const float *weight,
+                                     const float *mean, const float *rstd, int N, int C);
 
     // out (N,OC) = inp (N,C) @ weight^T (C,OC) + bias (OC); bias may be NULL
-    void (*matmul_forward)(ent_backend_t *be, float *out, const float *inp, const float *weight,
-                           const float *bias, int N, int C, int OC);
+    ent_status (*matmul_forward)(ent_backend_t *be, float *out, const float *inp,
+                                 const float *weight, const float *bias, int N, int C, int OC);
     // dinp (N,C), dweight (OC,C), dbias (OC, may be NULL)
-    void (*matmul_backward)(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
-                            const float *dout, const float *inp, const float *weight,
-                            int N, int C, int OC);
+    ent_status (*matmul_backward)(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
+                                  const float *dout, const float *inp, const float *weight,
+                                  int N, int C, int OC);
 
     // causal multi-head attention. qkv (B,T,3C) holds Q, K, V side by side, each
-    // split into NH heads of C/NH; out (B,T,C); att (B,NH,T,T) receives the
-    // softmax probabilities, kept for backward (zero above the diagonal).
-    void (*attention_forward)(ent_backend_t *be, float *out, float *att, const float *qkv,
-                              int B, int T, int C, int NH);
-    // dqkv (B,T,3C) accumulates; scratch (B,NH,T,T) is overwritten.
-    void (*attention_backward)(ent_backend_t *be, float *dqkv, float *scratch,
-                               const float *dout, const float *qkv, const float *att,
-                               int B, int T, int C, int NH);
+    // split into NH heads of C/NH; out (B,T,C); att is the state kept for
+    // backward, of attention_state_bytes(B, T, NH) bytes: the CPU keeps the
+    // softmax probabilities (B,NH,T,T), zero above the diagonal; a flash-style
+    // kernel may keep only its softmax statistics.
+    size_t (*attention_state_bytes)(ent_backend_t *be, int B, int T, int NH);
+    ent_status (*attention_forward)(ent_backend_t *be, float *out, float *att, const float *qkv,
+                                    int B, int T, int C, int NH);
+    // dqkv (B,T,3C) accumulates; scratch (attention_state_bytes) is overwritten.
+    ent_status (*attention_backward)(ent_backend_t *be, float *dqkv, float *scratch,
+                                     const float *dout, const float *qkv, const float *att,
+                                     int B, int T, int C, int NH);
 
     // GELU, tanh approximation, element-wise over n values
-    void (*gelu_forward)(ent_backend_t *be, float *out, const float *inp, size_t n);
-    void (*gelu_backward)(ent_backend_t *be, float *dinp, const float *inp, const float *dout,
-                          size_t n);
+    ent_status (*gelu_forward)(ent_backend_t *be, float *out, const float *inp, size_t n);
+    ent_status (*gelu_backward)(ent_backend_t *be, float *dinp, const float *inp, const float *dout,
+                                size_t n);
 
     // out = a + b (n values); backward: da += dout, db += dout
-    void (*residual_forward)(ent_backend_t *be, float *out, const float *a, const float *b,
-                             size_t n);
-    void (*residual_backward)(ent_backend_t *be, float *da, float *db, const float *dout,
-                              size_t n);
+    ent_status (*residual_forward)(ent_backend_t *be, float *out, const float *a, const float *b,
+                                   size_t n);
+    ent_status (*residual_backward)(ent_backend_t *be, float *da, float *db, const float *dout,
+                                    size_t n);
 
     // fused softmax + cross-entropy over the first V of Vp logits per row (the
     // padding columns get probability 0). probs (N,Vp) may alias logits.
     // targets (N) may be NULL: then only probs are produced and losses is untouched.
-    void (*softmax_xent_forward)(ent_backend_t *be, float *losses, float *probs,
-                                 const float *logits, const int32_t *targets,
-                                 int N, int V, int Vp);
+    ent_status (*softmax_xent_forward)(ent_backend_t *be, float *losses, float *probs,
+                                       const float *logits, const int32_t *targets,
+                                       int N, int V, int Vp);
     // dlogits (N,Vp) = (probs - onehot(targets)) * dloss. OVERWRITES dlogits, which
     // may alias probs; dloss is the gradient of the total loss w.r.t. each row's loss.
-    void (*softmax_xent_backward)(ent_backend_t *be, float *dlogits, const float *probs,
-                                  const int32_t *targets, float dloss, int N, int V, int Vp);
+    ent_status (*softmax_xent_backward)(ent_backend_t *be, float *dlogits, const float *probs,
+                                        const int32_t *targets, float dloss, int N, int V, int Vp);
 
     // AdamW with decoupled weight decay over n values; t is the 1-based step.
     // grads are multiplied by grad_scale first (clipping); weight_decay is
     // applied as params -= lr * weight_decay * params.
-    void (*adamw_update)(ent_backend_t *be, float *params, const float *grads, float *m,
-                         float *v, size_t n, float lr, float beta1, float beta2, float eps,
-                         float weight_decay, float grad_scale, int t);
+    ent_status (*adamw_update)(ent_backend_t *be, float *params, const float *grads, float *m,
+                               float *v, size_t n, float lr, float beta1, float beta2, float eps,
+                               float weight_decay, float grad_scale, int t);
 
     // sum of x[i]^2 in double, in an order that does not depend on thread count
-    double (*sum_squares)(ent_backend_t *be, const float *x, size_t n);
+    ent_status (*sum_squares)(ent_backend_t *be, const float *x, size_t n, double *out);
+
+    // Optional vector ops for the coalition's outer loop (NULL: not provided;
+    // call them through ent_vec_* below, which say so). n values each.
+    // out = a - b (out may alias a or b)
+    ent_status (*sub)(ent_backend_t *be, float *out, const float *a, const float *b, size_t n);
+    // y += alpha * x
+    ent_status (*axpy)(ent_backend_t *be, float *y, float alpha, const float *x, size_t n);
+    // blockwise int8: blocks of `block` values (the last may be shorter), each
+    // with scale = max|x| / 127 (ceil(n / block) scales) and q = round(x / scale);
+    // dequantize gives q * scale.
+    ent_status (*quantize_i8)(ent_backend_t *be, int8_t *q, float *scales, const float *x, size_t n,
+                              size_t block);
+    ent_status (*dequantize_i8)(ent_backend_t *be, float *out, const int8_t *q, const float *scales,
+                                size_t n, size_t block);
 };
 
 // A backend instance: the interface plus the device state it runs on.
@@ -246,9 +381,31 @@ struct ent_backend {
     int threads; // host threads used by the CPU backend
 };
 
-// The CPU backend (OpenBLAS + OpenMP). threads <= 0 uses OpenMP's default.
-// The caller owns the result; release it with ent_backend_free.
+// The optional vector ops, dispatched: ENT_ERR_USAGE naming the backend and
+// the op when the backend has none; block must be at least 1.
+ent_status ent_vec_sub(ent_backend_t *be, float *out, const float *a, const float *b, size_t n);
+ent_status ent_vec_axpy(ent_backend_t *be, float *y, float alpha, const float *x, size_t n);
+ent_status ent_vec_quantize_i8(ent_backend_t *be, int8_t *q, float *scales, const float *x,
+                               size_t n, size_t block);
+ent_status ent_vec_dequantize_i8(ent_backend_t *be, float *out, const int8_t *q,
+                                 const float *scales, size_t n, size_t block);
+
+typedef struct {
+    int threads; // host threads (CPU backends); <= 0: OpenMP's default
+} ent_backend_opts;
+
+// Creates the backend called `name` (config key system.backend): "cpu", the
+// OpenBLAS + OpenMP backend; "cpu-guarded", the CPU backend whose memory is
+// kept inaccessible (PROT_NONE) outside its own ops and copies, so that any
+// access from outside the backend faults (for tests). opts may be NULL. An
+// unknown name is ENT_ERR_USAGE naming the known ones. The caller owns *out
+// (ent_backend_free).
+ent_status ent_backend_new(const char *name, const ent_backend_opts *opts, ent_backend_t **out);
+// The names ent_backend_new knows, comma-separated ("cpu, cpu-guarded").
+const char *ent_backend_names(void);
+// The CPU backend: ent_backend_new("cpu") with `threads`; NULL when out of memory.
 ent_backend_t *ent_backend_cpu_new(int threads);
+// Releases a backend (its iface->free) and NULLs *be.
 void ent_backend_free(ent_backend_t **be);
 
 // The BLAS library and threading in use, for logs and benchmarks ("OpenBLAS 0.3.21 ... (openmp)").

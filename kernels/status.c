@@ -28,6 +28,12 @@ ent_status ent_fail(ent_status st, const char *fmt, ...) {
 
 const char *ent_last_error(void) { return last_error; }
 
+ent_status ent_fail_call(const char *file, int line, const char *call, const char *message) {
+    const char *base = strrchr(file, '/');
+    return ent_fail(ENT_ERR_INTERNAL, "%s:%d: %s: %s", base ? base + 1 : file, line, call,
+                    message && *message ? message : "failed");
+}
+
 void ent_clear_error(void) { last_error[0] = '\0'; }
 
 int ent_exit_code(ent_status st) {

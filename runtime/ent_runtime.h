@@ -112,7 +112,9 @@ typedef struct {
 
 // Bytes one rank needs on its device: parameters, gradients, AdamW state and
 // activations for micro-batches of B sequences of T tokens, with TP over tp ranks.
-size_t ent_model_memory_bytes(const ent_model_shape *shape, int tp, int B, int T);
+// The backend sizes what it keeps for attention's backward (attention_state_bytes).
+size_t ent_model_memory_bytes(ent_backend_t *be, const ent_model_shape *shape, int tp, int B,
+                              int T);
 // Allocates a model for micro-batches of up to B x T tokens (T <= context); opts
 // may be NULL. Fails with ENT_ERR_NOMEM and the sizes when the memory is not
 // there. Caller owns the model.
@@ -123,13 +125,13 @@ void ent_model_free(ent_model_t **model);
 // scaled by 1/sqrt(2 * layers), zero biases, unit layernorm gains. Each tensor
 // draws from its own stream (seed, row name) at its global shape, and each TP
 // rank keeps its part, so any layout initialises the same model.
-void ent_model_init(ent_model_t *model, uint64_t seed);
+ent_status ent_model_init(ent_model_t *model, uint64_t seed);
 // Forward pass over b x t tokens (b <= B, t <= T). With targets, returns the mean
 // cross-entropy in *loss and keeps what backward needs; without, leaves logits.
 ent_status ent_model_forward(ent_model_t *model, const int32_t *tokens, const int32_t *targets,
                              int b, int t, float *loss);
 // Sets every parameter gradient to zero.
-void ent_model_zero_grad(ent_model_t *model);
+ent_status ent_model_zero_grad(ent_model_t *model);
 // Backward pass of the last forward with targets; ACCUMULATES into the parameter
 // gradients. dloss scales every position's loss gradient (1 / tokens per step).
 ent_status ent_model_backward(ent_model_t *model, float dloss);
@@ -139,7 +141,7 @@ typedef void (*ent_grad_hook)(void *ctx, size_t offset, size_t count);
 void ent_model_set_grad_hook(ent_model_t *model, ent_grad_hook hook, void *ctx);
 // Copies the logits of position (b, t) of the last forward into host memory
 // (padded_vocab floats).
-void ent_model_logits_at(ent_model_t *model, int b, int t, float *host_out);
+ent_status ent_model_logits_at(ent_model_t *model, int b, int t, float *host_out);
 // The model's arenas (device memory; ent_model_arena_floats floats each, padded)
 // and its table; not owned by the caller.
 float *ent_model_arena(ent_model_t *model, ent_arena which);

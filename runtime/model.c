@@ -34,7 +34,7 @@ typedef struct {
     float *ln1, *ln1_mean, *ln1_rstd; // (B,T,C), (B,T), (B,T)
     float *qkv;                       // (B,T,3Ca)
     float *atty;                      // (B,T,Ca)
-    float *att;                       // (B,NH/tp,T,T)
+    float *att;                       // attention_state_bytes(B,T,NH/tp): (B,NH/tp,T,T) on the CPU
     float *res2;                      // (B,T,C)
     float *ln2, *ln2_mean, *ln2_rstd; // (B,T,C), (B,T), (B,T)
     float *fch, *fch_gelu;            // (B,T,Cf)
@@ -75,19 +75,28 @@ struct ent_model {
 // ---------------------------------------------------------------------------
 // sizes
 
+// Floats of attention state one layer keeps for backward (and of the
+// backward's scratch): as much as the backend asks for.
+static double attention_state_floats(ent_backend_t *be, const ent_model_shape *s, int tp, int B,
+                                     int T) {
+    size_t bytes = be->iface->attention_state_bytes(be, B, T, s->heads / tp);
+    return (double)((bytes + sizeof(float) - 1) / sizeof(float));
+}
+
 // Floats of activations, and of activation gradients, for a B x T micro-batch
 // on one of tp ranks.
-static void activation_floats(const ent_model_shape *s, int tp, int B, int T, double *acts,
-                              double *grads) {
+static void activation_floats(ent_backend_t *be, const ent_model_shape *s, int tp, int B, int T,
+                              double *acts, double *grads) {
     double BT = (double)B * T, C = s->width, L = s->layers;
     double Ca = C / tp, Cf = 4 * C / tp;
-    double att = (double)(s->heads / tp) * B * (double)T * T;
+    double att = attention_state_floats(be, s, tp, B, T);
     double per_layer = 4 * BT * C + 4 * Ca * BT + 2 * Cf * BT + 4 * BT + att;
     *acts = L * per_layer + 3 * BT * C + 2 * BT + BT * s->padded_vocab + BT;
     *grads = 2 * BT * C + 4 * BT * Ca + 2 * BT * Cf + att;
 }
 
-size_t ent_model_memory_bytes(const ent_model_shape *s, int tp, int B, int T) {
+size_t ent_model_memory_bytes(ent_backend_t *be, const ent_model_shape *s, int tp, int B,
+                              int T) {
     ent_param_table t;
     size_t params = 0;
     if (ent_param_table_build(s, tp, &t) == ENT_OK) {
@@ -95,7 +104,7 @@ size_t ent_model_memory_bytes(const ent_model_shape *s, int tp, int B, int T) {
         ent_param_table_free(&t);
     }
     double acts, grads;
-    activation_floats(s, tp, B, T, &acts, &grads);
+    activation_floats(be, s, tp, B, T, &acts, &grads);
     // params, grads, AdamW m and v; activations and their gradients; tokens, targets
     double bytes = 4.0 * (4.0 * params + acts + grads) + 8.0 * B * T;
     return bytes > (double)SIZE_MAX ? SIZE_MAX : (size_t)bytes;
@@ -132,7 +141,7 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_
         return ent_fail(ENT_ERR_USAGE,
                         "micro-batch of %d x %d tokens is too large for this model: lower "
                         "train.micro_batch or model.context", B, T);
-    size_t need = ent_model_memory_bytes(s, tp, B, T);
+    size_t need = ent_model_memory_bytes(be, s, tp, B, T);
     if (be->iface->available_memory != NULL) {
         size_t avail = be->iface->available_memory(be);
         if (need > avail) {
@@ -201,7 +210,7 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_
 
     // activations: sizes in floats, each view rounded up to 16 floats
     double acts, grads;
-    activation_floats(s, tp, B, T, &acts, &grads);
+    activation_floats(be, s, tp, B, T, &acts, &grads);
     size_t nacts = (size_t)acts + (size_t)(L * 13 + 16) * 16;
     size_t ngrads = (size_t)grads + 8 * 16;
     m->acts = be->iface->alloc(be, nacts * sizeof(float));
@@ -214,7 +223,7 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_
     }
     m->targets = m->tokens + (size_t)BT;
     float *cur = m->acts;
-    double att = (double)m->NHl * B * (double)T * T;
+    double att = attention_state_floats(be, s, tp, B, T);
     m->encoded = carve(&cur, BT * C);
     m->proj = carve(&cur, BT * C);
     for (int l = 0; l < L; l++) {
@@ -277,7 +286,7 @@ void ent_model_free(ent_model_t **model) {
 // ---------------------------------------------------------------------------
 // initialisation
 
-void ent_model_init(ent_model_t *m, uint64_t seed) {
+ent_status ent_model_init(ent_model_t *m, uint64_t seed) {
     const ent_param_table *t = &m->table;
     double residual_std = 0.02 / sqrt(2.0 * m->shape.layers);
     size_t max_numel = 0;
@@ -286,8 +295,10 @@ void ent_model_init(ent_model_t *m, uint64_t seed) {
         if (global > max_numel) max_numel = global;
     }
     float *global = malloc(sizeof(float) * max_numel), *local = malloc(sizeof(float) * max_numel);
-    ENT_ASSERT(global != NULL && local != NULL);
-    for (int i = 0; i < t->nrows; i++) {
+    ent_status st = global != NULL && local != NULL
+                        ? ENT_OK
+                        : ent_fail(ENT_ERR_NOMEM, "out of memory initialising the model");
+    for (int i = 0; i < t->nrows && st == ENT_OK; i++) {
         const ent_param_row *r = &t->rows[i];
         const char *suffix = strrchr(r->name, '.');
         size_t n = (size_t)(r->shape[0] * r->shape[1]);
@@ -307,12 +318,13 @@ void ent_model_init(ent_model_t *m, uint64_t seed) {
             for (size_t k = live; k < n; k++) global[k] = 0.0f;
         }
         ent_param_row_slice(r, m->tp_rank, m->tp_size, global, local);
-        m->be->iface->to_device(m->be, m->arena[ENT_ARENA_PARAMS] + r->offset, local,
-                                sizeof(float) * r->numel);
+        st = m->be->iface->to_device(m->be, m->arena[ENT_ARENA_PARAMS] + r->offset, local,
+                                     sizeof(float) * r->numel);
     }
     free(global);
     free(local);
-    m->be->iface->zero(m->be, m->arena[ENT_ARENA_GRADS], sizeof(float) * m->arena_floats);
+    ENT_CHECK(st);
+    return ent_model_zero_grad(m);
 }
 
 // ---------------------------------------------------------------------------
@@ -333,44 +345,48 @@ ent_status ent_model_forward(ent_model_t *m, const int32_t *tokens, const int32_
     int V = m->shape.vocab, Vp = m->shape.padded_vocab, N = b * t;
     // the output biases of row-parallel layers are added by TP rank 0 alone
     int add_bias = m->tp_rank == 0;
-    k->to_device(be, m->tokens, tokens, sizeof(int32_t) * (size_t)N);
+    ENT_CHECK(k->to_device(be, m->tokens, tokens, sizeof(int32_t) * (size_t)N));
     if (targets != NULL) k->to_device(be, m->targets, targets, sizeof(int32_t) * (size_t)N);
 
-    k->encoder_forward(be, m->encoded, m->tokens, m->wte, m->wpe, b, t, C);
+    ENT_CHECK(k->encoder_forward(be, m->encoded, m->tokens, m->wte, m->wpe, b, t, C));
     for (int l = 0; l < L; l++) {
         const layer_tensors *p = &m->p[l];
         layer_acts *a = &m->a[l];
         const float *residual = l == 0 ? m->encoded : m->a[l - 1].res3;
-        k->layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, residual, p->ln1w, p->ln1b, N, C);
-        k->matmul_forward(be, a->qkv, a->ln1, p->qkvw, p->qkvb, N, C, 3 * Ca);
-        k->attention_forward(be, a->atty, a->att, a->qkv, b, t, Ca, m->NHl);
-        k->matmul_forward(be, m->proj, a->atty, p->projw, add_bias ? p->projb : NULL, N, Ca, C);
+        ENT_CHECK(k->layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, residual, p->ln1w,
+                                       p->ln1b, N, C));
+        ENT_CHECK(k->matmul_forward(be, a->qkv, a->ln1, p->qkvw, p->qkvb, N, C, 3 * Ca));
+        ENT_CHECK(k->attention_forward(be, a->atty, a->att, a->qkv, b, t, Ca, m->NHl));
+        ENT_CHECK(k->matmul_forward(be, m->proj, a->atty, p->projw, add_bias ? p->projb : NULL, N,
+                                    Ca, C));
         ENT_CHECK(tp_sum(m, m->proj, (size_t)N * C));
-        k->residual_forward(be, a->res2, residual, m->proj, (size_t)N * C);
-        k->layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, p->ln2w, p->ln2b, N, C);
-        k->matmul_forward(be, a->fch, a->ln2, p->fcw, p->fcb, N, C, Cf);
-        k->gelu_forward(be, a->fch_gelu, a->fch, (size_t)N * Cf);
-        k->matmul_forward(be, m->proj, a->fch_gelu, p->fcpw, add_bias ? p->fcpb : NULL, N, Cf, C);
+        ENT_CHECK(k->residual_forward(be, a->res2, residual, m->proj, (size_t)N * C));
+        ENT_CHECK(k->layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, p->ln2w,
+                                       p->ln2b, N, C));
+        ENT_CHECK(k->matmul_forward(be, a->fch, a->ln2, p->fcw, p->fcb, N, C, Cf));
+        ENT_CHECK(k->gelu_forward(be, a->fch_gelu, a->fch, (size_t)N * Cf));
+        ENT_CHECK(k->matmul_forward(be, m->proj, a->fch_gelu, p->fcpw, add_bias ? p->fcpb : NULL, N,
+                                    Cf, C));
         ENT_CHECK(tp_sum(m, m->proj, (size_t)N * C));
-        k->residual_forward(be, a->res3, a->res2, m->proj, (size_t)N * C);
+        ENT_CHECK(k->residual_forward(be, a->res3, a->res2, m->proj, (size_t)N * C));
     }
-    k->layernorm_forward(be, m->lnf, m->lnf_mean, m->lnf_rstd, m->a[L - 1].res3, m->lnfw, m->lnfb,
-                         N, C);
-    k->matmul_forward(be, m->logits, m->lnf, m->wte, NULL, N, C, Vp);
+    ENT_CHECK(k->layernorm_forward(be, m->lnf, m->lnf_mean, m->lnf_rstd, m->a[L - 1].res3, m->lnfw,
+                                   m->lnfb, N, C));
+    ENT_CHECK(k->matmul_forward(be, m->logits, m->lnf, m->wte, NULL, N, C, Vp));
     m->last_b = b;
     m->last_t = t;
     m->last_has_targets = targets != NULL;
     if (targets == NULL) return ENT_OK;
-    k->softmax_xent_forward(be, m->losses, m->logits, m->logits, m->targets, N, V, Vp);
-    k->to_host(be, m->host_losses, m->losses, sizeof(float) * (size_t)N);
+    ENT_CHECK(k->softmax_xent_forward(be, m->losses, m->logits, m->logits, m->targets, N, V, Vp));
+    ENT_CHECK(k->to_host(be, m->host_losses, m->losses, sizeof(float) * (size_t)N));
     double sum = 0.0;
     for (int i = 0; i < N; i++) sum += m->host_losses[i];
     if (loss != NULL) *loss = (float)(sum / N);
     return ENT_OK;
 }
 
-void ent_model_zero_grad(ent_model_t *m) {
-    m->be->iface->zero(m->be, m->arena[ENT_ARENA_GRADS], sizeof(float) * m->arena_floats);
+ent_status ent_model_zero_grad(ent_model_t *m) {
+    return m->be->iface->zero(m->be, m->arena[ENT_ARENA_GRADS], sizeof(float) * m->arena_floats);
 }
 
 void ent_model_set_grad_hook(ent_model_t *m, ent_grad_hook hook, void *ctx) {
@@ -397,12 +413,12 @@ ent_status ent_model_backward(ent_model_t *m, float dloss) {
     size_t NC = (size_t)N * C;
 
     // logits hold probabilities; turn them into dlogits in place
-    k->softmax_xent_backward(be, m->logits, m->logits, m->targets, dloss, N, V, Vp);
-    k->zero(be, m->dln, sizeof(float) * NC);
-    k->matmul_backward(be, m->dln, m->dwte, NULL, m->logits, m->lnf, m->wte, N, C, Vp);
-    k->zero(be, m->dres, sizeof(float) * NC);
-    k->layernorm_backward(be, m->dres, m->dlnfw, m->dlnfb, m->dln, m->a[L - 1].res3, m->lnfw,
-                          m->lnf_mean, m->lnf_rstd, N, C);
+    ENT_CHECK(k->softmax_xent_backward(be, m->logits, m->logits, m->targets, dloss, N, V, Vp));
+    ENT_CHECK(k->zero(be, m->dln, sizeof(float) * NC));
+    ENT_CHECK(k->matmul_backward(be, m->dln, m->dwte, NULL, m->logits, m->lnf, m->wte, N, C, Vp));
+    ENT_CHECK(k->zero(be, m->dres, sizeof(float) * NC));
+    ENT_CHECK(k->layernorm_backward(be, m->dres, m->dlnfw, m->dlnfb, m->dln, m->a[L - 1].res3,
+                                    m->lnfw, m->lnf_mean, m->lnf_rstd, N, C));
     bucket_done(m, m->dlnfw, m->dlnfb, (size_t)C);
     // dres is the gradient of the residual stream; every block adds to it in place
     for (int l = L - 1; l >= 0; l--) {
@@ -411,40 +427,44 @@ ent_status ent_model_backward(ent_model_t *m, float dloss) {
         const layer_acts *a = &m->a[l];
         const float *residual = l == 0 ? m->encoded : m->a[l - 1].res3;
         // MLP: res3 = res2 + fcproj(gelu(fc(ln2(res2))))
-        k->zero(be, m->dfch_gelu, sizeof(float) * (size_t)N * Cf);
-        k->matmul_backward(be, m->dfch_gelu, g->fcpw, g->fcpb, m->dres, a->fch_gelu, p->fcpw, N,
-                           Cf, C);
-        k->zero(be, m->dfch, sizeof(float) * (size_t)N * Cf);
-        k->gelu_backward(be, m->dfch, a->fch, m->dfch_gelu, (size_t)N * Cf);
-        k->zero(be, m->dln, sizeof(float) * NC);
-        k->matmul_backward(be, m->dln, g->fcw, g->fcb, m->dfch, a->ln2, p->fcw, N, C, Cf);
+        ENT_CHECK(k->zero(be, m->dfch_gelu, sizeof(float) * (size_t)N * Cf));
+        ENT_CHECK(k->matmul_backward(be, m->dfch_gelu, g->fcpw, g->fcpb, m->dres, a->fch_gelu,
+                                     p->fcpw, N, Cf, C));
+        ENT_CHECK(k->zero(be, m->dfch, sizeof(float) * (size_t)N * Cf));
+        ENT_CHECK(k->gelu_backward(be, m->dfch, a->fch, m->dfch_gelu, (size_t)N * Cf));
+        ENT_CHECK(k->zero(be, m->dln, sizeof(float) * NC));
+        ENT_CHECK(
+            k->matmul_backward(be, m->dln, g->fcw, g->fcb, m->dfch, a->ln2, p->fcw, N, C, Cf));
         ENT_CHECK(tp_sum(m, m->dln, NC));
-        k->layernorm_backward(be, m->dres, g->ln2w, g->ln2b, m->dln, a->res2, p->ln2w,
-                              a->ln2_mean, a->ln2_rstd, N, C);
+        ENT_CHECK(k->layernorm_backward(be, m->dres, g->ln2w, g->ln2b, m->dln, a->res2, p->ln2w,
+                                        a->ln2_mean, a->ln2_rstd, N, C));
         // attention: res2 = residual + proj(attn(qkv(ln1(residual))))
-        k->zero(be, m->datty, sizeof(float) * (size_t)N * Ca);
-        k->matmul_backward(be, m->datty, g->projw, g->projb, m->dres, a->atty, p->projw, N, Ca, C);
-        k->zero(be, m->dqkv, sizeof(float) * (size_t)N * 3 * Ca);
-        k->attention_backward(be, m->dqkv, m->datt, m->datty, a->qkv, a->att, b, t, Ca, m->NHl);
-        k->zero(be, m->dln, sizeof(float) * NC);
-        k->matmul_backward(be, m->dln, g->qkvw, g->qkvb, m->dqkv, a->ln1, p->qkvw, N, C, 3 * Ca);
+        ENT_CHECK(k->zero(be, m->datty, sizeof(float) * (size_t)N * Ca));
+        ENT_CHECK(k->matmul_backward(be, m->datty, g->projw, g->projb, m->dres, a->atty, p->projw,
+                                     N, Ca, C));
+        ENT_CHECK(k->zero(be, m->dqkv, sizeof(float) * (size_t)N * 3 * Ca));
+        ENT_CHECK(k->attention_backward(be, m->dqkv, m->datt, m->datty, a->qkv, a->att, b, t, Ca,
+                                        m->NHl));
+        ENT_CHECK(k->zero(be, m->dln, sizeof(float) * NC));
+        ENT_CHECK(k->matmul_backward(be, m->dln, g->qkvw, g->qkvb, m->dqkv, a->ln1, p->qkvw, N, C,
+                                     3 * Ca));
         ENT_CHECK(tp_sum(m, m->dln, NC));
-        k->layernorm_backward(be, m->dres, g->ln1w, g->ln1b, m->dln, residual, p->ln1w,
-                              a->ln1_mean, a->ln1_rstd, N, C);
+        ENT_CHECK(k->layernorm_backward(be, m->dres, g->ln1w, g->ln1b, m->dln, residual, p->ln1w,
+                                        a->ln1_mean, a->ln1_rstd, N, C));
         bucket_done(m, g->ln1w, g->fcpb, (size_t)C);
     }
-    k->encoder_backward(be, m->dwte, m->dwpe, m->dres, m->tokens, b, t, C);
+    ENT_CHECK(k->encoder_backward(be, m->dwte, m->dwpe, m->dres, m->tokens, b, t, C));
     bucket_done(m, m->dwte, m->dwpe, (size_t)m->shape.context * C);
     // the probabilities were consumed: a second backward needs a new forward
     m->last_has_targets = 0;
     return ENT_OK;
 }
 
-void ent_model_logits_at(ent_model_t *m, int b, int t, float *host_out) {
+ent_status ent_model_logits_at(ent_model_t *m, int b, int t, float *host_out) {
     ENT_ASSERT(!m->last_has_targets && b < m->last_b && t < m->last_t);
     int Vp = m->shape.padded_vocab;
-    m->be->iface->to_host(m->be, host_out, m->logits + ((size_t)b * m->last_t + t) * Vp,
-                          sizeof(float) * Vp);
+    return m->be->iface->to_host(m->be, host_out, m->logits + ((size_t)b * m->last_t + t) * Vp,
+                                 sizeof(float) * Vp);
 }
 
 float *ent_model_arena(ent_model_t *m, ent_arena which) { return m->arena[which]; }

@@ -160,7 +160,9 @@ ent_status ent_optim_grad_norm(ent_optim_t *o, double *norm) {
         const ent_param_row *r = &t->rows[i];
         size_t lo, hi;
         if ((r->split == ENT_SPLIT_NONE && tp_rank != 0) || !row_in_range(o, r, &lo, &hi)) continue;
-        sq += o->be->iface->sum_squares(o->be, grads_at(o, lo), hi - lo);
+        double part = 0.0;
+        ENT_CHECK(o->be->iface->sum_squares(o->be, grads_at(o, lo), hi - lo, &part));
+        sq += part;
     }
     // ZeRO shards differ across DP ranks and TP parts across TP ranks: sum over
     // the world; plain DP replicas agree, so the TP group is enough
@@ -180,9 +182,10 @@ ent_status ent_optim_step(ent_optim_t *o, const ent_adamw *hp, float grad_scale,
         size_t lo, hi;
         if (!row_in_range(o, r, &lo, &hi)) continue;
         size_t s = lo - o->first;
-        o->be->iface->adamw_update(o->be, params + lo, grads_at(o, lo), o->m + s, o->v + s,
-                                   hi - lo, hp->lr, hp->beta1, hp->beta2, hp->eps,
-                                   r->decay ? hp->weight_decay : 0.0f, grad_scale, t);
+        ENT_CHECK(o->be->iface->adamw_update(o->be, params + lo, grads_at(o, lo), o->m + s,
+                                             o->v + s, hi - lo, hp->lr, hp->beta1, hp->beta2,
+                                             hp->eps, r->decay ? hp->weight_decay : 0.0f,
+                                             grad_scale, t));
     }
     if (o->zero)
         ENT_CHECK(ent_allgather(o->grid->dp, params + o->first, params, o->count, ENT_F32));

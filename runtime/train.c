@@ -822,7 +822,7 @@ ent_status ent_train(const ent_config *cfg, const ent_train_opts *opts, ent_comm
         ent_log_info("model: %d layers, %d heads, width %d, context %d, vocab %d: %.2fM "
                      "parameters, %s per rank", cfg->layers, cfg->heads, cfg->width, cfg->context,
                      cfg->vocab, nparams / 1e6,
-                     ent_format_bytes((double)ent_model_memory_bytes(&shape, tr.grid->tp_size,
+                     ent_format_bytes((double)ent_model_memory_bytes(tr.be, &shape, tr.grid->tp_size,
                                                                      tr.micro, tr.T),
                                       mem, sizeof mem));
         ent_log_info("data: %s: train %lld tokens in %d shard(s) (%lld sequences); val %lld "

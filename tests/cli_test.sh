@@ -740,7 +740,7 @@ case_rank_hangs() {
     LAST_CMD="mpirun -np 2 entente train --set parallel.timeout=3, rank 1 stopped"
     [ "$RC" != 0 ] || fail "the job exited 0 while rank 1 hung"
     [ "$RC" != 124 ] || { fail "the job hung while rank 1 was stopped"; show_last; }
-    grep -q 'entente\[0\]: error: .* on group .* has not completed after 3 s' "$W/err" ||
+    grep -q 'entente\[0\]: error: .* on .* has not completed after 3 s' "$W/err" ||
         { fail "rank 0 did not report the stalled collective"; show_last; }
     [ $((SECONDS - t0)) -le 30 ] || fail "the job took $((SECONDS - t0)) s to end (timeout 3 s)"
 }

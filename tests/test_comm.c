@@ -11,8 +11,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ent_comm.h"
+
+#include <mpi.h>
+
+static void sleep_seconds(double s) {
+    struct timespec ts = {(time_t)s, (long)((s - (time_t)s) * 1e9)};
+    nanosleep(&ts, NULL);
+}
 
 static ent_comm_t *comm;
 static ent_grid *grid;
@@ -190,6 +198,82 @@ static void test_agree(void **state) {
     }
 }
 
+// Every dtype of the one enum has a size and a name; the MPI backend moves
+// every type bit for bit, reduces the integer ones, and refuses to reduce
+// bf16/f16 (MPI has no such arithmetic) or a value outside the enum.
+static void test_dtypes(void **state) {
+    (void)state;
+    size_t sizes[ENT_DTYPE_COUNT] = {[ENT_F32] = 4, [ENT_F64] = 8, [ENT_I32] = 4, [ENT_I64] = 8,
+                                     [ENT_U64] = 8, [ENT_BF16] = 2, [ENT_F16] = 2, [ENT_I8] = 1,
+                                     [ENT_U8] = 1};
+    for (int d = 0; d < ENT_DTYPE_COUNT; d++) {
+        assert_int_equal(ent_dtype_size((ent_dtype)d), sizes[d]);
+        assert_string_not_equal(ent_dtype_name((ent_dtype)d), "invalid");
+    }
+    assert_int_equal(ent_dtype_size(ENT_DTYPE_COUNT), 0);
+    assert_int_equal(ent_dtype_size((ent_dtype)-1), 0);
+    // int8 sum: rank r gives r+1 at every index
+    int8_t a[5], b[5];
+    for (int i = 0; i < 5; i++) a[i] = (int8_t)(rank + 1);
+    assert_int_equal(ent_allreduce(grid->world, a, b, 5, ENT_I8, ENT_SUM), ENT_OK);
+    for (int i = 0; i < 5; i++) assert_int_equal(b[i], size * (size + 1) / 2);
+    // bf16 words gathered bit for bit, including NaN and negative-zero patterns
+    uint16_t mine[3] = {(uint16_t)(0x3f80 + rank), 0x7fc1, 0x8000}, all[3 * 8];
+    assert_true(size <= 8);
+    assert_int_equal(ent_allgather(grid->world, mine, all, 3, ENT_BF16), ENT_OK);
+    for (int r = 0; r < size; r++) {
+        assert_int_equal(all[3 * r], 0x3f80 + r);
+        assert_int_equal(all[3 * r + 1], 0x7fc1);
+        assert_int_equal(all[3 * r + 2], 0x8000);
+    }
+    uint8_t bytes[4] = {1, 2, 3, (uint8_t)rank};
+    assert_int_equal(ent_broadcast(grid->world, bytes, 4, ENT_U8, 0), ENT_OK);
+    assert_int_equal(bytes[3], 0);
+    if (size > 1) { // a size-1 group copies without arithmetic
+        assert_int_equal(ent_allreduce(grid->world, mine, all, 3, ENT_BF16, ENT_SUM),
+                         ENT_ERR_INTERNAL);
+        assert_non_null(strstr(ent_last_error(), "MPI has no bf16 arithmetic"));
+    }
+    assert_int_equal(ent_allreduce(grid->world, a, b, 5, ENT_I8, ENT_AVG), ENT_ERR_INTERNAL);
+    assert_non_null(strstr(ent_last_error(), "AVG needs a floating type, not i8"));
+    assert_int_equal(ent_broadcast(grid->world, a, 5, (ent_dtype)ENT_DTYPE_COUNT, 0),
+                     ENT_ERR_INTERNAL);
+    assert_non_null(strstr(ent_last_error(), "is not an ent_dtype"));
+}
+
+// The MPI member of the one check family: a failed call becomes
+// ENT_ERR_INTERNAL naming the file, line, call and MPI's own message; the
+// _GOTO form stores the status and jumps.
+static ent_status bad_root(MPI_Comm c) {
+    int x = 0;
+    ENT_MPI_CHECK(MPI_Bcast(&x, 1, MPI_INT, 1 << 20, c));
+    return ENT_OK;
+}
+
+static ent_status bad_root_goto(MPI_Comm c, int *cleaned) {
+    ent_status st = ENT_OK;
+    int x = 0;
+    ENT_MPI_CHECK_GOTO(MPI_Bcast(&x, 1, MPI_INT, -7, c), done);
+done:
+    *cleaned = 1;
+    return st;
+}
+
+static void test_mpi_check(void **state) {
+    (void)state;
+    MPI_Comm c;
+    assert_int_equal(MPI_Comm_dup(ent_group_mpi_comm(grid->world), &c), MPI_SUCCESS);
+    MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN);
+    assert_int_equal(bad_root(c), ENT_ERR_INTERNAL);
+    assert_non_null(strstr(ent_last_error(), "test_comm.c:"));
+    assert_non_null(strstr(ent_last_error(), "MPI_Bcast(&x, 1, MPI_INT, 1 << 20, c): "));
+    assert_non_null(strstr(ent_last_error(), "root")); // MPI's own words: "invalid root"
+    int cleaned = 0;
+    assert_int_equal(bad_root_goto(c, &cleaned), ENT_ERR_INTERNAL);
+    assert_int_equal(cleaned, 1);
+    MPI_Comm_free(&c);
+}
+
 static void test_nccl_without_gpu(void **state) {
     (void)state;
     // On a machine without GPUs a NCCL group must fail cleanly, on every rank.
@@ -211,6 +295,33 @@ static void test_nccl_without_gpu(void **state) {
                 strstr(ent_last_error(), "has no GPU") != NULL);
 }
 
+// `test_comm --hang-before WHAT`: the last rank never reaches an agreement
+// (as if stuck in I/O) and every other rank must leave through the watchdog
+// within the 2 s timeout with ENT_EXIT_PEER_LOST; WHAT is `agree`
+// (ent_comm_agree) or `raw` (a library's own collective under
+// ent_comm_watch_begin, as the checkpoint's agreements are). Reaching the end
+// of this function is the failure: tests/comm_hang_test.sh checks the code.
+static int hang_before(const char *what) {
+    ent_comm_set_timeout(comm, 2);
+    if (rank == size - 1) {
+        for (int i = 0; i < 600; i++) sleep_seconds(0.1); // the others must not wait for this
+        fprintf(stderr, "test_comm: rank %d: the others are still waiting after 60 s\n", rank);
+        return 1;
+    }
+    if (strcmp(what, "agree") == 0) {
+        ent_status st = ent_comm_agree(comm, ENT_OK);
+        fprintf(stderr, "test_comm: rank %d: ent_comm_agree returned %d, not through the "
+                        "watchdog\n", rank, (int)st);
+    } else {
+        int one = 1, all = 0;
+        ent_comm_watch_begin("an agreement of the test", "the world");
+        MPI_Allreduce(&one, &all, 1, MPI_INT, MPI_SUM, ent_group_mpi_comm(grid->world));
+        ent_comm_watch_end();
+        fprintf(stderr, "test_comm: rank %d: the watched MPI_Allreduce returned\n", rank);
+    }
+    return 1;
+}
+
 int main(int argc, char **argv) {
     if (ent_comm_init(&argc, &argv, &comm) != ENT_OK) {
         fprintf(stderr, "test_comm: %s\n", ent_last_error());
@@ -223,10 +334,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "test_comm: %s\n", ent_last_error());
         return 1;
     }
+    if (argc == 3 && strcmp(argv[1], "--hang-before") == 0) return hang_before(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_allreduce),   cmocka_unit_test(test_reduce_scatter_allgather),
         cmocka_unit_test(test_broadcast_barrier), cmocka_unit_test(test_nonblocking),
         cmocka_unit_test(test_grid),        cmocka_unit_test(test_agree),
+        cmocka_unit_test(test_dtypes),      cmocka_unit_test(test_mpi_check),
         cmocka_unit_test(test_nccl_without_gpu),
     };
     char name[32];

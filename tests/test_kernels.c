@@ -16,7 +16,10 @@
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "ent_kernels.h"
 #include "ref.h"
@@ -383,17 +386,143 @@ static void test_sum_squares(void **state) {
     fill_normal(x, n, 1.0);
     double ref = 0;
     for (size_t i = 0; i < n; i++) ref += (double)x[i] * x[i];
-    double got = be->iface->sum_squares(be, x, n);
+    double got = 0.0;
+    assert_int_equal(be->iface->sum_squares(be, x, n, &got), ENT_OK);
     assert_true(fabs(got - ref) / ref < 1e-12);
     // the same bits whatever the thread count
     int threads = omp_get_max_threads();
     omp_set_num_threads(1);
-    double one = be->iface->sum_squares(be, x, n);
+    double one = 0.0, many = 0.0;
+    assert_int_equal(be->iface->sum_squares(be, x, n, &one), ENT_OK);
     omp_set_num_threads(threads > 1 ? threads : 2);
-    double many = be->iface->sum_squares(be, x, n);
+    assert_int_equal(be->iface->sum_squares(be, x, n, &many), ENT_OK);
     omp_set_num_threads(threads);
     assert_memory_equal(&one, &many, sizeof(double));
     free(x);
+}
+
+// sub and axpy against double; blockwise int8 round trip: every value within
+// half its block's scale, |q| <= 127, the block's largest value exact, an
+// all-zero block all zero, a non-finite value making only its block's scale
+// non-finite. Sizes around the block size and blocks that do not divide n.
+static void test_vector_ops(void **state) {
+    (void)state;
+    test_reseed(0x7ec);
+    size_t sizes[] = {0, 1, 63, 64, 65, 1000, 4097};
+    size_t blocks[] = {1, 7, 64, 256};
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        size_t n = sizes[si];
+        float *a = fvec(n), *b = fvec(n), *out = fvec(n), *back = fvec(n);
+        fill_normal(a, n, 1.0);
+        fill_normal(b, n, 1e-3);
+        assert_int_equal(ent_vec_sub(be, out, a, b, n), ENT_OK);
+        for (size_t i = 0; i < n; i++) assert_true(out[i] == (float)((double)a[i] - b[i]));
+        memcpy(out, a, n * sizeof(float));
+        assert_int_equal(ent_vec_axpy(be, out, -0.7f, b, n), ENT_OK);
+        for (size_t i = 0; i < n; i++)
+            assert_true(fabs(out[i] - ((double)a[i] - 0.7 * b[i])) <= 1e-6 * (1 + fabs(a[i])));
+        for (size_t bi = 0; bi < sizeof blocks / sizeof blocks[0]; bi++) {
+            size_t block = blocks[bi], nb = (n + block - 1) / block;
+            int8_t *q = calloc(n ? n : 1, 1);
+            float *scales = fvec(nb);
+            assert_non_null(q);
+            if (n > 2 * block) { // one block of zeros
+                for (size_t i = block; i < 2 * block; i++) a[i] = 0.0f;
+            }
+            assert_int_equal(ent_vec_quantize_i8(be, q, scales, a, n, block), ENT_OK);
+            assert_int_equal(ent_vec_dequantize_i8(be, back, q, scales, n, block), ENT_OK);
+            for (size_t k = 0; k < nb; k++) {
+                size_t i0 = k * block, i1 = i0 + block < n ? i0 + block : n;
+                double amax = 0;
+                for (size_t i = i0; i < i1; i++) amax = fmax(amax, fabs(a[i]));
+                assert_true(fabs(scales[k] - amax / 127.0) <= 1e-6 * amax);
+                for (size_t i = i0; i < i1; i++) {
+                    assert_true(q[i] >= -127 && q[i] <= 127);
+                    assert_true(fabs((double)back[i] - a[i]) <= 0.5 * scales[k] * (1 + 1e-5));
+                    if (fabs(a[i]) == amax && amax > 0) assert_int_equal(abs(q[i]), 127);
+                    if (amax == 0) assert_true(q[i] == 0 && back[i] == 0.0f);
+                }
+            }
+            if (n >= 3 * block && block > 1) { // a NaN spoils its block's scale only
+                float keep = a[0];
+                a[0] = NAN;
+                assert_int_equal(ent_vec_quantize_i8(be, q, scales, a, n, block), ENT_OK);
+                assert_false(isfinite(scales[0]));
+                for (size_t k = 1; k < nb; k++) assert_true(isfinite(scales[k]));
+                a[0] = keep;
+            }
+            free(q);
+            free(scales);
+        }
+        free(a);
+        free(b);
+        free(out);
+        free(back);
+    }
+    assert_int_equal(ent_vec_quantize_i8(be, NULL, NULL, NULL, 0, 0), ENT_ERR_USAGE);
+    // a backend without the optional ops says so
+    struct ent_backend_i bare = *be->iface;
+    bare.name = "bare";
+    bare.axpy = NULL;
+    ent_backend_t other = {.iface = &bare};
+    assert_int_equal(ent_vec_axpy(&other, NULL, 1.0f, NULL, 0), ENT_ERR_USAGE);
+    assert_string_equal(ent_last_error(), "the bare backend has no axpy op");
+}
+
+// Backends by name; the guarded backend's memory faults when touched from
+// outside its calls (checked in a child process), and its ops and copies
+// give the CPU backend's results.
+static void test_backends(void **state) {
+    (void)state;
+    ent_backend_t *g = NULL;
+    assert_int_equal(ent_backend_new("gpu9000", NULL, &g), ENT_ERR_USAGE);
+    assert_null(g);
+    assert_non_null(strstr(ent_last_error(), "unknown backend 'gpu9000'"));
+    assert_non_null(strstr(ent_last_error(), "cpu, cpu-guarded"));
+    assert_int_equal(be->iface->is_host, 1);
+    assert_non_null(be->iface->describe(be));
+    assert_int_equal(be->iface->synchronize(be), ENT_OK);
+    assert_int_equal(ent_backend_new("cpu-guarded", NULL, &g), ENT_OK);
+    assert_int_equal(g->iface->is_host, 0);
+    assert_non_null(strstr(g->iface->describe(g), "guarded"));
+    test_reseed(0x9a);
+    size_t n = 3000;
+    float *host = fvec(n), *want = fvec(n), *got = fvec(n);
+    fill_uniform(host, n, -4.0, 4.0);
+    float *dev_in = g->iface->alloc(g, n * sizeof(float));
+    float *dev_out = g->iface->alloc(g, n * sizeof(float));
+    assert_non_null(dev_in);
+    assert_non_null(dev_out);
+    assert_int_equal(g->iface->to_device(g, dev_in, host, n * sizeof(float)), ENT_OK);
+    assert_int_equal(g->iface->gelu_forward(g, dev_out, dev_in, n), ENT_OK);
+    assert_int_equal(g->iface->to_host(g, got, dev_out, n * sizeof(float)), ENT_OK);
+    assert_int_equal(be->iface->gelu_forward(be, want, host, n), ENT_OK);
+    assert_memory_equal(got, want, n * sizeof(float));
+    assert_int_equal(g->iface->synchronize(g), ENT_OK);
+    // reads and writes from outside the backend die with SIGSEGV
+    for (int write = 0; write < 2; write++) {
+        fflush(NULL);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            signal(SIGSEGV, SIG_DFL); // cmocka's handler would turn the fault into a report
+            volatile float *p = dev_out;
+            if (write) p[7] = 1.0f;
+            else want[0] = p[7];
+            _exit(0);
+        }
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFSIGNALED(status));
+        assert_int_equal(WTERMSIG(status), SIGSEGV);
+    }
+    g->iface->free_mem(g, dev_in);
+    g->iface->free_mem(g, dev_out);
+    ent_backend_free(&g);
+    assert_null(g);
+    free(host);
+    free(want);
+    free(got);
 }
 
 int main(void) {
@@ -402,7 +531,8 @@ int main(void) {
         cmocka_unit_test(test_attention),  cmocka_unit_test(test_gelu),
         cmocka_unit_test(test_residual),   cmocka_unit_test(test_encoder),
         cmocka_unit_test(test_softmax_xent), cmocka_unit_test(test_adamw),
-        cmocka_unit_test(test_sum_squares),
+        cmocka_unit_test(test_sum_squares), cmocka_unit_test(test_vector_ops),
+        cmocka_unit_test(test_backends),
     };
     return cmocka_run_group_tests_name("kernels", tests, setup, teardown);
 }

@@ -39,11 +39,16 @@ static ent_model_shape tiny_shape(int layers, int heads, int width, int context)
     return s;
 }
 
-static ent_model_t *new_model(const ent_model_shape *s, int B, uint64_t seed) {
+static ent_model_t *new_model_on(ent_backend_t *on, const ent_model_shape *s, int B,
+                                 uint64_t seed) {
     ent_model_t *m = NULL;
-    assert_int_equal(ent_model_new(be, s, NULL, B, s->context, &m), ENT_OK);
-    ent_model_init(m, seed);
+    assert_int_equal(ent_model_new(on, s, NULL, B, s->context, &m), ENT_OK);
+    assert_int_equal(ent_model_init(m, seed), ENT_OK);
     return m;
+}
+
+static ent_model_t *new_model(const ent_model_shape *s, int B, uint64_t seed) {
+    return new_model_on(be, s, B, seed);
 }
 
 static void random_tokens(int32_t *x, size_t n, int vocab) {
@@ -159,7 +164,7 @@ static double train_on_batch(ent_model_t *m, const int32_t *tok, const int32_t *
     ent_adamw hp = {lr, 0.9f, 0.95f, 1e-8f, 0.0f};
     double loss = 0.0;
     for (int step = 1; step <= steps; step++) {
-        ent_model_zero_grad(m);
+        assert_int_equal(ent_model_zero_grad(m), ENT_OK);
         loss = loss_of(m, tok, tgt, B, T);
         if (losses) losses[step - 1] = loss;
         ent_optim_begin_backward(o, 1);
@@ -224,6 +229,44 @@ static void test_deterministic(void **state) {
     assert_memory_not_equal(losses[0], losses[2], sizeof losses[0]);
     for (int run = 0; run < 3; run++) free(params[run]);
     ent_param_table_free(&table);
+}
+
+// The model and the optimizer reach device memory only through the backend:
+// on the guarded backend (memory PROT_NONE outside its own calls) any other
+// access faults. Training there gives the CPU backend's losses and
+// parameters bit for bit (the same arithmetic runs inside the guard).
+static void test_guarded_backend(void **state) {
+    (void)state;
+    test_rng_reset(test_seed() ^ 0x66);
+    ent_backend_t *guarded = NULL;
+    assert_int_equal(ent_backend_new("cpu-guarded", NULL, &guarded), ENT_OK);
+    assert_int_equal(guarded->iface->is_host, 0);
+    ent_model_shape s = tiny_shape(2, 4, 64, 32);
+    int B = 2, T = s.context, steps = 4;
+    int32_t tok[2 * 32], tgt[2 * 32];
+    random_tokens(tok, (size_t)B * T, s.vocab);
+    random_tokens(tgt, (size_t)B * T, s.vocab);
+    double losses[2][4];
+    float *params[2];
+    ent_backend_t *on[2] = {be, guarded};
+    size_t total = 0;
+    for (int run = 0; run < 2; run++) {
+        ent_model_t *m = new_model_on(on[run], &s, B, 11);
+        train_on_batch(m, tok, tgt, B, T, steps, 1e-3f, losses[run]);
+        total = ent_model_table(m)->total;
+        params[run] = malloc(sizeof(float) * total);
+        assert_non_null(params[run]);
+        assert_int_equal(on[run]->iface->to_host(on[run], params[run],
+                                                 ent_model_arena(m, ENT_ARENA_PARAMS),
+                                                 sizeof(float) * total),
+                         ENT_OK);
+        ent_model_free(&m);
+    }
+    assert_memory_equal(losses[0], losses[1], sizeof losses[0]);
+    assert_memory_equal(params[0], params[1], sizeof(float) * total);
+    free(params[0]);
+    free(params[1]);
+    ent_backend_free(&guarded);
 }
 
 static void test_parameter_table(void **state) {
@@ -376,6 +419,7 @@ int main(void) {
         cmocka_unit_test(test_initial_loss),    cmocka_unit_test(test_overfit_one_batch),
         cmocka_unit_test(test_deterministic),   cmocka_unit_test(test_initialisation),
         cmocka_unit_test(test_tensor_parallel_layout), cmocka_unit_test(test_out_of_memory),
+        cmocka_unit_test(test_guarded_backend),
     };
     return cmocka_run_group_tests_name("model", tests, setup, teardown);
 }

@@ -12,8 +12,8 @@
 #include <math.h>
 #include <string.h>
 
-void ent_cpu_attention_forward(ent_backend_t *be, float *out, float *att, const float *qkv,
-                               int B, int T, int C, int NH) {
+ent_status ent_cpu_attention_forward(ent_backend_t *be, float *out, float *att, const float *qkv,
+                                     int B, int T, int C, int NH) {
     (void)be;
     int hs = C / NH;
     int C3 = 3 * C;
@@ -46,11 +46,12 @@ void ent_cpu_attention_forward(ent_backend_t *be, float *out, float *att, const 
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, p, T, v, C3,
                     0.0f, o, C);
     }
+    return ENT_OK;
 }
 
-void ent_cpu_attention_backward(ent_backend_t *be, float *dqkv, float *scratch,
-                                const float *dout, const float *qkv, const float *att,
-                                int B, int T, int C, int NH) {
+ent_status ent_cpu_attention_backward(ent_backend_t *be, float *dqkv, float *scratch,
+                                      const float *dout, const float *qkv, const float *att,
+                                      int B, int T, int C, int NH) {
     (void)be;
     int hs = C / NH;
     int C3 = 3 * C;
@@ -85,4 +86,5 @@ void ent_cpu_attention_backward(ent_backend_t *be, float *dqkv, float *scratch,
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, dp, T, q, C3,
                     1.0f, dk, C3);
     }
+    return ENT_OK;
 }

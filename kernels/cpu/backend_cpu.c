@@ -22,19 +22,34 @@ static void cpu_free(ent_backend_t *be, void *p) {
     free(p);
 }
 
-static void cpu_zero(ent_backend_t *be, void *p, size_t bytes) {
+ent_status ent_cpu_zero(ent_backend_t *be, void *p, size_t bytes) {
     (void)be;
     memset(p, 0, bytes);
+    return ENT_OK;
 }
 
-static void cpu_copy(ent_backend_t *be, void *dst, const void *src, size_t bytes) {
+ent_status ent_cpu_copy(ent_backend_t *be, void *dst, const void *src, size_t bytes) {
     (void)be;
     memcpy(dst, src, bytes);
+    return ENT_OK;
+}
+
+// (B, NH, T, T) probabilities, kept for backward
+size_t ent_cpu_attention_state_bytes(ent_backend_t *be, int B, int T, int NH) {
+    (void)be;
+    return (size_t)B * (size_t)NH * (size_t)T * (size_t)T * sizeof(float);
+}
+
+static void cpu_free_backend(ent_backend_t *be) { free(be); }
+
+static const char *cpu_describe(ent_backend_t *be) {
+    (void)be;
+    return ent_backend_cpu_describe();
 }
 
 // MemAvailable from /proc/meminfo, capped by the address-space limit: what
 // can be allocated and touched before the kernel starts reclaiming or killing.
-static size_t cpu_available_memory(ent_backend_t *be) {
+size_t ent_cpu_available_memory(ent_backend_t *be) {
     (void)be;
     size_t avail = (size_t)-1;
     FILE *f = fopen("/proc/meminfo", "r");
@@ -54,15 +69,24 @@ static size_t cpu_available_memory(ent_backend_t *be) {
     return avail;
 }
 
+static ent_status cpu_synchronize(ent_backend_t *be) {
+    (void)be; // every op has finished when it returns
+    return ENT_OK;
+}
+
 static const struct ent_backend_i cpu_backend_i = {
     .name = "cpu",
+    .is_host = 1,
+    .free = cpu_free_backend,
+    .describe = cpu_describe,
     .alloc = cpu_alloc,
     .free_mem = cpu_free,
-    .zero = cpu_zero,
-    .to_device = cpu_copy,
-    .to_host = cpu_copy,
-    .synchronize = NULL,
-    .available_memory = cpu_available_memory,
+    .zero = ent_cpu_zero,
+    .to_device = ent_cpu_copy,
+    .to_host = ent_cpu_copy,
+    .synchronize = cpu_synchronize,
+    .available_memory = ent_cpu_available_memory,
+    .attention_state_bytes = ent_cpu_attention_state_bytes,
     .encoder_forward = ent_cpu_encoder_forward,
     .encoder_backward = ent_cpu_encoder_backward,
     .layernorm_forward = ent_cpu_layernorm_forward,
@@ -79,21 +103,53 @@ static const struct ent_backend_i cpu_backend_i = {
     .softmax_xent_backward = ent_cpu_softmax_xent_backward,
     .adamw_update = ent_cpu_adamw_update,
     .sum_squares = ent_cpu_sum_squares,
+    .sub = ent_cpu_sub,
+    .axpy = ent_cpu_axpy,
+    .quantize_i8 = ent_cpu_quantize_i8,
+    .dequantize_i8 = ent_cpu_dequantize_i8,
 };
 
-ent_backend_t *ent_backend_cpu_new(int threads) {
+static ent_status cpu_new(const ent_backend_opts *opts, ent_backend_t **out) {
     ent_backend_t *be = calloc(1, sizeof *be);
-    if (be == NULL) return NULL;
-    if (threads > 0) omp_set_num_threads(threads);
+    if (be == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory creating the cpu backend");
+    if (opts != NULL && opts->threads > 0) omp_set_num_threads(opts->threads);
     be->iface = &cpu_backend_i;
     be->impl = NULL;
     be->threads = omp_get_max_threads();
-    return be;
+    *out = be;
+    return ENT_OK;
+}
+
+// ---------------------------------------------------------------------------
+// backends by name
+
+static const struct {
+    const char *name;
+    ent_status (*create)(const ent_backend_opts *opts, ent_backend_t **out);
+} backends[] = {
+    {"cpu", cpu_new},
+    {"cpu-guarded", ent_cpu_guarded_new},
+};
+
+const char *ent_backend_names(void) { return "cpu, cpu-guarded"; }
+
+ent_status ent_backend_new(const char *name, const ent_backend_opts *opts, ent_backend_t **out) {
+    *out = NULL;
+    for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++)
+        if (strcmp(name, backends[i].name) == 0) return backends[i].create(opts, out);
+    return ent_fail(ENT_ERR_USAGE, "unknown backend '%s' (this build has: %s)", name,
+                    ent_backend_names());
+}
+
+ent_backend_t *ent_backend_cpu_new(int threads) {
+    ent_backend_opts opts = {.threads = threads};
+    ent_backend_t *be = NULL;
+    return ent_backend_new("cpu", &opts, &be) == ENT_OK ? be : NULL;
 }
 
 void ent_backend_free(ent_backend_t **be) {
     if (be == NULL || *be == NULL) return;
-    free(*be);
+    (*be)->iface->free(*be);
     *be = NULL;
 }
 

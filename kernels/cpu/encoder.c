@@ -1,8 +1,8 @@
 // encoder.c: token + position embedding. out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:].
 #include "cpu_impl.h"
 
-void ent_cpu_encoder_forward(ent_backend_t *be, float *out, const int32_t *tokens,
-                             const float *wte, const float *wpe, int B, int T, int C) {
+ent_status ent_cpu_encoder_forward(ent_backend_t *be, float *out, const int32_t *tokens,
+                                   const float *wte, const float *wpe, int B, int T, int C) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int bt = 0; bt < B * T; bt++) {
@@ -12,10 +12,11 @@ void ent_cpu_encoder_forward(ent_backend_t *be, float *out, const int32_t *token
         float *o = out + (size_t)bt * C;
         for (int c = 0; c < C; c++) o[c] = w[c] + p[c];
     }
+    return ENT_OK;
 }
 
-void ent_cpu_encoder_backward(ent_backend_t *be, float *dwte, float *dwpe, const float *dout,
-                              const int32_t *tokens, int B, int T, int C) {
+ent_status ent_cpu_encoder_backward(ent_backend_t *be, float *dwte, float *dwpe, const float *dout,
+                                    const int32_t *tokens, int B, int T, int C) {
     (void)be;
     // Parallel over channel blocks: a token may repeat within the batch, so
     // rows of dwte would race; columns never do. Rows are summed in order.
@@ -34,4 +35,5 @@ void ent_cpu_encoder_backward(ent_backend_t *be, float *dwte, float *dwpe, const
             }
         }
     }
+    return ENT_OK;
 }

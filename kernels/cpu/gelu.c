@@ -4,17 +4,18 @@
 
 #define GELU_SCALE 0.7978845608028654f // sqrt(2/pi)
 
-void ent_cpu_gelu_forward(ent_backend_t *be, float *out, const float *inp, size_t n) {
+ent_status ent_cpu_gelu_forward(ent_backend_t *be, float *out, const float *inp, size_t n) {
     (void)be;
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         out[i] = 0.5f * x * (1.0f + ent_cpu_tanhf(GELU_SCALE * (x + 0.044715f * x * x * x)));
     }
+    return ENT_OK;
 }
 
-void ent_cpu_gelu_backward(ent_backend_t *be, float *dinp, const float *inp,
-                           const float *dout, size_t n) {
+ent_status ent_cpu_gelu_backward(ent_backend_t *be, float *dinp, const float *inp,
+                                 const float *dout, size_t n) {
     (void)be;
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
@@ -30,4 +31,5 @@ void ent_cpu_gelu_backward(ent_backend_t *be, float *dinp, const float *inp,
         float du = GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
         dinp[i] += dout[i] * (0.5f * (1.0f + th) + 0.5f * x * sech2 * du);
     }
+    return ENT_OK;
 }

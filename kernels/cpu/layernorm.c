@@ -3,9 +3,9 @@
 
 #include <math.h>
 
-void ent_cpu_layernorm_forward(ent_backend_t *be, float *out, float *mean, float *rstd,
-                               const float *inp, const float *weight, const float *bias,
-                               int N, int C) {
+ent_status ent_cpu_layernorm_forward(ent_backend_t *be, float *out, float *mean, float *rstd,
+                                     const float *inp, const float *weight, const float *bias,
+                                     int N, int C) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -24,11 +24,12 @@ void ent_cpu_layernorm_forward(ent_backend_t *be, float *out, float *mean, float
         mean[n] = m;
         rstd[n] = r;
     }
+    return ENT_OK;
 }
 
-void ent_cpu_layernorm_backward(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
-                                const float *dout, const float *inp, const float *weight,
-                                const float *mean, const float *rstd, int N, int C) {
+ent_status ent_cpu_layernorm_backward(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
+                                      const float *dout, const float *inp, const float *weight,
+                                      const float *mean, const float *rstd, int N, int C) {
     (void)be;
     // dinp: independent rows
 #pragma omp parallel for schedule(static)
@@ -73,4 +74,5 @@ void ent_cpu_layernorm_backward(ent_backend_t *be, float *dinp, float *dweight, 
             dbias[c] += db[c - c0];
         }
     }
+    return ENT_OK;
 }

@@ -21,8 +21,8 @@ void ent_cpu_add_column_sums(float *acc, const float *x, int N, int C) {
     }
 }
 
-void ent_cpu_matmul_forward(ent_backend_t *be, float *out, const float *inp,
-                            const float *weight, const float *bias, int N, int C, int OC) {
+ent_status ent_cpu_matmul_forward(ent_backend_t *be, float *out, const float *inp,
+                                  const float *weight, const float *bias, int N, int C, int OC) {
     (void)be;
     float beta = 0.0f;
     if (bias != NULL) {
@@ -32,11 +32,12 @@ void ent_cpu_matmul_forward(ent_backend_t *be, float *out, const float *inp,
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1.0f, inp, C, weight, C,
                 beta, out, OC);
+    return ENT_OK;
 }
 
-void ent_cpu_matmul_backward(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
-                             const float *dout, const float *inp, const float *weight,
-                             int N, int C, int OC) {
+ent_status ent_cpu_matmul_backward(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
+                                   const float *dout, const float *inp, const float *weight,
+                                   int N, int C, int OC) {
     (void)be;
     // dinp (N,C) += dout (N,OC) @ weight (OC,C)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, weight, C,
@@ -45,4 +46,5 @@ void ent_cpu_matmul_backward(ent_backend_t *be, float *dinp, float *dweight, flo
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C,
                 1.0f, dweight, C);
     if (dbias != NULL) ent_cpu_add_column_sums(dbias, dout, N, OC);
+    return ENT_OK;
 }

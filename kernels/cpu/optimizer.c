@@ -4,9 +4,9 @@
 
 #include <math.h>
 
-void ent_cpu_adamw_update(ent_backend_t *be, float *params, const float *grads, float *m,
-                          float *v, size_t n, float lr, float beta1, float beta2, float eps,
-                          float weight_decay, float grad_scale, int t) {
+ent_status ent_cpu_adamw_update(ent_backend_t *be, float *params, const float *grads, float *m,
+                                float *v, size_t n, float lr, float beta1, float beta2, float eps,
+                                float weight_decay, float grad_scale, int t) {
     (void)be;
     float c1 = 1.0f - powf(beta1, (float)t);
     float c2 = 1.0f - powf(beta2, (float)t);
@@ -20,6 +20,7 @@ void ent_cpu_adamw_update(ent_backend_t *be, float *params, const float *grads, 
         float mhat = mi / c1, vhat = vi / c2;
         params[i] -= lr * (mhat / (sqrtf(vhat) + eps) + weight_decay * params[i]);
     }
+    return ENT_OK;
 }
 
 // Fixed-size chunks summed in parallel, then the chunk sums added in order:
@@ -27,7 +28,7 @@ void ent_cpu_adamw_update(ent_backend_t *be, float *params, const float *grads, 
 #define SUMSQ_CHUNK 16384
 #define SUMSQ_STACK_CHUNKS 1024
 
-double ent_cpu_sum_squares(ent_backend_t *be, const float *x, size_t n) {
+ent_status ent_cpu_sum_squares(ent_backend_t *be, const float *x, size_t n, double *out) {
     (void)be;
     size_t nchunks = (n + SUMSQ_CHUNK - 1) / SUMSQ_CHUNK;
     double total = 0.0;
@@ -46,5 +47,6 @@ double ent_cpu_sum_squares(ent_backend_t *be, const float *x, size_t n) {
         }
         for (size_t ch = g0; ch < g1; ch++) total += partial[ch - g0];
     }
-    return total;
+    *out = total;
+    return ENT_OK;
 }

@@ -4,9 +4,9 @@
 
 #include <math.h>
 
-void ent_cpu_softmax_xent_forward(ent_backend_t *be, float *losses, float *probs,
-                                  const float *logits, const int32_t *targets,
-                                  int N, int V, int Vp) {
+ent_status ent_cpu_softmax_xent_forward(ent_backend_t *be, float *losses, float *probs,
+                                        const float *logits, const int32_t *targets,
+                                        int N, int V, int Vp) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -28,10 +28,12 @@ void ent_cpu_softmax_xent_forward(ent_backend_t *be, float *losses, float *probs
         // loss = log(sum exp) - logit[target], exact even where the probability underflows
         if (targets != NULL) losses[n] = (float)(log(sum) + maxv - target_logit);
     }
+    return ENT_OK;
 }
 
-void ent_cpu_softmax_xent_backward(ent_backend_t *be, float *dlogits, const float *probs,
-                                   const int32_t *targets, float dloss, int N, int V, int Vp) {
+ent_status ent_cpu_softmax_xent_backward(ent_backend_t *be, float *dlogits, const float *probs,
+                                         const int32_t *targets, float dloss, int N, int V,
+                                         int Vp) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -41,4 +43,5 @@ void ent_cpu_softmax_xent_backward(ent_backend_t *be, float *dlogits, const floa
         for (int i = 0; i < V; i++) d[i] = (p[i] - (i == target ? 1.0f : 0.0f)) * dloss;
         for (int i = V; i < Vp; i++) d[i] = 0.0f;
     }
+    return ENT_OK;
 }
