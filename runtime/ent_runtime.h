@@ -251,8 +251,9 @@ ent_status ent_data_prepare(const ent_prepare_args *args, size_t *train_tokens,
 // training and sampling
 
 // The learning rate at a 1-based step: linear warm-up to lr over warmup_steps,
-// then cosine decay to lr * lr_floor at the last step.
-double ent_lr_schedule(const ent_config *cfg, int step);
+// then cosine decay to lr * lr_floor at step `horizon` (train.steps for
+// `entente train`; an outer loop sets its own through ent_trainer_set_horizon).
+double ent_lr_schedule(const ent_config *cfg, int step, int horizon);
 
 // How `entente train` treats its run directory (docs/cli.md).
 typedef struct {
@@ -269,6 +270,59 @@ typedef struct {
 // holds another run unless continuing or forced, and checks that checkpoints
 // can be written (ENT_ERR_IO naming the directory).
 ent_status ent_train(const ent_config *cfg, const ent_train_opts *opts, ent_comm_t *comm);
+
+// ---------------------------------------------------------------------------
+// the trainer object: everything one site's inner loop holds (grid, data,
+// model, optimizer, checkpoint saver, run directory). `entente train` is a
+// short loop over it; an outer loop (rounds of inner steps, then a merge that
+// replaces the parameters) drives the same object.
+
+typedef struct ent_trainer ent_trainer_t;
+
+typedef struct {
+    int step;                 // the step just taken (1-based)
+    double loss, grad_norm;   // global mean loss, gradient norm before clipping
+    double lr;                // the rate it was taken at
+    double seconds, tokens_per_s;
+} ent_step_stats;
+
+// Sets up a run on every rank: layout, data, model, optimizer, the resume
+// (opts->resume), the checkpoint saver (checked writable before step 1) and
+// the leader's run directory, refusing one that holds another run (see
+// ent_train). Collective; the caller owns *out (ent_trainer_free).
+ent_status ent_trainer_new(const ent_config *cfg, const ent_train_opts *opts, ent_comm_t *comm,
+                           ent_trainer_t **out);
+void ent_trainer_free(ent_trainer_t **tr);
+// Optimizer steps done (a resumed run starts at its checkpoint's step).
+int ent_trainer_steps_done(const ent_trainer_t *tr);
+// 1 when the run continues from a checkpoint.
+int ent_trainer_resumed(const ent_trainer_t *tr);
+// The model (its arenas are the backend's memory); not owned by the caller.
+ent_model_t *ent_trainer_model(ent_trainer_t *tr);
+// The step the learning-rate schedule decays to (default train.steps).
+void ent_trainer_set_horizon(ent_trainer_t *tr, int total_steps);
+// One optimizer step: this rank's micro-batches, gradient synchronisation
+// over the DP group, clipping, AdamW; writes the step's metrics record and
+// progress line (a failed write is held for the next sync). Collective: every
+// rank returns the same status (divergence is ENT_ERR_INPUT on every rank).
+ent_status ent_trainer_step(ent_trainer_t *tr, ent_step_stats *out);
+// The validation loss at the current step (NaN without validation shards),
+// recorded in metrics.jsonl. Collective.
+ent_status ent_trainer_eval(ent_trainer_t *tr, double *val_loss);
+// A sample from the prompt, to the terminal and samples.txt. Collective.
+ent_status ent_trainer_sample(ent_trainer_t *tr);
+// The one sync point, at a step or a round boundary: the ranks agree on
+// `local` and on any held write failure (a failing rank keeps its message,
+// the others name it), then on stop requests: *stop_signal (may be NULL) is
+// the signal any rank received, 0 for none.
+ent_status ent_trainer_sync(ent_trainer_t *tr, ent_status local, int *stop_signal);
+// Saves a checkpoint of the current step (checkpoint.on_error decides whether
+// a failure stops the run). Collective.
+ent_status ent_trainer_save(ent_trainer_t *tr);
+// Ends the run: saves the current step unless just saved, waits for the
+// saver, writes the end record and the summary; ENT_STOPPED when stopped_by
+// (a signal) ended it early. Collective.
+ent_status ent_trainer_finish(ent_trainer_t *tr, int stopped_by);
 
 // The ETA of the progress line: the mean wall-clock time of the last
 // ENT_ETA_WINDOW steps, so that one slow or fast step hardly moves it.

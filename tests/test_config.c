@@ -706,7 +706,7 @@ static void test_seed_is_decimal(void **state) {
 static void check_schedule(const ent_config *c) {
     double lr = c->lr, floor_lr = c->lr * c->lr_floor, prev = INFINITY;
     for (int step = 1; step <= c->steps; step++) {
-        double v = ent_lr_schedule(c, step);
+        double v = ent_lr_schedule(c, step, c->steps);
         if (!isfinite(v)) fail_msg("step %d: lr %g", step, v);
         if (step <= c->warmup_steps) {
             double want = lr * step / c->warmup_steps;
@@ -723,13 +723,13 @@ static void check_schedule(const ent_config *c) {
         if (step > c->warmup_steps) prev = v;
     }
     if (c->steps > c->warmup_steps) {
-        double last = ent_lr_schedule(c, c->steps);
+        double last = ent_lr_schedule(c, c->steps, c->steps);
         if (fabs(last - floor_lr) > 1e-12 * lr)
             fail_msg("last step: %.17g, expected lr * lr_floor = %.17g", last, floor_lr);
         // halfway through the decay, the cosine is at its midpoint
         int decay = c->steps - c->warmup_steps;
         if (decay % 2 == 0) {
-            double mid = ent_lr_schedule(c, c->warmup_steps + decay / 2);
+            double mid = ent_lr_schedule(c, c->warmup_steps + decay / 2, c->steps);
             if (fabs(mid - 0.5 * (lr + floor_lr)) > 1e-12 * lr)
                 fail_msg("middle of the decay: %.17g, expected %.17g", mid, 0.5 * (lr + floor_lr));
         }
@@ -756,12 +756,12 @@ static void test_lr_schedule(void **state) {
     c.steps = 100;
     c.warmup_steps = 0;
     check_schedule(&c);
-    double first = ent_lr_schedule(&c, 1);
+    double first = ent_lr_schedule(&c, 1, c.steps);
     assert_true(first <= c.lr && first > 0.99 * c.lr);
     // warm-up over the whole run: ends at lr, no NaN
     c.warmup_steps = c.steps;
     check_schedule(&c);
-    assert_true(fabs(ent_lr_schedule(&c, c.steps) - c.lr) <= 1e-15);
+    assert_true(fabs(ent_lr_schedule(&c, c.steps, c.steps) - c.lr) <= 1e-15);
 }
 
 // Numbers in the written configuration: the shortest text that reads back
