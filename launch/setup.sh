@@ -8,7 +8,6 @@ packages=(
     build-essential cmake pkg-config      # toolchain
     libopenmpi-dev openmpi-bin            # MPI: every entente process is an MPI rank
     libopenblas-openmp-dev                # BLAS (OpenMP flavour, so it nests with our OpenMP)
-    libinih-dev                           # INI config parser
     libhdf5-openmpi-dev hdf5-tools        # parallel HDF5 checkpoints; h5dump for the layout test
     libcmocka-dev                         # unit tests
     python3-numpy python3-h5py            # tests read checkpoints without Entente, as users would
