@@ -5,6 +5,7 @@
 #include "ent_ckpt.h"
 #include "ent_version.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -139,8 +140,9 @@ static int float_option(const char *cmd, const char *opt, const char *text, doub
 // 'latest' that points at one, is refused before HDF5 would open it.
 static ent_status checkpoint_path(const char *arg, char *path, size_t n) {
     struct stat st;
-    if (stat(arg, &st) == 0 && !S_ISDIR(st.st_mode))
-        ENT_CHECK(ent_check_regular(arg, "checkpoint", ENT_ERR_INPUT));
+    if (stat(arg, &st) != 0)
+        return ent_fail(ENT_ERR_INPUT, "cannot open checkpoint %s: %s", arg, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) ENT_CHECK(ent_check_regular(arg, "checkpoint", ENT_ERR_INPUT));
     ENT_CHECK(ent_ckpt_resolve_latest(arg, path, n));
     return ent_check_regular(path, "checkpoint", ENT_ERR_INPUT);
 }
