@@ -502,6 +502,16 @@ ent_status ent_config_load_text(ent_config *cfg, const char *text, const char *o
     return ent_config_validate(cfg);
 }
 
+ent_status ent_config_set_key(ent_config *cfg, const char *section, const char *key,
+                              const char *text, const char *origin, ent_status bad) {
+    int idx = find_key(section, key);
+    ENT_ASSERT(idx >= 0); // callers name keys of the table
+    char why[256];
+    if (parse_value(cfg, &keys[idx], text, why, sizeof why) != 0)
+        return ent_fail(bad, "%s %s.%s: %s", origin, section, key, why);
+    return ENT_OK;
+}
+
 ent_status ent_config_set(ent_config *cfg, const char *assignment) {
     const char *eq = strchr(assignment, '=');
     const char *dot = strchr(assignment, '.');
@@ -519,9 +529,7 @@ ent_status ent_config_set(ent_config *cfg, const char *assignment) {
     if (idx < 0)
         return ent_fail(ENT_ERR_USAGE, "--set %s: unknown key %s.%s (see 'entente train --help')",
                         assignment, section, key);
-    char why[256];
-    if (parse_value(cfg, &keys[idx], eq + 1, why, sizeof why) != 0)
-        return ent_fail(ENT_ERR_USAGE, "--set %s.%s: %s", section, key, why);
+    ENT_CHECK(ent_config_set_key(cfg, section, key, eq + 1, "--set", ENT_ERR_USAGE));
     cfg->key_line[idx] = -1;
     return ENT_OK;
 }

@@ -39,6 +39,14 @@ int ent_parse_i64(const char *text, long long *out);
 int ent_parse_u64(const char *text, uint64_t *out);
 int ent_parse_f64(const char *text, double *out);
 
+// ---- configuration ----
+// Sets section.key from text, range-checked by the key table as a config file
+// is; a bad value fails with status `bad` and "ORIGIN section.key: why" (for
+// values that come from elsewhere than a config, e.g. a checkpoint's
+// attributes). The key must exist.
+ent_status ent_config_set_key(ent_config *cfg, const char *section, const char *key,
+                              const char *text, const char *origin, ent_status bad);
+
 // ---- data ----
 // Files in dir matching the glob pattern, sorted; *paths is owned by the caller
 // (ent_free_paths). Returns the count, 0 when none match, or -1 (error recorded)

@@ -565,6 +565,41 @@ case_data_split() {
         --set 'data.val_pattern=val_*.bin' --run-dir "$W/ok"
 }
 
+# sample sizes its model from a checkpoint's model.* attributes: each is
+# checked against its configuration key's range (and the heads against the
+# width), so a damaged or foreign file is an error naming the attribute, not
+# an abort (a context of 0) or garbage (heads not dividing the width).
+case_sample_shape() {
+    local py=/usr/bin/python3
+    "$py" -c 'import h5py' 2>/dev/null || { echo "SKIP: no /usr/bin/python3 with h5py (python3-h5py)"; exit 77; }
+    make_data
+    write_config "$W/tiny.ini"
+    expect "train 2 steps" 0 -- "$E" train --config "$W/tiny.ini" --run-dir "$W/r" \
+        --set train.steps=2 --set train.warmup_steps=0 --set sample.tokens=0 || return
+    local good=$W/r/checkpoints/step_00000002.h5 seed=${ENT_TEST_SEED:-$RANDOM} attr v
+    echo "sample_shape: seed $seed (ENT_TEST_SEED=$seed reproduces it)"
+    RANDOM=$seed
+    local cases=("model.context 0" "model.layers -5" "model.heads 3" "model.vocab 1099511627776"
+        "model.width 0" "model.layers 1025" "model.context 65537" "model.vocab 1")
+    local attrs=(model.layers model.heads model.width model.context model.vocab) i
+    for i in 1 2 3 4; do # random values below 1 or above 2^17
+        cases+=("${attrs[$((RANDOM % 5))]} $((RANDOM % 2 ? -RANDOM : 131072 + RANDOM * RANDOM))")
+    done
+    for i in "${cases[@]}"; do
+        attr=${i% *}
+        v=${i#* }
+        cp "$good" "$W/bad.h5"
+        "$py" -c 'import h5py, sys
+f = h5py.File(sys.argv[1], "r+"); a = f.attrs[sys.argv[2]]; f.attrs[sys.argv[2]] = a.dtype.type(int(sys.argv[3])); f.close()' \
+            "$W/bad.h5" "$attr" "$v" || { fail "cannot set $attr = $v with h5py"; continue; }
+        local want="attribute $attr"
+        [ "$i" = "model.heads 3" ] && want="not divisible by model.heads = 3"
+        expect "sample from a checkpoint with $attr = $v" 1 "$W/bad.h5" "$want" -- \
+            timeout 60 "$E" sample --checkpoint "$W/bad.h5" --tokens 2
+    done
+    expect "sample from the good checkpoint" 0 -- "$E" sample --checkpoint "$good" --tokens 4
+}
+
 # A launcher whose tasks this MPI library sees as separate single ranks
 # (Hydra's mpiexec, srun without --mpi=pmix): each would train alone on the
 # same files, so it is refused, with what to do instead.
