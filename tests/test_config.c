@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ent_runtime.h"
@@ -372,6 +373,14 @@ static void test_missing_file(void **state) {
     snprintf(path, sizeof path, "%s/no-such-config.ini", tmpdir);
     ent_config cfg;
     expect_error(ent_config_load(&cfg, path, NULL, 0), ENT_ERR_USAGE, path, NULL, NULL, NULL);
+    // not a regular file: refused before it is opened for reading (a FIFO
+    // without a writer would block, /dev/zero would never end)
+    snprintf(path, sizeof path, "%s/fifo.ini", tmpdir);
+    assert_int_equal(mkfifo(path, 0644), 0);
+    expect_error(ent_config_load(&cfg, path, NULL, 0), ENT_ERR_USAGE, path, "FIFO", "not a regular file", NULL);
+    expect_error(ent_config_load(&cfg, "/dev/zero", NULL, 0), ENT_ERR_USAGE, "/dev/zero",
+                 "character device", NULL, NULL);
+    expect_error(ent_config_load(&cfg, tmpdir, NULL, 0), ENT_ERR_USAGE, tmpdir, "directory", NULL, NULL);
 }
 
 // ---------------------------------------------------------------------------
