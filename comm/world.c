@@ -7,6 +7,26 @@ ent_status ent_comm_init(int *argc, char ***argv, ent_comm_t **out) {
     return ent_comm_init_threads(argc, argv, 0, out);
 }
 
+// A launcher that started this process as one of several tasks, as its
+// variables say: Hydra's mpiexec (MPICH, Intel MPI) and srun. If MPI then sees
+// a world of one, the launcher does not speak to this MPI library (Open MPI's
+// own mpirun sets OMPI_COMM_WORLD_SIZE, srun needs --mpi=pmix), and every task
+// would train alone on the same files. Returns the task count (0: none said).
+static long launcher_tasks(const char **var) {
+    static const char *vars[] = {"PMI_SIZE", "SLURM_STEP_NUM_TASKS"};
+    if (getenv("OMPI_COMM_WORLD_SIZE") != NULL) return 0; // started by Open MPI itself
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        char *end = NULL;
+        long n = v != NULL ? strtol(v, &end, 10) : 0;
+        if (v != NULL && end != v && *end == '\0' && n > 1) {
+            *var = vars[i];
+            return n;
+        }
+    }
+    return 0;
+}
+
 ent_status ent_comm_init_threads(int *argc, char ***argv, int multiple, ent_comm_t **out) {
     *out = NULL;
     int initialized = 0;
@@ -20,8 +40,20 @@ ent_status ent_comm_init_threads(int *argc, char ***argv, int multiple, ent_comm
         int provided = 0;
         // FUNNELED: only the main thread calls MPI; OpenMP threads compute.
         int want = multiple ? MPI_THREAD_MULTIPLE : MPI_THREAD_FUNNELED;
+        const char *var = NULL;
+        long tasks = launcher_tasks(&var);
         if (MPI_Init_thread(argc, argv, want, &provided) != MPI_SUCCESS)
-            return ent_fail(ENT_ERR_INTERNAL, "MPI_Init_thread failed");
+            return ent_fail(ENT_ERR_INTERNAL, "MPI could not start (MPI_Init_thread failed; the "
+                            "MPI library's own message, if any, is above)");
+        int size = 0;
+        MPI_Comm_size(MPI_COMM_WORLD, &size);
+        if (tasks > 1 && size == 1) {
+            MPI_Finalize();
+            return ent_fail(ENT_ERR_USAGE, "started as one of %ld tasks (%s=%ld) but MPI sees a "
+                            "world of 1 rank: the launcher does not match this MPI library, and "
+                            "each task would train alone; start it with this MPI's own mpirun "
+                            "(Open MPI), or under Slurm with srun --mpi=pmix", tasks, var, tasks);
+        }
         if (provided < want)
             return ent_fail(ENT_ERR_USAGE, "this MPI library does not provide "
                             "MPI_THREAD_MULTIPLE, which checkpoint.async needs: set "

@@ -8,7 +8,6 @@ packages=(
     build-essential cmake pkg-config      # toolchain
     libopenmpi-dev openmpi-bin            # MPI: every entente process is an MPI rank
     libopenblas-openmp-dev                # BLAS (OpenMP flavour, so it nests with our OpenMP)
-    libinih-dev                           # INI config parser
     libzmq3-dev                           # ZeroMQ (CURVE): the coalition link between sites
     libhdf5-openmpi-dev hdf5-tools        # parallel HDF5 checkpoints; h5dump for the layout test
     libcmocka-dev                         # unit tests

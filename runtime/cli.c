@@ -13,7 +13,9 @@
 #include <time.h>
 
 static const char *main_help =
-    "entente: train one language model on compute pooled by several HPC sites.\n"
+    "entente: train a GPT language model with MPI on one site's CPUs, and check,\n"
+    "export and sample its checkpoints. (Pooling several sites into one run, the\n"
+    "coalition, is not part of this version.)\n"
     "\n"
     "Usage: entente COMMAND [OPTIONS]\n"
     "\n"
@@ -26,7 +28,9 @@ static const char *main_help =
     "  sample         generate text from a checkpoint\n"
     "\n"
     "train is an MPI program: run it directly for one rank, or under mpirun /\n"
-    "srun for many. 'entente COMMAND --help' describes each command.\n"
+    "srun for many (Open MPI's mpirun needs --allow-run-as-root as root, and\n"
+    "--oversubscribe for more ranks than cores). 'entente COMMAND --help'\n"
+    "describes each command.\n"
     "\n"
     "Options:\n"
     "  -h, --help     this help\n"
@@ -108,6 +112,53 @@ static int usage_error(const char *cmd, const char *fmt, const char *arg) {
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\nTry 'entente %s --help'.\n", cmd);
     return 2;
+}
+
+// Reads a numeric option's value (the same strict reading as config values):
+// returns 0, or prints the usage error naming the option, its value and what
+// it accepts, and returns 2.
+static int int_option(const char *cmd, const char *opt, const char *text, long long lo,
+                      long long hi, long long *out) {
+    long long v;
+    if (ent_parse_i64(text, &v) == 0 && v >= lo && v <= hi) {
+        *out = v;
+        return 0;
+    }
+    char msg[ENT_PATH_MAX + 128];
+    snprintf(msg, sizeof msg, "%s '%.4000s' is not an integer in %lld..%lld", opt, text, lo, hi);
+    return usage_error(cmd, "%s", msg);
+}
+
+static int u64_option(const char *cmd, const char *opt, const char *text, uint64_t *out) {
+    if (ent_parse_u64(text, out) == 0) return 0;
+    char msg[ENT_PATH_MAX + 128];
+    snprintf(msg, sizeof msg, "%s '%.4000s' is not an integer in 0..%llu", opt, text,
+             (unsigned long long)UINT64_MAX);
+    return usage_error(cmd, "%s", msg);
+}
+
+static int float_option(const char *cmd, const char *opt, const char *text, double lo, double hi,
+                        double *out) {
+    double v;
+    if (ent_parse_f64(text, &v) == 0 && v >= lo && v <= hi) {
+        *out = v;
+        return 0;
+    }
+    char msg[ENT_PATH_MAX + 128];
+    snprintf(msg, sizeof msg, "%s '%.4000s' is not a number in [%g, %g]", opt, text, lo, hi);
+    return usage_error(cmd, "%s", msg);
+}
+
+// A checkpoint argument (a file, or a directory and its 'latest') as the
+// path of a regular file: a FIFO or a device named as a checkpoint, or a
+// 'latest' that points at one, is refused before HDF5 would open it.
+static ent_status checkpoint_path(const char *arg, char *path, size_t n) {
+    struct stat st;
+    if (stat(arg, &st) != 0)
+        return ent_fail(ENT_ERR_INPUT, "cannot open checkpoint %s: %s", arg, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) ENT_CHECK(ent_check_regular(arg, "checkpoint", ENT_ERR_INPUT));
+    ENT_CHECK(ent_ckpt_resolve_latest(arg, path, n));
+    return ent_check_regular(path, "checkpoint", ENT_ERR_INPUT);
 }
 
 // ---------------------------------------------------------------------------
@@ -307,8 +358,10 @@ static int cmd_ckpt(int argc, char **argv) {
         return 0;
     }
     if (argc < 2) return usage_error("ckpt", "'ckpt %s' needs a checkpoint FILE", what);
+    if (strcmp(what, "info") != 0 && strcmp(what, "verify") != 0 && strcmp(what, "export") != 0)
+        return usage_error("ckpt", "unknown command 'ckpt %s'", what);
     char path[ENT_PATH_MAX];
-    ent_status st = ent_ckpt_resolve_latest(argv[1], path, sizeof path);
+    ent_status st = checkpoint_path(argv[1], path, sizeof path);
     if (st != ENT_OK) return report(st);
     if (strcmp(what, "info") == 0 && argc == 2) {
         st = ent_ckpt_info(path, stdout);
@@ -335,10 +388,10 @@ static int cmd_sample(int argc, char **argv) {
     const char *ckpt = NULL, *prompt = "", *logits = NULL;
     long long tokens = 256;
     double temperature = 0.8;
-    unsigned long long seed = 42;
+    uint64_t seed = 42;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
-        char *end = NULL;
+        int rc = 0;
         if (is_help(a)) {
             fputs(sample_help, stdout);
             return 0;
@@ -351,23 +404,19 @@ static int cmd_sample(int argc, char **argv) {
         } else if (strcmp(a, "--logits") == 0) {
             logits = argv[++i];
         } else if (strcmp(a, "--tokens") == 0) {
-            tokens = strtoll(argv[++i], &end, 10);
-            if (*end != '\0' || tokens < 0 || tokens > 1000000)
-                return usage_error("sample", "--tokens '%s' is not an integer in 0..1000000", argv[i]);
+            rc = int_option("sample", a, argv[++i], 0, 1000000, &tokens);
         } else if (strcmp(a, "--temperature") == 0) {
-            temperature = strtod(argv[++i], &end);
-            if (*end != '\0' || !(temperature >= 0 && temperature <= 100))
-                return usage_error("sample", "--temperature '%s' is not a number in [0, 100]", argv[i]);
+            rc = float_option("sample", a, argv[++i], 0, 100, &temperature);
         } else if (strcmp(a, "--seed") == 0) {
-            seed = strtoull(argv[++i], &end, 10);
-            if (*end != '\0') return usage_error("sample", "--seed '%s' is not an integer", argv[i]);
+            rc = u64_option("sample", a, argv[++i], &seed);
         } else {
             return usage_error("sample", "unknown argument '%s'", a);
         }
+        if (rc != 0) return rc;
     }
     if (ckpt == NULL) return usage_error("sample", "%s", "--checkpoint FILE is required");
     char path[ENT_PATH_MAX];
-    ent_status st = ent_ckpt_resolve_latest(ckpt, path, sizeof path);
+    ent_status st = checkpoint_path(ckpt, path, sizeof path);
     if (st == ENT_OK)
         st = ent_sample_checkpoint(path, prompt, (int)tokens, temperature, seed, logits, stdout);
     return st == ENT_OK ? 0 : report(st);
@@ -383,7 +432,6 @@ static int cmd_data_prepare(int argc, char **argv) {
     if (inputs == NULL) return report(ent_fail(ENT_ERR_NOMEM, "out of memory"));
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
-        char *end = NULL;
         if (is_help(a)) {
             fputs(prepare_help, stdout);
             goto out;
@@ -396,18 +444,11 @@ static int cmd_data_prepare(int argc, char **argv) {
         } else if (strcmp(a, "--output") == 0 && i + 1 < argc) {
             args.outdir = argv[++i];
         } else if (strcmp(a, "--val-fraction") == 0 && i + 1 < argc) {
-            args.val_fraction = strtod(argv[++i], &end);
-            if (*end != '\0' || end == argv[i]) {
-                rc = usage_error("data prepare", "--val-fraction '%s' is not a number", argv[i]);
+            if ((rc = float_option("data prepare", a, argv[++i], 0, 0.5, &args.val_fraction)))
                 goto out;
-            }
         } else if (strcmp(a, "--shard-tokens") == 0 && i + 1 < argc) {
-            long long n = strtoll(argv[++i], &end, 10);
-            if (*end != '\0' || end == argv[i] || n < 1) {
-                rc = usage_error("data prepare", "--shard-tokens '%s' is not a positive integer",
-                                 argv[i]);
-                goto out;
-            }
+            long long n;
+            if ((rc = int_option("data prepare", a, argv[++i], 1, INT32_MAX, &n))) goto out;
             args.shard_tokens = (size_t)n;
         } else if (strcmp(a, "--force") == 0) {
             args.force = 1;
@@ -454,8 +495,8 @@ int ent_cli_main(int argc, char **argv) {
         if (strcmp(cmd, "help") == 0 && argc > 2) {
             char *help[] = {"--help"};
             if (strcmp(argv[2], "train") == 0) return cmd_train(1, help);
-        if (strcmp(argv[2], "ckpt") == 0) return cmd_ckpt(1, help);
-        if (strcmp(argv[2], "sample") == 0) return cmd_sample(1, help);
+            if (strcmp(argv[2], "ckpt") == 0) return cmd_ckpt(1, help);
+            if (strcmp(argv[2], "sample") == 0) return cmd_sample(1, help);
             if (strcmp(argv[2], "data") == 0) return cmd_data_prepare(1, help);
         }
         fputs(main_help, stdout);
@@ -471,7 +512,6 @@ int ent_cli_main(int argc, char **argv) {
     if (strcmp(cmd, "data") == 0) {
         if (argc >= 3 && strcmp(argv[2], "prepare") == 0) return cmd_data_prepare(argc - 3, argv + 3);
         if (argc >= 3 && is_help(argv[2])) {
-            printf("Usage: entente data prepare ...\n\n");
             fputs(prepare_help, stdout);
             return 0;
         }

@@ -8,11 +8,11 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <ini.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef enum { K_INT, K_FLOAT, K_BOOL, K_STR, K_U64 } key_type;
 
@@ -109,10 +109,6 @@ static void describe_range(const key_desc *k, char *buf, size_t n) {
     }
 }
 
-// The INI parser (libinih) reads lines of at most this many bytes, newline
-// included; every value must fit on one line with its key.
-#define LINE_MAX_BYTES (INI_MAX_LINE - 2)
-
 // Undoes the quoting of a "..." value: \n \t \" \\ \; escapes. Returns -1 when
 // the value is too long for out, -2 for an opening quote without its closing one.
 static int unquote(const char *in, char *out, size_t cap) {
@@ -168,7 +164,65 @@ static size_t write_string(const char *s, FILE *f) {
     return n;
 }
 
-static size_t written_length(const char *s) { return write_string(s, NULL); }
+// ---------------------------------------------------------------------------
+// numbers: one strict reading for config values and command-line options
+
+// Skips spaces; returns where the text proper starts, *endp where it ends.
+static const char *trimmed(const char *text, const char **endp) {
+    const char *p = text, *e = text + strlen(text);
+    while (isspace((unsigned char)*p)) p++;
+    while (e > p && isspace((unsigned char)e[-1])) e--;
+    *endp = e;
+    return p;
+}
+
+int ent_parse_i64(const char *text, long long *out) {
+    const char *e, *p = trimmed(text, &e);
+    char *end = NULL;
+    if (p == e || !(isdigit((unsigned char)*p) || *p == '-' || *p == '+')) return -1;
+    errno = 0;
+    long long v = strtoll(p, &end, 10);
+    if (errno != 0 || end != e) return -1;
+    *out = v;
+    return 0;
+}
+
+int ent_parse_u64(const char *text, uint64_t *out) {
+    const char *e, *p = trimmed(text, &e);
+    char *end = NULL;
+    // strtoull would take "-1" as 2^64 - 1
+    if (p == e || !(isdigit((unsigned char)*p) || *p == '+')) return -1;
+    errno = 0;
+    unsigned long long v = strtoull(p, &end, 10);
+    if (errno != 0 || end != e) return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+int ent_parse_f64(const char *text, double *out) {
+    const char *e, *p = trimmed(text, &e);
+    char *end = NULL;
+    // decimal only: no hexadecimal floats, no inf or nan (a leading digit or
+    // point after an optional sign)
+    const char *q = p + (*p == '-' || *p == '+');
+    if (p == e || !(isdigit((unsigned char)*q) || (*q == '.' && isdigit((unsigned char)q[1]))) ||
+        memchr(p, 'x', (size_t)(e - p)) || memchr(p, 'X', (size_t)(e - p)))
+        return -1;
+    double v = strtod(p, &end); // an underflow reads as 0 or a subnormal: still a number
+    if (end != e || !isfinite(v)) return -1;
+    *out = v;
+    return 0;
+}
+
+// The first byte of s that a text value may not hold (a control character
+// other than tab and newline, which have escapes), or NULL.
+static const char *bad_text_byte(const char *s) {
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if ((c < 0x20 && c != '\t' && c != '\n') || c == 0x7f) return s;
+    }
+    return NULL;
+}
 
 // Parses text into the key's field. On failure writes why into err.
 static int parse_value(ent_config *cfg, const key_desc *k, const char *text, char *err,
@@ -182,13 +236,10 @@ static int parse_value(ent_config *cfg, const key_desc *k, const char *text, cha
         snprintf(err, errn, "no value given; expected %s", range);
         return -1;
     }
-    char *end = NULL;
-    errno = 0;
     switch (k->type) {
     case K_INT: {
-        long long v = strtoll(p, &end, 10);
-        while (end && isspace((unsigned char)*end)) end++;
-        if (errno != 0 || *end != '\0') {
+        long long v;
+        if (ent_parse_i64(text, &v) != 0) {
             snprintf(err, errn, "'%s' is not %s", text, range);
             return -1;
         }
@@ -200,13 +251,8 @@ static int parse_value(ent_config *cfg, const key_desc *k, const char *text, cha
         return 0;
     }
     case K_U64: {
-        if (*p == '-') {
-            snprintf(err, errn, "'%s' is not %s", text, range);
-            return -1;
-        }
-        unsigned long long v = strtoull(p, &end, 10);
-        while (end && isspace((unsigned char)*end)) end++;
-        if (errno != 0 || *end != '\0') {
+        uint64_t v;
+        if (ent_parse_u64(text, &v) != 0) {
             snprintf(err, errn, "'%s' is not %s", text, range);
             return -1;
         }
@@ -214,9 +260,8 @@ static int parse_value(ent_config *cfg, const key_desc *k, const char *text, cha
         return 0;
     }
     case K_FLOAT: {
-        double v = strtod(p, &end);
-        while (end && isspace((unsigned char)*end)) end++;
-        if (errno != 0 || *end != '\0' || !isfinite(v)) {
+        double v;
+        if (ent_parse_f64(text, &v) != 0) {
             snprintf(err, errn, "'%s' is not %s", text, range);
             return -1;
         }
@@ -243,11 +288,17 @@ static int parse_value(ent_config *cfg, const key_desc *k, const char *text, cha
                      "since ' ;' starts a comment)", text);
             return -1;
         }
-        // the effective config must reload: "key = value" has to fit one INI line
-        size_t line = strlen(k->key) + 3 + written_length(field);
-        if (rc == -1 || line > LINE_MAX_BYTES) {
-            snprintf(err, errn, "value is too long: a config line holds at most %d bytes",
-                     LINE_MAX_BYTES);
+        if (rc == -1) {
+            snprintf(err, errn, "value is too long: %s.%s holds at most %zu bytes", k->section,
+                     k->key, k->size - 1);
+            return -1;
+        }
+        const char *bad = bad_text_byte(field);
+        if (bad != NULL) {
+            snprintf(err, errn, "control character 0x%02x at byte %zu of the value: text values "
+                     "hold no control characters but tab and newline (written \\t and \\n "
+                     "inside quotes)", (unsigned char)*bad, (size_t)(bad - field) + 1);
+            field[0] = '\0';
             return -1;
         }
         return 0;
@@ -276,92 +327,127 @@ static void key_origin(const ent_config *cfg, int idx, char *buf, size_t n) {
 // ---------------------------------------------------------------------------
 // the INI file
 
+// Entente reads INI itself, line by line, rather than through a library with
+// a fixed line buffer: a value is bounded by its field (data.dir holds a whole
+// path), and every byte of a line is checked (binary data is an error that
+// names the line, never a line read short or skipped). The syntax: comment
+// lines start with ';' or '#'; '[section]'; 'key = value' (or 'key: value');
+// ' ;' after a value starts a comment; spaces around keys and values go; a
+// UTF-8 byte-order mark at the start is skipped.
+
+// The longest line read: far more than the longest value written quoted needs,
+// few enough that a file without newlines is refused at once.
+#define CONFIG_LINE_MAX (4 * ENT_PATH_MAX + 1024)
+
 typedef struct {
     ent_config *cfg;
-    FILE *file;
     int line;
-    int error_line; // first error found by the handler (0: none)
-    char error[ENT_PATH_MAX + 1024];
+    char section[64];
     unsigned char seen[ENT_CONFIG_MAX_KEYS];
-} ini_ctx;
+} ini_parser;
 
-// Feeds libinih one line at a time, counting lines; a line longer than the
-// parser's buffer would be split silently, so it ends the parse with an error.
-static char *counting_reader(char *str, int num, void *stream) {
-    ini_ctx *ctx = stream;
-    char *r = fgets(str, num, ctx->file);
-    if (r == NULL) return NULL;
-    ctx->line++;
-    size_t len = strlen(r);
-    if (len > 0 && r[len - 1] != '\n' && !feof(ctx->file)) {
-        if (!ctx->error_line) {
-            snprintf(ctx->error, sizeof ctx->error,
-                     "%s:%d: line is longer than %d bytes, the most a config line may hold",
-                     ctx->cfg->path, ctx->line, LINE_MAX_BYTES);
-            ctx->error_line = ctx->line;
-        }
-        return NULL;
+// Reads one line (without its newline) into buf. Returns 1, 0 at the end of
+// the file, -1 when the line holds more than cap - 1 bytes.
+static int read_line(FILE *f, char *buf, size_t cap, size_t *len) {
+    size_t n = 0;
+    int c;
+    while ((c = getc(f)) != EOF && c != '\n') {
+        if (n + 1 >= cap) return -1;
+        buf[n++] = (char)c;
     }
-    // libinih reports sections only through their keys: check headers here so
-    // that a misspelt section with nothing under it is not ignored
-    const char *p = r;
-    while (isspace((unsigned char)*p)) p++;
-    const char *close = *p == '[' ? strchr(p, ']') : NULL;
-    if (close != NULL && !ctx->error_line) {
-        char section[64];
-        size_t n = (size_t)(close - p - 1);
-        snprintf(section, sizeof section, "%.*s", (int)(n < sizeof section ? n : sizeof section - 1), p + 1);
-        if (!section_exists(section)) {
-            snprintf(ctx->error, sizeof ctx->error,
-                     "%s:%d: unknown section [%s] (sections: model train eval sample data "
-                     "parallel checkpoint system)", ctx->cfg->path, ctx->line, section);
-            ctx->error_line = ctx->line;
-        }
-    }
-    return r;
+    buf[n] = '\0';
+    *len = n;
+    return c == EOF && n == 0 ? 0 : 1;
 }
 
-static int on_ini_value(void *user, const char *section, const char *name, const char *value) {
-    ini_ctx *ctx = user;
-    if (ctx->error_line) return 1; // the first error is already recorded
-    const char *path = ctx->cfg->path;
-    if (section[0] == '\0') {
-        snprintf(ctx->error, sizeof ctx->error,
-                 "%s:%d: key '%s' is outside any [section]", path, ctx->line, name);
-        ctx->error_line = ctx->line;
-        return 0;
-    }
-    if (!section_exists(section)) {
-        snprintf(ctx->error, sizeof ctx->error,
-                 "%s:%d: unknown section [%s] (sections: model train eval sample data parallel "
-                 "system)", path, ctx->line, section);
-        ctx->error_line = ctx->line;
-        return 0;
-    }
+static ent_status syntax_error(const ini_parser *ps) {
+    return ent_fail(ENT_ERR_USAGE,
+                    "%s:%d: syntax error: expected '[section]', 'key = value' or a comment",
+                    ps->cfg->path, ps->line);
+}
+
+// A comment, or nothing, from s on?
+static int rest_is_comment(const char *s) {
+    while (isspace((unsigned char)*s)) s++;
+    return *s == '\0' || *s == ';' || *s == '#';
+}
+
+static ent_status on_value(ini_parser *ps, const char *name, const char *value) {
+    const char *path = ps->cfg->path, *section = ps->section;
+    if (section[0] == '\0')
+        return ent_fail(ENT_ERR_USAGE, "%s:%d: key '%s' is outside any [section]", path,
+                        ps->line, name);
     int idx = find_key(section, name);
-    if (idx < 0) {
-        snprintf(ctx->error, sizeof ctx->error,
-                 "%s:%d: unknown key '%s' in [%s] (see 'entente train --help' or docs/config.md)",
-                 path, ctx->line, name, section);
-        ctx->error_line = ctx->line;
-        return 0;
-    }
-    if (ctx->seen[idx]) {
-        snprintf(ctx->error, sizeof ctx->error, "%s:%d: [%s] %s is set twice (first on line %d)",
-                 path, ctx->line, section, name, ctx->cfg->key_line[idx]);
-        ctx->error_line = ctx->line;
-        return 0;
-    }
+    if (idx < 0)
+        return ent_fail(ENT_ERR_USAGE,
+                        "%s:%d: unknown key '%s' in [%s] (see 'entente train --help' or "
+                        "docs/config.md)", path, ps->line, name, section);
+    if (ps->seen[idx])
+        return ent_fail(ENT_ERR_USAGE, "%s:%d: [%s] %s is set twice (first on line %d)", path,
+                        ps->line, section, name, ps->cfg->key_line[idx]);
     char why[256];
-    if (parse_value(ctx->cfg, &keys[idx], value, why, sizeof why) != 0) {
-        snprintf(ctx->error, sizeof ctx->error, "%s:%d: [%s] %s: %s", path, ctx->line, section,
-                 name, why);
-        ctx->error_line = ctx->line;
-        return 0;
+    if (parse_value(ps->cfg, &keys[idx], value, why, sizeof why) != 0)
+        return ent_fail(ENT_ERR_USAGE, "%s:%d: [%s] %s: %s", path, ps->line, section, name, why);
+    ps->seen[idx] = 1;
+    ps->cfg->key_line[idx] = ps->line;
+    return ENT_OK;
+}
+
+// One line of len bytes (NUL bytes included), without its newline.
+static ent_status parse_line(ini_parser *ps, char *line, size_t len) {
+    const char *path = ps->cfg->path;
+    // text only: a NUL or another control character (tab and CR aside) means
+    // binary data or a damaged file, which must not pass for a short line
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)line[i];
+        if (c == 0)
+            return ent_fail(ENT_ERR_USAGE, "%s:%d: a NUL byte at column %zu: binary data, not "
+                            "an INI configuration", path, ps->line, i + 1);
+        if ((c < 0x20 && c != '\t' && c != '\r') || c == 0x7f)
+            return ent_fail(ENT_ERR_USAGE, "%s:%d: control character 0x%02x at column %zu: a "
+                            "configuration is text (inside a quoted value, write \\n for a "
+                            "newline)", path, ps->line, c, i + 1);
     }
-    ctx->seen[idx] = 1;
-    ctx->cfg->key_line[idx] = ctx->line;
-    return 1;
+    char *p = line;
+    if (ps->line == 1 && strncmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3; // UTF-8 byte-order mark
+    while (isspace((unsigned char)*p)) p++;
+    char *end = p + strlen(p);
+    while (end > p && isspace((unsigned char)end[-1])) *--end = '\0';
+    if (*p == '\0' || *p == ';' || *p == '#') return ENT_OK;
+
+    if (*p == '[') {
+        char *close = strchr(p, ']');
+        if (close == NULL || !rest_is_comment(close + 1)) return syntax_error(ps);
+        *close = '\0';
+        // checked here, not at its first key, so that a misspelt section with
+        // nothing under it is not ignored
+        if (strlen(p + 1) >= sizeof ps->section || !section_exists(p + 1))
+            return ent_fail(ENT_ERR_USAGE,
+                            "%s:%d: unknown section [%.64s] (sections: model train eval sample "
+                            "data parallel checkpoint system)", path, ps->line, p + 1);
+        snprintf(ps->section, sizeof ps->section, "%s", p + 1);
+        return ENT_OK;
+    }
+
+    // key, separator, value; a ';' after a space starts a comment
+    char *sep = p;
+    while (*sep && *sep != '=' && *sep != ':' &&
+           !(*sep == ';' && sep > p && isspace((unsigned char)sep[-1])))
+        sep++;
+    if (*sep != '=' && *sep != ':') return syntax_error(ps);
+    char *key_end = sep;
+    while (key_end > p && isspace((unsigned char)key_end[-1])) key_end--;
+    *key_end = '\0';
+    char *value = sep + 1;
+    while (isspace((unsigned char)*value)) value++;
+    for (char *c = value; *c; c++)
+        if (*c == ';' && c > value && isspace((unsigned char)c[-1])) {
+            *c = '\0';
+            break;
+        }
+    end = value + strlen(value);
+    while (end > value && isspace((unsigned char)end[-1])) *--end = '\0';
+    return on_value(ps, p, value);
 }
 
 // Parses INI text from f (named `path` in messages) over cfg; closes f.
@@ -371,24 +457,38 @@ static ent_status load_stream(ent_config *cfg, const char *path, FILE *f) {
         return ent_fail(ENT_ERR_USAGE, "config path is too long: %.64s...", path);
     }
     snprintf(cfg->path, sizeof cfg->path, "%s", path);
-    ini_ctx ctx = {.cfg = cfg, .file = f};
-    int rc = ini_parse_stream(counting_reader, &ctx, on_ini_value, &ctx);
-    int read_error = ferror(ctx.file);
-    fclose(ctx.file);
-    if (read_error) return ent_fail(ENT_ERR_USAGE, "cannot read config %s: I/O error", path);
-    // rc is the first line libinih could not parse (0: none); the first problem wins
-    if (rc > 0 && rc != ctx.error_line && (ctx.error_line == 0 || rc < ctx.error_line))
-        return ent_fail(ENT_ERR_USAGE,
-                        "%s:%d: syntax error: expected '[section]', 'key = value' or a comment",
-                        path, rc);
-    if (ctx.error_line) return ent_fail(ENT_ERR_USAGE, "%s", ctx.error);
-    if (rc < 0) return ent_fail(ENT_ERR_USAGE, "cannot parse config %s", path);
-    return ENT_OK;
+    char *buf = malloc(CONFIG_LINE_MAX);
+    if (buf == NULL) {
+        fclose(f);
+        return ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", path);
+    }
+    ini_parser ps = {.cfg = cfg};
+    ent_status st = ENT_OK;
+    size_t len;
+    int got;
+    while (st == ENT_OK && (got = read_line(f, buf, CONFIG_LINE_MAX, &len)) != 0) {
+        ps.line++;
+        if (got < 0)
+            st = ent_fail(ENT_ERR_USAGE, "%s:%d: line is longer than %d bytes, the most a "
+                          "config line may hold", path, ps.line, CONFIG_LINE_MAX - 1);
+        else
+            st = parse_line(&ps, buf, len);
+    }
+    if (st == ENT_OK && ferror(f))
+        st = ent_fail(ENT_ERR_USAGE, "cannot read config %s: I/O error", path);
+    free(buf);
+    fclose(f);
+    return st;
 }
 
 static ent_status load_file(ent_config *cfg, const char *path) {
-    FILE *f = fopen(path, "r");
-    if (f == NULL) return ent_fail(ENT_ERR_USAGE, "cannot read config %s: %s", path, strerror(errno));
+    int fd;
+    ENT_CHECK(ent_open_regular(path, "config", ENT_ERR_USAGE, &fd));
+    FILE *f = fdopen(fd, "r");
+    if (f == NULL) {
+        close(fd);
+        return ent_fail(ENT_ERR_USAGE, "cannot read config %s: %s", path, strerror(errno));
+    }
     return load_stream(cfg, path, f);
 }
 
@@ -400,6 +500,16 @@ ent_status ent_config_load_text(ent_config *cfg, const char *text, const char *o
     ENT_CHECK(load_stream(cfg, origin, f));
     for (int i = 0; i < n_overrides; i++) ENT_CHECK(ent_config_set(cfg, overrides[i]));
     return ent_config_validate(cfg);
+}
+
+ent_status ent_config_set_key(ent_config *cfg, const char *section, const char *key,
+                              const char *text, const char *origin, ent_status bad) {
+    int idx = find_key(section, key);
+    ENT_ASSERT(idx >= 0); // callers name keys of the table
+    char why[256];
+    if (parse_value(cfg, &keys[idx], text, why, sizeof why) != 0)
+        return ent_fail(bad, "%s %s.%s: %s", origin, section, key, why);
+    return ENT_OK;
 }
 
 ent_status ent_config_set(ent_config *cfg, const char *assignment) {
@@ -419,9 +529,7 @@ ent_status ent_config_set(ent_config *cfg, const char *assignment) {
     if (idx < 0)
         return ent_fail(ENT_ERR_USAGE, "--set %s: unknown key %s.%s (see 'entente train --help')",
                         assignment, section, key);
-    char why[256];
-    if (parse_value(cfg, &keys[idx], eq + 1, why, sizeof why) != 0)
-        return ent_fail(ENT_ERR_USAGE, "--set %s.%s: %s", section, key, why);
+    ENT_CHECK(ent_config_set_key(cfg, section, key, eq + 1, "--set", ENT_ERR_USAGE));
     cfg->key_line[idx] = -1;
     return ENT_OK;
 }

@@ -38,7 +38,6 @@ static ent_status check_header(const char *path, int fd, size_t *ntokens) {
     struct stat st;
     if (fstat(fd, &st) != 0)
         return ent_fail(ENT_ERR_IO, "cannot stat shard %s: %s", path, strerror(errno));
-    if (!S_ISREG(st.st_mode)) return ent_fail(ENT_ERR_INPUT, "%s is not a regular file", path);
     if ((size_t)st.st_size < HEADER_BYTES)
         return ent_fail(ENT_ERR_INPUT,
                         "%s is not a token shard: %lld bytes, shorter than the %zu-byte header",
@@ -74,8 +73,8 @@ static ent_status check_header(const char *path, int fd, size_t *ntokens) {
 }
 
 ent_status ent_shard_check_header(const char *path, size_t *ntokens) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return ent_fail(ENT_ERR_INPUT, "cannot open shard %s: %s", path, strerror(errno));
+    int fd;
+    ENT_CHECK(ent_open_regular(path, "shard", ENT_ERR_INPUT, &fd));
     ent_status st = check_header(path, fd, ntokens);
     close(fd);
     return st;
@@ -132,6 +131,48 @@ void ent_free_paths(char **paths, int n) {
     free(paths);
 }
 
+// The same file under both patterns: by name, or a link from one name to the other.
+static int same_file(const char *a, const struct stat *sa, const char *b) {
+    struct stat sb;
+    if (strcmp(a, b) == 0) return 1;
+    return sa != NULL && stat(b, &sb) == 0 && sa->st_dev == sb.st_dev && sa->st_ino == sb.st_ino;
+}
+
+ent_status ent_data_check_split(const char *dir, const char *train_pattern,
+                                const char *val_pattern) {
+    char **train = NULL, **val = NULL;
+    int ntrain = ent_glob_shards(dir, train_pattern, &train);
+    if (ntrain < 0) return ENT_ERR_INPUT;
+    int nval = ent_glob_shards(dir, val_pattern, &val);
+    if (nval < 0) {
+        ent_free_paths(train, ntrain);
+        return ENT_ERR_INPUT;
+    }
+    ent_status st = ENT_OK;
+    for (int i = 0; i < ntrain && st == ENT_OK; i++) {
+        struct stat si;
+        int have = stat(train[i], &si) == 0;
+        for (int j = 0; j < nval && st == ENT_OK; j++) {
+            if (!same_file(train[i], have ? &si : NULL, val[j])) continue;
+            if (strcmp(train[i], val[j]) == 0)
+                st = ent_fail(ENT_ERR_USAGE,
+                              "%s is both a training shard (data.train_pattern = %s) and a "
+                              "validation shard (data.val_pattern = %s): validation would "
+                              "measure data the model trains on; make the patterns match "
+                              "disjoint files", train[i], train_pattern, val_pattern);
+            else
+                st = ent_fail(ENT_ERR_USAGE,
+                              "training shard %s (data.train_pattern = %s) is the same file as "
+                              "validation shard %s (data.val_pattern = %s): validation would "
+                              "measure data the model trains on", train[i], train_pattern,
+                              val[j], val_pattern);
+        }
+    }
+    ent_free_paths(train, ntrain);
+    ent_free_paths(val, nval);
+    return st;
+}
+
 // ---------------------------------------------------------------------------
 // the dataset
 
@@ -168,8 +209,8 @@ static int64_t find_bad_token(const uint16_t *tok, size_t n, int vocab) {
 static ent_status open_shard(shard *s, const char *path, int vocab) {
     s->path = strdup(path);
     if (s->path == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory opening %s", path);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return ent_fail(ENT_ERR_INPUT, "cannot open shard %s: %s", path, strerror(errno));
+    int fd;
+    ENT_CHECK(ent_open_regular(path, "shard", ENT_ERR_INPUT, &fd));
     ent_status st = check_header(path, fd, &s->ntokens);
     if (st != ENT_OK) {
         close(fd);

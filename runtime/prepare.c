@@ -9,8 +9,9 @@
 // twenty validation blocks drawn from its whole length.
 //
 // Output appears atomically: every shard is written as NAME.tmp and renamed,
-// all inputs are opened before anything is written, and if a write fails the
-// shards already written by this run are removed again.
+// all inputs (regular files only: a FIFO or a device would block or never
+// end) are opened before anything is written, and if a write fails the shards
+// already written by this run are removed again, with any directory it made.
 #include "runtime_impl.h"
 
 #include <errno.h>
@@ -78,6 +79,40 @@ static int writer_wrote(const shard_writer *w, const char *path) {
     return 0;
 }
 
+// The first directory of path (path itself or a parent) that does not exist
+// yet, into out ("" when path exists): what a failed run removes again.
+static void first_missing_dir(const char *path, char *out, size_t n) {
+    char buf[ENT_PATH_MAX];
+    struct stat st;
+    out[0] = '\0';
+    if (strlen(path) >= sizeof buf) return;
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p != '\0') continue;
+        char saved = *p;
+        *p = '\0';
+        if (stat(buf, &st) != 0) {
+            snprintf(out, n, "%s", buf);
+            return;
+        }
+        *p = saved;
+        if (saved == '\0') return;
+    }
+}
+
+// Removes outdir and its parents up to `created` (first_missing_dir), each only
+// if empty: a failed run leaves no directory behind that it made.
+static void remove_created_dirs(const char *outdir, const char *created) {
+    char buf[ENT_PATH_MAX];
+    if (created[0] == '\0' || strlen(outdir) >= sizeof buf) return;
+    snprintf(buf, sizeof buf, "%s", outdir);
+    while (rmdir(buf) == 0 && strlen(buf) > strlen(created)) {
+        char *slash = strrchr(buf, '/');
+        if (slash == NULL) return;
+        *slash = '\0';
+    }
+}
+
 // Splits the token stream between the two writers block by block.
 typedef struct {
     shard_writer *train, *val;
@@ -106,22 +141,28 @@ ent_status ent_data_prepare(const ent_prepare_args *a, size_t *train_tokens,
     ent_status st = ENT_OK;
     FILE **files = calloc((size_t)a->n_inputs, sizeof *files);
     if (files == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
-    double total = 0;
+    double total = 0, bytes = 0;
+    char created[ENT_PATH_MAX] = ""; // the first directory this run creates
     for (int i = 0; i < a->n_inputs; i++) {
-        files[i] = fopen(a->inputs[i], "rb");
+        int fd;
         struct stat sb;
-        if (files[i] == NULL) {
-            st = ent_fail(ENT_ERR_INPUT, "cannot read input %s: %s", a->inputs[i], strerror(errno));
+        ENT_CHECK_GOTO(ent_open_regular(a->inputs[i], "input", ENT_ERR_INPUT, &fd), close_inputs);
+        files[i] = fdopen(fd, "rb");
+        if (files[i] == NULL || fstat(fd, &sb) != 0) {
+            if (files[i] == NULL) close(fd);
+            st = ent_fail(ENT_ERR_IO, "cannot read input %s: %s", a->inputs[i], strerror(errno));
             goto close_inputs;
         }
-        if (fstat(fileno(files[i]), &sb) == 0 && S_ISDIR(sb.st_mode)) {
-            st = ent_fail(ENT_ERR_INPUT, "input %s is a directory, not a file", a->inputs[i]);
-            goto close_inputs;
-        }
-        // non-regular inputs (pipes) count as unknown: the block size then uses its floor
-        if (S_ISREG(sb.st_mode)) total += (double)sb.st_size + 1;
+        total += (double)sb.st_size + 1;
+        bytes += (double)sb.st_size;
+    }
+    if (bytes == 0) {
+        st = ent_fail(ENT_ERR_INPUT, "empty corpus: the %d input file(s) hold no bytes (first: %s)",
+                      a->n_inputs, a->inputs[0]);
+        goto close_inputs;
     }
 
+    first_missing_dir(a->outdir, created, sizeof created);
     ENT_CHECK_GOTO(ent_mkdirs(a->outdir), close_inputs);
     char **existing = NULL;
     int nexisting = 0;
@@ -164,7 +205,7 @@ ent_status ent_data_prepare(const ent_prepare_args *a, size_t *train_tokens,
             goto fail;
         }
     }
-    if (payload == 0) {
+    if (payload == 0) { // the inputs were emptied since they were opened
         st = ent_fail(ENT_ERR_INPUT, "empty corpus: the %d input file(s) hold no bytes (first: %s)",
                       a->n_inputs, a->inputs[0]);
         goto fail;
@@ -192,6 +233,7 @@ fail:
     writer_free(&train);
     writer_free(&val);
 close_inputs:
+    if (st != ENT_OK) remove_created_dirs(a->outdir, created);
     for (int i = 0; i < a->n_inputs; i++)
         if (files[i]) fclose(files[i]);
     free(files);

@@ -21,12 +21,44 @@ uint64_t ent_hash64(uint64_t x);      // splitmix64 finaliser
 uint64_t ent_hash_string(const char *s, uint64_t seed);
 uint64_t ent_hash_bytes(const void *data, size_t n, uint64_t seed);
 
+// ---- files Entente reads ----
+// Opens path read-only after checking that it is a regular file: a FIFO,
+// socket, device or directory is refused before it is opened for reading (a
+// FIFO would block, a device never end), and the descriptor is checked again
+// (fstat) against a swap since. Errors are `bad` and read "cannot read WHAT
+// PATH: why" or "WHAT PATH is a FIFO (named pipe), not a regular file".
+// *fd is the caller's to close.
+ent_status ent_open_regular(const char *path, const char *what, ent_status bad, int *fd);
+// The same check for a file another library opens (HDF5): opened and closed.
+ent_status ent_check_regular(const char *path, const char *what, ent_status bad);
+
+// ---- numbers (config values and command-line options) ----
+// Strict decimal readings: spaces around are allowed; empty text, trailing
+// junk, overflow, a sign on an unsigned number, hexadecimal, inf and nan are
+// not. Return 0 with *out set, or -1. Ranges are the caller's to check.
+int ent_parse_i64(const char *text, long long *out);
+int ent_parse_u64(const char *text, uint64_t *out);
+int ent_parse_f64(const char *text, double *out);
+
+// ---- configuration ----
+// Sets section.key from text, range-checked by the key table as a config file
+// is; a bad value fails with status `bad` and "ORIGIN section.key: why" (for
+// values that come from elsewhere than a config, e.g. a checkpoint's
+// attributes). The key must exist.
+ent_status ent_config_set_key(ent_config *cfg, const char *section, const char *key,
+                              const char *text, const char *origin, ent_status bad);
+
 // ---- data ----
 // Files in dir matching the glob pattern, sorted; *paths is owned by the caller
 // (ent_free_paths). Returns the count, 0 when none match, or -1 (error recorded)
 // when dir cannot be read.
 int ent_glob_shards(const char *dir, const char *pattern, char ***paths);
 void ent_free_paths(char **paths, int n);
+// Refuses (ENT_ERR_USAGE, naming the shard and both patterns) a file of dir
+// that both patterns match, by name or through a link: validation must not
+// measure data the run trains on.
+ent_status ent_data_check_split(const char *dir, const char *train_pattern,
+                                const char *val_pattern);
 
 // ---- JSON lines (metrics.c): every record of metrics.jsonl and run.json ----
 typedef enum { ENT_JSON_NUMBER, ENT_JSON_INT, ENT_JSON_STRING, ENT_JSON_BOOL } ent_json_kind;

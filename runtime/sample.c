@@ -94,19 +94,39 @@ static ent_status write_logits(ent_model_t *m, const int32_t *ids, int n, const 
     return ENT_OK;
 }
 
+// The model shape of a checkpoint's attributes, each checked against the
+// range its configuration key accepts (and the heads against the width): a
+// damaged or foreign file must not size the model (a context of 0 once
+// aborted the sampler; heads not dividing the width sampled garbage).
+static ent_status checkpoint_shape(ent_ckpt_t *ck, const char *path, ent_model_shape *shape) {
+    static const char *keys[] = {"layers", "heads", "width", "context", "vocab"};
+    ent_config cfg;
+    ent_config_defaults(&cfg);
+    char origin[ENT_PATH_MAX + 32], name[32], text[32];
+    snprintf(origin, sizeof origin, "%.4000s: attribute", path);
+    for (int i = 0; i < 5; i++) {
+        int64_t v;
+        snprintf(name, sizeof name, "model.%s", keys[i]);
+        ENT_CHECK(ent_ckpt_attr_i64(ck, name, &v));
+        snprintf(text, sizeof text, "%lld", (long long)v);
+        ENT_CHECK(ent_config_set_key(&cfg, "model", keys[i], text, origin, ENT_ERR_INPUT));
+    }
+    if (cfg.width % cfg.heads != 0)
+        return ent_fail(ENT_ERR_INPUT, "%s: attribute model.width = %d is not divisible by "
+                        "model.heads = %d: not a model entente writes", path, cfg.width, cfg.heads);
+    *shape = (ent_model_shape){.layers = cfg.layers, .heads = cfg.heads, .width = cfg.width,
+                               .context = cfg.context, .vocab = cfg.vocab,
+                               .padded_vocab = (cfg.vocab + 63) / 64 * 64};
+    return ENT_OK;
+}
+
 ent_status ent_sample_checkpoint(const char *path, const char *prompt, int tokens,
                                  double temperature, uint64_t seed, const char *logits_path,
                                  FILE *out) {
     ent_ckpt_t *ck = NULL;
     ENT_CHECK(ent_ckpt_open(path, NULL, &ck));
-    int64_t v[5];
-    const char *keys[] = {"model.layers", "model.heads", "model.width", "model.context",
-                          "model.vocab"};
-    ent_status st = ENT_OK;
-    for (int i = 0; i < 5 && st == ENT_OK; i++) st = ent_ckpt_attr_i64(ck, keys[i], &v[i]);
-    ent_model_shape shape = {.layers = (int)v[0], .heads = (int)v[1], .width = (int)v[2],
-                             .context = (int)v[3], .vocab = (int)v[4],
-                             .padded_vocab = (int)((v[4] + 63) / 64 * 64)};
+    ent_model_shape shape = {0};
+    ent_status st = checkpoint_shape(ck, path, &shape);
     size_t plen = strlen(prompt);
     if (st == ENT_OK && plen > 0 && shape.vocab != ENT_BYTE_VOCAB)
         st = ent_fail(ENT_ERR_USAGE, "--prompt needs a byte-level model (vocabulary %d); this "

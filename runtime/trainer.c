@@ -569,6 +569,7 @@ static ent_status prepare_model(trainer *tr) {
 
 static ent_status open_data(trainer *tr) {
     const ent_config *cfg = tr->cfg;
+    ENT_CHECK(ent_data_check_split(cfg->data_dir, cfg->train_pattern, cfg->val_pattern));
     ENT_CHECK(ent_dataset_open(cfg->data_dir, cfg->train_pattern, cfg->vocab, tr->T, &tr->train));
     char **vals = NULL;
     int nval = ent_glob_shards(cfg->data_dir, cfg->val_pattern, &vals);

@@ -75,6 +75,48 @@ double ent_rng_normal(ent_rng *rng) {
 }
 
 // ---------------------------------------------------------------------------
+// files Entente reads
+
+// What a file that is not a regular file is, for messages.
+static const char *file_kind(mode_t mode) {
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+    if (S_ISSOCK(mode)) return "a socket";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    return "not a regular file";
+}
+
+ent_status ent_open_regular(const char *path, const char *what, ent_status bad, int *fd) {
+    *fd = -1;
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return ent_fail(bad, "cannot read %s %s: %s", what, path, strerror(errno));
+    // a FIFO would block open() until a writer comes, a device would read forever
+    if (!S_ISREG(st.st_mode))
+        return ent_fail(bad, "%s %s is %s, not a regular file", what, path, file_kind(st.st_mode));
+    // O_NONBLOCK: should the path have become a FIFO since the stat, open must
+    // not wait for a writer; fstat then checks what was really opened
+    int f = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (f < 0) return ent_fail(bad, "cannot read %s %s: %s", what, path, strerror(errno));
+    if (fstat(f, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(f);
+        return ent_fail(bad, "%s %s is %s, not a regular file", what, path, file_kind(st.st_mode));
+    }
+    int flags = fcntl(f, F_GETFL);
+    if (flags >= 0) fcntl(f, F_SETFL, flags & ~O_NONBLOCK);
+    *fd = f;
+    return ENT_OK;
+}
+
+ent_status ent_check_regular(const char *path, const char *what, ent_status bad) {
+    int fd;
+    ENT_CHECK(ent_open_regular(path, what, bad, &fd));
+    close(fd);
+    return ENT_OK;
+}
+
+// ---------------------------------------------------------------------------
 // memory
 
 const char *ent_format_bytes(double bytes, char *buf, size_t n) {

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ent_runtime.h"
@@ -374,6 +375,14 @@ static void test_missing_file(void **state) {
     snprintf(path, sizeof path, "%s/no-such-config.ini", tmpdir);
     ent_config cfg;
     expect_error(ent_config_load(&cfg, path, NULL, 0), ENT_ERR_USAGE, path, NULL, NULL, NULL);
+    // not a regular file: refused before it is opened for reading (a FIFO
+    // without a writer would block, /dev/zero would never end)
+    snprintf(path, sizeof path, "%s/fifo.ini", tmpdir);
+    assert_int_equal(mkfifo(path, 0644), 0);
+    expect_error(ent_config_load(&cfg, path, NULL, 0), ENT_ERR_USAGE, path, "FIFO", "not a regular file", NULL);
+    expect_error(ent_config_load(&cfg, "/dev/zero", NULL, 0), ENT_ERR_USAGE, "/dev/zero",
+                 "character device", NULL, NULL);
+    expect_error(ent_config_load(&cfg, tmpdir, NULL, 0), ENT_ERR_USAGE, tmpdir, "directory", NULL, NULL);
 }
 
 // ---------------------------------------------------------------------------
@@ -603,20 +612,47 @@ static void test_round_trip_inline_comment_chars(void **state) {
     }
 }
 
-// Every string value that is accepted must come back from the written
-// configuration unchanged; a value too long for that is refused with its key
-// named, never cut short. Random lengths (up to well past an INI line) with
-// characters that need escapes.
+// Writes n raw bytes to tmpdir/name; path gets the full name.
+static void write_bytes(char *path, size_t pn, const char *name, const void *data, size_t n) {
+    snprintf(path, pn, "%s/%s", tmpdir, name);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, n, f), n);
+    assert_int_equal(fclose(f), 0);
+}
+
+typedef struct {
+    const char *section, *key;
+    size_t offset, cap; // the field and its size (the value holds cap - 1 bytes at most)
+} text_key;
+
+#define TEXT_KEY(s, k, f) {s, k, offsetof(ent_config, f), sizeof(((ent_config *)0)->f)}
+static const text_key text_keys[] = {
+    TEXT_KEY("sample", "prompt", sample_prompt), TEXT_KEY("data", "dir", data_dir),
+    TEXT_KEY("data", "train_pattern", train_pattern), TEXT_KEY("data", "val_pattern", val_pattern),
+    TEXT_KEY("checkpoint", "dir", ckpt_dir),
+};
+#define NTEXT ((int)(sizeof text_keys / sizeof text_keys[0]))
+
+// Every string value up to its field's size is accepted, through --set and in
+// a file, and comes back from the written configuration unchanged; one byte
+// more is refused with the key and the limit named, never cut short. Random
+// lengths around each limit, with characters that need escapes.
 static void test_long_values(void **state) {
     (void)state;
     test_reseed(7);
-    static const char *keys[][2] = {{"sample", "prompt"}, {"data", "dir"}, {"data", "train_pattern"}};
+    assert_int_equal(sizeof ((ent_config *)0)->data_dir, ENT_PATH_MAX);
+    assert_int_equal(sizeof ((ent_config *)0)->sample_prompt, ENT_PROMPT_MAX);
     int accepted = 0, refused = 0;
-    for (int trial = 0; trial < 300; trial++) {
-        int which = (int)test_rand_int(0, 2), len = (int)test_rand_int(1, 400);
-        char value[512], quoted[1100], arg[1200], name[64];
+    char *value = malloc(2 * ENT_PATH_MAX), *quoted = malloc(5 * ENT_PATH_MAX),
+         *arg = malloc(5 * ENT_PATH_MAX + 64);
+    assert_true(value && quoted && arg);
+    for (int trial = 0; trial < 200; trial++) {
+        const text_key *k = &text_keys[test_rand_int(0, NTEXT - 1)];
+        // mostly near the limit: exactly at it, one over, or anywhere below
+        int pick = (int)test_rand_int(0, 3), cap = (int)k->cap;
+        int len = pick == 0 ? cap - 1 : pick == 1 ? cap : (int)test_rand_int(1, cap + 40);
         random_text(value, len);
-        if (test_rand_int(0, 1)) value[test_rand_int(0, len - 1)] = ';';
         // quote it the way a user would on the command line
         size_t j = 0;
         quoted[j++] = '"';
@@ -627,21 +663,23 @@ static void test_long_values(void **state) {
         }
         quoted[j++] = '"';
         quoted[j] = '\0';
-        snprintf(name, sizeof name, "%s.%s", keys[which][0], keys[which][1]);
-        snprintf(arg, sizeof arg, "%s=%s", name, quoted);
+        char name[64], limit[64];
+        snprintf(name, sizeof name, "%s.%s", k->section, k->key);
+        snprintf(limit, sizeof limit, "at most %d bytes", cap - 1);
+        snprintf(arg, 5 * ENT_PATH_MAX + 64, "%s=%s", name, quoted);
         ent_config cfg, back;
         ent_config_defaults(&cfg);
         strcpy(cfg.data_dir, "/d");
         ent_status st = ent_config_set(&cfg, arg);
-        if (st != ENT_OK) {
+        if (len >= cap) {
             refused++;
-            expect_error(st, ENT_ERR_USAGE, name, NULL, NULL, NULL);
-            if (len <= 60) fail_msg("%d-byte value refused: %s", len, ent_last_error());
+            if (st == ENT_OK) fail_msg("%s: a %d-byte value accepted (the field holds %d)", name, len, cap - 1);
+            expect_error(st, ENT_ERR_USAGE, name, limit, NULL, NULL);
             continue;
         }
+        if (st != ENT_OK) fail_msg("%s: %d-byte value refused: %s", name, len, ent_last_error());
         accepted++;
-        const char *field = which == 0 ? cfg.sample_prompt : which == 1 ? cfg.data_dir : cfg.train_pattern;
-        assert_string_equal(field, value);
+        assert_string_equal((char *)&cfg + k->offset, value);
         char *text;
         write_and_reload(&cfg, "long.ini", &back, &text);
         assert_config_equal(&back, &cfg);
@@ -649,8 +687,40 @@ static void test_long_values(void **state) {
     }
     if (accepted == 0 || refused == 0) fail_msg("%d values accepted, %d refused", accepted, refused);
 
-    // a line longer than the parser's buffer names its own line, in any section
-    int lens[] = {250, 1000, 5000};
+    // in a file, at each limit and one over: the message names file:line and the key
+    for (int i = 0; i < NTEXT; i++) {
+        const text_key *k = &text_keys[i];
+        for (int over = 0; over < 2; over++) {
+            int pad = (int)test_rand_int(0, 5), len = (int)k->cap - 1 + over;
+            char *text = calloc(1, (size_t)len + 256), path[128], where[160], name[64];
+            assert_non_null(text);
+            for (int p = 0; p < pad; p++) strcat(text, "# pad\n");
+            if (strcmp(k->section, "data") != 0 || strcmp(k->key, "dir") != 0)
+                strcat(text, "[data]\ndir = /d\n");
+            sprintf(text + strlen(text), "[%s]\n%s = ", k->section, k->key);
+            size_t at = strlen(text);
+            for (int c = 0; c < len; c++) text[at + c] = (char)('a' + test_rand_int(0, 25));
+            int line = 1;
+            for (size_t c = 0; c < at; c++) line += text[c] == '\n';
+            strcat(text, "\n[model]\nlayers = 2\n");
+            write_text(path, sizeof path, "limit.ini", text);
+            ent_config cfg;
+            ent_status st = ent_config_load(&cfg, path, NULL, 0);
+            snprintf(name, sizeof name, "%s.%s", k->section, k->key);
+            if (!over) {
+                if (st != ENT_OK) fail_msg("%s of %d bytes in a file: %s", name, len, ent_last_error());
+                assert_int_equal(strlen((char *)&cfg + k->offset), (size_t)len);
+                assert_int_equal(cfg.layers, 2);
+            } else {
+                snprintf(where, sizeof where, "%s:%d:", path, line);
+                expect_error(st, ENT_ERR_USAGE, where, name, "at most", NULL);
+            }
+            free(text);
+        }
+    }
+
+    // a line longer than any value could need names its own line, in any section
+    int lens[] = {20000, 200000};
     for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
         int pad = (int)test_rand_int(0, 5);
         char *text = calloc(1, (size_t)lens[i] + 256), path[128], where[160];
@@ -666,19 +736,155 @@ static void test_long_values(void **state) {
         expect_error(ent_config_load(&cfg, path, NULL, 0), ENT_ERR_USAGE, where, NULL, NULL, NULL);
         free(text);
     }
+    free(value);
+    free(quoted);
+    free(arg);
 }
 
 // The first error of a file is the one reported, even when a later line is too long.
 static void test_first_error_before_long_line(void **state) {
     (void)state;
-    char text[600] = "[model]\nwidht = 64\n[data]\ndir = /", path[128], where[160];
+    size_t n = 30000;
+    char *text = calloc(1, n + 64), path[128], where[160];
+    assert_non_null(text);
+    strcpy(text, "[model]\nwidht = 64\n[data]\ndir = /");
     size_t at = strlen(text);
-    memset(text + at, 'x', 300);
-    strcpy(text + at + 300, "\n");
+    memset(text + at, 'x', n);
+    strcpy(text + at + n, "\n");
     write_text(path, sizeof path, "firsterror.ini", text);
+    free(text);
     snprintf(where, sizeof where, "%s:2:", path);
     ent_config cfg;
     expect_error(ent_config_load(&cfg, path, NULL, 0), ENT_ERR_USAGE, where, "widht", NULL, NULL);
+}
+
+// Binary data in a config: a NUL byte (anywhere: at the start of a line it
+// once hid the whole line, inside a value it read as "line too long") or
+// another control character is an error naming the file and line; tab and CR
+// are text. Seeded: random valid files, one byte replaced on a random line.
+static void test_binary_bytes(void **state) {
+    (void)state;
+    test_reseed(11);
+    static const char base[] = "; tiny\n[model]\nlayers = 2\nheads = 2\n\n[data]\ndir = /d\n"
+                               "train_pattern = *tr*.bin\n[sample]\nprompt = hello there\n";
+    int nlines = 0;
+    for (const char *c = base; *c; c++) nlines += *c == '\n';
+    for (int trial = 0; trial < 300; trial++) {
+        char text[sizeof base], path[128], where[160];
+        memcpy(text, base, sizeof base);
+        // a byte of the chosen line (not its newline), or the start of the line
+        size_t at;
+        do at = (size_t)test_rand_int(0, (int64_t)sizeof base - 2);
+        while (text[at] == '\n');
+        if (trial % 3 == 0) while (at > 0 && text[at - 1] != '\n') at--;
+        int line = 1;
+        for (size_t c = 0; c < at; c++) line += text[c] == '\n';
+        int byte;
+        do byte = (int)test_rand_int(0, 0x7f);
+        while (byte >= 0x20 && byte != 0x7f);
+        if (byte == '\t' || byte == '\r' || byte == '\n') byte = 0;
+        if (trial % 2 == 0) byte = 0;
+        text[at] = (char)byte;
+        write_bytes(path, sizeof path, "binary.ini", text, sizeof base - 1);
+        ent_config cfg;
+        ent_status st = ent_config_load(&cfg, path, NULL, 0);
+        snprintf(where, sizeof where, "%s:%d:", path, line);
+        if (st == ENT_OK) fail_msg("byte 0x%02x at offset %zu (line %d) accepted", byte, at, line);
+        expect_error(st, ENT_ERR_USAGE, where, byte == 0 ? "NUL" : "control character", NULL, NULL);
+    }
+    (void)nlines;
+    // tab and CR (Windows line ends) are text; so are bytes above 0x7f (UTF-8 or not)
+    char path[128];
+    static const char crlf[] = "[model]\r\nlayers\t= 3\r\n[sample]\r\nprompt = caf\xc3\xa9 \xff\r\n"
+                               "[data]\r\ndir = /d\r\n";
+    write_bytes(path, sizeof path, "crlf.ini", crlf, sizeof crlf - 1);
+    ent_config cfg;
+    ent_status st = ent_config_load(&cfg, path, NULL, 0);
+    if (st != ENT_OK) fail_msg("%s", ent_last_error());
+    assert_int_equal(cfg.layers, 3);
+    assert_string_equal(cfg.sample_prompt, "caf\xc3\xa9 \xff");
+    // a control character reaching a text value through --set is refused too
+    ent_config_defaults(&cfg);
+    expect_error(ent_config_set(&cfg, "sample.prompt=a\x01" "b"), ENT_ERR_USAGE, "sample.prompt",
+                 "control character 0x01", NULL, NULL);
+    expect_error(ent_config_set(&cfg, "data.dir=/d\r"), ENT_ERR_USAGE, "data.dir", "0x0d", NULL, NULL);
+}
+
+// Every numeric key, through --set and in a file, refuses every malformed
+// number with its key named: empty, signs alone, trailing or leading junk,
+// overflow, hexadecimal, inf and nan (and a sign on a seed). Seeded random
+// junk around good values too.
+static void test_number_syntax(void **state) {
+    (void)state;
+    test_reseed(12);
+    static const char *bad[] = {
+        "", " ", "+", "-", "--1", "+-1", "1 2", "5x", "x5", "0x10", "0X1A", "1e999", "-1e999",
+        "nan", "NaN", "-nan", "inf", "-inf", "+inf", "infinity", "99999999999999999999999",
+        "-99999999999999999999999", "18446744073709551616", "1,5", "1_000", "1.5.2", "..5",
+        ".", "e5", "1e", "1e+", "0x1p3", "\"3\"", "3;", "1/2", "two",
+    };
+    static const char *bad_int[] = {"2.5", "1e3", "1.", ".5"};
+    static const char *bad_u64[] = {"-1", "-0", "18446744073709551616", "-18446744073709551615", "1e3"};
+    static const char junk[] = "xe,;/_#'\"abcq"; // none of them completes a number
+    char arg[256], name[64];
+    int checked = 0, nkeys = 0;
+    // every numeric key, as the key table describes it (entente train --help)
+    char *help = NULL;
+    size_t helpn = 0;
+    FILE *hf = open_memstream(&help, &helpn);
+    assert_non_null(hf);
+    ent_config_describe_keys(hf);
+    assert_int_equal(fclose(hf), 0);
+    for (char *line = strtok(help, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+        char section[32], key[32];
+        if (sscanf(line, "  %31[a-z0-9_].%31[a-z0-9_] default", section, key) != 2) continue;
+        int is_u64 = strstr(line, "0..18446744073709551615") != NULL;
+        int is_int = !is_u64 && strstr(line, "an integer") != NULL;
+        if (!is_u64 && !is_int && strstr(line, "a number in") == NULL) continue;
+        nkeys++;
+        snprintf(name, sizeof name, "%s.%s", section, key);
+        const char **extra = is_int ? bad_int : is_u64 ? bad_u64 : NULL;
+        size_t nextra = is_int ? 4 : is_u64 ? 5 : 0;
+        size_t nbad = sizeof bad / sizeof bad[0];
+        for (size_t b = 0; b < nbad + nextra + 20; b++) {
+            char v[64];
+            if (b < nbad) snprintf(v, sizeof v, "%s", bad[b]);
+            else if (b < nbad + nextra) snprintf(v, sizeof v, "%s", extra[b - nbad]);
+            else { // a good value with junk before or after it
+                char c = junk[test_rand_int(0, (int64_t)sizeof junk - 2)];
+                if (test_rand_int(0, 1)) snprintf(v, sizeof v, "1%c", c);
+                else snprintf(v, sizeof v, "%c1", c);
+            }
+            ent_config cfg;
+            ent_config_defaults(&cfg);
+            snprintf(arg, sizeof arg, "%s=%s", name, v);
+            ent_status st = ent_config_set(&cfg, arg);
+            if (st == ENT_OK) fail_msg("--set %s accepted", arg);
+            expect_error(st, ENT_ERR_USAGE, name, NULL, NULL, NULL);
+            checked++;
+        }
+        // the same in a file, where the message names file:line:
+        char text[256], path[128], where[160];
+        snprintf(text, sizeof text, "[data]\ndir = /d\n[%s]\n%s = %s\n", section, key,
+                 bad[test_rand_int(0, (int64_t)(sizeof bad / sizeof bad[0]) - 1)]);
+        write_text(path, sizeof path, "num.ini", text);
+        snprintf(where, sizeof where, "%s:4:", path);
+        ent_config cfg;
+        expect_error(ent_config_load(&cfg, path, NULL, 0), ENT_ERR_USAGE, where, key, NULL, NULL);
+    }
+    free(help);
+    // the keys of every numeric kind were found (the description did not change shape)
+    if (nkeys < 20) fail_msg("only %d numeric keys found in the key descriptions", nkeys);
+    // and what must still read: spaces around, a plus sign, leading zeros
+    ent_config cfg;
+    ent_config_defaults(&cfg);
+    assert_int_equal(ent_config_set(&cfg, "train.steps= 012 "), ENT_OK);
+    assert_int_equal(cfg.steps, 12);
+    assert_int_equal(ent_config_set(&cfg, "train.lr=+.5e-2"), ENT_OK);
+    assert_true(cfg.lr == 0.005);
+    assert_int_equal(ent_config_set(&cfg, "sample.seed=+7"), ENT_OK);
+    assert_true(cfg.sample_seed == 7);
+    print_message("%d malformed numbers refused over %d numeric keys\n", checked, nkeys);
 }
 
 // The seeds are documented as integers in 0..2^64-1: a leading zero must not
@@ -894,6 +1100,8 @@ int main(void) {
         cmocka_unit_test(test_round_trip_inline_comment_chars),
         cmocka_unit_test(test_long_values),
         cmocka_unit_test(test_first_error_before_long_line),
+        cmocka_unit_test(test_binary_bytes),
+        cmocka_unit_test(test_number_syntax),
         cmocka_unit_test(test_seed_is_decimal),
         cmocka_unit_test(test_lr_schedule),
         cmocka_unit_test(test_shortest_float_text),

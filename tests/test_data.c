@@ -602,6 +602,117 @@ static void test_shard_validation(void **state) {
 }
 
 // Shards written by another tool (llm.c's tokenizer scripts) in the same layout.
+// Seeded random corruption of every byte of a shard's header, of random byte
+// ranges, and truncations and extensions at random lengths: each either opens
+// as the same data (a byte of the unused header words) or fails with
+// ENT_ERR_INPUT naming the shard; never a crash, a hang or other data.
+static void expect_corrupt_outcome(const char *dir, const char *path, const unsigned char *good,
+                                   const unsigned char *bytes, size_t len, size_t goodlen,
+                                   const uint16_t *tok, size_t n, int T, const char *what) {
+    write_bytes(path, bytes, len);
+    ent_dataset_t *d = NULL;
+    ent_status st = ent_dataset_open(dir, "corrupt.bin", ENT_BYTE_VOCAB, T, &d);
+    size_t announced = 0;
+    ent_status st2 = ent_shard_check_header(path, &announced);
+    // the magic, version and count (the first 12 bytes) and the size decide
+    int same = len == goodlen && memcmp(bytes, good, 12) == 0;
+    if (st == ENT_OK) {
+        if (!same) fail_msg("%s: opened although the magic, version, count or size changed", what);
+        assert_int_equal(st2, ENT_OK);
+        assert_int_equal(announced, n);
+        assert_int_equal(ent_dataset_num_tokens(d), (int64_t)n);
+        int32_t in[64], tg[64];
+        int64_t last = ent_dataset_num_sequences(d) - 1;
+        ent_dataset_sequence(d, last, in, tg);
+        for (int i = 0; i < T; i++) assert_int_equal(in[i], tok[(size_t)last * (size_t)T + (size_t)i]);
+        ent_dataset_close(&d);
+        return;
+    }
+    assert_null(d);
+    if (same) fail_msg("%s: refused although only unused header words changed: %s", what, ent_last_error());
+    if (st != ENT_ERR_INPUT || strstr(ent_last_error(), path) == NULL)
+        fail_msg("%s: status %d, message does not name %s: %s", what, (int)st, path, ent_last_error());
+    if (st2 == ENT_OK && len != goodlen) fail_msg("%s: the header check passed a wrong size", what);
+}
+
+static void test_shard_corruption(void **state) {
+    (void)state;
+    test_reseed(12);
+    char dir[128], path[512];
+    folder(dir, sizeof dir, "corrupt", 1);
+    snprintf(path, sizeof path, "%s/corrupt.bin", dir);
+    size_t n = (size_t)test_rand_int(100, 3000);
+    int T = (int)test_rand_int(2, 32);
+    uint16_t *tok = malloc(n * sizeof *tok);
+    assert_non_null(tok);
+    for (size_t i = 0; i < n; i++) tok[i] = (uint16_t)test_rand_int(0, ENT_BYTE_VOCAB - 1);
+    write_raw_shard(path, ENT_SHARD_MAGIC, ENT_SHARD_VERSION, (int32_t)n, tok, n);
+    size_t goodlen;
+    unsigned char *good = read_bytes(path, &goodlen);
+    unsigned char *bytes = malloc(goodlen + 4096);
+    assert_non_null(bytes);
+    char what[96];
+    const size_t header = ENT_SHARD_HEADER_INTS * sizeof(int32_t);
+    // every header byte, set to another random value
+    int refused = 0;
+    for (size_t at = 0; at < header; at++) {
+        memcpy(bytes, good, goodlen);
+        bytes[at] = (unsigned char)(good[at] ^ test_rand_int(1, 255));
+        snprintf(what, sizeof what, "header byte %zu = 0x%02x", at, bytes[at]);
+        expect_corrupt_outcome(dir, path, good, bytes, goodlen, goodlen, tok, n, T, what);
+        refused += at < 12;
+    }
+    assert_int_equal(refused, 12);
+    // random ranges of random bytes anywhere in the header, and the count set
+    // to extreme values
+    for (int trial = 0; trial < 300; trial++) {
+        memcpy(bytes, good, goodlen);
+        size_t a = (size_t)test_rand_int(0, (int64_t)header - 1), b = (size_t)test_rand_int((int64_t)a, (int64_t)header - 1);
+        for (size_t i = a; i <= b; i++) bytes[i] = (unsigned char)test_rand_int(0, 255);
+        if (trial % 10 == 0) {
+            int32_t extremes[] = {INT32_MAX, INT32_MIN, -1, 0, 1, (int32_t)n + 1, (int32_t)n - 1};
+            memcpy(bytes + 8, &extremes[test_rand_int(0, 6)], 4);
+        }
+        snprintf(what, sizeof what, "header bytes %zu..%zu randomised (trial %d)", a, b, trial);
+        expect_corrupt_outcome(dir, path, good, bytes, goodlen, goodlen, tok, n, T, what);
+    }
+    // truncations (every length through the header, random ones after) and extensions
+    for (int trial = 0; trial < 400; trial++) {
+        size_t len = trial < 200 ? (size_t)test_rand_int(0, (int64_t)header + 8)
+                                 : (size_t)test_rand_int(0, (int64_t)goodlen - 1);
+        snprintf(what, sizeof what, "truncated to %zu of %zu bytes", len, goodlen);
+        expect_corrupt_outcome(dir, path, good, good, len, goodlen, tok, n, T, what);
+    }
+    for (int trial = 0; trial < 20; trial++) {
+        size_t extra = (size_t)test_rand_int(1, 4096);
+        memcpy(bytes, good, goodlen);
+        for (size_t i = 0; i < extra; i++) bytes[goodlen + i] = (unsigned char)test_rand_int(0, 255);
+        snprintf(what, sizeof what, "%zu bytes appended", extra);
+        expect_corrupt_outcome(dir, path, good, bytes, goodlen + extra, goodlen, tok, n, T, what);
+    }
+    free(tok);
+    free(good);
+    free(bytes);
+}
+
+// A FIFO or a device under a shard's name is refused before it is opened for
+// reading (a FIFO without a writer would block open() for ever).
+static void test_shard_not_regular(void **state) {
+    (void)state;
+    char dir[128], path[512];
+    folder(dir, sizeof dir, "fifo", 1);
+    snprintf(path, sizeof path, "%s/train_000000.bin", dir);
+    assert_int_equal(mkfifo(path, 0644), 0);
+    expect_bad_shard_in(dir, "train_*.bin", "train_000000.bin", ENT_BYTE_VOCAB, 8, "FIFO",
+                        "not a regular file");
+    size_t nt;
+    expect_error(ent_shard_check_header(path, &nt), ENT_ERR_INPUT, path, "FIFO", NULL);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(symlink("/dev/zero", path), 0);
+    expect_bad_shard_in(dir, "train_*.bin", "train_000000.bin", ENT_BYTE_VOCAB, 8,
+                        "character device", NULL);
+}
+
 static void test_foreign_shards(void **state) {
     (void)state;
     test_reseed(7);
@@ -909,6 +1020,7 @@ int main(void) {
         cmocka_unit_test(test_prepare_counts),    cmocka_unit_test(test_prepare_no_val),
         cmocka_unit_test(test_prepare_shard_split), cmocka_unit_test(test_prepare_errors),
         cmocka_unit_test(test_prepare_force),     cmocka_unit_test(test_shard_validation),
+        cmocka_unit_test(test_shard_corruption), cmocka_unit_test(test_shard_not_regular),
         cmocka_unit_test(test_foreign_shards),    cmocka_unit_test(test_sequences),
         cmocka_unit_test(test_permute),           cmocka_unit_test(test_fill),
     };
