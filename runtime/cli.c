@@ -19,13 +19,9 @@ static const char *main_help =
     "\n"
     "Usage: entente COMMAND [OPTIONS]\n"
     "\n"
-    "Commands:\n"
-    "  train          train a GPT model from an INI configuration (or resume one)\n"
-    "  data prepare   turn raw files into token shards (byte-level tokenizer)\n"
-    "  ckpt info      describe a checkpoint\n"
-    "  ckpt verify    check every dataset of a checkpoint\n"
-    "  ckpt export    write a checkpoint as Hugging Face safetensors\n"
-    "  sample         generate text from a checkpoint\n"
+    "Commands:\n";
+
+static const char *main_help_end =
     "\n"
     "train is an MPI program: run it directly for one rank, or under mpirun /\n"
     "srun for many (Open MPI's mpirun needs --allow-run-as-root as root, and\n"
@@ -164,21 +160,6 @@ static ent_status checkpoint_path(const char *arg, char *path, size_t n) {
 // ---------------------------------------------------------------------------
 // entente train
 
-static ent_status config_from_checkpoint_text(ent_config *cfg, const char *path,
-                                              const char **sets, int nsets) {
-    ent_ckpt_t *ck = NULL;
-    ENT_CHECK(ent_ckpt_open(path, NULL, &ck));
-    char *text = NULL;
-    ent_status st = ent_ckpt_attr_text(ck, "config", &text);
-    ent_ckpt_close(&ck);
-    ENT_CHECK(st);
-    char origin[ENT_PATH_MAX];
-    snprintf(origin, sizeof origin, "%.4080s:config", path);
-    st = ent_config_load_text(cfg, text, origin, sets, nsets);
-    free(text);
-    return st;
-}
-
 // The configuration stored in a checkpoint, with --set overrides. The layout
 // (parallel.tp, parallel.zero) is not the checkpoint's: it comes from --set
 // or the defaults, since any layout resumes any checkpoint and the one it was
@@ -195,7 +176,7 @@ static ent_status config_from_checkpoint(ent_config *cfg, const char *path, cons
     all[0] = tp;
     all[1] = zero;
     for (int i = 0; i < nsets; i++) all[i + 2] = sets[i];
-    ent_status st = config_from_checkpoint_text(cfg, path, all, nsets + 2);
+    ent_status st = ent_config_from_checkpoint(cfg, path, all, nsets + 2);
     free(all);
     return st;
 }
@@ -422,6 +403,51 @@ static int cmd_sample(int argc, char **argv) {
     return st == ENT_OK ? 0 : report(st);
 }
 
+static const char *eval_help =
+    "Usage: entente eval --checkpoint FILE [--data DIR] [--batches N]\n"
+    "\n"
+    "The mean validation loss of a checkpoint's model, without training: over\n"
+    "the first N x train.batch_size sequences of the validation shards\n"
+    "(data.val_pattern), the set a training run of the checkpoint's\n"
+    "configuration evaluates on, so at a step where that run evaluated it prints\n"
+    "the loss the run logged. Runs on this machine's CPU, one process.\n"
+    "\n"
+    "  --checkpoint FILE    a checkpoint, or a checkpoint directory (its latest)\n"
+    "  --data DIR           token shards to evaluate on (default: the checkpoint's\n"
+    "                       data.dir)\n"
+    "  --batches N          batches of train.batch_size sequences (default: the\n"
+    "                       checkpoint's eval.batches)\n"
+    "  -h, --help           this help\n";
+
+static int cmd_eval(int argc, char **argv) {
+    const char *ckpt = NULL, *data = NULL;
+    long long batches = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        int rc = 0;
+        if (is_help(a)) {
+            fputs(eval_help, stdout);
+            return 0;
+        } else if (i + 1 >= argc) {
+            return usage_error("eval", "unknown or incomplete argument '%s'", a);
+        } else if (strcmp(a, "--checkpoint") == 0) {
+            ckpt = argv[++i];
+        } else if (strcmp(a, "--data") == 0) {
+            data = argv[++i];
+        } else if (strcmp(a, "--batches") == 0) {
+            rc = int_option("eval", a, argv[++i], 1, 1000000, &batches);
+        } else {
+            return usage_error("eval", "unknown argument '%s'", a);
+        }
+        if (rc != 0) return rc;
+    }
+    if (ckpt == NULL) return usage_error("eval", "%s", "--checkpoint FILE is required");
+    char path[ENT_PATH_MAX];
+    ent_status st = checkpoint_path(ckpt, path, sizeof path);
+    if (st == ENT_OK) st = ent_eval_checkpoint(path, data, (int)batches, stdout);
+    return st == ENT_OK ? 0 : report(st);
+}
+
 // ---------------------------------------------------------------------------
 // entente data prepare
 
@@ -480,43 +506,75 @@ out:
     return rc;
 }
 
+// `entente data SUBCOMMAND`: prepare is the only one.
+static int cmd_data(int argc, char **argv) {
+    if (argc >= 1 && strcmp(argv[0], "prepare") == 0) return cmd_data_prepare(argc - 1, argv + 1);
+    if (argc >= 1 && is_help(argv[0])) {
+        fputs(prepare_help, stdout);
+        return 0;
+    }
+    return usage_error("data", "%s", "expected 'entente data prepare'");
+}
+
 // ---------------------------------------------------------------------------
+// the command table: a new subcommand is one row
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv); // the arguments after the command's name
+    const char *listing;               // its lines in 'entente --help'
+} command;
+
+static const command commands[] = {
+    {"train", cmd_train,
+     "  train          train a GPT model from an INI configuration (or resume one)\n"},
+    {"data", cmd_data,
+     "  data prepare   turn raw files into token shards (byte-level tokenizer)\n"},
+    {"eval", cmd_eval, "  eval           the validation loss of a checkpoint\n"},
+    {"ckpt", cmd_ckpt,
+     "  ckpt info      describe a checkpoint\n"
+     "  ckpt verify    check everything a resume of a checkpoint relies on\n"
+     "  ckpt export    write a checkpoint as Hugging Face safetensors\n"},
+    {"sample", cmd_sample, "  sample         generate text from a checkpoint\n"},
+};
+
+static const command *find_command(const char *name) {
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(commands[i].name, name) == 0) return &commands[i];
+    return NULL;
+}
+
+static void print_main_help(FILE *f) {
+    fputs(main_help, f);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fputs(commands[i].listing, f);
+    fputs(main_help_end, f);
+}
 
 int ent_cli_main(int argc, char **argv) {
     // A file-size limit (ulimit -f) then fails the write with EFBIG, which is
     // reported with the file's name, instead of killing the process.
     signal(SIGXFSZ, SIG_IGN);
     if (argc < 2) {
-        fputs(main_help, stderr);
+        print_main_help(stderr);
         return 2;
     }
     const char *cmd = argv[1];
     if (is_help(cmd) || strcmp(cmd, "help") == 0) {
-        if (strcmp(cmd, "help") == 0 && argc > 2) {
+        const command *c = strcmp(cmd, "help") == 0 && argc > 2 ? find_command(argv[2]) : NULL;
+        if (c != NULL) {
             char *help[] = {"--help"};
-            if (strcmp(argv[2], "train") == 0) return cmd_train(1, help);
-            if (strcmp(argv[2], "ckpt") == 0) return cmd_ckpt(1, help);
-            if (strcmp(argv[2], "sample") == 0) return cmd_sample(1, help);
-            if (strcmp(argv[2], "data") == 0) return cmd_data_prepare(1, help);
+            return c->run(1, help);
         }
-        fputs(main_help, stdout);
+        print_main_help(stdout);
         return 0;
     }
     if (strcmp(cmd, "--version") == 0) {
         printf("entente %s (%s)\n", ENT_VERSION, ENT_GIT_REVISION);
         return 0;
     }
-    if (strcmp(cmd, "train") == 0) return cmd_train(argc - 2, argv + 2);
-    if (strcmp(cmd, "ckpt") == 0) return cmd_ckpt(argc - 2, argv + 2);
-    if (strcmp(cmd, "sample") == 0) return cmd_sample(argc - 2, argv + 2);
-    if (strcmp(cmd, "data") == 0) {
-        if (argc >= 3 && strcmp(argv[2], "prepare") == 0) return cmd_data_prepare(argc - 3, argv + 3);
-        if (argc >= 3 && is_help(argv[2])) {
-            fputs(prepare_help, stdout);
-            return 0;
-        }
-        return usage_error("data", "%s", "expected 'entente data prepare'");
-    }
+    const command *c = find_command(cmd);
+    if (c != NULL) return c->run(argc - 2, argv + 2);
     fprintf(stderr, "entente: error: unknown command '%s'\nTry 'entente --help'.\n", cmd);
     return 2;
 }

@@ -41,7 +41,7 @@ static const key_desc keys[] = {
     {"train", "micro_batch", K_INT, FIELD(micro_batch), "0", 0, BIG, 0, "sequences per forward/backward on a rank; 0 = batch_size / data-parallel ranks (no accumulation)"},
     {"train", "lr", K_FLOAT, FIELD(lr), "0.001", 0, 10, 0, "peak learning rate"},
     {"train", "lr_floor", K_FLOAT, FIELD(lr_floor), "0.1", 0, 1, 0, "final learning rate, as a fraction of lr (cosine decay)"},
-    {"train", "warmup_steps", K_INT, FIELD(warmup_steps), "100", 0, BIG, 0, "steps of linear warm-up; at most steps"},
+    {"train", "warmup_steps", K_INT, FIELD(warmup_steps), "100", 0, BIG, 0, "steps of linear warm-up; more than train.steps is lowered to a tenth of the run, with a warning"},
     {"train", "weight_decay", K_FLOAT, FIELD(weight_decay), "0.1", 0, 10, 0, "AdamW decoupled weight decay (matrices and embeddings only)"},
     {"train", "beta1", K_FLOAT, FIELD(beta1), "0.9", 0, 0.999999, 0, "AdamW first-moment decay"},
     {"train", "beta2", K_FLOAT, FIELD(beta2), "0.95", 0, 0.999999, 0, "AdamW second-moment decay"},
@@ -73,7 +73,9 @@ static const key_desc keys[] = {
     {"checkpoint", "keep", K_INT, FIELD(ckpt_keep), "3", 0, BIG, 0, "keep this many newest checkpoints of this run (another run's are never removed); 0 = all"},
     {"checkpoint", "async", K_BOOL, FIELD(ckpt_async), "false", 0, 0, 0, "write checkpoints from a background thread, which first copies the state to memory beside the next step's forward and backward"},
     {"checkpoint", "on_error", K_STR, FIELD(ckpt_on_error), "stop", 0, 0, 0, "when a save fails (a full disk): stop (exit 1) or continue training"},
+    {"checkpoint", "at_start", K_BOOL, FIELD(ckpt_at_start), "false", 0, 0, 0, "also save the initial model as step 0, before the first update (a new run only)"},
     {"system", "threads", K_INT, FIELD(threads), "0", 0, 4096, 0, "CPU threads per rank; 0 = OMP_NUM_THREADS or all cores"},
+    {"system", "backend", K_STR, FIELD(backend), "cpu", 0, 0, 0, "the device backend that computes: cpu (OpenBLAS + OpenMP); the CUDA backend comes later"},
 };
 
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))
@@ -492,6 +494,20 @@ static ent_status load_file(ent_config *cfg, const char *path) {
     return load_stream(cfg, path, f);
 }
 
+// A warm-up longer than the run (a short run of a configuration made for a
+// long one, `--set train.steps=80` on the demo) is lowered to a tenth of the
+// run instead of refusing the run: the first thing a new user tries.
+static void fit_warmup(ent_config *cfg) {
+    if (cfg->warmup_steps <= cfg->steps) return;
+    int fit = cfg->steps / 10;
+    char a[ENT_PATH_MAX + 64];
+    key_origin(cfg, find_key("train", "warmup_steps"), a, sizeof a);
+    ent_log_warn("%s: train.warmup_steps = %d exceeds train.steps = %d: warming up over %d "
+                 "step(s) instead (a tenth of the run; --set train.warmup_steps=N chooses)", a,
+                 cfg->warmup_steps, cfg->steps, fit);
+    cfg->warmup_steps = fit;
+}
+
 ent_status ent_config_load_text(ent_config *cfg, const char *text, const char *origin,
                                 const char *const *overrides, int n_overrides) {
     ent_config_defaults(cfg);
@@ -499,6 +515,7 @@ ent_status ent_config_load_text(ent_config *cfg, const char *text, const char *o
     if (f == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", origin);
     ENT_CHECK(load_stream(cfg, origin, f));
     for (int i = 0; i < n_overrides; i++) ENT_CHECK(ent_config_set(cfg, overrides[i]));
+    fit_warmup(cfg);
     return ent_config_validate(cfg);
 }
 
@@ -539,6 +556,7 @@ ent_status ent_config_load(ent_config *cfg, const char *path, const char *const 
     ent_config_defaults(cfg);
     if (path != NULL) ENT_CHECK(load_file(cfg, path));
     for (int i = 0; i < n_overrides; i++) ENT_CHECK(ent_config_set(cfg, overrides[i]));
+    fit_warmup(cfg);
     return ent_config_validate(cfg);
 }
 
@@ -577,6 +595,15 @@ ent_status ent_config_validate(const ent_config *cfg) {
         return ent_fail(ENT_ERR_USAGE,
                         "%s: data.dir is not set: name a directory of token shards "
                         "(entente data prepare --help)", where);
+    }
+    // the trainer reaches host-memory backends only, until device groups and
+    // the device paths of the checkpoint writer exist
+    if (strcmp(cfg->backend, "cpu") != 0) {
+        key_origin(cfg, KEY("system", "backend"), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE,
+                        "%s: system.backend = '%s': this version trains on the cpu backend only "
+                        "(this build's backends: %s; cpu-guarded is for the tests)", a,
+                        cfg->backend, ent_backend_names());
     }
     if (strcmp(cfg->ckpt_on_error, "stop") != 0 && strcmp(cfg->ckpt_on_error, "continue") != 0) {
         key_origin(cfg, KEY("checkpoint", "on_error"), a, sizeof a);

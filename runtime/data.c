@@ -339,6 +339,8 @@ int64_t ent_data_permute(int64_t i, int64_t n, uint64_t seed, int64_t epoch) {
     return (int64_t)x;
 }
 
+uint64_t ent_data_order_key(uint64_t train_seed) { return ent_hash64(train_seed ^ 0xda7aULL); }
+
 void ent_dataset_fill(const ent_dataset_t *d, const ent_data_cursor *cursor, int64_t skip,
                       int count, int shuffle, uint64_t seed, int32_t *inputs,
                       int32_t *targets) {

@@ -46,8 +46,10 @@ typedef struct {
     char ckpt_dir[ENT_PATH_MAX];
     int ckpt_every, ckpt_keep, ckpt_async;
     char ckpt_on_error[16];
+    int ckpt_at_start;
     // [system]
     int threads;
+    char backend[32];
 
     char path[ENT_PATH_MAX]; // the file it was read from ("" for defaults only)
     // where each key's value came from, for messages: its line in path,
@@ -225,6 +227,9 @@ typedef struct {
 
 // A bijection on [0, n) chosen by (seed, epoch); the identity when shuffle is 0.
 int64_t ent_data_permute(int64_t i, int64_t n, uint64_t seed, int64_t epoch);
+// The key of a run's data order (the seed ent_data_permute takes; a
+// checkpoint's rng.data_order_key) from its train.seed (docs/data.md).
+uint64_t ent_data_order_key(uint64_t train_seed);
 // Fills count sequences starting at global position cursor->consumed + skip
 // into inputs/targets (count x T each); does not move the cursor.
 void ent_dataset_fill(const ent_dataset_t *data, const ent_data_cursor *cursor, int64_t skip,
@@ -341,6 +346,25 @@ void ent_checkpoint_dir(const ent_config *cfg, const char *run_dir, char *out, s
 // Loads a configuration from the text stored in a checkpoint, then overrides.
 ent_status ent_config_load_text(ent_config *cfg, const char *text, const char *origin,
                                 const char *const *overrides, int n_overrides);
+
+// The mean loss over the first `want` sequences of val (fewer if it holds
+// fewer), in chunks of micro sequences (at most the model's micro-batch),
+// shared out among the ranks of dp (NULL: this rank alone). inputs and
+// targets are micro x context host buffers. Collective over dp.
+ent_status ent_eval_loss(ent_model_t *model, const ent_dataset_t *val, int64_t want, int micro,
+                         ent_group_t *dp, int32_t *inputs, int32_t *targets, double *out);
+// `entente eval`: the validation loss of a checkpoint's model on this process's
+// CPU, over batches x train.batch_size validation sequences (batches <= 0:
+// the checkpoint's eval.batches) of data_dir (NULL: the checkpoint's
+// data.dir), written as one line to out.
+ent_status ent_eval_checkpoint(const char *path, const char *data_dir, int batches, FILE *out);
+// Loads the model of a checkpoint (any layout it was saved with) on a new CPU
+// backend, for micro-batches of B sequences. The caller owns *be and *model.
+ent_status ent_model_from_checkpoint(const char *path, int B, ent_backend_t **be,
+                                     ent_model_t **model);
+// The configuration stored in a checkpoint (its `config` text), then overrides.
+ent_status ent_config_from_checkpoint(ent_config *cfg, const char *path,
+                                      const char *const *overrides, int n_overrides);
 
 // Generates n tokens after a prompt of np tokens (np >= 1) with the model's
 // forward pass; temperature 0 picks the most likely token. out gets the n new tokens.

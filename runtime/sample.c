@@ -32,7 +32,11 @@ ent_status ent_sample(ent_model_t *model, const int32_t *prompt, int np, int n,
     int T = s->context;
     int32_t *window = malloc(sizeof(int32_t) * (size_t)T);
     float *logits = malloc(sizeof(float) * (size_t)s->padded_vocab);
-    ENT_ASSERT(window != NULL && logits != NULL);
+    if (window == NULL || logits == NULL) {
+        free(window);
+        free(logits);
+        return ent_fail(ENT_ERR_NOMEM, "out of memory sampling %d tokens", n);
+    }
     int len = np < T ? np : T;
     memcpy(window, prompt + (np - len), sizeof(int32_t) * (size_t)len);
     ent_rng rng;
@@ -40,8 +44,8 @@ ent_status ent_sample(ent_model_t *model, const int32_t *prompt, int np, int n,
     ent_status st = ENT_OK;
     for (int i = 0; i < n && st == ENT_OK; i++) {
         st = ent_model_forward(model, window, NULL, 1, len, NULL);
+        if (st == ENT_OK) st = ent_model_logits_at(model, 0, len - 1, logits);
         if (st != ENT_OK) break;
-        ent_model_logits_at(model, 0, len - 1, logits);
         int32_t next = draw(logits, s->vocab, temperature, &rng);
         out[i] = next;
         if (len == T) {
@@ -84,14 +88,17 @@ static ent_status write_logits(ent_model_t *m, const int32_t *ids, int n, const 
         fclose(f);
         return ent_fail(ENT_ERR_NOMEM, "out of memory");
     }
-    for (int i = 0; i < t; i++) {
-        ent_model_logits_at(m, 0, i, row);
-        for (int v = 0; v < s->vocab; v++) fprintf(f, v ? " %.9g" : "%.9g", row[v]);
+    ent_status st = ENT_OK;
+    for (int i = 0; i < t && st == ENT_OK; i++) {
+        st = ent_model_logits_at(m, 0, i, row);
+        for (int v = 0; v < s->vocab && st == ENT_OK; v++)
+            fprintf(f, v ? " %.9g" : "%.9g", row[v]);
         fputc('\n', f);
     }
     free(row);
-    if (fclose(f) != 0) return ent_fail(ENT_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-    return ENT_OK;
+    if (fclose(f) != 0 && st == ENT_OK)
+        st = ent_fail(ENT_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+    return st;
 }
 
 // The model shape of a checkpoint's attributes, each checked against the
@@ -120,33 +127,65 @@ static ent_status checkpoint_shape(ent_ckpt_t *ck, const char *path, ent_model_s
     return ENT_OK;
 }
 
-ent_status ent_sample_checkpoint(const char *path, const char *prompt, int tokens,
-                                 double temperature, uint64_t seed, const char *logits_path,
-                                 FILE *out) {
+ent_status ent_config_from_checkpoint(ent_config *cfg, const char *path,
+                                      const char *const *overrides, int n_overrides) {
+    ent_ckpt_t *ck = NULL;
+    ENT_CHECK(ent_ckpt_open(path, NULL, &ck));
+    char *text = NULL;
+    ent_status st = ent_ckpt_attr_text(ck, "config", &text);
+    ent_ckpt_close(&ck);
+    ENT_CHECK(st);
+    char origin[ENT_PATH_MAX];
+    snprintf(origin, sizeof origin, "%.4080s:config", path);
+    st = ent_config_load_text(cfg, text, origin, overrides, n_overrides);
+    free(text);
+    return st;
+}
+
+ent_status ent_model_from_checkpoint(const char *path, int B, ent_backend_t **be_out,
+                                     ent_model_t **model_out) {
+    *be_out = NULL;
+    *model_out = NULL;
     ent_ckpt_t *ck = NULL;
     ENT_CHECK(ent_ckpt_open(path, NULL, &ck));
     ent_model_shape shape = {0};
     ent_status st = checkpoint_shape(ck, path, &shape);
-    size_t plen = strlen(prompt);
-    if (st == ENT_OK && plen > 0 && shape.vocab != ENT_BYTE_VOCAB)
-        st = ent_fail(ENT_ERR_USAGE, "--prompt needs a byte-level model (vocabulary %d); this "
-                      "one has %d tokens", ENT_BYTE_VOCAB, shape.vocab);
     ent_backend_t *be = NULL;
     ent_model_t *m = NULL;
-    int32_t *ids = NULL, *gen = NULL;
-    if (st == ENT_OK) {
-        be = ent_backend_cpu_new(0);
-        if (be == NULL) st = ent_fail(ENT_ERR_NOMEM, "out of memory");
-    }
-    if (st == ENT_OK) st = ent_model_new(be, &shape, NULL, 1, shape.context, &m);
+    if (st == ENT_OK) st = ent_backend_new("cpu", NULL, &be);
+    if (st == ENT_OK) st = ent_model_new(be, &shape, NULL, B, shape.context, &m);
     if (st == ENT_OK) {
         ent_ckpt_shard sh = {.table = ent_model_table(m), .tp_rank = 0, .tp_size = 1,
                              .params = ent_model_arena(m, ENT_ARENA_PARAMS)};
         st = ent_ckpt_read(ck, &sh);
     }
+    ent_ckpt_close(&ck);
+    if (st != ENT_OK) {
+        ent_model_free(&m);
+        ent_backend_free(&be);
+        return st;
+    }
+    *be_out = be;
+    *model_out = m;
+    return ENT_OK;
+}
+
+ent_status ent_sample_checkpoint(const char *path, const char *prompt, int tokens,
+                                 double temperature, uint64_t seed, const char *logits_path,
+                                 FILE *out) {
+    ent_backend_t *be = NULL;
+    ent_model_t *m = NULL;
+    ENT_CHECK(ent_model_from_checkpoint(path, 1, &be, &m));
+    const ent_model_shape shape = *ent_model_get_shape(m);
+    size_t plen = strlen(prompt);
+    ent_status st = ENT_OK;
+    if (plen > 0 && shape.vocab != ENT_BYTE_VOCAB)
+        st = ent_fail(ENT_ERR_USAGE, "--prompt needs a byte-level model (vocabulary %d); this "
+                      "one has %d tokens", ENT_BYTE_VOCAB, shape.vocab);
+    int32_t *ids = NULL, *gen = NULL;
     if (st == ENT_OK) {
         ids = malloc(sizeof(int32_t) * (plen + 1));
-        gen = malloc(sizeof(int32_t) * (size_t)tokens);
+        gen = malloc(sizeof(int32_t) * (size_t)(tokens > 0 ? tokens : 1));
         if (ids == NULL || gen == NULL) st = ent_fail(ENT_ERR_NOMEM, "out of memory");
     }
     if (st == ENT_OK) {
@@ -154,7 +193,8 @@ ent_status ent_sample_checkpoint(const char *path, const char *prompt, int token
         for (size_t i = 0; i < plen; i++) ids[i + 1] = (unsigned char)prompt[i];
         if (logits_path != NULL) st = write_logits(m, ids, (int)plen + 1, logits_path);
     }
-    if (st == ENT_OK && tokens > 0) st = ent_sample(m, ids, (int)plen + 1, tokens, temperature, seed, gen);
+    if (st == ENT_OK && tokens > 0)
+        st = ent_sample(m, ids, (int)plen + 1, tokens, temperature, seed, gen);
     if (st == ENT_OK && tokens > 0) {
         fputs(prompt, out);
         ent_tokens_print(out, gen, tokens, shape.vocab);
@@ -164,6 +204,5 @@ ent_status ent_sample_checkpoint(const char *path, const char *prompt, int token
     free(gen);
     ent_model_free(&m);
     ent_backend_free(&be);
-    ent_ckpt_close(&ck);
     return st;
 }

@@ -13,8 +13,11 @@ ent_status ent_train(const ent_config *cfg, const ent_train_opts *opts, ent_comm
     ENT_CHECK(ent_trainer_new(cfg, opts, comm, &tr));
     ent_status st = ENT_OK;
     int stopped_by = 0;
-    if (!ent_trainer_resumed(tr))
+    if (!ent_trainer_resumed(tr)) {
         ENT_CHECK_GOTO(ent_trainer_sync(tr, ent_trainer_eval(tr, NULL), NULL), done);
+        // the model before its first update, for checking that update from outside
+        if (cfg->ckpt_at_start) ENT_CHECK_GOTO(ent_trainer_save(tr), done);
+    }
     while (ent_trainer_steps_done(tr) < cfg->steps) {
         ENT_CHECK_GOTO(ent_trainer_step(tr, NULL), done);
         int step = ent_trainer_steps_done(tr), last = step == cfg->steps;

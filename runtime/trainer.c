@@ -194,31 +194,11 @@ static ent_status metrics_record(const trainer *tr, const ent_json_field *fields
 }
 
 // Mean validation loss over the first eval.batches x batch_size validation
-// sequences (fewer if there are fewer): the same set whatever the number of
-// ranks, shared out among the DP ranks in micro-batch chunks.
+// sequences (fewer if there are fewer), shared out among the DP ranks (eval.c).
 static ent_status eval_loss(trainer *tr, double *out) {
-    int64_t nseq = ent_dataset_num_sequences(tr->val);
     int64_t want = (int64_t)tr->cfg->eval_batches * tr->cfg->batch_size;
-    if (want > nseq) want = nseq;
-    int D = tr->grid->dp_size, r = tr->grid->dp_rank;
-    ent_data_cursor start = {0};
-    double sums[2] = {0.0, 0.0}; // loss x sequences, sequences
-    // rank r evaluates the r-th of every D consecutive chunks of micro sequences;
-    // every rank runs the same number of forward passes (TP needs that)
-    int64_t chunk = tr->micro, rounds = (want + chunk * D - 1) / (chunk * D);
-    for (int64_t k = 0; k < rounds; k++) {
-        int64_t first = (k * D + r) * chunk;
-        int b = first >= want ? 0 : (int)(want - first < chunk ? want - first : chunk);
-        int run = b > 0 ? b : 1; // a rank without data still joins the TP collectives
-        ent_dataset_fill(tr->val, &start, b > 0 ? first : 0, run, 0, 0, tr->inputs, tr->targets);
-        float loss = 0.0f;
-        ENT_CHECK(ent_model_forward(tr->model, tr->inputs, tr->targets, run, tr->T, &loss));
-        sums[0] += b > 0 ? (double)loss * b : 0.0;
-        sums[1] += b;
-    }
-    ENT_CHECK(ent_allreduce(tr->grid->dp, sums, sums, 2, ENT_F64, ENT_SUM));
-    *out = sums[0] / sums[1];
-    return ENT_OK;
+    return ent_eval_loss(tr->model, tr->val, want, tr->micro, tr->grid->dp, tr->inputs,
+                         tr->targets, out);
 }
 
 static ent_status write_sample(trainer *tr, int step) {
@@ -545,8 +525,8 @@ static ent_status check_layout(const ent_config *cfg, const ent_comm_t *comm) {
 
 static ent_status prepare_model(trainer *tr) {
     const ent_config *cfg = tr->cfg;
-    tr->be = ent_backend_cpu_new(tr->threads);
-    if (tr->be == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory creating the CPU backend");
+    ent_backend_opts bopts = {.threads = tr->threads};
+    ENT_CHECK(ent_backend_new(cfg->backend, &bopts, &tr->be));
     ent_model_shape shape = ent_model_shape_from_config(cfg);
     ent_model_opts opts = {
         .tp = tr->grid->tp_size > 1 ? tr->grid->tp : NULL,
@@ -837,7 +817,7 @@ ent_status ent_trainer_new(const ent_config *cfg, const ent_train_opts *opts, en
     tr->leader = ent_comm_rank(comm) == 0;
     tr->tty = tr->leader && stdout_is_terminal();
     tr->T = cfg->context;
-    tr->data_seed = ent_hash64(cfg->seed ^ 0xda7aULL);
+    tr->data_seed = ent_data_order_key(cfg->seed);
     tr->threads = choose_threads(cfg, comm);
     tr->horizon = cfg->steps;
     tr->saved = -1;

@@ -1042,4 +1042,84 @@ case_signal_stop() {
 
 # ---------------------------------------------------------------------------
 
+# entente eval gives a checkpoint's validation loss without training: the
+# loss its run logged at that step (same set, same chunks), for the last step
+# and for the step-0 checkpoint that checkpoint.at_start saves; bad arguments
+# are usage errors. A warm-up longer than a short run is lowered, with a
+# warning naming the key, instead of refusing the run.
+case_eval_checkpoint() {
+    make_data
+    write_config "$W/tiny.ini"
+    expect "train with checkpoint.at_start" 0 -- "$E" train --config "$W/tiny.ini" --run-dir "$W/run" \
+        --set sample.tokens=0 --set checkpoint.at_start=true || return
+    local ck="$W/run/checkpoints"
+    [ -f "$ck/step_00000000.h5" ] || { fail "checkpoint.at_start saved no step_00000000.h5"; return; }
+    expect "verify the step-0 checkpoint" 0 -- "$E" ckpt verify "$ck/step_00000000.h5"
+    local step logged got
+    for step in 0 30; do
+        logged=$(sed -n "s/.*\"step\":$step,\"val_loss\":\([^,}]*\).*/\1/p" "$W/run/metrics.jsonl" | tail -1)
+        [ -n "$logged" ] || { fail "no val_loss logged at step $step"; continue; }
+        expect "eval the step-$step checkpoint" 0 -- "$E" eval --checkpoint "$(printf '%s/step_%08d.h5' "$ck" "$step")" || continue
+        got=$(sed -n 's/^val loss \([0-9.]*\) over 16 sequences .*/\1/p' "$W/out")
+        [ -n "$got" ] || { fail "eval printed no 'val loss X over 16 sequences': $(cat "$W/out")"; continue; }
+        awk -v a="$got" -v b="$logged" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-5) }' ||
+            fail "eval of step $step gives $got, the run logged $logged"
+    done
+    # the last checkpoint through its directory, fewer batches, another data dir
+    expect "eval one batch" 0 out:"over 8 sequences" -- "$E" eval --checkpoint "$ck" --batches 1
+    expect "eval --data" 0 out:"from $DATA" -- "$E" eval --checkpoint "$ck" --data "$DATA"
+    expect "eval without --checkpoint" 2 "--checkpoint FILE is required" -- "$E" eval --batches 2
+    expect "eval --batches 0" 2 "--batches '0' is not an integer in 1..1000000" -- \
+        "$E" eval --checkpoint "$ck" --batches 0
+    expect "eval --batches x" 2 "--batches 'x' is not an integer" -- "$E" eval --checkpoint "$ck" --batches x
+    expect "eval an unknown option" 2 "unknown argument '--nope'" -- "$E" eval --checkpoint "$ck" --nope 1
+    expect "eval a missing checkpoint" 1 "cannot open checkpoint $W/none.h5" -- \
+        "$E" eval --checkpoint "$W/none.h5"
+    mkdir -p "$W/empty"
+    expect "eval on a directory without validation shards" 1 "no validation shards match $W/empty/" -- \
+        "$E" eval --checkpoint "$ck" --data "$W/empty"
+    # warm-up longer than the run: lowered to a tenth of it, with a warning
+    expect "a short run of a long warm-up" 0 \
+        err:"train.warmup_steps = 100 exceeds train.steps = 20: warming up over 2 step(s)" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/short" --set train.warmup_steps=100 \
+        --set train.steps=20 --set sample.tokens=0 --set eval.every=0
+    grep -q '^warmup_steps = 2$' "$W/short/config.ini" || fail "config.ini does not hold the lowered warm-up"
+    expect "system.backend other than cpu" 2 "system.backend = 'cpu-guarded': this version trains on the cpu backend only" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/g" --set system.backend=cpu-guarded
+    expect "an unknown backend" 2 "system.backend = 'gpu9000'" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/g" --set system.backend=gpu9000
+}
+
+# docs/data.md's description of the data order, run as written (Python),
+# gives the sequences the code takes: several sizes (powers of 4 and not,
+# where cycle-walking matters), seeds, and positions across epochs.
+case_data_order_docs() {
+    local py=""
+    for cand in /usr/bin/python3 python3; do
+        command -v "$cand" >/dev/null 2>&1 && { py=$cand; break; }
+    done
+    [ -n "$py" ] || { echo "SKIP: no python3 to run docs/data.md's description"; exit 77; }
+    local order="$(dirname "$E")/tests/test_data"
+    [ -x "$order" ] || { fail "no $order"; return; }
+    awk '/^```python/{f=1;next} /^```/{if(f){exit}} f' "$SRC/docs/data.md" >"$W/order.py"
+    grep -q 'def permute' "$W/order.py" || { fail "docs/data.md has no python block with permute"; return; }
+    cat >>"$W/order.py" <<'PY'
+import sys
+n, seed, count = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+key = data_order_key(seed)
+for p in range(count):
+    print(permute(p % n, n, key, p // n))
+PY
+    local n seed
+    for n in 1 2 5 16 17 1000 5698; do
+        for seed in 0 1337 18446744073709551615; do
+            "$order" --order "$n" "$seed" $((3 * n + 5)) >"$W/c.txt"
+            "$py" "$W/order.py" "$n" "$seed" $((3 * n + 5)) >"$W/p.txt" ||
+                { fail "docs/data.md's python failed for n=$n seed=$seed"; return; }
+            cmp -s "$W/c.txt" "$W/p.txt" ||
+                fail "docs/data.md's order differs from the code's for n=$n seed=$seed"
+        done
+    done
+}
+
 run_case

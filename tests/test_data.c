@@ -1015,7 +1015,20 @@ static void test_fill(void **state) {
     free_unique_data(&u);
 }
 
-int main(void) {
+// `test_data --order N SEED COUNT`: the sequences of global positions
+// 0..COUNT-1 over N sequences with train.seed SEED, one per line, for the
+// check that docs/data.md's description of the order reproduces it
+// (cli_test.sh, case data_order_docs).
+static int print_order(char **argv) {
+    int64_t n = strtoll(argv[2], NULL, 10), count = strtoll(argv[4], NULL, 10);
+    uint64_t key = ent_data_order_key(strtoull(argv[3], NULL, 10));
+    for (int64_t p = 0; p < count; p++)
+        printf("%lld\n", (long long)ent_data_permute(p % n, n, key, p / n));
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 5 && strcmp(argv[1], "--order") == 0) return print_order(argv);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prepare_counts),    cmocka_unit_test(test_prepare_no_val),
         cmocka_unit_test(test_prepare_shard_split), cmocka_unit_test(test_prepare_errors),
