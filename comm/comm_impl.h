@@ -18,6 +18,9 @@ struct ent_comm {
 // entry starts the operation; with req == NULL it also completes it.
 struct ent_comm_backend_i {
     const char *name;
+    int host_memory;  // buffers are host memory (size-1 groups copy them with memcpy)
+    int native_avg;   // computes AVG itself (else group.c scales a SUM on the host)
+    int reduces_half; // reduces bf16 and f16
     ent_status (*allreduce)(ent_group_t *g, const void *send, void *recv, size_t count,
                             ent_dtype dtype, ent_op op, ent_request_t *req);
     ent_status (*reduce_scatter)(ent_group_t *g, const void *send, void *recv, size_t count,
@@ -56,6 +59,7 @@ struct ent_request {
 };
 
 extern const struct ent_comm_backend_i ent_comm_mpi_backend;
+extern const struct ent_comm_backend_i ent_comm_staged_backend;
 
 // Wraps an MPI communicator as a group (owns_mpi: free it with the group).
 ent_status ent_group_from_mpi(MPI_Comm mpi, const char *name, int owns_mpi, ent_group_t **out);

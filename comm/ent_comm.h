@@ -114,6 +114,9 @@ ent_status ent_test(ent_request_t *req, int *done);
 
 typedef struct {
     ent_group_t *world, *dp, *tp; // host-memory (MPI) groups
+    // groups of the same ranks for buffers in the compute backend's memory
+    // (ent_grid_attach_device); NULL until attached
+    ent_group_t *dp_dev, *tp_dev;
     int dp_rank, dp_size, tp_rank, tp_size;
 } ent_grid;
 
@@ -123,6 +126,16 @@ ent_status ent_grid_new(ent_comm_t *comm, int tp, ent_grid **out);
 // A grid of this rank alone (DP = TP = 1), e.g. for a single-rank reference.
 ent_status ent_grid_new_self(ent_grid **out);
 void ent_grid_free(ent_grid **grid);
+// Gives the grid its DP and TP groups for the memory of backend be
+// (ent_group_new_device), freed with the grid; be must outlive them.
+ent_status ent_grid_attach_device(ent_grid *grid, ent_backend_t *be);
+
+// A group of the same ranks as `host` for buffers in the memory of backend
+// be: `host`'s MPI when be's memory is host memory; otherwise MPI through
+// host buffers that be's copies fill and empty (name "mpi-staged"), so a
+// device whose memory the host must not touch still runs every collective.
+// The caller owns it (ent_group_free); `host` must outlive it.
+ent_status ent_group_new_device(const ent_group_t *host, ent_backend_t *be, ent_group_t **out);
 
 // A device-memory (NCCL) twin of an MPI group: same ranks, NCCL unique id
 // distributed with MPI_Bcast, this rank on GPU local_rank. Fails with a clear

@@ -2,8 +2,10 @@
 //
 // Every public collective goes through here: arguments are checked, the
 // backend starts the operation, and every blocking part runs under the
-// watchdog. AVG is finished here (a SUM scaled by 1/size) for host buffers;
-// the NCCL backend averages natively.
+// watchdog. AVG is finished here (a SUM scaled by 1/size) for backends
+// that do not average themselves. What a backend can do is in its table
+// (host memory, native AVG, half-precision reductions), never in a test of
+// which backend it is.
 #include "comm_impl.h"
 
 #include <stdio.h>
@@ -55,7 +57,7 @@ static ent_status check_op(const ent_group_t *g, ent_dtype dtype, ent_op op, con
     if (op == ENT_AVG && !ent_dtype_is_float(dtype))
         return ent_fail(ENT_ERR_INTERNAL, "%s on group %s: AVG needs a floating type, not %s",
                         what, g->name, ent_dtype_name(dtype));
-    if (g->iface == &ent_comm_mpi_backend && (dtype == ENT_BF16 || dtype == ENT_F16))
+    if (!g->iface->reduces_half && (dtype == ENT_BF16 || dtype == ENT_F16))
         return ent_fail(ENT_ERR_INTERNAL,
                         "%s on group %s: MPI has no %s arithmetic (reduce in f32, or on a NCCL "
                         "group)", what, g->name, ent_dtype_name(dtype));
@@ -64,7 +66,7 @@ static ent_status check_op(const ent_group_t *g, ent_dtype dtype, ent_op op, con
 
 // Finishes a SUM that stands for an AVG. The NCCL backend averages itself.
 static void finish_avg(ent_group_t *g, void *recv, size_t count, ent_dtype dtype, ent_op op) {
-    if (op == ENT_AVG && g->iface == &ent_comm_mpi_backend && g->size > 1)
+    if (op == ENT_AVG && !g->iface->native_avg && g->size > 1)
         ent_scale_host(recv, count, dtype, g->size);
 }
 
@@ -88,7 +90,7 @@ static ent_status new_request(ent_group_t *g, const char *what, ent_request_t **
 ent_status ent_allreduce(ent_group_t *g, const void *send, void *recv, size_t count,
                          ent_dtype dtype, ent_op op) {
     ENT_CHECK(check_op(g, dtype, op, "all-reduce"));
-    if (g->size == 1) {
+    if (g->size == 1 && g->iface->host_memory) { // device memory: the backend copies
         if (send != recv) memcpy(recv, send, count * ent_dtype_size(dtype));
         return ENT_OK;
     }
@@ -268,8 +270,17 @@ fail:
     return st;
 }
 
+ent_status ent_grid_attach_device(ent_grid *grid, ent_backend_t *be) {
+    ent_group_free(&grid->dp_dev);
+    ent_group_free(&grid->tp_dev);
+    ENT_CHECK(ent_group_new_device(grid->dp, be, &grid->dp_dev));
+    return ent_group_new_device(grid->tp, be, &grid->tp_dev);
+}
+
 void ent_grid_free(ent_grid **grid) {
     if (grid == NULL || *grid == NULL) return;
+    ent_group_free(&(*grid)->dp_dev);
+    ent_group_free(&(*grid)->tp_dev);
     ent_group_free(&(*grid)->world);
     ent_group_free(&(*grid)->dp);
     ent_group_free(&(*grid)->tp);

@@ -138,6 +138,9 @@ static ent_status mpi_test(ent_request_t *req, int *done) {
 
 const struct ent_comm_backend_i ent_comm_mpi_backend = {
     .name = "mpi",
+    .host_memory = 1,
+    .native_avg = 0,
+    .reduces_half = 0,
     .allreduce = mpi_allreduce,
     .reduce_scatter = mpi_reduce_scatter,
     .allgather = mpi_allgather,

@@ -127,6 +127,9 @@ static void nc_free_group(ent_group_t *g) {
 
 static const struct ent_comm_backend_i nccl_backend = {
     .name = "nccl",
+    .host_memory = 0,
+    .native_avg = 1,
+    .reduces_half = 1,
     .allreduce = nc_allreduce,
     .reduce_scatter = nc_reduce_scatter,
     .allgather = nc_allgather,

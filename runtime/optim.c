@@ -27,6 +27,7 @@
 struct ent_optim {
     ent_model_t *model;
     const ent_grid *grid;
+    ent_group_t *dp;       // the DP group for the backend's memory (gradients, parameters)
     ent_backend_t *be;
     int zero;
     size_t first, count;   // the arena range whose AdamW state this rank keeps
@@ -59,7 +60,7 @@ static void on_bucket(void *ctx, size_t offset, size_t count) {
         o->hook_status = ent_fail(ENT_ERR_INTERNAL, "more than %d gradient buckets", MAX_BUCKETS);
         return;
     }
-    o->hook_status = ent_iallreduce(o->grid->dp, g, g, count, ENT_F32, ENT_SUM, &o->req[o->nreq]);
+    o->hook_status = ent_iallreduce(o->dp, g, g, count, ENT_F32, ENT_SUM, &o->req[o->nreq]);
     if (o->hook_status != ENT_OK) return;
     o->nreq++;
     for (int i = 0; i < o->nreq && o->hook_status == ENT_OK; i++) {
@@ -76,6 +77,7 @@ ent_status ent_optim_new(ent_model_t *model, const ent_grid *grid, int zero, ent
     if (o == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory creating the optimizer");
     o->model = model;
     o->grid = grid;
+    if (grid != NULL) o->dp = grid->dp_dev != NULL ? grid->dp_dev : grid->dp;
     o->be = ent_model_backend(model);
     int dp = grid != NULL ? grid->dp_size : 1;
     o->zero = zero && dp > 1;
@@ -133,7 +135,7 @@ ent_status ent_optim_reduce_grads(ent_optim_t *o) {
     ENT_CHECK(st);
     if (o->zero) {
         float *g = ent_model_arena(o->model, ENT_ARENA_GRADS);
-        ENT_CHECK(ent_reduce_scatter(o->grid->dp, g, o->shard_grads, o->count, ENT_F32, ENT_SUM));
+        ENT_CHECK(ent_reduce_scatter(o->dp, g, o->shard_grads, o->count, ENT_F32, ENT_SUM));
     }
     return ENT_OK;
 }
@@ -188,6 +190,6 @@ ent_status ent_optim_step(ent_optim_t *o, const ent_adamw *hp, float grad_scale,
                                              grad_scale, t));
     }
     if (o->zero)
-        ENT_CHECK(ent_allgather(o->grid->dp, params + o->first, params, o->count, ENT_F32));
+        ENT_CHECK(ent_allgather(o->dp, params + o->first, params, o->count, ENT_F32));
     return ENT_OK;
 }

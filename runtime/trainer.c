@@ -134,6 +134,10 @@ struct ent_trainer {
     double train_time;   // seconds inside steps
     double t_mark;       // the last progress line (for the ETA)
     ent_eta eta;
+    // a backend whose memory the host must not touch: host copies of the
+    // parameters and this rank's AdamW moments, which the checkpoint writes
+    // from and reads into (NULL on a host-memory backend)
+    float *host_params, *host_m, *host_v;
 };
 
 typedef struct ent_trainer trainer;
@@ -527,14 +531,25 @@ static ent_status prepare_model(trainer *tr) {
     const ent_config *cfg = tr->cfg;
     ent_backend_opts bopts = {.threads = tr->threads};
     ENT_CHECK(ent_backend_new(cfg->backend, &bopts, &tr->be));
+    // the model's TP all-reduces and the optimizer's DP collectives run on
+    // the backend's memory: groups that reach it
+    ENT_CHECK(ent_grid_attach_device(tr->grid, tr->be));
     ent_model_shape shape = ent_model_shape_from_config(cfg);
     ent_model_opts opts = {
-        .tp = tr->grid->tp_size > 1 ? tr->grid->tp : NULL,
+        .tp = tr->grid->tp_size > 1 ? tr->grid->tp_dev : NULL,
         .arena_multiple = 16 * (size_t)tr->grid->dp_size,
     };
     ENT_CHECK(ent_model_new(tr->be, &shape, &opts, tr->micro, tr->T, &tr->model));
     ENT_CHECK(ent_model_init(tr->model, cfg->seed));
     ENT_CHECK(ent_optim_new(tr->model, tr->grid, cfg->zero, &tr->optim));
+    if (!tr->be->iface->is_host) {
+        size_t first, count = ent_optim_state_floats(tr->optim, &first);
+        tr->host_params = malloc(sizeof(float) * ent_model_arena_floats(tr->model));
+        tr->host_m = malloc(sizeof(float) * (count ? count : 1));
+        tr->host_v = malloc(sizeof(float) * (count ? count : 1));
+        if (tr->host_params == NULL || tr->host_m == NULL || tr->host_v == NULL)
+            return ent_fail(ENT_ERR_NOMEM, "out of memory for the host copy of the state");
+    }
     tr->inputs = malloc(sizeof(int32_t) * (size_t)tr->micro * tr->T);
     tr->targets = malloc(sizeof(int32_t) * (size_t)tr->micro * tr->T);
     size_t plen = strlen(cfg->sample_prompt);
@@ -565,8 +580,14 @@ static ent_status open_data(trainer *tr) {
 // Do all DP replicas hold bit-identical parameters? (They must: this catches
 // silent divergence, e.g. non-deterministic reductions.)
 static ent_status replicas_identical(trainer *tr, int *same) {
-    const float *p = ent_model_arena(tr->model, ENT_ARENA_PARAMS);
-    uint64_t h = ent_hash_bytes(p, sizeof(float) * ent_model_arena_floats(tr->model), 0), lo, hi;
+    size_t bytes = sizeof(float) * ent_model_arena_floats(tr->model);
+    float *p = malloc(bytes);
+    if (p == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory comparing the replicas");
+    ent_status st = tr->be->iface->to_host(tr->be, p, ent_model_arena(tr->model, ENT_ARENA_PARAMS),
+                                           bytes);
+    uint64_t h = ent_hash_bytes(p, bytes, 0), lo, hi;
+    free(p);
+    ENT_CHECK(st);
     ENT_CHECK(ent_allreduce(tr->grid->dp, &h, &lo, 1, ENT_U64, ENT_MIN));
     ENT_CHECK(ent_allreduce(tr->grid->dp, &h, &hi, 1, ENT_U64, ENT_MAX));
     int64_t ok = lo == hi, all = 0;
@@ -591,7 +612,9 @@ static uint64_t shape_hash(const ent_config *cfg) {
 }
 
 // What this rank holds and which part it writes: its 1/DP share of the arena
-// (under ZeRO-1 exactly its AdamW shard).
+// (under ZeRO-1 exactly its AdamW shard). The checkpoint reads and writes
+// host memory: the backend's arenas, or their host copies (state_to_host,
+// state_to_device) on a backend whose memory the host must not touch.
 static ent_ckpt_shard rank_shard(trainer *tr) {
     ent_ckpt_shard sh = {0};
     sh.table = ent_model_table(tr->model);
@@ -599,12 +622,34 @@ static ent_ckpt_shard rank_shard(trainer *tr) {
     sh.tp_size = tr->grid->tp_size;
     sh.params = ent_model_arena(tr->model, ENT_ARENA_PARAMS);
     ent_optim_moments(tr->optim, &sh.adam_m, &sh.adam_v);
+    if (tr->host_params != NULL) {
+        sh.params = tr->host_params;
+        sh.adam_m = tr->host_m;
+        sh.adam_v = tr->host_v;
+    }
     sh.state_count = ent_optim_state_floats(tr->optim, &sh.state_first);
     size_t share = ent_model_arena_floats(tr->model) / (size_t)tr->grid->dp_size;
     sh.write_first = share * (size_t)tr->grid->dp_rank;
     sh.write_count = share;
     sh.replicas = tr->grid->dp;
     return sh;
+}
+
+// The state into its host copies (a save), or back from them (a resume);
+// nothing to do on a host-memory backend.
+static ent_status state_copy(trainer *tr, int to_device) {
+    if (tr->host_params == NULL) return ENT_OK;
+    ent_backend_t *be = tr->be;
+    float *m = NULL, *v = NULL, *p = ent_model_arena(tr->model, ENT_ARENA_PARAMS);
+    ent_optim_moments(tr->optim, &m, &v);
+    size_t first, count = ent_optim_state_floats(tr->optim, &first);
+    void *dev[3] = {p, m, v}, *host[3] = {tr->host_params, tr->host_m, tr->host_v};
+    size_t bytes[3] = {sizeof(float) * ent_model_arena_floats(tr->model), sizeof(float) * count,
+                       sizeof(float) * count};
+    for (int i = 0; i < 3; i++)
+        ENT_CHECK(to_device ? be->iface->to_device(be, dev[i], host[i], bytes[i])
+                            : be->iface->to_host(be, host[i], dev[i], bytes[i]));
+    return ENT_OK;
 }
 
 // The metrics record of the last save, once the time it held training is
@@ -654,10 +699,14 @@ static ent_status save_checkpoint(trainer *tr, int step) {
         {.name = "revision", .type = ENT_ATTR_STR, .s = ENT_GIT_REVISION},
         {.name = "config", .type = ENT_ATTR_STR, .s = config},
     };
+    // the host copies may be refreshed once an earlier save has taken its own
+    ent_ckpt_wait_staged(tr->saver);
+    ent_status st = state_copy(tr, 0);
     ent_ckpt_shard sh = rank_shard(tr);
     char name[64];
     ent_ckpt_name(step, name, sizeof name);
-    ent_status st = ent_ckpt_save(tr->saver, name, attrs, (int)(sizeof attrs / sizeof attrs[0]), &sh);
+    if (st == ENT_OK)
+        st = ent_ckpt_save(tr->saver, name, attrs, (int)(sizeof attrs / sizeof attrs[0]), &sh);
     free(config);
     if (st != ENT_OK) {
         if (strcmp(cfg->ckpt_on_error, "stop") == 0)
@@ -714,6 +763,7 @@ static ent_status resume_from(trainer *tr, const char *path) {
         ent_ckpt_shard sh = rank_shard(tr);
         st = ent_ckpt_read(ck, &sh);
     }
+    if (st == ENT_OK) st = state_copy(tr, 1);
     ent_ckpt_close(&ck);
     ENT_CHECK(st);
     tr->start_step = (int)step;
@@ -852,6 +902,9 @@ void ent_trainer_free(ent_trainer_t **trp) {
     free(tr->inputs);
     free(tr->targets);
     free(tr->prompt);
+    free(tr->host_params);
+    free(tr->host_m);
+    free(tr->host_v);
     free(tr);
     *trp = NULL;
 }

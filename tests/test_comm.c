@@ -274,6 +274,72 @@ static void test_mpi_check(void **state) {
     MPI_Comm_free(&c);
 }
 
+// Collectives on the memory of a backend the host must not touch: the
+// guarded backend's buffers (PROT_NONE outside its calls) through a device
+// group, staged over MPI; every result equals the host collectives' (a host
+// access to the buffers would fault). On the cpu backend a device group is
+// plain MPI.
+static void test_device_groups(void **state) {
+    (void)state;
+    ent_backend_t *cpu = NULL, *be = NULL;
+    assert_int_equal(ent_backend_new("cpu", NULL, &cpu), ENT_OK);
+    ent_group_t *plain = NULL, *g = NULL;
+    assert_int_equal(ent_group_new_device(grid->world, cpu, &plain), ENT_OK);
+    assert_string_equal(ent_group_backend(plain), "mpi");
+    ent_group_free(&plain);
+    assert_int_equal(ent_backend_new("cpu-guarded", NULL, &be), ENT_OK);
+    assert_int_equal(ent_group_new_device(grid->world, be, &g), ENT_OK);
+    assert_string_equal(ent_group_backend(g), "mpi-staged");
+    assert_int_equal(ent_group_size(g), size);
+    size_t n = 1001, all = n * (size_t)size;
+    float *host = malloc(sizeof(float) * all), *got = malloc(sizeof(float) * all);
+    float *dev = be->iface->alloc(be, sizeof(float) * all);
+    float *dev2 = be->iface->alloc(be, sizeof(float) * all);
+    assert_true(host && got && dev && dev2);
+    for (size_t i = 0; i < all; i++) host[i] = (float)val(rank, i);
+    // all-reduce, blocking and not, SUM and AVG
+    for (int nb = 0; nb < 2; nb++)
+        for (int avg = 0; avg < 2; avg++) {
+            assert_int_equal(be->iface->to_device(be, dev, host, sizeof(float) * n), ENT_OK);
+            ent_op op = avg ? ENT_AVG : ENT_SUM;
+            if (nb) {
+                ent_request_t *req = NULL;
+                assert_int_equal(ent_iallreduce(g, dev, dev, n, ENT_F32, op, &req), ENT_OK);
+                assert_int_equal(ent_wait(&req), ENT_OK);
+            } else {
+                assert_int_equal(ent_allreduce(g, dev, dev, n, ENT_F32, op), ENT_OK);
+            }
+            assert_int_equal(be->iface->to_host(be, got, dev, sizeof(float) * n), ENT_OK);
+            for (size_t i = 0; i < n; i++)
+                assert_true(got[i] == (float)(avg ? sum_val(i) / size : sum_val(i)));
+        }
+    // reduce-scatter: this rank's n of the size x n sums
+    assert_int_equal(be->iface->to_device(be, dev, host, sizeof(float) * all), ENT_OK);
+    assert_int_equal(ent_reduce_scatter(g, dev, dev2, n, ENT_F32, ENT_SUM), ENT_OK);
+    assert_int_equal(be->iface->to_host(be, got, dev2, sizeof(float) * n), ENT_OK);
+    for (size_t i = 0; i < n; i++) assert_true(got[i] == (float)sum_val((size_t)rank * n + i));
+    // all-gather, non-blocking: every rank's n values in rank order
+    assert_int_equal(be->iface->to_device(be, dev, host, sizeof(float) * n), ENT_OK);
+    ent_request_t *req = NULL;
+    assert_int_equal(ent_iallgather(g, dev, dev2, n, ENT_F32, &req), ENT_OK);
+    assert_int_equal(ent_wait(&req), ENT_OK);
+    assert_int_equal(be->iface->to_host(be, got, dev2, sizeof(float) * all), ENT_OK);
+    for (int r = 0; r < size; r++)
+        for (size_t i = 0; i < n; i++) assert_true(got[(size_t)r * n + i] == (float)val(r, i));
+    // broadcast from the last rank
+    assert_int_equal(be->iface->to_device(be, dev, host, sizeof(float) * n), ENT_OK);
+    assert_int_equal(ent_broadcast(g, dev, n, ENT_F32, size - 1), ENT_OK);
+    assert_int_equal(be->iface->to_host(be, got, dev, sizeof(float) * n), ENT_OK);
+    for (size_t i = 0; i < n; i++) assert_true(got[i] == (float)val(size - 1, i));
+    be->iface->free_mem(be, dev);
+    be->iface->free_mem(be, dev2);
+    free(host);
+    free(got);
+    ent_group_free(&g);
+    ent_backend_free(&be);
+    ent_backend_free(&cpu);
+}
+
 static void test_nccl_without_gpu(void **state) {
     (void)state;
     // On a machine without GPUs a NCCL group must fail cleanly, on every rank.
@@ -340,6 +406,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_broadcast_barrier), cmocka_unit_test(test_nonblocking),
         cmocka_unit_test(test_grid),        cmocka_unit_test(test_agree),
         cmocka_unit_test(test_dtypes),      cmocka_unit_test(test_mpi_check),
+        cmocka_unit_test(test_device_groups),
         cmocka_unit_test(test_nccl_without_gpu),
     };
     char name[32];
