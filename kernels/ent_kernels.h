@@ -350,11 +350,15 @@ struct ent_backend_i {
                                         const int32_t *targets, float dloss, int N, int V, int Vp);
 
     // AdamW with decoupled weight decay over n values; t is the 1-based step.
-    // grads are multiplied by grad_scale first (clipping); weight_decay is
-    // applied as params -= lr * weight_decay * params.
-    ent_status (*adamw_update)(ent_backend_t *be, float *params, const float *grads, float *m,
-                               float *v, size_t n, float lr, float beta1, float beta2, float eps,
-                               float weight_decay, float grad_scale, int t);
+    // The update reads and writes the f32 master weights `master` (weight
+    // decay: master -= lr * weight_decay * master), then writes them to the
+    // model's copy `params` in its dtype; master NULL (or equal to params):
+    // the f32 parameters are their own master, as on the CPU. A GPU backend
+    // keeps bf16 params beside f32 masters. grads are multiplied by
+    // grad_scale first (clipping).
+    ent_status (*adamw_update)(ent_backend_t *be, float *params, float *master, const float *grads,
+                               float *m, float *v, size_t n, float lr, float beta1, float beta2,
+                               float eps, float weight_decay, float grad_scale, int t);
 
     // sum of x[i]^2 in double, in an order that does not depend on thread count
     ent_status (*sum_squares)(ent_backend_t *be, const float *x, size_t n, double *out);

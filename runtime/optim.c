@@ -184,7 +184,7 @@ ent_status ent_optim_step(ent_optim_t *o, const ent_adamw *hp, float grad_scale,
         size_t lo, hi;
         if (!row_in_range(o, r, &lo, &hi)) continue;
         size_t s = lo - o->first;
-        ENT_CHECK(o->be->iface->adamw_update(o->be, params + lo, grads_at(o, lo), o->m + s,
+        ENT_CHECK(o->be->iface->adamw_update(o->be, params + lo, NULL, grads_at(o, lo), o->m + s,
                                              o->v + s, hi - lo, hp->lr, hp->beta1, hp->beta2,
                                              hp->eps, r->decay ? hp->weight_decay : 0.0f,
                                              grad_scale, t));

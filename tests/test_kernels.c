@@ -351,19 +351,32 @@ static void test_softmax_xent(void **state) {
 // ---------------------------------------------------------------------------
 // optimizer and norm
 
+// AdamW against double, with the parameters as their own master and, beside
+// it, with separate master weights (which must take the same values, and the
+// model's copy with them).
 static void test_adamw(void **state) {
     (void)state;
     test_reseed(8);
     size_t n = 5000;
     float *p = fvec(n), *g = fvec(n), *m = fvec(n), *v = fvec(n);
+    float *p2 = fvec(n), *master = fvec(n), *m2 = fvec(n), *v2 = fvec(n);
     double *pd = dvec(n), *md = dvec(n), *vd = dvec(n);
     fill_normal(p, n, 1.0);
     to_double(p, pd, n);
+    memcpy(master, p, n * sizeof(float));
     double lr = 1e-2, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1, scale = 0.5;
     for (int t = 1; t <= 3; t++) {
         fill_normal(g, n, 1.0);
-        be->iface->adamw_update(be, p, g, m, v, n, (float)lr, (float)b1, (float)b2, (float)eps,
-                                (float)wd, (float)scale, t);
+        assert_int_equal(be->iface->adamw_update(be, p, NULL, g, m, v, n, (float)lr, (float)b1,
+                                                 (float)b2, (float)eps, (float)wd, (float)scale,
+                                                 t),
+                         ENT_OK);
+        assert_int_equal(be->iface->adamw_update(be, p2, master, g, m2, v2, n, (float)lr,
+                                                 (float)b1, (float)b2, (float)eps, (float)wd,
+                                                 (float)scale, t),
+                         ENT_OK);
+        assert_memory_equal(master, p, n * sizeof(float));
+        assert_memory_equal(p2, p, n * sizeof(float));
         for (size_t i = 0; i < n; i++) {
             double gi = g[i] * scale;
             md[i] = b1 * md[i] + (1 - b1) * gi;
@@ -376,6 +389,7 @@ static void test_adamw(void **state) {
     check("adamw m", rel_error(m, md, n), FWD_TOL);
     check("adamw v", rel_error(v, vd, n), FWD_TOL);
     free(p); free(g); free(m); free(v); free(pd); free(md); free(vd);
+    free(p2); free(master); free(m2); free(v2);
 }
 
 static void test_sum_squares(void **state) {

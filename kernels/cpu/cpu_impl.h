@@ -42,9 +42,10 @@ ent_status ent_cpu_softmax_xent_forward(ent_backend_t *be, float *losses, float 
                                         int N, int V, int Vp);
 ent_status ent_cpu_softmax_xent_backward(ent_backend_t *be, float *dlogits, const float *probs,
                                          const int32_t *targets, float dloss, int N, int V, int Vp);
-ent_status ent_cpu_adamw_update(ent_backend_t *be, float *params, const float *grads, float *m,
-                                float *v, size_t n, float lr, float beta1, float beta2, float eps,
-                                float weight_decay, float grad_scale, int t);
+ent_status ent_cpu_adamw_update(ent_backend_t *be, float *params, float *master,
+                                const float *grads, float *m, float *v, size_t n, float lr,
+                                float beta1, float beta2, float eps, float weight_decay,
+                                float grad_scale, int t);
 ent_status ent_cpu_sum_squares(ent_backend_t *be, const float *x, size_t n, double *out);
 
 ent_status ent_cpu_sub(ent_backend_t *be, float *out, const float *a, const float *b, size_t n);

@@ -175,10 +175,10 @@ GUARDED(softmax_xent_backward,
          float dloss, int N, int V, int Vp),
         (be, dlogits, probs, targets, dloss, N, V, Vp))
 GUARDED(adamw_update,
-        (ent_backend_t *be, float *params, const float *grads, float *m, float *v, size_t n,
-         float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale,
-         int t),
-        (be, params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t))
+        (ent_backend_t *be, float *params, float *master, const float *grads, float *m, float *v,
+         size_t n, float lr, float beta1, float beta2, float eps, float weight_decay,
+         float grad_scale, int t),
+        (be, params, master, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t))
 GUARDED(sum_squares, (ent_backend_t *be, const float *x, size_t n, double *out),
         (be, x, n, out))
 GUARDED(sub, (ent_backend_t *be, float *out, const float *a, const float *b, size_t n),

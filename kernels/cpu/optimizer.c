@@ -4,12 +4,14 @@
 
 #include <math.h>
 
-ent_status ent_cpu_adamw_update(ent_backend_t *be, float *params, const float *grads, float *m,
-                                float *v, size_t n, float lr, float beta1, float beta2, float eps,
-                                float weight_decay, float grad_scale, int t) {
+ent_status ent_cpu_adamw_update(ent_backend_t *be, float *params, float *master,
+                                const float *grads, float *m, float *v, size_t n, float lr,
+                                float beta1, float beta2, float eps, float weight_decay,
+                                float grad_scale, int t) {
     (void)be;
     float c1 = 1.0f - powf(beta1, (float)t);
     float c2 = 1.0f - powf(beta2, (float)t);
+    float *w = master != NULL ? master : params;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = grads[i] * grad_scale;
@@ -18,7 +20,8 @@ ent_status ent_cpu_adamw_update(ent_backend_t *be, float *params, const float *g
         m[i] = mi;
         v[i] = vi;
         float mhat = mi / c1, vhat = vi / c2;
-        params[i] -= lr * (mhat / (sqrtf(vhat) + eps) + weight_decay * params[i]);
+        w[i] -= lr * (mhat / (sqrtf(vhat) + eps) + weight_decay * w[i]);
+        if (w != params) params[i] = w[i]; // f32 params: the master's value
     }
     return ENT_OK;
 }
