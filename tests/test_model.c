@@ -199,6 +199,23 @@ static void test_overfit_one_batch(void **state) {
     ent_model_free(&m);
 }
 
+// Trains a fresh model (seed) on one batch for `steps` steps on backend `on`;
+// returns its parameters, copied out through the backend (the caller frees).
+static float *trained_params(ent_backend_t *on, const ent_model_shape *s, int B, uint64_t seed,
+                             const int32_t *tok, const int32_t *tgt, int steps, double *losses,
+                             size_t *total) {
+    ent_model_t *m = new_model_on(on, s, B, seed);
+    train_on_batch(m, tok, tgt, B, s->context, steps, 1e-3f, losses);
+    *total = ent_model_table(m)->total;
+    float *params = malloc(sizeof(float) * *total);
+    assert_non_null(params);
+    assert_int_equal(on->iface->to_host(on, params, ent_model_arena(m, ENT_ARENA_PARAMS),
+                                        sizeof(float) * *total),
+                     ENT_OK);
+    ent_model_free(&m);
+    return params;
+}
+
 static void test_deterministic(void **state) {
     (void)state;
     test_rng_reset(test_seed() ^ 0x44);
@@ -210,25 +227,13 @@ static void test_deterministic(void **state) {
     double losses[3][8];
     float *params[3];
     uint64_t seeds[3] = {7, 7, 8};
-    const ent_param_table *t = NULL;
-    for (int run = 0; run < 3; run++) {
-        ent_model_t *m = new_model(&s, B, seeds[run]);
-        train_on_batch(m, tok, tgt, B, T, steps, 1e-3f, losses[run]);
-        t = ent_model_table(m);
-        params[run] = malloc(sizeof(float) * t->total);
-        memcpy(params[run], ent_model_arena(m, ENT_ARENA_PARAMS), sizeof(float) * t->total);
-        size_t total = t->total;
-        ent_model_free(&m);
-        t = NULL;
-        (void)total;
-    }
-    ent_param_table table;
-    assert_int_equal(ent_param_table_build(&s, 1, &table), ENT_OK);
+    size_t total = 0;
+    for (int run = 0; run < 3; run++)
+        params[run] = trained_params(be, &s, B, seeds[run], tok, tgt, steps, losses[run], &total);
     assert_memory_equal(losses[0], losses[1], sizeof losses[0]);
-    assert_memory_equal(params[0], params[1], sizeof(float) * table.total);
+    assert_memory_equal(params[0], params[1], sizeof(float) * total);
     assert_memory_not_equal(losses[0], losses[2], sizeof losses[0]);
     for (int run = 0; run < 3; run++) free(params[run]);
-    ent_param_table_free(&table);
 }
 
 // The model and the optimizer reach device memory only through the backend:
@@ -247,25 +252,13 @@ static void test_guarded_backend(void **state) {
     random_tokens(tok, (size_t)B * T, s.vocab);
     random_tokens(tgt, (size_t)B * T, s.vocab);
     double losses[2][4];
-    float *params[2];
-    ent_backend_t *on[2] = {be, guarded};
     size_t total = 0;
-    for (int run = 0; run < 2; run++) {
-        ent_model_t *m = new_model_on(on[run], &s, B, 11);
-        train_on_batch(m, tok, tgt, B, T, steps, 1e-3f, losses[run]);
-        total = ent_model_table(m)->total;
-        params[run] = malloc(sizeof(float) * total);
-        assert_non_null(params[run]);
-        assert_int_equal(on[run]->iface->to_host(on[run], params[run],
-                                                 ent_model_arena(m, ENT_ARENA_PARAMS),
-                                                 sizeof(float) * total),
-                         ENT_OK);
-        ent_model_free(&m);
-    }
+    float *on_cpu = trained_params(be, &s, B, 11, tok, tgt, steps, losses[0], &total);
+    float *on_guarded = trained_params(guarded, &s, B, 11, tok, tgt, steps, losses[1], &total);
     assert_memory_equal(losses[0], losses[1], sizeof losses[0]);
-    assert_memory_equal(params[0], params[1], sizeof(float) * total);
-    free(params[0]);
-    free(params[1]);
+    assert_memory_equal(on_cpu, on_guarded, sizeof(float) * total);
+    free(on_cpu);
+    free(on_guarded);
     ent_backend_free(&guarded);
 }
 
