@@ -178,8 +178,14 @@ void ent_optim_begin_backward(ent_optim_t *optim, int last);
 ent_status ent_optim_reduce_grads(ent_optim_t *optim);
 // Global L2 norm of the reduced gradient, every tensor counted once.
 ent_status ent_optim_grad_norm(ent_optim_t *optim, double *norm);
-// One AdamW step (t 1-based) with gradients scaled by grad_scale (clipping);
-// weight decay only on rows with decay set.
+// AdamW (t 1-based) on this rank's range of the arena (all of it, or its
+// ZeRO-1 shard) with gradients scaled by grad_scale (clipping); weight decay
+// only on rows with decay set. No communication.
+ent_status ent_optim_update(ent_optim_t *optim, const ent_adamw *hp, float grad_scale, int t);
+// After an update: every DP rank gets the whole updated parameters (the
+// ZeRO-1 all-gather; nothing to do without ZeRO-1).
+ent_status ent_optim_share_params(ent_optim_t *optim);
+// ent_optim_update, then ent_optim_share_params.
 ent_status ent_optim_step(ent_optim_t *optim, const ent_adamw *hp, float grad_scale, int t);
 // Floats of AdamW state this rank keeps (a shard under ZeRO-1), and the arena
 // offset where its range starts.

@@ -1,4 +1,11 @@
-// optim.c: AdamW and the data-parallel reduction of gradients.
+// optim.c: AdamW and the data-parallel synchronisation around it.
+//
+// A step is: the gradients' synchronisation (ent_optim_begin_backward,
+// ent_optim_reduce_grads: all-reduce or reduce-scatter over DP), the norm,
+// AdamW on this rank's range (ent_optim_update), and the parameters shared
+// back (ent_optim_share_params: the ZeRO-1 all-gather). AdamW knows nothing
+// of DP and the DP code nothing of AdamW, so an outer optimizer can sit
+// beside them.
 //
 // Plain data parallelism: during the backward pass of a step's last
 // micro-batch, the model reports each bucket (the final layernorm, then each
@@ -176,7 +183,7 @@ ent_status ent_optim_grad_norm(ent_optim_t *o, double *norm) {
     return ENT_OK;
 }
 
-ent_status ent_optim_step(ent_optim_t *o, const ent_adamw *hp, float grad_scale, int t) {
+ent_status ent_optim_update(ent_optim_t *o, const ent_adamw *hp, float grad_scale, int t) {
     const ent_param_table *tab = ent_model_table(o->model);
     float *params = ent_model_arena(o->model, ENT_ARENA_PARAMS);
     for (int i = 0; i < tab->nrows; i++) {
@@ -189,7 +196,16 @@ ent_status ent_optim_step(ent_optim_t *o, const ent_adamw *hp, float grad_scale,
                                              hp->eps, r->decay ? hp->weight_decay : 0.0f,
                                              grad_scale, t));
     }
-    if (o->zero)
-        ENT_CHECK(ent_allgather(o->dp, params + o->first, params, o->count, ENT_F32));
     return ENT_OK;
+}
+
+ent_status ent_optim_share_params(ent_optim_t *o) {
+    if (!o->zero) return ENT_OK; // every replica updated the whole arena itself
+    float *params = ent_model_arena(o->model, ENT_ARENA_PARAMS);
+    return ent_allgather(o->dp, params + o->first, params, o->count, ENT_F32);
+}
+
+ent_status ent_optim_step(ent_optim_t *o, const ent_adamw *hp, float grad_scale, int t) {
+    ENT_CHECK(ent_optim_update(o, hp, grad_scale, t));
+    return ent_optim_share_params(o);
 }

@@ -283,7 +283,8 @@ static ent_status train_step(trainer *tr, int step, double lr, double *loss_out,
     // an asynchronous save copies the state beside this step's forward and
     // backward; the update writes the state, so it waits for the copy
     ent_ckpt_wait_staged(tr->saver);
-    return ent_optim_step(tr->optim, &hp, scale, step);
+    ENT_CHECK(ent_optim_update(tr->optim, &hp, scale, step));
+    return ent_optim_share_params(tr->optim);
 }
 
 // ---------------------------------------------------------------------------
