@@ -172,7 +172,7 @@ static size_t ledger_bytes(const ent_ckpt_shard *sh) {
 // allocated now, with *drop set meanwhile (one process laying out the file for
 // several, through the layout driver); otherwise chunks are allocated as they
 // are written. No data is written here.
-static ent_status create_layout(hid_t file, const ent_ckpt_attr *attrs, int nattrs,
+static ent_status create_layout(hid_t file, const char *tmp, const ent_ckpt_attr *attrs, int nattrs,
                                 const ent_ckpt_shard *sh, const ckpt_sources *src, int early,
                                 int *drop) {
     time_t now = time(NULL);
@@ -215,6 +215,8 @@ static ent_status create_layout(hid_t file, const ent_ckpt_attr *attrs, int natt
         if (grp >= 0) H5Gclose(grp);
     }
     *drop = 0;
+    // last, over every attribute written above (the ranks write no more)
+    if (st == ENT_OK) st = ckpt_write_digest(file, tmp);
     return st;
 }
 
@@ -231,10 +233,11 @@ static hid_t open_for_writing(MPI_Comm comm, const char *tmp, const ent_ckpt_att
     // reported before anything else is called)
     if (rank == 0) {
         hid_t fapl = size > 1 ? ckpt_layout_fapl(&drop) : H5Pcreate(H5P_FILE_ACCESS);
+        if (fapl >= 0) ckpt_set_format(fapl);
         hid_t file = fapl < 0 ? -1 : H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
         if (fapl >= 0) H5Pclose(fapl);
         if (file < 0) *st = ckpt_h5_fail(ENT_ERR_IO, "cannot create checkpoint %s", tmp);
-        if (*st == ENT_OK) *st = create_layout(file, attrs, nattrs, sh, src, size > 1, &drop);
+        if (*st == ENT_OK) *st = create_layout(file, tmp, attrs, nattrs, sh, src, size > 1, &drop);
         if (size == 1) {
             if (*st == ENT_OK) return file;
             if (file >= 0) H5Fclose(file);
@@ -247,6 +250,7 @@ static hid_t open_for_writing(MPI_Comm comm, const char *tmp, const ent_ckpt_att
     if (*st != ENT_OK) return -1;
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
+    ckpt_set_format(fapl); // what the ranks add (nothing but chunks) in the same format
     H5Pset_coll_metadata_write(fapl, 1);
     hid_t file = H5Fopen(tmp, H5F_ACC_RDWR, fapl);
     H5Pclose(fapl);

@@ -257,7 +257,7 @@ static int cmd_ckpt(int argc, char **argv) {
     if (strcmp(what, "info") == 0 && argc == 2) {
         st = ent_ckpt_info(path, stdout);
     } else if (strcmp(what, "verify") == 0 && argc == 2) {
-        st = ent_ckpt_verify(path, stdout);
+        st = ent_ckpt_verify(path, ent_checkpoint_expect, NULL, stdout);
     } else if (strcmp(what, "export") == 0) {
         const char *format = NULL, *outdir = NULL;
         for (int i = 2; i < argc; i++) {
