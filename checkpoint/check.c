@@ -87,9 +87,12 @@ static hid_t open_dataset(hid_t grp, const char *path, const char *full, const c
     const char *want = H5Tequal(type, H5T_IEEE_F32LE) > 0 ? "IEEE float32 little-endian" : "uint8";
     if (*st != ENT_OK) {
     } else if (t < 0 || H5Tequal(t, type) <= 0) {
-        *st = ent_fail(ENT_ERR_INPUT, "%s: dataset /%s is of HDF5 type class %d, %zu bytes "
-                       "(accepted: exactly %s)", path, full, t < 0 ? -1 : (int)H5Tget_class(t),
-                       t < 0 ? (size_t)0 : H5Tget_size(t), want);
+        H5T_class_t cls = t < 0 ? H5T_NO_CLASS : H5Tget_class(t);
+        *st = ent_fail(ENT_ERR_INPUT, "%s: dataset /%s is of another type: %s, %zu bytes, %s "
+                       "(accepted: exactly %s)", path, full,
+                       cls == H5T_INTEGER ? "integer" : cls == H5T_FLOAT ? "floating-point" : "not a number",
+                       t < 0 ? (size_t)0 : H5Tget_size(t),
+                       t >= 0 && H5Tget_order(t) == H5T_ORDER_BE ? "big-endian" : "little-endian", want);
     } else if (nd != ndim || (int64_t)dims[0] != shape[0] ||
                (ndim == 2 && (int64_t)dims[1] != shape[1])) {
         char got[64], need[64];
