@@ -88,7 +88,6 @@ typedef struct {
 } entry;
 
 typedef struct {
-    hid_t obj;
     const char *prefix, *path;
     entry *e;
     int n;

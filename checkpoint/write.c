@@ -373,11 +373,19 @@ static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr
         keep_first(&fail, write_chunks(f, src, size == 1, &stream), f, tmp);
         ckpt_stream_advance(&stream);
     }
+    // A rank whose own writes failed (a full disk) makes every rank skip the
+    // collective writes: HDF5's collective filtered write, failing on one
+    // rank midway, leaves the ranks' metadata caches disagreeing, and closing
+    // the file then deadlocks (seen with HDF5's 1.10 file format on a full
+    // tmpfs). The file is removed anyway.
+    ent_status chunks = ckpt_agree(comm, fail.st, "writing the checkpoint's chunks");
+    keep_first(&fail, chunks, NULL, tmp);
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
     if (size > 1) H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
-    for (int k = 0; k < n; k++) // collective: every rank goes through all
+    for (int k = 0; k < n && chunks == ENT_OK; k++) // collective: every rank goes through all
         if (rows[k].collective) keep_first(&fail, write_rest(&rows[k], dxpl, sh, src), &rows[k], tmp);
-    if (ledger_bytes(sh) > 0) keep_first(&fail, write_ledger(file, dxpl, rank, sh), NULL, tmp);
+    if (ledger_bytes(sh) > 0 && chunks == ENT_OK)
+        keep_first(&fail, write_ledger(file, dxpl, rank, sh), NULL, tmp);
     H5Pclose(dxpl);
     keep_first(&fail, close_rows(rows, n, tmp), NULL, tmp);
     if (H5Fclose(file) < 0)
