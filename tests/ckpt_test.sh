@@ -22,7 +22,8 @@
 #                and a seeded sample of its chunks (ckpt_tool fuzz; seed
 #                CKPT_FUZZ_SEED, default 1): each change refused by ckpt verify's
 #                checks or harmless (the file reads back identical), none
-#                crashing the checks, none passed by verify and refused by resume
+#                crashing the checks, none passed by verify and refused by resume;
+#                a crash the harness provokes (SIGFPE) is caught and fails it
 # hostile        checkpoints written by h5py (tests/ckpt_hostile.py): a valid
 #                one with h5py's kinds of text verifies and resumes; int32
 #                datasets, a wrong-shaped wpe, step -5, data.consumed 2^62 or
@@ -282,6 +283,11 @@ case_fuzz() {
     expect "every metadata byte, sampled data bytes" 0 "out:all changed" -- \
         "$CKPT_TOOL" fuzz "$W/tiny/checkpoints/step_00000003.h5" "$seed" 300
     sed 's/^/    /' "$W/out"
+    # the harness itself: checks that die on a change are caught, named and
+    # fail the run, and the changes after it are still tried
+    expect "a crash of the checks fails the run" 1 --no-error-line "out:the checks died (signal 8)" \
+        "out:all changed: 39 refused, 0 harmless, 1 crashed" -- env CKPT_FUZZ_ONLY=40 CKPT_FUZZ_CRASH_AT=7 \
+        "$CKPT_TOOL" fuzz "$W/tiny/checkpoints/step_00000003.h5" "$seed" 0
 }
 
 case_hostile() {

@@ -220,6 +220,12 @@ static int fuzz(const char *path, uint64_t seed, long samples) {
         if (is_data[i]) at[k++] = i;
     }
     for (size_t j = 0; j < n; j++) mask[j] = (unsigned char)(1 + next(&rng) % 255);
+    // the harness's own test: CKPT_FUZZ_ONLY=K tries the first K changes
+    // only, and CKPT_FUZZ_CRASH_AT=J makes the checks die (SIGFPE) on change J
+    const char *only = getenv("CKPT_FUZZ_ONLY"), *crash = getenv("CKPT_FUZZ_CRASH_AT");
+    if (only != NULL && (size_t)atol(only) < n) n = (size_t)atol(only);
+    if (nmeta > n) nmeta = n;
+    long crash_at = crash != NULL ? atol(crash) : -1;
     // outcomes in shared memory: a child that HDF5 crashes (SIGFPE, SIGSEGV)
     // or hangs leaves the byte it was on UNTRIED; it is counted CRASHED and
     // the next child goes on after it. Two lanes (the cores of a small
@@ -247,6 +253,7 @@ static int fuzz(const char *path, uint64_t seed, long samples) {
                     unsigned char b = orig[at[j]] ^ mask[j];
                     if (pwrite(fd, &b, 1, (off_t)at[j]) != 1) _exit(3);
                     alarm(10); // a hang is a failure too
+                    if ((long)j == crash_at) raise(SIGFPE);
                     res[j] = (unsigned char)judge(mine, &base, devnull);
                     alarm(0);
                     if (pwrite(fd, &orig[at[j]], 1, (off_t)at[j]) != 1) _exit(3);
