@@ -84,6 +84,7 @@ static hid_t open_dataset(hid_t grp, const char *path, const char *full, const c
         if (H5Pget_filter2(dcpl, (unsigned)k, &flags, &nvals, NULL, 0, NULL, &conf) == H5Z_FILTER_FLETCHER32)
             fletcher = 1;
     }
+    H5D_chunk_index_t index = H5D_CHUNK_IDX_BTREE;
     const char *want = H5Tequal(type, H5T_IEEE_F32LE) > 0 ? "IEEE float32 little-endian" : "uint8";
     if (*st != ENT_OK) {
     } else if (t < 0 || H5Tequal(t, type) <= 0) {
@@ -106,6 +107,11 @@ static hid_t open_dataset(hid_t grp, const char *path, const char *full, const c
     } else if (dcpl < 0 || H5Pget_layout(dcpl) != H5D_CHUNKED || !fletcher) {
         *st = ent_fail(ENT_ERR_INPUT, "%s: dataset /%s is not chunked with a Fletcher32 checksum "
                        "(its values could not be checked)", path, full);
+    } else if (H5Dget_chunk_index_type(d, &index) < 0 || index == H5D_CHUNK_IDX_BTREE) {
+        // a version 1 B-tree's nodes carry no checksum: a changed chunk
+        // coordinate would put a valid chunk in another place
+        *st = ent_fail(ENT_ERR_INPUT, "%s: dataset /%s indexes its chunks with a version 1 B-tree, "
+                       "without checksums (accepted: HDF5 1.10's chunk indexes)", path, full);
     }
     if (t >= 0) H5Tclose(t);
     if (space >= 0) H5Sclose(space);

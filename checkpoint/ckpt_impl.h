@@ -147,8 +147,8 @@ hid_t ckpt_layout_fapl(const int *drop);
 ent_status ckpt_layout_chunks(hid_t dset, const char *name);
 
 // Checks an open file before anything else of it is believed: its format
-// and version attributes, that its metadata is checksummed (superblock 2 or
-// later: HDF5's 1.8/1.10 file format), and its metadata digest.
+// and version attributes, that its metadata is checksummed (superblock 3 or
+// later: HDF5's 1.10 file format), and its metadata digest.
 ent_status ckpt_check_format(hid_t file, const char *path);
 
 // The metadata digest (digest.c, docs/checkpoint.md): SHA-256 over every

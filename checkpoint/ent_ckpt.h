@@ -126,7 +126,7 @@ typedef struct ent_ckpt ent_ckpt_t;
 // Opens a checkpoint for reading: collectively by the ranks of world (each
 // opens it on its own; every rank gets the same status), or by this process
 // alone (world NULL). Checks format and version, that the file's metadata is
-// checksummed (HDF5 superblock 2 or later) and the metadata digest over its
+// checksummed (HDF5 superblock 3 or later) and the metadata digest over its
 // attributes (docs/checkpoint.md). Caller owns it.
 ent_status ent_ckpt_open(const char *path, ent_group_t *world, ent_ckpt_t **out);
 void ent_ckpt_close(ent_ckpt_t **ck);
@@ -170,8 +170,9 @@ typedef ent_status (*ent_ckpt_expect_fn)(ent_ckpt_t *ck, void *ctx, ent_param_ta
 // too): attribute `tensors` equal to its row count; /params, and /adam_m with
 // /adam_v or neither, each holding exactly one dataset per row, of exactly
 // IEEE float32 little-endian at the row's global shape (1-D or 2-D),
-// chunked with Fletcher32; /coalition as documented; nothing else; every
-// object header checksummed. The first difference, naming the dataset.
+// chunked with Fletcher32 and indexed by one of HDF5 1.10's checksummed
+// chunk indexes; /coalition as documented; nothing else; every object
+// header checksummed. The first difference, naming the dataset.
 ent_status ent_ckpt_check_layout(ent_ckpt_t *ck, const ent_param_table *table);
 // `entente ckpt verify`: opens the file (format, version, metadata digest),
 // checks what `expect` says of its attributes and the layout against the

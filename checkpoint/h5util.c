@@ -297,9 +297,11 @@ ent_status ckpt_check_format(hid_t file, const char *path) {
     H5F_info2_t info;
     if (H5Fget_info2(file, &info) < 0)
         return ckpt_h5_fail(ENT_ERR_INPUT, "%s: cannot read the HDF5 superblock", path);
-    if (info.super.version < 2)
-        return ent_fail(ENT_ERR_INPUT, "%s: HDF5 superblock version %u has no metadata checksums "
-                        "(accepted: 2 or later; entente writes 3, HDF5's 1.10 format: h5py "
+    // (version 2, HDF5's 1.8 format, checksums most metadata but not the
+    // chunk indexes: a changed chunk coordinate would go unnoticed)
+    if (info.super.version < 3)
+        return ent_fail(ENT_ERR_INPUT, "%s: HDF5 superblock version %u: its metadata is not all "
+                        "checksummed (accepted: 3 or later, HDF5's 1.10 format: h5py "
                         "libver=('v110', 'latest'))", path, info.super.version);
     return ckpt_check_digest(file, path);
 }

@@ -18,6 +18,7 @@ Reads GOOD.h5 (written by entente) and writes, with h5py only:
   extra.h5         one dataset more in /params
   no_fletcher.h5   params/ln_f.bias without its Fletcher32 checksum
   old_format.h5    valid.h5's content in HDF5's oldest format (no metadata checksums)
+  v18_format.h5    valid.h5's content in HDF5's 1.8 format (chunk indexes without checksums)
   no_digest.h5     valid.h5 without its digest
   bad_digest.h5    valid.h5 with `step` changed but not the digest
 Each file but valid.h5 has a correct digest unless said otherwise, so that
@@ -124,6 +125,7 @@ def main():
     case("no_fletcher.h5", "params/ln_f.bias is not chunked with a Fletcher32",
          fletcher={"params/ln_f.bias": False})
     case("old_format.h5", "superblock version 0", libver=("earliest", "latest"))
+    case("v18_format.h5", "superblock version 2", libver=("v108", "v108"))
     case("no_digest.h5", "attribute 'digest' is missing", set_digest=False)
     case("bad_digest.h5", "metadata digest does not match")
     with h5py.File("%s/bad_digest.h5" % out, "r+") as f:
