@@ -29,7 +29,21 @@ ent_status ckpt_h5_fail(ent_status st, const char *what, ...) __attribute__((for
 
 // Attributes on an object (the root group).
 ent_status ckpt_write_attr(hid_t obj, const ent_ckpt_attr *a);
-// A fixed-length text attribute, malloc'ed into *text.
+
+// An attribute's value as a reader sees it: an integer (signed or not, up to
+// 8 bytes, widened), a floating-point number (up to 8 bytes), or a text (s,
+// malloc'ed: fixed-length of any padding, or variable-length; up to its first
+// NUL). Anything else (an array, a compound, a wider type) is refused.
+typedef struct {
+    ent_attr_type type;
+    int64_t i;
+    uint64_t u;
+    double f;
+    char *s;
+} ckpt_value;
+#define CKPT_TEXT_MAX (16 << 20) // bytes of one text attribute (the config is a few KiB)
+ent_status ckpt_read_value(hid_t attr, const char *path, const char *name, ckpt_value *v);
+// A text attribute (any kind of HDF5 string), malloc'ed into *text.
 ent_status ckpt_read_text_attr(hid_t obj, const char *path, const char *name, char **text);
 ent_status ckpt_read_i64_attr(hid_t obj, const char *path, const char *name, int64_t *v);
 ent_status ckpt_read_u64_attr(hid_t obj, const char *path, const char *name, uint64_t *v);
@@ -132,8 +146,27 @@ hid_t ckpt_layout_fapl(const int *drop);
 // HDF5 then fills a chunk and computes its checksum for every dataset.)
 ent_status ckpt_layout_chunks(hid_t dset, const char *name);
 
-// Checks the format and version attributes of an open file.
+// Checks an open file before anything else of it is believed: its format
+// and version attributes, that its metadata is checksummed (superblock 3 or
+// later: HDF5's 1.10 file format), and its metadata digest.
 ent_status ckpt_check_format(hid_t file, const char *path);
+
+// The metadata digest (digest.c, docs/checkpoint.md): SHA-256 over every
+// attribute of the root group but `digest` and of the group /coalition, by
+// name, stored in the root attribute `digest` as "sha256:" and 64 hex digits.
+#define CKPT_DIGEST_ATTR "digest"
+// Computes it from the open file and writes the attribute.
+ent_status ckpt_write_digest(hid_t file, const char *path);
+// Recomputes it and compares with the stored one.
+ent_status ckpt_check_digest(hid_t file, const char *path);
+// SHA-256 (FIPS 180-4) of n bytes.
+void ckpt_sha256(const void *data, size_t n, uint8_t out[32]);
+
+// Every new checkpoint file is created with this file access property list's
+// format bounds: HDF5's 1.10 format (superblock 3, checksummed object
+// headers, B-trees and heaps), so that no flipped bit in the metadata goes
+// unnoticed.
+void ckpt_set_format(hid_t fapl);
 
 // Every rank of comm: the outcome of a step that each took (ENT_OK only if
 // every rank's was). A rank that failed keeps its message; the others name

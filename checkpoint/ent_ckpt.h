@@ -139,7 +139,9 @@ typedef struct ent_ckpt ent_ckpt_t;
 
 // Opens a checkpoint for reading: collectively by the ranks of world (each
 // opens it on its own; every rank gets the same status), or by this process
-// alone (world NULL). Checks format and version. Caller owns it.
+// alone (world NULL). Checks format and version, that the file's metadata is
+// checksummed (HDF5 superblock 3 or later) and the metadata digest over its
+// attributes (docs/checkpoint.md). Caller owns it.
 ent_status ent_ckpt_open(const char *path, ent_group_t *world, ent_ckpt_t **out);
 void ent_ckpt_close(ent_ckpt_t **ck);
 const char *ent_ckpt_path(const ent_ckpt_t *ck);
@@ -156,8 +158,9 @@ ent_status ent_ckpt_coalition_info(ent_ckpt_t *ck, int64_t *round, char **ledger
 // Reads this rank's part of every row (params whole, moments over the state
 // range when shard->adam_m is set, the coalition's arrays that
 // shard->coalition holds), collectively when opened by a group (with
-// shard->replicas, a subgroup of it, sharing the reading). Each dataset's
-// shape must be the row's global shape; a failed checksum names the dataset.
+// shard->replicas, a subgroup of it, sharing the reading). The file must
+// pass ent_ckpt_check_layout against the shard's table (its global shapes);
+// a failed checksum names the dataset.
 ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *shard);
 // Reads one whole dataset ("params/wte.weight"); *data is malloc'ed.
 ent_status ent_ckpt_read_dataset(ent_ckpt_t *ck, const char *name, float **data,
@@ -168,9 +171,28 @@ ent_status ent_ckpt_read_dataset(ent_ckpt_t *ck, const char *name, float **data,
 
 // `entente ckpt info`: step, tokens, model, sizes, creation, layout summary.
 ent_status ent_ckpt_info(const char *path, FILE *out);
-// `entente ckpt verify`: reads every dataset (checksums), checks shapes and
-// values (no NaN/Inf); the first failure names the dataset.
-ent_status ent_ckpt_verify(const char *path, FILE *out);
+
+// What a checkpoint must hold. Its attributes mean what the program that
+// wrote them says (entente's runtime: a training state and the configuration
+// it was trained with), so that program checks them: every attribute it
+// relies on, in range and consistent with the others, or a failure
+// (ENT_ERR_INPUT) naming the file, the attribute and the accepted range.
+// Then it fills *table (the caller frees it: ent_param_table_free) with the
+// rows every dataset group must hold, at their global shapes.
+typedef ent_status (*ent_ckpt_expect_fn)(ent_ckpt_t *ck, void *ctx, ent_param_table *table);
+// Checks the file's objects against the table (ent_ckpt_read does it first
+// too): attribute `tensors` equal to its row count; /params, and /adam_m with
+// /adam_v or neither, each holding exactly one dataset per row, of exactly
+// IEEE float32 little-endian at the row's global shape (1-D or 2-D),
+// chunked with Fletcher32 and indexed by one of HDF5 1.10's checksummed
+// chunk indexes; /coalition as documented; nothing else; every object
+// header checksummed. The first difference, naming the dataset.
+ent_status ent_ckpt_check_layout(ent_ckpt_t *ck, const ent_param_table *table);
+// `entente ckpt verify`: opens the file (format, version, metadata digest),
+// checks what `expect` says of its attributes and the layout against the
+// table it gives, then reads every dataset (checksums) and checks its values
+// (no NaN/Inf); a failure names the attribute or dataset.
+ent_status ent_ckpt_verify(const char *path, ent_ckpt_expect_fn expect, void *ctx, FILE *out);
 // `entente ckpt export --format safetensors`: Hugging Face GPT-2 tensors
 // (model.safetensors) and config.json in outdir.
 ent_status ent_ckpt_export_safetensors(const char *path, const char *outdir, FILE *out);

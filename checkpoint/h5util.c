@@ -103,57 +103,124 @@ static hid_t open_attr(hid_t obj, const char *path, const char *name, ent_status
     return a;
 }
 
-ent_status ckpt_read_text_attr(hid_t obj, const char *path, const char *name, char **text) {
-    ent_status st = ENT_OK;
+// A text attribute's value as a C string: fixed-length texts of any padding
+// (NULLTERM as entente writes them; NULLPAD without a terminating NUL and
+// SPACEPAD, as h5py and others write them: HDF5's conversion to a
+// NUL-terminated type one byte longer drops the padding) and variable-length
+// ones. The first NUL ends it.
+static ent_status read_text(hid_t a, hid_t type, const char *path, const char *name, char **text) {
     *text = NULL;
-    hid_t a = open_attr(obj, path, name, &st);
-    if (a < 0) return st;
-    hid_t type = H5Aget_type(a);
-    if (H5Tget_class(type) != H5T_STRING || H5Tis_variable_str(type) > 0) {
-        H5Tclose(type);
-        H5Aclose(a);
-        return ent_fail(ENT_ERR_INPUT, "%s: attribute '%s' is not a text", path, name);
-    }
-    size_t n = H5Tget_size(type);
-    char *buf = calloc(n + 1, 1);
     hid_t mem = H5Tcopy(H5T_C_S1);
-    H5Tset_size(mem, n);
-    herr_t rc = buf == NULL ? -1 : H5Aread(a, mem, buf);
-    st = rc < 0 ? ckpt_h5_fail(ENT_ERR_INPUT, "%s: cannot read attribute '%s'", path, name)
-                           : ENT_OK;
-    H5Tclose(mem);
-    H5Tclose(type);
-    H5Aclose(a);
-    if (st != ENT_OK) {
-        free(buf);
-        return st;
+    H5Tset_cset(mem, H5Tget_cset(type)); // HDF5 converts no character set to another
+    herr_t rc = -1;
+    if (H5Tis_variable_str(type) > 0) {
+        char *p = NULL;
+        H5Tset_size(mem, H5T_VARIABLE);
+        rc = H5Aread(a, mem, &p);
+        if (rc >= 0) *text = strdup(p != NULL ? p : "");
+        if (p != NULL) H5free_memory(p);
+    } else {
+        size_t n = H5Tget_size(type);
+        if (n == 0 || n > CKPT_TEXT_MAX) {
+            H5Tclose(mem);
+            return ent_fail(ENT_ERR_INPUT, "%s: attribute '%s' is a text of %zu bytes (accepted: "
+                            "1 to %d)", path, name, n, CKPT_TEXT_MAX);
+        }
+        *text = calloc(n + 1, 1);
+        H5Tset_size(mem, n + 1);
+        H5Tset_strpad(mem, H5T_STR_NULLTERM);
+        if (*text != NULL) rc = H5Aread(a, mem, *text);
+        else rc = 0;
     }
-    *text = buf;
+    H5Tclose(mem);
+    if (rc >= 0 && *text == NULL)
+        return ent_fail(ENT_ERR_NOMEM, "out of memory reading attribute '%s' of %s", name, path);
+    if (rc < 0) {
+        free(*text);
+        *text = NULL;
+        return ckpt_h5_fail(ENT_ERR_INPUT, "%s: cannot read attribute '%s'", path, name);
+    }
     return ENT_OK;
 }
 
-static ent_status read_int_attr(hid_t obj, const char *path, const char *name, hid_t mem,
-                                void *v) {
+ent_status ckpt_read_value(hid_t a, const char *path, const char *name, ckpt_value *v) {
+    memset(v, 0, sizeof *v);
+    hid_t type = H5Aget_type(a), space = H5Aget_space(a);
+    H5T_class_t cls = type < 0 ? H5T_NO_CLASS : H5Tget_class(type);
+    size_t size = type < 0 ? 0 : H5Tget_size(type);
+    int scalar = space >= 0 && H5Sget_simple_extent_type(space) == H5S_SCALAR;
     ent_status st = ENT_OK;
-    hid_t a = open_attr(obj, path, name, &st);
-    if (a < 0) return st;
-    hid_t type = H5Aget_type(a);
-    int ok = H5Tget_class(type) == H5T_INTEGER;
-    H5Tclose(type);
-    herr_t rc = ok ? H5Aread(a, mem, v) : -1;
-    st = !ok     ? ent_fail(ENT_ERR_INPUT, "%s: attribute '%s' is not an integer", path, name)
-         : rc < 0 ? ckpt_h5_fail(ENT_ERR_INPUT, "%s: cannot read attribute '%s'", path, name)
-                  : ENT_OK;
-    H5Aclose(a);
+    herr_t rc = 0;
+    if (!scalar || (cls != H5T_STRING && (size == 0 || size > 8))) {
+        st = ent_fail(ENT_ERR_INPUT, "%s: attribute '%s' is not a single integer, number or text "
+                      "(%s, %zu bytes)", path, name, scalar ? "a scalar" : "not a scalar", size);
+    } else if (cls == H5T_INTEGER && H5Tget_sign(type) == H5T_SGN_NONE) {
+        v->type = ENT_ATTR_U64;
+        rc = H5Aread(a, H5T_NATIVE_UINT64, &v->u);
+    } else if (cls == H5T_INTEGER) {
+        v->type = ENT_ATTR_I64;
+        rc = H5Aread(a, H5T_NATIVE_INT64, &v->i);
+    } else if (cls == H5T_FLOAT) {
+        v->type = ENT_ATTR_F64;
+        rc = H5Aread(a, H5T_NATIVE_DOUBLE, &v->f);
+    } else if (cls == H5T_STRING) {
+        v->type = ENT_ATTR_STR;
+        st = read_text(a, type, path, name, &v->s);
+    } else {
+        st = ent_fail(ENT_ERR_INPUT, "%s: attribute '%s' is of HDF5 type class %d (accepted: an "
+                      "integer, a floating-point number or a text)", path, name, (int)cls);
+    }
+    if (st == ENT_OK && rc < 0)
+        st = ckpt_h5_fail(ENT_ERR_INPUT, "%s: cannot read attribute '%s'", path, name);
+    if (type >= 0) H5Tclose(type);
+    if (space >= 0) H5Sclose(space);
     return st;
 }
 
+// Opens and reads the attribute; its value must be of type `want`.
+static ent_status read_typed(hid_t obj, const char *path, const char *name, ent_attr_type want,
+                             ckpt_value *v) {
+    ent_status st = ENT_OK;
+    hid_t a = open_attr(obj, path, name, &st);
+    if (a < 0) return st;
+    st = ckpt_read_value(a, path, name, v);
+    H5Aclose(a);
+    if (st != ENT_OK) return st;
+    // an unsigned value that fits is as good as a signed one, and the reverse
+    if (want == ENT_ATTR_I64 && v->type == ENT_ATTR_U64 && v->u <= INT64_MAX) {
+        v->i = (int64_t)v->u;
+        v->type = ENT_ATTR_I64;
+    } else if (want == ENT_ATTR_U64 && v->type == ENT_ATTR_I64 && v->i >= 0) {
+        v->u = (uint64_t)v->i;
+        v->type = ENT_ATTR_U64;
+    }
+    if (v->type == want) return ENT_OK;
+    static const char *const what[] = {"an integer (-2^63 to 2^63-1)", "an integer (0 to 2^64-1)",
+                                       "a number", "a text"};
+    free(v->s);
+    return ent_fail(ENT_ERR_INPUT, "%s: attribute '%s' is not %s", path, name, what[want]);
+}
+
+ent_status ckpt_read_text_attr(hid_t obj, const char *path, const char *name, char **text) {
+    ckpt_value v;
+    *text = NULL;
+    ENT_CHECK(read_typed(obj, path, name, ENT_ATTR_STR, &v));
+    *text = v.s;
+    return ENT_OK;
+}
+
 ent_status ckpt_read_i64_attr(hid_t obj, const char *path, const char *name, int64_t *v) {
-    return read_int_attr(obj, path, name, H5T_NATIVE_INT64, v);
+    ckpt_value x;
+    ENT_CHECK(read_typed(obj, path, name, ENT_ATTR_I64, &x));
+    *v = x.i;
+    return ENT_OK;
 }
 
 ent_status ckpt_read_u64_attr(hid_t obj, const char *path, const char *name, uint64_t *v) {
-    return read_int_attr(obj, path, name, H5T_NATIVE_UINT64, v);
+    ckpt_value x;
+    ENT_CHECK(read_typed(obj, path, name, ENT_ATTR_U64, &x));
+    *v = x.u;
+    return ENT_OK;
 }
 
 hid_t ckpt_memory_space(int ndim, const ent_rect *rects, int nrects, size_t n) {
@@ -225,8 +292,21 @@ ent_status ckpt_check_format(hid_t file, const char *path) {
         return ent_fail(ENT_ERR_INPUT,
                         "%s: checkpoint format version %lld is not supported (this build reads "
                         "version %d)", path, (long long)version, ENT_CKPT_VERSION);
-    return ENT_OK;
+    // without checksummed metadata a flipped bit in a dataset's type or
+    // shape would be believed; the digest covers the attributes
+    H5F_info2_t info;
+    if (H5Fget_info2(file, &info) < 0)
+        return ckpt_h5_fail(ENT_ERR_INPUT, "%s: cannot read the HDF5 superblock", path);
+    // (version 2, HDF5's 1.8 format, checksums most metadata but not the
+    // chunk indexes: a changed chunk coordinate would go unnoticed)
+    if (info.super.version < 3)
+        return ent_fail(ENT_ERR_INPUT, "%s: HDF5 superblock version %u: its metadata is not all "
+                        "checksummed (accepted: 3 or later, HDF5's 1.10 format: h5py "
+                        "libver=('v110', 'latest'))", path, info.super.version);
+    return ckpt_check_digest(file, path);
 }
+
+void ckpt_set_format(hid_t fapl) { H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_LATEST); }
 
 ent_status ckpt_fsync_path(const char *path) {
     int fd = open(path, O_RDONLY);

@@ -173,7 +173,7 @@ static size_t ledger_bytes(const ent_ckpt_shard *sh) {
 // allocated now, with *drop set meanwhile (one process laying out the file for
 // several, through the layout driver); otherwise chunks are allocated as they
 // are written. No data is written here.
-static ent_status create_layout(hid_t file, const ent_ckpt_attr *attrs, int nattrs,
+static ent_status create_layout(hid_t file, const char *tmp, const ent_ckpt_attr *attrs, int nattrs,
                                 const ent_ckpt_shard *sh, const ckpt_sources *src, int early,
                                 int *drop) {
     time_t now = time(NULL);
@@ -216,6 +216,8 @@ static ent_status create_layout(hid_t file, const ent_ckpt_attr *attrs, int natt
         if (grp >= 0) H5Gclose(grp);
     }
     *drop = 0;
+    // last, over every attribute written above (the ranks write no more)
+    if (st == ENT_OK) st = ckpt_write_digest(file, tmp);
     return st;
 }
 
@@ -232,10 +234,11 @@ static hid_t open_for_writing(MPI_Comm comm, const char *tmp, const ent_ckpt_att
     // reported before anything else is called)
     if (rank == 0) {
         hid_t fapl = size > 1 ? ckpt_layout_fapl(&drop) : H5Pcreate(H5P_FILE_ACCESS);
+        if (fapl >= 0) ckpt_set_format(fapl);
         hid_t file = fapl < 0 ? -1 : H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
         if (fapl >= 0) H5Pclose(fapl);
         if (file < 0) *st = ckpt_h5_fail(ENT_ERR_IO, "cannot create checkpoint %s", tmp);
-        if (*st == ENT_OK) *st = create_layout(file, attrs, nattrs, sh, src, size > 1, &drop);
+        if (*st == ENT_OK) *st = create_layout(file, tmp, attrs, nattrs, sh, src, size > 1, &drop);
         if (size == 1) {
             if (*st == ENT_OK) return file;
             if (file >= 0) H5Fclose(file);
@@ -248,6 +251,7 @@ static hid_t open_for_writing(MPI_Comm comm, const char *tmp, const ent_ckpt_att
     if (*st != ENT_OK) return -1;
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
+    ckpt_set_format(fapl); // what the ranks add (nothing but chunks) in the same format
     H5Pset_coll_metadata_write(fapl, 1);
     hid_t file = H5Fopen(tmp, H5F_ACC_RDWR, fapl);
     H5Pclose(fapl);
@@ -370,11 +374,19 @@ static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr
         keep_first(&fail, write_chunks(f, src, size == 1, &stream), f, tmp);
         ckpt_stream_advance(&stream);
     }
+    // A rank whose own writes failed (a full disk) makes every rank skip the
+    // collective writes: HDF5's collective filtered write, failing on one
+    // rank midway, leaves the ranks' metadata caches disagreeing, and closing
+    // the file then deadlocks (seen with HDF5's 1.10 file format on a full
+    // tmpfs). The file is removed anyway.
+    ent_status chunks = ckpt_agree(comm, fail.st, "writing the checkpoint's chunks");
+    keep_first(&fail, chunks, NULL, tmp);
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
     if (size > 1) H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
-    for (int k = 0; k < n; k++) // collective: every rank goes through all
+    for (int k = 0; k < n && chunks == ENT_OK; k++) // collective: every rank goes through all
         if (rows[k].collective) keep_first(&fail, write_rest(&rows[k], dxpl, sh, src), &rows[k], tmp);
-    if (ledger_bytes(sh) > 0) keep_first(&fail, write_ledger(file, dxpl, rank, sh), NULL, tmp);
+    if (ledger_bytes(sh) > 0 && chunks == ENT_OK)
+        keep_first(&fail, write_ledger(file, dxpl, rank, sh), NULL, tmp);
     H5Pclose(dxpl);
     keep_first(&fail, close_rows(rows, n, tmp), NULL, tmp);
     if (H5Fclose(file) < 0)

@@ -303,8 +303,10 @@ static const char *ckpt_help =
     "\n"
     "  info     step, tokens, data cursor, model, topology it was saved with, sizes,\n"
     "           creation time and the configuration it was trained with\n"
-    "  verify   reads every dataset, checks its Fletcher32 checksums, its shape and\n"
-    "           that it holds no NaN or Inf; exit 0 when all is well, 1 naming the\n"
+    "  verify   checks the metadata (HDF5 checksums, the metadata digest), every\n"
+    "           attribute and dataset against the configuration stored in it (what\n"
+    "           --resume checks), then reads every dataset: Fletcher32 checksums, no\n"
+    "           NaN or Inf; exit 0 when all is well, 1 naming the attribute or the\n"
     "           first damaged dataset\n"
     "  export   writes DIR/model.safetensors (Hugging Face GPT-2 tensor names and\n"
     "           layout) and DIR/config.json, which transformers' GPT2LMHeadModel loads\n"
@@ -347,7 +349,7 @@ static int cmd_ckpt(int argc, char **argv) {
     if (strcmp(what, "info") == 0 && argc == 2) {
         st = ent_ckpt_info(path, stdout);
     } else if (strcmp(what, "verify") == 0 && argc == 2) {
-        st = ent_ckpt_verify(path, stdout);
+        st = ent_ckpt_verify(path, ent_checkpoint_expect, NULL, stdout);
     } else if (strcmp(what, "export") == 0) {
         const char *format = NULL, *outdir = NULL;
         for (int i = 2; i < argc; i++) {
@@ -533,7 +535,7 @@ static const command commands[] = {
     {"eval", cmd_eval, "  eval           the validation loss of a checkpoint\n"},
     {"ckpt", cmd_ckpt,
      "  ckpt info      describe a checkpoint\n"
-     "  ckpt verify    check everything a resume of a checkpoint relies on\n"
+     "  ckpt verify    check a checkpoint's metadata, attributes and every dataset\n"
      "  ckpt export    write a checkpoint as Hugging Face safetensors\n"},
     {"sample", cmd_sample, "  sample         generate text from a checkpoint\n"},
 };

@@ -319,6 +319,8 @@ void ent_dataset_sequence(const ent_dataset_t *d, int64_t seq, int32_t *inputs,
 // cycle-walking back into [0, n): a bijection that needs no table, so any
 // rank computes any position's sequence in O(1).
 int64_t ent_data_permute(int64_t i, int64_t n, uint64_t seed, int64_t epoch) {
+    // the cycle walk ends only from inside [0, n): callers pass checked cursors
+    ENT_ASSERT(i >= 0 && i < n);
     if (n <= 1) return i;
     int bits = 2;
     while (bits < 62 && ((int64_t)1 << bits) < n) bits += 2;
@@ -344,6 +346,10 @@ uint64_t ent_data_order_key(uint64_t train_seed) { return ent_hash64(train_seed 
 void ent_dataset_fill(const ent_dataset_t *d, const ent_data_cursor *cursor, int64_t skip,
                       int count, int shuffle, uint64_t seed, int32_t *inputs,
                       int32_t *targets) {
+    // a cursor read from a checkpoint is checked there (ent_checkpoint_check:
+    // 0 <= data.consumed, tokens within 64 bits); a negative one would make
+    // the permutation walk forever
+    ENT_ASSERT(cursor->consumed >= 0 && skip >= 0 && count >= 0 && d->nseq > 0);
     for (int j = 0; j < count; j++) {
         int64_t p = cursor->consumed + skip + j;
         int64_t epoch = p / d->nseq, idx = p % d->nseq;

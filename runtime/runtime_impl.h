@@ -2,6 +2,7 @@
 #ifndef ENT_RUNTIME_IMPL_H
 #define ENT_RUNTIME_IMPL_H
 
+#include "ent_ckpt.h"
 #include "ent_runtime.h"
 
 #include <stddef.h>
@@ -76,5 +77,23 @@ typedef struct {
 
 // Writes the n fields as one JSON object on one line, then a newline.
 void ent_json_line(FILE *f, const ent_json_field *fields, int n);
+
+// ---- checkpoints of a training run (ckpt_state.c) ----
+// A hash of the model's shape (model.shape_hash in a checkpoint).
+uint64_t ent_model_shape_hash(const ent_config *cfg);
+// What a resume takes from a checkpoint, once checked.
+typedef struct {
+    ent_config cfg;         // the configuration it was trained with (attribute `config`)
+    int64_t step, consumed; // steps done, sequences consumed (the data cursor)
+} ent_ckpt_state;
+// Checks every attribute a resume relies on (range and consistency: the
+// model.* attributes against the stored configuration, step within its
+// train.steps, the data cursor, tokens, epoch, seeds, the saving layout), or
+// fails naming the file, the attribute and the accepted value or range
+// (ENT_ERR_INPUT); fills *out and *table (the rows at global shapes; the
+// caller frees it).
+ent_status ent_checkpoint_check(ent_ckpt_t *ck, ent_ckpt_state *out, ent_param_table *table);
+// The same as an ent_ckpt_expect_fn, for `ckpt verify` (ctx unused).
+ent_status ent_checkpoint_expect(ent_ckpt_t *ck, void *ctx, ent_param_table *table);
 
 #endif // ENT_RUNTIME_IMPL_H

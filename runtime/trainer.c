@@ -605,13 +605,6 @@ void ent_checkpoint_dir(const ent_config *cfg, const char *run_dir, char *out, s
     else snprintf(out, n, "%s/checkpoints", run_dir);
 }
 
-static uint64_t shape_hash(const ent_config *cfg) {
-    char text[128];
-    snprintf(text, sizeof text, "gpt2:%d:%d:%d:%d:%d", cfg->layers, cfg->heads, cfg->width,
-             cfg->context, cfg->vocab);
-    return ent_hash_string(text, 0);
-}
-
 // What this rank holds and which part it writes: its 1/DP share of the arena
 // (under ZeRO-1 exactly its AdamW shard). The checkpoint reads and writes
 // host memory: the backend's arenas, or their host copies (state_to_host,
@@ -691,7 +684,7 @@ static ent_status save_checkpoint(trainer *tr, int step) {
         {.name = "model.vocab", .type = ENT_ATTR_I64, .i = cfg->vocab},
         {.name = "model.padded_vocab", .type = ENT_ATTR_I64, .i = shape.padded_vocab},
         {.name = "model.parameters", .type = ENT_ATTR_I64, .i = (int64_t)ent_model_shape_num_params(&shape)},
-        {.name = "model.shape_hash", .type = ENT_ATTR_U64, .u = shape_hash(cfg)},
+        {.name = "model.shape_hash", .type = ENT_ATTR_U64, .u = ent_model_shape_hash(cfg)},
         {.name = "saved_by.world_size", .type = ENT_ATTR_I64, .i = ent_comm_size(tr->comm)},
         {.name = "saved_by.dp", .type = ENT_ATTR_I64, .i = tr->grid->dp_size},
         {.name = "saved_by.tp", .type = ENT_ATTR_I64, .i = tr->grid->tp_size},
@@ -722,57 +715,65 @@ static ent_status save_checkpoint(trainer *tr, int step) {
     return cfg->ckpt_async ? ENT_OK : log_checkpoint(tr);
 }
 
-// Compares the checkpoint's model with this run's: every difference is named.
-static ent_status check_same_model(trainer *tr, ent_ckpt_t *ck) {
+// Compares the checkpoint's model (its stored configuration's, checked
+// against its model.* attributes) with this run's: every difference is named.
+static ent_status check_same_model(trainer *tr, const char *path, const ent_config *theirs) {
     const ent_config *cfg = tr->cfg;
     const char *keys[] = {"model.layers", "model.heads", "model.width", "model.context",
                           "model.vocab"};
     int64_t mine[] = {cfg->layers, cfg->heads, cfg->width, cfg->context, cfg->vocab};
+    int64_t saved[] = {theirs->layers, theirs->heads, theirs->width, theirs->context,
+                       theirs->vocab};
     char diff[1024] = "";
     size_t used = 0;
     for (int i = 0; i < 5; i++) {
-        int64_t theirs = 0;
-        ENT_CHECK(ent_ckpt_attr_i64(ck, keys[i], &theirs));
-        if (theirs != mine[i])
+        if (saved[i] != mine[i])
             used += (size_t)snprintf(diff + used, sizeof diff - used, "%s%s: checkpoint %lld, this "
-                                     "run %lld", used ? "; " : "", keys[i], (long long)theirs,
+                                     "run %lld", used ? "; " : "", keys[i], (long long)saved[i],
                                      (long long)mine[i]);
         if (used >= sizeof diff) used = sizeof diff - 1;
     }
     if (used)
-        return ent_fail(ENT_ERR_USAGE, "%s holds another model than this run trains: %s",
-                        ent_ckpt_path(ck), diff);
-    uint64_t seed = 0;
-    if (ent_ckpt_attr_u64(ck, "rng.train_seed", &seed) == ENT_OK && seed != cfg->seed && tr->leader)
+        return ent_fail(ENT_ERR_USAGE, "%s holds another model than this run trains: %s", path,
+                        diff);
+    if (theirs->seed != cfg->seed && tr->leader)
         ent_log_warn("train.seed = %llu differs from the checkpoint's %llu: the data order "
                      "changes from here on", (unsigned long long)cfg->seed,
-                     (unsigned long long)seed);
+                     (unsigned long long)theirs->seed);
     return ENT_OK;
 }
 
+// Every rank checks the file as `ckpt verify` does (ent_checkpoint_check, then
+// ent_ckpt_read checks the datasets against this run's table) before anything
+// of it is used; the ranks agree before they read together.
 static ent_status resume_from(trainer *tr, const char *path) {
     ent_ckpt_t *ck = NULL;
     ENT_CHECK(ent_ckpt_open(path, tr->grid->world, &ck));
-    int64_t step = 0, consumed = 0;
-    ent_status st = check_same_model(tr, ck);
-    if (st == ENT_OK) st = ent_ckpt_attr_i64(ck, "step", &step);
-    if (st == ENT_OK) st = ent_ckpt_attr_i64(ck, "data.consumed", &consumed);
-    if (st == ENT_OK && step >= tr->cfg->steps)
+    ent_ckpt_state *saved = calloc(1, sizeof *saved);
+    ent_param_table table = {0};
+    ent_status st = saved == NULL ? ent_fail(ENT_ERR_NOMEM, "out of memory") : ENT_OK;
+    if (st == ENT_OK) st = ent_checkpoint_check(ck, saved, &table);
+    ent_param_table_free(&table); // the same rows as this run's, once the model is the same
+    if (st == ENT_OK) st = check_same_model(tr, path, &saved->cfg);
+    if (st == ENT_OK && saved->step >= tr->cfg->steps)
         st = ent_fail(ENT_ERR_USAGE, "%s is at step %lld: train.steps = %d leaves nothing to do "
-                      "(raise train.steps to train on)", path, (long long)step, tr->cfg->steps);
+                      "(raise train.steps to train on)", path, (long long)saved->step,
+                      tr->cfg->steps);
+    st = ent_comm_agree(tr->comm, st);
     if (st == ENT_OK) {
         ent_ckpt_shard sh = rank_shard(tr);
         st = ent_ckpt_read(ck, &sh);
     }
     if (st == ENT_OK) st = state_copy(tr, 1);
     ent_ckpt_close(&ck);
-    ENT_CHECK(st);
-    tr->start_step = (int)step;
-    tr->cursor.consumed = consumed;
-    tr->resumed = path;
-    return ENT_OK;
+    if (st == ENT_OK) {
+        tr->start_step = (int)saved->step; // within the stored train.steps, an int
+        tr->cursor.consumed = saved->consumed;
+        tr->resumed = path;
+    }
+    free(saved);
+    return st;
 }
-
 
 // ---------------------------------------------------------------------------
 // the trainer object

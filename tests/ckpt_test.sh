@@ -20,6 +20,19 @@
 # corrupt        a flipped byte in a dataset, a truncated file, a file that is
 #                not HDF5, an empty file, another format version, another
 #                model: clear errors from verify, resume and sample
+# fuzz           every byte of a tiny checkpoint's metadata changed in turn,
+#                and a seeded sample of its chunks (ckpt_tool fuzz; seed
+#                CKPT_FUZZ_SEED, default 1): each change refused by ckpt verify's
+#                checks or harmless (the file reads back identical), none
+#                crashing the checks, none passed by verify and refused by resume;
+#                a crash the harness provokes (SIGFPE) is caught and fails it
+# hostile        checkpoints written by h5py (tests/ckpt_hostile.py): a valid
+#                one with h5py's kinds of text verifies and resumes; int32
+#                datasets, a wrong-shaped wpe, step -5, data.consumed 2^62 or
+#                negative, a wrong tensors count, an extra dataset, no
+#                Fletcher32, the oldest or HDF5 1.8's format, no or a wrong digest: each
+#                refused by verify and by resume (exit 1), naming the file and
+#                the attribute or dataset
 # kill           SIGKILL at random moments while saving, 20 times: `latest`
 #                always names a checkpoint that verifies and resumes
 # disk_full      a checkpoint that cannot fit is found before step 1; a save
@@ -282,6 +295,60 @@ case_corrupt() {
     expect "resume another vocabulary" 2 "model.vocab: checkpoint 257, this run 300" -- "$E" train \
         --config "$W/c.ini" --run-dir "$W/r" --resume "$good" --set model.vocab=300
     "$E" ckpt verify "$good" >/dev/null || fail "the untouched checkpoint no longer verifies"
+}
+
+# A checkpoint of the tiniest model (16 tensors, 65 KB): $W/tiny/checkpoints/step_00000003.h5
+tiny_checkpoint() {
+    make_data
+    write_config "$W/tiny.ini"
+    sed -i 's/^layers = 2/layers = 1/; s/^width = 32/width = 8/; s/^context = 32/context = 8/;
+            s/^steps = 30/steps = 3/; s/^warmup_steps = 5/warmup_steps = 1/; s/^every = 10/every = 0/' \
+        "$W/tiny.ini"
+    expect "train a tiny model" 0 -- "$E" train --config "$W/tiny.ini" --run-dir "$W/tiny" || return 1
+    [ -f "$W/tiny/checkpoints/step_00000003.h5" ] || { fail "no checkpoint at step 3"; return 1; }
+}
+
+case_fuzz() {
+    [ -x "$CKPT_TOOL" ] || { fail "ckpt_tool is missing ($CKPT_TOOL)"; return; }
+    tiny_checkpoint || return
+    local seed=${CKPT_FUZZ_SEED:-1}
+    echo "  seed $seed (set CKPT_FUZZ_SEED to change it)"
+    expect "every metadata byte, sampled data bytes" 0 "out:all changed" -- \
+        "$CKPT_TOOL" fuzz "$W/tiny/checkpoints/step_00000003.h5" "$seed" 300
+    sed 's/^/    /' "$W/out"
+    # the harness itself: checks that die on a change are caught, named and
+    # fail the run, and the changes after it are still tried
+    expect "a crash of the checks fails the run" 1 --no-error-line "out:the checks died (signal 8)" \
+        "out:all changed: 39 refused, 0 harmless, 1 crashed" -- env CKPT_FUZZ_ONLY=40 CKPT_FUZZ_CRASH_AT=7 \
+        "$CKPT_TOOL" fuzz "$W/tiny/checkpoints/step_00000003.h5" "$seed" 0
+}
+
+case_hostile() {
+    local py=/usr/bin/python3
+    if ! "$py" -c 'import numpy, h5py' 2>/dev/null; then
+        echo "SKIP: /usr/bin/python3 cannot import numpy and h5py (Debian: python3-numpy python3-h5py)"
+        exit 77
+    fi
+    tiny_checkpoint || return
+    mkdir -p "$W/h"
+    "$py" "$SRC/tests/ckpt_hostile.py" "$W/tiny/checkpoints/step_00000003.h5" "$W/h" >"$W/cases" ||
+        { fail "ckpt_hostile.py failed"; return; }
+    local name what n=0
+    while IFS=$'\t' read -r name what; do
+        n=$((n + 1))
+        if [ -z "$what" ]; then # written by h5py, and valid
+            expect "$name verifies" 0 "out:ok: step 3" -- "$E" ckpt verify "$W/h/$name"
+            expect "$name resumes" 0 "out:resumed from" -- timeout 60 "$E" train --config "$W/tiny.ini" \
+                --run-dir "$W/r_$name" --resume "$W/h/$name" --set train.steps=5
+            continue
+        fi
+        expect "verify $name" 1 "$W/h/$name" "$what" -- "$E" ckpt verify "$W/h/$name"
+        # refused before training (a negative data cursor once spun forever: timeout)
+        expect "resume $name" 1 "$W/h/$name" "$what" -- timeout 60 "$E" train --config "$W/tiny.ini" \
+            --run-dir "$W/r_$name" --resume "$W/h/$name" --set train.steps=5
+        [ -e "$W/r_$name/checkpoints" ] && fail "resume $name: a refused resume wrote checkpoints"
+    done <"$W/cases"
+    [ "$n" -ge 13 ] || fail "ckpt_hostile.py wrote $n cases, expected 13 or more"
 }
 
 # SIGKILL 20 times at random moments of a run that saves every step (half of

@@ -19,7 +19,12 @@
 //    and reads back; asking a file without it for it is a clear error;
 //  - retention (keep) removes only the saver's own checkpoints (or those it
 //    adopts), and the check before the first save names a directory that
-//    cannot be created.
+//    cannot be created;
+//  - metadata: every file is written in HDF5's 1.10 format (superblock 3,
+//    checksummed metadata; under mpirun through the layout driver and
+//    MPI-IO); the metadata digest is SHA-256 (FIPS 180-4 vectors), catches a
+//    changed or missing attribute, and texts of every HDF5 kind (NULLPAD
+//    without a NUL, SPACEPAD, variable-length) read back and hash alike.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -35,6 +40,7 @@
 #include <hdf5.h>
 #include <fcntl.h>
 
+#include "ckpt_impl.h" // ckpt_sha256, ckpt_write_digest: the digest's own tests
 #include "ent_ckpt.h"
 #include "ent_runtime.h"
 #include "ref.h"
@@ -63,6 +69,17 @@ static void fill(state *s, uint32_t seed) {
         for (size_t i = 0; i < s->table.total; i++) a[k][i] = value(i, k, seed);
 }
 
+static const ent_model_shape shape = {.layers = 2, .heads = 8, .width = 512, .context = 256,
+                                      .vocab = 12000, .padded_vocab = 12032};
+
+// What the files of these tests must hold (for `ckpt verify`, the runtime
+// derives it from a checkpoint's stored configuration).
+static ent_status expect_table(ent_ckpt_t *ck, void *ctx, ent_param_table *table) {
+    (void)ck;
+    (void)ctx;
+    return ent_param_table_build(&shape, 1, table);
+}
+
 static void state_new_shaped(state *s, const ent_model_shape *shape) {
     assert_int_equal(ent_param_table_build(shape, 1, &s->table), ENT_OK);
     size_t n = s->table.total;
@@ -78,11 +95,7 @@ static void state_new_shaped(state *s, const ent_model_shape *shape) {
                              .replicas = grid->dp};
 }
 
-static void state_new(state *s) {
-    ent_model_shape shape = {.layers = 2, .heads = 8, .width = 512, .context = 256,
-                             .vocab = 12000, .padded_vocab = 12032};
-    state_new_shaped(s, &shape);
-}
+static void state_new(state *s) { state_new_shaped(s, &shape); }
 
 static void state_free(state *s) {
     free(s->p);
@@ -297,7 +310,7 @@ static void test_coalition_state(void **unused) {
         snprintf(path, sizeof path, "%s/c.h5", dir);
         if (rank == 0) {
             FILE *devnull = fopen("/dev/null", "w");
-            assert_int_equal(ent_ckpt_verify(path, devnull), ENT_OK);
+            assert_int_equal(ent_ckpt_verify(path, expect_table, NULL, devnull), ENT_OK);
             fclose(devnull);
         }
         ent_ckpt_coalition back = {.anchor = anchor, .outer_momentum = outer};
@@ -329,6 +342,144 @@ static void test_coalition_state(void **unused) {
         free(outer);
         state_free(&s);
     }
+}
+
+static void hex(const uint8_t *d, char *out) {
+    for (int i = 0; i < 32; i++) sprintf(out + 2 * i, "%02x", d[i]);
+}
+
+static void test_sha256_vectors(void **unused) {
+    (void)unused;
+    const char *in[] = {"", "abc", "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"};
+    const char *want[] = {"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                          "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+                          "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"};
+    uint8_t d[32];
+    char h[65];
+    for (int i = 0; i < 3; i++) {
+        ckpt_sha256(in[i], strlen(in[i]), d);
+        hex(d, h);
+        assert_string_equal(h, want[i]);
+    }
+    // a million 'a's: many blocks
+    char *a = malloc(1000000);
+    assert_non_null(a);
+    memset(a, 'a', 1000000);
+    ckpt_sha256(a, 1000000, d);
+    free(a);
+    hex(d, h);
+    assert_string_equal(h, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+// Copies src to dst (a test file of a few MiB).
+static void copy_file(const char *src, const char *dst) {
+    FILE *in = fopen(src, "rb"), *out = fopen(dst, "wb");
+    assert_true(in != NULL && out != NULL);
+    char buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0) assert_int_equal(fwrite(buf, 1, n, out), n);
+    fclose(in);
+    fclose(out);
+}
+
+// Opening path fails with a message holding `what`.
+static void assert_refused(const char *path, const char *what) {
+    ent_ckpt_t *ck = NULL;
+    assert_int_not_equal(ent_ckpt_open(path, NULL, &ck), ENT_OK);
+    if (strstr(ent_last_error(), what) == NULL) fprintf(stderr, "message: %s\n", ent_last_error());
+    assert_non_null(strstr(ent_last_error(), what));
+    assert_non_null(strstr(ent_last_error(), path));
+}
+
+static void add_text(hid_t file, const char *name, const char *value, size_t size, H5T_str_t pad) {
+    hid_t t = H5Tcopy(H5T_C_S1), space = H5Screate(H5S_SCALAR);
+    H5Tset_size(t, size);
+    if (size != H5T_VARIABLE) H5Tset_strpad(t, pad);
+    hid_t a = H5Acreate2(file, name, t, space, H5P_DEFAULT, H5P_DEFAULT);
+    char fixed[64] = {0};
+    memcpy(fixed, value, strlen(value));
+    assert_true(a >= 0 && H5Awrite(a, t, size == H5T_VARIABLE ? (const void *)&value : fixed) >= 0);
+    H5Aclose(a);
+    H5Sclose(space);
+    H5Tclose(t);
+}
+
+static void test_metadata(void **unused) {
+    (void)unused;
+    state s;
+    char dir[PATH_MAX], path[PATH_MAX + 32], bad[PATH_MAX + 32];
+    ent_ckpt_saver_t *sv = begin(&s, dir, "metadata", 0);
+    fill(&s, 5);
+    assert_int_equal(ent_ckpt_save(sv, "m.h5", step_attr, 1, &s.sh), ENT_OK);
+    ent_ckpt_saver_free(&sv);
+    snprintf(path, sizeof path, "%s/m.h5", dir);
+    if (rank == 0) {
+        // HDF5's 1.10 format, whichever path wrote it (one process; under
+        // mpirun, rank 0's layout driver then MPI-IO)
+        hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        H5F_info2_t info;
+        assert_true(f >= 0 && H5Fget_info2(f, &info) >= 0);
+        assert_int_equal(info.super.version, 3);
+        H5Fclose(f);
+        // a changed attribute, a missing digest
+        snprintf(bad, sizeof bad, "%s/bad.h5", dir);
+        copy_file(path, bad);
+        f = H5Fopen(bad, H5F_ACC_RDWR, H5P_DEFAULT);
+        hid_t a = H5Aopen(f, "step", H5P_DEFAULT);
+        long long eight = 8;
+        assert_true(a >= 0 && H5Awrite(a, H5T_NATIVE_LLONG, &eight) >= 0);
+        H5Aclose(a);
+        H5Fclose(f);
+        assert_refused(bad, "metadata digest does not match");
+        f = H5Fopen(bad, H5F_ACC_RDWR, H5P_DEFAULT);
+        assert_true(H5Adelete(f, "digest") >= 0);
+        H5Fclose(f);
+        assert_refused(bad, "attribute 'digest' is missing");
+        // texts as other tools write them, once digested, read back as texts
+        copy_file(path, bad);
+        f = H5Fopen(bad, H5F_ACC_RDWR, H5P_DEFAULT);
+        add_text(f, "t.nullpad", "abcdef", 6, H5T_STR_NULLPAD); // no room for a NUL
+        add_text(f, "t.spacepad", "abc   ", 6, H5T_STR_SPACEPAD);
+        add_text(f, "t.vlen", "variable length", H5T_VARIABLE, H5T_STR_NULLTERM);
+        assert_true(H5Adelete(f, "digest") >= 0);
+        assert_int_equal(ckpt_write_digest(f, bad), ENT_OK);
+        H5Fclose(f);
+        ent_ckpt_t *ck = NULL;
+        assert_int_equal(ent_ckpt_open(bad, NULL, &ck), ENT_OK);
+        const char *names[] = {"t.nullpad", "t.spacepad", "t.vlen"};
+        const char *want[] = {"abcdef", "abc", "variable length"};
+        for (int i = 0; i < 3; i++) {
+            char *text = NULL;
+            assert_int_equal(ent_ckpt_attr_text(ck, names[i], &text), ENT_OK);
+            assert_string_equal(text, want[i]);
+            free(text);
+        }
+        int64_t step = 0;
+        assert_int_equal(ent_ckpt_attr_i64(ck, "step", &step), ENT_OK);
+        assert_int_equal(step, 7);
+        assert_int_equal(ent_ckpt_check_layout(ck, &s.table), ENT_OK);
+        ent_ckpt_close(&ck);
+        // the same text padded otherwise hashes alike: the digest is over values
+        f = H5Fopen(bad, H5F_ACC_RDWR, H5P_DEFAULT);
+        assert_true(H5Adelete(f, "t.vlen") >= 0);
+        add_text(f, "t.vlen", "variable length", 15, H5T_STR_NULLPAD);
+        H5Fclose(f);
+        assert_int_equal(ent_ckpt_open(bad, NULL, &ck), ENT_OK);
+        ent_ckpt_close(&ck);
+        // a layout of another model is refused by name
+        ent_model_shape other = shape;
+        other.layers = 1;
+        ent_param_table t1;
+        assert_int_equal(ent_param_table_build(&other, 1, &t1), ENT_OK);
+        assert_int_equal(ent_ckpt_open(bad, NULL, &ck), ENT_OK);
+        assert_int_not_equal(ent_ckpt_check_layout(ck, &t1), ENT_OK);
+        assert_non_null(strstr(ent_last_error(), "attribute 'tensors' is"));
+        ent_ckpt_close(&ck);
+        ent_param_table_free(&t1);
+    }
+    ent_barrier(grid->world);
+    assert_holds(path, &s, 5);
+    state_free(&s);
 }
 
 // rank 0 makes the directory; every rank uses it
@@ -435,6 +586,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_damaged_chunk),
         cmocka_unit_test(test_coalition_state),
         cmocka_unit_test(test_retention_and_check),
+        cmocka_unit_test(test_sha256_vectors),
+        cmocka_unit_test(test_metadata),
     };
     int failed = cmocka_run_group_tests_name("ckpt", tests, setup, teardown);
     ent_grid_free(&grid);

@@ -1,0 +1,138 @@
+#!/usr/bin/python3
+"""ckpt_hostile.py: checkpoints written by h5py, not by entente (ckpt_test.sh hostile).
+
+    ckpt_hostile.py GOOD.h5 OUTDIR
+
+Reads GOOD.h5 (written by entente) and writes, with h5py only:
+  valid.h5         the same checkpoint rewritten: texts as h5py writes them
+                   (variable-length, fixed-length NULLPAD without a NUL,
+                   SPACEPAD), the digest recomputed as docs/checkpoint.md says;
+                   it must verify and resume
+  int32.h5         params/h.0.ln_1.weight stored as int32
+  wpe_shape.h5     params/wpe.weight one row short
+  step.h5          step = -5
+  consumed.h5      data.consumed = 2^62
+  negative.h5      data.consumed negated (tokens and epoch to match): the
+                   data order would walk forever
+  tensors.h5       tensors = one less than the table's rows
+  extra.h5         one dataset more in /params
+  no_fletcher.h5   params/ln_f.bias without its Fletcher32 checksum
+  old_format.h5    valid.h5's content in HDF5's oldest format (no metadata checksums)
+  v18_format.h5    valid.h5's content in HDF5's 1.8 format (chunk indexes without checksums)
+  no_digest.h5     valid.h5 without its digest
+  bad_digest.h5    valid.h5 with `step` changed but not the digest
+Each file but valid.h5 has a correct digest unless said otherwise, so that
+what refuses it is the check named; prints NAME<TAB>WHAT-THE-MESSAGE-MUST-NAME.
+"""
+import hashlib
+import struct
+import sys
+
+import h5py
+import numpy as np
+
+
+def digest(attrs):
+    """SHA-256 over (name, value) pairs as docs/checkpoint.md defines it."""
+    out = b""
+    for name in sorted(attrs, key=lambda n: n.encode()):
+        v = attrs[name]
+        out += name.encode() + b"\0"
+        if isinstance(v, (bytes, str)):
+            b = v.encode() if isinstance(v, str) else v
+            b = b.split(b"\0")[0]
+            out += b"s" + struct.pack("<Q", len(b)) + b
+        elif isinstance(v, (float, np.floating)):
+            out += b"f" + struct.pack("<d", float(v))
+        elif isinstance(v, np.unsignedinteger):
+            out += b"u" + struct.pack("<Q", int(v))
+        else:
+            out += b"i" + struct.pack("<q", int(v))
+    return "sha256:" + hashlib.sha256(out).hexdigest()
+
+
+def read_attrs(f):
+    a = {}
+    for k, v in f.attrs.items():
+        if k == "digest":
+            continue
+        a[k] = v.decode() if isinstance(v, bytes) else v
+    return a
+
+
+def spacepad(text):
+    tid = h5py.h5t.C_S1.copy()
+    tid.set_size(len(text) + 3)
+    tid.set_strpad(h5py.h5t.STR_SPACEPAD)
+    return np.array((text + "   ").encode(), dtype="S%d" % (len(text) + 3)), h5py.Datatype(tid)
+
+
+def write(path, attrs, data, libver=("v110", "latest"), set_digest=True, fletcher=None,
+          dtypes=None):
+    """attrs: name -> value; data: 'group/name' -> array."""
+    fletcher = fletcher or {}
+    dtypes = dtypes or {}
+    with h5py.File(path, "w", libver=libver) as f:
+        for k, v in attrs.items():
+            if isinstance(v, str):
+                if k == "created":  # SPACEPAD, padded with spaces
+                    val, t = spacepad(v)
+                    f.attrs.create(k, val, dtype=t)
+                elif k in ("revision", "model.architecture"):  # fixed, NULLPAD, no NUL
+                    f.attrs[k] = np.bytes_(v.encode())
+                else:  # variable-length UTF-8, h5py's own default
+                    f.attrs[k] = v
+            else:
+                f.attrs[k] = v
+        for name, arr in data.items():
+            arr = arr.astype(dtypes.get(name, arr.dtype))
+            chunks = (arr.shape[0],) + arr.shape[1:]  # whole rows, one chunk
+            f.create_dataset(name, data=arr, chunks=chunks, fletcher32=fletcher.get(name, True))
+        if set_digest:
+            f.attrs["digest"] = digest(read_attrs(f))
+
+
+def main():
+    good, out = sys.argv[1], sys.argv[2]
+    with h5py.File(good, "r") as f:
+        attrs = read_attrs(f)
+        data = {}
+        f.visititems(lambda n, o: data.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+    rows = int(attrs["tensors"])
+    cases = []
+
+    def case(name, what, **kw):
+        a = dict(attrs)
+        a.update(kw.pop("attrs", {}))
+        d = dict(data)
+        d.update(kw.pop("data", {}))
+        write("%s/%s" % (out, name), a, d, **kw)
+        cases.append((name, what))
+
+    case("valid.h5", "")
+    case("int32.h5", "params/h.0.ln_1.weight", dtypes={"params/h.0.ln_1.weight": np.int32})
+    case("wpe_shape.h5", "params/wpe.weight", data={"params/wpe.weight": data["params/wpe.weight"][:-1].copy()})
+    case("step.h5", "attribute 'step' is -5", attrs={"step": np.int64(-5)})
+    case("consumed.h5", "attribute 'data.consumed' is 4611686018427387904",
+         attrs={"data.consumed": np.int64(2**62)})
+    neg = -int(attrs["data.consumed"]) or -1
+    case("negative.h5", "attribute 'data.consumed' is %d" % neg,
+         attrs={"data.consumed": np.int64(neg), "tokens": np.int64(neg * int(attrs["model.context"])),
+                "data.epoch": np.int64(0)})
+    case("tensors.h5", "attribute 'tensors' is %d" % (rows - 1), attrs={"tensors": np.int64(rows - 1)})
+    case("extra.h5", "group /params holds %d objects" % (rows + 1),
+         data={"params/extra.weight": np.zeros((2, 2), np.float32)})
+    case("no_fletcher.h5", "params/ln_f.bias is not chunked with a Fletcher32",
+         fletcher={"params/ln_f.bias": False})
+    case("old_format.h5", "superblock version 0", libver=("earliest", "latest"))
+    case("v18_format.h5", "superblock version 2", libver=("v108", "v108"))
+    case("no_digest.h5", "attribute 'digest' is missing", set_digest=False)
+    case("bad_digest.h5", "metadata digest does not match")
+    with h5py.File("%s/bad_digest.h5" % out, "r+") as f:
+        f.attrs["step"] = np.int64(int(attrs["step"]) - 1)
+    for name, what in cases:
+        print("%s\t%s" % (name, what))
+
+
+if __name__ == "__main__":
+    main()
