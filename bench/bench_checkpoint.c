@@ -271,7 +271,9 @@ int main(int argc, char **argv) {
         printf("%-56s %9.1f%%\n", "async step slowdown / synchronous save", 100 * slow / save);
     }
     int all_ok = 0;
-    MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, ent_group_mpi_comm(grid->world));
+    MPI_Comm world;
+    ent_group_mpi_comm(grid->world, &world);
+    MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, world);
     ok = all_ok;
     if (!ok) printf("WARNING: the state read back differs from the state saved\n");
 

@@ -172,6 +172,15 @@ void ckpt_set_format(hid_t fapl);
 // every rank's was). A rank that failed keeps its message; the others name
 // the lowest failing rank: "WHAT failed on rank N (see its message)".
 ent_status ckpt_agree(MPI_Comm comm, ent_status local, const char *what);
+// This rank's number in comm and its size (either may be NULL); MPI's own
+// message when the communicator is not usable.
+ent_status ckpt_comm_shape(MPI_Comm comm, int *rank, int *size);
+// The MPI communicator of a group.
+static inline MPI_Comm ckpt_comm(const ent_group_t *g) {
+    MPI_Comm c = MPI_COMM_NULL;
+    ent_group_mpi_comm(g, &c);
+    return c;
+}
 
 // fsync of a file by name.
 ent_status ckpt_fsync_path(const char *path);

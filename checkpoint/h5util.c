@@ -318,10 +318,19 @@ ent_status ckpt_fsync_path(const char *path) {
     return ENT_OK;
 }
 
+ent_status ckpt_comm_shape(MPI_Comm comm, int *rank, int *size) {
+    int r = 0, n = 1;
+    ENT_MPI_CHECK(MPI_Comm_rank(comm, &r));
+    ENT_MPI_CHECK(MPI_Comm_size(comm, &n));
+    if (rank != NULL) *rank = r;
+    if (size != NULL) *size = n;
+    return ENT_OK;
+}
+
 ent_status ckpt_agree(MPI_Comm comm, ent_status local, const char *what) {
-    int rank, size;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
+    int rank = 0, size = 1;
+    ent_status shape = ckpt_comm_shape(comm, &rank, &size);
+    if (shape != ENT_OK) return local != ENT_OK ? local : shape;
     int mine[2] = {local != ENT_OK ? rank : size, (int)local}, first[2];
     // a rank stuck in its I/O must not hold the others here forever
     ent_comm_watch_begin(what, "the checkpoint's ranks");

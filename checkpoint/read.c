@@ -60,7 +60,7 @@ static ent_status agree(ent_group_t *g, ent_status local, const char *what, cons
     if (g == NULL) return local;
     char step[4200];
     snprintf(step, sizeof step, "%s %s", what, path);
-    return ckpt_agree(ent_group_mpi_comm(g), local, step);
+    return ckpt_agree(ckpt_comm(g), local, step);
 }
 
 ent_status ent_ckpt_open(const char *path, ent_group_t *world, ent_ckpt_t **out) {

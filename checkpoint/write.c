@@ -228,8 +228,8 @@ static hid_t open_for_writing(MPI_Comm comm, const char *tmp, const ent_ckpt_att
                               int nattrs, const ent_ckpt_shard *sh, const ckpt_sources *src,
                               ent_status *st) {
     int rank = 0, size = 1, drop = 0;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
+    *st = ckpt_comm_shape(comm, &rank, &size);
+    if (*st != ENT_OK) return -1;
     // (HDF5 clears its error stack on entry to every call: a failure is
     // reported before anything else is called)
     if (rank == 0) {
@@ -345,8 +345,7 @@ static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr
     ckpt_h5_init();
     ent_status st = ENT_OK;
     int rank = 0, size = 1, n = 0;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
+    ENT_CHECK(ckpt_comm_shape(comm, &rank, &size));
     hid_t file = open_for_writing(comm, tmp, attrs, nattrs, sh, src, &st);
     if (file < 0) return st;
     file_row *rows = open_rows(file, sh, src, tmp, &n, &st);
@@ -362,7 +361,19 @@ static ent_status write_file(MPI_Comm comm, const char *tmp, const ent_ckpt_attr
         return ent_fail(fail.st, "%s", fail.msg);
     }
     for (int k = 0; k < n; k++) coll[k] = (unsigned char)part_for_hdf5(&rows[k].p);
-    if (size > 1) MPI_Allreduce(MPI_IN_PLACE, coll, n, MPI_UNSIGNED_CHAR, MPI_MAX, comm);
+    int rc = MPI_SUCCESS;
+    if (size > 1) {
+        ent_comm_watch_begin("agreeing on the collective rows", "the checkpoint's ranks");
+        rc = MPI_Allreduce(MPI_IN_PLACE, coll, n, MPI_UNSIGNED_CHAR, MPI_MAX, comm);
+        ent_comm_watch_end();
+    }
+    if (rc != MPI_SUCCESS) {
+        free(coll);
+        close_rows(rows, n, tmp);
+        H5Fclose(file);
+        return ent_fail(ENT_ERR_INTERNAL, "writing %s: agreeing on the collective rows failed "
+                        "(MPI error %d)", tmp, rc);
+    }
     for (int k = 0; k < n; k++) rows[k].collective = coll[k];
     free(coll);
 
@@ -579,8 +590,8 @@ static void remove_stale_tmp(const char *dir) {
 static ent_status save_now(MPI_Comm comm, const char *dir, retention *owned, const char *name,
                            int64_t step, const ent_ckpt_attr *attrs, int nattrs,
                            const ent_ckpt_shard *sh, const ckpt_sources *src) {
-    int rank;
-    MPI_Comm_rank(comm, &rank);
+    int rank = 0;
+    ENT_CHECK(ckpt_comm_shape(comm, &rank, NULL));
     char final[PATH_BYTES + 80], tmp[PATH_BYTES + 88];
     snprintf(final, sizeof final, "%s/%s", dir, name);
     snprintf(tmp, sizeof tmp, "%s.tmp", final);
@@ -713,7 +724,11 @@ ent_status ent_ckpt_saver_new(ent_group_t *world, const ent_ckpt_saver_opts *opt
             return ent_fail(ENT_ERR_USAGE, "asynchronous checkpoints need MPI initialised with "
                             "MPI_THREAD_MULTIPLE");
         }
-        MPI_Comm_dup(ent_group_mpi_comm(world), &s->io);
+        if (MPI_Comm_dup(ckpt_comm(world), &s->io) != MPI_SUCCESS) {
+            free(s);
+            return ent_fail(ENT_ERR_INTERNAL, "the asynchronous saver cannot duplicate the "
+                            "world's communicator");
+        }
     }
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->staged_cv, NULL);
@@ -740,7 +755,7 @@ static ent_status probe_dir(const char *dir, double need) {
 }
 
 ent_status ent_ckpt_saver_check(ent_ckpt_saver_t *s, const ent_ckpt_shard *sh) {
-    MPI_Comm comm = ent_group_mpi_comm(s->world);
+    MPI_Comm comm = ckpt_comm(s->world);
     ckpt_sources src = ckpt_shard_sources(sh);
     ent_status st = ent_group_rank(s->world) == 0 ? probe_dir(s->dir, file_bytes(sh, &src)) : ENT_OK;
     ENT_CHECK(ckpt_agree(comm, st, "checking the checkpoint directory"));
@@ -868,7 +883,7 @@ ent_status ent_ckpt_save(ent_ckpt_saver_t *s, const char *name, const ent_ckpt_a
     double t0 = now_seconds();
     if (!s->async) {
         ckpt_sources src = ckpt_shard_sources(sh);
-        ent_status st = save_now(ent_group_mpi_comm(s->world), s->dir, &s->owned, name,
+        ent_status st = save_now(ckpt_comm(s->world), s->dir, &s->owned, name,
                                  find_step(attrs, nattrs), attrs, nattrs, sh, &src);
         s->blocked = now_seconds() - t0;
         return st;
@@ -879,7 +894,10 @@ ent_status ent_ckpt_save(ent_ckpt_saver_t *s, const char *name, const ent_ckpt_a
     ent_status st = make_job(s, name, attrs, nattrs, sh, &j);
     // every rank must start the thread, or none (the thread's calls are collective)
     int mine = st == ENT_OK, all = 0;
-    MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, ent_group_mpi_comm(s->world));
+    ent_comm_watch_begin("agreeing to start the checkpoint thread", "the checkpoint's ranks");
+    int rc = MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, ckpt_comm(s->world));
+    ent_comm_watch_end();
+    if (rc != MPI_SUCCESS) all = 0;
     if (!all) {
         free_job(j);
         s->blocked = now_seconds() - t0;

@@ -16,7 +16,6 @@
 
 #include "ent_kernels.h"
 
-#include <mpi.h>
 #include <stddef.h>
 
 #ifdef __cplusplus
@@ -78,8 +77,10 @@ int ent_group_rank(const ent_group_t *g);
 int ent_group_size(const ent_group_t *g);
 const char *ent_group_name(const ent_group_t *g); // "world", "dp", "tp"
 const char *ent_group_backend(const ent_group_t *g); // "mpi", "nccl"
-// The group's MPI communicator, for libraries that take one (parallel HDF5).
-MPI_Comm ent_group_mpi_comm(const ent_group_t *g);
+// The group's MPI communicator, for libraries that take one (parallel HDF5),
+// written to *(MPI_Comm *)mpi_comm: so that this header needs no <mpi.h> and
+// code that never calls MPI (the coalition link) never sees it.
+void ent_group_mpi_comm(const ent_group_t *g, void *mpi_comm);
 
 // Blocking collectives. send may equal recv (in place) for allreduce.
 // reduce_scatter: send holds size x count values, recv gets this rank's count.

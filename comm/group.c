@@ -16,7 +16,9 @@ int ent_group_rank(const ent_group_t *g) { return g->rank; }
 int ent_group_size(const ent_group_t *g) { return g->size; }
 const char *ent_group_name(const ent_group_t *g) { return g->name; }
 const char *ent_group_backend(const ent_group_t *g) { return g->iface->name; }
-MPI_Comm ent_group_mpi_comm(const ent_group_t *g) { return g->mpi; }
+void ent_group_mpi_comm(const ent_group_t *g, void *mpi_comm) {
+    *(MPI_Comm *)mpi_comm = g->mpi;
+}
 
 ent_status ent_group_from_mpi(MPI_Comm mpi, const char *name, int owns_mpi, ent_group_t **out) {
     ent_group_t *g = calloc(1, sizeof *g);

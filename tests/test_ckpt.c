@@ -486,7 +486,8 @@ static void test_metadata(void **unused) {
 static int setup(void **unused) {
     (void)unused;
     int rc = rank == 0 ? test_tmpdir_create(root, sizeof root, "ckpt") : 0;
-    MPI_Comm c = ent_group_mpi_comm(grid->world);
+    MPI_Comm c = MPI_COMM_NULL;
+    ent_group_mpi_comm(grid->world, &c);
     MPI_Bcast(&rc, 1, MPI_INT, 0, c);
     MPI_Bcast(root, sizeof root, MPI_CHAR, 0, c);
     return rc;

@@ -261,8 +261,9 @@ done:
 
 static void test_mpi_check(void **state) {
     (void)state;
-    MPI_Comm c;
-    assert_int_equal(MPI_Comm_dup(ent_group_mpi_comm(grid->world), &c), MPI_SUCCESS);
+    MPI_Comm c, world;
+    ent_group_mpi_comm(grid->world, &world);
+    assert_int_equal(MPI_Comm_dup(world, &c), MPI_SUCCESS);
     MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN);
     assert_int_equal(bad_root(c), ENT_ERR_INTERNAL);
     assert_non_null(strstr(ent_last_error(), "test_comm.c:"));
@@ -380,8 +381,10 @@ static int hang_before(const char *what) {
                         "watchdog\n", rank, (int)st);
     } else {
         int one = 1, all = 0;
+        MPI_Comm world;
+        ent_group_mpi_comm(grid->world, &world);
         ent_comm_watch_begin("an agreement of the test", "the world");
-        MPI_Allreduce(&one, &all, 1, MPI_INT, MPI_SUM, ent_group_mpi_comm(grid->world));
+        MPI_Allreduce(&one, &all, 1, MPI_INT, MPI_SUM, world);
         ent_comm_watch_end();
         fprintf(stderr, "test_comm: rank %d: the watched MPI_Allreduce returned\n", rank);
     }
