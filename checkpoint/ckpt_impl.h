@@ -84,10 +84,25 @@ ckpt_verifier *ckpt_verifier_start(void);
 // untouched until then.
 ent_status ckpt_verifier_finish(ckpt_verifier *v);
 
-// Datasets chunk by chunk past the filter pipeline (direct.c), each process
-// on its own file handle: Fletcher32 computed as HDF5 does; chunks must span
-// whole rows.
+// HDF5's Fletcher32 checksum of nbytes at data, bit for bit (fletcher32.c):
+// vectorised where the target has AVX2, the portable form elsewhere.
 uint32_t ckpt_fletcher32(const void *data, size_t nbytes);
+// The same without the vector path (the reference the tests and the bench
+// hold the vector path to).
+uint32_t ckpt_fletcher32_portable(const void *data, size_t nbytes);
+// The same over data that arrives in pieces: start from {0, 0}, add the
+// pieces in order, every one but the last a multiple of
+// CKPT_FLETCHER32_BLOCK bytes (HDF5 folds its sums every 360 words), and end.
+enum { CKPT_FLETCHER32_BLOCK = 720 };
+typedef struct {
+    uint32_t sum1, sum2;
+} ckpt_fletcher32_state;
+void ckpt_fletcher32_add(ckpt_fletcher32_state *st, const void *data, size_t nbytes);
+uint32_t ckpt_fletcher32_end(const ckpt_fletcher32_state *st);
+
+// Datasets chunk by chunk past the filter pipeline (direct.c), each process
+// on its own file handle, checksums as HDF5 computes them; chunks must span
+// whole rows.
 // Rows in one chunk of the dataset when it can be moved chunk by chunk (whole
 // rows, one Fletcher32 filter); 0 when not.
 hsize_t ckpt_direct_rows(hid_t dset);

@@ -29,42 +29,6 @@ static unsigned char *chunk_buffers(size_t bytes) {
     return pool;
 }
 
-// HDF5's Fletcher32 (H5_checksum_fletcher32), bit for bit: big-endian 16-bit
-// words, sums folded every 360 words, an odd last byte as the high half of a
-// word, two final folds. HDF5 runs the block's two sums word by word in
-// 32-bit arithmetic (sum2 may wrap); here each block is summed in closed form,
-//   sum1 += sum of w_i,   sum2 += n * sum1 + sum of (n - i) * w_i  (i = 0..n-1),
-// in the same 32-bit ring, so the result is identical and the loop vectorises.
-uint32_t ckpt_fletcher32(const void *data, size_t nbytes) {
-    const uint8_t *p = data;
-    size_t words = nbytes / 2;
-    uint32_t sum1 = 0, sum2 = 0;
-    while (words) {
-        uint32_t n = words > 360 ? 360 : (uint32_t)words;
-        words -= n;
-        uint32_t s = 0, weighted = 0;
-        for (uint32_t i = 0; i < n; i++) {
-            uint32_t w = (uint32_t)p[2 * i] << 8 | p[2 * i + 1];
-            s += w;
-            weighted += (n - i) * w;
-        }
-        p += 2 * n;
-        sum2 += n * sum1 + weighted;
-        sum1 += s;
-        sum1 = (sum1 & 0xffff) + (sum1 >> 16);
-        sum2 = (sum2 & 0xffff) + (sum2 >> 16);
-    }
-    if (nbytes % 2) {
-        sum1 += (uint32_t)((uint16_t)*p << 8);
-        sum2 += sum1;
-        sum1 = (sum1 & 0xffff) + (sum1 >> 16);
-        sum2 = (sum2 & 0xffff) + (sum2 >> 16);
-    }
-    sum1 = (sum1 & 0xffff) + (sum1 >> 16);
-    sum2 = (sum2 & 0xffff) + (sum2 >> 16);
-    return (sum2 << 16) | sum1;
-}
-
 typedef struct {
     int ndim;
     hsize_t dims[2], chunk[2];
