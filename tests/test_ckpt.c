@@ -14,6 +14,9 @@
 //    inside a chunk, on a boundary, in the edge chunk), read back exactly;
 //  - a damaged chunk, read by one rank only, fails the read on every rank
 //    (and nothing is broadcast);
+//  - any byte of a chunk changed (edges, block and piece boundaries, the
+//    stored checksum, the edge chunk's padding, seeded random places) fails
+//    the read, naming the dataset and the chunk;
 //  - coalition state (anchor weights, outer momentum, round, ledger) is
 //    written when present, by synchronous and asynchronous saves, verifies,
 //    and reads back; asking a file without it for it is a clear error.
@@ -32,6 +35,7 @@
 #include <hdf5.h>
 #include <fcntl.h>
 
+#include "ckpt_impl.h" // CKPT_READ_PIECE, CKPT_FLETCHER32_BLOCK
 #include "ent_ckpt.h"
 #include "ent_runtime.h"
 #include "ref.h"
@@ -259,6 +263,82 @@ static void test_damaged_chunk(void **unused) {
     state_free(&s);
 }
 
+// Corruption of any byte of a chunk read straight from the file (each piece
+// summed as it lands): the first and last bytes, around the blocks HDF5
+// folds at and the pieces read at a time, the stored checksum itself, the
+// padding of the edge chunk, and seeded random places. Each read fails,
+// naming the dataset and the chunk's row; put back, the tensor reads whole.
+static void test_damaged_bytes(void **unused) {
+    (void)unused;
+    state s;
+    char dir[PATH_MAX], path[PATH_MAX + 32];
+    ent_ckpt_saver_t *sv = begin(&s, dir, "bytes", 0);
+    fill(&s, 5);
+    assert_int_equal(ent_ckpt_save(sv, "b.h5", step_attr, 1, &s.sh), ENT_OK);
+    ent_ckpt_saver_free(&sv);
+    snprintf(path, sizeof path, "%s/b.h5", dir);
+    test_reseed(0xb17e5);
+    for (int k = 0; k < 2 && rank == 0; k++) { // wte's chunks: rows 0.. (full), 8192.. (edge)
+        hsize_t at[2] = {k == 0 ? 0 : 8192, 0}, stored = 0, rows = k == 0 ? 8192 : 12032 - 8192;
+        haddr_t addr = HADDR_UNDEF;
+        unsigned mask = 0;
+        hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        hid_t d = H5Dopen2(f, "params/wte.weight", H5P_DEFAULT);
+        assert_true(H5Dget_chunk_info_by_coord(d, at, &mask, &addr, &stored) >= 0);
+        H5Dclose(d);
+        H5Fclose(f);
+        size_t bytes = (size_t)stored - 4, have = (size_t)rows * 512 * sizeof(float);
+        size_t places[] = {0, 1, CKPT_FLETCHER32_BLOCK - 1, CKPT_FLETCHER32_BLOCK,
+                           CKPT_READ_PIECE - 1, CKPT_READ_PIECE, CKPT_READ_PIECE + 1,
+                           5 * CKPT_READ_PIECE + 3, have - 1, have, bytes - 1, bytes, bytes + 3,
+                           0, 0, 0, 0, 0, 0};
+        size_t nplaces = sizeof places / sizeof places[0];
+        for (size_t i = 13; i < nplaces; i++) places[i] = (size_t)test_rand_int(0, (int64_t)bytes + 3);
+        for (size_t i = 0; i < nplaces; i++) {
+            if (places[i] >= bytes + 4) continue;
+            int fd = open(path, O_RDWR);
+            unsigned char b = 0, flip = (unsigned char)(1u << test_rand_int(0, 7));
+            assert_int_equal(pread(fd, &b, 1, (off_t)(addr + places[i])), 1);
+            b ^= flip;
+            assert_int_equal(pwrite(fd, &b, 1, (off_t)(addr + places[i])), 1);
+            ent_ckpt_t *ck = NULL;
+            float *data = NULL;
+            int64_t shape[2];
+            int ndim = 0;
+            assert_int_equal(ent_ckpt_open(path, NULL, &ck), ENT_OK);
+            ent_status st = ent_ckpt_read_dataset(ck, "params/wte.weight", &data, shape, &ndim);
+            ent_ckpt_close(&ck);
+            free(data);
+            char row[32];
+            snprintf(row, sizeof row, "row %llu", (unsigned long long)at[0]);
+            if (st == ENT_OK || strstr(ent_last_error(), "params/wte.weight") == NULL ||
+                strstr(ent_last_error(), row) == NULL)
+                fail_msg("bit 0x%02x of byte %zu of the chunk at %s flipped: %s", flip, places[i],
+                         row, st == ENT_OK ? "read without error" : ent_last_error());
+            b ^= flip;
+            assert_int_equal(pwrite(fd, &b, 1, (off_t)(addr + places[i])), 1);
+            close(fd);
+        }
+    }
+    if (rank == 0) { // put back: every value as saved
+        ent_ckpt_t *ck = NULL;
+        float *data = NULL;
+        int64_t shape[2];
+        int ndim = 0;
+        assert_int_equal(ent_ckpt_open(path, NULL, &ck), ENT_OK);
+        assert_int_equal(ent_ckpt_read_dataset(ck, "params/wte.weight", &data, shape, &ndim), ENT_OK);
+        ent_ckpt_close(&ck);
+        const ent_param_row *r = &s.table.rows[0];
+        assert_string_equal(r->name, "wte.weight");
+        size_t wrong = 0;
+        for (size_t i = 0; i < r->numel; i++) wrong += data[i] != value(r->offset + i, 0, 5);
+        assert_int_equal(wrong, 0);
+        free(data);
+    }
+    ent_barrier(grid->world);
+    state_free(&s);
+}
+
 static void test_coalition_state(void **unused) {
     (void)unused;
     for (int async = 0; async < 2; async++) {
@@ -355,6 +435,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_sync_saver),
         cmocka_unit_test(test_read_parts),
         cmocka_unit_test(test_damaged_chunk),
+        cmocka_unit_test(test_damaged_bytes),
         cmocka_unit_test(test_coalition_state),
     };
     int failed = cmocka_run_group_tests_name("ckpt", tests, setup, teardown);
