@@ -118,7 +118,8 @@ int ckpt_whole_chunks(hsize_t chunk_rows, const ent_param_row *r, size_t lo, siz
 ent_status ckpt_write_rows(hid_t dset, const char *name, hsize_t row0, hsize_t row1, float *src,
                            size_t slack, int allocated, ckpt_stream *stream);
 // Bytes read from the file at a time, each piece summed while it is still in
-// the core's cache (a multiple of CKPT_FLETCHER32_BLOCK).
+// the core's cache (L2): small enough for that, large enough that the calls
+// cost nothing, whole blocks so that the pieces sum as the chunk does.
 enum { CKPT_READ_PIECE = CKPT_FLETCHER32_BLOCK * 728 };
 // Reads rows [row0, row1) into dst (row0 on a chunk boundary, row1 too or
 // past the last row: read to the end); the same lending applies, slack being

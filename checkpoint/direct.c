@@ -175,11 +175,6 @@ static ent_status chunk_sum_error(const char *name, unsigned long long row) {
 // ---------------------------------------------------------------------------
 // reading: each piece summed as it lands
 
-// CKPT_READ_PIECE (ckpt_impl.h): small enough that a piece is still in the
-// core's cache (L2) when it is summed, so summing takes no second pass over
-// memory; large enough that the calls cost nothing; whole blocks of 360
-// words, so that the pieces sum as the whole chunk does.
-
 // The descriptor to read dset's chunks through, at the addresses HDF5's
 // index gives: stream's, when it is the file HDF5 has open (same inode),
 // through HDF5's POSIX driver, with no user block (addresses then are file
@@ -203,8 +198,9 @@ static int raw_fd(hid_t dset, const ckpt_stream *stream) {
 }
 
 // Reads a chunk's n stored bytes (data, then its 4-byte checksum) from fd at
-// addr into buf, summing the data piece by piece as it arrives; -1 with
-// errno (0: the file ends early).
+// addr into buf, CKPT_READ_PIECE bytes at a time, each piece summed as soon
+// as it is in (still in the core's cache: no second pass over memory); -1
+// with errno (0: the file ends early).
 static int read_summed(int fd, off_t addr, unsigned char *buf, size_t n, uint32_t *sum) {
     size_t data = n - 4, got = 0, summed = 0;
     ckpt_fletcher32_state st = {0, 0};
@@ -256,7 +252,7 @@ ent_status ckpt_read_rows(hid_t dset, const char *name, hsize_t row0, hsize_t ro
             return ent_fail(ENT_ERR_INPUT, "dataset %s: chunk at row %llu is missing or has %llu "
                             "bytes, expected %zu (damaged file)", name, row,
                             (unsigned long long)stored_bytes, bytes + 4);
-        if (chunk_filters != 0) // a filter skipped: no checksum stored
+        if (chunk_filters != 0) // the filter was skipped: no checksum stored
             return ent_fail(ENT_ERR_INPUT, "dataset %s: the chunk at row %llu was stored without "
                             "its checksum", name, row);
         unsigned char *chunk = (unsigned char *)(dst + (size_t)(k - k0) * l.chunk_elems), kept[4];
@@ -264,7 +260,7 @@ ent_status ckpt_read_rows(hid_t dset, const char *name, hsize_t row0, hsize_t ro
         size_t have;
         unsigned char *in = chunk_io(&l, k, k1, chunk, slack, kept, &in_place, &have);
         if (in == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", name);
-        uint32_t mask = 0, sum = 0;
+        uint32_t mask = 0, sum = 0; // (mask: the same as chunk_filters)
         int rc, err = 0;
         if (fd >= 0) {
             rc = read_summed(fd, (off_t)addr, in, bytes + 4, &sum);
@@ -281,9 +277,6 @@ ent_status ckpt_read_rows(hid_t dset, const char *name, hsize_t row0, hsize_t ro
         if (rc < 0)
             return ent_fail(ENT_ERR_INPUT, "dataset %s: cannot read the chunk at row %llu: %s",
                             name, row, err ? strerror(err) : "the file ends before it (truncated)");
-        if (mask != 0)
-            return ent_fail(ENT_ERR_INPUT, "dataset %s: the chunk at row %llu was stored without "
-                            "its checksum", name, row);
         if (!chunk_sum_ok(sum, stored)) return chunk_sum_error(name, row);
         if (!in_place) memcpy(chunk, in, have);
         ckpt_stream_read(stream, (off_t)addr, (off_t)(addr + stored_bytes));

@@ -118,6 +118,17 @@ static ent_ckpt_saver_t *begin(state *s, char *dir, const char *sub, int async) 
 
 static const ent_ckpt_attr step_attr[] = {{.name = "step", .type = ENT_ATTR_I64, .i = 7}};
 
+// A fresh state holding fill(seed), saved synchronously as root/sub/name;
+// its path in path (PATH_MAX + 32 bytes).
+static void saved(state *s, char *path, const char *sub, const char *name, uint32_t seed) {
+    char dir[PATH_MAX];
+    ent_ckpt_saver_t *sv = begin(s, dir, sub, 0);
+    fill(s, seed);
+    assert_int_equal(ent_ckpt_save(sv, name, step_attr, 1, &s->sh), ENT_OK);
+    ent_ckpt_saver_free(&sv);
+    snprintf(path, PATH_MAX + 32, "%s/%s", dir, name);
+}
+
 static void test_staged_then_overwritten(void **unused) {
     (void)unused;
     state s;
@@ -185,12 +196,8 @@ static void test_sync_saver(void **unused) {
 static void test_read_parts(void **unused) {
     (void)unused;
     state s;
-    char dir[PATH_MAX], path[PATH_MAX + 32];
-    ent_ckpt_saver_t *sv = begin(&s, dir, "parts", 0);
-    fill(&s, 9);
-    assert_int_equal(ent_ckpt_save(sv, "p.h5", step_attr, 1, &s.sh), ENT_OK);
-    ent_ckpt_saver_free(&sv);
-    snprintf(path, sizeof path, "%s/p.h5", dir);
+    char path[PATH_MAX + 32];
+    saved(&s, path, "parts", "p.h5", 9);
     const ent_param_row *wte = ent_param_table_find(&s.table, "wte.weight");
     size_t n = s.table.total, c = (size_t)1 << 22; // floats in one chunk of wte (4M / 512 rows)
     assert_true(wte != NULL && wte->offset == 0 && wte->numel > c && wte->numel < 2 * c);
@@ -229,12 +236,8 @@ static void test_read_parts(void **unused) {
 static void test_damaged_chunk(void **unused) {
     (void)unused;
     state s;
-    char dir[PATH_MAX], path[PATH_MAX + 32];
-    ent_ckpt_saver_t *sv = begin(&s, dir, "damaged", 0);
-    fill(&s, 3);
-    assert_int_equal(ent_ckpt_save(sv, "d.h5", step_attr, 1, &s.sh), ENT_OK);
-    ent_ckpt_saver_free(&sv);
-    snprintf(path, sizeof path, "%s/d.h5", dir);
+    char path[PATH_MAX + 32];
+    saved(&s, path, "damaged", "d.h5", 3);
     if (rank == 0) { // wte's second chunk (rows 8192..): its 1000th byte
         hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
         hid_t d = H5Dopen2(f, "params/wte.weight", H5P_DEFAULT);
@@ -263,6 +266,19 @@ static void test_damaged_chunk(void **unused) {
     state_free(&s);
 }
 
+// wte as the file at path holds it, read by this process alone (malloc'ed
+// into *data; NULL on failure).
+static ent_status read_wte(const char *path, float **data) {
+    ent_ckpt_t *ck = NULL;
+    int64_t shape[2];
+    int ndim = 0;
+    *data = NULL;
+    ent_status st = ent_ckpt_open(path, NULL, &ck);
+    if (st == ENT_OK) st = ent_ckpt_read_dataset(ck, "params/wte.weight", data, shape, &ndim);
+    ent_ckpt_close(&ck);
+    return st;
+}
+
 // Corruption of any byte of a chunk read straight from the file (each piece
 // summed as it lands): the first and last bytes, around the blocks HDF5
 // folds at and the pieces read at a time, the stored checksum itself, the
@@ -271,12 +287,8 @@ static void test_damaged_chunk(void **unused) {
 static void test_damaged_bytes(void **unused) {
     (void)unused;
     state s;
-    char dir[PATH_MAX], path[PATH_MAX + 32];
-    ent_ckpt_saver_t *sv = begin(&s, dir, "bytes", 0);
-    fill(&s, 5);
-    assert_int_equal(ent_ckpt_save(sv, "b.h5", step_attr, 1, &s.sh), ENT_OK);
-    ent_ckpt_saver_free(&sv);
-    snprintf(path, sizeof path, "%s/b.h5", dir);
+    char path[PATH_MAX + 32];
+    saved(&s, path, "bytes", "b.h5", 5);
     test_reseed(0xb17e5);
     for (int k = 0; k < 2 && rank == 0; k++) { // wte's chunks: rows 0.. (full), 8192.. (edge)
         hsize_t at[2] = {k == 0 ? 0 : 8192, 0}, stored = 0, rows = k == 0 ? 8192 : 12032 - 8192;
@@ -301,13 +313,8 @@ static void test_damaged_bytes(void **unused) {
             assert_int_equal(pread(fd, &b, 1, (off_t)(addr + places[i])), 1);
             b ^= flip;
             assert_int_equal(pwrite(fd, &b, 1, (off_t)(addr + places[i])), 1);
-            ent_ckpt_t *ck = NULL;
             float *data = NULL;
-            int64_t shape[2];
-            int ndim = 0;
-            assert_int_equal(ent_ckpt_open(path, NULL, &ck), ENT_OK);
-            ent_status st = ent_ckpt_read_dataset(ck, "params/wte.weight", &data, shape, &ndim);
-            ent_ckpt_close(&ck);
+            ent_status st = read_wte(path, &data);
             free(data);
             char row[32];
             snprintf(row, sizeof row, "row %llu", (unsigned long long)at[0]);
@@ -321,13 +328,8 @@ static void test_damaged_bytes(void **unused) {
         }
     }
     if (rank == 0) { // put back: every value as saved
-        ent_ckpt_t *ck = NULL;
         float *data = NULL;
-        int64_t shape[2];
-        int ndim = 0;
-        assert_int_equal(ent_ckpt_open(path, NULL, &ck), ENT_OK);
-        assert_int_equal(ent_ckpt_read_dataset(ck, "params/wte.weight", &data, shape, &ndim), ENT_OK);
-        ent_ckpt_close(&ck);
+        assert_int_equal(read_wte(path, &data), ENT_OK);
         const ent_param_row *r = &s.table.rows[0];
         assert_string_equal(r->name, "wte.weight");
         size_t wrong = 0;

@@ -36,6 +36,15 @@ static void fill_random(unsigned char *p, size_t n) {
     for (size_t i = 0; i < n; i++) p[i] = (unsigned char)below(256);
 }
 
+// n seeded random bytes (malloc'ed), the stream restarted with salt.
+static unsigned char *random_bytes(size_t n, uint64_t salt) {
+    test_reseed(salt);
+    unsigned char *p = malloc(n);
+    assert_non_null(p);
+    fill_random(p, n);
+    return p;
+}
+
 // HDF5's H5_checksum_fletcher32 (H5checksum.c), transcribed as it is: word
 // by word, folds every 360 words, the odd byte, two final folds.
 static uint32_t reference(const void *data, size_t len) {
@@ -98,10 +107,7 @@ static void check_all(const unsigned char *p, size_t n, const char *what) {
 
 static void test_random_lengths(void **unused) {
     (void)unused;
-    test_reseed(1);
-    unsigned char *buf = malloc(MAX_LEN + 64);
-    assert_non_null(buf);
-    fill_random(buf, MAX_LEN + 64);
+    unsigned char *buf = random_bytes(MAX_LEN + 64, 1);
     for (int i = 0; i < nlengths; i++) {
         size_t n = lengths[i];
         check_all(buf + below(64), n, "random bytes");
@@ -125,11 +131,8 @@ static void test_extreme_values(void **unused) {
 
 static void test_pieces(void **unused) {
     (void)unused;
-    test_reseed(2);
     size_t n = (4 << 20) + 1001;
-    unsigned char *buf = malloc(n);
-    assert_non_null(buf);
-    fill_random(buf, n);
+    unsigned char *buf = random_bytes(n, 2);
     uint32_t whole = reference(buf, n);
     for (int trial = 0; trial < 50; trial++) {
         ckpt_fletcher32_state st = {0, 0};
@@ -147,11 +150,8 @@ static void test_pieces(void **unused) {
 
 static void test_bit_flips(void **unused) {
     (void)unused;
-    test_reseed(3);
     size_t n = (1 << 20) + 7;
-    unsigned char *buf = malloc(n);
-    assert_non_null(buf);
-    fill_random(buf, n);
+    unsigned char *buf = random_bytes(n, 3);
     uint32_t clean = ckpt_fletcher32(buf, n);
     for (int trial = 0; trial < 2000; trial++) {
         size_t at = trial < 8 ? (trial < 4 ? (size_t)trial : n - 8 + (size_t)trial) : below(n);
