@@ -13,7 +13,9 @@
 // `dd if=/dev/zero of=DIR/... bs=16M conv=fsync` of the same bytes. Load:
 // ent_ckpt_read of the whole state against `dd` reading the dd file; both files
 // are dropped from the page cache first (posix_fadvise DONTNEED), so both read
-// the disk. Async, in a training loop as the trainer runs it: K steps with no
+// the disk; which of the two reads first alternates from round to round (the
+// first follows the writes closely, and a virtual disk may still be writing
+// them back). Async, in a training loop as the trainer runs it: K steps with no
 // save, and K steps right after an asynchronous ent_ckpt_save, whose copy to
 // the host snapshot runs beside the first step's forward and backward (the
 // update waits for it: ent_ckpt_wait_staged). Blocked: the time the save call
@@ -225,25 +227,32 @@ int main(int argc, char **argv) {
                  ddfile, count);
         if (rank == 0) t_ddw[r] = timed(cmd);
 
-        // load what was just saved over parameters set to zero
-        for (int i = 0; i < PROBES; i++) expect[i] = sh.params[(size_t)i * (n / PROBES)];
-        if (rank == 0) drop_from_cache(ckfile);
-        memset(sh.params, 0, sizeof(float) * n);
-        ent_barrier(grid->world);
-        t0 = bench_now();
-        ent_ckpt_t *ck = NULL;
-        check(ent_ckpt_open(ckfile, grid->world, &ck));
-        check(ent_ckpt_read(ck, &sh));
-        ent_ckpt_close(&ck);
-        ent_barrier(grid->world);
-        t_load[r] = bench_now() - t0;
-        for (int i = 0; i < PROBES; i++) ok = ok && sh.params[(size_t)i * (n / PROBES)] == expect[i];
+        // load what was just saved over parameters set to zero, and dd read;
+        // which goes first alternates (the first read follows the writes
+        // closely: a virtual disk may still be writing them back)
         snprintf(cmd, sizeof cmd, "dd if='%s' of=/dev/null bs=16M status=none", ddfile);
-        if (rank == 0) {
-            drop_from_cache(ddfile);
-            t_ddr[r] = timed(cmd);
+        for (int turn = 0; turn < 2; turn++) {
+            if ((turn + r) % 2 == 1) {
+                if (rank == 0) {
+                    drop_from_cache(ddfile);
+                    t_ddr[r] = timed(cmd);
+                }
+                ent_barrier(grid->world);
+                continue;
+            }
+            for (int i = 0; i < PROBES; i++) expect[i] = sh.params[(size_t)i * (n / PROBES)];
+            if (rank == 0) drop_from_cache(ckfile);
+            memset(sh.params, 0, sizeof(float) * n);
+            ent_barrier(grid->world);
+            t0 = bench_now();
+            ent_ckpt_t *ck = NULL;
+            check(ent_ckpt_open(ckfile, grid->world, &ck));
+            check(ent_ckpt_read(ck, &sh));
+            ent_ckpt_close(&ck);
+            ent_barrier(grid->world);
+            t_load[r] = bench_now() - t0;
+            for (int i = 0; i < PROBES; i++) ok = ok && sh.params[(size_t)i * (n / PROBES)] == expect[i];
         }
-        ent_barrier(grid->world);
 
         for (int turn = 0; turn < 2 && ranks == 1; turn++) {
             if ((turn + r) % 2 == 0) {
