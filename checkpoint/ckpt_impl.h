@@ -89,19 +89,25 @@ struct ent_ckpt {
     ckpt_stream stream;
 };
 
-// Checks checksums on a helper thread while reading goes on. NULL when no
-// thread can be started (then pass NULL on: chunks are checked inline).
-typedef struct ckpt_verifier ckpt_verifier;
-ckpt_verifier *ckpt_verifier_start(void);
-// Waits for every queued check and frees v; the first failing chunk, named by
-// dataset and row, or ENT_OK (also for NULL). The memory checked must stay
-// untouched until then.
-ent_status ckpt_verifier_finish(ckpt_verifier *v);
+// HDF5's Fletcher32 checksum of nbytes at data, bit for bit (fletcher32.c):
+// vectorised where the target has AVX2, the portable form elsewhere.
+uint32_t ckpt_fletcher32(const void *data, size_t nbytes);
+// The same without the vector path (the reference the tests and the bench
+// hold the vector path to).
+uint32_t ckpt_fletcher32_portable(const void *data, size_t nbytes);
+// The same over data that arrives in pieces: start from {0, 0}, add the
+// pieces in order, every one but the last a multiple of
+// CKPT_FLETCHER32_BLOCK bytes (HDF5 folds its sums every 360 words), and end.
+enum { CKPT_FLETCHER32_BLOCK = 720 };
+typedef struct {
+    uint32_t sum1, sum2;
+} ckpt_fletcher32_state;
+void ckpt_fletcher32_add(ckpt_fletcher32_state *st, const void *data, size_t nbytes);
+uint32_t ckpt_fletcher32_end(const ckpt_fletcher32_state *st);
 
 // Datasets chunk by chunk past the filter pipeline (direct.c), each process
-// on its own file handle: Fletcher32 computed as HDF5 does; chunks must span
+// on its own file handle, checksums as HDF5 computes them; chunks must span
 // whole rows.
-uint32_t ckpt_fletcher32(const void *data, size_t nbytes);
 // Rows in one chunk of the dataset when it can be moved chunk by chunk (whole
 // rows, one Fletcher32 filter); 0 when not.
 hsize_t ckpt_direct_rows(hid_t dset);
@@ -125,14 +131,17 @@ int ckpt_whole_chunks(hsize_t chunk_rows, const ent_param_row *r, size_t lo, siz
 // written.
 ent_status ckpt_write_rows(hid_t dset, const char *name, hsize_t row0, hsize_t row1, float *src,
                            size_t slack, int allocated, ckpt_stream *stream);
+// Bytes read from the file at a time, each piece summed while it is still in
+// the core's cache (L2): small enough for that, large enough that the calls
+// cost nothing, whole blocks so that the pieces sum as the chunk does.
+enum { CKPT_READ_PIECE = CKPT_FLETCHER32_BLOCK * 728 };
 // Reads rows [row0, row1) into dst (row0 on a chunk boundary, row1 too or
 // past the last row: read to the end); the same lending applies, slack being
-// what follows the last row read. With a verifier, the checksums of chunks
-// read in place are checked by its thread, and a failure is reported by
-// ckpt_verifier_finish; without (NULL), every chunk is checked before the
-// call returns.
+// what follows the last row read. Every chunk's checksum is checked before
+// the call returns. The chunks are read through the stream's descriptor
+// where it is the file HDF5 has open (else through HDF5).
 ent_status ckpt_read_rows(hid_t dset, const char *name, hsize_t row0, hsize_t row1, float *dst,
-                          size_t slack, ckpt_stream *stream, ckpt_verifier *verifier);
+                          size_t slack, ckpt_stream *stream);
 
 // A file access property list for one process laying out a multi-rank
 // checkpoint (layout.c): HDF5's POSIX driver, except that raw-data writes are

@@ -5,14 +5,17 @@
 // a scalar checksum, one chunk at a time; that cost more than the disk. Here
 // each chunk goes straight from the caller's memory to the file with the
 // Fletcher32 checksum appended exactly as HDF5's filter does (so every HDF5
-// reader verifies it), and is read back the same way, the checksum checked
-// here and a failure named by dataset and chunk.
+// reader verifies it). Reading, each chunk is read from the file where HDF5's
+// index puts it, in pieces, and each piece is summed while it is still in
+// the cache; a failure is named by dataset and chunk.
 #include "ckpt_impl.h"
 
-#include <pthread.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 // The buffer for edge chunks, kept from one tensor to the next (fresh 16 MiB
 // each time would be fresh pages for the kernel to zero). HDF5 is called from
@@ -27,42 +30,6 @@ static unsigned char *chunk_buffers(size_t bytes) {
     pool = p;
     pool_bytes = bytes;
     return pool;
-}
-
-// HDF5's Fletcher32 (H5_checksum_fletcher32), bit for bit: big-endian 16-bit
-// words, sums folded every 360 words, an odd last byte as the high half of a
-// word, two final folds. HDF5 runs the block's two sums word by word in
-// 32-bit arithmetic (sum2 may wrap); here each block is summed in closed form,
-//   sum1 += sum of w_i,   sum2 += n * sum1 + sum of (n - i) * w_i  (i = 0..n-1),
-// in the same 32-bit ring, so the result is identical and the loop vectorises.
-uint32_t ckpt_fletcher32(const void *data, size_t nbytes) {
-    const uint8_t *p = data;
-    size_t words = nbytes / 2;
-    uint32_t sum1 = 0, sum2 = 0;
-    while (words) {
-        uint32_t n = words > 360 ? 360 : (uint32_t)words;
-        words -= n;
-        uint32_t s = 0, weighted = 0;
-        for (uint32_t i = 0; i < n; i++) {
-            uint32_t w = (uint32_t)p[2 * i] << 8 | p[2 * i + 1];
-            s += w;
-            weighted += (n - i) * w;
-        }
-        p += 2 * n;
-        sum2 += n * sum1 + weighted;
-        sum1 += s;
-        sum1 = (sum1 & 0xffff) + (sum1 >> 16);
-        sum2 = (sum2 & 0xffff) + (sum2 >> 16);
-    }
-    if (nbytes % 2) {
-        sum1 += (uint32_t)((uint16_t)*p << 8);
-        sum2 += sum1;
-        sum1 = (sum1 & 0xffff) + (sum1 >> 16);
-        sum2 = (sum2 & 0xffff) + (sum2 >> 16);
-    }
-    sum1 = (sum1 & 0xffff) + (sum1 >> 16);
-    sum2 = (sum2 & 0xffff) + (sum2 >> 16);
-    return (sum2 << 16) | sum1;
 }
 
 typedef struct {
@@ -147,6 +114,15 @@ static unsigned char *chunk_io(const chunk_layout *l, hsize_t k, hsize_t k_end,
     return chunk;
 }
 
+// HDF5's filter stores the checksum little-endian, whatever the host.
+static void put_le32(unsigned char *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint32_t get_le32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
 ent_status ckpt_write_rows(hid_t dset, const char *name, hsize_t row0, hsize_t row1, float *src,
                            size_t slack, int allocated, ckpt_stream *stream) {
     chunk_layout l;
@@ -173,8 +149,7 @@ ent_status ckpt_write_rows(hid_t dset, const char *name, hsize_t row0, hsize_t r
             memcpy(out, chunk, have);
             memset(out + have, 0, bytes - have);
         }
-        uint32_t sum = ckpt_fletcher32(out, bytes);
-        memcpy(out + bytes, &sum, 4); // where HDF5's filter stores it
+        put_le32(out + bytes, ckpt_fletcher32(out, bytes)); // where and how HDF5's filter stores it
         if (H5Dwrite_chunk(dset, H5P_DEFAULT, 0, offset, bytes + 4, out) < 0)
             st = ckpt_h5_fail(ENT_ERR_IO, "dataset %s", name);
         if (in_place) memcpy(chunk + bytes, kept, 4);
@@ -184,11 +159,10 @@ ent_status ckpt_write_rows(hid_t dset, const char *name, hsize_t row0, hsize_t r
     return st;
 }
 
-// Does a chunk's data match its stored checksum? HDF5 also accepts the
+// Does a chunk's checksum match the one stored? HDF5 also accepts the
 // checksum with the bytes of each half swapped (written that way by its
 // releases before 1.6.3).
-static int chunk_sum_ok(const void *data, size_t bytes, uint32_t stored) {
-    uint32_t sum = ckpt_fletcher32(data, bytes);
+static int chunk_sum_ok(uint32_t sum, uint32_t stored) {
     uint32_t swapped = ((sum & 0x00ff00ffu) << 8) | ((sum >> 8) & 0x00ff00ffu);
     return stored == sum || stored == swapped;
 }
@@ -199,97 +173,59 @@ static ent_status chunk_sum_error(const char *name, unsigned long long row) {
 }
 
 // ---------------------------------------------------------------------------
-// the verifier: checksums checked by a helper thread while the next chunks
-// are read (reading is the kernel copying into memory on one core; checking
-// is a pass over that memory that the other core can make meanwhile)
+// reading: each piece summed as it lands
 
-enum { VERIFY_QUEUE = 64 };
+// The descriptor to read dset's chunks through, at the addresses HDF5's
+// index gives: stream's, when it is the file HDF5 has open (same inode),
+// through HDF5's POSIX driver, with no user block (addresses then are file
+// offsets); -1 otherwise, and the chunks go through H5Dread_chunk.
+static int raw_fd(hid_t dset, const ckpt_stream *stream) {
+    if (stream == NULL || stream->fd < 0) return -1;
+    hid_t file = H5Iget_file_id(dset);
+    if (file < 0) return -1;
+    hid_t fcpl = H5Fget_create_plist(file), fapl = H5Fget_access_plist(file);
+    hsize_t userblock = 1;
+    void *handle = NULL;
+    struct stat mine, hdf5s;
+    int ok = fcpl >= 0 && fapl >= 0 && H5Pget_userblock(fcpl, &userblock) >= 0 && userblock == 0 &&
+             H5Pget_driver(fapl) == H5FD_SEC2 && H5Fget_vfd_handle(file, fapl, &handle) >= 0 &&
+             handle != NULL && fstat(*(int *)handle, &hdf5s) == 0 && fstat(stream->fd, &mine) == 0 &&
+             mine.st_dev == hdf5s.st_dev && mine.st_ino == hdf5s.st_ino;
+    if (fcpl >= 0) H5Pclose(fcpl);
+    if (fapl >= 0) H5Pclose(fapl);
+    H5Fclose(file);
+    return ok ? stream->fd : -1;
+}
 
-typedef struct {
-    const void *data;
-    size_t bytes;
-    uint32_t stored;
-    unsigned long long row;
-    char name[160];
-} verify_item;
-
-struct ckpt_verifier {
-    pthread_t thread;
-    pthread_mutex_t lock;
-    pthread_cond_t changed;
-    verify_item queue[VERIFY_QUEUE];
-    size_t added, checked; // items added and checked so far (queue index: count % size)
-    int closing;
-    int failed;            // the first failing item, in order, is kept
-    verify_item bad;
-};
-
-static void *verify_main(void *arg) {
-    ckpt_verifier *v = arg;
-    pthread_mutex_lock(&v->lock);
-    for (;;) {
-        while (v->checked == v->added && !v->closing) pthread_cond_wait(&v->changed, &v->lock);
-        if (v->checked == v->added) break; // closing, and nothing left
-        verify_item it = v->queue[v->checked % VERIFY_QUEUE];
-        pthread_mutex_unlock(&v->lock);
-        int ok = chunk_sum_ok(it.data, it.bytes, it.stored);
-        pthread_mutex_lock(&v->lock);
-        if (!ok && !v->failed) {
-            v->failed = 1;
-            v->bad = it;
+// Reads a chunk's n stored bytes (data, then its 4-byte checksum) from fd at
+// addr into buf, CKPT_READ_PIECE bytes at a time, each piece summed as soon
+// as it is in (still in the core's cache: no second pass over memory); -1
+// with errno (0: the file ends early).
+static int read_summed(int fd, off_t addr, unsigned char *buf, size_t n, uint32_t *sum) {
+    size_t data = n - 4, got = 0, summed = 0;
+    ckpt_fletcher32_state st = {0, 0};
+    while (got < n) {
+        size_t want = n - got < CKPT_READ_PIECE ? n - got : CKPT_READ_PIECE;
+        ssize_t r = pread(fd, buf + got, want, addr + (off_t)got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            if (r == 0) errno = 0;
+            return -1;
         }
-        v->checked++;
-        pthread_cond_broadcast(&v->changed);
+        got += (size_t)r;
+        // whole blocks of data so far (a short read may end mid-block)
+        size_t upto = got >= data ? data : got / CKPT_FLETCHER32_BLOCK * CKPT_FLETCHER32_BLOCK;
+        if (upto > summed) {
+            ckpt_fletcher32_add(&st, buf + summed, upto - summed);
+            summed = upto;
+        }
     }
-    pthread_mutex_unlock(&v->lock);
-    return NULL;
-}
-
-ckpt_verifier *ckpt_verifier_start(void) {
-    ckpt_verifier *v = calloc(1, sizeof *v);
-    if (v == NULL) return NULL;
-    pthread_mutex_init(&v->lock, NULL);
-    pthread_cond_init(&v->changed, NULL);
-    if (pthread_create(&v->thread, NULL, verify_main, v) != 0) {
-        pthread_cond_destroy(&v->changed);
-        pthread_mutex_destroy(&v->lock);
-        free(v);
-        return NULL; // the caller checks inline
-    }
-    return v;
-}
-
-static void verifier_add(ckpt_verifier *v, const void *data, size_t bytes, uint32_t stored,
-                         const char *name, unsigned long long row) {
-    pthread_mutex_lock(&v->lock);
-    while (v->added - v->checked == VERIFY_QUEUE) pthread_cond_wait(&v->changed, &v->lock);
-    verify_item *it = &v->queue[v->added % VERIFY_QUEUE];
-    it->data = data;
-    it->bytes = bytes;
-    it->stored = stored;
-    it->row = row;
-    snprintf(it->name, sizeof it->name, "%s", name);
-    v->added++;
-    pthread_cond_broadcast(&v->changed);
-    pthread_mutex_unlock(&v->lock);
-}
-
-ent_status ckpt_verifier_finish(ckpt_verifier *v) {
-    if (v == NULL) return ENT_OK;
-    pthread_mutex_lock(&v->lock);
-    v->closing = 1;
-    pthread_cond_broadcast(&v->changed);
-    pthread_mutex_unlock(&v->lock);
-    pthread_join(v->thread, NULL);
-    ent_status st = v->failed ? chunk_sum_error(v->bad.name, v->bad.row) : ENT_OK;
-    pthread_cond_destroy(&v->changed);
-    pthread_mutex_destroy(&v->lock);
-    free(v);
-    return st;
+    *sum = ckpt_fletcher32_end(&st);
+    return 0;
 }
 
 ent_status ckpt_read_rows(hid_t dset, const char *name, hsize_t row0, hsize_t row1, float *dst,
-                          size_t slack, ckpt_stream *stream, ckpt_verifier *verifier) {
+                          size_t slack, ckpt_stream *stream) {
     chunk_layout l;
     hsize_t k0 = 0, k1 = 0;
     ENT_CHECK(layout_of(dset, name, &l));
@@ -304,38 +240,44 @@ ent_status ckpt_read_rows(hid_t dset, const char *name, hsize_t row0, hsize_t ro
             return ent_fail(ENT_ERR_INPUT, "dataset %s is not stored with exactly one "
                             "Fletcher32 filter", name);
     }
+    int fd = raw_fd(dset, stream);
     size_t bytes = l.chunk_elems * sizeof(float);
     for (hsize_t k = k0; k < k1; k++) {
         hsize_t offset[2] = {k * l.chunk[0], 0}, stored_bytes = 0;
+        unsigned long long row = (unsigned long long)offset[0];
         haddr_t addr = HADDR_UNDEF;
         unsigned chunk_filters = 0;
         if (H5Dget_chunk_info_by_coord(dset, offset, &chunk_filters, &addr, &stored_bytes) < 0 ||
             addr == HADDR_UNDEF || stored_bytes != bytes + 4)
             return ent_fail(ENT_ERR_INPUT, "dataset %s: chunk at row %llu is missing or has %llu "
-                            "bytes, expected %zu (damaged file)", name,
-                            (unsigned long long)offset[0], (unsigned long long)stored_bytes,
-                            bytes + 4);
+                            "bytes, expected %zu (damaged file)", name, row,
+                            (unsigned long long)stored_bytes, bytes + 4);
+        if (chunk_filters != 0) // the filter was skipped: no checksum stored
+            return ent_fail(ENT_ERR_INPUT, "dataset %s: the chunk at row %llu was stored without "
+                            "its checksum", name, row);
         unsigned char *chunk = (unsigned char *)(dst + (size_t)(k - k0) * l.chunk_elems), kept[4];
         int in_place;
         size_t have;
         unsigned char *in = chunk_io(&l, k, k1, chunk, slack, kept, &in_place, &have);
         if (in == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", name);
-        uint32_t mask = 0, stored;
-        herr_t rc = H5Dread_chunk(dset, H5P_DEFAULT, offset, &mask, in);
-        memcpy(&stored, in + bytes, 4);
+        uint32_t mask = 0, sum = 0; // (mask: the same as chunk_filters)
+        int rc, err = 0;
+        if (fd >= 0) {
+            rc = read_summed(fd, (off_t)addr, in, bytes + 4, &sum);
+            err = errno;
+        } else {
+            rc = H5Dread_chunk(dset, H5P_DEFAULT, offset, &mask, in) < 0 ? -1 : 0;
+            if (rc == 0) sum = ckpt_fletcher32(in, bytes);
+        }
+        uint32_t stored = get_le32(in + bytes);
         if (in_place) memcpy(chunk + bytes, kept, 4);
-        if (rc < 0)
+        if (rc < 0 && fd < 0)
             return ckpt_h5_fail(ENT_ERR_INPUT, "dataset %s: cannot read the chunk at row %llu",
-                                name, (unsigned long long)offset[0]);
-        if (mask != 0)
-            return ent_fail(ENT_ERR_INPUT, "dataset %s: the chunk at row %llu was stored without "
-                            "its checksum", name, (unsigned long long)offset[0]);
-        // a chunk in place is checked by the verifier while the next is read;
-        // an edge chunk's buffer is needed again, so it is checked now
-        if (in_place && verifier != NULL)
-            verifier_add(verifier, in, bytes, stored, name, (unsigned long long)offset[0]);
-        else if (!chunk_sum_ok(in, bytes, stored))
-            return chunk_sum_error(name, (unsigned long long)offset[0]);
+                                name, row);
+        if (rc < 0)
+            return ent_fail(ENT_ERR_INPUT, "dataset %s: cannot read the chunk at row %llu: %s",
+                            name, row, err ? strerror(err) : "the file ends before it (truncated)");
+        if (!chunk_sum_ok(sum, stored)) return chunk_sum_error(name, row);
         if (!in_place) memcpy(chunk, in, have);
         ckpt_stream_read(stream, (off_t)addr, (off_t)(addr + stored_bytes));
     }

@@ -6,7 +6,7 @@
 // only its state range (its ZeRO shard). Data-parallel replicas need the same
 // blocks: each reads a part of them and broadcasts it to the others, so the
 // file is read once, not once per replica. Whole chunks move straight from
-// the file with their checksums checked beside (direct.c); the pieces of
+// the file, each checked against its checksum as it lands (direct.c); the pieces of
 // chunks at the edges of a rank's part go through HDF5. The ranks agree on
 // the outcome, and nothing is broadcast unless every rank read its part.
 #include "ckpt_impl.h"
@@ -164,11 +164,11 @@ static size_t whole_chunk_floats(const ent_param_row *r) {
 }
 
 // Reads local elements [lo, hi) of row r to dst: the whole chunks among them
-// straight from the file (checksums checked by the verifier), the rest
+// straight from the file (checksums checked as they are read), the rest
 // through HDF5. `end`: the arena offset where the memory dst lies in ends.
 static ent_status read_range(ent_ckpt_t *ck, hid_t dset, int g, const ent_param_row *r,
                              const ent_ckpt_shard *sh, size_t lo, size_t hi, float *dst,
-                             size_t end, ckpt_verifier *verifier) {
+                             size_t end) {
     size_t a, b, cols = (size_t)r->shape[1];
     if (!ckpt_whole_chunks(ckpt_direct_rows(dset), r, lo, hi, &a, &b))
         return read_part(ck, dset, ckpt_groups[g], r, sh, lo, hi, dst);
@@ -177,8 +177,7 @@ static ent_status read_range(ent_ckpt_t *ck, hid_t dset, int g, const ent_param_
     snprintf(name, sizeof name, "%s/%s", ckpt_groups[g], r->name);
     size_t after = r->offset + b; // the arena offset just past the chunks
     ent_status st = ckpt_read_rows(dset, name, a / cols, (b + cols - 1) / cols, dst + (a - lo),
-                                   (end > after ? end - after : 0) * sizeof(float), &ck->stream,
-                                   verifier);
+                                   (end > after ? end - after : 0) * sizeof(float), &ck->stream);
     if (st != ENT_OK) return ent_fail(st, "%s: %s", ck->path, ent_last_error());
     return read_part(ck, dset, ckpt_groups[g], r, sh, b, hi, dst + (b - lo));
 }
@@ -257,7 +256,6 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
     // being unspecified. Reading and the broadcasts never touch the same
     // arena at once: the 4 bytes lent after a chunk read in place stay within
     // the arena being read.
-    ckpt_verifier *verifier = ckpt_verifier_start();
     for (int g = 0; g < CKPT_NGROUPS; g++) {
         if (src.base[g] == NULL) continue;
         size_t s0 = src.first[g], s1 = src.end[g]; // base holds arena range [s0, s1)
@@ -270,7 +268,7 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
             size_t a = r->offset, b = r->offset + r->numel;
             size_t lo = (a > r0 ? a : r0) - a, hi = b < r1 ? b - a : (r1 > a ? r1 - a : 0);
             if (lo < hi)
-                st = read_range(ck, d, g, r, sh, lo, hi, src.base[g] + (a + lo - s0), s1, verifier);
+                st = read_range(ck, d, g, r, sh, lo, hi, src.base[g] + (a + lo - s0), s1);
             H5Dclose(d);
             progress(reqs, nreq);
         }
@@ -282,8 +280,6 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
             else if (st == ENT_OK) st = b;
         }
     }
-    ent_status checked = ckpt_verifier_finish(verifier);
-    if (checked != ENT_OK && st == ENT_OK) st = ent_fail(checked, "%s: %s", ck->path, ent_last_error());
     for (int i = 0; i < nreq; i++) {
         ent_status w = ent_wait(&reqs[i]);
         if (st == ENT_OK) st = w;
@@ -349,7 +345,7 @@ ent_status ent_ckpt_read_dataset(ent_ckpt_t *ck, const char *name, float **data,
     }
     ent_status st;
     if (ckpt_direct_rows(d) > 0) {
-        st = ckpt_read_rows(d, name, 0, dims[0], buf, sizeof(float), &ck->stream, NULL);
+        st = ckpt_read_rows(d, name, 0, dims[0], buf, sizeof(float), &ck->stream);
         if (st != ENT_OK) st = ent_fail(st, "%s: %s", ck->path, ent_last_error());
     } else {
         herr_t rc = H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);

@@ -14,6 +14,9 @@
 //    inside a chunk, on a boundary, in the edge chunk), read back exactly;
 //  - a damaged chunk, read by one rank only, fails the read on every rank
 //    (and nothing is broadcast);
+//  - any byte of a chunk changed (edges, block and piece boundaries, the
+//    stored checksum, the edge chunk's padding, seeded random places) fails
+//    the read, naming the dataset and the chunk;
 //  - coalition state (anchor weights, outer momentum, round, ledger) is
 //    written when present, by synchronous and asynchronous saves, verifies,
 //    and reads back; asking a file without it for it is a clear error;
@@ -40,7 +43,7 @@
 #include <hdf5.h>
 #include <fcntl.h>
 
-#include "ckpt_impl.h" // ckpt_sha256, ckpt_write_digest: the digest's own tests
+#include "ckpt_impl.h" // the digest's own tests; CKPT_READ_PIECE, CKPT_FLETCHER32_BLOCK
 #include "ent_ckpt.h"
 #include "ent_runtime.h"
 #include "ref.h"
@@ -134,6 +137,17 @@ static ent_ckpt_saver_t *begin(state *s, char *dir, const char *sub, int async) 
 
 static const ent_ckpt_attr step_attr[] = {{.name = "step", .type = ENT_ATTR_I64, .i = 7}};
 
+// A fresh state holding fill(seed), saved synchronously as root/sub/name;
+// its path in path (PATH_MAX + 32 bytes).
+static void saved(state *s, char *path, const char *sub, const char *name, uint32_t seed) {
+    char dir[PATH_MAX];
+    ent_ckpt_saver_t *sv = begin(s, dir, sub, 0);
+    fill(s, seed);
+    assert_int_equal(ent_ckpt_save(sv, name, step_attr, 1, &s->sh), ENT_OK);
+    ent_ckpt_saver_free(&sv);
+    snprintf(path, PATH_MAX + 32, "%s/%s", dir, name);
+}
+
 static void test_staged_then_overwritten(void **unused) {
     (void)unused;
     state s;
@@ -201,12 +215,8 @@ static void test_sync_saver(void **unused) {
 static void test_read_parts(void **unused) {
     (void)unused;
     state s;
-    char dir[PATH_MAX], path[PATH_MAX + 32];
-    ent_ckpt_saver_t *sv = begin(&s, dir, "parts", 0);
-    fill(&s, 9);
-    assert_int_equal(ent_ckpt_save(sv, "p.h5", step_attr, 1, &s.sh), ENT_OK);
-    ent_ckpt_saver_free(&sv);
-    snprintf(path, sizeof path, "%s/p.h5", dir);
+    char path[PATH_MAX + 32];
+    saved(&s, path, "parts", "p.h5", 9);
     const ent_param_row *wte = ent_param_table_find(&s.table, "wte.weight");
     size_t n = s.table.total, c = (size_t)1 << 22; // floats in one chunk of wte (4M / 512 rows)
     assert_true(wte != NULL && wte->offset == 0 && wte->numel > c && wte->numel < 2 * c);
@@ -245,12 +255,8 @@ static void test_read_parts(void **unused) {
 static void test_damaged_chunk(void **unused) {
     (void)unused;
     state s;
-    char dir[PATH_MAX], path[PATH_MAX + 32];
-    ent_ckpt_saver_t *sv = begin(&s, dir, "damaged", 0);
-    fill(&s, 3);
-    assert_int_equal(ent_ckpt_save(sv, "d.h5", step_attr, 1, &s.sh), ENT_OK);
-    ent_ckpt_saver_free(&sv);
-    snprintf(path, sizeof path, "%s/d.h5", dir);
+    char path[PATH_MAX + 32];
+    saved(&s, path, "damaged", "d.h5", 3);
     if (rank == 0) { // wte's second chunk (rows 8192..): its 1000th byte
         hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
         hid_t d = H5Dopen2(f, "params/wte.weight", H5P_DEFAULT);
@@ -276,6 +282,81 @@ static void test_damaged_chunk(void **unused) {
     const char *msg = ent_last_error();
     fprintf(stderr, "rank %d: %s\n", rank, msg);
     assert_true(strstr(msg, "params/wte.weight") != NULL || strstr(msg, "failed on rank") != NULL);
+    state_free(&s);
+}
+
+// wte as the file at path holds it, read by this process alone (malloc'ed
+// into *data; NULL on failure).
+static ent_status read_wte(const char *path, float **data) {
+    ent_ckpt_t *ck = NULL;
+    int64_t shape[2];
+    int ndim = 0;
+    *data = NULL;
+    ent_status st = ent_ckpt_open(path, NULL, &ck);
+    if (st == ENT_OK) st = ent_ckpt_read_dataset(ck, "params/wte.weight", data, shape, &ndim);
+    ent_ckpt_close(&ck);
+    return st;
+}
+
+// Corruption of any byte of a chunk read straight from the file (each piece
+// summed as it lands): the first and last bytes, around the blocks HDF5
+// folds at and the pieces read at a time, the stored checksum itself, the
+// padding of the edge chunk, and seeded random places. Each read fails,
+// naming the dataset and the chunk's row; put back, the tensor reads whole.
+static void test_damaged_bytes(void **unused) {
+    (void)unused;
+    state s;
+    char path[PATH_MAX + 32];
+    saved(&s, path, "bytes", "b.h5", 5);
+    test_reseed(0xb17e5);
+    for (int k = 0; k < 2 && rank == 0; k++) { // wte's chunks: rows 0.. (full), 8192.. (edge)
+        hsize_t at[2] = {k == 0 ? 0 : 8192, 0}, stored = 0, rows = k == 0 ? 8192 : 12032 - 8192;
+        haddr_t addr = HADDR_UNDEF;
+        unsigned mask = 0;
+        hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        hid_t d = H5Dopen2(f, "params/wte.weight", H5P_DEFAULT);
+        assert_true(H5Dget_chunk_info_by_coord(d, at, &mask, &addr, &stored) >= 0);
+        H5Dclose(d);
+        H5Fclose(f);
+        size_t bytes = (size_t)stored - 4, have = (size_t)rows * 512 * sizeof(float);
+        size_t places[] = {0, 1, CKPT_FLETCHER32_BLOCK - 1, CKPT_FLETCHER32_BLOCK,
+                           CKPT_READ_PIECE - 1, CKPT_READ_PIECE, CKPT_READ_PIECE + 1,
+                           5 * CKPT_READ_PIECE + 3, have - 1, have, bytes - 1, bytes, bytes + 3,
+                           0, 0, 0, 0, 0, 0};
+        size_t nplaces = sizeof places / sizeof places[0];
+        for (size_t i = 13; i < nplaces; i++) places[i] = (size_t)test_rand_int(0, (int64_t)bytes + 3);
+        for (size_t i = 0; i < nplaces; i++) {
+            if (places[i] >= bytes + 4) continue;
+            int fd = open(path, O_RDWR);
+            unsigned char b = 0, flip = (unsigned char)(1u << test_rand_int(0, 7));
+            assert_int_equal(pread(fd, &b, 1, (off_t)(addr + places[i])), 1);
+            b ^= flip;
+            assert_int_equal(pwrite(fd, &b, 1, (off_t)(addr + places[i])), 1);
+            float *data = NULL;
+            ent_status st = read_wte(path, &data);
+            free(data);
+            char row[32];
+            snprintf(row, sizeof row, "row %llu", (unsigned long long)at[0]);
+            if (st == ENT_OK || strstr(ent_last_error(), "params/wte.weight") == NULL ||
+                strstr(ent_last_error(), row) == NULL)
+                fail_msg("bit 0x%02x of byte %zu of the chunk at %s flipped: %s", flip, places[i],
+                         row, st == ENT_OK ? "read without error" : ent_last_error());
+            b ^= flip;
+            assert_int_equal(pwrite(fd, &b, 1, (off_t)(addr + places[i])), 1);
+            close(fd);
+        }
+    }
+    if (rank == 0) { // put back: every value as saved
+        float *data = NULL;
+        assert_int_equal(read_wte(path, &data), ENT_OK);
+        const ent_param_row *r = &s.table.rows[0];
+        assert_string_equal(r->name, "wte.weight");
+        size_t wrong = 0;
+        for (size_t i = 0; i < r->numel; i++) wrong += data[i] != value(r->offset + i, 0, 5);
+        assert_int_equal(wrong, 0);
+        free(data);
+    }
+    ent_barrier(grid->world);
     state_free(&s);
 }
 
@@ -585,6 +666,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_sync_saver),
         cmocka_unit_test(test_read_parts),
         cmocka_unit_test(test_damaged_chunk),
+        cmocka_unit_test(test_damaged_bytes),
         cmocka_unit_test(test_coalition_state),
         cmocka_unit_test(test_retention_and_check),
         cmocka_unit_test(test_sha256_vectors),
