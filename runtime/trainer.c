@@ -582,13 +582,14 @@ static ent_status open_data(trainer *tr) {
 // silent divergence, e.g. non-deterministic reductions.)
 static ent_status replicas_identical(trainer *tr, int *same) {
     size_t bytes = sizeof(float) * ent_model_arena_floats(tr->model);
-    float *p = malloc(bytes);
-    if (p == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory comparing the replicas");
-    ent_status st = tr->be->iface->to_host(tr->be, p, ent_model_arena(tr->model, ENT_ARENA_PARAMS),
-                                           bytes);
+    const float *p = ent_model_arena(tr->model, ENT_ARENA_PARAMS);
+    // a backend whose memory the host must not touch: through the host copy
+    // the checkpoint uses (no second copy of the parameters on the host)
+    if (tr->host_params != NULL) {
+        ENT_CHECK(tr->be->iface->to_host(tr->be, tr->host_params, p, bytes));
+        p = tr->host_params;
+    }
     uint64_t h = ent_hash_bytes(p, bytes, 0), lo, hi;
-    free(p);
-    ENT_CHECK(st);
     ENT_CHECK(ent_allreduce(tr->grid->dp, &h, &lo, 1, ENT_U64, ENT_MIN));
     ENT_CHECK(ent_allreduce(tr->grid->dp, &h, &hi, 1, ENT_U64, ENT_MAX));
     int64_t ok = lo == hi, all = 0;
