@@ -54,15 +54,20 @@ static ent_status want_text(ent_ckpt_t *ck, const char *name, const char *expect
     return st;
 }
 
-// The stored configuration: a text that must load as a valid configuration.
-static ent_status stored_config(ent_ckpt_t *ck, ent_config *cfg) {
+ent_status ent_config_from_open_checkpoint(ent_ckpt_t *ck, ent_config *cfg,
+                                           const char *const *overrides, int n_overrides) {
     char *text = NULL, origin[ENT_PATH_MAX];
     ENT_CHECK(ent_ckpt_attr_text(ck, "config", &text));
     snprintf(origin, sizeof origin, "%.4080s:config", ent_ckpt_path(ck));
-    ent_status st = ent_config_load_text(cfg, text, origin, NULL, 0);
+    ent_status st = ent_config_load_text(cfg, text, origin, overrides, n_overrides);
     free(text);
+    return st;
+}
+
+// The stored configuration: a text that must load as a valid configuration.
+static ent_status stored_config(ent_ckpt_t *ck, ent_config *cfg) {
     // a damaged file, not a user's mistake (exit code 1, not 2)
-    if (st != ENT_OK)
+    if (ent_config_from_open_checkpoint(ck, cfg, NULL, 0) != ENT_OK)
         return ent_fail(ENT_ERR_INPUT, "%s: attribute 'config' is not a valid configuration: %s",
                         ent_ckpt_path(ck), ent_last_error());
     return ENT_OK;

@@ -79,6 +79,10 @@ typedef struct {
 void ent_json_line(FILE *f, const ent_json_field *fields, int n);
 
 // ---- checkpoints of a training run (ckpt_state.c) ----
+// The configuration stored in an open checkpoint (its `config` text), then
+// overrides; messages name the file as FILE:config.
+ent_status ent_config_from_open_checkpoint(ent_ckpt_t *ck, ent_config *cfg,
+                                           const char *const *overrides, int n_overrides);
 // A hash of the model's shape (model.shape_hash in a checkpoint).
 uint64_t ent_model_shape_hash(const ent_config *cfg);
 // What a resume takes from a checkpoint, once checked.

@@ -131,14 +131,8 @@ ent_status ent_config_from_checkpoint(ent_config *cfg, const char *path,
                                       const char *const *overrides, int n_overrides) {
     ent_ckpt_t *ck = NULL;
     ENT_CHECK(ent_ckpt_open(path, NULL, &ck));
-    char *text = NULL;
-    ent_status st = ent_ckpt_attr_text(ck, "config", &text);
+    ent_status st = ent_config_from_open_checkpoint(ck, cfg, overrides, n_overrides);
     ent_ckpt_close(&ck);
-    ENT_CHECK(st);
-    char origin[ENT_PATH_MAX];
-    snprintf(origin, sizeof origin, "%.4080s:config", path);
-    st = ent_config_load_text(cfg, text, origin, overrides, n_overrides);
-    free(text);
     return st;
 }
 
