@@ -61,17 +61,16 @@ hid_t ckpt_memory_space(int ndim, const ent_rect *rects, int nrects, size_t n);
 void ckpt_select_blocks(hid_t fspace, hid_t mspace, const ent_rect *rects, int nrects);
 
 // A checkpoint file streamed through the page cache (stream.c): while it is
-// written, pages written a while ago are pushed to disk and dropped; while it
-// is read, pages read a while ago are dropped (only those this process read:
-// other ranks may be reading the rest). Hints only: fd is -1 where the file
-// cannot be opened, and then nothing is done (nor for a NULL stream).
+// written, pages written a while ago are pushed to disk and dropped. Hints
+// only: fd is -1 where the file cannot be opened, and then nothing is done
+// (nor for a NULL stream). A file being read is opened the same way: its
+// descriptor reads the chunks (direct.c).
 typedef struct {
     int fd;
-    off_t done; // writing: where the run not yet written back starts; reading:
-                // where the run kept starts
-    off_t end;  // where the run written in place (0: none, the file's end) or
-                // read last ends
+    off_t done; // where the run not yet written back starts
+    off_t end;  // where the run written in place ends (0: none, the file's end)
 } ckpt_stream;
+typedef struct ckpt_readers ckpt_readers; // chunk readers: below
 void ckpt_stream_open(ckpt_stream *s, const char *path);
 // Writing a file laid out in advance (several ranks, each writing its chunks
 // in place, in file order): this process wrote bytes [from, to). A file that
@@ -79,7 +78,6 @@ void ckpt_stream_open(ckpt_stream *s, const char *path);
 // the writing got.
 void ckpt_stream_wrote(ckpt_stream *s, off_t from, off_t to);
 void ckpt_stream_advance(ckpt_stream *s);                  // writing: up to how far it got
-void ckpt_stream_read(ckpt_stream *s, off_t from, off_t to); // reading: bytes [from, to) read
 void ckpt_stream_close(ckpt_stream *s);
 
 struct ent_ckpt {
@@ -87,6 +85,7 @@ struct ent_ckpt {
     char path[4096];
     ent_group_t *world; // the ranks that opened it together (NULL: this process alone)
     ckpt_stream stream;
+    ckpt_readers *readers; // started by the first ent_ckpt_read (NULL: none)
 };
 
 // HDF5's Fletcher32 checksum of nbytes at data, bit for bit (fletcher32.c):
@@ -135,13 +134,52 @@ ent_status ckpt_write_rows(hid_t dset, const char *name, hsize_t row0, hsize_t r
 // the core's cache (L2): small enough for that, large enough that the calls
 // cost nothing, whole blocks so that the pieces sum as the chunk does.
 enum { CKPT_READ_PIECE = CKPT_FLETCHER32_BLOCK * 728 };
+// One chunk to read straight from the file: its stored image, `bytes` of
+// data and the 4-byte checksum after them, at file offset addr; the first
+// `have` bytes of data (all of them but in a dataset's last, partial chunk)
+// go to dst. name and row name it in errors.
+typedef struct {
+    off_t addr;
+    size_t bytes, have;
+    unsigned char *dst;
+    char name[160];
+    unsigned long long row;
+} ckpt_chunk_read;
+// What ckpt_read_chunk returns besides 0 (read, checksum good) and errno values.
+enum { CKPT_CHUNK_SHORT = -1, CKPT_CHUNK_BAD_SUM = -2 };
+// Reads a chunk through fd, CKPT_READ_PIECE bytes at a time, each piece
+// summed while still in the core's cache, and drops its pages from the page
+// cache after; an edge chunk (have < bytes) lands in scratch (bytes long)
+// first. Touches no HDF5 object and no state but its arguments: any thread.
+int ckpt_read_chunk(int fd, const ckpt_chunk_read *c, unsigned char *scratch);
+// The error a ckpt_read_chunk code means, naming the dataset and chunk.
+ent_status ckpt_chunk_error(const ckpt_chunk_read *c, int code);
+
+// Threads that read queued chunks (readers.c), each through a descriptor of
+// its own, while the caller goes on walking HDF5's index (HDF5 itself stays
+// on the caller's thread): reading, summing and copying overlap each other
+// and the disk keeps several requests in flight.
+// Starts the threads on the file at path, which must be the file fd has open
+// (same inode); NULL where they cannot start (the caller then reads itself).
+ckpt_readers *ckpt_readers_start(const char *path, int fd);
+// Queues a chunk (copied); dst is written by a reader at any time until the
+// next ckpt_readers_wait returns.
+ent_status ckpt_readers_queue(ckpt_readers *rd, const ckpt_chunk_read *c);
+// Waits until every chunk queued so far is read: the first failure in queue
+// order, or ENT_OK.
+ent_status ckpt_readers_wait(ckpt_readers *rd);
+// Stops the threads (after the chunks queued) and frees; *rd becomes NULL.
+void ckpt_readers_stop(ckpt_readers **rd);
+
 // Reads rows [row0, row1) into dst (row0 on a chunk boundary, row1 too or
-// past the last row: read to the end); the same lending applies, slack being
-// what follows the last row read. Every chunk's checksum is checked before
-// the call returns. The chunks are read through the stream's descriptor
-// where it is the file HDF5 has open (else through HDF5).
+// past the last row: read to the end). The chunks are read through the
+// stream's descriptor where it is the file HDF5 has open: by `readers` when
+// given (queued: dst is complete and checked only once ckpt_readers_wait
+// returns ENT_OK), else here, each chunk's checksum checked before the call
+// returns. Elsewhere they go through HDF5, with the lending above (slack:
+// what follows the last row read).
 ent_status ckpt_read_rows(hid_t dset, const char *name, hsize_t row0, hsize_t row1, float *dst,
-                          size_t slack, ckpt_stream *stream);
+                          size_t slack, ckpt_stream *stream, ckpt_readers *readers);
 
 // A file access property list for one process laying out a multi-rank
 // checkpoint (layout.c): HDF5's POSIX driver, except that raw-data writes are

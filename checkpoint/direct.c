@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 // The buffer for edge chunks, kept from one tensor to the next (fresh 16 MiB
@@ -197,35 +199,61 @@ static int raw_fd(hid_t dset, const ckpt_stream *stream) {
     return ok ? stream->fd : -1;
 }
 
-// Reads a chunk's n stored bytes (data, then its 4-byte checksum) from fd at
-// addr into buf, CKPT_READ_PIECE bytes at a time, each piece summed as soon
-// as it is in (still in the core's cache: no second pass over memory); -1
-// with errno (0: the file ends early).
-static int read_summed(int fd, off_t addr, unsigned char *buf, size_t n, uint32_t *sum) {
-    size_t data = n - 4, got = 0, summed = 0;
+// Reads bytes [at, at + len) of a chunk's stored image, its data (n bytes, to
+// data) and then its 4-byte checksum (to sum4), in one call.
+static ssize_t pread_image(int fd, off_t addr, unsigned char *data, size_t n,
+                           unsigned char sum4[4], size_t at, size_t len) {
+    struct iovec iov[2];
+    int k = 0;
+    size_t pos = at;
+    if (pos < n) {
+        size_t part = len < n - pos ? len : n - pos;
+        iov[k++] = (struct iovec){.iov_base = data + pos, .iov_len = part};
+        pos += part;
+        len -= part;
+    }
+    if (len > 0) iov[k++] = (struct iovec){.iov_base = sum4 + (pos - n), .iov_len = len};
+    return preadv(fd, iov, k, addr + (off_t)at);
+}
+
+int ckpt_read_chunk(int fd, const ckpt_chunk_read *c, unsigned char *scratch) {
+    // a full chunk lands where it belongs; an edge chunk's padding rows are
+    // read (and summed) too, so it goes through scratch
+    unsigned char *data = c->have == c->bytes ? c->dst : scratch, sum4[4];
+    size_t n = c->bytes, got = 0, summed = 0;
     ckpt_fletcher32_state st = {0, 0};
-    while (got < n) {
-        size_t want = n - got < CKPT_READ_PIECE ? n - got : CKPT_READ_PIECE;
-        ssize_t r = pread(fd, buf + got, want, addr + (off_t)got);
+    while (got < n + 4) {
+        size_t want = n + 4 - got < CKPT_READ_PIECE ? n + 4 - got : CKPT_READ_PIECE;
+        ssize_t r = pread_image(fd, c->addr, data, n, sum4, got, want);
         if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            if (r == 0) errno = 0;
-            return -1;
-        }
+        if (r < 0) return errno ? errno : EIO;
+        if (r == 0) return CKPT_CHUNK_SHORT;
         got += (size_t)r;
-        // whole blocks of data so far (a short read may end mid-block)
-        size_t upto = got >= data ? data : got / CKPT_FLETCHER32_BLOCK * CKPT_FLETCHER32_BLOCK;
+        // each piece summed while it is still in the core's cache: whole
+        // blocks of data so far (a short read may end mid-block)
+        size_t upto = got >= n ? n : got / CKPT_FLETCHER32_BLOCK * CKPT_FLETCHER32_BLOCK;
         if (upto > summed) {
-            ckpt_fletcher32_add(&st, buf + summed, upto - summed);
+            ckpt_fletcher32_add(&st, data + summed, upto - summed);
             summed = upto;
         }
     }
-    *sum = ckpt_fletcher32_end(&st);
+    if (!chunk_sum_ok(ckpt_fletcher32_end(&st), get_le32(sum4))) return CKPT_CHUNK_BAD_SUM;
+    if (data != c->dst) memcpy(c->dst, data, c->have);
+    // read once: its pages make room for the next ones (whole pages only; the
+    // kernel keeps those it shares with the neighbouring chunks)
+    posix_fadvise(fd, c->addr, (off_t)(n + 4), POSIX_FADV_DONTNEED);
     return 0;
 }
 
+ent_status ckpt_chunk_error(const ckpt_chunk_read *c, int code) {
+    if (code == CKPT_CHUNK_BAD_SUM) return chunk_sum_error(c->name, c->row);
+    return ent_fail(ENT_ERR_INPUT, "dataset %s: cannot read the chunk at row %llu: %s", c->name,
+                    c->row, code == CKPT_CHUNK_SHORT ? "the file ends before it (truncated)"
+                                                     : strerror(code));
+}
+
 ent_status ckpt_read_rows(hid_t dset, const char *name, hsize_t row0, hsize_t row1, float *dst,
-                          size_t slack, ckpt_stream *stream) {
+                          size_t slack, ckpt_stream *stream, ckpt_readers *readers) {
     chunk_layout l;
     hsize_t k0 = 0, k1 = 0;
     ENT_CHECK(layout_of(dset, name, &l));
@@ -255,31 +283,37 @@ ent_status ckpt_read_rows(hid_t dset, const char *name, hsize_t row0, hsize_t ro
         if (chunk_filters != 0) // the filter was skipped: no checksum stored
             return ent_fail(ENT_ERR_INPUT, "dataset %s: the chunk at row %llu was stored without "
                             "its checksum", name, row);
-        unsigned char *chunk = (unsigned char *)(dst + (size_t)(k - k0) * l.chunk_elems), kept[4];
+        unsigned char *chunk = (unsigned char *)(dst + (size_t)(k - k0) * l.chunk_elems);
+        if (fd >= 0) { // straight from the file, by the readers or here
+            ckpt_chunk_read c = {.addr = (off_t)addr, .bytes = bytes, .dst = chunk, .row = row,
+                                 .have = chunk_rows(&l, k) * (size_t)l.chunk[1] * sizeof(float)};
+            snprintf(c.name, sizeof c.name, "%s", name);
+            if (readers != NULL) {
+                ENT_CHECK(ckpt_readers_queue(readers, &c));
+                continue;
+            }
+            unsigned char *scratch = c.have == bytes ? NULL : chunk_buffers(bytes);
+            if (c.have != bytes && scratch == NULL)
+                return ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", name);
+            int code = ckpt_read_chunk(fd, &c, scratch);
+            if (code != 0) return ckpt_chunk_error(&c, code);
+            continue;
+        }
+        // through HDF5 (the file is not where a descriptor of ours can read it)
+        unsigned char kept[4] = {0};
         int in_place;
         size_t have;
         unsigned char *in = chunk_io(&l, k, k1, chunk, slack, kept, &in_place, &have);
         if (in == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory reading %s", name);
-        uint32_t mask = 0, sum = 0; // (mask: the same as chunk_filters)
-        int rc, err = 0;
-        if (fd >= 0) {
-            rc = read_summed(fd, (off_t)addr, in, bytes + 4, &sum);
-            err = errno;
-        } else {
-            rc = H5Dread_chunk(dset, H5P_DEFAULT, offset, &mask, in) < 0 ? -1 : 0;
-            if (rc == 0) sum = ckpt_fletcher32(in, bytes);
-        }
-        uint32_t stored = get_le32(in + bytes);
+        uint32_t mask = 0;
+        herr_t rc = H5Dread_chunk(dset, H5P_DEFAULT, offset, &mask, in);
+        uint32_t sum = rc < 0 ? 0 : ckpt_fletcher32(in, bytes), stored = get_le32(in + bytes);
         if (in_place) memcpy(chunk + bytes, kept, 4);
-        if (rc < 0 && fd < 0)
+        if (rc < 0)
             return ckpt_h5_fail(ENT_ERR_INPUT, "dataset %s: cannot read the chunk at row %llu",
                                 name, row);
-        if (rc < 0)
-            return ent_fail(ENT_ERR_INPUT, "dataset %s: cannot read the chunk at row %llu: %s",
-                            name, row, err ? strerror(err) : "the file ends before it (truncated)");
         if (!chunk_sum_ok(sum, stored)) return chunk_sum_error(name, row);
         if (!in_place) memcpy(chunk, in, have);
-        ckpt_stream_read(stream, (off_t)addr, (off_t)(addr + stored_bytes));
     }
     return ENT_OK;
 }

@@ -78,6 +78,7 @@ ent_status ent_ckpt_open(const char *path, ent_group_t *world, ent_ckpt_t **out)
 void ent_ckpt_close(ent_ckpt_t **ck) {
     if (ck == NULL || *ck == NULL) return;
     if ((*ck)->file >= 0) H5Fclose((*ck)->file);
+    ckpt_readers_stop(&(*ck)->readers);
     ckpt_stream_close(&(*ck)->stream);
     free(*ck);
     *ck = NULL;
@@ -177,7 +178,8 @@ static ent_status read_range(ent_ckpt_t *ck, hid_t dset, int g, const ent_param_
     snprintf(name, sizeof name, "%s/%s", ckpt_groups[g], r->name);
     size_t after = r->offset + b; // the arena offset just past the chunks
     ent_status st = ckpt_read_rows(dset, name, a / cols, (b + cols - 1) / cols, dst + (a - lo),
-                                   (end > after ? end - after : 0) * sizeof(float), &ck->stream);
+                                   (end > after ? end - after : 0) * sizeof(float), &ck->stream,
+                                   ck->readers);
     if (st != ENT_OK) return ent_fail(st, "%s: %s", ck->path, ent_last_error());
     return read_part(ck, dset, ckpt_groups[g], r, sh, b, hi, dst + (b - lo));
 }
@@ -249,13 +251,15 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
         free(reqs);
         return st;
     }
-    // Arena by arena, each replica reads its part, then sends it to the others
-    // while the next arena is read (its broadcast advanced between rows). A
-    // failed read does not stop the broadcasts (every rank takes part in all
-    // of them); every rank learns of it at the end and fails, the arrays then
-    // being unspecified. Reading and the broadcasts never touch the same
-    // arena at once: the 4 bytes lent after a chunk read in place stay within
-    // the arena being read.
+    // Arena by arena, each replica reads its part (whole chunks by the
+    // readers, queued as this thread walks the index), waits for the readers,
+    // then sends it to the others while the next arena is read (its broadcast
+    // advanced between rows). A failed read does not stop the broadcasts
+    // (every rank takes part in all of them); every rank learns of it at the
+    // end and fails, the arrays then being unspecified. Reading and the
+    // broadcasts never touch the same arena at once: the 4 bytes lent after a
+    // chunk read in place through HDF5 stay within the arena being read.
+    if (ck->readers == NULL) ck->readers = ckpt_readers_start(ck->path, ck->stream.fd);
     for (int g = 0; g < CKPT_NGROUPS; g++) {
         if (src.base[g] == NULL) continue;
         size_t s0 = src.first[g], s1 = src.end[g]; // base holds arena range [s0, s1)
@@ -271,6 +275,10 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
                 st = read_range(ck, d, g, r, sh, lo, hi, src.base[g] + (a + lo - s0), s1);
             H5Dclose(d);
             progress(reqs, nreq);
+        }
+        if (ck->readers != NULL) { // nothing is sent (or returned) before it is in and checked
+            ent_status w = ckpt_readers_wait(ck->readers);
+            if (st == ENT_OK) st = w;
         }
         for (int k = 0; reps != NULL && shared[g] && k < nrep; k++) {
             if (cut[k + 1] <= cut[k]) continue;
@@ -345,7 +353,7 @@ ent_status ent_ckpt_read_dataset(ent_ckpt_t *ck, const char *name, float **data,
     }
     ent_status st;
     if (ckpt_direct_rows(d) > 0) {
-        st = ckpt_read_rows(d, name, 0, dims[0], buf, sizeof(float), &ck->stream);
+        st = ckpt_read_rows(d, name, 0, dims[0], buf, sizeof(float), &ck->stream, NULL);
         if (st != ENT_OK) st = ent_fail(st, "%s: %s", ck->path, ent_last_error());
     } else {
         herr_t rc = H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);

@@ -6,10 +6,9 @@
 // evicts what the node had cached (the data shards). Instead, as the file
 // grows, the pages written a window ago are pushed to disk and dropped, so
 // writeback overlaps the writing and the cache holds a few windows at most.
-// Reading a checkpoint (resume, verify), pages read a window ago are dropped:
-// they will not be read again, and recycling them is faster than taking fresh
-// memory for the page cache. These are hints: durability still comes from the
-// fsync at commit, and a file system that ignores them only loses speed.
+// (Reading drops each chunk's pages once it is read and checked: direct.c.)
+// These are hints: durability still comes from the fsync at commit, and a
+// file system that ignores them only loses speed.
 #include "ckpt_impl.h"
 
 #include <fcntl.h>
@@ -64,17 +63,4 @@ void ckpt_stream_advance(ckpt_stream *s) {
 void ckpt_stream_close(ckpt_stream *s) {
     if (s->fd >= 0) close(s->fd);
     s->fd = -1;
-}
-
-void ckpt_stream_read(ckpt_stream *s, off_t from, off_t to) {
-    if (s == NULL || s->fd < 0) return;
-    if (from != s->end) { // a jump: the run read before is not read again
-        if (s->end > s->done) posix_fadvise(s->fd, s->done, s->end - s->done, POSIX_FADV_DONTNEED);
-        s->done = from;
-    }
-    s->end = to;
-    if (to - s->done < 2 * STREAM_WINDOW) return;
-    off_t upto = to - STREAM_WINDOW; // the window just read stays
-    posix_fadvise(s->fd, s->done, upto - s->done, POSIX_FADV_DONTNEED);
-    s->done = upto;
 }

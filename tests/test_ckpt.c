@@ -16,7 +16,9 @@
 //    (and nothing is broadcast);
 //  - any byte of a chunk changed (edges, block and piece boundaries, the
 //    stored checksum, the edge chunk's padding, seeded random places) fails
-//    the read, naming the dataset and the chunk;
+//    the read, naming the dataset and the chunk, read alone and by the
+//    reader threads with the whole state (which name the first damaged chunk
+//    in file order);
 //  - coalition state (anchor weights, outer momentum, round, ledger) is
 //    written when present, by synchronous and asynchronous saves, verifies,
 //    and reads back; asking a file without it for it is a clear error;
@@ -298,26 +300,62 @@ static ent_status read_wte(const char *path, float **data) {
     return st;
 }
 
+// Where the chunk of dataset `name` at row `row` lies in the file at path,
+// and its stored bytes (data and checksum).
+static haddr_t chunk_at(const char *path, const char *name, hsize_t row, hsize_t *stored) {
+    hsize_t at[2] = {row, 0};
+    haddr_t addr = HADDR_UNDEF;
+    unsigned mask = 0;
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    assert_true(H5Dget_chunk_info_by_coord(d, at, &mask, &addr, stored) >= 0);
+    H5Dclose(d);
+    H5Fclose(f);
+    return addr;
+}
+
+static void flip_byte(const char *path, off_t at, unsigned char flip) {
+    int fd = open(path, O_RDWR);
+    unsigned char b = 0;
+    assert_int_equal(pread(fd, &b, 1, at), 1);
+    b ^= flip;
+    assert_int_equal(pwrite(fd, &b, 1, at), 1);
+    close(fd);
+}
+
+// The whole state read by this process alone, as a one-rank resume reads it
+// (chunks queued to the reader threads).
+static ent_status read_alone(const char *path, state *s) {
+    ent_ckpt_shard sh = s->sh;
+    sh.replicas = NULL;
+    ent_ckpt_t *ck = NULL;
+    ent_status st = ent_ckpt_open(path, NULL, &ck);
+    if (st == ENT_OK) st = ent_ckpt_read(ck, &sh);
+    ent_ckpt_close(&ck);
+    return st;
+}
+
 // Corruption of any byte of a chunk read straight from the file (each piece
 // summed as it lands): the first and last bytes, around the blocks HDF5
 // folds at and the pieces read at a time, the stored checksum itself, the
 // padding of the edge chunk, and seeded random places. Each read fails,
-// naming the dataset and the chunk's row; put back, the tensor reads whole.
+// naming the dataset and the chunk's row, both read alone (in this thread)
+// and as part of the whole state (by the reader threads, with a later chunk,
+// adam_v's first, damaged too: the failure named is the first in the file's
+// order, whichever thread found its own first); put back, the tensor reads
+// whole, and the whole state fails on the later damage only.
 static void test_damaged_bytes(void **unused) {
     (void)unused;
     state s;
     char path[PATH_MAX + 32];
     saved(&s, path, "bytes", "b.h5", 5);
     test_reseed(0xb17e5);
+    hsize_t later_bytes = 0;
+    haddr_t later = rank == 0 ? chunk_at(path, "adam_v/wte.weight", 0, &later_bytes) : 0;
+    if (rank == 0) flip_byte(path, (off_t)later + 4321, 0x04);
     for (int k = 0; k < 2 && rank == 0; k++) { // wte's chunks: rows 0.. (full), 8192.. (edge)
         hsize_t at[2] = {k == 0 ? 0 : 8192, 0}, stored = 0, rows = k == 0 ? 8192 : 12032 - 8192;
-        haddr_t addr = HADDR_UNDEF;
-        unsigned mask = 0;
-        hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-        hid_t d = H5Dopen2(f, "params/wte.weight", H5P_DEFAULT);
-        assert_true(H5Dget_chunk_info_by_coord(d, at, &mask, &addr, &stored) >= 0);
-        H5Dclose(d);
-        H5Fclose(f);
+        haddr_t addr = chunk_at(path, "params/wte.weight", at[0], &stored);
         size_t bytes = (size_t)stored - 4, have = (size_t)rows * 512 * sizeof(float);
         size_t places[] = {0, 1, CKPT_FLETCHER32_BLOCK - 1, CKPT_FLETCHER32_BLOCK,
                            CKPT_READ_PIECE - 1, CKPT_READ_PIECE, CKPT_READ_PIECE + 1,
@@ -327,24 +365,32 @@ static void test_damaged_bytes(void **unused) {
         for (size_t i = 13; i < nplaces; i++) places[i] = (size_t)test_rand_int(0, (int64_t)bytes + 3);
         for (size_t i = 0; i < nplaces; i++) {
             if (places[i] >= bytes + 4) continue;
-            int fd = open(path, O_RDWR);
-            unsigned char b = 0, flip = (unsigned char)(1u << test_rand_int(0, 7));
-            assert_int_equal(pread(fd, &b, 1, (off_t)(addr + places[i])), 1);
-            b ^= flip;
-            assert_int_equal(pwrite(fd, &b, 1, (off_t)(addr + places[i])), 1);
-            float *data = NULL;
-            ent_status st = read_wte(path, &data);
-            free(data);
+            unsigned char flip = (unsigned char)(1u << test_rand_int(0, 7));
+            flip_byte(path, (off_t)(addr + places[i]), flip);
             char row[32];
             snprintf(row, sizeof row, "row %llu", (unsigned long long)at[0]);
-            if (st == ENT_OK || strstr(ent_last_error(), "params/wte.weight") == NULL ||
-                strstr(ent_last_error(), row) == NULL)
-                fail_msg("bit 0x%02x of byte %zu of the chunk at %s flipped: %s", flip, places[i],
-                         row, st == ENT_OK ? "read without error" : ent_last_error());
-            b ^= flip;
-            assert_int_equal(pwrite(fd, &b, 1, (off_t)(addr + places[i])), 1);
-            close(fd);
+            for (int whole = 0; whole < 2; whole++) {
+                float *data = NULL;
+                ent_status st = whole ? read_alone(path, &s) : read_wte(path, &data);
+                free(data);
+                if (st == ENT_OK || strstr(ent_last_error(), "params/wte.weight") == NULL ||
+                    strstr(ent_last_error(), row) == NULL)
+                    fail_msg("bit 0x%02x of byte %zu of the chunk at %s flipped, %s: %s", flip,
+                             places[i], row, whole ? "whole state" : "wte alone",
+                             st == ENT_OK ? "read without error" : ent_last_error());
+            }
+            flip_byte(path, (off_t)(addr + places[i]), flip);
         }
+    }
+    if (rank == 0) { // only the later damage is left
+        assert_int_not_equal(read_alone(path, &s), ENT_OK);
+        assert_non_null(strstr(ent_last_error(), "adam_v/wte.weight"));
+        flip_byte(path, (off_t)later + 4321, 0x04);
+        fill(&s, 77);
+        assert_int_equal(read_alone(path, &s), ENT_OK);
+        size_t wrong = 0;
+        for (size_t i = 0; i < s.table.total; i++) wrong += s.v[i] != value(i, 2, 5);
+        assert_int_equal(wrong, 0);
     }
     if (rank == 0) { // put back: every value as saved
         float *data = NULL;
