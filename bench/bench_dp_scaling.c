@@ -74,7 +74,7 @@ static void train(const ent_model_shape *s, const ent_grid *grid, int B, int ste
         double t2 = MPI_Wtime();
         double norm;
         ent_optim_grad_norm(o, &norm);
-        ent_optim_step(o, &hp, 1.0f, step);
+        ent_optim_step(o, &hp, 1.0f);
         double t3 = MPI_Wtime();
         if (step > warmup) {
             rates[step - warmup - 1] = N / (t3 - t0);

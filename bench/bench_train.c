@@ -113,7 +113,7 @@ int main(int argc, char **argv) {
         ent_optim_grad_norm(o, &norm);
         double t2 = bench_now();
         ent_adamw hp = {1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f};
-        ent_optim_step(o, &hp, norm > 1.0 ? (float)(1.0 / norm) : 1.0f, step);
+        ent_optim_step(o, &hp, norm > 1.0 ? (float)(1.0 / norm) : 1.0f);
         double t3 = bench_now();
         if (step > warmup) {
             t_fwd += t1 - t0;

@@ -150,6 +150,8 @@ const char *ent_ckpt_path(const ent_ckpt_t *ck);
 ent_status ent_ckpt_attr_i64(ent_ckpt_t *ck, const char *name, int64_t *v);
 ent_status ent_ckpt_attr_u64(ent_ckpt_t *ck, const char *name, uint64_t *v);
 ent_status ent_ckpt_attr_text(ent_ckpt_t *ck, const char *name, char **text);
+// Whether the root group holds the attribute name.
+int ent_ckpt_has_attr(ent_ckpt_t *ck, const char *name);
 int ent_ckpt_has_moments(ent_ckpt_t *ck);
 // Whether the file holds coalition state (group /coalition), and its round
 // and ledger (*ledger malloc'ed; "" when none was written).

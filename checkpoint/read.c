@@ -98,6 +98,10 @@ ent_status ent_ckpt_attr_text(ent_ckpt_t *ck, const char *name, char **text) {
     return ckpt_read_text_attr(ck->file, ck->path, name, text);
 }
 
+int ent_ckpt_has_attr(ent_ckpt_t *ck, const char *name) {
+    return H5Aexists(ck->file, name) > 0;
+}
+
 int ent_ckpt_has_moments(ent_ckpt_t *ck) {
     return H5Lexists(ck->file, "adam_m", H5P_DEFAULT) > 0 &&
            H5Lexists(ck->file, "adam_v", H5P_DEFAULT) > 0;

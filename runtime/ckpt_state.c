@@ -95,8 +95,14 @@ ent_status ent_checkpoint_check(ent_ckpt_t *ck, ent_ckpt_state *out, ent_param_t
         return ent_fail(ENT_ERR_INPUT, "%s: attribute 'model.shape_hash' is %llu; %s implies %llu",
                         path, (unsigned long long)u, said,
                         (unsigned long long)ent_model_shape_hash(cfg));
-    // the step, within the run
+    // the step, within the run; AdamW's own update count, within the steps
+    // (fewer once an outer loop reset the optimizer)
     ENT_CHECK(in_range(ck, "step", 0, cfg->steps, &s.step));
+    if (!ent_ckpt_has_attr(ck, "optim.updates"))
+        return ent_fail(ENT_ERR_INPUT, "%s: attribute 'optim.updates' is missing: AdamW's update "
+                        "count, apart from 'step' (an earlier entente took the step for it; "
+                        "docs/checkpoint.md says how to add it to such a file)", path);
+    ENT_CHECK(in_range(ck, "optim.updates", 0, s.step, &s.updates));
     // the data cursor: a step consumes at most MAX_BATCH sequences, and the
     // tokens (consumed x context) must fit in 64 bits
     int64_t most = s.step * MAX_BATCH, fit = INT64_MAX / cfg->context;

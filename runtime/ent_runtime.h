@@ -178,15 +178,25 @@ void ent_optim_begin_backward(ent_optim_t *optim, int last);
 ent_status ent_optim_reduce_grads(ent_optim_t *optim);
 // Global L2 norm of the reduced gradient, every tensor counted once.
 ent_status ent_optim_grad_norm(ent_optim_t *optim, double *norm);
-// AdamW (t 1-based) on this rank's range of the arena (all of it, or its
-// ZeRO-1 shard) with gradients scaled by grad_scale (clipping); weight decay
-// only on rows with decay set. No communication.
-ent_status ent_optim_update(ent_optim_t *optim, const ent_adamw *hp, float grad_scale, int t);
+// AdamW on this rank's range of the arena (all of it, or its ZeRO-1 shard)
+// with gradients scaled by grad_scale (clipping); weight decay only on rows
+// with decay set. Its bias correction takes the optimizer's own count of
+// updates (t = ent_optim_updates + 1, then counted), not the caller's step.
+// No communication.
+ent_status ent_optim_update(ent_optim_t *optim, const ent_adamw *hp, float grad_scale);
 // After an update: every DP rank gets the whole updated parameters (the
 // ZeRO-1 all-gather; nothing to do without ZeRO-1).
 ent_status ent_optim_share_params(ent_optim_t *optim);
 // ent_optim_update, then ent_optim_share_params.
-ent_status ent_optim_step(ent_optim_t *optim, const ent_adamw *hp, float grad_scale, int t);
+ent_status ent_optim_step(ent_optim_t *optim, const ent_adamw *hp, float grad_scale);
+// AdamW updates taken since the optimizer was created or last reset (0 at
+// first); a resume sets the count its checkpoint stored.
+int ent_optim_updates(const ent_optim_t *optim);
+void ent_optim_set_updates(ent_optim_t *optim, int updates);
+// A fresh AdamW state: this rank's moments (its shard under ZeRO-1) zeroed
+// through the backend and the update count set to 0, as after ent_optim_new.
+// No communication: every rank of the DP group resets its own range.
+ent_status ent_optim_reset(ent_optim_t *optim);
 // Floats of AdamW state this rank keeps (a shard under ZeRO-1), and the arena
 // offset where its range starts.
 size_t ent_optim_state_floats(const ent_optim_t *optim, size_t *first);
@@ -286,7 +296,8 @@ ent_status ent_train(const ent_config *cfg, const ent_train_opts *opts, ent_comm
 // the trainer object: everything one site's inner loop holds (grid, data,
 // model, optimizer, checkpoint saver, run directory). `entente train` is a
 // short loop over it; an outer loop (rounds of inner steps, then a merge that
-// replaces the parameters) drives the same object.
+// replaces the parameters and keeps or resets the optimizer) drives the same
+// object.
 
 typedef struct ent_trainer ent_trainer_t;
 
@@ -327,12 +338,25 @@ ent_status ent_trainer_sample(ent_trainer_t *tr);
 // the others name it), then on stop requests: *stop_signal (may be NULL) is
 // the signal any rank received, 0 for none.
 ent_status ent_trainer_sync(ent_trainer_t *tr, ent_status local, int *stop_signal);
+// A merge's new parameters: params is this rank's parameter arena in host
+// memory (ent_model_arena_floats floats laid out as its table: its
+// tensor-parallel part), written through the backend; every DP replica must
+// be given the same. Waits first for an asynchronous save's copy. The step,
+// the schedule, the data cursor and the optimizer state are unchanged.
+ent_status ent_trainer_set_params(ent_trainer_t *tr, const float *params);
+// A merge that resets AdamW: every rank zeroes the moments it keeps (its
+// shard under ZeRO-1) and the update count, so the next step's bias
+// correction starts again at t = 1; the step, the learning-rate schedule and
+// the data cursor go on. Waits first for an asynchronous save's copy. Every
+// rank calls it at the same point; no communication.
+ent_status ent_trainer_reset_optimizer(ent_trainer_t *tr);
 // Saves a checkpoint of the current step (checkpoint.on_error decides whether
 // a failure stops the run). Collective.
 ent_status ent_trainer_save(ent_trainer_t *tr);
-// Ends the run: saves the current step unless just saved, waits for the
-// saver, writes the end record and the summary; ENT_STOPPED when stopped_by
-// (a signal) ended it early. Collective.
+// Ends the run: saves the current step unless saved since its last change
+// (a step, new parameters, a reset), waits for the saver, writes the end
+// record and the summary; ENT_STOPPED when stopped_by (a signal) ended it
+// early. Collective.
 ent_status ent_trainer_finish(ent_trainer_t *tr, int stopped_by);
 
 // The ETA of the progress line: the mean wall-clock time of the last

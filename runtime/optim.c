@@ -7,6 +7,11 @@
 // of DP and the DP code nothing of AdamW, so an outer optimizer can sit
 // beside them.
 //
+// AdamW counts its own updates (the t of its bias correction), apart from the
+// trainer's step: an outer loop's merge may reset the optimizer (moments and
+// count to zero, ent_optim_reset) while the step, the learning-rate schedule
+// and the data cursor go on.
+//
 // Plain data parallelism: during the backward pass of a step's last
 // micro-batch, the model reports each bucket (the final layernorm, then each
 // block from the last, then the embeddings) as soon as its gradients are
@@ -39,6 +44,7 @@ struct ent_optim {
     int zero;
     size_t first, count;   // the arena range whose AdamW state this rank keeps
     float *m, *v;          // (count) AdamW moments
+    int updates;           // AdamW updates since creation or the last reset
     float *shard_grads;    // (count) ZeRO-1: this rank's reduced gradients
     int armed;             // the backward in progress completes the step
     ent_request_t *req[MAX_BUCKETS];
@@ -54,6 +60,19 @@ void ent_optim_moments(ent_optim_t *o, float **m, float **v) {
 size_t ent_optim_state_floats(const ent_optim_t *o, size_t *first) {
     if (first) *first = o->first;
     return o->count;
+}
+
+int ent_optim_updates(const ent_optim_t *o) { return o->updates; }
+
+void ent_optim_set_updates(ent_optim_t *o, int updates) { o->updates = updates; }
+
+ent_status ent_optim_reset(ent_optim_t *o) {
+    // each rank zeroes the range it keeps (its shard under ZeRO-1), through
+    // the backend: the moments are its memory
+    ENT_CHECK(o->be->iface->zero(o->be, o->m, sizeof(float) * o->count));
+    ENT_CHECK(o->be->iface->zero(o->be, o->v, sizeof(float) * o->count));
+    o->updates = 0;
+    return ENT_OK;
 }
 
 // ---------------------------------------------------------------------------
@@ -183,7 +202,8 @@ ent_status ent_optim_grad_norm(ent_optim_t *o, double *norm) {
     return ENT_OK;
 }
 
-ent_status ent_optim_update(ent_optim_t *o, const ent_adamw *hp, float grad_scale, int t) {
+ent_status ent_optim_update(ent_optim_t *o, const ent_adamw *hp, float grad_scale) {
+    int t = o->updates + 1;
     const ent_param_table *tab = ent_model_table(o->model);
     float *params = ent_model_arena(o->model, ENT_ARENA_PARAMS);
     for (int i = 0; i < tab->nrows; i++) {
@@ -196,6 +216,7 @@ ent_status ent_optim_update(ent_optim_t *o, const ent_adamw *hp, float grad_scal
                                              hp->eps, r->decay ? hp->weight_decay : 0.0f,
                                              grad_scale, t));
     }
+    o->updates = t;
     return ENT_OK;
 }
 
@@ -205,7 +226,7 @@ ent_status ent_optim_share_params(ent_optim_t *o) {
     return ent_allgather(o->dp, params + o->first, params, o->count, ENT_F32);
 }
 
-ent_status ent_optim_step(ent_optim_t *o, const ent_adamw *hp, float grad_scale, int t) {
-    ENT_CHECK(ent_optim_update(o, hp, grad_scale, t));
+ent_status ent_optim_step(ent_optim_t *o, const ent_adamw *hp, float grad_scale) {
+    ENT_CHECK(ent_optim_update(o, hp, grad_scale));
     return ent_optim_share_params(o);
 }

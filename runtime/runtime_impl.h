@@ -89,13 +89,14 @@ uint64_t ent_model_shape_hash(const ent_config *cfg);
 typedef struct {
     ent_config cfg;         // the configuration it was trained with (attribute `config`)
     int64_t step, consumed; // steps done, sequences consumed (the data cursor)
+    int64_t updates;        // AdamW's update count (optim.updates), 0..step
 } ent_ckpt_state;
 // Checks every attribute a resume relies on (range and consistency: the
 // model.* attributes against the stored configuration, step within its
-// train.steps, the data cursor, tokens, epoch, seeds, the saving layout), or
-// fails naming the file, the attribute and the accepted value or range
-// (ENT_ERR_INPUT); fills *out and *table (the rows at global shapes; the
-// caller frees it).
+// train.steps, AdamW's update count within the step, the data cursor,
+// tokens, epoch, seeds, the saving layout), or fails naming the file, the
+// attribute and the accepted value or range (ENT_ERR_INPUT); fills *out and
+// *table (the rows at global shapes; the caller frees it).
 ent_status ent_checkpoint_check(ent_ckpt_t *ck, ent_ckpt_state *out, ent_param_table *table);
 // The same as an ent_ckpt_expect_fn, for `ckpt verify` (ctx unused).
 ent_status ent_checkpoint_expect(ent_ckpt_t *ck, void *ctx, ent_param_table *table);

@@ -2,8 +2,9 @@
 //
 // `entente train` (train.c) is a short loop over it, and an outer loop (the
 // coalition's rounds of inner steps, then a merge that replaces the
-// parameters) drives the same object: ent_trainer_step, _eval, _sample,
-// _save and _sync are the whole vocabulary.
+// parameters and keeps or resets the optimizer) drives the same object:
+// ent_trainer_step, _eval, _sample, _save, _sync, _set_params and
+// _reset_optimizer are the whole vocabulary.
 //
 // The world is a DP x TP grid (comm/). Each step, every data-parallel rank
 // takes its own micro-batches of the global batch from the shared data cursor,
@@ -127,7 +128,8 @@ struct ent_trainer {
     const char *resumed; // the checkpoint it was resumed from
     int step;            // optimizer steps done
     int horizon;         // the step the learning-rate schedule ends at
-    int saved;           // the step of the last save (-1: none)
+    int saved;           // the step of the last save, if the state has not changed
+                         // since (-1: none, or new parameters or a reset after it)
     ent_status io;       // first failure writing the run directory since the last sync
     size_t nparams;
     double val_loss;     // the last evaluation's (NaN before one)
@@ -283,7 +285,7 @@ static ent_status train_step(trainer *tr, int step, double lr, double *loss_out,
     // an asynchronous save copies the state beside this step's forward and
     // backward; the update writes the state, so it waits for the copy
     ent_ckpt_wait_staged(tr->saver);
-    ENT_CHECK(ent_optim_update(tr->optim, &hp, scale, step));
+    ENT_CHECK(ent_optim_update(tr->optim, &hp, scale));
     return ent_optim_share_params(tr->optim);
 }
 
@@ -671,6 +673,7 @@ static ent_status save_checkpoint(trainer *tr, int step) {
     ent_model_shape shape = ent_model_shape_from_config(cfg);
     ent_ckpt_attr attrs[] = {
         {.name = "step", .type = ENT_ATTR_I64, .i = step},
+        {.name = "optim.updates", .type = ENT_ATTR_I64, .i = ent_optim_updates(tr->optim)},
         {.name = "tokens", .type = ENT_ATTR_I64, .i = tr->cursor.consumed * tr->T},
         {.name = "data.consumed", .type = ENT_ATTR_I64, .i = tr->cursor.consumed},
         {.name = "data.epoch", .type = ENT_ATTR_I64, .i = tr->cursor.consumed / nseq},
@@ -769,6 +772,7 @@ static ent_status resume_from(trainer *tr, const char *path) {
     ent_ckpt_close(&ck);
     if (st == ENT_OK) {
         tr->start_step = (int)saved->step; // within the stored train.steps, an int
+        ent_optim_set_updates(tr->optim, (int)saved->updates); // at most the step
         tr->cursor.consumed = saved->consumed;
         tr->resumed = path;
     }
@@ -976,6 +980,22 @@ ent_status ent_trainer_sync(ent_trainer_t *tr, ent_status local, int *stop_signa
     int64_t sig = stop_signal, any = 0;
     ENT_CHECK(ent_allreduce(tr->grid->world, &sig, &any, 1, ENT_I64, ENT_MAX));
     if (stop_signal_out != NULL) *stop_signal_out = (int)any;
+    return ENT_OK;
+}
+
+ent_status ent_trainer_set_params(ent_trainer_t *tr, const float *params) {
+    // an asynchronous save may still be copying the parameters it saves
+    ent_ckpt_wait_staged(tr->saver);
+    ENT_CHECK(tr->be->iface->to_device(tr->be, ent_model_arena(tr->model, ENT_ARENA_PARAMS),
+                                       params, sizeof(float) * ent_model_arena_floats(tr->model)));
+    tr->saved = -1; // the state of this step changed since its save, if any
+    return ENT_OK;
+}
+
+ent_status ent_trainer_reset_optimizer(ent_trainer_t *tr) {
+    ent_ckpt_wait_staged(tr->saver); // as above, for the moments
+    ENT_CHECK(ent_optim_reset(tr->optim));
+    tr->saved = -1;
     return ENT_OK;
 }
 

@@ -11,6 +11,9 @@ Reads GOOD.h5 (written by entente) and writes, with h5py only:
   int32.h5         params/h.0.ln_1.weight stored as int32
   wpe_shape.h5     params/wpe.weight one row short
   step.h5          step = -5
+  updates.h5       optim.updates = step + 1 (AdamW cannot have updated more often than the steps)
+  updates_neg.h5   optim.updates = -1
+  no_updates.h5    without optim.updates (as an earlier entente wrote them)
   consumed.h5      data.consumed = 2^62
   negative.h5      data.consumed negated (tokens and epoch to match): the
                    data order would walk forever
@@ -74,6 +77,8 @@ def write(path, attrs, data, libver=("v110", "latest"), set_digest=True, fletche
     dtypes = dtypes or {}
     with h5py.File(path, "w", libver=libver) as f:
         for k, v in attrs.items():
+            if v is None:  # left out
+                continue
             if isinstance(v, str):
                 if k == "created":  # SPACEPAD, padded with spaces
                     val, t = spacepad(v)
@@ -113,6 +118,13 @@ def main():
     case("int32.h5", "params/h.0.ln_1.weight", dtypes={"params/h.0.ln_1.weight": np.int32})
     case("wpe_shape.h5", "params/wpe.weight", data={"params/wpe.weight": data["params/wpe.weight"][:-1].copy()})
     case("step.h5", "attribute 'step' is -5", attrs={"step": np.int64(-5)})
+    step = int(attrs["step"])
+    case("updates.h5", "attribute 'optim.updates' is %d (accepted: 0 to %d)" % (step + 1, step),
+         attrs={"optim.updates": np.int64(step + 1)})
+    case("updates_neg.h5", "attribute 'optim.updates' is -1 (accepted: 0 to %d)" % step,
+         attrs={"optim.updates": np.int64(-1)})
+    case("no_updates.h5", "attribute 'optim.updates' is missing",
+         attrs={"optim.updates": None})
     case("consumed.h5", "attribute 'data.consumed' is 4611686018427387904",
          attrs={"data.consumed": np.int64(2**62)})
     neg = -int(attrs["data.consumed"]) or -1

@@ -78,7 +78,7 @@ static int set_version(const char *path, long long version) {
 // the resume state, and every arena's values.
 typedef struct {
     char *digest;
-    int64_t step, consumed;
+    int64_t step, consumed, updates;
     ent_param_table table;
     float *arena[3]; // params, adam_m, adam_v
 } contents;
@@ -102,6 +102,7 @@ static ent_status load(const char *path, contents *c) {
     if (st == ENT_OK) {
         c->step = s->step;
         c->consumed = s->consumed;
+        c->updates = s->updates;
         for (int k = 0; k < 3; k++) c->arena[k] = calloc(c->table.total + 1, sizeof(float));
         ent_ckpt_shard sh = {.table = &c->table, .tp_size = 1, .params = c->arena[0],
                              .adam_m = c->arena[1], .adam_v = c->arena[2],
@@ -115,6 +116,7 @@ static ent_status load(const char *path, contents *c) {
 
 static int same(const contents *a, const contents *b) {
     if (strcmp(a->digest, b->digest) != 0 || a->step != b->step || a->consumed != b->consumed ||
+        a->updates != b->updates ||
         a->table.total != b->table.total || a->table.nrows != b->table.nrows)
         return 0;
     for (int k = 0; k < 3; k++)

@@ -173,7 +173,7 @@ static double train_on_batch(ent_model_t *m, const int32_t *tok, const int32_t *
         double norm;
         assert_int_equal(ent_optim_grad_norm(o, &norm), ENT_OK);
         float scale = norm > 1.0 ? (float)(1.0 / norm) : 1.0f;
-        assert_int_equal(ent_optim_step(o, &hp, scale, step), ENT_OK);
+        assert_int_equal(ent_optim_step(o, &hp, scale), ENT_OK);
     }
     ent_optim_free(&o);
     return loss;
