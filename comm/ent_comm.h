@@ -9,8 +9,11 @@
 // Every wait inside a collective is watched: a rank that has waited longer
 // than the timeout (ent_comm_set_timeout) concludes that a peer died or hangs,
 // prints which collective on which group, and exits with ENT_EXIT_PEER_LOST,
-// so a job never hangs forever. (The coalition link over ZeroMQ will live
-// here too.)
+// so a job never hangs forever.
+//
+// The second half of this header is the coalition link: the wire protocol
+// between sites and the coordinator, and ZeroMQ endpoints that carry it
+// (comm/link_*.c). It needs neither MPI nor ZeroMQ's headers.
 #ifndef ENT_COMM_H
 #define ENT_COMM_H
 
@@ -146,6 +149,283 @@ ent_status ent_group_new_nccl(ent_comm_t *comm, ent_group_t *mpi_group, ent_grou
 void ent_group_free(ent_group_t **g);
 // 1 when this build has the NCCL backend.
 int ent_comm_have_nccl(void);
+
+// ===========================================================================
+// coalition link: wire protocol v1 (comm/link_proto.c) and ZeroMQ endpoints
+// (comm/link_zmq.c). docs/protocol.md is the specification.
+//
+// The link knows bytes and peers, not models: a DELTA or UPDATE chunk carries
+// compressed bytes, a codec id and a range of the parameter table's global
+// layout, and nothing here interprets them. Every message is a fixed 36-byte
+// little-endian header (magic, version, type, flags, site, round, payload
+// length, payload CRC32C, header CRC32C) followed by its payload. Decoders
+// check the magic, the version, both checksums, the type, every length,
+// bound and string before they fill their output, and fail with a message
+// naming the peer; they never read outside the bytes they are given.
+
+#define ENT_LINK_MAGIC 0x4c544e45u     // the bytes "ENTL"
+#define ENT_LINK_VERSION 1             // the protocol version this build speaks
+#define ENT_LINK_HEADER_BYTES 36
+#define ENT_LINK_PAYLOAD_MAX (64u << 20) // largest payload of any message
+#define ENT_LINK_NAME_MAX 64           // site name, bytes
+#define ENT_LINK_TEXT_MAX 1024         // LEAVE and ERROR text, bytes
+#define ENT_LINK_CHUNK_FIXED_BYTES 50  // a chunk's payload before its data
+#define ENT_LINK_CHUNK_DATA_MAX (ENT_LINK_PAYLOAD_MAX - ENT_LINK_CHUNK_FIXED_BYTES)
+#define ENT_LINK_CHUNKS_MAX (1u << 24)      // chunks of one DELTA or UPDATE
+#define ENT_LINK_PARAMS_MAX (1ull << 40)    // parameters in a table
+#define ENT_LINK_ROUND_MAX ((1ull << 53) - 1) // rounds and token counts stay exact in JSON
+#define ENT_LINK_INNER_STEPS_MAX (1u << 20)
+#define ENT_LINK_RANKS_MAX (1u << 20)       // a site's DP, TP and DP x TP
+#define ENT_LINK_RATE_MAX 1e15              // tokens/s
+#define ENT_LINK_ROUND_SECONDS_MAX 1e6
+#define ENT_LINK_HEARTBEAT_MS_MIN 10
+#define ENT_LINK_HEARTBEAT_MS_MAX 600000
+
+typedef enum {
+    ENT_LINK_HELLO = 1,  // site -> coordinator: who it is, what it trains
+    ENT_LINK_WELCOME,    // coordinator -> site: its id, the round, the anchor's hash, defaults
+    ENT_LINK_HEARTBEAT,  // either way: alive, progress, clock for round-trip times
+    ENT_LINK_ROUND_PLAN, // coordinator -> site: inner steps and deadline of a round
+    ENT_LINK_DELTA,      // site -> coordinator: one chunk of its compressed pseudo-gradient
+    ENT_LINK_UPDATE,     // coordinator -> sites: one chunk of the compressed outer update
+    ENT_LINK_LEAVE,      // site -> coordinator: it stops, and why
+    ENT_LINK_ERROR,      // either way: a refusal with a reason code and text
+    ENT_LINK_TYPE_END    // one past the last type
+} ent_link_type;
+
+// Labels for the compressed bytes of a chunk; the link only checks that the
+// id is known. The formats belong to the code that compresses.
+typedef enum {
+    ENT_LINK_CODEC_F32 = 0, // raw little-endian float32
+    ENT_LINK_CODEC_INT8,    // blockwise int8 with per-block scales
+    ENT_LINK_CODEC_INT4,    // blockwise int4 with per-block scales
+    ENT_LINK_CODEC_TOPK2,   // top-k indices with 2-bit values
+    ENT_LINK_CODEC_END
+} ent_link_codec;
+
+typedef enum {
+    ENT_LINK_LEAVE_FINISHED = 1, // the site's run is over
+    ENT_LINK_LEAVE_STOPPED,      // stopped by a signal or preemption; it may come back
+    ENT_LINK_LEAVE_FAILED,       // an error ended it (the text says which)
+    ENT_LINK_LEAVE_END
+} ent_link_leave_code;
+
+typedef enum {
+    ENT_LINK_ERR_MALFORMED = 1, // a message failed a decoder's checks
+    ENT_LINK_ERR_VERSION,       // a protocol version the receiver does not speak
+    ENT_LINK_ERR_INCOMPATIBLE,  // another model shape or configuration
+    ENT_LINK_ERR_UNKNOWN_SITE,  // a site id the coordinator never gave out
+    ENT_LINK_ERR_STALE_ROUND,   // a contribution to a round that is closed
+    ENT_LINK_ERR_DUPLICATE_SITE, // a site name already joined
+    ENT_LINK_ERR_INTERNAL,      // the sender failed; the text says how
+    ENT_LINK_ERR_END
+} ent_link_error_code;
+
+// The header of every message (decoded; magic and checksums are checked
+// and not kept).
+typedef struct {
+    uint16_t version;     // ENT_LINK_VERSION
+    uint16_t type;        // ent_link_type
+    uint32_t flags;       // v1 defines none: always 0
+    uint32_t site;        // the site it comes from or goes to; 0 before WELCOME
+    uint64_t round;       // <= ENT_LINK_ROUND_MAX
+    uint32_t payload_len; // bytes after the header
+    uint32_t payload_crc; // CRC32C of the payload
+} ent_link_header;
+
+// HELLO: the first message of a site.
+typedef struct {
+    uint16_t max_version;             // highest protocol version the site speaks (>= 1)
+    char name[ENT_LINK_NAME_MAX + 1]; // 1-64 bytes of [A-Za-z0-9._-], not starting with '.'
+    uint64_t shape_hash;              // of the model's parameter table (names, shapes)
+    uint64_t config_hash;             // of the settings every site must share
+    uint32_t dp_size, tp_size;        // 1..ENT_LINK_RANKS_MAX each, and their product
+    double tokens_per_s;              // the site's estimate: finite, 0..ENT_LINK_RATE_MAX
+} ent_link_hello;
+
+// WELCOME: the coordinator's answer. The site id it assigns and the current
+// round are the header's site (>= 1) and round.
+typedef struct {
+    uint64_t anchor_hash;  // of the coordinator's anchor parameters at that round
+    uint32_t inner_steps;  // default inner steps per round: 1..ENT_LINK_INNER_STEPS_MAX
+    double round_seconds;  // target length of a round (0: fixed inner_steps), finite
+    uint32_t heartbeat_ms; // how often to send HEARTBEAT: HEARTBEAT_MS_MIN..MAX
+    uint16_t codec;        // default codec of deltas (ent_link_codec)
+    uint32_t chunk_bytes;  // largest chunk data to send: 1..ENT_LINK_CHUNK_DATA_MAX
+} ent_link_welcome;
+
+// HEARTBEAT, either way.
+typedef struct {
+    uint64_t time_ns;    // the sender's monotonic clock
+    uint64_t echo_ns;    // the last time_ns it received from the other side (0: none yet)
+    uint32_t steps_done; // inner steps done in the header's round, <= INNER_STEPS_MAX
+    double tokens_per_s; // current throughput: finite, 0..ENT_LINK_RATE_MAX
+} ent_link_heartbeat;
+
+// ROUND_PLAN: the header's round for the header's site.
+typedef struct {
+    uint32_t inner_steps; // 1..ENT_LINK_INNER_STEPS_MAX
+    uint32_t deadline_ms; // send the round's DELTA within this long of receipt (>= 1)
+} ent_link_round_plan;
+
+// DELTA and UPDATE: one chunk of a compressed vector over the parameter
+// table's global layout.
+typedef struct {
+    uint32_t index, count;  // chunk index of count: index < count <= ENT_LINK_CHUNKS_MAX
+    uint64_t total;         // parameters in the table: 1..ENT_LINK_PARAMS_MAX
+    uint64_t offset, length; // parameters [offset, offset + length) of it; length >= 1
+    uint16_t codec;         // ent_link_codec
+    uint64_t anchor_hash;   // DELTA: the anchor it was computed from; UPDATE: the anchor after it
+    uint64_t tokens;        // DELTA: the site's tokens in the round; UPDATE: tokens merged
+                            // (<= ENT_LINK_ROUND_MAX)
+    const uint8_t *data;    // compressed bytes; after decoding, a view into the message
+    size_t data_len;        // 1..ENT_LINK_CHUNK_DATA_MAX
+} ent_link_chunk;
+
+// LEAVE (code: ent_link_leave_code) and ERROR (code: ent_link_error_code).
+typedef struct {
+    uint16_t code;
+    char text[ENT_LINK_TEXT_MAX + 1]; // 0-1024 bytes, none below 0x20 nor 0x7f
+} ent_link_reason;
+
+// A growable byte buffer the encoders write into. Zero-initialise it; the
+// caller owns it and releases it with ent_link_buf_free.
+typedef struct {
+    uint8_t *data;
+    size_t len, cap;
+} ent_link_buf;
+void ent_link_buf_free(ent_link_buf *buf);
+
+// "HELLO", ..., or "unknown" for a value that is no type.
+const char *ent_link_type_name(int type);
+
+// CRC32C (Castagnoli, reflected, as iSCSI and ext4): pass 0 to start and the
+// previous result to continue over more bytes.
+uint32_t ent_link_crc32c(uint32_t crc, const void *data, size_t n);
+
+// Checks the header of the message in msg[0..len) and the payload's checksum;
+// *out (may be NULL) gets the header. `peer` names the sender in the error
+// message (may be NULL).
+ent_status ent_link_decode_header(const void *msg, size_t len, const char *peer,
+                                  ent_link_header *out);
+
+// Encoders: replace out's contents with one whole message (header and
+// payload) to `site` in `round`, after checking m against the same bounds
+// the decoder checks (ENT_ERR_USAGE naming the field when it fails).
+// Decoders: check everything (ent_link_decode_header, then the type, the
+// payload's exact length and every field) before they fill *m; hdr may be
+// NULL. On failure *m is untouched and the message names the peer.
+ent_status ent_link_encode_hello(ent_link_buf *out, uint32_t site, uint64_t round,
+                                 const ent_link_hello *m);
+ent_status ent_link_decode_hello(const void *msg, size_t len, const char *peer,
+                                 ent_link_header *hdr, ent_link_hello *m);
+ent_status ent_link_encode_welcome(ent_link_buf *out, uint32_t site, uint64_t round,
+                                   const ent_link_welcome *m);
+ent_status ent_link_decode_welcome(const void *msg, size_t len, const char *peer,
+                                   ent_link_header *hdr, ent_link_welcome *m);
+ent_status ent_link_encode_heartbeat(ent_link_buf *out, uint32_t site, uint64_t round,
+                                     const ent_link_heartbeat *m);
+ent_status ent_link_decode_heartbeat(const void *msg, size_t len, const char *peer,
+                                     ent_link_header *hdr, ent_link_heartbeat *m);
+ent_status ent_link_encode_round_plan(ent_link_buf *out, uint32_t site, uint64_t round,
+                                      const ent_link_round_plan *m);
+ent_status ent_link_decode_round_plan(const void *msg, size_t len, const char *peer,
+                                      ent_link_header *hdr, ent_link_round_plan *m);
+ent_status ent_link_encode_delta(ent_link_buf *out, uint32_t site, uint64_t round,
+                                 const ent_link_chunk *m);
+ent_status ent_link_decode_delta(const void *msg, size_t len, const char *peer,
+                                 ent_link_header *hdr, ent_link_chunk *m);
+ent_status ent_link_encode_update(ent_link_buf *out, uint32_t site, uint64_t round,
+                                  const ent_link_chunk *m);
+ent_status ent_link_decode_update(const void *msg, size_t len, const char *peer,
+                                  ent_link_header *hdr, ent_link_chunk *m);
+ent_status ent_link_encode_leave(ent_link_buf *out, uint32_t site, uint64_t round,
+                                 const ent_link_reason *m);
+ent_status ent_link_decode_leave(const void *msg, size_t len, const char *peer,
+                                 ent_link_header *hdr, ent_link_reason *m);
+ent_status ent_link_encode_error(ent_link_buf *out, uint32_t site, uint64_t round,
+                                 const ent_link_reason *m);
+ent_status ent_link_decode_error(const void *msg, size_t len, const char *peer,
+                                 ent_link_header *hdr, ent_link_reason *m);
+
+// ---------------------------------------------------------------------------
+// coalition link: ZeroMQ endpoints
+//
+// The coordinator binds a ROUTER, each site's leader connects a DEALER. A
+// message travels as two frames, the 36-byte header and the payload (empty
+// or not), so a receiver knows each frame's size before it reads the next.
+// An endpoint belongs to one thread at a time (ZeroMQ sockets are not
+// thread-safe) and has its own ZeroMQ context.
+
+typedef struct ent_link_endpoint ent_link_endpoint_t;
+
+typedef struct {
+    // Largest payload frame accepted (ZMQ_MAXMSGSIZE, at most and by default
+    // ENT_LINK_PAYLOAD_MAX). libzmq closes the connection of a peer that
+    // sends a larger frame while reading it: nothing of it is delivered.
+    size_t max_payload;
+    int send_timeout_ms;  // a send not queued within this fails (default 10000; -1: wait)
+    int linger_ms;        // how long closing waits for queued messages to leave (default 2000)
+    int reply_errors;     // ROUTER: answer a dropped message with an ERROR (default 1)
+    // CURVE authentication and encryption: not implemented yet (a later
+    // issue). These stay NULL; an endpoint given a key refuses to start.
+    const char *curve_public_key, *curve_secret_key, *curve_server_key;
+} ent_link_opts;
+
+// The defaults above.
+ent_link_opts ent_link_opts_default(void);
+
+#define ENT_LINK_PEER_ID_MAX 255
+
+// Who sent a message, and where to send an answer.
+typedef struct {
+    uint8_t id[ENT_LINK_PEER_ID_MAX]; // the ROUTER's routing id of the peer (DEALER: none)
+    size_t id_len;
+    char name[128]; // for messages: "127.0.0.1 [id 0080000001]", or the coordinator's endpoint
+} ent_link_peer;
+
+// One received message that passed ent_link_decode_header.
+typedef struct {
+    ent_link_peer peer;
+    ent_link_header header;
+    const uint8_t *bytes; // header then payload, for ent_link_decode_*: owned by
+    size_t len;           // the endpoint, valid until its next receive or close
+} ent_link_incoming;
+
+typedef struct {
+    uint64_t messages_sent, messages_received, bytes_sent, bytes_received; // frames' bytes
+    uint64_t dropped;    // messages refused on receipt (wrong frames, failed header checks)
+    char last_drop[256]; // why the last one was refused ("" if none)
+} ent_link_stats;
+
+// The coordinator's side: binds a ROUTER to `endpoint` ("tcp://HOST:PORT";
+// port "*" picks a free one, see ent_link_address). opts may be NULL
+// (defaults). The caller owns the endpoint (ent_link_close).
+ent_status ent_link_router_bind(const char *endpoint, const ent_link_opts *opts,
+                                ent_link_endpoint_t **out);
+// A site's side: a DEALER connected to the coordinator's endpoint. Sends
+// queue only on a completed connection (ZMQ_IMMEDIATE), so a coordinator that
+// cannot be reached makes the first send fail after send_timeout_ms.
+ent_status ent_link_dealer_connect(const char *endpoint, const ent_link_opts *opts,
+                                   ent_link_endpoint_t **out);
+// The endpoint actually bound (ZMQ_LAST_ENDPOINT) or connected to. Owned by ep.
+const char *ent_link_address(const ent_link_endpoint_t *ep);
+// Sends one whole message from an encoder (its header is checked first). A
+// ROUTER sends to `to` (a peer it received from); a DEALER passes NULL.
+ent_status ent_link_send(ent_link_endpoint_t *ep, const ent_link_peer *to, const void *msg,
+                         size_t len);
+// Waits up to timeout_ms (-1: no limit, 0: only what is there) for one
+// message that passes ent_link_decode_header; *got = 1 when *in holds one,
+// 0 when the time ran out or a signal interrupted the wait. Messages that
+// fail (wrong number of frames, a header frame of the wrong size, a failed
+// header check) are dropped, logged with the peer and the reason, counted in
+// the stats and, on a ROUTER with reply_errors, answered with an ERROR.
+ent_status ent_link_recv(ent_link_endpoint_t *ep, int timeout_ms, ent_link_incoming *in,
+                         int *got);
+void ent_link_get_stats(const ent_link_endpoint_t *ep, ent_link_stats *out);
+// Closes the socket (waiting up to linger_ms for queued messages) and the
+// context, and NULLs *ep (a NULL *ep is a no-op).
+void ent_link_close(ent_link_endpoint_t **ep);
 
 #ifdef __cplusplus
 }
