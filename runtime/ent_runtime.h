@@ -413,6 +413,130 @@ void ent_tokens_print(FILE *f, const int32_t *tokens, int n, int vocab);
 // Formats a byte count as "1.23 GiB" into buf (n bytes) and returns buf.
 const char *ent_format_bytes(double bytes, char *buf, size_t n);
 
+// ===========================================================================
+// the coalition's round math (runtime/coalition/, docs/coalition.md)
+//
+// Plain functions over host float arrays laid out as the parameter table's
+// arena (a caller whose backend keeps the arena elsewhere copies it to the
+// host first): the pseudo-gradient, delta compression with error feedback,
+// the merge of the sites' deltas, the outer Nesterov step and the anchor's
+// hash. No MPI, no ZeroMQ: the coordinator, the sites and the tests call the
+// same code. Every result is bit-reproducible: it depends neither on the
+// thread count nor on the order in which the sites' deltas arrived, so every
+// copy of the anchor that applies the same encoded update stays bit-identical.
+
+// ---- codecs: how a delta travels ----
+typedef enum {
+    ENT_CODEC_INT8 = 1, // blockwise int8, one f32 scale (max|x| / 127) per block: the default
+    ENT_CODEC_INT4 = 2, // blockwise int4 in [-7, 7], two values per byte, one f32 scale per block
+    ENT_CODEC_TOPK = 3, // the k largest magnitudes of each block, packed positions, 2 bits
+                        // each (sign, and one of the block's two magnitudes lo <= hi)
+} ent_codec_kind;
+
+#define ENT_CODEC_INT8_BLOCK 256  // default values per int8 block
+#define ENT_CODEC_INT4_BLOCK 128  // default values per int4 block (must be even)
+#define ENT_CODEC_TOPK_BLOCK 1024 // default values per top-k block
+#define ENT_CODEC_TOPK_K 16       // default values top-k keeps per block (1/64)
+#define ENT_CODEC_MAX_BLOCK (1u << 20)
+#define ENT_CODEC_HEADER_BYTES 24 // magic, version, codec, count, block, k
+#define ENT_CODEC_VERSION 1
+
+typedef struct {
+    ent_codec_kind kind;
+    uint32_t block; // values per block, 1..ENT_CODEC_MAX_BLOCK (the last block may be shorter)
+    uint32_t k;     // top-k: values kept per block, 1..block (a shorter last block keeps
+                    // min(k, its length)); 0 for the other codecs
+} ent_codec;
+
+// The codec's default settings (the block sizes and k above).
+ent_codec ent_codec_default(ent_codec_kind kind);
+// "int8", "int4" or "topk" with their defaults; another name is ENT_ERR_USAGE
+// naming the known ones.
+ent_status ent_codec_parse(const char *name, ent_codec *out);
+// "int8", "int4", "topk"; "invalid" for another value.
+const char *ent_codec_name(ent_codec_kind kind);
+// ENT_ERR_USAGE with the reason when the settings are out of range.
+ent_status ent_codec_check(const ent_codec *codec);
+// The exact size in bytes of n values encoded with codec (header included);
+// ENT_ERR_USAGE for bad settings or a size that does not fit in size_t.
+ent_status ent_codec_encoded_size(const ent_codec *codec, size_t n, size_t *bytes);
+// Encodes x (n host floats) into out (cap bytes; at least the encoded size):
+// a self-describing buffer, the same bytes for the same input on every run
+// and thread count. *len gets its size. A non-finite value (or one so large
+// that its block's decoded values would overflow) is ENT_ERR_INPUT naming it.
+ent_status ent_codec_encode(const ent_codec *codec, const float *x, size_t n, void *out,
+                            size_t cap, size_t *len);
+// Error feedback: encodes v = delta + residual into out and keeps what the
+// encoding lost for the next round: residual becomes v - D(out), D being
+// ent_codec_decode of the bytes sent, so the sum of everything decoded tracks
+// the sum of the true deltas. delta is the caller's scratch (overwritten). On
+// failure residual is unchanged.
+ent_status ent_codec_encode_feedback(const ent_codec *codec, float *delta, float *residual,
+                                     size_t n, void *out, size_t cap, size_t *len);
+// Reads and checks an encoded buffer's header (magic, version, codec, settings,
+// and that len is exactly the size they imply); codec and n may be NULL.
+ent_status ent_codec_read_header(const void *buf, size_t len, ent_codec *codec, uint64_t *n);
+// Decodes an encoded buffer of n values into out. Every byte is checked before
+// anything is written (header, length, scales finite and in range, codes,
+// positions in range and increasing, padding bits zero): a damaged or hostile
+// buffer is ENT_ERR_INPUT with the reason and out is untouched; a decoded
+// buffer holds only finite values.
+ent_status ent_codec_decode(const void *buf, size_t len, float *out, size_t n);
+// The same checks, then y += alpha * D(buf) (y untouched on failure). With
+// alpha = -1 it applies an outer update exactly as every other copy does.
+ent_status ent_codec_decode_axpy(const void *buf, size_t len, float alpha, float *y, size_t n);
+
+// ---- the round ----
+// The pseudo-gradient: delta = anchor - local (n host floats; delta may alias either).
+ent_status ent_pseudo_gradient(const float *anchor, const float *local, float *delta, size_t n);
+
+// One site's contribution to a round, for ent_coalition_merge: its delta as
+// an encoded buffer, or (encoded NULL) as host floats.
+typedef struct {
+    uint32_t site;       // the site's id: deltas are summed in increasing id order
+    uint64_t tokens;     // tokens it trained on this round: its weight is tokens / total
+    const void *encoded; // its encoded delta (ent_codec_encode) of encoded_len bytes...
+    size_t encoded_len;
+    const float *values; // ...or, when encoded is NULL, its delta as n floats
+} ent_site_delta;
+
+// The token-weighted mean of the sites' deltas: out = sum_i w_i * D_i with
+// w_i = (float)(tokens_i / total) (the quotient in double), summed in
+// increasing site id, so out is bit-identical whatever order the deltas are
+// given in. Every encoded delta is checked first; a bad one, a repeated site
+// id or no tokens at all is ENT_ERR_INPUT naming the site, and out is untouched.
+ent_status ent_coalition_merge(const ent_site_delta *deltas, int count, float *out, size_t n);
+
+// The outer optimizer: SGD with Nesterov momentum on the anchor.
+typedef struct {
+    float lr;       // outer learning rate, > 0 (default 0.7)
+    float momentum; // Nesterov momentum mu, in [0, 1) (default 0.9)
+} ent_outer_opt;
+
+#define ENT_OUTER_LR 0.7f
+#define ENT_OUTER_MOMENTUM 0.9f
+
+// lr 0.7, momentum 0.9 (DiLoCo's settings).
+ent_outer_opt ent_outer_defaults(void);
+// The outer update from the merged pseudo-gradient g, element by element in
+// float: m = mu * m + g; update = lr * (g + mu * m). update may alias g.
+// The anchor then moves by anchor -= update (ent_outer_nesterov_step, or
+// ent_codec_decode_axpy(-1) of the update as encoded for the sites).
+// ENT_ERR_USAGE for lr <= 0 or not finite, or mu outside [0, 1).
+ent_status ent_outer_nesterov_update(const ent_outer_opt *opt, float *momentum, const float *g,
+                                     float *update, size_t n);
+// The whole outer step without compression: m = mu * m + g;
+// anchor -= lr * (g + mu * m).
+ent_status ent_outer_nesterov_step(const ent_outer_opt *opt, float *anchor, float *momentum,
+                                   const float *g, size_t n);
+
+// A 64-bit hash of n floats' bytes (anchor_hash in metrics and messages): the
+// hash the trainer compares DP replicas with, so equal hashes mean the same
+// bits (0.0 and -0.0 differ).
+uint64_t ent_anchor_hash(const float *x, size_t n);
+
+// ===========================================================================
+
 // ---------------------------------------------------------------------------
 // the command line
 
