@@ -208,6 +208,14 @@ const char *ent_dtype_name(ent_dtype dtype);
 // 1 for the floating-point types.
 int ent_dtype_is_float(ent_dtype dtype);
 
+// Every tensor in an arena (parameters, their gradients and moments,
+// activations) starts on a 64-byte boundary, 16 floats: its own cache lines,
+// aligned SIMD loads.
+#define ENT_ARENA_ALIGN 64
+// Bytes numel elements of dtype take in an arena: numel x ent_dtype_size,
+// rounded up to ENT_ARENA_ALIGN; 0 for a value that is not an ent_dtype.
+size_t ent_arena_bytes(ent_dtype dtype, size_t numel);
+
 // ---------------------------------------------------------------------------
 // the parameter table: one row per trainable tensor (DESIGN.md)
 //
