@@ -46,8 +46,9 @@ typedef struct {
     size_t bytes[2];      // of each arena, by ent_act_arena
 } ent_act_table;
 
-// The activations of one of tp tensor-parallel ranks of a model of shape s for
-// micro-batches of B x T tokens, with its floating-point activations in dtype
+// The activations of one of tp tensor-parallel ranks (tp divides the heads:
+// ent_param_table_build checks it) of a model of shape s for micro-batches
+// of B x T tokens, with its floating-point activations in dtype
 // (ENT_ERR_USAGE when that is not a floating type). The attention state is
 // the backend's (attention_state_bytes), kept as bytes. The model runs f32
 // activations only (ent_model_new refuses others); another dtype sizes an
