@@ -41,7 +41,7 @@ struct ent_group {
     int rank, size;
     MPI_Comm mpi;  // the group's ranks (NCCL groups keep it for bootstrap)
     int owns_mpi;  // free mpi with the group
-    void *impl;    // backend-private (ncclComm_t, stream)
+    void *impl;    // backend-private (ncclComm_t and its stream; a staged group's backend)
 };
 
 #define ENT_REQ_MAX_PARTS 8
@@ -60,6 +60,13 @@ struct ent_request {
 
 extern const struct ent_comm_backend_i ent_comm_mpi_backend;
 extern const struct ent_comm_backend_i ent_comm_staged_backend;
+
+// A NCCL group of host's ranks whose collectives run on `stream`, a
+// backend's cudaStream_t, on that stream's GPU (comm/nccl.c says how they
+// order with the backend's work). Collective over host's ranks. The caller
+// owns the group; the stream must outlive it. ENT_ERR_INTERNAL in a build
+// without NCCL (ent_comm_have_nccl says which).
+ent_status ent_nccl_group_on_stream(const ent_group_t *host, void *stream, ent_group_t **out);
 
 // Wraps an MPI communicator as a group (owns_mpi: free it with the group).
 ent_status ent_group_from_mpi(MPI_Comm mpi, const char *name, int owns_mpi, ent_group_t **out);

@@ -131,20 +131,36 @@ ent_status ent_grid_new(ent_comm_t *comm, int tp, ent_grid **out);
 ent_status ent_grid_new_self(ent_grid **out);
 void ent_grid_free(ent_grid **grid);
 // Gives the grid its DP and TP groups for the memory of backend be
-// (ent_group_new_device), freed with the grid; be must outlive them.
+// (ent_group_new_device: NCCL on be's stream where it has one), freed with
+// the grid; be must outlive them. Collective over the world.
 ent_status ent_grid_attach_device(ent_grid *grid, ent_backend_t *be);
 
 // A group of the same ranks as `host` for buffers in the memory of backend
-// be: `host`'s MPI when be's memory is host memory; otherwise MPI through
-// host buffers that be's copies fill and empty (name "mpi-staged"), so a
-// device whose memory the host must not touch still runs every collective.
-// The caller owns it (ent_group_free); `host` must outlive it.
+// be (name: ent_group_backend):
+//   - "nccl" when be has a stream (ent_backend_stream) and this build has
+//     NCCL: its collectives are queued on be's stream, on that stream's GPU,
+//     in order with be's ops. A collective reads its input after every op be
+//     queued before it, and be's later ops see its result, with no
+//     synchronisation in between; a blocking one returns once the stream has
+//     passed it (and everything queued before it); a non-blocking one
+//     returns once queued, and ent_wait / ent_test follow an event recorded
+//     right after it. Creating it is collective over `host`'s ranks (NCCL's
+//     bootstrap), and fails on every rank when one cannot join.
+//   - "mpi", `host`'s MPI, when be's memory is host memory (the cpu backend,
+//     which has no stream: its ops have finished when they return);
+//   - otherwise "mpi-staged": MPI through host buffers that be's copies fill
+//     and empty, so a device whose memory the host must not touch still runs
+//     every collective.
+// The caller owns it (ent_group_free); `host` and be must outlive it.
 ent_status ent_group_new_device(const ent_group_t *host, ent_backend_t *be, ent_group_t **out);
 
 // A device-memory (NCCL) twin of an MPI group: same ranks, NCCL unique id
-// distributed with MPI_Bcast, this rank on GPU local_rank. Fails with a clear
-// message when there are fewer GPUs on the node than ranks, or when this build
-// has no NCCL. The caller owns it (ent_group_free).
+// distributed with MPI_Bcast, this rank on GPU local_rank, collectives on a
+// stream of the group's own, ordered with no other work: the caller makes
+// their inputs ready first (ent_group_new_device orders them with a
+// backend's stream instead). Fails with a clear message when there are fewer
+// GPUs on the node than ranks, or when this build has no NCCL. The caller
+// owns it (ent_group_free).
 ent_status ent_group_new_nccl(ent_comm_t *comm, ent_group_t *mpi_group, ent_group_t **out);
 void ent_group_free(ent_group_t **g);
 // 1 when this build has the NCCL backend.

@@ -275,8 +275,15 @@ fail:
 ent_status ent_grid_attach_device(ent_grid *grid, ent_backend_t *be) {
     ent_group_free(&grid->dp_dev);
     ent_group_free(&grid->tp_dev);
-    ENT_CHECK(ent_group_new_device(grid->dp, be, &grid->dp_dev));
-    return ent_group_new_device(grid->tp, be, &grid->tp_dev);
+    // creating a NCCL group is collective: every rank creates both groups, so
+    // that one whose DP group failed does not leave its TP peers waiting
+    ent_status st = ent_group_new_device(grid->dp, be, &grid->dp_dev);
+    char first[1024] = ""; // as long as a recorded message
+    if (st != ENT_OK) snprintf(first, sizeof first, "%s", ent_last_error());
+    ent_status st_tp = ent_group_new_device(grid->tp, be, &grid->tp_dev);
+    if (st == ENT_OK) return st_tp;
+    ent_group_free(&grid->tp_dev);
+    return ent_fail(st, "%s", first); // the DP group's message, not the TP group's
 }
 
 void ent_grid_free(ent_grid **grid) {

@@ -1,12 +1,13 @@
-// staged.c: collectives on the memory of a backend that is not host memory,
-// over MPI, by staging through host buffers.
+// staged.c: device groups; collectives on the memory of a backend that is
+// not host memory, over MPI, by staging through host buffers.
 //
 // A device group has the ranks of a host group and a compute backend. On a
-// backend whose memory is the host's (cpu) it is an ordinary MPI group. On
-// another (the guarded test backend; a GPU without NCCL), every collective
-// copies its input to a host buffer through the backend, runs the MPI
-// collective there, and copies the result back; a non-blocking one does the
-// copy back when it completes. AVG is finished on the host copy, before the
+// backend with a stream, in a build with NCCL, it is a NCCL group on that
+// stream (comm/nccl.c). On a backend whose memory is the host's (cpu) it is
+// an ordinary MPI group. On another (the guarded test backend; a GPU without
+// NCCL), every collective copies its input to a host buffer through the
+// backend, runs the MPI collective there, and copies the result back; a
+// non-blocking one does the copy back when it completes. AVG is finished on the host copy, before the
 // result goes back. Nothing here touches device memory but the backend's
 // copies: the guarded backend proves it.
 #include "comm_impl.h"
@@ -175,6 +176,10 @@ const struct ent_comm_backend_i ent_comm_staged_backend = {
 
 ent_status ent_group_new_device(const ent_group_t *host, ent_backend_t *be, ent_group_t **out) {
     *out = NULL;
+    // a backend that queues its work on a stream gets NCCL on that stream,
+    // where this build has NCCL; without, its copies stage for MPI
+    void *stream = ent_backend_stream(be);
+    if (stream != NULL && ent_comm_have_nccl()) return ent_nccl_group_on_stream(host, stream, out);
     ent_group_t *g = calloc(1, sizeof *g);
     if (g == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory creating group %s", host->name);
     *g = (ent_group_t){.rank = host->rank, .size = host->size, .mpi = host->mpi, .owns_mpi = 0};

@@ -1,4 +1,5 @@
-// dtype.c: sizes and names of the element types every layer shares.
+// dtype.c: sizes and names of the element types every layer shares, and the
+// size of a tensor in an arena.
 //
 // Each switch lists every type and has no default, so a type added to the enum
 // without a size or a name is a compiler warning (-Wswitch, an error here),
@@ -39,4 +40,9 @@ int ent_dtype_is_float(ent_dtype dtype) {
     case ENT_DTYPE_COUNT: break;
     }
     return 0;
+}
+
+size_t ent_arena_bytes(ent_dtype dtype, size_t numel) {
+    size_t bytes = numel * ent_dtype_size(dtype);
+    return (bytes + ENT_ARENA_ALIGN - 1) / ENT_ARENA_ALIGN * ENT_ARENA_ALIGN;
 }

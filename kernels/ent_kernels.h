@@ -208,6 +208,14 @@ const char *ent_dtype_name(ent_dtype dtype);
 // 1 for the floating-point types.
 int ent_dtype_is_float(ent_dtype dtype);
 
+// Every tensor in an arena (parameters, their gradients and moments,
+// activations) starts on a 64-byte boundary, 16 floats: its own cache lines,
+// aligned SIMD loads.
+#define ENT_ARENA_ALIGN 64
+// Bytes numel elements of dtype take in an arena: numel x ent_dtype_size,
+// rounded up to ENT_ARENA_ALIGN; 0 for a value that is not an ent_dtype.
+size_t ent_arena_bytes(ent_dtype dtype, size_t numel);
+
 // ---------------------------------------------------------------------------
 // the parameter table: one row per trainable tensor (DESIGN.md)
 //
@@ -291,6 +299,12 @@ struct ent_backend_i {
     ent_status (*synchronize)(ent_backend_t *be);
     // bytes the device can still give this process; optional (NULL: unknown)
     size_t (*available_memory)(ent_backend_t *be);
+    // the stream the backend queues its ops and copies on, in order (a
+    // cudaStream_t on a GPU), so that other work, such as NCCL collectives,
+    // can be queued in order with them; optional (NULL: none, as on the CPU
+    // backends, whose ops have finished when they return). Call it through
+    // ent_backend_stream.
+    void *(*stream)(ent_backend_t *be);
 
     // out (B,T,C) = wte[tokens] + wpe[position]; tokens (B,T) index wte (Vp,C), wpe (maxT,C)
     ent_status (*encoder_forward)(ent_backend_t *be, float *out, const int32_t *tokens,
@@ -393,6 +407,10 @@ ent_status ent_vec_quantize_i8(ent_backend_t *be, int8_t *q, float *scales, cons
                                size_t n, size_t block);
 ent_status ent_vec_dequantize_i8(ent_backend_t *be, float *out, const int8_t *q,
                                  const float *scales, size_t n, size_t block);
+
+// The backend's stream (its iface->stream), or NULL when it has none. Not
+// owned by the caller: it lives as long as the backend.
+void *ent_backend_stream(ent_backend_t *be);
 
 typedef struct {
     int threads; // host threads (CPU backends); <= 0: OpenMP's default

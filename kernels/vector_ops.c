@@ -1,5 +1,12 @@
-// vector_ops.c: dispatch of the backends' optional vector ops.
+// vector_ops.c: dispatch of the backends' optional entries: the vector ops
+// and the stream.
 #include "ent_kernels.h"
+
+#include <stddef.h>
+
+void *ent_backend_stream(ent_backend_t *be) {
+    return be->iface->stream != NULL ? be->iface->stream(be) : NULL;
+}
 
 static ent_status missing(const ent_backend_t *be, const char *op) {
     return ent_fail(ENT_ERR_USAGE, "the %s backend has no %s op", be->iface->name, op);

@@ -110,11 +110,16 @@ typedef enum { ENT_ARENA_PARAMS = 0, ENT_ARENA_GRADS } ent_arena;
 typedef struct {
     ent_group_t *tp;       // tensor-parallel group (Megatron style); NULL = none
     size_t arena_multiple; // arenas padded to a multiple of this many floats (ZeRO shards)
+    // element type of the activations: ENT_F32 (0, the default) is the one the
+    // kernels take today; another is refused with ENT_ERR_USAGE
+    ent_dtype activations;
 } ent_model_opts;
 
 // Bytes one rank needs on its device: parameters, gradients, AdamW state and
-// activations for micro-batches of B sequences of T tokens, with TP over tp ranks.
-// The backend sizes what it keeps for attention's backward (attention_state_bytes).
+// f32 activations (with the token ids) for micro-batches of B sequences of T
+// tokens, with TP over tp ranks, each tensor rounded up to ENT_ARENA_ALIGN as
+// the arenas lay them out. The backend sizes what it keeps for attention's
+// backward (attention_state_bytes).
 size_t ent_model_memory_bytes(ent_backend_t *be, const ent_model_shape *shape, int tp, int B,
                               int T);
 // Allocates a model for micro-batches of up to B x T tokens (T <= context); opts

@@ -2,9 +2,11 @@
 //
 // Pre-norm transformer blocks, learned positions, input and output embedding
 // tied. Parameters and gradients each live in one arena laid out by the
-// parameter table; activations live in one more arena, carved into views
-// below (llm.c style). The backward pass reuses one layer's worth of
-// activation-gradient buffers for every layer.
+// parameter table; activations live in two more (the activations; one
+// layer's worth of their gradients, which the backward pass reuses for every
+// layer), carved into views (llm.c style) by the activation table below,
+// whose rows describe each buffer as the parameter table's describe a
+// tensor: name, dtype, element count, offset.
 //
 // Tensor parallelism (Megatron style) over the TP group: each rank holds
 // NH/tp heads of the QKV projection (column-parallel) and the matching
@@ -18,6 +20,7 @@
 #include "runtime_impl.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,16 +57,17 @@ struct ent_model {
     layer_tensors *p, *g;  // per layer: parameter and gradient views
     int B, T;              // capacity of the activation buffers
 
-    float *acts;           // activation arena
+    ent_act_table acts;    // the activations' rows
+    void *act_arena[2];    // activations, activation gradients (ent_act_arena)
     layer_acts *a;         // per layer views
     float *encoded;        // (B,T,C)
     float *proj;           // (B,T,C) scratch: attention and MLP projections
     float *lnf, *lnf_mean, *lnf_rstd;
     float *logits;         // (B,T,Vp); probabilities after a forward with targets
     float *losses;         // (B,T)
-    int32_t *tokens, *targets; // (B,T) on the device
+    int32_t *tokens, *targets; // (B,T) token ids
 
-    float *grad_acts;      // arena of activation gradients (one layer's worth)
+    // activation gradients, one layer's worth
     float *dres, *dln, *datty, *dqkv, *datt, *dfch_gelu, *dfch;
 
     ent_grad_hook hook;    // told when a bucket's gradients are complete
@@ -73,41 +77,197 @@ struct ent_model {
 };
 
 // ---------------------------------------------------------------------------
-// sizes
+// the activation table
 
-// Floats of attention state one layer keeps for backward (and of the
-// backward's scratch): as much as the backend asks for.
-static double attention_state_floats(ent_backend_t *be, const ent_model_shape *s, int tp, int B,
-                                     int T) {
-    size_t bytes = be->iface->attention_state_bytes(be, B, T, s->heads / tp);
-    return (double)((bytes + sizeof(float) - 1) / sizeof(float));
+// What sizes an activation, per micro-batch of BT = B x T tokens.
+typedef enum {
+    ACT_TOKENS,     // (B,T)
+    ACT_C,          // (B,T,C)
+    ACT_3CA,        // (B,T,3Ca)
+    ACT_CA,         // (B,T,Ca)
+    ACT_CF,         // (B,T,Cf)
+    ACT_VP,         // (B,T,Vp)
+    ACT_TOKEN_IDS,  // (B,T) i32
+    ACT_ATTENTION,  // attention_state_bytes(B,T,NH/tp) bytes, laid out by the backend
+} act_kind;
+
+// One activation: its name (after "h.{l}." in a block), what sizes it, and
+// where its view lives (offsetof in struct ent_model, or in layer_acts).
+typedef struct {
+    const char *name;
+    act_kind kind;
+    size_t view;
+} act_spec;
+
+#define MODEL_VIEW(f) offsetof(struct ent_model, f)
+#define LAYER_VIEW(f) offsetof(layer_acts, f)
+
+static const act_spec acts_before_blocks[] = {
+    {"encoded", ACT_C, MODEL_VIEW(encoded)},
+    {"proj", ACT_C, MODEL_VIEW(proj)},
+};
+static const act_spec acts_of_block[] = {
+    {"ln_1", ACT_C, LAYER_VIEW(ln1)},
+    {"ln_1.mean", ACT_TOKENS, LAYER_VIEW(ln1_mean)},
+    {"ln_1.rstd", ACT_TOKENS, LAYER_VIEW(ln1_rstd)},
+    {"attn.qkv", ACT_3CA, LAYER_VIEW(qkv)},
+    {"attn.y", ACT_CA, LAYER_VIEW(atty)},
+    {"attn.state", ACT_ATTENTION, LAYER_VIEW(att)},
+    {"res_2", ACT_C, LAYER_VIEW(res2)},
+    {"ln_2", ACT_C, LAYER_VIEW(ln2)},
+    {"ln_2.mean", ACT_TOKENS, LAYER_VIEW(ln2_mean)},
+    {"ln_2.rstd", ACT_TOKENS, LAYER_VIEW(ln2_rstd)},
+    {"mlp.fc", ACT_CF, LAYER_VIEW(fch)},
+    {"mlp.gelu", ACT_CF, LAYER_VIEW(fch_gelu)},
+    {"res_3", ACT_C, LAYER_VIEW(res3)},
+};
+static const act_spec acts_after_blocks[] = {
+    {"ln_f", ACT_C, MODEL_VIEW(lnf)},
+    {"ln_f.mean", ACT_TOKENS, MODEL_VIEW(lnf_mean)},
+    {"ln_f.rstd", ACT_TOKENS, MODEL_VIEW(lnf_rstd)},
+    {"logits", ACT_VP, MODEL_VIEW(logits)},
+    {"losses", ACT_TOKENS, MODEL_VIEW(losses)},
+    {"tokens", ACT_TOKEN_IDS, MODEL_VIEW(tokens)},
+    {"targets", ACT_TOKEN_IDS, MODEL_VIEW(targets)},
+};
+static const act_spec act_grads[] = {
+    {"grad.res", ACT_C, MODEL_VIEW(dres)},
+    {"grad.ln", ACT_C, MODEL_VIEW(dln)},
+    {"grad.attn.y", ACT_CA, MODEL_VIEW(datty)},
+    {"grad.attn.qkv", ACT_3CA, MODEL_VIEW(dqkv)},
+    {"grad.attn.state", ACT_ATTENTION, MODEL_VIEW(datt)},
+    {"grad.mlp.gelu", ACT_CF, MODEL_VIEW(dfch_gelu)},
+    {"grad.mlp.fc", ACT_CF, MODEL_VIEW(dfch)},
+};
+#define COUNT_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+// Calls visit for every activation in arena order (the table's row order);
+// layer is the block, -1 outside the blocks.
+typedef void (*act_visitor)(void *ctx, const act_spec *spec, int layer, ent_act_arena arena);
+
+static void walk_activations(int layers, act_visitor visit, void *ctx) {
+    for (int i = 0; i < COUNT_OF(acts_before_blocks); i++)
+        visit(ctx, &acts_before_blocks[i], -1, ENT_ACTS);
+    for (int l = 0; l < layers; l++)
+        for (int i = 0; i < COUNT_OF(acts_of_block); i++) visit(ctx, &acts_of_block[i], l, ENT_ACTS);
+    for (int i = 0; i < COUNT_OF(acts_after_blocks); i++)
+        visit(ctx, &acts_after_blocks[i], -1, ENT_ACTS);
+    for (int i = 0; i < COUNT_OF(act_grads); i++) visit(ctx, &act_grads[i], -1, ENT_ACT_GRADS);
 }
 
-// Floats of activations, and of activation gradients, for a B x T micro-batch
-// on one of tp ranks.
-static void activation_floats(ent_backend_t *be, const ent_model_shape *s, int tp, int B, int T,
-                              double *acts, double *grads) {
-    double BT = (double)B * T, C = s->width, L = s->layers;
-    double Ca = C / tp, Cf = 4 * C / tp;
-    double att = attention_state_floats(be, s, tp, B, T);
-    double per_layer = 4 * BT * C + 4 * Ca * BT + 2 * Cf * BT + 4 * BT + att;
-    *acts = L * per_layer + 3 * BT * C + 2 * BT + BT * s->padded_vocab + BT;
-    *grads = 2 * BT * C + 4 * BT * Ca + 2 * BT * Cf + att;
+typedef struct {
+    ent_act_table *t;
+    ent_dtype dtype;          // of the float activations
+    size_t bt, C, Ca, Cf, Vp; // tokens per micro-batch; widths
+    size_t attention_bytes;
+} act_builder;
+
+static void add_activation(void *ctx, const act_spec *spec, int layer, ent_act_arena arena) {
+    act_builder *tb = ctx;
+    ent_act_table *t = tb->t;
+    ent_act_row *r = &t->rows[t->nrows++];
+    if (layer >= 0)
+        snprintf(r->name, sizeof r->name, "h.%d.%s", layer, spec->name);
+    else
+        snprintf(r->name, sizeof r->name, "%s", spec->name);
+    r->arena = arena;
+    r->dtype = tb->dtype;
+    switch (spec->kind) {
+    case ACT_TOKENS: r->numel = tb->bt; break;
+    case ACT_C: r->numel = tb->bt * tb->C; break;
+    case ACT_3CA: r->numel = 3 * tb->bt * tb->Ca; break;
+    case ACT_CA: r->numel = tb->bt * tb->Ca; break;
+    case ACT_CF: r->numel = tb->bt * tb->Cf; break;
+    case ACT_VP: r->numel = tb->bt * tb->Vp; break;
+    case ACT_TOKEN_IDS:
+        r->dtype = ENT_I32;
+        r->numel = tb->bt;
+        break;
+    case ACT_ATTENTION:
+        r->dtype = ENT_U8;
+        r->numel = tb->attention_bytes;
+        break;
+    }
+    r->offset = t->bytes[arena];
+    t->bytes[arena] += ent_arena_bytes(r->dtype, r->numel);
+}
+
+ent_status ent_act_table_build(ent_backend_t *be, const ent_model_shape *s, int tp, int B, int T,
+                               ent_dtype dtype, ent_act_table *t) {
+    memset(t, 0, sizeof *t);
+    if (!ent_dtype_is_float(dtype))
+        return ent_fail(ENT_ERR_USAGE, "activations in %s: activations need a floating type",
+                        ent_dtype_name(dtype));
+    int rows = COUNT_OF(acts_before_blocks) + s->layers * COUNT_OF(acts_of_block) +
+               COUNT_OF(acts_after_blocks) + COUNT_OF(act_grads);
+    t->rows = calloc((size_t)rows, sizeof *t->rows);
+    if (t->rows == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory building the activation table");
+    act_builder tb = {
+        .t = t,
+        .dtype = dtype,
+        .bt = (size_t)B * (size_t)T,
+        .C = (size_t)s->width,
+        .Ca = (size_t)(s->width / tp),
+        .Cf = (size_t)(4 * s->width / tp),
+        .Vp = (size_t)s->padded_vocab,
+        .attention_bytes = be->iface->attention_state_bytes(be, B, T, s->heads / tp),
+    };
+    walk_activations(s->layers, add_activation, &tb);
+    ENT_ASSERT(t->nrows == rows);
+    return ENT_OK;
+}
+
+void ent_act_table_free(ent_act_table *t) {
+    free(t->rows);
+    memset(t, 0, sizeof *t);
+}
+
+size_t ent_model_memory_bytes_of(const ent_param_table *params, const ent_act_table *acts) {
+    // parameters, gradients, AdamW m and v: f32 arenas laid out by the table
+    double bytes = 4.0 * (double)params->total * sizeof(float);
+    bytes += (double)acts->bytes[ENT_ACTS] + (double)acts->bytes[ENT_ACT_GRADS];
+    return bytes > (double)SIZE_MAX ? SIZE_MAX : (size_t)bytes;
 }
 
 size_t ent_model_memory_bytes(ent_backend_t *be, const ent_model_shape *s, int tp, int B,
                               int T) {
-    ent_param_table t;
-    size_t params = 0;
-    if (ent_param_table_build(s, tp, &t) == ENT_OK) {
-        params = t.total;
-        ent_param_table_free(&t);
+    ent_param_table params;
+    ent_act_table acts;
+    if (ent_param_table_build(s, tp, &params) != ENT_OK) return 0; // ent_model_new says why
+    size_t bytes = 0;
+    if (ent_act_table_build(be, s, tp, B, T, ENT_F32, &acts) == ENT_OK) {
+        bytes = ent_model_memory_bytes_of(&params, &acts);
+        ent_act_table_free(&acts);
     }
-    double acts, grads;
-    activation_floats(be, s, tp, B, T, &acts, &grads);
-    // params, grads, AdamW m and v; activations and their gradients; tokens, targets
-    double bytes = 4.0 * (4.0 * params + acts + grads) + 8.0 * B * T;
-    return bytes > (double)SIZE_MAX ? SIZE_MAX : (size_t)bytes;
+    ent_param_table_free(&params);
+    return bytes;
+}
+
+// Points the views of the model (and its blocks) at the rows of its table.
+typedef struct {
+    ent_model_t *m;
+    int row;
+} view_cursor;
+
+static void point_activation(void *ctx, const act_spec *spec, int layer, ent_act_arena arena) {
+    view_cursor *c = ctx;
+    ent_model_t *m = c->m;
+    const ent_act_row *r = &m->acts.rows[c->row++];
+    ENT_ASSERT(r->arena == arena);
+    char *at = (char *)m->act_arena[arena] + r->offset;
+    char *holder = layer >= 0 ? (char *)&m->a[layer] : (char *)m;
+    // the views are typed pointers: copy one of the view's own type
+    if (spec->kind == ACT_TOKEN_IDS) {
+        ENT_ASSERT(r->dtype == ENT_I32);
+        int32_t *view = (int32_t *)(void *)at;
+        memcpy(holder + spec->view, &view, sizeof view);
+    } else {
+        // the kernels take f32 (and their opaque attention state): ent_model_new
+        // refused any other float type before
+        ENT_ASSERT(r->dtype == ENT_F32 || spec->kind == ACT_ATTENTION);
+        float *view = (float *)(void *)at;
+        memcpy(holder + spec->view, &view, sizeof view);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -125,37 +285,17 @@ static void point_layer_tensors(const ent_param_table *t, float *base, int layer
     for (size_t i = 0; i < sizeof views / sizeof views[0]; i++) *views[i] = base + r[i].offset;
 }
 
-static float *carve(float **cursor, double n) {
-    float *p = *cursor;
-    *cursor += ((size_t)n + 15) / 16 * 16;
-    return p;
-}
-
 ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_model_opts *opts,
                          int B, int T, ent_model_t **out) {
     *out = NULL;
     ENT_ASSERT(B >= 1 && T >= 1 && T <= s->context);
     ent_group_t *tpg = opts != NULL ? opts->tp : NULL;
     int tp = tpg != NULL ? ent_group_size(tpg) : 1;
+    ent_dtype act_dtype = opts != NULL ? opts->activations : ENT_F32;
     if ((double)B * T > 2147483647.0)
         return ent_fail(ENT_ERR_USAGE,
                         "micro-batch of %d x %d tokens is too large for this model: lower "
                         "train.micro_batch or model.context", B, T);
-    size_t need = ent_model_memory_bytes(be, s, tp, B, T);
-    if (be->iface->available_memory != NULL) {
-        size_t avail = be->iface->available_memory(be);
-        if (need > avail) {
-            char a[32], b[32];
-            return ent_fail(ENT_ERR_NOMEM,
-                            "not enough memory: the model (%d layers, width %d, context %d, "
-                            "vocab %d) with micro-batches of %d x %d tokens needs %s on the %s "
-                            "device, %s is available; lower model.width, model.layers, "
-                            "train.micro_batch or model.context, or add tensor-parallel ranks",
-                            s->layers, s->width, s->context, s->vocab, B, T,
-                            ent_format_bytes((double)need, a, sizeof a), be->iface->name,
-                            ent_format_bytes((double)avail, b, sizeof b));
-        }
-    }
 
     ent_model_t *m = calloc(1, sizeof *m);
     if (m == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory allocating the model");
@@ -168,11 +308,38 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_
     m->tp_size = tp;
     m->tp_rank = tpg != NULL ? ent_group_rank(tpg) : 0;
     ENT_CHECK_GOTO(ent_param_table_build(s, tp, &m->table), fail);
-    int L = s->layers, C = s->width, Vp = s->padded_vocab;
+    ENT_CHECK_GOTO(ent_act_table_build(be, s, tp, B, T, act_dtype, &m->acts), fail);
+    // the kernels take float * views: a float activation in another type would
+    // be read as f32 (the token ids and the attention state have their own)
+    for (int i = 0; i < m->acts.nrows; i++) {
+        const ent_act_row *r = &m->acts.rows[i];
+        if (ent_dtype_is_float(r->dtype) && r->dtype != ENT_F32) {
+            st = ent_fail(ENT_ERR_USAGE, "activation %s in %s: the model's kernels take f32 "
+                          "activations only", r->name, ent_dtype_name(r->dtype));
+            goto fail;
+        }
+    }
+    size_t need = ent_model_memory_bytes_of(&m->table, &m->acts);
+    if (be->iface->available_memory != NULL) {
+        size_t avail = be->iface->available_memory(be);
+        if (need > avail) {
+            char a[32], b[32];
+            st = ent_fail(ENT_ERR_NOMEM,
+                          "not enough memory: the model (%d layers, width %d, context %d, "
+                          "vocab %d) with micro-batches of %d x %d tokens needs %s on the %s "
+                          "device, %s is available; lower model.width, model.layers, "
+                          "train.micro_batch or model.context, or add tensor-parallel ranks",
+                          s->layers, s->width, s->context, s->vocab, B, T,
+                          ent_format_bytes((double)need, a, sizeof a), be->iface->name,
+                          ent_format_bytes((double)avail, b, sizeof b));
+            goto fail;
+        }
+    }
+    int L = s->layers, C = s->width;
     m->Ca = C / tp;
     m->Cf = 4 * C / tp;
     m->NHl = s->heads / tp;
-    double BT = (double)B * T;
+    size_t BT = (size_t)B * (size_t)T;
 
     size_t multiple = opts != NULL && opts->arena_multiple > 0 ? opts->arena_multiple : 1;
     m->arena_floats = (m->table.total + multiple - 1) / multiple * multiple;
@@ -198,7 +365,7 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_
     m->p = calloc((size_t)L, sizeof *m->p);
     m->g = calloc((size_t)L, sizeof *m->g);
     m->a = calloc((size_t)L, sizeof *m->a);
-    m->host_losses = malloc(sizeof(float) * (size_t)BT);
+    m->host_losses = malloc(sizeof(float) * BT);
     if (m->p == NULL || m->g == NULL || m->a == NULL || m->host_losses == NULL) {
         st = ent_fail(ENT_ERR_NOMEM, "out of memory allocating the model");
         goto fail;
@@ -208,56 +375,20 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_
         point_layer_tensors(t, G, l, &m->g[l]);
     }
 
-    // activations: sizes in floats, each view rounded up to 16 floats
-    double acts, grads;
-    activation_floats(be, s, tp, B, T, &acts, &grads);
-    size_t nacts = (size_t)acts + (size_t)(L * 13 + 16) * 16;
-    size_t ngrads = (size_t)grads + 8 * 16;
-    m->acts = be->iface->alloc(be, nacts * sizeof(float));
-    m->grad_acts = be->iface->alloc(be, ngrads * sizeof(float));
-    m->tokens = be->iface->alloc(be, 2 * (size_t)BT * sizeof(int32_t));
-    if (m->acts == NULL || m->grad_acts == NULL || m->tokens == NULL) {
-        st = ent_fail(ENT_ERR_NOMEM, "cannot allocate %s of activations",
-                      ent_format_bytes(4.0 * (double)(nacts + ngrads), sz, sizeof sz));
-        goto fail;
+    // activations: two arenas laid out by the activation table
+    for (int i = 0; i < 2; i++) {
+        m->act_arena[i] = be->iface->alloc(be, m->acts.bytes[i]);
+        if (m->act_arena[i] == NULL) {
+            st = ent_fail(ENT_ERR_NOMEM, "cannot allocate %s of activations",
+                          ent_format_bytes((double)(m->acts.bytes[ENT_ACTS] +
+                                                    m->acts.bytes[ENT_ACT_GRADS]),
+                                           sz, sizeof sz));
+            goto fail;
+        }
     }
-    m->targets = m->tokens + (size_t)BT;
-    float *cur = m->acts;
-    double att = attention_state_floats(be, s, tp, B, T);
-    m->encoded = carve(&cur, BT * C);
-    m->proj = carve(&cur, BT * C);
-    for (int l = 0; l < L; l++) {
-        layer_acts *a = &m->a[l];
-        a->ln1 = carve(&cur, BT * C);
-        a->ln1_mean = carve(&cur, BT);
-        a->ln1_rstd = carve(&cur, BT);
-        a->qkv = carve(&cur, 3 * BT * m->Ca);
-        a->atty = carve(&cur, BT * m->Ca);
-        a->att = carve(&cur, att);
-        a->res2 = carve(&cur, BT * C);
-        a->ln2 = carve(&cur, BT * C);
-        a->ln2_mean = carve(&cur, BT);
-        a->ln2_rstd = carve(&cur, BT);
-        a->fch = carve(&cur, BT * m->Cf);
-        a->fch_gelu = carve(&cur, BT * m->Cf);
-        a->res3 = carve(&cur, BT * C);
-    }
-    m->lnf = carve(&cur, BT * C);
-    m->lnf_mean = carve(&cur, BT);
-    m->lnf_rstd = carve(&cur, BT);
-    m->logits = carve(&cur, BT * Vp);
-    m->losses = carve(&cur, BT);
-    ENT_ASSERT((size_t)(cur - m->acts) <= nacts);
-
-    cur = m->grad_acts;
-    m->dres = carve(&cur, BT * C);
-    m->dln = carve(&cur, BT * C);
-    m->datty = carve(&cur, BT * m->Ca);
-    m->dqkv = carve(&cur, 3 * BT * m->Ca);
-    m->datt = carve(&cur, att);
-    m->dfch_gelu = carve(&cur, BT * m->Cf);
-    m->dfch = carve(&cur, BT * m->Cf);
-    ENT_ASSERT((size_t)(cur - m->grad_acts) <= ngrads);
+    view_cursor cursor = {.m = m};
+    walk_activations(L, point_activation, &cursor);
+    ENT_ASSERT(cursor.row == m->acts.nrows);
     *out = m;
     return ENT_OK;
 fail:
@@ -271,14 +402,14 @@ void ent_model_free(ent_model_t **model) {
     ent_backend_t *be = m->be;
     for (int i = 0; i < 2; i++)
         if (m->arena[i]) be->iface->free_mem(be, m->arena[i]);
-    if (m->acts) be->iface->free_mem(be, m->acts);
-    if (m->grad_acts) be->iface->free_mem(be, m->grad_acts);
-    if (m->tokens) be->iface->free_mem(be, m->tokens);
+    for (int i = 0; i < 2; i++)
+        if (m->act_arena[i]) be->iface->free_mem(be, m->act_arena[i]);
     free(m->p);
     free(m->g);
     free(m->a);
     free(m->host_losses);
     ent_param_table_free(&m->table);
+    ent_act_table_free(&m->acts);
     free(m);
     *model = NULL;
 }
@@ -346,7 +477,8 @@ ent_status ent_model_forward(ent_model_t *m, const int32_t *tokens, const int32_
     // the output biases of row-parallel layers are added by TP rank 0 alone
     int add_bias = m->tp_rank == 0;
     ENT_CHECK(k->to_device(be, m->tokens, tokens, sizeof(int32_t) * (size_t)N));
-    if (targets != NULL) k->to_device(be, m->targets, targets, sizeof(int32_t) * (size_t)N);
+    if (targets != NULL)
+        ENT_CHECK(k->to_device(be, m->targets, targets, sizeof(int32_t) * (size_t)N));
 
     ENT_CHECK(k->encoder_forward(be, m->encoded, m->tokens, m->wte, m->wpe, b, t, C));
     for (int l = 0; l < L; l++) {

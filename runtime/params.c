@@ -57,14 +57,16 @@ static ent_status add_row(table_builder *tb, const char *name, int ndim, int64_t
     r->split = split;
     r->split_groups = groups;
     r->decay = decay;
+    r->dtype = ENT_F32;
     r->local_shape[0] = r->shape[0];
     r->local_shape[1] = r->shape[1];
     if (split == ENT_SPLIT_ROWS) r->local_shape[0] /= tb->tp;
     if (split == ENT_SPLIT_COLS) r->local_shape[1] /= tb->tp;
     r->numel = (size_t)r->local_shape[0] * (size_t)r->local_shape[1];
-    // 16-float alignment keeps every tensor on its own cache lines (and SIMD-aligned)
+    // offsets count floats: the arenas are f32 (ENT_ARENA_ALIGN keeps every
+    // tensor on its own cache lines, SIMD-aligned)
     r->offset = tb->offset;
-    tb->offset += (r->numel + 15) / 16 * 16;
+    tb->offset += ent_arena_bytes(r->dtype, r->numel) / sizeof(float);
     return ENT_OK;
 }
 

@@ -22,6 +22,45 @@ uint64_t ent_hash64(uint64_t x);      // splitmix64 finaliser
 uint64_t ent_hash_string(const char *s, uint64_t seed);
 uint64_t ent_hash_bytes(const void *data, size_t n, uint64_t seed);
 
+// ---- the model's activations (model.c) ----
+// Described like the parameter table: one row per buffer that the forward and
+// backward passes keep on the device, with its name, element type, element
+// count and offset, in bytes, into one of two arenas (the activations; the
+// activation gradients, one layer's worth). A row takes
+// ent_arena_bytes(dtype, numel) bytes, so each starts on an ENT_ARENA_ALIGN
+// boundary, and an arena's size is the sum of its rows'. The model carves its
+// views from the table and sizes its memory estimate by it.
+typedef enum { ENT_ACTS = 0, ENT_ACT_GRADS } ent_act_arena;
+
+typedef struct {
+    char name[32];        // "h.3.attn.qkv", "logits", "grad.mlp.fc", ...
+    ent_act_arena arena;
+    ent_dtype dtype;      // the table's float type; i32 token ids; u8 attention state
+    size_t numel;
+    size_t offset;        // bytes into its arena
+} ent_act_row;
+
+typedef struct {
+    ent_act_row *rows;
+    int nrows;
+    size_t bytes[2];      // of each arena, by ent_act_arena
+} ent_act_table;
+
+// The activations of one of tp tensor-parallel ranks (tp divides the heads:
+// ent_param_table_build checks it) of a model of shape s for micro-batches
+// of B x T tokens, with its floating-point activations in dtype
+// (ENT_ERR_USAGE when that is not a floating type). The attention state is
+// the backend's (attention_state_bytes), kept as bytes. The model runs f32
+// activations only (ent_model_new refuses others); another dtype sizes an
+// estimate. The caller owns the table (ent_act_table_free).
+ent_status ent_act_table_build(ent_backend_t *be, const ent_model_shape *s, int tp, int B, int T,
+                               ent_dtype dtype, ent_act_table *t);
+void ent_act_table_free(ent_act_table *t);
+// Bytes a model with these tables needs on its device: parameters, gradients
+// and the two AdamW moments, activations and their gradients.
+// ent_model_memory_bytes is this for the f32 tables of a shape.
+size_t ent_model_memory_bytes_of(const ent_param_table *params, const ent_act_table *acts);
+
 // ---- files Entente reads ----
 // Opens path read-only after checking that it is a regular file: a FIFO,
 // socket, device or directory is refused before it is opened for reading (a

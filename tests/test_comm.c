@@ -279,16 +279,19 @@ static void test_mpi_check(void **state) {
 // guarded backend's buffers (PROT_NONE outside its calls) through a device
 // group, staged over MPI; every result equals the host collectives' (a host
 // access to the buffers would fault). On the cpu backend a device group is
-// plain MPI.
+// plain MPI. Neither CPU backend has a stream, so neither gets NCCL, even in
+// a build that has it.
 static void test_device_groups(void **state) {
     (void)state;
     ent_backend_t *cpu = NULL, *be = NULL;
     assert_int_equal(ent_backend_new("cpu", NULL, &cpu), ENT_OK);
+    assert_null(ent_backend_stream(cpu));
     ent_group_t *plain = NULL, *g = NULL;
     assert_int_equal(ent_group_new_device(grid->world, cpu, &plain), ENT_OK);
     assert_string_equal(ent_group_backend(plain), "mpi");
     ent_group_free(&plain);
     assert_int_equal(ent_backend_new("cpu-guarded", NULL, &be), ENT_OK);
+    assert_null(ent_backend_stream(be));
     assert_int_equal(ent_group_new_device(grid->world, be, &g), ENT_OK);
     assert_string_equal(ent_group_backend(g), "mpi-staged");
     assert_int_equal(ent_group_size(g), size);
@@ -339,6 +342,98 @@ static void test_device_groups(void **state) {
     ent_group_free(&g);
     ent_backend_free(&be);
     ent_backend_free(&cpu);
+}
+
+// The grid's device groups: DP and TP groups of the grid's ranks, "mpi" on
+// the cpu backend and "mpi-staged" on the guarded one, each running its
+// collectives over its own ranks.
+static void test_grid_device_groups(void **state) {
+    (void)state;
+    const char *names[] = {"cpu", "cpu-guarded"}, *kinds[] = {"mpi", "mpi-staged"};
+    int tp = size % 2 == 0 ? 2 : 1;
+    for (int k = 0; k < 2; k++) {
+        ent_backend_t *be = NULL;
+        ent_grid *gr = NULL;
+        assert_int_equal(ent_backend_new(names[k], NULL, &be), ENT_OK);
+        assert_int_equal(ent_grid_new(comm, tp, &gr), ENT_OK);
+        assert_null(gr->dp_dev);
+        assert_int_equal(ent_grid_attach_device(gr, be), ENT_OK);
+        ent_group_t *groups[] = {gr->dp_dev, gr->tp_dev};
+        for (int i = 0; i < 2; i++) {
+            ent_group_t *g = groups[i];
+            assert_string_equal(ent_group_backend(g), kinds[k]);
+            assert_string_equal(ent_group_name(g), i == 0 ? "dp" : "tp");
+            // the sum of the world ranks of the group's members, in the backend's memory
+            int64_t mine = rank, sum = 0, want = 0;
+            int64_t *dev = be->iface->alloc(be, sizeof mine);
+            assert_non_null(dev);
+            assert_int_equal(be->iface->to_device(be, dev, &mine, sizeof mine), ENT_OK);
+            assert_int_equal(ent_allreduce(g, dev, dev, 1, ENT_I64, ENT_SUM), ENT_OK);
+            assert_int_equal(be->iface->to_host(be, &sum, dev, sizeof sum), ENT_OK);
+            for (int r = 0; r < size; r++) {
+                int same = i == 0 ? r % tp == gr->tp_rank : r / tp == gr->dp_rank;
+                if (same) want += r;
+            }
+            assert_int_equal(sum, want);
+            be->iface->free_mem(be, dev);
+        }
+        ent_grid_free(&gr);
+        ent_backend_free(&be);
+    }
+}
+
+// A backend that hands out a stream (the guarded backend's table with a
+// stream entry: a token, for no CUDA call may be made through it here). In a
+// build without NCCL its device group stages over MPI and works; in a build
+// with NCCL it is a NCCL group on that stream, which on machines without a
+// GPU fails on every rank, each with an error, none waiting for the others.
+static void *token_stream(ent_backend_t *be) {
+    (void)be;
+    static int token;
+    return &token;
+}
+
+static void test_device_group_with_stream(void **state) {
+    (void)state;
+    if (ent_comm_have_nccl()) {
+        // only where no rank has a GPU: there no CUDA call reaches the token
+        ent_group_t *g = NULL;
+        ent_status st = ent_group_new_nccl(comm, grid->world, &g);
+        int64_t no_gpu = st != ENT_OK && strstr(ent_last_error(), "has 0 GPU(s)") != NULL, all = 0;
+        ent_group_free(&g);
+        assert_int_equal(ent_allreduce(grid->world, &no_gpu, &all, 1, ENT_I64, ENT_MIN), ENT_OK);
+        if (!all) {
+            if (rank == 0) printf("test_device_group_with_stream: GPUs here; see test_nccl\n");
+            return;
+        }
+    }
+    ent_backend_t *guarded = NULL;
+    assert_int_equal(ent_backend_new("cpu-guarded", NULL, &guarded), ENT_OK);
+    struct ent_backend_i with_stream = *guarded->iface;
+    with_stream.stream = token_stream;
+    ent_backend_t be = *guarded;
+    be.iface = &with_stream;
+    assert_non_null(ent_backend_stream(&be));
+    ent_group_t *g = NULL;
+    ent_status st = ent_group_new_device(grid->world, &be, &g);
+    if (ent_comm_have_nccl()) {
+        assert_int_not_equal(st, ENT_OK);
+        assert_null(g);
+        assert_true(strstr(ent_last_error(), "GPU of the backend's stream") != NULL ||
+                    strstr(ent_last_error(), "NCCL") != NULL);
+    } else {
+        assert_int_equal(st, ENT_OK);
+        assert_string_equal(ent_group_backend(g), "mpi-staged");
+        float one = 1.0f, sum = 0.0f;
+        float *dev = be.iface->alloc(&be, sizeof one);
+        assert_int_equal(be.iface->to_device(&be, dev, &one, sizeof one), ENT_OK);
+        assert_int_equal(ent_allreduce(g, dev, dev, 1, ENT_F32, ENT_SUM), ENT_OK);
+        assert_int_equal(be.iface->to_host(&be, &sum, dev, sizeof sum), ENT_OK);
+        assert_true(sum == (float)size);
+        be.iface->free_mem(&be, dev);
+        ent_group_free(&g);
+    }
+    ent_backend_free(&guarded);
 }
 
 static void test_nccl_without_gpu(void **state) {
@@ -409,7 +504,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_broadcast_barrier), cmocka_unit_test(test_nonblocking),
         cmocka_unit_test(test_grid),        cmocka_unit_test(test_agree),
         cmocka_unit_test(test_dtypes),      cmocka_unit_test(test_mpi_check),
-        cmocka_unit_test(test_device_groups),
+        cmocka_unit_test(test_device_groups), cmocka_unit_test(test_grid_device_groups),
+        cmocka_unit_test(test_device_group_with_stream),
         cmocka_unit_test(test_nccl_without_gpu),
     };
     char name[32];

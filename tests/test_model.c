@@ -4,7 +4,8 @@
 //    tensor by tensor, along a random direction of each tensor;
 //  - the loss at initialisation is within 2% of ln(vocab);
 //  - a tiny model overfits one batch to a loss below 0.05;
-//  - the same seed gives bit-identical losses and parameters, another seed does not.
+//  - the same seed gives bit-identical losses and parameters, another seed does not;
+//  - the activation table lays out the activation arenas and sizes the memory estimate.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +19,7 @@
 
 #include "ent_runtime.h"
 #include "ref.h"
+#include "runtime_impl.h" // the activation table; the memory estimate of given tables
 
 static ent_backend_t *be;
 
@@ -406,13 +408,109 @@ static void test_out_of_memory(void **state) {
     assert_non_null(strstr(ent_last_error(), "not enough memory"));
 }
 
+// The activation table: every row has a name and an element type, the rows
+// of an arena follow each other on 64-byte boundaries without gaps or
+// overlaps, and each arena is the sum of its rows' sizes rounded up to 64
+// bytes (computed here, not by the code under test). The memory estimate is
+// the tables', and with bf16 activations it is smaller by exactly what every
+// float row saves after rounding (token ids and the backend's attention state
+// keep their size). A model refuses activations its kernels cannot run.
+static size_t rounded(size_t numel, ent_dtype dtype) {
+    return (numel * ent_dtype_size(dtype) + 63) / 64 * 64;
+}
+
+static void test_activation_table(void **state) {
+    (void)state;
+    // odd sizes, so that rounding to 64 bytes matters: B x T x 1 floats are
+    // not a multiple of 16 for B*T = 3*7 or 5*9
+    struct { int layers, heads, width, context, tp, B, T; } cases[] = {
+        {2, 4, 64, 32, 1, 3, 7}, {3, 4, 48, 16, 2, 5, 9}, {1, 4, 32, 8, 4, 2, 8}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        ent_model_shape s = tiny_shape(cases[c].layers, cases[c].heads, cases[c].width,
+                                       cases[c].context);
+        int tp = cases[c].tp, B = cases[c].B, T = cases[c].T;
+        ent_param_table params;
+        ent_act_table f32, bf16;
+        assert_int_equal(ent_param_table_build(&s, tp, &params), ENT_OK);
+        assert_int_equal(ent_act_table_build(be, &s, tp, B, T, ENT_F32, &f32), ENT_OK);
+        assert_int_equal(ent_act_table_build(be, &s, tp, B, T, ENT_BF16, &bf16), ENT_OK);
+        assert_true(f32.nrows > 13 * s.layers);
+        assert_int_equal(f32.nrows, bf16.nrows);
+        size_t end[2] = {0, 0}, saved = 0;
+        int floats = 0, ids = 0, states = 0;
+        for (int i = 0; i < f32.nrows; i++) {
+            const ent_act_row *r = &f32.rows[i], *h = &bf16.rows[i];
+            assert_true(r->name[0] != '\0');
+            assert_true(ent_dtype_size(r->dtype) > 0); // a dtype of the enum
+            assert_true(r->numel > 0);
+            assert_true(r->arena == ENT_ACTS || r->arena == ENT_ACT_GRADS);
+            assert_int_equal(r->offset, end[r->arena]);
+            assert_int_equal(r->offset % ENT_ARENA_ALIGN, 0);
+            end[r->arena] += rounded(r->numel, r->dtype);
+            assert_string_equal(r->name, h->name);
+            assert_int_equal(r->numel, h->numel);
+            assert_int_equal(r->arena, h->arena);
+            if (ent_dtype_is_float(r->dtype)) {
+                floats++;
+                assert_int_equal(r->dtype, ENT_F32);
+                assert_int_equal(h->dtype, ENT_BF16);
+                saved += rounded(r->numel, ENT_F32) - rounded(h->numel, ENT_BF16);
+            } else {
+                assert_int_equal(r->dtype, h->dtype);
+            }
+            if (strcmp(r->name, "tokens") == 0 || strcmp(r->name, "targets") == 0) {
+                ids++;
+                assert_int_equal(r->dtype, ENT_I32);
+                assert_int_equal(r->numel, (size_t)B * T);
+            }
+            if (strstr(r->name, "attn.state") != NULL) {
+                states++;
+                assert_int_equal(r->dtype, ENT_U8);
+                assert_int_equal(r->numel, be->iface->attention_state_bytes(be, B, T,
+                                                                            s.heads / tp));
+            }
+            if (strcmp(r->name, "h.0.attn.qkv") == 0)
+                assert_int_equal(r->numel, (size_t)3 * B * T * (s.width / tp));
+            if (strcmp(r->name, "logits") == 0)
+                assert_int_equal(r->numel, (size_t)B * T * s.padded_vocab);
+        }
+        assert_int_equal(ids, 2);
+        assert_int_equal(states, s.layers + 1); // each block's, and the backward's scratch
+        assert_true(floats > 0 && saved > 0);
+        assert_int_equal(f32.bytes[ENT_ACTS], end[ENT_ACTS]);
+        assert_int_equal(f32.bytes[ENT_ACT_GRADS], end[ENT_ACT_GRADS]);
+        // the estimate: four f32 parameter arenas and the two activation arenas
+        size_t estimate = ent_model_memory_bytes(be, &s, tp, B, T);
+        assert_int_equal(estimate, 4 * sizeof(float) * params.total + end[0] + end[1]);
+        assert_int_equal(estimate, ent_model_memory_bytes_of(&params, &f32));
+        assert_int_equal(estimate - ent_model_memory_bytes_of(&params, &bf16), saved);
+        ent_act_table_free(&f32);
+        ent_act_table_free(&bf16);
+        assert_null(f32.rows);
+        ent_param_table_free(&params);
+    }
+    // activations the model cannot run are refused, naming the type
+    ent_model_shape s = tiny_shape(1, 2, 16, 8);
+    ent_act_table t;
+    assert_int_equal(ent_act_table_build(be, &s, 1, 1, 8, ENT_I8, &t), ENT_ERR_USAGE);
+    assert_non_null(strstr(ent_last_error(), "activations in i8"));
+    ent_model_t *m = NULL;
+    ent_model_opts opts = {.activations = ENT_BF16};
+    assert_int_equal(ent_model_new(be, &s, &opts, 1, 8, &m), ENT_ERR_USAGE);
+    assert_null(m);
+    assert_non_null(strstr(ent_last_error(), "in bf16: the model's kernels take f32 activations"));
+    opts.activations = ENT_F32;
+    assert_int_equal(ent_model_new(be, &s, &opts, 1, 8, &m), ENT_OK);
+    ent_model_free(&m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parameter_table), cmocka_unit_test(test_gradient_check),
         cmocka_unit_test(test_initial_loss),    cmocka_unit_test(test_overfit_one_batch),
         cmocka_unit_test(test_deterministic),   cmocka_unit_test(test_initialisation),
         cmocka_unit_test(test_tensor_parallel_layout), cmocka_unit_test(test_out_of_memory),
-        cmocka_unit_test(test_guarded_backend),
+        cmocka_unit_test(test_guarded_backend), cmocka_unit_test(test_activation_table),
     };
     return cmocka_run_group_tests_name("model", tests, setup, teardown);
 }
