@@ -256,8 +256,9 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
         return st;
     }
     // Arena by arena, each replica reads its part (whole chunks by the
-    // readers, queued as this thread walks the index), waits for the readers,
-    // then sends it to the others while the next arena is read (its broadcast
+    // readers, queued as this thread walks the index; with no one to send it
+    // to, the next arena is queued at once), waits for the readers, then
+    // sends it to the others while the next arena is read (its broadcast
     // advanced between rows). A failed read does not stop the broadcasts
     // (every rank takes part in all of them); every rank learns of it at the
     // end and fails, the arrays then being unspecified. Reading and the
@@ -280,7 +281,7 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
             H5Dclose(d);
             progress(reqs, nreq);
         }
-        if (ck->readers != NULL) { // nothing is sent (or returned) before it is in and checked
+        if (ck->readers != NULL && reps != NULL && shared[g]) { // nothing is sent unchecked
             ent_status w = ckpt_readers_wait(ck->readers);
             if (st == ENT_OK) st = w;
         }
@@ -291,6 +292,10 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
             if (b == ENT_OK) nreq++;
             else if (st == ENT_OK) st = b;
         }
+    }
+    if (ck->readers != NULL) { // nor returned
+        ent_status w = ckpt_readers_wait(ck->readers);
+        if (st == ENT_OK) st = w;
     }
     for (int i = 0; i < nreq; i++) {
         ent_status w = ent_wait(&reqs[i]);
