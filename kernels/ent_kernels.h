@@ -408,6 +408,12 @@ ent_status ent_vec_quantize_i8(ent_backend_t *be, int8_t *q, float *scales, cons
 ent_status ent_vec_dequantize_i8(ent_backend_t *be, float *out, const int8_t *q,
                                  const float *scales, size_t n, size_t block);
 
+// The scale of a block of n values quantised to integers in [-levels,
+// levels]: max |x| / levels (NaN or infinite when a value is: a receiver
+// that checks the scales refuses the block), and in *inv its inverse, 0 when
+// the scale is 0 or not finite. The int8 op and the coalition's codecs share it.
+float ent_block_scale(const float *x, size_t n, float levels, float *inv);
+
 // The backend's stream (its iface->stream), or NULL when it has none. Not
 // owned by the caller: it lives as long as the backend.
 void *ent_backend_stream(ent_backend_t *be);

@@ -31,14 +31,8 @@ ent_status ent_cpu_quantize_i8(ent_backend_t *be, int8_t *q, float *scales, cons
 #pragma omp parallel for schedule(static)
     for (size_t k = 0; k < nblocks; k++) {
         size_t i0 = k * block, i1 = i0 + block < n ? i0 + block : n;
-        float amax = 0.0f;
-        for (size_t i = i0; i < i1; i++) {
-            float a = fabsf(x[i]);
-            amax = a > amax || a != a ? a : amax; // NaN propagates
-        }
-        float scale = amax / 127.0f;
-        scales[k] = scale;
-        float inv = scale > 0.0f && isfinite(scale) ? 1.0f / scale : 0.0f;
+        float inv;
+        scales[k] = ent_block_scale(x + i0, i1 - i0, 127.0f, &inv);
         for (size_t i = i0; i < i1; i++) {
             float r = nearbyintf(x[i] * inv);
             r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;

@@ -276,14 +276,8 @@ static ent_status encode_int4(const layout *L, const float *x, uint8_t *body) {
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (size_t b = 0; b < nb; b++) {
         size_t i0 = b * block, i1 = i0 + block < n ? i0 + block : n;
-        float amax = 0.0f;
-        for (size_t i = i0; i < i1; i++) {
-            float a = fabsf(x[i]);
-            amax = a > amax || a != a ? a : amax; // NaN propagates
-        }
-        float scale = amax / 7.0f;
-        scales[b] = scale;
-        float inv = scale > 0.0f && isfinite(scale) ? 1.0f / scale : 0.0f;
+        float inv;
+        scales[b] = ent_block_scale(x + i0, i1 - i0, 7.0f, &inv);
         for (size_t i = i0; i < i1; i++) {
             float r = nearbyintf(x[i] * inv);
             r = r > 7.0f ? 7.0f : r < -7.0f ? -7.0f : r;

@@ -30,16 +30,20 @@ static ent_status check_opt(const ent_outer_opt *opt) {
     return ENT_OK;
 }
 
+// One element's outer step: the momentum moves to mu m + g and the update
+// is lr (g + mu m) with the new m (the one formula both calls below use).
+static inline float nesterov(float lr, float mu, float *m, float g) {
+    float next = mu * *m + g;
+    *m = next;
+    return lr * (g + mu * next);
+}
+
 ent_status ent_outer_nesterov_update(const ent_outer_opt *opt, float *momentum, const float *g,
                                      float *update, size_t n) {
     ENT_CHECK(check_opt(opt));
     const float lr = opt->lr, mu = opt->momentum;
 #pragma omp parallel for schedule(static) if (n >= 65536)
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i], m = mu * momentum[i] + gi;
-        momentum[i] = m;
-        update[i] = lr * (gi + mu * m);
-    }
+    for (size_t i = 0; i < n; i++) update[i] = nesterov(lr, mu, &momentum[i], g[i]);
     return ENT_OK;
 }
 
@@ -48,11 +52,7 @@ ent_status ent_outer_nesterov_step(const ent_outer_opt *opt, float *anchor, floa
     ENT_CHECK(check_opt(opt));
     const float lr = opt->lr, mu = opt->momentum;
 #pragma omp parallel for schedule(static) if (n >= 65536)
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i], m = mu * momentum[i] + gi;
-        momentum[i] = m;
-        anchor[i] -= lr * (gi + mu * m);
-    }
+    for (size_t i = 0; i < n; i++) anchor[i] -= nesterov(lr, mu, &momentum[i], g[i]);
     return ENT_OK;
 }
 
