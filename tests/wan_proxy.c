@@ -650,6 +650,7 @@ int main(int argc, char **argv) {
         conn_t *c = conn_open(&p, cfd, target, now);
         if (!c) {
           close_reset(cfd);
+          p.closed++;
           p.failed++;
           continue;
         }
@@ -676,7 +677,7 @@ int main(int argc, char **argv) {
   freeaddrinfo(target);
   if (stop_signal) log_msg("stopped by signal %d", (int)stop_signal);
   fprintf(stderr,
-          "wan_proxy: %llu connections (%llu ended, %llu reset or failed, %zu open at the stop); "
+          "wan_proxy: %llu connections (%llu closed, %llu of them reset or failed; %zu open at the stop); "
           "bytes client->target %llu, target->client %llu\n",
           (unsigned long long)p.accepted, (unsigned long long)p.closed,
           (unsigned long long)p.failed, nconn, (unsigned long long)p.bytes[0],
