@@ -4,7 +4,9 @@
 usage: wan_proxy_test.py PATH_TO_WAN_PROXY
 
 Checks: round trips gain 2 x latency (and stay small without it); a rate cap
-holds throughput each way within [80%, 105%] of the cap; 10 MB of random bytes
+holds throughput each way within [50%, 105%] of the cap (the lower bounds
+here are loose on purpose: a busy 2-core CI machine may slow the proxy, never
+speed it past its cap or under its latency); 10 MB of random bytes
 come back identical through latency and a cap, with half-close forwarded;
 20 connections at once; a peer reset reaching the other side; the statistics
 printed at SIGTERM equal the bytes sent; bad arguments refused naming the flag.
@@ -168,8 +170,8 @@ def case_latency(server):
     plain = Proxy(server)
     rtt0 = round_trips(plain)
     plain.stop()
-    check(rtt0[len(rtt0) // 2] < 0.02,
-          "without latency the median round trip is small: %.2f ms < 20 ms" % (rtt0[len(rtt0) // 2] * 1e3))
+    check(rtt0[len(rtt0) // 2] < 0.05,
+          "without latency the median round trip is small: %.2f ms < 50 ms" % (rtt0[len(rtt0) // 2] * 1e3))
 
     slow = Proxy(server, "--latency-ms", "50")
     rtt = round_trips(slow)
@@ -177,7 +179,7 @@ def case_latency(server):
     check(rtt[0] >= 0.100,
           "with --latency-ms 50 every round trip is >= 100 ms: shortest %.1f ms" % (rtt[0] * 1e3))
     med = rtt[len(rtt) // 2]
-    check(med < 0.160, "with --latency-ms 50 the median round trip is < 160 ms: %.1f ms" % (med * 1e3))
+    check(med < 0.300, "with --latency-ms 50 the median round trip is < 300 ms: %.1f ms" % (med * 1e3))
 
 
 def case_rate(server):
@@ -211,8 +213,8 @@ def case_rate(server):
         c.close()
         p.stop()
         mbit = n * 8 / dt / 1e6
-        check(80 <= mbit <= 105,
-              "--rate-mbit 100, %s: %.1f Mbit/s for 5 MB lies within [80, 105]" % (direction, mbit))
+        check(50 <= mbit <= 105,
+              "--rate-mbit 100, %s: %.1f Mbit/s for 5 MB lies within [50, 105]" % (direction, mbit))
 
 
 def case_integrity(server):
