@@ -146,8 +146,9 @@ case_docs_config() {
 # sources' string literals hold (adjacent literals joined): pieces of two
 # words or more, or one word next to a substituted value.
 case_docs_messages() {
-    cat "$SRC"/runtime/*.c "$SRC"/checkpoint/*.c "$SRC"/comm/*.c "$SRC"/kernels/*.c \
-        "$SRC"/kernels/cpu/*.c | sed -z 's/"[ \t]*\n[ \t]*"//g' >"$W/strings"
+    # every C source of the library, subfolders too (runtime/coalition, ...)
+    find "$SRC"/runtime "$SRC"/checkpoint "$SRC"/comm "$SRC"/kernels -name '*.c' -print0 |
+        sort -z | xargs -0 cat | sed -z 's/"[ \t]*\n[ \t]*"//g' >"$W/strings"
     local f
     for f in "$SRC"/README.md "$SRC"/docs/*.md; do
         # "entente: error: ..." messages, and the messages of "## Errors" tables
