@@ -53,13 +53,7 @@ def serve_conn(c):
                     break
                 c.sendall(b)
         elif mode == b"S":
-            n = 0
-            while True:
-                b = c.recv(1 << 16)
-                if not b:
-                    break
-                n += len(b)
-            c.sendall(struct.pack(">Q", n))
+            c.sendall(struct.pack(">Q", drain(c)))
         elif mode == b"G":
             hdr = b""
             while len(hdr) < 8:
@@ -139,6 +133,18 @@ class Proxy:
         return rc, err
 
 
+def drain(c, h=None):
+    """Reads c to the end of its stream: the bytes counted (and fed to h)."""
+    n = 0
+    while True:
+        b = c.recv(1 << 16)
+        if not b:
+            return n
+        if h is not None:
+            h.update(b)
+        n += len(b)
+
+
 def recv_exact(c, n):
     buf = bytearray()
     while len(buf) < n:
@@ -202,12 +208,7 @@ def case_rate(server):
         else:
             c = p.connect(b"G" + struct.pack(">Q", size))
             t0 = time.monotonic()
-            n = 0
-            while True:
-                b = c.recv(1 << 16)
-                if not b:
-                    break
-                n += len(b)
+            n = drain(c)
             dt = time.monotonic() - t0
             check(n == size, "the source's %d bytes all arrived (%d)" % (size, n))
         c.close()
@@ -229,13 +230,7 @@ def case_integrity(server):
     t = threading.Thread(target=send)
     t.start()
     h = hashlib.sha256()
-    n = 0
-    while True:
-        b = c.recv(1 << 16)
-        if not b:
-            break
-        h.update(b)
-        n += len(b)
+    n = drain(c, h)
     t.join()
     c.close()
     check(n == len(payload), "10 MB through the proxy and back: %d bytes returned" % n)
