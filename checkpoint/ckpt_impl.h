@@ -171,9 +171,14 @@ ent_status ckpt_readers_wait(ckpt_readers *rd);
 // Stops the threads (after the chunks queued) and frees; *rd becomes NULL.
 void ckpt_readers_stop(ckpt_readers **rd);
 
+// Whether fd is the file HDF5 has open as `file` (same inode), through its
+// POSIX driver with no user block, so that the addresses HDF5's chunk index
+// gives are offsets in fd: chunks can then be read straight from it. An
+// opened checkpoint keeps its stream's descriptor only where this holds.
+int ckpt_direct_fd_ok(hid_t file, int fd);
 // Reads rows [row0, row1) into dst (row0 on a chunk boundary, row1 too or
 // past the last row: read to the end). The chunks are read through the
-// stream's descriptor where it is the file HDF5 has open: by `readers` when
+// stream's descriptor where it has one (ckpt_direct_fd_ok): by `readers` when
 // given (queued: dst is complete and checked only once ckpt_readers_wait
 // returns ENT_OK), else here, each chunk's checksum checked before the call
 // returns. Elsewhere they go through HDF5, with the lending above (slack:

@@ -177,26 +177,19 @@ static ent_status chunk_sum_error(const char *name, unsigned long long row) {
 // ---------------------------------------------------------------------------
 // reading: each piece summed as it lands
 
-// The descriptor to read dset's chunks through, at the addresses HDF5's
-// index gives: stream's, when it is the file HDF5 has open (same inode),
-// through HDF5's POSIX driver, with no user block (addresses then are file
-// offsets); -1 otherwise, and the chunks go through H5Dread_chunk.
-static int raw_fd(hid_t dset, const ckpt_stream *stream) {
-    if (stream == NULL || stream->fd < 0) return -1;
-    hid_t file = H5Iget_file_id(dset);
-    if (file < 0) return -1;
+int ckpt_direct_fd_ok(hid_t file, int fd) {
+    if (fd < 0) return 0;
     hid_t fcpl = H5Fget_create_plist(file), fapl = H5Fget_access_plist(file);
     hsize_t userblock = 1;
     void *handle = NULL;
     struct stat mine, hdf5s;
     int ok = fcpl >= 0 && fapl >= 0 && H5Pget_userblock(fcpl, &userblock) >= 0 && userblock == 0 &&
              H5Pget_driver(fapl) == H5FD_SEC2 && H5Fget_vfd_handle(file, fapl, &handle) >= 0 &&
-             handle != NULL && fstat(*(int *)handle, &hdf5s) == 0 && fstat(stream->fd, &mine) == 0 &&
+             handle != NULL && fstat(*(int *)handle, &hdf5s) == 0 && fstat(fd, &mine) == 0 &&
              mine.st_dev == hdf5s.st_dev && mine.st_ino == hdf5s.st_ino;
     if (fcpl >= 0) H5Pclose(fcpl);
     if (fapl >= 0) H5Pclose(fapl);
-    H5Fclose(file);
-    return ok ? stream->fd : -1;
+    return ok;
 }
 
 // Reads bytes [at, at + len) of a chunk's stored image, its data (n bytes, to
@@ -268,7 +261,7 @@ ent_status ckpt_read_rows(hid_t dset, const char *name, hsize_t row0, hsize_t ro
             return ent_fail(ENT_ERR_INPUT, "dataset %s is not stored with exactly one "
                             "Fletcher32 filter", name);
     }
-    int fd = raw_fd(dset, stream);
+    int fd = stream != NULL ? stream->fd : -1; // checked at open (ckpt_direct_fd_ok)
     size_t bytes = l.chunk_elems * sizeof(float);
     for (hsize_t k = k0; k < k1; k++) {
         hsize_t offset[2] = {k * l.chunk[0], 0}, stored_bytes = 0;

@@ -6,7 +6,7 @@
 // only its state range (its ZeRO shard). Data-parallel replicas need the same
 // blocks: each reads a part of them and broadcasts it to the others, so the
 // file is read once, not once per replica. Whole chunks move straight from
-// the file, each checked against its checksum as it lands (direct.c); the pieces of
+// the file, read and checked by reader threads (readers.c, direct.c); the pieces of
 // chunks at the edges of a rank's part go through HDF5. The ranks agree on
 // the outcome, and nothing is broadcast unless every rank read its part.
 #include "ckpt_impl.h"
@@ -50,7 +50,10 @@ static ent_status open_here(const char *path, ent_ckpt_t **out) {
         ent_ckpt_close(&ck);
         return st;
     }
-    ckpt_stream_open(&ck->stream, path); // direct reads drop what they have read
+    // the descriptor whole chunks are read through, where it is the file
+    // HDF5 has open at plain file offsets (else chunks go through HDF5)
+    ckpt_stream_open(&ck->stream, path);
+    if (!ckpt_direct_fd_ok(ck->file, ck->stream.fd)) ckpt_stream_close(&ck->stream);
     *out = ck;
     return ENT_OK;
 }
