@@ -1,20 +1,12 @@
 #!/usr/bin/env bash
 # The main job, from a fresh Debian 12 machine: install what is missing, build,
-# prepare the default corpus (the King James Bible, the first time only) and
-# train configs/demo.ini on it. Extra arguments go to `entente train`,
-# e.g. --set train.steps=100.
+# and run a local coalition (launch/coalition.sh): a coordinator and 3 sites,
+# each its own mpirun, co-training configs/coalition.ini on their own thirds of
+# the King James Bible (prepared the first time). Extra arguments go to
+# launch/coalition.sh, e.g. --sites 2 or --set coalition.rounds=3.
+# The single-site alternative: build/entente train --config configs/demo.ini
 set -euo pipefail
 cd "$(dirname "$0")/.."
 launch/setup.sh
 launch/build.sh
-
-corpus=data/kjv
-if [ ! -f "$corpus/train_000000.bin" ] || [ ! -f "$corpus/val_000000.bin" ]; then
-    echo "quickstart: preparing the default corpus in $corpus"
-    mkdir -p "$corpus"
-    bible -l0 "Gen1:1-Rev22:21" > "$corpus/kjv.txt.tmp"
-    mv "$corpus/kjv.txt.tmp" "$corpus/kjv.txt"
-    build/entente data prepare --input "$corpus/kjv.txt" --output "$corpus" --force
-fi
-
-exec build/entente train --config configs/demo.ini "$@"
+exec launch/coalition.sh "$@"

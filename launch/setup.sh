@@ -13,6 +13,7 @@ packages=(
     libcmocka-dev                         # unit tests
     python3-numpy python3-h5py            # tests read checkpoints without Entente, as users would
     bible-kjv                             # the built-in default corpus
+    gnuplot-nox                           # loss.png of the local coalition (launch/coalition.sh)
     slurm-wlm munge                       # Slurm, for the template test (a one-node cluster)
 )
 
