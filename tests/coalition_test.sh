@@ -13,6 +13,17 @@
 #   refusals  a site of another model and a second site of the same name are
 #             refused by name; a site without a name, or whose coordinator is
 #             not there, fails with a clear message; nothing hangs.
+#   capture   two sites reach the coordinator through tests/wan_proxy (20 ms
+#             one way, 50 Mbit/s), which copies every byte they send: each
+#             stream parses to its last byte as ZMTP frames carrying only
+#             HELLO, HEARTBEAT, DELTA and LEAVE messages that the decoders
+#             accept (tests/link_capture), one DELTA per round, and holds no
+#             16-byte window of the site's token shard or text.
+#
+# Extra arguments: WAN_PROXY LINK_CAPTURE (the test tools, for `capture`).
+WAN_PROXY=${4:-}
+LINK_CAPTURE=${5:-}
+set -- "$1" "$2" "$3"
 source "$(dirname "$0")/cli_lib.sh"
 
 PIDS=()
@@ -182,6 +193,45 @@ case_refusals() {
     # a run directory that holds a run
     expect "coordinator into a used run dir" 2 "holds another run" -- \
         "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/coordinator"
+}
+
+case_capture() {
+    need_mpirun
+    [ -x "$WAN_PROXY" ] && [ -x "$LINK_CAPTURE" ] || { echo "SKIP: wan_proxy or link_capture not given"; exit 77; }
+    make_site_data
+    write_coalition "$W/co.ini" 2 3
+    mkdir -p "$W/run" "$W/capture"
+    start_coordinator "$W/run/coordinator"
+    local cport=${EP##*:}
+    "$WAN_PROXY" --listen 127.0.0.1:0 --connect "127.0.0.1:$cport" --latency-ms 20 \
+        --rate-mbit 50 --capture-dir "$W/capture" --port-file "$W/proxy.port" >"$W/proxy.log" 2>&1 &
+    local proxy=$!
+    PIDS+=("$proxy")
+    local t
+    for t in $(seq 50); do [ -s "$W/proxy.port" ] && break; sleep 0.1; done
+    local real=$EP
+    EP=tcp://127.0.0.1:$(cat "$W/proxy.port")
+    start_site a 1; local pa=$SPID
+    # one connection at a time, so conn-1 is a's and conn-2 is b's
+    for t in $(seq 100); do [ -s "$W/capture/conn-1.up" ] && break; sleep 0.1; done
+    sleep 0.5
+    start_site b 1; local pb=$SPID
+    wait "$CPID" || fail "the coordinator failed: $(tail -3 "$W/run/coordinator.log")"
+    wait "$pa" || fail "site a failed: $(tail -3 "$W/site-a.log")"
+    wait "$pb" || fail "site b failed: $(tail -3 "$W/site-b.log")"
+    kill "$proxy"; wait "$proxy" 2>/dev/null
+    [ "$FAILED" = 0 ] || return
+    grep -q "joined.*from 127.0.0.1" "$W/run/coordinator.log" || fail "no site joined through the proxy"
+    local name i=1
+    for name in a b; do
+        [ -s "$W/capture/conn-$i.up" ] || { fail "no capture of site $name's connection"; i=$((i + 1)); continue; }
+        expect "site $name's bytes are protocol messages only" 0 "out:DELTA 3" -- "$LINK_CAPTURE" \
+            "$W/capture/conn-$i.up" --expect-deltas 3 \
+            --shard "$W/data-$name/train_000000.bin" --text "$W/part.0$((i - 1))"
+        i=$((i + 1))
+    done
+    [ -z "$(ls "$W/capture" | grep -v '^conn-[12].up$')" ] || fail "more connections than the two sites': $(ls "$W/capture")"
+    : "$real"
 }
 
 run_case
