@@ -37,6 +37,8 @@ typedef struct {
     // throughput: two heartbeats of one round give inner steps per second
     uint64_t hb_round, hb_time_ns;
     uint32_t hb_steps;
+    int hb_have; // a heartbeat came before
+    int replanned; // round 0 planned again from a measured speed
     double steps_per_s;
 } csite;
 
@@ -226,15 +228,21 @@ static ent_status on_heartbeat(coord *c, csite *s, const ent_link_incoming *in) 
     ent_link_header hd;
     if (ent_link_decode_heartbeat(in->bytes, in->len, in->peer.name, &hd, &m) != ENT_OK)
         return send_error(c, &in->peer, s->id, ENT_LINK_ERR_MALFORMED, "%s", ent_last_error());
-    if (hd.round == s->hb_round && m.steps_done > s->hb_steps && m.time_ns > s->hb_time_ns)
+    if (s->hb_have && hd.round == s->hb_round && m.steps_done > s->hb_steps &&
+        m.time_ns > s->hb_time_ns)
         s->steps_per_s = (double)(m.steps_done - s->hb_steps) / ((double)(m.time_ns - s->hb_time_ns) * 1e-9);
     s->hb_round = hd.round;
     s->hb_steps = m.steps_done;
     s->hb_time_ns = m.time_ns;
-    // the first plan from a measured speed: round 1's, as soon as round 0
-    // has shown it (round 0 itself is planned before anything is known)
-    if (hd.round == 0 && s->steps_per_s > 0 && !plan_sent(s, 1) && c->rounds > 1)
-        ENT_CHECK(send_plan(c, s, 1));
+    s->hb_have = 1;
+    // round 0 is planned before anything is known: once its speed shows,
+    // the site's round 0 is planned again (it trains on to the new length)
+    // and its round 1 planned
+    if (hd.round == 0 && s->steps_per_s > 0 && c->cfg->coal_round_seconds > 0 && !s->replanned) {
+        s->replanned = 1;
+        ENT_CHECK(send_plan(c, s, 0));
+        if (c->rounds > 1) ENT_CHECK(send_plan(c, s, 1));
+    }
     return ENT_OK;
 }
 
