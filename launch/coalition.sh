@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
 # A local coalition on one machine: a coordinator and N sites (each its own
 # mpirun; the first with 2 ranks) co-train configs/coalition.ini, each site on
-# its own contiguous part of the default corpus's training tokens, and the
+# its own part of the default corpus's training tokens, and the
 # coordinator evaluates the shared anchor on the corpus's validation shards.
 # Then a sample from the anchor and RUN/loss.png. Run `launch/coalition.sh --help`.
 set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: launch/coalition.sh [--sites N] [--set SECTION.KEY=VALUE ...]
+Usage: launch/coalition.sh [--sites N] [--split contiguous|striped]
+                           [--set SECTION.KEY=VALUE ...]
        launch/coalition.sh --plot RUN_DIR
 
 Runs a local coalition of configs/coalition.ini: a coordinator and N sites
 (default 3, at most 8), each site its own mpirun, site a with 2 ranks and the
 others with 1. The training tokens of data/kjv (the default corpus, prepared
-the first time) are cut into N contiguous parts, one per site, each prepared
-into data/coalition-N/site-NAME; the coordinator evaluates the anchor on
-data/kjv's validation shards, which no site trains on. Sites are named a, b,
-c, ...; each output line starts with [coordinator] or [site NAME].
+the first time) are cut into N disjoint parts (--split), one per site, each
+prepared into data/coalition-N/site-NAME; the coordinator evaluates the
+anchor on data/kjv's validation shards, which no site trains on. Sites are
+named a, b, c, ...; each output line starts with [coordinator] or [site NAME].
 
 The run goes to runs/coalition-DATE-TIME/: coordinator/ and site-NAME/ (the
 run directories: config, metrics.jsonl, checkpoints), one .log per process,
@@ -27,6 +28,11 @@ against time and against tokens; needs gnuplot).
 
 Options:
   --sites N       number of sites, 1 to 8 (default 3)
+  --split MODE    contiguous (default): each site one contiguous part of the
+                  text, so the sites hold different books, as institutions
+                  hold different data; striped: pieces of about 64 KiB dealt
+                  out in turn, so every site draws from the whole text
+                  (data/coalition-N-striped/site-NAME)
   --set S.K=V     a configuration override for the coordinator and every site
                   (repeatable), after the script's own (coalition.sites,
                   coalition.bind; per site coalition.coordinator,
@@ -65,6 +71,7 @@ say() {
 max_sites=8
 site_names=(a b c d e f g h)
 sites=3
+split=contiguous
 sets=()
 plot_dir=""
 while [ $# -gt 0 ]; do
@@ -73,12 +80,12 @@ while [ $# -gt 0 ]; do
         usage
         exit 0
         ;;
-    --sites | --set | --plot)
+    --sites | --split | --set | --plot)
         [ $# -ge 2 ] || die_usage "$1 needs a value"
         opt=$1 val=$2
         shift 2
         ;;
-    --sites=* | --set=* | --plot=*)
+    --sites=* | --split=* | --set=* | --plot=*)
         opt=${1%%=*} val=${1#*=}
         shift
         ;;
@@ -93,6 +100,12 @@ while [ $# -gt 0 ]; do
             die_usage "--sites '$val': the number of sites must be an integer from 1 to $max_sites"
         fi
         sites=$((10#$val))
+        ;;
+    --split)
+        case "$val" in
+        contiguous | striped) split=$val ;;
+        *) die_usage "--split '$val': expected contiguous or striped" ;;
+        esac
         ;;
     --set)
         [[ "$val" =~ ^[A-Za-z0-9_]+\.[A-Za-z0-9_]+= ]] ||
@@ -205,19 +218,24 @@ launch/corpus.sh
 corpus=data/kjv
 names=("${site_names[@]:0:$sites}")
 
-# data/coalition-N/site-NAME: the sites' parts, split again whenever
-# data/kjv's training shard is newer than the last split.
+# data/coalition-N[-striped]/site-NAME: the sites' parts, split again
+# whenever data/kjv's training shard is newer than the last split.
 split_dir=data/coalition-$sites
+split_args=()
+if [ "$split" = striped ]; then
+    split_dir=$split_dir-striped
+    split_args=(--stripe 65536)
+fi
 stamp=$split_dir/.complete
 if [ ! -f "$stamp" ] || [ "$corpus/train_000000.bin" -nt "$stamp" ]; then
-    say "cutting the training tokens of $corpus into $sites part(s) in $split_dir"
+    say "cutting the training tokens of $corpus into $sites $split part(s) in $split_dir"
     rm -rf "$split_dir"
     mkdir -p "$split_dir"
     parts=()
     for n in "${names[@]}"; do
         parts+=("$split_dir/site-$n.txt")
     done
-    "${tool[@]}" split "$corpus" "${parts[@]}"
+    "${tool[@]}" split "${split_args[@]}" "$corpus" "${parts[@]}"
     for n in "${names[@]}"; do
         # no validation split: the coordinator evaluates on data/kjv's
         "$entente" data prepare --input "$split_dir/site-$n.txt" --output "$split_dir/site-$n" \

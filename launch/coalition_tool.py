@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Text munging for launch/coalition.sh (standard library only).
 
-  coalition_tool.py split SHARD_DIR OUT_FILE [OUT_FILE ...]
+  coalition_tool.py split [--stripe BYTES] SHARD_DIR OUT_FILE [OUT_FILE ...]
       Reads the training shards of SHARD_DIR (train_*.bin, in name order,
       llm.c's .bin layout of byte-level tokens), and writes their text into
-      the OUT_FILEs: contiguous, disjoint parts of about equal size, cut at line
-      ends, that together hold every byte of the training tokens once
-      (end-of-text tokens, which only mark where a document starts, are left
-      out: `entente data prepare` puts one before each file again). The
-      validation shards are not read, so no part holds validation text.
+      the OUT_FILEs: disjoint parts of about equal size, cut at line ends,
+      that together hold every byte of the training tokens once (end-of-text
+      tokens, which only mark where a document starts, are left out:
+      `entente data prepare` puts one before each file again). Each part is
+      one contiguous piece, or with --stripe, pieces of about BYTES dealt out
+      in turn (piece i to part i mod N), so every part draws from the whole
+      text. The validation shards are not read, so no part holds validation
+      text.
 
   coalition_tool.py columns METRICS_JSONL FIELD [FIELD ...] [--event NAME]
       Prints one line per record of a metrics.jsonl that has every FIELD as a
@@ -106,6 +109,17 @@ def cut_points(text, parts):
 
 
 def cmd_split(args):
+    stripe = 0
+    if len(args) >= 2 and args[0] == "--stripe":
+        try:
+            stripe = int(args[1])
+        except ValueError:
+            stripe = 0
+        if stripe < 1:
+            print(f"coalition_tool: --stripe '{args[1]}': expected a number of "
+                  f"bytes >= 1", file=sys.stderr)
+            return 2
+        args = args[2:]
     if len(args) < 2:
         return usage()
     shard_dir, outs = args[0], args[1:]
@@ -113,13 +127,25 @@ def cmd_split(args):
     if not paths:
         raise InputError(f"no training shards match {shard_dir}/train_*.bin")
     text = shard_text(paths)
-    cuts = cut_points(text, len(outs))
-    for out, a, b in zip(outs, cuts, cuts[1:]):
+    parts = len(outs)
+    # contiguous: one piece per part; striped: about `stripe` bytes a piece,
+    # a whole number of pieces per part, dealt out in turn
+    pieces = parts * max(1, round(len(text) / stripe / parts)) if stripe else parts
+    cuts = cut_points(text, pieces)
+    for i, out in enumerate(outs):
+        mine = list(zip(cuts[i:-1:parts], cuts[i + 1::parts]))
         tmp = out + ".tmp"
         with open(tmp, "wb") as f:
-            f.write(text[a:b])
+            for a, b in mine:
+                f.write(text[a:b])
         os.replace(tmp, out)
-        print(f"{out}: {b - a} bytes (training bytes {a}..{b - 1} of {len(text)})")
+        size = sum(b - a for a, b in mine)
+        if stripe:
+            print(f"{out}: {size} bytes (stripes {i}, {i + parts}, ... of {pieces} "
+                  f"of the {len(text)} training bytes)")
+        else:
+            a, b = mine[0]
+            print(f"{out}: {size} bytes (training bytes {a}..{b - 1} of {len(text)})")
     return 0
 
 
@@ -214,7 +240,7 @@ def cmd_ini_value(args):
 
 
 def usage():
-    print("usage: coalition_tool.py split SHARD_DIR OUT_FILE [OUT_FILE ...]\n"
+    print("usage: coalition_tool.py split [--stripe BYTES] SHARD_DIR OUT_FILE [OUT_FILE ...]\n"
           "       coalition_tool.py columns METRICS_JSONL FIELD [FIELD ...] "
           "[--event NAME]\n"
           "       coalition_tool.py ini-value SECTION KEY < CONFIG", file=sys.stderr)

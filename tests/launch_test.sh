@@ -12,7 +12,8 @@
 #          and a line cut short skipped (the last with a warning)
 # split    the training tokens of shards prepared by `entente data prepare`
 #          cut into parts that are disjoint, cut at line ends, and hold every
-#          training byte once and no validation byte; bad shards refused
+#          training byte once and no validation byte; striped parts each
+#          spanning the whole text; bad shards refused
 # plot     --plot RUN_DIR draws a PNG from handmade metrics; a run with no
 #          records and a machine without gnuplot give no loss.png, exit 0
 #
@@ -51,6 +52,10 @@ case_args() {
     for s in foo coalition.rounds rounds=3 "=3" ".x=1"; do
         expect "--set '$s'" 2 --no-error-line "err:--set '$s': expected SECTION.KEY=VALUE" -- \
             bash "$COALITION" --sites 2 --set "$s"
+    done
+    for s in x "" Contiguous; do
+        expect "--split '$s'" 2 --no-error-line "err:--split '$s': expected contiguous or striped" -- \
+            bash "$COALITION" --split "$s"
     done
     expect "unknown argument" 2 --no-error-line "err:unknown argument '--rounds'" -- \
         bash "$COALITION" --rounds 3
@@ -143,6 +148,28 @@ case_split() {
     [ "$(shard_tokens "$W/s1/train_000000.bin")" = $(($(wc -c <"$W/q1.txt") + 1)) ] ||
         fail "prepare part 1: the shard does not hold the part's bytes and one end-of-text token"
     [ ! -e "$W/s1/val_000000.bin" ] || fail "prepare part 1 with --val-fraction 0 wrote validation shards"
+    # striped: every part draws from the whole text, every line once
+    expect "split into 3, striped" 0 -- python3 "$TOOL" split --stripe 20000 "$W/all" \
+        "$W/r1.txt" "$W/r2.txt" "$W/r3.txt"
+    cat "$W/r1.txt" "$W/r2.txt" "$W/r3.txt" | sort >"$W/joined"
+    sort "$W/corpus.txt" | cmp -s - "$W/joined" || fail "split into 3, striped: the parts' lines are not the corpus's"
+    local lines first last
+    lines=$(wc -l <"$W/corpus.txt")
+    for p in r1 r2 r3; do
+        size=$(wc -c <"$W/$p.txt")
+        [ "$size" -gt $((total / 4)) ] && [ "$size" -lt $((total / 2)) ] ||
+            fail "split into 3, striped: $p holds $size of $total bytes, not about a third"
+        # the corpus's line numbers of the part's first and last line
+        first=$(grep -nxF -m1 -- "$(head -n 1 "$W/$p.txt")" "$W/corpus.txt" | cut -d: -f1)
+        last=$(grep -nxF -m1 -- "$(tail -n 1 "$W/$p.txt")" "$W/corpus.txt" | cut -d: -f1)
+        [ "${first:-$lines}" -lt $((lines / 3)) ] && [ "${last:-0}" -gt $((2 * lines / 3)) ] ||
+            fail "split into 3, striped: $p runs from corpus line ${first:-?} to ${last:-?} of $lines, not across the whole text"
+    done
+    cmp -s "$W/r1.txt" "$W/p1.txt" && fail "split into 3, striped: part 1 is the contiguous part 1"
+    for s in 0 -5 x ""; do
+        expect "--stripe '$s'" 2 --no-error-line "err:--stripe '$s'" -- \
+            python3 "$TOOL" split --stripe "$s" "$W/all" "$W/x.txt"
+    done
     # one part each for more sites than lines: refused, naming the cause
     printf 'one line only\n' >"$W/tiny.txt"
     expect "prepare a one-line corpus" 0 -- "$E" data prepare --input "$W/tiny.txt" --output "$W/tiny" --val-fraction 0
