@@ -36,7 +36,9 @@ Options:
   --set S.K=V     a configuration override for the coordinator and every site
                   (repeatable), after the script's own (coalition.sites,
                   coalition.bind; per site coalition.coordinator,
-                  coalition.site, data.dir), e.g. --set coalition.rounds=3
+                  coalition.site, data.dir and sample.tokens=0: a site ends
+                  as the anchor, whose sample the script prints), e.g.
+                  --set coalition.rounds=3
   --plot RUN_DIR  only draw RUN_DIR/loss.png from that run's metrics, and exit
   -h, --help      this help
 
@@ -351,7 +353,7 @@ for n in "${names[@]}"; do
     start "site $n" env "${mpi_env[@]}" mpirun -np $np --oversubscribe --bind-to none \
         "$entente" train --config configs/coalition.ini --run-dir "$run/site-$n" \
         --set "coalition.coordinator=$endpoint" --set "coalition.site=$n" \
-        --set "data.dir=$split_dir/site-$n" "${sets[@]}"
+        --set "data.dir=$split_dir/site-$n" --set sample.tokens=0 "${sets[@]}"
 done
 
 # wait for all; the first that fails stops the others
