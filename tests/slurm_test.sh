@@ -19,136 +19,30 @@ E=$1
 SRC=$2
 case "$E" in /*) ;; *) E=$PWD/$E ;; esac
 
-for tool in munged slurmctld slurmd sbatch scontrol scancel sinfo srun; do
-    if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then
-        echo "SKIP: $tool is not installed (launch/setup.sh installs slurm-wlm and munge)"
-        exit 77
-    fi
-done
-if [ "$(id -u)" != 0 ]; then
-    echo "SKIP: slurmd must run as root to start jobs; run this test as root"
-    exit 77
-fi
-export PATH=$PATH:/usr/sbin
+. "$(dirname "${BASH_SOURCE[0]}")/slurm_lib.sh"
+slurm_require
 
 W=$(mktemp -d /tmp/entente-slurm.XXXXXX)
-chmod 755 "$W"
 FAILED=0
-PIDS=()
 
 fail() {
     echo "FAIL: $*"
     FAILED=1
 }
 
-# Stops each daemon by its PID: SIGTERM, up to 15 s to exit, then SIGKILL.
-stop_daemons() {
-    local pid t
-    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
-        kill "$pid" 2>/dev/null || continue
-        for t in $(seq 150); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null
-    done
-}
-
 cleanup() {
-    stop_daemons
-    if [ "$FAILED" != 0 ]; then
-        echo "---- slurmctld log (last 15 lines)"
-        tail -15 "$W/log/slurmctld.log" 2>/dev/null
-        echo "---- slurmd log (last 15 lines)"
-        tail -15 "$W/log/slurmd.log" 2>/dev/null
-    fi
+    slurm_stop
+    [ "$FAILED" != 0 ] && slurm_logs "$W"
     rm -rf "$W"
 }
 trap cleanup EXIT
 
-port_free() {
-    ! grep -qi ":$(printf '%04X' "$1") " /proc/net/tcp /proc/net/tcp6 2>/dev/null
-}
-
-pick_port() {
-    local p
-    for _ in $(seq 100); do
-        p=$((20000 + RANDOM % 30000))
-        if port_free "$p" && port_free $((p + 1)); then
-            echo "$p"
-            return 0
-        fi
-    done
-    return 1
-}
-
-# wait_for_file FILE SECONDS
-wait_for_file() {
-    local t
-    for t in $(seq $(($2 * 10))); do
-        [ -s "$1" ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
 # ---------------------------------------------------------------------------
 # 1. the cluster
 
-mkdir -p "$W/munge" "$W/state" "$W/spool" "$W/log" "$W/work"
-chmod 755 "$W/munge"
-dd if=/dev/urandom of="$W/munge/munge.key" bs=1024 count=1 2>/dev/null
-chmod 400 "$W/munge/munge.key"
-munged --socket="$W/munge/munge.socket" --key-file="$W/munge/munge.key" \
-    --pid-file="$W/munge/munged.pid" --log-file="$W/log/munged.log" \
-    --seed-file="$W/munge/munged.seed" --force || { fail "munged did not start"; exit 1; }
-wait_for_file "$W/munge/munged.pid" 10 && PIDS+=("$(cat "$W/munge/munged.pid")")
-
-HOST=$(hostname -s)
-PORT=$(pick_port) || { fail "no free port pair"; exit 1; }
-cat >"$W/slurm.conf" <<EOF
-ClusterName=entente-test
-SlurmctldHost=$HOST
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-AuthInfo=socket=$W/munge/munge.socket
-CryptoType=crypto/munge
-MpiDefault=pmix
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-SchedulerType=sched/backfill
-StateSaveLocation=$W/state
-SlurmdSpoolDir=$W/spool
-SlurmctldPidFile=$W/slurmctld.pid
-SlurmdPidFile=$W/slurmd.pid
-SlurmctldLogFile=$W/log/slurmctld.log
-SlurmdLogFile=$W/log/slurmd.log
-SlurmctldPort=$PORT
-SlurmdPort=$((PORT + 1))
-ReturnToService=2
-JobCompType=jobcomp/filetxt
-JobCompLoc=$W/log/jobcomp.txt
-NodeName=$HOST CPUs=$(nproc) State=UNKNOWN
-PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-EOF
+slurm_start "$W" test || { fail "the cluster did not start"; exit 1; }
 export SLURM_CONF=$W/slurm.conf
-slurmctld -i || { fail "slurmctld did not start"; exit 1; }
-wait_for_file "$W/slurmctld.pid" 10 && PIDS=("$(cat "$W/slurmctld.pid")" "${PIDS[@]}")
-slurmd || { fail "slurmd did not start"; exit 1; }
-wait_for_file "$W/slurmd.pid" 10 && PIDS=("$(cat "$W/slurmd.pid")" "${PIDS[@]}")
-[ ${#PIDS[@]} = 3 ] || { fail "a daemon wrote no PID file"; exit 1; }
-
-state=""
-for t in $(seq 200); do
-    state=$(sinfo -h -o %T 2>/dev/null | head -1)
-    [ "$state" = idle ] && break
-    sleep 0.1
-done
-[ "$state" = idle ] || { fail "the node did not come up idle (state '$state')"; exit 1; }
-echo "slurm: cluster up on $HOST (ports $PORT-$((PORT + 1))), daemons ${PIDS[*]}"
+mkdir "$W/work"
 
 # ---------------------------------------------------------------------------
 # test data and configuration
@@ -176,21 +70,6 @@ tokens = 16
 dir = $W/work/data
 EOF
 
-# job_state ID: COMPLETED, FAILED, PENDING, ...
-job_state() { scontrol show job "$1" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p'; }
-
-# wait_job ID SECONDS STATE...: until the job is in one of the states
-wait_job() {
-    local id=$1 secs=$2 t s want
-    shift 2
-    for t in $(seq $((secs * 5))); do
-        s=$(job_state "$id")
-        for want in "$@"; do [ "$s" = "$want" ] && return 0; done
-        sleep 0.2
-    done
-    return 1
-}
-
 # ---------------------------------------------------------------------------
 # 2. a job that completes
 
@@ -201,7 +80,7 @@ if ! wait_job "$id" 120 COMPLETED FAILED CANCELLED TIMEOUT NODE_FAIL OUT_OF_MEMO
     fail "job $id did not finish within 120 s (state $(job_state "$id"))"
 fi
 state=$(job_state "$id")
-exitcode=$(scontrol show job "$id" | sed -n 's/.* ExitCode=\([0-9:]*\).*/\1/p')
+exitcode=$(job_exit_code "$id")
 [ "$state" = COMPLETED ] || fail "job $id ended $state, expected COMPLETED"
 [ "$exitcode" = 0:0 ] || fail "job $id exit code $exitcode, expected 0:0"
 m=$W/work/run/metrics.jsonl
