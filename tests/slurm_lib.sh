@@ -10,7 +10,7 @@
 #
 #   slurm_require                    exit 77 with the reason unless root with Slurm and munge
 #   slurm_start DIR NAME [FIRST_ID]  start a cluster (its PIDs go to SLURM_PIDS); 1 on failure
-#   slurm_stop                       stop every daemon started, by PID
+#   slurm_stop                       cancel the clusters' jobs, stop every daemon started, by PID
 #   slurm_logs DIR                   the last lines of a cluster's daemon logs
 #   job_state ID, job_exit_code ID, wait_job ID SECONDS STATE...
 #                                    a job of the cluster SLURM_CONF names
@@ -20,10 +20,11 @@
 # stops the daemons (slurm_stop) on exit.
 
 SLURM_PIDS=()
+SLURM_DIRS=()
 
 slurm_require() {
     local tool
-    for tool in munged slurmctld slurmd sbatch scontrol scancel sinfo srun; do
+    for tool in munged slurmctld slurmd sbatch scontrol scancel sinfo squeue srun; do
         if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then
             echo "SKIP: $tool is not installed (launch/setup.sh installs slurm-wlm and munge)"
             exit 77
@@ -111,6 +112,7 @@ JobCompLoc=$d/log/jobcomp.txt
 NodeName=$host CPUs=$(nproc) State=UNKNOWN
 PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+    SLURM_DIRS+=("$d")
     for daemon in slurmctld slurmd; do
         if [ $daemon = slurmctld ]; then
             SLURM_CONF=$d/slurm.conf slurmctld -i
@@ -133,10 +135,19 @@ EOF
          "daemons $(cat "$d/slurmd.pid") $(cat "$d/slurmctld.pid") $(cat "$d/munge/munged.pid")"
 }
 
-# Stops each daemon by its PID, the latest started first: SIGTERM, up to 15 s
-# to exit, then SIGKILL.
+# Cancels the jobs still in each cluster (a job step outlives slurmd) and
+# waits up to 15 s for them to end, then stops each daemon by its PID, the
+# latest started first: SIGTERM, up to 15 s to exit, then SIGKILL.
 slurm_stop() {
-    local pid t
+    local d pid t
+    for d in "${SLURM_DIRS[@]+"${SLURM_DIRS[@]}"}"; do
+        [ -n "$(SLURM_CONF=$d/slurm.conf squeue -h -o %i 2>/dev/null)" ] || continue
+        SLURM_CONF=$d/slurm.conf scancel --user=root 2>/dev/null
+        for t in $(seq 150); do
+            [ -z "$(SLURM_CONF=$d/slurm.conf squeue -h -o %i 2>/dev/null)" ] && break
+            sleep 0.1
+        done
+    done
     for pid in "${SLURM_PIDS[@]+"${SLURM_PIDS[@]}"}"; do
         kill "$pid" 2>/dev/null || continue
         for t in $(seq 150); do
@@ -146,6 +157,7 @@ slurm_stop() {
         kill -9 "$pid" 2>/dev/null
     done
     SLURM_PIDS=()
+    SLURM_DIRS=()
 }
 
 slurm_logs() {
