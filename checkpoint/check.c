@@ -141,8 +141,8 @@ static ent_status check_arena(hid_t file, const char *path, const char *group,
     return st;
 }
 
-// /coalition: attribute round >= 0; groups anchor and outer_momentum (each
-// optional, as the arenas saved); dataset ledger (optional).
+// /coalition: attribute round >= 0; groups anchor, outer_momentum and
+// residual (each optional, as the arenas saved); dataset ledger (optional).
 static ent_status check_coalition(hid_t file, const char *path, const ent_param_table *t) {
     hid_t grp = H5Gopen2(file, CKPT_COALITION, H5P_DEFAULT);
     if (grp < 0) return ckpt_h5_fail(ENT_ERR_INPUT, "%s: /%s is not a group", path, CKPT_COALITION);
@@ -153,7 +153,7 @@ static ent_status check_coalition(hid_t file, const char *path, const ent_param_
         st = ent_fail(ENT_ERR_INPUT, "%s: attribute %s/round is %lld (accepted: 0 or more)", path,
                       CKPT_COALITION, (long long)round);
     int present = 0;
-    for (int g = CKPT_ANCHOR; g <= CKPT_OUTER_M && st == ENT_OK; g++) {
+    for (int g = CKPT_ANCHOR; g < CKPT_NGROUPS && st == ENT_OK; g++) {
         if (H5Lexists(file, ckpt_groups[g], H5P_DEFAULT) <= 0) continue;
         present++;
         st = check_arena(file, path, ckpt_groups[g], t);

@@ -10,7 +10,7 @@
 // The arenas a checkpoint holds, in file order: the parameters, the AdamW
 // moments (over the state range), and a coalition's anchor weights and outer
 // momentum (laid out as the parameters).
-enum { CKPT_PARAMS, CKPT_ADAM_M, CKPT_ADAM_V, CKPT_ANCHOR, CKPT_OUTER_M, CKPT_NGROUPS };
+enum { CKPT_PARAMS, CKPT_ADAM_M, CKPT_ADAM_V, CKPT_ANCHOR, CKPT_OUTER_M, CKPT_RESIDUAL, CKPT_NGROUPS };
 extern const char *const ckpt_groups[CKPT_NGROUPS]; // "params", ..., "coalition/anchor", ...
 #define CKPT_COALITION "coalition"
 

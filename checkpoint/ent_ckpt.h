@@ -41,11 +41,11 @@ typedef struct {
 // what one rank holds
 
 // A coalition's state at a site or at the coordinator: the anchor weights
-// (theta_anchor) and the outer optimizer's momentum, each laid out as the
-// parameter arena (this rank's part; NULL: not held), the round, and the
-// ledger (text; NULL: none).
+// (theta_anchor), the outer optimizer's momentum and the error-feedback
+// residual of what it sends, each laid out as the parameter arena (this
+// rank's part; NULL: not held), the round, and the ledger (text; NULL: none).
 typedef struct {
-    float *anchor, *outer_momentum;
+    float *anchor, *outer_momentum, *residual;
     int64_t round;
     const char *ledger;
 } ent_ckpt_coalition;

@@ -11,7 +11,8 @@
 
 const char *const ckpt_groups[CKPT_NGROUPS] = {"params", "adam_m", "adam_v",
                                                 CKPT_COALITION "/anchor",
-                                                CKPT_COALITION "/outer_momentum"};
+                                                CKPT_COALITION "/outer_momentum",
+                                                CKPT_COALITION "/residual"};
 
 // Parameters and the coalition's arrays from arena offset 0, moments over the
 // state range.
@@ -19,9 +20,9 @@ ckpt_sources ckpt_shard_sources(const ent_ckpt_shard *sh) {
     size_t total = sh->table->total, s0 = sh->state_first, s1 = s0 + sh->state_count;
     const ent_ckpt_coalition *c = sh->coalition;
     return (ckpt_sources){{sh->params, sh->adam_m, sh->adam_v, c ? c->anchor : NULL,
-                           c ? c->outer_momentum : NULL},
-                          {0, s0, s0, 0, 0},
-                          {total, s1, s1, total, total}};
+                           c ? c->outer_momentum : NULL, c ? c->residual : NULL},
+                          {0, s0, s0, 0, 0, 0},
+                          {total, s1, s1, total, total, total}};
 }
 
 void ent_ckpt_library_init(void) {

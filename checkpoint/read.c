@@ -249,7 +249,8 @@ ent_status ent_ckpt_read(ent_ckpt_t *ck, const ent_ckpt_shard *sh) {
     if (st == ENT_OK) st = ent_ckpt_check_layout(ck, t);
     if (st == ENT_OK && moments && !ent_ckpt_has_moments(ck))
         st = ent_fail(ENT_ERR_INPUT, "%s holds no AdamW state (adam_m, adam_v)", ck->path);
-    if ((src.base[CKPT_ANCHOR] != NULL || src.base[CKPT_OUTER_M] != NULL) && !ent_ckpt_has_coalition(ck))
+    if ((src.base[CKPT_ANCHOR] || src.base[CKPT_OUTER_M] || src.base[CKPT_RESIDUAL]) &&
+        !ent_ckpt_has_coalition(ck))
         st = ent_fail(ENT_ERR_INPUT, "%s holds no coalition state (group /%s): it was not saved "
                       "by a member of a coalition", ck->path, CKPT_COALITION);
     st = agree(all_ranks, st, "reading", ck->path);

@@ -312,6 +312,10 @@ typedef struct {
 } ent_link_buf;
 void ent_link_buf_free(ent_link_buf *buf);
 
+// 1 when name is a valid site name (1-64 bytes of A-Z a-z 0-9 . _ -, not
+// starting with '.'), as HELLO requires; 0 otherwise.
+int ent_link_name_ok(const char *name);
+
 // "HELLO", ..., or "unknown" for a value that is no type.
 const char *ent_link_type_name(int type);
 

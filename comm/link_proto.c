@@ -191,6 +191,11 @@ static int check_site_name(const char *name, char *why) {
     return 0;
 }
 
+int ent_link_name_ok(const char *name) {
+    char why[256];
+    return check_site_name(name, why) == 0;
+}
+
 static int check_text(const char *text, char *why) {
     size_t n;
     if (str_len(text, ENT_LINK_TEXT_MAX, "text", &n, why) != 0) return -1;

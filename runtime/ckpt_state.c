@@ -10,6 +10,7 @@
 // `ckpt verify` passes resumes, and one a resume refuses fails `ckpt verify`
 // (docs/checkpoint.md, "What is checked").
 #include "runtime_impl.h"
+#include "ent_version.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -24,6 +25,47 @@ uint64_t ent_model_shape_hash(const ent_config *cfg) {
 
 // The largest train.batch_size a configuration accepts (config.c): bounds the
 // sequences one step consumes.
+ent_status ent_run_attrs_build(ent_run_attrs *ra, const ent_config *cfg, const ent_run_state *rs) {
+    ra->config = ent_config_text(cfg, NULL);
+    if (ra->config == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
+    ent_model_shape shape = ent_model_shape_from_config(cfg);
+    const ent_ckpt_attr attrs[] = {
+        {.name = "step", .type = ENT_ATTR_I64, .i = rs->step},
+        {.name = "optim.updates", .type = ENT_ATTR_I64, .i = rs->updates},
+        {.name = "tokens", .type = ENT_ATTR_I64, .i = rs->consumed * cfg->context},
+        {.name = "data.consumed", .type = ENT_ATTR_I64, .i = rs->consumed},
+        {.name = "data.epoch", .type = ENT_ATTR_I64, .i = rs->consumed / rs->sequences},
+        {.name = "data.sequences", .type = ENT_ATTR_I64, .i = rs->sequences},
+        {.name = "rng.train_seed", .type = ENT_ATTR_U64, .u = cfg->seed},
+        {.name = "rng.data_order_key", .type = ENT_ATTR_U64, .u = ent_data_order_key(cfg->seed)},
+        {.name = "model.architecture", .type = ENT_ATTR_STR, .s = "gpt2"},
+        {.name = "model.layers", .type = ENT_ATTR_I64, .i = cfg->layers},
+        {.name = "model.heads", .type = ENT_ATTR_I64, .i = cfg->heads},
+        {.name = "model.width", .type = ENT_ATTR_I64, .i = cfg->width},
+        {.name = "model.context", .type = ENT_ATTR_I64, .i = cfg->context},
+        {.name = "model.vocab", .type = ENT_ATTR_I64, .i = cfg->vocab},
+        {.name = "model.padded_vocab", .type = ENT_ATTR_I64, .i = shape.padded_vocab},
+        {.name = "model.parameters", .type = ENT_ATTR_I64, .i = (int64_t)ent_model_shape_num_params(&shape)},
+        {.name = "model.shape_hash", .type = ENT_ATTR_U64, .u = ent_model_shape_hash(cfg)},
+        {.name = "saved_by.world_size", .type = ENT_ATTR_I64, .i = rs->world},
+        {.name = "saved_by.dp", .type = ENT_ATTR_I64, .i = rs->dp},
+        {.name = "saved_by.tp", .type = ENT_ATTR_I64, .i = rs->tp},
+        {.name = "saved_by.zero", .type = ENT_ATTR_I64, .i = cfg->zero},
+        {.name = "entente_version", .type = ENT_ATTR_STR, .s = ENT_VERSION},
+        {.name = "revision", .type = ENT_ATTR_STR, .s = ENT_GIT_REVISION},
+        {.name = "config", .type = ENT_ATTR_STR, .s = ra->config},
+    };
+    _Static_assert(sizeof attrs / sizeof attrs[0] <= ENT_RUN_ATTRS_MAX, "raise ENT_RUN_ATTRS_MAX");
+    ra->count = (int)(sizeof attrs / sizeof attrs[0]);
+    memcpy(ra->attrs, attrs, sizeof attrs);
+    return ENT_OK;
+}
+
+void ent_run_attrs_free(ent_run_attrs *ra) {
+    free(ra->config);
+    ra->config = NULL;
+}
+
 #define MAX_BATCH 1000000000LL
 
 static ent_status want_i64(ent_ckpt_t *ck, const char *name, int64_t expect, const char *why) {

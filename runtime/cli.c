@@ -13,9 +13,10 @@
 #include <time.h>
 
 static const char *main_help =
-    "entente: train a GPT language model with MPI on one site's CPUs, and check,\n"
-    "export and sample its checkpoints. (Pooling several sites into one run, the\n"
-    "coalition, is not part of this version.)\n"
+    "entente: train a GPT language model with MPI on one site's CPUs, alone or as\n"
+    "one site of a coalition (sites that train one model and exchange only\n"
+    "compressed deltas through a coordinator), and check, export and sample its\n"
+    "checkpoints.\n"
     "\n"
     "Usage: entente COMMAND [OPTIONS]\n"
     "\n"
@@ -294,6 +295,94 @@ out:
 }
 
 // ---------------------------------------------------------------------------
+// entente coordinator
+
+static const char *coordinator_help =
+    "Usage: entente coordinator --config FILE [--set SECTION.KEY=VALUE ...] [--run-dir DIR]\n"
+    "                           [--force]\n"
+    "\n"
+    "Runs a coalition's coordinator: a ZeroMQ service that the leader rank of each\n"
+    "site connects to (sites are 'entente train' jobs whose configuration sets\n"
+    "coalition.coordinator and coalition.site). It listens on coalition.bind (or\n"
+    "coalition.coordinator; port * picks a free one) and writes the endpoint it\n"
+    "bound to RUN_DIR/endpoint; waits for coalition.sites sites; runs\n"
+    "coalition.rounds rounds: each site trains its planned inner steps and sends\n"
+    "its compressed delta, the coordinator merges them by tokens, takes the outer\n"
+    "Nesterov step and sends every site the same compressed update. It evaluates\n"
+    "the anchor on the validation shards of data.dir (if any) each round, writes\n"
+    "RUN_DIR/metrics.jsonl, and saves the anchor as a checkpoint in\n"
+    "RUN_DIR/checkpoints (entente sample --checkpoint RUN_DIR/checkpoints/latest).\n"
+    "One process; no mpirun needed. docs/coalition.md describes the rounds.\n"
+    "\n"
+    "Options:\n"
+    "  --config FILE        INI configuration: the model and the [coalition] section\n"
+    "                       every site uses (configs/coalition.ini)\n"
+    "  --set S.K=V          override one key (repeatable)\n"
+    "  --run-dir DIR        default: runs/coordinator-<date>-<time>\n"
+    "  --force              start over in a run directory that holds a run\n"
+    "  -h, --help           this help\n"
+    "\n"
+    "Exit codes: 0 the rounds are done; 1 a site failed, left or fell silent for\n"
+    "coalition.timeout, or a file could not be written; 2 a usage or configuration\n"
+    "error.\n";
+
+static int cmd_coordinator(int argc, char **argv) {
+    const char *config = NULL, *run_dir = NULL;
+    int force = 0, nsets = 0, rc = 0;
+    const char **sets = calloc((size_t)argc + 1, sizeof *sets);
+    if (sets == NULL) return report(ent_fail(ENT_ERR_NOMEM, "out of memory"));
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (is_help(a)) {
+            fputs(coordinator_help, stdout);
+            goto out;
+        } else if (strcmp(a, "--config") == 0 && i + 1 < argc) {
+            config = argv[++i];
+        } else if (strcmp(a, "--set") == 0 && i + 1 < argc) {
+            sets[nsets++] = argv[++i];
+        } else if (strcmp(a, "--run-dir") == 0 && i + 1 < argc) {
+            run_dir = argv[++i];
+        } else if (strcmp(a, "--force") == 0) {
+            force = 1;
+        } else if (strcmp(a, "--config") == 0 || strcmp(a, "--set") == 0 ||
+                   strcmp(a, "--run-dir") == 0) {
+            rc = usage_error("coordinator", "%s needs a value", a);
+            goto out;
+        } else {
+            rc = usage_error("coordinator", "unknown argument '%s'", a);
+            goto out;
+        }
+    }
+    if (config == NULL) {
+        rc = usage_error("coordinator", "%s", "--config FILE is required");
+        goto out;
+    }
+    char default_dir[ENT_PATH_MAX];
+    if (run_dir == NULL) {
+        time_t now = time(NULL);
+        char when[32];
+        strftime(when, sizeof when, "%Y%m%d-%H%M%S", localtime(&now));
+        snprintf(default_dir, sizeof default_dir, "runs/coordinator-%s", when);
+        run_dir = default_dir;
+    }
+    ent_config cfg;
+    ent_status st = ent_config_load(&cfg, config, sets, nsets);
+    if (st != ENT_OK) {
+        rc = report(st);
+        goto out;
+    }
+    ent_comm_t *comm = NULL;
+    ent_ckpt_library_init(); // before MPI: see ent_ckpt.h
+    st = ent_comm_init_threads(NULL, NULL, 0, &comm);
+    if (st == ENT_OK) st = ent_coordinator_run(&cfg, run_dir, force);
+    if (st != ENT_OK) rc = report(st);
+    ent_comm_finalize(&comm);
+out:
+    free(sets);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------
 // entente ckpt info|verify|export, entente sample
 
 static const char *ckpt_help =
@@ -530,6 +619,8 @@ typedef struct {
 static const command commands[] = {
     {"train", cmd_train,
      "  train          train a GPT model from an INI configuration (or resume one)\n"},
+    {"coordinator", cmd_coordinator,
+     "  coordinator    run a coalition's coordinator, which sites of 'train' join\n"},
     {"data", cmd_data,
      "  data prepare   turn raw files into token shards (byte-level tokenizer)\n"},
     {"eval", cmd_eval, "  eval           the validation loss of a checkpoint\n"},

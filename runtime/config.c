@@ -74,6 +74,17 @@ static const key_desc keys[] = {
     {"checkpoint", "async", K_BOOL, FIELD(ckpt_async), "false", 0, 0, 0, "write checkpoints from a background thread, which first copies the state to memory beside the next step's forward and backward"},
     {"checkpoint", "on_error", K_STR, FIELD(ckpt_on_error), "stop", 0, 0, 0, "when a save fails (a full disk): stop (exit 1) or continue training"},
     {"checkpoint", "at_start", K_BOOL, FIELD(ckpt_at_start), "false", 0, 0, 0, "also save the initial model as step 0, before the first update (a new run only)"},
+    {"coalition", "coordinator", K_STR, FIELD(coal_coordinator), "", 0, 0, 0, "the coordinator's ZeroMQ endpoint, tcp://HOST:PORT: set, train makes this job a site of that coalition; empty = train alone"},
+    {"coalition", "bind", K_STR, FIELD(coal_bind), "", 0, 0, 0, "the endpoint `entente coordinator` binds (tcp://0.0.0.0:5555; port * = any free one); empty = coalition.coordinator"},
+    {"coalition", "site", K_STR, FIELD(coal_site), "", 0, 0, 0, "this site's name: 1-64 of A-Z a-z 0-9 . _ - (required for a site)"},
+    {"coalition", "sites", K_INT, FIELD(coal_sites), "1", 1, 4096, 0, "sites the coordinator waits for before round 0; every round merges all of them"},
+    {"coalition", "rounds", K_INT, FIELD(coal_rounds), "10", 1, 1000000, 0, "outer rounds; a site trains rounds x its inner steps (train.steps is not used)"},
+    {"coalition", "inner_steps", K_INT, FIELD(coal_inner_steps), "500", 1, 1048576, 0, "inner AdamW steps per round (H); with round_seconds, the most a site is planned"},
+    {"coalition", "round_seconds", K_FLOAT, FIELD(coal_round_seconds), "0", 0, 1e6, 0, "plan each site's inner steps from its measured speed so rounds last this long; 0 = inner_steps for every site"},
+    {"coalition", "codec", K_STR, FIELD(coal_codec), "int8", 0, 0, 0, "compression of deltas and updates: int8 (blockwise, per-block scales), int4, or topk (1/64 of values, 2 bits each)"},
+    {"coalition", "outer_lr", K_FLOAT, FIELD(coal_outer_lr), "0.7", 0, 10, 1, "outer Nesterov SGD learning rate"},
+    {"coalition", "outer_momentum", K_FLOAT, FIELD(coal_outer_momentum), "0.9", 0, 0.999999, 0, "outer Nesterov momentum"},
+    {"coalition", "timeout", K_FLOAT, FIELD(coal_timeout), "600", 1, 1e6, 0, "seconds a site or the coordinator waits for the other before it gives up (exit 1, naming the peer)"},
     {"system", "threads", K_INT, FIELD(threads), "0", 0, 4096, 0, "CPU threads per rank; 0 = OMP_NUM_THREADS or all cores"},
     {"system", "backend", K_STR, FIELD(backend), "cpu", 0, 0, 0, "the device backend that computes: cpu (OpenBLAS + OpenMP), or cpu-guarded (the same, its memory locked outside its own calls: for tests, several times slower); the CUDA backend comes later"},
 };
@@ -605,6 +616,28 @@ ent_status ent_config_validate(const ent_config *cfg) {
         key_origin(cfg, KEY("checkpoint", "on_error"), a, sizeof a);
         return ent_fail(ENT_ERR_USAGE, "%s: checkpoint.on_error = '%s': expected stop or continue",
                         a, cfg->ckpt_on_error);
+    }
+    ent_codec codec;
+    if (ent_codec_parse(cfg->coal_codec, &codec) != ENT_OK) {
+        key_origin(cfg, KEY("coalition", "codec"), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE, "%s: coalition.codec = '%s': expected int8, int4 or topk",
+                        a, cfg->coal_codec);
+    }
+    const char *endpoints[] = {cfg->coal_coordinator, cfg->coal_bind};
+    const char *ekeys[] = {"coordinator", "bind"};
+    for (int i = 0; i < 2; i++) {
+        const char *e = endpoints[i], *colon = strrchr(e, ':');
+        if (e[0] == '\0' || (strncmp(e, "tcp://", 6) == 0 && colon != NULL && colon > e + 6 &&
+                             colon[1] != '\0'))
+            continue;
+        key_origin(cfg, KEY("coalition", ekeys[i]), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE, "%s: coalition.%s = '%s': expected tcp://HOST:PORT", a,
+                        ekeys[i], e);
+    }
+    if (cfg->coal_site[0] != '\0' && !ent_link_name_ok(cfg->coal_site)) {
+        key_origin(cfg, KEY("coalition", "site"), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE, "%s: coalition.site = '%s': expected 1-64 of A-Z a-z 0-9 "
+                        ". _ - not starting with '.'", a, cfg->coal_site);
     }
     if (cfg->vocab != ENT_BYTE_VOCAB && cfg->sample_prompt[0] != '\0') {
         key_origin(cfg, KEY("sample", "prompt"), a, sizeof a);

@@ -47,6 +47,12 @@ typedef struct {
     int ckpt_every, ckpt_keep, ckpt_async;
     char ckpt_on_error[16];
     int ckpt_at_start;
+    // [coalition]
+    char coal_coordinator[256], coal_bind[256];
+    char coal_site[ENT_LINK_NAME_MAX + 1];
+    int coal_sites, coal_rounds, coal_inner_steps;
+    double coal_round_seconds, coal_outer_lr, coal_outer_momentum, coal_timeout;
+    char coal_codec[16];
     // [system]
     int threads;
     char backend[32];
@@ -539,6 +545,24 @@ ent_status ent_outer_nesterov_step(const ent_outer_opt *opt, float *anchor, floa
 // hash the trainer compares DP replicas with, so equal hashes mean the same
 // bits (0.0 and -0.0 differ).
 uint64_t ent_anchor_hash(const float *x, size_t n);
+
+// ---- the coalition's services (docs/coalition.md, "Rounds") ----
+
+// `entente train` with coalition.coordinator set: this job is a site of that
+// coalition. Its leader joins (HELLO), every rank starts from the
+// coordinator's anchor, and it trains coalition.rounds rounds of the inner
+// steps each ROUND_PLAN gives, sending each round's compressed delta and
+// applying each outer update one round late; at the end its model is the
+// coalition's anchor. Collective.
+ent_status ent_coalition_site(const ent_config *cfg, const ent_train_opts *opts,
+                              ent_comm_t *comm);
+// `entente coordinator`: binds coalition.bind (or coalition.coordinator),
+// writes RUN_DIR/endpoint, waits for coalition.sites sites, runs
+// coalition.rounds rounds (merge by tokens, outer Nesterov step, compressed
+// update to every site), evaluates the anchor on data.dir's validation
+// shards, writes RUN_DIR/metrics.jsonl and saves the anchor's checkpoint.
+// One process; refuses a run directory that holds a run unless force.
+ent_status ent_coordinator_run(const ent_config *cfg, const char *run_dir, int force);
 
 // ===========================================================================
 

@@ -35,6 +35,7 @@ void ent_json_line(FILE *f, const ent_json_field *fields, int n) {
         case ENT_JSON_INT: fprintf(f, "%lld", x->i); break;
         case ENT_JSON_STRING: json_string(f, x->s); break;
         case ENT_JSON_BOOL: fputs(x->i ? "true" : "false", f); break;
+        case ENT_JSON_RAW: fputs(x->s, f); break;
         }
     }
     fputs("}\n", f);

@@ -101,17 +101,24 @@ ent_status ent_data_check_split(const char *dir, const char *train_pattern,
                                 const char *val_pattern);
 
 // ---- JSON lines (metrics.c): every record of metrics.jsonl and run.json ----
-typedef enum { ENT_JSON_NUMBER, ENT_JSON_INT, ENT_JSON_STRING, ENT_JSON_BOOL } ent_json_kind;
+typedef enum {
+    ENT_JSON_NUMBER,
+    ENT_JSON_INT,
+    ENT_JSON_STRING,
+    ENT_JSON_BOOL,
+    ENT_JSON_RAW, // s is JSON text the caller built (an array), written as it is
+} ent_json_kind;
 typedef struct {
     const char *key;
     ent_json_kind kind;
     double num;      // NUMBER (NaN and Inf are written as null)
     long long i;     // INT, BOOL
-    const char *s;   // STRING (NULL is written as null)
+    const char *s;   // STRING (NULL is written as null), RAW
 } ent_json_field;
 #define ENT_JNUM(k, v) ((ent_json_field){.key = (k), .kind = ENT_JSON_NUMBER, .num = (v)})
 #define ENT_JINT(k, v) ((ent_json_field){.key = (k), .kind = ENT_JSON_INT, .i = (long long)(v)})
 #define ENT_JSTR(k, v) ((ent_json_field){.key = (k), .kind = ENT_JSON_STRING, .s = (v)})
+#define ENT_JRAW(k, v) ((ent_json_field){.key = (k), .kind = ENT_JSON_RAW, .s = (v)})
 #define ENT_JBOOL(k, v) ((ent_json_field){.key = (k), .kind = ENT_JSON_BOOL, .i = !!(v)})
 
 // Writes the n fields as one JSON object on one line, then a newline.
@@ -124,6 +131,26 @@ ent_status ent_config_from_open_checkpoint(ent_ckpt_t *ck, ent_config *cfg,
                                            const char *const *overrides, int n_overrides);
 // A hash of the model's shape (model.shape_hash in a checkpoint).
 uint64_t ent_model_shape_hash(const ent_config *cfg);
+
+// What a checkpoint's root attributes record of a training state (besides
+// the configuration and model the config gives): the trainer's, or the
+// coordinator's anchor (step 0, nothing consumed).
+typedef struct {
+    int64_t step, updates, consumed, sequences;
+    int world, dp, tp;
+} ent_run_state;
+
+#define ENT_RUN_ATTRS_MAX 32
+typedef struct {
+    ent_ckpt_attr attrs[ENT_RUN_ATTRS_MAX];
+    int count;
+    char *config; // the configuration's text, which attribute `config` points at
+} ent_run_attrs;
+
+// The root attributes ent_checkpoint_check expects of a checkpoint of cfg in
+// state rs; the caller frees them with ent_run_attrs_free.
+ent_status ent_run_attrs_build(ent_run_attrs *ra, const ent_config *cfg, const ent_run_state *rs);
+void ent_run_attrs_free(ent_run_attrs *ra);
 // What a resume takes from a checkpoint, once checked.
 typedef struct {
     ent_config cfg;         // the configuration it was trained with (attribute `config`)
@@ -139,5 +166,22 @@ typedef struct {
 ent_status ent_checkpoint_check(ent_ckpt_t *ck, ent_ckpt_state *out, ent_param_table *table);
 // The same as an ent_ckpt_expect_fn, for `ckpt verify` (ctx unused).
 ent_status ent_checkpoint_expect(ent_ckpt_t *ck, void *ctx, ent_param_table *table);
+
+// ---- the trainer, as the coalition's round driver sees it (trainer.c) ----
+const ent_grid *ent_trainer_grid(const ent_trainer_t *tr);
+int ent_trainer_is_leader(const ent_trainer_t *tr);
+double ent_trainer_elapsed(const ent_trainer_t *tr); // seconds since set-up ended
+int64_t ent_trainer_tokens(const ent_trainer_t *tr); // tokens trained on since the start
+// One metrics record from the leader (others: nothing); a failed write is
+// held for the next sync, as a step's.
+ent_status ent_trainer_record(ent_trainer_t *tr, const ent_json_field *fields, int n);
+// This rank's parameter arena into host memory (ent_model_arena_floats floats).
+ent_status ent_trainer_params_to_host(ent_trainer_t *tr, float *host);
+// The coalition state checkpoints hold from now on (c's arrays must stay
+// valid and unchanged until the next call; NULL: none), and the site and
+// round each step record names. Waits first for an asynchronous save's copy,
+// so the caller may refill c's arrays once it returns.
+void ent_trainer_set_coalition(ent_trainer_t *tr, const ent_ckpt_coalition *c, const char *site,
+                               int round);
 
 #endif // ENT_RUNTIME_IMPL_H

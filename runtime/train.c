@@ -9,6 +9,7 @@
 #include "runtime_impl.h"
 
 ent_status ent_train(const ent_config *cfg, const ent_train_opts *opts, ent_comm_t *comm) {
+    if (cfg->coal_coordinator[0] != '\0') return ent_coalition_site(cfg, opts, comm);
     ent_trainer_t *tr = NULL;
     ENT_CHECK(ent_trainer_new(cfg, opts, comm, &tr));
     ent_status st = ENT_OK;

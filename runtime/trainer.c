@@ -140,6 +140,11 @@ struct ent_trainer {
     // parameters and this rank's AdamW moments, which the checkpoint writes
     // from and reads into (NULL on a host-memory backend)
     float *host_params, *host_m, *host_v;
+    // a coalition's site: its state for checkpoints, and the site and round
+    // every step record names (NULL: training alone)
+    const ent_ckpt_coalition *coalition;
+    const char *site;
+    int round;
 };
 
 typedef struct ent_trainer trainer;
@@ -629,6 +634,7 @@ static ent_ckpt_shard rank_shard(trainer *tr) {
     sh.write_first = share * (size_t)tr->grid->dp_rank;
     sh.write_count = share;
     sh.replicas = tr->grid->dp;
+    sh.coalition = tr->coalition;
     return sh;
 }
 
@@ -667,36 +673,14 @@ static ent_status log_checkpoint(trainer *tr) {
 
 static ent_status save_checkpoint(trainer *tr, int step) {
     const ent_config *cfg = tr->cfg;
-    char *config = ent_config_text(cfg, NULL);
-    if (config == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
-    int64_t nseq = ent_dataset_num_sequences(tr->train);
-    ent_model_shape shape = ent_model_shape_from_config(cfg);
-    ent_ckpt_attr attrs[] = {
-        {.name = "step", .type = ENT_ATTR_I64, .i = step},
-        {.name = "optim.updates", .type = ENT_ATTR_I64, .i = ent_optim_updates(tr->optim)},
-        {.name = "tokens", .type = ENT_ATTR_I64, .i = tr->cursor.consumed * tr->T},
-        {.name = "data.consumed", .type = ENT_ATTR_I64, .i = tr->cursor.consumed},
-        {.name = "data.epoch", .type = ENT_ATTR_I64, .i = tr->cursor.consumed / nseq},
-        {.name = "data.sequences", .type = ENT_ATTR_I64, .i = nseq},
-        {.name = "rng.train_seed", .type = ENT_ATTR_U64, .u = cfg->seed},
-        {.name = "rng.data_order_key", .type = ENT_ATTR_U64, .u = tr->data_seed},
-        {.name = "model.architecture", .type = ENT_ATTR_STR, .s = "gpt2"},
-        {.name = "model.layers", .type = ENT_ATTR_I64, .i = cfg->layers},
-        {.name = "model.heads", .type = ENT_ATTR_I64, .i = cfg->heads},
-        {.name = "model.width", .type = ENT_ATTR_I64, .i = cfg->width},
-        {.name = "model.context", .type = ENT_ATTR_I64, .i = cfg->context},
-        {.name = "model.vocab", .type = ENT_ATTR_I64, .i = cfg->vocab},
-        {.name = "model.padded_vocab", .type = ENT_ATTR_I64, .i = shape.padded_vocab},
-        {.name = "model.parameters", .type = ENT_ATTR_I64, .i = (int64_t)ent_model_shape_num_params(&shape)},
-        {.name = "model.shape_hash", .type = ENT_ATTR_U64, .u = ent_model_shape_hash(cfg)},
-        {.name = "saved_by.world_size", .type = ENT_ATTR_I64, .i = ent_comm_size(tr->comm)},
-        {.name = "saved_by.dp", .type = ENT_ATTR_I64, .i = tr->grid->dp_size},
-        {.name = "saved_by.tp", .type = ENT_ATTR_I64, .i = tr->grid->tp_size},
-        {.name = "saved_by.zero", .type = ENT_ATTR_I64, .i = cfg->zero},
-        {.name = "entente_version", .type = ENT_ATTR_STR, .s = ENT_VERSION},
-        {.name = "revision", .type = ENT_ATTR_STR, .s = ENT_GIT_REVISION},
-        {.name = "config", .type = ENT_ATTR_STR, .s = config},
-    };
+    ent_run_state rs = {.step = step, .updates = ent_optim_updates(tr->optim),
+                        .consumed = tr->cursor.consumed,
+                        .sequences = ent_dataset_num_sequences(tr->train),
+                        .world = ent_comm_size(tr->comm), .dp = tr->grid->dp_size,
+                        .tp = tr->grid->tp_size};
+    ent_run_attrs ra;
+    ENT_CHECK(ent_run_attrs_build(&ra, cfg, &rs));
+    const ent_ckpt_attr *attrs = ra.attrs;
     // the host copies may be refreshed once an earlier save has taken its own
     ent_ckpt_wait_staged(tr->saver);
     ent_status st = state_copy(tr, 0);
@@ -704,8 +688,8 @@ static ent_status save_checkpoint(trainer *tr, int step) {
     char name[64];
     ent_ckpt_name(step, name, sizeof name);
     if (st == ENT_OK)
-        st = ent_ckpt_save(tr->saver, name, attrs, (int)(sizeof attrs / sizeof attrs[0]), &sh);
-    free(config);
+        st = ent_ckpt_save(tr->saver, name, attrs, ra.count, &sh);
+    ent_run_attrs_free(&ra);
     if (st != ENT_OK) {
         if (strcmp(cfg->ckpt_on_error, "stop") == 0)
             return ent_fail(st, "checkpoint at step %d failed (the previous checkpoint is intact; "
@@ -943,8 +927,11 @@ ent_status ent_trainer_step(ent_trainer_t *tr, ent_step_stats *out) {
             ENT_JINT("tokens", tr->cursor.consumed * tr->T),
             ENT_JINT("epoch", tr->cursor.consumed / ent_dataset_num_sequences(tr->train)),
             ENT_JNUM("elapsed_s", now_seconds() - tr->t_start),
+            ENT_JSTR("site", tr->site),
+            ENT_JINT("round", tr->round),
         };
-        io = metrics_record(tr, rec, (int)(sizeof rec / sizeof rec[0]));
+        int n = (int)(sizeof rec / sizeof rec[0]);
+        io = metrics_record(tr, rec, tr->site != NULL ? n : n - 2);
     }
     if (tr->io == ENT_OK) tr->io = io;
     // the wall-clock time since the last progress line: this step, and the
@@ -1048,4 +1035,32 @@ ent_status ent_trainer_finish(ent_trainer_t *tr, int stopped_by) {
     if (stopped_by)
         return ent_fail(ENT_STOPPED, "stopped by %s after step %d", signal_name(stopped_by), step);
     return ENT_OK;
+}
+
+// ---------------------------------------------------------------------------
+// for the coalition's round driver (runtime_impl.h)
+
+const ent_grid *ent_trainer_grid(const ent_trainer_t *tr) { return tr->grid; }
+int ent_trainer_is_leader(const ent_trainer_t *tr) { return tr->leader; }
+double ent_trainer_elapsed(const ent_trainer_t *tr) { return now_seconds() - tr->t_start; }
+int64_t ent_trainer_tokens(const ent_trainer_t *tr) { return tr->cursor.consumed * tr->T; }
+
+ent_status ent_trainer_record(ent_trainer_t *tr, const ent_json_field *fields, int n) {
+    if (!tr->leader) return ENT_OK;
+    ent_status st = metrics_record(tr, fields, n);
+    if (tr->io == ENT_OK) tr->io = st; // held for the next sync, as a step's
+    return ENT_OK;
+}
+
+ent_status ent_trainer_params_to_host(ent_trainer_t *tr, float *host) {
+    return tr->be->iface->to_host(tr->be, host, ent_model_arena(tr->model, ENT_ARENA_PARAMS),
+                                  sizeof(float) * ent_model_arena_floats(tr->model));
+}
+
+void ent_trainer_set_coalition(ent_trainer_t *tr, const ent_ckpt_coalition *c, const char *site,
+                               int round) {
+    ent_ckpt_wait_staged(tr->saver); // a save in flight may still copy the arrays
+    tr->coalition = c;
+    tr->site = site;
+    tr->round = round;
 }

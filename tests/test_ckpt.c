@@ -414,20 +414,22 @@ static void test_coalition_state(void **unused) {
         ent_ckpt_saver_t *sv = begin(&s, dir, async ? "coalition_async" : "coalition", async);
         size_t n = s.table.total;
         float *anchor = malloc(sizeof(float) * n), *outer = malloc(sizeof(float) * n);
-        assert_true(anchor != NULL && outer != NULL);
+        float *resid = malloc(sizeof(float) * n);
+        assert_true(anchor != NULL && outer != NULL && resid != NULL);
         for (size_t i = 0; i < n; i++) {
             anchor[i] = value(i, 3, 11);
             outer[i] = value(i, 4, 11);
+            resid[i] = value(i, 5, 11);
         }
         char ledger[] = "round 41: site-a 81920 tokens, site-b 40960 tokens\n";
-        ent_ckpt_coalition c = {.anchor = anchor, .outer_momentum = outer, .round = 42,
+        ent_ckpt_coalition c = {.anchor = anchor, .outer_momentum = outer, .residual = resid, .round = 42,
                                 .ledger = ledger};
         fill(&s, 11);
         s.sh.coalition = &c;
         assert_int_equal(ent_ckpt_save(sv, "c.h5", step_attr, 1, &s.sh), ENT_OK);
         ent_ckpt_wait_staged(sv);
         // what the caller may do once the copy is made: change everything
-        for (size_t i = 0; i < n; i++) anchor[i] = outer[i] = -1.0f;
+        for (size_t i = 0; i < n; i++) anchor[i] = outer[i] = resid[i] = -1.0f;
         ledger[0] = 'X';
         assert_int_equal(ent_ckpt_wait(sv), ENT_OK);
         s.sh.coalition = NULL; // a file without coalition state, beside
@@ -440,7 +442,7 @@ static void test_coalition_state(void **unused) {
             assert_int_equal(ent_ckpt_verify(path, expect_table, NULL, devnull), ENT_OK);
             fclose(devnull);
         }
-        ent_ckpt_coalition back = {.anchor = anchor, .outer_momentum = outer};
+        ent_ckpt_coalition back = {.anchor = anchor, .outer_momentum = outer, .residual = resid};
         s.sh.coalition = &back;
         ent_ckpt_t *ck = NULL;
         assert_int_equal(ent_ckpt_open(path, grid->world, &ck), ENT_OK);
@@ -456,7 +458,7 @@ static void test_coalition_state(void **unused) {
         size_t wrong = 0;
         for (size_t i = 0; i < n; i++)
             wrong += anchor[i] != value(i, 3, 11) || outer[i] != value(i, 4, 11) ||
-                     s.p[i] != value(i, 0, 11);
+                     resid[i] != value(i, 5, 11) || s.p[i] != value(i, 0, 11);
         assert_int_equal(wrong, 0);
 
         snprintf(path, sizeof path, "%s/plain.h5", dir);
@@ -467,6 +469,7 @@ static void test_coalition_state(void **unused) {
         ent_ckpt_close(&ck);
         free(anchor);
         free(outer);
+        free(resid);
         state_free(&s);
     }
 }

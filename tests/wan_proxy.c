@@ -53,6 +53,9 @@ static const char usage_text[] =
     "  --rate-mbit R        bandwidth cap per direction of each connection, in\n"
     "                       megabits (10^6 bits) per second, e.g. 100 or 2.5\n"
     "                       (default: no cap). Bursts are at most 5 ms of R.\n"
+    "  --capture-dir DIR    write a copy of every byte each client sends (toward\n"
+    "                       --connect) to DIR/conn-N.up, N counting connections\n"
+    "                       from 1 (for tests that check what crossed the link)\n"
     "  --port-file FILE     write the listening port (a decimal number and a\n"
     "                       newline) to FILE once accepting; written whole via a\n"
     "                       rename, so a reader never sees part of it\n"
@@ -93,6 +96,7 @@ typedef struct {
   int64_t latency_ns;
   double rate_bps;        // bytes per second; 0 = no cap
   const char *port_file;  // NULL = none
+  const char *capture;    // directory for copies of client -> target bytes; NULL = none
 } options_t;
 
 static int bad_arg(const char *flag, const char *fmt, ...) {
@@ -170,7 +174,8 @@ static int parse_args(int argc, char **argv, options_t *o) {
       fputs(usage_text, stdout);
       exit(0);
     }
-    const char *known[] = {"--listen", "--connect", "--latency-ms", "--rate-mbit", "--port-file"};
+    const char *known[] = {"--listen", "--connect", "--latency-ms", "--rate-mbit", "--port-file",
+                           "--capture-dir"};
     bool is_known = false;
     for (size_t k = 0; k < sizeof known / sizeof known[0]; k++) is_known |= strcmp(a, known[k]) == 0;
     if (!is_known) return bad_arg(a, "unknown argument");
@@ -194,6 +199,10 @@ static int parse_args(int argc, char **argv, options_t *o) {
       if (parse_rate(a, v, &mbit) != 0) return -1;
       o->rate_bps = mbit * 1e6 / 8.0;
       have_rate = true;
+    } else if (strcmp(a, "--capture-dir") == 0) {
+      if (o->capture) return bad_arg(a, "given twice");
+      if (v[0] == '\0') return bad_arg(a, "empty directory name");
+      o->capture = v;
     } else {
       if (o->port_file) return bad_arg(a, "given twice");
       if (v[0] == '\0') return bad_arg(a, "empty file name");
@@ -273,6 +282,7 @@ typedef struct {
   double tokens;       // bytes the bucket allows now
   int64_t refill_ns;   // when tokens were last topped up
   uint64_t bytes;      // forwarded so far
+  FILE *capture;       // a copy of every byte read (--capture-dir); NULL = none
 } dir_t;
 
 typedef struct {
@@ -320,6 +330,10 @@ static int dir_read(const proxy_t *p, dir_t *d, int src, int64_t now) {
         return -1;
       }
       memcpy(c->data, buf, (size_t)n);
+      if (d->capture && fwrite(buf, 1, (size_t)n, d->capture) != (size_t)n) {
+        log_msg("cannot write the capture: %s", strerror(errno));
+        return -1;
+      }
       c->len = (size_t)n;
       c->off = 0;
       c->due_ns = now + p->opt.latency_ns;
@@ -428,6 +442,18 @@ static conn_t *conn_open(proxy_t *p, int client, const struct addrinfo *target, 
     c->dir[k].tokens = p->bucket_cap;
     c->dir[k].refill_ns = now;
   }
+  if (p->opt.capture) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/conn-%llu.up", p->opt.capture, (unsigned long long)c->id);
+    c->dir[0].capture = fopen(path, "wb");
+    if (!c->dir[0].capture) {
+      log_msg("connection %llu: cannot create %s: %s", (unsigned long long)c->id, path,
+              strerror(errno));
+      close(fd);
+      free(c);
+      return NULL;
+    }
+  }
   set_nodelay(client);
   set_nodelay(fd);
   return c;
@@ -439,6 +465,7 @@ static void conn_close(proxy_t *p, conn_t *c, bool reset) {
     if (reset) close_reset(c->fd[k]);
     else close(c->fd[k]);
     p->bytes[k] += c->dir[k].bytes;
+    if (c->dir[k].capture) fclose(c->dir[k].capture);
     dir_free(&c->dir[k]);
   }
   p->closed++;

@@ -1,0 +1,87 @@
+// coalition_impl.h: private to runtime/coalition/: what the site's round
+// driver (site.c) and the coordinator (coordinator.c) share: the parameter
+// table's global layout, and vectors that travel as DELTA or UPDATE chunks
+// (vec.c). docs/coalition.md describes the rounds, docs/protocol.md the bytes.
+#ifndef ENT_COALITION_IMPL_H
+#define ENT_COALITION_IMPL_H
+
+#include "runtime_impl.h"
+
+// ---- the global layout ----
+// Every vector that crosses sites (a delta, an update, the anchor) lists the
+// parameter table's rows in table order, each at its global shape, row-major,
+// with no padding: n = the table's global element count. A rank's arena holds
+// its tensor-parallel part of each row, padded; these map one to the other.
+typedef struct {
+    const ent_param_table *table; // a tensor-parallel rank's table (every rank's has the same offsets)
+    size_t *goff;                 // global offset of each row
+    size_t n;                     // global elements
+} coal_layout;
+
+ent_status coal_layout_new(const ent_param_table *table, coal_layout *out);
+void coal_layout_free(coal_layout *l);
+// Tensor-parallel rank tp_rank's arena elements into their places in global.
+void coal_arena_to_global(const coal_layout *l, int tp_rank, const float *arena, float *global);
+// Rank tp_rank's part of global into its arena (padding untouched).
+void coal_global_to_arena(const coal_layout *l, int tp_rank, const float *global, float *arena);
+
+// ---- vectors in chunks ----
+// A vector over the global layout as it travels: `count` chunks, chunk i
+// covering parameters [poff[i], poff[i] + plen[i]) and held in data at
+// [boff[i], boff[i] + blen[i]). Raw float32 (codec ENT_LINK_CODEC_F32) for the
+// anchor a site joins with; an encoded buffer per chunk (ent_codec_encode,
+// self-describing) for deltas and updates. Both sides derive the chunking
+// from (codec, total, chunk_bytes), so a receiver knows what to expect.
+typedef struct {
+    uint16_t codec;   // ent_link_codec
+    uint64_t total;   // parameters
+    uint32_t count;   // chunks
+    uint64_t *poff, *plen;
+    size_t *boff, *blen;
+    uint8_t *data;
+    size_t len;       // bytes in data
+    uint64_t anchor_hash, tokens;
+    uint32_t received; // assembling: chunks in so far
+    uint8_t *have;     // assembling: which
+} coal_vec;
+
+void coal_vec_free(coal_vec *v);
+// Parameters per chunk: the largest multiple of ENT_CODEC_TOPK_BLOCK (a
+// multiple of every default block) whose encoding fits chunk_bytes (at least
+// one such block).
+ent_status coal_chunk_params(uint16_t codec, const ent_codec *settings, uint32_t chunk_bytes,
+                             size_t *per_chunk);
+// Encodes x (total floats, overwritten) into v: raw f32 when codec is
+// ENT_LINK_CODEC_F32 (settings and residual unused), else with error feedback
+// into residual (ent_codec_encode_feedback, chunk by chunk) when residual is
+// set, plainly when it is NULL.
+ent_status coal_vec_encode(coal_vec *v, uint16_t codec, const ent_codec *settings, float *x,
+                           float *residual, size_t total, uint32_t chunk_bytes);
+// Sends every chunk as a DELTA or an UPDATE (type) to `to` (NULL from a
+// DEALER) for site and round.
+ent_status coal_vec_send(ent_link_endpoint_t *ep, const ent_link_peer *to, int type,
+                         uint32_t site, uint64_t round, const coal_vec *v);
+// Starts assembling a vector of `total` parameters in codec with the
+// chunking chunk_bytes gives.
+ent_status coal_vec_expect(coal_vec *v, uint16_t codec, const ent_codec *settings,
+                           uint64_t total, uint32_t chunk_bytes);
+// Adds one received chunk: it must be the expected one (index, range,
+// codec, total), agree with the chunks before it (anchor hash, tokens), not
+// repeat one, and its data must be the encoding of its range (header checked;
+// for f32, 4 bytes per parameter). ENT_ERR_INPUT naming `peer` otherwise.
+// *complete = 1 once every chunk is in.
+ent_status coal_vec_add(coal_vec *v, const ent_link_chunk *c, const char *peer, int *complete);
+// y += alpha * D(v) over the whole vector (every chunk checked first by the
+// decoder); f32 vectors are copied into y instead (alpha unused).
+ent_status coal_vec_apply(const coal_vec *v, float alpha, float *y);
+// Gives every rank of g the root's complete vector (collective).
+ent_status coal_vec_bcast(coal_vec *v, ent_group_t *g, int root);
+
+// "0123456789abcdef": a hash as 16 hex digits (JSON numbers lose 64-bit values).
+void coal_hash_hex(uint64_t h, char out[17]);
+// The hash of the settings every member of a coalition must share (model
+// shape and the [coalition] round settings), sent in HELLO.
+uint64_t coal_config_hash(const ent_config *cfg);
+double coal_now(void);
+
+#endif // ENT_COALITION_IMPL_H

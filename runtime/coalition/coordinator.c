@@ -1,0 +1,619 @@
+// coordinator.c: `entente coordinator`, the coalition's ROUTER service.
+//
+// It holds the anchor theta_anchor (initialised from train.seed, as any run
+// of the configuration would be), the outer Nesterov momentum and the
+// error-feedback residual of the updates it sends. It waits for
+// coalition.sites sites to join (HELLO; WELCOME and the anchor in f32
+// chunks), plans each site's inner steps per round, and for each round
+// merges every site's DELTA by tokens, takes the outer step, encodes the
+// update (with error feedback), applies it to its own anchor exactly as the
+// sites do, and sends it to every site with the plan two rounds ahead. It
+// evaluates the anchor on the validation shards of its own data.dir, writes
+// one metrics record per round, and saves the anchor as a checkpoint.
+// docs/coalition.md ("Rounds") and docs/protocol.md ("Who sends what").
+#include "coalition_impl.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define PLAN_SLOTS 4
+
+typedef struct {
+    uint32_t id; // 1.. in order of joining
+    char name[ENT_LINK_NAME_MAX + 1];
+    ent_link_peer peer;
+    int left;
+    double last_seen;
+    coal_vec delta[2];       // the deltas of two consecutive rounds (slot round % 2)
+    uint64_t delta_round[2];
+    int delta_used[2];
+    uint32_t plan[PLAN_SLOTS]; // inner steps planned per round (slot round % 4)
+    uint64_t plan_round[PLAN_SLOTS];
+    int plan_sent[PLAN_SLOTS];
+    // throughput: two heartbeats of one round give inner steps per second
+    uint64_t hb_round, hb_time_ns;
+    uint32_t hb_steps;
+    double steps_per_s;
+} csite;
+
+typedef struct {
+    const ent_config *cfg;
+    const char *run_dir;
+    ent_backend_t *be;
+    ent_model_t *model;
+    const ent_param_table *table;
+    coal_layout lay;
+    size_t n;
+    float *anchor, *momentum, *resid, *g; // global layout
+    float *ck_mom, *ck_resid;             // arena layout, for checkpoints
+    uint64_t *hist;                       // anchor hash after each round (hist[0]: initial)
+    ent_codec codec;
+    ent_outer_opt outer;
+    uint32_t chunk_bytes;
+    ent_link_endpoint_t *ep;
+    csite *sites;
+    int nsites;
+    uint64_t rounds, round; // the round being merged
+    uint64_t tokens_total;
+    FILE *metrics;
+    ent_dataset_t *val;
+    int32_t *inputs, *targets;
+    int micro;
+    ent_grid *grid;
+    ent_ckpt_saver_t *saver;
+    char ckpt_dir[ENT_PATH_MAX];
+    double t_start;
+} coord;
+
+static ent_status record(coord *c, const ent_json_field *f, int n) {
+    ent_json_line(c->metrics, f, n);
+    if (fflush(c->metrics) != 0 || ferror(c->metrics))
+        return ent_fail(ENT_ERR_IO, "cannot write %s/metrics.jsonl", c->run_dir);
+    return ENT_OK;
+}
+
+static ent_status send_msg(coord *c, const ent_link_peer *to, ent_link_buf *msg, ent_status st) {
+    if (st == ENT_OK) st = ent_link_send(c->ep, to, msg->data, msg->len);
+    ent_link_buf_free(msg);
+    return st;
+}
+
+static ent_status send_error(coord *c, const ent_link_peer *to, uint32_t site, uint16_t code,
+                             const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static ent_status send_error(coord *c, const ent_link_peer *to, uint32_t site, uint16_t code,
+                             const char *fmt, ...) {
+    ent_link_reason r = {.code = code};
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r.text, sizeof r.text, fmt, ap);
+    va_end(ap);
+    ent_log_warn("coordinator: refused %s: %s", to->name, r.text);
+    ent_link_buf msg = {0};
+    return send_msg(c, to, &msg, ent_link_encode_error(&msg, site, c->round, &r));
+}
+
+static ent_status send_plan(coord *c, csite *s, uint64_t round) {
+    int k = (int)(round % PLAN_SLOTS);
+    uint32_t steps = (uint32_t)c->cfg->coal_inner_steps;
+    if (c->cfg->coal_round_seconds > 0 && s->steps_per_s > 0) {
+        double h = floor(c->cfg->coal_round_seconds * s->steps_per_s + 0.5);
+        steps = h < 1 ? 1 : h > steps ? steps : (uint32_t)h;
+    }
+    s->plan[k] = steps;
+    s->plan_round[k] = round;
+    s->plan_sent[k] = 1;
+    ent_link_round_plan m = {.inner_steps = steps,
+                             .deadline_ms = (uint32_t)(c->cfg->coal_timeout * 1e3)};
+    ent_link_buf msg = {0};
+    return send_msg(c, &s->peer, &msg, ent_link_encode_round_plan(&msg, s->id, round, &m));
+}
+
+static int plan_sent(const csite *s, uint64_t round) {
+    int k = (int)(round % PLAN_SLOTS);
+    return s->plan_sent[k] && s->plan_round[k] == round;
+}
+
+static csite *find_site(coord *c, const ent_link_incoming *in) {
+    for (int i = 0; i < c->nsites; i++) {
+        csite *s = &c->sites[i];
+        if (s->id == in->header.site && s->peer.id_len == in->peer.id_len &&
+            memcmp(s->peer.id, in->peer.id, in->peer.id_len) == 0)
+            return s;
+    }
+    return NULL;
+}
+
+// ---------------------------------------------------------------------------
+// joining
+
+static ent_status send_anchor(coord *c, csite *s) {
+    coal_vec v = {0};
+    memcpy(c->g, c->anchor, sizeof(float) * c->n);
+    ENT_CHECK(coal_vec_encode(&v, ENT_LINK_CODEC_F32, NULL, c->g, NULL, c->n, c->chunk_bytes));
+    v.anchor_hash = c->hist[c->round];
+    ent_status st = coal_vec_send(c->ep, &s->peer, ENT_LINK_UPDATE, s->id, c->round, &v);
+    coal_vec_free(&v);
+    return st;
+}
+
+static ent_status on_hello(coord *c, const ent_link_incoming *in) {
+    ent_link_hello h;
+    ent_link_header hd;
+    if (ent_link_decode_hello(in->bytes, in->len, in->peer.name, &hd, &h) != ENT_OK)
+        return send_error(c, &in->peer, 0, ENT_LINK_ERR_MALFORMED, "%s", ent_last_error());
+    const ent_config *cfg = c->cfg;
+    if (h.shape_hash != ent_model_shape_hash(cfg) || h.config_hash != coal_config_hash(cfg))
+        return send_error(c, &in->peer, 0, ENT_LINK_ERR_INCOMPATIBLE,
+                          "site '%s' trains another %s than this coalition (model %d layers, %d "
+                          "heads, width %d, context %d, vocab %d; %d rounds, codec %s, outer lr "
+                          "%g, momentum %g)", h.name,
+                          h.shape_hash != ent_model_shape_hash(cfg) ? "model" : "configuration",
+                          cfg->layers, cfg->heads, cfg->width, cfg->context, cfg->vocab,
+                          cfg->coal_rounds, cfg->coal_codec, cfg->coal_outer_lr,
+                          cfg->coal_outer_momentum);
+    for (int i = 0; i < c->nsites; i++)
+        if (strcmp(c->sites[i].name, h.name) == 0)
+            return send_error(c, &in->peer, 0, ENT_LINK_ERR_DUPLICATE_SITE,
+                              "a site named '%s' has already joined", h.name);
+    if (c->nsites >= cfg->coal_sites)
+        return send_error(c, &in->peer, 0, ENT_LINK_ERR_INCOMPATIBLE,
+                          "the coalition's %d sites (coalition.sites) have joined; joining a "
+                          "running coalition is not supported by this version", cfg->coal_sites);
+    csite *s = &c->sites[c->nsites];
+    memset(s, 0, sizeof *s);
+    s->id = (uint32_t)c->nsites + 1;
+    snprintf(s->name, sizeof s->name, "%s", h.name);
+    s->peer = in->peer;
+    s->last_seen = coal_now();
+    c->nsites++;
+    ent_link_welcome w = {.anchor_hash = c->hist[c->round],
+                          .inner_steps = (uint32_t)cfg->coal_inner_steps,
+                          .round_seconds = cfg->coal_round_seconds,
+                          .heartbeat_ms = 2000, .codec = (uint16_t)c->codec.kind,
+                          .chunk_bytes = c->chunk_bytes};
+    ent_link_buf msg = {0};
+    ENT_CHECK(send_msg(c, &s->peer, &msg, ent_link_encode_welcome(&msg, s->id, c->round, &w)));
+    ENT_CHECK(send_anchor(c, s));
+    ent_log_info("coordinator: site '%s' joined as site %u (%u x %u ranks, from %s); %d of %d",
+                 s->name, s->id, h.dp_size, h.tp_size, in->peer.name, c->nsites, cfg->coal_sites);
+    return ENT_OK;
+}
+
+// ---------------------------------------------------------------------------
+// messages during the rounds
+
+static ent_status on_delta(coord *c, csite *s, const ent_link_incoming *in) {
+    ent_link_chunk ch;
+    ent_link_header hd;
+    if (ent_link_decode_delta(in->bytes, in->len, in->peer.name, &hd, &ch) != ENT_OK)
+        return send_error(c, &in->peer, s->id, ENT_LINK_ERR_MALFORMED, "%s", ent_last_error());
+    if (hd.round < c->round || hd.round > c->round + 1)
+        return send_error(c, &in->peer, s->id, ENT_LINK_ERR_STALE_ROUND,
+                          "a DELTA for round %llu while round %llu is being merged",
+                          (unsigned long long)hd.round, (unsigned long long)c->round);
+    int k = (int)(hd.round % 2);
+    coal_vec *v = &s->delta[k];
+    if (!s->delta_used[k] || s->delta_round[k] != hd.round) {
+        ENT_CHECK(coal_vec_expect(v, (uint16_t)c->codec.kind, &c->codec, c->n, c->chunk_bytes));
+        s->delta_round[k] = hd.round;
+        s->delta_used[k] = 1;
+    }
+    int done = 0;
+    char who[ENT_LINK_NAME_MAX + sizeof in->peer.name + 16];
+    snprintf(who, sizeof who, "site '%s' (%s)", s->name, in->peer.name);
+    if (coal_vec_add(v, &ch, who, &done) != ENT_OK)
+        return ent_fail(ENT_ERR_INPUT, "coordinator: round %llu: %s", (unsigned long long)hd.round,
+                        ent_last_error());
+    if (done) {
+        // the anchor a site's delta starts from: before the update of the
+        // round before (which it applies after sending this one)
+        uint64_t want = c->hist[hd.round > 0 ? hd.round - 1 : 0];
+        if (v->anchor_hash != want)
+            return ent_fail(ENT_ERR_INPUT, "coordinator: site '%s' sent round %llu's delta from "
+                            "anchor %016llx; the coalition's was %016llx", s->name,
+                            (unsigned long long)hd.round, (unsigned long long)v->anchor_hash,
+                            (unsigned long long)want);
+    }
+    return ENT_OK;
+}
+
+static ent_status on_heartbeat(coord *c, csite *s, const ent_link_incoming *in) {
+    ent_link_heartbeat m;
+    ent_link_header hd;
+    if (ent_link_decode_heartbeat(in->bytes, in->len, in->peer.name, &hd, &m) != ENT_OK)
+        return send_error(c, &in->peer, s->id, ENT_LINK_ERR_MALFORMED, "%s", ent_last_error());
+    if (hd.round == s->hb_round && m.steps_done > s->hb_steps && m.time_ns > s->hb_time_ns)
+        s->steps_per_s = (double)(m.steps_done - s->hb_steps) / ((double)(m.time_ns - s->hb_time_ns) * 1e-9);
+    s->hb_round = hd.round;
+    s->hb_steps = m.steps_done;
+    s->hb_time_ns = m.time_ns;
+    // the first plan from a measured speed: round 1's, as soon as round 0
+    // has shown it (round 0 itself is planned before anything is known)
+    if (hd.round == 0 && s->steps_per_s > 0 && !plan_sent(s, 1) && c->rounds > 1)
+        ENT_CHECK(send_plan(c, s, 1));
+    return ENT_OK;
+}
+
+static ent_status on_message(coord *c, const ent_link_incoming *in) {
+    if (in->header.type == ENT_LINK_HELLO) return on_hello(c, in);
+    csite *s = find_site(c, in);
+    if (s == NULL)
+        return send_error(c, &in->peer, in->header.site, ENT_LINK_ERR_UNKNOWN_SITE,
+                          "site id %u was not given to this peer (send HELLO first)",
+                          in->header.site);
+    s->last_seen = coal_now();
+    switch (in->header.type) {
+    case ENT_LINK_DELTA: return on_delta(c, s, in);
+    case ENT_LINK_HEARTBEAT: return on_heartbeat(c, s, in);
+    case ENT_LINK_LEAVE: {
+        ent_link_reason r;
+        if (ent_link_decode_leave(in->bytes, in->len, in->peer.name, NULL, &r) != ENT_OK)
+            return send_error(c, &in->peer, s->id, ENT_LINK_ERR_MALFORMED, "%s", ent_last_error());
+        s->left = 1;
+        if (c->round < c->rounds)
+            return ent_fail(ENT_ERR_IO, "coordinator: site '%s' left at round %llu (code %u: %s); "
+                            "a coalition that goes on without it comes in a later version",
+                            s->name, (unsigned long long)c->round, r.code, r.text);
+        return ENT_OK;
+    }
+    default:
+        return send_error(c, &in->peer, s->id, ENT_LINK_ERR_MALFORMED,
+                          "a %s is not for the coordinator", ent_link_type_name(in->header.type));
+    }
+}
+
+// Receives for up to ms, then checks that no site has been silent too long.
+static ent_status poll_once(coord *c, int ms) {
+    ent_link_incoming in;
+    int got = 0;
+    ENT_CHECK(ent_link_recv(c->ep, ms, &in, &got));
+    if (got) ENT_CHECK(on_message(c, &in));
+    double now = coal_now();
+    for (int i = 0; i < c->nsites; i++) {
+        csite *s = &c->sites[i];
+        if (!s->left && now - s->last_seen > c->cfg->coal_timeout)
+            return ent_fail(ENT_ERR_IO, "coordinator: site '%s' (%s) sent nothing for %.0f s "
+                            "(coalition.timeout)", s->name, s->peer.name, now - s->last_seen);
+    }
+    return ENT_OK;
+}
+
+static int round_complete(const coord *c) {
+    int k = (int)(c->round % 2);
+    for (int i = 0; i < c->nsites; i++) {
+        const csite *s = &c->sites[i];
+        if (!s->delta_used[k] || s->delta_round[k] != c->round ||
+            s->delta[k].received != s->delta[k].count)
+            return 0;
+    }
+    return 1;
+}
+
+// ---------------------------------------------------------------------------
+// a round
+
+static ent_status eval_anchor(coord *c, double *loss) {
+    *loss = NAN;
+    if (c->val == NULL) return ENT_OK;
+    float *p = ent_model_arena(c->model, ENT_ARENA_PARAMS);
+    coal_global_to_arena(&c->lay, 0, c->anchor, p);
+    int64_t want = (int64_t)c->cfg->eval_batches * c->cfg->batch_size;
+    return ent_eval_loss(c->model, c->val, want, c->micro, NULL, c->inputs, c->targets, loss);
+}
+
+static ent_status save(coord *c) {
+    float *p = ent_model_arena(c->model, ENT_ARENA_PARAMS);
+    ent_ckpt_wait_staged(c->saver);
+    coal_global_to_arena(&c->lay, 0, c->anchor, p);
+    coal_global_to_arena(&c->lay, 0, c->momentum, c->ck_mom);
+    coal_global_to_arena(&c->lay, 0, c->resid, c->ck_resid);
+    ent_ckpt_coalition co = {.anchor = p, .outer_momentum = c->ck_mom, .residual = c->ck_resid,
+                             .round = (int64_t)c->round};
+    ent_ckpt_shard sh = {.table = c->table, .tp_rank = 0, .tp_size = 1, .params = p,
+                         .write_first = 0, .write_count = c->table->total, .coalition = &co};
+    ent_run_state rs = {.sequences = 1, .world = 1, .dp = 1, .tp = 1};
+    ent_run_attrs ra;
+    ENT_CHECK(ent_run_attrs_build(&ra, c->cfg, &rs));
+    char name[64];
+    snprintf(name, sizeof name, "anchor_round_%08llu.h5", (unsigned long long)c->round);
+    ent_status st = ent_ckpt_save(c->saver, name, ra.attrs, ra.count, &sh);
+    ent_run_attrs_free(&ra);
+    if (st == ENT_OK)
+        ent_log_info("coordinator: saved the anchor after %llu rounds: %s/%s",
+                     (unsigned long long)c->round, c->ckpt_dir, name);
+    return st;
+}
+
+static ent_status merge_round(coord *c) {
+    double t0 = coal_now();
+    int k = (int)(c->round % 2);
+    ent_site_delta *d = calloc((size_t)c->nsites, sizeof *d);
+    if (d == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
+    uint64_t tokens = 0;
+    for (int i = 0; i < c->nsites; i++) tokens += c->sites[i].delta[k].tokens;
+    const coal_vec *first = &c->sites[0].delta[k];
+    ent_status st = ENT_OK;
+    for (uint32_t ch = 0; ch < first->count && st == ENT_OK; ch++) {
+        for (int i = 0; i < c->nsites; i++) {
+            const coal_vec *v = &c->sites[i].delta[k];
+            d[i] = (ent_site_delta){.site = c->sites[i].id, .tokens = v->tokens,
+                                    .encoded = v->data + v->boff[ch], .encoded_len = v->blen[ch]};
+        }
+        st = ent_coalition_merge(d, c->nsites, c->g + first->poff[ch], first->plen[ch]);
+    }
+    free(d);
+    if (st != ENT_OK)
+        return ent_fail(st, "coordinator: round %llu: %s", (unsigned long long)c->round,
+                        ent_last_error());
+    ENT_CHECK(ent_outer_nesterov_update(&c->outer, c->momentum, c->g, c->g, c->n));
+    coal_vec up = {0};
+    ENT_CHECK(coal_vec_encode(&up, (uint16_t)c->codec.kind, &c->codec, c->g, c->resid, c->n,
+                              c->chunk_bytes));
+    st = coal_vec_apply(&up, -1.0f, c->anchor);
+    uint64_t h = ent_anchor_hash(c->anchor, c->n);
+    c->hist[c->round + 1] = h;
+    up.anchor_hash = h;
+    up.tokens = tokens;
+    double merge_s = coal_now() - t0;
+    // names and tokens of the sites merged, as JSON arrays
+    char names[ENT_LINK_NAME_MAX * 64 + 256] = "[", toks[32 * 64 + 256] = "[";
+    size_t un = 1, ut = 1;
+    for (int i = 0; i < c->nsites && un < sizeof names - 80 && ut < sizeof toks - 40; i++) {
+        un += (size_t)snprintf(names + un, sizeof names - un, "%s\"%s\"", i ? "," : "",
+                               c->sites[i].name);
+        ut += (size_t)snprintf(toks + ut, sizeof toks - ut, "%s%llu", i ? "," : "",
+                               (unsigned long long)c->sites[i].delta[k].tokens);
+    }
+    snprintf(names + un, sizeof names - un, "]");
+    snprintf(toks + ut, sizeof toks - ut, "]");
+    for (int i = 0; i < c->nsites && st == ENT_OK; i++) {
+        csite *s = &c->sites[i];
+        st = coal_vec_send(c->ep, &s->peer, ENT_LINK_UPDATE, s->id, c->round, &up);
+        if (st == ENT_OK && c->round + 2 < c->rounds) st = send_plan(c, s, c->round + 2);
+        s->delta_used[k] = 0;
+        coal_vec_free(&s->delta[k]);
+    }
+    size_t up_bytes = up.len;
+    coal_vec_free(&up);
+    ENT_CHECK(st);
+    c->tokens_total += tokens;
+    double val = NAN;
+    ENT_CHECK(eval_anchor(c, &val));
+    char hash[17];
+    coal_hash_hex(h, hash);
+    ent_json_field rec[] = {ENT_JSTR("event", "round"), ENT_JINT("round", c->round),
+                            ENT_JRAW("sites", names), ENT_JRAW("site_tokens", toks),
+                            ENT_JINT("tokens", tokens), ENT_JINT("tokens_total", c->tokens_total),
+                            ENT_JSTR("anchor_hash", hash), ENT_JNUM("val_loss", val),
+                            ENT_JINT("update_bytes", up_bytes), ENT_JNUM("merge_s", merge_s),
+                            ENT_JNUM("elapsed_s", coal_now() - c->t_start)};
+    ENT_CHECK(record(c, rec, (int)(sizeof rec / sizeof rec[0])));
+    if (isfinite(val))
+        ent_log_info("coordinator: round %llu merged (%d sites, %llu tokens, %.3f s): val loss "
+                     "%.4f, anchor %s", (unsigned long long)c->round, c->nsites,
+                     (unsigned long long)tokens, merge_s, val, hash);
+    else
+        ent_log_info("coordinator: round %llu merged (%d sites, %llu tokens, %.3f s): anchor %s",
+                     (unsigned long long)c->round, c->nsites, (unsigned long long)tokens, merge_s,
+                     hash);
+    return ENT_OK;
+}
+
+// ---------------------------------------------------------------------------
+// set-up
+
+static ent_status alloc_floats(float **p, size_t n) {
+    *p = calloc(n > 0 ? n : 1, sizeof(float));
+    if (*p == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for %zu floats", n);
+    return ENT_OK;
+}
+
+static ent_status open_run_dir(coord *c, int force) {
+    char path[ENT_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", c->run_dir);
+    struct stat sb;
+    if (!force && stat(path, &sb) == 0)
+        return ent_fail(ENT_ERR_USAGE, "%s holds another run (its metrics.jsonl): give another "
+                        "--run-dir, or --force to start over in it", c->run_dir);
+    ENT_CHECK(ent_mkdirs(c->run_dir));
+    snprintf(path, sizeof path, "%s/config.ini", c->run_dir);
+    char *text = ent_config_text(c->cfg, NULL);
+    if (text == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
+    ent_status st = ent_write_file_atomic(path, text, strlen(text));
+    free(text);
+    ENT_CHECK(st);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", c->run_dir);
+    c->metrics = fopen(path, "w");
+    if (c->metrics == NULL) return ent_fail(ENT_ERR_IO, "cannot create %s", path);
+    return ENT_OK;
+}
+
+static ent_status coord_setup(coord *c, int force) {
+    const ent_config *cfg = c->cfg;
+    ENT_CHECK(ent_codec_parse(cfg->coal_codec, &c->codec));
+    c->outer = (ent_outer_opt){.lr = (float)cfg->coal_outer_lr,
+                               .momentum = (float)cfg->coal_outer_momentum};
+    c->rounds = (uint64_t)cfg->coal_rounds;
+    c->chunk_bytes = 4u << 20;
+    c->sites = calloc((size_t)cfg->coal_sites, sizeof *c->sites);
+    c->hist = calloc(c->rounds + 1, sizeof *c->hist);
+    if (c->sites == NULL || c->hist == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
+    ENT_CHECK(open_run_dir(c, force));
+    // the anchor: the model a run of this configuration starts from
+    c->micro = cfg->micro_batch > 0 ? cfg->micro_batch : cfg->batch_size;
+    ent_model_shape shape = ent_model_shape_from_config(cfg);
+    ENT_CHECK(ent_backend_new("cpu", NULL, &c->be));
+    ENT_CHECK(ent_model_new(c->be, &shape, NULL, c->micro, cfg->context, &c->model));
+    ENT_CHECK(ent_model_init(c->model, cfg->seed));
+    c->table = ent_model_table(c->model);
+    ENT_CHECK(coal_layout_new(c->table, &c->lay));
+    c->n = c->lay.n;
+    ENT_CHECK(alloc_floats(&c->anchor, c->n));
+    ENT_CHECK(alloc_floats(&c->momentum, c->n));
+    ENT_CHECK(alloc_floats(&c->resid, c->n));
+    ENT_CHECK(alloc_floats(&c->g, c->n));
+    ENT_CHECK(alloc_floats(&c->ck_mom, c->table->total));
+    ENT_CHECK(alloc_floats(&c->ck_resid, c->table->total));
+    coal_arena_to_global(&c->lay, 0, ent_model_arena(c->model, ENT_ARENA_PARAMS), c->anchor);
+    c->hist[0] = ent_anchor_hash(c->anchor, c->n);
+    // the coalition's validation set: data.dir's validation shards, if any
+    char **vals = NULL;
+    int nval = ent_glob_shards(cfg->data_dir, cfg->val_pattern, &vals);
+    ent_free_paths(vals, nval > 0 ? nval : 0);
+    if (nval > 0) {
+        ENT_CHECK(ent_dataset_open(cfg->data_dir, cfg->val_pattern, cfg->vocab, cfg->context,
+                                   &c->val));
+        c->inputs = malloc(sizeof(int32_t) * (size_t)c->micro * (size_t)cfg->context);
+        c->targets = malloc(sizeof(int32_t) * (size_t)c->micro * (size_t)cfg->context);
+        if (c->inputs == NULL || c->targets == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
+    } else {
+        ent_log_notice("coordinator: no validation shards match %s/%s: the anchor is not "
+                       "evaluated", cfg->data_dir, cfg->val_pattern);
+    }
+    // checkpoints of the anchor
+    ENT_CHECK(ent_grid_new_self(&c->grid));
+    ent_checkpoint_dir(cfg, c->run_dir, c->ckpt_dir, sizeof c->ckpt_dir);
+    ent_ckpt_saver_opts so = {.dir = c->ckpt_dir, .keep = 0, .async = 0};
+    ENT_CHECK(ent_ckpt_saver_new(c->grid->world, &so, &c->saver));
+    float *p = ent_model_arena(c->model, ENT_ARENA_PARAMS);
+    ent_ckpt_coalition co = {.anchor = p, .outer_momentum = c->ck_mom, .residual = c->ck_resid};
+    ent_ckpt_shard sh = {.table = c->table, .tp_size = 1, .params = p,
+                         .write_count = c->table->total, .coalition = &co};
+    ENT_CHECK(ent_ckpt_saver_check(c->saver, &sh));
+    // the link
+    const char *bind = cfg->coal_bind[0] ? cfg->coal_bind : cfg->coal_coordinator;
+    if (bind[0] == '\0')
+        return ent_fail(ENT_ERR_USAGE, "%s: neither coalition.bind nor coalition.coordinator is "
+                        "set: give the endpoint to listen on (tcp://0.0.0.0:5555)",
+                        cfg->path[0] ? cfg->path : "configuration");
+    ENT_CHECK(ent_link_router_bind(bind, NULL, &c->ep));
+    char path[ENT_PATH_MAX + 32], line[300];
+    snprintf(path, sizeof path, "%s/endpoint", c->run_dir);
+    int len = snprintf(line, sizeof line, "%s\n", ent_link_address(c->ep));
+    ENT_CHECK(ent_write_file_atomic(path, line, (size_t)len));
+    return ENT_OK;
+}
+
+static void coord_free(coord *c) {
+    if (c->saver) ent_ckpt_saver_free(&c->saver);
+    if (c->grid) ent_grid_free(&c->grid);
+    ent_link_close(&c->ep);
+    for (int i = 0; c->sites && i < c->cfg->coal_sites; i++) {
+        coal_vec_free(&c->sites[i].delta[0]);
+        coal_vec_free(&c->sites[i].delta[1]);
+    }
+    free(c->sites);
+    free(c->hist);
+    free(c->anchor);
+    free(c->momentum);
+    free(c->resid);
+    free(c->g);
+    free(c->ck_mom);
+    free(c->ck_resid);
+    free(c->inputs);
+    free(c->targets);
+    ent_dataset_close(&c->val);
+    coal_layout_free(&c->lay);
+    ent_model_free(&c->model);
+    ent_backend_free(&c->be);
+    if (c->metrics) fclose(c->metrics);
+}
+
+static ent_status run(coord *c) {
+    const ent_config *cfg = c->cfg;
+    ent_log_info("coordinator: listening on %s for %d site(s); %llu rounds of %d inner steps%s, "
+                 "codec %s, outer lr %g, momentum %g; %zu parameters", ent_link_address(c->ep),
+                 cfg->coal_sites, (unsigned long long)c->rounds, cfg->coal_inner_steps,
+                 cfg->coal_round_seconds > 0 ? " at most (planned from each site's speed)" : "",
+                 cfg->coal_codec, cfg->coal_outer_lr, cfg->coal_outer_momentum, c->n);
+    c->t_start = coal_now();
+    double until = coal_now() + cfg->coal_timeout;
+    while (c->nsites < cfg->coal_sites) {
+        if (coal_now() > until)
+            return ent_fail(ENT_ERR_IO, "coordinator: %d of %d sites joined within "
+                            "coalition.timeout = %g s", c->nsites, cfg->coal_sites,
+                            cfg->coal_timeout);
+        ENT_CHECK(poll_once(c, 500));
+    }
+    double val = NAN;
+    ENT_CHECK(eval_anchor(c, &val));
+    char hash[17];
+    coal_hash_hex(c->hist[0], hash);
+    ent_json_field start[] = {ENT_JSTR("event", "start"), ENT_JINT("sites", c->nsites),
+                              ENT_JINT("rounds", c->rounds), ENT_JINT("parameters", c->n),
+                              ENT_JSTR("codec", cfg->coal_codec), ENT_JSTR("anchor_hash", hash),
+                              ENT_JNUM("val_loss", val)};
+    ENT_CHECK(record(c, start, (int)(sizeof start / sizeof start[0])));
+    // rounds 0 and 1 are planned before any speed is known, unless a fixed
+    // number of inner steps needs no measure; later rounds at each merge
+    for (int i = 0; i < c->nsites; i++) {
+        ENT_CHECK(send_plan(c, &c->sites[i], 0));
+        if (c->rounds > 1 && cfg->coal_round_seconds <= 0) ENT_CHECK(send_plan(c, &c->sites[i], 1));
+    }
+    for (c->round = 0; c->round < c->rounds; c->round++) {
+        while (!round_complete(c)) {
+            ENT_CHECK(poll_once(c, 200));
+            // round 1's plan: a site that has shown no speed yet by its delta gets the cap
+            for (int i = 0; c->round == 0 && c->rounds > 1 && i < c->nsites; i++) {
+                csite *s = &c->sites[i];
+                if (!plan_sent(s, 1) && s->delta_used[0] &&
+                    s->delta[0].received == s->delta[0].count)
+                    ENT_CHECK(send_plan(c, s, 1));
+            }
+        }
+        ENT_CHECK(merge_round(c));
+        if (cfg->ckpt_every > 0 && (c->round + 1) % (uint64_t)cfg->ckpt_every == 0 &&
+            c->round + 1 < c->rounds) {
+            uint64_t r = c->round;
+            c->round = r + 1; // the rounds merged
+            ent_status st = save(c);
+            c->round = r;
+            ENT_CHECK(st);
+        }
+    }
+    // every site says it is done once it has the last update
+    until = coal_now() + cfg->coal_timeout;
+    for (;;) {
+        int left = 0;
+        for (int i = 0; i < c->nsites; i++) left += c->sites[i].left;
+        if (left == c->nsites) break;
+        if (coal_now() > until) {
+            ent_log_warn("coordinator: %d of %d sites did not say they finished within "
+                         "coalition.timeout", c->nsites - left, c->nsites);
+            break;
+        }
+        ENT_CHECK(poll_once(c, 200));
+    }
+    ENT_CHECK(save(c));
+    coal_hash_hex(c->hist[c->rounds], hash);
+    ent_json_field end[] = {ENT_JSTR("event", "end"), ENT_JINT("rounds", c->rounds),
+                            ENT_JINT("tokens_total", c->tokens_total),
+                            ENT_JSTR("anchor_hash", hash),
+                            ENT_JNUM("elapsed_s", coal_now() - c->t_start)};
+    ENT_CHECK(record(c, end, (int)(sizeof end / sizeof end[0])));
+    ent_log_info("coordinator: done: %llu rounds, %llu tokens merged in %.1f s; anchor %s",
+                 (unsigned long long)c->rounds, (unsigned long long)c->tokens_total,
+                 coal_now() - c->t_start, hash);
+    return ENT_OK;
+}
+
+ent_status ent_coordinator_run(const ent_config *cfg, const char *run_dir, int force) {
+    coord c = {.cfg = cfg, .run_dir = run_dir};
+    ent_status st = coord_setup(&c, force);
+    if (st == ENT_OK) st = run(&c);
+    if (st != ENT_OK && c.ep != NULL) {
+        // tell every site why, so none waits for its timeout
+        char why[ENT_LINK_TEXT_MAX + 1];
+        snprintf(why, sizeof why, "%s", ent_last_error());
+        for (int i = 0; i < c.nsites; i++)
+            (void)send_error(&c, &c.sites[i].peer, c.sites[i].id, ENT_LINK_ERR_INTERNAL,
+                             "the coordinator stopped: %s", why);
+        st = ent_fail(st, "%s", why);
+    }
+    coord_free(&c);
+    return st;
+}

@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# coalition_test.sh ENTENTE_BINARY SOURCE_DIR CASE: a coalition on loopback.
+# A real coordinator process and real sites (`entente train` under mpirun),
+# each started here and stopped by its PID.
+#
+#   rounds    three sites of different layouts (1 rank; TP=2; DP=2), each on
+#             its own shards, train 4 rounds: every process exits 0; each
+#             site's round records carry the coordinator's anchor hash of the
+#             same round; every rank of every site ends with the
+#             coordinator's final anchor; the coordinator's and the sites'
+#             checkpoints verify; a site's checkpoint resumes as a run alone;
+#             the coordinator's anchor samples.
+#   refusals  a site of another model and a second site of the same name are
+#             refused by name; a site without a name, or whose coordinator is
+#             not there, fails with a clear message; nothing hangs.
+#   capture   two sites reach the coordinator through tests/wan_proxy (20 ms
+#             one way, 50 Mbit/s), which copies every byte they send: each
+#             stream parses to its last byte as ZMTP frames carrying only
+#             HELLO, HEARTBEAT, DELTA and LEAVE messages that the decoders
+#             accept (tests/link_capture), one DELTA per round, and holds no
+#             16-byte window of the site's token shard or text.
+#
+# Extra arguments: WAN_PROXY LINK_CAPTURE (the test tools, for `capture`).
+WAN_PROXY=${4:-}
+LINK_CAPTURE=${5:-}
+set -- "$1" "$2" "$3"
+source "$(dirname "$0")/cli_lib.sh"
+
+PIDS=()
+stop_all() {
+    local p
+    for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill -9 "$p" 2>/dev/null; done
+}
+trap 'stop_all; rm -rf "$W"' EXIT
+
+# Three disjoint corpora (one per site) and a validation set for the coordinator.
+make_site_data() {
+    make_corpus "$W/corpus.txt"
+    local n
+    n=$(wc -l <"$W/corpus.txt")
+    split -n l/4 -d "$W/corpus.txt" "$W/part."
+    local i=0 name
+    for name in a b c v; do
+        expect "prepare the shards of $name" 0 -- "$E" data prepare --input "$W/part.0$i" \
+            --output "$W/data-$name" || exit 1
+        i=$((i + 1))
+    done
+}
+
+# write_coalition FILE SITES ROUNDS
+write_coalition() {
+    write_config "$1" "$W/data-v"
+    cat >>"$1" <<EOF
+
+[coalition]
+bind = tcp://127.0.0.1:*
+sites = $2
+rounds = $3
+inner_steps = 6
+timeout = 60
+EOF
+    sed -i 's/^every = 10/every = 0/' "$1"
+}
+
+# start_coordinator DIR [ARGS...]: in the background; sets EP (its endpoint)
+start_coordinator() {
+    local dir=$1
+    shift
+    timeout 200 "$E" coordinator --config "$W/co.ini" --run-dir "$dir" "$@" >"$dir.log" 2>&1 &
+    CPID=$!
+    PIDS+=("$CPID")
+    local t
+    for t in $(seq 100); do
+        [ -s "$dir/endpoint" ] && break
+        sleep 0.1
+    done
+    EP=$(cat "$dir/endpoint" 2>/dev/null)
+    [ -n "$EP" ] || { fail "the coordinator wrote no endpoint"; sed 's/^/    | /' "$dir.log"; exit 1; }
+}
+
+# start_site NAME NP [ARGS...]: an `entente train` site in the background (pid in SPID)
+start_site() {
+    local name=$1 np=$2
+    shift 2
+    timeout 200 "${MPIRUN[@]}" -np "$np" "$E" train --config "$W/co.ini" \
+        --set "coalition.coordinator=$EP" --set "coalition.site=$name" \
+        --set "data.dir=$W/data-$name" --run-dir "$W/run/site-$name" "$@" \
+        >"$W/site-$name.log" 2>&1 &
+    SPID=$!
+    PIDS+=("$SPID")
+}
+
+# hash_of FILE ROUND KEY: the anchor_hash of FILE's record with KEY = ROUND
+hash_of() {
+    grep "\"$3\":$2," "$1" | grep -v '"event":"start"' | sed -n 's/.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' | tail -1
+}
+
+case_rounds() {
+    need_mpirun
+    make_site_data
+    write_coalition "$W/co.ini" 3 4
+    mkdir -p "$W/run"
+    start_coordinator "$W/run/coordinator"
+    local pa pb pc
+    start_site a 1; pa=$SPID
+    start_site b 2 --set parallel.tp=2; pb=$SPID
+    start_site c 2; pc=$SPID
+    local p rc name
+    wait "$CPID"; rc=$?
+    [ "$rc" = 0 ] || { fail "the coordinator exited with $rc"; sed -n '1,40s/^/    | /p' "$W/run/coordinator.log"; }
+    for name in a b c; do
+        case $name in a) p=$pa ;; b) p=$pb ;; c) p=$pc ;; esac
+        wait "$p"; rc=$?
+        [ "$rc" = 0 ] || { fail "site $name exited with $rc"; sed -n '1,30s/^/    | /p' "$W/site-$name.log"; }
+    done
+    [ "$FAILED" = 0 ] || return
+    local cm=$W/run/coordinator/metrics.jsonl r want got
+    [ "$(grep -c '"event":"round"' "$cm")" = 4 ] || fail "the coordinator recorded $(grep -c '"event":"round"' "$cm") rounds, not 4"
+    grep -q '"sites":\["[abc]","[abc]","[abc]"\]' "$cm" || fail "the rounds did not merge three sites: $(head -2 "$cm")"
+    for name in a b c; do
+        local sm=$W/run/site-$name/metrics.jsonl
+        [ "$(grep -c '"event":"round"' "$sm")" = 4 ] || fail "site $name recorded $(grep -c '"event":"round"' "$sm") rounds"
+        for r in 0 1 2 3; do
+            want=$(hash_of "$cm" "$r" round)
+            got=$(hash_of "$sm" "$r" anchor_round)
+            [ -n "$want" ] && [ "$want" = "$got" ] ||
+                fail "site $name: anchor after round $r is '$got', the coordinator's '$want'"
+        done
+        grep -q '"event":"round".*"bytes_sent":[1-9]' "$sm" || fail "site $name: no bytes_sent in its round records"
+    done
+    # every rank of every site: the coordinator's final anchor
+    want=$(sed -n 's/.*"event":"end".*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$cm")
+    local ranks
+    ranks=$(cat "$W"/site-*.log | grep -c "holds anchor $want after round 3")
+    [ -n "$want" ] && [ "$ranks" = 5 ] ||
+        fail "$ranks of 5 ranks hold the coordinator's final anchor '$want': $(grep -h 'holds anchor' "$W"/site-*.log)"
+    # the checkpoints: the coordinator's anchor and each site's state
+    expect "ckpt verify (coordinator)" 0 "out:metadata digest and checksums good" -- \
+        "$E" ckpt verify "$W/run/coordinator/checkpoints/latest"
+    expect "ckpt info (coordinator)" 0 "out:coalition: round 4" -- \
+        "$E" ckpt info "$W/run/coordinator/checkpoints/latest"
+    for name in a b c; do
+        expect "ckpt verify (site $name)" 0 "out:checksums good" -- \
+            "$E" ckpt verify "$W/run/site-$name/checkpoints/latest"
+        expect "ckpt info (site $name)" 0 "out:/coalition/residual" -- \
+            "$E" ckpt info "$W/run/site-$name/checkpoints/latest"
+    done
+    expect "sample from the coalition's anchor" 0 -- "$E" sample \
+        --checkpoint "$W/run/coordinator/checkpoints/latest" --tokens 16
+    # a site's checkpoint goes on alone (no coordinator), on another layout
+    expect "site b's checkpoint resumes alone" 0 -- "${MPIRUN[@]}" -np 2 "$E" train \
+        --resume "$W/run/site-b/checkpoints/latest" --set coalition.coordinator= \
+        --set train.steps=28 --run-dir "$W/run/alone"
+    grep -q '"step":28,' "$W/run/alone/metrics.jsonl" || fail "the resumed run did not reach step 28"
+}
+
+case_refusals() {
+    need_mpirun
+    make_site_data
+    write_coalition "$W/co.ini" 2 2
+    mkdir -p "$W/run"
+    start_coordinator "$W/run/coordinator"
+    start_site a 1
+    local pa=$SPID
+    # another model
+    expect "a site of another model" nonzero "trains another model" "site x" -- \
+        timeout 60 "$E" train --config "$W/co.ini" --set "coalition.coordinator=$EP" \
+        --set coalition.site=x --set model.width=64 --set "data.dir=$W/data-b" \
+        --run-dir "$W/run/x"
+    # a name already taken
+    expect "a second site named a" nonzero "already joined" -- \
+        timeout 60 "$E" train --config "$W/co.ini" --set "coalition.coordinator=$EP" \
+        --set coalition.site=a --set "data.dir=$W/data-b" --run-dir "$W/run/a2"
+    # the coordinator still runs: the last site joins and the coalition completes
+    start_site b 1
+    local pb=$SPID rc
+    wait "$CPID"; rc=$?
+    [ "$rc" = 0 ] || { fail "the coordinator exited with $rc after the refusals"; sed -n '1,30s/^/    | /p' "$W/run/coordinator.log"; }
+    wait "$pa" || fail "site a failed: $(tail -3 "$W/site-a.log")"
+    wait "$pb" || fail "site b failed: $(tail -3 "$W/site-b.log")"
+    grep -q 'refused.*another model' "$W/run/coordinator.log" || fail "the coordinator did not log the refusal"
+    # no name
+    expect "a site without a name" 2 "coalition.site" -- "$E" train --config "$W/co.ini" \
+        --set coalition.coordinator=tcp://127.0.0.1:9 --set "data.dir=$W/data-a" --run-dir "$W/run/n"
+    expect "a bad site name" 2 "coalition.site" -- "$E" train --config "$W/co.ini" \
+        --set coalition.site=../x --set "data.dir=$W/data-a" --run-dir "$W/run/n2"
+    expect "a bad endpoint" 2 "coalition.coordinator" -- "$E" train --config "$W/co.ini" \
+        --set coalition.coordinator=localhost --set "data.dir=$W/data-a" --run-dir "$W/run/n3"
+    # nobody listening: a clear error within coalition.timeout, no hang
+    expect "no coordinator" 1 "is the coordinator running" -- timeout 60 "$E" train --config "$W/co.ini" \
+        --set coalition.coordinator=tcp://127.0.0.1:9 --set coalition.site=a \
+        --set coalition.timeout=2 --set "data.dir=$W/data-a" --run-dir "$W/run/n4"
+    # a run directory that holds a run
+    expect "coordinator into a used run dir" 2 "holds another run" -- \
+        "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/coordinator"
+}
+
+case_capture() {
+    need_mpirun
+    [ -x "$WAN_PROXY" ] && [ -x "$LINK_CAPTURE" ] || { echo "SKIP: wan_proxy or link_capture not given"; exit 77; }
+    make_site_data
+    write_coalition "$W/co.ini" 2 3
+    mkdir -p "$W/run" "$W/capture"
+    start_coordinator "$W/run/coordinator"
+    local cport=${EP##*:}
+    "$WAN_PROXY" --listen 127.0.0.1:0 --connect "127.0.0.1:$cport" --latency-ms 20 \
+        --rate-mbit 50 --capture-dir "$W/capture" --port-file "$W/proxy.port" >"$W/proxy.log" 2>&1 &
+    local proxy=$!
+    PIDS+=("$proxy")
+    local t
+    for t in $(seq 50); do [ -s "$W/proxy.port" ] && break; sleep 0.1; done
+    local real=$EP
+    EP=tcp://127.0.0.1:$(cat "$W/proxy.port")
+    start_site a 1; local pa=$SPID
+    # one connection at a time, so conn-1 is a's and conn-2 is b's
+    for t in $(seq 100); do [ -s "$W/capture/conn-1.up" ] && break; sleep 0.1; done
+    sleep 0.5
+    start_site b 1; local pb=$SPID
+    wait "$CPID" || fail "the coordinator failed: $(tail -3 "$W/run/coordinator.log")"
+    wait "$pa" || fail "site a failed: $(tail -3 "$W/site-a.log")"
+    wait "$pb" || fail "site b failed: $(tail -3 "$W/site-b.log")"
+    kill "$proxy"; wait "$proxy" 2>/dev/null
+    [ "$FAILED" = 0 ] || return
+    grep -q "joined.*from 127.0.0.1" "$W/run/coordinator.log" || fail "no site joined through the proxy"
+    local name i=1
+    for name in a b; do
+        [ -s "$W/capture/conn-$i.up" ] || { fail "no capture of site $name's connection"; i=$((i + 1)); continue; }
+        expect "site $name's bytes are protocol messages only" 0 "out:DELTA 3" -- "$LINK_CAPTURE" \
+            "$W/capture/conn-$i.up" --expect-deltas 3 \
+            --shard "$W/data-$name/train_000000.bin" --text "$W/part.0$((i - 1))"
+        i=$((i + 1))
+    done
+    [ -z "$(ls "$W/capture" | grep -v '^conn-[12].up$')" ] || fail "more connections than the two sites': $(ls "$W/capture")"
+    : "$real"
+}
+
+run_case
