@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # slurm_test.sh ENTENTE_BINARY SOURCE_DIR: a real one-node Slurm cluster in a
-# temporary directory runs the site template launch/slurm/site.sbatch.
+# temporary directory runs the templates launch/slurm/site.sbatch and
+# launch/slurm/coordinator.sbatch.
 #
 #  1. munged (its own key and socket), slurmctld and slurmd start as root with
 #     a configuration of their own (free ports, state and logs in the
@@ -10,7 +11,10 @@
 #  3. a long job signalled as on preemption (SIGUSR1) stops after a step with
 #     exit code 75, saves a checkpoint, is requeued by the template, and the
 #     requeued job resumes from that checkpoint;
-#  4. every daemon is stopped by its PID and the directory removed.
+#  4. launch/slurm/coordinator.sbatch runs a coordinator and site.sbatch a
+#     coalition site that joins it: both jobs end COMPLETED with exit code
+#     0, and the site ends with the coordinator's final anchor;
+#  5. every daemon is stopped by its PID and the directory removed.
 #
 # Exit 0: passed; 1: failed; 77: skipped (not root, or Slurm not installed),
 # with the reason on stdout.
@@ -150,6 +154,44 @@ if [ "$FAILED" != 0 ]; then
     echo "---- long job log"
     cat "entente-$id.out" 2>/dev/null | tail -20
 fi
+
+# ---------------------------------------------------------------------------
+# 4. the coordinator's template: a coalition of one site, both jobs here
+
+COALITION="--set coalition.rounds=2 --set coalition.inner_steps=5"
+cid=$(ENTENTE="$E" ENTENTE_CONFIG=tiny.ini ENTENTE_RUN_DIR="$W/work/coordinator" \
+    ENTENTE_BIND="tcp://127.0.0.1:*" ENTENTE_ARGS="$COALITION" \
+    sbatch --parsable --cpus-per-task=1 "$SRC/launch/slurm/coordinator.sbatch") ||
+    { fail "sbatch refused the coordinator's template"; exit 1; }
+wait_for_file "$W/work/coordinator/endpoint" 60 ||
+    { fail "coordinator job $cid wrote no endpoint (state $(job_state "$cid"))"; exit 1; }
+ep=$(head -1 "$W/work/coordinator/endpoint")
+sid=$(ENTENTE="$E" ENTENTE_CONFIG=tiny.ini ENTENTE_RUN_DIR="$W/work/site" ENTENTE_ARGS="$COALITION" \
+    ENTENTE_COORDINATOR="$ep" ENTENTE_SITE=solo \
+    sbatch --parsable --nodes=1 --ntasks-per-node=1 --cpus-per-task=1 "$SRC/launch/slurm/site.sbatch") ||
+    { fail "sbatch refused the coalition site"; exit 1; }
+for id in "$cid" "$sid"; do
+    wait_job "$id" 60 COMPLETED FAILED CANCELLED TIMEOUT NODE_FAIL OUT_OF_MEMORY ||
+        fail "job $id did not finish within 60 s (state $(job_state "$id"))"
+    [ "$(job_state "$id")" = COMPLETED ] || fail "job $id ended $(job_state "$id"), expected COMPLETED"
+    [ "$(job_exit_code "$id")" = 0:0 ] || fail "job $id exit code $(job_exit_code "$id"), expected 0:0"
+done
+grep -q "entente-coordinator: job $cid on $(hostname -s),.* bind tcp://127.0.0.1:\*" "entente-coordinator-$cid.out" ||
+    fail "the coordinator's job log lacks the template's banner"
+grep -q "entente-site: job $sid on .*, coalition site solo, coordinator $ep" "entente-$sid.out" ||
+    fail "the site's job log does not name its coalition"
+want=$(sed -n 's/^{"event":"end",.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$W/work/coordinator/metrics.jsonl")
+got=$(sed -n 's/^{"event":"anchor","site":"solo",.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$W/work/site/metrics.jsonl")
+[ "$(grep -c '^{"event":"round"' "$W/work/coordinator/metrics.jsonl")" = 2 ] ||
+    fail "the coordinator did not record 2 rounds"
+[ -n "$want" ] && [ "$want" = "$got" ] || fail "the site ends with anchor '$got', the coordinator with '$want'"
+if [ "$FAILED" != 0 ]; then
+    echo "---- coordinator job log"
+    tail -20 "entente-coordinator-$cid.out" 2>/dev/null
+    echo "---- site job log"
+    tail -20 "entente-$sid.out" 2>/dev/null
+fi
+echo "slurm: coordinator job $cid and coalition site job $sid: 2 rounds, both end with anchor $want"
 
 cd /
 if [ "$FAILED" = 0 ]; then
