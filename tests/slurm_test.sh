@@ -14,7 +14,10 @@
 #  4. launch/slurm/coordinator.sbatch runs a coordinator and site.sbatch a
 #     coalition site that joins it: both jobs end COMPLETED with exit code
 #     0, and the site ends with the coordinator's final anchor;
-#  5. every daemon is stopped by its PID and the directory removed.
+#  5. a coalition site job signalled as on preemption exits 75 and is not
+#     requeued (a site cannot rejoin yet), and the coordinator job exits 1
+#     naming it;
+#  6. every daemon is stopped by its PID and the directory removed.
 #
 # Exit 0: passed; 1: failed; 77: skipped (not root, or Slurm not installed),
 # with the reason on stdout.
@@ -158,18 +161,25 @@ fi
 # ---------------------------------------------------------------------------
 # 4. the coordinator's template: a coalition of one site, both jobs here
 
-COALITION="--set coalition.rounds=2 --set coalition.inner_steps=5"
-cid=$(ENTENTE="$E" ENTENTE_CONFIG=tiny.ini ENTENTE_RUN_DIR="$W/work/coordinator" \
-    ENTENTE_BIND="tcp://127.0.0.1:*" ENTENTE_ARGS="$COALITION" \
-    sbatch --parsable --cpus-per-task=1 "$SRC/launch/slurm/coordinator.sbatch") ||
-    { fail "sbatch refused the coordinator's template"; exit 1; }
-wait_for_file "$W/work/coordinator/endpoint" 60 ||
-    { fail "coordinator job $cid wrote no endpoint (state $(job_state "$cid"))"; exit 1; }
-ep=$(head -1 "$W/work/coordinator/endpoint")
-sid=$(ENTENTE="$E" ENTENTE_CONFIG=tiny.ini ENTENTE_RUN_DIR="$W/work/site" ENTENTE_ARGS="$COALITION" \
-    ENTENTE_COORDINATOR="$ep" ENTENTE_SITE=solo \
-    sbatch --parsable --nodes=1 --ntasks-per-node=1 --cpus-per-task=1 "$SRC/launch/slurm/site.sbatch") ||
-    { fail "sbatch refused the coalition site"; exit 1; }
+# coalition_jobs NAME ROUNDS: a coordinator job and a site job that joins it,
+# run directories $W/work/NAME-coordinator and $W/work/NAME-site; sets cid,
+# sid (their job ids) and ep (the coordinator's endpoint)
+coalition_jobs() {
+    local args="--set coalition.rounds=$2 --set coalition.inner_steps=5 --set coalition.timeout=60"
+    cid=$(ENTENTE="$E" ENTENTE_CONFIG=tiny.ini ENTENTE_RUN_DIR="$W/work/$1-coordinator" \
+        ENTENTE_BIND="tcp://127.0.0.1:*" ENTENTE_ARGS="$args" \
+        sbatch --parsable --cpus-per-task=1 "$SRC/launch/slurm/coordinator.sbatch") ||
+        { fail "sbatch refused the coordinator's template"; exit 1; }
+    wait_for_file "$W/work/$1-coordinator/endpoint" 60 ||
+        { fail "coordinator job $cid wrote no endpoint (state $(job_state "$cid"))"; exit 1; }
+    ep=$(head -1 "$W/work/$1-coordinator/endpoint")
+    sid=$(ENTENTE="$E" ENTENTE_CONFIG=tiny.ini ENTENTE_RUN_DIR="$W/work/$1-site" ENTENTE_ARGS="$args" \
+        ENTENTE_COORDINATOR="$ep" ENTENTE_SITE="$1" \
+        sbatch --parsable --nodes=1 --ntasks-per-node=1 --cpus-per-task=1 "$SRC/launch/slurm/site.sbatch") ||
+        { fail "sbatch refused the coalition site"; exit 1; }
+}
+
+coalition_jobs solo 2
 for id in "$cid" "$sid"; do
     wait_job "$id" 60 COMPLETED FAILED CANCELLED TIMEOUT NODE_FAIL OUT_OF_MEMORY ||
         fail "job $id did not finish within 60 s (state $(job_state "$id"))"
@@ -180,9 +190,9 @@ grep -q "entente-coordinator: job $cid on $(hostname -s),.* bind tcp://127.0.0.1
     fail "the coordinator's job log lacks the template's banner"
 grep -q "entente-site: job $sid on .*, coalition site solo, coordinator $ep" "entente-$sid.out" ||
     fail "the site's job log does not name its coalition"
-want=$(sed -n 's/^{"event":"end",.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$W/work/coordinator/metrics.jsonl")
-got=$(sed -n 's/^{"event":"anchor","site":"solo",.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$W/work/site/metrics.jsonl")
-[ "$(grep -c '^{"event":"round"' "$W/work/coordinator/metrics.jsonl")" = 2 ] ||
+want=$(sed -n 's/^{"event":"end",.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$W/work/solo-coordinator/metrics.jsonl")
+got=$(sed -n 's/^{"event":"anchor","site":"solo",.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$W/work/solo-site/metrics.jsonl")
+[ "$(grep -c '^{"event":"round"' "$W/work/solo-coordinator/metrics.jsonl")" = 2 ] ||
     fail "the coordinator did not record 2 rounds"
 [ -n "$want" ] && [ "$want" = "$got" ] || fail "the site ends with anchor '$got', the coordinator with '$want'"
 if [ "$FAILED" != 0 ]; then
@@ -192,6 +202,33 @@ if [ "$FAILED" != 0 ]; then
     tail -20 "entente-$sid.out" 2>/dev/null
 fi
 echo "slurm: coordinator job $cid and coalition site job $sid: 2 rounds, both end with anchor $want"
+
+# ---------------------------------------------------------------------------
+# 5. a coalition site stopped by a signal: exit code 75, not requeued (it
+#    could not rejoin), and the coordinator gives up naming it
+
+coalition_jobs gone 100000
+reached=0
+for t in $(seq 600); do
+    grep -q '^{"event":"round"' "$W/work/gone-site/metrics.jsonl" 2>/dev/null && { reached=1; break; }
+    sleep 0.1
+done
+[ $reached = 1 ] || fail "coalition site job $sid recorded no round (state $(job_state "$sid"))"
+scancel --signal=USR1 "$sid"
+for id in "$sid" "$cid"; do
+    wait_job "$id" 60 COMPLETED FAILED CANCELLED TIMEOUT NODE_FAIL OUT_OF_MEMORY ||
+        fail "job $id did not end within 60 s of the signal (state $(job_state "$id"))"
+done
+[ "$(job_exit_code "$sid")" = 75:0 ] || fail "the signalled site's exit code is $(job_exit_code "$sid"), expected 75:0"
+restarts=$(scontrol show job "$sid" | sed -n 's/.* Restarts=\([0-9]*\).*/\1/p')
+[ "${restarts:-x}" = 0 ] || fail "the signalled coalition site was requeued (restarts: ${restarts:-?})"
+grep -q "a coalition site is not requeued" "entente-$sid.out" || fail "the site's job log does not say why it is not requeued"
+[ "$(job_exit_code "$cid")" = 1:0 ] || fail "the coordinator's exit code is $(job_exit_code "$cid"), expected 1:0"
+grep -q "site 'gone' left" "entente-coordinator-$cid.out" || fail "the coordinator's log does not name the site that left"
+if [ "$FAILED" != 0 ]; then
+    tail -5 "entente-$sid.out" "entente-coordinator-$cid.out" 2>/dev/null
+fi
+echo "slurm: coalition site job $sid stopped by SIGUSR1 (exit $(job_exit_code "$sid"), not requeued); coordinator job $cid exit $(job_exit_code "$cid")"
 
 cd /
 if [ "$FAILED" = 0 ]; then
