@@ -79,7 +79,7 @@ static const key_desc keys[] = {
     {"coalition", "site", K_STR, FIELD(coal_site), "", 0, 0, 0, "this site's name: 1-64 of A-Z a-z 0-9 . _ - (required for a site)"},
     {"coalition", "sites", K_INT, FIELD(coal_sites), "1", 1, 4096, 0, "sites the coordinator waits for before round 0; every round merges all of them"},
     {"coalition", "rounds", K_INT, FIELD(coal_rounds), "10", 1, 1000000, 0, "outer rounds; a site trains rounds x its inner steps (train.steps is not used)"},
-    {"coalition", "inner_steps", K_INT, FIELD(coal_inner_steps), "500", 1, 1048576, 0, "inner AdamW steps per round (H); with round_seconds, the most a site is planned"},
+    {"coalition", "inner_steps", K_INT, FIELD(coal_inner_steps), "800", 1, 1048576, 0, "inner AdamW steps per round (H); with round_seconds, the most a site is planned"},
     {"coalition", "round_seconds", K_FLOAT, FIELD(coal_round_seconds), "0", 0, 1e6, 0, "plan each site's inner steps from its measured speed so rounds last this long; 0 = inner_steps for every site"},
     {"coalition", "codec", K_STR, FIELD(coal_codec), "int8", 0, 0, 0, "compression of deltas and updates: int8 (blockwise, per-block scales), int4, or topk (1/64 of values, 2 bits each)"},
     {"coalition", "outer_lr", K_FLOAT, FIELD(coal_outer_lr), "0.7", 0, 10, 1, "outer Nesterov SGD learning rate"},

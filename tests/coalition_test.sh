@@ -19,6 +19,10 @@
 #             HELLO, HEARTBEAT, DELTA and LEAVE messages that the decoders
 #             accept (tests/link_capture), one DELTA per round, and holds no
 #             16-byte window of the site's token shard or text.
+#   plans     coalition.round_seconds = 1: a site on the cpu-guarded backend
+#             (the same arithmetic, many times slower) is planned fewer inner
+#             steps per round than a site on cpu, from round 1 on, and both
+#             end with the coordinator's anchor.
 #
 # Extra arguments: WAN_PROXY LINK_CAPTURE (the test tools, for `capture`).
 WAN_PROXY=${4:-}
@@ -193,6 +197,38 @@ case_refusals() {
     # a run directory that holds a run
     expect "coordinator into a used run dir" 2 "holds another run" -- \
         "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/coordinator"
+}
+
+# inner_steps_of METRICS ROUND: the inner steps a site's record of ROUND gives
+inner_steps_of() {
+    grep '"event":"round"' "$1" | grep "\"round\":$2," | sed -n 's/.*"inner_steps":\([0-9]*\).*/\1/p'
+}
+
+case_plans() {
+    need_mpirun
+    make_site_data
+    write_coalition "$W/co.ini" 2 4
+    sed -i 's/^inner_steps = 6/inner_steps = 1000\nround_seconds = 1/' "$W/co.ini"
+    mkdir -p "$W/run"
+    start_coordinator "$W/run/coordinator"
+    start_site a 1; local pa=$SPID
+    start_site b 1 --set system.backend=cpu-guarded; local pb=$SPID
+    wait "$CPID" || fail "the coordinator failed: $(tail -3 "$W/run/coordinator.log")"
+    wait "$pa" || fail "site a failed: $(tail -3 "$W/site-a.log")"
+    wait "$pb" || fail "site b failed: $(tail -3 "$W/site-b.log")"
+    [ "$FAILED" = 0 ] || return
+    local r ha hb
+    for r in 1 2 3; do
+        ha=$(inner_steps_of "$W/run/site-a/metrics.jsonl" $r)
+        hb=$(inner_steps_of "$W/run/site-b/metrics.jsonl" $r)
+        [ -n "$ha" ] && [ -n "$hb" ] && [ "$hb" -ge 1 ] && [ "$ha" -gt "$hb" ] ||
+            fail "round $r: site a (cpu) planned '$ha' inner steps, site b (cpu-guarded) '$hb'"
+    done
+    echo "round 3: site a $ha inner steps, site b $hb"
+    local want
+    want=$(sed -n 's/.*"event":"end".*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$W/run/coordinator/metrics.jsonl")
+    [ "$(cat "$W"/site-*.log | grep -c "holds anchor $want after round 3")" = 2 ] ||
+        fail "the sites do not both hold the coordinator's final anchor $want"
 }
 
 case_capture() {

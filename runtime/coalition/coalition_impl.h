@@ -77,6 +77,18 @@ ent_status coal_vec_apply(const coal_vec *v, float alpha, float *y);
 // Gives every rank of g the root's complete vector (collective).
 ent_status coal_vec_bcast(coal_vec *v, ent_group_t *g, int root);
 
+// The coordinator's arithmetic of one round (coordinator.c; bench_coordinator
+// times it): g = the token-weighted merge of the count sites' complete deltas
+// (site ids[i], one chunking), chunk by chunk in increasing id; the outer
+// Nesterov step on momentum (g becomes the update); the update encoded with
+// error feedback into resid as *update (anchor_hash: the anchor after it;
+// tokens: the round's); and anchor -= D(update), exactly as every site
+// applies it. g is scratch of n floats.
+ent_status coal_round_merge(const coal_vec *const *deltas, const uint32_t *ids, int count,
+                            const ent_outer_opt *outer, const ent_codec *codec,
+                            uint32_t chunk_bytes, float *anchor, float *momentum, float *resid,
+                            float *g, size_t n, coal_vec *update);
+
 // "0123456789abcdef": a hash as 16 hex digits (JSON numbers lose 64-bit values).
 void coal_hash_hex(uint64_t h, char out[17]);
 // The hash of the settings every member of a coalition must share (model

@@ -37,6 +37,8 @@ typedef struct {
     // throughput: two heartbeats of one round give inner steps per second
     uint64_t hb_round, hb_time_ns;
     uint32_t hb_steps;
+    int hb_have; // a heartbeat came before
+    int replanned; // round 0 planned again from a measured speed
     double steps_per_s;
 } csite;
 
@@ -226,15 +228,21 @@ static ent_status on_heartbeat(coord *c, csite *s, const ent_link_incoming *in) 
     ent_link_header hd;
     if (ent_link_decode_heartbeat(in->bytes, in->len, in->peer.name, &hd, &m) != ENT_OK)
         return send_error(c, &in->peer, s->id, ENT_LINK_ERR_MALFORMED, "%s", ent_last_error());
-    if (hd.round == s->hb_round && m.steps_done > s->hb_steps && m.time_ns > s->hb_time_ns)
+    if (s->hb_have && hd.round == s->hb_round && m.steps_done > s->hb_steps &&
+        m.time_ns > s->hb_time_ns)
         s->steps_per_s = (double)(m.steps_done - s->hb_steps) / ((double)(m.time_ns - s->hb_time_ns) * 1e-9);
     s->hb_round = hd.round;
     s->hb_steps = m.steps_done;
     s->hb_time_ns = m.time_ns;
-    // the first plan from a measured speed: round 1's, as soon as round 0
-    // has shown it (round 0 itself is planned before anything is known)
-    if (hd.round == 0 && s->steps_per_s > 0 && !plan_sent(s, 1) && c->rounds > 1)
-        ENT_CHECK(send_plan(c, s, 1));
+    s->hb_have = 1;
+    // round 0 is planned before anything is known: once its speed shows,
+    // the site's round 0 is planned again (it trains on to the new length)
+    // and its round 1 planned
+    if (hd.round == 0 && s->steps_per_s > 0 && c->cfg->coal_round_seconds > 0 && !s->replanned) {
+        s->replanned = 1;
+        ENT_CHECK(send_plan(c, s, 0));
+        if (c->rounds > 1) ENT_CHECK(send_plan(c, s, 1));
+    }
     return ENT_OK;
 }
 
@@ -331,33 +339,26 @@ static ent_status save(coord *c) {
 static ent_status merge_round(coord *c) {
     double t0 = coal_now();
     int k = (int)(c->round % 2);
-    ent_site_delta *d = calloc((size_t)c->nsites, sizeof *d);
-    if (d == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
     uint64_t tokens = 0;
-    for (int i = 0; i < c->nsites; i++) tokens += c->sites[i].delta[k].tokens;
-    const coal_vec *first = &c->sites[0].delta[k];
-    ent_status st = ENT_OK;
-    for (uint32_t ch = 0; ch < first->count && st == ENT_OK; ch++) {
-        for (int i = 0; i < c->nsites; i++) {
-            const coal_vec *v = &c->sites[i].delta[k];
-            d[i] = (ent_site_delta){.site = c->sites[i].id, .tokens = v->tokens,
-                                    .encoded = v->data + v->boff[ch], .encoded_len = v->blen[ch]};
-        }
-        st = ent_coalition_merge(d, c->nsites, c->g + first->poff[ch], first->plen[ch]);
+    const coal_vec **deltas = calloc((size_t)c->nsites, sizeof *deltas);
+    uint32_t *ids = calloc((size_t)c->nsites, sizeof *ids);
+    coal_vec up = {0};
+    ent_status st = deltas && ids ? ENT_OK : ent_fail(ENT_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < c->nsites && st == ENT_OK; i++) {
+        deltas[i] = &c->sites[i].delta[k];
+        ids[i] = c->sites[i].id;
+        tokens += deltas[i]->tokens;
     }
-    free(d);
+    if (st == ENT_OK)
+        st = coal_round_merge(deltas, ids, c->nsites, &c->outer, &c->codec, c->chunk_bytes,
+                              c->anchor, c->momentum, c->resid, c->g, c->n, &up);
+    free(deltas);
+    free(ids);
     if (st != ENT_OK)
         return ent_fail(st, "coordinator: round %llu: %s", (unsigned long long)c->round,
                         ent_last_error());
-    ENT_CHECK(ent_outer_nesterov_update(&c->outer, c->momentum, c->g, c->g, c->n));
-    coal_vec up = {0};
-    ENT_CHECK(coal_vec_encode(&up, (uint16_t)c->codec.kind, &c->codec, c->g, c->resid, c->n,
-                              c->chunk_bytes));
-    st = coal_vec_apply(&up, -1.0f, c->anchor);
-    uint64_t h = ent_anchor_hash(c->anchor, c->n);
+    uint64_t h = up.anchor_hash;
     c->hist[c->round + 1] = h;
-    up.anchor_hash = h;
-    up.tokens = tokens;
     double merge_s = coal_now() - t0;
     // names and tokens of the sites merged, as JSON arrays
     char names[ENT_LINK_NAME_MAX * 64 + 256] = "[", toks[32 * 64 + 256] = "[";

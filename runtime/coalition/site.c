@@ -350,15 +350,40 @@ static void refresh_checkpoint_state(site *s, uint64_t round) {
                                  .round = (int64_t)round};
 }
 
-// H inner steps, with the evaluations, samples and stop requests of
-// `entente train`, and the leader's heartbeats. *stop: the signal that
-// stopped it (0: none).
-static ent_status inner_steps(site *s, uint64_t round, uint32_t steps, double *compute_s,
+// The leader takes what has arrived (plans, update chunks) without waiting,
+// so ZeroMQ's queue drains while the site trains; every rank then learns the
+// round's plan, which the coordinator may revise while it runs (the first
+// round, once it has measured the site's speed). The round ends after
+// *steps steps, never before step i.
+static ent_status replan(site *s, uint64_t round, uint32_t i, uint32_t *steps) {
+    ent_status st = ENT_OK;
+    int64_t h = *steps;
+    if (s->leader) {
+        for (int k = 0; k < 256 && st == ENT_OK; k++) {
+            ent_link_incoming in;
+            int got = 0;
+            st = ent_link_recv(s->ep, 0, &in, &got);
+            if (st != ENT_OK || !got) break;
+            st = handle(s, &in);
+        }
+        if (st == ENT_OK && have_plan(s, round)) h = s->plan_steps[round % PLAN_SLOTS];
+        if (st != ENT_OK) st = site_fail(s, st, "during the round");
+    }
+    ENT_CHECK(agree(s, st));
+    ENT_CHECK(ent_broadcast(s->grid->world, &h, 1, ENT_I64, 0));
+    *steps = h < (int64_t)i ? i : (uint32_t)h;
+    return ENT_OK;
+}
+
+// The round's inner steps (*steps, as the plan may change), with the
+// evaluations, samples and stop requests of `entente train`, and the
+// leader's heartbeats. *stop: the signal that stopped it (0: none).
+static ent_status inner_steps(site *s, uint64_t round, uint32_t *steps, double *compute_s,
                               ent_step_stats *last, int *stop) {
     const ent_config *cfg = s->cfg;
     *compute_s = 0;
     *stop = 0;
-    for (uint32_t i = 1; i <= steps; i++) {
+    for (uint32_t i = 1; i <= *steps; i++) {
         ENT_CHECK(ent_trainer_step(s->tr, last));
         *compute_s += last->seconds;
         int step = ent_trainer_steps_done(s->tr);
@@ -373,6 +398,7 @@ static ent_status inner_steps(site *s, uint64_t round, uint32_t steps, double *c
             io = send_heartbeat(s, round, i, last->tokens_per_s);
         ENT_CHECK(ent_trainer_sync(s->tr, io, stop));
         if (*stop) return ENT_OK;
+        ENT_CHECK(replan(s, round, i, steps));
     }
     return ENT_OK;
 }
@@ -466,7 +492,7 @@ static ent_status run_rounds(site *s) {
         uint64_t horizon = (uint64_t)done + (uint64_t)steps * (rounds - round);
         ent_trainer_set_horizon(s->tr, horizon < (uint64_t)cfg->steps ? (int)horizon : cfg->steps);
         ent_trainer_set_coalition(s->tr, &s->ck, cfg->coal_site, (int)round);
-        ENT_CHECK(inner_steps(s, round, steps, &compute_s, &last, &stop));
+        ENT_CHECK(inner_steps(s, round, &steps, &compute_s, &last, &stop));
         if (stop) break;
         double t1 = coal_now();
         ENT_CHECK(end_round(s, round, steps, compute_s));

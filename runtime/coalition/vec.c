@@ -307,3 +307,45 @@ ent_status coal_vec_bcast(coal_vec *v, ent_group_t *g, int root) {
     for (int t = 0; t < 4; t++) ENT_CHECK(ent_broadcast(g, tables[t], v->count, ENT_U64, root));
     return ent_broadcast(g, v->data, v->len, ENT_U8, root);
 }
+
+// ---------------------------------------------------------------------------
+// the coordinator's arithmetic of a round
+
+ent_status coal_round_merge(const coal_vec *const *deltas, const uint32_t *ids, int count,
+                            const ent_outer_opt *outer, const ent_codec *codec,
+                            uint32_t chunk_bytes, float *anchor, float *momentum, float *resid,
+                            float *g, size_t n, coal_vec *update) {
+    if (count < 1) return ent_fail(ENT_ERR_INPUT, "a round with no delta");
+    ent_site_delta *d = calloc((size_t)count, sizeof *d);
+    if (d == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
+    const coal_vec *first = deltas[0];
+    uint64_t tokens = 0;
+    ent_status st = ENT_OK;
+    for (int i = 0; i < count && st == ENT_OK; i++) {
+        tokens += deltas[i]->tokens;
+        if (deltas[i]->count != first->count || deltas[i]->total != n ||
+            deltas[i]->received != deltas[i]->count)
+            st = ent_fail(ENT_ERR_INPUT, "site %u: its delta is not complete, or of another "
+                          "layout", ids[i]);
+    }
+    // chunk by chunk: the same chunking on every site, summed in site order
+    for (uint32_t ch = 0; ch < first->count && st == ENT_OK; ch++) {
+        for (int i = 0; i < count; i++) {
+            const coal_vec *v = deltas[i];
+            d[i] = (ent_site_delta){.site = ids[i], .tokens = v->tokens,
+                                    .encoded = v->data + v->boff[ch], .encoded_len = v->blen[ch]};
+        }
+        st = ent_coalition_merge(d, count, g + first->poff[ch], first->plen[ch]);
+    }
+    free(d);
+    if (st == ENT_OK) st = ent_outer_nesterov_update(outer, momentum, g, g, n);
+    if (st == ENT_OK)
+        st = coal_vec_encode(update, (uint16_t)codec->kind, codec, g, resid, n, chunk_bytes);
+    // the coordinator's copy moves exactly as every site's will
+    if (st == ENT_OK) st = coal_vec_apply(update, -1.0f, anchor);
+    if (st == ENT_OK) {
+        update->anchor_hash = ent_anchor_hash(anchor, n);
+        update->tokens = tokens;
+    }
+    return st;
+}
