@@ -73,6 +73,12 @@ static const char *train_help =
     "the checkpoint directory can be created and written and has room for one\n"
     "checkpoint (exit code 1 otherwise).\n"
     "\n"
+    "With coalition.coordinator set (a [coalition] section, or --set), the job is\n"
+    "a site of that coalition: its leader rank joins the coordinator (entente\n"
+    "coordinator --help), every rank starts from the coalition's anchor, and it\n"
+    "trains coalition.rounds rounds of planned inner steps, exchanging compressed\n"
+    "deltas; train.steps and --resume are then not used (docs/coalition.md).\n"
+    "\n"
     "Environment: OMP_NUM_THREADS sets CPU threads per rank unless system.threads does.\n"
     "\n"
     "Configuration keys (section.key, default, accepted values):\n";

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # slurm_test.sh ENTENTE_BINARY SOURCE_DIR: a real one-node Slurm cluster in a
-# temporary directory runs the site template launch/slurm/site.sbatch.
+# temporary directory runs the templates launch/slurm/site.sbatch and
+# launch/slurm/coordinator.sbatch.
 #
 #  1. munged (its own key and socket), slurmctld and slurmd start as root with
 #     a configuration of their own (free ports, state and logs in the
@@ -10,7 +11,13 @@
 #  3. a long job signalled as on preemption (SIGUSR1) stops after a step with
 #     exit code 75, saves a checkpoint, is requeued by the template, and the
 #     requeued job resumes from that checkpoint;
-#  4. every daemon is stopped by its PID and the directory removed.
+#  4. launch/slurm/coordinator.sbatch runs a coordinator and site.sbatch a
+#     coalition site that joins it: both jobs end COMPLETED with exit code
+#     0, and the site ends with the coordinator's final anchor;
+#  5. a coalition site job signalled as on preemption exits 75 and is not
+#     requeued (a site cannot rejoin yet), and the coordinator job exits 1
+#     naming it;
+#  6. every daemon is stopped by its PID and the directory removed.
 #
 # Exit 0: passed; 1: failed; 77: skipped (not root, or Slurm not installed),
 # with the reason on stdout.
@@ -19,136 +26,30 @@ E=$1
 SRC=$2
 case "$E" in /*) ;; *) E=$PWD/$E ;; esac
 
-for tool in munged slurmctld slurmd sbatch scontrol scancel sinfo srun; do
-    if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then
-        echo "SKIP: $tool is not installed (launch/setup.sh installs slurm-wlm and munge)"
-        exit 77
-    fi
-done
-if [ "$(id -u)" != 0 ]; then
-    echo "SKIP: slurmd must run as root to start jobs; run this test as root"
-    exit 77
-fi
-export PATH=$PATH:/usr/sbin
+. "$(dirname "${BASH_SOURCE[0]}")/slurm_lib.sh"
+slurm_require
 
 W=$(mktemp -d /tmp/entente-slurm.XXXXXX)
-chmod 755 "$W"
 FAILED=0
-PIDS=()
 
 fail() {
     echo "FAIL: $*"
     FAILED=1
 }
 
-# Stops each daemon by its PID: SIGTERM, up to 15 s to exit, then SIGKILL.
-stop_daemons() {
-    local pid t
-    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
-        kill "$pid" 2>/dev/null || continue
-        for t in $(seq 150); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null
-    done
-}
-
 cleanup() {
-    stop_daemons
-    if [ "$FAILED" != 0 ]; then
-        echo "---- slurmctld log (last 15 lines)"
-        tail -15 "$W/log/slurmctld.log" 2>/dev/null
-        echo "---- slurmd log (last 15 lines)"
-        tail -15 "$W/log/slurmd.log" 2>/dev/null
-    fi
+    slurm_stop
+    [ "$FAILED" != 0 ] && slurm_logs "$W"
     rm -rf "$W"
 }
 trap cleanup EXIT
 
-port_free() {
-    ! grep -qi ":$(printf '%04X' "$1") " /proc/net/tcp /proc/net/tcp6 2>/dev/null
-}
-
-pick_port() {
-    local p
-    for _ in $(seq 100); do
-        p=$((20000 + RANDOM % 30000))
-        if port_free "$p" && port_free $((p + 1)); then
-            echo "$p"
-            return 0
-        fi
-    done
-    return 1
-}
-
-# wait_for_file FILE SECONDS
-wait_for_file() {
-    local t
-    for t in $(seq $(($2 * 10))); do
-        [ -s "$1" ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
 # ---------------------------------------------------------------------------
 # 1. the cluster
 
-mkdir -p "$W/munge" "$W/state" "$W/spool" "$W/log" "$W/work"
-chmod 755 "$W/munge"
-dd if=/dev/urandom of="$W/munge/munge.key" bs=1024 count=1 2>/dev/null
-chmod 400 "$W/munge/munge.key"
-munged --socket="$W/munge/munge.socket" --key-file="$W/munge/munge.key" \
-    --pid-file="$W/munge/munged.pid" --log-file="$W/log/munged.log" \
-    --seed-file="$W/munge/munged.seed" --force || { fail "munged did not start"; exit 1; }
-wait_for_file "$W/munge/munged.pid" 10 && PIDS+=("$(cat "$W/munge/munged.pid")")
-
-HOST=$(hostname -s)
-PORT=$(pick_port) || { fail "no free port pair"; exit 1; }
-cat >"$W/slurm.conf" <<EOF
-ClusterName=entente-test
-SlurmctldHost=$HOST
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-AuthInfo=socket=$W/munge/munge.socket
-CryptoType=crypto/munge
-MpiDefault=pmix
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-SchedulerType=sched/backfill
-StateSaveLocation=$W/state
-SlurmdSpoolDir=$W/spool
-SlurmctldPidFile=$W/slurmctld.pid
-SlurmdPidFile=$W/slurmd.pid
-SlurmctldLogFile=$W/log/slurmctld.log
-SlurmdLogFile=$W/log/slurmd.log
-SlurmctldPort=$PORT
-SlurmdPort=$((PORT + 1))
-ReturnToService=2
-JobCompType=jobcomp/filetxt
-JobCompLoc=$W/log/jobcomp.txt
-NodeName=$HOST CPUs=$(nproc) State=UNKNOWN
-PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-EOF
+slurm_start "$W" test || { fail "the cluster did not start"; exit 1; }
 export SLURM_CONF=$W/slurm.conf
-slurmctld -i || { fail "slurmctld did not start"; exit 1; }
-wait_for_file "$W/slurmctld.pid" 10 && PIDS=("$(cat "$W/slurmctld.pid")" "${PIDS[@]}")
-slurmd || { fail "slurmd did not start"; exit 1; }
-wait_for_file "$W/slurmd.pid" 10 && PIDS=("$(cat "$W/slurmd.pid")" "${PIDS[@]}")
-[ ${#PIDS[@]} = 3 ] || { fail "a daemon wrote no PID file"; exit 1; }
-
-state=""
-for t in $(seq 200); do
-    state=$(sinfo -h -o %T 2>/dev/null | head -1)
-    [ "$state" = idle ] && break
-    sleep 0.1
-done
-[ "$state" = idle ] || { fail "the node did not come up idle (state '$state')"; exit 1; }
-echo "slurm: cluster up on $HOST (ports $PORT-$((PORT + 1))), daemons ${PIDS[*]}"
+mkdir "$W/work"
 
 # ---------------------------------------------------------------------------
 # test data and configuration
@@ -176,21 +77,6 @@ tokens = 16
 dir = $W/work/data
 EOF
 
-# job_state ID: COMPLETED, FAILED, PENDING, ...
-job_state() { scontrol show job "$1" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p'; }
-
-# wait_job ID SECONDS STATE...: until the job is in one of the states
-wait_job() {
-    local id=$1 secs=$2 t s want
-    shift 2
-    for t in $(seq $((secs * 5))); do
-        s=$(job_state "$id")
-        for want in "$@"; do [ "$s" = "$want" ] && return 0; done
-        sleep 0.2
-    done
-    return 1
-}
-
 # ---------------------------------------------------------------------------
 # 2. a job that completes
 
@@ -201,7 +87,7 @@ if ! wait_job "$id" 120 COMPLETED FAILED CANCELLED TIMEOUT NODE_FAIL OUT_OF_MEMO
     fail "job $id did not finish within 120 s (state $(job_state "$id"))"
 fi
 state=$(job_state "$id")
-exitcode=$(scontrol show job "$id" | sed -n 's/.* ExitCode=\([0-9:]*\).*/\1/p')
+exitcode=$(job_exit_code "$id")
 [ "$state" = COMPLETED ] || fail "job $id ended $state, expected COMPLETED"
 [ "$exitcode" = 0:0 ] || fail "job $id exit code $exitcode, expected 0:0"
 m=$W/work/run/metrics.jsonl
@@ -271,6 +157,78 @@ if [ "$FAILED" != 0 ]; then
     echo "---- long job log"
     cat "entente-$id.out" 2>/dev/null | tail -20
 fi
+
+# ---------------------------------------------------------------------------
+# 4. the coordinator's template: a coalition of one site, both jobs here
+
+# coalition_jobs NAME ROUNDS: a coordinator job and a site job that joins it,
+# run directories $W/work/NAME-coordinator and $W/work/NAME-site; sets cid,
+# sid (their job ids) and ep (the coordinator's endpoint)
+coalition_jobs() {
+    local args="--set coalition.rounds=$2 --set coalition.inner_steps=5 --set coalition.timeout=60"
+    cid=$(ENTENTE="$E" ENTENTE_CONFIG=tiny.ini ENTENTE_RUN_DIR="$W/work/$1-coordinator" \
+        ENTENTE_BIND="tcp://127.0.0.1:*" ENTENTE_ARGS="$args" \
+        sbatch --parsable --cpus-per-task=1 "$SRC/launch/slurm/coordinator.sbatch") ||
+        { fail "sbatch refused the coordinator's template"; exit 1; }
+    wait_for_file "$W/work/$1-coordinator/endpoint" 60 ||
+        { fail "coordinator job $cid wrote no endpoint (state $(job_state "$cid"))"; exit 1; }
+    ep=$(head -1 "$W/work/$1-coordinator/endpoint")
+    sid=$(ENTENTE="$E" ENTENTE_CONFIG=tiny.ini ENTENTE_RUN_DIR="$W/work/$1-site" ENTENTE_ARGS="$args" \
+        ENTENTE_COORDINATOR="$ep" ENTENTE_SITE="$1" \
+        sbatch --parsable --nodes=1 --ntasks-per-node=1 --cpus-per-task=1 "$SRC/launch/slurm/site.sbatch") ||
+        { fail "sbatch refused the coalition site"; exit 1; }
+}
+
+coalition_jobs solo 2
+for id in "$cid" "$sid"; do
+    wait_job "$id" 60 COMPLETED FAILED CANCELLED TIMEOUT NODE_FAIL OUT_OF_MEMORY ||
+        fail "job $id did not finish within 60 s (state $(job_state "$id"))"
+    [ "$(job_state "$id")" = COMPLETED ] || fail "job $id ended $(job_state "$id"), expected COMPLETED"
+    [ "$(job_exit_code "$id")" = 0:0 ] || fail "job $id exit code $(job_exit_code "$id"), expected 0:0"
+done
+grep -q "entente-coordinator: job $cid on $(hostname -s),.* bind tcp://127.0.0.1:\*" "entente-coordinator-$cid.out" ||
+    fail "the coordinator's job log lacks the template's banner"
+grep -q "entente-site: job $sid on .*, coalition site solo, coordinator $ep" "entente-$sid.out" ||
+    fail "the site's job log does not name its coalition"
+want=$(sed -n 's/^{"event":"end",.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$W/work/solo-coordinator/metrics.jsonl")
+got=$(sed -n 's/^{"event":"anchor","site":"solo",.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$W/work/solo-site/metrics.jsonl")
+[ "$(grep -c '^{"event":"round"' "$W/work/solo-coordinator/metrics.jsonl")" = 2 ] ||
+    fail "the coordinator did not record 2 rounds"
+[ -n "$want" ] && [ "$want" = "$got" ] || fail "the site ends with anchor '$got', the coordinator with '$want'"
+if [ "$FAILED" != 0 ]; then
+    echo "---- coordinator job log"
+    tail -20 "entente-coordinator-$cid.out" 2>/dev/null
+    echo "---- site job log"
+    tail -20 "entente-$sid.out" 2>/dev/null
+fi
+echo "slurm: coordinator job $cid and coalition site job $sid: 2 rounds, both end with anchor $want"
+
+# ---------------------------------------------------------------------------
+# 5. a coalition site stopped by a signal: exit code 75, not requeued (it
+#    could not rejoin), and the coordinator gives up naming it
+
+coalition_jobs gone 100000
+reached=0
+for t in $(seq 600); do
+    grep -q '^{"event":"round"' "$W/work/gone-site/metrics.jsonl" 2>/dev/null && { reached=1; break; }
+    sleep 0.1
+done
+[ $reached = 1 ] || fail "coalition site job $sid recorded no round (state $(job_state "$sid"))"
+scancel --signal=USR1 "$sid"
+for id in "$sid" "$cid"; do
+    wait_job "$id" 60 COMPLETED FAILED CANCELLED TIMEOUT NODE_FAIL OUT_OF_MEMORY ||
+        fail "job $id did not end within 60 s of the signal (state $(job_state "$id"))"
+done
+[ "$(job_exit_code "$sid")" = 75:0 ] || fail "the signalled site's exit code is $(job_exit_code "$sid"), expected 75:0"
+restarts=$(scontrol show job "$sid" | sed -n 's/.* Restarts=\([0-9]*\).*/\1/p')
+[ "${restarts:-x}" = 0 ] || fail "the signalled coalition site was requeued (restarts: ${restarts:-?})"
+grep -q "a coalition site is not requeued" "entente-$sid.out" || fail "the site's job log does not say why it is not requeued"
+[ "$(job_exit_code "$cid")" = 1:0 ] || fail "the coordinator's exit code is $(job_exit_code "$cid"), expected 1:0"
+grep -q "site 'gone' left" "entente-coordinator-$cid.out" || fail "the coordinator's log does not name the site that left"
+if [ "$FAILED" != 0 ]; then
+    tail -5 "entente-$sid.out" "entente-coordinator-$cid.out" 2>/dev/null
+fi
+echo "slurm: coalition site job $sid stopped by SIGUSR1 (exit $(job_exit_code "$sid"), not requeued); coordinator job $cid exit $(job_exit_code "$cid")"
 
 cd /
 if [ "$FAILED" = 0 ]; then

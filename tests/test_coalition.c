@@ -5,7 +5,11 @@
 // corruption of every byte, truncation at every length, read from a buffer
 // that ends at an inaccessible page), the outer Nesterov step against values
 // worked out by hand, the token-weighted merge, and a few whole rounds of
-// three sites and a coordinator whose anchors must stay bit-identical.
+// three sites and a coordinator whose anchors must stay bit-identical. Then
+// the vectors that travel (runtime/coalition/vec.c): the global layout
+// against tensor-parallel arenas, chunked vectors sent and reassembled in any
+// order, hostile chunks refused, and the coordinator's whole round
+// (coal_round_merge) independent of the order sites are listed in.
 // Inputs are fresh random numbers on every run (ENT_TEST_SEED=... reproduces one).
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,6 +26,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "coalition/coalition_impl.h"
 #include "ent_runtime.h"
 #include "ref.h"
 
@@ -941,6 +946,284 @@ static void test_rounds_identical_anchors(void **state) {
     }
 }
 
+// ---------------------------------------------------------------------------
+// the vectors that travel between sites (vec.c)
+
+static const ent_model_shape small_shape = {.layers = 2, .heads = 4, .width = 32, .context = 16,
+                                            .vocab = 100, .padded_vocab = 128};
+
+// Every tensor-parallel layout maps the global vector to arenas and back
+// exactly, and the ranks' parts tile it: each element comes from one rank.
+static void test_global_layout(void **state) {
+    (void)state;
+    test_reseed(0x61);
+    size_t n_tp1 = 0;
+    for (int tp = 1; tp <= 4; tp *= 2) {
+        ent_param_table t = {0};
+        assert_int_equal(ent_param_table_build(&small_shape, tp, &t), ENT_OK);
+        coal_layout l;
+        assert_int_equal(coal_layout_new(&t, &l), ENT_OK);
+        size_t want = 0;
+        for (int r = 0; r < t.nrows; r++) want += (size_t)(t.rows[r].shape[0] * t.rows[r].shape[1]);
+        assert_int_equal(l.n, want);
+        if (tp == 1) n_tp1 = l.n;
+        assert_int_equal(l.n, n_tp1); // the global layout is the same for every layout
+        float *g = fvec(l.n), *back = fvec(l.n), *arena = fvec(t.total);
+        fill_normal(g, l.n, 1.0);
+        for (size_t i = 0; i < l.n; i++) back[i] = NAN;
+        for (int r = 0; r < tp; r++) {
+            for (size_t i = 0; i < t.total; i++) arena[i] = -7.0f; // padding stays as it was
+            coal_global_to_arena(&l, r, g, arena);
+            for (int k = 0; k < t.nrows; k++) {
+                const ent_param_row *row = &t.rows[k];
+                float *slice = fvec(row->numel);
+                ent_param_row_slice(row, r, tp, g + l.goff[k], slice);
+                assert_memory_equal(slice, arena + row->offset, sizeof(float) * row->numel);
+                free(slice);
+            }
+            coal_arena_to_global(&l, r, arena, back);
+        }
+        assert_memory_equal(g, back, sizeof(float) * l.n);
+        free(g);
+        free(back);
+        free(arena);
+        coal_layout_free(&l);
+        ent_param_table_free(&t);
+    }
+}
+
+static ent_link_chunk chunk_of(const coal_vec *v, uint32_t i) {
+    return (ent_link_chunk){.index = i, .count = v->count, .total = v->total,
+                            .offset = v->poff[i], .length = v->plen[i], .codec = v->codec,
+                            .anchor_hash = v->anchor_hash, .tokens = v->tokens,
+                            .data = v->data + v->boff[i], .data_len = v->blen[i]};
+}
+
+// A vector cut into chunks, each encoded on its own, arrives in any order
+// and applies exactly as the sender's copy does; the error feedback across
+// chunks is the whole vector's.
+static void test_vec_chunks(void **state) {
+    (void)state;
+    test_reseed(0x62);
+    const char *names[] = {"int8", "int4", "topk"};
+    const size_t n = 5 * 1024 * 3 + 777;
+    for (int c = 0; c < 4; c++) {
+        ent_codec codec = {0};
+        uint16_t id = ENT_LINK_CODEC_F32;
+        if (c < 3) {
+            assert_int_equal(ent_codec_parse(names[c], &codec), ENT_OK);
+            id = (uint16_t)codec.kind;
+        }
+        // topk packs 1024 values into ~60 bytes: smaller chunks for it
+        const uint32_t cb = c == 2 ? 200 : 8192;
+        size_t per = 0;
+        assert_int_equal(coal_chunk_params(id, &codec, cb, &per), ENT_OK);
+        assert_int_equal(per % 1024, 0);
+        float *x = fvec(n), *x0 = fvec(n), *r = fvec(n), *r_whole = fvec(n), *y = fvec(n),
+              *z = fvec(n);
+        fill_delta(x, n, 1024);
+        memcpy(x0, x, sizeof(float) * n);
+        coal_vec v = {0}, in = {0};
+        assert_int_equal(coal_vec_encode(&v, id, &codec, x, c < 3 ? r : NULL, n, cb), ENT_OK);
+        assert_true(v.count >= 2);
+        for (uint32_t i = 0; i < v.count; i++) assert_true(v.blen[i] <= cb);
+        v.anchor_hash = 0x1234;
+        v.tokens = 99;
+        // the receiver: chunks in a shuffled order
+        assert_int_equal(coal_vec_expect(&in, id, &codec, n, cb), ENT_OK);
+        uint32_t *order = calloc(v.count, sizeof *order);
+        for (uint32_t i = 0; i < v.count; i++) order[i] = i;
+        for (uint32_t i = v.count - 1; i > 0; i--) {
+            uint32_t j = (uint32_t)test_rand_int(0, i), t = order[i];
+            order[i] = order[j];
+            order[j] = t;
+        }
+        for (uint32_t k = 0; k < v.count; k++) {
+            ent_link_chunk ch = chunk_of(&v, order[k]);
+            int done = -1;
+            assert_int_equal(coal_vec_add(&in, &ch, "test", &done), ENT_OK);
+            assert_int_equal(done, k + 1 == v.count);
+        }
+        assert_int_equal(in.anchor_hash, 0x1234);
+        assert_int_equal(in.tokens, 99);
+        assert_int_equal(coal_vec_apply(&v, -1.0f, y), ENT_OK);
+        assert_int_equal(coal_vec_apply(&in, -1.0f, z), ENT_OK);
+        assert_memory_equal(y, z, sizeof(float) * n);
+        if (c == 3) {
+            assert_memory_equal(z, x0, sizeof(float) * n); // f32: the values themselves
+        } else {
+            // feedback: what arrived plus what stayed behind is what was sent
+            size_t off = 0;
+            for (size_t i = 0; i < n; i++) off += fabsf((-y[i] + r[i]) - x0[i]) > 1e-6f * (1 + fabsf(x0[i]));
+            assert_int_equal(off, 0);
+            // the same bits as one encoding of each chunk's range with feedback
+            memcpy(x, x0, sizeof(float) * n);
+            for (uint32_t i = 0; i < v.count; i++) {
+                uint8_t *buf = bvec(v.blen[i]);
+                size_t len = 0;
+                assert_int_equal(ent_codec_encode_feedback(&codec, x + v.poff[i],
+                                                           r_whole + v.poff[i], v.plen[i], buf,
+                                                           v.blen[i], &len), ENT_OK);
+                assert_memory_equal(buf, v.data + v.boff[i], len);
+                free(buf);
+            }
+            assert_memory_equal(r, r_whole, sizeof(float) * n);
+        }
+        free(order);
+        coal_vec_free(&v);
+        coal_vec_free(&in);
+        free(x);
+        free(x0);
+        free(r);
+        free(r_whole);
+        free(y);
+        free(z);
+    }
+}
+
+// Chunks that do not fit what the receiver expects are refused, naming the
+// peer, and change nothing; a chunk whose data fails the decoder's full
+// check leaves the target untouched.
+static void test_vec_hostile_chunks(void **state) {
+    (void)state;
+    test_reseed(0x63);
+    const size_t n = 4 * 1024 + 5;
+    ent_codec codec;
+    assert_int_equal(ent_codec_parse("int8", &codec), ENT_OK);
+    float *x = fvec(n), *y = fvec(n), *y0 = fvec(n);
+    fill_delta(x, n, 256);
+    coal_vec v = {0};
+    assert_int_equal(coal_vec_encode(&v, (uint16_t)codec.kind, &codec, x, NULL, n, 2048), ENT_OK);
+    v.anchor_hash = 7;
+    v.tokens = 10;
+    assert_true(v.count >= 3);
+    for (int kind = 0; kind < 10; kind++) {
+        coal_vec in = {0};
+        assert_int_equal(coal_vec_expect(&in, (uint16_t)codec.kind, &codec, n, 2048), ENT_OK);
+        ent_link_chunk first = chunk_of(&v, 0);
+        int done = 0;
+        assert_int_equal(coal_vec_add(&in, &first, "test", &done), ENT_OK);
+        ent_link_chunk c = chunk_of(&v, 1);
+        uint8_t *copy = bvec(c.data_len);
+        memcpy(copy, c.data, c.data_len);
+        c.data = copy;
+        switch (kind) {
+        case 0: c = chunk_of(&v, 0); break;                    // a repeat
+        case 1: c.count++; break;                              // another count
+        case 2: c.total--; break;                              // another table
+        case 3: c.codec = ENT_LINK_CODEC_INT4; break;          // another codec
+        case 4: c.offset += 1024; break;                       // another range
+        case 5: c.length -= 1; break;
+        case 6: c.data_len -= 1; break;                        // another size
+        case 7: c.anchor_hash ^= 1; break;                     // disagrees with chunk 0
+        case 8: c.tokens++; break;
+        case 9: copy[5] = 2; break;                            // its header names int4
+        }
+        ent_status st = coal_vec_add(&in, &c, "peer X", &done);
+        assert_int_equal(st, ENT_ERR_INPUT);
+        assert_non_null(strstr(ent_last_error(), "peer X"));
+        assert_int_equal(in.received, 1);
+        free(copy);
+        coal_vec_free(&in);
+    }
+    // data that passes the header check but not the decoder's: a NaN scale
+    coal_vec in = {0};
+    assert_int_equal(coal_vec_expect(&in, (uint16_t)codec.kind, &codec, n, 2048), ENT_OK);
+    for (uint32_t i = 0; i < v.count; i++) {
+        ent_link_chunk c = chunk_of(&v, i);
+        uint8_t *copy = bvec(c.data_len);
+        memcpy(copy, c.data, c.data_len);
+        if (i == v.count - 1) {
+            float nan = NAN;
+            memcpy(copy + ENT_CODEC_HEADER_BYTES, &nan, 4);
+        }
+        c.data = copy;
+        int done = 0;
+        assert_int_equal(coal_vec_add(&in, &c, "test", &done), ENT_OK);
+        free(copy);
+    }
+    fill_normal(y, n, 1.0);
+    memcpy(y0, y, sizeof(float) * n);
+    assert_int_equal(coal_vec_apply(&in, -1.0f, y), ENT_ERR_INPUT);
+    assert_memory_equal(y, y0, sizeof(float) * n); // the earlier, good chunks were not applied
+    coal_vec_free(&in);
+    coal_vec_free(&v);
+    free(x);
+    free(y);
+    free(y0);
+}
+
+// The coordinator's round: the same anchor, momentum, residual and update
+// bytes whatever order the sites are listed in.
+static void test_round_merge_order(void **state) {
+    (void)state;
+    test_reseed(0x64);
+    const size_t n = 3 * 4096 + 100;
+    const int S = 4;
+    ent_codec codec;
+    assert_int_equal(ent_codec_parse("int8", &codec), ENT_OK);
+    coal_vec d[4] = {{0}};
+    uint32_t ids[4] = {3, 1, 4, 2};
+    for (int i = 0; i < S; i++) {
+        float *x = fvec(n);
+        fill_delta(x, n, 256);
+        assert_int_equal(coal_vec_encode(&d[i], (uint16_t)codec.kind, &codec, x, NULL, n, 4096),
+                         ENT_OK);
+        d[i].tokens = (uint64_t)(100 * (i + 1));
+        free(x);
+    }
+    ent_outer_opt opt = ent_outer_defaults();
+    float *a[2], *m[2], *r[2], *g = fvec(n);
+    coal_vec up[2] = {{0}};
+    float *a0 = fvec(n);
+    fill_normal(a0, n, 0.02);
+    for (int k = 0; k < 2; k++) {
+        a[k] = fvec(n);
+        m[k] = fvec(n);
+        r[k] = fvec(n);
+        memcpy(a[k], a0, sizeof(float) * n);
+        const coal_vec *list[4];
+        uint32_t lids[4];
+        for (int i = 0; i < S; i++) {
+            int j = k == 0 ? i : S - 1 - i; // the second time, listed in reverse
+            list[i] = &d[j];
+            lids[i] = ids[j];
+        }
+        for (int round = 0; round < 3; round++) {
+            coal_vec_free(&up[k]);
+            assert_int_equal(coal_round_merge(list, lids, S, &opt, &codec, 4096, a[k], m[k], r[k],
+                                              g, n, &up[k]), ENT_OK);
+        }
+    }
+    assert_memory_equal(a[0], a[1], sizeof(float) * n);
+    assert_memory_equal(m[0], m[1], sizeof(float) * n);
+    assert_memory_equal(r[0], r[1], sizeof(float) * n);
+    assert_int_equal(up[0].len, up[1].len);
+    assert_memory_equal(up[0].data, up[1].data, up[0].len);
+    assert_int_equal(up[0].anchor_hash, ent_anchor_hash(a[0], n));
+    assert_int_equal(up[0].tokens, 1000);
+    assert_true(memcmp(a[0], a0, sizeof(float) * n) != 0);
+    // an incomplete delta is refused and changes nothing
+    float *before = fvec(n);
+    memcpy(before, a[0], sizeof(float) * n);
+    d[2].received--;
+    const coal_vec *list[4] = {&d[0], &d[1], &d[2], &d[3]};
+    coal_vec bad = {0};
+    assert_int_equal(coal_round_merge(list, ids, S, &opt, &codec, 4096, a[0], m[0], r[0], g, n,
+                                      &bad), ENT_ERR_INPUT);
+    assert_memory_equal(a[0], before, sizeof(float) * n);
+    for (int k = 0; k < 2; k++) {
+        free(a[k]);
+        free(m[k]);
+        free(r[k]);
+        coal_vec_free(&up[k]);
+    }
+    for (int i = 0; i < S; i++) coal_vec_free(&d[i]);
+    free(before);
+    free(a0);
+    free(g);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names_and_settings), cmocka_unit_test(test_int8_round_trip),
@@ -950,6 +1233,8 @@ int main(void) {
         cmocka_unit_test(test_hostile_headers),    cmocka_unit_test(test_pseudo_gradient),
         cmocka_unit_test(test_nesterov),           cmocka_unit_test(test_merge),
         cmocka_unit_test(test_anchor_hash),        cmocka_unit_test(test_rounds_identical_anchors),
+        cmocka_unit_test(test_global_layout),      cmocka_unit_test(test_vec_chunks),
+        cmocka_unit_test(test_vec_hostile_chunks), cmocka_unit_test(test_round_merge_order),
     };
     // one thread, except where a test sets more (determinism compares 1, 2
     // and 3): on a loaded 2-core machine OpenMP's barriers dominate the
