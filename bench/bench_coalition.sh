@@ -78,19 +78,14 @@ make_data() {
     fi
     bible -l0 "Gen1:1-Rev22:21" >"$D/kjv.txt"
     "$E" data prepare --input "$D/kjv.txt" --output "$D/all" >/dev/null || exit 1
-    # llm.c layout: 256 int32 header (magic, version, tokens), then uint16 tokens
-    local shard=$D/all/train_000000.bin ntok i
-    ntok=$(od -An -t d4 -j 8 -N 4 "$shard" | tr -d ' ')
+    # the training text cut into 3 contiguous parts at line ends, as
+    # launch/coalition.sh does; no part holds validation text
+    python3 "$SRC/launch/coalition_tool.py" split "$D/all" "$D/part-0.txt" "$D/part-1.txt" \
+        "$D/part-2.txt" || exit 1
+    local i
     for i in 0 1 2; do
-        mkdir -p "$D/site-$i"
-        local lo=$((ntok * i / 3)) hi=$((ntok * (i + 1) / 3))
-        local n=$((hi - lo))
-        {
-            head -c 8 "$shard"
-            printf "%08x" "$n" | sed 's/\(..\)\(..\)\(..\)\(..\)/\\x\4\\x\3\\x\2\\x\1/' | xargs -0 printf
-            head -c 1024 "$shard" | tail -c 1012
-            tail -c +$((1024 + 2 * lo + 1)) "$shard" | head -c $((2 * n))
-        } >"$D/site-$i/train_000000.bin"
+        "$E" data prepare --input "$D/part-$i.txt" --output "$D/site-$i" --val-fraction 0 \
+            >/dev/null || exit 1
     done
 }
 

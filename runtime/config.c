@@ -84,6 +84,7 @@ static const key_desc keys[] = {
     {"coalition", "codec", K_STR, FIELD(coal_codec), "int8", 0, 0, 0, "compression of deltas and updates: int8 (blockwise, per-block scales), int4, or topk (1/64 of values, 2 bits each)"},
     {"coalition", "outer_lr", K_FLOAT, FIELD(coal_outer_lr), "0.7", 0, 10, 1, "outer Nesterov SGD learning rate"},
     {"coalition", "outer_momentum", K_FLOAT, FIELD(coal_outer_momentum), "0.9", 0, 0.999999, 0, "outer Nesterov momentum"},
+    {"coalition", "eval_rounds", K_INT, FIELD(coal_eval_rounds), "1", 0, 1000000, 0, "the coordinator evaluates the anchor on data.dir's validation shards after every this many rounds (and the last); 0 = the start and the last round only"},
     {"coalition", "timeout", K_FLOAT, FIELD(coal_timeout), "600", 1, 1e6, 0, "seconds a site or the coordinator waits for the other before it gives up (exit 1, naming the peer)"},
     {"system", "threads", K_INT, FIELD(threads), "0", 0, 4096, 0, "CPU threads per rank; 0 = OMP_NUM_THREADS or all cores"},
     {"system", "backend", K_STR, FIELD(backend), "cpu", 0, 0, 0, "the device backend that computes: cpu (OpenBLAS + OpenMP), or cpu-guarded (the same, its memory locked outside its own calls: for tests, several times slower); the CUDA backend comes later"},

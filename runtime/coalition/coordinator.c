@@ -383,7 +383,9 @@ static ent_status merge_round(coord *c) {
     ENT_CHECK(st);
     c->tokens_total += tokens;
     double val = NAN;
-    ENT_CHECK(eval_anchor(c, &val));
+    int every = c->cfg->coal_eval_rounds;
+    if (c->round + 1 == c->rounds || (every > 0 && (c->round + 1) % (uint64_t)every == 0))
+        ENT_CHECK(eval_anchor(c, &val));
     char hash[17];
     coal_hash_hex(h, hash);
     ent_json_field rec[] = {ENT_JSTR("event", "round"), ENT_JINT("round", c->round),
