@@ -81,6 +81,7 @@ static const key_desc keys[] = {
     {"coalition", "rounds", K_INT, FIELD(coal_rounds), "10", 1, 1000000, 0, "outer rounds; a site trains rounds x its inner steps (train.steps is not used)"},
     {"coalition", "inner_steps", K_INT, FIELD(coal_inner_steps), "800", 1, 1048576, 0, "inner AdamW steps per round (H); with round_seconds, the most a site is planned"},
     {"coalition", "round_seconds", K_FLOAT, FIELD(coal_round_seconds), "0", 0, 1e6, 0, "plan each site's inner steps from its measured speed so rounds last this long; 0 = inner_steps for every site"},
+    {"coalition", "overlap", K_BOOL, FIELD(coal_overlap), "true", 0, 0, 0, "true: a site goes on training while its delta is merged and applies each update one round late; false: it waits for each round's merge and starts the next round from the new anchor (DiLoCo as published)"},
     {"coalition", "codec", K_STR, FIELD(coal_codec), "int8", 0, 0, 0, "compression of deltas and updates: int8 (blockwise, per-block scales), int4, or topk (1/64 of values, 2 bits each)"},
     {"coalition", "outer_lr", K_FLOAT, FIELD(coal_outer_lr), "0.7", 0, 10, 1, "outer Nesterov SGD learning rate"},
     {"coalition", "outer_momentum", K_FLOAT, FIELD(coal_outer_momentum), "0.9", 0, 0.999999, 0, "outer Nesterov momentum"},

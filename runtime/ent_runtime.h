@@ -50,7 +50,7 @@ typedef struct {
     // [coalition]
     char coal_coordinator[256], coal_bind[256];
     char coal_site[ENT_LINK_NAME_MAX + 1];
-    int coal_sites, coal_rounds, coal_inner_steps, coal_eval_rounds;
+    int coal_sites, coal_rounds, coal_inner_steps, coal_eval_rounds, coal_overlap;
     double coal_round_seconds, coal_outer_lr, coal_outer_momentum, coal_timeout;
     char coal_codec[16];
     // [system]

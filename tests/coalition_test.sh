@@ -23,6 +23,10 @@
 #             (the same arithmetic, many times slower) is planned fewer inner
 #             steps per round than a site on cpu, from round 1 on, and both
 #             end with the coordinator's anchor.
+#   classic   coalition.overlap = false (DiLoCo as published: each round
+#             waits for its own merge): the sites' round records carry the
+#             coordinator's anchor of the same round, and every rank ends
+#             with the coordinator's final anchor.
 #
 # Extra arguments: WAN_PROXY LINK_CAPTURE (the test tools, for `capture`).
 WAN_PROXY=${4:-}
@@ -197,6 +201,33 @@ case_refusals() {
     # a run directory that holds a run
     expect "coordinator into a used run dir" 2 "holds another run" -- \
         "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/coordinator"
+}
+
+case_classic() {
+    need_mpirun
+    make_site_data
+    write_coalition "$W/co.ini" 2 3
+    echo "overlap = false" >>"$W/co.ini"
+    mkdir -p "$W/run"
+    start_coordinator "$W/run/coordinator"
+    start_site a 1; local pa=$SPID
+    start_site b 2; local pb=$SPID
+    wait "$CPID" || fail "the coordinator failed: $(tail -3 "$W/run/coordinator.log")"
+    wait "$pa" || fail "site a failed: $(tail -3 "$W/site-a.log")"
+    wait "$pb" || fail "site b failed: $(tail -3 "$W/site-b.log")"
+    [ "$FAILED" = 0 ] || return
+    local cm=$W/run/coordinator/metrics.jsonl name r want got
+    for name in a b; do
+        for r in 0 1 2; do
+            want=$(hash_of "$cm" "$r" round)
+            got=$(hash_of "$W/run/site-$name/metrics.jsonl" "$r" anchor_round)
+            [ -n "$want" ] && [ "$want" = "$got" ] ||
+                fail "site $name: round $r's record holds anchor '$got', the coordinator's round $r '$want'"
+        done
+    done
+    want=$(sed -n 's/.*"event":"end".*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$cm")
+    [ "$(cat "$W"/site-*.log | grep -c "holds anchor $want after round 2")" = 3 ] ||
+        fail "not every rank holds the coordinator's final anchor $want"
 }
 
 # inner_steps_of METRICS ROUND: the inner steps a site's record of ROUND gives

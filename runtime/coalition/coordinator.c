@@ -213,7 +213,9 @@ static ent_status on_delta(coord *c, csite *s, const ent_link_incoming *in) {
     if (done) {
         // the anchor a site's delta starts from: before the update of the
         // round before (which it applies after sending this one)
-        uint64_t want = c->hist[hd.round > 0 ? hd.round - 1 : 0];
+        // (without overlap: the anchor after the update of the round before)
+        uint64_t want = !c->cfg->coal_overlap ? c->hist[hd.round]
+                        : c->hist[hd.round > 0 ? hd.round - 1 : 0];
         if (v->anchor_hash != want)
             return ent_fail(ENT_ERR_INPUT, "coordinator: site '%s' sent round %llu's delta from "
                             "anchor %016llx; the coalition's was %016llx", s->name,

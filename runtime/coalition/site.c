@@ -324,7 +324,7 @@ static ent_status record_round(site *s, uint64_t round, uint32_t steps, double c
         ENT_JINT("step", ent_trainer_steps_done(s->tr)),
         ENT_JINT("tokens", ent_trainer_tokens(s->tr)),
         ENT_JNUM("loss", last->loss),
-        ENT_JINT("anchor_round", (long long)round - 1),
+        ENT_JINT("anchor_round", (long long)round - (s->cfg->coal_overlap ? 1 : 0)),
         ENT_JSTR("anchor_hash", hash),
         ENT_JINT("bytes_sent", now.bytes_sent - s->marked.bytes_sent),
         ENT_JINT("bytes_received", now.bytes_received - s->marked.bytes_received),
@@ -425,6 +425,21 @@ static ent_status end_round(site *s, uint64_t round, uint32_t steps, double comp
     }
     coal_vec_free(&delta);
     ENT_CHECK(agree(s, st));
+    if (!s->cfg->coal_overlap) {
+        // DiLoCo as published: this round's merge, then the next round
+        // starts from the new anchor
+        if (s->leader) {
+            st = wait_for(s, have_update, round, "UPDATE");
+            if (st != ENT_OK) st = site_fail(s, st, "waiting for the update");
+        }
+        ENT_CHECK(agree(s, st));
+        ENT_CHECK(apply_update(s, round));
+        if (s->leader) ENT_CHECK(start_update(s, round + 1, (uint16_t)s->codec.kind));
+        coal_global_to_arena(&s->lay, tp_rank, s->anchor, s->p);
+        ENT_CHECK(ent_trainer_set_params(s->tr, s->p));
+        memcpy(s->start, s->p, sizeof(float) * s->arena);
+        return ENT_OK;
+    }
     if (round == s->first_round) {
         // nothing to merge yet: the next round goes on from here
         memcpy(s->start, s->p, sizeof(float) * s->arena);
@@ -511,14 +526,14 @@ static ent_status run_rounds(site *s) {
         if (s->leader) (void)send_leave(s, round, ENT_LINK_LEAVE_STOPPED, "stopped by a signal");
         return ent_trainer_finish(s->tr, stop);
     }
-    // the last update: the model becomes the anchor
+    // the last update (without overlap: applied already): the model becomes the anchor
     st = ENT_OK;
-    if (s->leader) {
+    if (s->leader && cfg->coal_overlap) {
         st = wait_for(s, have_update, rounds - 1, "last UPDATE");
         if (st != ENT_OK) st = site_fail(s, st, "waiting for the last update");
     }
     ENT_CHECK(agree(s, st));
-    ENT_CHECK(apply_update(s, rounds - 1));
+    if (cfg->coal_overlap) ENT_CHECK(apply_update(s, rounds - 1));
     coal_global_to_arena(&s->lay, s->grid->tp_rank, s->anchor, s->p);
     ENT_CHECK(ent_trainer_set_params(s->tr, s->p));
     refresh_checkpoint_state(s, rounds);

@@ -18,9 +18,9 @@ void coal_hash_hex(uint64_t h, char out[17]) {
 
 uint64_t coal_config_hash(const ent_config *cfg) {
     char text[512];
-    snprintf(text, sizeof text, "model %llu rounds %d codec %s outer %.17g %.17g",
+    snprintf(text, sizeof text, "model %llu rounds %d codec %s outer %.17g %.17g overlap %d",
              (unsigned long long)ent_model_shape_hash(cfg), cfg->coal_rounds, cfg->coal_codec,
-             cfg->coal_outer_lr, cfg->coal_outer_momentum);
+             cfg->coal_outer_lr, cfg->coal_outer_momentum, cfg->coal_overlap);
     return ent_hash_string(text, 0);
 }
 
