@@ -169,7 +169,14 @@ case_refusals() {
     mkdir -p "$W/run"
     start_coordinator "$W/run/coordinator"
     start_site a 1
-    local pa=$SPID
+    local pa=$SPID t
+    # site a has joined before a second site of its name tries (its start-up
+    # takes a while on a busy machine)
+    for t in $(seq 600); do
+        grep -q "site 'a' joined" "$W/run/coordinator.log" && break
+        sleep 0.1
+    done
+    grep -q "site 'a' joined" "$W/run/coordinator.log" || fail "site a did not join within 60 s"
     # another model
     expect "a site of another model" nonzero "trains another model" "site x" -- \
         timeout 60 "$E" train --config "$W/co.ini" --set "coalition.coordinator=$EP" \
