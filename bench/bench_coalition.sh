@@ -245,5 +245,5 @@ part_quality() {
 }
 
 make_data
-say "output in $OUT; $(nproc) cores; $(uname -r)"
+say "output in $OUT; $(getconf _NPROCESSORS_ONLN) cores; $(uname -r)"
 for part in "${PARTS[@]}"; do "part_$part"; done

@@ -347,13 +347,20 @@ if [ -z "$endpoint" ]; then
 fi
 say "coordinator listening on $endpoint; starting ${#names[@]} site(s)"
 
+# the 2-rank site's batch: the configuration's, down to a multiple of its
+# ranks (configs/coalition.ini's 11 becomes 10: 10 + 11 + 11 = demo.ini's 32)
+batch=$(printf '%s\n' "$config" | "${tool[@]}" ini-value train batch_size)
 for n in "${names[@]}"; do
     np=1
-    [ "$n" = a ] && np=2
+    site_sets=()
+    if [ "$n" = a ]; then
+        np=2
+        [ "$batch" -ge 2 ] && site_sets=(--set "train.batch_size=$((batch - batch % 2))")
+    fi
     start "site $n" env "${mpi_env[@]}" mpirun -np $np --oversubscribe --bind-to none \
         "$entente" train --config configs/coalition.ini --run-dir "$run/site-$n" \
         --set "coalition.coordinator=$endpoint" --set "coalition.site=$n" \
-        --set "data.dir=$split_dir/site-$n" --set sample.tokens=0 "${sets[@]}"
+        --set "data.dir=$split_dir/site-$n" --set sample.tokens=0 "${site_sets[@]}" "${sets[@]}"
 done
 
 # wait for all; the first that fails stops the others
