@@ -188,6 +188,18 @@ static ent_status config_from_checkpoint(ent_config *cfg, const char *path, cons
     return st;
 }
 
+// "runs/<stem of name's file name>-<date>-<time>" into out; returns out.
+static const char *default_run_dir(const char *name, char out[ENT_PATH_MAX]) {
+    const char *base = strrchr(name, '/');
+    base = base ? base + 1 : name;
+    size_t stem = strcspn(base, ".");
+    time_t now = time(NULL);
+    char when[32];
+    strftime(when, sizeof when, "%Y%m%d-%H%M%S", localtime(&now));
+    snprintf(out, ENT_PATH_MAX, "runs/%.*s-%s", (int)stem, base, when);
+    return out;
+}
+
 static int cmd_train(int argc, char **argv) {
     const char *config = NULL, *run_dir = NULL, *resume = NULL;
     int print_config = 0, force = 0;
@@ -233,17 +245,7 @@ static int cmd_train(int argc, char **argv) {
         goto out;
     }
     char default_dir[ENT_PATH_MAX];
-    if (run_dir == NULL) {
-        const char *name = config != NULL ? config : resume;
-        const char *base = strrchr(name, '/');
-        base = base ? base + 1 : name;
-        size_t stem = strcspn(base, ".");
-        time_t now = time(NULL);
-        char when[32];
-        strftime(when, sizeof when, "%Y%m%d-%H%M%S", localtime(&now));
-        snprintf(default_dir, sizeof default_dir, "runs/%.*s-%s", (int)stem, base, when);
-        run_dir = default_dir;
-    }
+    if (run_dir == NULL) run_dir = default_run_dir(config != NULL ? config : resume, default_dir);
     ent_config cfg;
     ent_status st = ENT_OK;
     char resume_path[ENT_PATH_MAX] = "";
@@ -364,13 +366,7 @@ static int cmd_coordinator(int argc, char **argv) {
         goto out;
     }
     char default_dir[ENT_PATH_MAX];
-    if (run_dir == NULL) {
-        time_t now = time(NULL);
-        char when[32];
-        strftime(when, sizeof when, "%Y%m%d-%H%M%S", localtime(&now));
-        snprintf(default_dir, sizeof default_dir, "runs/coordinator-%s", when);
-        run_dir = default_dir;
-    }
+    if (run_dir == NULL) run_dir = default_run_dir("coordinator", default_dir);
     ent_config cfg;
     ent_status st = ent_config_load(&cfg, config, sets, nsets);
     if (st != ENT_OK) {

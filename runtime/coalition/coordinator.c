@@ -411,12 +411,6 @@ static ent_status merge_round(coord *c) {
 // ---------------------------------------------------------------------------
 // set-up
 
-static ent_status alloc_floats(float **p, size_t n) {
-    *p = calloc(n > 0 ? n : 1, sizeof(float));
-    if (*p == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for %zu floats", n);
-    return ENT_OK;
-}
-
 static ent_status open_run_dir(coord *c, int force) {
     char path[ENT_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->run_dir);
@@ -457,12 +451,12 @@ static ent_status coord_setup(coord *c, int force) {
     c->table = ent_model_table(c->model);
     ENT_CHECK(coal_layout_new(c->table, &c->lay));
     c->n = c->lay.n;
-    ENT_CHECK(alloc_floats(&c->anchor, c->n));
-    ENT_CHECK(alloc_floats(&c->momentum, c->n));
-    ENT_CHECK(alloc_floats(&c->resid, c->n));
-    ENT_CHECK(alloc_floats(&c->g, c->n));
-    ENT_CHECK(alloc_floats(&c->ck_mom, c->table->total));
-    ENT_CHECK(alloc_floats(&c->ck_resid, c->table->total));
+    ENT_CHECK(coal_alloc_floats(&c->anchor, c->n, "the anchor"));
+    ENT_CHECK(coal_alloc_floats(&c->momentum, c->n, "the outer momentum"));
+    ENT_CHECK(coal_alloc_floats(&c->resid, c->n, "the residual"));
+    ENT_CHECK(coal_alloc_floats(&c->g, c->n, "the merge"));
+    ENT_CHECK(coal_alloc_floats(&c->ck_mom, c->table->total, "the checkpoint's momentum"));
+    ENT_CHECK(coal_alloc_floats(&c->ck_resid, c->table->total, "the checkpoint's residual"));
     coal_arena_to_global(&c->lay, 0, ent_model_arena(c->model, ENT_ARENA_PARAMS), c->anchor);
     c->hist[0] = ent_anchor_hash(c->anchor, c->n);
     // the coalition's validation set: data.dir's validation shards, if any

@@ -223,26 +223,20 @@ static ent_status join(site *s, uint64_t *welcome) {
 // ---------------------------------------------------------------------------
 // every rank
 
-static ent_status alloc_floats(float **p, size_t n, const char *what) {
-    *p = calloc(n > 0 ? n : 1, sizeof(float));
-    if (*p == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for %s (%zu floats)", what, n);
-    return ENT_OK;
-}
-
 static ent_status site_setup(site *s) {
     ent_model_t *model = ent_trainer_model(s->tr);
     const ent_param_table *t = ent_model_table(model);
     ENT_CHECK(coal_layout_new(t, &s->lay));
     s->n = s->lay.n;
     s->arena = ent_model_arena_floats(model);
-    ENT_CHECK(alloc_floats(&s->anchor, s->n, "the anchor"));
-    ENT_CHECK(alloc_floats(&s->resid, s->n, "the residual"));
-    ENT_CHECK(alloc_floats(&s->v, s->n, "the delta"));
-    ENT_CHECK(alloc_floats(&s->p, s->arena, "the parameters"));
-    ENT_CHECK(alloc_floats(&s->start, s->arena, "the round's start"));
-    ENT_CHECK(alloc_floats(&s->gather, s->arena * (size_t)s->grid->tp_size, "the gather"));
-    ENT_CHECK(alloc_floats(&s->ck_anchor, s->arena, "the checkpoint's anchor"));
-    ENT_CHECK(alloc_floats(&s->ck_resid, s->arena, "the checkpoint's residual"));
+    ENT_CHECK(coal_alloc_floats(&s->anchor, s->n, "the anchor"));
+    ENT_CHECK(coal_alloc_floats(&s->resid, s->n, "the residual"));
+    ENT_CHECK(coal_alloc_floats(&s->v, s->n, "the delta"));
+    ENT_CHECK(coal_alloc_floats(&s->p, s->arena, "the parameters"));
+    ENT_CHECK(coal_alloc_floats(&s->start, s->arena, "the round's start"));
+    ENT_CHECK(coal_alloc_floats(&s->gather, s->arena * (size_t)s->grid->tp_size, "the gather"));
+    ENT_CHECK(coal_alloc_floats(&s->ck_anchor, s->arena, "the checkpoint's anchor"));
+    ENT_CHECK(coal_alloc_floats(&s->ck_resid, s->arena, "the checkpoint's residual"));
     return ENT_OK;
 }
 

@@ -24,6 +24,12 @@ uint64_t coal_config_hash(const ent_config *cfg) {
     return ent_hash_string(text, 0);
 }
 
+ent_status coal_alloc_floats(float **p, size_t n, const char *what) {
+    *p = calloc(n > 0 ? n : 1, sizeof(float));
+    if (*p == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for %s (%zu floats)", what, n);
+    return ENT_OK;
+}
+
 // ---------------------------------------------------------------------------
 // layout
 
