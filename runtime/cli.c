@@ -188,6 +188,37 @@ static ent_status config_from_checkpoint(ent_config *cfg, const char *path, cons
     return st;
 }
 
+// The options train and coordinator share: --config FILE, --set S.K=V
+// (repeatable), --run-dir DIR, --force.
+typedef struct {
+    const char *config, *run_dir;
+    const char **sets; // argc entries
+    int nsets, force;
+} run_args;
+
+// Takes argv[*i] (and its value) when it is one of run_args' options: 1 when
+// taken, 0 when it is another argument, -1 after a usage error (an option
+// without its value; rc holds the exit code).
+static int take_run_arg(const char *cmd, int argc, char **argv, int *i, run_args *ra, int *rc) {
+    const char *a = argv[*i];
+    const char **slot = strcmp(a, "--config") == 0    ? &ra->config
+                        : strcmp(a, "--run-dir") == 0 ? &ra->run_dir
+                                                      : NULL;
+    if (strcmp(a, "--force") == 0) {
+        ra->force = 1;
+        return 1;
+    }
+    if (slot == NULL && strcmp(a, "--set") != 0) return 0;
+    if (*i + 1 >= argc) {
+        *rc = usage_error(cmd, "%s needs a value", a);
+        return -1;
+    }
+    const char *v = argv[++*i];
+    if (slot != NULL) *slot = v;
+    else ra->sets[ra->nsets++] = v;
+    return 1;
+}
+
 // "runs/<stem of name's file name>-<date>-<time>" into out; returns out.
 static const char *default_run_dir(const char *name, char out[ENT_PATH_MAX]) {
     const char *base = strrchr(name, '/');
@@ -201,31 +232,24 @@ static const char *default_run_dir(const char *name, char out[ENT_PATH_MAX]) {
 }
 
 static int cmd_train(int argc, char **argv) {
-    const char *config = NULL, *run_dir = NULL, *resume = NULL;
-    int print_config = 0, force = 0;
-    const char **sets = calloc((size_t)argc, sizeof *sets);
-    int nsets = 0, rc = 0;
-    if (sets == NULL) return report(ent_fail(ENT_ERR_NOMEM, "out of memory"));
+    const char *resume = NULL;
+    int print_config = 0, rc = 0;
+    run_args ra = {.sets = calloc((size_t)argc + 1, sizeof(char *))};
+    if (ra.sets == NULL) return report(ent_fail(ENT_ERR_NOMEM, "out of memory"));
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
+        int taken = take_run_arg("train", argc, argv, &i, &ra, &rc);
+        if (taken < 0) goto out;
+        if (taken) continue;
         if (is_help(a)) {
             fputs(train_help, stdout);
             ent_config_describe_keys(stdout);
             goto out;
-        } else if (strcmp(a, "--config") == 0 && i + 1 < argc) {
-            config = argv[++i];
-        } else if (strcmp(a, "--set") == 0 && i + 1 < argc) {
-            sets[nsets++] = argv[++i];
-        } else if (strcmp(a, "--run-dir") == 0 && i + 1 < argc) {
-            run_dir = argv[++i];
         } else if (strcmp(a, "--resume") == 0 && i + 1 < argc) {
             resume = argv[++i];
         } else if (strcmp(a, "--print-config") == 0) {
             print_config = 1;
-        } else if (strcmp(a, "--force") == 0) {
-            force = 1;
-        } else if (strcmp(a, "--config") == 0 || strcmp(a, "--set") == 0 ||
-                   strcmp(a, "--run-dir") == 0 || strcmp(a, "--resume") == 0) {
+        } else if (strcmp(a, "--resume") == 0) {
             rc = usage_error("train", "%s needs a value", a);
             goto out;
         } else {
@@ -233,6 +257,8 @@ static int cmd_train(int argc, char **argv) {
             goto out;
         }
     }
+    const char *config = ra.config, *run_dir = ra.run_dir, **sets = ra.sets;
+    int force = ra.force, nsets = ra.nsets;
     if (force && resume != NULL) {
         rc = usage_error("train", "%s", "--force starts a run over and --resume continues one: "
                          "give one of them");
@@ -298,7 +324,7 @@ static int cmd_train(int argc, char **argv) {
     if (st != ENT_OK) rc = report(st);
     ent_comm_finalize(&comm);
 out:
-    free(sets);
+    free(ra.sets);
     return rc;
 }
 
@@ -335,32 +361,22 @@ static const char *coordinator_help =
     "error.\n";
 
 static int cmd_coordinator(int argc, char **argv) {
-    const char *config = NULL, *run_dir = NULL;
-    int force = 0, nsets = 0, rc = 0;
-    const char **sets = calloc((size_t)argc + 1, sizeof *sets);
-    if (sets == NULL) return report(ent_fail(ENT_ERR_NOMEM, "out of memory"));
+    int rc = 0;
+    run_args ra = {.sets = calloc((size_t)argc + 1, sizeof(char *))};
+    if (ra.sets == NULL) return report(ent_fail(ENT_ERR_NOMEM, "out of memory"));
     for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (is_help(a)) {
+        int taken = take_run_arg("coordinator", argc, argv, &i, &ra, &rc);
+        if (taken < 0) goto out;
+        if (taken) continue;
+        if (is_help(argv[i])) {
             fputs(coordinator_help, stdout);
             goto out;
-        } else if (strcmp(a, "--config") == 0 && i + 1 < argc) {
-            config = argv[++i];
-        } else if (strcmp(a, "--set") == 0 && i + 1 < argc) {
-            sets[nsets++] = argv[++i];
-        } else if (strcmp(a, "--run-dir") == 0 && i + 1 < argc) {
-            run_dir = argv[++i];
-        } else if (strcmp(a, "--force") == 0) {
-            force = 1;
-        } else if (strcmp(a, "--config") == 0 || strcmp(a, "--set") == 0 ||
-                   strcmp(a, "--run-dir") == 0) {
-            rc = usage_error("coordinator", "%s needs a value", a);
-            goto out;
-        } else {
-            rc = usage_error("coordinator", "unknown argument '%s'", a);
-            goto out;
         }
+        rc = usage_error("coordinator", "unknown argument '%s'", argv[i]);
+        goto out;
     }
+    const char *config = ra.config, *run_dir = ra.run_dir, **sets = ra.sets;
+    int force = ra.force, nsets = ra.nsets;
     if (config == NULL) {
         rc = usage_error("coordinator", "%s", "--config FILE is required");
         goto out;
@@ -380,7 +396,7 @@ static int cmd_coordinator(int argc, char **argv) {
     if (st != ENT_OK) rc = report(st);
     ent_comm_finalize(&comm);
 out:
-    free(sets);
+    free(ra.sets);
     return rc;
 }
 
