@@ -31,8 +31,7 @@ typedef struct {
     coal_vec delta[2];       // the deltas of two consecutive rounds (slot round % 2)
     uint64_t delta_round[2];
     int delta_used[2];
-    uint32_t plan[PLAN_SLOTS]; // inner steps planned per round (slot round % 4)
-    uint64_t plan_round[PLAN_SLOTS];
+    uint64_t plan_round[PLAN_SLOTS]; // the rounds planned (slot round % 4)
     int plan_sent[PLAN_SLOTS];
     // throughput: two heartbeats of one round give inner steps per second
     uint64_t hb_round, hb_time_ns;
@@ -105,7 +104,6 @@ static ent_status send_plan(coord *c, csite *s, uint64_t round) {
         double h = floor(c->cfg->coal_round_seconds * s->steps_per_s + 0.5);
         steps = h < 1 ? 1 : h > steps ? steps : (uint32_t)h;
     }
-    s->plan[k] = steps;
     s->plan_round[k] = round;
     s->plan_sent[k] = 1;
     ent_link_round_plan m = {.inner_steps = steps,
@@ -341,7 +339,6 @@ static ent_status save(coord *c) {
 static ent_status merge_round(coord *c) {
     double t0 = coal_now();
     int k = (int)(c->round % 2);
-    uint64_t tokens = 0;
     const coal_vec **deltas = calloc((size_t)c->nsites, sizeof *deltas);
     uint32_t *ids = calloc((size_t)c->nsites, sizeof *ids);
     coal_vec up = {0};
@@ -349,7 +346,6 @@ static ent_status merge_round(coord *c) {
     for (int i = 0; i < c->nsites && st == ENT_OK; i++) {
         deltas[i] = &c->sites[i].delta[k];
         ids[i] = c->sites[i].id;
-        tokens += deltas[i]->tokens;
     }
     if (st == ENT_OK)
         st = coal_round_merge(deltas, ids, c->nsites, &c->outer, &c->codec, c->chunk_bytes,
@@ -359,7 +355,7 @@ static ent_status merge_round(coord *c) {
     if (st != ENT_OK)
         return ent_fail(st, "coordinator: round %llu: %s", (unsigned long long)c->round,
                         ent_last_error());
-    uint64_t h = up.anchor_hash;
+    uint64_t h = up.anchor_hash, tokens = up.tokens;
     c->hist[c->round + 1] = h;
     double merge_s = coal_now() - t0;
     // names and tokens of the sites merged, as JSON arrays

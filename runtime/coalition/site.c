@@ -41,6 +41,7 @@ typedef struct {
     float *anchor, *resid, *v;   // global layout
     float *p, *start, *gather;   // arena layout (gather: tp_size arenas)
     float *ck_anchor, *ck_resid; // what checkpoints write (arena layout)
+    uint64_t anchor_hash;        // of anchor, as apply_update last checked it
     ent_ckpt_coalition ck;
     ent_codec codec;
     // the link (leader only)
@@ -266,6 +267,7 @@ static ent_status apply_update(site *s, uint64_t round) {
     if (s->update.codec == ENT_LINK_CODEC_F32) ENT_CHECK(coal_vec_apply(&s->update, 1.0f, s->anchor));
     else ENT_CHECK(coal_vec_apply(&s->update, -1.0f, s->anchor));
     uint64_t h = ent_anchor_hash(s->anchor, s->n);
+    s->anchor_hash = h;
     if (h != s->update.anchor_hash)
         return ent_fail(ENT_ERR_INPUT, "site %s: after the update of round %llu the anchor's hash "
                         "is %016llx, the coordinator's %016llx: the copies differ",
@@ -309,7 +311,7 @@ static ent_status record_round(site *s, uint64_t round, uint32_t steps, double c
     ent_link_stats now = {0};
     if (s->leader) ent_link_get_stats(s->ep, &now);
     char hash[17];
-    coal_hash_hex(ent_anchor_hash(s->anchor, s->n), hash);
+    coal_hash_hex(s->anchor_hash, hash);
     ent_json_field rec[] = {
         ENT_JSTR("event", "round"),
         ENT_JSTR("site", s->cfg->coal_site),
@@ -409,7 +411,7 @@ static ent_status end_round(site *s, uint64_t round, uint32_t steps, double comp
                               s->chunk_bytes));
     ent_status st = ENT_OK;
     if (s->leader) {
-        delta.anchor_hash = ent_anchor_hash(s->anchor, s->n);
+        delta.anchor_hash = s->anchor_hash;
         delta.tokens = (uint64_t)steps * (uint64_t)s->cfg->batch_size * (uint64_t)s->cfg->context;
         st = coal_vec_send(s->ep, NULL, ENT_LINK_DELTA, s->site_id, round, &delta);
         // the rate this round trained at, for the coordinator's plans
@@ -480,7 +482,7 @@ static ent_status run_rounds(site *s) {
         ent_log_info("site %s joined the coalition at %s as site %u, round %llu of %llu; anchor "
                      "%016llx", cfg->coal_site, s->endpoint, s->site_id,
                      (unsigned long long)s->first_round, (unsigned long long)rounds,
-                     (unsigned long long)ent_anchor_hash(s->anchor, s->n));
+                     (unsigned long long)s->anchor_hash);
         ent_link_get_stats(s->ep, &s->marked);
     }
     coal_global_to_arena(&s->lay, s->grid->tp_rank, s->anchor, s->p);
@@ -532,7 +534,7 @@ static ent_status run_rounds(site *s) {
     ENT_CHECK(ent_trainer_set_params(s->tr, s->p));
     refresh_checkpoint_state(s, rounds);
     char hash[17];
-    coal_hash_hex(ent_anchor_hash(s->anchor, s->n), hash);
+    coal_hash_hex(s->anchor_hash, hash);
     // every rank's own copy, for whoever compares them (the tests do)
     ent_log_info("site %s: rank %d holds anchor %s after round %llu", cfg->coal_site,
                  ent_comm_rank(s->comm), hash, (unsigned long long)rounds - 1);
