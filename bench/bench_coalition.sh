@@ -102,7 +102,12 @@ coalition() {
     mkdir -p "$R"
     local common=(--config "$SRC/configs/demo.ini" --set "data.dir=$D/all"
                   --set coalition.sites=3 --set eval.every=0 --set sample.tokens=0 "$@")
+    # secured as a real coalition is (CurveZMQ costs are in the figures)
+    "$E" keygen coordinator s0 s1 s2 --dir "$R/keys" >/dev/null || { say "$name: keygen failed"; return 1; }
+    mkdir -p "$R/keys/allow"
+    cp "$R"/keys/s[012].pub "$R/keys/allow/"
     "$E" coordinator "${common[@]}" --set 'coalition.bind=tcp://127.0.0.1:*' \
+        --set "coalition.key=$R/keys/coordinator.key" --set "coalition.allow=$R/keys/allow" \
         --run-dir "$R/coordinator" >"$R/coordinator.log" 2>&1 &
     local cpid=$!
     PIDS+=("$cpid")
@@ -120,6 +125,8 @@ coalition() {
         for t in $(seq 100); do [ -s "$R/proxy-$i.port" ] && break; sleep 0.05; done
         local cmd=("$E" train "${common[@]}" --set "coalition.site=s$i"
                    --set "coalition.coordinator=tcp://127.0.0.1:$(cat "$R/proxy-$i.port")"
+                   --set "coalition.key=$R/keys/s$i.key"
+                   --set "coalition.coordinator_key=$R/keys/coordinator.pub"
                    --set "data.dir=$D/site-$i" --run-dir "$R/site-s$i")
         if [ "$i" = "$slow" ]; then
             bash -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CGROUP" "${cmd[@]}" \

@@ -234,6 +234,7 @@ typedef enum {
     ENT_LINK_ERR_STALE_ROUND,   // a contribution to a round that is closed
     ENT_LINK_ERR_DUPLICATE_SITE, // a site name already joined
     ENT_LINK_ERR_INTERNAL,      // the sender failed; the text says how
+    ENT_LINK_ERR_NOT_ITS_KEY,   // a site name other than the one its CURVE key was admitted as
     ENT_LINK_ERR_END
 } ent_link_error_code;
 
@@ -379,6 +380,37 @@ ent_status ent_link_decode_error(const void *msg, size_t len, const char *peer,
 
 typedef struct ent_link_endpoint ent_link_endpoint_t;
 
+// ---- CURVE keys (comm/link_keys.c) ----
+// A key is 32 bytes, written as 40 characters of Z85 (ZeroMQ's text form).
+// Key files are text, one `field = value` a line, '#' comments:
+//   NAME.key  name, public, secret  (the secret: mode 0600, never shared)
+//   NAME.pub  name, public          (what a coordinator's allowlist holds)
+#define ENT_LINK_KEY_TEXT 40
+typedef struct {
+    char name[ENT_LINK_NAME_MAX + 1];      // a site name (ent_link_name_ok)
+    char public_key[ENT_LINK_KEY_TEXT + 1]; // Z85
+    char secret_key[ENT_LINK_KEY_TEXT + 1]; // Z85; "" for a public key alone
+} ent_link_keypair;
+
+// A fresh key pair named `name` (ENT_ERR_USAGE for a name that is not a
+// valid site name; ENT_ERR_INTERNAL when this libzmq has no CURVE).
+ent_status ent_link_keygen(const char *name, ent_link_keypair *out);
+// Writes DIR/NAME.key (mode 0600) and DIR/NAME.pub, each atomically; an
+// existing file is refused (naming it) unless force.
+ent_status ent_link_key_write(const char *dir, const ent_link_keypair *kp, int force);
+// Reads a key file: a .key gives both keys (checked to be a pair), a .pub
+// the public key alone (secret_key ""). need_secret: a .pub is refused.
+// Every defect is ENT_ERR_INPUT naming the file (and the line).
+ent_status ent_link_key_read(const char *path, int need_secret, ent_link_keypair *out);
+// Every NAME.pub in dir (a directory) or the one file `dir` names, sorted by
+// name; two files with the same name or key are refused. The caller frees
+// *keys (free()); an allowlist with no key is ENT_ERR_INPUT.
+ent_status ent_link_allowlist_load(const char *dir, ent_link_keypair **keys, int *n);
+// A short fingerprint of a Z85 public key for logs: its first 8 characters
+// and the CRC32C of the 32 bytes ("rq::7&Ka..3f9e02c1"); "(invalid key)" if it
+// does not decode. buf holds at least 24 bytes.
+const char *ent_link_key_fingerprint(const char *public_key, char *buf, size_t cap);
+
 typedef struct {
     // Largest payload frame accepted (ZMQ_MAXMSGSIZE, at most and by default
     // ENT_LINK_PAYLOAD_MAX). libzmq closes the connection of a peer that
@@ -387,9 +419,16 @@ typedef struct {
     int send_timeout_ms;  // a send not queued within this fails (default 10000; -1: wait)
     int linger_ms;        // how long closing waits for queued messages to leave (default 2000)
     int reply_errors;     // ROUTER: answer a dropped message with an ERROR (default 1)
-    // CURVE authentication and encryption: not implemented yet (a later
-    // issue). These stay NULL; an endpoint given a key refuses to start.
-    const char *curve_public_key, *curve_secret_key, *curve_server_key;
+    // CURVE (CurveZMQ: authentication and encryption). NULL `curve`: plaintext.
+    // ROUTER: curve is the coordinator's own key pair, and only the clients
+    // whose public keys are in `allow` (nallow of them) get through the
+    // handshake (a ZAP handler); each message then carries the name its
+    // key was admitted under (ent_link_peer.user). DEALER: curve is the
+    // site's key pair and server_key the coordinator's public key (Z85).
+    const ent_link_keypair *curve;
+    const ent_link_keypair *allow;
+    int nallow;
+    const char *server_key;
 } ent_link_opts;
 
 // The defaults above.
@@ -401,6 +440,9 @@ ent_link_opts ent_link_opts_default(void);
 typedef struct {
     uint8_t id[ENT_LINK_PEER_ID_MAX]; // the ROUTER's routing id of the peer (DEALER: none)
     size_t id_len;
+    // CURVE ROUTER: the allowlist name the peer's key was admitted under
+    // (the only name it may act as); "" on a plaintext link
+    char user[ENT_LINK_NAME_MAX + 1];
     char name[128]; // for messages: "127.0.0.1 [id 0080000001]", or the coordinator's endpoint
 } ent_link_peer;
 
@@ -416,6 +458,8 @@ typedef struct {
     uint64_t messages_sent, messages_received, bytes_sent, bytes_received; // frames' bytes
     uint64_t dropped;    // messages refused on receipt (wrong frames, failed header checks)
     char last_drop[256]; // why the last one was refused ("" if none)
+    uint64_t refused;    // CURVE: connections refused (a key not on the allowlist, no CURVE)
+    char last_refusal[256]; // why the last one was refused ("" if none)
 } ent_link_stats;
 
 // The coordinator's side: binds a ROUTER to `endpoint` ("tcp://HOST:PORT";

@@ -325,8 +325,19 @@ start() {
     pid_names+=("$name")
 }
 
+# the link runs secured, as a real coalition's: a key pair for the
+# coordinator and each site (entente keygen), the sites' public keys in the
+# coordinator's allowlist
+keys=$run/keys
+"$entente" keygen coordinator "${names[@]}" --dir "$keys" >"$run/keygen.log" 2>&1 ||
+    die "entente keygen failed: $(cat "$run/keygen.log")"
+mkdir -p "$keys/allow"
+for n in "${names[@]}"; do cp "$keys/$n.pub" "$keys/allow/"; done
+say "CurveZMQ keys for the coordinator and ${#names[@]} site(s) in $keys"
+
 start coordinator "$entente" coordinator --config configs/coalition.ini --run-dir "$run/coordinator" \
-    --set "coalition.sites=$sites" --set 'coalition.bind=tcp://127.0.0.1:*' "${sets[@]}"
+    --set "coalition.sites=$sites" --set 'coalition.bind=tcp://127.0.0.1:*' \
+    --set "coalition.key=$keys/coordinator.key" --set "coalition.allow=$keys/allow" "${sets[@]}"
 
 # the endpoint file: one line, complete once it ends with a newline
 endpoint=""
@@ -360,6 +371,7 @@ for n in "${names[@]}"; do
     start "site $n" env "${mpi_env[@]}" mpirun -np $np --oversubscribe --bind-to none \
         "$entente" train --config configs/coalition.ini --run-dir "$run/site-$n" \
         --set "coalition.coordinator=$endpoint" --set "coalition.site=$n" \
+        --set "coalition.key=$keys/$n.key" --set "coalition.coordinator_key=$keys/coordinator.pub" \
         --set "data.dir=$split_dir/site-$n" --set sample.tokens=0 "${site_sets[@]}" "${sets[@]}"
 done
 

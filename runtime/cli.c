@@ -63,6 +63,8 @@ static const char *train_help =
     "                       and run.json rewritten, and the checkpoints in its\n"
     "                       checkpoint directory (and 'latest') removed before step 1\n"
     "  --print-config       print the effective configuration and exit\n"
+    "  --insecure           a coalition site only: join over plaintext, without\n"
+    "                       CurveZMQ keys (for experiments on one machine)\n"
     "  -h, --help           this help\n"
     "\n"
     "A run directory holds one run. Without --resume or --force, train refuses a\n"
@@ -78,6 +80,9 @@ static const char *train_help =
     "coordinator --help), every rank starts from the coalition's anchor, and it\n"
     "trains coalition.rounds rounds of planned inner steps, exchanging compressed\n"
     "deltas; train.steps and --resume are then not used (docs/coalition.md).\n"
+    "The link is encrypted and authenticated with CurveZMQ: the site needs its\n"
+    "key pair (coalition.key, from 'entente keygen') and the coordinator's public\n"
+    "key (coalition.coordinator_key), unless --insecure.\n"
     "\n"
     "Environment: OMP_NUM_THREADS sets CPU threads per rank unless system.threads does.\n"
     "\n"
@@ -189,11 +194,11 @@ static ent_status config_from_checkpoint(ent_config *cfg, const char *path, cons
 }
 
 // The options train and coordinator share: --config FILE, --set S.K=V
-// (repeatable), --run-dir DIR, --force.
+// (repeatable), --run-dir DIR, --force, --insecure.
 typedef struct {
     const char *config, *run_dir;
     const char **sets; // argc entries
-    int nsets, force;
+    int nsets, force, insecure;
 } run_args;
 
 // Takes argv[*i] (and its value) when it is one of run_args' options: 1 when
@@ -204,8 +209,8 @@ static int take_run_arg(const char *cmd, int argc, char **argv, int *i, run_args
     const char **slot = strcmp(a, "--config") == 0    ? &ra->config
                         : strcmp(a, "--run-dir") == 0 ? &ra->run_dir
                                                       : NULL;
-    if (strcmp(a, "--force") == 0) {
-        ra->force = 1;
+    if (strcmp(a, "--force") == 0 || strcmp(a, "--insecure") == 0) {
+        *(a[2] == 'f' ? &ra->force : &ra->insecure) = 1;
         return 1;
     }
     if (slot == NULL && strcmp(a, "--set") != 0) return 0;
@@ -311,6 +316,7 @@ static int cmd_train(int argc, char **argv) {
         rc = report(st);
         goto out;
     }
+    cfg.coal_insecure = ra.insecure;
     if (print_config) {
         ent_config_write(&cfg, stdout);
         goto out;
@@ -333,7 +339,7 @@ out:
 
 static const char *coordinator_help =
     "Usage: entente coordinator --config FILE [--set SECTION.KEY=VALUE ...] [--run-dir DIR]\n"
-    "                           [--force]\n"
+    "                           [--force] [--insecure]\n"
     "\n"
     "Runs a coalition's coordinator: a ZeroMQ service that the leader rank of each\n"
     "site connects to (sites are 'entente train' jobs whose configuration sets\n"
@@ -348,12 +354,20 @@ static const char *coordinator_help =
     "RUN_DIR/checkpoints (entente sample --checkpoint RUN_DIR/checkpoints/latest).\n"
     "One process; no mpirun needed. docs/coalition.md describes the rounds.\n"
     "\n"
+    "The link is encrypted and authenticated with CurveZMQ: the coordinator\n"
+    "needs its key pair (coalition.key) and admits only the sites whose public\n"
+    "keys are in coalition.allow (a directory of NAME.pub files, from 'entente\n"
+    "keygen'), each under its key's name; an unknown key is refused and logged\n"
+    "with its fingerprint. docs/operations.md says how keys are exchanged.\n"
+    "\n"
     "Options:\n"
     "  --config FILE        INI configuration: the model and the [coalition] section\n"
     "                       every site uses (configs/coalition.ini)\n"
     "  --set S.K=V          override one key (repeatable)\n"
     "  --run-dir DIR        default: runs/coordinator-<date>-<time>\n"
     "  --force              start over in a run directory that holds a run\n"
+    "  --insecure           no CurveZMQ: plaintext, any site admitted (for\n"
+    "                       experiments on one machine)\n"
     "  -h, --help           this help\n"
     "\n"
     "Exit codes: 0 the rounds are done; 1 a site failed, left or fell silent for\n"
@@ -389,6 +403,7 @@ static int cmd_coordinator(int argc, char **argv) {
         rc = report(st);
         goto out;
     }
+    cfg.coal_insecure = ra.insecure;
     ent_comm_t *comm = NULL;
     ent_ckpt_library_init(); // before MPI: see ent_ckpt.h
     st = ent_comm_init_threads(NULL, NULL, 0, &comm);
@@ -398,6 +413,73 @@ static int cmd_coordinator(int argc, char **argv) {
 out:
     free(ra.sets);
     return rc;
+}
+
+// ---------------------------------------------------------------------------
+// entente keygen
+
+static const char *keygen_help =
+    "Usage: entente keygen NAME [NAME ...] [--dir DIR] [--force]\n"
+    "\n"
+    "Writes a CurveZMQ key pair for each NAME: DIR/NAME.key, the secret (mode\n"
+    "0600: it never leaves the machine that uses it), and DIR/NAME.pub, the\n"
+    "public key to hand to the other side. A site's NAME is its coalition.site;\n"
+    "the coordinator's may be any name (say 'coordinator').\n"
+    "\n"
+    "  coordinator: coalition.key = its NAME.key, coalition.allow = a directory\n"
+    "               holding every admitted site's NAME.pub\n"
+    "  site:        coalition.key = its NAME.key, coalition.coordinator_key =\n"
+    "               the coordinator's NAME.pub\n"
+    "\n"
+    "Options:\n"
+    "  --dir DIR            where the files go (default: the current directory)\n"
+    "  --force              replace existing key files (every holder of the old\n"
+    "                       public key then needs the new one)\n"
+    "  -h, --help           this help\n";
+
+static int cmd_keygen(int argc, char **argv) {
+    const char *dir = ".";
+    int force = 0, nnames = 0;
+    for (int i = 0; i < argc; i++) {
+        if (is_help(argv[i])) {
+            fputs(keygen_help, stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--dir") == 0) {
+            if (i + 1 >= argc) return usage_error("keygen", "%s needs a value", argv[i]);
+            dir = argv[++i];
+        } else if (strcmp(argv[i], "--force") == 0) {
+            force = 1;
+        } else if (strncmp(argv[i], "--", 2) == 0) {
+            return usage_error("keygen", "unknown argument '%s'", argv[i]);
+        } else if (!ent_link_name_ok(argv[i])) {
+            return usage_error("keygen", "NAME '%s': 1-64 characters of A-Z a-z 0-9 . _ -, not "
+                               "starting with '.' (a site's NAME is its coalition.site)",
+                               argv[i]);
+        } else {
+            nnames++;
+        }
+    }
+    if (nnames == 0) return usage_error("keygen", "%s", "give at least one NAME");
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--dir") == 0) {
+            i++; // its value
+            continue;
+        }
+        if (strncmp(argv[i], "--", 2) == 0) continue;
+        ent_link_keypair kp;
+        ent_status st = ent_link_keygen(argv[i], &kp);
+        if (st == ENT_OK) st = ent_link_key_write(dir, &kp, force);
+        memset(&kp, 0, sizeof kp);
+        if (st != ENT_OK) return report(st);
+        char fp[32];
+        ent_link_keypair pub;
+        char path[ENT_PATH_MAX + 80];
+        snprintf(path, sizeof path, "%s/%s.pub", dir, argv[i]);
+        if ((st = ent_link_key_read(path, 0, &pub)) != ENT_OK) return report(st);
+        printf("entente: %s/%s.key (secret) and %s (public), key %s\n", dir, argv[i], path,
+               ent_link_key_fingerprint(pub.public_key, fp, sizeof fp));
+    }
+    return 0;
 }
 
 // ---------------------------------------------------------------------------
@@ -639,6 +721,8 @@ static const command commands[] = {
      "  train          train a GPT model from an INI configuration (or resume one)\n"},
     {"coordinator", cmd_coordinator,
      "  coordinator    run a coalition's coordinator, which sites of 'train' join\n"},
+    {"keygen", cmd_keygen,
+     "  keygen         write CurveZMQ key pairs for a coordinator and its sites\n"},
     {"data", cmd_data,
      "  data prepare   turn raw files into token shards (byte-level tokenizer)\n"},
     {"eval", cmd_eval, "  eval           the validation loss of a checkpoint\n"},

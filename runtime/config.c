@@ -87,6 +87,9 @@ static const key_desc keys[] = {
     {"coalition", "outer_momentum", K_FLOAT, FIELD(coal_outer_momentum), "0.9", 0, 0.999999, 0, "outer Nesterov momentum"},
     {"coalition", "eval_rounds", K_INT, FIELD(coal_eval_rounds), "1", 0, 1000000, 0, "the coordinator evaluates the anchor on data.dir's validation shards after every this many rounds (and the last); 0 = the start and the last round only"},
     {"coalition", "timeout", K_FLOAT, FIELD(coal_timeout), "600", 1, 1e6, 0, "seconds a site or the coordinator waits for the other before it gives up (exit 1, naming the peer)"},
+    {"coalition", "key", K_STR, FIELD(coal_key), "", 0, 0, 0, "this member's CURVE key pair, NAME.key from entente keygen (a site's NAME is its coalition.site); required unless --insecure"},
+    {"coalition", "coordinator_key", K_STR, FIELD(coal_coordinator_key), "", 0, 0, 0, "a site: the coordinator's public key file (its NAME.pub); required unless --insecure"},
+    {"coalition", "allow", K_STR, FIELD(coal_allow), "", 0, 0, 0, "the coordinator: the sites admitted, a directory of their NAME.pub files (or one file); required unless --insecure"},
     {"system", "threads", K_INT, FIELD(threads), "0", 0, 4096, 0, "CPU threads per rank; 0 = OMP_NUM_THREADS or all cores"},
     {"system", "backend", K_STR, FIELD(backend), "cpu", 0, 0, 0, "the device backend that computes: cpu (OpenBLAS + OpenMP), or cpu-guarded (the same, its memory locked outside its own calls: for tests, several times slower); the CUDA backend comes later"},
 };

@@ -53,6 +53,8 @@ typedef struct {
     int coal_sites, coal_rounds, coal_inner_steps, coal_eval_rounds, coal_overlap;
     double coal_round_seconds, coal_outer_lr, coal_outer_momentum, coal_timeout;
     char coal_codec[16];
+    char coal_key[ENT_PATH_MAX], coal_coordinator_key[ENT_PATH_MAX], coal_allow[ENT_PATH_MAX];
+    int coal_insecure; // --insecure on the command line (never from a file): plaintext link
     // [system]
     int threads;
     char backend[32];

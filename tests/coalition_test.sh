@@ -27,6 +27,17 @@
 #             waits for its own merge): the sites' round records carry the
 #             coordinator's anchor of the same round, and every rank ends
 #             with the coordinator's final anchor.
+#   secure    CurveZMQ: a key not on the coordinator's allowlist, a site
+#             without keys (--insecure), a site given the wrong coordinator
+#             key, a site that names itself after another site's key: each
+#             fails with a message saying so, the coordinator logs each
+#             refusal (an unknown key with its fingerprint) and keeps
+#             serving; the admitted sites complete the rounds, and the bytes
+#             a site sent (through wan_proxy) are CURVE boxes only, with no
+#             Entente message, shard or text in the clear.
+#
+# Every case but `capture` (which parses the plaintext protocol, --insecure)
+# runs secured: keys from `entente keygen`, an allowlist of the sites.
 #
 # Extra arguments: WAN_PROXY LINK_CAPTURE (the test tools, for `capture`).
 WAN_PROXY=${4:-}
@@ -41,8 +52,18 @@ stop_all() {
 }
 trap 'stop_all; rm -rf "$W"' EXIT
 
+# Key pairs for the coordinator and every site name a case uses; the
+# coordinator admits a, b, c and x (not "stranger").
+make_keys() {
+    "$E" keygen coordinator a b c x stranger --dir "$W/keys" >"$W/keygen.out" 2>&1 ||
+        { fail "keygen failed: $(cat "$W/keygen.out")"; exit 1; }
+    mkdir -p "$W/allow"
+    cp "$W/keys/a.pub" "$W/keys/b.pub" "$W/keys/c.pub" "$W/keys/x.pub" "$W/allow/"
+}
+
 # Three disjoint corpora (one per site) and a validation set for the coordinator.
 make_site_data() {
+    make_keys
     make_corpus "$W/corpus.txt"
     local n
     n=$(wc -l <"$W/corpus.txt")
@@ -66,6 +87,8 @@ sites = $2
 rounds = $3
 inner_steps = 6
 timeout = 60
+coordinator_key = $W/keys/coordinator.pub
+allow = $W/allow
 EOF
     sed -i 's/^every = 10/every = 0/' "$1"
 }
@@ -74,7 +97,8 @@ EOF
 start_coordinator() {
     local dir=$1
     shift
-    timeout 200 "$E" coordinator --config "$W/co.ini" --run-dir "$dir" "$@" >"$dir.log" 2>&1 &
+    timeout 200 "$E" coordinator --config "$W/co.ini" --run-dir "$dir" \
+        --set "coalition.key=$W/keys/coordinator.key" "$@" >"$dir.log" 2>&1 &
     CPID=$!
     PIDS+=("$CPID")
     local t
@@ -92,6 +116,7 @@ start_site() {
     shift 2
     timeout 200 "${MPIRUN[@]}" -np "$np" "$E" train --config "$W/co.ini" \
         --set "coalition.coordinator=$EP" --set "coalition.site=$name" \
+        --set "coalition.key=$W/keys/$name.key" \
         --set "data.dir=$W/data-$name" --run-dir "$W/run/site-$name" "$@" \
         >"$W/site-$name.log" 2>&1 &
     SPID=$!
@@ -180,12 +205,14 @@ case_refusals() {
     # another model
     expect "a site of another model" nonzero "trains another model" "site x" -- \
         timeout 60 "$E" train --config "$W/co.ini" --set "coalition.coordinator=$EP" \
-        --set coalition.site=x --set model.width=64 --set "data.dir=$W/data-b" \
+        --set coalition.site=x --set "coalition.key=$W/keys/x.key" --set model.width=64 \
+        --set "data.dir=$W/data-b" \
         --run-dir "$W/run/x"
     # a name already taken
     expect "a second site named a" nonzero "already joined" -- \
         timeout 60 "$E" train --config "$W/co.ini" --set "coalition.coordinator=$EP" \
-        --set coalition.site=a --set "data.dir=$W/data-b" --run-dir "$W/run/a2"
+        --set coalition.site=a --set "coalition.key=$W/keys/a.key" --set "data.dir=$W/data-b" \
+        --run-dir "$W/run/a2"
     # the coordinator still runs: the last site joins and the coalition completes
     start_site b 1
     local pb=$SPID rc
@@ -204,7 +231,7 @@ case_refusals() {
     # nobody listening: a clear error within coalition.timeout, no hang
     expect "no coordinator" 1 "is the coordinator running" -- timeout 60 "$E" train --config "$W/co.ini" \
         --set coalition.coordinator=tcp://127.0.0.1:9 --set coalition.site=a \
-        --set coalition.timeout=2 --set "data.dir=$W/data-a" --run-dir "$W/run/n4"
+        --set "coalition.key=$W/keys/a.key" --set coalition.timeout=2 --set "data.dir=$W/data-a" --run-dir "$W/run/n4"
     # a run directory that holds a run
     expect "coordinator into a used run dir" 2 "holds another run" -- \
         "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/coordinator"
@@ -275,7 +302,7 @@ case_capture() {
     make_site_data
     write_coalition "$W/co.ini" 2 3
     mkdir -p "$W/run" "$W/capture"
-    start_coordinator "$W/run/coordinator"
+    start_coordinator "$W/run/coordinator" --insecure
     local cport=${EP##*:}
     "$WAN_PROXY" --listen 127.0.0.1:0 --connect "127.0.0.1:$cport" --latency-ms 20 \
         --rate-mbit 50 --capture-dir "$W/capture" --port-file "$W/proxy.port" >"$W/proxy.log" 2>&1 &
@@ -285,11 +312,11 @@ case_capture() {
     for t in $(seq 50); do [ -s "$W/proxy.port" ] && break; sleep 0.1; done
     local real=$EP
     EP=tcp://127.0.0.1:$(cat "$W/proxy.port")
-    start_site a 1; local pa=$SPID
+    start_site a 1 --insecure; local pa=$SPID
     # one connection at a time, so conn-1 is a's and conn-2 is b's
     for t in $(seq 100); do [ -s "$W/capture/conn-1.up" ] && break; sleep 0.1; done
     sleep 0.5
-    start_site b 1; local pb=$SPID
+    start_site b 1 --insecure; local pb=$SPID
     wait "$CPID" || fail "the coordinator failed: $(tail -3 "$W/run/coordinator.log")"
     wait "$pa" || fail "site a failed: $(tail -3 "$W/site-a.log")"
     wait "$pb" || fail "site b failed: $(tail -3 "$W/site-b.log")"
@@ -306,6 +333,102 @@ case_capture() {
     done
     [ -z "$(ls "$W/capture" | grep -v '^conn-[12].up$')" ] || fail "more connections than the two sites': $(ls "$W/capture")"
     : "$real"
+}
+
+# start_proxy: wan_proxy in front of the coordinator (capturing to
+# $W/capture); sets EP to the proxy's endpoint
+start_proxy() {
+    local cport=${EP##*:} t
+    "$WAN_PROXY" --listen 127.0.0.1:0 --connect "127.0.0.1:$cport" --latency-ms 5 \
+        --rate-mbit 200 --capture-dir "$W/capture" --port-file "$W/proxy.port" >"$W/proxy.log" 2>&1 &
+    PROXY=$!
+    PIDS+=("$PROXY")
+    for t in $(seq 50); do [ -s "$W/proxy.port" ] && break; sleep 0.1; done
+    EP=tcp://127.0.0.1:$(cat "$W/proxy.port")
+}
+
+case_secure() {
+    need_mpirun
+    [ -x "$WAN_PROXY" ] && [ -x "$LINK_CAPTURE" ] || { echo "SKIP: wan_proxy or link_capture not given"; exit 77; }
+    make_site_data
+    write_coalition "$W/co.ini" 2 2
+    mkdir -p "$W/run" "$W/capture"
+    start_coordinator "$W/run/coordinator"
+    local direct=$EP
+    start_proxy
+    # site a joins through the capturing proxy
+    start_site a 1; local pa=$SPID t
+    for t in $(seq 600); do
+        grep -q "site 'a' joined" "$W/run/coordinator.log" && break
+        sleep 0.1
+    done
+    grep -q "site 'a' joined" "$W/run/coordinator.log" || fail "site a did not join within 60 s"
+    EP=$direct
+    local common=(--config "$W/co.ini" --set "coalition.coordinator=$EP" --set coalition.timeout=3
+                  --set "data.dir=$W/data-b")
+    # a key the coordinator does not admit
+    expect "a key not on the allowlist" 1 "refused this site's key" -- timeout 60 "$E" train \
+        "${common[@]}" --set coalition.site=stranger --set "coalition.key=$W/keys/stranger.key" \
+        --run-dir "$W/run/s1"
+    local fp
+    fp=$(sed -n 's/.*stranger.pub (public), key \(.*\)$/\1/p' "$W/keygen.out")
+    [ -n "$fp" ] && grep -qF "key not on the allowlist (key $fp)" "$W/run/coordinator.log" ||
+        fail "the coordinator did not log the unknown key's fingerprint '$fp'"
+    # no keys at all
+    expect "a site without keys" 1 "CURVE" -- timeout 60 "$E" train "${common[@]}" \
+        --set coalition.site=b --insecure --run-dir "$W/run/s2"
+    grep -q "failed the CURVE handshake" "$W/run/coordinator.log" ||
+        fail "the coordinator did not log the plaintext connection"
+    # the wrong coordinator key
+    expect "the wrong coordinator key" 1 "coalition.coordinator_key) is most likely not the coordinator's" -- timeout 60 "$E" train \
+        "${common[@]}" --set coalition.site=b --set "coalition.key=$W/keys/b.key" \
+        --set "coalition.coordinator_key=$W/keys/x.pub" --run-dir "$W/run/s3"
+    # a site that names itself after another site's key
+    expect "a site name that is not its key's" 2 "its own key's name" -- "$E" train \
+        "${common[@]}" --set coalition.site=b --set "coalition.key=$W/keys/a.key" \
+        --run-dir "$W/run/s4"
+    # ... and one whose key file was edited to carry another site's name: its
+    # key is admitted as site a's, so the coordinator refuses a HELLO as b
+    sed 's/^name = a$/name = b/; /^check = /d' "$W/keys/a.key" >"$W/keys/forged.key"
+    local check
+    check=$(python3 -c 'import sys
+def crc(d):
+    c = 0xffffffff
+    for b in d:
+        c ^= b
+        for _ in range(8): c = (c >> 1) ^ (0x82f63b78 if c & 1 else 0)
+    return c ^ 0xffffffff
+f = dict(l.split(" = ", 1) for l in open(sys.argv[1]).read().splitlines() if " = " in l)
+print("%08x" % crc(("%s\n%s\n%s\n" % (f["name"], f["public"], f["secret"])).encode()))' "$W/keys/forged.key")
+    echo "check = $check" >>"$W/keys/forged.key"
+    chmod 600 "$W/keys/forged.key"
+    expect "a site posing as another" 1 "joins only under the name its key was admitted as" -- \
+        timeout 60 "$E" train "${common[@]}" --set coalition.site=b \
+        --set "coalition.key=$W/keys/forged.key" --run-dir "$W/run/s7"
+    grep -q "a HELLO as site 'b' from the key of site 'a'" "$W/run/coordinator.log" ||
+        fail "the coordinator did not log the impersonation"
+    # a missing key setting: a usage error that says how to make keys
+    expect "no key set" 2 "coalition.key is not set" "entente keygen" -- "$E" train \
+        "${common[@]}" --set coalition.site=b --run-dir "$W/run/s5"
+    expect "a coordinator with no allowlist" 2 "coalition.allow is not set" -- "$E" coordinator \
+        --config "$W/co.ini" --set coalition.allow= --set "coalition.key=$W/keys/coordinator.key" \
+        --run-dir "$W/run/c2"
+    expect "a public key given as the site's key pair" 1 "public key only" -- "$E" train \
+        "${common[@]}" --set coalition.site=b --set "coalition.key=$W/keys/b.pub" \
+        --run-dir "$W/run/s6"
+    # the coordinator kept serving: site b joins and the coalition completes
+    start_site b 1; local pb=$SPID rc
+    wait "$CPID"; rc=$?
+    [ "$rc" = 0 ] || { fail "the coordinator exited with $rc"; sed -n '1,40s/^/    | /p' "$W/run/coordinator.log"; }
+    wait "$pa" || fail "site a failed: $(tail -3 "$W/site-a.log")"
+    wait "$pb" || fail "site b failed: $(tail -3 "$W/site-b.log")"
+    kill "$PROXY"; wait "$PROXY" 2>/dev/null
+    [ "$FAILED" = 0 ] || return
+    grep -q "CURVE on, 4 site key(s) admitted" "$W/run/coordinator.log" || fail "the coordinator did not say CURVE is on"
+    [ -s "$W/capture/conn-1.up" ] || { fail "no capture of site a's connection"; return; }
+    expect "site a's bytes are CURVE boxes only" 0 "out:under CURVE" -- "$LINK_CAPTURE" \
+        "$W/capture/conn-1.up" --expect-deltas 2 --shard "$W/data-a/train_000000.bin" \
+        --text "$W/part.00" --encrypted
 }
 
 run_case

@@ -2,6 +2,7 @@
 // wan_proxy --capture-dir copied off the wire (tests/coalition_test.sh).
 //
 //   link_capture CAPTURE [--shard FILE ...] [--text FILE ...] [--expect-deltas N]
+//                        [--encrypted]
 //
 // CAPTURE is one TCP stream from a site's DEALER to the coordinator's
 // ROUTER. It must parse, to its last byte, as ZeroMQ's ZMTP 3 framing (the
@@ -13,6 +14,13 @@
 // region of each --shard, nor from each --text file, may occur anywhere in
 // the capture: the site's data did not travel. Prints the message counts;
 // exit 0 when all holds, 1 otherwise (naming the byte offset), 2 for usage.
+//
+// --encrypted: the stream of a CurveZMQ link instead. The greeting must name
+// CURVE, and after it every frame must be a ZMTP command of the handshake or
+// a MESSAGE box (libzmq sends those as data frames that begin with the
+// command's name): no message travels in the clear, the bytes "ENTL"
+// (every Entente message's magic) occur nowhere, and at least `N` MESSAGE
+// boxes came (one HELLO, N DELTA chunks).
 #include "ent_runtime.h"
 
 #include <stdint.h>
@@ -152,6 +160,35 @@ static int check_messages(const uint8_t *b, size_t len, long expect_deltas) {
     return 0;
 }
 
+static int check_encrypted(const uint8_t *b, size_t len, long expect_deltas) {
+    if (len < 64 || b[0] != 0xff || b[9] != 0x7f || b[10] != 3)
+        return fail(0, "no ZMTP 3 greeting");
+    if (memcmp(b + 12, "CURVE", 6) != 0) return fail(12, "the security mechanism is not CURVE");
+    const uint8_t *magic = memmem(b, len, "ENTL", 4);
+    if (magic != NULL)
+        return fail((size_t)(magic - b), "the magic of an Entente message, in the clear");
+    size_t pos = 64;
+    long boxes = 0, handshake = 0;
+    while (pos < len) {
+        size_t at = pos;
+        int flags;
+        const uint8_t *body;
+        uint64_t size;
+        if (!next_frame(b, len, &pos, &flags, &body, &size))
+            return fail(at, "a frame cut short (the capture ends inside it)");
+        // libzmq sends the boxes as data frames that start like the command
+        if (size >= 8 && memcmp(body, "\x07MESSAGE", 8) == 0) boxes++;
+        else if (flags & 4) handshake++;
+        else return fail(at, "a data frame that is not a CurveZMQ MESSAGE box");
+    }
+    printf("capture: %zu bytes under CURVE: %ld handshake commands, %ld MESSAGE boxes\n", len,
+           handshake, boxes);
+    // a message of two frames travels as two boxes
+    if (expect_deltas >= 0 && boxes < 2 * (1 + expect_deltas))
+        return fail(len, "fewer MESSAGE boxes than a HELLO and the DELTAs need");
+    return 0;
+}
+
 // Seeded windows of a file (from byte `from` on) must not occur in the capture.
 static int check_absent(const uint8_t *cap, size_t len, const char *path, size_t from) {
     size_t n = 0;
@@ -180,17 +217,24 @@ static int check_absent(const uint8_t *cap, size_t len, const char *path, size_t
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: link_capture CAPTURE [--shard FILE ...] [--text FILE ...] "
-                        "[--expect-deltas N]\n");
+                        "[--expect-deltas N] [--encrypted]\n");
         return 2;
     }
     size_t len = 0;
     uint8_t *cap = read_all(argv[1], &len);
     if (cap == NULL) return 2;
     long expect = -1;
+    int encrypted = 0;
+    for (int i = 2; i < argc; i++)
+        if (strcmp(argv[i], "--encrypted") == 0) encrypted = 1;
     for (int i = 2; i + 1 < argc; i += 2)
         if (strcmp(argv[i], "--expect-deltas") == 0) expect = strtol(argv[i + 1], NULL, 10);
-    int bad = check_messages(cap, len, expect);
+    int bad = encrypted ? check_encrypted(cap, len, expect) : check_messages(cap, len, expect);
     for (int i = 2; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--encrypted") == 0) {
+            i--; // a flag: no value
+            continue;
+        }
         if (strcmp(argv[i], "--shard") == 0)
             bad |= check_absent(cap, len, argv[i + 1], 4 * ENT_SHARD_HEADER_INTS);
         else if (strcmp(argv[i], "--text") == 0)

@@ -113,6 +113,10 @@ sed -n '2601,3000p' corpus.txt >coordinator.txt
 for s in "${SITES[@]}" coordinator; do
     "$E" data prepare --input "$s.txt" --output "data-$s" >/dev/null || { fail "data prepare for $s failed"; exit 1; }
 done
+# the link runs secured: key pairs, the sites' public keys on the allowlist
+"$E" keygen coordinator "${SITES[@]}" --dir keys >/dev/null || { fail "entente keygen failed"; exit 1; }
+mkdir keys/allow
+for s in "${SITES[@]}"; do cp "keys/$s.pub" keys/allow/; done
 
 # ---------------------------------------------------------------------------
 # 3. the coordinator, a plain process on a loopback port of its choosing
@@ -120,6 +124,7 @@ done
 # shellcheck disable=SC2086
 "$E" coordinator --config "$SRC/configs/tiny.ini" --run-dir "$W/work/coordinator" $COALITION \
     --set "coalition.bind=tcp://127.0.0.1:*" --set "data.dir=$W/work/data-coordinator" \
+    --set "coalition.key=$W/work/keys/coordinator.key" --set "coalition.allow=$W/work/keys/allow" \
     >coordinator.log 2>&1 &
 COORD_PID=$!
 wait_for_file "$W/work/coordinator/endpoint" 30 ||
@@ -133,7 +138,9 @@ echo "slurm: coordinator (PID $COORD_PID) listens on $EP"
 
 for s in "${SITES[@]}"; do
     JOB[$s]=$(ENTENTE="$E" ENTENTE_CONFIG="$SRC/configs/tiny.ini" ENTENTE_RUN_DIR="$W/work/run-$s" \
-        ENTENTE_COORDINATOR="$EP" ENTENTE_SITE="$s" ENTENTE_ARGS="$COALITION --set data.dir=$W/work/data-$s" \
+        ENTENTE_COORDINATOR="$EP" ENTENTE_SITE="$s" ENTENTE_KEY="$W/work/keys/$s.key" \
+        ENTENTE_COORDINATOR_KEY="$W/work/keys/coordinator.pub" \
+        ENTENTE_ARGS="$COALITION --set data.dir=$W/work/data-$s" \
         on "$s" sbatch --parsable --job-name="entente-$s" --nodes=1 --ntasks-per-node="${TASKS[$s]}" \
         --cpus-per-task=1 --output="$W/work/$s.out" "$SRC/launch/slurm/site.sbatch") ||
         { fail "cluster $s refused the site job"; exit 1; }

@@ -168,16 +168,23 @@ coalition_jobs() {
     local args="--set coalition.rounds=$2 --set coalition.inner_steps=5 --set coalition.timeout=60"
     cid=$(ENTENTE="$E" ENTENTE_CONFIG=tiny.ini ENTENTE_RUN_DIR="$W/work/$1-coordinator" \
         ENTENTE_BIND="tcp://127.0.0.1:*" ENTENTE_ARGS="$args" \
+        ENTENTE_KEY="$W/work/keys/coordinator.key" ENTENTE_ALLOW="$W/work/keys/allow" \
         sbatch --parsable --cpus-per-task=1 "$SRC/launch/slurm/coordinator.sbatch") ||
         { fail "sbatch refused the coordinator's template"; exit 1; }
     wait_for_file "$W/work/$1-coordinator/endpoint" 60 ||
         { fail "coordinator job $cid wrote no endpoint (state $(job_state "$cid"))"; exit 1; }
     ep=$(head -1 "$W/work/$1-coordinator/endpoint")
     sid=$(ENTENTE="$E" ENTENTE_CONFIG=tiny.ini ENTENTE_RUN_DIR="$W/work/$1-site" ENTENTE_ARGS="$args" \
-        ENTENTE_COORDINATOR="$ep" ENTENTE_SITE="$1" \
+        ENTENTE_COORDINATOR="$ep" ENTENTE_SITE="$1" ENTENTE_KEY="$W/work/keys/$1.key" \
+        ENTENTE_COORDINATOR_KEY="$W/work/keys/coordinator.pub" \
         sbatch --parsable --nodes=1 --ntasks-per-node=1 --cpus-per-task=1 "$SRC/launch/slurm/site.sbatch") ||
         { fail "sbatch refused the coalition site"; exit 1; }
 }
+
+# the templates' link runs secured: key pairs, the sites on the allowlist
+"$E" keygen coordinator solo gone --dir "$W/work/keys" >/dev/null || { fail "entente keygen failed"; exit 1; }
+mkdir -p "$W/work/keys/allow"
+cp "$W/work/keys/solo.pub" "$W/work/keys/gone.pub" "$W/work/keys/allow/"
 
 coalition_jobs solo 2
 for id in "$cid" "$sid"; do

@@ -32,6 +32,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "ent_comm.h"
@@ -1192,11 +1194,19 @@ static void test_loopback(void **state) {
 static void test_endpoint_errors(void **state) {
     (void)state;
     ent_link_endpoint_t *ep = NULL, *ep2 = NULL;
-    // CURVE is a documented hook, refused until it exists
+    // a server key without this side's own key pair
     ent_link_opts o = test_opts(4096);
-    o.curve_server_key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
+    o.server_key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
     assert_int_equal(ent_link_dealer_connect("tcp://127.0.0.1:5", &o, &ep), ENT_ERR_USAGE);
-    assert_non_null(strstr(ent_last_error(), "CURVE is not implemented"));
+    assert_non_null(strstr(ent_last_error(), "own key pair"));
+    assert_null(ep);
+    // a CURVE coordinator with no allowlist
+    ent_link_keypair kp;
+    must(ent_link_keygen("coord", &kp), "keygen");
+    o = test_opts(4096);
+    o.curve = &kp;
+    assert_int_equal(ent_link_router_bind("tcp://127.0.0.1:*", &o, &ep), ENT_ERR_USAGE);
+    assert_non_null(strstr(ent_last_error(), "allowlist"));
     assert_null(ep);
     o = test_opts(0);
     assert_int_equal(ent_link_router_bind("tcp://127.0.0.1:*", &o, &ep), ENT_ERR_USAGE);
@@ -1227,6 +1237,228 @@ static void test_endpoint_errors(void **state) {
     ent_link_buf_free(&b);
 }
 
+// ---------------------------------------------------------------------------
+// CURVE: key files, the allowlist, and who gets through the handshake
+
+static char tmpdir[64];
+
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_key_files(void **state) {
+    (void)state;
+    test_reseed(8);
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/ent_keys_XXXXXX");
+    assert_non_null(mkdtemp(tmpdir));
+    ent_link_keypair a, back;
+    must(ent_link_keygen("site-a", &a), "keygen");
+    assert_int_equal(strlen(a.public_key), ENT_LINK_KEY_TEXT);
+    assert_int_equal(ent_link_keygen("../evil", &back), ENT_ERR_USAGE);
+    must(ent_link_key_write(tmpdir, &a, 0), "writing keys");
+    // never overwritten without force
+    assert_int_equal(ent_link_key_write(tmpdir, &a, 0), ENT_ERR_USAGE);
+    assert_non_null(strstr(ent_last_error(), "site-a.key"));
+    char key[128], pub[128];
+    snprintf(key, sizeof key, "%s/site-a.key", tmpdir);
+    snprintf(pub, sizeof pub, "%s/site-a.pub", tmpdir);
+    struct stat sb;
+    assert_int_equal(stat(key, &sb), 0);
+    assert_int_equal(sb.st_mode & 077, 0); // the secret is the owner's alone
+    must(ent_link_key_read(key, 1, &back), "reading the key pair");
+    assert_string_equal(back.name, "site-a");
+    assert_string_equal(back.public_key, a.public_key);
+    assert_string_equal(back.secret_key, a.secret_key);
+    must(ent_link_key_read(pub, 0, &back), "reading the public key");
+    assert_string_equal(back.public_key, a.public_key);
+    assert_string_equal(back.secret_key, "");
+    assert_int_equal(ent_link_key_read(pub, 1, &back), ENT_ERR_INPUT);
+    assert_non_null(strstr(ent_last_error(), "public key only"));
+
+    // every byte of the key file damaged in turn: refused naming the file, or
+    // (a comment byte, spacing) read back as the very same keys
+    FILE *f = fopen(key, "rb");
+    char orig[512];
+    size_t n = fread(orig, 1, sizeof orig, f);
+    fclose(f);
+    char bad[256];
+    snprintf(bad, sizeof bad, "%s/bad.key", tmpdir);
+    int refused = 0, same = 0;
+    for (size_t i = 0; i < n; i++) {
+        char copy[512];
+        memcpy(copy, orig, n);
+        copy[i] = (char)(copy[i] ^ (1 + test_rand_int(0, 254)));
+        f = fopen(bad, "wb");
+        fwrite(copy, 1, n, f);
+        fclose(f);
+        chmod(bad, 0600);
+        ent_status st = ent_link_key_read(bad, 1, &back);
+        if (st != ENT_OK) {
+            assert_int_equal(st, ENT_ERR_INPUT);
+            assert_non_null(strstr(ent_last_error(), bad));
+            refused++;
+        } else {
+            // only a change that leaves the keys and the name as they were
+            assert_string_equal(back.public_key, a.public_key);
+            assert_string_equal(back.secret_key, a.secret_key);
+            assert_string_equal(back.name, "site-a");
+            same++;
+        }
+    }
+    assert_true(refused > (int)n / 2);
+    // truncated at every length
+    for (size_t len = 0; len + 1 < n; len++) {
+        f = fopen(bad, "wb");
+        fwrite(orig, 1, len, f);
+        fclose(f);
+        ent_status st = ent_link_key_read(bad, 1, &back);
+        if (st == ENT_OK) fail_msg("a key file cut to %zu of %zu bytes was accepted", len, n);
+    }
+    // a secret that is not the public key's
+    ent_link_keypair other;
+    must(ent_link_keygen("x", &other), "keygen");
+    char text[512];
+    char fields[256];
+    snprintf(fields, sizeof fields, "site-a\n%s\n%s\n", a.public_key, other.secret_key);
+    snprintf(text, sizeof text, "name = site-a\npublic = %s\nsecret = %s\ncheck = %08x\n",
+             a.public_key, other.secret_key, ent_link_crc32c(0, fields, strlen(fields)));
+    write_text(bad, text);
+    assert_int_equal(ent_link_key_read(bad, 1, &back), ENT_ERR_INPUT);
+    assert_non_null(strstr(ent_last_error(), "does not belong"));
+    unlink(bad);
+    printf("key file: %d damaged copies refused, %d harmless (comments, spacing)\n", refused,
+           same);
+
+    // the allowlist: a directory of .pub files, sorted by name
+    char allow[96];
+    snprintf(allow, sizeof allow, "%s/allow", tmpdir);
+    ent_link_keypair b;
+    must(ent_link_keygen("site-b", &b), "keygen");
+    must(ent_link_key_write(allow, &b, 0), "writing b");
+    must(ent_link_key_write(allow, &a, 0), "writing a");
+    ent_link_keypair *keys = NULL;
+    int nkeys = 0;
+    must(ent_link_allowlist_load(allow, &keys, &nkeys), "allowlist");
+    assert_int_equal(nkeys, 2);
+    assert_string_equal(keys[0].name, "site-a");
+    assert_string_equal(keys[1].public_key, b.public_key);
+    assert_string_equal(keys[0].secret_key, ""); // never keeps a secret
+    free(keys);
+    // the same site twice
+    snprintf(fields, sizeof fields, "site-a\n%s\n\n", b.public_key);
+    snprintf(text, sizeof text, "name = site-a\npublic = %s\ncheck = %08x\n", b.public_key,
+             ent_link_crc32c(0, fields, strlen(fields)));
+    snprintf(bad, sizeof bad, "%s/dup.pub", allow);
+    write_text(bad, text);
+    assert_int_equal(ent_link_allowlist_load(allow, &keys, &nkeys), ENT_ERR_INPUT);
+    assert_non_null(strstr(ent_last_error(), "site-a"));
+    unlink(bad);
+    char empty[128];
+    snprintf(empty, sizeof empty, "%s/empty", tmpdir);
+    mkdir(empty, 0700);
+    assert_int_equal(ent_link_allowlist_load(empty, &keys, &nkeys), ENT_ERR_INPUT);
+    assert_non_null(strstr(ent_last_error(), "no NAME.pub"));
+}
+
+// A DEALER with opts d sends a HELLO to a CURVE ROUTER that admits `allowed`:
+// 1 when the ROUTER got it (its peer.user then is *user), 0 when the send failed.
+static int curve_hello(ent_link_endpoint_t *router, const ent_link_opts *d, char *user) {
+    ent_link_endpoint_t *site = NULL;
+    must(ent_link_dealer_connect(ent_link_address(router), d, &site), "connecting");
+    ent_link_buf b = {0};
+    ent_link_hello h = {.max_version = 1, .dp_size = 1, .tp_size = 1, .tokens_per_s = 1};
+    snprintf(h.name, sizeof h.name, "%s", "hello");
+    must(ent_link_encode_hello(&b, 0, 0, &h), "encoding HELLO");
+    ent_status st = ent_link_send(site, NULL, b.data, b.len);
+    int got = 0;
+    if (st == ENT_OK) {
+        ent_link_incoming in;
+        must(ent_link_recv(router, WAIT_MS, &in, &got), "receiving");
+        if (got) snprintf(user, ENT_LINK_NAME_MAX + 1, "%s", in.peer.user);
+    } else {
+        assert_int_equal(st, ENT_ERR_IO);
+        // the coordinator's own events (its monitor) are read while it waits
+        ent_link_incoming in;
+        must(ent_link_recv(router, 50, &in, &got), "receiving");
+        assert_int_equal(got, 0);
+    }
+    ent_link_buf_free(&b);
+    ent_link_close(&site);
+    return got;
+}
+
+static void test_curve(void **state) {
+    (void)state;
+    ent_link_keypair coord, a, b, intruder;
+    must(ent_link_keygen("coordinator", &coord), "keygen");
+    must(ent_link_keygen("site-a", &a), "keygen");
+    must(ent_link_keygen("site-b", &b), "keygen");
+    must(ent_link_keygen("site-a", &intruder), "keygen"); // the right name, the wrong key
+    ent_link_keypair allow[2] = {a, b};
+    memset(allow[0].secret_key, 0, sizeof allow[0].secret_key);
+    memset(allow[1].secret_key, 0, sizeof allow[1].secret_key);
+    ent_link_opts ro = test_opts(4096);
+    ro.curve = &coord;
+    ro.allow = allow;
+    ro.nallow = 2;
+    ent_link_endpoint_t *router = NULL;
+    must(ent_link_router_bind("tcp://127.0.0.1:*", &ro, &router), "binding");
+    char user[ENT_LINK_NAME_MAX + 1] = "";
+    ent_link_stats stats;
+
+    // allowed keys get through, each under its own name
+    ent_link_opts d = test_opts(4096);
+    d.curve = &a;
+    d.server_key = coord.public_key;
+    assert_int_equal(curve_hello(router, &d, user), 1);
+    assert_string_equal(user, "site-a");
+    d.curve = &b;
+    assert_int_equal(curve_hello(router, &d, user), 1);
+    assert_string_equal(user, "site-b");
+    ent_link_get_stats(router, &stats);
+    assert_int_equal(stats.refused, 0);
+
+    // an unknown key: refused by the ZAP handler, logged with its fingerprint,
+    // and the site is told why
+    d.curve = &intruder;
+    d.send_timeout_ms = 700;
+    assert_int_equal(curve_hello(router, &d, user), 0);
+    assert_non_null(strstr(ent_last_error(), "refused this site's key"));
+    ent_link_get_stats(router, &stats);
+    assert_true(stats.refused >= 1);
+    char fp[32];
+    assert_non_null(strstr(stats.last_refusal, ent_link_key_fingerprint(intruder.public_key, fp,
+                                                                         sizeof fp)));
+    assert_non_null(strstr(stats.last_refusal, "not on the allowlist"));
+
+    // a client without keys: no CURVE, no connection
+    uint64_t before = stats.refused;
+    ent_link_opts plain = test_opts(4096);
+    plain.send_timeout_ms = 700;
+    assert_int_equal(curve_hello(router, &plain, user), 0);
+    assert_non_null(strstr(ent_last_error(), "CURVE"));
+    ent_link_get_stats(router, &stats);
+    assert_true(stats.refused > before);
+
+    // a site given the wrong coordinator key
+    d.curve = &a;
+    d.server_key = b.public_key;
+    assert_int_equal(curve_hello(router, &d, user), 0);
+    assert_non_null(strstr(ent_last_error(), "coordinator_key"));
+    ent_link_get_stats(router, &stats);
+    assert_non_null(strstr(stats.last_refusal, "key exchange failed"));
+
+    // and the allowed site still gets through after all that
+    d.server_key = coord.public_key;
+    d.send_timeout_ms = 10000;
+    assert_int_equal(curve_hello(router, &d, user), 1);
+    assert_string_equal(user, "site-a");
+    ent_link_close(&router);
+}
+
 int main(void) {
     test_seed(); // printed, for ENT_TEST_SEED to repeat the run
     const struct CMUnitTest tests[] = {
@@ -1234,7 +1466,8 @@ int main(void) {
         cmocka_unit_test(test_roundtrip),       cmocka_unit_test(test_encoders_refuse),
         cmocka_unit_test(test_decoder_checks),  cmocka_unit_test(test_fuzz_plain),
         cmocka_unit_test(test_fuzz_forged),     cmocka_unit_test(test_loopback),
-        cmocka_unit_test(test_endpoint_errors),
+        cmocka_unit_test(test_endpoint_errors), cmocka_unit_test(test_key_files),
+        cmocka_unit_test(test_curve),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -25,6 +25,25 @@ void coal_arena_to_global(const coal_layout *l, int tp_rank, const float *arena,
 // Rank tp_rank's part of global into its arena (padding untouched).
 void coal_global_to_arena(const coal_layout *l, int tp_rank, const float *global, float *arena);
 
+// ---- the link's keys (secure.c) ----
+// What an endpoint's CURVE options point into: keep it alive as long as the
+// endpoint is open.
+typedef struct {
+    ent_link_keypair self;   // coalition.key
+    ent_link_keypair server; // a site: the coordinator's public key (coalition.coordinator_key)
+    ent_link_keypair *allow; // the coordinator: coalition.allow
+    int nallow;
+} coal_keys;
+
+// Loads the keys a coordinator (coordinator = 1) or a site needs and points
+// lo's CURVE fields at them; with cfg->coal_insecure, warns and leaves lo
+// plaintext. A missing setting is ENT_ERR_USAGE saying what to set; a bad
+// key file ENT_ERR_INPUT naming it; a site's key must carry its
+// coalition.site name.
+ent_status coal_keys_load(const ent_config *cfg, int coordinator, coal_keys *k,
+                          ent_link_opts *lo);
+void coal_keys_free(coal_keys *k);
+
 // ---- vectors in chunks ----
 // A vector over the global layout as it travels: `count` chunks, chunk i
 // covering parameters [poff[i], poff[i] + plen[i]) and held in data at

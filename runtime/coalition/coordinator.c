@@ -56,6 +56,8 @@ typedef struct {
     ent_outer_opt outer;
     uint32_t chunk_bytes;
     ent_link_endpoint_t *ep;
+    ent_link_opts lo; // its options, pointing into keys
+    coal_keys keys;
     csite *sites;
     int nsites;
     uint64_t rounds, round; // the round being merged
@@ -145,6 +147,11 @@ static ent_status on_hello(coord *c, const ent_link_incoming *in) {
     ent_link_header hd;
     if (ent_link_decode_hello(in->bytes, in->len, in->peer.name, &hd, &h) != ENT_OK)
         return send_error(c, &in->peer, 0, ENT_LINK_ERR_MALFORMED, "%s", ent_last_error());
+    // on a CURVE link a site is the name its key was admitted under, and no other
+    if (c->lo.curve != NULL && strcmp(in->peer.user, h.name) != 0)
+        return send_error(c, &in->peer, 0, ENT_LINK_ERR_NOT_ITS_KEY,
+                          "a HELLO as site '%s' from the key of site '%s': a site joins only "
+                          "under the name its key was admitted as", h.name, in->peer.user);
     const ent_config *cfg = c->cfg;
     if (h.shape_hash != ent_model_shape_hash(cfg) || h.config_hash != coal_config_hash(cfg))
         return send_error(c, &in->peer, 0, ENT_LINK_ERR_INCOMPATIBLE,
@@ -485,7 +492,9 @@ static ent_status coord_setup(coord *c, int force) {
         return ent_fail(ENT_ERR_USAGE, "%s: neither coalition.bind nor coalition.coordinator is "
                         "set: give the endpoint to listen on (tcp://0.0.0.0:5555)",
                         cfg->path[0] ? cfg->path : "configuration");
-    ENT_CHECK(ent_link_router_bind(bind, NULL, &c->ep));
+    c->lo = ent_link_opts_default();
+    ENT_CHECK(coal_keys_load(cfg, 1, &c->keys, &c->lo));
+    ENT_CHECK(ent_link_router_bind(bind, &c->lo, &c->ep));
     char path[ENT_PATH_MAX + 32], line[300];
     snprintf(path, sizeof path, "%s/endpoint", c->run_dir);
     int len = snprintf(line, sizeof line, "%s\n", ent_link_address(c->ep));
@@ -497,6 +506,7 @@ static void coord_free(coord *c) {
     if (c->saver) ent_ckpt_saver_free(&c->saver);
     if (c->grid) ent_grid_free(&c->grid);
     ent_link_close(&c->ep);
+    coal_keys_free(&c->keys);
     for (int i = 0; c->sites && i < c->cfg->coal_sites; i++) {
         coal_vec_free(&c->sites[i].delta[0]);
         coal_vec_free(&c->sites[i].delta[1]);

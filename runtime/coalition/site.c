@@ -46,6 +46,8 @@ typedef struct {
     ent_codec codec;
     // the link (leader only)
     ent_link_endpoint_t *ep;
+    ent_link_opts lo; // its options, pointing into keys
+    coal_keys keys;
     char endpoint[256];
     uint32_t site_id, chunk_bytes, heartbeat_ms;
     uint64_t first_round;
@@ -168,9 +170,10 @@ static ent_status send_leave(site *s, uint64_t round, uint16_t code, const char 
 // HELLO, then WELCOME (or ERROR), then the anchor in f32 chunks.
 static ent_status join(site *s, uint64_t *welcome) {
     const ent_config *cfg = s->cfg;
-    ent_link_opts lo = ent_link_opts_default();
-    if (cfg->coal_timeout * 1e3 < lo.send_timeout_ms) lo.send_timeout_ms = (int)(cfg->coal_timeout * 1e3);
-    ENT_CHECK(ent_link_dealer_connect(cfg->coal_coordinator, &lo, &s->ep));
+    ent_link_opts *lo = &s->lo;
+    if (cfg->coal_timeout * 1e3 < lo->send_timeout_ms)
+        lo->send_timeout_ms = (int)(cfg->coal_timeout * 1e3);
+    ENT_CHECK(ent_link_dealer_connect(cfg->coal_coordinator, lo, &s->ep));
     ent_link_hello h = {.max_version = ENT_LINK_VERSION,
                         .shape_hash = ent_model_shape_hash(cfg),
                         .config_hash = coal_config_hash(cfg),
@@ -253,6 +256,7 @@ static void site_free(site *s) {
     free(s->ck_resid);
     coal_vec_free(&s->update);
     ent_link_close(&s->ep);
+    coal_keys_free(&s->keys);
 }
 
 // The leader's status, agreed by every rank (the others wait in it).
@@ -573,8 +577,15 @@ ent_status ent_coalition_site(const ent_config *cfg_in, const ent_train_opts *op
     if (cfg.warmup_steps > cfg.steps) cfg.warmup_steps = cfg.steps;
     site s = {.cfg = &cfg, .comm = comm, .leader = ent_comm_rank(comm) == 0};
     ENT_CHECK(ent_codec_parse(cfg.coal_codec, &s.codec));
-    ent_status st = ent_trainer_new(&cfg, opts, comm, &s.tr);
-    if (st != ENT_OK) return st;
+    // the link's keys are checked before any work starts
+    s.lo = ent_link_opts_default();
+    ent_status st = s.leader ? coal_keys_load(&cfg, 0, &s.keys, &s.lo) : ENT_OK;
+    st = ent_comm_agree(comm, st);
+    if (st == ENT_OK) st = ent_trainer_new(&cfg, opts, comm, &s.tr);
+    if (st != ENT_OK) {
+        coal_keys_free(&s.keys);
+        return st;
+    }
     s.grid = ent_trainer_grid(s.tr);
     st = ent_comm_agree(comm, site_setup(&s));
     if (st == ENT_OK) st = run_rounds(&s);
