@@ -15,6 +15,7 @@ packages=(
     bible-kjv                             # the built-in default corpus
     gnuplot-nox                           # loss.png of the local coalition (launch/coalition.sh)
     slurm-wlm munge                       # Slurm, for the template test (a one-node cluster)
+    clang                                 # libFuzzer targets of the suite (the link's decoders)
 )
 
 missing=()
