@@ -36,7 +36,8 @@ Options:
   --set S.K=V     a configuration override for the coordinator and every site
                   (repeatable), after the script's own (coalition.sites,
                   coalition.bind; per site coalition.coordinator,
-                  coalition.site, data.dir and sample.tokens=0: a site ends
+                  coalition.site, coalition.key, coalition.coordinator_key,
+                  data.dir and sample.tokens=0: a site ends
                   as the anchor, whose sample the script prints), e.g.
                   --set coalition.rounds=3
   --plot RUN_DIR  only draw RUN_DIR/loss.png from that run's metrics, and exit

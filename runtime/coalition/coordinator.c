@@ -400,11 +400,12 @@ static ent_status merge_round(coord *c) {
                             ENT_JINT("update_bytes", up_bytes), ENT_JNUM("merge_s", merge_s),
                             ENT_JNUM("elapsed_s", coal_now() - c->t_start)};
     ENT_CHECK(record(c, rec, (int)(sizeof rec / sizeof rec[0])));
+    // a line for every round evaluated (coalition.eval_rounds), the first and the last
     if (isfinite(val))
         ent_log_info("coordinator: round %llu merged (%d sites, %llu tokens, %.3f s): val loss "
                      "%.4f, anchor %s", (unsigned long long)c->round, c->nsites,
                      (unsigned long long)tokens, merge_s, val, hash);
-    else
+    else if (c->round == 0)
         ent_log_info("coordinator: round %llu merged (%d sites, %llu tokens, %.3f s): anchor %s",
                      (unsigned long long)c->round, c->nsites, (unsigned long long)tokens, merge_s,
                      hash);

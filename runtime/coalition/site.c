@@ -59,6 +59,7 @@ typedef struct {
     uint64_t update_round; // the round it belongs to
     int update_started;
     ent_link_stats marked; // link counters at the last round record
+    int64_t printed_step;  // the step of the last round line printed
 } site;
 
 static ent_status site_fail(site *s, ent_status st, const char *what) {
@@ -334,7 +335,13 @@ static ent_status record_round(site *s, uint64_t round, uint32_t steps, double c
         ENT_JNUM("elapsed_s", ent_trainer_elapsed(s->tr)),
     };
     s->marked = now;
-    if (s->leader)
+    // a line a round, but no more often than train.log_every steps (the
+    // first and last rounds always): short rounds would flood the terminal
+    int64_t step = ent_trainer_steps_done(s->tr);
+    int print = round == 0 || round + 1 == (uint64_t)s->cfg->coal_rounds ||
+                step - s->printed_step >= s->cfg->log_every;
+    if (print) s->printed_step = step;
+    if (s->leader && print)
         ent_log_info("site %s: round %llu done: %u inner steps, loss %.4f, %.1f s computing, "
                      "%.2f s waiting; anchor %s", s->cfg->coal_site, (unsigned long long)round,
                      steps, last->loss, compute_s, wait_s, hash);
