@@ -444,6 +444,7 @@ typedef struct {
     // (the only name it may act as); "" on a plaintext link
     char user[ENT_LINK_NAME_MAX + 1];
     char name[128]; // for messages: "127.0.0.1 [id 0080000001]", or the coordinator's endpoint
+    int fd;         // ROUTER: the connection's socket (for ent_link_take_disconnects); -1: none
 } ent_link_peer;
 
 // One received message that passed ent_link_decode_header.
@@ -487,6 +488,12 @@ ent_status ent_link_send(ent_link_endpoint_t *ep, const ent_link_peer *to, const
 ent_status ent_link_recv(ent_link_endpoint_t *ep, int timeout_ms, ent_link_incoming *in,
                          int *got);
 void ent_link_get_stats(const ent_link_endpoint_t *ep, ent_link_stats *out);
+// ROUTER: the connections (their ent_link_peer.fd) that closed since the
+// last call, at most max of them into fds; returns how many. A peer whose
+// process died (a SIGKILL, a crash) shows here as soon as its host's kernel
+// closes the connection; one whose host or link died shows only through its
+// silence. Read while ent_link_recv waits.
+int ent_link_take_disconnects(ent_link_endpoint_t *ep, int *fds, int max);
 // Closes the socket (waiting up to linger_ms for queued messages) and the
 // context, and NULLs *ep (a NULL *ep is a no-op).
 void ent_link_close(ent_link_endpoint_t **ep);

@@ -50,13 +50,16 @@ struct ent_link_endpoint {
     void *zap;         // the ZAP handler's REP socket (its thread's alone once started)
     pthread_t zap_thread;
     int zap_started;
+    volatile int zap_stop; // set (under auth_lock) to end the ZAP handler's loop
     pthread_mutex_t auth_lock; // guards refused / last_refusal, written by the ZAP thread
     uint64_t refused;
     char last_refusal[256];
     double last_refusal_logged_ms; // the same refusal again is logged at most every 10 s
     uint64_t refusals_unlogged;
-    void *monitor;          // PAIR receiving the socket's handshake events (CURVE only)
+    void *monitor;          // PAIR receiving the socket's handshake (and ROUTER: disconnect) events
     char handshake_error[256]; // a DEALER's last failed handshake ("" if none)
+    int closed[64];         // ROUTER: connections closed, not yet taken (ent_link_take_disconnects)
+    int nclosed;
 };
 
 ent_link_opts ent_link_opts_default(void) {
@@ -69,6 +72,17 @@ ent_link_opts ent_link_opts_default(void) {
 }
 
 const char *ent_link_address(const ent_link_endpoint_t *ep) { return ep->address; }
+
+static void drain_monitor(ent_link_endpoint_t *ep);
+
+int ent_link_take_disconnects(ent_link_endpoint_t *ep, int *fds, int max) {
+    drain_monitor(ep);
+    int n = ep->nclosed < max ? ep->nclosed : max;
+    memcpy(fds, ep->closed, sizeof *fds * (size_t)n);
+    memmove(ep->closed, ep->closed + n, sizeof *fds * (size_t)(ep->nclosed - n));
+    ep->nclosed -= n;
+    return n;
+}
 
 void ent_link_get_stats(const ent_link_endpoint_t *ep, ent_link_stats *out) {
     *out = ep->stats;
@@ -138,12 +152,27 @@ static int zap_frame(void *sock, char *buf, size_t cap, int *more) {
     return ok ? (int)n : -2;
 }
 
+static int zap_stopping(ent_link_endpoint_t *ep) {
+    pthread_mutex_lock(&ep->auth_lock);
+    int stop = ep->zap_stop;
+    pthread_mutex_unlock(&ep->auth_lock);
+    return stop;
+}
+
+// Answers ZAP requests until ent_link_close asks it to stop (it looks every
+// 100 ms), so that closing never has to shut the context down: that would
+// drop the messages the closed socket still lingers to deliver.
 static void *zap_loop(void *arg) {
     ent_link_endpoint_t *ep = arg;
     enum { FRAMES = 7 };
     char f[FRAMES][256];
     int len[FRAMES];
     for (;;) {
+        zmq_pollitem_t item = {.socket = ep->zap, .events = ZMQ_POLLIN};
+        int ready = zmq_poll(&item, 1, 100);
+        if (zap_stopping(ep)) goto out;
+        if (ready < 0 && zmq_errno() != EINTR) goto out;
+        if (ready <= 0) continue;
         int more = 1, n = 0;
         while (more) {
             char scratch[256];
@@ -247,6 +276,11 @@ static void drain_monitor(ent_link_endpoint_t *ep) {
             ep->handshake_error[0] = '\0';
             continue;
         }
+        if (event == ZMQ_EVENT_DISCONNECTED) { // the value is the connection's fd
+            if (ep->nclosed < (int)(sizeof ep->closed / sizeof ep->closed[0]))
+                ep->closed[ep->nclosed++] = (int)value;
+            continue;
+        }
         const char *why = handshake_reason(event, value, ep->is_router);
         if (ep->is_router) {
             if (event != ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
@@ -264,7 +298,8 @@ static ent_status start_monitor(ent_link_endpoint_t *ep) {
     ENT_ZMQ_CHECK(zmq_socket_monitor(ep->sock, name, ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
                                      ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
                                      ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                                     ZMQ_EVENT_HANDSHAKE_FAILED_AUTH));
+                                     ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                                     (ep->is_router ? ZMQ_EVENT_DISCONNECTED : 0)));
     ep->monitor = zmq_socket(ep->ctx, ZMQ_PAIR);
     if (ep->monitor == NULL)
         return ent_fail(ENT_ERR_INTERNAL, "link %s: zmq_socket: %s", ep->address,
@@ -439,10 +474,13 @@ void ent_link_close(ent_link_endpoint_t **pep) {
     if (ep->monitor) zmq_close(ep->monitor);
     if (ep->sock) zmq_close(ep->sock); // linger bounds how long the context waits below
     if (ep->zap && !ep->zap_started) zmq_close(ep->zap);
+    if (ep->zap_started) {
+        pthread_mutex_lock(&ep->auth_lock);
+        ep->zap_stop = 1;
+        pthread_mutex_unlock(&ep->auth_lock);
+        pthread_join(ep->zap_thread, NULL); // it closes its socket
+    }
     if (ep->ctx) {
-        // ends the ZAP handler's wait (ETERM): it closes its socket and returns
-        zmq_ctx_shutdown(ep->ctx);
-        if (ep->zap_started) pthread_join(ep->zap_thread, NULL);
         while (zmq_ctx_term(ep->ctx) != 0 && zmq_errno() == EINTR) {
         }
     }
@@ -583,12 +621,17 @@ static ent_status read_message(ent_link_endpoint_t *ep, ent_link_incoming *in, i
 
     size_t first = 0; // the header frame's index
     memset(&in->peer, 0, sizeof in->peer);
+    in->peer.fd = -1;
     if (ep->is_router) {
         // ZeroMQ's routing id: 1..255 bytes
         first = 1;
         in->peer.id_len = zmq_msg_size(&frames[0]);
         if (in->peer.id_len > ENT_LINK_PEER_ID_MAX) in->peer.id_len = ENT_LINK_PEER_ID_MAX;
         memcpy(in->peer.id, zmq_msg_data(&frames[0]), in->peer.id_len);
+        // the connection's socket, from a frame that came off it (the routing
+        // id frame is the ROUTER's own); ZMQ_SRCFD is deprecated, and the only way
+        int fd = kept > 1 ? zmq_msg_get(&frames[1], ZMQ_SRCFD) : -1;
+        in->peer.fd = fd >= 0 ? fd : -1;
         name_peer(&in->peer, kept > 1 ? &frames[1] : NULL);
     } else {
         snprintf(in->peer.name, sizeof in->peer.name, "%s", ep->peer_name);

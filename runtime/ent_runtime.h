@@ -50,8 +50,9 @@ typedef struct {
     // [coalition]
     char coal_coordinator[256], coal_bind[256];
     char coal_site[ENT_LINK_NAME_MAX + 1];
-    int coal_sites, coal_rounds, coal_inner_steps, coal_eval_rounds, coal_overlap;
+    int coal_sites, coal_rounds, coal_inner_steps, coal_eval_rounds, coal_overlap, coal_quorum;
     double coal_round_seconds, coal_outer_lr, coal_outer_momentum, coal_timeout;
+    double coal_lost_after, coal_max_norm_ratio;
     char coal_codec[16];
     char coal_key[ENT_PATH_MAX], coal_coordinator_key[ENT_PATH_MAX], coal_allow[ENT_PATH_MAX];
     int coal_insecure; // --insecure on the command line (never from a file): plaintext link

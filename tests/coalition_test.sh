@@ -35,6 +35,18 @@
 #             serving; the admitted sites complete the rounds, and the bytes
 #             a site sent (through wan_proxy) are CURVE boxes only, with no
 #             Entente message, shard or text in the clear.
+#   lost      site c (a process of its own) is killed with SIGKILL after
+#             its first round: the coordinator declares it lost within 10 s
+#             (its connection closed), the remaining rounds merge sites a and
+#             b, everyone else exits 0 and holds the final anchor.
+#   quorum    the same kill with coalition.quorum = 3: the coordinator stops
+#             (exit 1) naming the site gone and the quorum, and sites a and b
+#             fail with its reason; nothing hangs.
+#   poison    four sites, two honest, one sending its delta x100
+#             (ENTENTE_FAULT_DELTA=scale:100) and one a NaN, from round 1 on:
+#             each spoiled delta is rejected every round with its reason
+#             (norm over the median; does not decode), the honest ones never,
+#             and the coalition completes with every site holding the anchor.
 #
 # Every case but `capture` (which parses the plaintext protocol, --insecure)
 # runs secured: keys from `entente keygen`, an allowlist of the sites.
@@ -333,6 +345,131 @@ case_capture() {
     done
     [ -z "$(ls "$W/capture" | grep -v '^conn-[12].up$')" ] || fail "more connections than the two sites': $(ls "$W/capture")"
     : "$real"
+}
+
+# start_lone NAME [ARGS...]: a 1-rank site without mpirun, so that its PID
+# (SPID) is the training process itself
+start_lone() {
+    local name=$1
+    shift
+    "$E" train --config "$W/co.ini" \
+        --set "coalition.coordinator=$EP" --set "coalition.site=$name" \
+        --set "coalition.key=$W/keys/$name.key" \
+        --set "data.dir=$W/data-$name" --run-dir "$W/run/site-$name" "$@" \
+        >"$W/site-$name.log" 2>&1 &
+    SPID=$!
+    PIDS+=("$SPID")
+}
+
+# kill_after_round NAME PID ROUND: SIGKILL once the site recorded ROUND;
+# sets KILLED_AT (seconds since the epoch)
+kill_after_round() {
+    local t
+    for t in $(seq 900); do
+        grep -q "\"event\":\"round\",\"site\":\"$1\",\"round\":$3," \
+            "$W/run/site-$1/metrics.jsonl" 2>/dev/null && break
+        sleep 0.1
+    done
+    kill -9 "$2"
+    KILLED_AT=$(date +%s.%N)
+}
+
+case_lost() {
+    need_mpirun
+    make_site_data
+    write_coalition "$W/co.ini" 3 30
+    mkdir -p "$W/run"
+    start_coordinator "$W/run/coordinator"
+    start_site a 1; local pa=$SPID
+    start_site b 1; local pb=$SPID
+    start_lone c; local pc=$SPID
+    kill_after_round c "$pc" 1
+    local t
+    for t in $(seq 150); do
+        grep -q "site 'c' .* lost" "$W/run/coordinator.log" && break
+        sleep 0.1
+    done
+    local dt
+    dt=$(awk -v a="$KILLED_AT" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    grep -q "site 'c' .* lost at round" "$W/run/coordinator.log" ||
+        fail "the coordinator did not declare site c lost within 15 s of its SIGKILL"
+    awk -v d="$dt" 'BEGIN { exit !(d < 10) }' || fail "site c declared lost after $dt s (want < 10)"
+    echo "site c killed after round 1: declared lost within $dt s"
+    local rc
+    wait "$CPID"; rc=$?
+    [ "$rc" = 0 ] || { fail "the coordinator exited with $rc"; sed -n '1,40s/^/    | /p' "$W/run/coordinator.log"; }
+    wait "$pa" || fail "site a failed: $(tail -3 "$W/site-a.log")"
+    wait "$pb" || fail "site b failed: $(tail -3 "$W/site-b.log")"
+    [ "$FAILED" = 0 ] || return
+    local cm=$W/run/coordinator/metrics.jsonl want
+    grep -q '"event":"lost","site":"c"' "$cm" || fail "no lost record for site c in $cm"
+    [ "$(grep -c '"event":"round"' "$cm")" = 30 ] || fail "the coordinator merged $(grep -c '"event":"round"' "$cm") rounds, not 30"
+    grep '"event":"round"' "$cm" | tail -1 | grep -q '"sites":\["[ab]","[ab]"\]' ||
+        fail "the last round did not merge sites a and b alone: $(grep '"event":"round"' "$cm" | tail -1)"
+    want=$(sed -n 's/.*"event":"end".*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$cm")
+    [ -n "$want" ] && [ "$(cat "$W"/site-[ab].log | grep -c "holds anchor $want after round 29")" = 2 ] ||
+        fail "sites a and b do not both hold the coordinator's final anchor '$want'"
+}
+
+case_quorum() {
+    need_mpirun
+    make_site_data
+    write_coalition "$W/co.ini" 3 30
+    echo "quorum = 3" >>"$W/co.ini"
+    mkdir -p "$W/run"
+    start_coordinator "$W/run/coordinator"
+    start_site a 1; local pa=$SPID
+    start_site b 1; local pb=$SPID
+    start_lone c; local pc=$SPID
+    kill_after_round c "$pc" 1
+    local rc
+    wait "$CPID"; rc=$?
+    [ "$rc" = 1 ] || fail "the coordinator exited with $rc, expected 1 below its quorum"
+    grep -q "fewer than coalition.quorum = 3 (gone: \[\"c\"\])" "$W/run/coordinator.log" ||
+        fail "the coordinator's error does not name the quorum and site c: $(grep error "$W/run/coordinator.log")"
+    wait "$pa"; rc=$?
+    [ "$rc" != 0 ] && [ "$rc" -lt 124 ] || fail "site a exited with $rc after the coordinator stopped"
+    wait "$pb"; rc=$?
+    [ "$rc" != 0 ] && [ "$rc" -lt 124 ] || fail "site b exited with $rc after the coordinator stopped"
+    grep -q "coalition.quorum" "$W/site-a.log" || fail "site a does not say why: $(tail -2 "$W/site-a.log")"
+}
+
+case_poison() {
+    need_mpirun
+    make_site_data
+    write_coalition "$W/co.ini" 4 5
+    mkdir -p "$W/run"
+    start_coordinator "$W/run/coordinator"
+    start_site a 1; local pa=$SPID
+    start_site b 1; local pb=$SPID
+    ENTENTE_FAULT_DELTA=scale:100 start_site c 1; local pc=$SPID
+    cp -r "$W/data-a" "$W/data-x"
+    ENTENTE_FAULT_DELTA=nan start_site x 1; local px=$SPID
+    local rc name p
+    wait "$CPID"; rc=$?
+    [ "$rc" = 0 ] || { fail "the coordinator exited with $rc"; sed -n '1,40s/^/    | /p' "$W/run/coordinator.log"; }
+    for name in a b c x; do
+        case $name in a) p=$pa ;; b) p=$pb ;; c) p=$pc ;; x) p=$px ;; esac
+        wait "$p" || fail "site $name failed: $(tail -3 "$W/site-$name.log")"
+    done
+    [ "$FAILED" = 0 ] || return
+    local cm=$W/run/coordinator/metrics.jsonl r
+    for r in 1 2 3 4; do
+        grep -q "\"event\":\"rejected\",\"site\":\"c\",\"round\":$r,\"reason\":\"its norm" "$cm" ||
+            fail "site c's scaled delta of round $r was not rejected for its norm"
+        grep -q "\"event\":\"rejected\",\"site\":\"x\",\"round\":$r,\"reason\":\"it does not decode" "$cm" ||
+            fail "site x's NaN delta of round $r was not rejected as undecodable"
+        grep '"event":"round"' "$cm" | grep "\"round\":$r," | grep -q '"sites":\["[ab]","[ab]"\]' ||
+            fail "round $r did not merge exactly sites a and b"
+    done
+    ! grep -q '"event":"rejected","site":"[ab]"' "$cm" || fail "an honest site's delta was rejected: $(grep rejected "$cm" | grep '"site":"[ab]"' | head -2)"
+    grep '"event":"round"' "$cm" | grep '"round":0,' | grep -q '"sites":\["[abcx]","[abcx]","[abcx]","[abcx]"\]' ||
+        fail "round 0 (before the faults) did not merge all four sites"
+    local want
+    want=$(sed -n 's/.*"event":"end".*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$cm")
+    [ "$(cat "$W"/site-*.log | grep -c "holds anchor $want after round 4")" = 4 ] ||
+        fail "not every site holds the coordinator's final anchor $want"
+    grep "rejected the delta of site 'c'" "$W/run/coordinator.log" | head -1
 }
 
 # start_proxy: wan_proxy in front of the coordinator (capturing to

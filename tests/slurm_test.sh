@@ -231,7 +231,7 @@ restarts=$(scontrol show job "$sid" | sed -n 's/.* Restarts=\([0-9]*\).*/\1/p')
 [ "${restarts:-x}" = 0 ] || fail "the signalled coalition site was requeued (restarts: ${restarts:-?})"
 grep -q "a coalition site is not requeued" "entente-$sid.out" || fail "the site's job log does not say why it is not requeued"
 [ "$(job_exit_code "$cid")" = 1:0 ] || fail "the coordinator's exit code is $(job_exit_code "$cid"), expected 1:0"
-grep -q "site 'gone' left" "entente-coordinator-$cid.out" || fail "the coordinator's log does not name the site that left"
+grep -q "site 'gone' .* left at round" "entente-coordinator-$cid.out" || fail "the coordinator's log does not name the site that left"
 if [ "$FAILED" != 0 ]; then
     tail -5 "entente-$sid.out" "entente-coordinator-$cid.out" 2>/dev/null
 fi

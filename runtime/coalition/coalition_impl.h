@@ -93,6 +93,11 @@ ent_status coal_vec_add(coal_vec *v, const ent_link_chunk *c, const char *peer, 
 // y += alpha * D(v) over the whole vector (every chunk checked first by the
 // decoder); f32 vectors are copied into y instead (alpha unused).
 ent_status coal_vec_apply(const coal_vec *v, float alpha, float *y);
+// Decodes a complete vector into scratch (total floats) and gives its L2
+// norm: ENT_ERR_INPUT with the decoder's reason when a chunk does not decode
+// (the decoder refuses non-finite scales; the sum of squares is checked
+// too). What the coordinator screens a delta with before it merges it.
+ent_status coal_vec_norm(const coal_vec *v, float *scratch, double *norm);
 // Gives every rank of g the root's complete vector (collective).
 ent_status coal_vec_bcast(coal_vec *v, ent_group_t *g, int root);
 

@@ -11,6 +11,14 @@
 // evaluates the anchor on the validation shards of its own data.dir, writes
 // one metrics record per round, and saves the anchor as a checkpoint.
 // docs/coalition.md ("Rounds") and docs/protocol.md ("Who sends what").
+//
+// Failures: a site whose connection closes (its process died) or that is
+// silent for coalition.lost_after seconds is lost, and one that says LEAVE
+// before the end has left; the rounds go on with the others while at least
+// coalition.quorum remain. A contribution that does not decode, is not
+// finite, starts from another anchor, or whose norm exceeds
+// coalition.max_norm_ratio times the round's (lower) median is rejected:
+// logged, recorded, and left out of that round's merge; its site stays.
 #include "coalition_impl.h"
 
 #include <math.h>
@@ -26,7 +34,10 @@ typedef struct {
     uint32_t id; // 1.. in order of joining
     char name[ENT_LINK_NAME_MAX + 1];
     ent_link_peer peer;
-    int left;
+    int left;    // said LEAVE
+    int lost;    // its connection closed, or silent for coalition.lost_after
+    uint64_t rejected_round[2]; // a contribution rejected for this round (slot round % 2)
+    int rejected[2];
     double last_seen;
     coal_vec delta[2];       // the deltas of two consecutive rounds (slot round % 2)
     uint64_t delta_round[2];
@@ -96,7 +107,83 @@ static ent_status send_error(coord *c, const ent_link_peer *to, uint32_t site, u
     va_end(ap);
     ent_log_warn("coordinator: refused %s: %s", to->name, r.text);
     ent_link_buf msg = {0};
-    return send_msg(c, to, &msg, ent_link_encode_error(&msg, site, c->round, &r));
+    // a refused peer that is gone before its answer leaves is no failure of ours
+    if (send_msg(c, to, &msg, ent_link_encode_error(&msg, site, c->round, &r)) != ENT_OK)
+        ent_log_warn("coordinator: the refusal did not reach %s: %s", to->name,
+                     ent_last_error());
+    return ENT_OK;
+}
+
+static int active(const csite *s) { return !s->left && !s->lost; }
+
+static int active_count(const coord *c) {
+    int n = 0;
+    for (int i = 0; i < c->nsites; i++) n += active(&c->sites[i]);
+    return n;
+}
+
+static int rejected_for(const csite *s, uint64_t round) {
+    int k = (int)(round % 2);
+    return s->rejected[k] && s->rejected_round[k] == round;
+}
+
+// The names of the sites for which keep(site) holds, as a JSON array.
+static void site_names(const coord *c, int (*keep)(const csite *), char *out, size_t cap) {
+    size_t n = (size_t)snprintf(out, cap, "[");
+    int first = 1;
+    for (int i = 0; i < c->nsites && n + ENT_LINK_NAME_MAX + 8 < cap; i++) {
+        if (!keep(&c->sites[i])) continue;
+        n += (size_t)snprintf(out + n, cap - n, "%s\"%s\"", first ? "" : ",", c->sites[i].name);
+        first = 0;
+    }
+    snprintf(out + n, cap - n, "]");
+}
+
+static int gone(const csite *s) { return !active(s); }
+
+// A site is gone (lost, or left before the end): recorded, and the rounds
+// go on with the others while coalition.quorum of them remain.
+static ent_status site_gone(coord *c, csite *s, const char *event, const char *why) {
+    if (!active(s)) return ENT_OK;
+    if (strcmp(event, "lost") == 0) s->lost = 1;
+    else s->left = 1;
+    for (int j = 0; j < 2; j++) {
+        s->delta_used[j] = 0;
+        coal_vec_free(&s->delta[j]);
+    }
+    int n = active_count(c);
+    ent_log_warn("coordinator: site '%s' (%s) %s at round %llu: %s; %d of %d site(s) go on",
+                 s->name, s->peer.name, event, (unsigned long long)c->round, why, n, c->nsites);
+    ent_json_field rec[] = {ENT_JSTR("event", event), ENT_JSTR("site", s->name),
+                            ENT_JINT("round", c->round), ENT_JSTR("reason", why),
+                            ENT_JINT("sites_left", n),
+                            ENT_JNUM("elapsed_s", coal_now() - c->t_start)};
+    ENT_CHECK(record(c, rec, (int)(sizeof rec / sizeof rec[0])));
+    if (c->round < c->rounds && n < c->cfg->coal_quorum) {
+        char names[ENT_LINK_NAME_MAX * 64 + 64];
+        site_names(c, gone, names, sizeof names);
+        return ent_fail(ENT_ERR_IO, "coordinator: %d site(s) remain at round %llu, fewer than "
+                        "coalition.quorum = %d (gone: %s): stopping", n,
+                        (unsigned long long)c->round, c->cfg->coal_quorum, names);
+    }
+    return ENT_OK;
+}
+
+// A contribution left out of a round's merge; its site stays.
+static ent_status reject(coord *c, csite *s, uint64_t round, const char *why) {
+    int k = (int)(round % 2);
+    s->rejected[k] = 1;
+    s->rejected_round[k] = round;
+    if (s->delta_used[k] && s->delta_round[k] == round) {
+        s->delta_used[k] = 0;
+        coal_vec_free(&s->delta[k]);
+    }
+    ent_log_warn("coordinator: rejected the delta of site '%s' for round %llu: %s", s->name,
+                 (unsigned long long)round, why);
+    ent_json_field rec[] = {ENT_JSTR("event", "rejected"), ENT_JSTR("site", s->name),
+                            ENT_JINT("round", round), ENT_JSTR("reason", why),
+                            ENT_JNUM("elapsed_s", coal_now() - c->t_start)};
+    return record(c, rec, (int)(sizeof rec / sizeof rec[0]));
 }
 
 static ent_status send_plan(coord *c, csite *s, uint64_t round) {
@@ -122,7 +209,7 @@ static int plan_sent(const csite *s, uint64_t round) {
 static csite *find_site(coord *c, const ent_link_incoming *in) {
     for (int i = 0; i < c->nsites; i++) {
         csite *s = &c->sites[i];
-        if (s->id == in->header.site && s->peer.id_len == in->peer.id_len &&
+        if (active(s) && s->id == in->header.site && s->peer.id_len == in->peer.id_len &&
             memcmp(s->peer.id, in->peer.id, in->peer.id_len) == 0)
             return s;
     }
@@ -203,6 +290,7 @@ static ent_status on_delta(coord *c, csite *s, const ent_link_incoming *in) {
                           "a DELTA for round %llu while round %llu is being merged",
                           (unsigned long long)hd.round, (unsigned long long)c->round);
     int k = (int)(hd.round % 2);
+    if (rejected_for(s, hd.round)) return ENT_OK; // the rest of a rejected delta
     coal_vec *v = &s->delta[k];
     if (!s->delta_used[k] || s->delta_round[k] != hd.round) {
         ENT_CHECK(coal_vec_expect(v, (uint16_t)c->codec.kind, &c->codec, c->n, c->chunk_bytes));
@@ -212,20 +300,23 @@ static ent_status on_delta(coord *c, csite *s, const ent_link_incoming *in) {
     int done = 0;
     char who[ENT_LINK_NAME_MAX + sizeof in->peer.name + 16];
     snprintf(who, sizeof who, "site '%s' (%s)", s->name, in->peer.name);
-    if (coal_vec_add(v, &ch, who, &done) != ENT_OK)
-        return ent_fail(ENT_ERR_INPUT, "coordinator: round %llu: %s", (unsigned long long)hd.round,
-                        ent_last_error());
+    if (coal_vec_add(v, &ch, who, &done) != ENT_OK) {
+        char why[600];
+        snprintf(why, sizeof why, "%s", ent_last_error());
+        return reject(c, s, hd.round, why);
+    }
     if (done) {
         // the anchor a site's delta starts from: before the update of the
         // round before (which it applies after sending this one)
         // (without overlap: the anchor after the update of the round before)
         uint64_t want = !c->cfg->coal_overlap ? c->hist[hd.round]
                         : c->hist[hd.round > 0 ? hd.round - 1 : 0];
-        if (v->anchor_hash != want)
-            return ent_fail(ENT_ERR_INPUT, "coordinator: site '%s' sent round %llu's delta from "
-                            "anchor %016llx; the coalition's was %016llx", s->name,
-                            (unsigned long long)hd.round, (unsigned long long)v->anchor_hash,
-                            (unsigned long long)want);
+        if (v->anchor_hash != want) {
+            char why[200];
+            snprintf(why, sizeof why, "computed from anchor %016llx; the coalition's was %016llx",
+                     (unsigned long long)v->anchor_hash, (unsigned long long)want);
+            return reject(c, s, hd.round, why);
+        }
     }
     return ENT_OK;
 }
@@ -268,12 +359,13 @@ static ent_status on_message(coord *c, const ent_link_incoming *in) {
         ent_link_reason r;
         if (ent_link_decode_leave(in->bytes, in->len, in->peer.name, NULL, &r) != ENT_OK)
             return send_error(c, &in->peer, s->id, ENT_LINK_ERR_MALFORMED, "%s", ent_last_error());
-        s->left = 1;
-        if (c->round < c->rounds)
-            return ent_fail(ENT_ERR_IO, "coordinator: site '%s' left at round %llu (code %u: %s); "
-                            "a coalition that goes on without it comes in a later version",
-                            s->name, (unsigned long long)c->round, r.code, r.text);
-        return ENT_OK;
+        if (c->round >= c->rounds) {
+            s->left = 1; // done, as every site is at the end
+            return ENT_OK;
+        }
+        char why[ENT_LINK_TEXT_MAX + 32];
+        snprintf(why, sizeof why, "it said LEAVE (code %u: %s)", r.code, r.text);
+        return site_gone(c, s, "left", why);
     }
     default:
         return send_error(c, &in->peer, s->id, ENT_LINK_ERR_MALFORMED,
@@ -287,12 +379,24 @@ static ent_status poll_once(coord *c, int ms) {
     int got = 0;
     ENT_CHECK(ent_link_recv(c->ep, ms, &in, &got));
     if (got) ENT_CHECK(on_message(c, &in));
+    // a site whose connection closed: its process is gone (a kill, a crash)
+    int fds[16];
+    for (int n = ent_link_take_disconnects(c->ep, fds, 16); n > 0;
+         n = ent_link_take_disconnects(c->ep, fds, 16))
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < c->nsites; i++)
+                if (active(&c->sites[i]) && c->sites[i].peer.fd == fds[j] && fds[j] >= 0)
+                    ENT_CHECK(site_gone(c, &c->sites[i], "lost", "its connection closed (its "
+                                        "process ended, or its host dropped the link)"));
     double now = coal_now();
     for (int i = 0; i < c->nsites; i++) {
         csite *s = &c->sites[i];
-        if (!s->left && now - s->last_seen > c->cfg->coal_timeout)
-            return ent_fail(ENT_ERR_IO, "coordinator: site '%s' (%s) sent nothing for %.0f s "
-                            "(coalition.timeout)", s->name, s->peer.name, now - s->last_seen);
+        if (active(s) && now - s->last_seen > c->cfg->coal_lost_after) {
+            char why[128];
+            snprintf(why, sizeof why, "silent for %.0f s (coalition.lost_after)",
+                     now - s->last_seen);
+            ENT_CHECK(site_gone(c, s, "lost", why));
+        }
     }
     return ENT_OK;
 }
@@ -301,6 +405,7 @@ static int round_complete(const coord *c) {
     int k = (int)(c->round % 2);
     for (int i = 0; i < c->nsites; i++) {
         const csite *s = &c->sites[i];
+        if (!active(s) || rejected_for(s, c->round)) continue;
         if (!s->delta_used[k] || s->delta_round[k] != c->round ||
             s->delta[k].received != s->delta[k].count)
             return 0;
@@ -343,22 +448,80 @@ static ent_status save(coord *c) {
     return st;
 }
 
+static int by_value(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+// The round's contributions that pass the screen: each decodes to finite
+// values, and its norm is at most coalition.max_norm_ratio times the lower
+// median of the round's norms (a site that scales its delta up cannot pull
+// the median with it, even among two). Rejected ones are recorded; the
+// others go into merged[] (count in *nmerged).
+static ent_status screen_round(coord *c, int *merged, int *nmerged) {
+    int k = (int)(c->round % 2), m = 0;
+    double norms[4096];
+    *nmerged = 0;
+    for (int i = 0; i < c->nsites; i++) {
+        csite *s = &c->sites[i];
+        if (!active(s) || rejected_for(s, c->round)) continue;
+        double norm = 0;
+        if (coal_vec_norm(&s->delta[k], c->g, &norm) != ENT_OK) {
+            char why[600];
+            snprintf(why, sizeof why, "it does not decode: %s", ent_last_error());
+            ENT_CHECK(reject(c, s, c->round, why));
+            continue;
+        }
+        norms[m] = norm;
+        merged[m++] = i;
+    }
+    double ratio = c->cfg->coal_max_norm_ratio;
+    if (m >= 2 && ratio > 0) {
+        double sorted[4096];
+        memcpy(sorted, norms, sizeof *norms * (size_t)m);
+        qsort(sorted, (size_t)m, sizeof *sorted, by_value);
+        double median = sorted[(m - 1) / 2];
+        int kept = 0;
+        for (int j = 0; j < m; j++) {
+            csite *s = &c->sites[merged[j]];
+            if (norms[j] > ratio * median) {
+                char why[200];
+                snprintf(why, sizeof why, "its norm %.4g is %.1f times the round's median %.4g "
+                         "(coalition.max_norm_ratio = %g)", norms[j], norms[j] / median, median,
+                         ratio);
+                ENT_CHECK(reject(c, s, c->round, why));
+            } else {
+                merged[kept++] = merged[j];
+            }
+        }
+        m = kept;
+    }
+    *nmerged = m;
+    if (m < c->cfg->coal_quorum)
+        return ent_fail(ENT_ERR_IO, "%d contribution(s) left to merge, fewer than "
+                        "coalition.quorum = %d: stopping", m, c->cfg->coal_quorum);
+    return ENT_OK;
+}
+
 static ent_status merge_round(coord *c) {
     double t0 = coal_now();
     int k = (int)(c->round % 2);
+    int *merged = calloc((size_t)c->nsites, sizeof *merged), nmerged = 0;
     const coal_vec **deltas = calloc((size_t)c->nsites, sizeof *deltas);
     uint32_t *ids = calloc((size_t)c->nsites, sizeof *ids);
     coal_vec up = {0};
-    ent_status st = deltas && ids ? ENT_OK : ent_fail(ENT_ERR_NOMEM, "out of memory");
-    for (int i = 0; i < c->nsites && st == ENT_OK; i++) {
-        deltas[i] = &c->sites[i].delta[k];
-        ids[i] = c->sites[i].id;
+    ent_status st = deltas && ids && merged ? ENT_OK : ent_fail(ENT_ERR_NOMEM, "out of memory");
+    if (st == ENT_OK) st = screen_round(c, merged, &nmerged);
+    for (int j = 0; j < nmerged && st == ENT_OK; j++) {
+        deltas[j] = &c->sites[merged[j]].delta[k];
+        ids[j] = c->sites[merged[j]].id;
     }
     if (st == ENT_OK)
-        st = coal_round_merge(deltas, ids, c->nsites, &c->outer, &c->codec, c->chunk_bytes,
+        st = coal_round_merge(deltas, ids, nmerged, &c->outer, &c->codec, c->chunk_bytes,
                               c->anchor, c->momentum, c->resid, c->g, c->n, &up);
     free(deltas);
     free(ids);
+    if (st != ENT_OK) free(merged);
     if (st != ENT_OK)
         return ent_fail(st, "coordinator: round %llu: %s", (unsigned long long)c->round,
                         ent_last_error());
@@ -368,20 +531,31 @@ static ent_status merge_round(coord *c) {
     // names and tokens of the sites merged, as JSON arrays
     char names[ENT_LINK_NAME_MAX * 64 + 256] = "[", toks[32 * 64 + 256] = "[";
     size_t un = 1, ut = 1;
-    for (int i = 0; i < c->nsites && un < sizeof names - 80 && ut < sizeof toks - 40; i++) {
-        un += (size_t)snprintf(names + un, sizeof names - un, "%s\"%s\"", i ? "," : "",
-                               c->sites[i].name);
-        ut += (size_t)snprintf(toks + ut, sizeof toks - ut, "%s%llu", i ? "," : "",
-                               (unsigned long long)c->sites[i].delta[k].tokens);
+    for (int j = 0; j < nmerged && un < sizeof names - 80 && ut < sizeof toks - 40; j++) {
+        const csite *s = &c->sites[merged[j]];
+        un += (size_t)snprintf(names + un, sizeof names - un, "%s\"%s\"", j ? "," : "",
+                               s->name);
+        ut += (size_t)snprintf(toks + ut, sizeof toks - ut, "%s%llu", j ? "," : "",
+                               (unsigned long long)s->delta[k].tokens);
     }
     snprintf(names + un, sizeof names - un, "]");
     snprintf(toks + ut, sizeof toks - ut, "]");
+    free(merged);
+    // every site still in gets the update, a site whose delta was rejected too
     for (int i = 0; i < c->nsites && st == ENT_OK; i++) {
         csite *s = &c->sites[i];
-        st = coal_vec_send(c->ep, &s->peer, ENT_LINK_UPDATE, s->id, c->round, &up);
-        if (st == ENT_OK && c->round + 2 < c->rounds) st = send_plan(c, s, c->round + 2);
         s->delta_used[k] = 0;
         coal_vec_free(&s->delta[k]);
+        if (!active(s)) continue;
+        st = coal_vec_send(c->ep, &s->peer, ENT_LINK_UPDATE, s->id, c->round, &up);
+        if (st == ENT_OK && c->round + 2 < c->rounds) st = send_plan(c, s, c->round + 2);
+        if (st != ENT_OK && st != ENT_ERR_NOMEM) {
+            // a site that cannot be sent to (gone, or its queue full for the
+            // send timeout) is lost; the others get the update
+            char why[600];
+            snprintf(why, sizeof why, "%s", ent_last_error());
+            st = site_gone(c, s, "lost", why);
+        }
     }
     size_t up_bytes = up.len;
     coal_vec_free(&up);
@@ -403,11 +577,11 @@ static ent_status merge_round(coord *c) {
     // a line for every round evaluated (coalition.eval_rounds), the first and the last
     if (isfinite(val))
         ent_log_info("coordinator: round %llu merged (%d sites, %llu tokens, %.3f s): val loss "
-                     "%.4f, anchor %s", (unsigned long long)c->round, c->nsites,
+                     "%.4f, anchor %s", (unsigned long long)c->round, nmerged,
                      (unsigned long long)tokens, merge_s, val, hash);
     else if (c->round == 0)
         ent_log_info("coordinator: round %llu merged (%d sites, %llu tokens, %.3f s): anchor %s",
-                     (unsigned long long)c->round, c->nsites, (unsigned long long)tokens, merge_s,
+                     (unsigned long long)c->round, nmerged, (unsigned long long)tokens, merge_s,
                      hash);
     return ENT_OK;
 }
@@ -584,12 +758,11 @@ static ent_status run(coord *c) {
     // every site says it is done once it has the last update
     until = coal_now() + cfg->coal_timeout;
     for (;;) {
-        int left = 0;
-        for (int i = 0; i < c->nsites; i++) left += c->sites[i].left;
-        if (left == c->nsites) break;
+        int waiting = active_count(c);
+        if (waiting == 0) break;
         if (coal_now() > until) {
             ent_log_warn("coordinator: %d of %d sites did not say they finished within "
-                         "coalition.timeout", c->nsites - left, c->nsites);
+                         "coalition.timeout", waiting, c->nsites);
             break;
         }
         ENT_CHECK(poll_once(c, 200));
@@ -616,8 +789,24 @@ ent_status ent_coordinator_run(const ent_config *cfg, const char *run_dir, int f
         char why[ENT_LINK_TEXT_MAX + 1];
         snprintf(why, sizeof why, "%s", ent_last_error());
         for (int i = 0; i < c.nsites; i++)
-            (void)send_error(&c, &c.sites[i].peer, c.sites[i].id, ENT_LINK_ERR_INTERNAL,
-                             "the coordinator stopped: %s", why);
+            if (active(&c.sites[i]))
+                (void)send_error(&c, &c.sites[i].peer, c.sites[i].id, ENT_LINK_ERR_INTERNAL,
+                                 "the coordinator stopped: %s", why);
+        // A site reads the ERROR only when it next waits for a message, and a
+        // DEALER drops what it has not read once the connection closes: stay
+        // until each site has answered (its LEAVE) or gone, for up to 10 s.
+        double until = coal_now() + 10;
+        while (active_count(&c) > 0 && coal_now() < until) {
+            ent_link_incoming in;
+            int got = 0, fds[16];
+            if (ent_link_recv(c.ep, 200, &in, &got) != ENT_OK) break;
+            for (int i = 0; got && i < c.nsites; i++)
+                if (in.header.type == ENT_LINK_LEAVE && in.header.site == c.sites[i].id)
+                    c.sites[i].left = 1;
+            for (int n = ent_link_take_disconnects(c.ep, fds, 16), j = 0; j < n; j++)
+                for (int i = 0; i < c.nsites; i++)
+                    if (c.sites[i].peer.fd == fds[j]) c.sites[i].lost = 1;
+        }
         st = ent_fail(st, "%s", why);
     }
     coord_free(&c);

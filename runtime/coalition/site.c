@@ -410,6 +410,33 @@ static ent_status inner_steps(site *s, uint64_t round, uint32_t *steps, double *
     return ENT_OK;
 }
 
+// Fault injection, for the tests of the coordinator's screen only:
+// ENTENTE_FAULT_DELTA = scale:F (the delta times F, before encoding) or nan
+// (the first block parameter of the encoded delta, a scale, set to NaN after
+// encoding, as no honest encoder writes it) spoils this site's delta from
+// round ENTENTE_FAULT_ROUND (default 1) on, as a broken or hostile site would
+// send it. Unset, nothing happens. encoded: NULL before encoding.
+static void inject_fault(site *s, uint64_t round, coal_vec *encoded) {
+    const char *f = getenv("ENTENTE_FAULT_DELTA");
+    if (f == NULL || f[0] == '\0') return;
+    const char *r = getenv("ENTENTE_FAULT_ROUND");
+    if (round < (uint64_t)(r != NULL ? strtoull(r, NULL, 10) : 1)) return;
+    int scale = strncmp(f, "scale:", 6) == 0, nan = strcmp(f, "nan") == 0;
+    if (encoded == NULL && scale) {
+        float k = strtof(f + 6, NULL);
+        for (size_t i = 0; i < s->n; i++) s->v[i] *= k;
+    } else if (encoded != NULL && nan && encoded->count > 0 &&
+               encoded->blen[0] >= ENT_CODEC_HEADER_BYTES + 4) {
+        const uint8_t bits[4] = {0x00, 0x00, 0xc0, 0x7f}; // a quiet NaN, little-endian
+        memcpy(encoded->data + encoded->boff[0] + ENT_CODEC_HEADER_BYTES, bits, 4);
+    } else {
+        return;
+    }
+    if (s->leader)
+        ent_log_warn("site %s: ENTENTE_FAULT_DELTA=%s: round %llu's delta spoiled on purpose",
+                     s->cfg->coal_site, f, (unsigned long long)round);
+}
+
 // The end of round r: the delta goes out, the update of round r-1 comes in.
 static ent_status end_round(site *s, uint64_t round, uint32_t steps, double compute_s) {
     int tp_rank = s->grid->tp_rank;
@@ -417,9 +444,11 @@ static ent_status end_round(site *s, uint64_t round, uint32_t steps, double comp
     // this round's progress: start - p, in the global layout, plus the residual
     for (size_t i = 0; i < s->arena; i++) s->start[i] = s->start[i] - s->p[i];
     ENT_CHECK(to_global(s, s->start, s->v));
+    inject_fault(s, round, NULL);
     coal_vec delta = {0};
     ENT_CHECK(coal_vec_encode(&delta, (uint16_t)s->codec.kind, &s->codec, s->v, s->resid, s->n,
                               s->chunk_bytes));
+    inject_fault(s, round, &delta);
     ent_status st = ENT_OK;
     if (s->leader) {
         delta.anchor_hash = s->anchor_hash;

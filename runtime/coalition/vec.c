@@ -2,6 +2,8 @@
 // updates, the anchor) that cross sites in DELTA and UPDATE chunks.
 #include "coalition_impl.h"
 
+#include <math.h>
+
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -316,6 +318,20 @@ ent_status coal_vec_bcast(coal_vec *v, ent_group_t *g, int root) {
 
 // ---------------------------------------------------------------------------
 // the coordinator's arithmetic of a round
+
+ent_status coal_vec_norm(const coal_vec *v, float *scratch, double *norm) {
+    *norm = 0;
+    if (v->received != v->count) return ent_fail(ENT_ERR_INPUT, "an incomplete vector");
+    double sum = 0;
+    for (uint32_t ch = 0; ch < v->count; ch++) {
+        float *x = scratch + v->poff[ch];
+        ENT_CHECK(ent_codec_decode(v->data + v->boff[ch], v->blen[ch], x, v->plen[ch]));
+        for (uint64_t i = 0; i < v->plen[ch]; i++) sum += (double)x[i] * x[i];
+    }
+    if (!isfinite(sum)) return ent_fail(ENT_ERR_INPUT, "its values overflow (norm not finite)");
+    *norm = sqrt(sum);
+    return ENT_OK;
+}
 
 ent_status coal_round_merge(const coal_vec *const *deltas, const uint32_t *ids, int count,
                             const ent_outer_opt *outer, const ent_codec *codec,
