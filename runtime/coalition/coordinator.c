@@ -373,12 +373,25 @@ static ent_status on_message(coord *c, const ent_link_incoming *in) {
     }
 }
 
-// Receives for up to ms, then checks that no site has been silent too long.
+// The coordinator was busy (a merge, an evaluation, a save) and read
+// nothing: no site's silence counts for that time.
+static void heard_all(coord *c) {
+    double now = coal_now();
+    for (int i = 0; i < c->nsites; i++)
+        if (c->sites[i].last_seen < now) c->sites[i].last_seen = now;
+}
+
+// Receives for up to ms, and then whatever else is waiting (so that a site
+// is not taken for silent while its messages queue), then checks that no
+// site has been silent too long.
 static ent_status poll_once(coord *c, int ms) {
     ent_link_incoming in;
     int got = 0;
     ENT_CHECK(ent_link_recv(c->ep, ms, &in, &got));
-    if (got) ENT_CHECK(on_message(c, &in));
+    for (int more = 0; got && more < 1000; more++) {
+        ENT_CHECK(on_message(c, &in));
+        ENT_CHECK(ent_link_recv(c->ep, 0, &in, &got));
+    }
     // a site whose connection closed: its process is gone (a kill, a crash)
     int fds[16];
     for (int n = ent_link_take_disconnects(c->ep, fds, 16); n > 0;
@@ -746,6 +759,7 @@ static ent_status run(coord *c) {
             }
         }
         ENT_CHECK(merge_round(c));
+        heard_all(c);
         if (cfg->ckpt_every > 0 && (c->round + 1) % (uint64_t)cfg->ckpt_every == 0 &&
             c->round + 1 < c->rounds) {
             uint64_t r = c->round;
@@ -753,6 +767,7 @@ static ent_status run(coord *c) {
             ent_status st = save(c);
             c->round = r;
             ENT_CHECK(st);
+            heard_all(c);
         }
     }
     // every site says it is done once it has the last update

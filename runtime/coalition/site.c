@@ -60,6 +60,8 @@ typedef struct {
     int update_started;
     ent_link_stats marked; // link counters at the last round record
     int64_t printed_step;  // the step of the last round line printed
+    uint64_t hb_round;     // the round and steps of the last heartbeat sent
+    uint32_t hb_steps;
 } site;
 
 static ent_status site_fail(site *s, ent_status st, const char *what) {
@@ -123,9 +125,17 @@ static int have_update(const site *s, uint64_t round) {
 }
 
 // Receives until done(s, arg) holds, for at most coalition.timeout seconds.
+static ent_status send_heartbeat(site *s, uint64_t round, uint32_t steps, double tokens_per_s);
+
+// Receives until done(s, arg), for at most coalition.timeout; a HEARTBEAT
+// goes out every heartbeat interval meanwhile, so that the coordinator does
+// not take a waiting site for a lost one (coalition.lost_after).
 static ent_status wait_for(site *s, wait_done_fn done, uint64_t arg, const char *what) {
     double until = coal_now() + s->cfg->coal_timeout;
     while (!done(s, arg)) {
+        if (s->site_id != 0 && s->heartbeat_ms > 0 &&
+            (coal_now() - s->last_heartbeat) * 1e3 >= s->heartbeat_ms)
+            ENT_CHECK(send_heartbeat(s, s->hb_round, s->hb_steps, 0));
         double left = until - coal_now();
         if (left <= 0)
             return ent_fail(ENT_ERR_IO, "site %s: no %s from the coordinator %s within "
@@ -150,6 +160,8 @@ static ent_status send_heartbeat(site *s, uint64_t round, uint32_t steps, double
     ent_link_heartbeat m = {.time_ns = (uint64_t)(coal_now() * 1e9), .steps_done = steps,
                             .tokens_per_s = isfinite(tokens_per_s) && tokens_per_s >= 0
                                                 ? tokens_per_s : 0};
+    s->hb_round = round; // what a heartbeat while waiting repeats
+    s->hb_steps = steps;
     ent_link_buf msg = {0};
     ent_status st = ent_link_encode_heartbeat(&msg, s->site_id, round, &m);
     if (st == ENT_OK) st = ent_link_send(s->ep, NULL, msg.data, msg.len);
