@@ -16,6 +16,8 @@
 //
 // Exit 0: all passed; 1: a mismatch (each printed); 77: a named backend
 // cannot run here (no GPU visible, or not in this build), with the reason.
+// test_backend_ops --available NAME only creates the backend: 0 when it can
+// run here, else 77 with the reason (the GPU scripts' skip test).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -470,6 +472,16 @@ static int run_backend(const char *name) {
 }
 
 int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--available") == 0) {
+        ent_backend_t *be = NULL;
+        if (ent_backend_new(argv[2], NULL, &be) != ENT_OK) {
+            printf("SKIP: %s\n", ent_last_error());
+            return 77;
+        }
+        printf("%s: %s\n", argv[2], be->iface->describe(be));
+        ent_backend_free(&be);
+        return 0;
+    }
     test_seed();
     B[0] = ent_backend_cpu_new(0);
     if (B[0] == NULL) return 1;
