@@ -36,6 +36,38 @@ __device__ void stage_tile(float *tile, const T *head, size_t ld, int r0, int li
     }
 }
 
+// Where a block's warp works: its (sequence, head), its row of the block's
+// ATT_ROWS, and that head's Q, K and V columns (row 0) inside qkv (B,T,3C).
+template <typename T> struct att_place {
+    int bh, warp, lane, row0, row, hs;
+    size_t ld; // 3C
+    const T *q, *k, *v;
+};
+
+template <typename T>
+__device__ att_place<T> att_locate(const T *qkv, int T_, int C, int NH) {
+    att_place<T> p;
+    p.hs = C / NH;
+    p.bh = blockIdx.y;
+    p.warp = threadIdx.x / 32;
+    p.lane = threadIdx.x % 32;
+    p.row0 = blockIdx.x * ATT_ROWS;
+    p.row = p.row0 + p.warp;
+    p.ld = 3 * (size_t)C;
+    p.q = qkv + (size_t)(p.bh / NH) * T_ * p.ld + (size_t)(p.bh % NH) * p.hs;
+    p.k = p.q + C;
+    p.v = p.q + 2 * C;
+    return p;
+}
+
+// A warp copies row `row` (0 past `limit`) of a head's columns, scaled, into dst (hs).
+template <typename T>
+__device__ void stage_row(float *dst, const T *head, size_t ld, int row, int limit, int hs,
+                          float scale, int lane) {
+    for (int d = lane; d < hs; d += 32)
+        dst[d] = row < limit ? ent_load(head + (size_t)row * ld + d) * scale : 0.0f;
+}
+
 // dot product of row `lane` of a staged tile with a row vector in shared memory
 __device__ __forceinline__ float tile_dot(const float *tile, const float *row, int lane, int hs) {
     const float *t = tile + lane * (hs + 1);
@@ -65,15 +97,13 @@ template <typename T>
 __global__ void attention_forward_kernel(T *out, float *lse, const T *qkv, int T_, int C, int NH,
                                          float scale) {
     extern __shared__ float smem[];
-    int hs = C / NH;
+    att_place<T> at = att_locate(qkv, T_, C, NH);
+    int hs = at.hs, bh = at.bh, lane = at.lane, q0 = at.row0, i = at.row;
+    size_t ld = at.ld;
+    const T *kh = at.k, *vh = at.v;
     float *ks = smem, *vs = ks + ATT_TILE * (hs + 1), *qs = vs + ATT_TILE * (hs + 1);
-    int bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int q0 = blockIdx.x * ATT_ROWS, i = q0 + warp;
-    size_t ld = 3 * (size_t)C;
-    const T *qh = qkv + (size_t)b * T_ * ld + (size_t)h * hs, *kh = qh + C, *vh = qh + 2 * C;
-    float *q = qs + warp * hs;
-    for (int d = lane; d < hs; d += 32) q[d] = i < T_ ? ent_load(qh + (size_t)i * ld + d) * scale : 0.0f;
+    float *q = qs + at.warp * hs;
+    stage_row(q, at.q, ld, i, T_, hs, scale, lane);
     int last = min(T_ - 1, q0 + ATT_ROWS - 1); // the last key any row of the block sees
     float acc[ATT_MAXD] = {0.0f, 0.0f, 0.0f, 0.0f};
     ent_k_maxsum run = ent_k_maxsum_empty();
@@ -98,7 +128,7 @@ __global__ void attention_forward_kernel(T *out, float *lse, const T *qkv, int T
     }
     if (i >= T_) return;
     float inv = 1.0f / run.sum;
-    T *o = out + ((size_t)b * T_ + i) * C + (size_t)h * hs;
+    T *o = out + ((size_t)(bh / NH) * T_ + i) * C + (size_t)(bh % NH) * hs;
 #pragma unroll
     for (int k = 0; k < ATT_MAXD; k++) {
         int d = lane + 32 * k;
@@ -117,20 +147,16 @@ __global__ void attention_backward_dq_kernel(T *dqkv, float *Dout, const T *dout
                                              const float *lse, int T_, int C, int NH,
                                              float scale) {
     extern __shared__ float smem[];
-    int hs = C / NH;
+    att_place<T> at = att_locate(qkv, T_, C, NH);
+    int hs = at.hs, bh = at.bh, lane = at.lane, q0 = at.row0, i = at.row;
+    size_t ld = at.ld;
+    const T *kh = at.k, *vh = at.v;
+    const T *doh = dout + (size_t)(bh / NH) * T_ * C + (size_t)(bh % NH) * hs;
     float *ks = smem, *vs = ks + ATT_TILE * (hs + 1), *qs = vs + ATT_TILE * (hs + 1);
     float *dos = qs + ATT_ROWS * hs;
-    int bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int q0 = blockIdx.x * ATT_ROWS, i = q0 + warp;
-    size_t ld = 3 * (size_t)C;
-    const T *qh = qkv + (size_t)b * T_ * ld + (size_t)h * hs, *kh = qh + C, *vh = qh + 2 * C;
-    const T *doh = dout + (size_t)b * T_ * C + (size_t)h * hs;
-    float *q = qs + warp * hs, *dO = dos + warp * hs;
-    for (int d = lane; d < hs; d += 32) {
-        q[d] = i < T_ ? ent_load(qh + (size_t)i * ld + d) * scale : 0.0f;
-        dO[d] = i < T_ ? ent_load(doh + (size_t)i * C + d) : 0.0f;
-    }
+    float *q = qs + at.warp * hs, *dO = dos + at.warp * hs;
+    stage_row(q, at.q, ld, i, T_, hs, scale, lane);
+    stage_row(dO, doh, (size_t)C, i, T_, hs, 1.0f, lane);
     float l = i < T_ ? lse[(size_t)bh * T_ + i] : 0.0f;
     int last = min(T_ - 1, q0 + ATT_ROWS - 1);
     float D = 0.0f;
@@ -157,7 +183,7 @@ __global__ void attention_backward_dq_kernel(T *dqkv, float *Dout, const T *dout
     }
     if (i >= T_) return;
     if (lane == 0) Dout[(size_t)bh * T_ + i] = D;
-    T *dq = dqkv + ((size_t)b * T_ + i) * ld + (size_t)h * hs;
+    T *dq = dqkv + ((size_t)(bh / NH) * T_ + i) * ld + (size_t)(bh % NH) * hs;
 #pragma unroll
     for (int k = 0; k < ATT_MAXD; k++) {
         int d = lane + 32 * k;
@@ -175,20 +201,16 @@ __global__ void attention_backward_dkv_kernel(T *dqkv, const T *dout, const T *q
                                               const float *lse, const float *Dbuf, int T_, int C,
                                               int NH, float scale) {
     extern __shared__ float smem[];
-    int hs = C / NH;
+    att_place<T> at = att_locate(qkv, T_, C, NH);
+    int hs = at.hs, bh = at.bh, lane = at.lane, j0 = at.row0, j = at.row;
+    size_t ld = at.ld;
+    const T *qh = at.q;
+    const T *doh = dout + (size_t)(bh / NH) * T_ * C + (size_t)(bh % NH) * hs;
     float *qt = smem, *dot = qt + ATT_TILE * (hs + 1), *kr = dot + ATT_TILE * (hs + 1);
     float *vr = kr + ATT_ROWS * hs, *lt = vr + ATT_ROWS * hs, *Dt = lt + ATT_TILE;
-    int bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int j0 = blockIdx.x * ATT_ROWS, j = j0 + warp;
-    size_t ld = 3 * (size_t)C;
-    const T *qh = qkv + (size_t)b * T_ * ld + (size_t)h * hs, *kh = qh + C, *vh = qh + 2 * C;
-    const T *doh = dout + (size_t)b * T_ * C + (size_t)h * hs;
-    float *k = kr + warp * hs, *v = vr + warp * hs;
-    for (int d = lane; d < hs; d += 32) {
-        k[d] = j < T_ ? ent_load(kh + (size_t)j * ld + d) : 0.0f;
-        v[d] = j < T_ ? ent_load(vh + (size_t)j * ld + d) : 0.0f;
-    }
+    float *k = kr + at.warp * hs, *v = vr + at.warp * hs;
+    stage_row(k, at.k, ld, j, T_, hs, 1.0f, lane);
+    stage_row(v, at.v, ld, j, T_, hs, 1.0f, lane);
     float dk[ATT_MAXD] = {0.0f, 0.0f, 0.0f, 0.0f}, dv[ATT_MAXD] = {0.0f, 0.0f, 0.0f, 0.0f};
     // queries from the block's first key on (earlier ones do not see these keys)
     for (int i0 = j0 - j0 % ATT_TILE; i0 < T_; i0 += ATT_TILE) {
@@ -211,7 +233,7 @@ __global__ void attention_backward_dkv_kernel(T *dqkv, const T *dout, const T *q
         tile_accumulate(dk, qt, ds, lane, hs);
     }
     if (j >= T_) return;
-    T *dkp = dqkv + ((size_t)b * T_ + j) * ld + C + (size_t)h * hs, *dvp = dkp + C;
+    T *dkp = dqkv + ((size_t)(bh / NH) * T_ + j) * ld + C + (size_t)(bh % NH) * hs, *dvp = dkp + C;
 #pragma unroll
     for (int c = 0; c < ATT_MAXD; c++) {
         int d = lane + 32 * c;

@@ -20,36 +20,34 @@ ent_status ent_cuda_launched(const char *op) {
                     cudaGetErrorString(e));
 }
 
+// grows *buf to at least bytes (device memory, or pinned host memory)
+static ent_status grow_scratch(ent_backend_t *be, void **buf, size_t *have, size_t bytes,
+                               int pinned, void **out) {
+    ent_cuda *c = ent_cuda_of(be);
+    if (bytes > *have) {
+        ENT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+        if (pinned) cudaFreeHost(*buf);
+        else cudaFree(*buf);
+        *buf = NULL;
+        *have = 0;
+        cudaError_t e = pinned ? cudaMallocHost(buf, bytes) : cudaMalloc(buf, bytes);
+        if (e != cudaSuccess)
+            return ent_fail(ENT_ERR_NOMEM, "cuda backend: out of %s memory for %zu bytes of "
+                            "scratch", pinned ? "pinned host" : "device", bytes);
+        *have = bytes;
+    }
+    *out = *buf;
+    return ENT_OK;
+}
+
 ent_status ent_cuda_scratch(ent_backend_t *be, size_t bytes, void **out) {
     ent_cuda *c = ent_cuda_of(be);
-    if (bytes > c->scratch_bytes) {
-        ENT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
-        cudaFree(c->scratch);
-        c->scratch = NULL;
-        c->scratch_bytes = 0;
-        if (cudaMalloc(&c->scratch, bytes) != cudaSuccess)
-            return ent_fail(ENT_ERR_NOMEM, "cuda backend: out of device memory for %zu bytes of "
-                            "scratch", bytes);
-        c->scratch_bytes = bytes;
-    }
-    *out = c->scratch;
-    return ENT_OK;
+    return grow_scratch(be, &c->scratch, &c->scratch_bytes, bytes, 0, out);
 }
 
 ent_status ent_cuda_host_scratch(ent_backend_t *be, size_t bytes, void **out) {
     ent_cuda *c = ent_cuda_of(be);
-    if (bytes > c->host_scratch_bytes) {
-        ENT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
-        cudaFreeHost(c->host_scratch);
-        c->host_scratch = NULL;
-        c->host_scratch_bytes = 0;
-        if (cudaMallocHost(&c->host_scratch, bytes) != cudaSuccess)
-            return ent_fail(ENT_ERR_NOMEM, "cuda backend: out of pinned host memory for %zu "
-                            "bytes of scratch", bytes);
-        c->host_scratch_bytes = bytes;
-    }
-    *out = c->host_scratch;
-    return ENT_OK;
+    return grow_scratch(be, &c->host_scratch, &c->host_scratch_bytes, bytes, 1, out);
 }
 
 __global__ void ent_colsum_finish_kernel(float *acc, const float *partial, int chunks, int C) {
