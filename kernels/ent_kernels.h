@@ -87,7 +87,7 @@ void ent_log_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // returns that status; ENT_<LIB>_CHECK_GOTO(call, label) stores it in `st`
 // (which the caller declares) and jumps to label instead. This header
 // includes none of the libraries: a file that uses a check includes the
-// library's header (mpi.h, hdf5.h, cuda_runtime.h, nccl.h, zmq.h) itself.
+// library's header (mpi.h, hdf5.h, cuda_runtime.h, cublasLt.h, nccl.h, zmq.h) itself.
 // Errors that are the user's (a missing file, a full disk, a peer that sent
 // garbage) deserve a message of their own, not these.
 
@@ -142,6 +142,11 @@ ent_status ent_fail_call(const char *file, int line, const char *call, const cha
 #define ENT_CUDA_CHECK_GOTO(call, label)                                                           \
     ENT_LIB_CHECK_(cudaError_t, call, #call, ent_rc__ != cudaSuccess,                              \
                    cudaGetErrorString(ent_rc__), ENT_ON_FAIL_GOTO_(label))
+
+// cuBLAS / cuBLASLt: CUBLAS_STATUS_SUCCESS or a status with its string.
+#define ENT_CUBLAS_CHECK(call)                                                                     \
+    ENT_LIB_CHECK_(cublasStatus_t, call, #call, ent_rc__ != CUBLAS_STATUS_SUCCESS,                 \
+                   cublasLtGetStatusString(ent_rc__), ENT_ON_FAIL_RETURN_)
 
 // NCCL: ncclSuccess or a result with its string.
 #define ENT_NCCL_CHECK(call)                                                                       \
@@ -420,16 +425,29 @@ void *ent_backend_stream(ent_backend_t *be);
 
 typedef struct {
     int threads; // host threads (CPU backends); <= 0: OpenMP's default
+    // GPU backends: the device, taken modulo the number of devices this
+    // process sees (CUDA_VISIBLE_DEVICES, Slurm's GPU binding), so that a
+    // trainer passing its node-local rank spreads a node's ranks over its
+    // GPUs; negative counts as 0
+    int device;
 } ent_backend_opts;
 
 // Creates the backend called `name` (config key system.backend): "cpu", the
 // OpenBLAS + OpenMP backend; "cpu-guarded", the CPU backend whose memory is
 // kept inaccessible (PROT_NONE) outside its own ops and copies, so that any
-// access from outside the backend faults (for tests). opts may be NULL. An
-// unknown name is ENT_ERR_USAGE naming the known ones. The caller owns *out
+// access from outside the backend faults (for tests); "cuda", one NVIDIA GPU
+// (a build with the CUDA toolkit; ENT_ERR_USAGE saying why when no GPU is
+// visible); "auto", cuda when this build has it and a GPU is visible, else
+// cpu (the instance's iface->name says which). opts may be NULL. An unknown
+// name is ENT_ERR_USAGE naming the known ones. The caller owns *out
 // (ent_backend_free).
 ent_status ent_backend_new(const char *name, const ent_backend_opts *opts, ent_backend_t **out);
-// The names ent_backend_new knows, comma-separated ("cpu, cpu-guarded").
+// ENT_OK when ent_backend_new could create `name` in this build (whether a
+// GPU is visible is not checked); else ENT_ERR_USAGE with the message
+// ent_backend_new would give ("cuda" in a build without CUDA: how to rebuild).
+ent_status ent_backend_check_name(const char *name);
+// The names ent_backend_new knows in this build, comma-separated
+// ("cpu, cpu-guarded, cuda, auto"; without CUDA "cpu, cpu-guarded, auto").
 const char *ent_backend_names(void);
 // The CPU backend: ent_backend_new("cpu") with `threads`; NULL when out of memory.
 ent_backend_t *ent_backend_cpu_new(int threads);

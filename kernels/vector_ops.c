@@ -1,6 +1,7 @@
 // vector_ops.c: dispatch of the backends' optional entries: the vector ops
 // and the stream.
 #include "ent_kernels.h"
+#include "kernel_math.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -39,11 +40,6 @@ ent_status ent_vec_dequantize_i8(ent_backend_t *be, float *out, const int8_t *q,
 
 float ent_block_scale(const float *x, size_t n, float levels, float *inv) {
     float amax = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        float a = fabsf(x[i]);
-        amax = a > amax || a != a ? a : amax; // NaN propagates
-    }
-    float scale = amax / levels;
-    *inv = scale > 0.0f && isfinite(scale) ? 1.0f / scale : 0.0f;
-    return scale;
+    for (size_t i = 0; i < n; i++) amax = ent_k_amax_add(amax, x[i]); // NaN propagates
+    return ent_k_block_scale(amax, levels, inv);
 }

@@ -94,7 +94,7 @@ static const key_desc keys[] = {
     {"coalition", "coordinator_key", K_STR, FIELD(coal_coordinator_key), "", 0, 0, 0, "a site: the coordinator's public key file (its NAME.pub); required unless --insecure"},
     {"coalition", "allow", K_STR, FIELD(coal_allow), "", 0, 0, 0, "the coordinator: the sites admitted, a directory of their NAME.pub files (or one file); required unless --insecure"},
     {"system", "threads", K_INT, FIELD(threads), "0", 0, 4096, 0, "CPU threads per rank; 0 = OMP_NUM_THREADS or all cores"},
-    {"system", "backend", K_STR, FIELD(backend), "cpu", 0, 0, 0, "the device backend that computes: cpu (OpenBLAS + OpenMP), or cpu-guarded (the same, its memory locked outside its own calls: for tests, several times slower); the CUDA backend comes later"},
+    {"system", "backend", K_STR, FIELD(backend), "cpu", 0, 0, 0, "the device backend that computes: cpu (OpenBLAS + OpenMP); cpu-guarded (the same, its memory locked outside its own calls: for tests, several times slower); cuda (one NVIDIA GPU per rank, the node-local rank's, in a build with the CUDA toolkit; f32 storage, TF32 matrix products; not yet validated on a GPU); or auto (cuda when built with it and a GPU is visible, else cpu)"},
 };
 
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))
@@ -615,10 +615,10 @@ ent_status ent_config_validate(const ent_config *cfg) {
                         "%s: data.dir is not set: name a directory of token shards "
                         "(entente data prepare --help)", where);
     }
-    if (strcmp(cfg->backend, "cpu") != 0 && strcmp(cfg->backend, "cpu-guarded") != 0) {
+    if (ent_backend_check_name(cfg->backend) != ENT_OK) {
         key_origin(cfg, KEY("system", "backend"), a, sizeof a);
-        return ent_fail(ENT_ERR_USAGE, "%s: system.backend = '%s': this build has %s", a,
-                        cfg->backend, ent_backend_names());
+        return ent_fail(ENT_ERR_USAGE, "%s: system.backend = '%s': %s", a, cfg->backend,
+                        ent_last_error());
     }
     if (strcmp(cfg->ckpt_on_error, "stop") != 0 && strcmp(cfg->ckpt_on_error, "continue") != 0) {
         key_origin(cfg, KEY("checkpoint", "on_error"), a, sizeof a);

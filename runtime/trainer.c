@@ -537,7 +537,8 @@ static ent_status check_layout(const ent_config *cfg, const ent_comm_t *comm) {
 
 static ent_status prepare_model(trainer *tr) {
     const ent_config *cfg = tr->cfg;
-    ent_backend_opts bopts = {.threads = tr->threads};
+    // a GPU backend takes the node-local rank's GPU (modulo the GPUs visible)
+    ent_backend_opts bopts = {.threads = tr->threads, .device = ent_comm_local_rank(tr->comm)};
     ENT_CHECK(ent_backend_new(cfg->backend, &bopts, &tr->be));
     // the model's TP all-reduces and the optimizer's DP collectives run on
     // the backend's memory: groups that reach it

@@ -47,46 +47,6 @@ set -- "$1" "$2" "$3"
 # shellcheck source=cli_lib.sh
 . "$(dirname "$0")/cli_lib.sh"
 
-# step_losses METRICS FROM TO: "step loss" of each step record in FROM..TO
-step_losses() {
-    sed -n 's/^{"step":\([0-9]*\),"loss":\([^,]*\),.*/\1 \2/p' "$1" |
-        awk -v a="$2" -v b="$3" '$1 >= a && $1 <= b'
-}
-
-# step_field METRICS STEP FIELD: the value of FIELD in the record of STEP
-step_field() {
-    grep "^{\"step\":$2,\"loss\"" "$1" | tail -1 | sed -n "s/.*\"$3\":\\([^,}]*\\).*/\\1/p"
-}
-
-# same_curve DESC REF RUN FROM TO TOLERANCE: the losses of steps FROM..TO of
-# RUN's metrics match REF's within TOLERANCE relative (0: bit for bit, as printed)
-same_curve() {
-    local desc=$1 ref=$2 run=$3 from=$4 to=$5 tol=$6
-    step_losses "$ref" "$from" "$to" >"$W/a.curve"
-    step_losses "$run" "$from" "$to" >"$W/b.curve"
-    if [ "$(wc -l <"$W/a.curve")" != $((to - from + 1)) ] ||
-        [ "$(wc -l <"$W/b.curve")" != $((to - from + 1)) ]; then
-        fail "$desc: expected $((to - from + 1)) step records in both runs"
-        return
-    fi
-    if [ "$tol" = 0 ]; then
-        cmp -s "$W/a.curve" "$W/b.curve" || {
-            fail "$desc: the continued curve is not bit-identical to the uninterrupted one:"
-            diff "$W/a.curve" "$W/b.curve" | head -6 | sed 's/^/      /'
-        }
-    else
-        paste "$W/a.curve" "$W/b.curve" | awk -v t="$tol" '
-            { d = $2 - $4; if (d < 0) d = -d; if (d > t * $2) { bad = 1; print "      step " $1 ": " $2 " vs " $4 } }
-            END { exit bad }' || fail "$desc: the continued curve departs by more than $tol"
-    fi
-    # the data cursor: the resumed run has consumed exactly what the uninterrupted one had
-    local step
-    for step in $from $to; do
-        [ "$(step_field "$ref" "$step" tokens)" = "$(step_field "$run" "$step" tokens)" ] ||
-            fail "$desc: at step $step the data cursor differs (tokens $(step_field "$ref" "$step" tokens) vs $(step_field "$run" "$step" tokens))"
-    done
-}
-
 ckpt_config() {
     write_config "$1"
     sed -i 's/^steps = 30/steps = 20/; s/^heads = 2/heads = 4/' "$1"

@@ -1093,7 +1093,8 @@ case_eval_checkpoint() {
         "$E" train --config "$W/tiny.ini" --run-dir "$W/short" --set train.warmup_steps=100 \
         --set train.steps=20 --set sample.tokens=0 --set eval.every=0
     grep -q '^warmup_steps = 2$' "$W/short/config.ini" || fail "config.ini does not hold the lowered warm-up"
-    expect "an unknown backend" 2 "system.backend = 'gpu9000': this build has cpu, cpu-guarded" -- \
+    expect "an unknown backend" 2 \
+        "system.backend = 'gpu9000': unknown backend 'gpu9000' (this build has: cpu, cpu-guarded" -- \
         "$E" train --config "$W/tiny.ini" --run-dir "$W/g" --set system.backend=gpu9000
 }
 

@@ -493,6 +493,29 @@ static void test_backends(void **state) {
     assert_null(g);
     assert_non_null(strstr(ent_last_error(), "unknown backend 'gpu9000'"));
     assert_non_null(strstr(ent_last_error(), "cpu, cpu-guarded"));
+    assert_int_equal(ent_backend_check_name("gpu9000"), ENT_ERR_USAGE);
+    assert_int_equal(ent_backend_check_name("cpu-guarded"), ENT_OK);
+    assert_int_equal(ent_backend_check_name("auto"), ENT_OK);
+    assert_non_null(strstr(ent_backend_names(), "auto"));
+    // cuda: refused with the reason where this build has no CUDA or no GPU is
+    // visible (as in CI); "auto" then falls back to the cpu backend
+    ent_backend_t *gpu = NULL, *any = NULL;
+    ent_status st = ent_backend_new("cuda", NULL, &gpu);
+    if (st != ENT_OK) {
+        assert_int_equal(st, ENT_ERR_USAGE);
+        assert_null(gpu);
+        assert_true(strstr(ent_last_error(), "no CUDA device visible") != NULL ||
+                    strstr(ent_last_error(), "cmake -DENT_CUDA=ON") != NULL);
+        assert_int_equal(ent_backend_new("auto", NULL, &any), ENT_OK);
+        assert_string_equal(any->iface->name, "cpu");
+        ent_backend_free(&any);
+    } else {
+        assert_string_equal(gpu->iface->name, "cuda");
+        assert_int_equal(ent_backend_new("auto", NULL, &any), ENT_OK);
+        assert_string_equal(any->iface->name, "cuda");
+        ent_backend_free(&any);
+        ent_backend_free(&gpu);
+    }
     assert_int_equal(be->iface->is_host, 1);
     assert_non_null(be->iface->describe(be));
     assert_int_equal(be->iface->synchronize(be), ENT_OK);

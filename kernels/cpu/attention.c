@@ -34,7 +34,7 @@ ent_status ent_cpu_attention_forward(ent_backend_t *be, float *out, float *att, 
             for (int j = 1; j <= t; j++) maxv = row[j] > maxv ? row[j] : maxv;
             float sum = 0.0f;
             for (int j = 0; j <= t; j++) {
-                row[j] = ent_cpu_expf(row[j] - maxv);
+                row[j] = ent_k_expf(row[j] - maxv);
                 sum += row[j];
             }
             float inv = 1.0f / sum;

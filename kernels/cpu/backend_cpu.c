@@ -109,7 +109,7 @@ static const struct ent_backend_i cpu_backend_i = {
     .dequantize_i8 = ent_cpu_dequantize_i8,
 };
 
-static ent_status cpu_new(const ent_backend_opts *opts, ent_backend_t **out) {
+ent_status ent_cpu_new(const ent_backend_opts *opts, ent_backend_t **out) {
     ent_backend_t *be = calloc(1, sizeof *be);
     if (be == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory creating the cpu backend");
     if (opts != NULL && opts->threads > 0) omp_set_num_threads(opts->threads);
@@ -118,39 +118,6 @@ static ent_status cpu_new(const ent_backend_opts *opts, ent_backend_t **out) {
     be->threads = omp_get_max_threads();
     *out = be;
     return ENT_OK;
-}
-
-// ---------------------------------------------------------------------------
-// backends by name
-
-static const struct {
-    const char *name;
-    ent_status (*create)(const ent_backend_opts *opts, ent_backend_t **out);
-} backends[] = {
-    {"cpu", cpu_new},
-    {"cpu-guarded", ent_cpu_guarded_new},
-};
-
-const char *ent_backend_names(void) { return "cpu, cpu-guarded"; }
-
-ent_status ent_backend_new(const char *name, const ent_backend_opts *opts, ent_backend_t **out) {
-    *out = NULL;
-    for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++)
-        if (strcmp(name, backends[i].name) == 0) return backends[i].create(opts, out);
-    return ent_fail(ENT_ERR_USAGE, "unknown backend '%s' (this build has: %s)", name,
-                    ent_backend_names());
-}
-
-ent_backend_t *ent_backend_cpu_new(int threads) {
-    ent_backend_opts opts = {.threads = threads};
-    ent_backend_t *be = NULL;
-    return ent_backend_new("cpu", &opts, &be) == ENT_OK ? be : NULL;
-}
-
-void ent_backend_free(ent_backend_t **be) {
-    if (be == NULL || *be == NULL) return;
-    (*be)->iface->free(*be);
-    *be = NULL;
 }
 
 const char *ent_backend_cpu_warning(void) {

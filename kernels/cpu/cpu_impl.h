@@ -4,6 +4,7 @@
 #define ENT_CPU_IMPL_H
 
 #include "../ent_kernels.h"
+#include "../kernel_math.h"
 
 // Column reductions (bias and layernorm weight gradients) are split into
 // blocks of this many columns: each thread owns whole columns and walks the
@@ -61,34 +62,10 @@ ent_status ent_cpu_copy(ent_backend_t *be, void *dst, const void *src, size_t by
 size_t ent_cpu_available_memory(ent_backend_t *be);
 size_t ent_cpu_attention_state_bytes(ent_backend_t *be, int B, int T, int NH);
 
-// The guarded CPU backend (guarded.c), for ent_backend_new("cpu-guarded").
+// The CPU backend (backend_cpu.c) and the guarded one (guarded.c), for
+// ent_backend_new("cpu") and ("cpu-guarded").
+ent_status ent_cpu_new(const ent_backend_opts *opts, ent_backend_t **out);
 ent_status ent_cpu_guarded_new(const ent_backend_opts *opts, ent_backend_t **out);
-
-// exp(x) in float within about 1 ulp, written as plain arithmetic so that loops
-// calling it vectorize (glibc's expf and tanhf are scalar calls). Range
-// reduction x = n ln2 + r, a degree-6 polynomial for e^r (Cephes), 2^n through
-// the exponent bits. Inputs below -87 give 0, above 88 give e^88.
-static inline float ent_cpu_expf(float x) {
-    int underflow = x < -87.0f;
-    x = x > 88.0f ? 88.0f : (x < -87.0f ? -87.0f : x);
-    float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    __builtin_memcpy(&scale, &bits, sizeof scale);
-    return underflow ? 0.0f : p * scale;
-}
-
-// tanh(x) = 1 - 2 / (e^(2x) + 1): absolute error about 1e-7, saturating cleanly.
-static inline float ent_cpu_tanhf(float x) { return 1.0f - 2.0f / (ent_cpu_expf(2.0f * x) + 1.0f); }
 
 // Adds the column sums of x (N,C) into acc (C), deterministically.
 void ent_cpu_add_column_sums(float *acc, const float *x, int N, int C);

@@ -20,7 +20,7 @@ ent_status ent_cpu_layernorm_forward(ent_backend_t *be, float *out, float *mean,
             v += (double)d * d;
         }
         float r = (float)(1.0 / sqrt(v / C + 1e-5));
-        for (int c = 0; c < C; c++) o[c] = (x[c] - m) * r * weight[c] + bias[c];
+        for (int c = 0; c < C; c++) o[c] = ent_k_layernorm(x[c], m, r, weight[c], bias[c]);
         mean[n] = m;
         rstd[n] = r;
     }
@@ -41,14 +41,14 @@ ent_status ent_cpu_layernorm_backward(ent_backend_t *be, float *dinp, float *dwe
         // dnorm = dy * weight; dx = r * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
         double sum_d = 0.0, sum_dn = 0.0;
         for (int c = 0; c < C; c++) {
-            float norm = (x[c] - m) * r;
+            float norm = ent_k_norm(x[c], m, r);
             float dn = dy[c] * weight[c];
             sum_d += dn;
             sum_dn += (double)dn * norm;
         }
         float mean_d = (float)(sum_d / C), mean_dn = (float)(sum_dn / C);
         for (int c = 0; c < C; c++) {
-            float norm = (x[c] - m) * r;
+            float norm = ent_k_norm(x[c], m, r);
             float dn = dy[c] * weight[c];
             dx[c] += r * (dn - mean_d - norm * mean_dn);
         }
@@ -65,7 +65,7 @@ ent_status ent_cpu_layernorm_backward(ent_backend_t *be, float *dinp, float *dwe
             const float *dy = dout + (size_t)n * C;
             float m = mean[n], r = rstd[n];
             for (int c = c0; c < c1; c++) {
-                dw[c - c0] += dy[c] * (x[c] - m) * r;
+                dw[c - c0] += dy[c] * ent_k_norm(x[c], m, r);
                 db[c - c0] += dy[c];
             }
         }

@@ -9,18 +9,11 @@ ent_status ent_cpu_adamw_update(ent_backend_t *be, float *params, float *master,
                                 float beta1, float beta2, float eps, float weight_decay,
                                 float grad_scale, int t) {
     (void)be;
-    float c1 = 1.0f - powf(beta1, (float)t);
-    float c2 = 1.0f - powf(beta2, (float)t);
+    ent_k_adamw_hp h = ent_k_adamw_hparams(lr, beta1, beta2, eps, weight_decay, grad_scale, t);
     float *w = master != NULL ? master : params;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
-        float g = grads[i] * grad_scale;
-        float mi = beta1 * m[i] + (1.0f - beta1) * g;
-        float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
-        m[i] = mi;
-        v[i] = vi;
-        float mhat = mi / c1, vhat = vi / c2;
-        w[i] -= lr * (mhat / (sqrtf(vhat) + eps) + weight_decay * w[i]);
+        w[i] = ent_k_adamw(&m[i], &v[i], grads[i], w[i], &h);
         if (w != params) params[i] = w[i]; // f32 params: the master's value
     }
     return ENT_OK;

@@ -18,7 +18,7 @@ ent_status ent_cpu_softmax_xent_forward(ent_backend_t *be, float *losses, float 
         float target_logit = targets != NULL ? x[targets[n]] : 0.0f;
         double sum = 0.0;
         for (int i = 0; i < V; i++) {
-            float e = ent_cpu_expf(x[i] - maxv);
+            float e = ent_k_expf(x[i] - maxv);
             p[i] = e;
             sum += e;
         }

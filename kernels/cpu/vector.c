@@ -33,11 +33,7 @@ ent_status ent_cpu_quantize_i8(ent_backend_t *be, int8_t *q, float *scales, cons
         size_t i0 = k * block, i1 = i0 + block < n ? i0 + block : n;
         float inv;
         scales[k] = ent_block_scale(x + i0, i1 - i0, 127.0f, &inv);
-        for (size_t i = i0; i < i1; i++) {
-            float r = nearbyintf(x[i] * inv);
-            r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
-            q[i] = (int8_t)(r == r ? r : 0.0f);
-        }
+        for (size_t i = i0; i < i1; i++) q[i] = (int8_t)ent_k_quantize(x[i], inv, 127.0f);
     }
     return ENT_OK;
 }

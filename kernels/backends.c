@@ -1,0 +1,86 @@
+// backends.c: the backends by name (config key system.backend).
+#include "ent_kernels.h"
+#include "cpu/cpu_impl.h"
+#ifdef ENT_HAVE_CUDA
+#include "cuda/cuda_backend.h"
+#endif
+
+#include <stdio.h>
+#include <string.h>
+
+static ent_status auto_new(const ent_backend_opts *opts, ent_backend_t **out);
+#ifndef ENT_HAVE_CUDA
+static ent_status no_cuda(const ent_backend_opts *opts, ent_backend_t **out) {
+    (void)opts;
+    (void)out;
+    return ent_fail(ENT_ERR_USAGE, "backend 'cuda': this build has no CUDA (it has %s): rebuild "
+                    "with the CUDA toolkit: cmake -DENT_CUDA=ON", ent_backend_names());
+}
+#endif
+
+static const struct {
+    const char *name;
+    ent_status (*create)(const ent_backend_opts *opts, ent_backend_t **out);
+    int built; // 0: known, but this build cannot create it (create says why)
+} backends[] = {
+    {"cpu", ent_cpu_new, 1},
+    {"cpu-guarded", ent_cpu_guarded_new, 1},
+#ifdef ENT_HAVE_CUDA
+    {"cuda", ent_cuda_backend_new, 1},
+#else
+    {"cuda", no_cuda, 0},
+#endif
+    {"auto", auto_new, 1},
+};
+#define NBACKENDS (sizeof backends / sizeof backends[0])
+
+static ent_status auto_new(const ent_backend_opts *opts, ent_backend_t **out) {
+#ifdef ENT_HAVE_CUDA
+    char why[160];
+    if (ent_cuda_device_count(why, sizeof why) > 0) return ent_cuda_backend_new(opts, out);
+#endif
+    return ent_cpu_new(opts, out);
+}
+
+const char *ent_backend_names(void) {
+    static char names[128];
+    if (names[0] == '\0') {
+        size_t len = 0;
+        for (size_t i = 0; i < NBACKENDS; i++)
+            if (backends[i].built)
+                len += (size_t)snprintf(names + len, sizeof names - len, "%s%s",
+                                        len ? ", " : "", backends[i].name);
+    }
+    return names;
+}
+
+ent_status ent_backend_check_name(const char *name) {
+    for (size_t i = 0; i < NBACKENDS; i++)
+        if (strcmp(name, backends[i].name) == 0) {
+            if (backends[i].built) return ENT_OK;
+            ent_backend_t *none = NULL;
+            return backends[i].create(NULL, &none); // the reason it is not built
+        }
+    return ent_fail(ENT_ERR_USAGE, "unknown backend '%s' (this build has: %s)", name,
+                    ent_backend_names());
+}
+
+ent_status ent_backend_new(const char *name, const ent_backend_opts *opts, ent_backend_t **out) {
+    *out = NULL;
+    ENT_CHECK(ent_backend_check_name(name));
+    for (size_t i = 0; i < NBACKENDS; i++)
+        if (strcmp(name, backends[i].name) == 0) return backends[i].create(opts, out);
+    return ENT_ERR_INTERNAL; // not reached: check_name knows the same names
+}
+
+ent_backend_t *ent_backend_cpu_new(int threads) {
+    ent_backend_opts opts = {.threads = threads};
+    ent_backend_t *be = NULL;
+    return ent_backend_new("cpu", &opts, &be) == ENT_OK ? be : NULL;
+}
+
+void ent_backend_free(ent_backend_t **be) {
+    if (be == NULL || *be == NULL) return;
+    (*be)->iface->free(*be);
+    *be = NULL;
+}

@@ -1,0 +1,178 @@
+// cuda_impl.cuh: private to kernels/cuda (C++, included by its .cu files only).
+//
+// The backend's device state, the storage types, the launch helpers and the
+// ops behind its table. Precision plan of stage 1: every tensor the interface
+// passes is f32 (float *), so each kernel is a template over its storage
+// type T with ent_load / ent_store converting to and from f32, instantiated
+// for float; a __nv_bfloat16 instantiation is what bf16 storage will add.
+// Arithmetic is f32 throughout, reductions of norms in double.
+#ifndef ENT_CUDA_IMPL_CUH
+#define ENT_CUDA_IMPL_CUH
+
+#include "../ent_kernels.h"
+#include "../kernel_math.h"
+#include "cuda_backend.h"
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+// ---------------------------------------------------------------------------
+// device state
+
+struct ent_cuda {
+    int device, device_count;
+    cudaStream_t stream;
+    cublasLtHandle_t lt;
+    void *lt_workspace; // cuBLASLt's workspace
+    size_t lt_workspace_bytes;
+    void *scratch; // device scratch of the reductions, grown on demand
+    size_t scratch_bytes;
+    void *host_scratch; // pinned host scratch (results, token buckets)
+    size_t host_scratch_bytes;
+    char desc[320];
+};
+
+static inline ent_cuda *ent_cuda_of(ent_backend_t *be) { return (ent_cuda *)be->impl; }
+
+// At least `bytes` of device (or pinned host) scratch, valid until the next
+// call for more; growing waits for the stream, so work queued earlier that
+// still reads the old scratch has finished.
+ent_status ent_cuda_scratch(ent_backend_t *be, size_t bytes, void **out);
+ent_status ent_cuda_host_scratch(ent_backend_t *be, size_t bytes, void **out);
+
+// The status of the launch just made: ENT_ERR_INTERNAL naming the op when it failed.
+ent_status ent_cuda_launched(const char *op);
+
+// ---------------------------------------------------------------------------
+// storage types: f32 in registers, T in memory
+
+template <typename T> __device__ __forceinline__ float ent_load(const T *p);
+template <> __device__ __forceinline__ float ent_load<float>(const float *p) { return *p; }
+template <> __device__ __forceinline__ float ent_load<__nv_bfloat16>(const __nv_bfloat16 *p) {
+    return ent_k_bf16_to_f32(*reinterpret_cast<const uint16_t *>(p));
+}
+
+template <typename T> __device__ __forceinline__ void ent_store(T *p, float x);
+template <> __device__ __forceinline__ void ent_store<float>(float *p, float x) { *p = x; }
+template <> __device__ __forceinline__ void ent_store<__nv_bfloat16>(__nv_bfloat16 *p, float x) {
+    *reinterpret_cast<uint16_t *>(p) = ent_k_f32_to_bf16(x); // round to nearest even
+}
+
+// ---------------------------------------------------------------------------
+// launch shapes and warp reductions
+
+#define ENT_CUDA_THREADS 256
+#define ENT_CUDA_FULL_MASK 0xffffffffu
+
+// Blocks of ENT_CUDA_THREADS for n elements in a grid-stride loop (capped:
+// every kernel that uses it loops).
+static inline unsigned ent_cuda_blocks(size_t n) {
+    size_t b = (n + ENT_CUDA_THREADS - 1) / ENT_CUDA_THREADS;
+    return (unsigned)(b < 1 ? 1 : b > 65535 * 8 ? 65535 * 8 : b);
+}
+
+// Butterfly reductions: every lane ends with the same value, summed in the
+// same order on every run.
+__device__ __forceinline__ float ent_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(ENT_CUDA_FULL_MASK, v, o);
+    return v;
+}
+__device__ __forceinline__ float ent_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(ENT_CUDA_FULL_MASK, v, o));
+    return v;
+}
+
+// ---------------------------------------------------------------------------
+// deterministic column sums: acc (C) += sum over rows n < N of f(n, c), rows
+// summed in order within fixed chunks and the chunks in order, with no
+// atomics, so that the result depends on N and C only.
+
+#define ENT_COLSUM_ROWS 256 // rows per chunk
+
+template <typename F>
+__global__ void ent_colsum_partial_kernel(float *partial, int N, int C, F f) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    int n0 = blockIdx.y * ENT_COLSUM_ROWS, n1 = min(N, n0 + ENT_COLSUM_ROWS);
+    float s = 0.0f;
+    for (int n = n0; n < n1; n++) s += f(n, c);
+    partial[(size_t)blockIdx.y * C + c] = s;
+}
+
+// f(n, c) = x[n * ld + c]: the plain column sums of a row-major matrix
+struct ent_matrix_value {
+    const float *x;
+    size_t ld;
+    __device__ float operator()(int n, int c) const { return x[(size_t)n * ld + c]; }
+};
+
+__global__ void ent_colsum_finish_kernel(float *acc, const float *partial, int chunks, int C);
+
+template <typename F>
+ent_status ent_cuda_column_sums(ent_backend_t *be, float *acc, int N, int C, F f) {
+    if (N <= 0 || C <= 0) return ENT_OK;
+    int chunks = (N + ENT_COLSUM_ROWS - 1) / ENT_COLSUM_ROWS;
+    void *partial = NULL;
+    ENT_CHECK(ent_cuda_scratch(be, sizeof(float) * (size_t)chunks * C, &partial));
+    cudaStream_t s = ent_cuda_of(be)->stream;
+    dim3 grid((C + ENT_CUDA_THREADS - 1) / ENT_CUDA_THREADS, chunks);
+    ent_colsum_partial_kernel<<<grid, ENT_CUDA_THREADS, 0, s>>>((float *)partial, N, C, f);
+    ENT_CHECK(ent_cuda_launched("column sums"));
+    ent_colsum_finish_kernel<<<(C + ENT_CUDA_THREADS - 1) / ENT_CUDA_THREADS, ENT_CUDA_THREADS, 0,
+                               s>>>(acc, (const float *)partial, chunks, C);
+    return ent_cuda_launched("column sums");
+}
+
+// ---------------------------------------------------------------------------
+// the ops (signatures of struct ent_backend_i; shapes in ent_kernels.h)
+
+ent_status ent_cuda_encoder_forward(ent_backend_t *be, float *out, const int32_t *tokens,
+                                    const float *wte, const float *wpe, int B, int T, int C);
+ent_status ent_cuda_encoder_backward(ent_backend_t *be, float *dwte, float *dwpe,
+                                     const float *dout, const int32_t *tokens, int B, int T,
+                                     int C);
+ent_status ent_cuda_layernorm_forward(ent_backend_t *be, float *out, float *mean, float *rstd,
+                                      const float *inp, const float *weight, const float *bias,
+                                      int N, int C);
+ent_status ent_cuda_layernorm_backward(ent_backend_t *be, float *dinp, float *dweight,
+                                       float *dbias, const float *dout, const float *inp,
+                                       const float *weight, const float *mean, const float *rstd,
+                                       int N, int C);
+ent_status ent_cuda_matmul_forward(ent_backend_t *be, float *out, const float *inp,
+                                   const float *weight, const float *bias, int N, int C, int OC);
+ent_status ent_cuda_matmul_backward(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
+                                    const float *dout, const float *inp, const float *weight,
+                                    int N, int C, int OC);
+size_t ent_cuda_attention_state_bytes(ent_backend_t *be, int B, int T, int NH);
+ent_status ent_cuda_attention_forward(ent_backend_t *be, float *out, float *att,
+                                      const float *qkv, int B, int T, int C, int NH);
+ent_status ent_cuda_attention_backward(ent_backend_t *be, float *dqkv, float *scratch,
+                                       const float *dout, const float *qkv, const float *att,
+                                       int B, int T, int C, int NH);
+ent_status ent_cuda_gelu_forward(ent_backend_t *be, float *out, const float *inp, size_t n);
+ent_status ent_cuda_gelu_backward(ent_backend_t *be, float *dinp, const float *inp,
+                                  const float *dout, size_t n);
+ent_status ent_cuda_residual_forward(ent_backend_t *be, float *out, const float *a,
+                                     const float *b, size_t n);
+ent_status ent_cuda_residual_backward(ent_backend_t *be, float *da, float *db, const float *dout,
+                                      size_t n);
+ent_status ent_cuda_softmax_xent_forward(ent_backend_t *be, float *losses, float *probs,
+                                         const float *logits, const int32_t *targets, int N,
+                                         int V, int Vp);
+ent_status ent_cuda_softmax_xent_backward(ent_backend_t *be, float *dlogits, const float *probs,
+                                          const int32_t *targets, float dloss, int N, int V,
+                                          int Vp);
+ent_status ent_cuda_adamw_update(ent_backend_t *be, float *params, float *master,
+                                 const float *grads, float *m, float *v, size_t n, float lr,
+                                 float beta1, float beta2, float eps, float weight_decay,
+                                 float grad_scale, int t);
+ent_status ent_cuda_sum_squares(ent_backend_t *be, const float *x, size_t n, double *out);
+ent_status ent_cuda_sub(ent_backend_t *be, float *out, const float *a, const float *b, size_t n);
+ent_status ent_cuda_axpy(ent_backend_t *be, float *y, float alpha, const float *x, size_t n);
+ent_status ent_cuda_quantize_i8(ent_backend_t *be, int8_t *q, float *scales, const float *x,
+                                size_t n, size_t block);
+ent_status ent_cuda_dequantize_i8(ent_backend_t *be, float *out, const int8_t *q,
+                                  const float *scales, size_t n, size_t block);
+
+#endif // ENT_CUDA_IMPL_CUH

@@ -1,0 +1,127 @@
+// matmul.cu: the linear layer through cuBLASLt, out (N,OC) = inp (N,C) @ weight^T + bias.
+//
+// cuBLASLt is column-major: a row-major (R, K) matrix is a column-major
+// (K, R) one, so each product below is written on the transposes. The
+// storage types of A, B and C/D are parameters of lt_matmul (f32 today, bf16
+// when the storage changes); the compute is f32 with TF32 tensor cores
+// (CUBLAS_COMPUTE_32F_FAST_TF32) and f32 accumulation. The forward's bias is
+// cuBLASLt's bias epilogue; the bias gradient is a deterministic column sum.
+// cuBLAS gives the same bits on every run on GPUs of one architecture, which
+// the data-parallel check of bit-identical replicas relies on.
+#include "cuda_impl.cuh"
+
+#include <stdint.h>
+
+// the largest power of two (at most 256) that divides the address: what the
+// heuristics may assume of each matrix
+static uint32_t alignment_of(const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    uint32_t align = 256;
+    while (align > 1 && a % align != 0) align >>= 1;
+    return align;
+}
+
+typedef struct {
+    const void *ptr;
+    cudaDataType_t type;
+    int rows, cols, ld; // column-major, as stored
+    int transpose;
+} lt_operand;
+
+// D (m,n) = alpha * op(A) (m,k) @ op(B) (k,n) + beta * D [+ bias (m) on each column],
+// all column-major. D is read (beta != 0) and written in place.
+static ent_status lt_matmul(ent_backend_t *be, const char *what, lt_operand a, lt_operand b,
+                            void *d, cudaDataType_t d_type, int m, int n, int ldd,
+                            const float *bias, float beta) {
+    ent_cuda *cu = ent_cuda_of(be);
+    cublasLtMatmulDesc_t desc = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    ent_status st = ENT_OK;
+    cublasStatus_t rc;
+    float alpha = 1.0f;
+    cublasOperation_t ta = a.transpose ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t tb = b.transpose ? CUBLAS_OP_T : CUBLAS_OP_N;
+    uint32_t align_a = alignment_of(a.ptr), align_b = alignment_of(b.ptr), align_d = alignment_of(d);
+    uint64_t ws = cu->lt_workspace_bytes;
+    cublasLtMatmulHeuristicResult_t heur;
+    int found = 0;
+#define LT(call)                                                                                   \
+    do {                                                                                           \
+        rc = (call);                                                                               \
+        if (rc != CUBLAS_STATUS_SUCCESS) {                                                         \
+            st = ent_fail(ENT_ERR_INTERNAL, "cuda backend: %s (%dx%d): %s: %s", what, m, n, #call, \
+                          cublasLtGetStatusString(rc));                                            \
+            goto done;                                                                             \
+        }                                                                                          \
+    } while (0)
+    LT(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F_FAST_TF32, CUDA_R_32F));
+    LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    if (bias != NULL) {
+        cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        cudaDataType_t bias_type = CUDA_R_32F;
+        LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+        LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                          sizeof bias));
+        LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                          sizeof bias_type));
+    }
+    LT(cublasLtMatrixLayoutCreate(&la, a.type, a.rows, a.cols, a.ld));
+    LT(cublasLtMatrixLayoutCreate(&lb, b.type, b.rows, b.cols, b.ld));
+    LT(cublasLtMatrixLayoutCreate(&ld, d_type, m, n, ldd));
+    LT(cublasLtMatmulPreferenceCreate(&pref));
+    LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                            sizeof ws));
+    LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                            &align_a, sizeof align_a));
+    LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                            &align_b, sizeof align_b));
+    LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                            &align_d, sizeof align_d));
+    LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                            &align_d, sizeof align_d));
+    LT(cublasLtMatmulAlgoGetHeuristic(cu->lt, desc, la, lb, ld, ld, pref, 1, &heur, &found));
+    if (found == 0) {
+        st = ent_fail(ENT_ERR_INTERNAL, "cuda backend: %s: cuBLASLt has no algorithm for "
+                      "(%d x %d) = op(%d x %d) @ op(%d x %d)", what, m, n, a.rows, a.cols, b.rows,
+                      b.cols);
+        goto done;
+    }
+    LT(cublasLtMatmul(cu->lt, desc, &alpha, a.ptr, la, b.ptr, lb, &beta, d, ld, d, ld,
+                      &heur.algo, cu->lt_workspace, cu->lt_workspace_bytes, cu->stream));
+#undef LT
+done:
+    if (pref != NULL) cublasLtMatmulPreferenceDestroy(pref);
+    if (ld != NULL) cublasLtMatrixLayoutDestroy(ld);
+    if (lb != NULL) cublasLtMatrixLayoutDestroy(lb);
+    if (la != NULL) cublasLtMatrixLayoutDestroy(la);
+    if (desc != NULL) cublasLtMatmulDescDestroy(desc);
+    return st;
+}
+
+ent_status ent_cuda_matmul_forward(ent_backend_t *be, float *out, const float *inp,
+                                   const float *weight, const float *bias, int N, int C, int OC) {
+    // out^T (OC,N) = weight (C,OC col-major)^T @ inp^T (C,N)
+    lt_operand w = {weight, CUDA_R_32F, C, OC, C, 1};
+    lt_operand x = {inp, CUDA_R_32F, C, N, C, 0};
+    return lt_matmul(be, "matmul_forward", w, x, out, CUDA_R_32F, OC, N, OC, bias, 0.0f);
+}
+
+ent_status ent_cuda_matmul_backward(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
+                                    const float *dout, const float *inp, const float *weight,
+                                    int N, int C, int OC) {
+    // dinp^T (C,N) += weight (C,OC col-major) @ dout^T (OC,N)
+    lt_operand w = {weight, CUDA_R_32F, C, OC, C, 0};
+    lt_operand dy = {dout, CUDA_R_32F, OC, N, OC, 0};
+    ENT_CHECK(lt_matmul(be, "matmul_backward (input)", w, dy, dinp, CUDA_R_32F, C, N, C, NULL,
+                        1.0f));
+    // dweight^T (C,OC) += inp^T (C,N) @ dout (N,OC): dout^T (OC,N) transposed
+    lt_operand x = {inp, CUDA_R_32F, C, N, C, 0};
+    lt_operand dyt = {dout, CUDA_R_32F, OC, N, OC, 1};
+    ENT_CHECK(lt_matmul(be, "matmul_backward (weight)", x, dyt, dweight, CUDA_R_32F, C, OC, C,
+                        NULL, 1.0f));
+    if (dbias == NULL) return ENT_OK;
+    ent_matrix_value f = {dout, (size_t)OC};
+    return ent_cuda_column_sums(be, dbias, N, OC, f);
+}

@@ -1,0 +1,157 @@
+// norm_xent.cu: the cuda backend's row-wise ops: layer normalisation and the
+// softmax over the vocabulary fused with cross-entropy.
+#include "cuda_impl.cuh"
+
+#define ROWS_PER_BLOCK (ENT_CUDA_THREADS / 32) // one warp a row
+
+// ---------------------------------------------------------------------------
+// layer normalisation, eps = 1e-5 (GPT-2): one warp per row
+
+template <typename T>
+__global__ void layernorm_forward_kernel(T *out, float *mean, float *rstd, const T *inp,
+                                         const T *weight, const T *bias, int N, int C) {
+    int n = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (n >= N) return; // whole warps
+    const T *x = inp + (size_t)n * C;
+    float s = 0.0f;
+    for (int c = lane; c < C; c += 32) s += ent_load(x + c);
+    float m = ent_warp_sum(s) / C;
+    float v = 0.0f;
+    for (int c = lane; c < C; c += 32) {
+        float d = ent_load(x + c) - m;
+        v += d * d;
+    }
+    float r = 1.0f / sqrtf(ent_warp_sum(v) / C + 1e-5f);
+    T *o = out + (size_t)n * C;
+    for (int c = lane; c < C; c += 32)
+        ent_store(o + c, ent_k_layernorm(ent_load(x + c), m, r, ent_load(weight + c),
+                                         ent_load(bias + c)));
+    if (lane == 0) {
+        mean[n] = m;
+        rstd[n] = r;
+    }
+}
+
+ent_status ent_cuda_layernorm_forward(ent_backend_t *be, float *out, float *mean, float *rstd,
+                                      const float *inp, const float *weight, const float *bias,
+                                      int N, int C) {
+    if (N <= 0) return ENT_OK;
+    unsigned blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
+    layernorm_forward_kernel<float><<<blocks, ENT_CUDA_THREADS, 0, ent_cuda_of(be)->stream>>>(
+        out, mean, rstd, inp, weight, bias, N, C);
+    return ent_cuda_launched("layernorm_forward");
+}
+
+// dinp, one warp per row: dnorm = dy * weight;
+// dx += rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
+template <typename T>
+__global__ void layernorm_backward_kernel(T *dinp, const T *dout, const T *inp, const T *weight,
+                                          const float *mean, const float *rstd, int N, int C) {
+    int n = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (n >= N) return;
+    const T *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+    T *dx = dinp + (size_t)n * C;
+    float m = mean[n], r = rstd[n];
+    float sum_d = 0.0f, sum_dn = 0.0f;
+    for (int c = lane; c < C; c += 32) {
+        float dn = ent_load(dy + c) * ent_load(weight + c);
+        sum_d += dn;
+        sum_dn += dn * ent_k_norm(ent_load(x + c), m, r);
+    }
+    float mean_d = ent_warp_sum(sum_d) / C, mean_dn = ent_warp_sum(sum_dn) / C;
+    for (int c = lane; c < C; c += 32) {
+        float norm = ent_k_norm(ent_load(x + c), m, r);
+        float dn = ent_load(dy + c) * ent_load(weight + c);
+        ent_store(dx + c, ent_load(dx + c) + r * (dn - mean_d - norm * mean_dn));
+    }
+}
+
+// the values whose column sums are dweight and dbias
+struct ln_dweight_value {
+    const float *dout, *inp, *mean, *rstd;
+    int C;
+    __device__ float operator()(int n, int c) const {
+        size_t i = (size_t)n * C + c;
+        return dout[i] * ent_k_norm(inp[i], mean[n], rstd[n]);
+    }
+};
+
+
+ent_status ent_cuda_layernorm_backward(ent_backend_t *be, float *dinp, float *dweight,
+                                       float *dbias, const float *dout, const float *inp,
+                                       const float *weight, const float *mean, const float *rstd,
+                                       int N, int C) {
+    if (N <= 0) return ENT_OK;
+    unsigned blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
+    layernorm_backward_kernel<float><<<blocks, ENT_CUDA_THREADS, 0, ent_cuda_of(be)->stream>>>(
+        dinp, dout, inp, weight, mean, rstd, N, C);
+    ENT_CHECK(ent_cuda_launched("layernorm_backward"));
+    ln_dweight_value fw = {dout, inp, mean, rstd, C};
+    ENT_CHECK(ent_cuda_column_sums(be, dweight, N, C, fw));
+    ent_matrix_value fb = {dout, (size_t)C};
+    return ent_cuda_column_sums(be, dbias, N, C, fb);
+}
+
+// ---------------------------------------------------------------------------
+// softmax + cross-entropy over the first V of Vp logits: one block per row.
+// One pass keeps each thread's online (max, sum) and merges them in a fixed
+// tree; a second pass writes each probability once. The target's logit is
+// read in the first pass, before probs (which may alias logits) is written.
+
+template <typename T>
+__global__ void softmax_xent_forward_kernel(float *losses, T *probs, const T *logits,
+                                            const int32_t *targets, int V, int Vp) {
+    __shared__ ent_k_maxsum sh[ENT_CUDA_THREADS];
+    int n = blockIdx.x;
+    const T *x = logits + (size_t)n * Vp;
+    T *p = probs + (size_t)n * Vp;
+    float target_logit = 0.0f;
+    if (targets != NULL && threadIdx.x == 0) target_logit = ent_load(x + targets[n]);
+    ent_k_maxsum ms = ent_k_maxsum_empty();
+    for (int i = threadIdx.x; i < V; i += blockDim.x) ms = ent_k_maxsum_add(ms, ent_load(x + i));
+    sh[threadIdx.x] = ms;
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        __syncthreads();
+        if ((int)threadIdx.x < s)
+            sh[threadIdx.x] = ent_k_maxsum_merge(sh[threadIdx.x], sh[threadIdx.x + s]);
+    }
+    __syncthreads();
+    ent_k_maxsum row = sh[0];
+    float inv = 1.0f / row.sum;
+    for (int i = threadIdx.x; i < Vp; i += blockDim.x)
+        ent_store(p + i, i < V ? ent_k_expf(ent_load(x + i) - row.max) * inv : 0.0f);
+    // loss = log(sum exp) - logit[target], exact even where the probability underflows
+    if (targets != NULL && threadIdx.x == 0)
+        losses[n] = logf(row.sum) + row.max - target_logit;
+}
+
+ent_status ent_cuda_softmax_xent_forward(ent_backend_t *be, float *losses, float *probs,
+                                         const float *logits, const int32_t *targets, int N,
+                                         int V, int Vp) {
+    if (N <= 0) return ENT_OK;
+    softmax_xent_forward_kernel<float><<<N, ENT_CUDA_THREADS, 0, ent_cuda_of(be)->stream>>>(
+        losses, probs, logits, targets, V, Vp);
+    return ent_cuda_launched("softmax_xent_forward");
+}
+
+template <typename T>
+__global__ void softmax_xent_backward_kernel(T *dlogits, const T *probs, const int32_t *targets,
+                                             float dloss, int V, int Vp, size_t n) {
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (size_t)gridDim.x * blockDim.x) {
+        int i = (int)(e % Vp);
+        float d = 0.0f;
+        if (i < V) d = (ent_load(probs + e) - (i == targets[e / Vp] ? 1.0f : 0.0f)) * dloss;
+        ent_store(dlogits + e, d);
+    }
+}
+
+ent_status ent_cuda_softmax_xent_backward(ent_backend_t *be, float *dlogits, const float *probs,
+                                          const int32_t *targets, float dloss, int N, int V,
+                                          int Vp) {
+    size_t n = (size_t)N * Vp;
+    softmax_xent_backward_kernel<float><<<ent_cuda_blocks(n), ENT_CUDA_THREADS, 0,
+                                          ent_cuda_of(be)->stream>>>(dlogits, probs, targets,
+                                                                      dloss, V, Vp, n);
+    return ent_cuda_launched("softmax_xent_backward");
+}

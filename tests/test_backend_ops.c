@@ -1,0 +1,509 @@
+// test_backend_ops.c: every op of a backend against the cpu backend.
+//
+// test_backend_ops NAME... runs each named backend (all this build knows
+// other than cpu when none is named) through every op of struct
+// ent_backend_i, on fresh seeded random inputs (ENT_TEST_SEED=... repeats a
+// run), and compares what it computes with the cpu backend, the reference,
+// given the same inputs: error = max |got - want| / max |want| per output,
+// within the backend's tolerance for the op (matrix products on TF32
+// hardware get more room than f32 paths). Besides the values it checks the
+// interface's semantics: backward ops accumulate into gradients that start
+// non-zero (softmax_xent_backward overwrites), probs may alias logits and
+// dlogits probs, padding columns get 0, targets NULL leaves losses alone,
+// adamw with a separate f32 master updates both copies; and that the
+// gradient reductions and sum_squares give the same bits when run twice
+// (data-parallel replicas must agree bit for bit).
+//
+// Exit 0: all passed; 1: a mismatch (each printed); 77: a named backend
+// cannot run here (no GPU visible, or not in this build), with the reason.
+// test_backend_ops --available NAME only creates the backend: 0 when it can
+// run here, else 77 with the reason (the GPU scripts' skip test).
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ent_kernels.h"
+#include "ref.h"
+
+typedef struct {
+    const char *name;
+    double f32;    // element-wise and row-wise f32 ops
+    double matmul; // ops whose FLOPs are matrix products (TF32 on a GPU)
+    double attn_backward; // attention's backward: probabilities recomputed, other order
+    double sumsq;  // sum_squares, double accumulation in another order
+} tolerances;
+
+static const tolerances known[] = {
+    {"cpu-guarded", 1e-6, 1e-6, 1e-6, 1e-14},
+    {"cuda", 1e-5, 1e-2, 1e-4, 1e-12},
+};
+static const tolerances unknown = {"(other)", 1e-5, 1e-2, 1e-4, 1e-12};
+
+static ent_backend_t *B[2]; // B[0] the reference (cpu), B[1] the backend under test
+static const tolerances *tol;
+static int failures, checks;
+
+#define FAIL(...)                                                                                  \
+    do {                                                                                           \
+        printf("FAIL %s: ", B[1]->iface->name);                                                   \
+        printf(__VA_ARGS__);                                                                       \
+        printf("\n");                                                                              \
+        failures++;                                                                                \
+    } while (0)
+
+#define OK(call)                                                                                   \
+    do {                                                                                           \
+        ent_status st__ = (call);                                                                  \
+        if (st__ != ENT_OK) {                                                                      \
+            printf("FAIL %s: %s: %s\n", B[1]->iface->name, #call, ent_last_error());               \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+// ---------------------------------------------------------------------------
+// a host array with a copy on each backend
+
+typedef struct {
+    void *d[2];
+    size_t bytes;
+} twin;
+
+static twin tw(const void *host, size_t bytes) {
+    twin t = {{NULL, NULL}, bytes};
+    for (int k = 0; k < 2; k++) {
+        t.d[k] = B[k]->iface->alloc(B[k], bytes);
+        if (t.d[k] == NULL) {
+            printf("FAIL: %s: out of memory for %zu bytes\n", B[k]->iface->name, bytes);
+            exit(1);
+        }
+        if (host != NULL) OK(B[k]->iface->to_device(B[k], t.d[k], host, bytes));
+    }
+    return t;
+}
+
+static void tw_free(twin *t) {
+    for (int k = 0; k < 2; k++) B[k]->iface->free_mem(B[k], t->d[k]);
+}
+
+static void *host_of(const twin *t, int k) {
+    void *h = malloc(t->bytes);
+    if (h == NULL) exit(1);
+    OK(B[k]->iface->to_host(B[k], h, t->d[k], t->bytes));
+    return h;
+}
+
+#define F(t, k) ((float *)(t).d[k])
+#define I(t, k) ((int32_t *)(t).d[k])
+
+static float *randn(size_t n, double std) {
+    float *x = malloc(sizeof(float) * (n ? n : 1));
+    if (x == NULL) exit(1);
+    fill_normal(x, n, std);
+    return x;
+}
+
+static twin tw_randn(size_t n, double std) {
+    float *h = randn(n, std);
+    twin t = tw(h, sizeof(float) * n);
+    free(h);
+    return t;
+}
+
+// the backend's copy against the reference's: max |got - want| / max |want|
+static void compare(const char *what, const twin *t, size_t n, double limit) {
+    float *want = host_of(t, 0), *got = host_of(t, 1);
+    double maxdiff = 0.0, scale = 0.0;
+    size_t worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double w = want[i], g = got[i];
+        if (isnan(w) && isnan(g)) continue;
+        double d = isnan(w) || isnan(g) ? INFINITY : fabs(g - w);
+        if (d > maxdiff) maxdiff = d, worst = i;
+        if (fabs(w) > scale) scale = fabs(w);
+    }
+    double err = maxdiff / (scale > 0.0 ? scale : 1.0);
+    checks++;
+    if (!(err <= limit))
+        FAIL("%s: error %.3g > %.3g (at %zu: %.9g, want %.9g)", what, err, limit, worst,
+             got[worst], want[worst]);
+    free(want);
+    free(got);
+}
+
+// two copies on the backend under test hold the same bits
+static void same_bits(const char *what, const twin *a, const twin *b) {
+    void *x = host_of(a, 1), *y = host_of(b, 1);
+    checks++;
+    if (memcmp(x, y, a->bytes) != 0) FAIL("%s: two runs gave different bits", what);
+    free(x);
+    free(y);
+}
+
+static twin tw_copy_of(const twin *t, int k) {
+    void *h = host_of(t, k);
+    twin c = tw(h, t->bytes);
+    free(h);
+    return c;
+}
+
+// ---------------------------------------------------------------------------
+// the ops
+
+static void test_encoder(void) {
+    int Bn = 3, T = 37, C = 96, Vp = 64; // B*T > Vp: tokens repeat
+    int32_t tokens[3 * 37];
+    for (int i = 0; i < Bn * T; i++) tokens[i] = (int32_t)test_rand_int(0, Vp - 1);
+    twin tok = tw(tokens, sizeof tokens), wte = tw_randn((size_t)Vp * C, 1.0),
+         wpe = tw_randn((size_t)T * C, 1.0), out = tw(NULL, sizeof(float) * Bn * T * C);
+    for (int k = 0; k < 2; k++)
+        OK(B[k]->iface->encoder_forward(B[k], F(out, k), I(tok, k), F(wte, k), F(wpe, k), Bn, T, C));
+    compare("encoder_forward", &out, (size_t)Bn * T * C, tol->f32);
+    twin dout = tw_randn((size_t)Bn * T * C, 1.0), dwte = tw_randn((size_t)Vp * C, 1.0),
+         dwpe = tw_randn((size_t)T * C, 1.0);
+    twin dwte2 = tw_copy_of(&dwte, 1), dwpe2 = tw_copy_of(&dwpe, 1);
+    for (int k = 0; k < 2; k++)
+        OK(B[k]->iface->encoder_backward(B[k], F(dwte, k), F(dwpe, k), F(dout, k), I(tok, k), Bn,
+                                         T, C));
+    OK(B[1]->iface->encoder_backward(B[1], F(dwte2, 1), F(dwpe2, 1), F(dout, 1), I(tok, 1), Bn, T,
+                                     C));
+    compare("encoder_backward dwte (accumulated)", &dwte, (size_t)Vp * C, tol->f32);
+    compare("encoder_backward dwpe (accumulated)", &dwpe, (size_t)T * C, tol->f32);
+    same_bits("encoder_backward dwte", &dwte, &dwte2);
+    same_bits("encoder_backward dwpe", &dwpe, &dwpe2);
+    twin *all[] = {&tok, &wte, &wpe, &out, &dout, &dwte, &dwpe, &dwte2, &dwpe2};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tw_free(all[i]);
+}
+
+static void test_layernorm(int N, int C) {
+    char what[96];
+    twin inp = tw_randn((size_t)N * C, 2.0), w = tw_randn(C, 1.0), b = tw_randn(C, 1.0);
+    twin out = tw(NULL, sizeof(float) * N * C), mean = tw(NULL, sizeof(float) * N),
+         rstd = tw(NULL, sizeof(float) * N);
+    for (int k = 0; k < 2; k++)
+        OK(B[k]->iface->layernorm_forward(B[k], F(out, k), F(mean, k), F(rstd, k), F(inp, k),
+                                          F(w, k), F(b, k), N, C));
+    snprintf(what, sizeof what, "layernorm_forward (%d x %d)", N, C);
+    compare(what, &out, (size_t)N * C, tol->f32);
+    compare("layernorm_forward mean", &mean, N, tol->f32);
+    compare("layernorm_forward rstd", &rstd, N, tol->f32);
+    twin dout = tw_randn((size_t)N * C, 1.0), dinp = tw_randn((size_t)N * C, 1.0),
+         dw = tw_randn(C, 1.0), db = tw_randn(C, 1.0);
+    twin dw2 = tw_copy_of(&dw, 1), db2 = tw_copy_of(&db, 1), dinp2 = tw_copy_of(&dinp, 1);
+    for (int k = 0; k < 2; k++)
+        OK(B[k]->iface->layernorm_backward(B[k], F(dinp, k), F(dw, k), F(db, k), F(dout, k),
+                                           F(inp, k), F(w, k), F(mean, k), F(rstd, k), N, C));
+    OK(B[1]->iface->layernorm_backward(B[1], F(dinp2, 1), F(dw2, 1), F(db2, 1), F(dout, 1),
+                                       F(inp, 1), F(w, 1), F(mean, 1), F(rstd, 1), N, C));
+    snprintf(what, sizeof what, "layernorm_backward (%d x %d) dinp (accumulated)", N, C);
+    compare(what, &dinp, (size_t)N * C, tol->f32);
+    compare("layernorm_backward dweight (accumulated)", &dw, C, tol->f32);
+    compare("layernorm_backward dbias (accumulated)", &db, C, tol->f32);
+    same_bits("layernorm_backward dweight", &dw, &dw2);
+    same_bits("layernorm_backward dbias", &db, &db2);
+    same_bits("layernorm_backward dinp", &dinp, &dinp2);
+    twin *all[] = {&inp, &w, &b, &out, &mean, &rstd, &dout, &dinp, &dw, &db, &dw2, &db2, &dinp2};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tw_free(all[i]);
+}
+
+static void test_matmul(int N, int C, int OC, int with_bias) {
+    char what[96];
+    twin inp = tw_randn((size_t)N * C, 1.0), w = tw_randn((size_t)OC * C, 0.2),
+         b = tw_randn(OC, 1.0), out = tw(NULL, sizeof(float) * N * OC);
+    for (int k = 0; k < 2; k++)
+        OK(B[k]->iface->matmul_forward(B[k], F(out, k), F(inp, k), F(w, k),
+                                       with_bias ? F(b, k) : NULL, N, C, OC));
+    snprintf(what, sizeof what, "matmul_forward (%d x %d x %d%s)", N, C, OC,
+             with_bias ? ", bias" : "");
+    compare(what, &out, (size_t)N * OC, tol->matmul);
+    twin dout = tw_randn((size_t)N * OC, 1.0), dinp = tw_randn((size_t)N * C, 1.0),
+         dw = tw_randn((size_t)OC * C, 1.0), db = tw_randn(OC, 1.0);
+    twin dw2 = tw_copy_of(&dw, 1), db2 = tw_copy_of(&db, 1), dinp2 = tw_copy_of(&dinp, 1);
+    for (int k = 0; k < 2; k++)
+        OK(B[k]->iface->matmul_backward(B[k], F(dinp, k), F(dw, k), with_bias ? F(db, k) : NULL,
+                                        F(dout, k), F(inp, k), F(w, k), N, C, OC));
+    OK(B[1]->iface->matmul_backward(B[1], F(dinp2, 1), F(dw2, 1), with_bias ? F(db2, 1) : NULL,
+                                    F(dout, 1), F(inp, 1), F(w, 1), N, C, OC));
+    snprintf(what, sizeof what, "matmul_backward (%d x %d x %d) dinp (accumulated)", N, C, OC);
+    compare(what, &dinp, (size_t)N * C, tol->matmul);
+    compare("matmul_backward dweight (accumulated)", &dw, (size_t)OC * C, tol->matmul);
+    // dbias is a plain f32 column sum; untouched when NULL
+    compare(with_bias ? "matmul_backward dbias (accumulated)" : "matmul_backward dbias NULL",
+            &db, OC, with_bias ? tol->f32 : 0.0);
+    same_bits("matmul_backward dinp", &dinp, &dinp2);
+    same_bits("matmul_backward dweight", &dw, &dw2);
+    same_bits("matmul_backward dbias", &db, &db2);
+    twin *all[] = {&inp, &w, &b, &out, &dout, &dinp, &dw, &db, &dw2, &db2, &dinp2};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tw_free(all[i]);
+}
+
+static void test_attention(int Bn, int T, int C, int NH) {
+    char what[96];
+    size_t nqkv = (size_t)Bn * T * 3 * C, nout = (size_t)Bn * T * C;
+    twin qkv = tw_randn(nqkv, 1.0), out = tw(NULL, sizeof(float) * nout);
+    void *att[2], *scratch[2], *att2 = NULL;
+    for (int k = 0; k < 2; k++) {
+        size_t bytes = B[k]->iface->attention_state_bytes(B[k], Bn, T, NH);
+        att[k] = B[k]->iface->alloc(B[k], bytes);
+        scratch[k] = B[k]->iface->alloc(B[k], bytes);
+        if (k == 1) att2 = B[k]->iface->alloc(B[k], bytes);
+        if (att[k] == NULL || scratch[k] == NULL || (k == 1 && att2 == NULL)) exit(1);
+        OK(B[k]->iface->attention_forward(B[k], F(out, k), att[k], F(qkv, k), Bn, T, C, NH));
+    }
+    snprintf(what, sizeof what, "attention_forward (B %d, T %d, C %d, NH %d)", Bn, T, C, NH);
+    compare(what, &out, nout, tol->f32);
+    twin dout = tw_randn(nout, 1.0), dqkv = tw_randn(nqkv, 1.0);
+    twin dqkv2 = tw_copy_of(&dqkv, 1);
+    for (int k = 0; k < 2; k++)
+        OK(B[k]->iface->attention_backward(B[k], F(dqkv, k), scratch[k], F(dout, k), F(qkv, k),
+                                           att[k], Bn, T, C, NH));
+    OK(B[1]->iface->attention_forward(B[1], F(out, 1), att2, F(qkv, 1), Bn, T, C, NH));
+    OK(B[1]->iface->attention_backward(B[1], F(dqkv2, 1), scratch[1], F(dout, 1), F(qkv, 1),
+                                       att2, Bn, T, C, NH));
+    snprintf(what, sizeof what, "attention_backward (B %d, T %d, C %d, NH %d) dqkv (accumulated)",
+             Bn, T, C, NH);
+    compare(what, &dqkv, nqkv, tol->attn_backward);
+    same_bits("attention_backward dqkv", &dqkv, &dqkv2);
+    for (int k = 0; k < 2; k++) {
+        B[k]->iface->free_mem(B[k], att[k]);
+        B[k]->iface->free_mem(B[k], scratch[k]);
+    }
+    B[1]->iface->free_mem(B[1], att2);
+    twin *all[] = {&qkv, &out, &dout, &dqkv, &dqkv2};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tw_free(all[i]);
+}
+
+static void test_elementwise(void) {
+    size_t n = 10007;
+    twin inp = tw_randn(n, 3.0), out = tw(NULL, sizeof(float) * n);
+    for (int k = 0; k < 2; k++) OK(B[k]->iface->gelu_forward(B[k], F(out, k), F(inp, k), n));
+    compare("gelu_forward", &out, n, tol->f32);
+    twin dout = tw_randn(n, 1.0), dinp = tw_randn(n, 1.0);
+    for (int k = 0; k < 2; k++)
+        OK(B[k]->iface->gelu_backward(B[k], F(dinp, k), F(inp, k), F(dout, k), n));
+    compare("gelu_backward (accumulated)", &dinp, n, tol->f32);
+    twin b = tw_randn(n, 1.0), da = tw_randn(n, 1.0), db = tw_randn(n, 1.0);
+    for (int k = 0; k < 2; k++) {
+        OK(B[k]->iface->residual_forward(B[k], F(out, k), F(inp, k), F(b, k), n));
+        OK(B[k]->iface->residual_backward(B[k], F(da, k), F(db, k), F(dout, k), n));
+    }
+    compare("residual_forward", &out, n, tol->f32);
+    compare("residual_backward da (accumulated)", &da, n, tol->f32);
+    compare("residual_backward db (accumulated)", &db, n, tol->f32);
+    twin *all[] = {&inp, &out, &dout, &dinp, &b, &da, &db};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tw_free(all[i]);
+}
+
+static void test_softmax_xent(void) {
+    int N = 50, V = 1000, Vp = 1024;
+    size_t n = (size_t)N * Vp;
+    int32_t targets[50];
+    for (int i = 0; i < N; i++) targets[i] = (int32_t)test_rand_int(0, V - 1);
+    float *logits_h = randn(n, 4.0), *sentinel = malloc(sizeof(float) * N);
+    if (sentinel == NULL) exit(1);
+    for (int i = 0; i < N; i++) sentinel[i] = 12345.0f + (float)i;
+    twin logits = tw(logits_h, sizeof(float) * n), probs = tw(NULL, sizeof(float) * n);
+    twin tgt = tw(targets, sizeof targets), losses = tw(sentinel, sizeof(float) * N);
+    // targets NULL: probs only, losses untouched
+    for (int k = 0; k < 2; k++)
+        OK(B[k]->iface->softmax_xent_forward(B[k], F(losses, k), F(probs, k), F(logits, k), NULL,
+                                             N, V, Vp));
+    compare("softmax_xent_forward probs (targets NULL)", &probs, n, tol->f32);
+    float *l1 = host_of(&losses, 1);
+    checks++;
+    if (memcmp(l1, sentinel, sizeof(float) * N) != 0)
+        FAIL("softmax_xent_forward with targets NULL wrote losses");
+    free(l1);
+    for (int k = 0; k < 2; k++)
+        OK(B[k]->iface->softmax_xent_forward(B[k], F(losses, k), F(probs, k), F(logits, k),
+                                             I(tgt, k), N, V, Vp));
+    compare("softmax_xent_forward losses", &losses, N, tol->f32);
+    compare("softmax_xent_forward probs", &probs, n, tol->f32);
+    // padding columns: exactly 0
+    float *p1 = host_of(&probs, 1);
+    int bad = 0;
+    for (int r = 0; r < N; r++)
+        for (int i = V; i < Vp; i++) bad += p1[(size_t)r * Vp + i] != 0.0f;
+    checks++;
+    if (bad) FAIL("softmax_xent_forward: %d padding probabilities are not 0", bad);
+    free(p1);
+    // probs aliasing logits: in place, the same result
+    twin inplace = tw(logits_h, sizeof(float) * n);
+    for (int k = 0; k < 2; k++)
+        OK(B[k]->iface->softmax_xent_forward(B[k], F(losses, k), F(inplace, k), F(inplace, k),
+                                             I(tgt, k), N, V, Vp));
+    compare("softmax_xent_forward probs aliasing logits", &inplace, n, tol->f32);
+    compare("softmax_xent_forward losses (aliased)", &losses, N, tol->f32);
+    // backward overwrites dlogits (garbage before), also in place over probs
+    twin dlogits = tw_randn(n, 100.0);
+    for (int k = 0; k < 2; k++) {
+        OK(B[k]->iface->softmax_xent_backward(B[k], F(dlogits, k), F(probs, k), I(tgt, k),
+                                              1.0f / N, N, V, Vp));
+        OK(B[k]->iface->softmax_xent_backward(B[k], F(inplace, k), F(inplace, k), I(tgt, k),
+                                              0.5f, N, V, Vp));
+    }
+    compare("softmax_xent_backward (overwrites)", &dlogits, n, tol->f32);
+    compare("softmax_xent_backward dlogits aliasing probs", &inplace, n, tol->f32);
+    float *d1 = host_of(&dlogits, 1);
+    bad = 0;
+    for (int r = 0; r < N; r++)
+        for (int i = V; i < Vp; i++) bad += d1[(size_t)r * Vp + i] != 0.0f;
+    checks++;
+    if (bad) FAIL("softmax_xent_backward: %d padding gradients are not 0", bad);
+    free(d1);
+    free(logits_h);
+    free(sentinel);
+    twin *all[] = {&logits, &probs, &tgt, &losses, &inplace, &dlogits};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tw_free(all[i]);
+}
+
+static void test_adamw(void) {
+    size_t n = 5003;
+    float *w = randn(n, 1.0), *vh = randn(n, 1e-3);
+    for (size_t i = 0; i < n; i++) vh[i] = vh[i] * vh[i];
+    twin params = tw(w, sizeof(float) * n), master = tw(w, sizeof(float) * n);
+    twin params2 = tw(w, sizeof(float) * n), grads = tw_randn(n, 0.1), m = tw_randn(n, 0.01),
+         v = tw(vh, sizeof(float) * n), m2 = tw_copy_of(&m, 0), v2 = tw(vh, sizeof(float) * n);
+    for (int k = 0; k < 2; k++) {
+        // f32 params as their own master, then with a separate master copy
+        OK(B[k]->iface->adamw_update(B[k], F(params, k), NULL, F(grads, k), F(m, k), F(v, k), n,
+                                     3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.8f, 5));
+        OK(B[k]->iface->adamw_update(B[k], F(params2, k), F(master, k), F(grads, k), F(m2, k),
+                                     F(v2, k), n, 3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.8f, 5));
+    }
+    compare("adamw_update params (master NULL)", &params, n, tol->f32);
+    compare("adamw_update m", &m, n, tol->f32);
+    compare("adamw_update v", &v, n, tol->f32);
+    compare("adamw_update master (separate)", &master, n, tol->f32);
+    compare("adamw_update params (separate master)", &params2, n, tol->f32);
+    // f32 params: rounded to f32, they are the master's bits, and the same
+    // as the update with master NULL
+    same_bits("adamw_update params vs master", &params2, &master);
+    same_bits("adamw_update master vs NULL master", &params2, &params);
+    free(w);
+    free(vh);
+    twin *all[] = {&params, &master, &params2, &grads, &m, &v, &m2, &v2};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tw_free(all[i]);
+}
+
+static void test_sum_squares(size_t n) {
+    twin x = tw_randn(n, 2.0);
+    double got[2], again = 0.0;
+    for (int k = 0; k < 2; k++) OK(B[k]->iface->sum_squares(B[k], F(x, k), n, &got[k]));
+    OK(B[1]->iface->sum_squares(B[1], F(x, 1), n, &again));
+    checks += 2;
+    if (!(fabs(got[1] - got[0]) <= tol->sumsq * fabs(got[0])))
+        FAIL("sum_squares (%zu values): %.17g, want %.17g", n, got[1], got[0]);
+    if (memcmp(&again, &got[1], sizeof again) != 0)
+        FAIL("sum_squares (%zu values): two runs gave %.17g and %.17g", n, got[1], again);
+    tw_free(&x);
+}
+
+static void test_vector_ops(void) {
+    size_t n = 10000;
+    twin a = tw_randn(n, 1.0), b = tw_randn(n, 1.0), out = tw(NULL, sizeof(float) * n);
+    for (int k = 0; k < 2; k++) {
+        OK(ent_vec_sub(B[k], F(out, k), F(a, k), F(b, k), n));
+        OK(ent_vec_axpy(B[k], F(out, k), -0.37f, F(b, k), n));
+        OK(ent_vec_sub(B[k], F(a, k), F(a, k), F(out, k), n)); // out aliasing an input
+    }
+    compare("sub, axpy", &out, n, tol->f32);
+    compare("sub (out aliasing a)", &a, n, tol->f32);
+    // int8 blocks: the last shorter, one holding a NaN
+    size_t block = 300, nblocks = (n + block - 1) / block;
+    float *xh = randn(n, 3.0);
+    xh[1234] = NAN;
+    twin x = tw(xh, sizeof(float) * n), q = tw(NULL, n), scales = tw(NULL, sizeof(float) * nblocks),
+         deq = tw(NULL, sizeof(float) * n);
+    for (int k = 0; k < 2; k++) {
+        OK(ent_vec_quantize_i8(B[k], (int8_t *)q.d[k], F(scales, k), F(x, k), n, block));
+        OK(ent_vec_dequantize_i8(B[k], F(deq, k), (int8_t *)q.d[k], F(scales, k), n, block));
+    }
+    int8_t *q0 = host_of(&q, 0), *q1 = host_of(&q, 1);
+    checks++;
+    if (memcmp(q0, q1, n) != 0) FAIL("quantize_i8: the int8 values differ from the cpu's");
+    free(q0);
+    free(q1);
+    compare("quantize_i8 scales", &scales, nblocks, 0.0);
+    compare("dequantize_i8", &deq, n, 0.0);
+    free(xh);
+    twin *all[] = {&a, &b, &out, &x, &q, &scales, &deq};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tw_free(all[i]);
+}
+
+// ---------------------------------------------------------------------------
+
+static int run_backend(const char *name) {
+    ent_backend_t *be = NULL;
+    ent_status st = ent_backend_new(name, NULL, &be);
+    if (st != ENT_OK) {
+        if (st == ENT_ERR_USAGE && strcmp(name, "cpu") != 0) {
+            printf("SKIP: %s\n", ent_last_error());
+            return 77;
+        }
+        printf("FAIL: %s\n", ent_last_error());
+        return 1;
+    }
+    tol = &unknown;
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strcmp(known[i].name, be->iface->name) == 0) tol = &known[i];
+    B[1] = be;
+    printf("%s: %s\n", name, be->iface->describe(be));
+    failures = checks = 0;
+    test_encoder();
+    test_layernorm(111, 96);
+    test_layernorm(7, 768);
+    test_matmul(111, 96, 200, 1);
+    test_matmul(111, 96, 288, 0);
+    test_matmul(64, 768, 2304, 1);
+    test_attention(3, 37, 96, 6);  // head size 16
+    test_attention(2, 70, 128, 2); // 64
+    test_attention(1, 33, 96, 1);  // 96
+    test_elementwise();
+    test_softmax_xent();
+    test_adamw();
+    test_sum_squares(1);
+    test_sum_squares(100003);
+    test_vector_ops();
+    OK(be->iface->synchronize(be));
+    printf("%s: %d checks, %d failed\n", name, checks, failures);
+    ent_backend_free(&be);
+    return failures ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--available") == 0) {
+        ent_backend_t *be = NULL;
+        if (ent_backend_new(argv[2], NULL, &be) != ENT_OK) {
+            printf("SKIP: %s\n", ent_last_error());
+            return 77;
+        }
+        printf("%s: %s\n", argv[2], be->iface->describe(be));
+        ent_backend_free(&be);
+        return 0;
+    }
+    test_seed();
+    B[0] = ent_backend_cpu_new(0);
+    if (B[0] == NULL) return 1;
+    int rc = 0, skipped = 0, ran = 0;
+    if (argc > 1) {
+        for (int i = 1; i < argc; i++) {
+            int r = run_backend(argv[i]);
+            if (r == 77) skipped++; else ran++;
+            if (r == 1) rc = 1;
+        }
+    } else {
+        // every backend of this build but the reference ("auto" is one of them)
+        char names[128];
+        snprintf(names, sizeof names, "%s", ent_backend_names());
+        for (char *tok = strtok(names, ", "); tok != NULL; tok = strtok(NULL, ", ")) {
+            if (strcmp(tok, "cpu") == 0 || strcmp(tok, "auto") == 0) continue;
+            int r = run_backend(tok);
+            if (r == 77) skipped++; else ran++;
+            if (r == 1) rc = 1;
+        }
+    }
+    ent_backend_free(&B[0]);
+    if (rc == 0 && ran == 0 && skipped > 0) return 77;
+    return rc;
+}
