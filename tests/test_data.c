@@ -221,7 +221,11 @@ static ent_status prepare(const corpus *c, const char *outdir, double val_fracti
     const char *inputs[2] = {c->bin, c->text};
     ent_prepare_args a = {.inputs = inputs, .n_inputs = 2, .outdir = outdir,
                           .val_fraction = val_fraction, .shard_tokens = shard_tokens, .force = force};
-    return ent_data_prepare(&a, train, val);
+    ent_prepare_result r;
+    ent_status st = ent_data_prepare(&a, &r);
+    if (st == ENT_OK && train) *train = r.train_tokens;
+    if (st == ENT_OK && val) *val = r.val_tokens;
+    return st;
 }
 
 static void test_prepare_counts(void **state) {
@@ -365,7 +369,7 @@ static void test_prepare_errors(void **state) {
     const char *just_empty[1] = {empty};
     ent_prepare_args a = {.inputs = just_empty, .n_inputs = 1, .outdir = out, .val_fraction = 0.1,
                           .shard_tokens = 1};
-    ent_status st = ent_data_prepare(&a, NULL, NULL);
+    ent_status st = ent_data_prepare(&a, NULL);
     assert_int_not_equal(st, ENT_OK);
     expect_error(st, st, "empty", NULL, NULL);
     assert_int_equal(count_files(out, "*"), 0);
@@ -375,7 +379,7 @@ static void test_prepare_errors(void **state) {
     a.inputs = with_missing;
     a.n_inputs = 2;
     a.shard_tokens = 100;
-    st = ent_data_prepare(&a, NULL, NULL);
+    st = ent_data_prepare(&a, NULL);
     assert_int_not_equal(st, ENT_OK);
     expect_error(st, st, missing, NULL, NULL);
     assert_int_equal(count_files(out, "*"), 0);
