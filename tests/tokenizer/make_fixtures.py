@@ -44,6 +44,10 @@ SAMPLE = (
     "Mixed: naïve café résumé Straße ΑΒΓ αβγ Кириллица 'ſ\r\n\r\n"
     "Special in text: <|endoftext|> and <|begin_of_text|>x<|eot_id|> <|end_of_text|>\n"
     "Added: x [MASK] y a[MASK]b  [MASK]\t\n Selah. Selahs xSelah <br>  <br>\u2603\u2603  \u2603\u2603x\n"
+    "Unicode edges: a\u180eb x\u0085 y a\u2028\u2029b \u200b\u200bz \ufeffhi it'\u017f THE'S "
+    "K\u212a'K \u1680 \u202f \u205f x \x1c\x1d\x1e\x1f x tab\x0b\x0cx \U0001d7d8\U0001d7d9 "
+    "\u2460\u2461 \u2167 \u01c5ungla \u1f88 \U0001F600\U0001F601 abc\u0300\u0301 d a\u0903b "
+    "\U000E0001tag\n"
     "Punctuation!!! ??? ... --- (brackets) [x] {y} <z> @#$%^&*_+=|\\/~`\n"
     "    \n  \n\n"
 ).encode("utf-8")
