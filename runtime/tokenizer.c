@@ -154,11 +154,14 @@ typedef struct {
     int single_word, lstrip, rstrip, normalized;
 } added_token;
 
-// The added tokens matched in one pass: sorted by first byte, then longest first.
+// The added tokens matched in one pass, found by their first two bytes:
+// tok[first[k] .. first[k + 1]) start with the bytes k = b0 * 256 + b1, longest
+// first; one-byte tokens come after, in one[b0] (-1: none).
 typedef struct {
     added_token **tok;
     int n;
-    int first[257]; // tok[first[b] .. first[b + 1]) start with byte b
+    int *first;     // (65537)
+    int one[256];
 } added_set;
 
 typedef struct {
@@ -190,8 +193,11 @@ struct ent_tokenizer {
     uint32_t *vocab_slots;   // id + 1, 0 = empty
     size_t vocab_mask;
     size_t model_size;       // entries of model.vocab
-    uint32_t *foreign;       // model tokens outside the byte-level alphabet (named only)
-    int nforeign;
+    uint32_t *foreign_slots; // model tokens outside the byte-level alphabet, by their
+                             // UTF-8 (only named: unk_token, merges), id + 1
+    int64_t *added_by_id;    // (nids) the added token of an id, -1 if none
+    uint32_t *added_slots;   // added tokens by their text: index + 1, 0 = empty
+    size_t added_mask;
     merge_slot *merges;
     size_t merge_mask;
     int64_t byte_id[256];         // the token of each single byte, -1 if none
@@ -300,9 +306,10 @@ static int from_byte_level(const char *s, unsigned char *out, size_t *n) {
 
 static uint64_t hash_bytes(const void *p, size_t n) { return ent_hash_bytes(p, n, 0x70c3); }
 
-static int64_t vocab_find(const ent_tokenizer_t *t, const void *p, size_t n) {
+static int64_t table_find(const ent_tokenizer_t *t, const uint32_t *slots, const void *p,
+                          size_t n) {
     for (size_t s = hash_bytes(p, n) & t->vocab_mask;; s = (s + 1) & t->vocab_mask) {
-        uint32_t v = t->vocab_slots[s];
+        uint32_t v = slots[s];
         if (v == 0) return -1;
         size_t len;
         const unsigned char *b = id_bytes(t, v - 1, &len);
@@ -310,13 +317,18 @@ static int64_t vocab_find(const ent_tokenizer_t *t, const void *p, size_t n) {
     }
 }
 
-static int vocab_insert(ent_tokenizer_t *t, uint32_t id) {
+static int64_t vocab_find(const ent_tokenizer_t *t, const void *p, size_t n) {
+    return table_find(t, t->vocab_slots, p, n);
+}
+
+// Adds id to a table under its bytes; 0 when those bytes are there already.
+static int table_insert(ent_tokenizer_t *t, uint32_t *slots, uint32_t id) {
     size_t len;
     const unsigned char *b = id_bytes(t, id, &len);
-    if (vocab_find(t, b, len) >= 0) return 0;
+    if (table_find(t, slots, b, len) >= 0) return 0;
     size_t s = hash_bytes(b, len) & t->vocab_mask;
-    while (t->vocab_slots[s] != 0) s = (s + 1) & t->vocab_mask;
-    t->vocab_slots[s] = id + 1;
+    while (slots[s] != 0) s = (s + 1) & t->vocab_mask;
+    slots[s] = id + 1;
     return 1;
 }
 
@@ -334,14 +346,8 @@ static int64_t model_token(const ent_tokenizer_t *t, const char *name) {
     unsigned char *buf = malloc(len + 1);
     if (buf == NULL) return -1;
     int64_t id = -1;
-    if (from_byte_level(name, buf, &n)) {
-        id = vocab_find(t, buf, n);
-    } else {
-        for (int i = 0; i < t->nforeign && id < 0; i++) {
-            const unsigned char *b = id_bytes(t, t->foreign[i], &n);
-            if (n == len && memcmp(b, name, n) == 0) id = t->foreign[i];
-        }
-    }
+    if (from_byte_level(name, buf, &n)) id = vocab_find(t, buf, n);
+    else id = table_find(t, t->foreign_slots, name, len);
     free(buf);
     return id;
 }
@@ -398,9 +404,11 @@ static ent_status load_vocab(ent_tokenizer_t *t, loader *L, const cJSON *model,
     t->is_id = calloc(t->nids, 1);
     t->vocab_mask = pow2_above(count) - 1;
     t->vocab_slots = calloc(t->vocab_mask + 1, sizeof *t->vocab_slots);
-    t->foreign = calloc(count, sizeof *t->foreign);
-    ENT_ALLOC_CHECK(t->piece && t->is_id && t->vocab_slots && t->foreign ? t : NULL,
-                    "the tokenizer's vocabulary");
+    t->foreign_slots = calloc(t->vocab_mask + 1, sizeof *t->foreign_slots);
+    t->added_by_id = malloc(t->nids * sizeof *t->added_by_id);
+    ENT_ALLOC_CHECK(t->piece && t->is_id && t->vocab_slots && t->foreign_slots && t->added_by_id
+                        ? t : NULL, "the tokenizer's vocabulary");
+    for (uint32_t i = 0; i < t->nids; i++) t->added_by_id[i] = -1;
     k = 0;
     cJSON_ArrayForEach(e, vocab) {
         char s[48];
@@ -409,8 +417,8 @@ static ent_status load_vocab(ent_tokenizer_t *t, loader *L, const cJSON *model,
         if (t->is_id[id]) return bad(L, "id %u is given to two tokens", id);
         int byte_level;
         ENT_CHECK(set_piece(t, id, e->string, &byte_level));
-        if (!byte_level) t->foreign[t->nforeign++] = id;
-        else if (!vocab_insert(t, id)) return bad(L, "the token appears twice");
+        if (!table_insert(t, byte_level ? t->vocab_slots : t->foreign_slots, id))
+            return bad(L, "the token appears twice");
     }
     return ENT_OK;
 }
@@ -480,38 +488,44 @@ static ent_status load_merges(ent_tokenizer_t *t, loader *L, const cJSON *model)
     return st;
 }
 
-// The id the library gives an added token (it does not read the file's id): the
-// model's id of its text, else one past the added tokens so far, or the model's
-// size when those are all below it.
-static uint32_t library_added_id(const ent_tokenizer_t *t, const char *content, int i) {
-    for (int j = 0; j < i; j++)
-        if (strcmp((const char *)t->added[j].content, content) == 0) return t->added[j].id;
-    int64_t id = model_token(t, content);
+// The id the library gives the next added token (it does not read the file's
+// id): the id of an added token with this text, else the model's id of its
+// text, else one past the largest added id so far (*max, -1 if none), or the
+// model's size when those are all below it.
+static uint32_t library_added_id(const ent_tokenizer_t *t, const char *content, int64_t max) {
+    int64_t id = ent_tokenizer_token_id(t, content);
     if (id >= 0) return (uint32_t)id;
-    int64_t max = -1;
-    for (int j = 0; j < i; j++) max = (int64_t)t->added[j].id > max ? t->added[j].id : max;
     if (max < 0) return (uint32_t)t->model_size;
     return max >= (int64_t)t->model_size ? (uint32_t)max + 1 : (uint32_t)t->model_size;
 }
 
+static int added_key(const added_token *a) {
+    return a->len >= 2 ? a->content[0] * 256 + a->content[1] : 65536; // one byte: last
+}
+
 static int compare_added(const void *x, const void *y) {
     const added_token *a = *(added_token *const *)x, *b = *(added_token *const *)y;
-    if (a->content[0] != b->content[0]) return a->content[0] < b->content[0] ? -1 : 1;
+    int ka = added_key(a), kb = added_key(b);
+    if (ka != kb) return ka < kb ? -1 : 1;
     return a->len > b->len ? -1 : a->len < b->len;
 }
 
 static ent_status build_set(ent_tokenizer_t *t, added_set *set, int normalized) {
     set->tok = calloc((size_t)t->nadded + 1, sizeof *set->tok);
-    ENT_ALLOC_CHECK(set->tok, "the added tokens");
+    set->first = calloc(65537, sizeof *set->first);
+    ENT_ALLOC_CHECK(set->tok && set->first ? set : NULL, "the added tokens");
     for (int i = 0; i < t->nadded; i++)
         if (t->added[i].normalized == normalized && t->added[i].len > 0)
             set->tok[set->n++] = &t->added[i];
     qsort(set->tok, (size_t)set->n, sizeof *set->tok, compare_added);
     int k = 0;
-    for (int b = 0; b <= 256; b++) {
-        while (k < set->n && set->tok[k]->content[0] < b) k++;
-        set->first[b] = k;
+    for (int key = 0; key <= 65536; key++) {
+        while (k < set->n && added_key(set->tok[k]) < key) k++;
+        set->first[key] = k;
     }
+    for (int b = 0; b < 256; b++) set->one[b] = -1;
+    for (int i = 0; i < set->n; i++)
+        if (set->tok[i]->len == 1) set->one[set->tok[i]->content[0]] = i;
     return ENT_OK;
 }
 
@@ -535,6 +549,10 @@ static ent_status load_added(ent_tokenizer_t *t, loader *L, const cJSON *added) 
     int n = added ? cJSON_GetArraySize(added) : 0;
     t->added = calloc((size_t)n + 1, sizeof *t->added);
     ENT_ALLOC_CHECK(t->added, "the added tokens");
+    int64_t max = -1; // the largest added id so far
+    t->added_mask = pow2_above((size_t)n) - 1;
+    t->added_slots = calloc(t->added_mask + 1, sizeof *t->added_slots);
+    ENT_ALLOC_CHECK(t->added_slots, "the added tokens");
     for (int i = 0; i < n; i++) {
         const cJSON *e = cJSON_GetArrayItem(added, i);
         WHERE(L, "added_tokens[%d]", i);
@@ -550,23 +568,23 @@ static ent_status load_added(ent_tokenizer_t *t, loader *L, const cJSON *added) 
         ENT_CHECK(get_bool(L, e, "lstrip", 0, &a->lstrip));
         ENT_CHECK(get_bool(L, e, "rstrip", 0, &a->rstrip));
         ENT_CHECK(get_bool(L, e, "normalized", 1, &a->normalized));
-        uint32_t id = library_added_id(t, c->valuestring, i);
+        uint32_t id = library_added_id(t, c->valuestring, max);
         char s[48];
         if (id != file_id)
             return bad(L, "\"%s\" has id %u, but the tokenizers library gives it id %u (a "
                        "model token's own id, else the next free id): the file is inconsistent",
                        shown(c->valuestring, s, sizeof s), file_id, id);
-        int seen = 0;
-        for (int j = 0; j < i; j++) seen |= t->added[j].id == id;
         a->id = id;
-        a->len = strlen(c->valuestring);
         a->content = (unsigned char *)strdup(c->valuestring);
         ENT_ALLOC_CHECK(a->content, "an added token");
         t->nadded = i + 1;
-        if (seen) {
-            a->len = 0; // the same token again: the library ignores it
-            continue;
-        }
+        if (t->added_by_id[id] >= 0) continue; // the same text again: the library keeps one
+        a->len = strlen(c->valuestring);
+        t->added_by_id[id] = i;
+        size_t slot = hash_bytes(a->content, a->len) & t->added_mask;
+        while (t->added_slots[slot] != 0) slot = (slot + 1) & t->added_mask;
+        t->added_slots[slot] = (uint32_t)i + 1;
+        max = (int64_t)id > max ? (int64_t)id : max;
         if (!t->is_id[id]) {
             int byte_level;
             ENT_CHECK(set_piece(t, id, c->valuestring, &byte_level));
@@ -621,6 +639,7 @@ static ent_status load_pre_tokenizer(ent_tokenizer_t *t, loader *L, const cJSON 
         if (!cJSON_IsArray(list)) return bad(L, "Sequence: 'pretokenizers' is not an array");
         n = cJSON_GetArraySize(list);
         if (n == 0) return bad(L, "Sequence: empty, but byte-level BPE needs ByteLevel");
+        if (n > 64) return bad(L, "Sequence: %d steps, more than the 64 supported", n);
     }
     t->steps = calloc((size_t)n + 1, sizeof *t->steps);
     ENT_ALLOC_CHECK(t->steps, "the pre-tokenizer");
@@ -795,6 +814,8 @@ void ent_tokenizer_free(ent_tokenizer_t **tp) {
     free(t->added);
     free(t->raw_set.tok);
     free(t->norm_set.tok);
+    free(t->raw_set.first);
+    free(t->norm_set.first);
     pcre2_match_data_free(t->md);
     pcre2_match_context_free(t->mctx);
     pcre2_jit_stack_free(t->jit_stack);
@@ -803,7 +824,9 @@ void ent_tokenizer_free(ent_tokenizer_t **tp) {
     free(t->bytes);
     free(t->is_id);
     free(t->vocab_slots);
-    free(t->foreign);
+    free(t->foreign_slots);
+    free(t->added_by_id);
+    free(t->added_slots);
     free(t->merges);
     free(t->cache);
     free(t->scratch);
@@ -815,8 +838,12 @@ uint32_t ent_tokenizer_vocab(const ent_tokenizer_t *t) { return t->nids; }
 const char *ent_tokenizer_path(const ent_tokenizer_t *t) { return t->path; }
 
 int64_t ent_tokenizer_token_id(const ent_tokenizer_t *t, const char *text) {
-    for (int i = 0; i < t->nadded; i++)
-        if (strcmp((const char *)t->added[i].content, text) == 0) return t->added[i].id;
+    size_t len = strlen(text);
+    for (size_t s = hash_bytes(text, len) & t->added_mask; t->added_slots; s = (s + 1) & t->added_mask) {
+        uint32_t v = t->added_slots[s];
+        if (v == 0) break;
+        if (strcmp((const char *)t->added[v - 1].content, text) == 0) return t->added[v - 1].id;
+    }
     return model_token(t, text);
 }
 
@@ -977,12 +1004,15 @@ static void encode_word(encoder *e, const unsigned char *w, size_t n) {
             return;
         }
     }
-    // symbols (3 n), heap (about 3 n per merge, bounded by 6 n), ids (3 n)
-    size_t need = n * 3 * sizeof(symbol) + n * 8 * sizeof(merge_cand) + n * 3 * sizeof(uint32_t);
+    // symbols: one a byte (two with byte_fallback: a byte-level character is
+    // at most 2 bytes of UTF-8); the heap: each merge pops one candidate and
+    // pushes at most two, so it never holds more than twice the symbols; the ids
+    size_t ns = t->byte_fallback ? 2 * n : n;
+    size_t need = ns * sizeof(symbol) + (2 * ns + 1) * sizeof(merge_cand) + ns * sizeof(uint32_t);
     if ((e->st = grow_scratch(t, need)) != ENT_OK) return;
     symbol *s = (symbol *)t->scratch;
-    merge_cand *h = (merge_cand *)(s + 3 * n);
-    uint32_t *ids = (uint32_t *)(h + 8 * n);
+    merge_cand *h = (merge_cand *)(s + ns);
+    uint32_t *ids = (uint32_t *)(h + 2 * ns + 1);
     size_t k = bpe_word(t, w, n, ids, s, h);
     for (size_t i = 0; i < k; i++) emit(e, ids[i]);
     if (slot && k <= CACHE_IDS_MAX) {
@@ -1016,6 +1046,7 @@ static void split_regex(encoder *e, pcre2_code *re, const unsigned char *p, size
         size_t s = ov[0], end = ov[1];
         if (end == s) { // an empty match: the library moves one character on
             uint32_t cp;
+            if (s >= n) break;
             pos = s + (size_t)utf8_char(p + s, n - s, &cp);
             continue;
         }
@@ -1110,11 +1141,15 @@ static void split_added(encoder *e, const added_set *set, const unsigned char *p
         return;
     }
     for (size_t i = 0; i < n && e->st == ENT_OK;) {
-        int lo = set->first[p[i]], hi = set->first[p[i] + 1];
         const added_token *m = NULL;
-        for (int k = lo; k < hi && m == NULL; k++)
-            if (set->tok[k]->len <= n - i && memcmp(set->tok[k]->content, p + i, set->tok[k]->len) == 0)
-                m = set->tok[k];
+        if (i + 1 < n) { // the longest token starting with these two bytes that fits
+            int key = p[i] * 256 + p[i + 1];
+            for (int k = set->first[key]; k < set->first[key + 1] && m == NULL; k++)
+                if (set->tok[k]->len <= n - i &&
+                    memcmp(set->tok[k]->content, p + i, set->tok[k]->len) == 0)
+                    m = set->tok[k];
+        }
+        if (m == NULL && set->one[p[i]] >= 0) m = set->tok[set->one[p[i]]];
         if (m == NULL) {
             i++;
             continue;

@@ -9,6 +9,8 @@
 //    arbitrary bytes, long runs, added tokens that strip no whitespace, near
 //    misses of those that do) encode to ids inside the vocabulary and decode
 //    back to the same bytes;
+//  - 20,000 added tokens load and split out of text; words of a million
+//    bytes encode and decode;
 //  - hostile files: seeded random corruption and truncation of both fixtures
 //    either loads (and then encodes and decodes) or fails naming the file;
 //    each malformed or unsupported part by hand fails with ENT_ERR_INPUT,
@@ -205,6 +207,54 @@ static void test_merges_as_strings(void **state) {
     ent_tokenizer_free(&b);
 }
 
+// Many added tokens (20,000 after the fixture's own): they load, are found
+// by their text and split out of text with their ids.
+static void test_many_added_tokens(void **state) {
+    (void)state;
+    char src[512], path[256];
+    size_t n;
+    snprintf(src, sizeof src, "%s/gpt2/tokenizer.json", fixtures);
+    snprintf(path, sizeof path, "%s/many_added.json", root);
+    char *orig = read_all(src, &n);
+    const char *anchor = "\"special\":true}";
+    char *at = strstr(orig, anchor);
+    assert_non_null(at);
+    size_t head = (size_t)(at - orig) + strlen(anchor);
+    const int count = 20000;
+    char *out = malloc(n + (size_t)count * 128);
+    assert_non_null(out);
+    memcpy(out, orig, head);
+    size_t k = head;
+    for (int i = 0; i < count; i++)
+        k += (size_t)sprintf(out + k, ",{\"id\":%d,\"content\":\"<x%d>\",\"single_word\":false,"
+                             "\"lstrip\":false,\"rstrip\":false,\"normalized\":%s,"
+                             "\"special\":%s}", 2001 + i, i, i % 2 ? "true" : "false",
+                             i % 3 ? "true" : "false");
+    memcpy(out + k, orig + head, n - head);
+    write_all(path, out, k + n - head);
+    ent_tokenizer_t *t = NULL;
+    if (ent_tokenizer_load(path, &t) != ENT_OK) fail_msg("%s", ent_last_error());
+    assert_int_equal(ent_tokenizer_vocab(t), 2001 + count);
+    test_reseed(14);
+    for (int trial = 0; trial < 50; trial++) {
+        int i = (int)test_rand_int(0, count - 1);
+        char name[32], text[96];
+        snprintf(name, sizeof name, "<x%d>", i);
+        assert_int_equal(ent_tokenizer_token_id(t, name), 2001 + i);
+        int len = snprintf(text, sizeof text, "In the%s<x%d>beginning", i % 2 ? " " : "", i);
+        uint32_t *ids;
+        size_t nids;
+        assert_int_equal(ent_tokenizer_encode(t, text, (size_t)len, &ids, &nids), ENT_OK);
+        int found = 0;
+        for (size_t j = 0; j < nids; j++) found += ids[j] == (uint32_t)(2001 + i);
+        assert_int_equal(found, 1);
+        free(ids);
+    }
+    ent_tokenizer_free(&t);
+    free(out);
+    free(orig);
+}
+
 // The document token by the documented rule, and --eot.
 static void test_document_token(void **state) {
     (void)state;
@@ -266,6 +316,15 @@ static void test_random_round_trip(void **state) {
             size_t n = random_text(buf, i % 50 == 0 ? (1 << 16) : 512);
             expect_round_trip(t, buf, n);
         }
+        // one word of a million bytes (a run of letters, of spaces, of 0xff)
+        char *run = malloc(1 << 20);
+        assert_non_null(run);
+        const char fills[3] = {'a', ' ', (char)0xff};
+        for (int k = 0; k < 3; k++) {
+            memset(run, fills[k], 1 << 20);
+            expect_round_trip(t, run, 1 << 20);
+        }
+        free(run);
         // encoding is deterministic: the cache gives what merging gave
         size_t n = random_text(buf, 4096);
         uint32_t *a = NULL, *b = NULL;
@@ -447,6 +506,7 @@ int main(void) {
         cmocka_unit_test(test_golden),
         cmocka_unit_test(test_merges_as_strings),
         cmocka_unit_test(test_document_token),
+        cmocka_unit_test(test_many_added_tokens),
         cmocka_unit_test(test_random_round_trip),
         cmocka_unit_test(test_corruption),
         cmocka_unit_test(test_malformed),
