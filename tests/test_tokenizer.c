@@ -66,6 +66,14 @@ static void write_all(const char *path, const void *p, size_t n) {
     assert_int_equal(fclose(f), 0);
 }
 
+// A fixture's tokenizer.json (the caller frees it), and a path for a copy in root.
+static char *read_fixture(const char *name, size_t *n, const char *copy, char *path, size_t cap) {
+    char src[512];
+    snprintf(src, sizeof src, "%s/%s/tokenizer.json", fixtures, name);
+    snprintf(path, cap, "%s/%s", root, copy);
+    return read_all(src, n);
+}
+
 static ent_tokenizer_t *load_fixture(const char *name) {
     char dir[512];
     snprintf(dir, sizeof dir, "%s/%s", fixtures, name);
@@ -145,9 +153,8 @@ static void test_merges_as_strings(void **state) {
     (void)state;
     char src[512], path[256];
     size_t n;
-    snprintf(src, sizeof src, "%s/llama3/tokenizer.json", fixtures);
-    snprintf(path, sizeof path, "%s/string_merges.json", root);
-    char *orig = read_all(src, &n), *out = malloc(n + 1);
+    char *orig = read_fixture("llama3", &n, "string_merges.json", path, sizeof path);
+    char *out = malloc(n + 1);
     char *m = strstr(orig, "\"merges\":[[");
     assert_non_null(m);
     size_t head = (size_t)(m - orig) + strlen("\"merges\":["), k = head;
@@ -211,11 +218,9 @@ static void test_merges_as_strings(void **state) {
 // by their text and split out of text with their ids.
 static void test_many_added_tokens(void **state) {
     (void)state;
-    char src[512], path[256];
+    char path[256];
     size_t n;
-    snprintf(src, sizeof src, "%s/gpt2/tokenizer.json", fixtures);
-    snprintf(path, sizeof path, "%s/many_added.json", root);
-    char *orig = read_all(src, &n);
+    char *orig = read_fixture("gpt2", &n, "many_added.json", path, sizeof path);
     const char *anchor = "\"special\":true}";
     char *at = strstr(orig, anchor);
     assert_non_null(at);
@@ -418,13 +423,11 @@ static void test_corruption(void **state) {
 
 // The fixture with one replacement made, loaded; the status and message.
 static ent_status load_edited(const char *name, const char *from, const char *to,
-                              const char *path) {
-    char src[512];
+                              char *path, size_t cap) {
     size_t n;
-    snprintf(src, sizeof src, "%s/%s/tokenizer.json", fixtures, name);
-    char *orig = read_all(src, &n);
+    char *orig = read_fixture(name, &n, "bad.json", path, cap);
     char *at = strstr(orig, from);
-    if (at == NULL) fail_msg("%s does not hold '%s'", src, from);
+    if (at == NULL) fail_msg("%s's tokenizer.json does not hold '%s'", name, from);
     size_t lf = strlen(from), lt = strlen(to);
     char *out = malloc(n - lf + lt + 1);
     size_t head = (size_t)(at - orig);
@@ -474,7 +477,7 @@ static void test_malformed(void **state) {
         {"llama3", "\"content\":\"<|eot_id|>\"", "\"content\":7", "added_tokens[2]", "content"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        ent_status st = load_edited(cases[i].fixture, cases[i].from, cases[i].to, path);
+        ent_status st = load_edited(cases[i].fixture, cases[i].from, cases[i].to, path, sizeof path);
         const char *msg = ent_last_error();
         if (st != ENT_ERR_INPUT)
             fail_msg("case %zu: status %d, expected ENT_ERR_INPUT (%s)", i, (int)st, msg);
