@@ -4,8 +4,9 @@
 // Encoding follows the `tokenizers` library step by step, so that the ids are
 // the library's ids:
 //   1. added tokens are split out of the raw text, first those not matched on
-//      normalized text, then the others in the remaining pieces (leftmost-
-//      longest match; single_word, lstrip and rstrip as the library applies them);
+//      normalized text, then the pieces between are normalized (none, or NFC
+//      as Qwen2 has it) and the others split out of them (leftmost-longest
+//      match; single_word, lstrip and rstrip as the library applies them);
 //   2. each remaining piece is cut at invalid UTF-8 (the library takes only
 //      text): every valid run goes through the pre-tokenizer, every run of
 //      invalid bytes straight to the model as one word, so any bytes encode
@@ -28,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <uninorm.h>
 #include <unistd.h>
 
 #define TOKENIZER_FILE_MAX ((size_t)1 << 30) // a tokenizer.json larger than this is refused
@@ -144,12 +146,36 @@ static int64_t utf8_last(const unsigned char *s, size_t n) {
     return -1;
 }
 
+// The NFC of n bytes of valid UTF-8 (libunistring), malloc'd, *len bytes, or
+// NULL when out of memory. Text that is ASCII is its own NFC.
+static unsigned char *nfc(const void *p, size_t n, size_t *len) {
+    size_t k = 0;
+    while (k < n && ((const unsigned char *)p)[k] < 0x80) k++;
+    unsigned char *out;
+    if (k == n) {
+        out = malloc(n + 1);
+        if (out) memcpy(out, p, n);
+        *len = n;
+    } else {
+        *len = 0;
+        out = u8_normalize(UNINORM_NFC, p, n, NULL, len);
+        if (out) {
+            unsigned char *grown = realloc(out, *len + 1); // room for the NUL
+            if (grown == NULL) free(out);
+            out = grown;
+        }
+    }
+    if (out) out[*len] = '\0';
+    return out;
+}
+
 // ---------------------------------------------------------------------------
 // the tokenizer
 
 typedef struct {
-    unsigned char *content; // raw UTF-8, as matched in text
-    size_t len;
+    char *text;             // as the file gives it (token_id finds it by this)
+    unsigned char *content; // what is matched in text: text, or its NFC
+    size_t len;             // of content; 0 for a token the library ignores
     uint32_t id;
     int single_word, lstrip, rstrip, normalized;
 } added_token;
@@ -203,6 +229,7 @@ struct ent_tokenizer {
     int64_t byte_id[256];         // the token of each single byte, -1 if none
     int64_t fallback[256][3];     // byte_fallback: <0xXX> of the UTF-8 of byte_cp[b]
     int byte_fallback, ignore_merges, fuse_unk;
+    int nfc;                      // the normalizer: NFC (Qwen2), or none
     int64_t unk;                  // -1: none
     added_token *added;
     int nadded;
@@ -575,13 +602,17 @@ static ent_status load_added(ent_tokenizer_t *t, loader *L, const cJSON *added) 
                        "model token's own id, else the next free id): the file is inconsistent",
                        shown(c->valuestring, s, sizeof s), file_id, id);
         a->id = id;
-        a->content = (unsigned char *)strdup(c->valuestring);
-        ENT_ALLOC_CHECK(a->content, "an added token");
+        a->text = strdup(c->valuestring);
+        ENT_ALLOC_CHECK(a->text, "an added token");
         t->nadded = i + 1;
         if (t->added_by_id[id] >= 0) continue; // the same text again: the library keeps one
-        a->len = strlen(c->valuestring);
+        size_t tlen = strlen(a->text);
+        // matched as the normalizer leaves it when `normalized`
+        if (t->nfc && a->normalized) a->content = nfc(a->text, tlen, &a->len);
+        else a->content = (unsigned char *)strdup(a->text), a->len = tlen;
+        ENT_ALLOC_CHECK(a->content, "an added token");
         t->added_by_id[id] = i;
-        size_t slot = hash_bytes(a->content, a->len) & t->added_mask;
+        size_t slot = hash_bytes(a->text, tlen) & t->added_mask;
         while (t->added_slots[slot] != 0) slot = (slot + 1) & t->added_mask;
         t->added_slots[slot] = (uint32_t)i + 1;
         max = (int64_t)id > max ? (int64_t)id : max;
@@ -717,8 +748,10 @@ static ent_status load_root(ent_tokenizer_t *t, loader *L, const cJSON *root) {
     const cJSON *norm = cJSON_GetObjectItemCaseSensitive(root, "normalizer");
     if (norm && !cJSON_IsNull(norm)) {
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(norm, "type");
-        return bad(L, "normalizer '%s' is not supported (only null)",
-                   cJSON_IsString(type) ? type->valuestring : "(no type)");
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "NFC") != 0)
+            return bad(L, "normalizer '%s' is not supported (null or NFC only)",
+                       cJSON_IsString(type) ? type->valuestring : "(no type)");
+        t->nfc = 1;
     }
     WHERE(L, "decoder");
     const cJSON *dec = cJSON_GetObjectItemCaseSensitive(root, "decoder");
@@ -809,7 +842,10 @@ void ent_tokenizer_free(ent_tokenizer_t **tp) {
     ent_tokenizer_t *t = *tp;
     for (int i = 0; i < t->nsteps; i++) pcre2_code_free(t->steps[i].re);
     pcre2_code_free(t->word_re);
-    for (int i = 0; i < t->nadded; i++) free(t->added[i].content);
+    for (int i = 0; i < t->nadded; i++) {
+        free(t->added[i].text);
+        free(t->added[i].content);
+    }
     free(t->steps);
     free(t->added);
     free(t->raw_set.tok);
@@ -842,7 +878,7 @@ int64_t ent_tokenizer_token_id(const ent_tokenizer_t *t, const char *text) {
     for (size_t s = hash_bytes(text, len) & t->added_mask; t->added_slots; s = (s + 1) & t->added_mask) {
         uint32_t v = t->added_slots[s];
         if (v == 0) break;
-        if (strcmp((const char *)t->added[v - 1].content, text) == 0) return t->added[v - 1].id;
+        if (strcmp(t->added[v - 1].text, text) == 0) return t->added[v - 1].id;
     }
     return model_token(t, text);
 }
@@ -1174,8 +1210,41 @@ static void split_added(encoder *e, const added_set *set, const unsigned char *p
     if (done < n) next(e, p + done, n - done);
 }
 
+// A piece between the raw pass's added tokens: normalized (NFC: each run of
+// valid UTF-8 on its own, invalid bytes as they are), then the normalized
+// added tokens split out of it.
 static void split_normalized(encoder *e, const unsigned char *p, size_t n) {
-    split_added(e, &e->t->norm_set, p, n, encode_text);
+    ent_tokenizer_t *t = e->t;
+    size_t ascii = 0;
+    while (ascii < n && p[ascii] < 0x80) ascii++;
+    if (!t->nfc || ascii == n) {
+        split_added(e, &t->norm_set, p, n, encode_text);
+        return;
+    }
+    unsigned char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (size_t i = 0; i < n && e->st == ENT_OK;) {
+        size_t v = utf8_valid_prefix(p + i, n - i), j = i + v, got = 0;
+        uint32_t cp;
+        while (j < n && utf8_char(p + j, n - j, &cp) == 0) j++;
+        unsigned char *norm = v ? nfc(p + i, v, &got) : NULL;
+        size_t need = len + got + (j - i - v);
+        unsigned char *grown = need > cap ? realloc(buf, need * 2) : buf;
+        if (grown == NULL || (v && norm == NULL)) {
+            free(norm);
+            e->st = ent_fail(ENT_ERR_NOMEM, "out of memory normalizing %zu bytes", v);
+            break;
+        }
+        if (need > cap) cap = need * 2;
+        buf = grown;
+        memcpy(buf + len, norm, got);
+        memcpy(buf + len + got, p + i + v, j - i - v);
+        len = need;
+        free(norm);
+        i = j;
+    }
+    if (e->st == ENT_OK) split_added(e, &t->norm_set, buf, len, encode_text);
+    free(buf);
 }
 
 ent_status ent_tokenizer_encode_to(ent_tokenizer_t *t, const void *text, size_t n,

@@ -1,7 +1,7 @@
 // test_tokenizer.c: the byte-level BPE tokenizer (runtime/tokenizer.c).
 //
-//  - golden: the two fixtures of tests/tokenizer/ (GPT-2 style and Llama 3
-//    style, both trained on the KJV with Hugging Face `tokenizers`) encode the
+//  - golden: the three fixtures of tests/tokenizer/ (GPT-2, Llama 3 and Qwen2
+//    style, trained on the KJV with Hugging Face `tokenizers`) encode the
 //    multilingual sample to exactly the ids that library gave
 //    (tests/tokenizer/make_fixtures.py stored them), and decode it back to
 //    its bytes, invalid UTF-8 included;
@@ -11,7 +11,8 @@
 //    back to the same bytes;
 //  - 20,000 added tokens load and split out of text; words of a million
 //    bytes encode and decode;
-//  - hostile files: seeded random corruption and truncation of both fixtures
+//  - NFC: the Qwen2 style fixture encodes composed and decomposed text alike;
+//  - hostile files: seeded random corruption and truncation of the fixtures
 //    either loads (and then encodes and decodes) or fails naming the file;
 //    each malformed or unsupported part by hand fails with ENT_ERR_INPUT,
 //    the file and the JSON path.
@@ -31,7 +32,10 @@
 #include "ref.h"
 
 static const char *fixtures = ENT_TOKENIZER_FIXTURES; // tests/tokenizer
-static const char *names[2] = {"gpt2", "llama3"};
+// GPT-2 style; Llama 3 style (added tokens that swallow whitespace); Qwen2
+// style (the NFC normalizer): only the first gives back every text it encodes
+#define NFIXTURES 3
+static const char *names[NFIXTURES] = {"gpt2", "llama3", "qwen2"};
 static char root[64];
 
 static int setup(void **state) {
@@ -109,7 +113,7 @@ static void test_golden(void **state) {
     size_t n;
     snprintf(path, sizeof path, "%s/sample.txt", fixtures);
     char *sample = read_all(path, &n);
-    for (int f = 0; f < 2; f++) {
+    for (int f = 0; f < NFIXTURES; f++) {
         ent_tokenizer_t *t = load_fixture(names[f]);
         snprintf(path, sizeof path, "%s/sample.%s.ids", fixtures, names[f]);
         size_t ntext;
@@ -135,8 +139,8 @@ static void test_golden(void **state) {
         for (size_t i = 0; i < nwant; i++) max = want[i] > max ? want[i] : max;
         assert_true(ent_tokenizer_vocab(t) > max);
         // the Llama 3 style fixture has added tokens that swallow the
-        // whitespace around them (lstrip, rstrip), as in the library: its
-        // sample does not decode back whole
+        // whitespace around them (lstrip, rstrip), the Qwen2 style one
+        // normalizes, as in the library: their samples do not decode back whole
         if (f == 0) expect_round_trip(t, sample, n);
         free(ids);
         free(want);
@@ -260,11 +264,42 @@ static void test_many_added_tokens(void **state) {
     free(orig);
 }
 
+// The Qwen2 style fixture normalizes (NFC) what it encodes: decomposed and
+// composed text give the same ids, and the added token written decomposed
+// matches both; the others leave text as it is.
+static void test_nfc(void **state) {
+    (void)state;
+    const char *composed = "caf\xc3\xa9 \xc3\x85 \xea\xb0\x81";           // café Å 각
+    const char *decomposed = "cafe\xcc\x81 A\xcc\x8a \xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8";
+    for (int f = 0; f < NFIXTURES; f++) {
+        ent_tokenizer_t *t = load_fixture(names[f]);
+        uint32_t *a, *b;
+        size_t na, nb;
+        assert_int_equal(ent_tokenizer_encode(t, composed, strlen(composed), &a, &na), ENT_OK);
+        assert_int_equal(ent_tokenizer_encode(t, decomposed, strlen(decomposed), &b, &nb), ENT_OK);
+        int same = na == nb && memcmp(a, b, na * sizeof *a) == 0;
+        assert_int_equal(same, strcmp(names[f], "qwen2") == 0);
+        if (same) { // the added token "cafe\u0301" in both
+            int64_t id = ent_tokenizer_token_id(t, "cafe\xcc\x81");
+            assert_true(id >= 0);
+            assert_int_equal(a[0], (uint32_t)id);
+            char *text;
+            size_t len;
+            assert_int_equal(ent_tokenizer_decode(t, b + 1, nb - 1, &text, &len), ENT_OK);
+            assert_string_equal(text, composed + 5); // the rest, normalized
+            free(text);
+        }
+        free(a);
+        free(b);
+        ent_tokenizer_free(&t);
+    }
+}
+
 // The document token by the documented rule, and --eot.
 static void test_document_token(void **state) {
     (void)state;
-    const char *expect[2] = {"<|endoftext|>", "<|begin_of_text|>"};
-    for (int f = 0; f < 2; f++) {
+    const char *expect[NFIXTURES] = {"<|endoftext|>", "<|begin_of_text|>", "<|endoftext|>"};
+    for (int f = 0; f < NFIXTURES; f++) {
         ent_tokenizer_t *t = load_fixture(names[f]);
         uint32_t id, other;
         assert_int_equal(ent_tokenizer_document_token(t, NULL, &id), ENT_OK);
@@ -361,13 +396,13 @@ static void test_corruption(void **state) {
     test_reseed(12);
     char path[256], src[512];
     snprintf(path, sizeof path, "%s/corrupt.json", root);
-    for (int f = 0; f < 2; f++) {
+    for (int f = 0; f < NFIXTURES; f++) {
         size_t n;
         snprintf(src, sizeof src, "%s/%s/tokenizer.json", fixtures, names[f]);
         char *orig = read_all(src, &n);
         char *buf = malloc(n + 64);
         int loaded = 0, refused = 0;
-        for (int trial = 0; trial < 150; trial++) {
+        for (int trial = 0; trial < 100; trial++) {
             memcpy(buf, orig, n);
             size_t len = n;
             int kind = (int)test_rand_int(0, 3);
@@ -451,7 +486,8 @@ static void test_malformed(void **state) {
         const char *fixture, *from, *to, *word1, *word2;
     } cases[] = {
         {"gpt2", "{\"version\"", "[{\"version\"", "not valid JSON", NULL},
-        {"gpt2", "\"normalizer\":null", "\"normalizer\":{\"type\":\"NFC\"}", "normalizer", "NFC"},
+        {"gpt2", "\"normalizer\":null", "\"normalizer\":{\"type\":\"NFKC\"}", "normalizer", "NFKC"},
+        {"gpt2", "\"normalizer\":null", "\"normalizer\":{\"type\":\"Sequence\"}", "normalizer", "Sequence"},
         {"gpt2", "\"type\":\"BPE\"", "\"type\":\"Unigram\"", "model", "Unigram"},
         {"gpt2", "\"decoder\":{\"type\":\"ByteLevel\"", "\"decoder\":{\"type\":\"WordPiece\"",
          "decoder", "WordPiece"},
@@ -508,6 +544,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden),
         cmocka_unit_test(test_merges_as_strings),
+        cmocka_unit_test(test_nfc),
         cmocka_unit_test(test_document_token),
         cmocka_unit_test(test_many_added_tokens),
         cmocka_unit_test(test_random_round_trip),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tokenizer_test.sh: `data prepare --tokenizer` end to end, with the fixtures of
-# tests/tokenizer/ (a GPT-2 style and a Llama 3 style byte-level BPE).
+# tests/tokenizer/ (GPT-2, Llama 3 and Qwen2 style byte-level BPE).
 #
 #   tokenizer_test.sh ENTENTE_BINARY SOURCE_DIR CASE
 #
@@ -10,10 +10,10 @@
 #            (needs a Python that imports it: $ENT_PYTHON, python3 or
 #            /usr/bin/python3; otherwise skipped with the reason, exit 77)
 #   prepare  shards of the right version and token size (uint16, version 1, for
-#            the GPT-2 style; uint32, version 2, for the Llama 3 style whose ids
-#            reach 70049), the model.vocab printed, a short training run on
-#            them with data.tokenizer (the prompt encoded, samples decoded as
-#            text), and `entente sample` from its checkpoint
+#            the GPT-2 and Qwen2 styles; uint32, version 2, for the Llama 3
+#            style whose ids reach 70049), the model.vocab printed, a short
+#            training run on each with data.tokenizer (the prompt encoded,
+#            samples decoded as text), and `entente sample` from its checkpoint
 #   errors   a missing or malformed tokenizer, an unknown --eot, --eot without
 #            --tokenizer: exit codes, messages, nothing written; a model.vocab
 #            below the tokenizer's is refused at start
@@ -43,7 +43,7 @@ case_live() {
     bible -l0 "Gen1:1-Rev22:21" >"$W/kjv.txt" || { fail "bible did not print the KJV"; return; }
     echo "live: $py, tokenizers $("$py" -c 'import tokenizers; print(tokenizers.__version__)')"
     local f
-    for f in gpt2 llama3; do
+    for f in gpt2 llama3 qwen2; do
         expect "prepare the KJV and the sample with $f" 0 -- "$E" data prepare --tokenizer "$FIX/$f" \
             --input "$W/kjv.txt" "$FIX/sample.txt" --output "$W/$f" --val-fraction 0 || continue
         "$py" "$FIX/live_check.py" "$W/$f" "$FIX/$f" "$W/kjv.txt" "$FIX/sample.txt" ||
@@ -82,7 +82,11 @@ case_prepare() {
 
     # train a few steps on each, the prompt encoded and the samples decoded
     local f v
-    for f in g:2001:gpt2 l:70050:llama3; do
+    # qwen2: the NFC normalizer, version 1 shards
+    expect "prepare with the Qwen2 style tokenizer" 0 "out:model.vocab = 1504" "out:2-byte tokens" -- \
+        "$E" data prepare --tokenizer "$FIX/qwen2" --input "$W/corpus.txt" --output "$W/q" || return
+
+    for f in g:2001:gpt2 l:70050:llama3 q:1504:qwen2; do
         IFS=: read -r d v name <<<"$f"
         write_config "$W/$d.ini" "$W/$d"
         expect "train on the $name shards" 0 -- "$E" train --config "$W/$d.ini" --run-dir "$W/run$d" \
@@ -113,8 +117,8 @@ case_errors() {
     expect "a truncated tokenizer.json" 1 "$W/bad/tokenizer.json" "not valid JSON" -- \
         "$E" data prepare --tokenizer "$W/bad" --input "$W/corpus.txt" --output "$W/o2"
     [ -e "$W/o2" ] && fail "a failed preparation left $W/o2"
-    sed 's/"normalizer":null/"normalizer":{"type":"NFC"}/' "$FIX/gpt2/tokenizer.json" >"$W/bad/tokenizer.json"
-    expect "a normalizer" 1 "$W/bad/tokenizer.json" "normalizer" "NFC" -- \
+    sed 's/"normalizer":null/"normalizer":{"type":"NFKC"}/' "$FIX/gpt2/tokenizer.json" >"$W/bad/tokenizer.json"
+    expect "an unsupported normalizer" 1 "$W/bad/tokenizer.json" "normalizer" "NFKC" -- \
         "$E" data prepare --tokenizer "$W/bad" --input "$W/corpus.txt" --output "$W/o3"
     expect "an unknown --eot" 2 "<|nope|>" -- \
         "$E" data prepare --tokenizer "$FIX/gpt2" --eot "<|nope|>" --input "$W/corpus.txt" --output "$W/o4"

@@ -10,8 +10,10 @@ Debian package bible-kjv). It writes, beside itself:
   llama3/tokenizer.json  as Llama 3 writes it: Split(Llama 3's regex, Isolated) +
                          ByteLevel(use_regex=false), ignore_merges, special tokens; some
                          model ids moved to 70000 and up so that shards need uint32
+  qwen2/tokenizer.json   as Qwen2 writes it: the NFC normalizer, Split(Qwen2's regex) +
+                         ByteLevel(use_regex=false), 1500 tokens, Qwen2's special tokens
   sample.txt             a multilingual sample (bytes, with invalid UTF-8)
-  sample.gpt2.ids, sample.llama3.ids   the ids `tokenizers` gives for sample.txt
+  sample.NAME.ids        the ids `tokenizers` gives for sample.txt with each of them
 
 The golden ids: `tokenizers` takes only text (valid UTF-8), so the sample is cut at
 invalid UTF-8 bytes, as Entente does: each valid run is encoded as text (no template
@@ -24,10 +26,13 @@ import json
 import os
 import sys
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers,
+                        pre_tokenizers, trainers)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+               r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
@@ -48,6 +53,7 @@ SAMPLE = (
     "K\u212a'K \u1680 \u202f \u205f x \x1c\x1d\x1e\x1f x tab\x0b\x0cx \U0001d7d8\U0001d7d9 "
     "\u2460\u2461 \u2167 \u01c5ungla \u1f88 \U0001F600\U0001F601 abc\u0300\u0301 d a\u0903b "
     "\U000E0001tag\n"
+    "NFC: \u212b \u1100\u1161\u11a8 cafe\u0301 caf\u00e9 \u0041\u030a \ufb01 \u2126\n"
     "Punctuation!!! ??? ... --- (brackets) [x] {y} <z> @#$%^&*_+=|\\/~`\n"
     "    \n  \n\n"
 ).encode("utf-8")
@@ -97,8 +103,10 @@ def golden_ids(tok, data):
     return ids
 
 
-def train(pre_tokenizer, ignore_merges, vocab_size, kjv):
+def train(pre_tokenizer, ignore_merges, vocab_size, kjv, normalizer=None):
     tok = Tokenizer(models.BPE(ignore_merges=ignore_merges))
+    if normalizer is not None:
+        tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
@@ -144,6 +152,15 @@ def main():
                       AddedToken("Selah", single_word=True), AddedToken("<br>", lstrip=True),
                       AddedToken("☃☃", rstrip=True, normalized=False)])
     save(llama, "llama3")
+
+    qwen = train(pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)]),
+        False, 1500, kjv, normalizers.NFC())
+    qwen.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    # matched on normalized text: its decomposed e + U+0301 matches the NFC "caf\u00e9"
+    qwen.add_tokens([AddedToken("cafe\u0301", normalized=True)])
+    save(qwen, "qwen2")
 
 
 if __name__ == "__main__":
