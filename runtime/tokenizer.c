@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #define TOKENIZER_FILE_MAX ((size_t)1 << 30) // a tokenizer.json larger than this is refused
+#define TOKEN_BYTES_MAX 65535                 // the longest token text accepted
 #define CACHE_SLOTS 65536                     // words remembered by the encoder
 #define CACHE_WORD_MAX 24                     // longest word (bytes) the cache holds
 #define CACHE_IDS_MAX 8                       // most ids a cached word may have
@@ -381,8 +382,11 @@ static int64_t model_token(const ent_tokenizer_t *t, const char *name) {
 
 // What the ByteLevel decoder makes of a token's text: the bytes behind its
 // byte-level characters, or its own UTF-8 when one is outside the alphabet.
-static ent_status set_piece(ent_tokenizer_t *t, uint32_t id, const char *text, int *byte_level) {
+static ent_status set_piece(ent_tokenizer_t *t, const loader *L, uint32_t id, const char *text,
+                            int *byte_level) {
     size_t len = strlen(text), n = 0, off = 0;
+    if (len > TOKEN_BYTES_MAX)
+        return bad(L, "a token of %zu bytes (at most %d)", len, TOKEN_BYTES_MAX);
     unsigned char *buf = malloc(len + 1);
     ENT_ALLOC_CHECK(buf, "a token");
     *byte_level = from_byte_level(text, buf, &n);
@@ -443,7 +447,7 @@ static ent_status load_vocab(ent_tokenizer_t *t, loader *L, const cJSON *model,
         WHERE(L, "model.vocab[%zu] (\"%s\")", k++, shown(e->string, s, sizeof s));
         if (t->is_id[id]) return bad(L, "id %u is given to two tokens", id);
         int byte_level;
-        ENT_CHECK(set_piece(t, id, e->string, &byte_level));
+        ENT_CHECK(set_piece(t, L, id, e->string, &byte_level));
         if (!table_insert(t, byte_level ? t->vocab_slots : t->foreign_slots, id))
             return bad(L, "the token appears twice");
     }
@@ -618,7 +622,7 @@ static ent_status load_added(ent_tokenizer_t *t, loader *L, const cJSON *added) 
         max = (int64_t)id > max ? (int64_t)id : max;
         if (!t->is_id[id]) {
             int byte_level;
-            ENT_CHECK(set_piece(t, id, c->valuestring, &byte_level));
+            ENT_CHECK(set_piece(t, L, id, c->valuestring, &byte_level));
         }
     }
     for (int i = 0; i < t->nadded && t->word_re == NULL; i++)

@@ -523,6 +523,17 @@ static void test_malformed(void **state) {
                 fail_msg("case %zu: the message does not name '%s': %s", i, words[w], msg);
     }
 
+    // a token longer than 65535 bytes
+    char *longer = malloc(70100);
+    assert_non_null(longer);
+    memcpy(longer, "\"vocab\":{\"", 10);
+    memset(longer + 10, 'a', 70000);
+    strcpy(longer + 70010, "\":5000,");
+    assert_int_equal(load_edited("gpt2", "\"vocab\":{", longer, path, sizeof path), ENT_ERR_INPUT);
+    assert_non_null(strstr(ent_last_error(), "70000 bytes"));
+    assert_non_null(strstr(ent_last_error(), "model.vocab[0]"));
+    free(longer);
+
     // a huge file is refused before it is read (sparse: no disk used)
     FILE *f = fopen(path, "wb");
     assert_non_null(f);
