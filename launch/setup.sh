@@ -10,6 +10,8 @@ packages=(
     libopenblas-openmp-dev                # BLAS (OpenMP flavour, so it nests with our OpenMP)
     libzmq3-dev                           # ZeroMQ (CURVE): the coalition link between sites
     libhdf5-openmpi-dev hdf5-tools        # parallel HDF5 checkpoints; h5dump for the layout test
+    libpcre2-dev libcjson-dev             # the BPE tokenizer: its regexes, tokenizer.json
+    libunistring-dev                      # the BPE tokenizer: NFC (Qwen2's normalizer)
     libcmocka-dev                         # unit tests
     python3-numpy python3-h5py            # tests read checkpoints without Entente, as users would
     bible-kjv                             # the built-in default corpus

@@ -91,11 +91,14 @@ static const char *train_help =
 static const char *prepare_help =
     "Usage: entente data prepare --input FILE [FILE ...] --output DIR\n"
     "                            [--val-fraction F] [--shard-tokens N] [--force]\n"
+    "                            [--tokenizer DIR [--eot TOKEN]]\n"
     "\n"
     "Tokenizes the input files byte by byte (256 byte values + an end-of-text\n"
-    "token that precedes each file: vocabulary 257) and writes token shards in\n"
-    "llm.c's .bin layout: DIR/train_000000.bin, ..., DIR/val_000000.bin, ...\n"
-    "Any bytes are accepted, text or binary.\n"
+    "token that precedes each file: vocabulary 257), or with the byte-level BPE\n"
+    "of a Hugging Face tokenizer.json (GPT-2, Llama 3, Qwen2 style), and writes\n"
+    "token shards in llm.c's .bin layout: DIR/train_000000.bin, ...,\n"
+    "DIR/val_000000.bin, ... (uint32 tokens, shard version 2, when the\n"
+    "vocabulary exceeds 65536). Any bytes are accepted, text or binary.\n"
     "\n"
     "Options:\n"
     "  --input FILE ...     one or more input files (the option may repeat)\n"
@@ -104,6 +107,10 @@ static const char *prepare_help =
     "                       (default 0.1), taken as blocks spread through the data\n"
     "  --shard-tokens N     tokens per shard at most (default 100000000)\n"
     "  --force              replace shards already in DIR\n"
+    "  --tokenizer DIR      DIR/tokenizer.json (or the file itself): BPE tokens;\n"
+    "                       prints the model.vocab the shards need\n"
+    "  --eot TOKEN          the token put before each file (default: the first of\n"
+    "                       <|begin_of_text|>, <|endoftext|>, <s>, <|end_of_text|>)\n"
     "  -h, --help           this help\n";
 
 static int is_help(const char *a) { return strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0; }
@@ -505,6 +512,7 @@ static const char *ckpt_help =
 static const char *sample_help =
     "Usage: entente sample --checkpoint FILE [--prompt TEXT] [--tokens N]\n"
     "                      [--temperature T] [--seed S] [--logits FILE]\n"
+    "                      [--tokenizer DIR]\n"
     "\n"
     "Generates text with the model of a checkpoint (any layout it was saved\n"
     "with), on this machine's CPU.\n"
@@ -514,6 +522,8 @@ static const char *sample_help =
     "  --tokens N           tokens to generate (default 256)\n"
     "  --temperature T      softmax temperature; 0 = most likely token (default 0.8)\n"
     "  --seed S             sampler seed (default 42)\n"
+    "  --tokenizer DIR      encode the prompt and decode the text with DIR/tokenizer.json\n"
+    "                       (default: the checkpoint's data.tokenizer; \"\" = bytes)\n"
     "  --logits FILE        also write the logits of every prompt position (end-of-\n"
     "                       text token first), one line of vocabulary-size numbers\n"
     "                       each: to compare an export with another implementation\n";
@@ -557,7 +567,7 @@ static int cmd_ckpt(int argc, char **argv) {
 }
 
 static int cmd_sample(int argc, char **argv) {
-    const char *ckpt = NULL, *prompt = "", *logits = NULL;
+    const char *ckpt = NULL, *prompt = "", *logits = NULL, *tokenizer = NULL;
     long long tokens = 256;
     double temperature = 0.8;
     uint64_t seed = 42;
@@ -575,6 +585,8 @@ static int cmd_sample(int argc, char **argv) {
             prompt = argv[++i];
         } else if (strcmp(a, "--logits") == 0) {
             logits = argv[++i];
+        } else if (strcmp(a, "--tokenizer") == 0) {
+            tokenizer = argv[++i];
         } else if (strcmp(a, "--tokens") == 0) {
             rc = int_option("sample", a, argv[++i], 0, 1000000, &tokens);
         } else if (strcmp(a, "--temperature") == 0) {
@@ -590,7 +602,8 @@ static int cmd_sample(int argc, char **argv) {
     char path[ENT_PATH_MAX];
     ent_status st = checkpoint_path(ckpt, path, sizeof path);
     if (st == ENT_OK)
-        st = ent_sample_checkpoint(path, prompt, (int)tokens, temperature, seed, logits, stdout);
+        st = ent_sample_checkpoint(path, prompt, tokenizer, (int)tokens, temperature, seed, logits,
+                                   stdout);
     return st == ENT_OK ? 0 : report(st);
 }
 
@@ -669,8 +682,13 @@ static int cmd_data_prepare(int argc, char **argv) {
             args.shard_tokens = (size_t)n;
         } else if (strcmp(a, "--force") == 0) {
             args.force = 1;
+        } else if (strcmp(a, "--tokenizer") == 0 && i + 1 < argc) {
+            args.tokenizer = argv[++i];
+        } else if (strcmp(a, "--eot") == 0 && i + 1 < argc) {
+            args.eot = argv[++i];
         } else if (strcmp(a, "--output") == 0 || strcmp(a, "--val-fraction") == 0 ||
-                   strcmp(a, "--shard-tokens") == 0) {
+                   strcmp(a, "--shard-tokens") == 0 || strcmp(a, "--tokenizer") == 0 ||
+                   strcmp(a, "--eot") == 0) {
             rc = usage_error("data prepare", "%s needs a value", a);
             goto out;
         } else {
@@ -684,14 +702,17 @@ static int cmd_data_prepare(int argc, char **argv) {
     }
     args.inputs = inputs;
     args.n_inputs = ninputs;
-    size_t ntrain = 0, nval = 0;
-    ent_status st = ent_data_prepare(&args, &ntrain, &nval);
+    ent_prepare_result res;
+    ent_status st = ent_data_prepare(&args, &res);
     if (st != ENT_OK) {
         rc = report(st);
         goto out;
     }
-    printf("entente: wrote %zu train and %zu val tokens to %s (vocabulary %d)\n", ntrain, nval,
-           args.outdir, ENT_BYTE_VOCAB);
+    printf("entente: wrote %zu train and %zu val tokens to %s (vocabulary %u, %d-byte tokens)\n",
+           res.train_tokens, res.val_tokens, args.outdir, res.vocab, res.token_bytes);
+    if (args.tokenizer != NULL)
+        printf("entente: train with model.vocab = %u and data.tokenizer = %s\n", res.vocab,
+               args.tokenizer);
 out:
     free(inputs);
     return rc;

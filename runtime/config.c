@@ -34,7 +34,7 @@ static const key_desc keys[] = {
     {"model", "heads", K_INT, FIELD(heads), "4", 1, 1024, 0, "attention heads per block; must divide width"},
     {"model", "width", K_INT, FIELD(width), "128", 1, 65536, 0, "embedding width (channels)"},
     {"model", "context", K_INT, FIELD(context), "128", 1, 65536, 0, "tokens per sequence (and learned positions)"},
-    {"model", "vocab", K_INT, FIELD(vocab), "257", 2, 65536, 0, "vocabulary size; 257 = bytes + end-of-text"},
+    {"model", "vocab", K_INT, FIELD(vocab), "257", 2, ENT_VOCAB_MAX, 0, "vocabulary size; 257 = bytes + end-of-text; a BPE tokenizer's is what data prepare prints"},
 
     {"train", "steps", K_INT, FIELD(steps), "1000", 1, BIG, 0, "optimizer steps"},
     {"train", "batch_size", K_INT, FIELD(batch_size), "32", 1, BIG, 0, "sequences per optimizer step, whole job"},
@@ -60,6 +60,7 @@ static const key_desc keys[] = {
     {"sample", "prompt", K_STR, FIELD(sample_prompt), "", 0, 0, 0, "text the sample continues; empty = start of a document"},
 
     {"data", "dir", K_STR, FIELD(data_dir), "", 0, 0, 0, "directory of token shards (entente data prepare); required"},
+    {"data", "tokenizer", K_STR, FIELD(data_tokenizer), "", 0, 0, 0, "the tokenizer.json (or its directory) the shards were prepared with (data prepare --tokenizer): it encodes sample.prompt and decodes samples; empty = bytes"},
     {"data", "train_pattern", K_STR, FIELD(train_pattern), "*train*.bin", 0, 0, 0, "glob of training shards in dir"},
     {"data", "val_pattern", K_STR, FIELD(val_pattern), "*val*.bin", 0, 0, 0, "glob of validation shards in dir; none found = no validation"},
     {"data", "shuffle", K_BOOL, FIELD(shuffle), "true", 0, 0, 0, "visit sequences in a seeded order, new each epoch"},
@@ -647,11 +648,13 @@ ent_status ent_config_validate(const ent_config *cfg) {
         return ent_fail(ENT_ERR_USAGE, "%s: coalition.site = '%s': expected 1-64 of A-Z a-z 0-9 "
                         ". _ - not starting with '.'", a, cfg->coal_site);
     }
-    if (cfg->vocab != ENT_BYTE_VOCAB && cfg->sample_prompt[0] != '\0') {
+    if (cfg->vocab != ENT_BYTE_VOCAB && cfg->sample_prompt[0] != '\0' &&
+        cfg->data_tokenizer[0] == '\0') {
         key_origin(cfg, KEY("sample", "prompt"), a, sizeof a);
         return ent_fail(ENT_ERR_USAGE,
                         "%s: sample.prompt needs the byte-level vocabulary (model.vocab = %d), "
-                        "not %d", a, ENT_BYTE_VOCAB, cfg->vocab);
+                        "not %d, or the tokenizer in data.tokenizer", a, ENT_BYTE_VOCAB,
+                        cfg->vocab);
     }
     return ENT_OK;
 }

@@ -1,9 +1,11 @@
 // data.c: token shards and the dataset view the trainer reads.
 //
 // A shard is llm.c's .bin layout: 256 int32 header (magic 20240520, version 1,
-// token count, the rest zero) followed by the tokens as uint16. Every shard is
-// checked in full when opened, so a bad file fails at start-up with its name,
-// never in the middle of a run. Shards are mapped read-only.
+// token count, the rest zero) followed by the tokens as uint16. Version 2 is
+// the same with header[3] = bytes per token (2 or 4), for vocabularies beyond
+// uint16 (docs/data.md). Every shard is checked in full when opened, so a bad
+// file fails at start-up with its name, never in the middle of a run. Shards
+// are mapped read-only.
 #include "runtime_impl.h"
 
 #include <errno.h>
@@ -20,21 +22,32 @@
 // ---------------------------------------------------------------------------
 // one shard
 
-ent_status ent_shard_write(const char *path, const uint16_t *tokens, size_t ntokens) {
+// Writes a shard of tokens of `width` bytes: version 1 for 2, version 2 for 4.
+static ent_status shard_write(const char *path, const void *tokens, size_t ntokens, int width) {
     if (ntokens > INT32_MAX)
         return ent_fail(ENT_ERR_USAGE, "%s: %zu tokens do not fit one shard (at most %d)", path,
                         ntokens, INT32_MAX);
     int32_t header[ENT_SHARD_HEADER_INTS] = {0};
     header[0] = ENT_SHARD_MAGIC;
-    header[1] = ENT_SHARD_VERSION;
+    header[1] = width == 2 ? ENT_SHARD_VERSION : ENT_SHARD_VERSION_2;
     header[2] = (int32_t)ntokens;
+    if (width != 2) header[3] = width;
     const void *parts[2] = {header, tokens};
-    size_t lens[2] = {HEADER_BYTES, ntokens * sizeof(uint16_t)};
+    size_t lens[2] = {HEADER_BYTES, ntokens * (size_t)width};
     return ent_write_file_parts_atomic(path, parts, lens, 2);
 }
 
-// Reads and checks the header of an open shard against the file's size.
-static ent_status check_header(const char *path, int fd, size_t *ntokens) {
+ent_status ent_shard_write(const char *path, const uint16_t *tokens, size_t ntokens) {
+    return shard_write(path, tokens, ntokens, 2);
+}
+
+ent_status ent_shard_write_u32(const char *path, const uint32_t *tokens, size_t ntokens) {
+    return shard_write(path, tokens, ntokens, 4);
+}
+
+// Reads and checks the header of an open shard against the file's size;
+// *width gets the bytes per token.
+static ent_status check_header(const char *path, int fd, size_t *ntokens, int *width) {
     struct stat st;
     if (fstat(fd, &st) != 0)
         return ent_fail(ENT_ERR_IO, "cannot stat shard %s: %s", path, strerror(errno));
@@ -51,15 +64,20 @@ static ent_status check_header(const char *path, int fd, size_t *ntokens) {
         return ent_fail(ENT_ERR_INPUT,
                         "%s is not a token shard: magic %d, expected %d (llm.c .bin layout)",
                         path, header[0], ENT_SHARD_MAGIC);
-    if (header[1] != ENT_SHARD_VERSION)
+    if (header[1] != ENT_SHARD_VERSION && header[1] != ENT_SHARD_VERSION_2)
         return ent_fail(ENT_ERR_INPUT,
-                        "%s: shard version %d is not supported (this build reads version %d)",
-                        path, header[1], ENT_SHARD_VERSION);
+                        "%s: shard version %d is not supported (this build reads version %d "
+                        "and version %d)", path, header[1], ENT_SHARD_VERSION, ENT_SHARD_VERSION_2);
+    // version 1 is llm.c's: uint16, whatever the rest of its header holds
+    int w = header[1] == ENT_SHARD_VERSION ? 2 : header[3];
+    if (w != 2 && w != 4)
+        return ent_fail(ENT_ERR_INPUT, "%s: version 2 shard with token size %d (header[3]); "
+                        "expected 2 or 4 bytes", path, w);
     if (header[2] < 0)
         return ent_fail(ENT_ERR_INPUT, "%s: header holds a negative token count (%d)", path,
                         header[2]);
     size_t n = (size_t)header[2];
-    size_t expect = HEADER_BYTES + n * sizeof(uint16_t);
+    size_t expect = HEADER_BYTES + n * (size_t)w;
     if ((size_t)st.st_size < expect)
         return ent_fail(ENT_ERR_INPUT,
                         "%s is truncated: its header announces %zu tokens (%zu bytes) but the "
@@ -69,13 +87,14 @@ static ent_status check_header(const char *path, int fd, size_t *ntokens) {
                         "%s has %lld bytes after its %zu tokens: not a valid shard (header and "
                         "size disagree)", path, (long long)((size_t)st.st_size - expect), n);
     *ntokens = n;
+    *width = w;
     return ENT_OK;
 }
 
 ent_status ent_shard_check_header(const char *path, size_t *ntokens) {
-    int fd;
+    int fd, width;
     ENT_CHECK(ent_open_regular(path, "shard", ENT_ERR_INPUT, &fd));
-    ent_status st = check_header(path, fd, ntokens);
+    ent_status st = check_header(path, fd, ntokens, &width);
     close(fd);
     return st;
 }
@@ -180,7 +199,8 @@ typedef struct {
     char *path;
     void *map;
     size_t map_bytes;
-    const uint16_t *tokens;
+    const void *tokens; // uint16 or uint32, by width
+    int width;          // bytes per token: 2 or 4
     size_t ntokens;
     int64_t first_seq, nseq; // sequences [first_seq, first_seq + nseq) of the dataset
 } shard;
@@ -192,16 +212,25 @@ struct ent_dataset {
     int64_t nseq, ntokens;
 };
 
+static uint32_t token_at(const shard *s, size_t i) {
+    return s->width == 2 ? ((const uint16_t *)s->tokens)[i] : ((const uint32_t *)s->tokens)[i];
+}
+
 // Finds the first token >= vocab, in blocks so the common case is a tight loop.
-static int64_t find_bad_token(const uint16_t *tok, size_t n, int vocab) {
-    const size_t block = 1 << 16;
+static int64_t find_bad_token(const shard *s, int vocab) {
+    const size_t block = 1 << 16, n = s->ntokens;
+    const uint16_t *t16 = s->tokens;
+    const uint32_t *t32 = s->tokens;
     for (size_t b0 = 0; b0 < n; b0 += block) {
         size_t b1 = b0 + block < n ? b0 + block : n;
-        uint16_t maxv = 0;
-        for (size_t i = b0; i < b1; i++) maxv = tok[i] > maxv ? tok[i] : maxv;
-        if ((int)maxv < vocab) continue;
+        uint32_t maxv = 0;
+        if (s->width == 2)
+            for (size_t i = b0; i < b1; i++) maxv = t16[i] > maxv ? t16[i] : maxv;
+        else
+            for (size_t i = b0; i < b1; i++) maxv = t32[i] > maxv ? t32[i] : maxv;
+        if (maxv < (uint32_t)vocab) continue;
         for (size_t i = b0; i < b1; i++)
-            if ((int)tok[i] >= vocab) return (int64_t)i;
+            if (token_at(s, i) >= (uint32_t)vocab) return (int64_t)i;
     }
     return -1;
 }
@@ -211,12 +240,12 @@ static ent_status open_shard(shard *s, const char *path, int vocab) {
     if (s->path == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory opening %s", path);
     int fd;
     ENT_CHECK(ent_open_regular(path, "shard", ENT_ERR_INPUT, &fd));
-    ent_status st = check_header(path, fd, &s->ntokens);
+    ent_status st = check_header(path, fd, &s->ntokens, &s->width);
     if (st != ENT_OK) {
         close(fd);
         return st;
     }
-    s->map_bytes = HEADER_BYTES + s->ntokens * sizeof(uint16_t);
+    s->map_bytes = HEADER_BYTES + s->ntokens * (size_t)s->width;
     s->map = mmap(NULL, s->map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
     int err = errno;
     close(fd);
@@ -224,12 +253,12 @@ static ent_status open_shard(shard *s, const char *path, int vocab) {
         s->map = NULL;
         return ent_fail(ENT_ERR_IO, "cannot map shard %s: %s", path, strerror(err));
     }
-    s->tokens = (const uint16_t *)((const char *)s->map + HEADER_BYTES);
-    int64_t bad = find_bad_token(s->tokens, s->ntokens, vocab);
+    s->tokens = (const char *)s->map + HEADER_BYTES;
+    int64_t bad = find_bad_token(s, vocab);
     if (bad >= 0)
         return ent_fail(ENT_ERR_INPUT,
                         "%s: token id %u at position %lld is outside the vocabulary "
-                        "(model.vocab = %d)", path, s->tokens[bad], (long long)bad, vocab);
+                        "(model.vocab = %d)", path, token_at(s, (size_t)bad), (long long)bad, vocab);
     return ENT_OK;
 }
 
@@ -305,10 +334,10 @@ void ent_dataset_sequence(const ent_dataset_t *d, int64_t seq, int32_t *inputs,
     }
     while (d->shards[lo].nseq == 0 || seq >= d->shards[lo].first_seq + d->shards[lo].nseq) lo++;
     const shard *s = &d->shards[lo];
-    const uint16_t *tok = s->tokens + (size_t)(seq - s->first_seq) * (size_t)d->T;
+    size_t first = (size_t)(seq - s->first_seq) * (size_t)d->T;
     for (int i = 0; i < d->T; i++) {
-        inputs[i] = tok[i];
-        targets[i] = tok[i + 1];
+        inputs[i] = (int32_t)token_at(s, first + (size_t)i);
+        targets[i] = (int32_t)token_at(s, first + (size_t)i + 1);
     }
 }
 

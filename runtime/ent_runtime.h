@@ -37,6 +37,7 @@ typedef struct {
     char sample_prompt[ENT_PROMPT_MAX];
     // [data]
     char data_dir[ENT_PATH_MAX];
+    char data_tokenizer[ENT_PATH_MAX]; // "" = bytes
     char train_pattern[256], val_pattern[256];
     int shuffle;
     // [parallel]
@@ -221,13 +222,18 @@ void ent_optim_moments(ent_optim_t *optim, float **m, float **v);
 // token data: shards in llm.c's .bin layout
 
 #define ENT_SHARD_MAGIC 20240520
-#define ENT_SHARD_VERSION 1
+#define ENT_SHARD_VERSION 1    // llm.c's: uint16 tokens
+#define ENT_SHARD_VERSION_2 2  // header[3] = bytes per token (2 or 4): uint32 tokens
 #define ENT_SHARD_HEADER_INTS 256
 #define ENT_TOKEN_EOT 256   // the byte-level tokenizer's end-of-text token
 #define ENT_BYTE_VOCAB 257  // 256 byte values + end-of-text
+#define ENT_VOCAB_MAX (1 << 24) // the largest model.vocab; token ids are below it
 
-// Writes one shard (header + uint16 tokens) atomically: PATH.tmp, fsync, rename.
+// Writes one shard (header + uint16 tokens, version 1) atomically: PATH.tmp,
+// fsync, rename.
 ent_status ent_shard_write(const char *path, const uint16_t *tokens, size_t ntokens);
+// The same with uint32 tokens (version 2, token size 4).
+ent_status ent_shard_write_u32(const char *path, const uint32_t *tokens, size_t ntokens);
 // Checks a shard's header and size; *ntokens gets the header's token count.
 ent_status ent_shard_check_header(const char *path, size_t *ntokens);
 
@@ -266,21 +272,75 @@ void ent_dataset_fill(const ent_dataset_t *data, const ent_data_cursor *cursor, 
                       int count, int shuffle, uint64_t seed, int32_t *inputs,
                       int32_t *targets);
 
-// `entente data prepare`: tokenizes the input files byte by byte (each file is
+// ---------------------------------------------------------------------------
+// tokenizers: byte-level BPE from a Hugging Face tokenizer.json (tokenizer.c)
+
+typedef struct ent_tokenizer ent_tokenizer_t;
+
+// Loads DIR/tokenizer.json, or path itself when it names a file. Unsupported
+// parts (a normalizer, a model other than BPE, a pre-tokenizer other than
+// ByteLevel or Split + ByteLevel, a decoder other than ByteLevel) and every
+// malformed value are ENT_ERR_INPUT naming the file and the JSON path. The
+// caller owns *out (ent_tokenizer_free).
+ent_status ent_tokenizer_load(const char *path, ent_tokenizer_t **out);
+void ent_tokenizer_free(ent_tokenizer_t **tok);
+// The vocabulary a model needs: the largest id + 1.
+uint32_t ent_tokenizer_vocab(const ent_tokenizer_t *tok);
+// The tokenizer.json it was loaded from.
+const char *ent_tokenizer_path(const ent_tokenizer_t *tok);
+// The id of a token (added tokens first, then the model's), or -1.
+int64_t ent_tokenizer_token_id(const ent_tokenizer_t *tok, const char *text);
+// The token put before each document: `name` when not NULL (ENT_ERR_USAGE if
+// there is no such token), else the first of <|begin_of_text|>, <|endoftext|>,
+// <s>, <|end_of_text|> that the tokenizer has (ENT_ERR_USAGE if none).
+ent_status ent_tokenizer_document_token(const ent_tokenizer_t *tok, const char *name,
+                                        uint32_t *id);
+
+// Receives ids as the encoder produces them.
+typedef ent_status (*ent_token_sink)(void *ctx, const uint32_t *ids, size_t n);
+// Encodes n bytes of text (any bytes: invalid UTF-8 is encoded byte by byte
+// and decodes back) and hands the ids to sink in order. The tokenizer keeps a
+// cache and scratch space: one thread at a time per tokenizer.
+ent_status ent_tokenizer_encode_to(ent_tokenizer_t *tok, const void *text, size_t n,
+                                   ent_token_sink sink, void *ctx);
+// The same into *ids (owned by the caller, NULL when there are none), *nids ids.
+ent_status ent_tokenizer_encode(ent_tokenizer_t *tok, const void *text, size_t n,
+                                uint32_t **ids, size_t *nids);
+// The bytes token id stands for (ByteLevel decoding), *len of them, or NULL
+// when the id is not in the vocabulary. Owned by the tokenizer.
+const void *ent_tokenizer_piece(const ent_tokenizer_t *tok, uint32_t id, size_t *len);
+// Decodes n ids into *text (owned by the caller, NUL-terminated after *len
+// bytes); an id outside the vocabulary is ENT_ERR_INPUT.
+ent_status ent_tokenizer_decode(const ent_tokenizer_t *tok, const uint32_t *ids, size_t n,
+                                char **text, size_t *len);
+
+// `entente data prepare`: tokenizes the input files (each file is one document,
 // preceded by the end-of-text token), holds out val_fraction of the tokens in
 // blocks spread evenly through the stream, and writes train_NNNNNN.bin and
-// val_NNNNNN.bin shards of at most shard_tokens into outdir.
+// val_NNNNNN.bin shards of at most shard_tokens into outdir. The tokenizer is
+// byte-level (256 = end-of-text) unless `tokenizer` names a tokenizer.json (or
+// its directory); then each document starts with the token `eot` names (or
+// ent_tokenizer_document_token's choice), and the shards hold uint32 tokens
+// (version 2) when the vocabulary exceeds 65536, uint16 (version 1) otherwise.
 typedef struct {
     const char *const *inputs;
     int n_inputs;
     const char *outdir;
     double val_fraction;
     size_t shard_tokens;
-    int force; // replace shards already in outdir
+    int force;             // replace shards already in outdir
+    const char *tokenizer; // NULL: bytes
+    const char *eot;       // NULL: the tokenizer's document token
 } ent_prepare_args;
 
-ent_status ent_data_prepare(const ent_prepare_args *args, size_t *train_tokens,
-                            size_t *val_tokens);
+// What a preparation wrote.
+typedef struct {
+    size_t train_tokens, val_tokens;
+    uint32_t vocab;   // the model.vocab the shards need
+    int token_bytes;  // 2 or 4
+} ent_prepare_result;
+
+ent_status ent_data_prepare(const ent_prepare_args *args, ent_prepare_result *result);
 
 // ---------------------------------------------------------------------------
 // training and sampling
@@ -417,12 +477,22 @@ ent_status ent_sample(ent_model_t *model, const int32_t *prompt, int np, int n,
 // `entente sample --checkpoint`: loads the model of a checkpoint (any layout it
 // was saved with) on this process's CPU and writes tokens generated after the
 // prompt to out; with logits_path, also the logits of every prompt position.
-ent_status ent_sample_checkpoint(const char *path, const char *prompt, int tokens,
-                                 double temperature, uint64_t seed, const char *logits_path,
-                                 FILE *out);
-// Writes byte-level tokens as text (end-of-text shown as a line "<|endoftext|>",
-// control bytes as '?'); other vocabularies print token ids.
-void ent_tokens_print(FILE *f, const int32_t *tokens, int n, int vocab);
+// The prompt is encoded and the tokens decoded with `tokenizer` (a
+// tokenizer.json or its directory; "" = bytes; NULL = the checkpoint's
+// data.tokenizer).
+ent_status ent_sample_checkpoint(const char *path, const char *prompt, const char *tokenizer,
+                                 int tokens, double temperature, uint64_t seed,
+                                 const char *logits_path, FILE *out);
+// The ids a sample starts from: the end-of-text token (256) then the prompt's
+// bytes, or with a tokenizer its document token then the prompt encoded.
+// *ids (owned by the caller) gets *n ids; ENT_ERR_USAGE when an id reaches vocab.
+ent_status ent_prompt_encode(ent_tokenizer_t *tok, const char *prompt, int vocab, int32_t **ids,
+                             int *n);
+// Writes tokens as text: with a tokenizer, what they decode to (an id outside
+// it as [id]); byte-level ones with end-of-text shown as a line
+// "<|endoftext|>" and control bytes as '?'; other vocabularies as ids.
+void ent_tokens_print(FILE *f, const ent_tokenizer_t *tok, const int32_t *tokens, int n,
+                      int vocab);
 
 // Formats a byte count as "1.23 GiB" into buf (n bytes) and returns buf.
 const char *ent_format_bytes(double bytes, char *buf, size_t n);

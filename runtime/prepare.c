@@ -1,12 +1,15 @@
 // prepare.c: `entente data prepare`, raw files to token shards.
 //
-// The tokenizer is byte-level: token = byte value (0..255), and 256 marks the
-// end of text; each input file is one document, preceded by that token. Any
-// bytes are accepted (UTF-8 or not, text or binary). The validation split holds
-// out whole blocks spread evenly through the token stream: with fraction f,
-// block i goes to validation when floor((i+1) f) > floor(i f), with blocks of
+// The default tokenizer is byte-level: token = byte value (0..255), and 256
+// marks the end of text; each input file is one document, preceded by that
+// token. Any bytes are accepted (UTF-8 or not, text or binary). With
+// --tokenizer, a BPE tokenizer (tokenizer.c) encodes each file, read whole, and
+// its document token comes first. The validation split holds out whole blocks
+// spread evenly through the token stream: with fraction f, block i goes to
+// validation when floor((i+1) f) > floor(i f), with blocks of
 // clamp(total * f / 20, 256, 32768) tokens, so even a small corpus gets about
-// twenty validation blocks drawn from its whole length.
+// twenty validation blocks drawn from its whole length; total counts the
+// bytes and the documents (bytes / 4 for BPE, an estimate made before encoding).
 //
 // Output appears atomically: every shard is written as NAME.tmp and renamed,
 // all inputs (regular files only: a FIFO or a device would block or never
@@ -25,7 +28,8 @@ typedef struct {
     const char *outdir;
     const char *prefix; // "train" or "val"
     size_t shard_tokens;
-    uint16_t *buf;
+    int width;  // bytes per token: 2 (version 1 shards) or 4 (version 2)
+    void *buf;  // uint16 or uint32 tokens
     size_t len, cap;
     int nwritten;
     size_t total;
@@ -40,23 +44,25 @@ static ent_status writer_flush(shard_writer *w) {
     if (grown == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory writing %s", path);
     w->written = grown;
     w->written[w->nwritten] = NULL;
-    ENT_CHECK(ent_shard_write(path, w->buf, w->len));
+    ENT_CHECK(w->width == 2 ? ent_shard_write(path, w->buf, w->len)
+                            : ent_shard_write_u32(path, w->buf, w->len));
     w->written[w->nwritten++] = strdup(path);
     w->total += w->len;
     w->len = 0;
     return ENT_OK;
 }
 
-static ent_status writer_put(shard_writer *w, uint16_t token) {
+static ent_status writer_put(shard_writer *w, uint32_t token) {
     if (w->len == w->cap) {
         size_t cap = w->cap ? w->cap * 2 : 1 << 16;
         if (cap > w->shard_tokens) cap = w->shard_tokens;
-        uint16_t *buf = realloc(w->buf, cap * sizeof *buf);
+        void *buf = realloc(w->buf, cap * (size_t)w->width);
         if (buf == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory buffering tokens");
         w->buf = buf;
         w->cap = cap;
     }
-    w->buf[w->len++] = token;
+    if (w->width == 2) ((uint16_t *)w->buf)[w->len++] = (uint16_t)token;
+    else ((uint32_t *)w->buf)[w->len++] = token;
     if (w->len == w->shard_tokens) ENT_CHECK(writer_flush(w));
     return ENT_OK;
 }
@@ -121,14 +127,44 @@ typedef struct {
     size_t pos; // tokens routed so far
 } splitter;
 
-static ent_status split_put(splitter *s, uint16_t token) {
+static ent_status split_put(splitter *s, uint32_t token) {
     size_t i = s->pos++ / s->block;
     int to_val = s->fraction > 0 && floor((double)(i + 1) * s->fraction) > floor((double)i * s->fraction);
     return writer_put(to_val ? s->val : s->train, token);
 }
 
-ent_status ent_data_prepare(const ent_prepare_args *a, size_t *train_tokens,
-                            size_t *val_tokens) {
+static ent_status split_put_ids(void *ctx, const uint32_t *ids, size_t n) {
+    for (size_t i = 0; i < n; i++) ENT_CHECK(split_put(ctx, ids[i]));
+    return ENT_OK;
+}
+
+// One input, whole, through the BPE tokenizer; *got gets its bytes.
+static ent_status encode_file(ent_tokenizer_t *tok, FILE *f, const char *path, splitter *sp,
+                              size_t *got) {
+    size_t cap = 1 << 20, n = 0, r;
+    char *text = malloc(cap);
+    ENT_ALLOC_CHECK(text, "an input file");
+    while ((r = fread(text + n, 1, cap - n, f)) > 0) {
+        n += r;
+        if (n < cap) continue;
+        char *grown = cap <= SIZE_MAX / 2 ? realloc(text, cap * 2) : NULL;
+        if (grown == NULL) {
+            free(text);
+            return ent_fail(ENT_ERR_NOMEM, "out of memory reading input %s (more than %zu bytes)",
+                            path, n);
+        }
+        text = grown;
+        cap *= 2;
+    }
+    ent_status st = ENT_OK;
+    if (ferror(f)) st = ent_fail(ENT_ERR_IO, "error reading input %s: %s", path, strerror(errno));
+    if (st == ENT_OK) st = ent_tokenizer_encode_to(tok, text, n, split_put_ids, sp);
+    free(text);
+    *got = n;
+    return st;
+}
+
+ent_status ent_data_prepare(const ent_prepare_args *a, ent_prepare_result *result) {
     if (a->n_inputs < 1) return ent_fail(ENT_ERR_USAGE, "data prepare: no --input given");
     if (!(a->val_fraction >= 0.0 && a->val_fraction <= 0.5))
         return ent_fail(ENT_ERR_USAGE, "data prepare: --val-fraction %g is outside [0, 0.5]",
@@ -137,10 +173,28 @@ ent_status ent_data_prepare(const ent_prepare_args *a, size_t *train_tokens,
         return ent_fail(ENT_ERR_USAGE, "data prepare: --shard-tokens must be in 1..%d",
                         INT32_MAX);
 
-    // open every input first: a missing one fails before anything is written
+    if (a->eot != NULL && a->tokenizer == NULL)
+        return ent_fail(ENT_ERR_USAGE, "data prepare: --eot needs --tokenizer");
+
+    // the tokenizer, then every input: a bad one fails before anything is written
+    ent_tokenizer_t *tok = NULL;
+    uint32_t eot = ENT_TOKEN_EOT, vocab = ENT_BYTE_VOCAB;
+    if (a->tokenizer != NULL) {
+        ENT_CHECK(ent_tokenizer_load(a->tokenizer, &tok));
+        ent_status st = ent_tokenizer_document_token(tok, a->eot, &eot);
+        if (st != ENT_OK) {
+            ent_tokenizer_free(&tok);
+            return st;
+        }
+        vocab = ent_tokenizer_vocab(tok);
+    }
+    int width = vocab > 65536 ? 4 : 2;
     ent_status st = ENT_OK;
     FILE **files = calloc((size_t)a->n_inputs, sizeof *files);
-    if (files == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
+    if (files == NULL) {
+        ent_tokenizer_free(&tok);
+        return ent_fail(ENT_ERR_NOMEM, "out of memory");
+    }
     double total = 0, bytes = 0;
     char created[ENT_PATH_MAX] = ""; // the first directory this run creates
     for (int i = 0; i < a->n_inputs; i++) {
@@ -153,7 +207,7 @@ ent_status ent_data_prepare(const ent_prepare_args *a, size_t *train_tokens,
             st = ent_fail(ENT_ERR_IO, "cannot read input %s: %s", a->inputs[i], strerror(errno));
             goto close_inputs;
         }
-        total += (double)sb.st_size + 1;
+        total += (tok ? (double)sb.st_size / 4 : (double)sb.st_size) + 1;
         bytes += (double)sb.st_size;
     }
     if (bytes == 0) {
@@ -182,8 +236,10 @@ ent_status ent_data_prepare(const ent_prepare_args *a, size_t *train_tokens,
         }
     }
 
-    shard_writer train = {.outdir = a->outdir, .prefix = "train", .shard_tokens = a->shard_tokens};
-    shard_writer val = {.outdir = a->outdir, .prefix = "val", .shard_tokens = a->shard_tokens};
+    shard_writer train = {.outdir = a->outdir, .prefix = "train", .shard_tokens = a->shard_tokens,
+                          .width = width};
+    shard_writer val = {.outdir = a->outdir, .prefix = "val", .shard_tokens = a->shard_tokens,
+                        .width = width};
     double block = total * a->val_fraction / 20.0;
     splitter sp = {
         .train = &train,
@@ -194,8 +250,13 @@ ent_status ent_data_prepare(const ent_prepare_args *a, size_t *train_tokens,
     size_t payload = 0;
     unsigned char chunk[1 << 16];
     for (int i = 0; i < a->n_inputs; i++) {
-        ENT_CHECK_GOTO(split_put(&sp, ENT_TOKEN_EOT), fail);
-        size_t got;
+        ENT_CHECK_GOTO(split_put(&sp, eot), fail);
+        size_t got = 0;
+        if (tok != NULL) {
+            ENT_CHECK_GOTO(encode_file(tok, files[i], a->inputs[i], &sp, &got), fail);
+            payload += got;
+            continue;
+        }
         while ((got = fread(chunk, 1, sizeof chunk, files[i])) > 0) {
             payload += got;
             for (size_t k = 0; k < got; k++) ENT_CHECK_GOTO(split_put(&sp, chunk[k]), fail);
@@ -221,8 +282,9 @@ ent_status ent_data_prepare(const ent_prepare_args *a, size_t *train_tokens,
                 unlink(existing[k]);
         ent_free_paths(existing, nexisting);
     }
-    if (train_tokens) *train_tokens = train.total;
-    if (val_tokens) *val_tokens = val.total;
+    if (result)
+        *result = (ent_prepare_result){.train_tokens = train.total, .val_tokens = val.total,
+                                       .vocab = vocab, .token_bytes = width};
     writer_free(&train);
     writer_free(&val);
     goto close_inputs;
@@ -237,5 +299,6 @@ close_inputs:
     for (int i = 0; i < a->n_inputs; i++)
         if (files[i]) fclose(files[i]);
     free(files);
+    ent_tokenizer_free(&tok);
     return st;
 }

@@ -59,10 +59,52 @@ ent_status ent_sample(ent_model_t *model, const int32_t *prompt, int np, int n,
     return st;
 }
 
-void ent_tokens_print(FILE *f, const int32_t *tokens, int n, int vocab) {
+ent_status ent_prompt_encode(ent_tokenizer_t *tok, const char *prompt, int vocab, int32_t **ids,
+                             int *n) {
+    *ids = NULL;
+    *n = 0;
+    size_t plen = strlen(prompt), count = plen;
+    uint32_t *enc = NULL, first = vocab == ENT_BYTE_VOCAB ? ENT_TOKEN_EOT : 0;
+    if (tok != NULL) {
+        ENT_CHECK(ent_tokenizer_document_token(tok, NULL, &first));
+        ENT_CHECK(ent_tokenizer_encode(tok, prompt, plen, &enc, &count));
+    } else if (plen > 0 && vocab != ENT_BYTE_VOCAB) {
+        return ent_fail(ENT_ERR_USAGE, "a prompt needs a byte-level model (vocabulary %d) or a "
+                        "tokenizer (data.tokenizer, --tokenizer); this model has %d tokens",
+                        ENT_BYTE_VOCAB, vocab);
+    }
+    int32_t *out = count < INT32_MAX ? malloc(sizeof(int32_t) * (count + 1)) : NULL;
+    if (out == NULL) {
+        free(enc);
+        return ent_fail(ENT_ERR_NOMEM, "out of memory for a prompt of %zu tokens", count);
+    }
+    out[0] = (int32_t)first;
+    for (size_t i = 0; i < count; i++)
+        out[i + 1] = tok ? (int32_t)enc[i] : (int32_t)(unsigned char)prompt[i];
+    free(enc);
+    for (size_t i = 0; i <= count; i++) {
+        if (out[i] < vocab) continue;
+        int32_t bad = out[i];
+        free(out);
+        return ent_fail(ENT_ERR_USAGE, "the prompt's token %d is outside the model's vocabulary "
+                        "(%d): the tokenizer %s is not this model's", bad, vocab,
+                        tok ? ent_tokenizer_path(tok) : "(bytes)");
+    }
+    *ids = out;
+    *n = (int)count + 1;
+    return ENT_OK;
+}
+
+void ent_tokens_print(FILE *f, const ent_tokenizer_t *tok, const int32_t *tokens, int n,
+                      int vocab) {
     for (int i = 0; i < n; i++) {
         int32_t t = tokens[i];
-        if (vocab != ENT_BYTE_VOCAB) {
+        size_t len;
+        const void *piece = tok && t >= 0 ? ent_tokenizer_piece(tok, (uint32_t)t, &len) : NULL;
+        if (tok != NULL) {
+            if (piece) fwrite(piece, 1, len, f);
+            else fprintf(f, "[%d]", t);
+        } else if (vocab != ENT_BYTE_VOCAB) {
             fprintf(f, "%s%d", i ? " " : "", t);
         } else if (t == ENT_TOKEN_EOT) {
             fputs("\n<|endoftext|>\n", f);
@@ -164,39 +206,45 @@ ent_status ent_model_from_checkpoint(const char *path, int B, ent_backend_t **be
     return ENT_OK;
 }
 
-ent_status ent_sample_checkpoint(const char *path, const char *prompt, int tokens,
-                                 double temperature, uint64_t seed, const char *logits_path,
-                                 FILE *out) {
+ent_status ent_sample_checkpoint(const char *path, const char *prompt, const char *tokenizer,
+                                 int tokens, double temperature, uint64_t seed,
+                                 const char *logits_path, FILE *out) {
     ent_backend_t *be = NULL;
     ent_model_t *m = NULL;
-    ENT_CHECK(ent_model_from_checkpoint(path, 1, &be, &m));
-    const ent_model_shape shape = *ent_model_get_shape(m);
-    size_t plen = strlen(prompt);
+    ent_tokenizer_t *tok = NULL;
     ent_status st = ENT_OK;
-    if (plen > 0 && shape.vocab != ENT_BYTE_VOCAB)
-        st = ent_fail(ENT_ERR_USAGE, "--prompt needs a byte-level model (vocabulary %d); this "
-                      "one has %d tokens", ENT_BYTE_VOCAB, shape.vocab);
+    if (tokenizer == NULL) { // the one the checkpoint's run trained with
+        ent_config cfg;
+        ENT_CHECK(ent_config_from_checkpoint(&cfg, path, NULL, 0));
+        if (cfg.data_tokenizer[0] != '\0') st = ent_tokenizer_load(cfg.data_tokenizer, &tok);
+    } else if (tokenizer[0] != '\0') {
+        st = ent_tokenizer_load(tokenizer, &tok);
+    }
+    if (st == ENT_OK) st = ent_model_from_checkpoint(path, 1, &be, &m);
+    if (st != ENT_OK) {
+        ent_tokenizer_free(&tok);
+        return st;
+    }
+    const ent_model_shape shape = *ent_model_get_shape(m);
     int32_t *ids = NULL, *gen = NULL;
+    int np = 0;
+    st = ent_prompt_encode(tok, prompt, shape.vocab, &ids, &np);
     if (st == ENT_OK) {
-        ids = malloc(sizeof(int32_t) * (plen + 1));
         gen = malloc(sizeof(int32_t) * (size_t)(tokens > 0 ? tokens : 1));
-        if (ids == NULL || gen == NULL) st = ent_fail(ENT_ERR_NOMEM, "out of memory");
+        if (gen == NULL) st = ent_fail(ENT_ERR_NOMEM, "out of memory");
     }
-    if (st == ENT_OK) {
-        ids[0] = shape.vocab == ENT_BYTE_VOCAB ? ENT_TOKEN_EOT : 0;
-        for (size_t i = 0; i < plen; i++) ids[i + 1] = (unsigned char)prompt[i];
-        if (logits_path != NULL) st = write_logits(m, ids, (int)plen + 1, logits_path);
-    }
+    if (st == ENT_OK && logits_path != NULL) st = write_logits(m, ids, np, logits_path);
     if (st == ENT_OK && tokens > 0)
-        st = ent_sample(m, ids, (int)plen + 1, tokens, temperature, seed, gen);
+        st = ent_sample(m, ids, np, tokens, temperature, seed, gen);
     if (st == ENT_OK && tokens > 0) {
         fputs(prompt, out);
-        ent_tokens_print(out, gen, tokens, shape.vocab);
+        ent_tokens_print(out, tok, gen, tokens, shape.vocab);
         fputc('\n', out);
     }
     free(ids);
     free(gen);
     ent_model_free(&m);
     ent_backend_free(&be);
+    ent_tokenizer_free(&tok);
     return st;
 }

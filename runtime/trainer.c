@@ -119,6 +119,7 @@ struct ent_trainer {
     const ent_train_opts *opts;
     int32_t *prompt;
     int nprompt;
+    ent_tokenizer_t *tok; // data.tokenizer (NULL: bytes)
     double t_start;
     ent_ckpt_saver_t *saver;
     char ckpt_dir[ENT_PATH_MAX];
@@ -230,8 +231,8 @@ static ent_status write_sample(trainer *tr, int step) {
         FILE *f = dests[i];
         fprintf(f, "---- sample at step %d (temperature %g) ----\n", step,
                 cfg->sample_temperature);
-        ent_tokens_print(f, tr->prompt + 1, tr->nprompt - 1, cfg->vocab);
-        ent_tokens_print(f, out, cfg->sample_tokens, cfg->vocab);
+        ent_tokens_print(f, tr->tok, tr->prompt + 1, tr->nprompt - 1, cfg->vocab);
+        ent_tokens_print(f, tr->tok, out, cfg->sample_tokens, cfg->vocab);
         fprintf(f, "\n----\n");
     }
     free(out);
@@ -561,14 +562,16 @@ static ent_status prepare_model(trainer *tr) {
     }
     tr->inputs = malloc(sizeof(int32_t) * (size_t)tr->micro * tr->T);
     tr->targets = malloc(sizeof(int32_t) * (size_t)tr->micro * tr->T);
-    size_t plen = strlen(cfg->sample_prompt);
-    tr->prompt = malloc(sizeof(int32_t) * (plen + 1));
-    if (tr->inputs == NULL || tr->targets == NULL || tr->prompt == NULL)
+    if (tr->inputs == NULL || tr->targets == NULL)
         return ent_fail(ENT_ERR_NOMEM, "out of memory for batch buffers");
-    tr->prompt[0] = ENT_TOKEN_EOT;
-    for (size_t i = 0; i < plen; i++) tr->prompt[i + 1] = (unsigned char)cfg->sample_prompt[i];
-    tr->nprompt = (int)plen + 1;
-    return ENT_OK;
+    if (cfg->data_tokenizer[0] != '\0') {
+        ENT_CHECK(ent_tokenizer_load(cfg->data_tokenizer, &tr->tok));
+        if (ent_tokenizer_vocab(tr->tok) > (uint32_t)cfg->vocab)
+            return ent_fail(ENT_ERR_USAGE, "data.tokenizer %s has %u tokens: it needs "
+                            "model.vocab = %u or more, not %d", cfg->data_tokenizer,
+                            ent_tokenizer_vocab(tr->tok), ent_tokenizer_vocab(tr->tok), cfg->vocab);
+    }
+    return ent_prompt_encode(tr->tok, cfg->sample_prompt, cfg->vocab, &tr->prompt, &tr->nprompt);
 }
 
 static ent_status open_data(trainer *tr) {
@@ -894,6 +897,7 @@ void ent_trainer_free(ent_trainer_t **trp) {
     free(tr->inputs);
     free(tr->targets);
     free(tr->prompt);
+    ent_tokenizer_free(&tr->tok);
     free(tr->host_params);
     free(tr->host_m);
     free(tr->host_v);

@@ -585,8 +585,11 @@ case_sample_shape() {
     local cases=("model.context 0" "model.layers -5" "model.heads 3" "model.vocab 1099511627776"
         "model.width 0" "model.layers 1025" "model.context 65537" "model.vocab 1")
     local attrs=(model.layers model.heads model.width model.context model.vocab) i
-    for i in 1 2 3 4; do # random values below 1 or above 2^17
-        cases+=("${attrs[$((RANDOM % 5))]} $((RANDOM % 2 ? -RANDOM : 131072 + RANDOM * RANDOM))")
+    for i in 1 2 3 4; do # random values below 1 or above 2^17 (model.vocab: 2^24)
+        attr=${attrs[$((RANDOM % 5))]}
+        v=$((131072 + RANDOM * RANDOM))
+        [ "$attr" = model.vocab ] && v=$((16777217 + RANDOM * RANDOM))
+        cases+=("$attr $((RANDOM % 2 ? -RANDOM : v))")
     done
     for i in "${cases[@]}"; do
         attr=${i% *}

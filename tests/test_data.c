@@ -8,6 +8,8 @@
 //  - shards: each malformed file (magic, version, size, token ids, none found,
 //    too short) is refused with ENT_ERR_INPUT and its path; shards written by
 //    another tool in llm.c's layout (GPT-2 vocabulary) read back as written;
+//    version 2 (uint32 tokens) reads back, checks ids and takes the same
+//    seeded corruption as version 1;
 //  - sequences: targets are the inputs shifted by one, sequences never cross a
 //    shard boundary, (ntokens - 1) / T of them per shard;
 //  - order: the permutation is a deterministic bijection that changes with the
@@ -221,7 +223,11 @@ static ent_status prepare(const corpus *c, const char *outdir, double val_fracti
     const char *inputs[2] = {c->bin, c->text};
     ent_prepare_args a = {.inputs = inputs, .n_inputs = 2, .outdir = outdir,
                           .val_fraction = val_fraction, .shard_tokens = shard_tokens, .force = force};
-    return ent_data_prepare(&a, train, val);
+    ent_prepare_result r;
+    ent_status st = ent_data_prepare(&a, &r);
+    if (st == ENT_OK && train) *train = r.train_tokens;
+    if (st == ENT_OK && val) *val = r.val_tokens;
+    return st;
 }
 
 static void test_prepare_counts(void **state) {
@@ -365,7 +371,7 @@ static void test_prepare_errors(void **state) {
     const char *just_empty[1] = {empty};
     ent_prepare_args a = {.inputs = just_empty, .n_inputs = 1, .outdir = out, .val_fraction = 0.1,
                           .shard_tokens = 1};
-    ent_status st = ent_data_prepare(&a, NULL, NULL);
+    ent_status st = ent_data_prepare(&a, NULL);
     assert_int_not_equal(st, ENT_OK);
     expect_error(st, st, "empty", NULL, NULL);
     assert_int_equal(count_files(out, "*"), 0);
@@ -375,7 +381,7 @@ static void test_prepare_errors(void **state) {
     a.inputs = with_missing;
     a.n_inputs = 2;
     a.shard_tokens = 100;
-    st = ent_data_prepare(&a, NULL, NULL);
+    st = ent_data_prepare(&a, NULL);
     assert_int_not_equal(st, ENT_OK);
     expect_error(st, st, missing, NULL, NULL);
     assert_int_equal(count_files(out, "*"), 0);
@@ -608,14 +614,16 @@ static void test_shard_validation(void **state) {
 // ENT_ERR_INPUT naming the shard; never a crash, a hang or other data.
 static void expect_corrupt_outcome(const char *dir, const char *path, const unsigned char *good,
                                    const unsigned char *bytes, size_t len, size_t goodlen,
-                                   const uint16_t *tok, size_t n, int T, const char *what) {
+                                   const uint32_t *tok, size_t n, int vocab, size_t decisive,
+                                   int T, const char *what) {
     write_bytes(path, bytes, len);
     ent_dataset_t *d = NULL;
-    ent_status st = ent_dataset_open(dir, "corrupt.bin", ENT_BYTE_VOCAB, T, &d);
+    ent_status st = ent_dataset_open(dir, "corrupt.bin", vocab, T, &d);
     size_t announced = 0;
     ent_status st2 = ent_shard_check_header(path, &announced);
-    // the magic, version and count (the first 12 bytes) and the size decide
-    int same = len == goodlen && memcmp(bytes, good, 12) == 0;
+    // the magic, version and count (the first 12 bytes; version 2: and the
+    // token size, 16) and the size decide
+    int same = len == goodlen && memcmp(bytes, good, decisive) == 0;
     if (st == ENT_OK) {
         if (!same) fail_msg("%s: opened although the magic, version, count or size changed", what);
         assert_int_equal(st2, ENT_OK);
@@ -624,7 +632,8 @@ static void expect_corrupt_outcome(const char *dir, const char *path, const unsi
         int32_t in[64], tg[64];
         int64_t last = ent_dataset_num_sequences(d) - 1;
         ent_dataset_sequence(d, last, in, tg);
-        for (int i = 0; i < T; i++) assert_int_equal(in[i], tok[(size_t)last * (size_t)T + (size_t)i]);
+        for (int i = 0; i < T; i++)
+            assert_int_equal(in[i], tok[(size_t)last * (size_t)T + (size_t)i]);
         ent_dataset_close(&d);
         return;
     }
@@ -635,64 +644,149 @@ static void expect_corrupt_outcome(const char *dir, const char *path, const unsi
     if (st2 == ENT_OK && len != goodlen) fail_msg("%s: the header check passed a wrong size", what);
 }
 
-static void test_shard_corruption(void **state) {
-    (void)state;
-    test_reseed(12);
+// The corruption rounds on one shard of `version` (1: uint16 tokens below
+// 257, written by hand as llm.c does; 2: uint32 tokens up to 70000, written by
+// ent_shard_write_u32).
+static void corrupt_shard(int version) {
     char dir[128], path[512];
-    folder(dir, sizeof dir, "corrupt", 1);
+    folder(dir, sizeof dir, version == 1 ? "corrupt" : "corrupt_v2", 1);
     snprintf(path, sizeof path, "%s/corrupt.bin", dir);
     size_t n = (size_t)test_rand_int(100, 3000);
-    int T = (int)test_rand_int(2, 32);
-    uint16_t *tok = malloc(n * sizeof *tok);
-    assert_non_null(tok);
-    for (size_t i = 0; i < n; i++) tok[i] = (uint16_t)test_rand_int(0, ENT_BYTE_VOCAB - 1);
-    write_raw_shard(path, ENT_SHARD_MAGIC, ENT_SHARD_VERSION, (int32_t)n, tok, n);
+    int T = (int)test_rand_int(2, 32), vocab = version == 1 ? ENT_BYTE_VOCAB : 70000;
+    size_t decisive = version == 1 ? 12 : 16;
+    uint32_t *tok = malloc(n * sizeof *tok);
+    uint16_t *tok16 = malloc(n * sizeof *tok16);
+    assert_true(tok && tok16);
+    for (size_t i = 0; i < n; i++) {
+        tok[i] = (uint32_t)test_rand_int(0, vocab - 1);
+        tok16[i] = (uint16_t)tok[i];
+    }
+    if (version == 1) write_raw_shard(path, ENT_SHARD_MAGIC, ENT_SHARD_VERSION, (int32_t)n, tok16, n);
+    else assert_int_equal(ent_shard_write_u32(path, tok, n), ENT_OK);
     size_t goodlen;
     unsigned char *good = read_bytes(path, &goodlen);
+    assert_int_equal(goodlen, ENT_SHARD_HEADER_INTS * 4 + n * (version == 1 ? 2 : 4));
     unsigned char *bytes = malloc(goodlen + 4096);
     assert_non_null(bytes);
     char what[96];
     const size_t header = ENT_SHARD_HEADER_INTS * sizeof(int32_t);
     // every header byte, set to another random value
-    int refused = 0;
+    size_t refused = 0;
     for (size_t at = 0; at < header; at++) {
         memcpy(bytes, good, goodlen);
         bytes[at] = (unsigned char)(good[at] ^ test_rand_int(1, 255));
-        snprintf(what, sizeof what, "header byte %zu = 0x%02x", at, bytes[at]);
-        expect_corrupt_outcome(dir, path, good, bytes, goodlen, goodlen, tok, n, T, what);
-        refused += at < 12;
+        snprintf(what, sizeof what, "v%d: header byte %zu = 0x%02x", version, at, bytes[at]);
+        expect_corrupt_outcome(dir, path, good, bytes, goodlen, goodlen, tok, n, vocab, decisive, T,
+                               what);
+        refused += at < decisive;
     }
-    assert_int_equal(refused, 12);
+    assert_int_equal(refused, decisive);
     // random ranges of random bytes anywhere in the header, and the count set
-    // to extreme values
+    // to extreme values (version 2: the token size too)
     for (int trial = 0; trial < 300; trial++) {
         memcpy(bytes, good, goodlen);
         size_t a = (size_t)test_rand_int(0, (int64_t)header - 1), b = (size_t)test_rand_int((int64_t)a, (int64_t)header - 1);
         for (size_t i = a; i <= b; i++) bytes[i] = (unsigned char)test_rand_int(0, 255);
         if (trial % 10 == 0) {
-            int32_t extremes[] = {INT32_MAX, INT32_MIN, -1, 0, 1, (int32_t)n + 1, (int32_t)n - 1};
-            memcpy(bytes + 8, &extremes[test_rand_int(0, 6)], 4);
+            int32_t extremes[] = {INT32_MAX, INT32_MIN, -1, 0, 1, (int32_t)n + 1, (int32_t)n - 1,
+                                  (int32_t)n * 2, (int32_t)n / 2};
+            memcpy(bytes + 8, &extremes[test_rand_int(0, 8)], 4);
         }
-        snprintf(what, sizeof what, "header bytes %zu..%zu randomised (trial %d)", a, b, trial);
-        expect_corrupt_outcome(dir, path, good, bytes, goodlen, goodlen, tok, n, T, what);
+        if (version == 2 && trial % 10 == 5) {
+            int32_t sizes[] = {0, 1, 2, 3, 8, -4, INT32_MAX};
+            memcpy(bytes + 12, &sizes[test_rand_int(0, 6)], 4);
+        }
+        snprintf(what, sizeof what, "v%d: header bytes %zu..%zu randomised (trial %d)", version, a,
+                 b, trial);
+        expect_corrupt_outcome(dir, path, good, bytes, goodlen, goodlen, tok, n, vocab, decisive, T,
+                               what);
     }
     // truncations (every length through the header, random ones after) and extensions
     for (int trial = 0; trial < 400; trial++) {
         size_t len = trial < 200 ? (size_t)test_rand_int(0, (int64_t)header + 8)
                                  : (size_t)test_rand_int(0, (int64_t)goodlen - 1);
-        snprintf(what, sizeof what, "truncated to %zu of %zu bytes", len, goodlen);
-        expect_corrupt_outcome(dir, path, good, good, len, goodlen, tok, n, T, what);
+        snprintf(what, sizeof what, "v%d: truncated to %zu of %zu bytes", version, len, goodlen);
+        expect_corrupt_outcome(dir, path, good, good, len, goodlen, tok, n, vocab, decisive, T, what);
     }
     for (int trial = 0; trial < 20; trial++) {
         size_t extra = (size_t)test_rand_int(1, 4096);
         memcpy(bytes, good, goodlen);
         for (size_t i = 0; i < extra; i++) bytes[goodlen + i] = (unsigned char)test_rand_int(0, 255);
-        snprintf(what, sizeof what, "%zu bytes appended", extra);
-        expect_corrupt_outcome(dir, path, good, bytes, goodlen + extra, goodlen, tok, n, T, what);
+        snprintf(what, sizeof what, "v%d: %zu bytes appended", version, extra);
+        expect_corrupt_outcome(dir, path, good, bytes, goodlen + extra, goodlen, tok, n, vocab,
+                               decisive, T, what);
     }
     free(tok);
+    free(tok16);
     free(good);
     free(bytes);
+}
+
+static void test_shard_corruption(void **state) {
+    (void)state;
+    test_reseed(12);
+    corrupt_shard(1);
+    corrupt_shard(2);
+}
+
+// Version 2 shards (uint32 tokens) read back as written, with ids beyond
+// uint16; a token id at or above the vocabulary is refused with its position,
+// as in version 1.
+static void test_shard_v2(void **state) {
+    (void)state;
+    test_reseed(13);
+    char dir[128], path[512], w[64], w2[64];
+    folder(dir, sizeof dir, "v2", 1);
+    int T = (int)test_rand_int(2, 16), vocab = (int)test_rand_int(65537, ENT_VOCAB_MAX);
+    size_t n = (size_t)T * (size_t)test_rand_int(3, 50) + 1;
+    uint32_t *tok = malloc(n * sizeof *tok);
+    assert_non_null(tok);
+    for (size_t i = 0; i < n; i++) tok[i] = (uint32_t)test_rand_int(0, vocab - 1);
+    tok[test_rand_int(0, (int64_t)n - 1)] = (uint32_t)vocab - 1;
+    snprintf(path, sizeof path, "%s/good_v2.bin", dir);
+    assert_int_equal(ent_shard_write_u32(path, tok, n), ENT_OK);
+    size_t got;
+    assert_int_equal(ent_shard_check_header(path, &got), ENT_OK);
+    assert_int_equal(got, n);
+    ent_dataset_t *d = NULL;
+    assert_int_equal(ent_dataset_open(dir, "good_v2.bin", vocab, T, &d), ENT_OK);
+    int64_t nseq = ent_dataset_num_sequences(d);
+    assert_int_equal(nseq, (int64_t)((n - 1) / (size_t)T));
+    int32_t *in = malloc(sizeof(int32_t) * (size_t)T), *tg = malloc(sizeof(int32_t) * (size_t)T);
+    for (int64_t s = 0; s < nseq; s++) {
+        ent_dataset_sequence(d, s, in, tg);
+        for (int i = 0; i < T; i++) {
+            assert_int_equal(in[i], tok[(size_t)s * (size_t)T + (size_t)i]);
+            assert_int_equal(tg[i], tok[(size_t)s * (size_t)T + (size_t)i + 1]);
+        }
+    }
+    ent_dataset_close(&d);
+    // one id at the vocabulary, then one far above: named with its position
+    size_t pos = (size_t)test_rand_int(0, (int64_t)n - 1);
+    uint32_t bads[2] = {(uint32_t)vocab, (uint32_t)test_rand_int(vocab, UINT32_MAX)};
+    for (int k = 0; k < 2; k++) {
+        uint32_t keep = tok[pos];
+        tok[pos] = bads[k];
+        snprintf(path, sizeof path, "%s/bad_v2.bin", dir);
+        assert_int_equal(ent_shard_write_u32(path, tok, n), ENT_OK);
+        snprintf(w, sizeof w, " %u ", bads[k]);
+        snprintf(w2, sizeof w2, "position %zu ", pos);
+        expect_bad_shard(dir, "bad_v2.bin", vocab, T, w, w2);
+        tok[pos] = keep;
+    }
+    // version 1 and version 2 shards side by side in one dataset
+    uint16_t small[64];
+    for (int i = 0; i < 64; i++) small[i] = (uint16_t)test_rand_int(0, 65535);
+    snprintf(path, sizeof path, "%s/good_v1.bin", dir);
+    assert_int_equal(ent_shard_write(path, small, 64), ENT_OK);
+    assert_int_equal(ent_dataset_open(dir, "good_v*.bin", vocab, T, &d), ENT_OK);
+    assert_int_equal(ent_dataset_num_tokens(d), (int64_t)n + 64);
+    ent_dataset_sequence(d, 0, in, tg); // good_v1.bin sorts first
+    for (int i = 0; i < T; i++) assert_int_equal(in[i], small[i]);
+    ent_dataset_close(&d);
+    free(in);
+    free(tg);
+    free(tok);
 }
 
 // A FIFO or a device under a shard's name is refused before it is opened for
@@ -1033,7 +1127,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_prepare_counts),    cmocka_unit_test(test_prepare_no_val),
         cmocka_unit_test(test_prepare_shard_split), cmocka_unit_test(test_prepare_errors),
         cmocka_unit_test(test_prepare_force),     cmocka_unit_test(test_shard_validation),
-        cmocka_unit_test(test_shard_corruption), cmocka_unit_test(test_shard_not_regular),
+        cmocka_unit_test(test_shard_corruption),
+        cmocka_unit_test(test_shard_v2), cmocka_unit_test(test_shard_not_regular),
         cmocka_unit_test(test_foreign_shards),    cmocka_unit_test(test_sequences),
         cmocka_unit_test(test_permute),           cmocka_unit_test(test_fill),
     };

@@ -79,7 +79,7 @@ static int make_data(void) {
     const char *inputs[] = {text};
     ent_prepare_args args = {.inputs = inputs, .n_inputs = 1, .outdir = data,
                              .val_fraction = 0.1, .shard_tokens = 1 << 20};
-    if (ent_data_prepare(&args, NULL, NULL) != ENT_OK) return 1;
+    if (ent_data_prepare(&args, NULL) != ENT_OK) return 1;
     // one training shard (sequence i is tokens i x T .. i x T + T): without
     // its first N batches, sequence i is the original's N x batch + i
     snprintf(src, sizeof src, "%s/train_000001.bin", data);
