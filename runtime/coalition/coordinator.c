@@ -381,18 +381,12 @@ static void heard_all(coord *c) {
         if (c->sites[i].last_seen < now) c->sites[i].last_seen = now;
 }
 
-// Receives for up to ms, and then whatever else is waiting (so that a site
-// is not taken for silent while its messages queue), then checks that no
-// site has been silent too long.
-static ent_status poll_once(coord *c, int ms) {
-    ent_link_incoming in;
-    int got = 0;
-    ENT_CHECK(ent_link_recv(c->ep, ms, &in, &got));
-    for (int more = 0; got && more < 1000; more++) {
-        ENT_CHECK(on_message(c, &in));
-        ENT_CHECK(ent_link_recv(c->ep, 0, &in, &got));
-    }
-    // a site whose connection closed: its process is gone (a kill, a crash)
+// A site whose connection closed: its process is gone (a kill, a crash).
+// Applied before every message is handled: a closed socket's number may
+// come back for the next connection, whose messages must find the old
+// close already taken (the close is reported before the new connection is
+// accepted).
+static ent_status take_closes(coord *c) {
     int fds[16];
     for (int n = ent_link_take_disconnects(c->ep, fds, 16); n > 0;
          n = ent_link_take_disconnects(c->ep, fds, 16))
@@ -401,6 +395,22 @@ static ent_status poll_once(coord *c, int ms) {
                 if (active(&c->sites[i]) && c->sites[i].peer.fd == fds[j] && fds[j] >= 0)
                     ENT_CHECK(site_gone(c, &c->sites[i], "lost", "its connection closed (its "
                                         "process ended, or its host dropped the link)"));
+    return ENT_OK;
+}
+
+// Receives for up to ms, and then whatever else is waiting (so that a site
+// is not taken for silent while its messages queue), then checks that no
+// site has been silent too long.
+static ent_status poll_once(coord *c, int ms) {
+    ent_link_incoming in;
+    int got = 0;
+    ENT_CHECK(ent_link_recv(c->ep, ms, &in, &got));
+    for (int more = 0; got && more < 1000; more++) {
+        ENT_CHECK(take_closes(c));
+        ENT_CHECK(on_message(c, &in));
+        ENT_CHECK(ent_link_recv(c->ep, 0, &in, &got));
+    }
+    ENT_CHECK(take_closes(c));
     double now = coal_now();
     for (int i = 0; i < c->nsites; i++) {
         csite *s = &c->sites[i];
