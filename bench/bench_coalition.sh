@@ -19,12 +19,16 @@
 #                parameters per step, at the run's inner steps and at the
 #                default (coalition.inner_steps = 800).
 #   quality      validation loss at equal tokens: one site on all the data
-#                with batch 48 vs 3 sites of batch 16 on a third each, the
-#                same steps (12 rounds x 50), for int8, int4 and topk; the
-#                same 960 validation sequences for every model.
+#                with batch 48 (lr 3e-3) vs 3 sites of batch 16 on a third
+#                each, the same 600 steps, as configs/coalition.ini trains:
+#                rounds of H inner steps that wait for their merge, plain
+#                averaging, a site lr of sqrt(3) x 3e-3; int8, int4 and topk
+#                at H = 4 and at H = 8, then int8 at H = 50 (the cost of
+#                fewer rounds); the same 960 validation sequences for every
+#                model.
 #
 # Figures only; never passes or fails on them. Needs root for the cgroup
-# (utilisation says so and is skipped without it). Takes about 30 minutes on
+# (utilisation says so and is skipped without it). Takes about an hour on
 # 2 cores; run it on a quiet machine.
 set -u
 export LC_ALL=C OMP_NUM_THREADS=1
@@ -226,7 +230,7 @@ final_val() {
 part_quality() {
     local steps=600
     say "quality: one site, batch 48, $steps steps on all the data, vs 3 sites of batch 16 on a"
-    say "third each, 12 rounds x 50 inner steps: equal tokens; validation on 960 sequences"
+    say "third each, $steps steps in rounds of H inner steps: equal tokens; validation on 960 sequences"
     local S=$OUT/sync
     if [ ! -f "$S/metrics.jsonl" ] || ! grep -q '"event":"end"' "$S/metrics.jsonl"; then
         rm -rf "$S"
@@ -239,14 +243,17 @@ part_quality() {
     base=$(final_val "$S/checkpoints/latest" 20)
     printf '%-22s %10s %12s\n' run "val loss" "vs sync"
     printf '%-22s %10s %12s\n' "sync, batch 48" "$base" "-"
-    local codec
-    for codec in int8 int4 topk; do
-        coalition "quality-$codec" "" -1 --set coalition.rounds=12 --set coalition.inner_steps=50 \
+    local run codec h
+    for run in int8:4 int4:4 topk:4 int8:8 int4:8 topk:8 int8:50; do
+        codec=${run%:*} h=${run#*:}
+        coalition "quality-$codec-h$h" "" -1 --set coalition.rounds=$((steps / h)) \
+            --set coalition.inner_steps=$h --set coalition.overlap=false \
+            --set coalition.outer_lr=1 --set coalition.outer_momentum=0 --set train.lr=5.2e-3 \
             --set "coalition.codec=$codec" --set train.batch_size=16 \
-            --set train.warmup_steps=43 || continue
+            --set coalition.eval_rounds=$((steps / h)) --set train.warmup_steps=43 || continue
         local v
-        v=$(final_val "$OUT/quality-$codec/coordinator/checkpoints/latest" 60)
-        awk -v c="$codec" -v v="$v" -v b="$base" \
+        v=$(final_val "$OUT/quality-$codec-h$h/coordinator/checkpoints/latest" 60)
+        awk -v c="$codec, H=$h" -v v="$v" -v b="$base" \
             'BEGIN { printf "%-22s %10s %+11.2f%%\n", "coalition, " c, v, 100 * (v - b) / b }'
     done
 }
