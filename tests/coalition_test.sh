@@ -122,11 +122,15 @@ start_coordinator() {
     [ -n "$EP" ] || { fail "the coordinator wrote no endpoint"; sed 's/^/    | /' "$dir.log"; exit 1; }
 }
 
-# start_site NAME NP [ARGS...]: an `entente train` site in the background (pid in SPID)
+# start_site NAME NP [ARGS...]: an `entente train` site in the background (pid
+# in SPID); NP = 0: one rank without mpirun, so that SPID is the training
+# process itself (to kill it)
 start_site() {
     local name=$1 np=$2
     shift 2
-    timeout 200 "${MPIRUN[@]}" -np "$np" "$E" train --config "$W/co.ini" \
+    local launch=(timeout 200 "${MPIRUN[@]}" -np "$np")
+    [ "$np" = 0 ] && launch=()
+    "${launch[@]}" "$E" train --config "$W/co.ini" \
         --set "coalition.coordinator=$EP" --set "coalition.site=$name" \
         --set "coalition.key=$W/keys/$name.key" \
         --set "data.dir=$W/data-$name" --run-dir "$W/run/site-$name" "$@" \
@@ -347,20 +351,6 @@ case_capture() {
     : "$real"
 }
 
-# start_lone NAME [ARGS...]: a 1-rank site without mpirun, so that its PID
-# (SPID) is the training process itself
-start_lone() {
-    local name=$1
-    shift
-    "$E" train --config "$W/co.ini" \
-        --set "coalition.coordinator=$EP" --set "coalition.site=$name" \
-        --set "coalition.key=$W/keys/$name.key" \
-        --set "data.dir=$W/data-$name" --run-dir "$W/run/site-$name" "$@" \
-        >"$W/site-$name.log" 2>&1 &
-    SPID=$!
-    PIDS+=("$SPID")
-}
-
 # kill_after_round NAME PID ROUND: SIGKILL once the site recorded ROUND;
 # sets KILLED_AT (seconds since the epoch)
 kill_after_round() {
@@ -382,7 +372,7 @@ case_lost() {
     start_coordinator "$W/run/coordinator"
     start_site a 1; local pa=$SPID
     start_site b 1; local pb=$SPID
-    start_lone c; local pc=$SPID
+    start_site c 0; local pc=$SPID
     kill_after_round c "$pc" 1
     local t
     for t in $(seq 150); do
@@ -420,7 +410,7 @@ case_quorum() {
     start_coordinator "$W/run/coordinator"
     start_site a 1; local pa=$SPID
     start_site b 1; local pb=$SPID
-    start_lone c; local pc=$SPID
+    start_site c 0; local pc=$SPID
     kill_after_round c "$pc" 1
     local rc
     wait "$CPID"; rc=$?
