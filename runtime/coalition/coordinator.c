@@ -535,9 +535,14 @@ static ent_status merge_round(coord *c) {
     coal_vec up = {0};
     ent_status st = deltas && ids && merged ? ENT_OK : ent_fail(ENT_ERR_NOMEM, "out of memory");
     if (st == ENT_OK) st = screen_round(c, merged, &nmerged);
+    // the merge sums in the order of the ids it is given: the sites' names'
+    // order, not the order they joined in, so that a coalition gives the
+    // same bits whichever site connected first
     for (int j = 0; j < nmerged && st == ENT_OK; j++) {
         deltas[j] = &c->sites[merged[j]].delta[k];
-        ids[j] = c->sites[merged[j]].id;
+        ids[j] = 1;
+        for (int o = 0; o < nmerged; o++)
+            ids[j] += strcmp(c->sites[merged[o]].name, c->sites[merged[j]].name) < 0;
     }
     if (st == ENT_OK)
         st = coal_round_merge(deltas, ids, nmerged, &c->outer, &c->codec, c->chunk_bytes,
