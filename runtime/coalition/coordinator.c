@@ -326,8 +326,11 @@ static ent_status on_heartbeat(coord *c, csite *s, const ent_link_incoming *in) 
     ent_link_header hd;
     if (ent_link_decode_heartbeat(in->bytes, in->len, in->peer.name, &hd, &m) != ENT_OK)
         return send_error(c, &in->peer, s->id, ENT_LINK_ERR_MALFORMED, "%s", ent_last_error());
-    if (s->hb_have && hd.round == s->hb_round && m.steps_done > s->hb_steps &&
-        m.time_ns > s->hb_time_ns)
+    // a speed from two heartbeats of one round, both sent while training
+    // (steps done >= 1): one sent while the site waited (for its plan, with
+    // 0 steps done) would count the wait as compute
+    if (s->hb_have && hd.round == s->hb_round && s->hb_steps >= 1 &&
+        m.steps_done > s->hb_steps && m.time_ns > s->hb_time_ns)
         s->steps_per_s = (double)(m.steps_done - s->hb_steps) / ((double)(m.time_ns - s->hb_time_ns) * 1e-9);
     s->hb_round = hd.round;
     s->hb_steps = m.steps_done;
