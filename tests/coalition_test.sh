@@ -364,17 +364,26 @@ kill_after_round() {
     KILLED_AT=$(date +%s.%N)
 }
 
-case_lost() {
+# kill_c_after_round_1 [INI_LINE]: a coordinator of 30 rounds (with INI_LINE
+# in its [coalition] section) and sites a, b (mpirun) and c (without, so its
+# PID is the training process), c killed with SIGKILL after its round 1;
+# sets PA and PB (a's and b's PIDs) and KILLED_AT
+kill_c_after_round_1() {
     need_mpirun
     make_site_data
     write_coalition "$W/co.ini" 3 30
+    [ $# -gt 0 ] && echo "$1" >>"$W/co.ini"
     mkdir -p "$W/run"
     start_coordinator "$W/run/coordinator"
-    start_site a 1; local pa=$SPID
-    start_site b 1; local pb=$SPID
-    start_site c 0; local pc=$SPID
-    kill_after_round c "$pc" 1
-    local t
+    start_site a 1; PA=$SPID
+    start_site b 1; PB=$SPID
+    start_site c 0
+    kill_after_round c "$SPID" 1
+}
+
+case_lost() {
+    kill_c_after_round_1
+    local pa=$PA pb=$PB t
     for t in $(seq 150); do
         grep -q "site 'c' .* lost" "$W/run/coordinator.log" && break
         sleep 0.1
@@ -402,17 +411,8 @@ case_lost() {
 }
 
 case_quorum() {
-    need_mpirun
-    make_site_data
-    write_coalition "$W/co.ini" 3 30
-    echo "quorum = 3" >>"$W/co.ini"
-    mkdir -p "$W/run"
-    start_coordinator "$W/run/coordinator"
-    start_site a 1; local pa=$SPID
-    start_site b 1; local pb=$SPID
-    start_site c 0; local pc=$SPID
-    kill_after_round c "$pc" 1
-    local rc
+    kill_c_after_round_1 "quorum = 3"
+    local pa=$PA pb=$PB rc
     wait "$CPID"; rc=$?
     [ "$rc" = 1 ] || fail "the coordinator exited with $rc, expected 1 below its quorum"
     grep -q "fewer than coalition.quorum = 3 (gone: \[\"c\"\])" "$W/run/coordinator.log" ||
