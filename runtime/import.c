@@ -12,6 +12,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,7 +223,7 @@ ent_status ent_import_hf(const char *dir, const char *out, int force, FILE *log)
     struct stat sb;
     if (!force && lstat(out, &sb) == 0)
         return ent_fail(ENT_ERR_USAGE, "%s exists; --force replaces it", out);
-    char path[ENT_PATH_MAX + 16], text[512];
+    char path[ENT_PATH_MAX + 16], text[512 + PATH_MAX];
     snprintf(path, sizeof path, "%s/config.json", dir);
     cJSON *root = NULL;
     ENT_CHECK(ent_st_read_json(path, CONFIG_MAX, (void **)&root));
@@ -236,6 +237,16 @@ ent_status ent_import_hf(const char *dir, const char *out, int force, FILE *log)
     if (s == ENT_OK) s = gpt2_config(root, path, text, sizeof text);
     cJSON_Delete(root);
     if (s != ENT_OK) return s;
+    // the model's own tokenizer, where the directory has one, for sample and
+    // eval (a path the configuration's syntax can hold as it is)
+    char tok[ENT_PATH_MAX + 16], real[PATH_MAX];
+    snprintf(tok, sizeof tok, "%s/tokenizer.json", dir);
+    if (access(tok, R_OK) == 0 && realpath(dir, real) != NULL && strcspn(real, ";#\n\r") == strlen(real) &&
+        strlen(text) + strlen(real) + 16 < sizeof text) {
+        strcat(text, "tokenizer = ");
+        strcat(text, real);
+        strcat(text, "\n");
+    }
     ent_config cfg;
     char origin[ENT_PATH_MAX + 64];
     snprintf(origin, sizeof origin, "%s (as an entente configuration)", path);

@@ -282,6 +282,11 @@ case_import() {
         expect "export then import: the same bits" 0 "out:bit-identical" -- \
             "$py" "$H" same "$c" "$W/rt.h5"
     done
+    # the directory's tokenizer.json becomes the checkpoint's data.tokenizer
+    cp -r "$W/hf_f32" "$W/hf_tok" && cp "$SRC/tests/tokenizer/gpt2/tokenizer.json" "$W/hf_tok/"
+    expect "import with a tokenizer" 0 -- "$E" ckpt import --from "$W/hf_tok" --out "$W/tok.h5"
+    expect "the import names its tokenizer" 0 "out:tokenizer = $(cd "$W/hf_tok" && pwd -P)" -- \
+        "$E" ckpt info "$W/tok.h5"
     # damaged model directories, and a byte changed in turn
     mkdir -p "$W/hostile"
     expect "hostile model directories" 0 "out:single-byte changes" -- \
