@@ -201,8 +201,7 @@ static void send_heartbeat(site *s, uint64_t round, uint32_t steps, double token
 // coalition.timeout, a failed send, or an ERROR that says so (s->cut_why
 // set; the caller goes on alone). Other failures are errors.
 static ent_status wait_for(site *s, wait_done_fn done, uint64_t arg, const char *what) {
-    double t0 = coal_now(), until = t0 + s->cfg->coal_timeout;
-    if (s->last_heard < t0) s->last_heard = t0; // silence counts from here
+    double until = coal_now() + s->cfg->coal_timeout;
     while (!done(s, arg) && s->cut_why[0] == '\0') {
         double now = coal_now();
         if (s->site_id != 0 && s->heartbeat_ms > 0 &&
@@ -414,8 +413,9 @@ static ent_status rejoin_poll(site *s) {
 }
 
 // Between inner steps, never waiting: a member takes what has arrived
-// (plans, update chunks) so ZeroMQ's queue drains while the site trains; a
-// site cut off tries its way back.
+// (plans, update chunks, the answers to its heartbeats) so ZeroMQ's queue
+// drains while the site trains, and finds the link broken when nothing came
+// for coalition.lost_after; a site cut off tries its way back.
 static ent_status link_poll(site *s) {
     if (s->state != LINK_ONLINE) return rejoin_poll(s);
     for (int k = 0; k < 256 && s->cut_why[0] == '\0'; k++) {
@@ -425,6 +425,10 @@ static ent_status link_poll(site *s) {
         if (!got) break;
         ENT_CHECK(handle(s, &in));
     }
+    double silent = coal_now() - s->last_heard;
+    if (silent > s->cfg->coal_lost_after)
+        link_broken(s, 0, "no word from the coordinator for %.0f s (coalition.lost_after)",
+                    silent);
     return ENT_OK;
 }
 
