@@ -626,34 +626,42 @@ final_anchor_held_by() {
     done
 }
 
-# paced_coalition SITES ROUNDS: write_coalition with rounds of about 0.3 s
-# (inner steps planned from each site's speed), so that a site that starts
-# late, restarts or comes back does so well before the end
-paced_coalition() {
+# wait_all NAME:PID ...: the coordinator ($CPID) and each site exit 0
+wait_all() {
+    local rc arg
+    wait "$CPID"; rc=$?
+    [ "$rc" = 0 ] || { fail "the coordinator exited with $rc"; sed -n '1,40s/^/    | /p' "$W/run/coordinator.log"; }
+    for arg in "$@"; do
+        wait "${arg#*:}" || fail "site ${arg%%:*} failed: $(tail -3 "$W/site-${arg%%:*}.log")"
+    done
+}
+
+# start_paced SITES ROUNDS [INI_LINES]: a coordinator of rounds of about
+# 0.3 s (inner steps planned from each site's speed, so that a site that
+# starts late, restarts or comes back does so well before the end), with
+# INI_LINES added to its [coalition] section, and sites a and b (mpirun, 1
+# rank each); sets PA and PB
+start_paced() {
+    need_mpirun
+    make_site_data
     write_coalition "$W/co.ini" "$1" "$2"
     sed -i 's/^inner_steps = 6/inner_steps = 1000\nround_seconds = 0.3/' "$W/co.ini"
+    [ $# -gt 2 ] && printf '%s\n' "$3" >>"$W/co.ini"
+    mkdir -p "$W/run"
+    start_coordinator "$W/run/coordinator"
+    start_site a 1; PA=$SPID
+    start_site b 1; PB=$SPID
 }
 
 case_join() {
-    need_mpirun
-    make_site_data
-    paced_coalition 2 24
-    mkdir -p "$W/run"
-    start_coordinator "$W/run/coordinator"
-    start_site a 1; local pa=$SPID
-    start_site b 1; local pb=$SPID
+    start_paced 2 24
     local cm=$W/run/coordinator/metrics.jsonl
     # x (on the allowlist, not awaited: coalition.sites = 2, on c's shards)
     # joins once round 2 is merged
     cp -r "$W/data-c" "$W/data-x"
     wait_for_line "$cm" '"event":"round","round":2,' 90 || fail "the coordinator did not merge round 2 within 90 s"
-    start_site x 0; local px=$SPID rc name p
-    wait "$CPID"; rc=$?
-    [ "$rc" = 0 ] || { fail "the coordinator exited with $rc"; sed -n '1,40s/^/    | /p' "$W/run/coordinator.log"; }
-    for name in a b x; do
-        case $name in a) p=$pa ;; b) p=$pb ;; x) p=$px ;; esac
-        wait "$p" || fail "site $name failed: $(tail -3 "$W/site-$name.log")"
-    done
+    start_site x 0; local px=$SPID
+    wait_all a:$PA b:$PB x:$px
     [ "$FAILED" = 0 ] || return
     local first
     first=$(sed -n 's/.*"event":"joined","site":"x","first_round":\([0-9]*\),.*/\1/p' "$cm")
@@ -684,13 +692,7 @@ case_join() {
 }
 
 case_rejoin() {
-    need_mpirun
-    make_site_data
-    paced_coalition 3 24
-    mkdir -p "$W/run"
-    start_coordinator "$W/run/coordinator"
-    start_site a 1; local pa=$SPID
-    start_site b 1; local pb=$SPID
+    start_paced 3 24
     # c checkpoints at every round's end
     start_site c 0 --set checkpoint.every=1
     kill_after_round c "$SPID" 3
@@ -700,13 +702,8 @@ case_rejoin() {
     # restarted under the same name and key, from its own checkpoint
     local ckpt=$W/run/site-c/checkpoints/latest saved
     saved=$("$E" ckpt info "$ckpt" 2>/dev/null | awk '$1 == "step" { print $2; exit }')
-    start_site c 1 --resume "$ckpt"; local pc=$SPID rc name p
-    wait "$CPID"; rc=$?
-    [ "$rc" = 0 ] || { fail "the coordinator exited with $rc"; sed -n '1,40s/^/    | /p' "$W/run/coordinator.log"; }
-    for name in a b c; do
-        case $name in a) p=$pa ;; b) p=$pb ;; c) p=$pc ;; esac
-        wait "$p" || fail "site $name failed: $(tail -3 "$W/site-$name.log")"
-    done
+    start_site c 1 --resume "$ckpt"; local pc=$SPID
+    wait_all a:$PA b:$PB c:$pc
     [ "$FAILED" = 0 ] || return
     local cm=$W/run/coordinator/metrics.jsonl first
     grep -q '"event":"lost","site":"c"' "$cm" || fail "no lost record of site c"
@@ -732,15 +729,9 @@ case_rejoin() {
 # is stopped (SIGSTOP) after c's round 2 until the coordinator has declared
 # c lost and c has trained on alone for a while, then let go (SIGCONT)
 cut_off_c() {
-    need_mpirun
     [ -x "$WAN_PROXY" ] || { echo "SKIP: wan_proxy not given"; exit 77; }
-    make_site_data
-    paced_coalition 3 48
-    printf 'lost_after = 5\nmax_staleness = %s\n' "$1" >>"$W/co.ini"
-    mkdir -p "$W/run" "$W/capture"
-    start_coordinator "$W/run/coordinator"
-    start_site a 1; PA=$SPID
-    start_site b 1; PB=$SPID
+    start_paced 3 48 "$(printf 'lost_after = 5\nmax_staleness = %s' "$1")"
+    mkdir -p "$W/capture"
     local direct=$EP
     start_proxy
     start_site c 0; PC=$SPID
@@ -758,13 +749,7 @@ cut_off_c() {
     s1=$(grep -c '^{"step":' "$sm")
     [ "$s1" -gt "$s0" ] || fail "site c did not train while cut off ($s0 step records, then $s1)"
     kill -CONT "$PROXY"
-    local rc name p
-    wait "$CPID"; rc=$?
-    [ "$rc" = 0 ] || { fail "the coordinator exited with $rc"; sed -n '1,40s/^/    | /p' "$W/run/coordinator.log"; }
-    for name in a b c; do
-        case $name in a) p=$PA ;; b) p=$PB ;; c) p=$PC ;; esac
-        wait "$p" || fail "site $name failed: $(tail -3 "$W/site-$name.log")"
-    done
+    wait_all a:$PA b:$PB c:$PC
     kill "$PROXY"; wait "$PROXY" 2>/dev/null
     [ "$FAILED" = 0 ] || return
     grep -q '"event":"cut_off","site":"c"' "$sm" || fail "no cut_off record in site c's metrics"
