@@ -210,6 +210,7 @@ typedef struct {
     int64_t shape[ENT_ST_MAX_DIMS];
     size_t numel;
     const char *file; // the file that holds it
+    uint64_t at;      // where its bytes start in that file
 } ent_st_tensor;
 typedef struct ent_st ent_st_t;
 // Opens DIR/model.safetensors, or else every shard DIR/model.safetensors.index.json

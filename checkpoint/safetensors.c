@@ -43,7 +43,9 @@ struct ent_st {
     int nfiles;
     st_entry *t;
     int n, cap;
-    unsigned char *piece; // PIECE bytes
+    unsigned char *piece; // PIECE bytes (or a band's, when larger)
+    float *band;          // the rows being transposed, widened
+    size_t band_floats;
 };
 
 static ent_status nomem(void) { return ent_fail(ENT_ERR_NOMEM, "out of memory reading safetensors"); }
@@ -130,6 +132,7 @@ static ent_status add_entry(ent_st_t *st, int fi, const cJSON *e) {
                         numel > UINT64_MAX / size ? 0ULL : (unsigned long long)(numel * size),
                         (unsigned long long)(t->end - t->begin));
     t->pub.numel = (size_t)numel;
+    t->pub.at = f->data_at + t->begin;
     for (int i = 0; i < st->n; i++)
         if (strcmp(st->t[i].pub.name, name) == 0)
             return ent_fail(ENT_ERR_INPUT, "%s: tensor %s appears twice (also in %s)", f->path,
@@ -326,33 +329,70 @@ const ent_st_tensor *ent_st_find(const ent_st_t *st, const char *name) {
     return NULL;
 }
 
-static float to_f32(ent_dtype d, const unsigned char *p) {
-    uint16_t h = (uint16_t)(p[0] | p[1] << 8);
+// n stored values at p as floats (little-endian in the file, whatever the host).
+static void widen(ent_dtype d, const unsigned char *p, size_t n, float *out) {
     switch (d) {
-    case ENT_BF16: return ent_k_bf16_to_f32(h);
-    case ENT_F16: return ent_k_f16_to_f32(h);
-    default: {
-        uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-        return ent_k_f32_from_bits(u);
+    case ENT_BF16:
+        for (size_t i = 0; i < n; i++) out[i] = ent_k_bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        break;
+    case ENT_F16:
+        for (size_t i = 0; i < n; i++) out[i] = ent_k_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        break;
+    default:
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        if ((const void *)p != (const void *)out) memcpy(out, p, 4 * n);
+#else
+        for (size_t i = 0; i < n; i++)
+            out[i] = ent_k_f32_from_bits((uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 |
+                                         (uint32_t)p[4 * i + 2] << 16 | (uint32_t)p[4 * i + 3] << 24);
+#endif
+        break;
     }
-    }
+}
+
+// Rows [r0, r0 + nr) of a [rows, cols] matrix (band, row-major) into the
+// transposed [cols, rows] matrix t, in tiles that stay in the cache.
+static void transpose_band(const float *band, size_t r0, size_t nr, size_t rows, size_t cols,
+                           float *t) {
+    enum { TILE = 32 };
+    for (size_t i0 = 0; i0 < nr; i0 += TILE)
+        for (size_t j0 = 0; j0 < cols; j0 += TILE) {
+            size_t i1 = i0 + TILE < nr ? i0 + TILE : nr, j1 = j0 + TILE < cols ? j0 + TILE : cols;
+            for (size_t j = j0; j < j1; j++)
+                for (size_t i = i0; i < i1; i++) t[j * rows + r0 + i] = band[i * cols + j];
+        }
 }
 
 ent_status ent_st_read(ent_st_t *st, const ent_st_tensor *pub, float *dst, int transpose) {
     const st_entry *t = (const st_entry *)pub; // pub is the first member
     const st_file *f = &st->files[t->file];
-    size_t esize = ent_dtype_size(pub->dtype), rows = 1, cols = pub->numel;
+    size_t esize = ent_dtype_size(pub->dtype), rows = 1, cols = 1;
     if (transpose) {
         if (pub->ndim != 2)
             return ent_fail(ENT_ERR_INTERNAL, "tensor %s: only a matrix is transposed", pub->name);
         rows = (size_t)pub->shape[0];
         cols = (size_t)pub->shape[1];
     }
-    size_t per = PIECE / esize, done = 0;
+    // values a piece: whole rows when transposing (a row longer than a piece
+    // is read alone)
+    size_t per = PIECE / sizeof(float);
+    if (transpose) per = cols > per ? cols : per / cols * cols;
+    if (transpose && per > st->band_floats) {
+        float *b = realloc(st->band, sizeof(float) * per);
+        unsigned char *p = realloc(st->piece, per * esize > PIECE ? per * esize : PIECE);
+        if (b != NULL) st->band = b;
+        if (p != NULL) st->piece = p;
+        if (b == NULL || p == NULL) return nomem();
+        st->band_floats = per;
+    }
+    size_t done = 0;
     while (done < pub->numel) {
         size_t k = pub->numel - done < per ? pub->numel - done : per, bytes = k * esize, got = 0;
+        // float32 in place lands where it belongs; the others are widened
+        int direct = pub->dtype == ENT_F32 && !transpose && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
+        unsigned char *in = direct ? (unsigned char *)(dst + done) : st->piece;
         while (got < bytes) {
-            ssize_t r = pread(f->fd, st->piece + got, bytes - got,
+            ssize_t r = pread(f->fd, in + got, bytes - got,
                               (off_t)(f->data_at + t->begin + done * esize + got));
             if (r < 0 && errno == EINTR) continue;
             if (r <= 0)
@@ -360,14 +400,12 @@ ent_status ent_st_read(ent_st_t *st, const ent_st_tensor *pub, float *dst, int t
                                 r == 0 ? "the file ends early (changed while read?)" : strerror(errno));
             got += (size_t)r;
         }
-        const unsigned char *p = st->piece;
-        if (!transpose)
-            for (size_t i = 0; i < k; i++) dst[done + i] = to_f32(pub->dtype, p + i * esize);
-        else // element (r, c) of the stored [rows, cols] lands at (c, r)
-            for (size_t i = 0; i < k; i++) {
-                size_t e = done + i;
-                dst[(e % cols) * rows + e / cols] = to_f32(pub->dtype, p + i * esize);
-            }
+        if (!transpose) {
+            if (!direct) widen(pub->dtype, in, k, dst + done);
+        } else {
+            widen(pub->dtype, in, k, st->band);
+            transpose_band(st->band, done / cols, k / cols, rows, cols, dst);
+        }
         done += k;
     }
     return ENT_OK;
@@ -383,6 +421,7 @@ void ent_st_close(ent_st_t **stp) {
     free(st->files);
     free(st->t);
     free(st->piece);
+    free(st->band);
     free(st);
     *stp = NULL;
 }

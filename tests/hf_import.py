@@ -2,8 +2,9 @@
 """Hugging Face model directories for `entente ckpt import`, written with numpy.
 
     hf_import.py write DIR [--dtype F32|BF16|F16] [--shards N] [--bare] [--seed S]
-        A tiny random GPT-2 (2 layers, 4 heads, width 64, context 32, the 257
-        byte tokens) as transformers saves it: config.json, and
+                           [--layers L --heads H --width C --context T --vocab V]
+        A tiny random GPT-2 (by default 2 layers, 4 heads, width 64, context 32,
+        the 257 byte tokens) as transformers saves it: config.json, and
         model.safetensors or N shards with model.safetensors.index.json;
         "transformer." before every name (GPT2LMHeadModel) unless --bare
         (GPT2Model), the causal-mask buffers h.N.attn.bias, and lm_head.weight
@@ -61,8 +62,8 @@ def to_dtype(a, dtype):
     return bits.tobytes(), back.astype(np.float64)
 
 
-def weights(rng):
-    C, L, V, T = CFG["n_embd"], CFG["n_layer"], CFG["vocab_size"], CFG["n_positions"]
+def weights(rng, cfg):
+    C, L, V, T = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"], cfg["n_positions"]
     t = {"wte.weight": rng.normal(0, 0.3, (V, C)), "wpe.weight": rng.normal(0, 0.1, (T, C)),
          "ln_f.weight": 1 + rng.normal(0, 0.1, C), "ln_f.bias": rng.normal(0, 0.1, C)}
     for i in range(L):
@@ -116,9 +117,14 @@ def read_safetensors(path):
 
 def cmd_write(args):
     d, dtype, shards, bare, seed = args[0], "F32", 1, False, 1
+    cfg = dict(CFG)
+    sizes = {"--layers": "n_layer", "--heads": "n_head", "--width": "n_embd",
+             "--context": "n_positions", "--vocab": "vocab_size"}
     i = 1
     while i < len(args):
-        if args[i] == "--dtype":
+        if args[i] in sizes:
+            cfg[sizes[args[i]]], i = int(args[i + 1]), i + 2
+        elif args[i] == "--dtype":
             dtype, i = args[i + 1], i + 2
         elif args[i] == "--shards":
             shards, i = int(args[i + 1]), i + 2
@@ -129,17 +135,18 @@ def cmd_write(args):
         else:
             raise SystemExit(f"unknown argument {args[i]}")
     os.makedirs(d, exist_ok=True)
+    cfg["n_ctx"] = cfg["n_positions"]
     rng = np.random.default_rng(seed)
-    t = weights(rng)
+    t = weights(rng, cfg)
     prefix = "" if bare else "transformer."
     items = [(prefix + k, dtype, v.shape, to_dtype(v, dtype)[0]) for k, v in t.items()]
-    T = CFG["n_positions"]
-    for i in range(CFG["n_layer"]):  # the causal mask, a buffer some checkpoints carry
+    T = cfg["n_positions"]
+    for i in range(cfg["n_layer"]):  # the causal mask, a buffer some checkpoints carry
         mask = np.tril(np.ones((T, T), np.float32)).reshape(1, 1, T, T)
         items.append((f"{prefix}h.{i}.attn.bias", "F32", mask.shape, mask.astype("<f4").tobytes()))
     if not bare:
         items.append(("lm_head.weight", dtype, t["wte.weight"].shape, to_dtype(t["wte.weight"], dtype)[0]))
-    cfg = dict(CFG, torch_dtype={"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dtype])
+    cfg["torch_dtype"] = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dtype]
     json.dump(cfg, open(f"{d}/config.json", "w"), indent=2)
     if shards == 1:
         write_safetensors(f"{d}/model.safetensors", items)
