@@ -49,6 +49,16 @@ CFG = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size":
        "tie_word_embeddings": True, "scale_attn_weights": True, "torch_dtype": "float32"}
 
 
+LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 257,
+         "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 32,
+         "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "rope_scaling": None,
+         "tie_word_embeddings": False, "hidden_act": "silu", "attention_bias": False,
+         "mlp_bias": False, "bos_token_id": 256, "eos_token_id": 256, "torch_dtype": "float32"}
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                  "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+
+
 def to_dtype(a, dtype):
     """The bytes of float32 array a in dtype, and the float64 values they hold."""
     a = np.ascontiguousarray(a, dtype="<f4")
@@ -76,6 +86,86 @@ def weights(rng, cfg):
             t[p + name + ".weight"] = rng.normal(0, 0.15, shape)  # Conv1D: (in, out)
             t[p + name + ".bias"] = rng.normal(0, 0.05, shape[1])
     return t
+
+
+def llama_weights(rng, cfg):
+    C, L, V, F = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"], cfg["intermediate_size"]
+    hs = C // cfg["num_attention_heads"]
+    kv = cfg["num_key_value_heads"] * hs
+    t = {"model.embed_tokens.weight": rng.normal(0, 0.3, (V, C)),
+         "model.norm.weight": 1 + rng.normal(0, 0.1, C)}
+    if not cfg["tie_word_embeddings"]:
+        t["lm_head.weight"] = rng.normal(0, 0.2, (V, C))
+    for i in range(L):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = 1 + rng.normal(0, 0.1, C)
+        t[p + "post_attention_layernorm.weight"] = 1 + rng.normal(0, 0.1, C)
+        for name, shape in (("self_attn.q_proj", (C, C)), ("self_attn.k_proj", (kv, C)),
+                            ("self_attn.v_proj", (kv, C)), ("self_attn.o_proj", (C, C)),
+                            ("mlp.gate_proj", (F, C)), ("mlp.up_proj", (F, C)),
+                            ("mlp.down_proj", (C, F))):
+            t[p + name + ".weight"] = rng.normal(0, 0.15, shape)  # nn.Linear: (out, in)
+    return t
+
+
+def llama_inv_freq(cfg, hs):
+    """RoPE's frequencies as transformers computes them (default, or Llama 3's bands)."""
+    inv = 1.0 / (cfg["rope_theta"] ** (np.arange(0, hs, 2, dtype=np.float64) / hs))
+    sc = cfg.get("rope_scaling")
+    if not sc:
+        return inv
+    factor, low, high = sc["factor"], sc["low_freq_factor"], sc["high_freq_factor"]
+    old = sc["original_max_position_embeddings"]
+    low_wl, high_wl = old / low, old / high
+    wl = 2 * np.pi / inv
+    scaled = np.where(wl > low_wl, inv / factor, inv)
+    smooth = (old / wl - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wl < high_wl) & ~(wl > low_wl)
+    return np.where(medium, smoothed, scaled)
+
+
+def llama_logits(t, cfg, ids):
+    """LlamaForCausalLM as transformers computes it (rotate_half, repeat_kv), in float64."""
+    t = {k: v.astype(np.float64) for k, v in t.items()}
+    n, C, H = len(ids), cfg["hidden_size"], cfg["num_attention_heads"]
+    KV, eps = cfg["num_key_value_heads"], cfg["rms_norm_eps"]
+    hs = C // H
+
+    def rms(x, w):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+    freqs = np.outer(np.arange(n, dtype=np.float64), llama_inv_freq(cfg, hs))
+    emb = np.concatenate([freqs, freqs], -1)
+    cos, sin = np.cos(emb)[:, None, :], np.sin(emb)[:, None, :]
+
+    def rope(x):  # (n, heads, hs)
+        x1, x2 = x[..., :hs // 2], x[..., hs // 2:]
+        return x * cos + np.concatenate([-x2, x1], -1) * sin
+
+    h = t["model.embed_tokens.weight"][ids]
+    mask = np.triu(np.ones((n, n), dtype=bool), 1)
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        a = rms(h, t[p + "input_layernorm.weight"])
+        q = rope((a @ t[p + "self_attn.q_proj.weight"].T).reshape(n, H, hs))
+        k = rope((a @ t[p + "self_attn.k_proj.weight"].T).reshape(n, KV, hs))
+        v = (a @ t[p + "self_attn.v_proj.weight"].T).reshape(n, KV, hs)
+        k, v = np.repeat(k, H // KV, axis=1), np.repeat(v, H // KV, axis=1)  # repeat_kv
+        q, k, v = (x.transpose(1, 0, 2) for x in (q, k, v))
+        att = q @ k.transpose(0, 2, 1) / np.sqrt(hs)
+        att[:, mask] = -np.inf
+        att = np.exp(att - att.max(-1, keepdims=True))
+        att /= att.sum(-1, keepdims=True)
+        y = (att @ v).transpose(1, 0, 2).reshape(n, C)
+        h = h + y @ t[p + "self_attn.o_proj.weight"].T
+        m = rms(h, t[p + "post_attention_layernorm.weight"])
+        g = m @ t[p + "mlp.gate_proj.weight"].T
+        u = m @ t[p + "mlp.up_proj.weight"].T
+        h = h + (g / (1 + np.exp(-g)) * u) @ t[p + "mlp.down_proj.weight"].T
+    h = rms(h, t["model.norm.weight"])
+    out = t["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else t["lm_head.weight"]
+    return h @ out.T
 
 
 def write_safetensors(path, items):
@@ -118,6 +208,8 @@ def read_safetensors(path):
 def cmd_write(args):
     d, dtype, shards, bare, seed = args[0], "F32", 1, False, 1
     cfg = dict(CFG)
+    if "--llama" in args or "--llama3" in args or "--tied" in args:
+        return write_llama(d, args[1:])
     sizes = {"--layers": "n_layer", "--heads": "n_head", "--width": "n_embd",
              "--context": "n_positions", "--vocab": "vocab_size"}
     i = 1
@@ -162,6 +254,46 @@ def cmd_write(args):
     return 0
 
 
+def write_llama(d, args):
+    cfg, dtype, shards, seed = dict(LLAMA), "F32", 1, 1
+    i = 0
+    while i < len(args):
+        if args[i] == "--dtype":
+            dtype, i = args[i + 1], i + 2
+        elif args[i] == "--shards":
+            shards, i = int(args[i + 1]), i + 2
+        elif args[i] == "--seed":
+            seed, i = int(args[i + 1]), i + 2
+        elif args[i] == "--llama3":  # Llama 3's rope: theta 500000 and frequency bands
+            cfg["rope_theta"], cfg["rope_scaling"], i = 500000.0, dict(LLAMA3_SCALING), i + 1
+        elif args[i] == "--tied":
+            cfg["tie_word_embeddings"], i = True, i + 1
+        elif args[i] == "--llama":
+            i += 1
+        else:
+            raise SystemExit(f"unknown argument {args[i]}")
+    os.makedirs(d, exist_ok=True)
+    t = llama_weights(np.random.default_rng(seed), cfg)
+    items = [(k, dtype, v.shape, to_dtype(v, dtype)[0]) for k, v in t.items()]
+    hs = cfg["hidden_size"] // cfg["num_attention_heads"]
+    inv = llama_inv_freq(cfg, hs).astype("<f4")  # a buffer older checkpoints carry
+    items.append(("model.layers.0.self_attn.rotary_emb.inv_freq", "F32", inv.shape, inv.tobytes()))
+    cfg["torch_dtype"] = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dtype]
+    json.dump(cfg, open(f"{d}/config.json", "w"), indent=2)
+    if shards == 1:
+        write_safetensors(f"{d}/model.safetensors", items)
+        return 0
+    weight_map = {}
+    for s in range(shards):
+        part = items[s::shards]
+        name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        write_safetensors(f"{d}/{name}", part)
+        weight_map.update({it[0]: name for it in part})
+    json.dump({"metadata": {}, "weight_map": weight_map},
+              open(f"{d}/model.safetensors.index.json", "w"), indent=2)
+    return 0
+
+
 def load_dir(d):
     if os.path.exists(f"{d}/model.safetensors"):
         t = read_safetensors(f"{d}/model.safetensors")
@@ -179,9 +311,9 @@ def cmd_check(args):
     t = load_dir(d)
     ids = [cfg["vocab_size"] - 1] + list(prompt.encode())
     ours = np.loadtxt(logits_file, ndmin=2)
-    ref = gpt2_logits(t, cfg, ids)
+    ref = llama_logits(t, cfg, ids) if cfg["model_type"] == "llama" else gpt2_logits(t, cfg, ids)
     err = rel_err(ours, ref) if ours.shape == ref.shape else float("inf")
-    print(f"numpy GPT-2 on the imported tensors vs entente logits: relative error {err:.2e} "
+    print(f"numpy {cfg['model_type']} on the imported tensors vs entente logits: relative error {err:.2e} "
           f"over {ref.shape[0]} positions x {ref.shape[1]} tokens")
     return 0 if err < 1e-5 else 1
 
