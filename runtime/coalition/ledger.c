@@ -178,9 +178,9 @@ ent_status ent_ledger_print(const char *path, const char *text, int json, FILE *
     if (text == NULL || text[0] == '\0')
         return ent_fail(ENT_ERR_INPUT, "%s holds no ledger (dataset /coalition/ledger): only a "
                         "coalition coordinator's checkpoint has one", path);
-    cJSON *root = cJSON_Parse(text);
+    const char *at = NULL;
+    cJSON *root = cJSON_ParseWithOpts(text, &at, 1); // nothing may follow the object
     if (root == NULL) {
-        const char *at = cJSON_GetErrorPtr();
         char what[96];
         snprintf(what, sizeof what, "not JSON (at byte %lld)",
                  at != NULL && at >= text ? (long long)(at - text) : -1LL);
