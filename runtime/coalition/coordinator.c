@@ -237,11 +237,12 @@ static ent_status reject(coord *c, csite *s, uint64_t round, coal_reject_kind ki
     s->rejected[k] = 1;
     s->rejected_round[k] = round;
     if (s->delta_used[k] && s->delta_round[k] == round) {
-        s->sent_tokens = s->delta[k].tokens;
         s->delta_used[k] = 0;
         coal_vec_free(&s->delta[k]);
     }
-    s->sent_round = round; // its report (the heartbeat after it) still counts
+    // its report (the heartbeat after it) still counts; a delta rejected at
+    // the merge may come after the site's next delta arrived whole
+    if (!s->sent_any || round > s->sent_round) s->sent_round = round;
     s->sent_any = 1;
     return reject_record(c, s, round, kind, why);
 }
@@ -433,6 +434,7 @@ static ent_status on_delta(coord *c, csite *s, const ent_link_incoming *in) {
         s->delta_round[k] = hd.round;
         s->delta_used[k] = 1;
     }
+    s->sent_tokens = ch.tokens; // what its report's rate is over, even if a chunk is refused
     int done = 0;
     char who[ENT_LINK_NAME_MAX + sizeof in->peer.name + 16];
     snprintf(who, sizeof who, "site '%s' (%s)", s->name, in->peer.name);
