@@ -408,18 +408,18 @@ static ent_status on_delta(coord *c, csite *s, const ent_link_incoming *in) {
     ent_link_header hd;
     if (ent_link_decode_delta(in->bytes, in->len, in->peer.name, &hd, &ch) != ENT_OK)
         return send_error(c, &in->peer, s->id, ENT_LINK_ERR_MALFORMED, "%s", ent_last_error());
-    if (hd.round < c->round && !(s->stale_any && s->stale_round == hd.round)) {
-        s->stale_any = 1;
-        s->stale_round = hd.round;
+    if (hd.round < c->round || hd.round > c->round + 1) {
         char why[160];
         snprintf(why, sizeof why, "a DELTA for round %llu while round %llu is being merged",
                  (unsigned long long)hd.round, (unsigned long long)c->round);
-        ENT_CHECK(reject_record(c, s, hd.round, COAL_REJECT_STALE, why));
+        // a round already merged: counted once per round in the ledger
+        if (hd.round < c->round && !(s->stale_any && s->stale_round == hd.round)) {
+            s->stale_any = 1;
+            s->stale_round = hd.round;
+            ENT_CHECK(reject_record(c, s, hd.round, COAL_REJECT_STALE, why));
+        }
+        return send_error(c, &in->peer, s->id, ENT_LINK_ERR_STALE_ROUND, "%s", why);
     }
-    if (hd.round < c->round || hd.round > c->round + 1)
-        return send_error(c, &in->peer, s->id, ENT_LINK_ERR_STALE_ROUND,
-                          "a DELTA for round %llu while round %llu is being merged",
-                          (unsigned long long)hd.round, (unsigned long long)c->round);
     if (hd.round < s->first_round) {
         ent_log_warn("coordinator: ignored a DELTA chunk of round %llu from site '%s': it "
                      "rejoined, and is merged from round %llu", (unsigned long long)hd.round,
