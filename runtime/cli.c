@@ -588,6 +588,56 @@ static int cmd_ckpt(int argc, char **argv) {
     return st == ENT_OK ? 0 : report(st);
 }
 
+// ---------------------------------------------------------------------------
+// entente ledger
+
+static const char *ledger_help =
+    "Usage: entente ledger FILE [--json]\n"
+    "\n"
+    "Prints the coalition ledger a coordinator's checkpoint holds (its\n"
+    "/coalition/ledger): one row per site with the tokens of its deltas merged,\n"
+    "the inner steps and compute seconds it reported, the rounds it was a\n"
+    "member of, its deltas accepted and rejected (by reason), and when it was\n"
+    "first and last seen (UTC, and the round). docs/coalition.md (\"The ledger\")\n"
+    "says what each number means and how to recompute it from the coordinator's\n"
+    "metrics.jsonl.\n"
+    "\n"
+    "  FILE      a checkpoint, or a checkpoint directory (its latest)\n"
+    "  --json    print the stored JSON instead of the table\n"
+    "\n"
+    "Exit codes: 0 printed; 1 the file cannot be read, holds no ledger, or its\n"
+    "ledger is malformed (the message names the file); 2 usage error.\n";
+
+static int cmd_ledger(int argc, char **argv) {
+    const char *file = NULL;
+    int json = 0;
+    for (int i = 0; i < argc; i++) {
+        if (is_help(argv[i])) {
+            fputs(ledger_help, stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--json") == 0) json = 1;
+        else if (argv[i][0] == '-' || file != NULL)
+            return usage_error("ledger", "unknown argument '%s'", argv[i]);
+        else file = argv[i];
+    }
+    if (file == NULL) return usage_error("ledger", "%s", "give a checkpoint FILE");
+    char path[ENT_PATH_MAX];
+    ent_status st = checkpoint_path(file, path, sizeof path);
+    ent_ckpt_t *ck = NULL;
+    char *ledger = NULL;
+    int64_t round = 0;
+    if (st == ENT_OK) st = ent_ckpt_open(path, NULL, &ck);
+    if (st == ENT_OK && !ent_ckpt_has_coalition(ck))
+        st = ent_fail(ENT_ERR_INPUT, "%s holds no ledger (no group /coalition): only a "
+                      "coalition coordinator's checkpoint has one", path);
+    if (st == ENT_OK) st = ent_ckpt_coalition_info(ck, &round, &ledger);
+    if (st == ENT_OK) st = ent_ledger_print(path, ledger, json, stdout);
+    free(ledger);
+    ent_ckpt_close(&ck);
+    return st == ENT_OK ? 0 : report(st);
+}
+
 static int cmd_sample(int argc, char **argv) {
     const char *ckpt = NULL, *prompt = "", *logits = NULL, *tokenizer = NULL;
     long long tokens = 256;
@@ -775,6 +825,8 @@ static const command commands[] = {
      "  ckpt export    write a checkpoint as Hugging Face safetensors\n"
      "  ckpt import    a Hugging Face model directory as a checkpoint at step 0\n"},
     {"sample", cmd_sample, "  sample         generate text from a checkpoint\n"},
+    {"ledger", cmd_ledger,
+     "  ledger         a coalition coordinator checkpoint's ledger: what each site gave\n"},
 };
 
 static const command *find_command(const char *name) {

@@ -642,6 +642,11 @@ ent_status ent_coalition_site(const ent_config *cfg, const ent_train_opts *opts,
 // shards, writes RUN_DIR/metrics.jsonl and saves the anchor's checkpoint.
 // One process; refuses a run directory that holds a run unless force.
 ent_status ent_coordinator_run(const ent_config *cfg, const char *run_dir, int force);
+// `entente ledger`: the coalition ledger text read from checkpoint path,
+// checked field by field, written to out as a table (one row per site) or,
+// with json, as the stored JSON. ENT_ERR_INPUT naming path when text is empty
+// (no ledger) or malformed.
+ent_status ent_ledger_print(const char *path, const char *text, int json, FILE *out);
 
 // ===========================================================================
 

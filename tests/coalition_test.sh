@@ -169,6 +169,32 @@ hash_of() {
     grep "\"$3\":$2," "$1" | grep -v '"event":"start"' | sed -n 's/.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' | tail -1
 }
 
+# check_ledger SITES... [-- SITE:KEY=N ...]: the coordinator's checkpoint
+# holds a ledger that `entente ledger` prints as a table (a row per site) and
+# as JSON, and that agrees with the coordinator's metrics.jsonl, with each
+# site's own round records and with the expectations given
+# (tests/coalition_ledger.py)
+check_ledger() {
+    local ck=$W/run/coordinator/checkpoints/latest sites=() names=() name
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do
+        names+=("$1")
+        sites+=("$1=$W/run/site-$1/metrics.jsonl")
+        shift
+    done
+    expect "entente ledger (table)" 0 "out:rounds merged: $(grep -c '"event":"round"' "$W/run/coordinator/metrics.jsonl")" -- \
+        "$E" ledger "$ck"
+    for name in "${names[@]}"; do
+        grep -q "^$name " "$W/out" || fail "entente ledger has no row for site $name: $(cat "$W/out")"
+    done
+    sed 's/^/    | /' "$W/out"
+    expect "entente ledger --json" 0 -- "$E" ledger "$ck" --json
+    cp "$W/out" "$W/ledger.json"
+    /usr/bin/python3 "$SRC/tests/coalition_ledger.py" "$W/ledger.json" \
+        "$W/run/coordinator/metrics.jsonl" "${sites[@]}" "$@" >"$W/ledger.check" 2>&1 ||
+        fail "the ledger disagrees with the logs: $(cat "$W/ledger.check")"
+    sed 's/^/    /' "$W/ledger.check"
+}
+
 case_rounds() {
     need_mpirun
     make_site_data
@@ -219,6 +245,8 @@ case_rounds() {
         expect "ckpt info (site $name)" 0 "out:/coalition/residual" -- \
             "$E" ckpt info "$W/run/site-$name/checkpoints/latest"
     done
+    check_ledger a b c -- a:accepted=4 b:accepted=4 c:accepted=4 a:rounds_joined=4 \
+        b:rounds_joined=4 c:rounds_joined=4
     expect "sample from the coalition's anchor" 0 -- "$E" sample \
         --checkpoint "$W/run/coordinator/checkpoints/latest" --tokens 16
     # a site's checkpoint goes on alone (no coordinator), on another layout
@@ -492,6 +520,37 @@ case_poison() {
     [ "$(cat "$W"/site-*.log | grep -c "holds anchor $want after round 4")" = 4 ] ||
         fail "not every site holds the coordinator's final anchor $want"
     grep "rejected the delta of site 'c'" "$W/run/coordinator.log" | head -1
+    # the ledger: each spoiled delta counted under its reason, the honest none
+    check_ledger a b c x -- a:accepted=5 b:accepted=5 c:accepted=1 x:accepted=1 \
+        c:norm=4 x:undecodable=4 a:norm=0 b:norm=0 a:undecodable=0 b:undecodable=0 \
+        a:rounds_joined=5 x:rounds_joined=5
+    "$E" ledger "$W/run/coordinator/checkpoints" >"$W/ledger.table" 2>&1 ||
+        fail "entente ledger of the checkpoint directory failed: $(cat "$W/ledger.table")"
+    grep -q "^c .*norm 4" "$W/ledger.table" || fail "the table does not give site c 4 norm rejections: $(cat "$W/ledger.table")"
+    grep -q "^x .*undecodable 4" "$W/ledger.table" || fail "the table does not give site x 4 undecodable rejections"
+    # a checkpoint without a ledger (a site's), and a malformed ledger
+    local site_ck=$W/run/site-a/checkpoints/latest
+    expect "entente ledger of a site's checkpoint (no ledger)" 1 "err:$site_ck holds no ledger" -- \
+        "$E" ledger "$W/run/site-a/checkpoints/latest"
+    if /usr/bin/python3 -c 'import h5py' 2>/dev/null; then
+        cp "$(readlink -f "$W/run/coordinator/checkpoints/latest")" "$W/bad-ledger.h5"
+        /usr/bin/python3 -c '
+import sys, h5py
+with h5py.File(sys.argv[1], "r+") as f:
+    d = f["coalition/ledger"]
+    b = d[()]
+    b[0] = ord("X")  # the same length, its checksum written anew by HDF5
+    d[...] = b
+' "$W/bad-ledger.h5" || fail "could not rewrite the ledger with h5py"
+        # the metadata digest covers attributes, and the ledger's chunk
+        # checksum was written with it: the file verifies, the ledger does not parse
+        expect "ckpt verify with a rewritten ledger" 0 -- "$E" ckpt verify "$W/bad-ledger.h5"
+        expect "entente ledger of a malformed ledger" 1 \
+            "err:$W/bad-ledger.h5: the ledger (/coalition/ledger) is malformed: not JSON" -- \
+            "$E" ledger "$W/bad-ledger.h5" --json
+    else
+        echo "note: /usr/bin/python3 has no h5py (python3-h5py): the malformed-ledger check did not run"
+    fi
 }
 
 # start_proxy: wan_proxy in front of the coordinator (capturing to
@@ -724,6 +783,9 @@ case_rejoin() {
     grep -q "^{\"step\":$((saved + 1)),.*\"site\":\"c\",\"round\":$first}" "$W/run/site-c/metrics.jsonl" ||
         fail "the restarted site c's first step is not $((saved + 1)) in round $first"
     final_anchor_held_by a b c
+    # the ledger keeps c's rounds from before it was lost (the coordinator's
+    # log counts them: a ledger that started c afresh disagrees with it)
+    check_ledger a b
 }
 
 # cut_off_c MAX_STALENESS: sites a and b, and c through wan_proxy; the proxy

@@ -9,7 +9,8 @@
 // the vectors that travel (runtime/coalition/vec.c): the global layout
 // against tensor-parallel arenas, chunked vectors sent and reassembled in any
 // order, hostile chunks refused, and the coordinator's whole round
-// (coal_round_merge) independent of the order sites are listed in.
+// (coal_round_merge) independent of the order sites are listed in. And the
+// ledger's JSON, read back exactly and refused whole when damaged.
 // Inputs are fresh random numbers on every run (ENT_TEST_SEED=... reproduces one).
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1224,8 +1225,122 @@ static void test_round_merge_order(void **state) {
     free(g);
 }
 
+// ---------------------------------------------------------------------------
+// the ledger (ledger.c): what the coordinator writes, `entente ledger` reads
+// back exactly (JSON) and as a table; every damaged text is refused naming
+// the file, never crashes the reader
+
+static ent_status ledger_print(const char *text, int json, char **out) {
+    size_t len = 0;
+    FILE *f = open_memstream(out, &len);
+    assert_non_null(f);
+    ent_status st = ent_ledger_print("ck.h5", text, json, f);
+    fclose(f);
+    return st;
+}
+
+// text with the character after the first `key` changed to c is refused
+// with a message that holds want.
+static void ledger_refused_edited(const char *text, const char *key, char c, const char *want) {
+    char *edited = strdup(text), *out = NULL;
+    assert_non_null(edited);
+    char *at = strstr(edited, key);
+    assert_non_null(at);
+    at[strlen(key)] = c;
+    assert_int_equal(ledger_print(edited, 0, &out), ENT_ERR_INPUT);
+    if (strstr(ent_last_error(), want) == NULL) fail_msg("'%s', not '%s'", ent_last_error(), want);
+    free(out);
+    free(edited);
+}
+
+static void test_ledger(void **state) {
+    (void)state;
+    test_reseed(0x1e);
+    coal_ledger_site sites[3];
+    memset(sites, 0, sizeof sites);
+    const char *names[3] = {"north", "south", "x.2"};
+    for (int i = 0; i < 3; i++) {
+        coal_ledger_site *s = &sites[i];
+        snprintf(s->name, sizeof s->name, "%s", names[i]);
+        s->tokens = (uint64_t)test_rand_int(0, (int64_t)1 << 52);
+        s->inner_steps = (uint64_t)test_rand_int(0, 1000000);
+        s->compute_s = (double)test_rand_int(0, 1000000) / 64.0;
+        s->accepted = (uint64_t)test_rand_int(0, 1000);
+        s->rounds_joined = s->accepted + (uint64_t)test_rand_int(0, 10);
+        for (int k = 0; k < COAL_REJECT_KINDS; k++)
+            s->rejected[k] = (uint64_t)test_rand_int(0, 5);
+        snprintf(s->first_time, sizeof s->first_time, "2026-01-0%dT00:00:00Z", i + 1);
+        snprintf(s->last_time, sizeof s->last_time, "2026-02-0%dT00:00:00Z", i + 1);
+        s->first_round = (uint64_t)test_rand_int(0, 5);
+        s->last_round = s->first_round + (uint64_t)test_rand_int(0, 100);
+    }
+    char *text = coal_ledger_json(sites, 3, 1234);
+    assert_non_null(text);
+    char *out = NULL;
+    // --json: the text itself; the table: a row per site with its numbers
+    assert_int_equal(ledger_print(text, 1, &out), ENT_OK);
+    assert_int_equal(strlen(out), strlen(text) + 1);
+    assert_memory_equal(out, text, strlen(text));
+    free(out);
+    assert_int_equal(ledger_print(text, 0, &out), ENT_OK);
+    assert_non_null(strstr(out, "rounds merged: 1234\n"));
+    for (int i = 0; i < 3; i++) {
+        char row[64], tok[32];
+        snprintf(row, sizeof row, "\n%-16s ", names[i]);
+        snprintf(tok, sizeof tok, " %llu ", (unsigned long long)sites[i].tokens);
+        const char *at = strstr(out, row);
+        assert_non_null(at);
+        const char *eol = strchr(at + 1, '\n');
+        assert_non_null(strstr(at, tok));
+        assert_true(strstr(at, tok) < eol);
+        assert_non_null(strstr(at, sites[i].last_time));
+    }
+    free(out);
+    // refusals that name the file and what is wrong
+    assert_int_equal(ledger_print("", 0, &out), ENT_ERR_INPUT);
+    assert_non_null(strstr(ent_last_error(), "ck.h5 holds no ledger"));
+    free(out);
+    ledger_refused_edited(text, "\"version\":", '2', "format version is 2; this entente reads version 1");
+    ledger_refused_edited(text, "\"tokens\":", '-', "ck.h5: the ledger (/coalition/ledger) is malformed: site 'north': \"tokens\"");
+    ledger_refused_edited(text, "\"round\":", 'x', "ck.h5: the ledger (/coalition/ledger) is malformed: not JSON");
+    // every truncation, something after the object, and seeded changes of
+    // bytes to JSON's own characters: refused or read whole, never a crash
+    size_t n = strlen(text);
+    char *buf = malloc(n + 8);
+    assert_non_null(buf);
+    for (size_t cut = 0; cut < n; cut++) {
+        memcpy(buf, text, cut);
+        buf[cut] = '\0';
+        assert_int_equal(ledger_print(buf, 0, &out), ENT_ERR_INPUT);
+        free(out);
+    }
+    snprintf(buf, n + 8, "%s{}", text);
+    assert_int_equal(ledger_print(buf, 0, &out), ENT_ERR_INPUT);
+    free(out);
+    static const char alphabet[] = "{}[]\":,-.0123456789eEtrufalsn x\\";
+    int refused = 0;
+    for (int trial = 0; trial < 3000; trial++) {
+        memcpy(buf, text, n + 1);
+        int changes = (int)test_rand_int(1, 4);
+        for (int c = 0; c < changes; c++)
+            buf[test_rand_int(0, (int64_t)n - 1)] =
+                alphabet[test_rand_int(0, (int64_t)sizeof alphabet - 2)];
+        for (int json = 0; json < 2; json++) {
+            ent_status st = ledger_print(buf, json, &out);
+            assert_true(st == ENT_OK || st == ENT_ERR_INPUT);
+            if (st != ENT_OK) assert_non_null(strstr(ent_last_error(), "ck.h5"));
+            refused += st != ENT_OK;
+            free(out);
+        }
+    }
+    assert_true(refused > 0);
+    free(buf);
+    free(text);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ledger),
         cmocka_unit_test(test_names_and_settings), cmocka_unit_test(test_int8_round_trip),
         cmocka_unit_test(test_int4_round_trip),    cmocka_unit_test(test_topk_round_trip),
         cmocka_unit_test(test_decode_axpy),        cmocka_unit_test(test_determinism),

@@ -113,6 +113,38 @@ ent_status coal_round_merge(const coal_vec *const *deltas, const uint32_t *ids, 
                             uint32_t chunk_bytes, float *anchor, float *momentum, float *resid,
                             float *g, size_t n, coal_vec *update);
 
+// ---- the ledger (ledger.c) ----
+// Why a site's delta was left out of a round (the names the ledger and the
+// coordinator's `rejected` records use: coal_reject_names).
+typedef enum {
+    COAL_REJECT_UNDECODABLE, // a chunk or the whole does not decode, or is not finite
+    COAL_REJECT_ANCHOR,      // computed from another anchor than the round's
+    COAL_REJECT_NORM,        // norm over coalition.max_norm_ratio x the round's median
+    COAL_REJECT_STALE,       // a DELTA for a round already merged
+    COAL_REJECT_KINDS
+} coal_reject_kind;
+extern const char *const coal_reject_names[COAL_REJECT_KINDS];
+
+// One site's entry: every number is a sum over the coordinator's
+// metrics.jsonl records (docs/coalition.md, "The ledger").
+typedef struct {
+    char name[ENT_LINK_NAME_MAX + 1];
+    uint64_t tokens;        // tokens of its deltas merged (round records' site_tokens)
+    uint64_t inner_steps;   // inner steps it reported after each delta (report records)
+    double compute_s;       // seconds of inner steps it reported (report records)
+    uint64_t rounds_joined; // rounds merged while it was a member (round records' members)
+    uint64_t accepted;      // its deltas merged (round records' sites)
+    uint64_t rejected[COAL_REJECT_KINDS]; // its deltas left out, by kind (rejected records)
+    char first_time[32], last_time[32];   // UTC, ISO 8601
+    uint64_t first_round, last_round;     // first: its first round; last: of its last report
+} coal_ledger_site;
+
+// The time now, UTC, as 2026-01-31T12:00:00Z.
+void coal_utc_now(char out[32]);
+// The ledger of n sites as JSON text (format "entente-ledger", version 1);
+// the caller owns it (free). NULL when out of memory.
+char *coal_ledger_json(const coal_ledger_site *sites, int n, uint64_t rounds_merged);
+
 // "0123456789abcdef": a hash as 16 hex digits (JSON numbers lose 64-bit values).
 void coal_hash_hex(uint64_t h, char out[17]);
 // The hash of the settings every member of a coalition must share (model

@@ -61,6 +61,15 @@ typedef struct {
     int hb_have; // a heartbeat came before
     int replanned; // round 0 planned again from a measured speed
     double steps_per_s;
+    // the ledger: the site's HEARTBEAT right after a delta reports its round
+    // (inner steps, and compute seconds as tokens / tokens_per_s)
+    coal_ledger_site led;
+    uint64_t sent_round, sent_tokens; // the last delta in whole (or rejected)
+    int sent_any;
+    uint64_t reported_round; // the last round whose report was counted
+    int reported_any;
+    uint64_t stale_round; // the last round a stale DELTA was counted for
+    int stale_any;
 } csite;
 
 typedef struct {
@@ -208,8 +217,22 @@ static ent_status lost_on_failure(coord *c, csite *s, ent_status st) {
     return site_gone(c, s, "lost", why);
 }
 
+// A contribution left out: logged, recorded with its kind, counted in the ledger.
+static ent_status reject_record(coord *c, csite *s, uint64_t round, coal_reject_kind kind,
+                                const char *why) {
+    s->led.rejected[kind]++;
+    ent_log_warn("coordinator: rejected the delta of site '%s' for round %llu (%s): %s", s->name,
+                 (unsigned long long)round, coal_reject_names[kind], why);
+    ent_json_field rec[] = {ENT_JSTR("event", "rejected"), ENT_JSTR("site", s->name),
+                            ENT_JINT("round", round), ENT_JSTR("reason", why),
+                            ENT_JSTR("kind", coal_reject_names[kind]),
+                            ENT_JNUM("elapsed_s", coal_now() - c->t_start)};
+    return record(c, rec, (int)(sizeof rec / sizeof rec[0]));
+}
+
 // A contribution left out of a round's merge; its site stays.
-static ent_status reject(coord *c, csite *s, uint64_t round, const char *why) {
+static ent_status reject(coord *c, csite *s, uint64_t round, coal_reject_kind kind,
+                         const char *why) {
     int k = (int)(round % 2);
     s->rejected[k] = 1;
     s->rejected_round[k] = round;
@@ -217,12 +240,11 @@ static ent_status reject(coord *c, csite *s, uint64_t round, const char *why) {
         s->delta_used[k] = 0;
         coal_vec_free(&s->delta[k]);
     }
-    ent_log_warn("coordinator: rejected the delta of site '%s' for round %llu: %s", s->name,
-                 (unsigned long long)round, why);
-    ent_json_field rec[] = {ENT_JSTR("event", "rejected"), ENT_JSTR("site", s->name),
-                            ENT_JINT("round", round), ENT_JSTR("reason", why),
-                            ENT_JNUM("elapsed_s", coal_now() - c->t_start)};
-    return record(c, rec, (int)(sizeof rec / sizeof rec[0]));
+    // its report (the heartbeat after it) still counts; a delta rejected at
+    // the merge may come after the site's next delta arrived whole
+    if (!s->sent_any || round > s->sent_round) s->sent_round = round;
+    s->sent_any = 1;
+    return reject_record(c, s, round, kind, why);
 }
 
 static ent_status send_plan(coord *c, csite *s, uint64_t round) {
@@ -283,6 +305,7 @@ static void readmit(coord *c, csite *s) {
     s->id = keep.id;
     memcpy(s->name, keep.name, sizeof s->name);
     s->joins = keep.joins;
+    s->led = keep.led;
     for (int j = 0; j < 2; j++) {
         s->delta[j] = keep.delta[j];
         s->delta_round[j] = keep.delta_round[j];
@@ -339,6 +362,11 @@ static ent_status on_hello(coord *c, const ent_link_incoming *in) {
         memset(s, 0, sizeof *s);
         s->id = (uint32_t)c->nsites + 1;
         snprintf(s->name, sizeof s->name, "%s", h.name);
+        memcpy(s->led.name, s->name, sizeof s->led.name);
+        coal_utc_now(s->led.first_time);
+        s->led.first_round = first;
+        memcpy(s->led.last_time, s->led.first_time, sizeof s->led.last_time);
+        s->led.last_round = first;
         c->nsites++;
     }
     s->peer = in->peer;
@@ -362,10 +390,13 @@ static ent_status on_hello(coord *c, const ent_link_incoming *in) {
                  "to send", s->name, rejoin ? "rejoined" : "joined", s->id, h.dp_size, h.tp_size,
                  in->peer.name, (unsigned long long)first, n, cfg->coal_sites,
                  coal_now() - t0);
+    char now[32];
+    coal_utc_now(now);
     ent_json_field rec[] = {ENT_JSTR("event", rejoin ? "rejoined" : "joined"),
                             ENT_JSTR("site", s->name), ENT_JINT("first_round", first),
                             ENT_JINT("sites_in", n), ENT_JNUM("anchor_s", coal_now() - t0),
-                            ENT_JNUM("elapsed_s", coal_now() - c->t_start)};
+                            ENT_JNUM("elapsed_s", coal_now() - c->t_start),
+                            ENT_JSTR("time", rejoin ? now : s->led.first_time)};
     return record(c, rec, (int)(sizeof rec / sizeof rec[0]));
 }
 
@@ -377,10 +408,18 @@ static ent_status on_delta(coord *c, csite *s, const ent_link_incoming *in) {
     ent_link_header hd;
     if (ent_link_decode_delta(in->bytes, in->len, in->peer.name, &hd, &ch) != ENT_OK)
         return send_error(c, &in->peer, s->id, ENT_LINK_ERR_MALFORMED, "%s", ent_last_error());
-    if (hd.round < c->round || hd.round > c->round + 1)
-        return send_error(c, &in->peer, s->id, ENT_LINK_ERR_STALE_ROUND,
-                          "a DELTA for round %llu while round %llu is being merged",
-                          (unsigned long long)hd.round, (unsigned long long)c->round);
+    if (hd.round < c->round || hd.round > c->round + 1) {
+        char why[160];
+        snprintf(why, sizeof why, "a DELTA for round %llu while round %llu is being merged",
+                 (unsigned long long)hd.round, (unsigned long long)c->round);
+        // a round already merged: counted once per round in the ledger
+        if (hd.round < c->round && !(s->stale_any && s->stale_round == hd.round)) {
+            s->stale_any = 1;
+            s->stale_round = hd.round;
+            ENT_CHECK(reject_record(c, s, hd.round, COAL_REJECT_STALE, why));
+        }
+        return send_error(c, &in->peer, s->id, ENT_LINK_ERR_STALE_ROUND, "%s", why);
+    }
     if (hd.round < s->first_round) {
         ent_log_warn("coordinator: ignored a DELTA chunk of round %llu from site '%s': it "
                      "rejoined, and is merged from round %llu", (unsigned long long)hd.round,
@@ -395,13 +434,14 @@ static ent_status on_delta(coord *c, csite *s, const ent_link_incoming *in) {
         s->delta_round[k] = hd.round;
         s->delta_used[k] = 1;
     }
+    s->sent_tokens = ch.tokens; // what its report's rate is over, even if a chunk is refused
     int done = 0;
     char who[ENT_LINK_NAME_MAX + sizeof in->peer.name + 16];
     snprintf(who, sizeof who, "site '%s' (%s)", s->name, in->peer.name);
     if (coal_vec_add(v, &ch, who, &done) != ENT_OK) {
         char why[600];
         snprintf(why, sizeof why, "%s", ent_last_error());
-        return reject(c, s, hd.round, why);
+        return reject(c, s, hd.round, COAL_REJECT_UNDECODABLE, why);
     }
     if (done) {
         // the anchor a site's delta starts from: before the update of the
@@ -413,10 +453,31 @@ static ent_status on_delta(coord *c, csite *s, const ent_link_incoming *in) {
             char why[200];
             snprintf(why, sizeof why, "computed from anchor %016llx; the coalition's was %016llx",
                      (unsigned long long)v->anchor_hash, (unsigned long long)want);
-            return reject(c, s, hd.round, why);
+            return reject(c, s, hd.round, COAL_REJECT_ANCHOR, why);
         }
+        s->sent_round = hd.round;
+        s->sent_tokens = v->tokens;
+        s->sent_any = 1;
     }
     return ENT_OK;
+}
+
+// A site's report of its round r (the HEARTBEAT it sends right after its
+// delta): inner steps, and compute seconds as its delta's tokens over the
+// rate it reports (tokens / compute_s at the site). Recorded as a `report`.
+static ent_status count_report(coord *c, csite *s, uint64_t round, const ent_link_heartbeat *m) {
+    s->reported_any = 1;
+    s->reported_round = round;
+    double compute_s = m->tokens_per_s > 0 ? (double)s->sent_tokens / m->tokens_per_s : 0;
+    s->led.inner_steps += m->steps_done;
+    s->led.compute_s += compute_s;
+    coal_utc_now(s->led.last_time);
+    s->led.last_round = round;
+    ent_json_field rec[] = {ENT_JSTR("event", "report"), ENT_JSTR("site", s->name),
+                            ENT_JINT("round", round), ENT_JINT("inner_steps", m->steps_done),
+                            ENT_JNUM("compute_s", compute_s), ENT_JINT("tokens", s->sent_tokens),
+                            ENT_JSTR("time", s->led.last_time)};
+    return record(c, rec, (int)(sizeof rec / sizeof rec[0]));
 }
 
 static ent_status on_heartbeat(coord *c, csite *s, const ent_link_incoming *in) {
@@ -430,6 +491,10 @@ static ent_status on_heartbeat(coord *c, csite *s, const ent_link_incoming *in) 
     if (s->hb_have && hd.round == s->hb_round && s->hb_steps >= 1 &&
         m.steps_done > s->hb_steps && m.time_ns > s->hb_time_ns)
         s->steps_per_s = (double)(m.steps_done - s->hb_steps) / ((double)(m.time_ns - s->hb_time_ns) * 1e-9);
+    // the first heartbeat of a round after its delta: the site's report of it
+    if (s->sent_any && hd.round == s->sent_round &&
+        !(s->reported_any && s->reported_round == hd.round))
+        ENT_CHECK(count_report(c, s, hd.round, &m));
     s->hb_round = hd.round;
     s->hb_steps = m.steps_done;
     s->hb_time_ns = m.time_ns;
@@ -556,23 +621,37 @@ static ent_status eval_anchor(coord *c, double *loss) {
     return ent_eval_loss(c->model, c->val, want, c->micro, NULL, c->inputs, c->targets, loss);
 }
 
+static int by_name(const void *a, const void *b) {
+    return strcmp(((const coal_ledger_site *)a)->name, ((const coal_ledger_site *)b)->name);
+}
+
 static ent_status save(coord *c) {
     float *p = ent_model_arena(c->model, ENT_ARENA_PARAMS);
     ent_ckpt_wait_staged(c->saver);
     coal_global_to_arena(&c->lay, 0, c->anchor, p);
     coal_global_to_arena(&c->lay, 0, c->momentum, c->ck_mom);
     coal_global_to_arena(&c->lay, 0, c->resid, c->ck_resid);
+    coal_ledger_site *led = calloc((size_t)c->nsites + 1, sizeof *led);
+    if (led == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the ledger");
+    for (int i = 0; i < c->nsites; i++) led[i] = c->sites[i].led;
+    qsort(led, (size_t)c->nsites, sizeof *led, by_name); // the same file whoever joined first
+    char *ledger = coal_ledger_json(led, c->nsites, c->round);
+    free(led);
+    if (ledger == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the ledger");
     ent_ckpt_coalition co = {.anchor = p, .outer_momentum = c->ck_mom, .residual = c->ck_resid,
-                             .round = (int64_t)c->round};
+                             .round = (int64_t)c->round, .ledger = ledger};
     ent_ckpt_shard sh = {.table = c->table, .tp_rank = 0, .tp_size = 1, .params = p,
                          .write_first = 0, .write_count = c->table->total, .coalition = &co};
     ent_run_state rs = {.sequences = 1, .world = 1, .dp = 1, .tp = 1};
     ent_run_attrs ra;
-    ENT_CHECK(ent_run_attrs_build(&ra, c->cfg, &rs));
+    ent_status st = ent_run_attrs_build(&ra, c->cfg, &rs);
     char name[64];
     snprintf(name, sizeof name, "anchor_round_%08llu.h5", (unsigned long long)c->round);
-    ent_status st = ent_ckpt_save(c->saver, name, ra.attrs, ra.count, &sh);
-    ent_run_attrs_free(&ra);
+    if (st == ENT_OK) {
+        st = ent_ckpt_save(c->saver, name, ra.attrs, ra.count, &sh);
+        ent_run_attrs_free(&ra);
+    }
+    free(ledger); // the saver is synchronous: the file holds it now
     if (st == ENT_OK)
         ent_log_info("coordinator: saved the anchor after %llu rounds: %s/%s",
                      (unsigned long long)c->round, c->ckpt_dir, name);
@@ -601,7 +680,7 @@ static ent_status screen_round(coord *c, int *merged, int *nmerged) {
         if (coal_vec_norm(&s->delta[k], c->g, &norm) != ENT_OK) {
             char why[600];
             snprintf(why, sizeof why, "it does not decode: %s", ent_last_error());
-            ENT_CHECK(reject(c, s, c->round, why));
+            ENT_CHECK(reject(c, s, c->round, COAL_REJECT_UNDECODABLE, why));
             continue;
         }
         norms[m] = norm;
@@ -621,7 +700,7 @@ static ent_status screen_round(coord *c, int *merged, int *nmerged) {
                 snprintf(why, sizeof why, "its norm %.4g is %.1f times the round's median %.4g "
                          "(coalition.max_norm_ratio = %g)", norms[j], norms[j] / median, median,
                          ratio);
-                ENT_CHECK(reject(c, s, c->round, why));
+                ENT_CHECK(reject(c, s, c->round, COAL_REJECT_NORM, why));
             } else {
                 merged[kept++] = merged[j];
             }
@@ -677,6 +756,25 @@ static ent_status merge_round(coord *c) {
     }
     snprintf(names + un, sizeof names - un, "]");
     snprintf(toks + ut, sizeof toks - ut, "]");
+    // the ledger: tokens and acceptances of the merged, the round for every
+    // member (in since before it, and still in or merged)
+    char members[ENT_LINK_NAME_MAX * 64 + 256] = "[";
+    size_t um = 1;
+    for (int i = 0; i < c->nsites; i++) {
+        csite *s = &c->sites[i];
+        int in_merge = 0;
+        for (int j = 0; j < nmerged && !in_merge; j++) in_merge = merged[j] == i;
+        if (in_merge) {
+            s->led.tokens += s->delta[k].tokens;
+            s->led.accepted++;
+        }
+        if (s->first_round > c->round || !(active(s) || in_merge)) continue;
+        s->led.rounds_joined++;
+        if (um < sizeof members - 80)
+            um += (size_t)snprintf(members + um, sizeof members - um, "%s\"%s\"",
+                                   um > 1 ? "," : "", s->name);
+    }
+    snprintf(members + um, sizeof members - um, "]");
     free(merged);
     // every site still in gets the update, a site whose delta was rejected too
     for (int i = 0; i < c->nsites && st == ENT_OK; i++) {
@@ -700,6 +798,7 @@ static ent_status merge_round(coord *c) {
     coal_hash_hex(h, hash);
     ent_json_field rec[] = {ENT_JSTR("event", "round"), ENT_JINT("round", c->round),
                             ENT_JRAW("sites", names), ENT_JRAW("site_tokens", toks),
+                            ENT_JRAW("members", members),
                             ENT_JINT("tokens", tokens), ENT_JINT("tokens_total", c->tokens_total),
                             ENT_JSTR("anchor_hash", hash), ENT_JNUM("val_loss", val),
                             ENT_JINT("update_bytes", up_bytes), ENT_JNUM("merge_s", merge_s),

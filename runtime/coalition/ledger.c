@@ -1,0 +1,197 @@
+// ledger.c: the coalition's ledger, the per-site record a coalition shares
+// benefits by. The coordinator keeps one entry per site (coalition_impl.h),
+// serialises the whole as JSON text into its checkpoint's /coalition/ledger,
+// and `entente ledger` reads it back: a table, or the stored JSON. Every
+// number is a sum of fields of the coordinator's metrics.jsonl records
+// (docs/coalition.md, "The ledger"), so it can be recomputed from the log.
+#include "coalition_impl.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define LEDGER_FORMAT "entente-ledger"
+#define LEDGER_VERSION 1
+
+const char *const coal_reject_names[COAL_REJECT_KINDS] = {"undecodable", "wrong_anchor", "norm",
+                                                          "stale"};
+
+void coal_utc_now(char out[32]) {
+    time_t now = time(NULL);
+    struct tm tm;
+    if (gmtime_r(&now, &tm) == NULL || strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(out, 32, "unknown");
+}
+
+// ---------------------------------------------------------------------------
+// writing
+
+static cJSON *seen_json(const char *time, uint64_t round) {
+    cJSON *o = cJSON_CreateObject();
+    if (o == NULL) return NULL;
+    cJSON_AddStringToObject(o, "time", time);
+    cJSON_AddNumberToObject(o, "round", (double)round);
+    return o;
+}
+
+char *coal_ledger_json(const coal_ledger_site *sites, int n, uint64_t rounds_merged) {
+    cJSON *root = cJSON_CreateObject(), *arr = cJSON_CreateArray();
+    int ok = root != NULL && arr != NULL;
+    if (ok) {
+        cJSON_AddStringToObject(root, "format", LEDGER_FORMAT);
+        cJSON_AddNumberToObject(root, "version", LEDGER_VERSION);
+        cJSON_AddNumberToObject(root, "rounds_merged", (double)rounds_merged);
+        cJSON_AddItemToObject(root, "sites", arr);
+    } else {
+        cJSON_Delete(arr);
+    }
+    for (int i = 0; ok && i < n; i++) {
+        const coal_ledger_site *s = &sites[i];
+        cJSON *o = cJSON_CreateObject(), *rej = cJSON_CreateObject();
+        ok = o != NULL && rej != NULL;
+        if (!ok) {
+            cJSON_Delete(o);
+            cJSON_Delete(rej);
+            break;
+        }
+        cJSON_AddItemToArray(arr, o);
+        cJSON_AddStringToObject(o, "site", s->name);
+        cJSON_AddNumberToObject(o, "tokens", (double)s->tokens);
+        cJSON_AddNumberToObject(o, "inner_steps", (double)s->inner_steps);
+        cJSON_AddNumberToObject(o, "compute_s", s->compute_s);
+        cJSON_AddNumberToObject(o, "rounds_joined", (double)s->rounds_joined);
+        cJSON_AddNumberToObject(o, "accepted", (double)s->accepted);
+        for (int k = 0; k < COAL_REJECT_KINDS; k++)
+            cJSON_AddNumberToObject(rej, coal_reject_names[k], (double)s->rejected[k]);
+        cJSON_AddItemToObject(o, "rejected", rej);
+        cJSON_AddItemToObject(o, "first_seen", seen_json(s->first_time, s->first_round));
+        cJSON_AddItemToObject(o, "last_seen", seen_json(s->last_time, s->last_round));
+    }
+    char *text = ok ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    return text;
+}
+
+// ---------------------------------------------------------------------------
+// reading
+
+static ent_status bad(const char *path, const char *what) {
+    return ent_fail(ENT_ERR_INPUT, "%s: the ledger (/coalition/ledger) is malformed: %s", path,
+                    what);
+}
+
+// A non-negative whole number (or any non-negative number when whole = 0).
+static int number(const cJSON *o, const char *key, int whole, double *out) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsNumber(j) || !isfinite(j->valuedouble) || j->valuedouble < 0) return 0;
+    if (whole && j->valuedouble != floor(j->valuedouble)) return 0;
+    *out = j->valuedouble;
+    return 1;
+}
+
+static int seen(const cJSON *o, const char *key, const char **time, double *round) {
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(o, key);
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(s, "time");
+    if (!cJSON_IsObject(s) || !cJSON_IsString(t) || !number(s, "round", 1, round)) return 0;
+    *time = t->valuestring;
+    return 1;
+}
+
+// Checks every field of the ledger before anything is printed.
+static ent_status check_ledger(const char *path, const cJSON *root, const cJSON **sites) {
+    if (!cJSON_IsObject(root)) return bad(path, "not a JSON object");
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, "format");
+    if (!cJSON_IsString(f) || strcmp(f->valuestring, LEDGER_FORMAT) != 0)
+        return bad(path, "its \"format\" is not \"" LEDGER_FORMAT "\"");
+    double v = 0, x = 0;
+    if (!number(root, "version", 1, &v)) return bad(path, "no \"version\" number");
+    if (v != LEDGER_VERSION)
+        return ent_fail(ENT_ERR_INPUT, "%s: the ledger's format version is %.0f; this entente "
+                        "reads version %d", path, v, LEDGER_VERSION);
+    if (!number(root, "rounds_merged", 1, &x)) return bad(path, "no \"rounds_merged\" count");
+    *sites = cJSON_GetObjectItemCaseSensitive(root, "sites");
+    if (!cJSON_IsArray(*sites)) return bad(path, "no \"sites\" array");
+    static const char *const counts[] = {"tokens", "inner_steps", "rounds_joined", "accepted"};
+    int i = 0;
+    const cJSON *s;
+    cJSON_ArrayForEach(s, *sites) {
+        char what[160];
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(s, "site");
+        if (!cJSON_IsString(name)) {
+            snprintf(what, sizeof what, "site %d has no \"site\" name", i);
+            return bad(path, what);
+        }
+        const char *missing = NULL, *t = NULL;
+        for (size_t k = 0; k < sizeof counts / sizeof counts[0] && !missing; k++)
+            if (!number(s, counts[k], 1, &x)) missing = counts[k];
+        if (!missing && !number(s, "compute_s", 0, &x)) missing = "compute_s";
+        const cJSON *rej = cJSON_GetObjectItemCaseSensitive(s, "rejected");
+        if (!missing && !cJSON_IsObject(rej)) missing = "rejected";
+        for (int k = 0; k < COAL_REJECT_KINDS && !missing; k++)
+            if (!number(rej, coal_reject_names[k], 1, &x)) missing = "rejected";
+        if (!missing && !seen(s, "first_seen", &t, &x)) missing = "first_seen";
+        if (!missing && !seen(s, "last_seen", &t, &x)) missing = "last_seen";
+        if (missing) {
+            snprintf(what, sizeof what, "site '%.64s': \"%s\" is missing or not a count", name->valuestring,
+                     missing);
+            return bad(path, what);
+        }
+        i++;
+    }
+    return ENT_OK;
+}
+
+static double num(const cJSON *o, const char *key) {
+    return cJSON_GetObjectItemCaseSensitive(o, key)->valuedouble;
+}
+
+static void print_table(const cJSON *root, const cJSON *sites, FILE *out) {
+    fprintf(out, "rounds merged: %.0f\n", num(root, "rounds_merged"));
+    fprintf(out, "%-16s %14s %11s %11s %6s %8s %-24s %-20s %-7s %-20s %s\n", "site", "tokens",
+            "inner_steps", "compute_s", "rounds", "accepted", "rejected", "first_seen", "round",
+            "last_seen", "round");
+    const cJSON *s;
+    cJSON_ArrayForEach(s, sites) {
+        const cJSON *rej = cJSON_GetObjectItemCaseSensitive(s, "rejected");
+        char reasons[128] = "";
+        size_t len = 0;
+        for (int k = 0; k < COAL_REJECT_KINDS; k++) {
+            double c = num(rej, coal_reject_names[k]);
+            if (c > 0 && len < sizeof reasons)
+                len += (size_t)snprintf(reasons + len, sizeof reasons - len, "%s%s %.0f",
+                                        len ? ", " : "", coal_reject_names[k], c);
+        }
+        const cJSON *first = cJSON_GetObjectItemCaseSensitive(s, "first_seen");
+        const cJSON *last = cJSON_GetObjectItemCaseSensitive(s, "last_seen");
+        fprintf(out, "%-16s %14.0f %11.0f %11.2f %6.0f %8.0f %-24s %-20s %-7.0f %-20s %.0f\n",
+                cJSON_GetObjectItemCaseSensitive(s, "site")->valuestring, num(s, "tokens"),
+                num(s, "inner_steps"), num(s, "compute_s"), num(s, "rounds_joined"),
+                num(s, "accepted"), len ? reasons : "0",
+                cJSON_GetObjectItemCaseSensitive(first, "time")->valuestring, num(first, "round"),
+                cJSON_GetObjectItemCaseSensitive(last, "time")->valuestring, num(last, "round"));
+    }
+}
+
+ent_status ent_ledger_print(const char *path, const char *text, int json, FILE *out) {
+    if (text == NULL || text[0] == '\0')
+        return ent_fail(ENT_ERR_INPUT, "%s holds no ledger (dataset /coalition/ledger): only a "
+                        "coalition coordinator's checkpoint has one", path);
+    const char *at = NULL;
+    cJSON *root = cJSON_ParseWithOpts(text, &at, 1); // nothing may follow the object
+    if (root == NULL) {
+        char what[96];
+        snprintf(what, sizeof what, "not JSON (at byte %lld)",
+                 at != NULL && at >= text ? (long long)(at - text) : -1LL);
+        return bad(path, what);
+    }
+    const cJSON *sites = NULL;
+    ent_status st = check_ledger(path, root, &sites);
+    if (st == ENT_OK && json) fprintf(out, "%s\n", text);
+    else if (st == ENT_OK) print_table(root, sites, out);
+    cJSON_Delete(root);
+    if (st == ENT_OK && (fflush(out) != 0 || ferror(out)))
+        st = ent_fail(ENT_ERR_IO, "cannot write the ledger of %s", path);
+    return st;
+}

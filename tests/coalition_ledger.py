@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""coalition_ledger.py LEDGER_JSON COORDINATOR_METRICS SITE=METRICS... [-- SITE:KEY=N ...]
+
+Checks the ledger a coordinator's checkpoint holds (the output of `entente
+ledger --json`) three ways:
+
+1. against the coordinator's metrics.jsonl, as docs/coalition.md ("The
+   ledger") says to recompute it: tokens = the site's site_tokens in the round
+   records, accepted = the round records that list it in `sites`,
+   rounds_joined = those that list it in `members`, rejected by kind = its
+   `rejected` records of that kind, inner_steps and compute_s = the sums of
+   its `report` records, first_seen = its first `joined` record, last_seen =
+   its last `report` record;
+2. against each site's own metrics.jsonl: inner_steps and compute_s = the
+   sums over its round records, tokens = the tokens it trained in the rounds
+   the coordinator merged it (the difference of its cumulative `tokens`);
+3. against expectations given after `--`: SITE:KEY=N with KEY a top-level
+   count or a reason of `rejected` (norm, undecodable, wrong_anchor, stale).
+
+Prints what it compared; exits 1 naming every mismatch.
+"""
+import json
+import sys
+
+
+def records(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def close(a, b):
+    return abs(a - b) <= 1e-4 * max(abs(a), abs(b)) + 1e-6
+
+
+def main(argv):
+    args = argv[1:]
+    expects = []
+    if "--" in args:
+        expects = args[args.index("--") + 1:]
+        args = args[:args.index("--")]
+    ledger_path, coord_path, site_args = args[0], args[1], args[2:]
+    with open(ledger_path) as f:
+        ledger = json.load(f)
+    coord = records(coord_path)
+    errors = []
+
+    def check(what, got, want, approx=False):
+        ok = close(got, want) if approx else got == want
+        if not ok:
+            errors.append(f"{what}: the ledger says {got!r}, want {want!r}")
+
+    if ledger.get("format") != "entente-ledger" or ledger.get("version") != 1:
+        errors.append(f"format/version: {ledger.get('format')!r} {ledger.get('version')!r}")
+    rounds = [r for r in coord if r.get("event") == "round"]
+    check("rounds_merged", ledger["rounds_merged"], len(rounds))
+    entries = {e["site"]: e for e in ledger["sites"]}
+
+    # 1. the coordinator's log
+    for name, e in entries.items():
+        tokens = accepted = joined = 0
+        merged_rounds = set()
+        for r in rounds:
+            if name in r["sites"]:
+                tokens += r["site_tokens"][r["sites"].index(name)]
+                accepted += 1
+                merged_rounds.add(r["round"])
+            joined += name in r["members"]
+        rejected = {}
+        for r in coord:
+            if r.get("event") == "rejected" and r["site"] == name:
+                rejected[r["kind"]] = rejected.get(r["kind"], 0) + 1
+        reports = [r for r in coord if r.get("event") == "report" and r["site"] == name]
+        first = [r for r in coord if r.get("event") == "joined" and r["site"] == name][0]
+        check(f"{name}: tokens (coordinator's round records)", e["tokens"], tokens)
+        check(f"{name}: accepted", e["accepted"], accepted)
+        check(f"{name}: rounds_joined", e["rounds_joined"], joined)
+        for kind, n in e["rejected"].items():
+            check(f"{name}: rejected {kind}", n, rejected.get(kind, 0))
+        check(f"{name}: inner_steps (report records)", e["inner_steps"],
+              sum(r["inner_steps"] for r in reports))
+        check(f"{name}: compute_s (report records)", e["compute_s"],
+              sum(r["compute_s"] for r in reports), approx=True)
+        check(f"{name}: first_seen", e["first_seen"],
+              {"time": first["time"], "round": first["first_round"]})
+        if reports:
+            check(f"{name}: last_seen", e["last_seen"],
+                  {"time": reports[-1]["time"], "round": reports[-1]["round"]})
+        e["_merged_rounds"] = merged_rounds
+
+    # 2. the sites' own logs
+    for arg in site_args:
+        name, path = arg.split("=", 1)
+        if name not in entries:
+            errors.append(f"site {name} is not in the ledger")
+            continue
+        e = entries[name]
+        own = [r for r in records(path) if r.get("event") == "round"]
+        before, tokens = 0, 0
+        for r in own:
+            if r["round"] in e["_merged_rounds"]:
+                tokens += r["tokens"] - before
+            before = r["tokens"]
+        check(f"{name}: tokens (the site's round records)", e["tokens"], tokens)
+        check(f"{name}: inner_steps (the site's round records)", e["inner_steps"],
+              sum(r["inner_steps"] for r in own))
+        check(f"{name}: compute_s (the site's round records)", e["compute_s"],
+              sum(r["compute_s"] for r in own), approx=True)
+        print(f"site {name}: {e['tokens']} tokens merged, {e['inner_steps']} inner steps, "
+              f"{e['compute_s']:.2f} s, {e['accepted']} accepted, rejected {e['rejected']}")
+
+    # 3. expectations
+    for x in expects:
+        site, kv = x.split(":", 1)
+        key, n = kv.split("=")
+        e = entries.get(site)
+        if e is None:
+            errors.append(f"site {site} is not in the ledger")
+            continue
+        got = e["rejected"][key] if key in e["rejected"] else e[key]
+        check(f"{site}: {key}", got, int(n))
+
+    for m in errors:
+        print("ledger mismatch: " + m)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
