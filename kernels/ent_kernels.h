@@ -237,7 +237,8 @@ typedef enum {
 } ent_split;
 
 typedef struct {
-    char name[64];          // Hugging Face GPT-2 name, e.g. "h.3.attn.c_attn.weight"
+    char name[64];          // Hugging Face name, "h.3.attn.c_attn.weight" (GPT-2) or
+                            // "model.layers.3.self_attn.q_proj.weight" (the Llama family)
     int ndim;               // 1 or 2 (a 1-D row has shape[1] = local_shape[1] = 1)
     int64_t shape[2];       // global shape; a weight is (out, in)
     int64_t local_shape[2]; // the part one tensor-parallel rank holds
@@ -353,7 +354,8 @@ struct ent_backend_i {
     // ent_backend_stream.
     void *(*stream)(ent_backend_t *be);
 
-    // out (B,T,C) = wte[tokens] + wpe[position]; tokens (B,T) index wte (Vp,C), wpe (maxT,C)
+    // out (B,T,C) = wte[tokens] + wpe[position]; tokens (B,T) index wte (Vp,C), wpe (maxT,C).
+    // wpe NULL: the token embedding alone (no learned positions), and dwpe NULL in backward.
     ent_status (*encoder_forward)(ent_backend_t *be, float *out, const int32_t *tokens,
                                   const float *wte, const float *wpe, int B, int T, int C);
     ent_status (*encoder_backward)(ent_backend_t *be, float *dwte, float *dwpe, const float *dout,
