@@ -184,15 +184,20 @@ int main(int argc, char **argv) {
         return 2;
     }
     ent_backend_t *be = ent_backend_cpu_new(0);
-    ent_model_shape s = {.layers = layers, .heads = heads, .width = width, .context = context,
-                         .vocab = vocab, .padded_vocab = (vocab + 63) / 64 * 64};
-    ent_model_shape ls = s;
-    ls.arch = ENT_ARCH_LLAMA;
-    ls.kv_heads = kv_heads;
-    ls.ffn_hidden = ffn;
-    ls.rms_eps = 1e-5f;
-    ls.rope = (ent_rope){.theta = 500000.0, .scaling = ENT_ROPE_LLAMA3, .factor = 8.0,
-                         .low_freq_factor = 1.0, .high_freq_factor = 4.0, .original_max = 8192};
+    // both models through the configuration, as a run builds them: the GPT-2,
+    // then the Llama of the same shape with Llama 3's rope settings
+    ent_config cfg;
+    ent_config_defaults(&cfg);
+    int *dims[] = {&cfg.layers, &cfg.heads, &cfg.width, &cfg.context, &cfg.vocab,
+                   &cfg.n_kv_heads, &cfg.ffn_hidden};
+    int vals[] = {layers, heads, width, context, vocab, kv_heads, ffn};
+    for (int i = 0; i < 5; i++) *dims[i] = vals[i];
+    ent_model_shape s = ent_model_shape_from_config(&cfg);
+    for (int i = 5; i < 7; i++) *dims[i] = vals[i];
+    const char *llama_keys[] = {"model.arch=llama", "model.rope_theta=500000",
+                                "model.rope_scaling=llama3"};
+    for (int i = 0; i < 3; i++) ent_config_set(&cfg, llama_keys[i]);
+    ent_model_shape ls = ent_model_shape_from_config(&cfg);
     trainee run[2];
     int nruns = llama ? 2 : 1;
     if (trainee_new(be, &s, B, context, &run[0]) != 0 ||

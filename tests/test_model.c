@@ -46,14 +46,21 @@ static ent_model_shape tiny_shape(int layers, int heads, int width, int context)
 // so that every band falls inside these head sizes), lm_head tied or not.
 static ent_model_shape tiny_llama(int layers, int heads, int kv, int width, int context, int ffn,
                                   int tie) {
-    ent_model_shape s = tiny_shape(layers, heads, width, context);
-    s.arch = ENT_ARCH_LLAMA;
-    s.kv_heads = kv;
-    s.ffn_hidden = ffn;
-    s.tie_embeddings = tie;
-    s.rms_eps = 1e-5f;
-    s.rope = (ent_rope){.theta = 10000.0, .scaling = ENT_ROPE_LLAMA3, .factor = 8.0,
-                        .low_freq_factor = 1.0, .high_freq_factor = 4.0, .original_max = 64};
+    // through the configuration, as a run builds its shape
+    ent_config cfg;
+    ent_config_defaults(&cfg);
+    cfg.layers = layers;
+    cfg.heads = heads;
+    cfg.width = width;
+    cfg.context = context;
+    cfg.n_kv_heads = kv;
+    cfg.ffn_hidden = ffn;
+    cfg.tie_embeddings = tie;
+    cfg.rope_original_context = 64;
+    snprintf(cfg.arch, sizeof cfg.arch, "llama");
+    snprintf(cfg.rope_scaling, sizeof cfg.rope_scaling, "llama3");
+    ent_model_shape s = ent_model_shape_from_config(&cfg);
+    assert_int_equal(s.padded_vocab, 320);
     return s;
 }
 
