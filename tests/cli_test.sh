@@ -1154,6 +1154,9 @@ case_llama_checkpoint() {
     expect "sample the llama checkpoint" 0 -- "$E" sample --checkpoint "$ck/latest" --tokens 20 \
         --temperature 0 --prompt "And God said"
     [ -s "$W/out" ] || fail "sample printed nothing"
+    expect "export a llama" 2 "model.architecture is 'llama': ckpt export writes GPT-2 checkpoints only" -- \
+        "$E" ckpt export "$ck/latest" --format safetensors --out "$W/exported"
+    [ -e "$W/exported/model.safetensors" ] && fail "a refused export wrote model.safetensors"
     # resuming step 10 continues the uninterrupted run bit for bit
     expect "resume the llama at step 10" 0 -- "$E" train --config "$W/tiny.ini" --run-dir "$W/res" \
         --set sample.tokens=0 "${llama[@]}" --resume "$ck/step_00000010.h5" || return
