@@ -36,12 +36,19 @@ void ent_rope_inv_freq(const ent_rope *r, int hd, float *inv_freq) {
 
 void ent_rope_table(const ent_rope *r, int hd, int T, float *cos_t, float *sin_t) {
     int half = hd / 2;
-    float inv[half > 0 ? half : 1];
+    if (T < 1 || half < 1) return;
+    // the frequencies wait in sin's row 0, which is written last (position 0
+    // does not turn: cos 1, sin 0, whatever the frequency)
+    float *inv = sin_t;
     ent_rope_inv_freq(r, hd, inv);
-    for (int t = 0; t < T; t++)
+    for (int t = T - 1; t >= 1; t--)
         for (int i = 0; i < half; i++) {
             float angle = (float)t * inv[i];
             cos_t[(size_t)t * half + i] = (float)cos((double)angle);
             sin_t[(size_t)t * half + i] = (float)sin((double)angle);
         }
+    for (int i = 0; i < half; i++) {
+        cos_t[i] = 1.0f;
+        sin_t[i] = 0.0f;
+    }
 }
