@@ -87,6 +87,14 @@ ent_status ent_ckpt_export_safetensors(const char *path, const char *outdir, FIL
                           "model.context", "step"};
     int64_t *vals[] = {&c.vocab, &layers, &heads, &width, &context, &step};
     for (int i = 0; i < 6 && st == ENT_OK; i++) st = ent_ckpt_attr_i64(ck, keys[i], vals[i]);
+    // GPT-2's layout only: another architecture's tensors would be written
+    // under a GPT-2 config.json that transformers would load as a wrong model
+    char *arch = NULL;
+    if (st == ENT_OK) st = ent_ckpt_attr_text(ck, "model.architecture", &arch);
+    if (st == ENT_OK && strcmp(arch, "gpt2") != 0)
+        st = ent_fail(ENT_ERR_USAGE, "%s: model.architecture is '%.32s': ckpt export writes "
+                      "GPT-2 checkpoints only in this version", path, arch);
+    free(arch);
     char *json = NULL, *config = NULL;
     size_t json_len = 0, config_len = 0;
     const void **parts = NULL;

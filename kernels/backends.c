@@ -84,3 +84,25 @@ void ent_backend_free(ent_backend_t **be) {
     (*be)->iface->free(*be);
     *be = NULL;
 }
+
+ent_status ent_backend_check_llama(ent_backend_t *be) {
+    const struct ent_backend_i *i = be->iface;
+    const struct {
+        const char *name;
+        int present;
+    } ops[] = {
+        {"rmsnorm_forward", i->rmsnorm_forward != NULL},
+        {"rmsnorm_backward", i->rmsnorm_backward != NULL},
+        {"rope_forward", i->rope_forward != NULL},
+        {"rope_backward", i->rope_backward != NULL},
+        {"swiglu_forward", i->swiglu_forward != NULL},
+        {"swiglu_backward", i->swiglu_backward != NULL},
+        {"gqa_forward", i->gqa_forward != NULL},
+        {"gqa_backward", i->gqa_backward != NULL},
+    };
+    for (size_t k = 0; k < sizeof ops / sizeof ops[0]; k++)
+        if (!ops[k].present)
+            return ent_fail(ENT_ERR_USAGE, "op %s not implemented on %s (model.arch = llama "
+                            "needs it; system.backend = cpu has every op)", ops[k].name, i->name);
+    return ENT_OK;
+}

@@ -237,7 +237,8 @@ typedef enum {
 } ent_split;
 
 typedef struct {
-    char name[64];          // Hugging Face GPT-2 name, e.g. "h.3.attn.c_attn.weight"
+    char name[64];          // Hugging Face name, "h.3.attn.c_attn.weight" (GPT-2) or
+                            // "model.layers.3.self_attn.q_proj.weight" (the Llama family)
     int ndim;               // 1 or 2 (a 1-D row has shape[1] = local_shape[1] = 1)
     int64_t shape[2];       // global shape; a weight is (out, in)
     int64_t local_shape[2]; // the part one tensor-parallel rank holds
@@ -278,6 +279,48 @@ int ent_param_row_rects(const ent_param_row *row, int tp_rank, int tp_size, size
                         size_t hi, ent_rect *out);
 
 // ---------------------------------------------------------------------------
+// rotary position embeddings (the Llama family)
+
+typedef enum {
+    ENT_ROPE_DEFAULT = 0, // inv_freq[i] = 1 / theta^(2i / hd)
+    ENT_ROPE_LLAMA3,      // the same, rescaled by Llama 3's frequency bands
+} ent_rope_scaling;
+
+typedef struct {
+    double theta;              // rope_theta (base of the wavelengths), > 0
+    ent_rope_scaling scaling;
+    // Llama 3 scaling (Hugging Face's rope_scaling with rope_type "llama3"):
+    // wavelengths above original_max / low_freq_factor are divided by factor,
+    // those below original_max / high_freq_factor kept, the band between
+    // interpolated; low_freq_factor < high_freq_factor
+    double factor, low_freq_factor, high_freq_factor;
+    int original_max;          // original_max_position_embeddings
+} ent_rope;
+
+// The inverse frequencies (hd/2 of them, hd even) as Hugging Face computes
+// them in float32 (_compute_default_rope_parameters, then
+// _compute_llama3_parameters for ENT_ROPE_LLAMA3).
+void ent_rope_inv_freq(const ent_rope *rope, int hd, float *inv_freq);
+// The rotation table of positions 0..T-1 in host memory: cos and sin (T, hd/2)
+// of the float32 angle t * inv_freq[i], as the rope ops take it.
+void ent_rope_table(const ent_rope *rope, int hd, int T, float *cos_t, float *sin_t);
+
+// The heads of one grouped-query attention call. Query head h of q (NH
+// heads per row) attends with key/value head (phase + h) / group of k and v
+// (kv_heads heads per row): `group` query heads share a KV head, and a
+// tensor-parallel rank whose query heads start inside a group says where
+// (phase = its first head's index within the group, 0 otherwise).
+// Plain multi-head attention is group 1, kv_heads = NH, phase 0.
+typedef struct {
+    int B, T;
+    int NH;       // query heads in q and out, per row
+    int kv_heads; // KV heads in k and v, per row
+    int hd;       // head size
+    int group;    // query heads per KV head, >= 1
+    int phase;    // 0 <= phase < group
+} ent_gqa_shape;
+
+// ---------------------------------------------------------------------------
 // backend interface
 
 typedef struct ent_backend ent_backend_t;
@@ -311,7 +354,8 @@ struct ent_backend_i {
     // ent_backend_stream.
     void *(*stream)(ent_backend_t *be);
 
-    // out (B,T,C) = wte[tokens] + wpe[position]; tokens (B,T) index wte (Vp,C), wpe (maxT,C)
+    // out (B,T,C) = wte[tokens] + wpe[position]; tokens (B,T) index wte (Vp,C), wpe (maxT,C).
+    // wpe NULL: the token embedding alone (no learned positions), and dwpe NULL in backward.
     ent_status (*encoder_forward)(ent_backend_t *be, float *out, const int32_t *tokens,
                                   const float *wte, const float *wpe, int B, int T, int C);
     ent_status (*encoder_backward)(ent_backend_t *be, float *dwte, float *dwpe, const float *dout,
@@ -328,7 +372,8 @@ struct ent_backend_i {
     // out (N,OC) = inp (N,C) @ weight^T (C,OC) + bias (OC); bias may be NULL
     ent_status (*matmul_forward)(ent_backend_t *be, float *out, const float *inp,
                                  const float *weight, const float *bias, int N, int C, int OC);
-    // dinp (N,C), dweight (OC,C), dbias (OC, may be NULL)
+    // dinp (N,C), dweight (OC,C), dbias (OC, may be NULL); dinp may be NULL too (only
+    // the weight's gradients: a replicated layer whose input gradient another rank adds)
     ent_status (*matmul_backward)(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
                                   const float *dout, const float *inp, const float *weight,
                                   int N, int C, int OC);
@@ -367,6 +412,43 @@ struct ent_backend_i {
     // may alias probs; dloss is the gradient of the total loss w.r.t. each row's loss.
     ent_status (*softmax_xent_backward)(ent_backend_t *be, float *dlogits, const float *probs,
                                         const int32_t *targets, float dloss, int N, int V, int Vp);
+
+    // ---- the Llama family's ops. Optional: NULL where a backend lacks them
+    // (ent_backend_check_llama names the first missing one). ----
+
+    // RMSNorm: out (N,C) = inp * rstd * weight with rstd = 1 / sqrt(mean(inp^2) + eps)
+    // per row, saved in rstd (N) for backward. No bias.
+    ent_status (*rmsnorm_forward)(ent_backend_t *be, float *out, float *rstd, const float *inp,
+                                  const float *weight, float eps, int N, int C);
+    ent_status (*rmsnorm_backward)(ent_backend_t *be, float *dinp, float *dweight,
+                                   const float *dout, const float *inp, const float *weight,
+                                   const float *rstd, int N, int C);
+
+    // rotary embeddings, IN PLACE on x (B,T,H*hd): in every head, the pair
+    // (i, i + hd/2) of position t turns by the angle of cos_t, sin_t (T, hd/2)
+    // row t (ent_rope_table). Backward turns the gradient dx back, in place
+    // (an exception to accumulation: the rotation is its own state).
+    ent_status (*rope_forward)(ent_backend_t *be, float *x, const float *cos_t,
+                               const float *sin_t, int B, int T, int H, int hd);
+    ent_status (*rope_backward)(ent_backend_t *be, float *dx, const float *cos_t,
+                                const float *sin_t, int B, int T, int H, int hd);
+
+    // SwiGLU: out = silu(gate) * up over n values; backward accumulates dgate, dup
+    ent_status (*swiglu_forward)(ent_backend_t *be, float *out, const float *gate,
+                                 const float *up, size_t n);
+    ent_status (*swiglu_backward)(ent_backend_t *be, float *dgate, float *dup, const float *dout,
+                                  const float *gate, const float *up, size_t n);
+
+    // causal grouped-query attention (ent_gqa_shape): q (B,T,NH*hd), k and v
+    // (B,T,kv_heads*hd), out (B,T,NH*hd); att is the state kept for backward,
+    // attention_state_bytes(B, T, NH) bytes, as attention_forward's.
+    ent_status (*gqa_forward)(ent_backend_t *be, float *out, float *att, const float *q,
+                              const float *k, const float *v, ent_gqa_shape s);
+    // dq, dk, dv accumulate (a KV head's gradient sums over its query heads);
+    // scratch (attention_state_bytes) is overwritten.
+    ent_status (*gqa_backward)(ent_backend_t *be, float *dq, float *dk, float *dv, float *scratch,
+                               const float *dout, const float *q, const float *k, const float *v,
+                               const float *att, ent_gqa_shape s);
 
     // AdamW with decoupled weight decay over n values; t is the 1-based step.
     // The update reads and writes the f32 master weights `master` (weight
@@ -418,6 +500,11 @@ ent_status ent_vec_dequantize_i8(ent_backend_t *be, float *out, const int8_t *q,
 // that checks the scales refuses the block), and in *inv its inverse, 0 when
 // the scale is 0 or not finite. The int8 op and the coalition's codecs share it.
 float ent_block_scale(const float *x, size_t n, float levels, float *inv);
+
+// ENT_OK when the backend has every op of the Llama family (rmsnorm, rope,
+// swiglu, gqa, forward and backward); else ENT_ERR_USAGE "op X not
+// implemented on NAME".
+ent_status ent_backend_check_llama(ent_backend_t *be);
 
 // The backend's stream (its iface->stream), or NULL when it has none. Not
 // owned by the caller: it lives as long as the backend.

@@ -88,6 +88,35 @@ ENT_HD float ent_k_layernorm(float x, float mean, float rstd, float weight, floa
 }
 
 // ---------------------------------------------------------------------------
+// the Llama family's element-wise math
+
+// (x * rstd) * weight: RMSNorm's output for one value (the normalised value
+// x * rstd is also what the weight's gradient multiplies)
+ENT_HD float ent_k_rmsnorm(float x, float rstd, float weight) { return (x * rstd) * weight; }
+
+// sigmoid(x) = 1 / (1 + e^-x): 0 below about -88, 1 above about 17
+ENT_HD float ent_k_sigmoid(float x) { return 1.0f / (1.0f + ent_k_expf(-x)); }
+
+// SwiGLU of one unit: silu(gate) * up, silu(g) = g * sigmoid(g)
+ENT_HD float ent_k_swiglu(float gate, float up) { return gate * ent_k_sigmoid(gate) * up; }
+
+// Its gradients for an output gradient dout: *dgate = dout * up * silu'(gate)
+// with silu'(g) = s (1 + g (1 - s)), s = sigmoid(g); *dup = dout * silu(gate).
+ENT_HD void ent_k_swiglu_grad(float gate, float up, float dout, float *dgate, float *dup) {
+    float s = ent_k_sigmoid(gate);
+    *dgate = dout * up * (s * (1.0f + gate * (1.0f - s)));
+    *dup = dout * (gate * s);
+}
+
+// Rotary embedding of one pair (x0, x1) = (x[i], x[i + hd/2]) by the angle
+// whose cosine and sine are c, s (Hugging Face's rotate_half convention):
+// (x0 c - x1 s, x1 c + x0 s). The backward rotates by the opposite angle (s -> -s).
+ENT_HD void ent_k_rope(float x0, float x1, float c, float s, float *y0, float *y1) {
+    *y0 = x0 * c - x1 * s;
+    *y1 = x1 * c + x0 * s;
+}
+
+// ---------------------------------------------------------------------------
 // online softmax: a running (max, sum of exp(x - max)) over part of a row
 
 typedef struct {

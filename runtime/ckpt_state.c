@@ -17,9 +17,26 @@
 #include <string.h>
 
 uint64_t ent_model_shape_hash(const ent_config *cfg) {
-    char text[128];
-    snprintf(text, sizeof text, "gpt2:%d:%d:%d:%d:%d", cfg->layers, cfg->heads, cfg->width,
-             cfg->context, cfg->vocab);
+    char text[512];
+    ent_model_shape s = ent_model_shape_from_config(cfg);
+    if (s.arch != ENT_ARCH_LLAMA) {
+        snprintf(text, sizeof text, "gpt2:%d:%d:%d:%d:%d", cfg->layers, cfg->heads, cfg->width,
+                 cfg->context, cfg->vocab);
+        return ent_hash_string(text, 0);
+    }
+    // every key that changes the function a llama computes, numbers in the
+    // shortest text that reads back exactly
+    char th[32], eps[32], f[32], lo[32], hi[32], scaling[160] = "none";
+    if (s.rope.scaling == ENT_ROPE_LLAMA3)
+        snprintf(scaling, sizeof scaling, "llama3:%s:%s:%s:%d",
+                 ent_format_double(cfg->rope_factor, f, sizeof f),
+                 ent_format_double(cfg->rope_low_freq_factor, lo, sizeof lo),
+                 ent_format_double(cfg->rope_high_freq_factor, hi, sizeof hi),
+                 cfg->rope_original_context);
+    snprintf(text, sizeof text, "llama:%d:%d:%d:%d:%d:%d:%d:%d:%s:%s:%s", cfg->layers, cfg->heads,
+             cfg->width, cfg->context, cfg->vocab, s.kv_heads, s.ffn_hidden, s.tie_embeddings,
+             ent_format_double(cfg->rope_theta, th, sizeof th),
+             ent_format_double(cfg->rms_eps, eps, sizeof eps), scaling);
     return ent_hash_string(text, 0);
 }
 
@@ -38,7 +55,7 @@ ent_status ent_run_attrs_build(ent_run_attrs *ra, const ent_config *cfg, const e
         {.name = "data.sequences", .type = ENT_ATTR_I64, .i = rs->sequences},
         {.name = "rng.train_seed", .type = ENT_ATTR_U64, .u = cfg->seed},
         {.name = "rng.data_order_key", .type = ENT_ATTR_U64, .u = ent_data_order_key(cfg->seed)},
-        {.name = "model.architecture", .type = ENT_ATTR_STR, .s = "gpt2"},
+        {.name = "model.architecture", .type = ENT_ATTR_STR, .s = ent_arch_name(shape.arch)},
         {.name = "model.layers", .type = ENT_ATTR_I64, .i = cfg->layers},
         {.name = "model.heads", .type = ENT_ATTR_I64, .i = cfg->heads},
         {.name = "model.width", .type = ENT_ATTR_I64, .i = cfg->width},
@@ -125,7 +142,7 @@ ent_status ent_checkpoint_check(ent_ckpt_t *ck, ent_ckpt_state *out, ent_param_t
     const char *said = "the stored configuration (attribute 'config')";
     ent_model_shape shape = ent_model_shape_from_config(cfg);
     // the model: every model.* attribute is what the stored configuration implies
-    ENT_CHECK(want_text(ck, "model.architecture", "gpt2"));
+    ENT_CHECK(want_text(ck, "model.architecture", ent_arch_name(shape.arch)));
     const char *keys[] = {"model.layers", "model.heads", "model.width", "model.context",
                           "model.vocab", "model.padded_vocab", "model.parameters"};
     int64_t vals[] = {cfg->layers, cfg->heads, cfg->width, cfg->context, cfg->vocab,

@@ -35,6 +35,17 @@ static const key_desc keys[] = {
     {"model", "width", K_INT, FIELD(width), "128", 1, 65536, 0, "embedding width (channels)"},
     {"model", "context", K_INT, FIELD(context), "128", 1, 65536, 0, "tokens per sequence (and learned positions)"},
     {"model", "vocab", K_INT, FIELD(vocab), "257", 2, ENT_VOCAB_MAX, 0, "vocabulary size; 257 = bytes + end-of-text; a BPE tokenizer's is what data prepare prints"},
+    {"model", "arch", K_STR, FIELD(arch), "gpt2", 0, 0, 0, "architecture: gpt2 (layernorm, learned positions, GELU MLP, biases, tied embeddings) or llama (RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention, no biases; docs/open-weights.md)"},
+    {"model", "n_kv_heads", K_INT, FIELD(n_kv_heads), "0", 0, 1024, 0, "llama: key/value heads (grouped-query attention), dividing model.heads; 0 = model.heads"},
+    {"model", "ffn_hidden", K_INT, FIELD(ffn_hidden), "0", 0, 1048576, 0, "llama: hidden units of the SwiGLU MLP (Hugging Face's intermediate_size); 0 = 8/3 x width rounded up to a multiple of 32"},
+    {"model", "tie_embeddings", K_BOOL, FIELD(tie_embeddings), "false", 0, 0, 0, "llama: the output layer lm_head is model.embed_tokens (GPT-2's are always tied)"},
+    {"model", "rope_theta", K_FLOAT, FIELD(rope_theta), "10000", 0, 1e12, 1, "llama: base of the rotary embeddings' wavelengths (rope_theta)"},
+    {"model", "rms_eps", K_FLOAT, FIELD(rms_eps), "1e-5", 0, 1, 1, "llama: epsilon of RMSNorm (rms_norm_eps)"},
+    {"model", "rope_scaling", K_STR, FIELD(rope_scaling), "none", 0, 0, 0, "llama: none, or llama3 (Llama 3.1's frequency bands, set by the four rope_* keys below)"},
+    {"model", "rope_factor", K_FLOAT, FIELD(rope_factor), "8", 0, 1e6, 1, "llama3 scaling: long wavelengths are divided by this (rope_scaling.factor)"},
+    {"model", "rope_low_freq_factor", K_FLOAT, FIELD(rope_low_freq_factor), "1", 0, 1e6, 1, "llama3 scaling: wavelengths above original_context / this are scaled fully (low_freq_factor)"},
+    {"model", "rope_high_freq_factor", K_FLOAT, FIELD(rope_high_freq_factor), "4", 0, 1e6, 1, "llama3 scaling: wavelengths below original_context / this are kept (high_freq_factor); above rope_low_freq_factor"},
+    {"model", "rope_original_context", K_INT, FIELD(rope_original_context), "8192", 1, 16777216, 0, "llama3 scaling: the context the model was first trained with (original_max_position_embeddings)"},
 
     {"train", "steps", K_INT, FIELD(steps), "1000", 1, BIG, 0, "optimizer steps"},
     {"train", "batch_size", K_INT, FIELD(batch_size), "32", 1, BIG, 0, "sequences per optimizer step, whole job"},
@@ -587,6 +598,59 @@ ent_status ent_config_load(ent_config *cfg, const char *path, const char *const 
 
 #define KEY(s, k) find_key(s, k)
 
+// The architecture's keys: llama's keys away from their defaults are refused
+// for gpt2 (they would silently do nothing), and llama's shapes must fit.
+static ent_status validate_arch(const ent_config *cfg) {
+    char a[ENT_PATH_MAX + 64];
+    int llama = strcmp(cfg->arch, "llama") == 0;
+    if (!llama && strcmp(cfg->arch, "gpt2") != 0) {
+        key_origin(cfg, KEY("model", "arch"), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE, "%s: model.arch = '%s': expected gpt2 or llama", a,
+                        cfg->arch);
+    }
+    if (strcmp(cfg->rope_scaling, "none") != 0 && strcmp(cfg->rope_scaling, "llama3") != 0) {
+        key_origin(cfg, KEY("model", "rope_scaling"), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE, "%s: model.rope_scaling = '%s': expected none or llama3",
+                        a, cfg->rope_scaling);
+    }
+    if (!llama) {
+        const char *set = cfg->n_kv_heads != 0 ? "n_kv_heads"
+                          : cfg->ffn_hidden != 0 ? "ffn_hidden"
+                          : cfg->tie_embeddings ? "tie_embeddings"
+                          : strcmp(cfg->rope_scaling, "none") != 0 ? "rope_scaling" : NULL;
+        if (set == NULL) return ENT_OK;
+        key_origin(cfg, KEY("model", set), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE, "%s: model.%s applies to model.arch = llama only (this "
+                        "model is gpt2)", a, set);
+    }
+    int kv = cfg->n_kv_heads ? cfg->n_kv_heads : cfg->heads;
+    if (cfg->heads % kv != 0) {
+        key_origin(cfg, KEY("model", "n_kv_heads"), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE, "%s: model.n_kv_heads = %d does not divide model.heads = "
+                        "%d", a, kv, cfg->heads);
+    }
+    if ((cfg->width / cfg->heads) % 2 != 0) {
+        key_origin(cfg, KEY("model", "width"), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE, "%s: a llama's head size model.width / model.heads = %d "
+                        "must be even (rotary embeddings turn pairs of channels)", a,
+                        cfg->width / cfg->heads);
+    }
+    int ffn = cfg->ffn_hidden ? cfg->ffn_hidden : ent_model_default_ffn(cfg->width);
+    if (ffn % cfg->tp != 0) {
+        key_origin(cfg, KEY("parallel", "tp"), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE, "%s: parallel.tp = %d does not divide the MLP's %d hidden "
+                        "units (model.ffn_hidden)", a, cfg->tp, ffn);
+    }
+    if (strcmp(cfg->rope_scaling, "llama3") == 0 &&
+        !(cfg->rope_high_freq_factor > cfg->rope_low_freq_factor)) {
+        key_origin(cfg, KEY("model", "rope_high_freq_factor"), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE, "%s: model.rope_high_freq_factor = %g must exceed "
+                        "model.rope_low_freq_factor = %g", a, cfg->rope_high_freq_factor,
+                        cfg->rope_low_freq_factor);
+    }
+    return ENT_OK;
+}
+
 ent_status ent_config_validate(const ent_config *cfg) {
     char a[ENT_PATH_MAX + 64], b[ENT_PATH_MAX + 64];
     if (cfg->width % cfg->heads != 0) {
@@ -601,6 +665,7 @@ ent_status ent_config_validate(const ent_config *cfg) {
         return ent_fail(ENT_ERR_USAGE, "%s: parallel.tp = %d does not divide model.heads = %d",
                         a, cfg->tp, cfg->heads);
     }
+    ENT_CHECK(validate_arch(cfg));
     if (cfg->micro_batch > 0 && cfg->batch_size % cfg->micro_batch != 0) {
         key_origin(cfg, KEY("train", "micro_batch"), a, sizeof a);
         return ent_fail(ENT_ERR_USAGE,

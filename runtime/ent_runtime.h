@@ -19,11 +19,18 @@ extern "C" {
 
 #define ENT_PATH_MAX 4096
 #define ENT_PROMPT_MAX 1024
-#define ENT_CONFIG_MAX_KEYS 64
+#define ENT_CONFIG_MAX_KEYS 96
 
 typedef struct {
     // [model]
     int layers, heads, width, context, vocab;
+    char arch[16];              // "gpt2" or "llama"
+    // llama only (docs/config.md): 0 = the defaults that the shape derives
+    int n_kv_heads, ffn_hidden, tie_embeddings;
+    double rope_theta, rms_eps;
+    char rope_scaling[16];      // "none" or "llama3"
+    double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_original_context;
     // [train]
     int steps, batch_size, micro_batch, warmup_steps, log_every;
     double lr, lr_floor, weight_decay, beta1, beta2, eps, grad_clip;
@@ -91,13 +98,28 @@ char *ent_config_text(const ent_config *cfg, size_t *len);
 void ent_config_describe_keys(FILE *f);
 
 // ---------------------------------------------------------------------------
-// the GPT-2 parameter table (the table's type is in ent_kernels.h)
+// the model's shape and parameter table (the table's type is in ent_kernels.h)
+
+typedef enum { ENT_ARCH_GPT2 = 0, ENT_ARCH_LLAMA } ent_arch;
 
 typedef struct {
     int layers, heads, width, context;
     int vocab;        // tokens the model predicts
     int padded_vocab; // vocab rounded up to a multiple of 64 (rows of wte)
+    ent_arch arch;    // GPT2 (0) unless set: the fields below are llama's
+    int kv_heads;     // key/value heads, dividing heads
+    int ffn_hidden;   // SwiGLU hidden units (intermediate_size)
+    int tie_embeddings; // lm_head is model.embed_tokens
+    float rms_eps;
+    ent_rope rope;
 } ent_model_shape;
+
+// "gpt2", "llama"
+const char *ent_arch_name(ent_arch arch);
+// The SwiGLU width a llama of this width gets when model.ffn_hidden is 0:
+// 8/3 x width (the parameters of GPT-2's 4 x width MLP in three matrices),
+// rounded up to a multiple of 32.
+int ent_model_default_ffn(int width);
 
 // Builds the table of one rank of tp_size tensor-parallel ranks (1: no split);
 // the caller owns it (ent_param_table_free).

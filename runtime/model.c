@@ -1,7 +1,11 @@
-// model.c: GPT-2 on any backend, with optional tensor parallelism.
+// model.c: GPT-2 and the Llama family on any backend, with optional tensor
+// parallelism.
 //
-// Pre-norm transformer blocks, learned positions, input and output embedding
-// tied. Parameters and gradients each live in one arena laid out by the
+// GPT-2: pre-norm transformer blocks, learned positions, input and output
+// embedding tied. Llama (model.arch = llama): RMSNorm, rotary positions on Q
+// and K, grouped-query attention, a SwiGLU MLP, no biases, an lm_head of its
+// own unless tied. Both run the same skeleton of arenas, tables and buckets;
+// each has its own forward and backward below. Parameters and gradients each live in one arena laid out by the
 // parameter table; activations live in two more (the activations; one
 // layer's worth of their gradients, which the backward pass reuses for every
 // layer), carved into views (llm.c style) by the activation table below,
@@ -17,6 +21,13 @@
 // backward pass. Embeddings, layernorms, the output bias of both row-parallel
 // projections and the tied output layer are replicated: every TP rank
 // computes them identically, so their gradients agree without communication.
+// A llama splits Q, gate and up by output features and O and down by input
+// features the same way; K and V are split by KV heads when TP divides them.
+// Otherwise every rank computes all of K and V (their weights replicated),
+// attends with the KV heads of its own query heads, and the ranks sum their
+// gradients of K and V before the projections' backward, so that the
+// replicated weights' gradients agree; TP rank 0 alone adds their input
+// gradient.
 #include "runtime_impl.h"
 
 #include <math.h>
@@ -24,8 +35,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+// A block's tensors. A llama uses ln1w (input_layernorm), qw, kw, vw,
+// projw (o_proj), ln2w (post_attention_layernorm), gatew, upw and fcpw
+// (down_proj); its biases stay NULL.
 typedef struct {
     float *ln1w, *ln1b;   // (C)
+    float *qw, *kw, *vw;  // llama: (Ca, C), (KVw, C), (KVw, C)   KVw = KV heads here x hd
+    float *gatew, *upw;   // llama: (Cf, C)
     float *qkvw, *qkvb;   // (3Ca, C), (3Ca)       Ca = C / tp
     float *projw, *projb; // (C, Ca), (C)
     float *ln2w, *ln2b;   // (C)
@@ -42,6 +58,10 @@ typedef struct {
     float *ln2, *ln2_mean, *ln2_rstd; // (B,T,C), (B,T), (B,T)
     float *fch, *fch_gelu;            // (B,T,Cf)
     float *res3;                      // (B,T,C)
+    // llama: ln1, ln1_rstd, atty, att, res2, ln2, ln2_rstd and res3 as
+    // above; fch is the gate, fch_gelu SwiGLU's output
+    float *q, *k, *v;                 // (B,T,Ca), (B,T,KVw), (B,T,KVw), after RoPE
+    float *up;                        // (B,T,Cf)
 } layer_acts;
 
 struct ent_model {
@@ -51,6 +71,12 @@ struct ent_model {
     ent_group_t *tp;       // NULL without tensor parallelism
     int tp_rank, tp_size;
     int Ca, Cf, NHl;       // this rank's attention channels, MLP units, heads
+    // llama: KV heads in this rank's K and V (all of them when replicated),
+    // the first one its query heads use, and the heads' grouping
+    int KVl, kv0, hd, kv_replicated;
+    ent_gqa_shape gqa;     // (B and T set per call)
+    float *lm_head, *dlm_head; // llama: lm_head.weight (or embed_tokens when tied)
+    float *rope_cos, *rope_sin; // (T, hd/2) each
     float *arena[2];       // params, grads: arena_floats each
     size_t arena_floats;
     float *wte, *wpe, *lnfw, *lnfb, *dwte, *dwpe, *dlnfw, *dlnfb;
@@ -69,6 +95,7 @@ struct ent_model {
 
     // activation gradients, one layer's worth
     float *dres, *dln, *datty, *dqkv, *datt, *dfch_gelu, *dfch;
+    float *dq, *dk, *dv, *dup; // llama
 
     ent_grad_hook hook;    // told when a bucket's gradients are complete
     void *hook_ctx;
@@ -89,6 +116,8 @@ typedef enum {
     ACT_VP,         // (B,T,Vp)
     ACT_TOKEN_IDS,  // (B,T) i32
     ACT_ATTENTION,  // attention_state_bytes(B,T,NH/tp) bytes, laid out by the backend
+    ACT_KV,         // (B,T,KVw): a llama's K or V
+    ACT_ROPE,       // (T, hd/2): a rotation table (constant, written once)
 } act_kind;
 
 // One activation: its name (after "h.{l}." in a block), what sizes it, and
@@ -139,27 +168,95 @@ static const act_spec act_grads[] = {
     {"grad.mlp.gelu", ACT_CF, MODEL_VIEW(dfch_gelu)},
     {"grad.mlp.fc", ACT_CF, MODEL_VIEW(dfch)},
 };
+
+static const act_spec llama_before_blocks[] = {
+    {"encoded", ACT_C, MODEL_VIEW(encoded)},
+    {"proj", ACT_C, MODEL_VIEW(proj)},
+    {"rope.cos", ACT_ROPE, MODEL_VIEW(rope_cos)},
+    {"rope.sin", ACT_ROPE, MODEL_VIEW(rope_sin)},
+};
+static const act_spec llama_of_block[] = {
+    {"input_norm", ACT_C, LAYER_VIEW(ln1)},
+    {"input_norm.rstd", ACT_TOKENS, LAYER_VIEW(ln1_rstd)},
+    {"attn.q", ACT_CA, LAYER_VIEW(q)},
+    {"attn.k", ACT_KV, LAYER_VIEW(k)},
+    {"attn.v", ACT_KV, LAYER_VIEW(v)},
+    {"attn.y", ACT_CA, LAYER_VIEW(atty)},
+    {"attn.state", ACT_ATTENTION, LAYER_VIEW(att)},
+    {"res_2", ACT_C, LAYER_VIEW(res2)},
+    {"post_norm", ACT_C, LAYER_VIEW(ln2)},
+    {"post_norm.rstd", ACT_TOKENS, LAYER_VIEW(ln2_rstd)},
+    {"mlp.gate", ACT_CF, LAYER_VIEW(fch)},
+    {"mlp.up", ACT_CF, LAYER_VIEW(up)},
+    {"mlp.swiglu", ACT_CF, LAYER_VIEW(fch_gelu)},
+    {"res_3", ACT_C, LAYER_VIEW(res3)},
+};
+static const act_spec llama_after_blocks[] = {
+    {"norm", ACT_C, MODEL_VIEW(lnf)},
+    {"norm.rstd", ACT_TOKENS, MODEL_VIEW(lnf_rstd)},
+    {"logits", ACT_VP, MODEL_VIEW(logits)},
+    {"losses", ACT_TOKENS, MODEL_VIEW(losses)},
+    {"tokens", ACT_TOKEN_IDS, MODEL_VIEW(tokens)},
+    {"targets", ACT_TOKEN_IDS, MODEL_VIEW(targets)},
+};
+static const act_spec llama_grads[] = {
+    {"grad.res", ACT_C, MODEL_VIEW(dres)},
+    {"grad.ln", ACT_C, MODEL_VIEW(dln)},
+    {"grad.attn.y", ACT_CA, MODEL_VIEW(datty)},
+    {"grad.attn.q", ACT_CA, MODEL_VIEW(dq)},
+    {"grad.attn.k", ACT_KV, MODEL_VIEW(dk)},
+    {"grad.attn.v", ACT_KV, MODEL_VIEW(dv)},
+    {"grad.attn.state", ACT_ATTENTION, MODEL_VIEW(datt)},
+    {"grad.mlp.swiglu", ACT_CF, MODEL_VIEW(dfch_gelu)},
+    {"grad.mlp.gate", ACT_CF, MODEL_VIEW(dfch)},
+    {"grad.mlp.up", ACT_CF, MODEL_VIEW(dup)},
+};
 #define COUNT_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+// An architecture's activations: before, in each block (named
+// PREFIX.{l}.NAME), after the blocks, and the gradients.
+typedef struct {
+    const char *block_prefix;
+    const act_spec *part[4];
+    int count[4];
+} act_specs;
+
+static const act_specs gpt2_acts = {
+    "h",
+    {acts_before_blocks, acts_of_block, acts_after_blocks, act_grads},
+    {COUNT_OF(acts_before_blocks), COUNT_OF(acts_of_block), COUNT_OF(acts_after_blocks),
+     COUNT_OF(act_grads)},
+};
+static const act_specs llama_acts = {
+    "layers",
+    {llama_before_blocks, llama_of_block, llama_after_blocks, llama_grads},
+    {COUNT_OF(llama_before_blocks), COUNT_OF(llama_of_block), COUNT_OF(llama_after_blocks),
+     COUNT_OF(llama_grads)},
+};
+
+static const act_specs *specs_of(ent_arch arch) {
+    return arch == ENT_ARCH_LLAMA ? &llama_acts : &gpt2_acts;
+}
 
 // Calls visit for every activation in arena order (the table's row order);
 // layer is the block, -1 outside the blocks.
 typedef void (*act_visitor)(void *ctx, const act_spec *spec, int layer, ent_act_arena arena);
 
-static void walk_activations(int layers, act_visitor visit, void *ctx) {
-    for (int i = 0; i < COUNT_OF(acts_before_blocks); i++)
-        visit(ctx, &acts_before_blocks[i], -1, ENT_ACTS);
+static void walk_activations(const act_specs *a, int layers, act_visitor visit, void *ctx) {
+    for (int i = 0; i < a->count[0]; i++) visit(ctx, &a->part[0][i], -1, ENT_ACTS);
     for (int l = 0; l < layers; l++)
-        for (int i = 0; i < COUNT_OF(acts_of_block); i++) visit(ctx, &acts_of_block[i], l, ENT_ACTS);
-    for (int i = 0; i < COUNT_OF(acts_after_blocks); i++)
-        visit(ctx, &acts_after_blocks[i], -1, ENT_ACTS);
-    for (int i = 0; i < COUNT_OF(act_grads); i++) visit(ctx, &act_grads[i], -1, ENT_ACT_GRADS);
+        for (int i = 0; i < a->count[1]; i++) visit(ctx, &a->part[1][i], l, ENT_ACTS);
+    for (int i = 0; i < a->count[2]; i++) visit(ctx, &a->part[2][i], -1, ENT_ACTS);
+    for (int i = 0; i < a->count[3]; i++) visit(ctx, &a->part[3][i], -1, ENT_ACT_GRADS);
 }
 
 typedef struct {
     ent_act_table *t;
     ent_dtype dtype;          // of the float activations
     size_t bt, C, Ca, Cf, Vp; // tokens per micro-batch; widths
+    size_t KVw, rope;         // llama: K and V widths; one rotation table (T x hd/2)
     size_t attention_bytes;
+    const char *prefix;       // of the blocks' rows
 } act_builder;
 
 static void add_activation(void *ctx, const act_spec *spec, int layer, ent_act_arena arena) {
@@ -167,7 +264,7 @@ static void add_activation(void *ctx, const act_spec *spec, int layer, ent_act_a
     ent_act_table *t = tb->t;
     ent_act_row *r = &t->rows[t->nrows++];
     if (layer >= 0)
-        snprintf(r->name, sizeof r->name, "h.%d.%s", layer, spec->name);
+        snprintf(r->name, sizeof r->name, "%s.%d.%s", tb->prefix, layer, spec->name);
     else
         snprintf(r->name, sizeof r->name, "%s", spec->name);
     r->arena = arena;
@@ -187,6 +284,8 @@ static void add_activation(void *ctx, const act_spec *spec, int layer, ent_act_a
         r->dtype = ENT_U8;
         r->numel = tb->attention_bytes;
         break;
+    case ACT_KV: r->numel = tb->bt * tb->KVw; break;
+    case ACT_ROPE: r->numel = tb->rope; break;
     }
     r->offset = t->bytes[arena];
     t->bytes[arena] += ent_arena_bytes(r->dtype, r->numel);
@@ -198,8 +297,8 @@ ent_status ent_act_table_build(ent_backend_t *be, const ent_model_shape *s, int 
     if (!ent_dtype_is_float(dtype))
         return ent_fail(ENT_ERR_USAGE, "activations in %s: activations need a floating type",
                         ent_dtype_name(dtype));
-    int rows = COUNT_OF(acts_before_blocks) + s->layers * COUNT_OF(acts_of_block) +
-               COUNT_OF(acts_after_blocks) + COUNT_OF(act_grads);
+    const act_specs *specs = specs_of(s->arch);
+    int rows = specs->count[0] + s->layers * specs->count[1] + specs->count[2] + specs->count[3];
     t->rows = calloc((size_t)rows, sizeof *t->rows);
     if (t->rows == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory building the activation table");
     act_builder tb = {
@@ -211,8 +310,16 @@ ent_status ent_act_table_build(ent_backend_t *be, const ent_model_shape *s, int 
         .Cf = (size_t)(4 * s->width / tp),
         .Vp = (size_t)s->padded_vocab,
         .attention_bytes = be->iface->attention_state_bytes(be, B, T, s->heads / tp),
+        .prefix = specs->block_prefix,
     };
-    walk_activations(s->layers, add_activation, &tb);
+    if (s->arch == ENT_ARCH_LLAMA) {
+        size_t hd = (size_t)(s->width / s->heads);
+        int kv_split = s->kv_heads % tp == 0;
+        tb.Cf = (size_t)(s->ffn_hidden / tp);
+        tb.KVw = (size_t)(kv_split ? s->kv_heads / tp : s->kv_heads) * hd;
+        tb.rope = (size_t)T * (hd / 2);
+    }
+    walk_activations(specs, s->layers, add_activation, &tb);
     ENT_ASSERT(t->nrows == rows);
     return ENT_OK;
 }
@@ -273,10 +380,31 @@ static void point_activation(void *ctx, const act_spec *spec, int layer, ent_act
 // ---------------------------------------------------------------------------
 // allocation
 
-static void point_layer_tensors(const ent_param_table *t, float *base, int layer,
+// The rotation table of positions 0..T-1, computed on the host once.
+static ent_status upload_rope_table(ent_model_t *m) {
+    size_t n = (size_t)m->T * (size_t)(m->hd / 2);
+    float *host = malloc(sizeof(float) * 2 * (n ? n : 1));
+    if (host == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the rotation table");
+    ent_rope_table(&m->shape.rope, m->hd, m->T, host, host + n);
+    ent_status st = m->be->iface->to_device(m->be, m->rope_cos, host, sizeof(float) * n);
+    if (st == ENT_OK) st = m->be->iface->to_device(m->be, m->rope_sin, host + n, sizeof(float) * n);
+    free(host);
+    return st;
+}
+
+static void point_layer_tensors(const ent_param_table *t, ent_arch arch, float *base, int layer,
                                 layer_tensors *lt) {
-    // rows of a layer follow each other in the table (params.c), ln_1.weight first
+    // rows of a layer follow each other in the table (params.c), its norm first
     char name[64];
+    if (arch == ENT_ARCH_LLAMA) {
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", layer);
+        const ent_param_row *r = ent_param_table_find(t, name);
+        ENT_ASSERT(r != NULL);
+        float **views[] = {&lt->ln1w, &lt->qw, &lt->kw, &lt->vw, &lt->projw,
+                           &lt->ln2w, &lt->gatew, &lt->upw, &lt->fcpw};
+        for (size_t i = 0; i < sizeof views / sizeof views[0]; i++) *views[i] = base + r[i].offset;
+        return;
+    }
     snprintf(name, sizeof name, "h.%d.ln_1.weight", layer);
     const ent_param_row *r = ent_param_table_find(t, name);
     ENT_ASSERT(r != NULL);
@@ -339,6 +467,17 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_
     m->Ca = C / tp;
     m->Cf = 4 * C / tp;
     m->NHl = s->heads / tp;
+    if (s->arch == ENT_ARCH_LLAMA) {
+        ENT_CHECK_GOTO(ent_backend_check_llama(be), fail);
+        m->Cf = s->ffn_hidden / tp;
+        m->hd = C / s->heads;
+        int group = s->heads / s->kv_heads, head0 = m->tp_rank * m->NHl;
+        m->kv_replicated = s->kv_heads % tp != 0;
+        m->KVl = m->kv_replicated ? s->kv_heads : s->kv_heads / tp;
+        m->kv0 = m->kv_replicated ? head0 / group : 0;
+        m->gqa = (ent_gqa_shape){.NH = m->NHl, .kv_heads = m->KVl, .hd = m->hd, .group = group,
+                                 .phase = m->kv_replicated ? head0 % group : 0};
+    }
     size_t BT = (size_t)B * (size_t)T;
 
     size_t multiple = opts != NULL && opts->arena_multiple > 0 ? opts->arena_multiple : 1;
@@ -354,14 +493,22 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_
     }
     const ent_param_table *t = &m->table;
     float *P = m->arena[ENT_ARENA_PARAMS], *G = m->arena[ENT_ARENA_GRADS];
-    m->wte = P + ent_param_table_find(t, "wte.weight")->offset;
-    m->wpe = P + ent_param_table_find(t, "wpe.weight")->offset;
-    m->lnfw = P + ent_param_table_find(t, "ln_f.weight")->offset;
-    m->lnfb = P + ent_param_table_find(t, "ln_f.bias")->offset;
+    if (s->arch == ENT_ARCH_LLAMA) {
+        m->wte = P + ent_param_table_find(t, "model.embed_tokens.weight")->offset;
+        m->lnfw = P + ent_param_table_find(t, "model.norm.weight")->offset;
+        const ent_param_row *head = ent_param_table_find(t, "lm_head.weight");
+        m->lm_head = head != NULL ? P + head->offset : m->wte;
+        m->dlm_head = G + (m->lm_head - P);
+    } else {
+        m->wte = P + ent_param_table_find(t, "wte.weight")->offset;
+        m->wpe = P + ent_param_table_find(t, "wpe.weight")->offset;
+        m->lnfw = P + ent_param_table_find(t, "ln_f.weight")->offset;
+        m->lnfb = P + ent_param_table_find(t, "ln_f.bias")->offset;
+        m->dwpe = G + (m->wpe - P);
+        m->dlnfb = G + (m->lnfb - P);
+    }
     m->dwte = G + (m->wte - P);
-    m->dwpe = G + (m->wpe - P);
     m->dlnfw = G + (m->lnfw - P);
-    m->dlnfb = G + (m->lnfb - P);
     m->p = calloc((size_t)L, sizeof *m->p);
     m->g = calloc((size_t)L, sizeof *m->g);
     m->a = calloc((size_t)L, sizeof *m->a);
@@ -371,8 +518,8 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_
         goto fail;
     }
     for (int l = 0; l < L; l++) {
-        point_layer_tensors(t, P, l, &m->p[l]);
-        point_layer_tensors(t, G, l, &m->g[l]);
+        point_layer_tensors(t, s->arch, P, l, &m->p[l]);
+        point_layer_tensors(t, s->arch, G, l, &m->g[l]);
     }
 
     // activations: two arenas laid out by the activation table
@@ -387,8 +534,9 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_
         }
     }
     view_cursor cursor = {.m = m};
-    walk_activations(L, point_activation, &cursor);
+    walk_activations(specs_of(s->arch), L, point_activation, &cursor);
     ENT_ASSERT(cursor.row == m->acts.nrows);
+    if (s->arch == ENT_ARCH_LLAMA) ENT_CHECK_GOTO(upload_rope_table(m), fail);
     *out = m;
     return ENT_OK;
 fail:
@@ -438,10 +586,18 @@ ent_status ent_model_init(ent_model_t *m, uint64_t seed) {
         } else if (r->ndim == 1) { // layernorm gain
             for (size_t k = 0; k < n; k++) global[k] = 1.0f;
         } else {
-            int residual = strstr(r->name, "c_proj.weight") != NULL;
+            // the projections into the residual stream: GPT-2's c_proj, a llama's o_proj
+            // and down_proj
+            int residual = strstr(r->name, "c_proj.weight") != NULL ||
+                           strstr(r->name, "o_proj.weight") != NULL ||
+                           strstr(r->name, "down_proj.weight") != NULL;
             double std = residual ? residual_std : 0.02;
-            // wte's padding rows are never read as inputs nor trained as outputs: keep them 0
-            size_t live = strcmp(r->name, "wte.weight") == 0
+            // the vocabulary's padding rows are never read as inputs nor trained as
+            // outputs: keep them 0
+            size_t live = r->shape[0] == m->shape.padded_vocab && r->ndim == 2 &&
+                                  (strcmp(r->name, "wte.weight") == 0 ||
+                                   strcmp(r->name, "model.embed_tokens.weight") == 0 ||
+                                   strcmp(r->name, "lm_head.weight") == 0)
                               ? (size_t)m->shape.vocab * (size_t)r->shape[1] : n;
             ent_rng rng;
             ent_rng_seed(&rng, ent_hash_string(r->name, seed));
@@ -467,19 +623,14 @@ static ent_status tp_sum(ent_model_t *m, float *x, size_t n) {
     return ent_allreduce(m->tp, x, x, n, ENT_F32, ENT_SUM);
 }
 
-ent_status ent_model_forward(ent_model_t *m, const int32_t *tokens, const int32_t *targets,
-                             int b, int t, float *loss) {
-    ENT_ASSERT(b >= 1 && b <= m->B && t >= 1 && t <= m->T);
+// GPT-2's forward pass from the tokens to the logits.
+static ent_status gpt2_forward(ent_model_t *m, int b, int t) {
     const struct ent_backend_i *k = m->be->iface;
     ent_backend_t *be = m->be;
     int L = m->shape.layers, C = m->shape.width, Ca = m->Ca, Cf = m->Cf;
-    int V = m->shape.vocab, Vp = m->shape.padded_vocab, N = b * t;
+    int Vp = m->shape.padded_vocab, N = b * t;
     // the output biases of row-parallel layers are added by TP rank 0 alone
     int add_bias = m->tp_rank == 0;
-    ENT_CHECK(k->to_device(be, m->tokens, tokens, sizeof(int32_t) * (size_t)N));
-    if (targets != NULL)
-        ENT_CHECK(k->to_device(be, m->targets, targets, sizeof(int32_t) * (size_t)N));
-
     ENT_CHECK(k->encoder_forward(be, m->encoded, m->tokens, m->wte, m->wpe, b, t, C));
     for (int l = 0; l < L; l++) {
         const layer_tensors *p = &m->p[l];
@@ -504,7 +655,58 @@ ent_status ent_model_forward(ent_model_t *m, const int32_t *tokens, const int32_
     }
     ENT_CHECK(k->layernorm_forward(be, m->lnf, m->lnf_mean, m->lnf_rstd, m->a[L - 1].res3, m->lnfw,
                                    m->lnfb, N, C));
-    ENT_CHECK(k->matmul_forward(be, m->logits, m->lnf, m->wte, NULL, N, C, Vp));
+    return k->matmul_forward(be, m->logits, m->lnf, m->wte, NULL, N, C, Vp);
+}
+
+// A llama's forward pass from the tokens to the logits.
+static ent_status llama_forward(ent_model_t *m, int b, int t) {
+    const struct ent_backend_i *k = m->be->iface;
+    ent_backend_t *be = m->be;
+    int L = m->shape.layers, C = m->shape.width, Ca = m->Ca, Cf = m->Cf;
+    int Vp = m->shape.padded_vocab, N = b * t, hd = m->hd;
+    int KVw = m->KVl * hd;
+    float eps = m->shape.rms_eps;
+    size_t kv0 = (size_t)m->kv0 * hd; // the first KV head this rank's queries use
+    ent_gqa_shape g = m->gqa;
+    g.B = b;
+    g.T = t;
+    ENT_CHECK(k->encoder_forward(be, m->encoded, m->tokens, m->wte, NULL, b, t, C));
+    for (int l = 0; l < L; l++) {
+        const layer_tensors *p = &m->p[l];
+        layer_acts *a = &m->a[l];
+        const float *residual = l == 0 ? m->encoded : m->a[l - 1].res3;
+        ENT_CHECK(k->rmsnorm_forward(be, a->ln1, a->ln1_rstd, residual, p->ln1w, eps, N, C));
+        ENT_CHECK(k->matmul_forward(be, a->q, a->ln1, p->qw, NULL, N, C, Ca));
+        ENT_CHECK(k->matmul_forward(be, a->k, a->ln1, p->kw, NULL, N, C, KVw));
+        ENT_CHECK(k->matmul_forward(be, a->v, a->ln1, p->vw, NULL, N, C, KVw));
+        ENT_CHECK(k->rope_forward(be, a->q, m->rope_cos, m->rope_sin, b, t, m->NHl, hd));
+        ENT_CHECK(k->rope_forward(be, a->k, m->rope_cos, m->rope_sin, b, t, m->KVl, hd));
+        ENT_CHECK(k->gqa_forward(be, a->atty, a->att, a->q, a->k + kv0, a->v + kv0, g));
+        ENT_CHECK(k->matmul_forward(be, m->proj, a->atty, p->projw, NULL, N, Ca, C));
+        ENT_CHECK(tp_sum(m, m->proj, (size_t)N * C));
+        ENT_CHECK(k->residual_forward(be, a->res2, residual, m->proj, (size_t)N * C));
+        ENT_CHECK(k->rmsnorm_forward(be, a->ln2, a->ln2_rstd, a->res2, p->ln2w, eps, N, C));
+        ENT_CHECK(k->matmul_forward(be, a->fch, a->ln2, p->gatew, NULL, N, C, Cf));
+        ENT_CHECK(k->matmul_forward(be, a->up, a->ln2, p->upw, NULL, N, C, Cf));
+        ENT_CHECK(k->swiglu_forward(be, a->fch_gelu, a->fch, a->up, (size_t)N * Cf));
+        ENT_CHECK(k->matmul_forward(be, m->proj, a->fch_gelu, p->fcpw, NULL, N, Cf, C));
+        ENT_CHECK(tp_sum(m, m->proj, (size_t)N * C));
+        ENT_CHECK(k->residual_forward(be, a->res3, a->res2, m->proj, (size_t)N * C));
+    }
+    ENT_CHECK(k->rmsnorm_forward(be, m->lnf, m->lnf_rstd, m->a[L - 1].res3, m->lnfw, eps, N, C));
+    return k->matmul_forward(be, m->logits, m->lnf, m->lm_head, NULL, N, C, Vp);
+}
+
+ent_status ent_model_forward(ent_model_t *m, const int32_t *tokens, const int32_t *targets,
+                             int b, int t, float *loss) {
+    ENT_ASSERT(b >= 1 && b <= m->B && t >= 1 && t <= m->T);
+    const struct ent_backend_i *k = m->be->iface;
+    ent_backend_t *be = m->be;
+    int V = m->shape.vocab, Vp = m->shape.padded_vocab, N = b * t;
+    ENT_CHECK(k->to_device(be, m->tokens, tokens, sizeof(int32_t) * (size_t)N));
+    if (targets != NULL)
+        ENT_CHECK(k->to_device(be, m->targets, targets, sizeof(int32_t) * (size_t)N));
+    ENT_CHECK(m->shape.arch == ENT_ARCH_LLAMA ? llama_forward(m, b, t) : gpt2_forward(m, b, t));
     m->last_b = b;
     m->last_t = t;
     m->last_has_targets = targets != NULL;
@@ -535,17 +737,14 @@ static void bucket_done(ent_model_t *m, const float *first, const float *last_ro
     m->hook(m->hook_ctx, off, end - off);
 }
 
-ent_status ent_model_backward(ent_model_t *m, float dloss) {
-    ENT_ASSERT(m->last_has_targets); // backward needs a forward with targets
+// GPT-2's backward pass from the logits' gradients (in m->logits).
+static ent_status gpt2_backward(ent_model_t *m, int b, int t) {
     const struct ent_backend_i *k = m->be->iface;
     ent_backend_t *be = m->be;
-    int b = m->last_b, t = m->last_t, N = b * t;
+    int N = b * t;
     int L = m->shape.layers, C = m->shape.width, Ca = m->Ca, Cf = m->Cf;
-    int V = m->shape.vocab, Vp = m->shape.padded_vocab;
+    int Vp = m->shape.padded_vocab;
     size_t NC = (size_t)N * C;
-
-    // logits hold probabilities; turn them into dlogits in place
-    ENT_CHECK(k->softmax_xent_backward(be, m->logits, m->logits, m->targets, dloss, N, V, Vp));
     ENT_CHECK(k->zero(be, m->dln, sizeof(float) * NC));
     ENT_CHECK(k->matmul_backward(be, m->dln, m->dwte, NULL, m->logits, m->lnf, m->wte, N, C, Vp));
     ENT_CHECK(k->zero(be, m->dres, sizeof(float) * NC));
@@ -587,6 +786,92 @@ ent_status ent_model_backward(ent_model_t *m, float dloss) {
     }
     ENT_CHECK(k->encoder_backward(be, m->dwte, m->dwpe, m->dres, m->tokens, b, t, C));
     bucket_done(m, m->dwte, m->dwpe, (size_t)m->shape.context * C);
+    return ENT_OK;
+}
+
+// A llama's backward pass from the logits' gradients (in m->logits).
+static ent_status llama_backward(ent_model_t *m, int b, int t) {
+    const struct ent_backend_i *k = m->be->iface;
+    ent_backend_t *be = m->be;
+    int N = b * t, hd = m->hd;
+    int L = m->shape.layers, C = m->shape.width, Ca = m->Ca, Cf = m->Cf, KVw = m->KVl * hd;
+    int Vp = m->shape.padded_vocab;
+    size_t NC = (size_t)N * C, NF = (size_t)N * Cf, NKV = (size_t)N * KVw;
+    size_t kv0 = (size_t)m->kv0 * hd;
+    ent_gqa_shape g = m->gqa;
+    g.B = b;
+    g.T = t;
+    // replicated K and V: every rank holds their whole gradient (summed below),
+    // and rank 0 alone adds what it sends into the input
+    float *kv_dinp = m->kv_replicated && m->tp_rank != 0 ? NULL : m->dln;
+    ENT_CHECK(k->zero(be, m->dln, sizeof(float) * NC));
+    ENT_CHECK(k->matmul_backward(be, m->dln, m->dlm_head, NULL, m->logits, m->lnf, m->lm_head, N,
+                                 C, Vp));
+    ENT_CHECK(k->zero(be, m->dres, sizeof(float) * NC));
+    ENT_CHECK(k->rmsnorm_backward(be, m->dres, m->dlnfw, m->dln, m->a[L - 1].res3, m->lnfw,
+                                  m->lnf_rstd, N, C));
+    // the final norm, with lm_head after it unless tied (then embed_tokens is
+    // complete only after the blocks)
+    if (m->lm_head != m->wte)
+        bucket_done(m, m->dlnfw, m->dlm_head, (size_t)Vp * C);
+    else
+        bucket_done(m, m->dlnfw, m->dlnfw, (size_t)C);
+    for (int l = L - 1; l >= 0; l--) {
+        const layer_tensors *p = &m->p[l];
+        const layer_tensors *gr = &m->g[l];
+        const layer_acts *a = &m->a[l];
+        const float *residual = l == 0 ? m->encoded : m->a[l - 1].res3;
+        // MLP: res3 = res2 + down(swiglu(gate(n2), up(n2))), n2 = post_norm(res2)
+        ENT_CHECK(k->zero(be, m->dfch_gelu, sizeof(float) * NF));
+        ENT_CHECK(k->matmul_backward(be, m->dfch_gelu, gr->fcpw, NULL, m->dres, a->fch_gelu,
+                                     p->fcpw, N, Cf, C));
+        ENT_CHECK(k->zero(be, m->dfch, sizeof(float) * NF));
+        ENT_CHECK(k->zero(be, m->dup, sizeof(float) * NF));
+        ENT_CHECK(k->swiglu_backward(be, m->dfch, m->dup, m->dfch_gelu, a->fch, a->up, NF));
+        ENT_CHECK(k->zero(be, m->dln, sizeof(float) * NC));
+        ENT_CHECK(k->matmul_backward(be, m->dln, gr->gatew, NULL, m->dfch, a->ln2, p->gatew, N, C,
+                                     Cf));
+        ENT_CHECK(k->matmul_backward(be, m->dln, gr->upw, NULL, m->dup, a->ln2, p->upw, N, C, Cf));
+        ENT_CHECK(tp_sum(m, m->dln, NC));
+        ENT_CHECK(k->rmsnorm_backward(be, m->dres, gr->ln2w, m->dln, a->res2, p->ln2w,
+                                      a->ln2_rstd, N, C));
+        // attention: res2 = residual + o(gqa(rope(q(n1)), rope(k(n1)), v(n1))), n1 = input_norm
+        ENT_CHECK(k->zero(be, m->datty, sizeof(float) * (size_t)N * Ca));
+        ENT_CHECK(k->matmul_backward(be, m->datty, gr->projw, NULL, m->dres, a->atty, p->projw, N,
+                                     Ca, C));
+        ENT_CHECK(k->zero(be, m->dq, sizeof(float) * (size_t)N * Ca));
+        ENT_CHECK(k->zero(be, m->dk, sizeof(float) * NKV));
+        ENT_CHECK(k->zero(be, m->dv, sizeof(float) * NKV));
+        ENT_CHECK(k->gqa_backward(be, m->dq, m->dk + kv0, m->dv + kv0, m->datt, m->datty, a->q,
+                                  a->k + kv0, a->v + kv0, a->att, g));
+        if (m->kv_replicated) {
+            ENT_CHECK(tp_sum(m, m->dk, NKV));
+            ENT_CHECK(tp_sum(m, m->dv, NKV));
+        }
+        ENT_CHECK(k->rope_backward(be, m->dq, m->rope_cos, m->rope_sin, b, t, m->NHl, hd));
+        ENT_CHECK(k->rope_backward(be, m->dk, m->rope_cos, m->rope_sin, b, t, m->KVl, hd));
+        ENT_CHECK(k->zero(be, m->dln, sizeof(float) * NC));
+        ENT_CHECK(k->matmul_backward(be, m->dln, gr->qw, NULL, m->dq, a->ln1, p->qw, N, C, Ca));
+        ENT_CHECK(k->matmul_backward(be, kv_dinp, gr->kw, NULL, m->dk, a->ln1, p->kw, N, C, KVw));
+        ENT_CHECK(k->matmul_backward(be, kv_dinp, gr->vw, NULL, m->dv, a->ln1, p->vw, N, C, KVw));
+        ENT_CHECK(tp_sum(m, m->dln, NC));
+        ENT_CHECK(k->rmsnorm_backward(be, m->dres, gr->ln1w, m->dln, residual, p->ln1w,
+                                      a->ln1_rstd, N, C));
+        bucket_done(m, gr->ln1w, gr->fcpw, (size_t)C * Cf);
+    }
+    ENT_CHECK(k->encoder_backward(be, m->dwte, NULL, m->dres, m->tokens, b, t, C));
+    bucket_done(m, m->dwte, m->dwte, (size_t)Vp * C);
+    return ENT_OK;
+}
+
+ent_status ent_model_backward(ent_model_t *m, float dloss) {
+    ENT_ASSERT(m->last_has_targets); // backward needs a forward with targets
+    const struct ent_backend_i *k = m->be->iface;
+    int b = m->last_b, t = m->last_t, N = b * t;
+    // logits hold probabilities; turn them into dlogits in place
+    ENT_CHECK(k->softmax_xent_backward(m->be, m->logits, m->logits, m->targets, dloss, N,
+                                       m->shape.vocab, m->shape.padded_vocab));
+    ENT_CHECK(m->shape.arch == ENT_ARCH_LLAMA ? llama_backward(m, b, t) : gpt2_backward(m, b, t));
     // the probabilities were consumed: a second backward needs a new forward
     m->last_has_targets = 0;
     return ENT_OK;

@@ -166,6 +166,32 @@ static ent_status checkpoint_shape(ent_ckpt_t *ck, const char *path, ent_model_s
     *shape = (ent_model_shape){.layers = cfg.layers, .heads = cfg.heads, .width = cfg.width,
                                .context = cfg.context, .vocab = cfg.vocab,
                                .padded_vocab = (cfg.vocab + 63) / 64 * 64};
+    // another architecture: its keys are in the stored configuration, which
+    // must describe the same model as the attributes
+    char *arch = NULL;
+    ENT_CHECK(ent_ckpt_attr_text(ck, "model.architecture", &arch));
+    int gpt2 = strcmp(arch, "gpt2") == 0, llama = strcmp(arch, "llama") == 0;
+    free(arch);
+    if (gpt2) return ENT_OK;
+    if (!llama)
+        return ent_fail(ENT_ERR_INPUT, "%s: attribute model.architecture is neither gpt2 nor "
+                        "llama", path);
+    // this process samples on its CPU, whichever backend trained the model
+    const char *cpu[] = {"system.backend=cpu"};
+    ent_config stored;
+    if (ent_config_from_open_checkpoint(ck, &stored, cpu, 1) != ENT_OK)
+        return ent_fail(ENT_ERR_INPUT, "%s: attribute 'config' is not a valid configuration: %s",
+                        path, ent_last_error());
+    if (strcmp(stored.arch, "llama") != 0)
+        return ent_fail(ENT_ERR_INPUT, "%s: attribute model.architecture is llama, its stored "
+                        "configuration's model.arch %s", path, stored.arch);
+    ent_model_shape full = ent_model_shape_from_config(&stored);
+    if (full.layers != shape->layers || full.heads != shape->heads ||
+        full.width != shape->width || full.context != shape->context ||
+        full.vocab != shape->vocab)
+        return ent_fail(ENT_ERR_INPUT, "%s: the model.* attributes and the stored configuration "
+                        "describe different models", path);
+    *shape = full;
     return ENT_OK;
 }
 

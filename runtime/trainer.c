@@ -725,6 +725,13 @@ static ent_status check_same_model(trainer *tr, const char *path, const ent_conf
                                      (long long)mine[i]);
         if (used >= sizeof diff) used = sizeof diff - 1;
     }
+    if (strcmp(theirs->arch, cfg->arch) != 0)
+        used += (size_t)snprintf(diff + used, sizeof diff - used, "%smodel.arch: checkpoint %s, "
+                                 "this run %s", used ? "; " : "", theirs->arch, cfg->arch);
+    else if (!used && ent_model_shape_hash(theirs) != ent_model_shape_hash(cfg))
+        used += (size_t)snprintf(diff + used, sizeof diff - used, "the llama keys differ "
+                                 "(model.n_kv_heads, ffn_hidden, tie_embeddings, rope_*, rms_eps)");
+    if (used >= sizeof diff) used = sizeof diff - 1;
     if (used)
         return ent_fail(ENT_ERR_USAGE, "%s holds another model than this run trains: %s", path,
                         diff);

@@ -12,6 +12,7 @@
 #                within 1e-5 of the uninterrupted run, the data cursor neither
 #                repeating nor skipping sequences; without --config the
 #                layout comes from the command line, not the checkpoint
+# reshard_llama  the same for a llama whose one KV head TP = 2 replicates
 # tools          ckpt info, ckpt verify, h5dump -H, sample --checkpoint,
 #                retention (checkpoint.keep), the latest pointer
 # import         ckpt import of Hugging Face GPT-2 directories written with numpy
@@ -171,6 +172,30 @@ case_reshard() {
         --resume "$W/dp4/checkpoints/step_00000020.h5" --set train.steps=25 || return
     "$E" ckpt verify "$W/dp4/checkpoints/step_00000020.h5" >/dev/null ||
         fail "a checkpoint written by DP=4 with ZeRO-1 does not verify"
+}
+
+# The same resharding for a tiny llama whose single KV head TP = 2
+# replicates: saved at DP=2 x TP=2, resumed on 1 rank and at DP=2 with
+# ZeRO-1; saved on 1 rank, resumed at DP=2 x TP=2.
+case_reshard_llama() {
+    need_mpirun
+    make_data
+    ckpt_config "$W/c.ini"
+    sed -i 's/^\[model\]/[model]\narch = llama\nn_kv_heads = 1\nrope_scaling = llama3\nrope_original_context = 16/' "$W/c.ini"
+    expect "llama DP=2 x TP=2, uninterrupted" 0 -- timeout 120 "${MPIRUN[@]}" -np 4 "$E" train \
+        --config "$W/c.ini" --run-dir "$W/src" --set parallel.tp=2 || return
+    local c=$W/src/checkpoints/step_00000010.h5 m=$W/src/metrics.jsonl
+    "$E" ckpt verify "$c" >/dev/null || fail "a llama checkpoint written by DP=2 x TP=2 does not verify"
+    "$E" ckpt info "$c" | grep -q '^  model.architecture *llama$' || fail "$c is not a llama's checkpoint"
+    expect "llama resumed on 1 rank" 0 -- "$E" train --config "$W/c.ini" --run-dir "$W/one" --resume "$c" || return
+    same_curve "llama DP2xTP2 -> 1 rank" "$m" "$W/one/metrics.jsonl" 11 20 1e-5
+    expect "llama resumed at DP=2, ZeRO-1" 0 -- timeout 120 "${MPIRUN[@]}" -np 2 "$E" train \
+        --config "$W/c.ini" --run-dir "$W/z2" --resume "$c" --set parallel.zero=1 || return
+    same_curve "llama DP2xTP2 -> DP2 ZeRO-1" "$m" "$W/z2/metrics.jsonl" 11 20 1e-5
+    expect "llama 1 rank -> DP=2 x TP=2" 0 -- timeout 120 "${MPIRUN[@]}" -np 4 "$E" train \
+        --config "$W/c.ini" --run-dir "$W/r4" --set parallel.tp=2 \
+        --resume "$W/one/checkpoints/step_00000020.h5" --set train.steps=25 || return
+    [ -n "$(step_losses "$W/r4/metrics.jsonl" 21 25)" ] || fail "the resumed llama trained no steps 21..25"
 }
 
 case_tools() {

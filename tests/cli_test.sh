@@ -938,7 +938,9 @@ case_train_mpirun() {
 # parallel_case NP SETTINGS...: the tiny model trained on NP ranks with the
 # same global batch reproduces the single-rank losses, validation losses and
 # gradient norms within 1e-5 relative, every DP replica ends with identical
-# parameters, and the run records its topology.
+# parameters, and the run records its topology. The model settings in the
+# array PARALLEL_MODEL (none: the tiny GPT-2) apply to both runs.
+PARALLEL_MODEL=()
 parallel_case() {
     need_mpirun
     local np=$1
@@ -948,9 +950,11 @@ parallel_case() {
     sed -i 's/^heads = 2/heads = 4/' "$W/tiny.ini"
     local sets=(--set sample.tokens=8 --set train.steps=20 --set eval.every=5)
     local s
+    for s in "${PARALLEL_MODEL[@]}"; do sets+=(--set "$s"); done
+    local nref=${#sets[@]}
     for s in "$@"; do sets+=(--set "$s"); done
     expect "single-rank reference" 0 -- "$E" train --config "$W/tiny.ini" --run-dir "$W/ref" \
-        "${sets[@]:0:6}" || return
+        "${sets[@]:0:$nref}" || return
     expect "mpirun -np $np, $*" 0 -- timeout 120 "${MPIRUN[@]}" -np "$np" "$E" train \
         --config "$W/tiny.ini" --run-dir "$W/par" "${sets[@]}" || return
     local kind
@@ -976,6 +980,23 @@ case_parallel_tp2() { parallel_case 2 parallel.tp=2; }
 case_parallel_zero() { parallel_case 2 parallel.zero=1; }
 case_parallel_dp2_tp2() { parallel_case 4 parallel.tp=2; }
 case_parallel_accum_zero() { parallel_case 4 parallel.zero=1 train.micro_batch=1; }
+
+# The same equivalences for a tiny llama: 4 heads sharing 2 KV heads
+# (grouped-query attention), Llama 3's frequency bands over a short original
+# context (every band inside a head of 8), an untied lm_head. TP = 2 splits
+# the KV heads; with one KV head (multi-query) TP = 2 replicates K and V; TP
+# = 4 over 2 KV heads replicates them with each rank's query head starting
+# inside a group.
+LLAMA=(model.arch=llama model.n_kv_heads=2 model.rope_scaling=llama3 model.rope_original_context=16)
+case_parallel_llama_dp2() { PARALLEL_MODEL=("${LLAMA[@]}"); parallel_case 2; }
+case_parallel_llama_tp2() { PARALLEL_MODEL=("${LLAMA[@]}"); parallel_case 2 parallel.tp=2; }
+case_parallel_llama_tp2_kv_replicated() {
+    PARALLEL_MODEL=(model.arch=llama model.n_kv_heads=1 model.rope_scaling=llama3
+                    model.rope_original_context=16)
+    parallel_case 2 parallel.tp=2
+}
+case_parallel_llama_tp4() { PARALLEL_MODEL=("${LLAMA[@]}"); parallel_case 4 parallel.tp=4; }
+case_parallel_llama_zero() { PARALLEL_MODEL=("${LLAMA[@]}"); parallel_case 2 parallel.zero=1; }
 
 # A rank killed mid-run: mpirun ends the whole job, non-zero, within seconds.
 case_rank_dies() {
@@ -1099,6 +1120,63 @@ case_eval_checkpoint() {
     expect "an unknown backend" 2 \
         "system.backend = 'gpu9000': unknown backend 'gpu9000' (this build has: cpu, cpu-guarded" -- \
         "$E" train --config "$W/tiny.ini" --run-dir "$W/g" --set system.backend=gpu9000
+}
+
+# A llama's checkpoint: it verifies, `entente eval` gives the validation loss
+# its run logged, `entente sample` generates from it (and its logits are the
+# run's), resuming it continues the run, and a resume as another model (GPT-2,
+# or other llama keys) is refused naming the difference. The llama keys are
+# refused for a GPT-2, and llama shapes that cannot work are named.
+case_llama_checkpoint() {
+    make_data
+    write_config "$W/tiny.ini"
+    local llama=(--set model.arch=llama --set model.heads=4 --set model.n_kv_heads=2
+                 --set model.rope_theta=500000 --set model.rope_scaling=llama3
+                 --set model.rope_original_context=16 --set checkpoint.every=10)
+    expect "train a tiny llama" 0 -- "$E" train --config "$W/tiny.ini" --run-dir "$W/run" \
+        --set sample.tokens=0 "${llama[@]}" || return
+    local ck="$W/run/checkpoints"
+    expect "verify the llama checkpoint" 0 "out:ok: step 30" -- "$E" ckpt verify "$ck/latest"
+    # embed_tokens, 9 tensors in each of 2 layers, norm, lm_head
+    expect "ckpt info names the architecture" 0 "out:model.architecture       llama" \
+        "out:/params   21 tensors" "out:arch = llama" -- "$E" ckpt info "$ck/latest"
+    if command -v h5ls >/dev/null 2>&1; then
+        h5ls "$ck/latest/params" 2>/dev/null | grep -q '^model.layers.1.self_attn.k_proj.weight .*{16, 32}' ||
+            fail "h5ls finds no /params/model.layers.1.self_attn.k_proj.weight of shape {16, 32}"
+    fi
+    local logged got
+    logged=$(sed -n 's/.*"step":30,"val_loss":\([^,}]*\).*/\1/p' "$W/run/metrics.jsonl" | tail -1)
+    expect "eval the llama checkpoint" 0 -- "$E" eval --checkpoint "$ck/latest" || return
+    got=$(sed -n 's/^val loss \([0-9.]*\) over 16 sequences .*/\1/p' "$W/out")
+    [ -n "$got" ] && [ -n "$logged" ] || { fail "no val loss from eval ($got) or the run ($logged)"; return; }
+    awk -v a="$got" -v b="$logged" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-5) }' ||
+        fail "eval of the llama checkpoint gives $got, the run logged $logged"
+    expect "sample the llama checkpoint" 0 -- "$E" sample --checkpoint "$ck/latest" --tokens 20 \
+        --temperature 0 --prompt "And God said"
+    [ -s "$W/out" ] || fail "sample printed nothing"
+    expect "export a llama" 2 "model.architecture is 'llama': ckpt export writes GPT-2 checkpoints only" -- \
+        "$E" ckpt export "$ck/latest" --format safetensors --out "$W/exported"
+    [ -e "$W/exported/model.safetensors" ] && fail "a refused export wrote model.safetensors"
+    # resuming step 10 continues the uninterrupted run bit for bit
+    expect "resume the llama at step 10" 0 -- "$E" train --config "$W/tiny.ini" --run-dir "$W/res" \
+        --set sample.tokens=0 "${llama[@]}" --resume "$ck/step_00000010.h5" || return
+    same_curve "llama resumed at 10" "$W/run/metrics.jsonl" "$W/res/metrics.jsonl" 11 30 0
+    expect "resume the llama as a GPT-2" 2 "holds another model than this run trains: model.arch: checkpoint llama, this run gpt2" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/g" --set model.heads=4 --resume "$ck/latest"
+    expect "resume the llama with another rope_theta" 2 "the llama keys differ" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/t" "${llama[@]}" \
+        --set model.rope_theta=10000 --resume "$ck/latest"
+    expect "a GPT-2 with n_kv_heads" 2 "model.n_kv_heads applies to model.arch = llama only" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/x" --set model.n_kv_heads=2 --print-config
+    expect "an unknown architecture" 2 "model.arch = 'mamba': expected gpt2 or llama" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/x" --set model.arch=mamba --print-config
+    expect "KV heads that do not divide the heads" 2 "model.n_kv_heads = 3 does not divide model.heads = 4" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/x" "${llama[@]}" --set model.n_kv_heads=3 --print-config
+    expect "an odd head size" 2 "must be even" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/x" "${llama[@]}" --set model.width=36 --print-config
+    expect "llama3 bands the wrong way round" 2 "model.rope_high_freq_factor = 1 must exceed model.rope_low_freq_factor = 2" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/x" "${llama[@]}" \
+        --set model.rope_low_freq_factor=2 --set model.rope_high_freq_factor=1 --print-config
 }
 
 # docs/data.md's description of the data order, run as written (Python),

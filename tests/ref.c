@@ -146,6 +146,80 @@ void ref_attention(double *out, const double *qkv, int B, int T, int C, int NH) 
     free(p);
 }
 
+void ref_rmsnorm(double *out, const double *inp, const double *w, double eps, int N, int C) {
+    for (int n = 0; n < N; n++) {
+        const double *x = inp + (size_t)n * C;
+        double ss = 0;
+        for (int c = 0; c < C; c++) ss += x[c] * x[c];
+        double r = 1.0 / sqrt(ss / C + eps);
+        for (int c = 0; c < C; c++) out[(size_t)n * C + c] = x[c] * r * w[c];
+    }
+}
+
+void ref_rope_inv_freq(double *inv, int hd, double theta, int llama3, double factor, double low,
+                       double high, double original) {
+    for (int i = 0; i < hd / 2; i++) {
+        double f = 1.0 / pow(theta, 2.0 * i / hd);
+        if (llama3) {
+            double wavelen = 2 * M_PI / f;
+            if (wavelen > original / low) {
+                f /= factor;
+            } else if (wavelen >= original / high) {
+                double smooth = (original / wavelen - low) / (high - low);
+                f = (1 - smooth) * f / factor + smooth * f;
+            }
+        }
+        inv[i] = f;
+    }
+}
+
+void ref_rope(double *out, const double *x, const double *inv, int B, int T, int H, int hd) {
+    int half = hd / 2;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < H; h++) {
+                size_t o = (((size_t)b * T + t) * H + h) * hd;
+                for (int i = 0; i < half; i++) {
+                    double c = cos(t * inv[i]), s = sin(t * inv[i]);
+                    out[o + i] = x[o + i] * c - x[o + i + half] * s;
+                    out[o + i + half] = x[o + i + half] * c + x[o + i] * s;
+                }
+            }
+}
+
+void ref_swiglu(double *out, const double *gate, const double *up, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] = gate[i] / (1.0 + exp(-gate[i])) * up[i];
+}
+
+void ref_gqa(double *out, const double *q, const double *k, const double *v, int B, int T,
+             int NH, int KV, int hd, int group, int phase) {
+    double *p = malloc(sizeof(double) * (size_t)T);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            int j = (phase + h) / group;
+            for (int t = 0; t < T; t++) {
+                const double *qt = q + ((size_t)b * T + t) * NH * hd + (size_t)h * hd;
+                double maxv = -INFINITY, sum = 0;
+                for (int s = 0; s <= t; s++) {
+                    const double *ks = k + ((size_t)b * T + s) * KV * hd + (size_t)j * hd;
+                    double d = 0;
+                    for (int i = 0; i < hd; i++) d += qt[i] * ks[i];
+                    p[s] = d / sqrt((double)hd);
+                    if (p[s] > maxv) maxv = p[s];
+                }
+                for (int s = 0; s <= t; s++) sum += p[s] = exp(p[s] - maxv);
+                double *o = out + ((size_t)b * T + t) * NH * hd + (size_t)h * hd;
+                for (int i = 0; i < hd; i++) {
+                    double acc = 0;
+                    for (int s = 0; s <= t; s++)
+                        acc += p[s] / sum * v[((size_t)b * T + s) * KV * hd + (size_t)j * hd + i];
+                    o[i] = acc;
+                }
+            }
+        }
+    free(p);
+}
+
 void ref_gelu(double *out, const double *inp, size_t n) {
     for (size_t i = 0; i < n; i++) {
         double x = inp[i];

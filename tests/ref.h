@@ -41,6 +41,23 @@ void ref_gelu(double *out, const double *inp, size_t n);
 void ref_softmax_xent(double *losses, double *probs, const double *logits,
                       const int32_t *targets, int N, int V, int Vp);
 
+// ---- the Llama family ----
+// out = inp / sqrt(mean(inp^2) + eps) * w, per row
+void ref_rmsnorm(double *out, const double *inp, const double *w, double eps, int N, int C);
+// Hugging Face's inverse frequencies in double: 1 / theta^(2i/hd), then, when
+// llama3 is set, Llama 3's bands (factor, low and high frequency factors,
+// original context)
+void ref_rope_inv_freq(double *inv, int hd, double theta, int llama3, double factor, double low,
+                       double high, double original);
+// x (B,T,H*hd) rotated: pairs (i, i + hd/2) of position t by t * inv[i]
+void ref_rope(double *out, const double *x, const double *inv, int B, int T, int H, int hd);
+// silu(gate) * up
+void ref_swiglu(double *out, const double *gate, const double *up, size_t n);
+// causal grouped-query attention: query head h of q (B,T,NH*hd) with KV head
+// (phase + h) / group of k, v (B,T,KV*hd)
+void ref_gqa(double *out, const double *q, const double *k, const double *v, int B, int T,
+             int NH, int KV, int hd, int group, int phase);
+
 // Central finite differences of f(x) . w over every x_i, with step h:
 // grad_i = (f(x + h e_i) - f(x - h e_i)) . w / 2h. f writes nout values.
 typedef void (*ref_fn)(const double *x, double *out, void *ctx);

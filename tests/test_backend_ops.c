@@ -273,6 +273,101 @@ static void test_attention(int Bn, int T, int C, int NH) {
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tw_free(all[i]);
 }
 
+// The Llama family's ops, where the backend has them (ent_backend_check_llama;
+// a backend without them says so, and the rest of its ops still run).
+static void test_llama_ops(int Bn, int T, int NH, int KV, int hd, int group, int phase) {
+    if (ent_backend_check_llama(B[1]) != ENT_OK) {
+        printf("SKIP %s: the Llama ops: %s\n", B[1]->iface->name, ent_last_error());
+        ent_clear_error();
+        return;
+    }
+    char what[128];
+    int N = Bn * T, C = NH * hd;
+    // rmsnorm
+    twin inp = tw_randn((size_t)N * C, 2.0), w = tw_randn(C, 1.0);
+    twin out = tw(NULL, sizeof(float) * N * C), rstd = tw(NULL, sizeof(float) * N);
+    for (int k = 0; k < 2; k++)
+        OK(B[k]->iface->rmsnorm_forward(B[k], F(out, k), F(rstd, k), F(inp, k), F(w, k), 1e-5f,
+                                        N, C));
+    compare("rmsnorm_forward", &out, (size_t)N * C, tol->f32);
+    compare("rmsnorm_forward rstd", &rstd, N, tol->f32);
+    twin dout = tw_randn((size_t)N * C, 1.0), dinp = tw_randn((size_t)N * C, 1.0),
+         dw = tw_randn(C, 1.0);
+    twin dw2 = tw_copy_of(&dw, 1), dinp2 = tw_copy_of(&dinp, 1);
+    for (int k = 0; k < 2; k++)
+        OK(B[k]->iface->rmsnorm_backward(B[k], F(dinp, k), F(dw, k), F(dout, k), F(inp, k),
+                                         F(w, k), F(rstd, k), N, C));
+    OK(B[1]->iface->rmsnorm_backward(B[1], F(dinp2, 1), F(dw2, 1), F(dout, 1), F(inp, 1),
+                                     F(w, 1), F(rstd, 1), N, C));
+    compare("rmsnorm_backward dinp (accumulated)", &dinp, (size_t)N * C, tol->f32);
+    compare("rmsnorm_backward dweight (accumulated)", &dw, C, tol->f32);
+    same_bits("rmsnorm_backward dinp", &dinp, &dinp2);
+    same_bits("rmsnorm_backward dweight", &dw, &dw2);
+    // rope, in place, there and back
+    ent_rope rope = {.theta = 10000.0, .scaling = ENT_ROPE_LLAMA3, .factor = 8.0,
+                     .low_freq_factor = 1.0, .high_freq_factor = 4.0, .original_max = 16};
+    float *ct = malloc(sizeof(float) * (size_t)T * hd / 2), *st = malloc(sizeof(float) * (size_t)T * hd / 2);
+    if (ct == NULL || st == NULL) exit(1);
+    ent_rope_table(&rope, hd, T, ct, st);
+    twin cos_t = tw(ct, sizeof(float) * (size_t)T * hd / 2), sin_t = tw(st, sizeof(float) * (size_t)T * hd / 2);
+    free(ct);
+    free(st);
+    twin x = tw_randn((size_t)N * C, 1.0);
+    for (int k = 0; k < 2; k++)
+        OK(B[k]->iface->rope_forward(B[k], F(x, k), F(cos_t, k), F(sin_t, k), Bn, T, NH, hd));
+    compare("rope_forward (in place)", &x, (size_t)N * C, tol->f32);
+    for (int k = 0; k < 2; k++)
+        OK(B[k]->iface->rope_backward(B[k], F(x, k), F(cos_t, k), F(sin_t, k), Bn, T, NH, hd));
+    compare("rope_backward (in place)", &x, (size_t)N * C, tol->f32);
+    // swiglu
+    size_t n = (size_t)N * C;
+    twin gate = tw_randn(n, 3.0), up = tw_randn(n, 1.0), dgate = tw_randn(n, 1.0),
+         dup = tw_randn(n, 1.0);
+    for (int k = 0; k < 2; k++) {
+        OK(B[k]->iface->swiglu_forward(B[k], F(out, k), F(gate, k), F(up, k), n));
+        OK(B[k]->iface->swiglu_backward(B[k], F(dgate, k), F(dup, k), F(dout, k), F(gate, k),
+                                        F(up, k), n));
+    }
+    compare("swiglu_forward", &out, n, tol->f32);
+    compare("swiglu_backward dgate (accumulated)", &dgate, n, tol->f32);
+    compare("swiglu_backward dup (accumulated)", &dup, n, tol->f32);
+    // grouped-query attention
+    ent_gqa_shape s = {.B = Bn, .T = T, .NH = NH, .kv_heads = KV, .hd = hd, .group = group,
+                       .phase = phase};
+    size_t nkv = (size_t)N * KV * hd;
+    twin q = tw_randn(n, 1.0), kk = tw_randn(nkv, 1.0), v = tw_randn(nkv, 1.0);
+    twin dq = tw_randn(n, 1.0), dk = tw_randn(nkv, 1.0), dv = tw_randn(nkv, 1.0);
+    twin dk2 = tw_copy_of(&dk, 1), dv2 = tw_copy_of(&dv, 1), dq2 = tw_copy_of(&dq, 1);
+    void *att[2], *scratch[2];
+    for (int k = 0; k < 2; k++) {
+        size_t bytes = B[k]->iface->attention_state_bytes(B[k], Bn, T, NH);
+        att[k] = B[k]->iface->alloc(B[k], bytes);
+        scratch[k] = B[k]->iface->alloc(B[k], bytes);
+        if (att[k] == NULL || scratch[k] == NULL) exit(1);
+        OK(B[k]->iface->gqa_forward(B[k], F(out, k), att[k], F(q, k), F(kk, k), F(v, k), s));
+        OK(B[k]->iface->gqa_backward(B[k], F(dq, k), F(dk, k), F(dv, k), scratch[k], F(dout, k),
+                                     F(q, k), F(kk, k), F(v, k), att[k], s));
+    }
+    OK(B[1]->iface->gqa_backward(B[1], F(dq2, 1), F(dk2, 1), F(dv2, 1), scratch[1], F(dout, 1),
+                                 F(q, 1), F(kk, 1), F(v, 1), att[1], s));
+    snprintf(what, sizeof what, "gqa_forward (B %d, T %d, NH %d, KV %d, hd %d, phase %d)", Bn, T,
+             NH, KV, hd, phase);
+    compare(what, &out, n, tol->f32);
+    compare("gqa_backward dq (accumulated)", &dq, n, tol->attn_backward);
+    compare("gqa_backward dk (accumulated)", &dk, nkv, tol->attn_backward);
+    compare("gqa_backward dv (accumulated)", &dv, nkv, tol->attn_backward);
+    same_bits("gqa_backward dq", &dq, &dq2);
+    same_bits("gqa_backward dk", &dk, &dk2);
+    same_bits("gqa_backward dv", &dv, &dv2);
+    for (int k = 0; k < 2; k++) {
+        B[k]->iface->free_mem(B[k], att[k]);
+        B[k]->iface->free_mem(B[k], scratch[k]);
+    }
+    twin *all[] = {&inp, &w, &out, &rstd, &dout, &dinp, &dw, &dw2, &dinp2, &cos_t, &sin_t, &x, &gate,
+                   &up, &dgate, &dup, &q, &kk, &v, &dq, &dk, &dv, &dk2, &dv2, &dq2};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tw_free(all[i]);
+}
+
 static void test_elementwise(void) {
     size_t n = 10007;
     twin inp = tw_randn(n, 3.0), out = tw(NULL, sizeof(float) * n);
@@ -460,6 +555,8 @@ static int run_backend(const char *name) {
     test_attention(2, 70, 128, 2); // 64
     test_attention(1, 33, 96, 1);  // 96
     test_elementwise();
+    test_llama_ops(2, 37, 8, 2, 16, 4, 0);
+    test_llama_ops(3, 20, 3, 2, 32, 2, 1);
     test_softmax_xent();
     test_adamw();
     test_sum_squares(1);

@@ -106,6 +106,10 @@ static void test_matmul(void **state) {
     check("matmul backward dinp", rel_error(dg, fd, ni), BWD_TOL);
     check("matmul backward dweight", rel_error(dg + ni, fd + ni, nw), BWD_TOL);
     check("matmul backward dbias", rel_error(dg + ni + nw, fd + ni + nw, nb), BWD_TOL);
+    // dinp NULL: the weight's and the bias's gradients alone, the same bits
+    memcpy(g, g0, sizeof(float) * nx);
+    be->iface->matmul_backward(be, NULL, g + ni, g + ni + nw, dout, x, x + ni, c.N, c.C, c.OC);
+    for (size_t i = 0; i < nx; i++) assert_true(i < ni ? g[i] == g0[i] : g[i] - g0[i] == dg[i]);
     free(x); free(out); free(dout); free(xd); free(ref); free(doutd); free(fd);
     free(g0); free(g); free(dg);
 }
@@ -200,6 +204,225 @@ static void test_attention(void **state) {
     check("attention backward dqkv", rel_error(dg, fd, nx), BWD_TOL);
     free(x); free(out); free(att); free(scratch); free(dout); free(xd); free(ref); free(doutd);
     free(fd); free(g0); free(g); free(dg);
+}
+
+// ---------------------------------------------------------------------------
+// the Llama family: RMSNorm, RoPE, SwiGLU, grouped-query attention
+
+typedef struct { int N, C; double eps; } rms_ctx;
+
+static void rms_fn(const double *x, double *out, void *p) {
+    rms_ctx *c = p;
+    ref_rmsnorm(out, x, x + (size_t)c->N * c->C, c->eps, c->N, c->C);
+}
+
+static void test_rmsnorm(void **state) {
+    (void)state;
+    test_reseed(21);
+    rms_ctx c = {5, 70, 1e-5}; // C > 64 crosses a column block of the weight's reduction
+    size_t ni = (size_t)c.N * c.C, nx = ni + (size_t)c.C;
+    float *x = fvec(nx), *out = fvec(ni), *rstd = fvec(c.N), *dout = fvec(ni);
+    fill_normal(x, ni, 2.0);
+    for (size_t i = 0; i < ni; i++) x[i] += 0.5f; // a mean that RMSNorm keeps
+    fill_normal(x + ni, (size_t)c.C, 1.0);
+    fill_normal(dout, ni, 1.0);
+    double *xd = dvec(nx), *ref = dvec(ni), *doutd = dvec(ni), *fd = dvec(nx);
+    to_double(x, xd, nx);
+    to_double(dout, doutd, ni);
+    be->iface->rmsnorm_forward(be, out, rstd, x, x + ni, (float)c.eps, c.N, c.C);
+    rms_fn(xd, ref, &c);
+    check("rmsnorm forward", rel_error(out, ref, ni), FWD_TOL);
+    // eps counts: a row of tiny values is scaled by about 1/sqrt(eps), not blown up
+    float tiny[70], tout[70], tr;
+    for (int i = 0; i < 70; i++) tiny[i] = 1e-6f;
+    be->iface->rmsnorm_forward(be, tout, &tr, tiny, x + ni, 1e-2f, 1, 70);
+    assert_true(fabs(tr - 10.0) < 1e-4); // 1 / sqrt(1e-12 + 1e-2)
+
+    float *g0 = fvec(nx), *g = fvec(nx), *dg = fvec(nx);
+    fill_normal(g0, nx, 1.0);
+    memcpy(g, g0, sizeof(float) * nx);
+    be->iface->rmsnorm_backward(be, g, g + ni, dout, x, x + ni, rstd, c.N, c.C);
+    delta(dg, g, g0, nx);
+    finite_diff(rms_fn, &c, xd, nx, doutd, ni, 1e-6, fd);
+    check("rmsnorm backward dinp", rel_error(dg, fd, ni), BWD_TOL);
+    check("rmsnorm backward dweight", rel_error(dg + ni, fd + ni, c.C), BWD_TOL);
+    free(x); free(out); free(rstd); free(dout); free(xd); free(ref); free(doutd); free(fd);
+    free(g0); free(g); free(dg);
+}
+
+// The frequencies against a double-precision reading of Hugging Face's
+// formulas, with and without Llama 3's scaling; with Llama 3's own settings
+// every band is present (some frequencies kept, some divided by the factor,
+// some interpolated), so each branch is exercised.
+static void test_rope_frequencies(void **state) {
+    (void)state;
+    const int hd = 128;
+    float inv[64];
+    double ref[64], plain[64];
+    ent_rope r = {.theta = 500000.0, .scaling = ENT_ROPE_DEFAULT};
+    ent_rope_inv_freq(&r, hd, inv);
+    ref_rope_inv_freq(plain, hd, r.theta, 0, 0, 0, 0, 0);
+    check("rope inverse frequencies", rel_error(inv, plain, 64), 1e-6);
+    r = (ent_rope){.theta = 500000.0, .scaling = ENT_ROPE_LLAMA3, .factor = 8.0,
+                   .low_freq_factor = 1.0, .high_freq_factor = 4.0, .original_max = 8192};
+    ent_rope_inv_freq(&r, hd, inv);
+    ref_rope_inv_freq(ref, hd, r.theta, 1, 8.0, 1.0, 4.0, 8192);
+    int kept = 0, divided = 0, between = 0;
+    for (int i = 0; i < 64; i++) {
+        // each frequency within float rounding of the reference, relative to itself
+        if (!(fabs(inv[i] - ref[i]) <= 1e-6 * ref[i]))
+            fail_msg("llama3 inv_freq[%d] = %.9g, reference %.9g", i, inv[i], ref[i]);
+        double ratio = ref[i] / plain[i];
+        kept += ratio == 1.0;
+        divided += fabs(ratio - 1.0 / 8.0) < 1e-12;
+        between += ratio < 1.0 && ratio > 1.0 / 8.0 + 1e-12;
+    }
+    assert_true(kept > 0 && divided > 0 && between > 0);
+    assert_int_equal(kept + divided + between, 64);
+    // the table is cos and sin of t * inv_freq
+    int T = 50;
+    float *ct = fvec((size_t)T * 64), *st = fvec((size_t)T * 64);
+    ent_rope_table(&r, hd, T, ct, st);
+    double worst = 0;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < 64; i++) {
+            double a = t * ref[i];
+            worst = fmax(worst, fabs(ct[t * 64 + i] - cos(a)));
+            worst = fmax(worst, fabs(st[t * 64 + i] - sin(a)));
+        }
+    check("rope table (absolute)", worst, 1e-5);
+    free(ct);
+    free(st);
+}
+
+typedef struct { int B, T, H, hd; const double *inv; } rope_ctx;
+
+static void rope_fn(const double *x, double *out, void *p) {
+    rope_ctx *c = p;
+    ref_rope(out, x, c->inv, c->B, c->T, c->H, c->hd);
+}
+
+static void test_rope(void **state) {
+    (void)state;
+    test_reseed(22);
+    int hd = 10;
+    ent_rope r = {.theta = 100.0, .scaling = ENT_ROPE_LLAMA3, .factor = 4.0,
+                  .low_freq_factor = 1.0, .high_freq_factor = 2.0, .original_max = 16};
+    double inv[5];
+    ref_rope_inv_freq(inv, hd, r.theta, 1, r.factor, r.low_freq_factor, r.high_freq_factor,
+                      r.original_max);
+    rope_ctx c = {2, 9, 3, hd, inv};
+    size_t n = (size_t)c.B * c.T * c.H * hd;
+    float *x = fvec(n), *y = fvec(n), *ct = fvec((size_t)c.T * hd / 2), *st = fvec((size_t)c.T * hd / 2);
+    ent_rope_table(&r, hd, c.T, ct, st);
+    fill_normal(x, n, 1.0);
+    memcpy(y, x, sizeof(float) * n);
+    double *xd = dvec(n), *ref = dvec(n), *dyd = dvec(n), *fd = dvec(n);
+    to_double(x, xd, n);
+    be->iface->rope_forward(be, y, ct, st, c.B, c.T, c.H, hd);
+    rope_fn(xd, ref, &c);
+    check("rope forward", rel_error(y, ref, n), FWD_TOL);
+    // position 0 is not turned
+    for (int b = 0; b < c.B; b++)
+        for (int k = 0; k < c.H * hd; k++) {
+            size_t i = (size_t)b * c.T * c.H * hd + (size_t)k;
+            assert_true(y[i] == x[i]);
+        }
+    // backward: the gradient through the rotation, in place
+    float *dy = fvec(n);
+    fill_normal(dy, n, 1.0);
+    to_double(dy, dyd, n);
+    be->iface->rope_backward(be, dy, ct, st, c.B, c.T, c.H, hd);
+    finite_diff(rope_fn, &c, xd, n, dyd, n, 1e-6, fd);
+    check("rope backward", rel_error(dy, fd, n), BWD_TOL);
+    free(x); free(y); free(ct); free(st); free(dy); free(xd); free(ref); free(dyd); free(fd);
+}
+
+static void swiglu_fn(const double *x, double *out, void *p) {
+    size_t n = *(size_t *)p;
+    ref_swiglu(out, x, x + n, n);
+}
+
+static void test_swiglu(void **state) {
+    (void)state;
+    test_reseed(23);
+    size_t n = 1001;
+    float *x = fvec(2 * n), *out = fvec(n), *dout = fvec(n);
+    fill_normal(x, 2 * n, 3.0);
+    x[0] = -100.0f; // saturated: silu and its gradient vanish without NaN
+    x[1] = 100.0f;  // silu(g) = g
+    fill_normal(dout, n, 1.0);
+    double *xd = dvec(2 * n), *ref = dvec(n), *doutd = dvec(n), *fd = dvec(2 * n);
+    to_double(x, xd, 2 * n);
+    to_double(dout, doutd, n);
+    be->iface->swiglu_forward(be, out, x, x + n, n);
+    swiglu_fn(xd, ref, &n);
+    check("swiglu forward", rel_error(out, ref, n), FWD_TOL);
+    float *g0 = fvec(2 * n), *g = fvec(2 * n), *dg = fvec(2 * n);
+    fill_normal(g0, 2 * n, 1.0);
+    memcpy(g, g0, sizeof(float) * 2 * n);
+    be->iface->swiglu_backward(be, g, g + n, dout, x, x + n, n);
+    delta(dg, g, g0, 2 * n);
+    for (size_t i = 0; i < 2 * n; i++) assert_true(isfinite(dg[i]));
+    finite_diff(swiglu_fn, &n, xd, 2 * n, doutd, n, 1e-6, fd);
+    check("swiglu backward dgate", rel_error(dg, fd, n), BWD_TOL);
+    check("swiglu backward dup", rel_error(dg + n, fd + n, n), BWD_TOL);
+    free(x); free(out); free(dout); free(xd); free(ref); free(doutd); free(fd);
+    free(g0); free(g); free(dg);
+}
+
+typedef struct { int B, T, NH, KV, hd, group, phase; } gqa_ctx;
+
+static void gqa_fn(const double *x, double *out, void *p) {
+    gqa_ctx *c = p;
+    size_t nq = (size_t)c->B * c->T * c->NH * c->hd, nk = (size_t)c->B * c->T * c->KV * c->hd;
+    ref_gqa(out, x, x + nq, x + nq + nk, c->B, c->T, c->NH, c->KV, c->hd, c->group, c->phase);
+}
+
+static void check_gqa(gqa_ctx c) {
+    char what[96];
+    size_t nq = (size_t)c.B * c.T * c.NH * c.hd, nk = (size_t)c.B * c.T * c.KV * c.hd;
+    size_t nx = nq + 2 * nk, natt = (size_t)c.B * c.NH * c.T * c.T;
+    ent_gqa_shape s = {.B = c.B, .T = c.T, .NH = c.NH, .kv_heads = c.KV, .hd = c.hd,
+                       .group = c.group, .phase = c.phase};
+    float *x = fvec(nx), *out = fvec(nq), *att = fvec(natt), *scratch = fvec(natt), *dout = fvec(nq);
+    fill_normal(x, nx, 1.0);
+    fill_normal(dout, nq, 1.0);
+    double *xd = dvec(nx), *ref = dvec(nq), *doutd = dvec(nq), *fd = dvec(nx);
+    to_double(x, xd, nx);
+    to_double(dout, doutd, nq);
+    assert_int_equal(be->iface->gqa_forward(be, out, att, x, x + nq, x + nq + nk, s), ENT_OK);
+    gqa_fn(xd, ref, &c);
+    snprintf(what, sizeof what, "gqa forward (NH %d, KV %d, group %d, phase %d)", c.NH, c.KV,
+             c.group, c.phase);
+    check(what, rel_error(out, ref, nq), FWD_TOL);
+    float *g0 = fvec(nx), *g = fvec(nx), *dg = fvec(nx);
+    fill_normal(g0, nx, 1.0);
+    memcpy(g, g0, sizeof(float) * nx);
+    assert_int_equal(be->iface->gqa_backward(be, g, g + nq, g + nq + nk, scratch, dout, x, x + nq,
+                                             x + nq + nk, att, s), ENT_OK);
+    delta(dg, g, g0, nx);
+    finite_diff(gqa_fn, &c, xd, nx, doutd, nq, 1e-6, fd);
+    snprintf(what, sizeof what, "gqa backward dq (group %d, phase %d)", c.group, c.phase);
+    check(what, rel_error(dg, fd, nq), BWD_TOL);
+    snprintf(what, sizeof what, "gqa backward dk, dv (group %d, phase %d)", c.group, c.phase);
+    check(what, rel_error(dg + nq, fd + nq, 2 * nk), BWD_TOL);
+    free(x); free(out); free(att); free(scratch); free(dout); free(xd); free(ref); free(doutd);
+    free(fd); free(g0); free(g); free(dg);
+}
+
+static void test_gqa(void **state) {
+    (void)state;
+    test_reseed(24);
+    check_gqa((gqa_ctx){2, 7, 4, 2, 6, 2, 0});  // two query heads per KV head
+    check_gqa((gqa_ctx){1, 6, 4, 1, 4, 4, 0});  // one KV head for all (multi-query)
+    check_gqa((gqa_ctx){2, 5, 3, 2, 4, 2, 1});  // a TP rank's heads starting mid-group
+    check_gqa((gqa_ctx){2, 7, 3, 3, 4, 1, 0});  // plain multi-head attention
+    // a mapping past the KV heads given is refused, not read out of bounds
+    ent_gqa_shape bad = {.B = 1, .T = 2, .NH = 4, .kv_heads = 1, .hd = 2, .group = 2};
+    float buf[64] = {0};
+    assert_int_equal(be->iface->gqa_forward(be, buf, buf, buf, buf, buf, bad), ENT_ERR_USAGE);
+    ent_clear_error();
 }
 
 // ---------------------------------------------------------------------------
@@ -569,7 +792,9 @@ int main(void) {
         cmocka_unit_test(test_residual),   cmocka_unit_test(test_encoder),
         cmocka_unit_test(test_softmax_xent), cmocka_unit_test(test_adamw),
         cmocka_unit_test(test_sum_squares), cmocka_unit_test(test_vector_ops),
-        cmocka_unit_test(test_backends),
+        cmocka_unit_test(test_backends),    cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_rope_frequencies), cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_swiglu),      cmocka_unit_test(test_gqa),
     };
     return cmocka_run_group_tests_name("kernels", tests, setup, teardown);
 }

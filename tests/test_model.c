@@ -41,6 +41,29 @@ static ent_model_shape tiny_shape(int layers, int heads, int width, int context)
     return s;
 }
 
+// A tiny llama: kv KV heads (grouped-query attention when fewer than heads),
+// SwiGLU of ffn units, Llama 3's frequency bands (a short original context,
+// so that every band falls inside these head sizes), lm_head tied or not.
+static ent_model_shape tiny_llama(int layers, int heads, int kv, int width, int context, int ffn,
+                                  int tie) {
+    // through the configuration, as a run builds its shape
+    ent_config cfg;
+    ent_config_defaults(&cfg);
+    cfg.layers = layers;
+    cfg.heads = heads;
+    cfg.width = width;
+    cfg.context = context;
+    cfg.n_kv_heads = kv;
+    cfg.ffn_hidden = ffn;
+    cfg.tie_embeddings = tie;
+    cfg.rope_original_context = 64;
+    snprintf(cfg.arch, sizeof cfg.arch, "llama");
+    snprintf(cfg.rope_scaling, sizeof cfg.rope_scaling, "llama3");
+    ent_model_shape s = ent_model_shape_from_config(&cfg);
+    assert_int_equal(s.padded_vocab, 320);
+    return s;
+}
+
 static ent_model_t *new_model_on(ent_backend_t *on, const ent_model_shape *s, int B,
                                  uint64_t seed) {
     ent_model_t *m = NULL;
@@ -84,10 +107,15 @@ static double numeric_derivative(ent_model_t *m, const ent_param_row *r, const f
     return (8.0 * (f[0] - f[1]) - (f[2] - f[3])) / (12.0 * h);
 }
 
-static void test_gradient_check(void **state) {
-    (void)state;
-    test_rng_reset(test_seed() ^ 0x11);
-    ent_model_shape s = tiny_shape(2, 2, 16, 8);
+// the live elements of a row: a vocabulary's padding rows are never used
+static size_t live_numel(const ent_model_shape *s, const ent_param_row *r) {
+    return r->ndim == 2 && r->shape[0] == s->padded_vocab ? (size_t)s->vocab * (size_t)r->shape[1]
+                                                          : r->numel;
+}
+
+// Every tensor's gradient against the loss's directional derivative.
+static void gradient_check(const ent_model_shape *shape) {
+    ent_model_shape s = *shape;
     int B = 2, T = s.context;
     ent_model_t *m = new_model(&s, B, test_seed());
     // Move away from the initialisation, where layernorm gradients are ~1e-3 and
@@ -96,7 +124,7 @@ static void test_gradient_check(void **state) {
     const ent_param_table *t = ent_model_table(m);
     for (int i = 0; i < t->nrows; i++) {
         const ent_param_row *r = &t->rows[i];
-        size_t live = strcmp(r->name, "wte.weight") == 0 ? (size_t)s.vocab * s.width : r->numel;
+        size_t live = live_numel(&s, r);
         for (size_t k = 0; k < live; k++) params[r->offset + k] += (float)(0.2 * test_normal());
     }
     int32_t tok[2 * 8], tgt[2 * 8];
@@ -139,6 +167,13 @@ static void test_gradient_check(void **state) {
     }
     if (verbose) fprintf(stderr, "  worst relative error %.3g\n", worst);
     ent_model_free(&m);
+}
+
+static void test_gradient_check(void **state) {
+    (void)state;
+    test_rng_reset(test_seed() ^ 0x11);
+    ent_model_shape s = tiny_shape(2, 2, 16, 8);
+    gradient_check(&s);
 }
 
 static void test_initial_loss(void **state) {
@@ -504,6 +539,109 @@ static void test_activation_table(void **state) {
     ent_model_free(&m);
 }
 
+// A llama: RMSNorm, RoPE, SwiGLU and grouped-query attention (4 heads
+// sharing 2 KV heads), lm_head of its own; then tied, with multi-query
+// attention (one KV head).
+static void test_llama_gradient_check(void **state) {
+    (void)state;
+    test_rng_reset(test_seed() ^ 0x12);
+    ent_model_shape s = tiny_llama(2, 4, 2, 16, 8, 24, 0);
+    gradient_check(&s);
+    s = tiny_llama(1, 4, 1, 16, 8, 32, 1);
+    gradient_check(&s);
+}
+
+// A llama's table: Hugging Face's names and (out, in) shapes, Megatron's
+// splits (q, k, v, gate, up by output features: rows; o and down by input
+// features: columns), K and V replicated when TP does not divide the KV
+// heads, lm_head only when untied; the parameter count is the table's.
+static void test_llama_table(void **state) {
+    (void)state;
+    ent_model_shape s = tiny_llama(3, 8, 2, 64, 32, 96, 0);
+    ent_param_table t;
+    assert_int_equal(ent_param_table_build(&s, 2, &t), ENT_OK);
+    assert_int_equal(t.nrows, 1 + 3 * 9 + 2);
+    struct {
+        const char *name;
+        int64_t d0, d1;
+        ent_split split;
+    } want[] = {
+        {"model.embed_tokens.weight", 320, 64, ENT_SPLIT_NONE},
+        {"model.layers.2.input_layernorm.weight", 64, 1, ENT_SPLIT_NONE},
+        {"model.layers.2.self_attn.q_proj.weight", 64, 64, ENT_SPLIT_ROWS},
+        {"model.layers.2.self_attn.k_proj.weight", 16, 64, ENT_SPLIT_ROWS},
+        {"model.layers.2.self_attn.v_proj.weight", 16, 64, ENT_SPLIT_ROWS},
+        {"model.layers.2.self_attn.o_proj.weight", 64, 64, ENT_SPLIT_COLS},
+        {"model.layers.2.post_attention_layernorm.weight", 64, 1, ENT_SPLIT_NONE},
+        {"model.layers.2.mlp.gate_proj.weight", 96, 64, ENT_SPLIT_ROWS},
+        {"model.layers.2.mlp.up_proj.weight", 96, 64, ENT_SPLIT_ROWS},
+        {"model.layers.2.mlp.down_proj.weight", 64, 96, ENT_SPLIT_COLS},
+        {"model.norm.weight", 64, 1, ENT_SPLIT_NONE},
+        {"lm_head.weight", 320, 64, ENT_SPLIT_NONE},
+    };
+    size_t count = 0;
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const ent_param_row *r = ent_param_table_find(&t, want[i].name);
+        if (r == NULL) fail_msg("no row %s", want[i].name);
+        assert_int_equal(r->shape[0], want[i].d0);
+        assert_int_equal(r->shape[1], want[i].d1);
+        assert_int_equal(r->split, want[i].split);
+        assert_int_equal(r->decay, r->ndim == 2);
+    }
+    for (int i = 0; i < t.nrows; i++) count += live_numel(&s, &t.rows[i]) * (t.rows[i].split == ENT_SPLIT_NONE ? 1 : 2);
+    assert_int_equal(count, ent_model_shape_num_params(&s));
+    assert_null(ent_param_table_find(&t, "model.layers.0.self_attn.q_proj.bias"));
+    ent_param_table_free(&t);
+    // TP = 4 does not divide 2 KV heads: K and V are replicated; tied: no lm_head
+    s.tie_embeddings = 1;
+    assert_int_equal(ent_param_table_build(&s, 4, &t), ENT_OK);
+    assert_int_equal(ent_param_table_find(&t, "model.layers.0.self_attn.k_proj.weight")->split,
+                     ENT_SPLIT_NONE);
+    assert_int_equal(ent_param_table_find(&t, "model.layers.0.self_attn.q_proj.weight")->local_shape[0], 16);
+    assert_null(ent_param_table_find(&t, "lm_head.weight"));
+    ent_param_table_free(&t);
+    // an MLP width TP does not divide is refused
+    s.ffn_hidden = 90;
+    assert_int_equal(ent_param_table_build(&s, 4, &t), ENT_ERR_USAGE);
+    ent_clear_error();
+}
+
+// A llama learns: its loss at initialisation is near ln(vocab) and it
+// overfits one batch; the guarded backend trains it bit for bit as the cpu
+// backend does (nothing touches its memory from outside).
+static void test_llama_trains(void **state) {
+    (void)state;
+    test_rng_reset(test_seed() ^ 0x13);
+    ent_model_shape s = tiny_llama(2, 4, 2, 64, 32, 128, 0);
+    int B = 4, T = s.context;
+    int32_t tok[4 * 32], tgt[4 * 32];
+    random_tokens(tok, (size_t)B * T, s.vocab);
+    random_tokens(tgt, (size_t)B * T, s.vocab);
+    ent_model_t *m = new_model(&s, B, test_seed());
+    double loss = loss_of(m, tok, tgt, B, T), expect = log((double)s.vocab);
+    if (getenv("ENT_TEST_VERBOSE")) fprintf(stderr, "  llama loss at init %.4f, ln(V) %.4f\n", loss, expect);
+    assert_true(fabs(loss - expect) / expect < 0.02);
+    double losses[600];
+    train_on_batch(m, tok, tgt, B, T, 600, 3e-3f, losses);
+    int steps = 0;
+    while (steps < 600 && losses[steps] >= 0.05) steps++;
+    if (getenv("ENT_TEST_VERBOSE")) fprintf(stderr, "  llama below 0.05 after %d steps\n", steps);
+    if (steps == 600) fail_msg("llama loss %.4f after 600 steps on one batch", losses[599]);
+    ent_model_free(&m);
+
+    ent_backend_t *guarded = NULL;
+    assert_int_equal(ent_backend_new("cpu-guarded", NULL, &guarded), ENT_OK);
+    double l2[2][4];
+    size_t total = 0;
+    float *on_cpu = trained_params(be, &s, 2, 5, tok, tgt, 4, l2[0], &total);
+    float *on_guarded = trained_params(guarded, &s, 2, 5, tok, tgt, 4, l2[1], &total);
+    assert_memory_equal(l2[0], l2[1], sizeof l2[0]);
+    assert_memory_equal(on_cpu, on_guarded, sizeof(float) * total);
+    free(on_cpu);
+    free(on_guarded);
+    ent_backend_free(&guarded);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parameter_table), cmocka_unit_test(test_gradient_check),
@@ -511,6 +649,8 @@ int main(void) {
         cmocka_unit_test(test_deterministic),   cmocka_unit_test(test_initialisation),
         cmocka_unit_test(test_tensor_parallel_layout), cmocka_unit_test(test_out_of_memory),
         cmocka_unit_test(test_guarded_backend), cmocka_unit_test(test_activation_table),
+        cmocka_unit_test(test_llama_gradient_check), cmocka_unit_test(test_llama_table),
+        cmocka_unit_test(test_llama_trains),
     };
     return cmocka_run_group_tests_name("model", tests, setup, teardown);
 }

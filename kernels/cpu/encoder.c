@@ -1,4 +1,5 @@
-// encoder.c: token + position embedding. out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:].
+// encoder.c: token + position embedding. out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:],
+// or the token embedding alone when wpe is NULL (the Llama family: rotary positions).
 #include "cpu_impl.h"
 
 ent_status ent_cpu_encoder_forward(ent_backend_t *be, float *out, const int32_t *tokens,
@@ -8,8 +9,12 @@ ent_status ent_cpu_encoder_forward(ent_backend_t *be, float *out, const int32_t 
     for (int bt = 0; bt < B * T; bt++) {
         int t = bt % T;
         const float *w = wte + (size_t)tokens[bt] * C;
-        const float *p = wpe + (size_t)t * C;
         float *o = out + (size_t)bt * C;
+        if (wpe == NULL) {
+            for (int c = 0; c < C; c++) o[c] = w[c];
+            continue;
+        }
+        const float *p = wpe + (size_t)t * C;
         for (int c = 0; c < C; c++) o[c] = w[c] + p[c];
     }
     return ENT_OK;
@@ -28,6 +33,10 @@ ent_status ent_cpu_encoder_backward(ent_backend_t *be, float *dwte, float *dwpe,
         for (int bt = 0; bt < B * T; bt++) {
             const float *d = dout + (size_t)bt * C;
             float *w = dwte + (size_t)tokens[bt] * C;
+            if (dwpe == NULL) {
+                for (int c = c0; c < c1; c++) w[c] += d[c];
+                continue;
+            }
             float *p = dwpe + (size_t)(bt % T) * C;
             for (int c = c0; c < c1; c++) {
                 w[c] += d[c];

@@ -174,6 +174,37 @@ GUARDED(softmax_xent_backward,
         (ent_backend_t *be, float *dlogits, const float *probs, const int32_t *targets,
          float dloss, int N, int V, int Vp),
         (be, dlogits, probs, targets, dloss, N, V, Vp))
+GUARDED(rmsnorm_forward,
+        (ent_backend_t *be, float *out, float *rstd, const float *inp, const float *weight,
+         float eps, int N, int C),
+        (be, out, rstd, inp, weight, eps, N, C))
+GUARDED(rmsnorm_backward,
+        (ent_backend_t *be, float *dinp, float *dweight, const float *dout, const float *inp,
+         const float *weight, const float *rstd, int N, int C),
+        (be, dinp, dweight, dout, inp, weight, rstd, N, C))
+GUARDED(rope_forward,
+        (ent_backend_t *be, float *x, const float *cos_t, const float *sin_t, int B, int T, int H,
+         int hd),
+        (be, x, cos_t, sin_t, B, T, H, hd))
+GUARDED(rope_backward,
+        (ent_backend_t *be, float *dx, const float *cos_t, const float *sin_t, int B, int T,
+         int H, int hd),
+        (be, dx, cos_t, sin_t, B, T, H, hd))
+GUARDED(swiglu_forward,
+        (ent_backend_t *be, float *out, const float *gate, const float *up, size_t n),
+        (be, out, gate, up, n))
+GUARDED(swiglu_backward,
+        (ent_backend_t *be, float *dgate, float *dup, const float *dout, const float *gate,
+         const float *up, size_t n),
+        (be, dgate, dup, dout, gate, up, n))
+GUARDED(gqa_forward,
+        (ent_backend_t *be, float *out, float *att, const float *q, const float *k, const float *v,
+         ent_gqa_shape s),
+        (be, out, att, q, k, v, s))
+GUARDED(gqa_backward,
+        (ent_backend_t *be, float *dq, float *dk, float *dv, float *scratch, const float *dout,
+         const float *q, const float *k, const float *v, const float *att, ent_gqa_shape s),
+        (be, dq, dk, dv, scratch, dout, q, k, v, att, s))
 GUARDED(adamw_update,
         (ent_backend_t *be, float *params, float *master, const float *grads, float *m, float *v,
          size_t n, float lr, float beta1, float beta2, float eps, float weight_decay,
@@ -220,6 +251,14 @@ static const struct ent_backend_i guarded_backend_i = {
     .residual_backward = g_residual_backward,
     .softmax_xent_forward = g_softmax_xent_forward,
     .softmax_xent_backward = g_softmax_xent_backward,
+    .rmsnorm_forward = g_rmsnorm_forward,
+    .rmsnorm_backward = g_rmsnorm_backward,
+    .rope_forward = g_rope_forward,
+    .rope_backward = g_rope_backward,
+    .swiglu_forward = g_swiglu_forward,
+    .swiglu_backward = g_swiglu_backward,
+    .gqa_forward = g_gqa_forward,
+    .gqa_backward = g_gqa_backward,
     .adamw_update = g_adamw_update,
     .sum_squares = g_sum_squares,
     .sub = g_sub,

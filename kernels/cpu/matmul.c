@@ -40,8 +40,9 @@ ent_status ent_cpu_matmul_backward(ent_backend_t *be, float *dinp, float *dweigh
                                    int N, int C, int OC) {
     (void)be;
     // dinp (N,C) += dout (N,OC) @ weight (OC,C)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, weight, C,
-                1.0f, dinp, C);
+    if (dinp != NULL)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, weight,
+                    C, 1.0f, dinp, C);
     // dweight (OC,C) += dout^T (OC,N) @ inp (N,C)
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C,
                 1.0f, dweight, C);

@@ -25,7 +25,7 @@ __global__ void encoder_forward_kernel(T *out, const int32_t *tokens, const T *w
         size_t bt = i / C;
         int c = (int)(i % C);
         float w = ent_load(wte + (size_t)tokens[bt] * C + c);
-        float p = ent_load(wpe + (bt % T_) * C + c);
+        float p = wpe != NULL ? ent_load(wpe + (bt % T_) * C + c) : 0.0f;
         ent_store(out + i, w + p);
     }
 }
@@ -67,7 +67,7 @@ ent_status ent_cuda_encoder_backward(ent_backend_t *be, float *dwte, float *dwpe
     int BT = B * T;
     if (BT <= 0) return ENT_OK;
     ent_matrix_value rows = {dout, (size_t)T * C};
-    ENT_CHECK(ent_cuda_column_sums(be, dwpe, B, T * C, rows));
+    if (dwpe != NULL) ENT_CHECK(ent_cuda_column_sums(be, dwpe, B, T * C, rows));
     // host: pairs (token, position) sorted, then uniq (U), offsets (U+1), positions (BT)
     size_t ints = (size_t)2 * BT + 2 * BT + 1 + BT;
     void *h = NULL, *d = NULL;

@@ -114,8 +114,9 @@ ent_status ent_cuda_matmul_backward(ent_backend_t *be, float *dinp, float *dweig
     // dinp^T (C,N) += weight (C,OC col-major) @ dout^T (OC,N)
     lt_operand w = {weight, CUDA_R_32F, C, OC, C, 0};
     lt_operand dy = {dout, CUDA_R_32F, OC, N, OC, 0};
-    ENT_CHECK(lt_matmul(be, "matmul_backward (input)", w, dy, dinp, CUDA_R_32F, C, N, C, NULL,
-                        1.0f));
+    if (dinp != NULL)
+        ENT_CHECK(lt_matmul(be, "matmul_backward (input)", w, dy, dinp, CUDA_R_32F, C, N, C,
+                            NULL, 1.0f));
     // dweight^T (C,OC) += inp^T (C,N) @ dout (N,OC): dout^T (OC,N) transposed
     lt_operand x = {inp, CUDA_R_32F, C, N, C, 0};
     lt_operand dyt = {dout, CUDA_R_32F, OC, N, OC, 1};
