@@ -11,9 +11,10 @@
 // table at context 1024, trained on batches of B x 256 random tokens).
 // Save: a synchronous ent_ckpt_save (HDF5, Fletcher32, fsync, rename) against
 // `dd if=/dev/zero of=DIR/... bs=16M conv=fsync` of the same bytes. Load:
-// ent_ckpt_read of the whole state against `dd` reading the dd file; both files
-// are dropped from the page cache first (posix_fadvise DONTNEED), so both read
-// the disk; three of each per round, alternating, the first of them
+// ent_ckpt_read of the whole state against `dd` reading the dd file (and, for
+// reference, the checkpoint file itself: its extents, not its bytes, differ);
+// all files are dropped from the page cache first (posix_fadvise DONTNEED),
+// so every read reads the disk; three of each per round, alternating, the first of them
 // alternating from round to round (the first read follows the writes closely,
 // and a virtual disk may still be writing them back). Async, in a training loop as the trainer runs it: K steps with no
 // save, and K steps right after an asynchronous ent_ckpt_save, whose copy to
@@ -203,7 +204,8 @@ int main(int argc, char **argv) {
     // loop with and without an asynchronous save (in turn first).
     enum { READS = 3 }; // load and dd-read pairs per round: reads are cheap, and a
                         // shared disk's speed jumps from one read to the next
-    double t_save[MAXR], t_ddw[MAXR], t_load[MAXR * READS], t_ddr[MAXR * READS], t_blocked[MAXR],
+    double t_save[MAXR], t_ddw[MAXR], t_load[MAXR * READS], t_ddr[MAXR * READS],
+        t_ddc[MAXR * READS], t_blocked[MAXR],
         t_waited[MAXR], t_plain[MAXR], t_slow[MAXR], t_async[MAXR];
     char cmd[8192], ddfile[4200], ckfile[4200];
     snprintf(ddfile, sizeof ddfile, "%s/bench_dd.bin", dir);
@@ -233,13 +235,17 @@ int main(int argc, char **argv) {
         // READS times each; which goes first alternates (the first read
         // follows the writes closely: a virtual disk may still be writing
         // them back)
+        char ckcmd[8192];
         snprintf(cmd, sizeof cmd, "dd if='%s' of=/dev/null bs=16M status=none", ddfile);
+        snprintf(ckcmd, sizeof ckcmd, "dd if='%s' of=/dev/null bs=16M status=none", ckfile);
         for (int turn = 0; turn < 2 * READS; turn++) {
             int at = r * READS + turn / 2;
             if ((turn + r) % 2 == 1) {
                 if (rank == 0) {
                     drop_from_cache(ddfile);
                     t_ddr[at] = timed(cmd);
+                    drop_from_cache(ckfile);
+                    t_ddc[at] = timed(ckcmd);
                 }
                 ent_barrier(grid->world);
                 continue;
@@ -278,6 +284,7 @@ int main(int argc, char **argv) {
     ent_ckpt_saver_free(&async_saver);
     double save = bench_median(t_save, rounds), ddw = bench_median(t_ddw, rounds);
     double load = bench_median(t_load, rounds * READS), ddr = bench_median(t_ddr, rounds * READS);
+    double ddc = bench_median(t_ddc, rounds * READS);
     printf("\n%-56s %10s %12s   (median of %d rounds; reads: of %d)\n", "measurement", "seconds",
            "MiB/s", rounds, rounds * READS);
     printf("%-56s %10.2f %12.0f\n", "save (HDF5, checksums, fsync, rename)", save, mib / save);
@@ -286,6 +293,7 @@ int main(int argc, char **argv) {
                                               : "load (read 1/N + broadcast), from disk",
            load, mib / load);
     printf("%-56s %10.2f %12.0f\n", "dd read, same bytes, from disk (baseline)", ddr, mib / ddr);
+    printf("%-56s %10.2f %12.0f\n", "  dd read of the checkpoint file itself", ddc, mib / ddc);
     double blocked = 0, slow = 0;
     if (ranks == 1) {
         blocked = bench_median(t_blocked, rounds);
@@ -303,6 +311,7 @@ int main(int argc, char **argv) {
     }
     printf("\n%-56s %9.1f%%\n", "save / dd write", 100 * ddw / save);
     printf("%-56s %9.1f%%\n", "load / dd read", 100 * ddr / load);
+    printf("%-56s %9.1f%%\n", "load / dd read of the checkpoint file", 100 * ddc / load);
     if (ranks == 1) {
         printf("%-56s %9.1f%%\n", "async blocked / synchronous save", 100 * blocked / save);
         printf("%-56s %9.1f%%\n", "async step slowdown / synchronous save", 100 * slow / save);

@@ -94,15 +94,6 @@ uint32_t ckpt_fletcher32(const void *data, size_t nbytes);
 // The same without the vector path (the reference the tests and the bench
 // hold the vector path to).
 uint32_t ckpt_fletcher32_portable(const void *data, size_t nbytes);
-// The same over data that arrives in pieces: start from {0, 0}, add the
-// pieces in order, every one but the last a multiple of
-// CKPT_FLETCHER32_BLOCK bytes (HDF5 folds its sums every 360 words), and end.
-enum { CKPT_FLETCHER32_BLOCK = 720 };
-typedef struct {
-    uint32_t sum1, sum2;
-} ckpt_fletcher32_state;
-void ckpt_fletcher32_add(ckpt_fletcher32_state *st, const void *data, size_t nbytes);
-uint32_t ckpt_fletcher32_end(const ckpt_fletcher32_state *st);
 
 // Datasets chunk by chunk past the filter pipeline (direct.c), each process
 // on its own file handle, checksums as HDF5 computes them; chunks must span
@@ -130,10 +121,6 @@ int ckpt_whole_chunks(hsize_t chunk_rows, const ent_param_row *r, size_t lo, siz
 // written.
 ent_status ckpt_write_rows(hid_t dset, const char *name, hsize_t row0, hsize_t row1, float *src,
                            size_t slack, int allocated, ckpt_stream *stream);
-// Bytes read from the file at a time, each piece summed while it is still in
-// the core's cache (L2): small enough for that, large enough that the calls
-// cost nothing, whole blocks so that the pieces sum as the chunk does.
-enum { CKPT_READ_PIECE = CKPT_FLETCHER32_BLOCK * 728 };
 // One chunk to read straight from the file: its stored image, `bytes` of
 // data and the 4-byte checksum after them, at file offset addr; the first
 // `have` bytes of data (all of them but in a dataset's last, partial chunk)
@@ -147,18 +134,25 @@ typedef struct {
 } ckpt_chunk_read;
 // What ckpt_read_chunk returns besides 0 (read, checksum good) and errno values.
 enum { CKPT_CHUNK_SHORT = -1, CKPT_CHUNK_BAD_SUM = -2 };
-// Reads a chunk through fd, CKPT_READ_PIECE bytes at a time, each piece
-// summed while still in the core's cache, and drops its pages from the page
-// cache after; an edge chunk (have < bytes) lands in scratch (bytes long)
-// first. Touches no HDF5 object and no state but its arguments: any thread.
+// Reading a chunk through fd in two halves, so that one thread may sum a
+// chunk while another reads the next: fetch reads the whole stored image
+// (data to dst, or for an edge chunk, have < bytes, to scratch, bytes long;
+// the checksum to sum4); check sums it against sum4, copies an edge chunk
+// out of scratch and drops the chunk's pages from the page cache. read does
+// both. They touch no HDF5 object and no state but their arguments: any
+// thread.
+int ckpt_fetch_chunk(int fd, const ckpt_chunk_read *c, unsigned char *scratch,
+                     unsigned char sum4[4]);
+int ckpt_check_chunk(int fd, const ckpt_chunk_read *c, unsigned char *scratch,
+                     const unsigned char sum4[4]);
 int ckpt_read_chunk(int fd, const ckpt_chunk_read *c, unsigned char *scratch);
 // The error a ckpt_read_chunk code means, naming the dataset and chunk.
 ent_status ckpt_chunk_error(const ckpt_chunk_read *c, int code);
 
-// Threads that read queued chunks (readers.c), each through a descriptor of
-// its own, while the caller goes on walking HDF5's index (HDF5 itself stays
-// on the caller's thread): reading, summing and copying overlap each other
-// and the disk keeps several requests in flight.
+// Threads that read queued chunks (readers.c) while the caller goes on
+// walking HDF5's index (HDF5 itself stays on the caller's thread): whole
+// chunks read one at a time in queue order, each summed while the next is
+// read.
 // Starts the threads on the file at path, which must be the file fd has open
 // (same inode); NULL where they cannot start (the caller then reads itself).
 ckpt_readers *ckpt_readers_start(const char *path, int fd);

@@ -175,7 +175,7 @@ static ent_status chunk_sum_error(const char *name, unsigned long long row) {
 }
 
 // ---------------------------------------------------------------------------
-// reading: each piece summed as it lands
+// reading
 
 int ckpt_direct_fd_ok(hid_t file, int fd) {
     if (fd < 0) return 0;
@@ -192,50 +192,43 @@ int ckpt_direct_fd_ok(hid_t file, int fd) {
     return ok;
 }
 
-// Reads bytes [at, at + len) of a chunk's stored image, its data (n bytes, to
-// data) and then its 4-byte checksum (to sum4), in one call.
-static ssize_t pread_image(int fd, off_t addr, unsigned char *data, size_t n,
-                           unsigned char sum4[4], size_t at, size_t len) {
-    struct iovec iov[2];
-    int k = 0;
-    size_t pos = at;
-    if (pos < n) {
-        size_t part = len < n - pos ? len : n - pos;
-        iov[k++] = (struct iovec){.iov_base = data + pos, .iov_len = part};
-        pos += part;
-        len -= part;
-    }
-    if (len > 0) iov[k++] = (struct iovec){.iov_base = sum4 + (pos - n), .iov_len = len};
-    return preadv(fd, iov, k, addr + (off_t)at);
-}
-
-int ckpt_read_chunk(int fd, const ckpt_chunk_read *c, unsigned char *scratch) {
-    // a full chunk lands where it belongs; an edge chunk's padding rows are
-    // read (and summed) too, so it goes through scratch
-    unsigned char *data = c->have == c->bytes ? c->dst : scratch, sum4[4];
-    size_t n = c->bytes, got = 0, summed = 0;
-    ckpt_fletcher32_state st = {0, 0};
+// Reads a chunk's stored image, its data (n bytes, to data) and then its
+// 4-byte checksum (to sum4), whole: one call unless the kernel returns less.
+int ckpt_fetch_chunk(int fd, const ckpt_chunk_read *c, unsigned char *scratch,
+                     unsigned char sum4[4]) {
+    unsigned char *data = c->have == c->bytes ? c->dst : scratch;
+    size_t n = c->bytes, got = 0;
     while (got < n + 4) {
-        size_t want = n + 4 - got < CKPT_READ_PIECE ? n + 4 - got : CKPT_READ_PIECE;
-        ssize_t r = pread_image(fd, c->addr, data, n, sum4, got, want);
+        struct iovec iov[2];
+        int k = 0;
+        if (got < n) iov[k++] = (struct iovec){.iov_base = data + got, .iov_len = n - got};
+        size_t s = got > n ? got - n : 0;
+        iov[k++] = (struct iovec){.iov_base = sum4 + s, .iov_len = 4 - s};
+        ssize_t r = preadv(fd, iov, k, c->addr + (off_t)got);
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) return errno ? errno : EIO;
         if (r == 0) return CKPT_CHUNK_SHORT;
         got += (size_t)r;
-        // each piece summed while it is still in the core's cache: whole
-        // blocks of data so far (a short read may end mid-block)
-        size_t upto = got >= n ? n : got / CKPT_FLETCHER32_BLOCK * CKPT_FLETCHER32_BLOCK;
-        if (upto > summed) {
-            ckpt_fletcher32_add(&st, data + summed, upto - summed);
-            summed = upto;
-        }
     }
-    if (!chunk_sum_ok(ckpt_fletcher32_end(&st), get_le32(sum4))) return CKPT_CHUNK_BAD_SUM;
+    return 0;
+}
+
+int ckpt_check_chunk(int fd, const ckpt_chunk_read *c, unsigned char *scratch,
+                     const unsigned char sum4[4]) {
+    // an edge chunk's padding rows are summed too, so it came through scratch
+    unsigned char *data = c->have == c->bytes ? c->dst : scratch;
+    if (!chunk_sum_ok(ckpt_fletcher32(data, c->bytes), get_le32(sum4))) return CKPT_CHUNK_BAD_SUM;
     if (data != c->dst) memcpy(c->dst, data, c->have);
     // read once: its pages make room for the next ones (whole pages only; the
     // kernel keeps those it shares with the neighbouring chunks)
-    posix_fadvise(fd, c->addr, (off_t)(n + 4), POSIX_FADV_DONTNEED);
+    posix_fadvise(fd, c->addr, (off_t)(c->bytes + 4), POSIX_FADV_DONTNEED);
     return 0;
+}
+
+int ckpt_read_chunk(int fd, const ckpt_chunk_read *c, unsigned char *scratch) {
+    unsigned char sum4[4];
+    int code = ckpt_fetch_chunk(fd, c, scratch, sum4);
+    return code != 0 ? code : ckpt_check_chunk(fd, c, scratch, sum4);
 }
 
 ent_status ckpt_chunk_error(const ckpt_chunk_read *c, int code) {

@@ -199,6 +199,35 @@ ent_status ent_ckpt_verify(const char *path, ent_ckpt_expect_fn expect, void *ct
 // (model.safetensors) and config.json in outdir.
 ent_status ent_ckpt_export_safetensors(const char *path, const char *outdir, FILE *out);
 
+// ---------------------------------------------------------------------------
+// safetensors: a Hugging Face model directory's tensors, read (safetensors.c)
+
+enum { ENT_ST_MAX_DIMS = 8, ENT_ST_NAME_MAX = 256 };
+typedef struct {
+    char name[ENT_ST_NAME_MAX];
+    ent_dtype dtype; // ENT_F32, ENT_BF16 or ENT_F16
+    int ndim;
+    int64_t shape[ENT_ST_MAX_DIMS];
+    size_t numel;
+    const char *file; // the file that holds it
+    uint64_t at;      // where its bytes start in that file
+} ent_st_tensor;
+typedef struct ent_st ent_st_t;
+// Opens DIR/model.safetensors, or else every shard DIR/model.safetensors.index.json
+// names, and checks every header entry against its file, the other tensors
+// and the index (ENT_ERR_INPUT naming the file and the tensor).
+ent_status ent_st_open(const char *dir, ent_st_t **out);
+int ent_st_count(const ent_st_t *st);
+const ent_st_tensor *ent_st_get(const ent_st_t *st, int i);
+const ent_st_tensor *ent_st_find(const ent_st_t *st, const char *name); // NULL: none
+// Reads a tensor into dst (numel floats), converted to float32; transpose:
+// a [rows, cols] matrix lands as [cols, rows].
+ent_status ent_st_read(ent_st_t *st, const ent_st_tensor *t, float *dst, int transpose);
+void ent_st_close(ent_st_t **st);
+// Parses the JSON object in a file of at most max bytes (config.json) into
+// *json, a cJSON object the caller frees with cJSON_Delete.
+ent_status ent_st_read_json(const char *path, size_t max, void **json);
+
 #ifdef __cplusplus
 }
 #endif

@@ -23,7 +23,11 @@
 #include <immintrin.h>
 #endif
 
-enum { BLOCK_WORDS = CKPT_FLETCHER32_BLOCK / 2 }; // 360: where HDF5 folds
+enum { BLOCK = 720, BLOCK_WORDS = BLOCK / 2 }; // 360 words: where HDF5 folds
+
+typedef struct {
+    uint32_t sum1, sum2;
+} sums;
 
 static inline uint32_t fold(uint32_t x) { return (x & 0xffff) + (x >> 16); }
 
@@ -56,7 +60,7 @@ static void blocks_avx2(uint32_t *sum1, uint32_t *sum2, const uint8_t *p, size_t
                                           7, 6, -128, -128, 9, 8, -128, -128, 11, 10, -128, -128,
                                           13, 12, -128, -128, 15, 14, -128, -128);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (size_t b = 0; b < blocks; b++, p += CKPT_FLETCHER32_BLOCK) {
+    for (size_t b = 0; b < blocks; b++, p += BLOCK) {
         __m256i a = _mm256_setzero_si256(), acc = _mm256_setzero_si256();
         for (int k = 0; k < BLOCK_WORDS / 8; k++) {
             __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p + 16 * k)));
@@ -74,12 +78,12 @@ static void blocks_avx2(uint32_t *sum1, uint32_t *sum2, const uint8_t *p, size_t
 
 // Adds nbytes at data to the sums: whole blocks on the vector path when
 // `vector` (and the target has one), the rest in closed form.
-static void add(ckpt_fletcher32_state *st, const uint8_t *p, size_t nbytes, int vector) {
+static void add(sums *st, const uint8_t *p, size_t nbytes, int vector) {
     size_t words = nbytes / 2;
 #ifdef __AVX2__
     if (vector) {
         blocks_avx2(&st->sum1, &st->sum2, p, words / BLOCK_WORDS);
-        p += words / BLOCK_WORDS * CKPT_FLETCHER32_BLOCK;
+        p += words / BLOCK_WORDS * BLOCK;
         words %= BLOCK_WORDS;
     }
 #else
@@ -98,22 +102,18 @@ static void add(ckpt_fletcher32_state *st, const uint8_t *p, size_t nbytes, int 
     }
 }
 
-void ckpt_fletcher32_add(ckpt_fletcher32_state *st, const void *data, size_t nbytes) {
-    add(st, data, nbytes, 1);
-}
-
-uint32_t ckpt_fletcher32_end(const ckpt_fletcher32_state *st) {
+static uint32_t end(const sums *st) {
     return fold(st->sum2) << 16 | fold(st->sum1);
 }
 
 uint32_t ckpt_fletcher32(const void *data, size_t nbytes) {
-    ckpt_fletcher32_state st = {0, 0};
+    sums st = {0, 0};
     add(&st, data, nbytes, 1);
-    return ckpt_fletcher32_end(&st);
+    return end(&st);
 }
 
 uint32_t ckpt_fletcher32_portable(const void *data, size_t nbytes) {
-    ckpt_fletcher32_state st = {0, 0};
+    sums st = {0, 0};
     add(&st, data, nbytes, 0);
-    return ckpt_fletcher32_end(&st);
+    return end(&st);
 }

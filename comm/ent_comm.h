@@ -488,6 +488,10 @@ ent_status ent_link_send(ent_link_endpoint_t *ep, const ent_link_peer *to, const
 ent_status ent_link_recv(ent_link_endpoint_t *ep, int timeout_ms, ent_link_incoming *in,
                          int *got);
 void ent_link_get_stats(const ent_link_endpoint_t *ep, ent_link_stats *out);
+// Changes how long a send may wait (ent_link_opts.send_timeout_ms) from now
+// on: a site that retries a lost coordinator sends its HELLO without
+// waiting, then sends as usual once it is answered.
+ent_status ent_link_set_send_timeout(ent_link_endpoint_t *ep, int ms);
 // ROUTER: the connections (their ent_link_peer.fd) that closed since the
 // last call, at most max of them into fds; returns how many. A peer whose
 // process died (a SIGKILL, a crash) shows here as soon as its host's kernel

@@ -84,6 +84,15 @@ int ent_link_take_disconnects(ent_link_endpoint_t *ep, int *fds, int max) {
     return n;
 }
 
+ent_status ent_link_set_send_timeout(ent_link_endpoint_t *ep, int ms) {
+    if (ms < -1)
+        return ent_fail(ENT_ERR_USAGE, "link %s: send timeout %d ms must be >= -1", ep->address,
+                        ms);
+    ENT_ZMQ_CHECK(zmq_setsockopt(ep->sock, ZMQ_SNDTIMEO, &ms, sizeof ms));
+    ep->opts.send_timeout_ms = ms;
+    return ENT_OK;
+}
+
 void ent_link_get_stats(const ent_link_endpoint_t *ep, ent_link_stats *out) {
     *out = ep->stats;
     pthread_mutex_lock((pthread_mutex_t *)&ep->auth_lock);

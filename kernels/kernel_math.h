@@ -214,6 +214,16 @@ ENT_HD float ent_k_f32_from_bits(uint32_t u) {
 
 ENT_HD float ent_k_bf16_to_f32(uint16_t h) { return ent_k_f32_from_bits((uint32_t)h << 16); }
 
+// IEEE half precision: sign, 5 exponent bits (bias 15), 10 fraction bits;
+// subnormals, infinities and NaNs (payload kept) exactly.
+ENT_HD float ent_k_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1f) return ent_k_f32_from_bits(sign | 0x7f800000u | m << 13);
+    if (e != 0) return ent_k_f32_from_bits(sign | (e + 112) << 23 | m << 13);
+    float f = (float)m * 5.9604644775390625e-08f; // m x 2^-24
+    return sign ? -f : f;
+}
+
 // Round to nearest, ties to even; a NaN stays a (quiet) NaN of its sign,
 // infinities stay infinite, values past the largest bf16 round to infinity,
 // subnormals round like any other value.

@@ -496,6 +496,7 @@ static const char *ckpt_help =
     "Usage: entente ckpt info FILE\n"
     "       entente ckpt verify FILE\n"
     "       entente ckpt export FILE --format safetensors --out DIR\n"
+    "       entente ckpt import --from DIR --out FILE [--force]\n"
     "\n"
     "  info     step, tokens, data cursor, model, topology it was saved with, sizes,\n"
     "           creation time and the configuration it was trained with\n"
@@ -506,6 +507,10 @@ static const char *ckpt_help =
     "           first damaged dataset\n"
     "  export   writes DIR/model.safetensors (Hugging Face GPT-2 tensor names and\n"
     "           layout) and DIR/config.json, which transformers' GPT2LMHeadModel loads\n"
+    "  import   reads a Hugging Face model directory (config.json, model.safetensors\n"
+    "           or model.safetensors.index.json and its shards; F32, BF16 or F16\n"
+    "           tensors; GPT-2) and writes FILE, a checkpoint at step 0 that train\n"
+    "           --resume, eval and sample take; --force replaces an existing FILE\n"
     "\n"
     "FILE may also be a checkpoint directory: its 'latest' checkpoint is used.\n";
 
@@ -528,17 +533,34 @@ static const char *sample_help =
     "                       text token first), one line of vocabulary-size numbers\n"
     "                       each: to compare an export with another implementation\n";
 
+static int ckpt_import(int argc, char **argv) {
+    const char *from = NULL, *out = NULL;
+    int force = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--force") == 0) force = 1;
+        else if (strcmp(argv[i], "--from") == 0 && i + 1 < argc) from = argv[++i];
+        else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) out = argv[++i];
+        else return usage_error("ckpt", "unknown or incomplete argument '%s'", argv[i]);
+    }
+    if (from == NULL || out == NULL)
+        return usage_error("ckpt", "%s", "import needs --from DIR and --out FILE");
+    ent_status st = ent_import_hf(from, out, force, stdout);
+    return st == ENT_OK ? 0 : report(st);
+}
+
 static int cmd_ckpt(int argc, char **argv) {
     if (argc >= 1 && is_help(argv[0])) {
         fputs(ckpt_help, stdout);
         return 0;
     }
-    if (argc < 1) return usage_error("ckpt", "%s", "expected 'ckpt info|verify|export FILE'");
+    if (argc < 1)
+        return usage_error("ckpt", "%s", "expected 'ckpt info|verify|export FILE' or 'ckpt import'");
     const char *what = argv[0];
     if (argc >= 2 && is_help(argv[1])) {
         fputs(ckpt_help, stdout);
         return 0;
     }
+    if (strcmp(what, "import") == 0) return ckpt_import(argc - 1, argv + 1);
     if (argc < 2) return usage_error("ckpt", "'ckpt %s' needs a checkpoint FILE", what);
     if (strcmp(what, "info") != 0 && strcmp(what, "verify") != 0 && strcmp(what, "export") != 0)
         return usage_error("ckpt", "unknown command 'ckpt %s'", what);
@@ -750,7 +772,8 @@ static const command commands[] = {
     {"ckpt", cmd_ckpt,
      "  ckpt info      describe a checkpoint\n"
      "  ckpt verify    check a checkpoint's metadata, attributes and every dataset\n"
-     "  ckpt export    write a checkpoint as Hugging Face safetensors\n"},
+     "  ckpt export    write a checkpoint as Hugging Face safetensors\n"
+     "  ckpt import    a Hugging Face model directory as a checkpoint at step 0\n"},
     {"sample", cmd_sample, "  sample         generate text from a checkpoint\n"},
 };
 

@@ -58,7 +58,8 @@ typedef struct {
     // [coalition]
     char coal_coordinator[256], coal_bind[256];
     char coal_site[ENT_LINK_NAME_MAX + 1];
-    int coal_sites, coal_rounds, coal_inner_steps, coal_eval_rounds, coal_overlap, coal_quorum;
+    int coal_sites, coal_max_sites, coal_rounds, coal_inner_steps, coal_eval_rounds, coal_overlap;
+    int coal_quorum, coal_max_staleness;
     double coal_round_seconds, coal_outer_lr, coal_outer_momentum, coal_timeout;
     double coal_lost_after, coal_max_norm_ratio;
     char coal_codec[16];
@@ -484,6 +485,11 @@ ent_status ent_eval_loss(ent_model_t *model, const ent_dataset_t *val, int64_t w
 // the checkpoint's eval.batches) of data_dir (NULL: the checkpoint's
 // data.dir), written as one line to out.
 ent_status ent_eval_checkpoint(const char *path, const char *data_dir, int batches, FILE *out);
+// `entente ckpt import`: the Hugging Face model in dir (config.json and
+// model.safetensors or its sharded index; GPT-2) as an entente checkpoint at
+// step 0 with no AdamW moments, written to out (which must not exist unless
+// force); what was skipped and what was written go to log (may be NULL).
+ent_status ent_import_hf(const char *dir, const char *out, int force, FILE *log);
 // Loads the model of a checkpoint (any layout it was saved with) on a new CPU
 // backend, for micro-batches of B sequences. The caller owns *be and *model.
 ent_status ent_model_from_checkpoint(const char *path, int B, ent_backend_t **be,

@@ -761,6 +761,13 @@ static ent_status resume_from(trainer *tr, const char *path) {
     st = ent_comm_agree(tr->comm, st);
     if (st == ENT_OK) {
         ent_ckpt_shard sh = rank_shard(tr);
+        if (saved->updates == 0 && !ent_ckpt_has_moments(ck)) {
+            // AdamW before its first update has zero moments, and a file
+            // that stores none (an import) means those
+            memset(sh.adam_m, 0, sizeof(float) * sh.state_count);
+            memset(sh.adam_v, 0, sizeof(float) * sh.state_count);
+            sh.adam_m = sh.adam_v = NULL;
+        }
         st = ent_ckpt_read(ck, &sh);
     }
     if (st == ENT_OK) st = state_copy(tr, 1);

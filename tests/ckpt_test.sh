@@ -15,6 +15,10 @@
 # reshard_llama  the same for a llama whose one KV head TP = 2 replicates
 # tools          ckpt info, ckpt verify, h5dump -H, sample --checkpoint,
 #                retention (checkpoint.keep), the latest pointer
+# import         ckpt import of Hugging Face GPT-2 directories written with numpy
+#                (tests/hf_import.py): F32/BF16/F16, sharded; logits against numpy;
+#                train --resume and eval of an import; export then import is
+#                bit-identical; damaged directories refused by name; bytes flipped
 # export         ckpt export checked outside entente (tests/hf_crosscheck.py):
 #                h5py reads the checkpoint, a numpy GPT-2 with Hugging Face's
 #                conventions gives entente's logits
@@ -248,6 +252,71 @@ case_export() {
     expect "cross-check outside entente" 0 "out:vs entente logits: relative error" -- \
         "$py" "$SRC/tests/hf_crosscheck.py" "$c" "$W/hf" "$W/logits.txt" "$prompt"
     sed -n '1,4s/^/    /p' "$W/out"
+}
+
+case_import() {
+    local py=""
+    for cand in python3 /usr/bin/python3; do
+        if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import numpy, h5py' 2>/dev/null; then
+            py=$cand
+            break
+        fi
+    done
+    if [ -z "$py" ]; then
+        echo "SKIP: no python3 with numpy and h5py (Debian: python3-numpy python3-h5py)"
+        exit 77
+    fi
+    local H="$SRC/tests/hf_import.py" prompt="In the beginning God" m
+    # each layout and dtype transformers saves: logits equal numpy's on the stored values
+    for m in "f32 --dtype F32" "bf16 --dtype BF16 --shards 3 --bare" "f16 --dtype F16 --shards 2"; do
+        set -- $m
+        local name=$1
+        shift
+        "$py" "$H" write "$W/hf_$name" "$@" --seed 7 || { fail "writing the $name model"; return; }
+        expect "import ($name)" 0 "out:wrote $W/$name.h5" -- \
+            "$E" ckpt import --from "$W/hf_$name" --out "$W/$name.h5" || return
+        expect "verify the import ($name)" 0 "out:step 0" -- "$E" ckpt verify "$W/$name.h5"
+        expect "logits ($name)" 0 -- "$E" sample --checkpoint "$W/$name.h5" --prompt "$prompt" \
+            --tokens 0 --logits "$W/logits_$name.txt" || return
+        expect "numpy GPT-2 on the same tensors ($name)" 0 "out:relative error" -- \
+            "$py" "$H" check "$W/hf_$name" "$W/logits_$name.txt" "$prompt"
+        sed -n '1s/^/    /p' "$W/out"
+    done
+    expect "an existing FILE is kept" 2 "exists; --force replaces it" -- \
+        "$E" ckpt import --from "$W/hf_f32" --out "$W/f32.h5"
+    expect "--force replaces it" 0 -- "$E" ckpt import --from "$W/hf_f32" --out "$W/f32.h5" --force
+    # continued pretraining from the import: AdamW starts afresh, the loss falls
+    make_data
+    write_config "$W/c.ini"
+    sed -i 's/^heads = 2/heads = 4/; s/^width = 32/width = 64/; s/^steps = 30/steps = 10/' "$W/c.ini"
+    expect "train --resume an import" 0 "out:resumed from $W/f32.h5 at step 0" -- \
+        "$E" train --config "$W/c.ini" --run-dir "$W/ft" --resume "$W/f32.h5" || return
+    local first last
+    first=$(losses "$W/ft/metrics.jsonl" | head -1)
+    last=$(losses "$W/ft/metrics.jsonl" | tail -1)
+    awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' ||
+        fail "training from the import did not lower the loss ($first -> $last)"
+    expect "eval of an import" 0 "out:val loss" -- "$E" eval --checkpoint "$W/f32.h5" --data "$DATA"
+    # export, then import again: the same bits, for an import and for a trained model
+    local c
+    for c in "$W/f32.h5" "$W/ft/checkpoints/step_00000010.h5"; do
+        rm -rf "$W/rt" "$W/rt.h5"
+        expect "export $(basename "$c")" 0 -- "$E" ckpt export "$c" --out "$W/rt" || return
+        expect "import the export of $(basename "$c")" 0 -- \
+            "$E" ckpt import --from "$W/rt" --out "$W/rt.h5" || return
+        expect "export then import: the same bits" 0 "out:bit-identical" -- \
+            "$py" "$H" same "$c" "$W/rt.h5"
+    done
+    # the directory's tokenizer.json becomes the checkpoint's data.tokenizer
+    cp -r "$W/hf_f32" "$W/hf_tok" && cp "$SRC/tests/tokenizer/gpt2/tokenizer.json" "$W/hf_tok/"
+    expect "import with a tokenizer" 0 -- "$E" ckpt import --from "$W/hf_tok" --out "$W/tok.h5"
+    expect "the import names its tokenizer" 0 "out:tokenizer = $(cd "$W/hf_tok" && pwd -P)" -- \
+        "$E" ckpt info "$W/tok.h5"
+    # damaged model directories, and a byte changed in turn
+    mkdir -p "$W/hostile"
+    expect "hostile model directories" 0 "out:single-byte changes" -- \
+        "$py" "$H" hostile "$W/hf_f32" "$E" "$W/hostile" "${ENTENTE_TEST_SEED:-1202}"
+    grep -E '^(FAIL|ok)|single-byte' "$W/out" | sed 's/^/    /'
 }
 
 case_corrupt() {

@@ -10,9 +10,11 @@
 #             coordinator's final anchor; the coordinator's and the sites'
 #             checkpoints verify; a site's checkpoint resumes as a run alone;
 #             the coordinator's anchor samples.
-#   refusals  a site of another model and a second site of the same name are
-#             refused by name; a site without a name, or whose coordinator is
-#             not there, fails with a clear message; nothing hangs.
+#   refusals  a site of another model and a second process under the name
+#             (and key) of a connected site are refused by name, logged, and
+#             do not disturb the run (no site lost, both rounds merge a and
+#             b); a site without a name, or whose coordinator is not there,
+#             fails with a clear message; nothing hangs.
 #   capture   two sites reach the coordinator through tests/wan_proxy (20 ms
 #             one way, 50 Mbit/s), which copies every byte they send: each
 #             stream parses to its last byte as ZMTP frames carrying only
@@ -47,6 +49,29 @@
 #             each spoiled delta is rejected every round with its reason
 #             (norm over the median; does not decode), the honest ones never,
 #             and the coalition completes with every site holding the anchor.
+#   join      coalition.sites = 2 (rounds paced at about 0.3 s): site x joins
+#             once round 2 is merged; it is merged from the round after the
+#             one being merged when it said HELLO (not before, and in every
+#             round after), its log gives HELLO -> first inner step, its
+#             first loss is well below a fresh model's and moves, and it ends
+#             with the coordinator's final anchor.
+#   rejoin    site c (checkpointing every round) is SIGKILLed after its round
+#             3 and restarted under the same name with --resume: the
+#             coordinator declares it lost, re-admits it under its old id,
+#             merges it from its new first round on; c resumes at its
+#             checkpoint's step (a round's end) and every site ends with the
+#             final anchor.
+#   cutoff    site c reaches the coordinator through wan_proxy, which is
+#             SIGSTOPped after c's round 2: the coordinator declares c lost
+#             (coalition.lost_after = 5; no norm screen), c finds itself cut
+#             off and trains on (its step counter moves while the link is
+#             down); after SIGCONT it reconnects, and with
+#             coalition.max_staleness = 1000 the progress it made alone goes
+#             into its first delta back (the round merges more tokens from c
+#             than it made alone).
+#   stale     the same with coalition.max_staleness = 0: c drops what it made
+#             alone (recorded, with its tokens) and its first delta back
+#             holds only that round's steps.
 #
 # Every case but `capture` (which parses the plaintext protocol, --insecure)
 # runs secured: keys from `entente keygen`, an allowlist of the sites.
@@ -224,8 +249,9 @@ case_refusals() {
         --set coalition.site=x --set "coalition.key=$W/keys/x.key" --set model.width=64 \
         --set "data.dir=$W/data-b" \
         --run-dir "$W/run/x"
-    # a name already taken
-    expect "a second site named a" nonzero "already joined" -- \
+    # a name already taken, by a live connection: a second process with a's
+    # name and key is refused (and logged), and a goes on undisturbed
+    expect "a second site named a" nonzero "already joined and is connected" -- \
         timeout 60 "$E" train --config "$W/co.ini" --set "coalition.coordinator=$EP" \
         --set coalition.site=a --set "coalition.key=$W/keys/a.key" --set "data.dir=$W/data-b" \
         --run-dir "$W/run/a2"
@@ -237,6 +263,12 @@ case_refusals() {
     wait "$pa" || fail "site a failed: $(tail -3 "$W/site-a.log")"
     wait "$pb" || fail "site b failed: $(tail -3 "$W/site-b.log")"
     grep -q 'refused.*another model' "$W/run/coordinator.log" || fail "the coordinator did not log the refusal"
+    grep -q "refused .*a site named 'a' has already joined and is connected" "$W/run/coordinator.log" ||
+        fail "the coordinator did not log the refusal of a second 'a'"
+    local cm=$W/run/coordinator/metrics.jsonl
+    ! grep -q '"event":"\(lost\|left\|rejoined\)"' "$cm" || fail "the second 'a' disturbed the run: $(grep '"event":"\(lost\|left\|rejoined\)"' "$cm")"
+    grep '"event":"round"' "$cm" | tail -1 | grep -q '"sites":\["[ab]","[ab]"\]' ||
+        fail "the last round did not merge a and b: $(grep '"event":"round"' "$cm" | tail -1)"
     # no name
     expect "a site without a name" 2 "coalition.site" -- "$E" train --config "$W/co.ini" \
         --set coalition.coordinator=tcp://127.0.0.1:9 --set "data.dir=$W/data-a" --run-dir "$W/run/n"
@@ -556,6 +588,211 @@ print("%08x" % crc(("%s\n%s\n%s\n" % (f["name"], f["public"], f["secret"])).enco
     expect "site a's bytes are CURVE boxes only" 0 "out:under CURVE" -- "$LINK_CAPTURE" \
         "$W/capture/conn-1.up" --expect-deltas 2 --shard "$W/data-a/train_000000.bin" \
         --text "$W/part.00" --encrypted
+}
+
+# wait_for_line FILE PATTERN SECONDS: until grep -q PATTERN FILE, at most SECONDS
+wait_for_line() {
+    local t
+    for t in $(seq $(($3 * 10))); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# tokens_of METRICS ROUND SITE: the tokens the coordinator's record of ROUND
+# merged from SITE (empty when SITE is not in it)
+tokens_of() {
+    grep '"event":"round"' "$1" | grep "\"round\":$2," | head -1 | awk -v site="$3" '
+        {
+            match($0, /"sites":\[[^]]*\]/); split(substr($0, RSTART + 9, RLENGTH - 10), names, ",")
+            match($0, /"site_tokens":\[[^]]*\]/); split(substr($0, RSTART + 15, RLENGTH - 16), toks, ",")
+            for (i in names) if (names[i] == "\"" site "\"") print toks[i]
+        }'
+}
+
+# loss_of METRICS ROUND: the loss of a site's round record
+loss_of() {
+    grep '"event":"round"' "$1" | grep "\"round\":$2," | tail -1 | sed -n 's/.*"loss":\([0-9.e+-]*\),.*/\1/p'
+}
+
+# final_anchor_held_by SITES...: each site ends holding the coordinator's final anchor
+final_anchor_held_by() {
+    local cm=$W/run/coordinator/metrics.jsonl want name last
+    want=$(sed -n 's/.*"event":"end".*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$cm")
+    last=$(($(grep -c '"event":"round"' "$cm") - 1))
+    for name in "$@"; do
+        [ -n "$want" ] && grep -q "holds anchor $want after round $last" "$W/site-$name.log" ||
+            fail "site $name does not hold the coordinator's final anchor '$want': $(grep 'holds anchor' "$W/site-$name.log")"
+    done
+}
+
+# wait_all NAME:PID ...: the coordinator ($CPID) and each site exit 0
+wait_all() {
+    local rc arg
+    wait "$CPID"; rc=$?
+    [ "$rc" = 0 ] || { fail "the coordinator exited with $rc"; sed -n '1,40s/^/    | /p' "$W/run/coordinator.log"; }
+    for arg in "$@"; do
+        wait "${arg#*:}" || fail "site ${arg%%:*} failed: $(tail -3 "$W/site-${arg%%:*}.log")"
+    done
+}
+
+# start_paced SITES ROUNDS [INI_LINES]: a coordinator of rounds of about
+# 0.3 s (inner steps planned from each site's speed, so that a site that
+# starts late, restarts or comes back does so well before the end), with
+# INI_LINES added to its [coalition] section, and sites a and b (mpirun, 1
+# rank each); sets PA and PB
+start_paced() {
+    need_mpirun
+    make_site_data
+    write_coalition "$W/co.ini" "$1" "$2"
+    sed -i 's/^inner_steps = 6/inner_steps = 1000\nround_seconds = 0.3/' "$W/co.ini"
+    [ $# -gt 2 ] && printf '%s\n' "$3" >>"$W/co.ini"
+    mkdir -p "$W/run"
+    start_coordinator "$W/run/coordinator"
+    start_site a 1; PA=$SPID
+    start_site b 1; PB=$SPID
+}
+
+case_join() {
+    start_paced 2 24
+    local cm=$W/run/coordinator/metrics.jsonl
+    # x (on the allowlist, not awaited: coalition.sites = 2, on c's shards)
+    # joins once round 2 is merged
+    cp -r "$W/data-c" "$W/data-x"
+    wait_for_line "$cm" '"event":"round","round":2,' 90 || fail "the coordinator did not merge round 2 within 90 s"
+    start_site x 0; local px=$SPID
+    wait_all a:$PA b:$PB x:$px
+    [ "$FAILED" = 0 ] || return
+    local first
+    first=$(sed -n 's/.*"event":"joined","site":"x","first_round":\([0-9]*\),.*/\1/p' "$cm")
+    [ -n "$first" ] && [ "$first" -ge 3 ] && [ "$first" -le 21 ] ||
+        fail "no joined record of site x merged from a round in 3..21: $(grep '"site":"x"' "$cm" | head -2)"
+    [ "$FAILED" = 0 ] || return
+    grep -q "site 'x' joined as site 3 .*merged from round $first" "$W/run/coordinator.log" ||
+        fail "the coordinator's log does not say x joined for round $first"
+    # not merged before its first round, merged in it and after
+    [ -z "$(tokens_of "$cm" $((first - 1)) x)" ] || fail "site x was merged in round $((first - 1)), before its first round"
+    local r
+    for r in $first $((first + 1)) 23; do
+        [ -n "$(tokens_of "$cm" $r x)" ] || fail "round $r did not merge site x: $(grep '"event":"round"' "$cm" | grep "\"round\":$r,")"
+    done
+    # its log: the time from HELLO to its first inner step
+    grep "site x: joined round $first: anchor received in" "$W/site-x.log" ||
+        fail "site x's log does not give its join time: $(grep -i join "$W/site-x.log")"
+    # it starts from the coalition's anchor (below the loss of a fresh
+    # model, a's in round 0), and its loss moves from round to round
+    local l0 la n
+    l0=$(loss_of "$W/run/site-x/metrics.jsonl" "$first")
+    la=$(loss_of "$W/run/site-a/metrics.jsonl" 0)
+    [ -n "$l0" ] && [ -n "$la" ] && awk -v x="$l0" -v a="$la" 'BEGIN { exit !(x < a - 0.5) }' ||
+        fail "site x's first loss ($l0) is not well below a fresh model's (site a's round 0: $la)"
+    n=$(grep '"event":"round"' "$W/run/site-x/metrics.jsonl" | sed -n 's/.*"loss":\([0-9.e+-]*\),.*/\1/p' | sort -u | wc -l)
+    [ "$n" -ge 3 ] || fail "site x's loss takes $n value(s) over its rounds"
+    final_anchor_held_by a b x
+}
+
+case_rejoin() {
+    start_paced 3 24
+    # c checkpoints at every round's end
+    start_site c 0 --set checkpoint.every=1
+    kill_after_round c "$SPID" 3
+    wait_for_line "$W/run/coordinator.log" "site 'c' .* lost at round" 15 ||
+        fail "the coordinator did not declare site c lost"
+    mv "$W/site-c.log" "$W/site-c.first.log"
+    # restarted under the same name and key, from its own checkpoint
+    local ckpt=$W/run/site-c/checkpoints/latest saved
+    saved=$("$E" ckpt info "$ckpt" 2>/dev/null | awk '$1 == "step" { print $2; exit }')
+    start_site c 1 --resume "$ckpt"; local pc=$SPID
+    wait_all a:$PA b:$PB c:$pc
+    [ "$FAILED" = 0 ] || return
+    local cm=$W/run/coordinator/metrics.jsonl first
+    grep -q '"event":"lost","site":"c"' "$cm" || fail "no lost record of site c"
+    first=$(sed -n 's/.*"event":"rejoined","site":"c","first_round":\([0-9]*\),.*/\1/p' "$cm")
+    [ -n "$first" ] || { fail "no rejoined record of site c: $(grep '"site":"c"' "$cm")"; return; }
+    local id
+    id=$(sed -n "s/.*site 'c' joined as site \([0-9]*\) .*/\1/p" "$W/run/coordinator.log")
+    grep -q "site 'c' rejoined as site $id " "$W/run/coordinator.log" || fail "the coordinator's log does not say c rejoined as site $id (its id)"
+    local r
+    for r in $first 23; do
+        [ -n "$(tokens_of "$cm" $r c)" ] || fail "round $r did not merge the restarted site c"
+    done
+    # its inner state came from its checkpoint: the step goes on from there
+    [ -n "$saved" ] && grep -q "\"event\":\"round\",\"site\":\"c\",.*\"step\":$saved," "$W/run/site-c/metrics.jsonl" ||
+        fail "site c's checkpoint is at step '$saved', not at one of its rounds' ends"
+    grep -q "resumed from .* at step $saved " "$W/site-c.log" || fail "the restarted site c did not resume at step $saved: $(grep -i resum "$W/site-c.log")"
+    grep -q "^{\"step\":$((saved + 1)),.*\"site\":\"c\",\"round\":$first}" "$W/run/site-c/metrics.jsonl" ||
+        fail "the restarted site c's first step is not $((saved + 1)) in round $first"
+    final_anchor_held_by a b c
+}
+
+# cut_off_c MAX_STALENESS: sites a and b, and c through wan_proxy; the proxy
+# is stopped (SIGSTOP) after c's round 2 until the coordinator has declared
+# c lost and c has trained on alone for a while, then let go (SIGCONT)
+cut_off_c() {
+    [ -x "$WAN_PROXY" ] || { echo "SKIP: wan_proxy not given"; exit 77; }
+    # no norm screen: the progress of hundreds of steps alone can be more
+    # than max_norm_ratio times one round's (docs/coalition.md); this case
+    # is about the staleness rule
+    start_paced 3 48 "$(printf 'lost_after = 5\nmax_staleness = %s\nmax_norm_ratio = 0' "$1")"
+    mkdir -p "$W/capture"
+    local direct=$EP
+    start_proxy
+    start_site c 0; PC=$SPID
+    EP=$direct
+    local sm=$W/run/site-c/metrics.jsonl
+    wait_for_line "$sm" '"event":"round","site":"c","round":2,' 90 || fail "site c did not finish round 2"
+    kill -STOP "$PROXY"
+    wait_for_line "$W/run/coordinator.log" "site 'c' .* lost at round" 20 ||
+        fail "the coordinator did not declare site c lost while its link was stopped"
+    wait_for_line "$W/site-c.log" "cut off from the coordinator" 20 || fail "site c did not find itself cut off"
+    # c trains on alone: its step counter moves while the link is still down
+    local s0 s1
+    s0=$(grep -c '^{"step":' "$sm")
+    sleep 3
+    s1=$(grep -c '^{"step":' "$sm")
+    [ "$s1" -gt "$s0" ] || fail "site c did not train while cut off ($s0 step records, then $s1)"
+    kill -CONT "$PROXY"
+    wait_all a:$PA b:$PB c:$PC
+    kill "$PROXY"; wait "$PROXY" 2>/dev/null
+    [ "$FAILED" = 0 ] || return
+    grep -q '"event":"cut_off","site":"c"' "$sm" || fail "no cut_off record in site c's metrics"
+    FIRST=$(sed -n 's/.*"event":"rejoined","site":"c","first_round":\([0-9]*\),.*/\1/p' "$sm")
+    [ -n "$FIRST" ] || { fail "site c did not come back: $(grep -i 'cut off\|coalition' "$W/site-c.log" | tail -3)"; return; }
+    grep '"event":"rejoined"' "$sm"
+    grep -q '"event":"rejoined","site":"c",.*"steps_alone":[1-9]' "$sm" || fail "site c's rejoined record shows no steps trained alone"
+    final_anchor_held_by a b c
+}
+
+case_cutoff() {
+    cut_off_c 1000
+    [ "$FAILED" = 0 ] || return
+    local cm=$W/run/coordinator/metrics.jsonl sm=$W/run/site-c/metrics.jsonl tc carried
+    grep -q "\"event\":\"rejoined\",\"site\":\"c\",\"first_round\":$FIRST,\"staleness\":[0-9]*,\"progress\":\"carried\"" "$sm" ||
+        fail "site c did not carry its progress: $(grep rejoined "$sm")"
+    carried=$(sed -n 's/.*"event":"rejoined".*"progress":"carried","tokens":\([0-9]*\),.*/\1/p' "$sm")
+    # round FIRST merges c's delta with what it made alone, and its round's own
+    tc=$(tokens_of "$cm" "$FIRST" c)
+    [ -n "$tc" ] && [ -n "$carried" ] && [ "$tc" -gt "$carried" ] ||
+        fail "round $FIRST merged site c with '$tc' tokens, want more than the '$carried' it made alone"
+    echo "round $FIRST: site c's delta carried $carried tokens made alone (merged with $tc)"
+}
+
+case_stale() {
+    cut_off_c 0
+    [ "$FAILED" = 0 ] || return
+    local cm=$W/run/coordinator/metrics.jsonl sm=$W/run/site-c/metrics.jsonl tc
+    grep -q "\"event\":\"rejoined\",\"site\":\"c\",\"first_round\":$FIRST,\"staleness\":[1-9][0-9]*,\"progress\":\"dropped\",\"tokens\":[1-9]" "$sm" ||
+        fail "site c did not drop its stale progress: $(grep rejoined "$sm")"
+    grep -q "dropped (older than coalition.max_staleness)" "$W/site-c.log" || fail "site c's log does not say it dropped its progress"
+    # round FIRST merges only what c made in that round
+    local steps
+    steps=$(grep '"event":"round"' "$sm" | grep "\"round\":$FIRST," | sed -n 's/.*"inner_steps":\([0-9]*\),.*/\1/p')
+    tc=$(tokens_of "$cm" "$FIRST" c)
+    local per_step
+    per_step=$(($(sed -n 's/^batch_size = //p' "$W/co.ini") * $(sed -n 's/^context = //p' "$W/co.ini")))
+    [ -n "$steps" ] && [ "$tc" = $((steps * per_step)) ] ||
+        fail "round $FIRST merged site c with '$tc' tokens, want its round's $steps steps' ($((steps * per_step)))"
 }
 
 run_case

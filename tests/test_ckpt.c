@@ -45,7 +45,7 @@
 #include <hdf5.h>
 #include <fcntl.h>
 
-#include "ckpt_impl.h" // the digest's own tests; CKPT_READ_PIECE, CKPT_FLETCHER32_BLOCK
+#include "ckpt_impl.h" // the digest's own tests
 #include "ent_ckpt.h"
 #include "ent_runtime.h"
 #include "ref.h"
@@ -335,9 +335,9 @@ static ent_status read_alone(const char *path, state *s) {
     return st;
 }
 
-// Corruption of any byte of a chunk read straight from the file (each piece
-// summed as it lands): the first and last bytes, around the blocks HDF5
-// folds at and the pieces read at a time, the stored checksum itself, the
+// Corruption of any byte of a chunk read straight from the file: the first
+// and last bytes, around the blocks HDF5 folds at and the pages the kernel
+// reads, the stored checksum itself, the
 // padding of the edge chunk, and seeded random places. Each read fails,
 // naming the dataset and the chunk's row, both read alone (in this thread)
 // and as part of the whole state (by the reader threads, with a later chunk,
@@ -357,9 +357,9 @@ static void test_damaged_bytes(void **unused) {
         hsize_t at[2] = {k == 0 ? 0 : 8192, 0}, stored = 0, rows = k == 0 ? 8192 : 12032 - 8192;
         haddr_t addr = chunk_at(path, "params/wte.weight", at[0], &stored);
         size_t bytes = (size_t)stored - 4, have = (size_t)rows * 512 * sizeof(float);
-        size_t places[] = {0, 1, CKPT_FLETCHER32_BLOCK - 1, CKPT_FLETCHER32_BLOCK,
-                           CKPT_READ_PIECE - 1, CKPT_READ_PIECE, CKPT_READ_PIECE + 1,
-                           5 * CKPT_READ_PIECE + 3, have - 1, have, bytes - 1, bytes, bytes + 3,
+        enum { FOLD = 720 }; // bytes between the folds of HDF5's Fletcher32 sums
+        size_t places[] = {0, 1, FOLD - 1, FOLD, 4095, 4096, 4097, 5 * 4096 + 3,
+                           have - 1, have, bytes - 1, bytes, bytes + 3,
                            0, 0, 0, 0, 0, 0};
         size_t nplaces = sizeof places / sizeof places[0];
         for (size_t i = 13; i < nplaces; i++) places[i] = (size_t)test_rand_int(0, (int64_t)bytes + 3);

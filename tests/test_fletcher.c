@@ -13,7 +13,6 @@
 //    data, and chunks written raw with ckpt_fletcher32 appended are read back
 //    by H5Dread (the filter verifies them), and refused once a byte of the
 //    data or of the checksum is changed;
-//  - pieces: any split into multiples of CKPT_FLETCHER32_BLOCK sums as whole;
 //  - every single-bit flip, at seeded random places, changes the checksum.
 #include <setjmp.h>
 #include <stdarg.h>
@@ -125,25 +124,6 @@ static void test_extreme_values(void **unused) {
     for (size_t k = 0; k < sizeof patterns / sizeof patterns[0]; k++) {
         for (size_t i = 0; i < MAX_LEN; i++) buf[i] = patterns[k][i % 2];
         for (int i = 0; i < nlengths; i++) check_all(buf, lengths[i], "a fixed pattern");
-    }
-    free(buf);
-}
-
-static void test_pieces(void **unused) {
-    (void)unused;
-    size_t n = (4 << 20) + 1001;
-    unsigned char *buf = random_bytes(n, 2);
-    uint32_t whole = reference(buf, n);
-    for (int trial = 0; trial < 50; trial++) {
-        ckpt_fletcher32_state st = {0, 0};
-        size_t at = 0;
-        while (at < n) {
-            size_t blocks = 1 + below(trial < 25 ? 4 : 3000), piece = blocks * CKPT_FLETCHER32_BLOCK;
-            if (piece > n - at) piece = n - at; // the last piece: any length
-            ckpt_fletcher32_add(&st, buf + at, piece);
-            at += piece;
-        }
-        assert_int_equal(ckpt_fletcher32_end(&st), whole);
     }
     free(buf);
 }
@@ -261,7 +241,6 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_random_lengths),
         cmocka_unit_test(test_extreme_values),
-        cmocka_unit_test(test_pieces),
         cmocka_unit_test(test_bit_flips),
         cmocka_unit_test(test_hdf5_filter),
     };

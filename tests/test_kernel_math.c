@@ -210,6 +210,26 @@ static uint16_t bf16_rne_ref(float f) {
 
 static int is_nan_bf16(uint16_t h) { return (h & 0x7f80u) == 0x7f80u && (h & 0x7fu) != 0; }
 
+// Every one of the 65536 half-precision patterns against its value from the
+// definition: (-1)^s x 2^(e-15) x (1 + m/1024), subnormals 2^-14 x m/1024,
+// infinities, and NaNs that stay NaNs of their sign.
+static void test_f16_widen(void **state) {
+    (void)state;
+    for (uint32_t h = 0; h < 65536; h++) {
+        uint32_t sgn = h >> 15, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+        float got = ent_k_f16_to_f32((uint16_t)h);
+        if (e == 0x1f) {
+            assert_true(m ? isnan(got) : isinf(got));
+            assert_int_equal(signbit(got) != 0, sgn);
+            continue;
+        }
+        double v = e ? ldexp(1.0 + m / 1024.0, (int)e - 15) : ldexp(m / 1024.0, -14);
+        if (sgn) v = -v;
+        if ((double)got != v || (signbit(got) != 0) != (int)sgn)
+            fail_msg("f16 0x%04x widened to %.9g, expected %.9g", h, (double)got, v);
+    }
+}
+
 static void test_bf16_round(void **state) {
     (void)state;
     // known values, ties to even
@@ -339,6 +359,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gelu),       cmocka_unit_test(test_layernorm),
         cmocka_unit_test(test_online_softmax), cmocka_unit_test(test_adamw),
+        cmocka_unit_test(test_f16_widen),
         cmocka_unit_test(test_bf16_round), cmocka_unit_test(test_bf16_stochastic),
         cmocka_unit_test(test_quantize),
     };

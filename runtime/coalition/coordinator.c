@@ -15,7 +15,16 @@
 // Failures: a site whose connection closes (its process died) or that is
 // silent for coalition.lost_after seconds is lost, and one that says LEAVE
 // before the end has left; the rounds go on with the others while at least
-// coalition.quorum remain. A contribution that does not decode, is not
+// coalition.quorum remain. A delta that arrived whole before its site was
+// lost is still merged.
+//
+// Churn: a site may join after round 0 (up to coalition.max_sites sites in
+// all), and a site that was lost or left may come back under its name, on a
+// new connection; either way it gets WELCOME, the current anchor and its
+// first round's plan, and is merged from the round after the one being
+// merged (docs/coalition.md, "Joins, rejoins and cut-off sites"). Every
+// HEARTBEAT is answered with one, so that a site can tell a silent
+// coordinator from a busy one. A contribution that does not decode, is not
 // finite, starts from another anchor, or whose norm exceeds
 // coalition.max_norm_ratio times the round's (lower) median is rejected:
 // logged, recorded, and left out of that round's merge; its site stays.
@@ -31,9 +40,11 @@
 #define PLAN_SLOTS 4
 
 typedef struct {
-    uint32_t id; // 1.. in order of joining
+    uint32_t id; // 1.. in order of first joining; a site that comes back keeps its id
     char name[ENT_LINK_NAME_MAX + 1];
     ent_link_peer peer;
+    uint64_t first_round; // the first round it is merged in since it (re)joined
+    int joins;            // times it joined (2 and more: it came back)
     int left;    // said LEAVE
     int lost;    // its connection closed, or silent for coalition.lost_after
     uint64_t rejected_round[2]; // a contribution rejected for this round (slot round % 2)
@@ -70,7 +81,8 @@ typedef struct {
     ent_link_opts lo; // its options, pointing into keys
     coal_keys keys;
     csite *sites;
-    int nsites;
+    int nsites, cap; // sites that ever joined; slots (coalition.max_sites, at least .sites)
+    int started;     // round 0's plans went out: a site that joins now waits for the next round
     uint64_t rounds, round; // the round being merged
     uint64_t tokens_total;
     FILE *metrics;
@@ -141,19 +153,36 @@ static void site_names(const coord *c, int (*keep)(const csite *), char *out, si
 
 static int gone(const csite *s) { return !active(s); }
 
+static int whole_delta(const csite *s, uint64_t round) {
+    int k = (int)(round % 2);
+    return s->delta_used[k] && s->delta_round[k] == round &&
+           s->delta[k].received == s->delta[k].count;
+}
+
+// A site goes (or comes back on a new connection): what it sent of a later
+// round, or in part, is dropped; a whole delta of the round being merged
+// stays and is merged (its site's data cursor moved past those batches).
+static void drop_partial_deltas(coord *c, csite *s) {
+    for (int j = 0; j < 2; j++) {
+        if (s->delta_used[j] && s->delta_round[j] == c->round && whole_delta(s, c->round))
+            continue;
+        s->delta_used[j] = 0;
+        coal_vec_free(&s->delta[j]);
+    }
+}
+
 // A site is gone (lost, or left before the end): recorded, and the rounds
 // go on with the others while coalition.quorum of them remain.
 static ent_status site_gone(coord *c, csite *s, const char *event, const char *why) {
     if (!active(s)) return ENT_OK;
     if (strcmp(event, "lost") == 0) s->lost = 1;
     else s->left = 1;
-    for (int j = 0; j < 2; j++) {
-        s->delta_used[j] = 0;
-        coal_vec_free(&s->delta[j]);
-    }
+    drop_partial_deltas(c, s);
     int n = active_count(c);
-    ent_log_warn("coordinator: site '%s' (%s) %s at round %llu: %s; %d of %d site(s) go on",
-                 s->name, s->peer.name, event, (unsigned long long)c->round, why, n, c->nsites);
+    ent_log_warn("coordinator: site '%s' (%s) %s at round %llu: %s; %d of %d site(s) go on%s",
+                 s->name, s->peer.name, event, (unsigned long long)c->round, why, n, c->nsites,
+                 whole_delta(s, c->round) ? " (its delta of this round is in, and is merged)"
+                                          : "");
     ent_json_field rec[] = {ENT_JSTR("event", event), ENT_JSTR("site", s->name),
                             ENT_JINT("round", c->round), ENT_JSTR("reason", why),
                             ENT_JINT("sites_left", n),
@@ -167,6 +196,16 @@ static ent_status site_gone(coord *c, csite *s, const char *event, const char *w
                         (unsigned long long)c->round, c->cfg->coal_quorum, names);
     }
     return ENT_OK;
+}
+
+// A send to s failed: out of memory stops the coordinator; any other
+// failure means the site cannot be reached (gone, or its queue full for the
+// send timeout), and it is lost while the others go on.
+static ent_status lost_on_failure(coord *c, csite *s, ent_status st) {
+    if (st == ENT_OK || st == ENT_ERR_NOMEM) return st;
+    char why[600];
+    snprintf(why, sizeof why, "%s", ent_last_error());
+    return site_gone(c, s, "lost", why);
 }
 
 // A contribution left out of a round's merge; its site stays.
@@ -219,14 +258,38 @@ static csite *find_site(coord *c, const ent_link_incoming *in) {
 // ---------------------------------------------------------------------------
 // joining
 
+// The anchor as it is now (after the updates of the rounds before the one
+// being merged), as f32 UPDATE chunks of the site's first round.
 static ent_status send_anchor(coord *c, csite *s) {
     coal_vec v = {0};
     memcpy(c->g, c->anchor, sizeof(float) * c->n);
     ENT_CHECK(coal_vec_encode(&v, ENT_LINK_CODEC_F32, NULL, c->g, NULL, c->n, c->chunk_bytes));
     v.anchor_hash = c->hist[c->round];
-    ent_status st = coal_vec_send(c->ep, &s->peer, ENT_LINK_UPDATE, s->id, c->round, &v);
+    ent_status st = coal_vec_send(c->ep, &s->peer, ENT_LINK_UPDATE, s->id, s->first_round, &v);
     coal_vec_free(&v);
     return st;
+}
+
+static int same_peer(const ent_link_peer *a, const ent_link_peer *b) {
+    return a->id_len == b->id_len && memcmp(a->id, b->id, a->id_len) == 0;
+}
+
+// A site that comes back: its id and name stay, with the deltas the round
+// being merged still counts (drop_partial_deltas); the rest starts afresh.
+static void readmit(coord *c, csite *s) {
+    drop_partial_deltas(c, s);
+    csite keep = *s;
+    memset(s, 0, sizeof *s);
+    s->id = keep.id;
+    memcpy(s->name, keep.name, sizeof s->name);
+    s->joins = keep.joins;
+    for (int j = 0; j < 2; j++) {
+        s->delta[j] = keep.delta[j];
+        s->delta_round[j] = keep.delta_round[j];
+        s->delta_used[j] = keep.delta_used[j];
+        s->rejected[j] = keep.rejected[j];
+        s->rejected_round[j] = keep.rejected_round[j];
+    }
 }
 
 static ent_status on_hello(coord *c, const ent_link_incoming *in) {
@@ -249,32 +312,61 @@ static ent_status on_hello(coord *c, const ent_link_incoming *in) {
                           cfg->layers, cfg->heads, cfg->width, cfg->context, cfg->vocab,
                           cfg->coal_rounds, cfg->coal_codec, cfg->coal_outer_lr,
                           cfg->coal_outer_momentum);
-    for (int i = 0; i < c->nsites; i++)
-        if (strcmp(c->sites[i].name, h.name) == 0)
-            return send_error(c, &in->peer, 0, ENT_LINK_ERR_DUPLICATE_SITE,
-                              "a site named '%s' has already joined", h.name);
-    if (c->nsites >= cfg->coal_sites)
-        return send_error(c, &in->peer, 0, ENT_LINK_ERR_INCOMPATIBLE,
-                          "the coalition's %d sites (coalition.sites) have joined; joining a "
-                          "running coalition is not supported by this version", cfg->coal_sites);
-    csite *s = &c->sites[c->nsites];
-    memset(s, 0, sizeof *s);
-    s->id = (uint32_t)c->nsites + 1;
-    snprintf(s->name, sizeof s->name, "%s", h.name);
+    // a site that joins once the rounds run is merged from the next round on
+    uint64_t first = c->started ? c->round + 1 : 0;
+    if (first >= c->rounds)
+        return send_error(c, &in->peer, 0, ENT_LINK_ERR_STALE_ROUND,
+                          "site '%s' is too late: the coalition's last round (%llu) is being "
+                          "merged", h.name, (unsigned long long)c->rounds - 1);
+    csite *s = NULL;
+    for (int i = 0; i < c->nsites && s == NULL; i++)
+        if (strcmp(c->sites[i].name, h.name) == 0) s = &c->sites[i];
+    // the same name on another connection while the first is alive: a
+    // second process under one name (or an impostor), never a replacement
+    if (s != NULL && active(s) && !same_peer(&s->peer, &in->peer))
+        return send_error(c, &in->peer, 0, ENT_LINK_ERR_DUPLICATE_SITE,
+                          "a site named '%s' has already joined and is connected (from %s)",
+                          h.name, s->peer.name);
+    int rejoin = s != NULL;
+    if (rejoin) {
+        readmit(c, s);
+    } else {
+        if (c->nsites >= c->cap)
+            return send_error(c, &in->peer, 0, ENT_LINK_ERR_INCOMPATIBLE,
+                              "site '%s': the coalition is full (%d sites have joined: "
+                              "coalition.max_sites)", h.name, c->cap);
+        s = &c->sites[c->nsites];
+        memset(s, 0, sizeof *s);
+        s->id = (uint32_t)c->nsites + 1;
+        snprintf(s->name, sizeof s->name, "%s", h.name);
+        c->nsites++;
+    }
     s->peer = in->peer;
     s->last_seen = coal_now();
-    c->nsites++;
+    s->first_round = first;
+    s->joins++;
     ent_link_welcome w = {.anchor_hash = c->hist[c->round],
                           .inner_steps = (uint32_t)cfg->coal_inner_steps,
                           .round_seconds = cfg->coal_round_seconds,
                           .heartbeat_ms = 2000, .codec = (uint16_t)c->codec.kind,
                           .chunk_bytes = c->chunk_bytes};
     ent_link_buf msg = {0};
-    ENT_CHECK(send_msg(c, &s->peer, &msg, ent_link_encode_welcome(&msg, s->id, c->round, &w)));
-    ENT_CHECK(send_anchor(c, s));
-    ent_log_info("coordinator: site '%s' joined as site %u (%u x %u ranks, from %s); %d of %d",
-                 s->name, s->id, h.dp_size, h.tp_size, in->peer.name, c->nsites, cfg->coal_sites);
-    return ENT_OK;
+    double t0 = coal_now();
+    ent_status st = send_msg(c, &s->peer, &msg, ent_link_encode_welcome(&msg, s->id, first, &w));
+    if (st == ENT_OK) st = send_anchor(c, s);
+    if (st == ENT_OK && c->started) st = send_plan(c, s, first);
+    if (st != ENT_OK) return lost_on_failure(c, s, st); // gone before its welcome left
+    int n = active_count(c);
+    ent_log_info("coordinator: site '%s' %s as site %u (%u x %u ranks, from %s), merged from "
+                 "round %llu; %d site(s) in, %d awaited before round 0; the anchor took %.2f s "
+                 "to send", s->name, rejoin ? "rejoined" : "joined", s->id, h.dp_size, h.tp_size,
+                 in->peer.name, (unsigned long long)first, n, cfg->coal_sites,
+                 coal_now() - t0);
+    ent_json_field rec[] = {ENT_JSTR("event", rejoin ? "rejoined" : "joined"),
+                            ENT_JSTR("site", s->name), ENT_JINT("first_round", first),
+                            ENT_JINT("sites_in", n), ENT_JNUM("anchor_s", coal_now() - t0),
+                            ENT_JNUM("elapsed_s", coal_now() - c->t_start)};
+    return record(c, rec, (int)(sizeof rec / sizeof rec[0]));
 }
 
 // ---------------------------------------------------------------------------
@@ -289,6 +381,12 @@ static ent_status on_delta(coord *c, csite *s, const ent_link_incoming *in) {
         return send_error(c, &in->peer, s->id, ENT_LINK_ERR_STALE_ROUND,
                           "a DELTA for round %llu while round %llu is being merged",
                           (unsigned long long)hd.round, (unsigned long long)c->round);
+    if (hd.round < s->first_round) {
+        ent_log_warn("coordinator: ignored a DELTA chunk of round %llu from site '%s': it "
+                     "rejoined, and is merged from round %llu", (unsigned long long)hd.round,
+                     s->name, (unsigned long long)s->first_round);
+        return ENT_OK;
+    }
     int k = (int)(hd.round % 2);
     if (rejected_for(s, hd.round)) return ENT_OK; // the rest of a rejected delta
     coal_vec *v = &s->delta[k];
@@ -336,15 +434,24 @@ static ent_status on_heartbeat(coord *c, csite *s, const ent_link_incoming *in) 
     s->hb_steps = m.steps_done;
     s->hb_time_ns = m.time_ns;
     s->hb_have = 1;
-    // round 0 is planned before anything is known: once its speed shows,
-    // the site's round 0 is planned again (it trains on to the new length)
-    // and its round 1 planned
-    if (hd.round == 0 && s->steps_per_s > 0 && c->cfg->coal_round_seconds > 0 && !s->replanned) {
+    // a site's first round is planned before anything is known: once its
+    // speed shows, that round is planned again (it trains on to the new
+    // length) and the next one planned
+    ent_status st = ENT_OK;
+    uint64_t first = s->first_round;
+    if (hd.round == first && s->steps_per_s > 0 && c->cfg->coal_round_seconds > 0 &&
+        !s->replanned && c->started) {
         s->replanned = 1;
-        ENT_CHECK(send_plan(c, s, 0));
-        if (c->rounds > 1) ENT_CHECK(send_plan(c, s, 1));
+        st = send_plan(c, s, first);
+        if (st == ENT_OK && first + 1 < c->rounds) st = send_plan(c, s, first + 1);
     }
-    return ENT_OK;
+    // the answer tells the site that the coordinator hears it (a site that
+    // hears nothing for coalition.lost_after takes itself for cut off)
+    ent_link_heartbeat e = {.time_ns = (uint64_t)(coal_now() * 1e9), .echo_ns = m.time_ns};
+    ent_link_buf msg = {0};
+    if (st == ENT_OK)
+        st = send_msg(c, &s->peer, &msg, ent_link_encode_heartbeat(&msg, s->id, hd.round, &e));
+    return lost_on_failure(c, s, st);
 }
 
 static ent_status on_message(coord *c, const ent_link_incoming *in) {
@@ -427,14 +534,12 @@ static ent_status poll_once(coord *c, int ms) {
     return ENT_OK;
 }
 
+// Every site in since before the round has its delta in (or rejected).
 static int round_complete(const coord *c) {
-    int k = (int)(c->round % 2);
     for (int i = 0; i < c->nsites; i++) {
         const csite *s = &c->sites[i];
-        if (!active(s) || rejected_for(s, c->round)) continue;
-        if (!s->delta_used[k] || s->delta_round[k] != c->round ||
-            s->delta[k].received != s->delta[k].count)
-            return 0;
+        if (!active(s) || s->first_round > c->round || rejected_for(s, c->round)) continue;
+        if (!whole_delta(s, c->round)) return 0;
     }
     return 1;
 }
@@ -490,7 +595,8 @@ static ent_status screen_round(coord *c, int *merged, int *nmerged) {
     *nmerged = 0;
     for (int i = 0; i < c->nsites; i++) {
         csite *s = &c->sites[i];
-        if (!active(s) || rejected_for(s, c->round)) continue;
+        // a site lost after its delta arrived whole is merged too
+        if (!whole_delta(s, c->round) || rejected_for(s, c->round)) continue;
         double norm = 0;
         if (coal_vec_norm(&s->delta[k], c->g, &norm) != ENT_OK) {
             char why[600];
@@ -580,13 +686,7 @@ static ent_status merge_round(coord *c) {
         if (!active(s)) continue;
         st = coal_vec_send(c->ep, &s->peer, ENT_LINK_UPDATE, s->id, c->round, &up);
         if (st == ENT_OK && c->round + 2 < c->rounds) st = send_plan(c, s, c->round + 2);
-        if (st != ENT_OK && st != ENT_ERR_NOMEM) {
-            // a site that cannot be sent to (gone, or its queue full for the
-            // send timeout) is lost; the others get the update
-            char why[600];
-            snprintf(why, sizeof why, "%s", ent_last_error());
-            st = site_gone(c, s, "lost", why);
-        }
+        st = lost_on_failure(c, s, st);
     }
     size_t up_bytes = up.len;
     coal_vec_free(&up);
@@ -647,7 +747,8 @@ static ent_status coord_setup(coord *c, int force) {
                                .momentum = (float)cfg->coal_outer_momentum};
     c->rounds = (uint64_t)cfg->coal_rounds;
     c->chunk_bytes = 4u << 20;
-    c->sites = calloc((size_t)cfg->coal_sites, sizeof *c->sites);
+    c->cap = cfg->coal_max_sites > cfg->coal_sites ? cfg->coal_max_sites : cfg->coal_sites;
+    c->sites = calloc((size_t)c->cap, sizeof *c->sites);
     c->hist = calloc(c->rounds + 1, sizeof *c->hist);
     if (c->sites == NULL || c->hist == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
     ENT_CHECK(open_run_dir(c, force));
@@ -713,7 +814,7 @@ static void coord_free(coord *c) {
     if (c->grid) ent_grid_free(&c->grid);
     ent_link_close(&c->ep);
     coal_keys_free(&c->keys);
-    for (int i = 0; c->sites && i < c->cfg->coal_sites; i++) {
+    for (int i = 0; c->sites && i < c->cap; i++) {
         coal_vec_free(&c->sites[i].delta[0]);
         coal_vec_free(&c->sites[i].delta[1]);
     }
@@ -743,10 +844,10 @@ static ent_status run(coord *c) {
                  cfg->coal_codec, cfg->coal_outer_lr, cfg->coal_outer_momentum, c->n);
     c->t_start = coal_now();
     double until = coal_now() + cfg->coal_timeout;
-    while (c->nsites < cfg->coal_sites) {
+    while (active_count(c) < cfg->coal_sites) {
         if (coal_now() > until)
             return ent_fail(ENT_ERR_IO, "coordinator: %d of %d sites joined within "
-                            "coalition.timeout = %g s", c->nsites, cfg->coal_sites,
+                            "coalition.timeout = %g s", active_count(c), cfg->coal_sites,
                             cfg->coal_timeout);
         ENT_CHECK(poll_once(c, 500));
     }
@@ -761,9 +862,13 @@ static ent_status run(coord *c) {
     ENT_CHECK(record(c, start, (int)(sizeof start / sizeof start[0])));
     // rounds 0 and 1 are planned before any speed is known, unless a fixed
     // number of inner steps needs no measure; later rounds at each merge
+    c->started = 1;
     for (int i = 0; i < c->nsites; i++) {
-        ENT_CHECK(send_plan(c, &c->sites[i], 0));
-        if (c->rounds > 1 && cfg->coal_round_seconds <= 0) ENT_CHECK(send_plan(c, &c->sites[i], 1));
+        csite *s = &c->sites[i];
+        if (!active(s)) continue;
+        ent_status st = send_plan(c, s, 0);
+        if (st == ENT_OK && c->rounds > 1 && cfg->coal_round_seconds <= 0) st = send_plan(c, s, 1);
+        ENT_CHECK(lost_on_failure(c, s, st));
     }
     for (c->round = 0; c->round < c->rounds; c->round++) {
         while (!round_complete(c)) {

@@ -3,8 +3,10 @@
 // The trainer object runs the inner steps; this file runs the rounds around
 // it (docs/coalition.md, "Rounds"):
 //
-//   join     the leader (world rank 0) sends HELLO, gets WELCOME and the
-//            anchor theta_anchor (f32 UPDATE chunks); every rank starts from it.
+//   join     the leader (world rank 0) sends HELLO, gets WELCOME (its id and
+//            its first round J: 0, or the round after the one being merged
+//            when it joins a running coalition) and the anchor theta_anchor
+//            (f32 UPDATE chunks); every rank starts from it.
 //   round r  H_r inner steps (the coordinator's ROUND_PLAN), then
 //            d_r = theta_start - theta (this round's progress) is encoded with
 //            error feedback and sent as DELTA chunks, at once; training does
@@ -18,17 +20,41 @@
 //            model is then the anchor itself, which it evaluates, samples and
 //            saves; LEAVE.
 //
-// Only the leader talks to the coordinator; the other ranks get plans and
-// updates over the site's own collectives. Every rank holds the anchor (and
-// the error-feedback residual) in the global layout and encodes the same
-// bytes, so every rank's anchor is bit-identical to the coordinator's.
+// Cut off (docs/coalition.md, "Joins, rejoins and cut-off sites"): when the
+// coordinator is silent for coalition.lost_after while the site waits for
+// it, a send fails, or the coordinator no longer counts the site (ERROR 4 or
+// 5), the leader closes its connection and the site trains on alone, in
+// rounds of its last plan, while the leader tries a new connection (with
+// backoff) between inner steps. Once welcomed back (at round J, with the
+// current anchor), every rank rebases: the progress made since its last
+// delta was sent rides on the new anchor into round J's delta when the
+// anchor it started from is at most coalition.max_staleness rounds old, and
+// is dropped otherwise.
+//
+// Only the leader talks to the coordinator; the other ranks get plans,
+// updates and the link's state over the site's own collectives. Every rank
+// holds the anchor (and the error-feedback residual) in the global layout and
+// encodes the same bytes, so every rank's anchor is bit-identical to the
+// coordinator's.
 #include "coalition_impl.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define PLAN_SLOTS 4
+#define BACKOFF_MAX_S 30.0 // the longest wait between two tries to reconnect
+
+// The leader's link, as the site goes from member to cut off and back.
+typedef enum {
+    LINK_ONLINE,  // a member: plans, deltas and updates flow
+    LINK_OFFLINE, // cut off: no connection; the next try at next_try
+    LINK_HELLO,   // a new connection: HELLO going out, WELCOME awaited
+    LINK_ANCHOR,  // welcomed: the anchor's chunks coming in
+    LINK_READY,   // the anchor is in: every rank rebases at the next step
+    LINK_ALONE,   // the coalition ended without this site: it trains to its end alone
+} link_state;
 
 typedef struct {
     const ent_config *cfg;
@@ -42,20 +68,36 @@ typedef struct {
     float *p, *start, *gather;   // arena layout (gather: tp_size arenas)
     float *ck_anchor, *ck_resid; // what checkpoints write (arena layout)
     uint64_t anchor_hash;        // of anchor, as apply_update last checked it
+    uint64_t anchor_round;       // anchor = the coordinator's after this many rounds' updates
+    // start - theta is the progress not yet sent: made since step start_step,
+    // from an anchor of base_round, plus carried_tokens' worth carried over
+    // a rejoin (docs/coalition.md, the staleness rule)
+    uint64_t base_round, carried_tokens;
+    int64_t start_step;
     ent_ckpt_coalition ck;
     ent_codec codec;
+    int online; // every rank: the state the leader last shared (1: a member)
     // the link (leader only)
     ent_link_endpoint_t *ep;
     ent_link_opts lo; // its options, pointing into keys
     coal_keys keys;
     char endpoint[256];
+    link_state state;
+    char cut_why[600];     // why the link is found broken ("" while it works)
+    uint16_t cut_code;     // the ERROR code that broke it (0: none)
+    double last_heard;     // when the coordinator last sent anything
+    double next_try, try_since, backoff, t_hello, t_anchor, t_cut;
+    int64_t cut_step;
+    int hello_sent;
+    ent_link_welcome welcome;
     uint32_t site_id, chunk_bytes, heartbeat_ms;
-    uint64_t first_round;
+    uint64_t first_round; // the round this site's (last) WELCOME named
     double last_heartbeat;
     uint64_t plan_round[PLAN_SLOTS];
     uint32_t plan_steps[PLAN_SLOTS];
     int plan_have[PLAN_SLOTS];
-    coal_vec update;       // the update being received
+    uint32_t last_steps;   // the last plan's steps: the length of a round trained alone
+    coal_vec update;       // the update being received (or the anchor, when joining)
     uint64_t update_round; // the round it belongs to
     int update_started;
     ent_link_stats marked; // link counters at the last round record
@@ -72,11 +114,33 @@ static ent_status site_fail(site *s, ent_status st, const char *what) {
 // ---------------------------------------------------------------------------
 // the leader's side of the link
 
-// Handles one message while waiting: plans and update chunks are kept,
-// heartbeats ignored, an ERROR ends the site; anything else is dropped with
-// a warning.
+// The link is broken (the first reason found is the one told).
+static void link_broken(site *s, uint16_t code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void link_broken(site *s, uint16_t code, const char *fmt, ...) {
+    if (s->cut_why[0] != '\0') return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->cut_why, sizeof s->cut_why, fmt, ap);
+    va_end(ap);
+    s->cut_code = code;
+}
+
+// A send; one that fails breaks the link instead of the run.
+static void send_or_break(site *s, ent_link_buf *msg, ent_status st, const char *what) {
+    if (st == ENT_OK && s->ep != NULL) st = ent_link_send(s->ep, NULL, msg->data, msg->len);
+    ent_link_buf_free(msg);
+    if (st != ENT_OK) link_broken(s, 0, "sending %s: %s", what, ent_last_error());
+}
+
+// Handles one message: plans and update chunks are kept, heartbeats are
+// signs of life; an ERROR saying the coordinator no longer counts this site
+// (4 unknown site, 5 stale round) or already has a connection under its name
+// (6) breaks the link, any other ERROR ends the site; anything else is
+// dropped with a warning.
 static ent_status handle(site *s, const ent_link_incoming *in) {
     const char *peer = in->peer.name;
+    s->last_heard = coal_now();
     switch (in->header.type) {
     case ENT_LINK_ROUND_PLAN: {
         ent_link_round_plan m;
@@ -102,6 +166,11 @@ static ent_status handle(site *s, const ent_link_incoming *in) {
     case ENT_LINK_ERROR: {
         ent_link_reason r;
         ENT_CHECK(ent_link_decode_error(in->bytes, in->len, peer, NULL, &r));
+        if (r.code == ENT_LINK_ERR_UNKNOWN_SITE || r.code == ENT_LINK_ERR_STALE_ROUND ||
+            r.code == ENT_LINK_ERR_DUPLICATE_SITE) {
+            link_broken(s, r.code, "the coordinator answered code %u: %s", r.code, r.text);
+            return ENT_OK;
+        }
         return ent_fail(ENT_ERR_INPUT, "%s refused this site (code %u): %s", peer, r.code, r.text);
     }
     case ENT_LINK_HEARTBEAT: return ENT_OK;
@@ -124,27 +193,33 @@ static int have_update(const site *s, uint64_t round) {
     return s->update.count > 0 && s->update.received == s->update.count;
 }
 
-// Receives until done(s, arg) holds, for at most coalition.timeout seconds.
-static ent_status send_heartbeat(site *s, uint64_t round, uint32_t steps, double tokens_per_s);
+static void send_heartbeat(site *s, uint64_t round, uint32_t steps, double tokens_per_s);
 
-// Receives until done(s, arg), for at most coalition.timeout; a HEARTBEAT
-// goes out every heartbeat interval meanwhile, so that the coordinator does
-// not take a waiting site for a lost one (coalition.lost_after).
+// Receives until done(s, arg), or until the link breaks: the coordinator
+// silent for coalition.lost_after (it answers every heartbeat, which goes out
+// every heartbeat interval meanwhile), nothing awaited within
+// coalition.timeout, a failed send, or an ERROR that says so (s->cut_why
+// set; the caller goes on alone). Other failures are errors.
 static ent_status wait_for(site *s, wait_done_fn done, uint64_t arg, const char *what) {
     double until = coal_now() + s->cfg->coal_timeout;
-    while (!done(s, arg)) {
+    while (!done(s, arg) && s->cut_why[0] == '\0') {
+        double now = coal_now();
         if (s->site_id != 0 && s->heartbeat_ms > 0 &&
-            (coal_now() - s->last_heartbeat) * 1e3 >= s->heartbeat_ms)
-            ENT_CHECK(send_heartbeat(s, s->hb_round, s->hb_steps, 0));
-        double left = until - coal_now();
-        if (left <= 0)
-            return ent_fail(ENT_ERR_IO, "site %s: no %s from the coordinator %s within "
-                            "coalition.timeout = %g s", s->cfg->coal_site, what, s->endpoint,
-                            s->cfg->coal_timeout);
+            (now - s->last_heartbeat) * 1e3 >= s->heartbeat_ms)
+            send_heartbeat(s, s->hb_round, s->hb_steps, 0);
+        if (now - s->last_heard > s->cfg->coal_lost_after) {
+            link_broken(s, 0, "no word from the coordinator for %.0f s while waiting for %s "
+                        "(coalition.lost_after)", now - s->last_heard, what);
+            break;
+        }
+        if (now > until) {
+            link_broken(s, 0, "no %s within coalition.timeout = %g s", what,
+                        s->cfg->coal_timeout);
+            break;
+        }
         ent_link_incoming in;
         int got = 0;
-        int ms = left > 1.0 ? 1000 : (int)(left * 1000) + 1;
-        ENT_CHECK(ent_link_recv(s->ep, ms, &in, &got));
+        ENT_CHECK(ent_link_recv(s->ep, 200, &in, &got));
         if (got) ENT_CHECK(handle(s, &in));
     }
     return ENT_OK;
@@ -156,18 +231,15 @@ static ent_status start_update(site *s, uint64_t round, uint16_t codec) {
     return coal_vec_expect(&s->update, codec, &s->codec, s->n, s->chunk_bytes);
 }
 
-static ent_status send_heartbeat(site *s, uint64_t round, uint32_t steps, double tokens_per_s) {
+static void send_heartbeat(site *s, uint64_t round, uint32_t steps, double tokens_per_s) {
     ent_link_heartbeat m = {.time_ns = (uint64_t)(coal_now() * 1e9), .steps_done = steps,
                             .tokens_per_s = isfinite(tokens_per_s) && tokens_per_s >= 0
                                                 ? tokens_per_s : 0};
     s->hb_round = round; // what a heartbeat while waiting repeats
     s->hb_steps = steps;
     ent_link_buf msg = {0};
-    ent_status st = ent_link_encode_heartbeat(&msg, s->site_id, round, &m);
-    if (st == ENT_OK) st = ent_link_send(s->ep, NULL, msg.data, msg.len);
-    ent_link_buf_free(&msg);
+    send_or_break(s, &msg, ent_link_encode_heartbeat(&msg, s->site_id, round, &m), "a heartbeat");
     s->last_heartbeat = coal_now();
-    return st;
 }
 
 static ent_status send_leave(site *s, uint64_t round, uint16_t code, const char *text) {
@@ -180,13 +252,8 @@ static ent_status send_leave(site *s, uint64_t round, uint16_t code, const char 
     return st;
 }
 
-// HELLO, then WELCOME (or ERROR), then the anchor in f32 chunks.
-static ent_status join(site *s, uint64_t *welcome) {
+static ent_status send_hello(site *s) {
     const ent_config *cfg = s->cfg;
-    ent_link_opts *lo = &s->lo;
-    if (cfg->coal_timeout * 1e3 < lo->send_timeout_ms)
-        lo->send_timeout_ms = (int)(cfg->coal_timeout * 1e3);
-    ENT_CHECK(ent_link_dealer_connect(cfg->coal_coordinator, lo, &s->ep));
     ent_link_hello h = {.max_version = ENT_LINK_VERSION,
                         .shape_hash = ent_model_shape_hash(cfg),
                         .config_hash = coal_config_hash(cfg),
@@ -197,10 +264,49 @@ static ent_status join(site *s, uint64_t *welcome) {
     ent_status st = ent_link_encode_hello(&msg, 0, 0, &h);
     if (st == ENT_OK) st = ent_link_send(s->ep, NULL, msg.data, msg.len);
     ent_link_buf_free(&msg);
-    ENT_CHECK(st);
+    if (st == ENT_OK) s->t_hello = coal_now();
+    return st;
+}
+
+// A WELCOME: this site's id and first round; the anchor's chunks follow.
+static ent_status on_welcome(site *s, const ent_link_incoming *in) {
+    ent_link_header hd;
+    ENT_CHECK(ent_link_decode_welcome(in->bytes, in->len, in->peer.name, &hd, &s->welcome));
+    if (s->welcome.codec != (uint16_t)s->codec.kind)
+        return ent_fail(ENT_ERR_USAGE, "the coordinator uses codec %u, this site %s",
+                        s->welcome.codec, s->cfg->coal_codec);
+    s->last_heard = coal_now();
+    s->site_id = hd.site;
+    s->first_round = hd.round;
+    s->chunk_bytes = s->welcome.chunk_bytes;
+    s->heartbeat_ms = s->welcome.heartbeat_ms;
+    s->state = LINK_ANCHOR;
+    return start_update(s, s->first_round, ENT_LINK_CODEC_F32);
+}
+
+// The anchor is in: it must be the one WELCOME named.
+static ent_status anchor_in(site *s) {
+    if (s->update.anchor_hash != s->welcome.anchor_hash)
+        return ent_fail(ENT_ERR_INPUT, "the anchor's chunks say hash %016llx, the WELCOME "
+                        "%016llx", (unsigned long long)s->update.anchor_hash,
+                        (unsigned long long)s->welcome.anchor_hash);
+    s->t_anchor = coal_now();
+    s->state = LINK_READY;
+    return ENT_OK;
+}
+
+// The first join: HELLO, then WELCOME (or ERROR), then the anchor in f32
+// chunks, each waited for up to coalition.timeout. A site that cannot join
+// at its start has nothing to train from and fails, naming why.
+static ent_status join(site *s) {
+    const ent_config *cfg = s->cfg;
+    ent_link_opts *lo = &s->lo;
+    if (cfg->coal_timeout * 1e3 < lo->send_timeout_ms)
+        lo->send_timeout_ms = (int)(cfg->coal_timeout * 1e3);
+    ENT_CHECK(ent_link_dealer_connect(cfg->coal_coordinator, lo, &s->ep));
+    ENT_CHECK(send_hello(s));
     double until = coal_now() + cfg->coal_timeout;
-    ent_link_welcome w;
-    for (;;) {
+    while (s->state != LINK_ANCHOR) {
         double left = until - coal_now();
         if (left <= 0)
             return ent_fail(ENT_ERR_IO, "no WELCOME within coalition.timeout = %g s (is the "
@@ -210,30 +316,119 @@ static ent_status join(site *s, uint64_t *welcome) {
         int got = 0;
         ENT_CHECK(ent_link_recv(s->ep, left > 1 ? 1000 : 1 + (int)(left * 1000), &in, &got));
         if (!got) continue;
-        if (in.header.type == ENT_LINK_WELCOME) {
-            ent_link_header hd;
-            ENT_CHECK(ent_link_decode_welcome(in.bytes, in.len, in.peer.name, &hd, &w));
-            s->site_id = hd.site;
-            s->first_round = hd.round;
-            break;
-        }
-        ENT_CHECK(handle(s, &in)); // an ERROR ends it
+        if (in.header.type == ENT_LINK_WELCOME) ENT_CHECK(on_welcome(s, &in));
+        else ENT_CHECK(handle(s, &in));
+        if (s->cut_why[0] != '\0') // refused as a duplicate, or too late
+            return ent_fail(ENT_ERR_INPUT, "%s", s->cut_why);
     }
-    if (w.codec != (uint16_t)s->codec.kind)
-        return ent_fail(ENT_ERR_USAGE, "the coordinator uses codec %u, this site %s", w.codec,
-                        cfg->coal_codec);
-    s->chunk_bytes = w.chunk_bytes;
-    s->heartbeat_ms = w.heartbeat_ms;
-    ENT_CHECK(start_update(s, s->first_round, ENT_LINK_CODEC_F32));
     ENT_CHECK(wait_for(s, have_update, 0, "anchor"));
-    if (s->update.anchor_hash != w.anchor_hash)
-        return ent_fail(ENT_ERR_INPUT, "the anchor's chunks say hash %016llx, the WELCOME "
-                        "%016llx", (unsigned long long)s->update.anchor_hash,
-                        (unsigned long long)w.anchor_hash);
-    welcome[0] = s->site_id;
-    welcome[1] = s->first_round;
-    welcome[2] = s->chunk_bytes;
-    welcome[3] = s->heartbeat_ms;
+    if (s->cut_why[0] != '\0') return ent_fail(ENT_ERR_IO, "%s", s->cut_why);
+    return anchor_in(s);
+}
+
+// The link broke (s->cut_why): the connection is closed (what it still
+// queued is dropped with it), and the site trains on alone; the first try
+// to come back is at once when the coordinator answered that it no longer
+// counts this site, else after a second.
+static void go_offline(site *s, uint64_t round) {
+    ent_log_warn("site %s: cut off from the coordinator %s in round %llu: %s; training on "
+                 "alone, and trying to reconnect", s->cfg->coal_site, s->endpoint,
+                 (unsigned long long)round, s->cut_why);
+    ent_link_close(&s->ep);
+    int at_once = s->cut_code == ENT_LINK_ERR_UNKNOWN_SITE ||
+                  s->cut_code == ENT_LINK_ERR_STALE_ROUND;
+    s->state = LINK_OFFLINE;
+    s->backoff = 1;
+    s->next_try = coal_now() + (at_once ? 0 : s->backoff);
+    s->cut_why[0] = '\0';
+    s->cut_code = 0;
+    coal_vec_free(&s->update);
+    s->update_started = 0;
+    memset(s->plan_have, 0, sizeof s->plan_have); // the old membership's plans are void
+}
+
+// A try to reconnect that did not succeed: the next one after twice the
+// wait (at most BACKOFF_MAX_S).
+static void try_failed(site *s) {
+    ent_log_info("site %s: no way back to the coordinator %s yet: %s; next try in %.0f s",
+                 s->cfg->coal_site, s->endpoint, s->cut_why, s->backoff);
+    ent_link_close(&s->ep);
+    if (s->cut_code == ENT_LINK_ERR_STALE_ROUND) {
+        // too late: the coalition's last round is merged or being merged
+        ent_log_warn("site %s: the coalition has finished its rounds without this site: it "
+                     "trains to its end alone", s->cfg->coal_site);
+        s->state = LINK_ALONE;
+    } else {
+        s->state = LINK_OFFLINE;
+        s->next_try = coal_now() + s->backoff;
+        s->backoff = s->backoff * 2 < BACKOFF_MAX_S ? s->backoff * 2 : BACKOFF_MAX_S;
+    }
+    s->cut_why[0] = '\0';
+    s->cut_code = 0;
+}
+
+// Between inner steps while cut off, never waiting: a new connection when
+// the backoff is over, HELLO once it is up, then WELCOME and the anchor as
+// they come; LINK_READY once the anchor is in. A try ends after
+// coalition.lost_after without an answer.
+static ent_status rejoin_poll(site *s) {
+    double now = coal_now();
+    if (s->state == LINK_OFFLINE) {
+        if (now < s->next_try) return ENT_OK;
+        ent_link_opts lo = s->lo;
+        lo.send_timeout_ms = 0; // a HELLO never holds up training
+        if (ent_link_dealer_connect(s->cfg->coal_coordinator, &lo, &s->ep) != ENT_OK) {
+            link_broken(s, 0, "%s", ent_last_error());
+            try_failed(s);
+            return ENT_OK;
+        }
+        s->state = LINK_HELLO;
+        s->hello_sent = 0;
+        s->try_since = now;
+        s->last_heard = now;
+    }
+    if (s->state == LINK_HELLO && !s->hello_sent) s->hello_sent = send_hello(s) == ENT_OK;
+    for (int k = 0; k < 1024 && (s->state == LINK_HELLO || s->state == LINK_ANCHOR); k++) {
+        ent_link_incoming in;
+        int got = 0;
+        ENT_CHECK(ent_link_recv(s->ep, 0, &in, &got));
+        if (!got) break;
+        if (s->state == LINK_HELLO && in.header.type == ENT_LINK_WELCOME) {
+            ENT_CHECK(on_welcome(s, &in));
+            ENT_CHECK(ent_link_set_send_timeout(s->ep, s->lo.send_timeout_ms));
+        } else {
+            ENT_CHECK(handle(s, &in));
+        }
+        if (s->cut_why[0] != '\0') break;
+        // stop at the anchor's last chunk: update chunks of another round follow it
+        if (s->state == LINK_ANCHOR && have_update(s, 0)) ENT_CHECK(anchor_in(s));
+    }
+    if (s->cut_why[0] == '\0' && (s->state == LINK_HELLO || s->state == LINK_ANCHOR) &&
+        now - s->last_heard > s->cfg->coal_lost_after)
+        link_broken(s, 0, "%s within coalition.lost_after = %g s",
+                    s->hello_sent ? "no answer to HELLO" : "no connection",
+                    s->cfg->coal_lost_after);
+    if (s->cut_why[0] != '\0') try_failed(s);
+    return ENT_OK;
+}
+
+// Between inner steps, never waiting: a member takes what has arrived
+// (plans, update chunks, the answers to its heartbeats) so ZeroMQ's queue
+// drains while the site trains, and finds the link broken when nothing came
+// for coalition.lost_after; a site cut off tries its way back.
+static ent_status link_poll(site *s) {
+    if (s->state != LINK_ONLINE) return rejoin_poll(s);
+    for (int k = 0; k < 256 && s->cut_why[0] == '\0'; k++) {
+        ent_link_incoming in;
+        int got = 0;
+        ENT_CHECK(ent_link_recv(s->ep, 0, &in, &got));
+        if (!got) break;
+        ENT_CHECK(handle(s, &in));
+    }
+    double silent = coal_now() - s->last_heard;
+    if (silent > s->cfg->coal_lost_after)
+        link_broken(s, 0, "no word from the coordinator for %.0f s (coalition.lost_after)",
+                    silent);
     return ENT_OK;
 }
 
@@ -290,6 +485,10 @@ static ent_status apply_update(site *s, uint64_t round) {
                         "is %016llx, the coordinator's %016llx: the copies differ",
                         s->cfg->coal_site, (unsigned long long)round, (unsigned long long)h,
                         (unsigned long long)s->update.anchor_hash);
+    // the join's anchor (f32, for its first round J) is the coordinator's
+    // after J - 1 rounds; an update of round r makes it the one after r + 1
+    if (s->update.codec == ENT_LINK_CODEC_F32) s->anchor_round = round > 0 ? round - 1 : 0;
+    else s->anchor_round = round + 1;
     coal_vec_free(&s->update);
     s->update_started = 0;
     return ENT_OK;
@@ -308,25 +507,61 @@ static ent_status to_global(site *s, const float *x, float *out) {
     return ENT_OK;
 }
 
-// The plan of a round: the leader waits for it, every rank gets it.
-static ent_status round_plan(site *s, uint64_t round, uint32_t *steps) {
-    ent_status st = ENT_OK;
-    int64_t h = 0;
+// What the leader tells every rank at a sync point, after they agree on its
+// status: the round's steps (*steps, in and out), whether the site is a
+// member (s->online) and whether it is ready to rejoin (*ready, may be NULL).
+static ent_status share(site *s, ent_status leader_st, int64_t *steps, int *ready) {
+    int64_t m[3] = {*steps, 0, 0};
     if (s->leader) {
-        st = wait_for(s, have_plan, round, "ROUND_PLAN");
-        if (st == ENT_OK) h = s->plan_steps[round % PLAN_SLOTS];
+        m[1] = s->state == LINK_ONLINE;
+        m[2] = s->state == LINK_READY;
+    }
+    ENT_CHECK(agree(s, leader_st));
+    ENT_CHECK(ent_broadcast(s->grid->world, m, 3, ENT_I64, 0));
+    *steps = m[0];
+    s->online = (int)m[1];
+    if (ready != NULL) *ready = (int)m[2];
+    return ENT_OK;
+}
+
+// Leader: a member whose link broke goes on alone.
+static void check_link(site *s, uint64_t round) {
+    if (s->state == LINK_ONLINE && s->cut_why[0] != '\0') {
+        go_offline(s, round);
+        s->t_cut = coal_now();
+        s->cut_step = ent_trainer_steps_done(s->tr);
+        ent_json_field rec[] = {ENT_JSTR("event", "cut_off"), ENT_JSTR("site", s->cfg->coal_site),
+                                ENT_JINT("round", round), ENT_JINT("step", s->cut_step),
+                                ENT_JNUM("elapsed_s", ent_trainer_elapsed(s->tr))};
+        (void)ent_trainer_record(s->tr, rec, (int)(sizeof rec / sizeof rec[0]));
+    }
+}
+
+// The plan of a round: a member's leader waits for it; a site cut off
+// trains a round of its last plan's length (and tries its way back). Every
+// rank gets it.
+static ent_status round_plan(site *s, uint64_t round, uint32_t *steps, int *ready) {
+    ent_status st = ENT_OK;
+    int64_t h = s->last_steps;
+    if (s->leader) {
+        if (s->state == LINK_ONLINE) st = wait_for(s, have_plan, round, "ROUND_PLAN");
+        else st = link_poll(s);
+        if (st == ENT_OK) check_link(s, round);
+        if (st == ENT_OK && s->state == LINK_ONLINE) h = s->plan_steps[round % PLAN_SLOTS];
         if (st != ENT_OK) st = site_fail(s, st, "waiting for a round plan");
     }
-    ENT_CHECK(agree(s, st));
-    ENT_CHECK(ent_broadcast(s->grid->world, &h, 1, ENT_I64, 0));
+    ENT_CHECK(share(s, st, &h, ready));
     *steps = (uint32_t)h;
+    s->last_steps = *steps;
     return ENT_OK;
 }
 
 static ent_status record_round(site *s, uint64_t round, uint32_t steps, double compute_s,
                                double wait_s, double wall_s, const ent_step_stats *last) {
     ent_link_stats now = {0};
-    if (s->leader) ent_link_get_stats(s->ep, &now);
+    if (s->leader && s->ep != NULL) ent_link_get_stats(s->ep, &now);
+    if (now.bytes_sent < s->marked.bytes_sent || now.bytes_received < s->marked.bytes_received)
+        memset(&s->marked, 0, sizeof s->marked); // a new connection counts from 0
     char hash[17];
     coal_hash_hex(s->anchor_hash, hash);
     ent_json_field rec[] = {
@@ -337,7 +572,7 @@ static ent_status record_round(site *s, uint64_t round, uint32_t steps, double c
         ENT_JINT("step", ent_trainer_steps_done(s->tr)),
         ENT_JINT("tokens", ent_trainer_tokens(s->tr)),
         ENT_JNUM("loss", last->loss),
-        ENT_JINT("anchor_round", (long long)round - (s->cfg->coal_overlap ? 1 : 0)),
+        ENT_JINT("anchor_round", (long long)s->anchor_round - 1),
         ENT_JSTR("anchor_hash", hash),
         ENT_JINT("bytes_sent", now.bytes_sent - s->marked.bytes_sent),
         ENT_JINT("bytes_received", now.bytes_received - s->marked.bytes_received),
@@ -345,6 +580,7 @@ static ent_status record_round(site *s, uint64_t round, uint32_t steps, double c
         ENT_JNUM("wait_s", wait_s),
         ENT_JNUM("wall_s", wall_s),
         ENT_JNUM("elapsed_s", ent_trainer_elapsed(s->tr)),
+        ENT_JBOOL("online", s->online),
     };
     s->marked = now;
     // a line a round, but no more often than train.log_every steps (the
@@ -354,9 +590,10 @@ static ent_status record_round(site *s, uint64_t round, uint32_t steps, double c
                 step - s->printed_step >= s->cfg->log_every;
     if (print) s->printed_step = step;
     if (s->leader && print)
-        ent_log_info("site %s: round %llu done: %u inner steps, loss %.4f, %.1f s computing, "
+        ent_log_info("site %s: round %llu done%s: %u inner steps, loss %.4f, %.1f s computing, "
                      "%.2f s waiting; anchor %s", s->cfg->coal_site, (unsigned long long)round,
-                     steps, last->loss, compute_s, wait_s, hash);
+                     s->online ? "" : " (alone: cut off)", steps, last->loss, compute_s, wait_s,
+                     hash);
     return ent_trainer_record(s->tr, rec, (int)(sizeof rec / sizeof rec[0]));
 }
 
@@ -369,39 +606,36 @@ static void refresh_checkpoint_state(site *s, uint64_t round) {
                                  .round = (int64_t)round};
 }
 
-// The leader takes what has arrived (plans, update chunks) without waiting,
-// so ZeroMQ's queue drains while the site trains; every rank then learns the
-// round's plan, which the coordinator may revise while it runs (the first
-// round, once it has measured the site's speed). The round ends after
+// Between inner steps: the leader takes what has arrived without waiting
+// (link_poll), and every rank learns the round's plan, which the
+// coordinator may revise while it runs (a site's first round, once it has
+// measured the site's speed), and the link's state. The round ends after
 // *steps steps, never before step i.
-static ent_status replan(site *s, uint64_t round, uint32_t i, uint32_t *steps) {
+static ent_status replan(site *s, uint64_t round, uint32_t i, uint32_t *steps, int *ready) {
     ent_status st = ENT_OK;
     int64_t h = *steps;
     if (s->leader) {
-        for (int k = 0; k < 256 && st == ENT_OK; k++) {
-            ent_link_incoming in;
-            int got = 0;
-            st = ent_link_recv(s->ep, 0, &in, &got);
-            if (st != ENT_OK || !got) break;
-            st = handle(s, &in);
-        }
-        if (st == ENT_OK && have_plan(s, round)) h = s->plan_steps[round % PLAN_SLOTS];
+        st = link_poll(s);
+        if (st == ENT_OK) check_link(s, round);
+        if (st == ENT_OK && s->state == LINK_ONLINE && have_plan(s, round))
+            h = s->plan_steps[round % PLAN_SLOTS];
         if (st != ENT_OK) st = site_fail(s, st, "during the round");
     }
-    ENT_CHECK(agree(s, st));
-    ENT_CHECK(ent_broadcast(s->grid->world, &h, 1, ENT_I64, 0));
+    ENT_CHECK(share(s, st, &h, ready));
     *steps = h < (int64_t)i ? i : (uint32_t)h;
     return ENT_OK;
 }
 
 // The round's inner steps (*steps, as the plan may change), with the
 // evaluations, samples and stop requests of `entente train`, and the
-// leader's heartbeats. *stop: the signal that stopped it (0: none).
+// leader's heartbeats. *stop: the signal that stopped it (0: none);
+// *rejoin: the site, cut off, is welcomed back and ends the round here.
 static ent_status inner_steps(site *s, uint64_t round, uint32_t *steps, double *compute_s,
-                              ent_step_stats *last, int *stop) {
+                              ent_step_stats *last, int *stop, int *rejoin) {
     const ent_config *cfg = s->cfg;
     *compute_s = 0;
     *stop = 0;
+    *rejoin = 0;
     for (uint32_t i = 1; i <= *steps; i++) {
         ENT_CHECK(ent_trainer_step(s->tr, last));
         *compute_s += last->seconds;
@@ -412,12 +646,13 @@ static ent_status inner_steps(site *s, uint64_t round, uint32_t *steps, double *
             io = ent_trainer_sample(s->tr);
         // the plan of the next round and the coordinator's idea of this
         // site's speed come from these
-        if (io == ENT_OK && s->leader &&
+        if (s->leader && s->state == LINK_ONLINE &&
             (i == 1 || i == 3 || (coal_now() - s->last_heartbeat) * 1e3 >= s->heartbeat_ms))
-            io = send_heartbeat(s, round, i, last->tokens_per_s);
+            send_heartbeat(s, round, i, last->tokens_per_s);
         ENT_CHECK(ent_trainer_sync(s->tr, io, stop));
         if (*stop) return ENT_OK;
-        ENT_CHECK(replan(s, round, i, steps));
+        ENT_CHECK(replan(s, round, i, steps, rejoin));
+        if (*rejoin) return ENT_OK;
     }
     return ENT_OK;
 }
@@ -449,10 +684,42 @@ static void inject_fault(site *s, uint64_t round, coal_vec *encoded) {
                      s->cfg->coal_site, f, (unsigned long long)round);
 }
 
+// Tokens in the progress not yet sent (start - theta).
+static uint64_t unsent_tokens(site *s) {
+    int64_t steps = ent_trainer_steps_done(s->tr) - s->start_step;
+    return s->carried_tokens + (uint64_t)(steps > 0 ? steps : 0) * (uint64_t)s->cfg->batch_size *
+                                   (uint64_t)s->cfg->context;
+}
+
+// The delta has left (or was lost with the link: either way it is no longer
+// this site's to send): the next one counts from theta (in p), computed from
+// the anchor held now.
+static void delta_gone(site *s) {
+    memcpy(s->start, s->p, sizeof(float) * s->arena);
+    s->start_step = ent_trainer_steps_done(s->tr);
+    s->carried_tokens = 0;
+    s->base_round = s->anchor_round;
+}
+
+// The leader waits for the update of `round`, unless the link is broken;
+// every rank learns whether the site is still a member.
+static ent_status await_update(site *s, uint64_t round, const char *what) {
+    ent_status st = ENT_OK;
+    int64_t none = 0;
+    if (s->leader && s->state == LINK_ONLINE) {
+        st = wait_for(s, have_update, round, what);
+        if (st == ENT_OK) check_link(s, round);
+        if (st != ENT_OK) st = site_fail(s, st, "waiting for the update");
+    }
+    return share(s, st, &none, NULL);
+}
+
 // The end of round r: the delta goes out, the update of round r-1 comes in.
+// A site cut off keeps its progress in start - theta until it is back.
 static ent_status end_round(site *s, uint64_t round, uint32_t steps, double compute_s) {
     int tp_rank = s->grid->tp_rank;
     ENT_CHECK(ent_trainer_params_to_host(s->tr, s->p));
+    if (!s->online) return ENT_OK;
     // this round's progress: start - p, in the global layout, plus the residual
     for (size_t i = 0; i < s->arena; i++) s->start[i] = s->start[i] - s->p[i];
     ENT_CHECK(to_global(s, s->start, s->v));
@@ -461,102 +728,181 @@ static ent_status end_round(site *s, uint64_t round, uint32_t steps, double comp
     ENT_CHECK(coal_vec_encode(&delta, (uint16_t)s->codec.kind, &s->codec, s->v, s->resid, s->n,
                               s->chunk_bytes));
     inject_fault(s, round, &delta);
-    ent_status st = ENT_OK;
-    if (s->leader) {
+    if (s->leader && s->state == LINK_ONLINE) {
         delta.anchor_hash = s->anchor_hash;
-        delta.tokens = (uint64_t)steps * (uint64_t)s->cfg->batch_size * (uint64_t)s->cfg->context;
-        st = coal_vec_send(s->ep, NULL, ENT_LINK_DELTA, s->site_id, round, &delta);
+        delta.tokens = unsent_tokens(s);
+        // a send that fails breaks the link: the site goes on alone
+        if (coal_vec_send(s->ep, NULL, ENT_LINK_DELTA, s->site_id, round, &delta) != ENT_OK)
+            link_broken(s, 0, "sending the delta of round %llu: %s", (unsigned long long)round,
+                        ent_last_error());
         // the rate this round trained at, for the coordinator's plans
-        if (st == ENT_OK)
-            st = send_heartbeat(s, round, steps, compute_s > 0 ? delta.tokens / compute_s : 0);
-        if (st != ENT_OK) st = site_fail(s, st, "sending the delta");
+        if (s->cut_why[0] == '\0')
+            send_heartbeat(s, round, steps, compute_s > 0 ? delta.tokens / compute_s : 0);
+        check_link(s, round);
     }
     coal_vec_free(&delta);
-    ENT_CHECK(agree(s, st));
+    int64_t none = 0;
+    ENT_CHECK(share(s, ENT_OK, &none, NULL));
     if (!s->cfg->coal_overlap) {
         // DiLoCo as published: this round's merge, then the next round
         // starts from the new anchor
-        if (s->leader) {
-            st = wait_for(s, have_update, round, "UPDATE");
-            if (st != ENT_OK) st = site_fail(s, st, "waiting for the update");
+        if (s->online) ENT_CHECK(await_update(s, round, "UPDATE"));
+        if (s->online) {
+            ENT_CHECK(apply_update(s, round));
+            if (s->leader) ENT_CHECK(start_update(s, round + 1, (uint16_t)s->codec.kind));
+            coal_global_to_arena(&s->lay, tp_rank, s->anchor, s->p);
+            ENT_CHECK(ent_trainer_set_params(s->tr, s->p));
         }
-        ENT_CHECK(agree(s, st));
-        ENT_CHECK(apply_update(s, round));
-        if (s->leader) ENT_CHECK(start_update(s, round + 1, (uint16_t)s->codec.kind));
-        coal_global_to_arena(&s->lay, tp_rank, s->anchor, s->p);
-        ENT_CHECK(ent_trainer_set_params(s->tr, s->p));
-        memcpy(s->start, s->p, sizeof(float) * s->arena);
+        delta_gone(s);
         return ENT_OK;
     }
-    if (round == s->first_round) {
-        // nothing to merge yet: the next round goes on from here
-        memcpy(s->start, s->p, sizeof(float) * s->arena);
+    if (round > 0 && s->online) ENT_CHECK(await_update(s, round - 1, "UPDATE"));
+    if (round == 0 || !s->online) {
+        // nothing to merge yet, or no way to: the next round goes on from here
+        delta_gone(s);
         return ENT_OK;
     }
-    if (s->leader) {
-        st = wait_for(s, have_update, round - 1, "UPDATE");
-        if (st != ENT_OK) st = site_fail(s, st, "waiting for the update");
-    }
-    ENT_CHECK(agree(s, st));
     ENT_CHECK(apply_update(s, round - 1));
     if (s->leader) ENT_CHECK(start_update(s, round, (uint16_t)s->codec.kind));
     // the model: the new anchor minus this round's own progress (in start)
     coal_global_to_arena(&s->lay, tp_rank, s->anchor, s->p);
     for (size_t i = 0; i < s->arena; i++) s->p[i] = s->p[i] - s->start[i];
     ENT_CHECK(ent_trainer_set_params(s->tr, s->p));
-    memcpy(s->start, s->p, sizeof(float) * s->arena);
+    delta_gone(s);
     return ENT_OK;
+}
+
+// In the coalition, for the first time (first = 1) or back after a cut:
+// every rank takes the anchor the leader received and goes on from round
+// *round = J, the round its WELCOME named. Coming back, the progress not yet
+// sent (start - theta) rides on the new anchor into round J's delta when the
+// anchor it was made from is at most coalition.max_staleness rounds older
+// than the one round J's delta is computed from; otherwise it is dropped
+// (its tokens are logged and recorded as such).
+static ent_status rebase(site *s, int first, uint64_t *round) {
+    const ent_config *cfg = s->cfg;
+    uint64_t w[4] = {s->site_id, s->first_round, s->chunk_bytes, s->heartbeat_ms};
+    ENT_CHECK(ent_broadcast(s->grid->world, w, 4, ENT_U64, 0));
+    s->site_id = (uint32_t)w[0];
+    s->first_round = w[1];
+    s->chunk_bytes = (uint32_t)w[2];
+    s->heartbeat_ms = (uint32_t)w[3];
+    uint64_t J = s->first_round;
+    if (J >= (uint64_t)cfg->coal_rounds)
+        return ent_fail(ENT_ERR_USAGE, "the coalition is at round %llu of %d: nothing left",
+                        (unsigned long long)J, cfg->coal_rounds);
+    ENT_CHECK(apply_update(s, J));
+    if (s->leader) {
+        // the next update: J - 1's (with overlap, applied after round J;
+        // without, before it), none before round 0's
+        s->state = LINK_ONLINE;
+        ENT_CHECK(start_update(s, J > 0 ? J - 1 : 0, (uint16_t)s->codec.kind));
+    }
+    int64_t none = 0;
+    ENT_CHECK(share(s, ENT_OK, &none, NULL));
+    if (!cfg->coal_overlap && J > 0) {
+        ENT_CHECK(await_update(s, J - 1, "UPDATE"));
+        if (!s->online) return ENT_OK; // cut off again at once: on alone, as before
+        ENT_CHECK(apply_update(s, J - 1));
+        if (s->leader) ENT_CHECK(start_update(s, J, (uint16_t)s->codec.kind));
+    }
+    // start - p: what this site made since its last delta left
+    uint64_t made = unsent_tokens(s);
+    uint64_t stale = s->anchor_round > s->base_round ? s->anchor_round - s->base_round : 0;
+    int keep = !first && made > 0 && stale <= (uint64_t)cfg->coal_max_staleness;
+    ENT_CHECK(ent_trainer_params_to_host(s->tr, s->p));
+    for (size_t i = 0; i < s->arena; i++) s->start[i] = s->start[i] - s->p[i];
+    coal_global_to_arena(&s->lay, s->grid->tp_rank, s->anchor, s->p);
+    if (keep) {
+        for (size_t i = 0; i < s->arena; i++) {
+            float a = s->p[i];
+            s->p[i] = a - s->start[i];
+            s->start[i] = a;
+        }
+    } else {
+        memcpy(s->start, s->p, sizeof(float) * s->arena);
+        memset(s->resid, 0, sizeof(float) * s->n); // what the codec still owed goes with it
+    }
+    ENT_CHECK(ent_trainer_set_params(s->tr, s->p));
+    s->carried_tokens = keep ? made : 0;
+    s->start_step = ent_trainer_steps_done(s->tr);
+    s->base_round = s->anchor_round;
+    *round = J;
+    if (first || !s->leader) return ENT_OK;
+    int64_t steps_alone = s->start_step - s->cut_step;
+    double alone_s = coal_now() - s->t_cut;
+    ent_log_info("site %s: back in the coalition at round %llu after %.1f s and %lld steps "
+                 "alone: %llu tokens of progress from an anchor %llu round(s) old: %s",
+                 cfg->coal_site, (unsigned long long)J, alone_s, (long long)steps_alone,
+                 (unsigned long long)made, (unsigned long long)stale,
+                 keep ? "carried into this round's delta"
+                 : made == 0 ? "nothing to carry"
+                             : "dropped (older than coalition.max_staleness); rebased on the "
+                               "current anchor");
+    ent_json_field rec[] = {ENT_JSTR("event", "rejoined"), ENT_JSTR("site", cfg->coal_site),
+                            ENT_JINT("first_round", J), ENT_JINT("staleness", stale),
+                            ENT_JSTR("progress", keep ? "carried" : "dropped"),
+                            ENT_JINT("tokens", made), ENT_JINT("steps_alone", steps_alone),
+                            ENT_JNUM("alone_s", alone_s), ENT_JINT("step", s->start_step),
+                            ENT_JNUM("elapsed_s", ent_trainer_elapsed(s->tr))};
+    return ent_trainer_record(s->tr, rec, (int)(sizeof rec / sizeof rec[0]));
 }
 
 static ent_status run_rounds(site *s) {
     const ent_config *cfg = s->cfg;
-    uint64_t welcome[4] = {0};
     ent_status st = ENT_OK;
     if (s->leader) {
         snprintf(s->endpoint, sizeof s->endpoint, "%s", cfg->coal_coordinator);
-        st = join(s, welcome);
+        st = join(s);
         if (st != ENT_OK) st = site_fail(s, st, "joining");
     }
     ENT_CHECK(agree(s, st));
-    ENT_CHECK(ent_broadcast(s->grid->world, welcome, 4, ENT_U64, 0));
-    s->site_id = (uint32_t)welcome[0];
-    s->first_round = welcome[1];
-    s->chunk_bytes = (uint32_t)welcome[2];
-    s->heartbeat_ms = (uint32_t)welcome[3];
-    uint64_t rounds = (uint64_t)cfg->coal_rounds;
-    if (s->first_round >= rounds)
-        return ent_fail(ENT_ERR_USAGE, "the coalition is at round %llu of %llu: nothing left",
-                        (unsigned long long)s->first_round, (unsigned long long)rounds);
+    uint64_t rounds = (uint64_t)cfg->coal_rounds, round = 0;
     // the anchor every rank starts from
-    ENT_CHECK(apply_update(s, s->first_round));
+    ENT_CHECK(rebase(s, 1, &round));
     if (s->leader) {
-        ENT_CHECK(start_update(s, s->first_round, (uint16_t)s->codec.kind));
         ent_log_info("site %s joined the coalition at %s as site %u, round %llu of %llu; anchor "
                      "%016llx", cfg->coal_site, s->endpoint, s->site_id,
-                     (unsigned long long)s->first_round, (unsigned long long)rounds,
+                     (unsigned long long)round, (unsigned long long)rounds,
                      (unsigned long long)s->anchor_hash);
         ent_link_get_stats(s->ep, &s->marked);
     }
-    coal_global_to_arena(&s->lay, s->grid->tp_rank, s->anchor, s->p);
-    ENT_CHECK(ent_trainer_set_params(s->tr, s->p));
-    memcpy(s->start, s->p, sizeof(float) * s->arena);
-    refresh_checkpoint_state(s, s->first_round);
-    ENT_CHECK(ent_trainer_sync(s->tr, ent_trainer_eval(s->tr, NULL), NULL));
+    refresh_checkpoint_state(s, round);
+    // a site that joins a running coalition starts at once; at round 0 the
+    // start is evaluated, as a run alone's is
+    if (round == 0) ENT_CHECK(ent_trainer_sync(s->tr, ent_trainer_eval(s->tr, NULL), NULL));
 
     int stop = 0, next_save = cfg->ckpt_every;
     ent_step_stats last = {0};
-    uint64_t round = s->first_round;
-    for (; round < rounds; round++) {
+    while (round < rounds) {
         double t0 = coal_now(), compute_s = 0;
         uint32_t steps = 0;
-        ENT_CHECK(round_plan(s, round, &steps));
+        int ready = 0;
+        ENT_CHECK(round_plan(s, round, &steps, &ready));
+        if (ready) {
+            ENT_CHECK(rebase(s, 0, &round));
+            continue;
+        }
         double t_plan = coal_now() - t0;
+        if (s->leader && s->t_hello > 0 && s->state == LINK_ONLINE) {
+            // HELLO to the first inner step: what joining costs a site
+            ent_log_info("site %s: joined round %llu: anchor received in %.2f s, first inner "
+                         "step %.2f s after its HELLO", cfg->coal_site, (unsigned long long)round,
+                         s->t_anchor - s->t_hello, coal_now() - s->t_hello);
+            s->t_hello = 0;
+        }
         int done = ent_trainer_steps_done(s->tr);
         uint64_t horizon = (uint64_t)done + (uint64_t)steps * (rounds - round);
         ent_trainer_set_horizon(s->tr, horizon < (uint64_t)cfg->steps ? (int)horizon : cfg->steps);
         ent_trainer_set_coalition(s->tr, &s->ck, cfg->coal_site, (int)round);
-        ENT_CHECK(inner_steps(s, round, &steps, &compute_s, &last, &stop));
+        int rejoin = 0;
+        ENT_CHECK(inner_steps(s, round, &steps, &compute_s, &last, &stop, &rejoin));
         if (stop) break;
+        if (rejoin) {
+            // welcomed back mid-round: what the round made so far goes along
+            ENT_CHECK(rebase(s, 0, &round));
+            continue;
+        }
         double t1 = coal_now();
         ENT_CHECK(end_round(s, round, steps, compute_s));
         double wait_s = t_plan + (coal_now() - t1);
@@ -569,35 +915,39 @@ static ent_status run_rounds(site *s) {
             ENT_CHECK(ent_trainer_save(s->tr));
             while (next_save <= ent_trainer_steps_done(s->tr)) next_save += cfg->ckpt_every;
         }
+        round++;
     }
     if (stop) {
-        if (s->leader) (void)send_leave(s, round, ENT_LINK_LEAVE_STOPPED, "stopped by a signal");
+        if (s->leader && s->state == LINK_ONLINE)
+            (void)send_leave(s, round, ENT_LINK_LEAVE_STOPPED, "stopped by a signal");
         return ent_trainer_finish(s->tr, stop);
     }
     // the last update (without overlap: applied already): the model becomes the anchor
-    st = ENT_OK;
-    if (s->leader && cfg->coal_overlap) {
-        st = wait_for(s, have_update, rounds - 1, "last UPDATE");
-        if (st != ENT_OK) st = site_fail(s, st, "waiting for the last update");
-    }
-    ENT_CHECK(agree(s, st));
-    if (cfg->coal_overlap) ENT_CHECK(apply_update(s, rounds - 1));
-    coal_global_to_arena(&s->lay, s->grid->tp_rank, s->anchor, s->p);
-    ENT_CHECK(ent_trainer_set_params(s->tr, s->p));
-    refresh_checkpoint_state(s, rounds);
+    if (s->online && cfg->coal_overlap) ENT_CHECK(await_update(s, rounds - 1, "last UPDATE"));
     char hash[17];
     coal_hash_hex(s->anchor_hash, hash);
-    // every rank's own copy, for whoever compares them (the tests do)
-    ent_log_info("site %s: rank %d holds anchor %s after round %llu", cfg->coal_site,
-                 ent_comm_rank(s->comm), hash, (unsigned long long)rounds - 1);
-    ent_json_field rec[] = {ENT_JSTR("event", "anchor"), ENT_JSTR("site", cfg->coal_site),
-                            ENT_JINT("anchor_round", (long long)rounds - 1),
-                            ENT_JSTR("anchor_hash", hash),
-                            ENT_JNUM("elapsed_s", ent_trainer_elapsed(s->tr))};
-    ENT_CHECK(ent_trainer_record(s->tr, rec, (int)(sizeof rec / sizeof rec[0])));
+    if (s->online) {
+        if (cfg->coal_overlap) ENT_CHECK(apply_update(s, rounds - 1));
+        coal_global_to_arena(&s->lay, s->grid->tp_rank, s->anchor, s->p);
+        ENT_CHECK(ent_trainer_set_params(s->tr, s->p));
+        refresh_checkpoint_state(s, rounds);
+        coal_hash_hex(s->anchor_hash, hash);
+        // every rank's own copy, for whoever compares them (the tests do)
+        ent_log_info("site %s: rank %d holds anchor %s after round %llu", cfg->coal_site,
+                     ent_comm_rank(s->comm), hash, (unsigned long long)rounds - 1);
+        ent_json_field rec[] = {ENT_JSTR("event", "anchor"), ENT_JSTR("site", cfg->coal_site),
+                                ENT_JINT("anchor_round", (long long)rounds - 1),
+                                ENT_JSTR("anchor_hash", hash),
+                                ENT_JNUM("elapsed_s", ent_trainer_elapsed(s->tr))};
+        ENT_CHECK(ent_trainer_record(s->tr, rec, (int)(sizeof rec / sizeof rec[0])));
+    } else if (s->leader) {
+        ent_log_warn("site %s: the coalition's %llu rounds are over while this site is cut off: "
+                     "its model is its own, not the coalition's anchor", cfg->coal_site,
+                     (unsigned long long)rounds);
+    }
     ENT_CHECK(ent_trainer_sync(s->tr, ent_trainer_eval(s->tr, NULL), NULL));
     ENT_CHECK(ent_trainer_sync(s->tr, ent_trainer_sample(s->tr), NULL));
-    if (s->leader) {
+    if (s->leader && s->online) {
         ent_log_info("site %s: the coalition's %llu rounds are done; this site's model is the "
                      "anchor %s", cfg->coal_site, (unsigned long long)rounds, hash);
         ENT_CHECK(send_leave(s, rounds, ENT_LINK_LEAVE_FINISHED, "finished"));
@@ -611,10 +961,6 @@ ent_status ent_coalition_site(const ent_config *cfg_in, const ent_train_opts *op
         return ent_fail(ENT_ERR_USAGE, "%s: coalition.coordinator is set but coalition.site is "
                         "not: name this site (--set coalition.site=NAME)",
                         cfg_in->path[0] ? cfg_in->path : "configuration");
-    if (opts->resume != NULL)
-        return ent_fail(ENT_ERR_USAGE, "a site of a coalition joins at the coordinator's round "
-                        "and anchor; --resume is for a run alone (remove the [coalition] "
-                        "section, or coalition.coordinator, to resume a site's checkpoint alone)");
     // a site trains rounds x its planned inner steps: at most this many
     ent_config cfg = *cfg_in;
     long long cap = (long long)cfg.coal_rounds * cfg.coal_inner_steps;
@@ -623,7 +969,11 @@ ent_status ent_coalition_site(const ent_config *cfg_in, const ent_train_opts *op
                         "more than the 10^9 a run may take", cap);
     cfg.steps = (int)cap;
     if (cfg.warmup_steps > cfg.steps) cfg.warmup_steps = cfg.steps;
-    site s = {.cfg = &cfg, .comm = comm, .leader = ent_comm_rank(comm) == 0};
+    // with --resume, a restarted site takes its inner state (the optimizer's
+    // moments, the step and schedule, the data cursor) from its checkpoint,
+    // and its parameters from the coalition's anchor when it joins
+    site s = {.cfg = &cfg, .comm = comm, .leader = ent_comm_rank(comm) == 0,
+              .last_steps = (uint32_t)cfg.coal_inner_steps, .online = 1};
     ENT_CHECK(ent_codec_parse(cfg.coal_codec, &s.codec));
     // the link's keys are checked before any work starts
     s.lo = ent_link_opts_default();

@@ -20,9 +20,10 @@ void coal_hash_hex(uint64_t h, char out[17]) {
 
 uint64_t coal_config_hash(const ent_config *cfg) {
     char text[512];
-    snprintf(text, sizeof text, "model %llu rounds %d codec %s outer %.17g %.17g overlap %d",
-             (unsigned long long)ent_model_shape_hash(cfg), cfg->coal_rounds, cfg->coal_codec,
-             cfg->coal_outer_lr, cfg->coal_outer_momentum, cfg->coal_overlap);
+    snprintf(text, sizeof text, "model %llu rounds %d codec %s outer %.17g %.17g overlap %d "
+             "max_staleness %d", (unsigned long long)ent_model_shape_hash(cfg), cfg->coal_rounds,
+             cfg->coal_codec, cfg->coal_outer_lr, cfg->coal_outer_momentum, cfg->coal_overlap,
+             cfg->coal_max_staleness);
     return ent_hash_string(text, 0);
 }
 

@@ -1,0 +1,427 @@
+// safetensors.c: reading a Hugging Face model directory's tensors
+// (model.safetensors, or the shards model.safetensors.index.json names).
+//
+// The format: an 8-byte little-endian header length N, N bytes of JSON (each
+// tensor's dtype, shape and byte range [begin, end) in the data that
+// follows; an optional "__metadata__" of strings), then the data. Nothing in
+// a file is believed before it is checked against the file's size and the
+// other tensors: a header past the end or over the format's limit, a byte
+// range past the end, one that does not hold its shape, two tensors over the
+// same bytes, a name twice, a dtype other than F32/BF16/F16, and a shard the
+// index names wrongly are errors naming the file and the tensor. Reading
+// goes tensor by tensor in pieces, converted to float32 as they arrive.
+#include "ckpt_impl.h"
+#include "kernel_math.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <limits.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+// The format's own limit on the header (the reference reader refuses more).
+enum { HEADER_MAX = 100 * 1000 * 1000, INDEX_MAX = 64 << 20, PIECE = 4 << 20 };
+
+typedef struct {
+    char *path;
+    int fd;
+    uint64_t data_at, data_bytes; // where the data starts, and its length
+} st_file;
+
+typedef struct {
+    ent_st_tensor pub;
+    uint64_t begin, end; // within its file's data
+    int file;
+} st_entry;
+
+struct ent_st {
+    st_file *files;
+    int nfiles;
+    st_entry *t;
+    int n, cap;
+    unsigned char *piece; // PIECE bytes (or a band's, when larger)
+    float *band;          // the rows being transposed, widened
+    size_t band_floats;
+};
+
+static ent_status nomem(void) { return ent_fail(ENT_ERR_NOMEM, "out of memory reading safetensors"); }
+
+// A JSON number that is a whole number in [0, 2^53].
+static int whole(const cJSON *j, uint64_t *v) {
+    if (!cJSON_IsNumber(j)) return 0;
+    double d = j->valuedouble;
+    if (!(d >= 0 && d <= 9007199254740992.0) || d != (double)(uint64_t)d) return 0;
+    *v = (uint64_t)d;
+    return 1;
+}
+
+static int dtype_of(const char *s, ent_dtype *d) {
+    if (strcmp(s, "F32") == 0) *d = ENT_F32;
+    else if (strcmp(s, "BF16") == 0) *d = ENT_BF16;
+    else if (strcmp(s, "F16") == 0) *d = ENT_F16;
+    else return 0;
+    return 1;
+}
+
+static int by_begin(const void *a, const void *b) {
+    const st_entry *x = *(const st_entry *const *)a, *y = *(const st_entry *const *)b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin;
+}
+
+// One tensor's header entry, checked against its file.
+static ent_status add_entry(ent_st_t *st, int fi, const cJSON *e) {
+    const st_file *f = &st->files[fi];
+    const char *name = e->string;
+    if (strlen(name) >= ENT_ST_NAME_MAX)
+        return ent_fail(ENT_ERR_INPUT, "%s: a tensor name of %zu bytes (at most %d)", f->path,
+                        strlen(name), ENT_ST_NAME_MAX - 1);
+    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
+    const cJSON *shape = cJSON_GetObjectItemCaseSensitive(e, "shape");
+    const cJSON *off = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
+    if (!cJSON_IsObject(e) || !cJSON_IsString(dt) || !cJSON_IsArray(shape) || !cJSON_IsArray(off) ||
+        cJSON_GetArraySize(off) != 2)
+        return ent_fail(ENT_ERR_INPUT, "%s: tensor %s: the header entry needs \"dtype\", \"shape\" "
+                        "and two \"data_offsets\"", f->path, name);
+    ent_dtype dtype;
+    if (!dtype_of(dt->valuestring, &dtype))
+        return ent_fail(ENT_ERR_INPUT, "%s: tensor %s has dtype %.16s; import reads F32, BF16 and "
+                        "F16", f->path, name, dt->valuestring);
+    int ndim = cJSON_GetArraySize(shape);
+    if (ndim > ENT_ST_MAX_DIMS)
+        return ent_fail(ENT_ERR_INPUT, "%s: tensor %s has %d dimensions (at most %d)", f->path,
+                        name, ndim, ENT_ST_MAX_DIMS);
+    if (st->n == st->cap) {
+        int cap = st->cap ? 2 * st->cap : 256;
+        st_entry *p = realloc(st->t, sizeof *p * (size_t)cap);
+        if (p == NULL) return nomem();
+        st->t = p;
+        st->cap = cap;
+    }
+    st_entry *t = &st->t[st->n];
+    memset(t, 0, sizeof *t);
+    snprintf(t->pub.name, sizeof t->pub.name, "%s", name);
+    t->pub.dtype = dtype;
+    t->pub.ndim = ndim;
+    t->pub.file = f->path;
+    t->file = fi;
+    uint64_t numel = 1;
+    for (int d = 0; d < ndim; d++) {
+        uint64_t v;
+        if (!whole(cJSON_GetArrayItem(shape, d), &v) || v > ((uint64_t)1 << 40))
+            return ent_fail(ENT_ERR_INPUT, "%s: tensor %s: dimension %d of its shape is not a "
+                            "size", f->path, name, d);
+        t->pub.shape[d] = (int64_t)v;
+        numel = v == 0 ? 0 : numel > UINT64_MAX / v ? UINT64_MAX : numel * v;
+    }
+    if (!whole(cJSON_GetArrayItem(off, 0), &t->begin) || !whole(cJSON_GetArrayItem(off, 1), &t->end) ||
+        t->begin > t->end)
+        return ent_fail(ENT_ERR_INPUT, "%s: tensor %s: data_offsets are not a byte range", f->path,
+                        name);
+    if (t->end > f->data_bytes)
+        return ent_fail(ENT_ERR_INPUT, "%s: tensor %s ends at byte %llu of the data, which has %llu "
+                        "(a truncated file?)", f->path, name, (unsigned long long)t->end,
+                        (unsigned long long)f->data_bytes);
+    uint64_t size = ent_dtype_size(dtype);
+    if (numel > UINT64_MAX / size || numel * size != t->end - t->begin)
+        return ent_fail(ENT_ERR_INPUT, "%s: tensor %s: its shape of %s needs %llu bytes, its "
+                        "data_offsets span %llu", f->path, name, ent_dtype_name(dtype),
+                        numel > UINT64_MAX / size ? 0ULL : (unsigned long long)(numel * size),
+                        (unsigned long long)(t->end - t->begin));
+    t->pub.numel = (size_t)numel;
+    t->pub.at = f->data_at + t->begin;
+    for (int i = 0; i < st->n; i++)
+        if (strcmp(st->t[i].pub.name, name) == 0)
+            return ent_fail(ENT_ERR_INPUT, "%s: tensor %s appears twice (also in %s)", f->path,
+                            name, st->t[i].pub.file);
+    st->n++;
+    return ENT_OK;
+}
+
+// Opens one file and reads its header's entries.
+static ent_status open_file(ent_st_t *st, const char *path) {
+    st_file *files = realloc(st->files, sizeof *files * (size_t)(st->nfiles + 1));
+    if (files == NULL) return nomem();
+    st->files = files;
+    st_file *f = &st->files[st->nfiles];
+    memset(f, 0, sizeof *f);
+    f->fd = -1;
+    f->path = strdup(path);
+    if (f->path == NULL) return nomem();
+    int fi = st->nfiles++;
+    struct stat sb;
+    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (f->fd < 0 || fstat(f->fd, &sb) != 0)
+        return ent_fail(ENT_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    if (!S_ISREG(sb.st_mode))
+        return ent_fail(ENT_ERR_INPUT, "%s is not a regular file", path);
+    uint64_t size = (uint64_t)sb.st_size, n = 0;
+    unsigned char len8[8];
+    if (size < 8 || pread(f->fd, len8, 8, 0) != 8)
+        return ent_fail(ENT_ERR_INPUT, "%s: %llu bytes, too short for a safetensors header", path,
+                        (unsigned long long)size);
+    for (int i = 7; i >= 0; i--) n = n << 8 | len8[i];
+    if (n > HEADER_MAX)
+        return ent_fail(ENT_ERR_INPUT, "%s: a header of %llu bytes, over the format's limit of %d "
+                        "(not safetensors?)", path, (unsigned long long)n, HEADER_MAX);
+    if (n > size - 8)
+        return ent_fail(ENT_ERR_INPUT, "%s: a header of %llu bytes in a file of %llu (truncated, "
+                        "or not safetensors)", path, (unsigned long long)n, (unsigned long long)size);
+    f->data_at = 8 + n;
+    f->data_bytes = size - 8 - n;
+    char *json = malloc(n + 1);
+    if (json == NULL) return nomem();
+    ssize_t got = pread(f->fd, json, n, 8);
+    if (got != (ssize_t)n) {
+        free(json);
+        return ent_fail(ENT_ERR_IO, "cannot read the header of %s", path);
+    }
+    json[n] = '\0';
+    cJSON *root = cJSON_ParseWithLength(json, n);
+    free(json);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return ent_fail(ENT_ERR_INPUT, "%s: the header is not a JSON object", path);
+    }
+    ent_status s = ENT_OK;
+    int first = st->n;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, root) {
+        if (strcmp(e->string, "__metadata__") == 0) continue;
+        if ((s = add_entry(st, fi, e)) != ENT_OK) break;
+    }
+    cJSON_Delete(root);
+    if (s != ENT_OK) return s;
+    // no two tensors over the same bytes
+    int k = st->n - first;
+    st_entry **order = malloc(sizeof *order * (size_t)(k ? k : 1));
+    if (order == NULL) return nomem();
+    for (int i = 0; i < k; i++) order[i] = &st->t[first + i];
+    qsort(order, (size_t)k, sizeof *order, by_begin);
+    for (int i = 1; i < k && s == ENT_OK; i++)
+        if (order[i]->begin < order[i - 1]->end)
+            s = ent_fail(ENT_ERR_INPUT, "%s: tensors %s and %s overlap", path, order[i - 1]->pub.name,
+                         order[i]->pub.name);
+    free(order);
+    return s;
+}
+
+// A shard's name from the index: a plain file name in the model directory.
+static int plain_name(const char *s) {
+    return s[0] != '\0' && strchr(s, '/') == NULL && strcmp(s, ".") != 0 && strcmp(s, "..") != 0;
+}
+
+static ent_status read_text(const char *path, size_t max, char **text) {
+    *text = NULL;
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) return ent_fail(ENT_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    char *buf = malloc(max + 1);
+    size_t n = buf != NULL ? fread(buf, 1, max + 1, f) : 0;
+    int bad = ferror(f);
+    fclose(f);
+    if (buf == NULL) return nomem();
+    if (bad || n > max) {
+        free(buf);
+        return ent_fail(ENT_ERR_INPUT, bad ? "cannot read %s" : "%s is larger than %zu bytes", path,
+                        max);
+    }
+    buf[n] = '\0';
+    *text = buf;
+    return ENT_OK;
+}
+
+ent_status ent_st_read_json(const char *path, size_t max, void **json) {
+    char *text = NULL;
+    *json = NULL;
+    ENT_CHECK(read_text(path, max, &text));
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return ent_fail(ENT_ERR_INPUT, "%s is not a JSON object", path);
+    }
+    *json = root;
+    return ENT_OK;
+}
+
+// The shards an index names, each opened once; every tensor of the weight
+// map in the shard it names, and no tensor in a shard the map leaves out.
+static ent_status open_index(ent_st_t *st, const char *dir, const char *index) {
+    cJSON *root = NULL;
+    ENT_CHECK(ent_st_read_json(index, INDEX_MAX, (void **)&root));
+    ent_status s = ENT_OK;
+    const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map"), *e;
+    if (!cJSON_IsObject(map) || cJSON_GetArraySize(map) == 0)
+        s = ent_fail(ENT_ERR_INPUT, "%s: no \"weight_map\" of tensor names to files", index);
+    if (s != ENT_OK) map = NULL;
+    cJSON_ArrayForEach(e, map) {
+        if (!cJSON_IsString(e) || !plain_name(e->valuestring)) {
+            s = ent_fail(ENT_ERR_INPUT, "%s: tensor %s maps to %s, not a file name in %s", index,
+                         e->string, cJSON_IsString(e) ? e->valuestring : "a non-string", dir);
+            break;
+        }
+        int known = 0;
+        for (int i = 0; i < st->nfiles && !known; i++)
+            known = strcmp(strrchr(st->files[i].path, '/') + 1, e->valuestring) == 0;
+        if (known) continue;
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof path, "%s/%s", dir, e->valuestring) >= (int)sizeof path) {
+            s = ent_fail(ENT_ERR_INPUT, "%s: the path of shard %s is too long", index, e->valuestring);
+            break;
+        }
+        if ((s = open_file(st, path)) != ENT_OK) break;
+    }
+    for (int i = 0; i < st->n && s == ENT_OK; i++) {
+        const cJSON *want = cJSON_GetObjectItemCaseSensitive(map, st->t[i].pub.name);
+        const char *file = strrchr(st->t[i].pub.file, '/') + 1;
+        if (want == NULL)
+            s = ent_fail(ENT_ERR_INPUT, "%s: tensor %s is not in the weight map of %s",
+                         st->t[i].pub.file, st->t[i].pub.name, index);
+        else if (strcmp(want->valuestring, file) != 0)
+            s = ent_fail(ENT_ERR_INPUT, "%s: tensor %s is in %s, not in %s as the index says", index,
+                         st->t[i].pub.name, file, want->valuestring);
+    }
+    if (s != ENT_OK) map = NULL;
+    cJSON_ArrayForEach(e, map) {
+        if (ent_st_find(st, e->string) == NULL) {
+            s = ent_fail(ENT_ERR_INPUT, "%s: tensor %s is missing from %s/%s", index, e->string, dir,
+                         e->valuestring);
+            break;
+        }
+    }
+    cJSON_Delete(root);
+    return s;
+}
+
+ent_status ent_st_open(const char *dir, ent_st_t **out) {
+    *out = NULL;
+    ent_st_t *st = calloc(1, sizeof *st);
+    if (st == NULL) return nomem();
+    char single[PATH_MAX], index[PATH_MAX];
+    ent_status s = ENT_OK;
+    if (snprintf(single, sizeof single, "%s/model.safetensors", dir) >= (int)sizeof single ||
+        snprintf(index, sizeof index, "%s/model.safetensors.index.json", dir) >= (int)sizeof index)
+        s = ent_fail(ENT_ERR_USAGE, "model directory name too long: %.64s...", dir);
+    else if (access(single, F_OK) == 0) s = open_file(st, single);
+    else if (access(index, F_OK) == 0) s = open_index(st, dir, index);
+    else
+        s = ent_fail(ENT_ERR_INPUT, "%s holds neither model.safetensors nor "
+                     "model.safetensors.index.json", dir);
+    if (s == ENT_OK && (st->piece = malloc(PIECE)) == NULL) s = nomem();
+    if (s != ENT_OK) {
+        ent_st_close(&st);
+        return s;
+    }
+    *out = st;
+    return ENT_OK;
+}
+
+int ent_st_count(const ent_st_t *st) { return st->n; }
+
+const ent_st_tensor *ent_st_get(const ent_st_t *st, int i) { return &st->t[i].pub; }
+
+const ent_st_tensor *ent_st_find(const ent_st_t *st, const char *name) {
+    for (int i = 0; i < st->n; i++)
+        if (strcmp(st->t[i].pub.name, name) == 0) return &st->t[i].pub;
+    return NULL;
+}
+
+// n stored values at p as floats (little-endian in the file, whatever the host).
+static void widen(ent_dtype d, const unsigned char *p, size_t n, float *out) {
+    switch (d) {
+    case ENT_BF16:
+        for (size_t i = 0; i < n; i++) out[i] = ent_k_bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        break;
+    case ENT_F16:
+        for (size_t i = 0; i < n; i++) out[i] = ent_k_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        break;
+    default:
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        if ((const void *)p != (const void *)out) memcpy(out, p, 4 * n);
+#else
+        for (size_t i = 0; i < n; i++)
+            out[i] = ent_k_f32_from_bits((uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 |
+                                         (uint32_t)p[4 * i + 2] << 16 | (uint32_t)p[4 * i + 3] << 24);
+#endif
+        break;
+    }
+}
+
+// Rows [r0, r0 + nr) of a [rows, cols] matrix (band, row-major) into the
+// transposed [cols, rows] matrix t, in tiles that stay in the cache.
+static void transpose_band(const float *band, size_t r0, size_t nr, size_t rows, size_t cols,
+                           float *t) {
+    enum { TILE = 32 };
+    for (size_t i0 = 0; i0 < nr; i0 += TILE)
+        for (size_t j0 = 0; j0 < cols; j0 += TILE) {
+            size_t i1 = i0 + TILE < nr ? i0 + TILE : nr, j1 = j0 + TILE < cols ? j0 + TILE : cols;
+            for (size_t j = j0; j < j1; j++)
+                for (size_t i = i0; i < i1; i++) t[j * rows + r0 + i] = band[i * cols + j];
+        }
+}
+
+ent_status ent_st_read(ent_st_t *st, const ent_st_tensor *pub, float *dst, int transpose) {
+    const st_entry *t = (const st_entry *)pub; // pub is the first member
+    const st_file *f = &st->files[t->file];
+    size_t esize = ent_dtype_size(pub->dtype), rows = 1, cols = 1;
+    if (transpose) {
+        if (pub->ndim != 2)
+            return ent_fail(ENT_ERR_INTERNAL, "tensor %s: only a matrix is transposed", pub->name);
+        rows = (size_t)pub->shape[0];
+        cols = (size_t)pub->shape[1];
+    }
+    // values a piece: whole rows when transposing (a row longer than a piece
+    // is read alone)
+    size_t per = PIECE / sizeof(float);
+    if (transpose) per = cols > per ? cols : per / cols * cols;
+    if (transpose && per > st->band_floats) {
+        float *b = realloc(st->band, sizeof(float) * per);
+        unsigned char *p = realloc(st->piece, per * esize > PIECE ? per * esize : PIECE);
+        if (b != NULL) st->band = b;
+        if (p != NULL) st->piece = p;
+        if (b == NULL || p == NULL) return nomem();
+        st->band_floats = per;
+    }
+    size_t done = 0;
+    while (done < pub->numel) {
+        size_t k = pub->numel - done < per ? pub->numel - done : per, bytes = k * esize, got = 0;
+        // float32 in place lands where it belongs; the others are widened
+        int direct = pub->dtype == ENT_F32 && !transpose && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
+        unsigned char *in = direct ? (unsigned char *)(dst + done) : st->piece;
+        while (got < bytes) {
+            ssize_t r = pread(f->fd, in + got, bytes - got,
+                              (off_t)(f->data_at + t->begin + done * esize + got));
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0)
+                return ent_fail(ENT_ERR_IO, "%s: cannot read tensor %s: %s", f->path, pub->name,
+                                r == 0 ? "the file ends early (changed while read?)" : strerror(errno));
+            got += (size_t)r;
+        }
+        if (!transpose) {
+            if (!direct) widen(pub->dtype, in, k, dst + done);
+        } else {
+            widen(pub->dtype, in, k, st->band);
+            transpose_band(st->band, done / cols, k / cols, rows, cols, dst);
+        }
+        done += k;
+    }
+    return ENT_OK;
+}
+
+void ent_st_close(ent_st_t **stp) {
+    ent_st_t *st = *stp;
+    if (st == NULL) return;
+    for (int i = 0; i < st->nfiles; i++) {
+        if (st->files[i].fd >= 0) close(st->files[i].fd);
+        free(st->files[i].path);
+    }
+    free(st->files);
+    free(st->t);
+    free(st->piece);
+    free(st->band);
+    free(st);
+    *stp = NULL;
+}
