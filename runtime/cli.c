@@ -581,7 +581,7 @@ static int cmd_ckpt(int argc, char **argv) {
         if (outdir == NULL) return usage_error("ckpt", "%s", "export needs --out DIR");
         if (format != NULL && strcmp(format, "safetensors") != 0)
             return usage_error("ckpt", "--format %s: only safetensors is supported", format);
-        st = ent_ckpt_export_safetensors(path, outdir, stdout);
+        st = ent_export_hf(path, outdir, stdout);
     } else {
         return usage_error("ckpt", "unknown or incomplete command 'ckpt %s'", what);
     }
