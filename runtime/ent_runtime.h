@@ -486,7 +486,7 @@ ent_status ent_eval_loss(ent_model_t *model, const ent_dataset_t *val, int64_t w
 // data.dir), written as one line to out.
 ent_status ent_eval_checkpoint(const char *path, const char *data_dir, int batches, FILE *out);
 // `entente ckpt import`: the Hugging Face model in dir (config.json and
-// model.safetensors or its sharded index; GPT-2) as an entente checkpoint at
+// model.safetensors or its sharded index; GPT-2 or the Llama family) as an entente checkpoint at
 // step 0 with no AdamW moments, written to out (which must not exist unless
 // force); what was skipped and what was written go to log (may be NULL).
 ent_status ent_import_hf(const char *dir, const char *out, int force, FILE *log);
