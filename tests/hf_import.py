@@ -315,7 +315,20 @@ def cmd_check(args):
     err = rel_err(ours, ref) if ours.shape == ref.shape else float("inf")
     print(f"numpy {cfg['model_type']} on the imported tensors vs entente logits: relative error {err:.2e} "
           f"over {ref.shape[0]} positions x {ref.shape[1]} tokens")
-    return 0 if err < 1e-5 else 1
+    failed = not err < 1e-5
+    try:  # transformers itself, where it is installed
+        import torch
+        from transformers import AutoModelForCausalLM
+    except ImportError as e:
+        print(f"transformers check not run: {e} (pip install torch transformers to run it)")
+    else:
+        model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32).eval()
+        with torch.no_grad():
+            hf = model(torch.tensor([ids])).logits[0].double().numpy()
+        herr = rel_err(ours, hf)
+        print(f"transformers {type(model).__name__} vs entente logits: relative error {herr:.2e}")
+        failed |= not herr < 1e-5
+    return 1 if failed else 0
 
 
 def cmd_same(args):
