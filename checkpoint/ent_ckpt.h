@@ -195,9 +195,17 @@ ent_status ent_ckpt_check_layout(ent_ckpt_t *ck, const ent_param_table *table);
 // table it gives, then reads every dataset (checksums) and checks its values
 // (no NaN/Inf); a failure names the attribute or dataset.
 ent_status ent_ckpt_verify(const char *path, ent_ckpt_expect_fn expect, void *ctx, FILE *out);
-// `entente ckpt export --format safetensors`: Hugging Face GPT-2 tensors
-// (model.safetensors) and config.json in outdir.
-ent_status ent_ckpt_export_safetensors(const char *path, const char *outdir, FILE *out);
+// `entente ckpt export --format safetensors`: DIR/model.safetensors (the
+// parameters under the table's names, Hugging Face's; the rows vocab_rows
+// names cut to model.vocab; the tensors transposed names transposed) and
+// DIR/config.json (config_json, which the caller writes for the architecture).
+typedef struct {
+    const char *config_json;
+    int (*transposed)(const char *name);
+    int (*vocab_rows)(const char *name);
+} ent_ckpt_export;
+ent_status ent_ckpt_export_safetensors(const char *path, const char *outdir,
+                                       const ent_ckpt_export *how, FILE *out);
 
 // ---------------------------------------------------------------------------
 // safetensors: a Hugging Face model directory's tensors, read (safetensors.c)

@@ -1,12 +1,9 @@
-// export.c: `entente ckpt export --format safetensors`.
-//
-// Writes the parameters as Hugging Face's GPT-2 expects them: the same tensor
-// names (the parameter table already uses them), the token embedding cut to
-// the real vocabulary (the padding rows dropped), and the four Conv1D weights
-// of each block (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj) transposed
-// from entente's (out, in) to Conv1D's (in, out). config.json describes the
-// model for transformers' GPT2LMHeadModel (GELU tanh form: "gelu_new",
-// layernorm epsilon 1e-5, tied embeddings, no dropout).
+// export.c: `entente ckpt export --format safetensors`: the parameters as
+// Hugging Face lays them out, under the parameter table's names (Hugging
+// Face's), the vocabulary's rows cut to the real vocabulary (the padding
+// dropped) and the tensors the architecture stores (in, out) transposed from
+// entente's (out, in); config.json as the caller (runtime/, which knows the
+// architecture) wrote it.
 #include "ckpt_impl.h"
 
 #include <stdlib.h>
@@ -21,22 +18,12 @@ typedef struct {
 
 typedef struct {
     ent_ckpt_t *ck;
+    const ent_ckpt_export *how;
     tensor *t;
     int n, cap;
     int64_t vocab;
     ent_status st;
 } collect_state;
-
-static int is_conv1d_weight(const char *name) {
-    const char *suffixes[] = {"attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
-                              "mlp.c_proj.weight"};
-    size_t len = strlen(name);
-    for (int i = 0; i < 4; i++) {
-        size_t sl = strlen(suffixes[i]);
-        if (len >= sl && strcmp(name + len - sl, suffixes[i]) == 0) return 1;
-    }
-    return 0;
-}
 
 static herr_t collect(hid_t grp, const char *name, const H5L_info_t *info, void *data) {
     (void)grp;
@@ -59,8 +46,8 @@ static herr_t collect(hid_t grp, const char *name, const H5L_info_t *info, void 
     c->st = ent_ckpt_read_dataset(c->ck, full, &t->data, t->shape, &t->ndim);
     if (c->st != ENT_OK) return -1;
     c->n++;
-    if (strcmp(name, "wte.weight") == 0 && c->vocab < t->shape[0]) t->shape[0] = c->vocab;
-    if (t->ndim == 2 && is_conv1d_weight(name)) {
+    if (c->how->vocab_rows(name) && c->vocab < t->shape[0]) t->shape[0] = c->vocab;
+    if (t->ndim == 2 && c->how->transposed(name)) {
         int64_t rows = t->shape[0], cols = t->shape[1];
         float *tr = malloc(sizeof(float) * (size_t)(rows * cols));
         if (tr == NULL) {
@@ -77,26 +64,16 @@ static herr_t collect(hid_t grp, const char *name, const H5L_info_t *info, void 
     return 0;
 }
 
-ent_status ent_ckpt_export_safetensors(const char *path, const char *outdir, FILE *out) {
+ent_status ent_ckpt_export_safetensors(const char *path, const char *outdir,
+                                       const ent_ckpt_export *how, FILE *out) {
     ent_ckpt_t *ck = NULL;
     ENT_CHECK(ent_ckpt_open(path, NULL, &ck));
-    collect_state c = {.ck = ck};
-    int64_t layers = 0, heads = 0, width = 0, context = 0, step = 0;
-    ent_status st = ENT_OK;
-    const char *keys[] = {"model.vocab", "model.layers", "model.heads", "model.width",
-                          "model.context", "step"};
-    int64_t *vals[] = {&c.vocab, &layers, &heads, &width, &context, &step};
-    for (int i = 0; i < 6 && st == ENT_OK; i++) st = ent_ckpt_attr_i64(ck, keys[i], vals[i]);
-    // GPT-2's layout only: another architecture's tensors would be written
-    // under a GPT-2 config.json that transformers would load as a wrong model
-    char *arch = NULL;
-    if (st == ENT_OK) st = ent_ckpt_attr_text(ck, "model.architecture", &arch);
-    if (st == ENT_OK && strcmp(arch, "gpt2") != 0)
-        st = ent_fail(ENT_ERR_USAGE, "%s: model.architecture is '%.32s': ckpt export writes "
-                      "GPT-2 checkpoints only in this version", path, arch);
-    free(arch);
-    char *json = NULL, *config = NULL;
-    size_t json_len = 0, config_len = 0;
+    collect_state c = {.ck = ck, .how = how};
+    int64_t step = 0;
+    ent_status st = ent_ckpt_attr_i64(ck, "model.vocab", &c.vocab);
+    if (st == ENT_OK) st = ent_ckpt_attr_i64(ck, "step", &step);
+    char *json = NULL;
+    size_t json_len = 0;
     const void **parts = NULL;
     size_t *lens = NULL;
     if (st != ENT_OK) goto done;
@@ -157,28 +134,15 @@ ent_status ent_ckpt_export_safetensors(const char *path, const char *outdir, FIL
     snprintf(file, sizeof file, "%s/model.safetensors", outdir);
     if ((st = ent_write_file_parts_atomic(file, parts, lens, c.n + 2)) != ENT_OK) goto done;
 
-    mem = open_memstream(&config, &config_len);
-    fprintf(mem,
-            "{\n  \"architectures\": [\"GPT2LMHeadModel\"],\n  \"model_type\": \"gpt2\",\n"
-            "  \"vocab_size\": %lld,\n  \"n_positions\": %lld,\n  \"n_ctx\": %lld,\n"
-            "  \"n_embd\": %lld,\n  \"n_layer\": %lld,\n  \"n_head\": %lld,\n"
-            "  \"n_inner\": null,\n  \"activation_function\": \"gelu_new\",\n"
-            "  \"layer_norm_epsilon\": 1e-05,\n  \"initializer_range\": 0.02,\n"
-            "  \"resid_pdrop\": 0.0,\n  \"embd_pdrop\": 0.0,\n  \"attn_pdrop\": 0.0,\n"
-            "  \"scale_attn_weights\": true,\n  \"tie_word_embeddings\": true,\n"
-            "  \"bos_token_id\": %lld,\n  \"eos_token_id\": %lld,\n  \"torch_dtype\": \"float32\"\n}\n",
-            (long long)c.vocab, (long long)context, (long long)context, (long long)width,
-            (long long)layers, (long long)heads, (long long)(c.vocab - 1), (long long)(c.vocab - 1));
-    fclose(mem);
     snprintf(file, sizeof file, "%s/config.json", outdir);
-    if ((st = ent_write_file_atomic(file, config, config_len)) != ENT_OK) goto done;
+    if ((st = ent_write_file_atomic(file, how->config_json, strlen(how->config_json))) != ENT_OK)
+        goto done;
     fprintf(out, "wrote %s/model.safetensors (%d tensors, %.1f MiB) and %s/config.json\n", outdir,
             c.n, offset / 1048576.0, outdir);
 done:
     for (int i = 0; i < c.n; i++) free(c.t[i].data);
     free(c.t);
     free(json);
-    free(config);
     free(parts);
     free(lens);
     ent_ckpt_close(&ck);

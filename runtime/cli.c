@@ -505,12 +505,13 @@ static const char *ckpt_help =
     "           --resume checks), then reads every dataset: Fletcher32 checksums, no\n"
     "           NaN or Inf; exit 0 when all is well, 1 naming the attribute or the\n"
     "           first damaged dataset\n"
-    "  export   writes DIR/model.safetensors (Hugging Face GPT-2 tensor names and\n"
-    "           layout) and DIR/config.json, which transformers' GPT2LMHeadModel loads\n"
+    "  export   writes DIR/model.safetensors (Hugging Face tensor names and layout)\n"
+    "           and DIR/config.json, which transformers' GPT2LMHeadModel or\n"
+    "           LlamaForCausalLM loads\n"
     "  import   reads a Hugging Face model directory (config.json, model.safetensors\n"
     "           or model.safetensors.index.json and its shards; F32, BF16 or F16\n"
-    "           tensors; GPT-2) and writes FILE, a checkpoint at step 0 that train\n"
-    "           --resume, eval and sample take; --force replaces an existing FILE\n"
+    "           tensors; GPT-2 or Llama) and writes FILE, a checkpoint at step 0 that\n"
+    "           train --resume, eval and sample take; --force replaces an existing FILE\n"
     "\n"
     "FILE may also be a checkpoint directory: its 'latest' checkpoint is used.\n";
 
@@ -581,7 +582,7 @@ static int cmd_ckpt(int argc, char **argv) {
         if (outdir == NULL) return usage_error("ckpt", "%s", "export needs --out DIR");
         if (format != NULL && strcmp(format, "safetensors") != 0)
             return usage_error("ckpt", "--format %s: only safetensors is supported", format);
-        st = ent_ckpt_export_safetensors(path, outdir, stdout);
+        st = ent_export_hf(path, outdir, stdout);
     } else {
         return usage_error("ckpt", "unknown or incomplete command 'ckpt %s'", what);
     }

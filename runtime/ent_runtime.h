@@ -486,10 +486,13 @@ ent_status ent_eval_loss(ent_model_t *model, const ent_dataset_t *val, int64_t w
 // data.dir), written as one line to out.
 ent_status ent_eval_checkpoint(const char *path, const char *data_dir, int batches, FILE *out);
 // `entente ckpt import`: the Hugging Face model in dir (config.json and
-// model.safetensors or its sharded index; GPT-2) as an entente checkpoint at
+// model.safetensors or its sharded index; GPT-2 or the Llama family) as an entente checkpoint at
 // step 0 with no AdamW moments, written to out (which must not exist unless
 // force); what was skipped and what was written go to log (may be NULL).
 ent_status ent_import_hf(const char *dir, const char *out, int force, FILE *log);
+// `entente ckpt export`: the checkpoint's parameters as a Hugging Face model
+// directory (model.safetensors and config.json) for its architecture.
+ent_status ent_export_hf(const char *path, const char *outdir, FILE *out);
 // Loads the model of a checkpoint (any layout it was saved with) on a new CPU
 // backend, for micro-batches of B sequences. The caller owns *be and *model.
 ent_status ent_model_from_checkpoint(const char *path, int B, ent_backend_t **be,

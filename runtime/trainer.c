@@ -718,7 +718,10 @@ static ent_status check_same_model(trainer *tr, const char *path, const ent_conf
                        theirs->vocab};
     char diff[1024] = "";
     size_t used = 0;
+    // a llama's positions are rotary, with no table: it resumes at any context
+    int llama = strcmp(cfg->arch, "llama") == 0 && strcmp(theirs->arch, "llama") == 0;
     for (int i = 0; i < 5; i++) {
+        if (llama && i == 3) continue;
         if (saved[i] != mine[i])
             used += (size_t)snprintf(diff + used, sizeof diff - used, "%s%s: checkpoint %lld, this "
                                      "run %lld", used ? "; " : "", keys[i], (long long)saved[i],
@@ -728,9 +731,17 @@ static ent_status check_same_model(trainer *tr, const char *path, const ent_conf
     if (strcmp(theirs->arch, cfg->arch) != 0)
         used += (size_t)snprintf(diff + used, sizeof diff - used, "%smodel.arch: checkpoint %s, "
                                  "this run %s", used ? "; " : "", theirs->arch, cfg->arch);
-    else if (!used && ent_model_shape_hash(theirs) != ent_model_shape_hash(cfg))
-        used += (size_t)snprintf(diff + used, sizeof diff - used, "the llama keys differ "
-                                 "(model.n_kv_heads, ffn_hidden, tie_embeddings, rope_*, rms_eps)");
+    else if (!used) {
+        ent_config *same = malloc(sizeof *same);
+        if (same == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
+        *same = *theirs;
+        same->context = cfg->context;
+        if (ent_model_shape_hash(same) != ent_model_shape_hash(cfg))
+            used += (size_t)snprintf(diff + used, sizeof diff - used, "the llama keys differ "
+                                     "(model.n_kv_heads, ffn_hidden, tie_embeddings, rope_*, "
+                                     "rms_eps)");
+        free(same);
+    }
     if (used >= sizeof diff) used = sizeof diff - 1;
     if (used)
         return ent_fail(ENT_ERR_USAGE, "%s holds another model than this run trains: %s", path,

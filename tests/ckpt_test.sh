@@ -15,10 +15,12 @@
 # reshard_llama  the same for a llama whose one KV head TP = 2 replicates
 # tools          ckpt info, ckpt verify, h5dump -H, sample --checkpoint,
 #                retention (checkpoint.keep), the latest pointer
-# import         ckpt import of Hugging Face GPT-2 directories written with numpy
-#                (tests/hf_import.py): F32/BF16/F16, sharded; logits against numpy;
-#                train --resume and eval of an import; export then import is
-#                bit-identical; damaged directories refused by name; bytes flipped
+# import         ckpt import of Hugging Face GPT-2 and Llama directories written
+#                with numpy (tests/hf_import.py): F32/BF16/F16, sharded, GQA,
+#                Llama 3 rope, tied; logits against numpy; train --resume (a
+#                llama at another context) and eval of an import; export then
+#                import is bit-identical; damaged directories refused by name;
+#                bytes flipped
 # export         ckpt export checked outside entente (tests/hf_crosscheck.py):
 #                h5py reads the checkpoint, a numpy GPT-2 with Hugging Face's
 #                conventions gives entente's logits
@@ -282,6 +284,22 @@ case_import() {
             "$py" "$H" check "$W/hf_$name" "$W/logits_$name.txt" "$prompt"
         sed -n '1s/^/    /p' "$W/out"
     done
+    # the Llama family: GQA, Llama 3's rope bands, a tied output layer
+    for m in "llama --llama" "llama3 --llama --llama3 --dtype BF16 --shards 2" \
+             "llama_tied --llama --tied --dtype F16"; do
+        set -- $m
+        local name=$1
+        shift
+        "$py" "$H" write "$W/hf_$name" "$@" --seed 11 || { fail "writing the $name model"; return; }
+        expect "import ($name)" 0 "out:Llama, 2 layers" -- \
+            "$E" ckpt import --from "$W/hf_$name" --out "$W/$name.h5" || return
+        expect "verify the import ($name)" 0 "out:step 0" -- "$E" ckpt verify "$W/$name.h5"
+        expect "logits ($name)" 0 -- "$E" sample --checkpoint "$W/$name.h5" --prompt "$prompt" \
+            --tokens 0 --logits "$W/logits_$name.txt" || return
+        expect "numpy Llama on the same tensors ($name)" 0 "out:relative error" -- \
+            "$py" "$H" check "$W/hf_$name" "$W/logits_$name.txt" "$prompt"
+        sed -n '1s/^/    /p' "$W/out"
+    done
     expect "an existing FILE is kept" 2 "exists; --force replaces it" -- \
         "$E" ckpt import --from "$W/hf_f32" --out "$W/f32.h5"
     expect "--force replaces it" 0 -- "$E" ckpt import --from "$W/hf_f32" --out "$W/f32.h5" --force
@@ -297,9 +315,20 @@ case_import() {
     awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' ||
         fail "training from the import did not lower the loss ($first -> $last)"
     expect "eval of an import" 0 "out:val loss" -- "$E" eval --checkpoint "$W/f32.h5" --data "$DATA"
+    # a llama imported at context 32 trains on at 16: rotary positions have no table
+    write_config "$W/l.ini"
+    sed -i 's/^heads = 2/heads = 4/; s/^width = 32/width = 64/; s/^steps = 30/steps = 10/; s/^context = 32/context = 16/' "$W/l.ini"
+    sed -i 's/^\[model\]/[model]\narch = llama\nn_kv_heads = 2\nffn_hidden = 160/' "$W/l.ini"
+    expect "train --resume a llama import at another context" 0 "out:resumed from $W/llama.h5 at step 0" -- \
+        "$E" train --config "$W/l.ini" --run-dir "$W/lft" --resume "$W/llama.h5" || return
+    first=$(losses "$W/lft/metrics.jsonl" | head -1)
+    last=$(losses "$W/lft/metrics.jsonl" | tail -1)
+    awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' ||
+        fail "training from the llama import did not lower the loss ($first -> $last)"
     # export, then import again: the same bits, for an import and for a trained model
     local c
-    for c in "$W/f32.h5" "$W/ft/checkpoints/step_00000010.h5"; do
+    for c in "$W/f32.h5" "$W/ft/checkpoints/step_00000010.h5" "$W/llama3.h5" "$W/llama_tied.h5" \
+             "$W/lft/checkpoints/step_00000010.h5"; do
         rm -rf "$W/rt" "$W/rt.h5"
         expect "export $(basename "$c")" 0 -- "$E" ckpt export "$c" --out "$W/rt" || return
         expect "import the export of $(basename "$c")" 0 -- \
@@ -317,6 +346,9 @@ case_import() {
     expect "hostile model directories" 0 "out:single-byte changes" -- \
         "$py" "$H" hostile "$W/hf_f32" "$E" "$W/hostile" "${ENTENTE_TEST_SEED:-1202}"
     grep -E '^(FAIL|ok)|single-byte' "$W/out" | sed 's/^/    /'
+    expect "hostile Llama directories" 0 "out:single-byte changes" -- \
+        "$py" "$H" hostile "$W/hf_llama" "$E" "$W/hostile" "${ENTENTE_TEST_SEED:-1202}"
+    grep -E '^FAIL|single-byte' "$W/out" | sed 's/^/    /'
 }
 
 case_corrupt() {

@@ -315,7 +315,20 @@ def cmd_check(args):
     err = rel_err(ours, ref) if ours.shape == ref.shape else float("inf")
     print(f"numpy {cfg['model_type']} on the imported tensors vs entente logits: relative error {err:.2e} "
           f"over {ref.shape[0]} positions x {ref.shape[1]} tokens")
-    return 0 if err < 1e-5 else 1
+    failed = not err < 1e-5
+    try:  # transformers itself, where it is installed
+        import torch
+        from transformers import AutoModelForCausalLM
+    except ImportError as e:
+        print(f"transformers check not run: {e} (pip install torch transformers to run it)")
+    else:
+        model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32).eval()
+        with torch.no_grad():
+            hf = model(torch.tensor([ids])).logits[0].double().numpy()
+        herr = rel_err(ours, hf)
+        print(f"transformers {type(model).__name__} vs entente logits: relative error {herr:.2e}")
+        failed |= not herr < 1e-5
+    return 1 if failed else 0
 
 
 def cmd_same(args):
@@ -379,6 +392,11 @@ def cmd_hostile(args):
     def set_(h, k, f, v):
         h[k][f] = v
 
+    llama = json.load(open(f"{src}/config.json"))["model_type"] == "llama"
+    prefix = "" if llama else "transformer."
+    gone = "model.layers.1.mlp.up_proj.weight" if llama else "transformer.h.1.ln_2.bias"
+    small = "model.norm.weight" if llama else "transformer.ln_f.weight"
+    small2 = "model.layers.0.input_layernorm.weight" if llama else "transformer.ln_f.bias"
     cases = [
         ("truncated", dict(mutate_bytes=lambda b: b[:len(b) - 100]), "truncated"),
         ("header past the end", dict(mutate_bytes=lambda b: struct.pack("<Q", len(b)) + b[8:]),
@@ -391,14 +409,32 @@ def cmd_hostile(args):
         ("shape against bytes", dict(mutate_header=lambda h: set_(h, first, "shape", [3, 3])),
          first),
         ("overlapping tensors", dict(mutate_header=lambda h: set_(
-            h, "transformer.ln_f.bias", "data_offsets", h["transformer.ln_f.weight"]["data_offsets"])),
-         "overlap"),
-        ("missing tensor", dict(mutate_header=lambda h: h.pop("transformer.h.1.ln_2.bias")),
-         "h.1.ln_2.bias"),
+            h, small2, "data_offsets", h[small]["data_offsets"])), "overlap"),
+        ("missing tensor", dict(mutate_header=lambda h: h.pop(gone)), gone[len(prefix):]),
         ("unexpected tensor", dict(mutate_header=lambda h: h.__setitem__(
-            "transformer.h.9.extra.weight", {"dtype": "F32", "shape": [0],
+            prefix + "h.9.extra.weight", {"dtype": "F32", "shape": [0],
                                              "data_offsets": [len(blob) - 8 - hlen] * 2})),
          "h.9.extra.weight"),
+    ]
+    if llama:
+        cases += [
+            ("wrong shape for the config", dict(mutate_config=lambda c: c.__setitem__(
+                "num_key_value_heads", 4)), "k_proj.weight"),
+            ("attention biases", dict(mutate_config=lambda c: c.__setitem__("attention_bias", True)),
+             "attention_bias"),
+            ("another rope", dict(mutate_config=lambda c: c.__setitem__(
+                "rope_scaling", {"rope_type": "linear", "factor": 2.0})), "rope_scaling"),
+            ("a sliding window", dict(mutate_config=lambda c: c.__setitem__("sliding_window", 8)),
+             "sliding_window"),
+            ("another activation", dict(mutate_config=lambda c: c.__setitem__("hidden_act", "gelu")),
+             "hidden_act"),
+            ("another architecture", dict(mutate_config=lambda c: c.__setitem__("model_type", "qwen2")),
+             "model_type"),
+            ("missing key", dict(mutate_config=lambda c: c.pop("intermediate_size")),
+             "intermediate_size"),
+        ]
+    else:
+        cases += [
         ("wrong shape for the config", dict(mutate_config=lambda c: c.__setitem__("n_positions", 16),
                                             ), "wpe.weight"),
         ("another architecture", dict(mutate_config=lambda c: c.__setitem__("model_type", "bert")),
@@ -409,6 +445,8 @@ def cmd_hostile(args):
                                                                             False)),
          "tie_word_embeddings"),
         ("missing key", dict(mutate_config=lambda c: c.pop("n_layer")), "n_layer"),
+        ]
+    cases += [
         ("no weights", dict(files=lambda d: os.unlink(f"{d}/model.safetensors")),
          "model.safetensors"),
         ("config not JSON", dict(files=lambda d: open(f"{d}/config.json", "w").write("{")),
@@ -418,8 +456,7 @@ def cmd_hostile(args):
         d = variant(name.replace(" ", "_"), **kw)
         rc, err = run_import(entente, d, f"{d}.h5")
         ok = rc == 1 and needle in err and os.path.basename(d) in err
-        if name in ("another architecture", "exact GELU", "untied output layer", "missing key",
-                    "config not JSON", "wrong shape for the config"):
+        if "mutate_config" in kw or name == "config not JSON":
             ok = rc == 1 and needle in err
         print(f"{'ok  ' if ok else 'FAIL'} {name}: exit {rc}: {err.strip().splitlines()[-1] if err else ''}")
         failed += not ok
