@@ -232,18 +232,23 @@ case_tools() {
     expect "sample without --checkpoint" 2 "--checkpoint FILE is required" -- "$E" sample
 }
 
-case_export() {
-    local py=""
+# numpy_python: prints a python3 with numpy and h5py; fails (the caller skips,
+# exit 77) saying why when there is none
+numpy_python() {
+    local cand
     for cand in python3 /usr/bin/python3; do
         if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import numpy, h5py' 2>/dev/null; then
-            py=$cand
-            break
+            echo "$cand"
+            return
         fi
     done
-    if [ -z "$py" ]; then
-        echo "SKIP: no python3 with numpy and h5py (Debian: python3-numpy python3-h5py)"
-        exit 77
-    fi
+    echo "SKIP: no python3 with numpy and h5py (Debian: python3-numpy python3-h5py)" >&2
+    exit 77
+}
+
+case_export() {
+    local py
+    py=$(numpy_python) || exit 77
     make_data
     ckpt_config "$W/c.ini"
     expect "train" 0 -- "$E" train --config "$W/c.ini" --run-dir "$W/a" || return
@@ -257,46 +262,26 @@ case_export() {
 }
 
 case_import() {
-    local py=""
-    for cand in python3 /usr/bin/python3; do
-        if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import numpy, h5py' 2>/dev/null; then
-            py=$cand
-            break
-        fi
-    done
-    if [ -z "$py" ]; then
-        echo "SKIP: no python3 with numpy and h5py (Debian: python3-numpy python3-h5py)"
-        exit 77
-    fi
+    local py
+    py=$(numpy_python) || exit 77
     local H="$SRC/tests/hf_import.py" prompt="In the beginning God" m
-    # each layout and dtype transformers saves: logits equal numpy's on the stored values
-    for m in "f32 --dtype F32" "bf16 --dtype BF16 --shards 3 --bare" "f16 --dtype F16 --shards 2"; do
-        set -- $m
-        local name=$1
-        shift
-        "$py" "$H" write "$W/hf_$name" "$@" --seed 7 || { fail "writing the $name model"; return; }
-        expect "import ($name)" 0 "out:wrote $W/$name.h5" -- \
-            "$E" ckpt import --from "$W/hf_$name" --out "$W/$name.h5" || return
-        expect "verify the import ($name)" 0 "out:step 0" -- "$E" ckpt verify "$W/$name.h5"
-        expect "logits ($name)" 0 -- "$E" sample --checkpoint "$W/$name.h5" --prompt "$prompt" \
-            --tokens 0 --logits "$W/logits_$name.txt" || return
-        expect "numpy GPT-2 on the same tensors ($name)" 0 "out:relative error" -- \
-            "$py" "$H" check "$W/hf_$name" "$W/logits_$name.txt" "$prompt"
-        sed -n '1s/^/    /p' "$W/out"
-    done
-    # the Llama family: GQA, Llama 3's rope bands, a tied output layer
-    for m in "llama --llama" "llama3 --llama --llama3 --dtype BF16 --shards 2" \
+    # each layout and dtype transformers saves, GPT-2 and the Llama family (GQA,
+    # Llama 3's rope bands, a tied output layer): logits equal numpy's on the
+    # stored values
+    for m in "f32 --dtype F32" "bf16 --dtype BF16 --shards 3 --bare" "f16 --dtype F16 --shards 2" \
+             "llama --llama" "llama3 --llama --llama3 --dtype BF16 --shards 2" \
              "llama_tied --llama --tied --dtype F16"; do
         set -- $m
-        local name=$1
+        local name=$1 arch="GPT-2"
         shift
-        "$py" "$H" write "$W/hf_$name" "$@" --seed 11 || { fail "writing the $name model"; return; }
-        expect "import ($name)" 0 "out:Llama, 2 layers" -- \
+        case $name in llama*) arch="Llama" ;; esac
+        "$py" "$H" write "$W/hf_$name" "$@" --seed 7 || { fail "writing the $name model"; return; }
+        expect "import ($name)" 0 "out:wrote $W/$name.h5: $arch, 2 layers" -- \
             "$E" ckpt import --from "$W/hf_$name" --out "$W/$name.h5" || return
         expect "verify the import ($name)" 0 "out:step 0" -- "$E" ckpt verify "$W/$name.h5"
         expect "logits ($name)" 0 -- "$E" sample --checkpoint "$W/$name.h5" --prompt "$prompt" \
             --tokens 0 --logits "$W/logits_$name.txt" || return
-        expect "numpy Llama on the same tensors ($name)" 0 "out:relative error" -- \
+        expect "numpy $arch on the same tensors ($name)" 0 "out:relative error" -- \
             "$py" "$H" check "$W/hf_$name" "$W/logits_$name.txt" "$prompt"
         sed -n '1s/^/    /p' "$W/out"
     done

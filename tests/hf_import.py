@@ -3,12 +3,16 @@
 
     hf_import.py write DIR [--dtype F32|BF16|F16] [--shards N] [--bare] [--seed S]
                            [--layers L --heads H --width C --context T --vocab V]
+    hf_import.py write DIR --llama [--llama3] [--tied] [--dtype ...] [--shards N] [--seed S]
         A tiny random GPT-2 (by default 2 layers, 4 heads, width 64, context 32,
         the 257 byte tokens) as transformers saves it: config.json, and
         model.safetensors or N shards with model.safetensors.index.json;
         "transformer." before every name (GPT2LMHeadModel) unless --bare
         (GPT2Model), the causal-mask buffers h.N.attn.bias, and lm_head.weight
-        (tied: wte's values).
+        (tied: wte's values). With --llama, a tiny LlamaForCausalLM (2 layers,
+        4 heads over 2 KV heads, width 64, SwiGLU of 160, context 32): --llama3
+        Llama 3's rope (theta 500000, frequency bands), --tied an output layer
+        tied to the embedding; a rotary_emb.inv_freq buffer as older files have.
     hf_import.py check DIR LOGITS PROMPT
         The logits of GPT-2 in numpy (float64, Hugging Face's conventions, on
         the stored values) for the end-of-text token and PROMPT's bytes,
@@ -205,39 +209,8 @@ def read_safetensors(path):
     return out
 
 
-def cmd_write(args):
-    d, dtype, shards, bare, seed = args[0], "F32", 1, False, 1
-    cfg = dict(CFG)
-    if "--llama" in args or "--llama3" in args or "--tied" in args:
-        return write_llama(d, args[1:])
-    sizes = {"--layers": "n_layer", "--heads": "n_head", "--width": "n_embd",
-             "--context": "n_positions", "--vocab": "vocab_size"}
-    i = 1
-    while i < len(args):
-        if args[i] in sizes:
-            cfg[sizes[args[i]]], i = int(args[i + 1]), i + 2
-        elif args[i] == "--dtype":
-            dtype, i = args[i + 1], i + 2
-        elif args[i] == "--shards":
-            shards, i = int(args[i + 1]), i + 2
-        elif args[i] == "--seed":
-            seed, i = int(args[i + 1]), i + 2
-        elif args[i] == "--bare":
-            bare, i = True, i + 1
-        else:
-            raise SystemExit(f"unknown argument {args[i]}")
-    os.makedirs(d, exist_ok=True)
-    cfg["n_ctx"] = cfg["n_positions"]
-    rng = np.random.default_rng(seed)
-    t = weights(rng, cfg)
-    prefix = "" if bare else "transformer."
-    items = [(prefix + k, dtype, v.shape, to_dtype(v, dtype)[0]) for k, v in t.items()]
-    T = cfg["n_positions"]
-    for i in range(cfg["n_layer"]):  # the causal mask, a buffer some checkpoints carry
-        mask = np.tril(np.ones((T, T), np.float32)).reshape(1, 1, T, T)
-        items.append((f"{prefix}h.{i}.attn.bias", "F32", mask.shape, mask.astype("<f4").tobytes()))
-    if not bare:
-        items.append(("lm_head.weight", dtype, t["wte.weight"].shape, to_dtype(t["wte.weight"], dtype)[0]))
+def save_dir(d, cfg, items, dtype, shards):
+    """config.json, and model.safetensors or `shards` files with their index."""
     cfg["torch_dtype"] = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dtype]
     json.dump(cfg, open(f"{d}/config.json", "w"), indent=2)
     if shards == 1:
@@ -254,16 +227,24 @@ def cmd_write(args):
     return 0
 
 
-def write_llama(d, args):
-    cfg, dtype, shards, seed = dict(LLAMA), "F32", 1, 1
-    i = 0
+def cmd_write(args):
+    d, dtype, shards, bare, seed = args[0], "F32", 1, False, 1
+    llama = any(a in ("--llama", "--llama3", "--tied") for a in args)
+    cfg = dict(LLAMA if llama else CFG)
+    sizes = {"--layers": "n_layer", "--heads": "n_head", "--width": "n_embd",
+             "--context": "n_positions", "--vocab": "vocab_size"}
+    i = 1
     while i < len(args):
-        if args[i] == "--dtype":
+        if args[i] in sizes and not llama:
+            cfg[sizes[args[i]]], i = int(args[i + 1]), i + 2
+        elif args[i] == "--dtype":
             dtype, i = args[i + 1], i + 2
         elif args[i] == "--shards":
             shards, i = int(args[i + 1]), i + 2
         elif args[i] == "--seed":
             seed, i = int(args[i + 1]), i + 2
+        elif args[i] == "--bare" and not llama:
+            bare, i = True, i + 1
         elif args[i] == "--llama3":  # Llama 3's rope: theta 500000 and frequency bands
             cfg["rope_theta"], cfg["rope_scaling"], i = 500000.0, dict(LLAMA3_SCALING), i + 1
         elif args[i] == "--tied":
@@ -273,25 +254,25 @@ def write_llama(d, args):
         else:
             raise SystemExit(f"unknown argument {args[i]}")
     os.makedirs(d, exist_ok=True)
-    t = llama_weights(np.random.default_rng(seed), cfg)
-    items = [(k, dtype, v.shape, to_dtype(v, dtype)[0]) for k, v in t.items()]
-    hs = cfg["hidden_size"] // cfg["num_attention_heads"]
-    inv = llama_inv_freq(cfg, hs).astype("<f4")  # a buffer older checkpoints carry
-    items.append(("model.layers.0.self_attn.rotary_emb.inv_freq", "F32", inv.shape, inv.tobytes()))
-    cfg["torch_dtype"] = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dtype]
-    json.dump(cfg, open(f"{d}/config.json", "w"), indent=2)
-    if shards == 1:
-        write_safetensors(f"{d}/model.safetensors", items)
-        return 0
-    weight_map = {}
-    for s in range(shards):
-        part = items[s::shards]
-        name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        write_safetensors(f"{d}/{name}", part)
-        weight_map.update({it[0]: name for it in part})
-    json.dump({"metadata": {}, "weight_map": weight_map},
-              open(f"{d}/model.safetensors.index.json", "w"), indent=2)
-    return 0
+    rng = np.random.default_rng(seed)
+    if llama:
+        t = llama_weights(rng, cfg)
+        items = [(k, dtype, v.shape, to_dtype(v, dtype)[0]) for k, v in t.items()]
+        hs = cfg["hidden_size"] // cfg["num_attention_heads"]
+        inv = llama_inv_freq(cfg, hs).astype("<f4")  # a buffer older checkpoints carry
+        items.append(("model.layers.0.self_attn.rotary_emb.inv_freq", "F32", inv.shape, inv.tobytes()))
+        return save_dir(d, cfg, items, dtype, shards)
+    cfg["n_ctx"] = cfg["n_positions"]
+    t = weights(rng, cfg)
+    prefix = "" if bare else "transformer."
+    items = [(prefix + k, dtype, v.shape, to_dtype(v, dtype)[0]) for k, v in t.items()]
+    T = cfg["n_positions"]
+    for i in range(cfg["n_layer"]):  # the causal mask, a buffer some checkpoints carry
+        mask = np.tril(np.ones((T, T), np.float32)).reshape(1, 1, T, T)
+        items.append((f"{prefix}h.{i}.attn.bias", "F32", mask.shape, mask.astype("<f4").tobytes()))
+    if not bare:
+        items.append(("lm_head.weight", dtype, t["wte.weight"].shape, to_dtype(t["wte.weight"], dtype)[0]))
+    return save_dir(d, cfg, items, dtype, shards)
 
 
 def load_dir(d):
