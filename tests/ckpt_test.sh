@@ -225,7 +225,7 @@ case_tools() {
     expect "ckpt export" 0 "out:model.safetensors" -- "$E" ckpt export "$d/latest" \
         --format safetensors --out "$W/hf"
     [ -s "$W/hf/model.safetensors" ] && [ -s "$W/hf/config.json" ] || fail "export wrote no files"
-    grep -q '"n_embd": 32' "$W/hf/config.json" || fail "config.json lacks n_embd 32"
+    grep -Eq '"n_embd":[[:space:]]*32' "$W/hf/config.json" || fail "config.json lacks n_embd 32"
     expect "ckpt export, unknown format" 2 "only safetensors" -- "$E" ckpt export "$d/latest" \
         --format gguf --out "$W/x"
     expect "ckpt without a file" 2 -- "$E" ckpt verify
