@@ -849,7 +849,9 @@ case_stale() {
     grep -q "dropped (older than coalition.max_staleness)" "$W/site-c.log" || fail "site c's log does not say it dropped its progress"
     # round FIRST merges only what c made in that round
     local steps
-    steps=$(grep '"event":"round"' "$sm" | grep "\"round\":$FIRST," | sed -n 's/.*"inner_steps":\([0-9]*\),.*/\1/p')
+    # the last record of round FIRST: the one it trained after rejoining (a
+    # round it trained alone may carry the same number)
+    steps=$(grep '"event":"round"' "$sm" | grep "\"round\":$FIRST," | sed -n 's/.*"inner_steps":\([0-9]*\),.*/\1/p' | tail -1)
     tc=$(tokens_of "$cm" "$FIRST" c)
     local per_step
     per_step=$(($(sed -n 's/^batch_size = //p' "$W/co.ini") * $(sed -n 's/^context = //p' "$W/co.ini")))
