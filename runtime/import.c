@@ -19,16 +19,10 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 enum { CONFIG_MAX = 1 << 20 };
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 #define ENT_IMPORT_NO_DATA "imported-without-data"
 
 // An integer key of config.json; `fallback`: another name for it (or NULL).
@@ -321,7 +315,7 @@ static ent_status fill(ent_st_t *st, const arch_map *a, int tied, const char *di
         s = ent_st_read(st, j->x, params + j->row->offset, a->transposed(j->row->name));
         bytes += (double)j->x->numel * (double)ent_dtype_size(j->x->dtype);
     }
-    double took = now_seconds() - t0;
+    double took = ent_now_seconds() - t0;
     if (s == ENT_OK && out != NULL)
         fprintf(out, "read %d tensors (%.1f MiB as stored) in %.2f s: %.0f MiB/s\n", t->nrows,
                 bytes / 1048576.0, took, took > 0 ? bytes / 1048576.0 / took : 0.0);
@@ -426,7 +420,7 @@ ent_status ent_import_hf(const char *dir, const char *out, int force, FILE *log)
     // dd's rate); counted in the time the read takes
     size_t arena = sizeof(float) * (t.total ? t.total : 1);
     float *params = NULL;
-    double t0 = now_seconds();
+    double t0 = ent_now_seconds();
     if (s == ENT_OK) {
         void *p = mmap(NULL, arena, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);

@@ -18,6 +18,8 @@ void ent_rng_seed(ent_rng *rng, uint64_t seed);
 uint64_t ent_rng_next(ent_rng *rng);
 double ent_rng_uniform(ent_rng *rng); // [0, 1)
 double ent_rng_normal(ent_rng *rng);  // N(0, 1)
+// Seconds on the monotonic clock (for intervals).
+double ent_now_seconds(void);
 uint64_t ent_hash64(uint64_t x);      // splitmix64 finaliser
 uint64_t ent_hash_string(const char *s, uint64_t seed);
 uint64_t ent_hash_bytes(const void *data, size_t n, uint64_t seed);

@@ -45,12 +45,6 @@ double ent_lr_schedule(const ent_config *cfg, int step, int horizon) {
     return floor_lr + 0.5 * (lr - floor_lr) * (1.0 + cos(M_PI * progress));
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void format_duration(double s, char *buf, size_t n) {
     long t = (long)(s + 0.5);
     if (t >= 3600) snprintf(buf, n, "%ldh%02ldm", t / 3600, (t / 60) % 60);
@@ -247,7 +241,7 @@ static ent_status run_eval(trainer *tr, int step, double *val_loss) {
     *val_loss = loss;
     progress(tr, 1, "step %6d/%d | val loss %.4f", step, tr->cfg->steps, loss);
     ent_json_field rec[] = {ENT_JINT("step", step), ENT_JNUM("val_loss", loss),
-                            ENT_JNUM("elapsed_s", now_seconds() - tr->t_start)};
+                            ENT_JNUM("elapsed_s", ent_now_seconds() - tr->t_start)};
     return metrics_record(tr, rec, (int)(sizeof rec / sizeof rec[0]));
 }
 
@@ -901,7 +895,7 @@ ent_status ent_trainer_new(const ent_config *cfg, const ent_train_opts *opts, en
         return st;
     }
     if (tr->leader) log_start(tr);
-    tr->t_start = now_seconds();
+    tr->t_start = ent_now_seconds();
     tr->t_mark = tr->t_start;
     *out = tr;
     return ENT_OK;
@@ -940,10 +934,10 @@ ent_status ent_trainer_step(ent_trainer_t *tr, ent_step_stats *out) {
     const ent_config *cfg = tr->cfg;
     int step = tr->step + 1;
     double lr = ent_lr_schedule(cfg, step, tr->horizon);
-    double t0 = now_seconds(), loss, norm;
+    double t0 = ent_now_seconds(), loss, norm;
     ENT_CHECK(train_step(tr, step, lr, &loss, &norm));
     tr->step = step;
-    double dt = now_seconds() - t0;
+    double dt = ent_now_seconds() - t0;
     tr->train_time += dt;
     double tok_s = (double)cfg->batch_size * tr->T / dt;
     ent_status io = log_checkpoint(tr);
@@ -956,7 +950,7 @@ ent_status ent_trainer_step(ent_trainer_t *tr, ent_step_stats *out) {
             ENT_JNUM("tokens_per_s", tok_s),
             ENT_JINT("tokens", tr->cursor.consumed * tr->T),
             ENT_JINT("epoch", tr->cursor.consumed / ent_dataset_num_sequences(tr->train)),
-            ENT_JNUM("elapsed_s", now_seconds() - tr->t_start),
+            ENT_JNUM("elapsed_s", ent_now_seconds() - tr->t_start),
             ENT_JSTR("site", tr->site),
             ENT_JINT("round", tr->round),
         };
@@ -966,7 +960,7 @@ ent_status ent_trainer_step(ent_trainer_t *tr, ent_step_stats *out) {
     if (tr->io == ENT_OK) tr->io = io;
     // the wall-clock time since the last progress line: this step, and the
     // evaluation, sample and save of the one before
-    double now = now_seconds();
+    double now = ent_now_seconds();
     ent_eta_add(&tr->eta, now - tr->t_mark);
     tr->t_mark = now;
     char eta_text[32];
@@ -1037,7 +1031,7 @@ ent_status ent_trainer_finish(ent_trainer_t *tr, int stopped_by) {
     int same = 0;
     ENT_CHECK(replicas_identical(tr, &same));
     if (tr->leader) {
-        double elapsed = now_seconds() - tr->t_start;
+        double elapsed = ent_now_seconds() - tr->t_start;
         ent_json_field rec[] = {ENT_JSTR("event", "end"), ENT_JINT("step", step),
                                 ENT_JSTR("reason", stopped_by ? "signal" : "completed"),
                                 ENT_JBOOL("replicas_identical", same),
@@ -1072,7 +1066,7 @@ ent_status ent_trainer_finish(ent_trainer_t *tr, int stopped_by) {
 
 const ent_grid *ent_trainer_grid(const ent_trainer_t *tr) { return tr->grid; }
 int ent_trainer_is_leader(const ent_trainer_t *tr) { return tr->leader; }
-double ent_trainer_elapsed(const ent_trainer_t *tr) { return now_seconds() - tr->t_start; }
+double ent_trainer_elapsed(const ent_trainer_t *tr) { return ent_now_seconds() - tr->t_start; }
 int64_t ent_trainer_tokens(const ent_trainer_t *tr) { return tr->cursor.consumed * tr->T; }
 
 ent_status ent_trainer_record(ent_trainer_t *tr, const ent_json_field *fields, int n) {

@@ -1,4 +1,4 @@
-// util.c: random numbers, files and memory figures used across runtime/.
+// util.c: random numbers, files, memory figures and the clock used across runtime/.
 #include "runtime_impl.h"
 
 #include <errno.h>
@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 // ---------------------------------------------------------------------------
@@ -128,4 +129,10 @@ const char *ent_format_bytes(double bytes, char *buf, size_t n) {
     }
     snprintf(buf, n, u ? "%.2f %s" : "%.0f %s", bytes, units[u]);
     return buf;
+}
+
+double ent_now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }

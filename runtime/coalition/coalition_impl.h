@@ -150,7 +150,6 @@ void coal_hash_hex(uint64_t h, char out[17]);
 // The hash of the settings every member of a coalition must share (model
 // shape and the [coalition] round settings), sent in HELLO.
 uint64_t coal_config_hash(const ent_config *cfg);
-double coal_now(void);
 // *p = n zeroed floats, or ENT_ERR_NOMEM naming what they are for.
 ent_status coal_alloc_floats(float **p, size_t n, const char *what);
 

@@ -195,7 +195,7 @@ static ent_status site_gone(coord *c, csite *s, const char *event, const char *w
     ent_json_field rec[] = {ENT_JSTR("event", event), ENT_JSTR("site", s->name),
                             ENT_JINT("round", c->round), ENT_JSTR("reason", why),
                             ENT_JINT("sites_left", n),
-                            ENT_JNUM("elapsed_s", coal_now() - c->t_start)};
+                            ENT_JNUM("elapsed_s", ent_now_seconds() - c->t_start)};
     ENT_CHECK(record(c, rec, (int)(sizeof rec / sizeof rec[0])));
     if (c->round < c->rounds && n < c->cfg->coal_quorum) {
         char names[ENT_LINK_NAME_MAX * 64 + 64];
@@ -226,7 +226,7 @@ static ent_status reject_record(coord *c, csite *s, uint64_t round, coal_reject_
     ent_json_field rec[] = {ENT_JSTR("event", "rejected"), ENT_JSTR("site", s->name),
                             ENT_JINT("round", round), ENT_JSTR("reason", why),
                             ENT_JSTR("kind", coal_reject_names[kind]),
-                            ENT_JNUM("elapsed_s", coal_now() - c->t_start)};
+                            ENT_JNUM("elapsed_s", ent_now_seconds() - c->t_start)};
     return record(c, rec, (int)(sizeof rec / sizeof rec[0]));
 }
 
@@ -370,7 +370,7 @@ static ent_status on_hello(coord *c, const ent_link_incoming *in) {
         c->nsites++;
     }
     s->peer = in->peer;
-    s->last_seen = coal_now();
+    s->last_seen = ent_now_seconds();
     s->first_round = first;
     s->joins++;
     ent_link_welcome w = {.anchor_hash = c->hist[c->round],
@@ -379,7 +379,7 @@ static ent_status on_hello(coord *c, const ent_link_incoming *in) {
                           .heartbeat_ms = 2000, .codec = (uint16_t)c->codec.kind,
                           .chunk_bytes = c->chunk_bytes};
     ent_link_buf msg = {0};
-    double t0 = coal_now();
+    double t0 = ent_now_seconds();
     ent_status st = send_msg(c, &s->peer, &msg, ent_link_encode_welcome(&msg, s->id, first, &w));
     if (st == ENT_OK) st = send_anchor(c, s);
     if (st == ENT_OK && c->started) st = send_plan(c, s, first);
@@ -389,13 +389,13 @@ static ent_status on_hello(coord *c, const ent_link_incoming *in) {
                  "round %llu; %d site(s) in, %d awaited before round 0; the anchor took %.2f s "
                  "to send", s->name, rejoin ? "rejoined" : "joined", s->id, h.dp_size, h.tp_size,
                  in->peer.name, (unsigned long long)first, n, cfg->coal_sites,
-                 coal_now() - t0);
+                 ent_now_seconds() - t0);
     char now[32];
     coal_utc_now(now);
     ent_json_field rec[] = {ENT_JSTR("event", rejoin ? "rejoined" : "joined"),
                             ENT_JSTR("site", s->name), ENT_JINT("first_round", first),
-                            ENT_JINT("sites_in", n), ENT_JNUM("anchor_s", coal_now() - t0),
-                            ENT_JNUM("elapsed_s", coal_now() - c->t_start),
+                            ENT_JINT("sites_in", n), ENT_JNUM("anchor_s", ent_now_seconds() - t0),
+                            ENT_JNUM("elapsed_s", ent_now_seconds() - c->t_start),
                             ENT_JSTR("time", rejoin ? now : s->led.first_time)};
     return record(c, rec, (int)(sizeof rec / sizeof rec[0]));
 }
@@ -512,7 +512,7 @@ static ent_status on_heartbeat(coord *c, csite *s, const ent_link_incoming *in) 
     }
     // the answer tells the site that the coordinator hears it (a site that
     // hears nothing for coalition.lost_after takes itself for cut off)
-    ent_link_heartbeat e = {.time_ns = (uint64_t)(coal_now() * 1e9), .echo_ns = m.time_ns};
+    ent_link_heartbeat e = {.time_ns = (uint64_t)(ent_now_seconds() * 1e9), .echo_ns = m.time_ns};
     ent_link_buf msg = {0};
     if (st == ENT_OK)
         st = send_msg(c, &s->peer, &msg, ent_link_encode_heartbeat(&msg, s->id, hd.round, &e));
@@ -526,7 +526,7 @@ static ent_status on_message(coord *c, const ent_link_incoming *in) {
         return send_error(c, &in->peer, in->header.site, ENT_LINK_ERR_UNKNOWN_SITE,
                           "site id %u was not given to this peer (send HELLO first)",
                           in->header.site);
-    s->last_seen = coal_now();
+    s->last_seen = ent_now_seconds();
     switch (in->header.type) {
     case ENT_LINK_DELTA: return on_delta(c, s, in);
     case ENT_LINK_HEARTBEAT: return on_heartbeat(c, s, in);
@@ -551,7 +551,7 @@ static ent_status on_message(coord *c, const ent_link_incoming *in) {
 // The coordinator was busy (a merge, an evaluation, a save) and read
 // nothing: no site's silence counts for that time.
 static void heard_all(coord *c) {
-    double now = coal_now();
+    double now = ent_now_seconds();
     for (int i = 0; i < c->nsites; i++)
         if (c->sites[i].last_seen < now) c->sites[i].last_seen = now;
 }
@@ -586,7 +586,7 @@ static ent_status poll_once(coord *c, int ms) {
         ENT_CHECK(ent_link_recv(c->ep, 0, &in, &got));
     }
     ENT_CHECK(take_closes(c));
-    double now = coal_now();
+    double now = ent_now_seconds();
     for (int i = 0; i < c->nsites; i++) {
         csite *s = &c->sites[i];
         if (active(s) && now - s->last_seen > c->cfg->coal_lost_after) {
@@ -715,7 +715,7 @@ static ent_status screen_round(coord *c, int *merged, int *nmerged) {
 }
 
 static ent_status merge_round(coord *c) {
-    double t0 = coal_now();
+    double t0 = ent_now_seconds();
     int k = (int)(c->round % 2);
     int *merged = calloc((size_t)c->nsites, sizeof *merged), nmerged = 0;
     const coal_vec **deltas = calloc((size_t)c->nsites, sizeof *deltas);
@@ -743,7 +743,7 @@ static ent_status merge_round(coord *c) {
                         ent_last_error());
     uint64_t h = up.anchor_hash, tokens = up.tokens;
     c->hist[c->round + 1] = h;
-    double merge_s = coal_now() - t0;
+    double merge_s = ent_now_seconds() - t0;
     // names and tokens of the sites merged, as JSON arrays
     char names[ENT_LINK_NAME_MAX * 64 + 256] = "[", toks[32 * 64 + 256] = "[";
     size_t un = 1, ut = 1;
@@ -802,7 +802,7 @@ static ent_status merge_round(coord *c) {
                             ENT_JINT("tokens", tokens), ENT_JINT("tokens_total", c->tokens_total),
                             ENT_JSTR("anchor_hash", hash), ENT_JNUM("val_loss", val),
                             ENT_JINT("update_bytes", up_bytes), ENT_JNUM("merge_s", merge_s),
-                            ENT_JNUM("elapsed_s", coal_now() - c->t_start)};
+                            ENT_JNUM("elapsed_s", ent_now_seconds() - c->t_start)};
     ENT_CHECK(record(c, rec, (int)(sizeof rec / sizeof rec[0])));
     // a line for every round evaluated (coalition.eval_rounds), the first and the last
     if (isfinite(val))
@@ -941,10 +941,10 @@ static ent_status run(coord *c) {
                  cfg->coal_sites, (unsigned long long)c->rounds, cfg->coal_inner_steps,
                  cfg->coal_round_seconds > 0 ? " at most (planned from each site's speed)" : "",
                  cfg->coal_codec, cfg->coal_outer_lr, cfg->coal_outer_momentum, c->n);
-    c->t_start = coal_now();
-    double until = coal_now() + cfg->coal_timeout;
+    c->t_start = ent_now_seconds();
+    double until = ent_now_seconds() + cfg->coal_timeout;
     while (active_count(c) < cfg->coal_sites) {
-        if (coal_now() > until)
+        if (ent_now_seconds() > until)
             return ent_fail(ENT_ERR_IO, "coordinator: %d of %d sites joined within "
                             "coalition.timeout = %g s", active_count(c), cfg->coal_sites,
                             cfg->coal_timeout);
@@ -993,11 +993,11 @@ static ent_status run(coord *c) {
         }
     }
     // every site says it is done once it has the last update
-    until = coal_now() + cfg->coal_timeout;
+    until = ent_now_seconds() + cfg->coal_timeout;
     for (;;) {
         int waiting = active_count(c);
         if (waiting == 0) break;
-        if (coal_now() > until) {
+        if (ent_now_seconds() > until) {
             ent_log_warn("coordinator: %d of %d sites did not say they finished within "
                          "coalition.timeout", waiting, c->nsites);
             break;
@@ -1009,11 +1009,11 @@ static ent_status run(coord *c) {
     ent_json_field end[] = {ENT_JSTR("event", "end"), ENT_JINT("rounds", c->rounds),
                             ENT_JINT("tokens_total", c->tokens_total),
                             ENT_JSTR("anchor_hash", hash),
-                            ENT_JNUM("elapsed_s", coal_now() - c->t_start)};
+                            ENT_JNUM("elapsed_s", ent_now_seconds() - c->t_start)};
     ENT_CHECK(record(c, end, (int)(sizeof end / sizeof end[0])));
     ent_log_info("coordinator: done: %llu rounds, %llu tokens merged in %.1f s; anchor %s",
                  (unsigned long long)c->rounds, (unsigned long long)c->tokens_total,
-                 coal_now() - c->t_start, hash);
+                 ent_now_seconds() - c->t_start, hash);
     return ENT_OK;
 }
 
@@ -1032,8 +1032,8 @@ ent_status ent_coordinator_run(const ent_config *cfg, const char *run_dir, int f
         // A site reads the ERROR only when it next waits for a message, and a
         // DEALER drops what it has not read once the connection closes: stay
         // until each site has answered (its LEAVE) or gone, for up to 10 s.
-        double until = coal_now() + 10;
-        while (active_count(&c) > 0 && coal_now() < until) {
+        double until = ent_now_seconds() + 10;
+        while (active_count(&c) > 0 && ent_now_seconds() < until) {
             ent_link_incoming in;
             int got = 0, fds[16];
             if (ent_link_recv(c.ep, 200, &in, &got) != ENT_OK) break;

@@ -140,7 +140,7 @@ static void send_or_break(site *s, ent_link_buf *msg, ent_status st, const char 
 // dropped with a warning.
 static ent_status handle(site *s, const ent_link_incoming *in) {
     const char *peer = in->peer.name;
-    s->last_heard = coal_now();
+    s->last_heard = ent_now_seconds();
     switch (in->header.type) {
     case ENT_LINK_ROUND_PLAN: {
         ent_link_round_plan m;
@@ -201,9 +201,9 @@ static void send_heartbeat(site *s, uint64_t round, uint32_t steps, double token
 // coalition.timeout, a failed send, or an ERROR that says so (s->cut_why
 // set; the caller goes on alone). Other failures are errors.
 static ent_status wait_for(site *s, wait_done_fn done, uint64_t arg, const char *what) {
-    double until = coal_now() + s->cfg->coal_timeout;
+    double until = ent_now_seconds() + s->cfg->coal_timeout;
     while (!done(s, arg) && s->cut_why[0] == '\0') {
-        double now = coal_now();
+        double now = ent_now_seconds();
         if (s->site_id != 0 && s->heartbeat_ms > 0 &&
             (now - s->last_heartbeat) * 1e3 >= s->heartbeat_ms)
             send_heartbeat(s, s->hb_round, s->hb_steps, 0);
@@ -232,14 +232,14 @@ static ent_status start_update(site *s, uint64_t round, uint16_t codec) {
 }
 
 static void send_heartbeat(site *s, uint64_t round, uint32_t steps, double tokens_per_s) {
-    ent_link_heartbeat m = {.time_ns = (uint64_t)(coal_now() * 1e9), .steps_done = steps,
+    ent_link_heartbeat m = {.time_ns = (uint64_t)(ent_now_seconds() * 1e9), .steps_done = steps,
                             .tokens_per_s = isfinite(tokens_per_s) && tokens_per_s >= 0
                                                 ? tokens_per_s : 0};
     s->hb_round = round; // what a heartbeat while waiting repeats
     s->hb_steps = steps;
     ent_link_buf msg = {0};
     send_or_break(s, &msg, ent_link_encode_heartbeat(&msg, s->site_id, round, &m), "a heartbeat");
-    s->last_heartbeat = coal_now();
+    s->last_heartbeat = ent_now_seconds();
 }
 
 static ent_status send_leave(site *s, uint64_t round, uint16_t code, const char *text) {
@@ -264,7 +264,7 @@ static ent_status send_hello(site *s) {
     ent_status st = ent_link_encode_hello(&msg, 0, 0, &h);
     if (st == ENT_OK) st = ent_link_send(s->ep, NULL, msg.data, msg.len);
     ent_link_buf_free(&msg);
-    if (st == ENT_OK) s->t_hello = coal_now();
+    if (st == ENT_OK) s->t_hello = ent_now_seconds();
     return st;
 }
 
@@ -275,7 +275,7 @@ static ent_status on_welcome(site *s, const ent_link_incoming *in) {
     if (s->welcome.codec != (uint16_t)s->codec.kind)
         return ent_fail(ENT_ERR_USAGE, "the coordinator uses codec %u, this site %s",
                         s->welcome.codec, s->cfg->coal_codec);
-    s->last_heard = coal_now();
+    s->last_heard = ent_now_seconds();
     s->site_id = hd.site;
     s->first_round = hd.round;
     s->chunk_bytes = s->welcome.chunk_bytes;
@@ -290,7 +290,7 @@ static ent_status anchor_in(site *s) {
         return ent_fail(ENT_ERR_INPUT, "the anchor's chunks say hash %016llx, the WELCOME "
                         "%016llx", (unsigned long long)s->update.anchor_hash,
                         (unsigned long long)s->welcome.anchor_hash);
-    s->t_anchor = coal_now();
+    s->t_anchor = ent_now_seconds();
     s->state = LINK_READY;
     return ENT_OK;
 }
@@ -305,9 +305,9 @@ static ent_status join(site *s) {
         lo->send_timeout_ms = (int)(cfg->coal_timeout * 1e3);
     ENT_CHECK(ent_link_dealer_connect(cfg->coal_coordinator, lo, &s->ep));
     ENT_CHECK(send_hello(s));
-    double until = coal_now() + cfg->coal_timeout;
+    double until = ent_now_seconds() + cfg->coal_timeout;
     while (s->state != LINK_ANCHOR) {
-        double left = until - coal_now();
+        double left = until - ent_now_seconds();
         if (left <= 0)
             return ent_fail(ENT_ERR_IO, "no WELCOME within coalition.timeout = %g s (is the "
                             "coordinator running, and coalition.coordinator its endpoint?)",
@@ -339,7 +339,7 @@ static void go_offline(site *s, uint64_t round) {
                   s->cut_code == ENT_LINK_ERR_STALE_ROUND;
     s->state = LINK_OFFLINE;
     s->backoff = 1;
-    s->next_try = coal_now() + (at_once ? 0 : s->backoff);
+    s->next_try = ent_now_seconds() + (at_once ? 0 : s->backoff);
     s->cut_why[0] = '\0';
     s->cut_code = 0;
     coal_vec_free(&s->update);
@@ -360,7 +360,7 @@ static void try_failed(site *s) {
         s->state = LINK_ALONE;
     } else {
         s->state = LINK_OFFLINE;
-        s->next_try = coal_now() + s->backoff;
+        s->next_try = ent_now_seconds() + s->backoff;
         s->backoff = s->backoff * 2 < BACKOFF_MAX_S ? s->backoff * 2 : BACKOFF_MAX_S;
     }
     s->cut_why[0] = '\0';
@@ -372,7 +372,7 @@ static void try_failed(site *s) {
 // they come; LINK_READY once the anchor is in. A try ends after
 // coalition.lost_after without an answer.
 static ent_status rejoin_poll(site *s) {
-    double now = coal_now();
+    double now = ent_now_seconds();
     if (s->state == LINK_OFFLINE) {
         if (now < s->next_try) return ENT_OK;
         ent_link_opts lo = s->lo;
@@ -425,7 +425,7 @@ static ent_status link_poll(site *s) {
         if (!got) break;
         ENT_CHECK(handle(s, &in));
     }
-    double silent = coal_now() - s->last_heard;
+    double silent = ent_now_seconds() - s->last_heard;
     if (silent > s->cfg->coal_lost_after)
         link_broken(s, 0, "no word from the coordinator for %.0f s (coalition.lost_after)",
                     silent);
@@ -528,7 +528,7 @@ static ent_status share(site *s, ent_status leader_st, int64_t *steps, int *read
 static void check_link(site *s, uint64_t round) {
     if (s->state == LINK_ONLINE && s->cut_why[0] != '\0') {
         go_offline(s, round);
-        s->t_cut = coal_now();
+        s->t_cut = ent_now_seconds();
         s->cut_step = ent_trainer_steps_done(s->tr);
         ent_json_field rec[] = {ENT_JSTR("event", "cut_off"), ENT_JSTR("site", s->cfg->coal_site),
                                 ENT_JINT("round", round), ENT_JINT("step", s->cut_step),
@@ -647,7 +647,7 @@ static ent_status inner_steps(site *s, uint64_t round, uint32_t *steps, double *
         // the plan of the next round and the coordinator's idea of this
         // site's speed come from these
         if (s->leader && s->state == LINK_ONLINE &&
-            (i == 1 || i == 3 || (coal_now() - s->last_heartbeat) * 1e3 >= s->heartbeat_ms))
+            (i == 1 || i == 3 || (ent_now_seconds() - s->last_heartbeat) * 1e3 >= s->heartbeat_ms))
             send_heartbeat(s, round, i, last->tokens_per_s);
         ENT_CHECK(ent_trainer_sync(s->tr, io, stop));
         if (*stop) return ENT_OK;
@@ -830,7 +830,7 @@ static ent_status rebase(site *s, int first, uint64_t *round) {
     *round = J;
     if (first || !s->leader) return ENT_OK;
     int64_t steps_alone = s->start_step - s->cut_step;
-    double alone_s = coal_now() - s->t_cut;
+    double alone_s = ent_now_seconds() - s->t_cut;
     ent_log_info("site %s: back in the coalition at round %llu after %.1f s and %lld steps "
                  "alone: %llu tokens of progress from an anchor %llu round(s) old: %s",
                  cfg->coal_site, (unsigned long long)J, alone_s, (long long)steps_alone,
@@ -875,7 +875,7 @@ static ent_status run_rounds(site *s) {
     int stop = 0, next_save = cfg->ckpt_every;
     ent_step_stats last = {0};
     while (round < rounds) {
-        double t0 = coal_now(), compute_s = 0;
+        double t0 = ent_now_seconds(), compute_s = 0;
         uint32_t steps = 0;
         int ready = 0;
         ENT_CHECK(round_plan(s, round, &steps, &ready));
@@ -883,12 +883,12 @@ static ent_status run_rounds(site *s) {
             ENT_CHECK(rebase(s, 0, &round));
             continue;
         }
-        double t_plan = coal_now() - t0;
+        double t_plan = ent_now_seconds() - t0;
         if (s->leader && s->t_hello > 0 && s->state == LINK_ONLINE) {
             // HELLO to the first inner step: what joining costs a site
             ent_log_info("site %s: joined round %llu: anchor received in %.2f s, first inner "
                          "step %.2f s after its HELLO", cfg->coal_site, (unsigned long long)round,
-                         s->t_anchor - s->t_hello, coal_now() - s->t_hello);
+                         s->t_anchor - s->t_hello, ent_now_seconds() - s->t_hello);
             s->t_hello = 0;
         }
         int done = ent_trainer_steps_done(s->tr);
@@ -903,11 +903,11 @@ static ent_status run_rounds(site *s) {
             ENT_CHECK(rebase(s, 0, &round));
             continue;
         }
-        double t1 = coal_now();
+        double t1 = ent_now_seconds();
         ENT_CHECK(end_round(s, round, steps, compute_s));
-        double wait_s = t_plan + (coal_now() - t1);
+        double wait_s = t_plan + (ent_now_seconds() - t1);
         refresh_checkpoint_state(s, round + 1);
-        ENT_CHECK(record_round(s, round, steps, compute_s, wait_s, coal_now() - t0, &last));
+        ENT_CHECK(record_round(s, round, steps, compute_s, wait_s, ent_now_seconds() - t0, &last));
         ENT_CHECK(ent_trainer_sync(s->tr, ENT_OK, &stop));
         if (stop) break;
         if (cfg->ckpt_every > 0 && ent_trainer_steps_done(s->tr) >= next_save &&
