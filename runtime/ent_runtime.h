@@ -59,7 +59,8 @@ typedef struct {
     char coal_coordinator[256], coal_bind[256];
     char coal_site[ENT_LINK_NAME_MAX + 1];
     int coal_sites, coal_max_sites, coal_rounds, coal_inner_steps, coal_eval_rounds, coal_overlap;
-    int coal_quorum, coal_max_staleness;
+    int coal_quorum, coal_max_staleness, coal_score_batches;
+    double coal_score_tolerance;
     double coal_round_seconds, coal_outer_lr, coal_outer_momentum, coal_timeout;
     double coal_lost_after, coal_max_norm_ratio;
     char coal_codec[16];

@@ -8,14 +8,17 @@ ledger --json`) three ways:
    ledger") says to recompute it: tokens = the site's site_tokens in the round
    records, accepted = the round records that list it in `sites`,
    rounds_joined = those that list it in `members`, rejected by kind = its
-   `rejected` records of that kind, inner_steps and compute_s = the sums of
+   `rejected` records of that kind, scored and loss_gain = the count and the
+   sum of its non-null site_loss_gain entries in the round records that
+   merged it, inner_steps and compute_s = the sums of
    its `report` records, first_seen = its first `joined` record, last_seen =
    its last `report` record;
 2. against each site's own metrics.jsonl: inner_steps and compute_s = the
    sums over its round records, tokens = the tokens it trained in the rounds
    the coordinator merged it (the difference of its cumulative `tokens`);
 3. against expectations given after `--`: SITE:KEY=N with KEY a top-level
-   count or a reason of `rejected` (norm, undecodable, wrong_anchor, stale).
+   count or a reason of `rejected` (norm, undecodable, wrong_anchor, stale,
+   loss).
 
 Prints what it compared; exits 1 naming every mismatch.
 """
@@ -49,7 +52,7 @@ def main(argv):
         if not ok:
             errors.append(f"{what}: the ledger says {got!r}, want {want!r}")
 
-    if ledger.get("format") != "entente-ledger" or ledger.get("version") != 1:
+    if ledger.get("format") != "entente-ledger" or ledger.get("version") != 2:
         errors.append(f"format/version: {ledger.get('format')!r} {ledger.get('version')!r}")
     rounds = [r for r in coord if r.get("event") == "round"]
     check("rounds_merged", ledger["rounds_merged"], len(rounds))
@@ -57,13 +60,18 @@ def main(argv):
 
     # 1. the coordinator's log
     for name, e in entries.items():
-        tokens = accepted = joined = 0
+        tokens = accepted = joined = scored = 0
+        gain = 0.0
         merged_rounds = set()
         for r in rounds:
             if name in r["sites"]:
-                tokens += r["site_tokens"][r["sites"].index(name)]
+                j = r["sites"].index(name)
+                tokens += r["site_tokens"][j]
                 accepted += 1
                 merged_rounds.add(r["round"])
+                if r["site_loss_gain"][j] is not None:
+                    scored += 1
+                    gain += r["site_loss_gain"][j]
             joined += name in r["members"]
         rejected = {}
         for r in coord:
@@ -74,6 +82,8 @@ def main(argv):
         check(f"{name}: tokens (coordinator's round records)", e["tokens"], tokens)
         check(f"{name}: accepted", e["accepted"], accepted)
         check(f"{name}: rounds_joined", e["rounds_joined"], joined)
+        check(f"{name}: scored", e["scored"], scored)
+        check(f"{name}: loss_gain", e["loss_gain"], gain, approx=True)
         for kind, n in e["rejected"].items():
             check(f"{name}: rejected {kind}", n, rejected.get(kind, 0))
         check(f"{name}: inner_steps (report records)", e["inner_steps"],
@@ -106,7 +116,8 @@ def main(argv):
         check(f"{name}: compute_s (the site's round records)", e["compute_s"],
               sum(r["compute_s"] for r in own), approx=True)
         print(f"site {name}: {e['tokens']} tokens merged, {e['inner_steps']} inner steps, "
-              f"{e['compute_s']:.2f} s, {e['accepted']} accepted, rejected {e['rejected']}")
+              f"{e['compute_s']:.2f} s, {e['accepted']} accepted, rejected {e['rejected']}, "
+              f"loss gain {e['loss_gain']:.4f} over {e['scored']} scored")
 
     # 3. expectations
     for x in expects:

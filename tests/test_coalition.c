@@ -1273,6 +1273,8 @@ static void test_ledger(void **state) {
         snprintf(s->last_time, sizeof s->last_time, "2026-02-0%dT00:00:00Z", i + 1);
         s->first_round = (uint64_t)test_rand_int(0, 5);
         s->last_round = s->first_round + (uint64_t)test_rand_int(0, 100);
+        s->scored = s->accepted;
+        s->loss_gain = (double)test_rand_int(-100000, 100000) / 4096.0; // may be negative
     }
     char *text = coal_ledger_json(sites, 3, 1234);
     assert_non_null(text);
@@ -1294,13 +1296,36 @@ static void test_ledger(void **state) {
         assert_non_null(strstr(at, tok));
         assert_true(strstr(at, tok) < eol);
         assert_non_null(strstr(at, sites[i].last_time));
+        snprintf(tok, sizeof tok, " %.4f ", sites[i].loss_gain);
+        assert_non_null(strstr(at, tok));
+        assert_true(strstr(at, tok) < eol);
     }
     free(out);
+    // a version 1 ledger (before the scores): read, its scores printed as -
+    const char *v1 = "{\"format\":\"entente-ledger\",\"version\":1,\"rounds_merged\":2,\"sites\":[{"
+                     "\"site\":\"old\",\"tokens\":10,\"inner_steps\":2,\"compute_s\":0.5,"
+                     "\"rounds_joined\":2,\"accepted\":2,\"rejected\":{\"undecodable\":0,"
+                     "\"wrong_anchor\":0,\"norm\":1,\"stale\":0},\"first_seen\":{\"time\":"
+                     "\"2026-01-01T00:00:00Z\",\"round\":0},\"last_seen\":{\"time\":"
+                     "\"2026-01-02T00:00:00Z\",\"round\":1}}]}";
+    assert_int_equal(ledger_print(v1, 0, &out), ENT_OK);
+    assert_non_null(strstr(out, "norm 1 "));
+    assert_non_null(strstr(out, "      - "));
+    free(out);
+    // version 2 without its scores, or with a score that is not a number
+    char *v2 = strdup(v1);
+    assert_non_null(v2);
+    v2[strstr(v2, "\"version\":1") - v2 + 10] = '2';
+    assert_int_equal(ledger_print(v2, 0, &out), ENT_ERR_INPUT);
+    assert_non_null(strstr(ent_last_error(), "site 'old': \"rejected\""));
+    free(out);
+    free(v2);
+    ledger_refused_edited(text, "\"loss_gai", 'X', "site 'north': \"loss_gain\" is missing or not a finite number");
     // refusals that name the file and what is wrong
     assert_int_equal(ledger_print("", 0, &out), ENT_ERR_INPUT);
     assert_non_null(strstr(ent_last_error(), "ck.h5 holds no ledger"));
     free(out);
-    ledger_refused_edited(text, "\"version\":", '2', "format version is 2; this entente reads version 1");
+    ledger_refused_edited(text, "\"version\":", '3', "format version is 3; this entente reads versions 1 to 2");
     ledger_refused_edited(text, "\"tokens\":", '-', "ck.h5: the ledger (/coalition/ledger) is malformed: site 'north': \"tokens\"");
     ledger_refused_edited(text, "\"round\":", 'x', "ck.h5: the ledger (/coalition/ledger) is malformed: not JSON");
     // every truncation, something after the object, and seeded changes of

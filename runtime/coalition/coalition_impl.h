@@ -121,6 +121,7 @@ typedef enum {
     COAL_REJECT_ANCHOR,      // computed from another anchor than the round's
     COAL_REJECT_NORM,        // norm over coalition.max_norm_ratio x the round's median
     COAL_REJECT_STALE,       // a DELTA for a round already merged
+    COAL_REJECT_LOSS,        // makes the held-out loss worse by over coalition.score_tolerance
     COAL_REJECT_KINDS
 } coal_reject_kind;
 extern const char *const coal_reject_names[COAL_REJECT_KINDS];
@@ -135,13 +136,15 @@ typedef struct {
     uint64_t rounds_joined; // rounds merged while it was a member (round records' members)
     uint64_t accepted;      // its deltas merged (round records' sites)
     uint64_t rejected[COAL_REJECT_KINDS]; // its deltas left out, by kind (rejected records)
+    uint64_t scored;  // its merged deltas that had a loss-change score (round records)
+    double loss_gain; // the sum of their scores, L(A) - L(A - d) (round records' site_loss_gain)
     char first_time[32], last_time[32];   // UTC, ISO 8601
     uint64_t first_round, last_round;     // first: its first round; last: of its last report
 } coal_ledger_site;
 
 // The time now, UTC, as 2026-01-31T12:00:00Z.
 void coal_utc_now(char out[32]);
-// The ledger of n sites as JSON text (format "entente-ledger", version 1);
+// The ledger of n sites as JSON text (format "entente-ledger", version 2);
 // the caller owns it (free). NULL when out of memory.
 char *coal_ledger_json(const coal_ledger_site *sites, int n, uint64_t rounds_merged);
 

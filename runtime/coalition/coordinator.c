@@ -27,7 +27,11 @@
 // coordinator from a busy one. A contribution that does not decode, is not
 // finite, starts from another anchor, or whose norm exceeds
 // coalition.max_norm_ratio times the round's (lower) median is rejected:
-// logged, recorded, and left out of that round's merge; its site stays.
+// logged, recorded, and left out of that round's merge; its site stays. Each
+// delta is also scored by the loss change it causes alone on the first
+// coalition.score_batches validation batches (the ledger's loss_gain), and,
+// with coalition.score_tolerance set, rejected when it makes that loss worse
+// by more than the tolerance beyond the round's median change.
 #include "coalition_impl.h"
 
 #include <math.h>
@@ -70,6 +74,9 @@ typedef struct {
     int reported_any;
     uint64_t stale_round; // the last round a stale DELTA was counted for
     int stale_any;
+    double gain[2]; // the loss-change score of the round's delta (slot round % 2): L(A) - L(A - d)
+    uint64_t gain_round[2];
+    int gain_have[2];
 } csite;
 
 typedef struct {
@@ -663,15 +670,50 @@ static int by_value(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+// The loss-change score of site s's delta for the round (coalition.score_batches
+// > 0 and validation shards): the loss of the anchor with this delta alone
+// applied, A - d, on the first score_batches batches of the validation
+// shards, against the anchor's own loss there (*base, computed at the first
+// call of a round). gain = L(A) - L(A - d): positive, the delta helps. d is
+// in c->g (decoded) and is overwritten.
+static ent_status score_delta(coord *c, csite *s, double *base) {
+    int k = (int)(c->round % 2);
+    s->gain_have[k] = 0;
+    if (c->val == NULL || c->cfg->coal_score_batches <= 0) return ENT_OK;
+    float *p = ent_model_arena(c->model, ENT_ARENA_PARAMS);
+    int64_t want = (int64_t)c->cfg->coal_score_batches * c->cfg->batch_size;
+    if (isnan(*base)) {
+        coal_global_to_arena(&c->lay, 0, c->anchor, p);
+        ENT_CHECK(ent_eval_loss(c->model, c->val, want, c->micro, NULL, c->inputs, c->targets,
+                                base));
+    }
+    for (size_t i = 0; i < c->n; i++) c->g[i] = c->anchor[i] - c->g[i];
+    coal_global_to_arena(&c->lay, 0, c->g, p);
+    double loss = NAN;
+    ENT_CHECK(ent_eval_loss(c->model, c->val, want, c->micro, NULL, c->inputs, c->targets, &loss));
+    // a loss that is not finite is as bad as a loss can be
+    s->gain[k] = isfinite(loss) ? *base - loss : -INFINITY;
+    s->gain_round[k] = c->round;
+    s->gain_have[k] = 1;
+    return ENT_OK;
+}
+
+// Site s's delta for `round` has a loss-change score.
+static int scored_for(const csite *s, uint64_t round) {
+    int k = (int)(round % 2);
+    return s->gain_have[k] && s->gain_round[k] == round;
+}
+
 // The round's contributions that pass the screen: each decodes to finite
 // values, and its norm is at most coalition.max_norm_ratio times the lower
 // median of the round's norms (a site that scales its delta up cannot pull
 // the median with it, even among two). Rejected ones are recorded; the
 // others go into merged[] (count in *nmerged).
-static ent_status screen_round(coord *c, int *merged, int *nmerged) {
+static ent_status screen_round(coord *c, int *merged, int *nmerged, double *base_out) {
     int k = (int)(c->round % 2), m = 0;
-    double norms[4096];
+    double norms[4096], base = NAN;
     *nmerged = 0;
+    *base_out = NAN;
     for (int i = 0; i < c->nsites; i++) {
         csite *s = &c->sites[i];
         // a site lost after its delta arrived whole is merged too
@@ -683,6 +725,7 @@ static ent_status screen_round(coord *c, int *merged, int *nmerged) {
             ENT_CHECK(reject(c, s, c->round, COAL_REJECT_UNDECODABLE, why));
             continue;
         }
+        ENT_CHECK(score_delta(c, s, &base)); // c->g holds the delta, decoded
         norms[m] = norm;
         merged[m++] = i;
     }
@@ -707,7 +750,36 @@ static ent_status screen_round(coord *c, int *merged, int *nmerged) {
         }
         m = kept;
     }
+    // the loss-change screen, on what passed the others: a delta is rejected
+    // when it makes the held-out loss worse by more than the tolerance,
+    // counted from the round's upper median change when that is a loss too
+    // (late in a run, or on data the held-out set covers less, honest deltas
+    // can all make it a little worse; at least half the round's deltas are
+    // assumed honest, as for the norm)
+    double tol = c->cfg->coal_score_tolerance, gains[4096], ref = 0;
+    int ng = 0;
+    for (int j = 0; j < m; j++)
+        if (scored_for(&c->sites[merged[j]], c->round)) gains[ng++] = c->sites[merged[j]].gain[k];
+    if (ng > 0) {
+        qsort(gains, (size_t)ng, sizeof *gains, by_value);
+        ref = gains[ng / 2] < 0 ? gains[ng / 2] : 0;
+    }
+    int kept = 0;
+    for (int j = 0; j < m; j++) {
+        csite *s = &c->sites[merged[j]];
+        if (tol > 0 && scored_for(s, c->round) && s->gain[k] < ref - tol) {
+            char why[400];
+            snprintf(why, sizeof why, "it makes the held-out loss worse by %.4g (from %.4f to "
+                     "%.4f; the round's median change %+.4g, coalition.score_tolerance = %g)",
+                     -s->gain[k], base, base - s->gain[k], -gains[ng / 2], tol);
+            ENT_CHECK(reject(c, s, c->round, COAL_REJECT_LOSS, why));
+        } else {
+            merged[kept++] = merged[j];
+        }
+    }
+    m = kept;
     *nmerged = m;
+    *base_out = base;
     if (m < c->cfg->coal_quorum)
         return ent_fail(ENT_ERR_IO, "%d contribution(s) left to merge, fewer than "
                         "coalition.quorum = %d: stopping", m, c->cfg->coal_quorum);
@@ -722,7 +794,8 @@ static ent_status merge_round(coord *c) {
     uint32_t *ids = calloc((size_t)c->nsites, sizeof *ids);
     coal_vec up = {0};
     ent_status st = deltas && ids && merged ? ENT_OK : ent_fail(ENT_ERR_NOMEM, "out of memory");
-    if (st == ENT_OK) st = screen_round(c, merged, &nmerged);
+    double base = NAN; // the anchor's loss on the score batches (NaN: no scores)
+    if (st == ENT_OK) st = screen_round(c, merged, &nmerged, &base);
     // the merge sums in the order of the ids it is given: the sites' names'
     // order, not the order they joined in, so that a coalition gives the
     // same bits whichever site connected first
@@ -745,17 +818,26 @@ static ent_status merge_round(coord *c) {
     c->hist[c->round + 1] = h;
     double merge_s = ent_now_seconds() - t0;
     // names and tokens of the sites merged, as JSON arrays
+    // and their loss-change scores (null: not scored)
     char names[ENT_LINK_NAME_MAX * 64 + 256] = "[", toks[32 * 64 + 256] = "[";
-    size_t un = 1, ut = 1;
-    for (int j = 0; j < nmerged && un < sizeof names - 80 && ut < sizeof toks - 40; j++) {
+    char gains[32 * 64 + 256] = "[";
+    size_t un = 1, ut = 1, ug = 1;
+    for (int j = 0; j < nmerged && un < sizeof names - 80 && ut < sizeof toks - 40 &&
+                    ug < sizeof gains - 40; j++) {
         const csite *s = &c->sites[merged[j]];
         un += (size_t)snprintf(names + un, sizeof names - un, "%s\"%s\"", j ? "," : "",
                                s->name);
         ut += (size_t)snprintf(toks + ut, sizeof toks - ut, "%s%llu", j ? "," : "",
                                (unsigned long long)s->delta[k].tokens);
+        if (scored_for(s, c->round))
+            ug += (size_t)snprintf(gains + ug, sizeof gains - ug, "%s%.17g", j ? "," : "",
+                                   s->gain[k]);
+        else
+            ug += (size_t)snprintf(gains + ug, sizeof gains - ug, "%snull", j ? "," : "");
     }
     snprintf(names + un, sizeof names - un, "]");
     snprintf(toks + ut, sizeof toks - ut, "]");
+    snprintf(gains + ug, sizeof gains - ug, "]");
     // the ledger: tokens and acceptances of the merged, the round for every
     // member (in since before it, and still in or merged)
     char members[ENT_LINK_NAME_MAX * 64 + 256] = "[";
@@ -767,6 +849,10 @@ static ent_status merge_round(coord *c) {
         if (in_merge) {
             s->led.tokens += s->delta[k].tokens;
             s->led.accepted++;
+            if (scored_for(s, c->round)) {
+                s->led.scored++;
+                s->led.loss_gain += s->gain[k];
+            }
         }
         if (s->first_round > c->round || !(active(s) || in_merge)) continue;
         s->led.rounds_joined++;
@@ -798,6 +884,7 @@ static ent_status merge_round(coord *c) {
     coal_hash_hex(h, hash);
     ent_json_field rec[] = {ENT_JSTR("event", "round"), ENT_JINT("round", c->round),
                             ENT_JRAW("sites", names), ENT_JRAW("site_tokens", toks),
+                            ENT_JRAW("site_loss_gain", gains), ENT_JNUM("score_loss", base),
                             ENT_JRAW("members", members),
                             ENT_JINT("tokens", tokens), ENT_JINT("tokens_total", c->tokens_total),
                             ENT_JSTR("anchor_hash", hash), ENT_JNUM("val_loss", val),

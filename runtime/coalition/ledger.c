@@ -13,10 +13,10 @@
 #include <time.h>
 
 #define LEDGER_FORMAT "entente-ledger"
-#define LEDGER_VERSION 1
+#define LEDGER_VERSION 2 // 2 added the loss-change score and the "loss" rejections
 
 const char *const coal_reject_names[COAL_REJECT_KINDS] = {"undecodable", "wrong_anchor", "norm",
-                                                          "stale"};
+                                                          "stale", "loss"};
 
 void coal_utc_now(char out[32]) {
     time_t now = time(NULL);
@@ -63,6 +63,8 @@ char *coal_ledger_json(const coal_ledger_site *sites, int n, uint64_t rounds_mer
         cJSON_AddNumberToObject(o, "compute_s", s->compute_s);
         cJSON_AddNumberToObject(o, "rounds_joined", (double)s->rounds_joined);
         cJSON_AddNumberToObject(o, "accepted", (double)s->accepted);
+        cJSON_AddNumberToObject(o, "scored", (double)s->scored);
+        cJSON_AddNumberToObject(o, "loss_gain", s->loss_gain);
         for (int k = 0; k < COAL_REJECT_KINDS; k++)
             cJSON_AddNumberToObject(rej, coal_reject_names[k], (double)s->rejected[k]);
         cJSON_AddItemToObject(o, "rejected", rej);
@@ -91,6 +93,15 @@ static int number(const cJSON *o, const char *key, int whole, double *out) {
     return 1;
 }
 
+// Any finite number (a score may be negative).
+static int finite_number(const cJSON *o, const char *key) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(j) && isfinite(j->valuedouble);
+}
+
+// The reject kinds a ledger of version v has: version 1 had no "loss".
+static int kinds_of(double v) { return v >= 2 ? COAL_REJECT_KINDS : COAL_REJECT_LOSS; }
+
 static int seen(const cJSON *o, const char *key, const char **time, double *round) {
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(o, key);
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(s, "time");
@@ -107,9 +118,9 @@ static ent_status check_ledger(const char *path, const cJSON *root, const cJSON 
         return bad(path, "its \"format\" is not \"" LEDGER_FORMAT "\"");
     double v = 0, x = 0;
     if (!number(root, "version", 1, &v)) return bad(path, "no \"version\" number");
-    if (v != LEDGER_VERSION)
+    if (v < 1 || v > LEDGER_VERSION)
         return ent_fail(ENT_ERR_INPUT, "%s: the ledger's format version is %.0f; this entente "
-                        "reads version %d", path, v, LEDGER_VERSION);
+                        "reads versions 1 to %d", path, v, LEDGER_VERSION);
     if (!number(root, "rounds_merged", 1, &x)) return bad(path, "no \"rounds_merged\" count");
     *sites = cJSON_GetObjectItemCaseSensitive(root, "sites");
     if (!cJSON_IsArray(*sites)) return bad(path, "no \"sites\" array");
@@ -129,13 +140,16 @@ static ent_status check_ledger(const char *path, const cJSON *root, const cJSON 
         if (!missing && !number(s, "compute_s", 0, &x)) missing = "compute_s";
         const cJSON *rej = cJSON_GetObjectItemCaseSensitive(s, "rejected");
         if (!missing && !cJSON_IsObject(rej)) missing = "rejected";
-        for (int k = 0; k < COAL_REJECT_KINDS && !missing; k++)
+        for (int k = 0; k < kinds_of(v) && !missing; k++)
             if (!number(rej, coal_reject_names[k], 1, &x)) missing = "rejected";
+        if (!missing && v >= 2 && !number(s, "scored", 1, &x)) missing = "scored";
+        if (!missing && v >= 2 && !finite_number(s, "loss_gain")) missing = "loss_gain";
         if (!missing && !seen(s, "first_seen", &t, &x)) missing = "first_seen";
         if (!missing && !seen(s, "last_seen", &t, &x)) missing = "last_seen";
         if (missing) {
-            snprintf(what, sizeof what, "site '%.64s': \"%s\" is missing or not a count", name->valuestring,
-                     missing);
+            snprintf(what, sizeof what, "site '%.64s': \"%s\" is missing or not a %s",
+                     name->valuestring, missing,
+                     strcmp(missing, "loss_gain") == 0 ? "finite number" : "count");
             return bad(path, what);
         }
         i++;
@@ -148,16 +162,17 @@ static double num(const cJSON *o, const char *key) {
 }
 
 static void print_table(const cJSON *root, const cJSON *sites, FILE *out) {
+    double v = num(root, "version");
     fprintf(out, "rounds merged: %.0f\n", num(root, "rounds_merged"));
-    fprintf(out, "%-16s %14s %11s %11s %6s %8s %-24s %-20s %-7s %-20s %s\n", "site", "tokens",
-            "inner_steps", "compute_s", "rounds", "accepted", "rejected", "first_seen", "round",
-            "last_seen", "round");
+    fprintf(out, "%-16s %14s %11s %11s %6s %8s %-24s %6s %10s %-20s %-7s %-20s %s\n", "site",
+            "tokens", "inner_steps", "compute_s", "rounds", "accepted", "rejected", "scored",
+            "loss_gain", "first_seen", "round", "last_seen", "round");
     const cJSON *s;
     cJSON_ArrayForEach(s, sites) {
         const cJSON *rej = cJSON_GetObjectItemCaseSensitive(s, "rejected");
         char reasons[128] = "";
         size_t len = 0;
-        for (int k = 0; k < COAL_REJECT_KINDS; k++) {
+        for (int k = 0; k < kinds_of(v); k++) {
             double c = num(rej, coal_reject_names[k]);
             if (c > 0 && len < sizeof reasons)
                 len += (size_t)snprintf(reasons + len, sizeof reasons - len, "%s%s %.0f",
@@ -165,10 +180,15 @@ static void print_table(const cJSON *root, const cJSON *sites, FILE *out) {
         }
         const cJSON *first = cJSON_GetObjectItemCaseSensitive(s, "first_seen");
         const cJSON *last = cJSON_GetObjectItemCaseSensitive(s, "last_seen");
-        fprintf(out, "%-16s %14.0f %11.0f %11.2f %6.0f %8.0f %-24s %-20s %-7.0f %-20s %.0f\n",
-                cJSON_GetObjectItemCaseSensitive(s, "site")->valuestring, num(s, "tokens"),
-                num(s, "inner_steps"), num(s, "compute_s"), num(s, "rounds_joined"),
-                num(s, "accepted"), len ? reasons : "0",
+        char scored[24] = "-", gain[32] = "-"; // version 1: no scores
+        if (v >= 2) {
+            snprintf(scored, sizeof scored, "%.0f", num(s, "scored"));
+            snprintf(gain, sizeof gain, "%.4f", num(s, "loss_gain"));
+        }
+        fprintf(out, "%-16s %14.0f %11.0f %11.2f %6.0f %8.0f %-24s %6s %10s %-20s %-7.0f %-20s "
+                "%.0f\n", cJSON_GetObjectItemCaseSensitive(s, "site")->valuestring,
+                num(s, "tokens"), num(s, "inner_steps"), num(s, "compute_s"),
+                num(s, "rounds_joined"), num(s, "accepted"), len ? reasons : "0", scored, gain,
                 cJSON_GetObjectItemCaseSensitive(first, "time")->valuestring, num(first, "round"),
                 cJSON_GetObjectItemCaseSensitive(last, "time")->valuestring, num(last, "round"));
     }

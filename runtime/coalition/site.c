@@ -658,9 +658,11 @@ static ent_status inner_steps(site *s, uint64_t round, uint32_t *steps, double *
 }
 
 // Fault injection, for the tests of the coordinator's screen only:
-// ENTENTE_FAULT_DELTA = scale:F (the delta times F, before encoding) or nan
-// (the first block parameter of the encoded delta, a scale, set to NaN after
-// encoding, as no honest encoder writes it) spoils this site's delta from
+// ENTENTE_FAULT_DELTA = scale:F (the delta times F, before encoding; F = -1
+// flips its sign), noise:F (the delta replaced by Gaussian noise F times its
+// norm, before encoding) or nan (the first block parameter of the encoded
+// delta, a scale, set to NaN after encoding, as no honest encoder writes it)
+// spoils this site's delta from
 // round ENTENTE_FAULT_ROUND (default 1) on, as a broken or hostile site would
 // send it. Unset, nothing happens. encoded: NULL before encoding.
 static void inject_fault(site *s, uint64_t round, coal_vec *encoded) {
@@ -669,9 +671,21 @@ static void inject_fault(site *s, uint64_t round, coal_vec *encoded) {
     const char *r = getenv("ENTENTE_FAULT_ROUND");
     if (round < (uint64_t)(r != NULL ? strtoull(r, NULL, 10) : 1)) return;
     int scale = strncmp(f, "scale:", 6) == 0, nan = strcmp(f, "nan") == 0;
+    int noise = strncmp(f, "noise:", 6) == 0;
     if (encoded == NULL && scale) {
         float k = strtof(f + 6, NULL);
         for (size_t i = 0; i < s->n; i++) s->v[i] *= k;
+    } else if (encoded == NULL && noise) {
+        double norm = 0, nn = 0;
+        ent_rng rng;
+        ent_rng_seed(&rng, 0x6e6f697365ull + round);
+        for (size_t i = 0; i < s->n; i++) {
+            norm += (double)s->v[i] * s->v[i];
+            s->v[i] = (float)ent_rng_normal(&rng);
+            nn += (double)s->v[i] * s->v[i];
+        }
+        double k = nn > 0 ? strtod(f + 6, NULL) * sqrt(norm / nn) : 0;
+        for (size_t i = 0; i < s->n; i++) s->v[i] = (float)(s->v[i] * k);
     } else if (encoded != NULL && nan && encoded->count > 0 &&
                encoded->blen[0] >= ENT_CODEC_HEADER_BYTES + 4) {
         const uint8_t bits[4] = {0x00, 0x00, 0xc0, 0x7f}; // a quiet NaN, little-endian
