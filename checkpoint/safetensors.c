@@ -17,14 +17,25 @@
 #include <errno.h>
 #include <limits.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 // The format's own limit on the header (the reference reader refuses more).
-enum { HEADER_MAX = 100 * 1000 * 1000, INDEX_MAX = 64 << 20, PIECE = 4 << 20 };
+// AHEAD: how far the fetcher thread (ent_st_stream) may read ahead of the
+// tensors read, in reads of at most FETCH bytes.
+enum {
+    HEADER_MAX = 100 * 1000 * 1000,
+    INDEX_MAX = 64 << 20,
+    PIECE = 4 << 20,
+    AHEAD = 64 << 20,
+    FETCH = 4 << 20
+};
 
 typedef struct {
     char *path;
@@ -46,6 +57,16 @@ struct ent_st {
     unsigned char *piece; // PIECE bytes (or a band's, when larger)
     float *band;          // the rows being transposed, widened
     size_t band_floats;
+    // the fetcher (ent_st_stream): it reads the tensors of `stream`, in
+    // that order, into the page cache, up to AHEAD bytes past `read`: the
+    // bytes of the stream before the piece being read
+    pthread_t fetcher;
+    int fetching;
+    const st_entry **stream;
+    uint64_t *stream_at; // each tensor's first byte in the stream
+    int nstream, next;   // next: the tensor of the stream expected next
+    _Atomic uint64_t read;
+    atomic_int stop;
 };
 
 static ent_status nomem(void) { return ent_fail(ENT_ERR_NOMEM, "out of memory reading safetensors"); }
@@ -158,6 +179,7 @@ static ent_status open_file(ent_st_t *st, const char *path) {
         return ent_fail(ENT_ERR_IO, "cannot open %s: %s", path, strerror(errno));
     if (!S_ISREG(sb.st_mode))
         return ent_fail(ENT_ERR_INPUT, "%s is not a regular file", path);
+    (void)posix_fadvise(f->fd, 0, 0, POSIX_FADV_SEQUENTIAL); // a hint: failure changes nothing
     uint64_t size = (uint64_t)sb.st_size, n = 0;
     unsigned char len8[8];
     if (size < 8 || pread(f->fd, len8, 8, 0) != 8)
@@ -350,22 +372,117 @@ static void widen(ent_dtype d, const unsigned char *p, size_t n, float *out) {
     }
 }
 
+#ifdef __AVX2__
+#include <immintrin.h>
+// An 8 x 8 block: rows of src (stride ss floats) become columns of dst (stride ds).
+static inline void transpose8(const float *src, size_t ss, float *dst, size_t ds) {
+    __m256 r[8], u[8], v[8];
+    for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(src + k * ss);
+    for (int k = 0; k < 8; k += 2) {
+        u[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+        u[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+    }
+    for (int k = 0; k < 8; k += 4) {
+        v[k] = _mm256_shuffle_ps(u[k], u[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        v[k + 1] = _mm256_shuffle_ps(u[k], u[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        v[k + 2] = _mm256_shuffle_ps(u[k + 1], u[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        v[k + 3] = _mm256_shuffle_ps(u[k + 1], u[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int k = 0; k < 4; k++) {
+        _mm256_storeu_ps(dst + k * ds, _mm256_permute2f128_ps(v[k], v[k + 4], 0x20));
+        _mm256_storeu_ps(dst + (k + 4) * ds, _mm256_permute2f128_ps(v[k], v[k + 4], 0x31));
+    }
+}
+#endif
+
 // Rows [r0, r0 + nr) of a [rows, cols] matrix (band, row-major) into the
-// transposed [cols, rows] matrix t, in tiles that stay in the cache.
+// transposed [cols, rows] matrix t, in tiles that stay in the cache; 8 x 8
+// blocks in AVX2 registers where the compiler targets them.
 static void transpose_band(const float *band, size_t r0, size_t nr, size_t rows, size_t cols,
                            float *t) {
-    enum { TILE = 32 };
+    enum { TILE = 64 };
     for (size_t i0 = 0; i0 < nr; i0 += TILE)
         for (size_t j0 = 0; j0 < cols; j0 += TILE) {
             size_t i1 = i0 + TILE < nr ? i0 + TILE : nr, j1 = j0 + TILE < cols ? j0 + TILE : cols;
+            size_t i = i0;
+#ifdef __AVX2__
+            for (; i + 8 <= i1; i += 8) {
+                size_t j = j0;
+                for (; j + 8 <= j1; j += 8)
+                    transpose8(band + i * cols + j, cols, t + j * rows + r0 + i, rows);
+                for (; j < j1; j++)
+                    for (size_t ii = i; ii < i + 8; ii++) t[j * rows + r0 + ii] = band[ii * cols + j];
+            }
+#endif
             for (size_t j = j0; j < j1; j++)
-                for (size_t i = i0; i < i1; i++) t[j * rows + r0 + i] = band[i * cols + j];
+                for (size_t ii = i; ii < i1; ii++) t[j * rows + r0 + ii] = band[ii * cols + j];
         }
+}
+
+// The fetcher: reads the stream's tensors into the page cache, staying at
+// most AHEAD ahead of the tensors read, so that the disk streams while the
+// reading thread widens and transposes. What it has not fetched is read on
+// demand: it only ever makes reads faster. It stops at the end, at a read
+// error (the reader then meets it itself) or when told to.
+static void *fetch_main(void *arg) {
+    ent_st_t *st = arg;
+    unsigned char *buf = malloc(FETCH);
+    if (buf == NULL) return NULL;
+    for (int i = 0; i < st->nstream && !atomic_load(&st->stop); i++) {
+        const st_entry *t = st->stream[i];
+        const st_file *f = &st->files[t->file];
+        for (uint64_t at = 0; at < t->end - t->begin && !atomic_load(&st->stop);) {
+            if (st->stream_at[i] + at > atomic_load(&st->read) + AHEAD) {
+                nanosleep(&(struct timespec){.tv_nsec = 200000}, NULL);
+                continue;
+            }
+            uint64_t left = t->end - t->begin - at;
+            size_t k = left < FETCH ? (size_t)left : FETCH;
+            ssize_t r = pread(f->fd, buf, k, (off_t)(f->data_at + t->begin + at));
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) {
+                free(buf);
+                return NULL;
+            }
+            at += (uint64_t)r;
+        }
+    }
+    free(buf);
+    return NULL;
+}
+
+void ent_st_stream(ent_st_t *st, const ent_st_tensor *const *order, int n) {
+    if (st->fetching || n <= 0) return;
+    st->stream = malloc(sizeof *st->stream * (size_t)n);
+    st->stream_at = malloc(sizeof *st->stream_at * (size_t)n);
+    if (st->stream == NULL || st->stream_at == NULL) return; // read on demand
+    uint64_t at = 0;
+    for (int i = 0; i < n; i++) {
+        st->stream[i] = (const st_entry *)order[i]; // pub is the first member
+        st->stream_at[i] = at;
+        at += st->stream[i]->end - st->stream[i]->begin;
+    }
+    st->nstream = n;
+    st->next = 0;
+    atomic_store(&st->stop, 0);
+    atomic_store(&st->read, 0);
+    st->fetching = pthread_create(&st->fetcher, NULL, fetch_main, st) == 0; // else: read on demand
+}
+
+// The fetcher's window follows the read of t: where t is in the stream (the
+// one expected next, or found), `done` bytes into it.
+static void stream_read_at(ent_st_t *st, const st_entry *t, uint64_t done) {
+    if (!st->fetching) return;
+    if (st->next >= st->nstream || st->stream[st->next] != t)
+        for (int i = 0; i < st->nstream; i++)
+            if (st->stream[i] == t) st->next = i;
+    if (st->next < st->nstream && st->stream[st->next] == t)
+        atomic_store(&st->read, st->stream_at[st->next] + done);
 }
 
 ent_status ent_st_read(ent_st_t *st, const ent_st_tensor *pub, float *dst, int transpose) {
     const st_entry *t = (const st_entry *)pub; // pub is the first member
-    const st_file *f = &st->files[t->file];
+    st_file *f = &st->files[t->file];
     size_t esize = ent_dtype_size(pub->dtype), rows = 1, cols = 1;
     if (transpose) {
         if (pub->ndim != 2)
@@ -391,6 +508,7 @@ ent_status ent_st_read(ent_st_t *st, const ent_st_tensor *pub, float *dst, int t
         // float32 in place lands where it belongs; the others are widened
         int direct = pub->dtype == ENT_F32 && !transpose && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
         unsigned char *in = direct ? (unsigned char *)(dst + done) : st->piece;
+        stream_read_at(st, t, done * esize);
         while (got < bytes) {
             ssize_t r = pread(f->fd, in + got, bytes - got,
                               (off_t)(f->data_at + t->begin + done * esize + got));
@@ -403,17 +521,29 @@ ent_status ent_st_read(ent_st_t *st, const ent_st_tensor *pub, float *dst, int t
         if (!transpose) {
             if (!direct) widen(pub->dtype, in, k, dst + done);
         } else {
-            widen(pub->dtype, in, k, st->band);
-            transpose_band(st->band, done / cols, k / cols, rows, cols, dst);
+            // float32 (little-endian) is transposed straight from the piece
+            const float *band = st->band;
+            if (pub->dtype == ENT_F32 && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+                band = (const float *)(const void *)in;
+            else
+                widen(pub->dtype, in, k, st->band);
+            transpose_band(band, done / cols, k / cols, rows, cols, dst);
         }
         done += k;
     }
+    if (st->fetching && st->next < st->nstream && st->stream[st->next] == t) st->next++;
     return ENT_OK;
 }
 
 void ent_st_close(ent_st_t **stp) {
     ent_st_t *st = *stp;
     if (st == NULL) return;
+    if (st->fetching) {
+        atomic_store(&st->stop, 1);
+        pthread_join(st->fetcher, NULL);
+    }
+    free(st->stream);
+    free(st->stream_at);
     for (int i = 0; i < st->nfiles; i++) {
         if (st->files[i].fd >= 0) close(st->files[i].fd);
         free(st->files[i].path);

@@ -309,7 +309,14 @@ static ent_status fill(ent_st_t *st, const arch_map *a, int tied, const char *di
             fprintf(out, "skipped %s (%s)\n", x->name, why);
     }
     double bytes = 0;
-    if (s == ENT_OK) qsort(jobs, (size_t)t->nrows, sizeof *jobs, file_order);
+    const ent_st_tensor **order = calloc((size_t)t->nrows + 1, sizeof *order);
+    if (s == ENT_OK && order == NULL) s = ent_fail(ENT_ERR_NOMEM, "out of memory importing");
+    if (s == ENT_OK) {
+        qsort(jobs, (size_t)t->nrows, sizeof *jobs, file_order);
+        for (int i = 0; i < t->nrows; i++) order[i] = jobs[i].x;
+        ent_st_stream(st, order, t->nrows);
+    }
+    free(order); // the stream keeps its own list
     for (int i = 0; i < t->nrows && s == ENT_OK; i++) {
         const job *j = &jobs[i];
         s = ent_st_read(st, j->x, params + j->row->offset, a->transposed(j->row->name));
@@ -415,17 +422,24 @@ ent_status ent_import_hf(const char *dir, const char *out, int force, FILE *log)
     ent_model_shape shape = ent_model_shape_from_config(&cfg);
     ent_param_table t = {0};
     s = ent_param_table_build(&shape, 1, &t);
-    // the arena mapped with its pages in place (zero-filled): one fault per
-    // 4 KiB page as the reads land cost more than the disk (reads at half of
-    // dd's rate); counted in the time the read takes
+    // the arena mapped in huge pages, put in place (zero-filled) before the
+    // reads: one fault per 4 KiB page as the reads land cost more than the
+    // disk (reads at half of dd's rate), and populating 4 KiB pages took
+    // 0.26 s of 0.7 for GPT-2 small where huge pages took 0.07; counted in
+    // the time the read takes
     size_t arena = sizeof(float) * (t.total ? t.total : 1);
     float *params = NULL;
     double t0 = ent_now_seconds();
     if (s == ENT_OK) {
-        void *p = mmap(NULL, arena, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-        if (p == MAP_FAILED) s = ent_fail(ENT_ERR_NOMEM, "out of memory: %zu parameters", t.total);
-        else params = p;
+        void *p = mmap(NULL, arena, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+            s = ent_fail(ENT_ERR_NOMEM, "out of memory: %zu parameters", t.total);
+        } else {
+            params = p;
+            // both hints: where they fail, the pages fault in as the reads land
+            (void)madvise(p, arena, MADV_HUGEPAGE);
+            (void)madvise(p, arena, MADV_POPULATE_WRITE);
+        }
     }
     if (s == ENT_OK)
         s = fill(st, a, shape.arch == ENT_ARCH_LLAMA && shape.tie_embeddings, dir, &t, cfg.vocab,

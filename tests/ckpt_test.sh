@@ -266,11 +266,13 @@ case_import() {
     py=$(numpy_python) || exit 77
     local H="$SRC/tests/hf_import.py" prompt="In the beginning God" m
     # each layout and dtype transformers saves, GPT-2 and the Llama family (GQA,
-    # Llama 3's rope bands, a tied output layer): logits equal numpy's on the
+    # Llama 3's rope bands, a tied output layer), and a width that is not a
+    # multiple of 8 (the transposes' edges): logits equal numpy's on the
     # stored values
     for m in "f32 --dtype F32" "bf16 --dtype BF16 --shards 3 --bare" "f16 --dtype F16 --shards 2" \
              "llama --llama" "llama3 --llama --llama3 --dtype BF16 --shards 2" \
-             "llama_tied --llama --tied --dtype F16"; do
+             "llama_tied --llama --tied --dtype F16" "odd --width 44 --heads 4" \
+             "odd_bf16 --width 44 --heads 4 --dtype BF16"; do
         set -- $m
         local name=$1 arch="GPT-2"
         shift
