@@ -21,6 +21,13 @@
 #                llama at another context) and eval of an import; export then
 #                import is bit-identical; damaged directories refused by name;
 #                bytes flipped
+# transformers   the outside check with Hugging Face transformers itself
+#                (tests/hf_transformers.py): a tiny GPT2LMHeadModel and a tiny
+#                LlamaForCausalLM saved by transformers, imported (logits
+#                within 1e-5), trained 10 steps, exported and loaded back by
+#                transformers (logits within 1e-5); skipped, saying so, where
+#                no Python imports torch and transformers ($ENT_PYTHON,
+#                python3, /usr/bin/python3)
 # export         ckpt export checked outside entente (tests/hf_crosscheck.py):
 #                h5py reads the checkpoint, a numpy GPT-2 with Hugging Face's
 #                conventions gives entente's logits
@@ -259,6 +266,15 @@ case_export() {
     expect "cross-check outside entente" 0 "out:vs entente logits: relative error" -- \
         "$py" "$SRC/tests/hf_crosscheck.py" "$c" "$W/hf" "$W/logits.txt" "$prompt"
     sed -n '1,4s/^/    /p' "$W/out"
+}
+
+case_transformers() {
+    local py
+    py=$(python_with "pip install torch transformers in a venv" numpy torch transformers) || exit 77
+    make_data
+    expect "transformers' models imported, trained, exported and loaded back" 0 \
+        "out:llama: trained 10 steps in entente" -- "$py" "$SRC/tests/hf_transformers.py" "$E" "$W" "$DATA"
+    sed 's/^/    /' "$W/out"
 }
 
 case_import() {

@@ -138,6 +138,19 @@ make_corpus() {
     seq 1 20000 >>"$1"
 }
 
+# python_with WHAT MODULE...: prints the first of $ENT_PYTHON, python3 and
+# /usr/bin/python3 that imports every MODULE; else says the case is skipped
+# and why (WHAT: how to get them) and exits 77
+python_with() {
+    local what=$1 cand
+    shift
+    for cand in "${ENT_PYTHON:-}" python3 /usr/bin/python3; do
+        [ -n "$cand" ] && "$cand" -c "import $(IFS=,; echo "$*")" 2>/dev/null && { echo "$cand"; return 0; }
+    done
+    echo "SKIP: no Python that imports $* ($what, or set ENT_PYTHON)" >&2
+    exit 77
+}
+
 make_data() {
     [ -f "$DATA/train_000000.bin" ] && return 0
     make_corpus "$W/corpus.txt"

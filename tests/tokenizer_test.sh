@@ -28,14 +28,8 @@ header() {
 }
 
 case_live() {
-    local py="" cand
-    for cand in "${ENT_PYTHON:-}" python3 /usr/bin/python3; do
-        [ -n "$cand" ] && "$cand" -c 'import tokenizers' 2>/dev/null && { py=$cand; break; }
-    done
-    if [ -z "$py" ]; then
-        echo "SKIP: no Python that imports Hugging Face tokenizers (pip install tokenizers, or set ENT_PYTHON)"
-        exit 77
-    fi
+    local py
+    py=$(python_with "pip install tokenizers" tokenizers) || exit 77
     if ! command -v bible >/dev/null 2>&1; then
         echo "SKIP: the bible program is missing (Debian package bible-kjv, launch/setup.sh)"
         exit 77
