@@ -43,7 +43,7 @@ def rel_err(a, b):
 
 
 def run(args):
-    p = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(args, capture_output=True, text=True, errors="replace", timeout=300)
     if p.returncode != 0:
         print(f"FAIL: {' '.join(args)} exited {p.returncode}: {p.stderr.strip()[-400:]}")
         sys.exit(1)
@@ -76,7 +76,7 @@ def check(entente, work, data, name, model):
     failed |= not err < 1e-5
     # 10 steps in entente, exported, loaded back in transformers
     run_dir = os.path.join(work, f"{name}-run")
-    run([entente, "train", "--resume", ckpt, "--run-dir", run_dir, "--force",
+    run([entente, "train", "--resume", ckpt, "--run-dir", run_dir,
          "--set", f"data.dir={data}", "--set", "train.steps=10", "--set", "train.lr=3e-3",
          "--set", "train.warmup_steps=2", "--set", "train.batch_size=8",
          "--set", "eval.every=0", "--set", "sample.every=0", "--set", "checkpoint.every=0"])
@@ -84,7 +84,7 @@ def check(entente, work, data, name, model):
     exported = os.path.join(work, f"{name}-export")
     run([entente, "ckpt", "export", trained, "--out", exported])
     ours2 = entente_logits(entente, trained, os.path.join(work, f"{name}-trained.logits"))
-    back = AutoModelForCausalLM.from_pretrained(exported, torch_dtype=torch.float32).eval()
+    back = AutoModelForCausalLM.from_pretrained(exported).float().eval()
     ref2 = hf_logits(back)
     err2 = rel_err(ours2, ref2) if ours2.shape == ref2.shape else float("inf")
     moved = rel_err(ours2, ours) if ours2.shape == ours.shape else 0.0
