@@ -38,8 +38,20 @@ typedef struct {
 static const tolerances known[] = {
     {"cpu-guarded", 1e-6, 1e-6, 1e-6, 1e-14, 1},
     {"cuda", 1e-5, 1e-2, 1e-4, 1e-12, 1},
+    // the cuda kernels on the host (tests/cuda_emu): cuda's bounds, the CPU's matrix products
+    {"cuda-emulated", 1e-5, 1e-6, 1e-4, 1e-12, 1},
 };
 static const tolerances unknown = {"(other)", 1e-5, 1e-2, 1e-4, 1e-12, 0};
+
+// How the program makes a backend: ent_backend_new, or in the build against
+// the CUDA emulator (test_backend_ops_emulated) its constructor, which also
+// knows "cuda-emulated".
+#ifdef ENT_CUDA_EMULATOR
+ent_status ent_emu_backend_new(const char *name, const ent_backend_opts *opts, ent_backend_t **out);
+#define backend_new ent_emu_backend_new
+#else
+#define backend_new ent_backend_new
+#endif
 
 static ent_backend_t *B[2]; // B[0] the reference (cpu), B[1] the backend under test
 static const tolerances *tol;
@@ -565,7 +577,7 @@ static void test_vector_ops(void) {
 
 static int run_backend(const char *name) {
     ent_backend_t *be = NULL;
-    ent_status st = ent_backend_new(name, NULL, &be);
+    ent_status st = backend_new(name, NULL, &be);
     if (st != ENT_OK) {
         if (st == ENT_ERR_USAGE && strcmp(name, "cpu") != 0) {
             printf("SKIP: %s\n", ent_last_error());
@@ -609,7 +621,7 @@ static int run_backend(const char *name) {
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "--available") == 0) {
         ent_backend_t *be = NULL;
-        if (ent_backend_new(argv[2], NULL, &be) != ENT_OK) {
+        if (backend_new(argv[2], NULL, &be) != ENT_OK) {
             printf("SKIP: %s\n", ent_last_error());
             return 77;
         }
