@@ -98,7 +98,7 @@ struct norm_dweight_value {
     }
 };
 
-// dinp, then dweight (and dbias where bias is non-NULL) as deterministic column sums
+// dinp, then dweight (and dbias, where non-NULL) as deterministic column sums
 template <bool Centred>
 static ent_status norm_backward(ent_backend_t *be, const char *op, float *dinp, float *dweight,
                                 float *dbias, const float *dout, const float *inp,
