@@ -8,7 +8,9 @@
 # machine's CUDA libraries (cuBLASLt, NCCL: the toolkit's, or PyTorch's
 # nvidia-* wheels), OPAL_PREFIX at its Open MPI, then writes to RESULTS_DIR:
 #   device.txt       nvidia-smi, the driver, the libraries found
-#   gpu_tests.txt    each gpu-labelled test (the build's ctest entries):
+#   gpu_tests.txt    each gpu-labelled test (the build's ctest entries: every
+#                    op against the cpu backend, GPT-2 and llama training
+#                    against cpu, NCCL, checkpoints across backends):
 #                    PASS, FAIL or SKIP with its output; a summary line
 #   bench.txt        bench_gpu (entente, cuda backend) and bench/gpt2_torch.py
 #                    (PyTorch, bf16 autocast, torch.compile) at the same batch

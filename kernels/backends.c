@@ -106,3 +106,12 @@ ent_status ent_backend_check_llama(ent_backend_t *be) {
                             "needs it; system.backend = cpu has every op)", ops[k].name, i->name);
     return ENT_OK;
 }
+
+ent_status ent_gqa_shape_check(ent_gqa_shape s) {
+    if (s.NH < 1 || s.hd < 1 || s.group < 1 || s.phase < 0 || s.phase >= s.group ||
+        (s.phase + s.NH - 1) / s.group >= s.kv_heads)
+        return ent_fail(ENT_ERR_USAGE, "gqa attention: %d query heads of size %d in groups of %d "
+                        "from phase %d need more than the %d KV heads given", s.NH, s.hd, s.group,
+                        s.phase, s.kv_heads);
+    return ENT_OK;
+}

@@ -320,6 +320,12 @@ typedef struct {
     int phase;    // 0 <= phase < group
 } ent_gqa_shape;
 
+// ENT_OK when the heads of s fit: NH, hd and group at least 1, phase in
+// [0, group), and the last query head's KV head (phase + NH - 1) / group
+// below kv_heads; else ENT_ERR_USAGE naming the numbers. Every backend's
+// gqa_forward and gqa_backward check their shape with it.
+ent_status ent_gqa_shape_check(ent_gqa_shape s);
+
 // ---------------------------------------------------------------------------
 // backend interface
 

@@ -87,33 +87,67 @@ ENT_HD float ent_k_layernorm(float x, float mean, float rstd, float weight, floa
     return ent_k_norm(x, mean, rstd) * weight + bias;
 }
 
+// The input gradient of one value of a normalised row (layernorm, and RMSNorm
+// with mean_d = 0 since it removes no mean): rstd * (dn - mean_d - norm *
+// mean_dn), where dn = dout * weight is the gradient of the normalised value
+// norm, mean_d the row's mean of dn and mean_dn the row's mean of dn * norm.
+ENT_HD float ent_k_norm_grad(float dn, float norm, float rstd, float mean_d, float mean_dn) {
+    return rstd * (dn - mean_d - norm * mean_dn);
+}
+
 // ---------------------------------------------------------------------------
 // the Llama family's element-wise math
 
-// (x * rstd) * weight: RMSNorm's output for one value (the normalised value
-// x * rstd is also what the weight's gradient multiplies)
+// (x * rstd) * weight: RMSNorm's output for one value. The normalised value
+// x * rstd is ent_k_norm(x, 0, rstd) (the same bits), which the weight's
+// gradient multiplies, and its input gradient is ent_k_norm_grad with mean_d = 0.
 ENT_HD float ent_k_rmsnorm(float x, float rstd, float weight) { return (x * rstd) * weight; }
 
-// sigmoid(x) = 1 / (1 + e^-x): 0 below about -88, 1 above about 17
-ENT_HD float ent_k_sigmoid(float x) { return 1.0f / (1.0f + ent_k_expf(-x)); }
+// sigmoid(x) from e = e^-|x| <= 1, so nothing overflows: 1 / (1 + e) for
+// x >= 0, e / (1 + e) below, which keeps its relative accuracy down to
+// x = -87 (where the host's exponential flushes to 0; 1 above about 17).
+// NaN stays NaN; sigmoid(-inf) = 0, sigmoid(inf) = 1.
+ENT_HD float ent_k_sigmoid(float x) {
+    float e = ent_k_expf(-fabsf(x)), r = 1.0f / (1.0f + e);
+    return x >= 0.0f ? r : e * r;
+}
 
-// SwiGLU of one unit: silu(gate) * up, silu(g) = g * sigmoid(g)
-ENT_HD float ent_k_swiglu(float gate, float up) { return gate * ent_k_sigmoid(gate) * up; }
+// SiLU (swish): g * sigmoid(g); about g for large g, about 0 (below) for very
+// negative g; silu(-inf) is NaN (-inf x 0), as in PyTorch, so that a
+// diverged activation is never hidden
+ENT_HD float ent_k_silu(float g) { return g * ent_k_sigmoid(g); }
 
-// Its gradients for an output gradient dout: *dgate = dout * up * silu'(gate)
-// with silu'(g) = s (1 + g (1 - s)), s = sigmoid(g); *dup = dout * silu(gate).
+// silu'(g) = s (1 + g (1 - s)) from s = sigmoid(g): the form in which the
+// backward shares s with silu(g) (ent_k_swiglu_grad)
+ENT_HD float ent_k_silu_grad_s(float g, float s) { return s * (1.0f + g * (1.0f - s)); }
+
+// d silu(g) / dg
+ENT_HD float ent_k_silu_grad(float g) { return ent_k_silu_grad_s(g, ent_k_sigmoid(g)); }
+
+// SwiGLU of one unit: silu(gate) * up
+ENT_HD float ent_k_swiglu(float gate, float up) { return ent_k_silu(gate) * up; }
+
+// Its gradients for an output gradient dout: *dgate = dout * up * silu'(gate),
+// *dup = dout * silu(gate), with one sigmoid for both.
 ENT_HD void ent_k_swiglu_grad(float gate, float up, float dout, float *dgate, float *dup) {
     float s = ent_k_sigmoid(gate);
-    *dgate = dout * up * (s * (1.0f + gate * (1.0f - s)));
+    *dgate = dout * up * ent_k_silu_grad_s(gate, s);
     *dup = dout * (gate * s);
 }
 
 // Rotary embedding of one pair (x0, x1) = (x[i], x[i + hd/2]) by the angle
 // whose cosine and sine are c, s (Hugging Face's rotate_half convention):
-// (x0 c - x1 s, x1 c + x0 s). The backward rotates by the opposite angle (s -> -s).
+// (x0 c - x1 s, x1 c + x0 s). The backward rotates by the opposite angle
+// (ent_k_rope_back): the rotation is orthogonal, its transpose its inverse.
 ENT_HD void ent_k_rope(float x0, float x1, float c, float s, float *y0, float *y1) {
     *y0 = x0 * c - x1 * s;
     *y1 = x1 * c + x0 * s;
+}
+
+// The gradient of a rotated pair (dy0, dy1) turned back to the input's:
+// (dy0 c + dy1 s, dy1 c - dy0 s), ent_k_rope by -s (the same bits).
+ENT_HD void ent_k_rope_back(float dy0, float dy1, float c, float s, float *dx0, float *dx1) {
+    ent_k_rope(dy0, dy1, c, -s, dx0, dx1);
 }
 
 // ---------------------------------------------------------------------------

@@ -32,13 +32,26 @@ typedef struct {
     double matmul; // ops whose FLOPs are matrix products (TF32 on a GPU)
     double attn_backward; // attention's backward: probabilities recomputed, other order
     double sumsq;  // sum_squares, double accumulation in another order
+    int llama;     // 1: the backend has the Llama family's ops, and lacking one is a failure
 } tolerances;
 
 static const tolerances known[] = {
-    {"cpu-guarded", 1e-6, 1e-6, 1e-6, 1e-14},
-    {"cuda", 1e-5, 1e-2, 1e-4, 1e-12},
+    {"cpu-guarded", 1e-6, 1e-6, 1e-6, 1e-14, 1},
+    {"cuda", 1e-5, 1e-2, 1e-4, 1e-12, 1},
+    // the cuda kernels on the host (tests/cuda_emu): cuda's bounds, the CPU's matrix products
+    {"cuda-emulated", 1e-5, 1e-6, 1e-4, 1e-12, 1},
 };
-static const tolerances unknown = {"(other)", 1e-5, 1e-2, 1e-4, 1e-12};
+static const tolerances unknown = {"(other)", 1e-5, 1e-2, 1e-4, 1e-12, 0};
+
+// How the program makes a backend: ent_backend_new, or in the build against
+// the CUDA emulator (test_backend_ops_emulated) its constructor, which also
+// knows "cuda-emulated".
+#ifdef ENT_CUDA_EMULATOR
+ent_status ent_emu_backend_new(const char *name, const ent_backend_opts *opts, ent_backend_t **out);
+#define backend_new ent_emu_backend_new
+#else
+#define backend_new ent_backend_new
+#endif
 
 static ent_backend_t *B[2]; // B[0] the reference (cpu), B[1] the backend under test
 static const tolerances *tol;
@@ -273,11 +286,12 @@ static void test_attention(int Bn, int T, int C, int NH) {
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tw_free(all[i]);
 }
 
-// The Llama family's ops, where the backend has them (ent_backend_check_llama;
-// a backend without them says so, and the rest of its ops still run).
+// The Llama family's ops (ent_backend_check_llama): a backend known to have
+// them fails without them; another says so, and the rest of its ops still run.
 static void test_llama_ops(int Bn, int T, int NH, int KV, int hd, int group, int phase) {
     if (ent_backend_check_llama(B[1]) != ENT_OK) {
-        printf("SKIP %s: the Llama ops: %s\n", B[1]->iface->name, ent_last_error());
+        if (tol->llama) FAIL("the Llama ops: %s", ent_last_error());
+        else printf("SKIP %s: the Llama ops: %s\n", B[1]->iface->name, ent_last_error());
         ent_clear_error();
         return;
     }
@@ -289,7 +303,8 @@ static void test_llama_ops(int Bn, int T, int NH, int KV, int hd, int group, int
     for (int k = 0; k < 2; k++)
         OK(B[k]->iface->rmsnorm_forward(B[k], F(out, k), F(rstd, k), F(inp, k), F(w, k), 1e-5f,
                                         N, C));
-    compare("rmsnorm_forward", &out, (size_t)N * C, tol->f32);
+    snprintf(what, sizeof what, "rmsnorm_forward (%d x %d)", N, C);
+    compare(what, &out, (size_t)N * C, tol->f32);
     compare("rmsnorm_forward rstd", &rstd, N, tol->f32);
     twin dout = tw_randn((size_t)N * C, 1.0), dinp = tw_randn((size_t)N * C, 1.0),
          dw = tw_randn(C, 1.0);
@@ -366,6 +381,38 @@ static void test_llama_ops(int Bn, int T, int NH, int KV, int hd, int group, int
     twin *all[] = {&inp, &w, &out, &rstd, &dout, &dinp, &dw, &dw2, &dinp2, &cos_t, &sin_t, &x, &gate,
                    &up, &dgate, &dup, &q, &kk, &v, &dq, &dk, &dv, &dk2, &dv2, &dq2};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tw_free(all[i]);
+}
+
+// A grouped-query shape whose query heads need more KV heads than given is
+// refused with ENT_ERR_USAGE by every backend, before anything is read.
+static void test_gqa_rejects(void) {
+    if (ent_backend_check_llama(B[1]) != ENT_OK) {
+        ent_clear_error();
+        return;
+    }
+    ent_gqa_shape bad[] = {
+        {.B = 1, .T = 4, .NH = 4, .kv_heads = 1, .hd = 8, .group = 2, .phase = 0},
+        {.B = 1, .T = 4, .NH = 2, .kv_heads = 1, .hd = 8, .group = 2, .phase = 1},
+        {.B = 1, .T = 4, .NH = 2, .kv_heads = 2, .hd = 8, .group = 2, .phase = 2},
+        {.B = 1, .T = 4, .NH = 2, .kv_heads = 2, .hd = 0, .group = 1, .phase = 0},
+    };
+    twin buf = tw_randn(64, 1.0);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        for (int k = 0; k < 2; k++) {
+            ent_status st = B[k]->iface->gqa_forward(B[k], F(buf, k), F(buf, k), F(buf, k),
+                                                     F(buf, k), F(buf, k), bad[i]);
+            ent_status st2 = B[k]->iface->gqa_backward(B[k], F(buf, k), F(buf, k), F(buf, k),
+                                                       F(buf, k), F(buf, k), F(buf, k), F(buf, k),
+                                                       F(buf, k), F(buf, k), bad[i]);
+            checks++;
+            if (st != ENT_ERR_USAGE || st2 != ENT_ERR_USAGE)
+                FAIL("gqa with %d query heads, %d KV heads, group %d, phase %d, hd %d on %s: "
+                     "status %d and %d, want ENT_ERR_USAGE", bad[i].NH, bad[i].kv_heads,
+                     bad[i].group, bad[i].phase, bad[i].hd, B[k]->iface->name, st, st2);
+            ent_clear_error();
+        }
+    }
+    tw_free(&buf);
 }
 
 static void test_elementwise(void) {
@@ -530,7 +577,7 @@ static void test_vector_ops(void) {
 
 static int run_backend(const char *name) {
     ent_backend_t *be = NULL;
-    ent_status st = ent_backend_new(name, NULL, &be);
+    ent_status st = backend_new(name, NULL, &be);
     if (st != ENT_OK) {
         if (st == ENT_ERR_USAGE && strcmp(name, "cpu") != 0) {
             printf("SKIP: %s\n", ent_last_error());
@@ -556,7 +603,10 @@ static int run_backend(const char *name) {
     test_attention(1, 33, 96, 1);  // 96
     test_elementwise();
     test_llama_ops(2, 37, 8, 2, 16, 4, 0);
-    test_llama_ops(3, 20, 3, 2, 32, 2, 1);
+    test_llama_ops(3, 20, 3, 2, 32, 2, 1);  // a tensor-parallel rank's heads from mid-group
+    test_llama_ops(1, 70, 8, 1, 64, 8, 0);  // every query head on one KV head; 3 key tiles
+    test_llama_ops(2, 33, 4, 4, 128, 1, 0); // plain multi-head, head size 128 (Llama 3's)
+    test_gqa_rejects();
     test_softmax_xent();
     test_adamw();
     test_sum_squares(1);
@@ -571,7 +621,7 @@ static int run_backend(const char *name) {
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "--available") == 0) {
         ent_backend_t *be = NULL;
-        if (ent_backend_new(argv[2], NULL, &be) != ENT_OK) {
+        if (backend_new(argv[2], NULL, &be) != ENT_OK) {
             printf("SKIP: %s\n", ent_last_error());
             return 77;
         }

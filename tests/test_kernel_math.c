@@ -73,6 +73,271 @@ static void test_layernorm(void **state) {
 }
 
 // ---------------------------------------------------------------------------
+// RMSNorm, and the normalisation's input gradient (layernorm's and RMSNorm's)
+
+// One row's loss sum_c dy_c * out_c, out the layer's output in double:
+// layernorm (centred) or RMSNorm, eps 1e-5; for central differences.
+static double norm_row_loss(const double *x, const float *w, const float *b, const float *dy,
+                            int C, int centred) {
+    double m = 0.0, v = 0.0, loss = 0.0;
+    if (centred) {
+        for (int c = 0; c < C; c++) m += x[c];
+        m /= C;
+    }
+    for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
+    double r = 1.0 / sqrt(v / C + 1e-5);
+    for (int c = 0; c < C; c++) loss += dy[c] * ((x[c] - m) * r * w[c] + (centred ? b[c] : 0.0));
+    return loss;
+}
+
+static void test_rmsnorm(void **state) {
+    (void)state;
+    test_reseed(0x125);
+    for (int k = 0; k < 10000; k++) {
+        float x = (float)test_normal() * 3.0f, r = (float)test_uniform() * 4.0f;
+        float w = (float)test_normal();
+        double want = (double)x * r * w;
+        assert_true(fabs(ent_k_rmsnorm(x, r, w) - want) <= 1e-6 * (1.0 + fabs(want)));
+        // the normalised value the weight's gradient multiplies: the same bits as x * rstd
+        float n0 = ent_k_norm(x, 0.0f, r), xr = x * r;
+        assert_memory_equal(&n0, &xr, sizeof n0);
+        // the gradient term against its double form
+        float dn = (float)test_normal(), md = (float)test_normal(), mdn = (float)test_normal();
+        double g = (double)r * (dn - (double)md - (double)n0 * mdn);
+        assert_true(fabs(ent_k_norm_grad(dn, n0, r, md, mdn) - g) <=
+                    2e-6 * r * (fabs(dn) + fabs(md) + fabs(n0 * mdn)) + 1e-30);
+    }
+    // signs and special values: -0 stays -0, inf and NaN propagate
+    assert_true(signbit(ent_k_rmsnorm(-0.0f, 2.0f, 3.0f)) && ent_k_rmsnorm(-0.0f, 2.0f, 3.0f) == 0.0f);
+    assert_true(isinf(ent_k_rmsnorm(INFINITY, 0.5f, 1.0f)));
+    assert_true(isnan(ent_k_rmsnorm(NAN, 0.5f, 1.0f)));
+    assert_true(isnan(ent_k_norm_grad(1.0f, NAN, 1.0f, 0.0f, 1.0f)));
+    assert_true(ent_k_rmsnorm(3e38f, 1e-38f, 1.0f) == 3e38f * 1e-38f); // no overflow inside
+    // A whole row: the input gradient the backends assemble from
+    // ent_k_norm_grad is the slope of the row's loss (central differences in
+    // double), for RMSNorm (mean_d = 0) and layernorm, wide and narrow rows.
+    enum { CMAX = 300 };
+    float xf[CMAX], w[CMAX], b[CMAX], dy[CMAX];
+    double xd[CMAX];
+    for (int trial = 0; trial < 40; trial++) {
+        int C = trial % 2 ? (int)test_rand_int(2, 8) : (int)test_rand_int(9, CMAX);
+        int centred = trial % 4 >= 2;
+        double spread = trial % 3 == 0 ? 1e3 : trial % 3 == 1 ? 1e-3 : 1.0; // scale-free
+        fill_normal(xf, (size_t)C, spread);
+        fill_normal(w, (size_t)C, 1.0);
+        fill_normal(b, (size_t)C, 1.0);
+        fill_normal(dy, (size_t)C, 1.0);
+        double m = 0.0, v = 0.0;
+        if (centred) {
+            for (int c = 0; c < C; c++) m += xf[c];
+            m /= C;
+        }
+        for (int c = 0; c < C; c++) v += ((double)xf[c] - m) * ((double)xf[c] - m);
+        float mf = (float)m, r = (float)(1.0 / sqrt(v / C + 1e-5));
+        double sum_d = 0.0, sum_dn = 0.0;
+        for (int c = 0; c < C; c++) {
+            float dn = dy[c] * w[c];
+            sum_d += dn;
+            sum_dn += (double)dn * ent_k_norm(xf[c], mf, r);
+        }
+        float mean_d = centred ? (float)(sum_d / C) : 0.0f, mean_dn = (float)(sum_dn / C);
+        for (int c = 0; c < C; c++) xd[c] = xf[c];
+        // the scale of the terms (a layernorm of 2 values has a gradient of ~0:
+        // its error is relative to what cancelled)
+        double gscale = 0.0;
+        double got[CMAX], want[CMAX];
+        for (int c = 0; c < C; c++) {
+            float dn = dy[c] * w[c], nc = ent_k_norm(xf[c], mf, r);
+            got[c] = ent_k_norm_grad(dn, nc, r, mean_d, mean_dn);
+            gscale = fmax(gscale, r * (fabs(dn) + fabs(mean_d) + fabs(nc * mean_dn)));
+            double h = 1e-4 * (fabs(xd[c]) + sqrt(v / C) + 1e-3), x0 = xd[c];
+            xd[c] = x0 + h;
+            double lp = norm_row_loss(xd, w, b, dy, C, centred);
+            xd[c] = x0 - h;
+            double lm = norm_row_loss(xd, w, b, dy, C, centred);
+            xd[c] = x0;
+            want[c] = (lp - lm) / (2.0 * h);
+        }
+        for (int c = 0; c < C; c++)
+            if (fabs(got[c] - want[c]) > 1e-4 * gscale + 1e-12)
+                fail_msg("%s C %d: d/dx[%d] = %.9g, finite differences %.9g (terms %.3g)",
+                         centred ? "layernorm" : "rmsnorm", C, c, got[c], want[c], gscale);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// rotary embeddings of one pair
+
+static void test_rope(void **state) {
+    (void)state;
+    test_reseed(0x20be);
+    for (int k = 0; k < 100000; k++) {
+        float x0 = (float)test_normal() * 4.0f, x1 = (float)test_normal() * 4.0f;
+        double th = (test_uniform() * 2.0 - 1.0) * 1e4; // positions x frequencies reach far
+        float c = (float)cos(th), s = (float)sin(th), y0, y1, z0, z1, b0, b1;
+        ent_k_rope(x0, x1, c, s, &y0, &y1);
+        // Hugging Face's rotate_half: x * cos + (-x1, x0) * sin
+        double w0 = (double)x0 * c - (double)x1 * s, w1 = (double)x1 * c + (double)x0 * s;
+        double mag = fabs(x0) + fabs(x1);
+        if (fabs(y0 - w0) > 2e-7 * mag || fabs(y1 - w1) > 2e-7 * mag)
+            fail_msg("rope(%.9g, %.9g; %.9g, %.9g) = (%.9g, %.9g), want (%.9g, %.9g)", x0, x1, c,
+                     s, y0, y1, w0, w1);
+        // the way back is the transpose: the rotation by -s, bit for bit, and it
+        // returns the pair (up to the table's rounding, |c|^2 + |s|^2 = 1 +- 1e-7)
+        ent_k_rope_back(y0, y1, c, s, &z0, &z1);
+        ent_k_rope(y0, y1, c, -s, &b0, &b1);
+        assert_memory_equal(&z0, &b0, sizeof z0);
+        assert_memory_equal(&z1, &b1, sizeof z1);
+        if (fabs(z0 - x0) > 5e-7 * mag || fabs(z1 - x1) > 5e-7 * mag)
+            fail_msg("rope back(rope(%.9g, %.9g)) = (%.9g, %.9g)", x0, x1, z0, z1);
+        // the length is kept
+        double n0 = hypot(x0, x1), n1 = hypot(y0, y1);
+        assert_true(fabs(n1 - n0) <= 4e-7 * (n0 + 1e-30));
+    }
+    // a quarter turn, angle 0, and non-finite values propagate
+    float y0, y1;
+    ent_k_rope(3.0f, 5.0f, 0.0f, 1.0f, &y0, &y1);
+    assert_true(y0 == -5.0f && y1 == 3.0f);
+    ent_k_rope(3.0f, -5.0f, 1.0f, 0.0f, &y0, &y1);
+    assert_true(y0 == 3.0f && y1 == -5.0f);
+    ent_k_rope(NAN, 1.0f, 0.6f, 0.8f, &y0, &y1);
+    assert_true(isnan(y0) && isnan(y1));
+    ent_k_rope(INFINITY, 0.0f, 1.0f, 0.0f, &y0, &y1);
+    assert_true(isinf(y0) && y0 > 0.0f);
+}
+
+// ---------------------------------------------------------------------------
+// SiLU and SwiGLU
+
+static double sigmoid_ref(double x) {
+    return x >= 0.0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
+}
+
+static double silu_grad_ref(double x) {
+    double s = sigmoid_ref(x);
+    return s * (1.0 + x * (1.0 - s));
+}
+
+static void test_silu_swiglu(void **state) {
+    (void)state;
+    test_reseed(0x5e1);
+    for (int k = 0; k < 200000; k++) {
+        // mostly moderate gates, some far out in either tail
+        float x = k % 10 == 0 ? (float)((test_uniform() * 2.0 - 1.0) * 200.0)
+                              : (float)(test_normal() * 6.0);
+        double s = ent_k_sigmoid(x), ws = sigmoid_ref(x);
+        // relative accuracy in both tails down to 1e-38 (where the host's exp flushes)
+        if (fabs(s - ws) > 1e-6 * ws + 1e-37) fail_msg("sigmoid(%.9g) = %.9g, want %.9g", x, s, ws);
+        double f = ent_k_silu(x), wf = x * ws;
+        if (fabs(f - wf) > 1e-6 * fabs(wf) + 1e-35) fail_msg("silu(%.9g) = %.9g, want %.9g", x, f, wf);
+        double d = ent_k_silu_grad(x), wd = silu_grad_ref(x);
+        // silu' crosses 0 near x = -1.28: its error is relative to its terms
+        if (fabs(d - wd) > 1e-6 * (ws + fabs(x * ws)) + 1e-35)
+            fail_msg("silu'(%.9g) = %.9g, want %.9g", x, d, wd);
+        // SwiGLU is silu(gate) * up, its gradients dout * up * silu' and dout * silu
+        float up = (float)test_normal(), dout = (float)test_normal(), dg, du;
+        float sw = ent_k_swiglu(x, up), sw_want = ent_k_silu(x) * up;
+        assert_memory_equal(&sw, &sw_want, sizeof sw);
+        ent_k_swiglu_grad(x, up, dout, &dg, &du);
+        // (the floors scaled too: below -87 the host's sigmoid is 0, silu' and
+        // silu are then off by up to 1.4e-36, times dout and up)
+        double wdg = (double)dout * up * wd, wdu = (double)dout * wf;
+        if (fabs(dg - wdg) > (2e-6 * (ws + fabs(x * ws)) + 1e-35) * fabs((double)dout * up) ||
+            fabs(du - wdu) > 2e-6 * fabs(wdu) + 1e-35 * fabs(dout))
+            fail_msg("swiglu'(%.9g, %.9g; %.9g) = (%.9g, %.9g), want (%.9g, %.9g)", x, up, dout,
+                     dg, du, wdg, wdu);
+    }
+    // the derivative is the slope of the function itself (central differences)
+    for (int k = 0; k < 200; k++) {
+        double x = test_uniform() * 16.0 - 8.0, h = 1e-3;
+        double fd = (ent_k_silu((float)(x + h)) - ent_k_silu((float)(x - h))) / (2.0 * h);
+        if (fabs(fd - ent_k_silu_grad((float)x)) > 2e-3)
+            fail_msg("silu'(%.9g) = %.9g, slope %.9g", x, ent_k_silu_grad((float)x), fd);
+    }
+    // edges: 0 and -0, saturation without overflow, non-finite values
+    assert_true(ent_k_sigmoid(0.0f) == 0.5f && ent_k_sigmoid(-0.0f) == 0.5f);
+    assert_true(ent_k_silu(0.0f) == 0.0f && !signbit(ent_k_silu(0.0f)));
+    assert_true(ent_k_silu(-0.0f) == 0.0f && signbit(ent_k_silu(-0.0f)));
+    assert_true(ent_k_silu_grad(0.0f) == 0.5f);
+    assert_true(ent_k_sigmoid(100.0f) == 1.0f && ent_k_sigmoid(-100.0f) >= 0.0f &&
+                ent_k_sigmoid(-100.0f) < 1e-37f);
+    assert_true(ent_k_silu(1e30f) == 1e30f);                       // silu(x) = x far out
+    assert_true(ent_k_silu(-1e30f) <= 0.0f && ent_k_silu(-1e30f) > -1e-30f); // and 0
+    assert_true(ent_k_silu_grad(1e30f) == 1.0f && fabsf(ent_k_silu_grad(-1e30f)) < 1e-30f);
+    assert_true(ent_k_sigmoid(INFINITY) == 1.0f && ent_k_sigmoid(-INFINITY) == 0.0f);
+    assert_true(ent_k_silu(INFINITY) == INFINITY);
+    assert_true(isnan(ent_k_silu(-INFINITY))); // -inf x 0: a diverged gate is not hidden
+    assert_true(isnan(ent_k_sigmoid(NAN)) && isnan(ent_k_silu(NAN)) && isnan(ent_k_silu_grad(NAN)));
+    float dg, du;
+    ent_k_swiglu_grad(NAN, 1.0f, 1.0f, &dg, &du);
+    assert_true(isnan(dg) && isnan(du));
+    ent_k_swiglu_grad(2.0f, NAN, 1.0f, &dg, &du);
+    assert_true(isnan(dg) && !isnan(du)); // dup does not read up
+    assert_true(isinf(ent_k_swiglu(2.0f, INFINITY)));
+}
+
+// The CPU backend's Llama ops run these element functions: the same bits.
+static void test_cpu_llama_ops_share_math(void **state) {
+    (void)state;
+    test_reseed(0x11a);
+    enum { B = 2, T = 5, H = 3, hd = 8, C = H * hd, N = B * T, n = N * C };
+    float *x = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * n);
+    float *g = malloc(sizeof(float) * n), *u = malloc(sizeof(float) * n);
+    float *d = malloc(sizeof(float) * n), *dg = malloc(sizeof(float) * n);
+    float *du = malloc(sizeof(float) * n), *w = malloc(sizeof(float) * C);
+    float rstd[N], ct[T * hd / 2], st[T * hd / 2];
+    assert_non_null(w);
+    fill_normal(x, n, 2.0);
+    fill_normal(g, n, 4.0);
+    fill_normal(u, n, 1.0);
+    fill_normal(d, n, 1.0);
+    fill_normal(w, C, 1.0);
+    ent_backend_t *cpu = ent_backend_cpu_new(1);
+    assert_non_null(cpu);
+    // swiglu, forward and backward (accumulating into zeros)
+    memset(dg, 0, sizeof(float) * n);
+    memset(du, 0, sizeof(float) * n);
+    assert_int_equal(cpu->iface->swiglu_forward(cpu, y, g, u, n), ENT_OK);
+    assert_int_equal(cpu->iface->swiglu_backward(cpu, dg, du, d, g, u, n), ENT_OK);
+    for (int i = 0; i < n; i++) {
+        float want = ent_k_swiglu(g[i], u[i]), wg, wu;
+        ent_k_swiglu_grad(g[i], u[i], d[i], &wg, &wu);
+        wg += 0.0f, wu += 0.0f; // the op adds to 0
+        assert_memory_equal(&y[i], &want, sizeof want);
+        assert_memory_equal(&dg[i], &wg, sizeof wg);
+        assert_memory_equal(&du[i], &wu, sizeof wu);
+    }
+    // rmsnorm's output from its own rstd
+    assert_int_equal(cpu->iface->rmsnorm_forward(cpu, y, rstd, x, w, 1e-5f, N, C), ENT_OK);
+    for (int i = 0; i < n; i++) {
+        float want = ent_k_rmsnorm(x[i], rstd[i / C], w[i % C]);
+        assert_memory_equal(&y[i], &want, sizeof want);
+    }
+    // rope, forward then back, pair by pair
+    ent_rope rope = {.theta = 500000.0, .scaling = ENT_ROPE_DEFAULT};
+    ent_rope_table(&rope, hd, T, ct, st);
+    memcpy(y, x, sizeof(float) * n);
+    assert_int_equal(cpu->iface->rope_forward(cpu, y, ct, st, B, T, H, hd), ENT_OK);
+    memcpy(d, y, sizeof(float) * n);
+    assert_int_equal(cpu->iface->rope_backward(cpu, d, ct, st, B, T, H, hd), ENT_OK);
+    for (int bth = 0; bth < B * T * H; bth++) {
+        int t = bth / H % T;
+        for (int i = 0; i < hd / 2; i++) {
+            size_t i0 = (size_t)bth * hd + i, i1 = i0 + hd / 2;
+            float f0, f1, b0, b1;
+            ent_k_rope(x[i0], x[i1], ct[t * hd / 2 + i], st[t * hd / 2 + i], &f0, &f1);
+            ent_k_rope_back(y[i0], y[i1], ct[t * hd / 2 + i], st[t * hd / 2 + i], &b0, &b1);
+            assert_memory_equal(&y[i0], &f0, sizeof f0);
+            assert_memory_equal(&y[i1], &f1, sizeof f1);
+            assert_memory_equal(&d[i0], &b0, sizeof b0);
+            assert_memory_equal(&d[i1], &b1, sizeof b1);
+        }
+    }
+    ent_backend_free(&cpu);
+    free(x), free(y), free(g), free(u), free(d), free(dg), free(du), free(w);
+}
+
+// ---------------------------------------------------------------------------
 // online softmax
 
 // (max, sum of exp(x - max)) in double
@@ -347,7 +612,10 @@ static void test_quantize(void **state) {
         for (int i = 0; i < n; i++) {
             float q = ent_k_quantize(x[i], inv, 127.0f);
             assert_true(q == rintf(q) && fabsf(q) <= 127.0f);
-            assert_true(fabs((double)q * scale - x[i]) <= 0.5 * scale * (1.0 + 1e-5));
+            // half a step, and the float rounding of x * inv (a few ulps of x:
+            // near 127 steps they beat 1e-5 of a step), as unit_kernels allows
+            assert_true(fabs((double)q * scale - x[i]) <=
+                        0.5 * scale * (1.0 + 1e-5) + 0x1p-22 * fabs(x[i]));
             top |= fabsf(q) == 127.0f;
         }
         assert_true(top || amax == 0.0f);
@@ -358,6 +626,8 @@ int main(void) {
     test_seed();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gelu),       cmocka_unit_test(test_layernorm),
+        cmocka_unit_test(test_rmsnorm),    cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_silu_swiglu), cmocka_unit_test(test_cpu_llama_ops_share_math),
         cmocka_unit_test(test_online_softmax), cmocka_unit_test(test_adamw),
         cmocka_unit_test(test_f16_widen),
         cmocka_unit_test(test_bf16_round), cmocka_unit_test(test_bf16_stochastic),

@@ -139,20 +139,10 @@ ent_status ent_cpu_attention_backward(ent_backend_t *be, float *dqkv, float *scr
     return ENT_OK;
 }
 
-// The mapping a caller gave must stay inside the buffers it describes.
-static ent_status check_gqa(ent_gqa_shape s) {
-    if (s.NH < 1 || s.hd < 1 || s.group < 1 || s.phase < 0 || s.phase >= s.group ||
-        (s.phase + s.NH - 1) / s.group >= s.kv_heads)
-        return ent_fail(ENT_ERR_USAGE, "gqa attention: %d query heads in groups of %d from "
-                        "phase %d need more than the %d KV heads given", s.NH, s.group, s.phase,
-                        s.kv_heads);
-    return ENT_OK;
-}
-
 ent_status ent_cpu_gqa_forward(ent_backend_t *be, float *out, float *att, const float *q,
                                const float *k, const float *v, ent_gqa_shape s) {
     (void)be;
-    ENT_CHECK(check_gqa(s));
+    ENT_CHECK(ent_gqa_shape_check(s));
     att_layout L = gqa_layout(s);
     core_forward(out, att, q, k, v, &L);
     return ENT_OK;
@@ -162,7 +152,7 @@ ent_status ent_cpu_gqa_backward(ent_backend_t *be, float *dq, float *dk, float *
                                 float *scratch, const float *dout, const float *q, const float *k,
                                 const float *v, const float *att, ent_gqa_shape s) {
     (void)be;
-    ENT_CHECK(check_gqa(s));
+    ENT_CHECK(ent_gqa_shape_check(s));
     att_layout L = gqa_layout(s);
     core_backward(dq, dk, dv, scratch, dout, q, k, v, att, &L);
     return ENT_OK;

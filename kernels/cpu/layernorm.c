@@ -61,7 +61,7 @@ static void norm_backward(float *dinp, float *dweight, float *dbias, const float
         for (int c = 0; c < C; c++) {
             float norm = ent_k_norm(x[c], m, r);
             float dn = dy[c] * weight[c];
-            dx[c] += r * (dn - mean_d - norm * mean_dn);
+            dx[c] += ent_k_norm_grad(dn, norm, r, mean_d, mean_dn);
         }
     }
     // dweight, dbias: column reductions, by column block

@@ -3,8 +3,9 @@
 // by the opposite angle.
 #include "cpu_impl.h"
 
+// back = 0: the rotation; 1: its inverse (the gradient's way back)
 static void rotate(float *x, const float *cos_t, const float *sin_t, int B, int T, int H, int hd,
-                   float sign) {
+                   int back) {
     int half = hd / 2;
 #pragma omp parallel for schedule(static)
     for (int bt = 0; bt < B * T; bt++) {
@@ -13,7 +14,10 @@ static void rotate(float *x, const float *cos_t, const float *sin_t, int B, int 
         for (int h = 0; h < H; h++) {
             float *x0 = x + ((size_t)bt * H + h) * hd, *x1 = x0 + half;
 #pragma omp simd
-            for (int i = 0; i < half; i++) ent_k_rope(x0[i], x1[i], c[i], sign * s[i], &x0[i], &x1[i]);
+            for (int i = 0; i < half; i++) {
+                if (back) ent_k_rope_back(x0[i], x1[i], c[i], s[i], &x0[i], &x1[i]);
+                else ent_k_rope(x0[i], x1[i], c[i], s[i], &x0[i], &x1[i]);
+            }
         }
     }
 }
@@ -21,13 +25,13 @@ static void rotate(float *x, const float *cos_t, const float *sin_t, int B, int 
 ent_status ent_cpu_rope_forward(ent_backend_t *be, float *x, const float *cos_t,
                                 const float *sin_t, int B, int T, int H, int hd) {
     (void)be;
-    rotate(x, cos_t, sin_t, B, T, H, hd, 1.0f);
+    rotate(x, cos_t, sin_t, B, T, H, hd, 0);
     return ENT_OK;
 }
 
 ent_status ent_cpu_rope_backward(ent_backend_t *be, float *dx, const float *cos_t,
                                  const float *sin_t, int B, int T, int H, int hd) {
     (void)be;
-    rotate(dx, cos_t, sin_t, B, T, H, hd, -1.0f);
+    rotate(dx, cos_t, sin_t, B, T, H, hd, 1);
     return ENT_OK;
 }

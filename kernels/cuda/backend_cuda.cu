@@ -168,6 +168,14 @@ static struct ent_backend_i cuda_iface_make(void) {
     i.residual_backward = ent_cuda_residual_backward;
     i.softmax_xent_forward = ent_cuda_softmax_xent_forward;
     i.softmax_xent_backward = ent_cuda_softmax_xent_backward;
+    i.rmsnorm_forward = ent_cuda_rmsnorm_forward;
+    i.rmsnorm_backward = ent_cuda_rmsnorm_backward;
+    i.rope_forward = ent_cuda_rope_forward;
+    i.rope_backward = ent_cuda_rope_backward;
+    i.swiglu_forward = ent_cuda_swiglu_forward;
+    i.swiglu_backward = ent_cuda_swiglu_backward;
+    i.gqa_forward = ent_cuda_gqa_forward;
+    i.gqa_backward = ent_cuda_gqa_backward;
     i.adamw_update = ent_cuda_adamw_update;
     i.sum_squares = ent_cuda_sum_squares;
     i.sub = ent_cuda_sub;

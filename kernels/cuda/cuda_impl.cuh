@@ -163,6 +163,26 @@ ent_status ent_cuda_softmax_xent_forward(ent_backend_t *be, float *losses, float
 ent_status ent_cuda_softmax_xent_backward(ent_backend_t *be, float *dlogits, const float *probs,
                                           const int32_t *targets, float dloss, int N, int V,
                                           int Vp);
+ent_status ent_cuda_rmsnorm_forward(ent_backend_t *be, float *out, float *rstd, const float *inp,
+                                    const float *weight, float eps, int N, int C);
+ent_status ent_cuda_rmsnorm_backward(ent_backend_t *be, float *dinp, float *dweight,
+                                     const float *dout, const float *inp, const float *weight,
+                                     const float *rstd, int N, int C);
+ent_status ent_cuda_rope_forward(ent_backend_t *be, float *x, const float *cos_t,
+                                 const float *sin_t, int B, int T, int H, int hd);
+ent_status ent_cuda_rope_backward(ent_backend_t *be, float *dx, const float *cos_t,
+                                  const float *sin_t, int B, int T, int H, int hd);
+ent_status ent_cuda_swiglu_forward(ent_backend_t *be, float *out, const float *gate,
+                                   const float *up, size_t n);
+ent_status ent_cuda_swiglu_backward(ent_backend_t *be, float *dgate, float *dup,
+                                    const float *dout, const float *gate, const float *up,
+                                    size_t n);
+ent_status ent_cuda_gqa_forward(ent_backend_t *be, float *out, float *att, const float *q,
+                                const float *k, const float *v, ent_gqa_shape s);
+ent_status ent_cuda_gqa_backward(ent_backend_t *be, float *dq, float *dk, float *dv,
+                                 float *scratch, const float *dout, const float *q,
+                                 const float *k, const float *v, const float *att,
+                                 ent_gqa_shape s);
 ent_status ent_cuda_adamw_update(ent_backend_t *be, float *params, float *master,
                                  const float *grads, float *m, float *v, size_t n, float lr,
                                  float beta1, float beta2, float eps, float weight_decay,

@@ -1,6 +1,7 @@
 // elementwise.cu: the cuda backend's element-wise and reduction ops: the
-// embedding, GELU, the residual, AdamW, the sum of squares, and the
-// coalition's vector ops. The arithmetic of each element is kernel_math.h's.
+// embedding, GELU, the residual, SwiGLU, rotary embeddings, AdamW, the sum of
+// squares, and the coalition's vector ops. The arithmetic of each element is
+// kernel_math.h's.
 #include "cuda_impl.cuh"
 
 #include <stdlib.h>
@@ -156,6 +157,71 @@ ent_status ent_cuda_residual_forward(ent_backend_t *be, float *out, const float 
 ent_status ent_cuda_residual_backward(ent_backend_t *be, float *da, float *db, const float *dout,
                                       size_t n) {
     LAUNCH(residual_backward_kernel<float>, n, da, db, dout, n);
+}
+
+// ---------------------------------------------------------------------------
+// the Llama family's element-wise ops: SwiGLU, and rotary embeddings in place
+
+template <typename T>
+__global__ void swiglu_forward_kernel(T *out, const T *gate, const T *up, size_t n) {
+    GRID_STRIDE(i, n) ent_store(out + i, ent_k_swiglu(ent_load(gate + i), ent_load(up + i)));
+}
+
+template <typename T>
+__global__ void swiglu_backward_kernel(T *dgate, T *dup, const T *dout, const T *gate, const T *up,
+                                       size_t n) {
+    GRID_STRIDE(i, n) {
+        float dg, du;
+        ent_k_swiglu_grad(ent_load(gate + i), ent_load(up + i), ent_load(dout + i), &dg, &du);
+        ent_store(dgate + i, ent_load(dgate + i) + dg);
+        ent_store(dup + i, ent_load(dup + i) + du);
+    }
+}
+
+ent_status ent_cuda_swiglu_forward(ent_backend_t *be, float *out, const float *gate,
+                                   const float *up, size_t n) {
+    LAUNCH(swiglu_forward_kernel<float>, n, out, gate, up, n);
+}
+
+ent_status ent_cuda_swiglu_backward(ent_backend_t *be, float *dgate, float *dup,
+                                    const float *dout, const float *gate, const float *up,
+                                    size_t n) {
+    LAUNCH(swiglu_backward_kernel<float>, n, dgate, dup, dout, gate, up, n);
+}
+
+// One thread per pair (i, i + hd/2) of a head of x (B,T,H*hd): pairs =
+// B*T*H*(hd/2) of them (an odd hd's last value stays, as on the CPU); the
+// angle of position t, frequency i is row t of the f32 tables cos_t, sin_t
+// (T, hd/2). Back: the inverse rotation (the gradient's).
+template <typename T, bool Back>
+__global__ void rope_kernel(T *x, const float *cos_t, const float *sin_t, int T_, int H, int hd,
+                            size_t pairs) {
+    int half = hd / 2;
+    GRID_STRIDE(e, pairs) {
+        int i = (int)(e % half);
+        size_t head = e / half; // (b, t, h) flattened
+        int t = (int)((head / H) % T_);
+        T *x0 = x + head * hd + i, *x1 = x0 + half;
+        float c = cos_t[(size_t)t * half + i], s = sin_t[(size_t)t * half + i], y0, y1;
+        if (Back) ent_k_rope_back(ent_load(x0), ent_load(x1), c, s, &y0, &y1);
+        else ent_k_rope(ent_load(x0), ent_load(x1), c, s, &y0, &y1);
+        ent_store(x0, y0);
+        ent_store(x1, y1);
+    }
+}
+
+ent_status ent_cuda_rope_forward(ent_backend_t *be, float *x, const float *cos_t,
+                                 const float *sin_t, int B, int T, int H, int hd) {
+    size_t pairs = (size_t)B * T * H * (hd / 2);
+    if (pairs == 0) return ENT_OK;
+    LAUNCH((rope_kernel<float, false>), pairs, x, cos_t, sin_t, T, H, hd, pairs);
+}
+
+ent_status ent_cuda_rope_backward(ent_backend_t *be, float *dx, const float *cos_t,
+                                  const float *sin_t, int B, int T, int H, int hd) {
+    size_t pairs = (size_t)B * T * H * (hd / 2);
+    if (pairs == 0) return ENT_OK;
+    LAUNCH((rope_kernel<float, true>), pairs, dx, cos_t, sin_t, T, H, hd, pairs);
 }
 
 // ---------------------------------------------------------------------------

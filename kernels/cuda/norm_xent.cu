@@ -1,95 +1,135 @@
-// norm_xent.cu: the cuda backend's row-wise ops: layer normalisation and the
-// softmax over the vocabulary fused with cross-entropy.
+// norm_xent.cu: the cuda backend's row-wise ops: layer normalisation and
+// RMSNorm, and the softmax over the vocabulary fused with cross-entropy.
 #include "cuda_impl.cuh"
 
 #define ROWS_PER_BLOCK (ENT_CUDA_THREADS / 32) // one warp a row
 
 // ---------------------------------------------------------------------------
-// layer normalisation, eps = 1e-5 (GPT-2): one warp per row
+// normalisation over the last axis, one warp per row: GPT-2's layernorm (mean
+// removed, eps = 1e-5, bias) and the Llama family's RMSNorm (Centred false:
+// the mean taken as 0 and not stored, eps from the model, no bias), as one
+// pair of kernels, as on the CPU.
 
-template <typename T>
-__global__ void layernorm_forward_kernel(T *out, float *mean, float *rstd, const T *inp,
-                                         const T *weight, const T *bias, int N, int C) {
+template <typename T, bool Centred>
+__global__ void norm_forward_kernel(T *out, float *mean, float *rstd, const T *inp,
+                                    const T *weight, const T *bias, float eps, int N, int C) {
     int n = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return; // whole warps
     const T *x = inp + (size_t)n * C;
-    float s = 0.0f;
-    for (int c = lane; c < C; c += 32) s += ent_load(x + c);
-    float m = ent_warp_sum(s) / C;
+    float m = 0.0f;
+    if (Centred) {
+        float s = 0.0f;
+        for (int c = lane; c < C; c += 32) s += ent_load(x + c);
+        m = ent_warp_sum(s) / C;
+    }
     float v = 0.0f;
     for (int c = lane; c < C; c += 32) {
         float d = ent_load(x + c) - m;
         v += d * d;
     }
-    float r = 1.0f / sqrtf(ent_warp_sum(v) / C + 1e-5f);
+    float r = 1.0f / sqrtf(ent_warp_sum(v) / C + eps);
     T *o = out + (size_t)n * C;
-    for (int c = lane; c < C; c += 32)
-        ent_store(o + c, ent_k_layernorm(ent_load(x + c), m, r, ent_load(weight + c),
-                                         ent_load(bias + c)));
+    for (int c = lane; c < C; c += 32) {
+        float xc = ent_load(x + c), w = ent_load(weight + c);
+        ent_store(o + c, Centred ? ent_k_layernorm(xc, m, r, w, ent_load(bias + c))
+                                 : ent_k_rmsnorm(xc, r, w));
+    }
     if (lane == 0) {
-        mean[n] = m;
+        if (Centred) mean[n] = m;
         rstd[n] = r;
     }
+}
+
+template <bool Centred>
+static ent_status norm_forward(ent_backend_t *be, const char *op, float *out, float *mean,
+                               float *rstd, const float *inp, const float *weight,
+                               const float *bias, float eps, int N, int C) {
+    if (N <= 0) return ENT_OK;
+    unsigned blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
+    norm_forward_kernel<float, Centred><<<blocks, ENT_CUDA_THREADS, 0, ent_cuda_of(be)->stream>>>(
+        out, mean, rstd, inp, weight, bias, eps, N, C);
+    return ent_cuda_launched(op);
 }
 
 ent_status ent_cuda_layernorm_forward(ent_backend_t *be, float *out, float *mean, float *rstd,
                                       const float *inp, const float *weight, const float *bias,
                                       int N, int C) {
-    if (N <= 0) return ENT_OK;
-    unsigned blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
-    layernorm_forward_kernel<float><<<blocks, ENT_CUDA_THREADS, 0, ent_cuda_of(be)->stream>>>(
-        out, mean, rstd, inp, weight, bias, N, C);
-    return ent_cuda_launched("layernorm_forward");
+    return norm_forward<true>(be, "layernorm_forward", out, mean, rstd, inp, weight, bias, 1e-5f,
+                              N, C);
 }
 
-// dinp, one warp per row: dnorm = dy * weight;
-// dx += rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
-template <typename T>
-__global__ void layernorm_backward_kernel(T *dinp, const T *dout, const T *inp, const T *weight,
-                                          const float *mean, const float *rstd, int N, int C) {
+ent_status ent_cuda_rmsnorm_forward(ent_backend_t *be, float *out, float *rstd, const float *inp,
+                                    const float *weight, float eps, int N, int C) {
+    return norm_forward<false>(be, "rmsnorm_forward", out, NULL, rstd, inp, weight, NULL, eps, N,
+                               C);
+}
+
+// dinp, one warp per row: dnorm = dy * weight, dx += ent_k_norm_grad (the
+// mean(dnorm) term only where a mean was removed)
+template <typename T, bool Centred>
+__global__ void norm_backward_kernel(T *dinp, const T *dout, const T *inp, const T *weight,
+                                     const float *mean, const float *rstd, int N, int C) {
     int n = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return;
     const T *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
     T *dx = dinp + (size_t)n * C;
-    float m = mean[n], r = rstd[n];
+    float m = Centred ? mean[n] : 0.0f, r = rstd[n];
     float sum_d = 0.0f, sum_dn = 0.0f;
     for (int c = lane; c < C; c += 32) {
         float dn = ent_load(dy + c) * ent_load(weight + c);
         sum_d += dn;
         sum_dn += dn * ent_k_norm(ent_load(x + c), m, r);
     }
-    float mean_d = ent_warp_sum(sum_d) / C, mean_dn = ent_warp_sum(sum_dn) / C;
+    float mean_d = Centred ? ent_warp_sum(sum_d) / C : 0.0f, mean_dn = ent_warp_sum(sum_dn) / C;
     for (int c = lane; c < C; c += 32) {
         float norm = ent_k_norm(ent_load(x + c), m, r);
         float dn = ent_load(dy + c) * ent_load(weight + c);
-        ent_store(dx + c, ent_load(dx + c) + r * (dn - mean_d - norm * mean_dn));
+        ent_store(dx + c, ent_load(dx + c) + ent_k_norm_grad(dn, norm, r, mean_d, mean_dn));
     }
 }
 
-// the values whose column sums are dweight and dbias
-struct ln_dweight_value {
+// the values whose column sums are dweight: dout * norm (mean NULL: RMSNorm's)
+struct norm_dweight_value {
     const float *dout, *inp, *mean, *rstd;
     int C;
     __device__ float operator()(int n, int c) const {
         size_t i = (size_t)n * C + c;
-        return dout[i] * ent_k_norm(inp[i], mean[n], rstd[n]);
+        return dout[i] * ent_k_norm(inp[i], mean != NULL ? mean[n] : 0.0f, rstd[n]);
     }
 };
 
+// dinp, then dweight (and dbias, where non-NULL) as deterministic column sums
+template <bool Centred>
+static ent_status norm_backward(ent_backend_t *be, const char *op, float *dinp, float *dweight,
+                                float *dbias, const float *dout, const float *inp,
+                                const float *weight, const float *mean, const float *rstd, int N,
+                                int C) {
+    if (N <= 0) return ENT_OK;
+    unsigned blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
+    norm_backward_kernel<float, Centred><<<blocks, ENT_CUDA_THREADS, 0,
+                                            ent_cuda_of(be)->stream>>>(dinp, dout, inp, weight,
+                                                                       mean, rstd, N, C);
+    ENT_CHECK(ent_cuda_launched(op));
+    norm_dweight_value fw = {dout, inp, Centred ? mean : NULL, rstd, C};
+    ENT_CHECK(ent_cuda_column_sums(be, dweight, N, C, fw));
+    if (dbias == NULL) return ENT_OK;
+    ent_matrix_value fb = {dout, (size_t)C};
+    return ent_cuda_column_sums(be, dbias, N, C, fb);
+}
 
 ent_status ent_cuda_layernorm_backward(ent_backend_t *be, float *dinp, float *dweight,
                                        float *dbias, const float *dout, const float *inp,
                                        const float *weight, const float *mean, const float *rstd,
                                        int N, int C) {
-    if (N <= 0) return ENT_OK;
-    unsigned blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
-    layernorm_backward_kernel<float><<<blocks, ENT_CUDA_THREADS, 0, ent_cuda_of(be)->stream>>>(
-        dinp, dout, inp, weight, mean, rstd, N, C);
-    ENT_CHECK(ent_cuda_launched("layernorm_backward"));
-    ln_dweight_value fw = {dout, inp, mean, rstd, C};
-    ENT_CHECK(ent_cuda_column_sums(be, dweight, N, C, fw));
-    ent_matrix_value fb = {dout, (size_t)C};
-    return ent_cuda_column_sums(be, dbias, N, C, fb);
+    return norm_backward<true>(be, "layernorm_backward", dinp, dweight, dbias, dout, inp, weight,
+                               mean, rstd, N, C);
+}
+
+ent_status ent_cuda_rmsnorm_backward(ent_backend_t *be, float *dinp, float *dweight,
+                                     const float *dout, const float *inp, const float *weight,
+                                     const float *rstd, int N, int C) {
+    return norm_backward<false>(be, "rmsnorm_backward", dinp, dweight, NULL, dout, inp, weight,
+                                NULL, rstd, N, C);
 }
 
 // ---------------------------------------------------------------------------
