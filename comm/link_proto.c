@@ -39,6 +39,7 @@ static const char *const type_names[ENT_LINK_TYPE_END] = {
     [ENT_LINK_HEARTBEAT] = "HEARTBEAT", [ENT_LINK_ROUND_PLAN] = "ROUND_PLAN",
     [ENT_LINK_DELTA] = "DELTA",         [ENT_LINK_UPDATE] = "UPDATE",
     [ENT_LINK_LEAVE] = "LEAVE",         [ENT_LINK_ERROR] = "ERROR",
+    [ENT_LINK_STATE] = "STATE",
 };
 
 const char *ent_link_type_name(int type) {
@@ -583,7 +584,7 @@ ent_status ent_link_decode_round_plan(const void *msg, size_t len, const char *p
 }
 
 // ---------------------------------------------------------------------------
-// DELTA and UPDATE: u32 index, u32 count, u64 total, u64 offset, u64 length,
+// DELTA, UPDATE and STATE: u32 index, u32 count, u64 total, u64 offset, u64 length,
 //                   u16 codec, u64 anchor_hash, u64 tokens, then the data
 //                   (the rest of the payload)
 
@@ -650,6 +651,15 @@ ent_status ent_link_encode_update(ent_link_buf *out, uint32_t site, uint64_t rou
 ent_status ent_link_decode_update(const void *msg, size_t len, const char *peer,
                                   ent_link_header *hdr, ent_link_chunk *m) {
     return decode_chunk(msg, len, peer, ENT_LINK_UPDATE, hdr, m);
+}
+
+ent_status ent_link_encode_state(ent_link_buf *out, uint32_t site, uint64_t round,
+                                 const ent_link_chunk *m) {
+    return encode_chunk(out, ENT_LINK_STATE, site, round, m);
+}
+ent_status ent_link_decode_state(const void *msg, size_t len, const char *peer,
+                                 ent_link_header *hdr, ent_link_chunk *m) {
+    return decode_chunk(msg, len, peer, ENT_LINK_STATE, hdr, m);
 }
 
 // ---------------------------------------------------------------------------

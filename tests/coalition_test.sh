@@ -434,7 +434,7 @@ kill_c_after_round_1() {
     write_coalition "$W/co.ini" 3 30
     [ $# -gt 0 ] && echo "$1" >>"$W/co.ini"
     mkdir -p "$W/run"
-    start_coordinator "$W/run/coordinator"
+    start_coordinator "$W/run/coordinator" "${CO_ARGS[@]+"${CO_ARGS[@]}"}"
     start_site a 1; PA=$SPID
     start_site b 1; PB=$SPID
     start_site c 0
@@ -659,10 +659,14 @@ wait_for_line() {
     return 1
 }
 
-# tokens_of METRICS ROUND SITE: the tokens the coordinator's record of ROUND
-# merged from SITE (empty when SITE is not in it)
+# tokens_of METRICS ROUND SITE [last]: the tokens the coordinator's (first,
+# or with `last` its last) record of ROUND merged from SITE (empty when SITE
+# is not in it; a restarted coordinator merges the rounds after its
+# checkpoint again)
 tokens_of() {
-    grep '"event":"round"' "$1" | grep "\"round\":$2," | head -1 | awk -v site="$3" '
+    local pick=head
+    [ "${4:-}" = last ] && pick=tail
+    grep '"event":"round"' "$1" | grep "\"round\":$2," | $pick -1 | awk -v site="$3" '
         {
             match($0, /"sites":\[[^]]*\]/); split(substr($0, RSTART + 9, RLENGTH - 10), names, ",")
             match($0, /"site_tokens":\[[^]]*\]/); split(substr($0, RSTART + 15, RLENGTH - 16), toks, ",")
@@ -679,7 +683,7 @@ loss_of() {
 final_anchor_held_by() {
     local cm=$W/run/coordinator/metrics.jsonl want name last
     want=$(sed -n 's/.*"event":"end".*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$cm")
-    last=$(($(grep -c '"event":"round"' "$cm") - 1))
+    last=$(($(sed -n 's/.*"event":"end","rounds":\([0-9]*\),.*/\1/p' "$cm") - 1))
     for name in "$@"; do
         [ -n "$want" ] && grep -q "holds anchor $want after round $last" "$W/site-$name.log" ||
             fail "site $name does not hold the coordinator's final anchor '$want': $(grep 'holds anchor' "$W/site-$name.log")"
@@ -700,7 +704,7 @@ wait_all() {
 # 0.3 s (inner steps planned from each site's speed, so that a site that
 # starts late, restarts or comes back does so well before the end), with
 # INI_LINES added to its [coalition] section, and sites a and b (mpirun, 1
-# rank each); sets PA and PB
+# rank each; the coordinator gets the arguments in CO_ARGS); sets PA and PB
 start_paced() {
     need_mpirun
     make_site_data
@@ -708,7 +712,7 @@ start_paced() {
     sed -i 's/^inner_steps = 6/inner_steps = 1000\nround_seconds = 0.3/' "$W/co.ini"
     [ $# -gt 2 ] && printf '%s\n' "$3" >>"$W/co.ini"
     mkdir -p "$W/run"
-    start_coordinator "$W/run/coordinator"
+    start_coordinator "$W/run/coordinator" "${CO_ARGS[@]+"${CO_ARGS[@]}"}"
     start_site a 1; PA=$SPID
     start_site b 1; PB=$SPID
 }
@@ -749,6 +753,105 @@ case_join() {
     n=$(grep '"event":"round"' "$W/run/site-x/metrics.jsonl" | sed -n 's/.*"loss":\([0-9.e+-]*\),.*/\1/p' | sort -u | wc -l)
     [ "$n" -ge 3 ] || fail "site x's loss takes $n value(s) over its rounds"
     final_anchor_held_by a b x
+}
+
+# kill_coordinator: SIGKILL to the coordinator process itself (CPID is the
+# `timeout` around it); sets KILLED_AT
+kill_coordinator() {
+    local child
+    child=$(ps -o pid= --ppid "$CPID" | tr -d ' ')
+    [ -n "$child" ] || { fail "the coordinator ($CPID) has no child process"; return 1; }
+    kill -9 "$child"
+    KILLED_AT=$(date +%s.%N)
+    wait "$CPID" 2>/dev/null
+}
+
+# ledger_field CKPT SITE KEY: SITE's KEY in the ledger of coordinator checkpoint CKPT
+ledger_field() {
+    "$E" ledger "$1" --json 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+for s in json.load(sys.stdin)["sites"]:
+    if s["site"] == sys.argv[1]:
+        v = s
+        for k in sys.argv[2].split("."):
+            v = v[k]
+        print(v)' "$2" "$3"
+}
+
+case_coord_restart() {
+    local seed=${ENT_TEST_SEED:-$RANDOM}
+    echo "coord_restart: seed $seed (ENT_TEST_SEED=$seed reproduces it)"
+    RANDOM=$seed
+    # the coordinator checkpoints after every round
+    # (48 rounds: a site cut off trains rounds of its last plan back to
+    # back, and must not finish alone before the coordinator is back)
+    CO_ARGS=(--set checkpoint.every=1)
+    start_paced 2 48 "$(printf 'lost_after = 10')"
+    local cm=$W/run/coordinator/metrics.jsonl port=${EP##*:}
+    # kill -9 at a seeded moment: after round K (3..10) is merged, plus 0-0.29 s
+    local k=$((3 + RANDOM % 8)) pause="0.$((RANDOM % 3))$((RANDOM % 10))"
+    wait_for_line "$cm" "\"event\":\"round\",\"round\":$k," 120 || { fail "the coordinator did not merge round $k"; return; }
+    sleep "$pause"
+    kill_coordinator
+    local killed_at=$KILLED_AT last
+    last=$(grep '"event":"round"' "$cm" | tail -1 | sed -n 's/.*"round":\([0-9]*\),.*/\1/p')
+    echo "coordinator killed $pause s after round $k was merged (its last round record: $last)"
+    local ck=$W/run/coordinator/checkpoints/latest saved
+    saved=$("$E" ckpt info "$ck" 2>/dev/null | sed -n 's/^coalition: round \([0-9]*\),.*/\1/p')
+    [ -n "$saved" ] || { fail "no coordinator checkpoint to resume: $(ls "$W/run/coordinator/checkpoints")"; return; }
+    local tok_a tok_b first_a
+    tok_a=$(ledger_field "$ck" a tokens)
+    tok_b=$(ledger_field "$ck" b tokens)
+    first_a=$(ledger_field "$ck" a first_seen.time)
+    # a used run directory needs --resume (or --force), and not both
+    expect "a second coordinator in the used run directory" 2 "--resume auto" -- \
+        "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/coordinator" \
+        --set "coalition.key=$W/keys/coordinator.key"
+    expect "--resume with --force" 2 "give one of them" -- \
+        "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/coordinator" --resume auto --force
+    # the sites train on alone meanwhile; the coordinator comes back on its port
+    mv "$W/run/coordinator.log" "$W/run/coordinator.first.log"
+    start_coordinator "$W/run/coordinator" --resume auto --set "coalition.bind=tcp://127.0.0.1:$port" \
+        --set checkpoint.every=1
+    wait_for_line "$cm" '"event":"resumed"' 90
+    BACK_AT=$(date +%s.%N)
+    wait_all a:$PA b:$PB
+    [ "$FAILED" = 0 ] || return
+    grep -q "resumed from .*anchor_round_$(printf %08d "$saved").h5: $saved rounds merged" "$W/run/coordinator.log" ||
+        fail "the coordinator's log does not say it resumed from round $saved: $(grep -i resum "$W/run/coordinator.log")"
+    grep -q "\"event\":\"resumed\",\"round\":$saved,.*\"sites_in\":2," "$cm" ||
+        fail "no resumed record at round $saved with both sites back: $(grep '"event":"resumed"' "$cm")"
+    # round `saved` merged empty, every round after it merged both sites
+    grep '"event":"round"' "$cm" | grep "\"round\":$saved," | tail -1 | grep -q '"sites":\[\],.*"empty"' ||
+        fail "round $saved after the restart is not the empty round"
+    local r
+    for r in $(seq $((saved + 1)) 47); do
+        [ -n "$(tokens_of "$cm" $r a last)" ] && [ -n "$(tokens_of "$cm" $r b last)" ] ||
+            { fail "round $r after the restart did not merge sites a and b"; break; }
+    done
+    grep -q "\"event\":\"rejoined\",\"site\":\"a\",\"first_round\":$((saved + 1))," "$cm" ||
+        fail "site a did not rejoin the restarted coordinator for round $((saved + 1))"
+    # each site found itself cut off and came back, carrying its progress
+    for r in a b; do
+        grep -q '"event":"cut_off"' "$W/run/site-$r/metrics.jsonl" || fail "site $r has no cut_off record"
+        grep -q "\"event\":\"rejoined\",\"site\":\"$r\",\"first_round\":$((saved + 1)),.*\"progress\":\"carried\"" \
+            "$W/run/site-$r/metrics.jsonl" || fail "site $r did not rejoin at round $((saved + 1)) carrying its progress: $(grep rejoined "$W/run/site-$r/metrics.jsonl")"
+    done
+    echo "back in the coalition: $(awk -v a="$killed_at" -v b="$BACK_AT" 'BEGIN { printf "%.1f", b - a }') s from the kill to the restarted coordinator's resumed record"
+    grep '"event":"resumed"' "$cm"
+    # the run completes: the final anchor after round 47, held by both sites
+    grep -q '"event":"end","rounds":48,' "$cm" || fail "the restarted coordinator did not end after 48 rounds"
+    final_anchor_held_by a b
+    # the ledger carries on from the checkpoint's
+    local ck2=$W/run/coordinator/checkpoints/latest
+    expect "entente ledger of the final checkpoint" 0 "out:rounds merged: 48" -- "$E" ledger "$ck2"
+    [ "$(ledger_field "$ck2" a first_seen.time)" = "$first_a" ] || fail "site a's first_seen changed across the restart"
+    awk -v x="$(ledger_field "$ck2" a tokens)" -v y="$tok_a" -v p="$(ledger_field "$ck2" b tokens)" -v q="$tok_b" \
+        'BEGIN { exit !(x > y && p > q) }' || fail "the ledger's tokens did not carry on from the checkpoint's ($tok_a, $tok_b)"
+    # a checkpoint of another model is refused, naming the key
+    expect "--resume with another model" 2 "model.width: checkpoint 32, this run 48" -- \
+        "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/other" --resume "$ck2" \
+        --set model.width=48 --set "coalition.key=$W/keys/coordinator.key"
 }
 
 case_rejoin() {

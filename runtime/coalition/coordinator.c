@@ -74,6 +74,7 @@ typedef struct {
 
 typedef struct {
     const ent_config *cfg;
+    const ent_train_opts *opts;
     const char *run_dir;
     ent_backend_t *be;
     ent_model_t *model;
@@ -102,6 +103,14 @@ typedef struct {
     ent_ckpt_saver_t *saver;
     char ckpt_dir[ENT_PATH_MAX];
     double t_start;
+    // a coordinator that continues a coalition (restarted from its
+    // checkpoint, or a standby that took over): it holds the state after
+    // resume_round rounds, merges that round empty once `await` of the
+    // sites it knows are back (or coalition.timeout passed), then goes on
+    int resumed;
+    uint64_t resume_round;
+    int await;
+    char resumed_from[ENT_PATH_MAX + 32];
 } coord;
 
 static ent_status record(coord *c, const ent_json_field *f, int n) {
@@ -714,7 +723,10 @@ static ent_status screen_round(coord *c, int *merged, int *nmerged) {
     return ENT_OK;
 }
 
+static ent_status merge_empty(coord *c);
+
 static ent_status merge_round(coord *c) {
+    if (c->resumed && c->round == c->resume_round) return merge_empty(c);
     double t0 = ent_now_seconds();
     int k = (int)(c->round % 2);
     int *merged = calloc((size_t)c->nsites, sizeof *merged), nmerged = 0;
@@ -817,15 +829,188 @@ static ent_status merge_round(coord *c) {
 }
 
 // ---------------------------------------------------------------------------
+// continuing a coalition: a restart from a checkpoint, a standby's takeover
+
+// Takes the coalition's state after `round` rounds (anchor, momentum and
+// residual already in their arrays) from `from`: the ledger's sites become
+// known sites, lost until each says HELLO again under its name (then
+// re-admitted under its id: ids[i] for the ledger's i-th site, or i + 1 when
+// ids is NULL). The round `round` is then merged empty (merge_empty): the
+// sites come back as joiners of round + 1, with their unsent progress.
+static ent_status adopt_state(coord *c, uint64_t round, const char *from, const char *ledger,
+                              const uint32_t *ids) {
+    if (round + 1 >= c->rounds)
+        return ent_fail(ENT_ERR_USAGE, "%s: the coalition's state after round %llu of "
+                        "coalition.rounds = %llu: no round is left to continue with", from,
+                        (unsigned long long)round, (unsigned long long)c->rounds);
+    coal_ledger_site *led = NULL;
+    int n = 0;
+    uint64_t merged = 0;
+    ENT_CHECK(coal_ledger_parse(from, ledger, &led, &n, &merged));
+    ent_status st = ENT_OK;
+    if (merged != round)
+        st = ent_fail(ENT_ERR_INPUT, "%s: the ledger counts %llu rounds merged, the state %llu",
+                      from, (unsigned long long)merged, (unsigned long long)round);
+    if (st == ENT_OK && n > c->cap)
+        st = ent_fail(ENT_ERR_USAGE, "%s: %d sites have joined the coalition, more than "
+                      "coalition.max_sites = %d", from, n, c->cap);
+    for (int i = 0; st == ENT_OK && i < c->nsites; i++) {
+        coal_vec_free(&c->sites[i].delta[0]);
+        coal_vec_free(&c->sites[i].delta[1]);
+    }
+    if (st == ENT_OK) {
+        memset(c->sites, 0, sizeof *c->sites * (size_t)c->cap);
+        c->tokens_total = 0;
+        for (int i = 0; i < n; i++) {
+            csite *s = &c->sites[i];
+            s->id = ids != NULL ? ids[i] : (uint32_t)i + 1;
+            memcpy(s->name, led[i].name, sizeof s->name);
+            s->led = led[i];
+            s->lost = 1;
+            s->joins = 1;
+            c->tokens_total += led[i].tokens;
+        }
+        c->nsites = n;
+        c->round = c->resume_round = round;
+        c->hist[round] = ent_anchor_hash(c->anchor, c->n);
+        c->resumed = c->started = 1;
+        snprintf(c->resumed_from, sizeof c->resumed_from, "%s", from);
+    }
+    free(led);
+    return st;
+}
+
+// `entente coordinator --resume FILE`: the file must be a coordinator's
+// checkpoint (the anchor, the outer momentum and residual, the round and the
+// ledger under /coalition) of this configuration's model and coalition.
+static ent_status load_checkpoint(coord *c, const char *path) {
+    ent_ckpt_t *ck = NULL;
+    ENT_CHECK(ent_ckpt_open(path, NULL, &ck));
+    ent_ckpt_state *saved = calloc(1, sizeof *saved);
+    ent_param_table table = {0};
+    char *ledger = NULL;
+    int64_t round = 0;
+    ent_status st = saved == NULL ? ent_fail(ENT_ERR_NOMEM, "out of memory") : ENT_OK;
+    if (st == ENT_OK) st = ent_checkpoint_check(ck, saved, &table);
+    ent_param_table_free(&table);
+    if (st == ENT_OK) st = ent_check_same_model(c->cfg, path, &saved->cfg);
+    // what every member hashes into HELLO must be the checkpoint's too
+    const ent_config *mine = c->cfg, *theirs = saved ? &saved->cfg : NULL;
+    if (st == ENT_OK && coal_config_hash(mine) != coal_config_hash(theirs)) {
+        const char *key = mine->coal_rounds != theirs->coal_rounds ? "coalition.rounds"
+                          : strcmp(mine->coal_codec, theirs->coal_codec) != 0 ? "coalition.codec"
+                          : mine->coal_outer_lr != theirs->coal_outer_lr ? "coalition.outer_lr"
+                          : mine->coal_outer_momentum != theirs->coal_outer_momentum
+                              ? "coalition.outer_momentum"
+                          : mine->coal_overlap != theirs->coal_overlap ? "coalition.overlap"
+                                                                       : "coalition.max_staleness";
+        st = ent_fail(ENT_ERR_USAGE, "%s was saved by a coalition with other settings: %s "
+                      "differs (the sites would be refused)", path, key);
+    }
+    if (st == ENT_OK && !ent_ckpt_has_coalition(ck))
+        st = ent_fail(ENT_ERR_INPUT, "%s holds no coalition state (group /coalition): it is not "
+                      "a coordinator's checkpoint", path);
+    if (st == ENT_OK) st = ent_ckpt_coalition_info(ck, &round, &ledger);
+    if (st == ENT_OK && (ledger == NULL || ledger[0] == '\0'))
+        st = ent_fail(ENT_ERR_INPUT, "%s holds no ledger (/coalition/ledger): a site's "
+                      "checkpoint, not a coordinator's", path);
+    float *p = ent_model_arena(c->model, ENT_ARENA_PARAMS);
+    ent_ckpt_coalition co = {.anchor = p, .outer_momentum = c->ck_mom, .residual = c->ck_resid};
+    ent_ckpt_shard sh = {.table = c->table, .tp_size = 1, .params = p,
+                         .write_count = c->table->total, .coalition = &co};
+    if (st == ENT_OK) st = ent_ckpt_read(ck, &sh);
+    ent_ckpt_close(&ck);
+    free(saved);
+    if (st == ENT_OK) {
+        coal_arena_to_global(&c->lay, 0, p, c->anchor);
+        coal_arena_to_global(&c->lay, 0, c->ck_mom, c->momentum);
+        coal_arena_to_global(&c->lay, 0, c->ck_resid, c->resid);
+        st = adopt_state(c, (uint64_t)round, path, ledger, NULL);
+    }
+    free(ledger);
+    if (st == ENT_OK) {
+        c->await = c->nsites < c->cfg->coal_sites ? c->nsites : c->cfg->coal_sites;
+        ent_log_info("coordinator: resumed from %s: %llu rounds merged, %d site(s) known; "
+                     "waiting for them to come back", path, (unsigned long long)round,
+                     c->nsites);
+    }
+    return st;
+}
+
+// Before the first round after a restart or a takeover: the sites it knows
+// come back (`await` of them, within coalition.timeout; at least
+// coalition.quorum by then).
+static ent_status await_rejoins(coord *c) {
+    double t0 = ent_now_seconds(), until = t0 + c->cfg->coal_timeout;
+    while (active_count(c) < c->await && ent_now_seconds() < until) ENT_CHECK(poll_once(c, 200));
+    int n = active_count(c);
+    if (n < c->cfg->coal_quorum || n == 0)
+        return ent_fail(ENT_ERR_IO, "coordinator: %d of the %d site(s) it knows came back within "
+                        "coalition.timeout = %g s (coalition.quorum = %d): stopping", n,
+                        c->nsites, c->cfg->coal_timeout, c->cfg->coal_quorum);
+    char hash[17];
+    coal_hash_hex(c->hist[c->round], hash);
+    ent_log_info("coordinator: %d of %d site(s) back after %.1f s; round %llu is merged empty, "
+                 "the sites carry their progress into round %llu", n, c->nsites,
+                 ent_now_seconds() - t0, (unsigned long long)c->round,
+                 (unsigned long long)c->round + 1);
+    ent_json_field rec[] = {ENT_JSTR("event", "resumed"), ENT_JINT("round", c->round),
+                            ENT_JSTR("from", c->resumed_from), ENT_JINT("sites_in", n),
+                            ENT_JINT("sites_known", c->nsites), ENT_JSTR("anchor_hash", hash),
+                            ENT_JNUM("wait_s", ent_now_seconds() - t0)};
+    return record(c, rec, (int)(sizeof rec / sizeof rec[0]));
+}
+
+// The round a continuing coordinator starts at: the deltas of it died with
+// the coordinator before, so it merges nothing. The update is zero (the
+// anchor and the outer momentum stay as they are), and every site back gets
+// it, with the plan two rounds ahead, as after any merge.
+static ent_status merge_empty(coord *c) {
+    double t0 = ent_now_seconds();
+    memset(c->g, 0, sizeof(float) * c->n);
+    coal_vec up = {0};
+    ENT_CHECK(coal_vec_encode(&up, (uint16_t)c->codec.kind, &c->codec, c->g, NULL, c->n,
+                              c->chunk_bytes));
+    uint64_t h = c->hist[c->round];
+    up.anchor_hash = h;
+    up.tokens = 0;
+    c->hist[c->round + 1] = h;
+    ent_status st = ENT_OK;
+    for (int i = 0; i < c->nsites && st == ENT_OK; i++) {
+        csite *s = &c->sites[i];
+        if (!active(s)) continue;
+        st = coal_vec_send(c->ep, &s->peer, ENT_LINK_UPDATE, s->id, c->round, &up);
+        if (st == ENT_OK && c->round + 2 < c->rounds) st = send_plan(c, s, c->round + 2);
+        st = lost_on_failure(c, s, st);
+    }
+    size_t up_bytes = up.len;
+    coal_vec_free(&up);
+    ENT_CHECK(st);
+    char hash[17];
+    coal_hash_hex(h, hash);
+    ent_json_field rec[] = {ENT_JSTR("event", "round"), ENT_JINT("round", c->round),
+                            ENT_JRAW("sites", "[]"), ENT_JRAW("site_tokens", "[]"),
+                            ENT_JRAW("members", "[]"), ENT_JINT("tokens", 0),
+                            ENT_JINT("tokens_total", c->tokens_total),
+                            ENT_JSTR("anchor_hash", hash), ENT_JNUM("val_loss", NAN),
+                            ENT_JINT("update_bytes", up_bytes),
+                            ENT_JNUM("merge_s", ent_now_seconds() - t0),
+                            ENT_JNUM("elapsed_s", ent_now_seconds() - c->t_start),
+                            ENT_JSTR("empty", "the coordinator continued from this round")};
+    return record(c, rec, (int)(sizeof rec / sizeof rec[0]));
+}
+
+// ---------------------------------------------------------------------------
 // set-up
 
-static ent_status open_run_dir(coord *c, int force) {
+static ent_status open_run_dir(coord *c) {
     char path[ENT_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->run_dir);
     struct stat sb;
-    if (!force && stat(path, &sb) == 0)
-        return ent_fail(ENT_ERR_USAGE, "%s holds another run (its metrics.jsonl): give another "
-                        "--run-dir, or --force to start over in it", c->run_dir);
+    if (!c->opts->force && !c->opts->continues && stat(path, &sb) == 0)
+        return ent_fail(ENT_ERR_USAGE, "%s holds another run (its metrics.jsonl): continue it "
+                        "with --resume auto, give another --run-dir, or --force to start over "
+                        "in it", c->run_dir);
     ENT_CHECK(ent_mkdirs(c->run_dir));
     snprintf(path, sizeof path, "%s/config.ini", c->run_dir);
     char *text = ent_config_text(c->cfg, NULL);
@@ -834,12 +1019,13 @@ static ent_status open_run_dir(coord *c, int force) {
     free(text);
     ENT_CHECK(st);
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->run_dir);
-    c->metrics = fopen(path, "w");
+    // a coordinator that continues appends to its log
+    c->metrics = fopen(path, c->opts->continues ? "a" : "w");
     if (c->metrics == NULL) return ent_fail(ENT_ERR_IO, "cannot create %s", path);
     return ENT_OK;
 }
 
-static ent_status coord_setup(coord *c, int force) {
+static ent_status coord_setup(coord *c) {
     const ent_config *cfg = c->cfg;
     ENT_CHECK(ent_codec_parse(cfg->coal_codec, &c->codec));
     c->outer = (ent_outer_opt){.lr = (float)cfg->coal_outer_lr,
@@ -850,7 +1036,7 @@ static ent_status coord_setup(coord *c, int force) {
     c->sites = calloc((size_t)c->cap, sizeof *c->sites);
     c->hist = calloc(c->rounds + 1, sizeof *c->hist);
     if (c->sites == NULL || c->hist == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
-    ENT_CHECK(open_run_dir(c, force));
+    ENT_CHECK(open_run_dir(c));
     // the anchor: the model a run of this configuration starts from
     c->micro = cfg->micro_batch > 0 ? cfg->micro_batch : cfg->batch_size;
     ent_model_shape shape = ent_model_shape_from_config(cfg);
@@ -885,13 +1071,15 @@ static ent_status coord_setup(coord *c, int force) {
     // checkpoints of the anchor
     ENT_CHECK(ent_grid_new_self(&c->grid));
     ent_checkpoint_dir(cfg, c->run_dir, c->ckpt_dir, sizeof c->ckpt_dir);
-    ent_ckpt_saver_opts so = {.dir = c->ckpt_dir, .keep = 0, .async = 0};
+    ent_ckpt_saver_opts so = {.dir = c->ckpt_dir, .keep = 0, .async = 0,
+                              .adopt = c->opts->resume != NULL};
     ENT_CHECK(ent_ckpt_saver_new(c->grid->world, &so, &c->saver));
     float *p = ent_model_arena(c->model, ENT_ARENA_PARAMS);
     ent_ckpt_coalition co = {.anchor = p, .outer_momentum = c->ck_mom, .residual = c->ck_resid};
     ent_ckpt_shard sh = {.table = c->table, .tp_size = 1, .params = p,
                          .write_count = c->table->total, .coalition = &co};
     ENT_CHECK(ent_ckpt_saver_check(c->saver, &sh));
+    if (c->opts->resume != NULL) ENT_CHECK(load_checkpoint(c, c->opts->resume));
     // the link
     const char *bind = cfg->coal_bind[0] ? cfg->coal_bind : cfg->coal_coordinator;
     if (bind[0] == '\0')
@@ -934,6 +1122,10 @@ static void coord_free(coord *c) {
     if (c->metrics) fclose(c->metrics);
 }
 
+static ent_status start_rounds(coord *c);
+static ent_status await_rejoins(coord *c);
+static ent_status finish(coord *c);
+
 static ent_status run(coord *c) {
     const ent_config *cfg = c->cfg;
     ent_log_info("coordinator: listening on %s for %d site(s); %llu rounds of %d inner steps%s, "
@@ -942,6 +1134,38 @@ static ent_status run(coord *c) {
                  cfg->coal_round_seconds > 0 ? " at most (planned from each site's speed)" : "",
                  cfg->coal_codec, cfg->coal_outer_lr, cfg->coal_outer_momentum, c->n);
     c->t_start = ent_now_seconds();
+    if (c->resumed) ENT_CHECK(await_rejoins(c));
+    else ENT_CHECK(start_rounds(c));
+    for (; c->round < c->rounds; c->round++) {
+        while (!round_complete(c)) {
+            ENT_CHECK(poll_once(c, 200));
+            // round 1's plan: a site that has shown no speed yet by its delta gets the cap
+            for (int i = 0; c->round == 0 && c->rounds > 1 && i < c->nsites; i++) {
+                csite *s = &c->sites[i];
+                if (!plan_sent(s, 1) && s->delta_used[0] &&
+                    s->delta[0].received == s->delta[0].count)
+                    ENT_CHECK(send_plan(c, s, 1));
+            }
+        }
+        ENT_CHECK(merge_round(c));
+        heard_all(c);
+        if (cfg->ckpt_every > 0 && (c->round + 1) % (uint64_t)cfg->ckpt_every == 0 &&
+            c->round + 1 < c->rounds) {
+            uint64_t r = c->round;
+            c->round = r + 1; // the rounds merged
+            ent_status st = save(c);
+            c->round = r;
+            ENT_CHECK(st);
+            heard_all(c);
+        }
+    }
+    return finish(c);
+}
+
+// Round 0: coalition.sites sites join within coalition.timeout; the start
+// anchor is evaluated and recorded, and rounds 0 and 1 planned.
+static ent_status start_rounds(coord *c) {
+    const ent_config *cfg = c->cfg;
     double until = ent_now_seconds() + cfg->coal_timeout;
     while (active_count(c) < cfg->coal_sites) {
         if (ent_now_seconds() > until)
@@ -969,31 +1193,16 @@ static ent_status run(coord *c) {
         if (st == ENT_OK && c->rounds > 1 && cfg->coal_round_seconds <= 0) st = send_plan(c, s, 1);
         ENT_CHECK(lost_on_failure(c, s, st));
     }
-    for (c->round = 0; c->round < c->rounds; c->round++) {
-        while (!round_complete(c)) {
-            ENT_CHECK(poll_once(c, 200));
-            // round 1's plan: a site that has shown no speed yet by its delta gets the cap
-            for (int i = 0; c->round == 0 && c->rounds > 1 && i < c->nsites; i++) {
-                csite *s = &c->sites[i];
-                if (!plan_sent(s, 1) && s->delta_used[0] &&
-                    s->delta[0].received == s->delta[0].count)
-                    ENT_CHECK(send_plan(c, s, 1));
-            }
-        }
-        ENT_CHECK(merge_round(c));
-        heard_all(c);
-        if (cfg->ckpt_every > 0 && (c->round + 1) % (uint64_t)cfg->ckpt_every == 0 &&
-            c->round + 1 < c->rounds) {
-            uint64_t r = c->round;
-            c->round = r + 1; // the rounds merged
-            ent_status st = save(c);
-            c->round = r;
-            ENT_CHECK(st);
-            heard_all(c);
-        }
-    }
+    c->round = 0;
+    return ENT_OK;
+}
+
+// The last round is merged: every site says it is done, the anchor is saved.
+static ent_status finish(coord *c) {
+    const ent_config *cfg = c->cfg;
+    char hash[17];
     // every site says it is done once it has the last update
-    until = ent_now_seconds() + cfg->coal_timeout;
+    double until = ent_now_seconds() + cfg->coal_timeout;
     for (;;) {
         int waiting = active_count(c);
         if (waiting == 0) break;
@@ -1017,9 +1226,9 @@ static ent_status run(coord *c) {
     return ENT_OK;
 }
 
-ent_status ent_coordinator_run(const ent_config *cfg, const char *run_dir, int force) {
-    coord c = {.cfg = cfg, .run_dir = run_dir};
-    ent_status st = coord_setup(&c, force);
+ent_status ent_coordinator_run(const ent_config *cfg, const ent_train_opts *opts) {
+    coord c = {.cfg = cfg, .opts = opts, .run_dir = opts->run_dir};
+    ent_status st = coord_setup(&c);
     if (st == ENT_OK) st = run(&c);
     if (st != ENT_OK && c.ep != NULL) {
         // tell every site why, so none waits for its timeout

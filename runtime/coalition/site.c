@@ -181,6 +181,16 @@ static ent_status handle(site *s, const ent_link_incoming *in) {
     }
 }
 
+// A member's connection closed: the coordinator's process ended (a kill, a
+// crash, or it stopped). A coordinator started again on the endpoint would
+// not know this site: it is cut off at once, and comes back with HELLO.
+static void coordinator_closed(site *s) {
+    int fds[4];
+    if (s->ep != NULL && ent_link_take_disconnects(s->ep, fds, 4) > 0)
+        link_broken(s, 0, "the coordinator's connection closed (its process ended, or its "
+                    "host dropped the link)");
+}
+
 typedef int (*wait_done_fn)(const site *s, uint64_t arg);
 
 static int have_plan(const site *s, uint64_t round) {
@@ -221,6 +231,7 @@ static ent_status wait_for(site *s, wait_done_fn done, uint64_t arg, const char 
         int got = 0;
         ENT_CHECK(ent_link_recv(s->ep, 200, &in, &got));
         if (got) ENT_CHECK(handle(s, &in));
+        else coordinator_closed(s);
     }
     return ENT_OK;
 }
@@ -276,6 +287,11 @@ static ent_status on_welcome(site *s, const ent_link_incoming *in) {
         return ent_fail(ENT_ERR_USAGE, "the coordinator uses codec %u, this site %s",
                         s->welcome.codec, s->cfg->coal_codec);
     s->last_heard = ent_now_seconds();
+    // closes before the welcome (a refused handshake, a coordinator that
+    // was not up yet) are not this membership's
+    int fds[4];
+    while (ent_link_take_disconnects(s->ep, fds, 4) > 0) {
+    }
     s->site_id = hd.site;
     s->first_round = hd.round;
     s->chunk_bytes = s->welcome.chunk_bytes;
@@ -425,6 +441,7 @@ static ent_status link_poll(site *s) {
         if (!got) break;
         ENT_CHECK(handle(s, &in));
     }
+    coordinator_closed(s);
     double silent = ent_now_seconds() - s->last_heard;
     if (silent > s->cfg->coal_lost_after)
         link_broken(s, 0, "no word from the coordinator for %.0f s (coalition.lost_after)",
