@@ -391,6 +391,13 @@ static const char *coordinator_help =
     "                       progress on; the checkpoint's round is merged empty\n"
     "  --resume latest      the newest checkpoint in RUN_DIR's checkpoint directory\n"
     "  --resume auto        latest if there is one, else start from the beginning\n"
+    "  --standby            a standby coordinator: binds coalition.bind, takes the\n"
+    "                       state the primary streams to it (the primary's\n"
+    "                       coalition.standby names this endpoint; its key is\n"
+    "                       coalition.primary_key), answers sites that the primary\n"
+    "                       serves, and takes the coalition over when the primary's\n"
+    "                       connection closes or it is silent for\n"
+    "                       coalition.takeover_after; it ignores coalition.standby\n"
     "  --insecure           no CurveZMQ: plaintext, any site admitted (for\n"
     "                       experiments on one machine)\n"
     "  -h, --help           this help\n"
@@ -400,7 +407,7 @@ static const char *coordinator_help =
     "error.\n";
 
 static int cmd_coordinator(int argc, char **argv) {
-    int rc = 0;
+    int rc = 0, standby = 0;
     const char *resume = NULL;
     run_args ra = {.sets = calloc((size_t)argc + 1, sizeof(char *))};
     if (ra.sets == NULL) return report(ent_fail(ENT_ERR_NOMEM, "out of memory"));
@@ -414,6 +421,10 @@ static int cmd_coordinator(int argc, char **argv) {
         }
         if (strcmp(argv[i], "--resume") == 0 && i + 1 < argc) {
             resume = argv[++i];
+            continue;
+        }
+        if (strcmp(argv[i], "--standby") == 0) {
+            standby = 1;
             continue;
         }
         rc = usage_error("coordinator", strcmp(argv[i], "--resume") == 0
@@ -431,6 +442,11 @@ static int cmd_coordinator(int argc, char **argv) {
                          "one: give one of them");
         goto out;
     }
+    if (standby && resume != NULL) {
+        rc = usage_error("coordinator", "%s", "--standby takes its state from the primary, not "
+                         "from a checkpoint: give one of --standby and --resume");
+        goto out;
+    }
     char default_dir[ENT_PATH_MAX];
     if (run_dir == NULL) run_dir = default_run_dir("coordinator", default_dir);
     ent_config cfg;
@@ -440,6 +456,7 @@ static int cmd_coordinator(int argc, char **argv) {
         goto out;
     }
     cfg.coal_insecure = ra.insecure;
+    cfg.coal_standby_mode = standby;
     char resume_path[ENT_PATH_MAX] = "";
     if (resume != NULL && (strcmp(resume, "latest") == 0 || strcmp(resume, "auto") == 0))
         st = resolve_pointer(&cfg, run_dir, resume, 1, resume_path, sizeof resume_path);

@@ -92,7 +92,7 @@ trap 'stop_all; rm -rf "$W"' EXIT
 # Key pairs for the coordinator and every site name a case uses; the
 # coordinator admits a, b, c and x (not "stranger").
 make_keys() {
-    "$E" keygen coordinator a b c x stranger --dir "$W/keys" >"$W/keygen.out" 2>&1 ||
+    "$E" keygen coordinator standby a b c x stranger --dir "$W/keys" >"$W/keygen.out" 2>&1 ||
         { fail "keygen failed: $(cat "$W/keygen.out")"; exit 1; }
     mkdir -p "$W/allow"
     cp "$W/keys/a.pub" "$W/keys/b.pub" "$W/keys/c.pub" "$W/keys/x.pub" "$W/allow/"
@@ -681,7 +681,7 @@ loss_of() {
 
 # final_anchor_held_by SITES...: each site ends holding the coordinator's final anchor
 final_anchor_held_by() {
-    local cm=$W/run/coordinator/metrics.jsonl want name last
+    local cm=${CM:-$W/run/coordinator/metrics.jsonl} want name last
     want=$(sed -n 's/.*"event":"end".*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$cm")
     last=$(($(sed -n 's/.*"event":"end","rounds":\([0-9]*\),.*/\1/p' "$cm") - 1))
     for name in "$@"; do
@@ -764,6 +764,7 @@ kill_coordinator() {
     kill -9 "$child"
     KILLED_AT=$(date +%s.%N)
     wait "$CPID" 2>/dev/null
+    return 0
 }
 
 # ledger_field CKPT SITE KEY: SITE's KEY in the ledger of coordinator checkpoint CKPT
@@ -852,6 +853,96 @@ case_coord_restart() {
     expect "--resume with another model" 2 "model.width: checkpoint 32, this run 48" -- \
         "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/other" --resume "$ck2" \
         --set model.width=48 --set "coalition.key=$W/keys/coordinator.key"
+}
+
+# elapsed FROM TO: TO - FROM in seconds, one decimal
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+
+case_failover() {
+    need_mpirun
+    local seed=${ENT_TEST_SEED:-$RANDOM}
+    echo "failover: seed $seed (ENT_TEST_SEED=$seed reproduces it)"
+    RANDOM=$seed
+    make_site_data
+    write_coalition "$W/co.ini" 2 48
+    sed -i 's/^inner_steps = 6/inner_steps = 1000\nround_seconds = 0.3\nlost_after = 10/' "$W/co.ini"
+    mkdir -p "$W/run"
+    # the standby first: its own key; it takes state only from the primary's key
+    start_coordinator "$W/run/standby" --standby --set "coalition.key=$W/keys/standby.key" \
+        --set "coalition.primary_key=$W/keys/coordinator.pub"
+    local ps=$CPID eps=$EP
+    # the primary streams to it (and checkpoints every round, for the split-brain check)
+    start_coordinator "$W/run/coordinator" --set "coalition.standby=$eps" \
+        --set "coalition.standby_key=$W/keys/standby.pub" --set checkpoint.every=1
+    local pp=$CPID epp=$EP port=${EP##*:}
+    # sites know both endpoints, each with its key
+    local both=(--set "coalition.coordinator=$epp,$eps"
+                --set "coalition.coordinator_key=$W/keys/coordinator.pub,$W/keys/standby.pub")
+    start_site a 1 "${both[@]}"; PA=$SPID
+    start_site b 1 "${both[@]}"; PB=$SPID
+    local pm=$W/run/coordinator/metrics.jsonl sm=$W/run/standby/metrics.jsonl
+    # kill -9 the primary at a seeded moment: after round K (3..10), plus 0-0.29 s
+    local k=$((3 + RANDOM % 8)) pause="0.$((RANDOM % 3))$((RANDOM % 10))"
+    wait_for_line "$pm" "\"event\":\"round\",\"round\":$k," 120 || { fail "the primary did not merge round $k"; return; }
+    grep -q "standby: the primary's state is streaming in" "$W/run/standby.log" ||
+        fail "the standby's log does not say the primary's state streams in"
+    sleep "$pause"
+    CPID=$pp
+    kill_coordinator || return
+    local killed_at=$KILLED_AT last t_over t_round
+    last=$(grep '"event":"round"' "$pm" | tail -1 | sed -n 's/.*"round":\([0-9]*\),.*/\1/p')
+    echo "primary killed $pause s after round $k was merged (its last round record: $last)"
+    wait_for_line "$W/run/standby.log" "taking over the coalition" 30 || { fail "the standby did not take over"; sed 's/^/    | /' "$W/run/standby.log"; return; }
+    t_over=$(date +%s.%N)
+    local r0
+    r0=$(sed -n 's/.*"event":"takeover","round":\([0-9]*\),.*/\1/p' "$sm")
+    [ -n "$r0" ] || { fail "no takeover record in the standby's metrics"; return; }
+    wait_for_line "$sm" "\"event\":\"round\",\"round\":$((r0 + 1))," 60 || fail "the standby merged no round after its takeover"
+    t_round=$(date +%s.%N)
+    echo "takeover: $(elapsed "$killed_at" "$t_over") s from the kill to the standby taking over (at round $r0), $(elapsed "$killed_at" "$t_round") s to its first round merged with the sites"
+    grep '"event":"takeover"' "$sm"
+    awk -v d="$(elapsed "$killed_at" "$t_over")" 'BEGIN { exit !(d < 3) }' || fail "the standby took over more than 3 s after the kill"
+    # split brain refused: the old primary restarted from its checkpoint on its
+    # port finds the standby in charge and stops, naming it
+    mv "$W/run/coordinator.log" "$W/run/coordinator.first.log"
+    start_coordinator "$W/run/coordinator" --resume auto --set "coalition.bind=tcp://127.0.0.1:$port" \
+        --set "coalition.standby=$eps" --set "coalition.standby_key=$W/keys/standby.pub"
+    local rc
+    wait "$CPID"; rc=$?
+    [ "$rc" = 1 ] && grep -q "superseded: the standby at .* took over the coalition at round $r0" "$W/run/coordinator.log" ||
+        { fail "the old primary, restarted, did not stop as superseded (exit $rc)"; sed -n '1,20s/^/    | /p' "$W/run/coordinator.log"; }
+    CPID=$ps
+    wait_all a:$PA b:$PB
+    [ "$FAILED" = 0 ] || return
+    # no merged round lost: the standby continued from the primary's last
+    # merged round (or, if that round's state was still on its way, the one before)
+    [ "$r0" = $((last + 1)) ] || [ "$r0" = "$last" ] ||
+        fail "the standby took over at round $r0; the primary had merged up to round $last"
+    [ "$r0" = $((last + 1)) ] && echo "no merged round lost: the standby went on from round $r0, after the primary's last merge ($last)" ||
+        echo "the primary's last merge (round $last) had not reached the standby: it was merged again"
+    # the standby's anchor is the primary's after round r0 - 1, bit for bit
+    local hp hs
+    hp=$(grep '"event":"round"' "$pm" | grep "\"round\":$((r0 - 1))," | tail -1 | sed -n 's/.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p')
+    hs=$(sed -n 's/.*"event":"resumed",.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$sm")
+    [ -n "$hp" ] && [ "$hp" = "$hs" ] || fail "the standby took over anchor '$hs', the primary's after round $((r0 - 1)) is '$hp'"
+    grep '"event":"round"' "$sm" | grep "\"round\":$r0," | grep -q '"sites":\[\],.*"empty"' || fail "round $r0 at the standby is not the empty round"
+    local r
+    for r in $(seq $((r0 + 1)) 47); do
+        [ -n "$(tokens_of "$sm" $r a)" ] && [ -n "$(tokens_of "$sm" $r b)" ] ||
+            { fail "round $r at the standby did not merge sites a and b"; break; }
+    done
+    for r in a b; do
+        grep -q "\"event\":\"rejoined\",\"site\":\"$r\",\"first_round\":$((r0 + 1)),.*\"progress\":\"carried\"" \
+            "$W/run/site-$r/metrics.jsonl" || fail "site $r did not rejoin at round $((r0 + 1)) carrying its progress: $(grep rejoined "$W/run/site-$r/metrics.jsonl")"
+        grep -q "rejoined as site" "$W/run/standby.log" || fail "the standby's log has no rejoin"
+    done
+    grep -q '"event":"end","rounds":48,' "$sm" || fail "the standby did not end after 48 rounds"
+    CM=$sm final_anchor_held_by a b
+    # the ledger carries on: every round but the empty one merged a and b
+    local ck=$W/run/standby/checkpoints/latest
+    expect "entente ledger of the standby's checkpoint" 0 "out:rounds merged: 48" -- "$E" ledger "$ck"
+    [ "$(ledger_field "$ck" a accepted)" = 47 ] && [ "$(ledger_field "$ck" b accepted)" = 47 ] ||
+        fail "the standby's ledger does not count 47 merged deltas of a and b: $(cat "$W/out")"
 }
 
 case_rejoin() {

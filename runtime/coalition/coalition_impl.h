@@ -82,8 +82,8 @@ ent_status coal_chunk_params(uint16_t codec, const ent_codec *settings, uint32_t
 // set, plainly when it is NULL.
 ent_status coal_vec_encode(coal_vec *v, uint16_t codec, const ent_codec *settings, float *x,
                            float *residual, size_t total, uint32_t chunk_bytes);
-// Sends every chunk as a DELTA or an UPDATE (type) to `to` (NULL from a
-// DEALER) for site and round.
+// Sends every chunk as a DELTA, an UPDATE or a STATE (type) to `to` (NULL
+// from a DEALER) for site and round.
 ent_status coal_vec_send(ent_link_endpoint_t *ep, const ent_link_peer *to, int type,
                          uint32_t site, uint64_t round, const coal_vec *v);
 // Starts assembling a vector of `total` parameters in codec with the

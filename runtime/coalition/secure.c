@@ -57,7 +57,7 @@ ent_status coal_keys_load(const ent_config *cfg, int coordinator, coal_keys *k,
                 k->allow[k->nallow++] = k->primary;
             }
         }
-        if (cfg->coal_standby[0] != '\0') {
+        if (cfg->coal_standby[0] != '\0' && !cfg->coal_standby_mode) {
             if (cfg->coal_standby_key[0] == '\0')
                 return missing(cfg, "standby_key", "The primary streams its state to the standby "
                                "over CurveZMQ: set it to the standby's public key (its NAME.pub).");
