@@ -167,7 +167,7 @@ void ent_group_free(ent_group_t **g);
 int ent_comm_have_nccl(void);
 
 // ===========================================================================
-// coalition link: wire protocol v1 (comm/link_proto.c) and ZeroMQ endpoints
+// coalition link: wire protocol v2 (comm/link_proto.c) and ZeroMQ endpoints
 // (comm/link_zmq.c). docs/protocol.md is the specification.
 //
 // The link knows bytes and peers, not models: a DELTA or UPDATE chunk carries
@@ -180,7 +180,7 @@ int ent_comm_have_nccl(void);
 // naming the peer; they never read outside the bytes they are given.
 
 #define ENT_LINK_MAGIC 0x4c544e45u     // the bytes "ENTL"
-#define ENT_LINK_VERSION 1             // the protocol version this build speaks
+#define ENT_LINK_VERSION 2             // the protocol version this build speaks (2: STATE, ERROR 9)
 #define ENT_LINK_HEADER_BYTES 36
 #define ENT_LINK_PAYLOAD_MAX (64u << 20) // largest payload of any message
 #define ENT_LINK_NAME_MAX 64           // site name, bytes
@@ -246,7 +246,7 @@ typedef enum {
 typedef struct {
     uint16_t version;     // ENT_LINK_VERSION
     uint16_t type;        // ent_link_type
-    uint32_t flags;       // v1 defines none: always 0
+    uint32_t flags;       // versions 1 and 2 define none: always 0
     uint32_t site;        // the site it comes from or goes to; 0 before WELCOME
     uint64_t round;       // <= ENT_LINK_ROUND_MAX
     uint32_t payload_len; // bytes after the header

@@ -1,13 +1,14 @@
-// link_proto.c: the coalition link's wire protocol, version 1.
+// link_proto.c: the coalition link's wire protocol, version 2 (version 1
+// and the STATE message, type 9, and ERROR code 9).
 //
 // Every message is a 36-byte little-endian header followed by its payload
 // (docs/protocol.md, which this file must match byte for byte):
 //
 //   off size field
 //     0    4 magic        "ENTL" (0x4c544e45 read little-endian)
-//     4    2 version      1
+//     4    2 version      2
 //     6    2 type         ent_link_type
-//     8    4 flags        0 (v1 defines none)
+//     8    4 flags        0 (none defined)
 //    12    4 site         site id (0 before WELCOME)
 //    16    8 round
 //    24    4 payload_len  bytes after the header
@@ -346,7 +347,8 @@ ent_status ent_link_decode_header(const void *msg, size_t len, const char *peer,
                            ENT_LINK_TYPE_END - 1);
     what = type_names[h.type];
     if (h.flags != 0)
-        return decode_fail(peer, what, "flags 0x%08x; version 1 defines none", h.flags);
+        return decode_fail(peer, what, "flags 0x%08x; version %d defines none", h.flags,
+                           ENT_LINK_VERSION);
     if (h.round > ENT_LINK_ROUND_MAX)
         return decode_fail(peer, what, "round %llu, over %llu", (unsigned long long)h.round,
                            (unsigned long long)ENT_LINK_ROUND_MAX);

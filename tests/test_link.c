@@ -552,9 +552,9 @@ static void test_decoder_checks(void **state) {
     expect_decode_refused(ENT_LINK_HELLO, q, n, "bad magic");
     // another version: named, with the one this build speaks, whatever follows
     memcpy(q, p, n);
-    put_le(q + 4, 2, 2);
-    expect_decode_refused(ENT_LINK_HELLO, q, n, "protocol version 2; this build speaks version 1");
-    expect_decode_refused(ENT_LINK_HELLO, q, 6, "protocol version 2");
+    put_le(q + 4, 3, 2);
+    expect_decode_refused(ENT_LINK_HELLO, q, n, "protocol version 3; this build speaks version 2");
+    expect_decode_refused(ENT_LINK_HELLO, q, 6, "protocol version 3");
     memcpy(q, p, n);
     q[17] ^= 1;
     expect_decode_refused(ENT_LINK_HELLO, q, n, "header checksum");
@@ -1106,7 +1106,7 @@ static void test_loopback(void **state) {
     memcpy(bad, valid, vlen);
     put_le(bad + 4, 3, 2);
     raw_send(&g, (const void *[]){bad, vp}, (size_t[]){ENT_LINK_HEADER_BYTES, vplen}, 2);
-    await_drop(router, dropped++, "protocol version 3; this build speaks version 1");
+    await_drop(router, dropped++, "protocol version 3; this build speaks version 2");
     await_error_reply(&g, ENT_LINK_ERR_VERSION, "protocol version 3");
     heartbeat_gets_through(router, bsite, &peer_b, 2, &buf);
     // a header that lies about the payload's length (checksums forged)
