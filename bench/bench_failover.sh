@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # bench_failover.sh ENTENTE [WORKDIR] [ROUNDS]: goodput of a coalition under
 # churn, on loopback under CurveZMQ. Two runs of the same 3-site coalition
-# (a small model: 2 layers, width 64, context 64; rounds paced at 0.5 s by
-# coalition.round_seconds; ROUNDS rounds, default 40):
+# (a small model: 2 layers, width 64, context 64, one thread per process;
+# rounds paced at 0.5 s by coalition.round_seconds; ROUNDS rounds, default 60):
 #   steady  a coordinator and sites a, b, c; no failure
 #   churn   a primary and a standby coordinator, and the same sites knowing
-#           both endpoints; every 6 rounds one site (a, b, c in turn) is
-#           killed with SIGKILL and started again at once (--resume auto:
-#           its last checkpoint, every 20 steps), and once, at round 18,
-#           the primary is killed with SIGKILL: the standby takes over
+#           both endpoints; every 6 rounds (up to 12 before the end) one
+#           site (a, b, c in turn) is killed with SIGKILL and started again
+#           at once (--resume auto: its last checkpoint, every 20 steps),
+#           and once, at round 18 instead, the primary is killed with
+#           SIGKILL: the standby takes over
 # and prints, for each run, the tokens merged (the final coordinator's
 # tokens_total) per second of wall time from the sites' start to the
 # coordinator's end, and their ratio (goodput; the issue's target is
@@ -20,7 +21,7 @@
 set -u
 E=$(realpath "$1")
 W=${2:-$(mktemp -d "${TMPDIR:-/tmp}/bench-failover.XXXXXX")}
-ROUNDS=${3:-40}
+ROUNDS=${3:-60}
 mkdir -p "$W" && cd "$W" || exit 1
 PIDS=()
 trap 'for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill -9 "$p" 2>/dev/null; done' EXIT
@@ -50,6 +51,8 @@ batches = 2
 tokens = 0
 [checkpoint]
 every = 20
+[system]
+threads = 1
 [data]
 dir = data-v
 [coalition]
@@ -88,18 +91,29 @@ site() {
     SITE_PID[$name]=$!
     PIDS+=($!)
 }
-# rounds_in METRICS: round records so far
-rounds_in() { grep -c '"event":"round"' "$1" 2>/dev/null || echo 0; }
+# rounds_in METRICS: rounds merged so far (the last round record's round + 1)
+rounds_in() {
+    local r
+    r=$(grep '"event":"round"' "$1" 2>/dev/null | tail -1 | sed -n 's/.*"round":\([0-9]*\),.*/\1/p')
+    echo $((${r:--1} + 1))
+}
+# ended PID FILE: writes the time PID ends into FILE (a watcher in the background)
+ended() {
+    (while kill -0 "$1" 2>/dev/null; do sleep 0.05; done; now >"$2") &
+    PIDS+=($!)
+}
 # tokens_total METRICS: the end record's tokens_total
 tokens_total() { sed -n 's/.*"event":"end",.*"tokens_total":\([0-9]*\),.*/\1/p' "$1" | tail -1; }
 
 # ---- steady: no failure ----
 mkdir -p steady
 coordinator steady/coordinator
+ended "$CPID" steady/end_time
 t0=$(now)
 for s in a b c; do site steady "$s" --set "coalition.coordinator=$EP"; done
 wait "$CPID"
-t1=$(now)
+sleep 0.2
+t1=$(cat steady/end_time)
 for s in a b c; do wait "${SITE_PID[$s]}"; done
 steady_tokens=$(tokens_total steady/coordinator/metrics.jsonl)
 steady_s=$(dt "$t0" "$t1")
@@ -110,6 +124,7 @@ mkdir -p churn
 coordinator churn/standby --standby --set coalition.key=keys/standby.key \
     --set coalition.primary_key=keys/coordinator.pub
 spid=$CPID seps=$EP
+ended "$spid" churn/end_time
 coordinator churn/primary --set "coalition.standby=$seps" --set coalition.standby_key=keys/standby.pub
 ppid=$CPID peps=$EP
 both=(--set "coalition.coordinator=$peps,$seps"
@@ -121,8 +136,9 @@ cm=churn/primary/metrics.jsonl
 primary_killed=0
 deaths=() restarts=()
 k=0
-for r in $(seq 6 6 $((ROUNDS - 6))); do
+for r in $(seq 6 6 $((ROUNDS - 12))); do
     while [ "$(rounds_in "$cm")" -lt "$r" ] && kill -0 "$spid" 2>/dev/null; do sleep 0.05; done
+    kill -0 "$spid" 2>/dev/null || break # the coalition is over
     if [ "$primary_killed" = 0 ] && [ "$r" -ge 18 ]; then
         kill -9 "$ppid"
         tk=$(now)
@@ -134,13 +150,13 @@ for r in $(seq 6 6 $((ROUNDS - 6))); do
         for _ in $(seq 1200); do [ "$(rounds_in "$cm")" -gt "$((n0 + 1))" ] && break; sleep 0.05; done
         takeover_s=$(dt "$tk" "$tt")
         first_round_s=$(dt "$tk" "$(now)")
-        echo "churn: primary killed at round $r: the standby took over in $takeover_s s, merged its first round with the sites $first_round_s s after the kill"
+        echo "churn: primary killed after round $((r - 1)) was merged: the standby took over in $takeover_s s, merged its first round with the sites $first_round_s s after the kill"
         continue
     fi
     name=$(echo a b c | cut -d' ' -f$((k % 3 + 1)))
     k=$((k + 1))
     n0=$(rounds_in "$cm")
-    steps0=$(grep -c '^{"step"' "churn/site-$name/metrics.jsonl")
+    steps0=$(grep -c '^{"step"' "churn/site-$name/metrics.jsonl" 2>/dev/null)
     kill -9 "${SITE_PID[$name]}"
     tk=$(now)
     wait "${SITE_PID[$name]}" 2>/dev/null
@@ -148,19 +164,37 @@ for r in $(seq 6 6 $((ROUNDS - 6))); do
     tr=$(now)
     for _ in $(seq 1200); do [ "$(rounds_in "$cm")" -gt "$n0" ] && break; sleep 0.02; done
     death=$(dt "$tk" "$(now)")
-    for _ in $(seq 1200); do [ "$(grep -c '^{"step"' "churn/site-$name/metrics.jsonl")" -gt "$steps0" ] && break; sleep 0.05; done
-    back=$(dt "$tr" "$(now)")
-    deaths+=("$death") restarts+=("$back")
-    echo "churn: site $name killed at round $r: the round in flight completed $death s later; restarted, its first inner step $back s after the restart"
+    deaths+=("$death")
+    echo "churn: site $name killed after round $((n0 - 1)) was merged: the round in flight completed $death s later"
+    # its first inner step back, watched in the background (the kills stay on schedule)
+    (for _ in $(seq 2400); do
+         if [ "$(grep -c '^{"step"' "churn/site-$name/metrics.jsonl" 2>/dev/null)" -gt "${steps0:-0}" ]; then
+             echo "$name $(dt "$tr" "$(now)")" >>churn/restarts
+             exit 0
+         fi
+         kill -0 "$spid" 2>/dev/null || { echo "$name none" >>churn/restarts; exit 0; }
+         sleep 0.05
+     done) &
+    PIDS+=($!)
 done
 wait "$spid"
-t1=$(now)
+sleep 0.2
+t1=$(cat churn/end_time)
 wait "$ppid" 2>/dev/null
 for s in a b c; do wait "${SITE_PID[$s]}"; done
 churn_tokens=$(tokens_total churn/standby/metrics.jsonl)
 [ -n "$churn_tokens" ] || churn_tokens=$(tokens_total churn/primary/metrics.jsonl)
 churn_s=$(dt "$t0" "$t1")
 echo "churn: $churn_tokens tokens merged in $churn_s s (${#deaths[@]} site kills, $primary_killed primary kill)"
+sleep 0.3
+while read -r name back; do
+    if [ "$back" = none ]; then
+        echo "churn: site $name, restarted, trained no step before the coalition ended"
+    else
+        restarts+=("$back")
+        echo "churn: site $name, restarted: its first inner step $back s after the restart"
+    fi
+done <churn/restarts
 grep -h '"event":"takeover"' churn/standby/metrics.jsonl
 grep -h "joined round" churn/site-*.log | sed 's/^entente: /  /'
 

@@ -46,6 +46,10 @@
 
 #define PLAN_SLOTS 4
 #define BACKOFF_MAX_S 30.0 // the longest wait between two tries to reconnect
+// With several coordinator endpoints (a primary and its standby), a try at
+// one that takes no connection (TCP and the CurveZMQ handshake: a few round
+// trips) in this long moves on to the next: the dead one is skipped fast.
+#define NO_CONNECTION_MS 2000
 
 // The leader's link, as the site goes from member to cut off and back.
 typedef enum {
@@ -129,8 +133,16 @@ static void link_broken(site *s, uint16_t code, const char *fmt, ...) {
     s->cut_code = code;
 }
 
-// A send; one that fails breaks the link instead of the run.
+static void coordinator_closed(site *s);
+
+// A send; one that fails breaks the link instead of the run. A connection
+// seen closed is not sent on (the send would wait for its timeout).
 static void send_or_break(site *s, ent_link_buf *msg, ent_status st, const char *what) {
+    if (s->ep != NULL) coordinator_closed(s);
+    if (s->cut_why[0] != '\0') {
+        ent_link_buf_free(msg);
+        return;
+    }
     if (st == ENT_OK && s->ep != NULL) st = ent_link_send(s->ep, NULL, msg->data, msg->len);
     ent_link_buf_free(msg);
     if (st != ENT_OK) link_broken(s, 0, "sending %s: %s", what, ent_last_error());
@@ -346,8 +358,8 @@ static ent_status join(site *s) {
         // with several endpoints, each try lasts at most coalition.lost_after
         double end = until, now = ent_now_seconds();
         if (s->nep > 1 && now + cfg->coal_lost_after < end) end = now + cfg->coal_lost_after;
-        ent_status st = join_at(s, end, s->nep > 1 && s->lo.send_timeout_ms > 5000
-                                            ? 5000 : s->lo.send_timeout_ms);
+        ent_status st = join_at(s, end, s->nep > 1 && s->lo.send_timeout_ms > NO_CONNECTION_MS
+                                            ? NO_CONNECTION_MS : s->lo.send_timeout_ms);
         if (st == ENT_OK) return ENT_OK;
         // a standby that does not serve, or no answer: the next endpoint;
         // any other refusal (another model, a duplicate name, too late) ends it
@@ -389,8 +401,13 @@ static ent_status join_at(site *s, double until, int send_timeout_ms) {
         int got = 0;
         ENT_CHECK(ent_link_recv(s->ep, left > 1 ? 1000 : 1 + (int)(left * 1000), &in, &got));
         if (!got) continue;
-        if (in.header.type == ENT_LINK_WELCOME) ENT_CHECK(on_welcome(s, &in));
-        else ENT_CHECK(handle(s, &in));
+        if (in.header.type == ENT_LINK_WELCOME) {
+            ENT_CHECK(on_welcome(s, &in));
+            // in: sends may wait as long as ever (the short wait was for the connection)
+            ENT_CHECK(ent_link_set_send_timeout(s->ep, s->lo.send_timeout_ms));
+        } else {
+            ENT_CHECK(handle(s, &in));
+        }
         if (s->cut_why[0] != '\0') // refused as a duplicate, too late, or not serving
             return ent_fail(ENT_ERR_INPUT, "%s", s->cut_why);
     }
@@ -479,9 +496,9 @@ static ent_status rejoin_poll(site *s) {
         // stop at the anchor's last chunk: update chunks of another round follow it
         if (s->state == LINK_ANCHOR && have_update(s, 0)) ENT_CHECK(anchor_in(s));
     }
-    // with several endpoints, one that takes no connection is left after 5 s
+    // with several endpoints, one that takes no connection is left soon
     double limit = s->cfg->coal_lost_after;
-    if (s->nep > 1 && !s->hello_sent && limit > 5) limit = 5;
+    if (s->nep > 1 && !s->hello_sent && limit > NO_CONNECTION_MS / 1e3) limit = NO_CONNECTION_MS / 1e3;
     if (s->cut_why[0] == '\0' && (s->state == LINK_HELLO || s->state == LINK_ANCHOR) &&
         now - s->last_heard > limit)
         link_broken(s, 0, "%s within %g s%s", s->hello_sent ? "no answer to HELLO" : "no connection",
@@ -811,7 +828,9 @@ static ent_status end_round(site *s, uint64_t round, uint32_t steps, double comp
         delta.anchor_hash = s->anchor_hash;
         delta.tokens = unsent_tokens(s);
         // a send that fails breaks the link: the site goes on alone
-        if (coal_vec_send(s->ep, NULL, ENT_LINK_DELTA, s->site_id, round, &delta) != ENT_OK)
+        coordinator_closed(s);
+        if (s->cut_why[0] == '\0' &&
+            coal_vec_send(s->ep, NULL, ENT_LINK_DELTA, s->site_id, round, &delta) != ENT_OK)
             link_broken(s, 0, "sending the delta of round %llu: %s", (unsigned long long)round,
                         ent_last_error());
         // the rate this round trained at, for the coordinator's plans
