@@ -694,7 +694,8 @@ final_anchor_held_by() {
 wait_all() {
     local rc arg
     wait "$CPID"; rc=$?
-    [ "$rc" = 0 ] || { fail "the coordinator exited with $rc"; sed -n '1,40s/^/    | /p' "$W/run/coordinator.log"; }
+    [ "$rc" = 0 ] || { fail "the coordinator exited with $rc"; sed -n '1,40s/^/    | /p' "$W/run/coordinator.log"
+                       echo "    | ..."; tail -n 5 "$W/run/coordinator.log" | sed 's/^/    | /'; }
     for arg in "$@"; do
         wait "${arg#*:}" || fail "site ${arg%%:*} failed: $(tail -3 "$W/site-${arg%%:*}.log")"
     done
@@ -783,11 +784,12 @@ case_coord_restart() {
     local seed=${ENT_TEST_SEED:-$RANDOM}
     echo "coord_restart: seed $seed (ENT_TEST_SEED=$seed reproduces it)"
     RANDOM=$seed
-    # the coordinator checkpoints after every round
-    # (48 rounds: a site cut off trains rounds of its last plan back to
-    # back, and must not finish alone before the coordinator is back)
-    CO_ARGS=(--set checkpoint.every=1)
-    start_paced 2 48 "$(printf 'lost_after = 10')"
+    # the coordinator checkpoints every 3 rounds, so that its round goes
+    # back by up to 3 (48 rounds: a site cut off trains rounds of its last
+    # plan back to back, and must not finish alone before the coordinator
+    # is back)
+    CO_ARGS=(--set checkpoint.every=3)
+    start_paced 2 48
     local cm=$W/run/coordinator/metrics.jsonl port=${EP##*:}
     # kill -9 at a seeded moment: after round K (3..10) is merged, plus 0-0.29 s
     local k=$((3 + RANDOM % 8)) pause="0.$((RANDOM % 3))$((RANDOM % 10))"
@@ -812,8 +814,11 @@ case_coord_restart() {
         "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/coordinator" --resume auto --force
     # the sites train on alone meanwhile; the coordinator comes back on its port
     mv "$W/run/coordinator.log" "$W/run/coordinator.first.log"
+    echo "the checkpoint holds $saved rounds: the coalition goes back $((last + 1 - saved)) round(s)"
+    [ $((last + 1 - saved)) -ge 0 ] && [ $((last + 1 - saved)) -le 3 ] ||
+        fail "the latest checkpoint ($saved rounds) is not within 3 rounds of the last merge ($last)"
     start_coordinator "$W/run/coordinator" --resume auto --set "coalition.bind=tcp://127.0.0.1:$port" \
-        --set checkpoint.every=1
+        --set checkpoint.every=3
     wait_for_line "$cm" '"event":"resumed"' 90
     BACK_AT=$(date +%s.%N)
     wait_all a:$PA b:$PB
@@ -865,7 +870,7 @@ case_failover() {
     RANDOM=$seed
     make_site_data
     write_coalition "$W/co.ini" 2 48
-    sed -i 's/^inner_steps = 6/inner_steps = 1000\nround_seconds = 0.3\nlost_after = 10/' "$W/co.ini"
+    sed -i 's/^inner_steps = 6/inner_steps = 1000\nround_seconds = 0.3/' "$W/co.ini"
     mkdir -p "$W/run"
     # the standby first: its own key; it takes state only from the primary's key
     start_coordinator "$W/run/standby" --standby --set "coalition.key=$W/keys/standby.key" \
