@@ -854,10 +854,22 @@ case_coord_restart() {
     [ "$(ledger_field "$ck2" a first_seen.time)" = "$first_a" ] || fail "site a's first_seen changed across the restart"
     awk -v x="$(ledger_field "$ck2" a tokens)" -v y="$tok_a" -v p="$(ledger_field "$ck2" b tokens)" -v q="$tok_b" \
         'BEGIN { exit !(x > y && p > q) }' || fail "the ledger's tokens did not carry on from the checkpoint's ($tok_a, $tok_b)"
-    # a checkpoint of another model is refused, naming the key
+    # a checkpoint of another model, or of other coalition settings, or a
+    # site's, is refused, naming the key (or what the file is)
     expect "--resume with another model" 2 "model.width: checkpoint 32, this run 48" -- \
         "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/other" --resume "$ck2" \
         --set model.width=48 --set "coalition.key=$W/keys/coordinator.key"
+    # (in the run's own directory: refused before any of its files changes)
+    cp "$W/run/coordinator/config.ini" "$W/config.before"
+    cp "$cm" "$W/metrics.before"
+    expect "--resume with another codec" 2 "coalition.codec differs" -- \
+        "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/coordinator" --resume "$ck2" \
+        --set coalition.codec=int4 --set "coalition.key=$W/keys/coordinator.key"
+    cmp -s "$W/config.before" "$W/run/coordinator/config.ini" && cmp -s "$W/metrics.before" "$cm" ||
+        fail "a refused --resume changed the run directory's config.ini or metrics.jsonl"
+    expect "--resume of a site's checkpoint" 1 "a site's checkpoint, not a coordinator's" -- \
+        "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/other3" \
+        --resume "$W/run/site-a/checkpoints/latest" --set "coalition.key=$W/keys/coordinator.key"
 }
 
 # elapsed FROM TO: TO - FROM in seconds, one decimal

@@ -1377,7 +1377,6 @@ static ent_status coord_setup(coord *c) {
     c->sites = calloc((size_t)c->cap, sizeof *c->sites);
     c->hist = calloc(c->rounds + 1, sizeof *c->hist);
     if (c->sites == NULL || c->hist == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
-    ENT_CHECK(open_run_dir(c));
     // the anchor: the model a run of this configuration starts from
     c->micro = cfg->micro_batch > 0 ? cfg->micro_batch : cfg->batch_size;
     ent_model_shape shape = ent_model_shape_from_config(cfg);
@@ -1421,6 +1420,8 @@ static ent_status coord_setup(coord *c) {
                          .write_count = c->table->total, .coalition = &co};
     ENT_CHECK(ent_ckpt_saver_check(c->saver, &sh));
     if (c->opts->resume != NULL) ENT_CHECK(load_checkpoint(c, c->opts->resume));
+    // the run directory's files change only once the checkpoint is taken
+    ENT_CHECK(open_run_dir(c));
     // the link
     const char *bind = cfg->coal_bind[0] ? cfg->coal_bind : cfg->coal_coordinator;
     if (bind[0] == '\0')
