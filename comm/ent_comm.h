@@ -167,7 +167,7 @@ void ent_group_free(ent_group_t **g);
 int ent_comm_have_nccl(void);
 
 // ===========================================================================
-// coalition link: wire protocol v1 (comm/link_proto.c) and ZeroMQ endpoints
+// coalition link: wire protocol v2 (comm/link_proto.c) and ZeroMQ endpoints
 // (comm/link_zmq.c). docs/protocol.md is the specification.
 //
 // The link knows bytes and peers, not models: a DELTA or UPDATE chunk carries
@@ -180,7 +180,7 @@ int ent_comm_have_nccl(void);
 // naming the peer; they never read outside the bytes they are given.
 
 #define ENT_LINK_MAGIC 0x4c544e45u     // the bytes "ENTL"
-#define ENT_LINK_VERSION 1             // the protocol version this build speaks
+#define ENT_LINK_VERSION 2             // the protocol version this build speaks (2: STATE, ERROR 9)
 #define ENT_LINK_HEADER_BYTES 36
 #define ENT_LINK_PAYLOAD_MAX (64u << 20) // largest payload of any message
 #define ENT_LINK_NAME_MAX 64           // site name, bytes
@@ -206,6 +206,7 @@ typedef enum {
     ENT_LINK_UPDATE,     // coordinator -> sites: one chunk of the compressed outer update
     ENT_LINK_LEAVE,      // site -> coordinator: it stops, and why
     ENT_LINK_ERROR,      // either way: a refusal with a reason code and text
+    ENT_LINK_STATE,      // primary coordinator -> standby: one chunk of its state
     ENT_LINK_TYPE_END    // one past the last type
 } ent_link_type;
 
@@ -235,6 +236,8 @@ typedef enum {
     ENT_LINK_ERR_DUPLICATE_SITE, // a site name already joined
     ENT_LINK_ERR_INTERNAL,      // the sender failed; the text says how
     ENT_LINK_ERR_NOT_ITS_KEY,   // a site name other than the one its CURVE key was admitted as
+    ENT_LINK_ERR_NOT_PRIMARY,   // a coordinator that does not serve the coalition: a standby
+                                // that has not taken over, or (to a primary) one that has
     ENT_LINK_ERR_END
 } ent_link_error_code;
 
@@ -243,7 +246,7 @@ typedef enum {
 typedef struct {
     uint16_t version;     // ENT_LINK_VERSION
     uint16_t type;        // ent_link_type
-    uint32_t flags;       // v1 defines none: always 0
+    uint32_t flags;       // versions 1 and 2 define none: always 0
     uint32_t site;        // the site it comes from or goes to; 0 before WELCOME
     uint64_t round;       // <= ENT_LINK_ROUND_MAX
     uint32_t payload_len; // bytes after the header
@@ -360,6 +363,11 @@ ent_status ent_link_encode_update(ent_link_buf *out, uint32_t site, uint64_t rou
                                   const ent_link_chunk *m);
 ent_status ent_link_decode_update(const void *msg, size_t len, const char *peer,
                                   ent_link_header *hdr, ent_link_chunk *m);
+// STATE: the same payload as DELTA and UPDATE (docs/protocol.md).
+ent_status ent_link_encode_state(ent_link_buf *out, uint32_t site, uint64_t round,
+                                 const ent_link_chunk *m);
+ent_status ent_link_decode_state(const void *msg, size_t len, const char *peer,
+                                 ent_link_header *hdr, ent_link_chunk *m);
 ent_status ent_link_encode_leave(ent_link_buf *out, uint32_t site, uint64_t round,
                                  const ent_link_reason *m);
 ent_status ent_link_decode_leave(const void *msg, size_t len, const char *peer,
@@ -492,11 +500,12 @@ void ent_link_get_stats(const ent_link_endpoint_t *ep, ent_link_stats *out);
 // on: a site that retries a lost coordinator sends its HELLO without
 // waiting, then sends as usual once it is answered.
 ent_status ent_link_set_send_timeout(ent_link_endpoint_t *ep, int ms);
-// ROUTER: the connections (their ent_link_peer.fd) that closed since the
-// last call, at most max of them into fds; returns how many. A peer whose
-// process died (a SIGKILL, a crash) shows here as soon as its host's kernel
-// closes the connection; one whose host or link died shows only through its
-// silence. Read while ent_link_recv waits.
+// The connections that closed since the last call (a ROUTER's: their
+// ent_link_peer.fd; a DEALER's: its connection to the ROUTER), at most max
+// of them into fds; returns how many. A peer whose process died (a SIGKILL,
+// a crash) shows here as soon as its host's kernel closes the connection;
+// one whose host or link died shows only through its silence. Read while
+// ent_link_recv waits.
 int ent_link_take_disconnects(ent_link_endpoint_t *ep, int *fds, int max);
 // Closes the socket (waiting up to linger_ms for queued messages) and the
 // context, and NULLs *ep (a NULL *ep is a no-op).

@@ -1,13 +1,14 @@
-// link_proto.c: the coalition link's wire protocol, version 1.
+// link_proto.c: the coalition link's wire protocol, version 2 (version 1
+// and the STATE message, type 9, and ERROR code 9).
 //
 // Every message is a 36-byte little-endian header followed by its payload
 // (docs/protocol.md, which this file must match byte for byte):
 //
 //   off size field
 //     0    4 magic        "ENTL" (0x4c544e45 read little-endian)
-//     4    2 version      1
+//     4    2 version      2
 //     6    2 type         ent_link_type
-//     8    4 flags        0 (v1 defines none)
+//     8    4 flags        0 (none defined)
 //    12    4 site         site id (0 before WELCOME)
 //    16    8 round
 //    24    4 payload_len  bytes after the header
@@ -39,6 +40,7 @@ static const char *const type_names[ENT_LINK_TYPE_END] = {
     [ENT_LINK_HEARTBEAT] = "HEARTBEAT", [ENT_LINK_ROUND_PLAN] = "ROUND_PLAN",
     [ENT_LINK_DELTA] = "DELTA",         [ENT_LINK_UPDATE] = "UPDATE",
     [ENT_LINK_LEAVE] = "LEAVE",         [ENT_LINK_ERROR] = "ERROR",
+    [ENT_LINK_STATE] = "STATE",
 };
 
 const char *ent_link_type_name(int type) {
@@ -345,7 +347,8 @@ ent_status ent_link_decode_header(const void *msg, size_t len, const char *peer,
                            ENT_LINK_TYPE_END - 1);
     what = type_names[h.type];
     if (h.flags != 0)
-        return decode_fail(peer, what, "flags 0x%08x; version 1 defines none", h.flags);
+        return decode_fail(peer, what, "flags 0x%08x; version %d defines none", h.flags,
+                           ENT_LINK_VERSION);
     if (h.round > ENT_LINK_ROUND_MAX)
         return decode_fail(peer, what, "round %llu, over %llu", (unsigned long long)h.round,
                            (unsigned long long)ENT_LINK_ROUND_MAX);
@@ -583,7 +586,7 @@ ent_status ent_link_decode_round_plan(const void *msg, size_t len, const char *p
 }
 
 // ---------------------------------------------------------------------------
-// DELTA and UPDATE: u32 index, u32 count, u64 total, u64 offset, u64 length,
+// DELTA, UPDATE and STATE: u32 index, u32 count, u64 total, u64 offset, u64 length,
 //                   u16 codec, u64 anchor_hash, u64 tokens, then the data
 //                   (the rest of the payload)
 
@@ -650,6 +653,15 @@ ent_status ent_link_encode_update(ent_link_buf *out, uint32_t site, uint64_t rou
 ent_status ent_link_decode_update(const void *msg, size_t len, const char *peer,
                                   ent_link_header *hdr, ent_link_chunk *m) {
     return decode_chunk(msg, len, peer, ENT_LINK_UPDATE, hdr, m);
+}
+
+ent_status ent_link_encode_state(ent_link_buf *out, uint32_t site, uint64_t round,
+                                 const ent_link_chunk *m) {
+    return encode_chunk(out, ENT_LINK_STATE, site, round, m);
+}
+ent_status ent_link_decode_state(const void *msg, size_t len, const char *peer,
+                                 ent_link_header *hdr, ent_link_chunk *m) {
+    return decode_chunk(msg, len, peer, ENT_LINK_STATE, hdr, m);
 }
 
 // ---------------------------------------------------------------------------

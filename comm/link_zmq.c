@@ -56,9 +56,9 @@ struct ent_link_endpoint {
     char last_refusal[256];
     double last_refusal_logged_ms; // the same refusal again is logged at most every 10 s
     uint64_t refusals_unlogged;
-    void *monitor;          // PAIR receiving the socket's handshake (and ROUTER: disconnect) events
+    void *monitor;          // PAIR receiving the socket's handshake and disconnect events
     char handshake_error[256]; // a DEALER's last failed handshake ("" if none)
-    int closed[64];         // ROUTER: connections closed, not yet taken (ent_link_take_disconnects)
+    int closed[64];         // connections closed, not yet taken (ent_link_take_disconnects)
     int nclosed;
 };
 
@@ -308,7 +308,7 @@ static ent_status start_monitor(ent_link_endpoint_t *ep) {
                                      ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
                                      ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
                                      ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
-                                     (ep->is_router ? ZMQ_EVENT_DISCONNECTED : 0)));
+                                     ZMQ_EVENT_DISCONNECTED));
     ep->monitor = zmq_socket(ep->ctx, ZMQ_PAIR);
     if (ep->monitor == NULL)
         return ent_fail(ENT_ERR_INTERNAL, "link %s: zmq_socket: %s", ep->address,

@@ -243,6 +243,32 @@ static const char *default_run_dir(const char *name, char out[ENT_PATH_MAX]) {
     return out;
 }
 
+// --resume latest|auto: the checkpoint the run's checkpoint directory's
+// 'latest' names, into path; with auto (and a configuration given), "" when
+// nothing was saved yet (the run starts from the beginning, appending).
+static ent_status resolve_pointer(const ent_config *cfg, const char *run_dir, const char *resume,
+                                  int have_config, char *path, size_t n) {
+    char dir[ENT_PATH_MAX];
+    ent_checkpoint_dir(cfg, run_dir, dir, sizeof dir);
+    char link[ENT_PATH_MAX + 16];
+    snprintf(link, sizeof link, "%s/latest", dir);
+    struct stat sb;
+    path[0] = '\0';
+    if (strcmp(resume, "auto") == 0 && have_config && lstat(link, &sb) != 0 && errno == ENOENT) {
+        // nothing saved yet: the run starts (or, killed before its first
+        // checkpoint, starts again) from the beginning, appending to its files
+        ent_log_notice("no checkpoint in %s yet: starting from the beginning", dir);
+        return ENT_OK;
+    }
+    ent_status st = ent_ckpt_resolve_latest(dir, path, n);
+    // a 'latest' that names no file is never taken for "none yet"
+    if (st != ENT_OK && strcmp(resume, "auto") == 0)
+        st = ent_fail(st, "--resume auto: %s (restore the checkpoint it names or point it at "
+                      "another; to start over instead, give --force without --resume)",
+                      ent_last_error());
+    return st;
+}
+
 static int cmd_train(int argc, char **argv) {
     const char *resume = NULL;
     int print_config = 0, rc = 0;
@@ -295,24 +321,8 @@ static int cmd_train(int argc, char **argv) {
         ent_config_defaults(&cfg); // only checkpoint.dir's default matters here
     }
     if (st == ENT_OK && by_pointer) {
-        char dir[ENT_PATH_MAX];
-        ent_checkpoint_dir(&cfg, run_dir, dir, sizeof dir);
-        char link[ENT_PATH_MAX + 16];
-        snprintf(link, sizeof link, "%s/latest", dir);
-        struct stat sb;
-        if (strcmp(resume, "auto") == 0 && config != NULL && lstat(link, &sb) != 0 &&
-            errno == ENOENT) {
-            // nothing saved yet: the run starts (or, killed before its first
-            // checkpoint, starts again) from step 0, appending to its files
-            ent_log_notice("no checkpoint in %s yet: starting from the beginning", dir);
-        } else {
-            st = ent_ckpt_resolve_latest(dir, resume_path, sizeof resume_path);
-            // a 'latest' that names no file is never taken for "none yet"
-            if (st != ENT_OK && strcmp(resume, "auto") == 0)
-                st = ent_fail(st, "--resume auto: %s (restore the checkpoint it names or point "
-                              "it at another; to start over instead, give --force without "
-                              "--resume)", ent_last_error());
-        }
+        st = resolve_pointer(&cfg, run_dir, resume, config != NULL, resume_path,
+                             sizeof resume_path);
         if (st == ENT_OK && resume_path[0] && config == NULL) {
             st = config_from_checkpoint(&cfg, resume_path, sets, nsets);
         }
@@ -346,7 +356,8 @@ out:
 
 static const char *coordinator_help =
     "Usage: entente coordinator --config FILE [--set SECTION.KEY=VALUE ...] [--run-dir DIR]\n"
-    "                           [--force] [--insecure]\n"
+    "                           [--resume FILE|latest|auto | --force] [--standby]\n"
+    "                           [--insecure]\n"
     "\n"
     "Runs a coalition's coordinator: a ZeroMQ service that the leader rank of each\n"
     "site connects to (sites are 'entente train' jobs whose configuration sets\n"
@@ -373,6 +384,20 @@ static const char *coordinator_help =
     "  --set S.K=V          override one key (repeatable)\n"
     "  --run-dir DIR        default: runs/coordinator-<date>-<time>\n"
     "  --force              start over in a run directory that holds a run\n"
+    "  --resume FILE        continue the coalition from a coordinator's checkpoint\n"
+    "                       (its anchor, outer momentum, residual, round and\n"
+    "                       ledger; model and coalition settings must match): the\n"
+    "                       sites, cut off meanwhile, come back and carry their\n"
+    "                       progress on; the checkpoint's round is merged empty\n"
+    "  --resume latest      the newest checkpoint in RUN_DIR's checkpoint directory\n"
+    "  --resume auto        latest if there is one, else start from the beginning\n"
+    "  --standby            a standby coordinator: binds coalition.bind, takes the\n"
+    "                       state the primary streams to it (the primary's\n"
+    "                       coalition.standby names this endpoint; its key is\n"
+    "                       coalition.primary_key), answers sites that the primary\n"
+    "                       serves, and takes the coalition over when the primary's\n"
+    "                       connection closes or it is silent for\n"
+    "                       coalition.takeover_after; it ignores coalition.standby\n"
     "  --insecure           no CurveZMQ: plaintext, any site admitted (for\n"
     "                       experiments on one machine)\n"
     "  -h, --help           this help\n"
@@ -382,7 +407,8 @@ static const char *coordinator_help =
     "error.\n";
 
 static int cmd_coordinator(int argc, char **argv) {
-    int rc = 0;
+    int rc = 0, standby = 0;
+    const char *resume = NULL;
     run_args ra = {.sets = calloc((size_t)argc + 1, sizeof(char *))};
     if (ra.sets == NULL) return report(ent_fail(ENT_ERR_NOMEM, "out of memory"));
     for (int i = 0; i < argc; i++) {
@@ -393,13 +419,32 @@ static int cmd_coordinator(int argc, char **argv) {
             fputs(coordinator_help, stdout);
             goto out;
         }
-        rc = usage_error("coordinator", "unknown argument '%s'", argv[i]);
+        if (strcmp(argv[i], "--resume") == 0 && i + 1 < argc) {
+            resume = argv[++i];
+            continue;
+        }
+        if (strcmp(argv[i], "--standby") == 0) {
+            standby = 1;
+            continue;
+        }
+        rc = usage_error("coordinator", strcmp(argv[i], "--resume") == 0
+                         ? "%s needs a value" : "unknown argument '%s'", argv[i]);
         goto out;
     }
     const char *config = ra.config, *run_dir = ra.run_dir, **sets = ra.sets;
     int force = ra.force, nsets = ra.nsets;
     if (config == NULL) {
         rc = usage_error("coordinator", "%s", "--config FILE is required");
+        goto out;
+    }
+    if (force && resume != NULL) {
+        rc = usage_error("coordinator", "%s", "--force starts a run over and --resume continues "
+                         "one: give one of them");
+        goto out;
+    }
+    if (standby && resume != NULL) {
+        rc = usage_error("coordinator", "%s", "--standby takes its state from the primary, not "
+                         "from a checkpoint: give one of --standby and --resume");
         goto out;
     }
     char default_dir[ENT_PATH_MAX];
@@ -411,10 +456,22 @@ static int cmd_coordinator(int argc, char **argv) {
         goto out;
     }
     cfg.coal_insecure = ra.insecure;
+    cfg.coal_standby_mode = standby;
+    char resume_path[ENT_PATH_MAX] = "";
+    if (resume != NULL && (strcmp(resume, "latest") == 0 || strcmp(resume, "auto") == 0))
+        st = resolve_pointer(&cfg, run_dir, resume, 1, resume_path, sizeof resume_path);
+    else if (resume != NULL)
+        snprintf(resume_path, sizeof resume_path, "%s", resume);
+    if (st != ENT_OK) {
+        rc = report(st);
+        goto out;
+    }
     ent_comm_t *comm = NULL;
     ent_ckpt_library_init(); // before MPI: see ent_ckpt.h
     st = ent_comm_init_threads(NULL, NULL, 0, &comm);
-    if (st == ENT_OK) st = ent_coordinator_run(&cfg, run_dir, force);
+    ent_train_opts copts = {.run_dir = run_dir, .resume = resume_path[0] ? resume_path : NULL,
+                            .continues = resume != NULL, .force = force};
+    if (st == ENT_OK) st = ent_coordinator_run(&cfg, &copts);
     if (st != ENT_OK) rc = report(st);
     ent_comm_finalize(&comm);
 out:

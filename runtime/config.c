@@ -86,7 +86,7 @@ static const key_desc keys[] = {
     {"checkpoint", "async", K_BOOL, FIELD(ckpt_async), "false", 0, 0, 0, "write checkpoints from a background thread, which first copies the state to memory beside the next step's forward and backward"},
     {"checkpoint", "on_error", K_STR, FIELD(ckpt_on_error), "stop", 0, 0, 0, "when a save fails (a full disk): stop (exit 1) or continue training"},
     {"checkpoint", "at_start", K_BOOL, FIELD(ckpt_at_start), "false", 0, 0, 0, "also save the initial model as step 0, before the first update (a new run only)"},
-    {"coalition", "coordinator", K_STR, FIELD(coal_coordinator), "", 0, 0, 0, "the coordinator's ZeroMQ endpoint, tcp://HOST:PORT: set, train makes this job a site of that coalition; empty = train alone"},
+    {"coalition", "coordinator", K_STR, FIELD(coal_coordinator), "", 0, 0, 0, "the coordinator's ZeroMQ endpoint, tcp://HOST:PORT: set, train makes this job a site of that coalition; empty = train alone. A site may list up to 4, comma-separated (a primary and its standby): cut off, it tries them in turn"},
     {"coalition", "bind", K_STR, FIELD(coal_bind), "", 0, 0, 0, "the endpoint `entente coordinator` binds (tcp://0.0.0.0:5555; port * = any free one); empty = coalition.coordinator"},
     {"coalition", "site", K_STR, FIELD(coal_site), "", 0, 0, 0, "this site's name: 1-64 of A-Z a-z 0-9 . _ - (required for a site)"},
     {"coalition", "sites", K_INT, FIELD(coal_sites), "1", 1, 4096, 0, "sites the coordinator waits for before round 0; more may join later, up to max_sites"},
@@ -107,7 +107,11 @@ static const key_desc keys[] = {
     {"coalition", "score_batches", K_INT, FIELD(coal_score_batches), "1", 0, 1000000, 0, "the coordinator scores each delta by the loss change it causes alone, on this many batches of data.dir's validation shards (the held-out set the coalition shares); 0 = no scores"},
     {"coalition", "score_tolerance", K_FLOAT, FIELD(coal_score_tolerance), "0", 0, 1e9, 0, "the coordinator rejects a delta that, applied alone to the anchor, makes the held-out loss worse by more than this (nats per token) beyond the round's median change when that is a loss too; 0 = score only, reject none (docs/coalition.md says why that is the default)"},
     {"coalition", "key", K_STR, FIELD(coal_key), "", 0, 0, 0, "this member's CURVE key pair, NAME.key from entente keygen (a site's NAME is its coalition.site); required unless --insecure"},
-    {"coalition", "coordinator_key", K_STR, FIELD(coal_coordinator_key), "", 0, 0, 0, "a site: the coordinator's public key file (its NAME.pub); required unless --insecure"},
+    {"coalition", "coordinator_key", K_STR, FIELD(coal_coordinator_key), "", 0, 0, 0, "a site: the coordinator's public key file (its NAME.pub); required unless --insecure. With several coordinator endpoints: one file for all, or one per endpoint, comma-separated in the same order"},
+    {"coalition", "standby", K_STR, FIELD(coal_standby), "", 0, 0, 0, "the primary coordinator: the standby coordinator's endpoint (its coalition.bind), to which it streams its state after every merge; empty = no standby"},
+    {"coalition", "standby_key", K_STR, FIELD(coal_standby_key), "", 0, 0, 0, "the primary: the standby's public key file (NAME.pub); required with coalition.standby unless --insecure"},
+    {"coalition", "primary_key", K_STR, FIELD(coal_primary_key), "", 0, 0, 0, "a standby (entente coordinator --standby): the primary's public key file (NAME.pub), the only key whose state it takes; required unless --insecure"},
+    {"coalition", "takeover_after", K_FLOAT, FIELD(coal_takeover_after), "10", 0.5, 1e6, 0, "a standby takes over when the primary's connection closes, or when the primary has sent nothing for this many seconds (it sends at least every second)"},
     {"coalition", "allow", K_STR, FIELD(coal_allow), "", 0, 0, 0, "the coordinator: the sites admitted, a directory of their NAME.pub files (or one file); required unless --insecure"},
     {"system", "threads", K_INT, FIELD(threads), "0", 0, 4096, 0, "CPU threads per rank; 0 = OMP_NUM_THREADS or all cores"},
     {"system", "backend", K_STR, FIELD(backend), "cpu", 0, 0, 0, "the device backend that computes: cpu (OpenBLAS + OpenMP); cpu-guarded (the same, its memory locked outside its own calls: for tests, several times slower); cuda (one NVIDIA GPU per rank, the node-local rank's, in a build with the CUDA toolkit; f32 storage, TF32 matrix products; not yet validated on a GPU); or auto (cuda when built with it and a GPU is visible, else cpu)"},
@@ -701,16 +705,22 @@ ent_status ent_config_validate(const ent_config *cfg) {
         return ent_fail(ENT_ERR_USAGE, "%s: coalition.codec = '%s': expected int8, int4 or topk",
                         a, cfg->coal_codec);
     }
-    const char *endpoints[] = {cfg->coal_coordinator, cfg->coal_bind};
-    const char *ekeys[] = {"coordinator", "bind"};
-    for (int i = 0; i < 2; i++) {
-        const char *e = endpoints[i], *colon = strrchr(e, ':');
-        if (e[0] == '\0' || (strncmp(e, "tcp://", 6) == 0 && colon != NULL && colon > e + 6 &&
-                             colon[1] != '\0'))
-            continue;
+    const char *endpoints[] = {cfg->coal_coordinator, cfg->coal_bind, cfg->coal_standby};
+    const char *ekeys[] = {"coordinator", "bind", "standby"};
+    for (int i = 0; i < 3; i++) {
+        // coalition.coordinator may list several, comma-separated
+        char list[ENT_COAL_ENDPOINTS_MAX][256];
+        int n = ent_coal_split_list(endpoints[i], list), bad = n < 0 || (i > 0 && n > 1);
+        for (int j = 0; j < n && !bad; j++) {
+            const char *e = list[j], *colon = strrchr(e, ':');
+            bad = !(strncmp(e, "tcp://", 6) == 0 && colon != NULL && colon > e + 6 &&
+                    colon[1] != '\0');
+        }
+        if (!bad) continue;
         key_origin(cfg, KEY("coalition", ekeys[i]), a, sizeof a);
-        return ent_fail(ENT_ERR_USAGE, "%s: coalition.%s = '%s': expected tcp://HOST:PORT", a,
-                        ekeys[i], e);
+        return ent_fail(ENT_ERR_USAGE, "%s: coalition.%s = '%s': expected tcp://HOST:PORT%s", a,
+                        ekeys[i], endpoints[i],
+                        i == 0 ? " (or up to 4 of them, comma-separated)" : "");
     }
     if (cfg->coal_site[0] != '\0' && !ent_link_name_ok(cfg->coal_site)) {
         key_origin(cfg, KEY("coalition", "site"), a, sizeof a);
@@ -726,6 +736,20 @@ ent_status ent_config_validate(const ent_config *cfg) {
                         cfg->vocab);
     }
     return ENT_OK;
+}
+
+int ent_coal_split_list(const char *text, char out[][256]) {
+    int n = 0;
+    const char *p = text;
+    while (*p != '\0') {
+        size_t len = strcspn(p, ",");
+        if (len == 0 || len >= 256 || n == ENT_COAL_ENDPOINTS_MAX) return -1;
+        memcpy(out[n], p, len);
+        out[n++][len] = '\0';
+        p += len;
+        if (*p == ',' && *++p == '\0') return -1; // a trailing comma
+    }
+    return n;
 }
 
 // ---------------------------------------------------------------------------

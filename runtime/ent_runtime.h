@@ -65,7 +65,10 @@ typedef struct {
     double coal_lost_after, coal_max_norm_ratio;
     char coal_codec[16];
     char coal_key[ENT_PATH_MAX], coal_coordinator_key[ENT_PATH_MAX], coal_allow[ENT_PATH_MAX];
+    char coal_standby[256], coal_standby_key[ENT_PATH_MAX], coal_primary_key[ENT_PATH_MAX];
+    double coal_takeover_after;
     int coal_insecure; // --insecure on the command line (never from a file): plaintext link
+    int coal_standby_mode; // `entente coordinator --standby` (never from a file)
     // [system]
     int threads;
     char backend[32];
@@ -78,6 +81,11 @@ typedef struct {
 
 // Fills every key with its documented default.
 void ent_config_defaults(ent_config *cfg);
+// A comma-separated list (coalition.coordinator, coalition.coordinator_key)
+// into out: returns how many items (0 for ""), or -1 for an empty item, one
+// of 256 bytes or more, or more than ENT_COAL_ENDPOINTS_MAX of them.
+#define ENT_COAL_ENDPOINTS_MAX 4
+int ent_coal_split_list(const char *text, char out[][256]);
 // Reads an INI file over the defaults, then applies overrides ("section.key=value",
 // n_overrides of them) and checks every value and combination. Errors name the
 // file, line and key (or the --set argument) and return ENT_ERR_USAGE.
@@ -666,8 +674,10 @@ ent_status ent_coalition_site(const ent_config *cfg, const ent_train_opts *opts,
 // coalition.rounds rounds (merge by tokens, outer Nesterov step, compressed
 // update to every site), evaluates the anchor on data.dir's validation
 // shards, writes RUN_DIR/metrics.jsonl and saves the anchor's checkpoint.
-// One process; refuses a run directory that holds a run unless force.
-ent_status ent_coordinator_run(const ent_config *cfg, const char *run_dir, int force);
+// One process; refuses a run directory that holds a run unless opts->force
+// or opts->continues. opts->resume: a coordinator's checkpoint to continue
+// the coalition from (docs/coalition.md, "A coordinator that restarts").
+ent_status ent_coordinator_run(const ent_config *cfg, const ent_train_opts *opts);
 // `entente ledger`: the coalition ledger text read from checkpoint path,
 // checked field by field, written to out as a table (one row per site) or,
 // with json, as the stored JSON. ENT_ERR_INPUT naming path when text is empty

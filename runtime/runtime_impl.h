@@ -166,6 +166,10 @@ typedef struct {
 // attribute and the accepted value or range (ENT_ERR_INPUT); fills *out and
 // *table (the rows at global shapes; the caller frees it).
 ent_status ent_checkpoint_check(ent_ckpt_t *ck, ent_ckpt_state *out, ent_param_table *table);
+// A checkpoint's model (theirs: its stored configuration, once checked)
+// against cfg's: ENT_ERR_USAGE naming path and every model.* key that
+// differs (a llama's context may differ).
+ent_status ent_check_same_model(const ent_config *cfg, const char *path, const ent_config *theirs);
 // The same as an ent_ckpt_expect_fn, for `ckpt verify` (ctx unused).
 ent_status ent_checkpoint_expect(ent_ckpt_t *ck, void *ctx, ent_param_table *table);
 

@@ -701,10 +701,7 @@ static ent_status save_checkpoint(trainer *tr, int step) {
     return cfg->ckpt_async ? ENT_OK : log_checkpoint(tr);
 }
 
-// Compares the checkpoint's model (its stored configuration's, checked
-// against its model.* attributes) with this run's: every difference is named.
-static ent_status check_same_model(trainer *tr, const char *path, const ent_config *theirs) {
-    const ent_config *cfg = tr->cfg;
+ent_status ent_check_same_model(const ent_config *cfg, const char *path, const ent_config *theirs) {
     const char *keys[] = {"model.layers", "model.heads", "model.width", "model.context",
                           "model.vocab"};
     int64_t mine[] = {cfg->layers, cfg->heads, cfg->width, cfg->context, cfg->vocab};
@@ -740,6 +737,14 @@ static ent_status check_same_model(trainer *tr, const char *path, const ent_conf
     if (used)
         return ent_fail(ENT_ERR_USAGE, "%s holds another model than this run trains: %s", path,
                         diff);
+    return ENT_OK;
+}
+
+// Compares the checkpoint's model (its stored configuration's, checked
+// against its model.* attributes) with this run's: every difference is named.
+static ent_status check_same_model(trainer *tr, const char *path, const ent_config *theirs) {
+    const ent_config *cfg = tr->cfg;
+    ENT_CHECK(ent_check_same_model(cfg, path, theirs));
     if (theirs->seed != cfg->seed && tr->leader)
         ent_log_warn("train.seed = %llu differs from the checkpoint's %llu: the data order "
                      "changes from here on", (unsigned long long)cfg->seed,

@@ -99,7 +99,7 @@ trap 'stop_all; [ -n "${KEEP_W:-}" ] || rm -rf "$W"' EXIT
 # Key pairs for the coordinator and every site name a case uses; the
 # coordinator admits a, b, c and x (not "stranger").
 make_keys() {
-    "$E" keygen coordinator a b c d g x stranger --dir "$W/keys" >"$W/keygen.out" 2>&1 ||
+    "$E" keygen coordinator standby a b c d g x stranger --dir "$W/keys" >"$W/keygen.out" 2>&1 ||
         { fail "keygen failed: $(cat "$W/keygen.out")"; exit 1; }
     mkdir -p "$W/allow"
     cp "$W/keys/a.pub" "$W/keys/b.pub" "$W/keys/c.pub" "$W/keys/d.pub" "$W/keys/g.pub" \
@@ -446,7 +446,7 @@ kill_c_after_round_1() {
     write_coalition "$W/co.ini" 3 30
     [ $# -gt 0 ] && echo "$1" >>"$W/co.ini"
     mkdir -p "$W/run"
-    start_coordinator "$W/run/coordinator"
+    start_coordinator "$W/run/coordinator" "${CO_ARGS[@]+"${CO_ARGS[@]}"}"
     start_site a 1; PA=$SPID
     start_site b 1; PB=$SPID
     start_site c 0
@@ -671,10 +671,14 @@ wait_for_line() {
     return 1
 }
 
-# tokens_of METRICS ROUND SITE: the tokens the coordinator's record of ROUND
-# merged from SITE (empty when SITE is not in it)
+# tokens_of METRICS ROUND SITE [last]: the tokens the coordinator's (first,
+# or with `last` its last) record of ROUND merged from SITE (empty when SITE
+# is not in it; a restarted coordinator merges the rounds after its
+# checkpoint again)
 tokens_of() {
-    grep '"event":"round"' "$1" | grep "\"round\":$2," | head -1 | awk -v site="$3" '
+    local pick=head
+    [ "${4:-}" = last ] && pick=tail
+    grep '"event":"round"' "$1" | grep "\"round\":$2," | $pick -1 | awk -v site="$3" '
         {
             match($0, /"sites":\[[^]]*\]/); split(substr($0, RSTART + 9, RLENGTH - 10), names, ",")
             match($0, /"site_tokens":\[[^]]*\]/); split(substr($0, RSTART + 15, RLENGTH - 16), toks, ",")
@@ -694,9 +698,9 @@ first_step_loss() {
 
 # final_anchor_held_by SITES...: each site ends holding the coordinator's final anchor
 final_anchor_held_by() {
-    local cm=$W/run/coordinator/metrics.jsonl want name last
+    local cm=${CM:-$W/run/coordinator/metrics.jsonl} want name last
     want=$(sed -n 's/.*"event":"end".*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$cm")
-    last=$(($(grep -c '"event":"round"' "$cm") - 1))
+    last=$(($(sed -n 's/.*"event":"end","rounds":\([0-9]*\),.*/\1/p' "$cm") - 1))
     for name in "$@"; do
         [ -n "$want" ] && grep -q "holds anchor $want after round $last" "$W/site-$name.log" ||
             fail "site $name does not hold the coordinator's final anchor '$want': $(grep 'holds anchor' "$W/site-$name.log")"
@@ -707,7 +711,8 @@ final_anchor_held_by() {
 wait_all() {
     local rc arg
     wait "$CPID"; rc=$?
-    [ "$rc" = 0 ] || { fail "the coordinator exited with $rc"; sed -n '1,40s/^/    | /p' "$W/run/coordinator.log"; }
+    [ "$rc" = 0 ] || { fail "the coordinator exited with $rc"; sed -n '1,40s/^/    | /p' "$W/run/coordinator.log"
+                       echo "    | ..."; tail -n 5 "$W/run/coordinator.log" | sed 's/^/    | /'; }
     for arg in "$@"; do
         wait "${arg#*:}" || fail "site ${arg%%:*} failed: $(tail -3 "$W/site-${arg%%:*}.log")"
     done
@@ -717,7 +722,7 @@ wait_all() {
 # 0.3 s (inner steps planned from each site's speed, so that a site that
 # starts late, restarts or comes back does so well before the end), with
 # INI_LINES added to its [coalition] section, and sites a and b (mpirun, 1
-# rank each); sets PA and PB
+# rank each; the coordinator gets the arguments in CO_ARGS); sets PA and PB
 start_paced() {
     need_mpirun
     make_site_data
@@ -725,7 +730,7 @@ start_paced() {
     sed -i 's/^inner_steps = 6/inner_steps = 1000\nround_seconds = 0.3/' "$W/co.ini"
     [ $# -gt 2 ] && printf '%s\n' "$3" >>"$W/co.ini"
     mkdir -p "$W/run"
-    start_coordinator "$W/run/coordinator"
+    start_coordinator "$W/run/coordinator" "${CO_ARGS[@]+"${CO_ARGS[@]}"}"
     start_site a 1; PA=$SPID
     start_site b 1; PB=$SPID
 }
@@ -821,6 +826,212 @@ case_join() {
     n=$(grep '"event":"round"' "$W/run/site-x/metrics.jsonl" | sed -n 's/.*"loss":\([0-9.e+-]*\),.*/\1/p' | sort -u | wc -l)
     [ "$n" -ge 3 ] || fail "site x's loss takes $n value(s) over its rounds"
     final_anchor_held_by a b x
+}
+
+# kill_coordinator: SIGKILL to the coordinator process itself (CPID is the
+# `timeout` around it); sets KILLED_AT
+kill_coordinator() {
+    local child
+    child=$(ps -o pid= --ppid "$CPID" | tr -d ' ')
+    [ -n "$child" ] || { fail "the coordinator ($CPID) has no child process"; return 1; }
+    kill -9 "$child"
+    KILLED_AT=$(date +%s.%N)
+    wait "$CPID" 2>/dev/null
+    return 0
+}
+
+# ledger_field CKPT SITE KEY: SITE's KEY in the ledger of coordinator checkpoint CKPT
+ledger_field() {
+    "$E" ledger "$1" --json 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+for s in json.load(sys.stdin)["sites"]:
+    if s["site"] == sys.argv[1]:
+        v = s
+        for k in sys.argv[2].split("."):
+            v = v[k]
+        print(v)' "$2" "$3"
+}
+
+case_coord_restart() {
+    local seed=${ENT_TEST_SEED:-$RANDOM}
+    echo "coord_restart: seed $seed (ENT_TEST_SEED=$seed reproduces it)"
+    RANDOM=$seed
+    # the coordinator checkpoints every 3 rounds, so that its round goes
+    # back by up to 3 (48 rounds: a site cut off trains rounds of its last
+    # plan back to back, and must not finish alone before the coordinator
+    # is back)
+    CO_ARGS=(--set checkpoint.every=3)
+    start_paced 2 48
+    local cm=$W/run/coordinator/metrics.jsonl port=${EP##*:}
+    # kill -9 at a seeded moment: after round K (3..10) is merged, plus 0-0.29 s
+    local k=$((3 + RANDOM % 8)) pause="0.$((RANDOM % 3))$((RANDOM % 10))"
+    wait_for_line "$cm" "\"event\":\"round\",\"round\":$k," 120 || { fail "the coordinator did not merge round $k"; return; }
+    sleep "$pause"
+    kill_coordinator
+    local killed_at=$KILLED_AT last
+    last=$(grep '"event":"round"' "$cm" | tail -1 | sed -n 's/.*"round":\([0-9]*\),.*/\1/p')
+    echo "coordinator killed $pause s after round $k was merged (its last round record: $last)"
+    local ck=$W/run/coordinator/checkpoints/latest saved
+    saved=$("$E" ckpt info "$ck" 2>/dev/null | sed -n 's/^coalition: round \([0-9]*\),.*/\1/p')
+    [ -n "$saved" ] || { fail "no coordinator checkpoint to resume: $(ls "$W/run/coordinator/checkpoints")"; return; }
+    local tok_a tok_b first_a
+    tok_a=$(ledger_field "$ck" a tokens)
+    tok_b=$(ledger_field "$ck" b tokens)
+    first_a=$(ledger_field "$ck" a first_seen.time)
+    # a used run directory needs --resume (or --force), and not both
+    expect "a second coordinator in the used run directory" 2 "--resume auto" -- \
+        "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/coordinator" \
+        --set "coalition.key=$W/keys/coordinator.key"
+    expect "--resume with --force" 2 "give one of them" -- \
+        "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/coordinator" --resume auto --force
+    # the sites train on alone meanwhile; the coordinator comes back on its port
+    mv "$W/run/coordinator.log" "$W/run/coordinator.first.log"
+    echo "the checkpoint holds $saved rounds: the coalition goes back $((last + 1 - saved)) round(s)"
+    [ $((last + 1 - saved)) -ge 0 ] && [ $((last + 1 - saved)) -le 3 ] ||
+        fail "the latest checkpoint ($saved rounds) is not within 3 rounds of the last merge ($last)"
+    start_coordinator "$W/run/coordinator" --resume auto --set "coalition.bind=tcp://127.0.0.1:$port" \
+        --set checkpoint.every=3
+    wait_for_line "$cm" '"event":"resumed"' 90
+    BACK_AT=$(date +%s.%N)
+    wait_all a:$PA b:$PB
+    [ "$FAILED" = 0 ] || return
+    grep -q "resumed from .*anchor_round_$(printf %08d "$saved").h5: $saved rounds merged" "$W/run/coordinator.log" ||
+        fail "the coordinator's log does not say it resumed from round $saved: $(grep -i resum "$W/run/coordinator.log")"
+    grep -q "\"event\":\"resumed\",\"round\":$saved,.*\"sites_in\":2," "$cm" ||
+        fail "no resumed record at round $saved with both sites back: $(grep '"event":"resumed"' "$cm")"
+    # round `saved` merged empty, every round after it merged both sites
+    grep '"event":"round"' "$cm" | grep "\"round\":$saved," | tail -1 | grep -q '"sites":\[\],.*"empty"' ||
+        fail "round $saved after the restart is not the empty round"
+    local r
+    for r in $(seq $((saved + 1)) 47); do
+        [ -n "$(tokens_of "$cm" $r a last)" ] && [ -n "$(tokens_of "$cm" $r b last)" ] ||
+            { fail "round $r after the restart did not merge sites a and b"; break; }
+    done
+    grep -q "\"event\":\"rejoined\",\"site\":\"a\",\"first_round\":$((saved + 1))," "$cm" ||
+        fail "site a did not rejoin the restarted coordinator for round $((saved + 1))"
+    # each site found itself cut off and came back, carrying its progress
+    for r in a b; do
+        grep -q '"event":"cut_off"' "$W/run/site-$r/metrics.jsonl" || fail "site $r has no cut_off record"
+        grep -q "\"event\":\"rejoined\",\"site\":\"$r\",\"first_round\":$((saved + 1)),.*\"progress\":\"carried\"" \
+            "$W/run/site-$r/metrics.jsonl" || fail "site $r did not rejoin at round $((saved + 1)) carrying its progress: $(grep rejoined "$W/run/site-$r/metrics.jsonl")"
+    done
+    echo "back in the coalition: $(awk -v a="$killed_at" -v b="$BACK_AT" 'BEGIN { printf "%.1f", b - a }') s from the kill to the restarted coordinator's resumed record"
+    grep '"event":"resumed"' "$cm"
+    # the run completes: the final anchor after round 47, held by both sites
+    grep -q '"event":"end","rounds":48,' "$cm" || fail "the restarted coordinator did not end after 48 rounds"
+    final_anchor_held_by a b
+    # the ledger carries on from the checkpoint's
+    local ck2=$W/run/coordinator/checkpoints/latest
+    expect "entente ledger of the final checkpoint" 0 "out:rounds merged: 48" -- "$E" ledger "$ck2"
+    [ "$(ledger_field "$ck2" a first_seen.time)" = "$first_a" ] || fail "site a's first_seen changed across the restart"
+    awk -v x="$(ledger_field "$ck2" a tokens)" -v y="$tok_a" -v p="$(ledger_field "$ck2" b tokens)" -v q="$tok_b" \
+        'BEGIN { exit !(x > y && p > q) }' || fail "the ledger's tokens did not carry on from the checkpoint's ($tok_a, $tok_b)"
+    # a checkpoint of another model, or of other coalition settings, or a
+    # site's, is refused, naming the key (or what the file is)
+    expect "--resume with another model" 2 "model.width: checkpoint 32, this run 48" -- \
+        "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/other" --resume "$ck2" \
+        --set model.width=48 --set "coalition.key=$W/keys/coordinator.key"
+    # (in the run's own directory: refused before any of its files changes)
+    cp "$W/run/coordinator/config.ini" "$W/config.before"
+    cp "$cm" "$W/metrics.before"
+    expect "--resume with another codec" 2 "coalition.codec differs" -- \
+        "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/coordinator" --resume "$ck2" \
+        --set coalition.codec=int4 --set "coalition.key=$W/keys/coordinator.key"
+    cmp -s "$W/config.before" "$W/run/coordinator/config.ini" && cmp -s "$W/metrics.before" "$cm" ||
+        fail "a refused --resume changed the run directory's config.ini or metrics.jsonl"
+    expect "--resume of a site's checkpoint" 1 "a site's checkpoint, not a coordinator's" -- \
+        "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/other3" \
+        --resume "$W/run/site-a/checkpoints/latest" --set "coalition.key=$W/keys/coordinator.key"
+}
+
+# elapsed FROM TO: TO - FROM in seconds, one decimal
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+
+case_failover() {
+    need_mpirun
+    local seed=${ENT_TEST_SEED:-$RANDOM}
+    echo "failover: seed $seed (ENT_TEST_SEED=$seed reproduces it)"
+    RANDOM=$seed
+    make_site_data
+    write_coalition "$W/co.ini" 2 48
+    sed -i 's/^inner_steps = 6/inner_steps = 1000\nround_seconds = 0.3/' "$W/co.ini"
+    mkdir -p "$W/run"
+    # the standby first: its own key; it takes state only from the primary's key
+    start_coordinator "$W/run/standby" --standby --set "coalition.key=$W/keys/standby.key" \
+        --set "coalition.primary_key=$W/keys/coordinator.pub"
+    local ps=$CPID eps=$EP
+    # the primary streams to it (and checkpoints every round, for the split-brain check)
+    start_coordinator "$W/run/coordinator" --set "coalition.standby=$eps" \
+        --set "coalition.standby_key=$W/keys/standby.pub" --set checkpoint.every=1
+    local pp=$CPID epp=$EP port=${EP##*:}
+    # sites know both endpoints, each with its key
+    local both=(--set "coalition.coordinator=$epp,$eps"
+                --set "coalition.coordinator_key=$W/keys/coordinator.pub,$W/keys/standby.pub")
+    start_site a 1 "${both[@]}"; PA=$SPID
+    start_site b 1 "${both[@]}"; PB=$SPID
+    local pm=$W/run/coordinator/metrics.jsonl sm=$W/run/standby/metrics.jsonl
+    # kill -9 the primary at a seeded moment: after round K (3..10), plus 0-0.29 s
+    local k=$((3 + RANDOM % 8)) pause="0.$((RANDOM % 3))$((RANDOM % 10))"
+    wait_for_line "$pm" "\"event\":\"round\",\"round\":$k," 120 || { fail "the primary did not merge round $k"; return; }
+    grep -q "standby: the primary's state is streaming in" "$W/run/standby.log" ||
+        fail "the standby's log does not say the primary's state streams in"
+    sleep "$pause"
+    CPID=$pp
+    kill_coordinator || return
+    local killed_at=$KILLED_AT last t_over t_round
+    last=$(grep '"event":"round"' "$pm" | tail -1 | sed -n 's/.*"round":\([0-9]*\),.*/\1/p')
+    echo "primary killed $pause s after round $k was merged (its last round record: $last)"
+    wait_for_line "$W/run/standby.log" "taking over the coalition" 30 || { fail "the standby did not take over"; sed 's/^/    | /' "$W/run/standby.log"; return; }
+    t_over=$(date +%s.%N)
+    local r0
+    r0=$(sed -n 's/.*"event":"takeover","round":\([0-9]*\),.*/\1/p' "$sm")
+    [ -n "$r0" ] || { fail "no takeover record in the standby's metrics"; return; }
+    wait_for_line "$sm" "\"event\":\"round\",\"round\":$((r0 + 1))," 60 || fail "the standby merged no round after its takeover"
+    t_round=$(date +%s.%N)
+    echo "takeover: $(elapsed "$killed_at" "$t_over") s from the kill to the standby taking over (at round $r0), $(elapsed "$killed_at" "$t_round") s to its first round merged with the sites"
+    grep '"event":"takeover"' "$sm"
+    awk -v d="$(elapsed "$killed_at" "$t_over")" 'BEGIN { exit !(d < 3) }' || fail "the standby took over more than 3 s after the kill"
+    # split brain refused: the old primary restarted from its checkpoint on its
+    # port finds the standby in charge and stops, naming it
+    mv "$W/run/coordinator.log" "$W/run/coordinator.first.log"
+    start_coordinator "$W/run/coordinator" --resume auto --set "coalition.bind=tcp://127.0.0.1:$port" \
+        --set "coalition.standby=$eps" --set "coalition.standby_key=$W/keys/standby.pub"
+    local rc
+    wait "$CPID"; rc=$?
+    [ "$rc" = 1 ] && grep -q "superseded: the standby at .* took over the coalition at round $r0" "$W/run/coordinator.log" ||
+        { fail "the old primary, restarted, did not stop as superseded (exit $rc)"; sed -n '1,20s/^/    | /p' "$W/run/coordinator.log"; }
+    CPID=$ps
+    wait_all a:$PA b:$PB
+    [ "$FAILED" = 0 ] || return
+    # no merged round lost: the standby continued from the primary's last
+    # merged round (or, if that round's state was still on its way, the one before)
+    [ "$r0" = $((last + 1)) ] || [ "$r0" = "$last" ] ||
+        fail "the standby took over at round $r0; the primary had merged up to round $last"
+    [ "$r0" = $((last + 1)) ] && echo "no merged round lost: the standby went on from round $r0, after the primary's last merge ($last)" ||
+        echo "the primary's last merge (round $last) had not reached the standby: it was merged again"
+    # the standby's anchor is the primary's after round r0 - 1, bit for bit
+    local hp hs
+    hp=$(grep '"event":"round"' "$pm" | grep "\"round\":$((r0 - 1))," | tail -1 | sed -n 's/.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p')
+    hs=$(sed -n 's/.*"event":"resumed",.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$sm")
+    [ -n "$hp" ] && [ "$hp" = "$hs" ] || fail "the standby took over anchor '$hs', the primary's after round $((r0 - 1)) is '$hp'"
+    grep '"event":"round"' "$sm" | grep "\"round\":$r0," | grep -q '"sites":\[\],.*"empty"' || fail "round $r0 at the standby is not the empty round"
+    local r
+    for r in $(seq $((r0 + 1)) 47); do
+        [ -n "$(tokens_of "$sm" $r a)" ] && [ -n "$(tokens_of "$sm" $r b)" ] ||
+            { fail "round $r at the standby did not merge sites a and b"; break; }
+    done
+    for r in a b; do
+        grep -q "\"event\":\"rejoined\",\"site\":\"$r\",\"first_round\":$((r0 + 1)),.*\"progress\":\"carried\"" \
+            "$W/run/site-$r/metrics.jsonl" || fail "site $r did not rejoin at round $((r0 + 1)) carrying its progress: $(grep rejoined "$W/run/site-$r/metrics.jsonl")"
+        grep -q "rejoined as site" "$W/run/standby.log" || fail "the standby's log has no rejoin"
+    done
+    grep -q '"event":"end","rounds":48,' "$sm" || fail "the standby did not end after 48 rounds"
+    CM=$sm final_anchor_held_by a b
+    # the ledger carries on: every round but the empty one merged a and b
+    local ck=$W/run/standby/checkpoints/latest
+    expect "entente ledger of the standby's checkpoint" 0 "out:rounds merged: 48" -- "$E" ledger "$ck"
+    [ "$(ledger_field "$ck" a accepted)" = 47 ] && [ "$(ledger_field "$ck" b accepted)" = 47 ] ||
+        fail "the standby's ledger does not count 47 merged deltas of a and b: $(cat "$W/out")"
 }
 
 case_rejoin() {

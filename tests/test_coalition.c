@@ -1312,6 +1312,26 @@ static void test_ledger(void **state) {
     assert_non_null(strstr(out, "norm 1 "));
     assert_non_null(strstr(out, "      - "));
     free(out);
+    // and a restarted coordinator carries it on: no scores, no loss rejections
+    coal_ledger_site *back = NULL;
+    int nback = 0;
+    uint64_t merged = 0;
+    assert_int_equal(coal_ledger_parse("ck.h5", v1, &back, &nback, &merged), ENT_OK);
+    assert_int_equal(nback, 1);
+    assert_int_equal(merged, 2);
+    assert_int_equal(back[0].rejected[COAL_REJECT_NORM], 1);
+    assert_int_equal(back[0].rejected[COAL_REJECT_LOSS], 0);
+    assert_int_equal(back[0].scored, 0);
+    free(back);
+    // version 2 round trip: every field back as written
+    assert_int_equal(coal_ledger_parse("ck.h5", text, &back, &nback, &merged), ENT_OK);
+    assert_int_equal(nback, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(back[i].scored, sites[i].scored);
+        assert_true(back[i].loss_gain == sites[i].loss_gain);
+        assert_memory_equal(back[i].rejected, sites[i].rejected, sizeof sites[i].rejected);
+    }
+    free(back);
     // version 2 without its scores, or with a score that is not a number
     char *v2 = strdup(v1);
     assert_non_null(v2);

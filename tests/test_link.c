@@ -145,6 +145,7 @@ static ent_status encode_any(int type, ent_link_buf *b, uint32_t site, uint64_t 
     case ENT_LINK_ROUND_PLAN: return ent_link_encode_round_plan(b, site, round, &m->plan);
     case ENT_LINK_DELTA: return ent_link_encode_delta(b, site, round, &m->chunk);
     case ENT_LINK_UPDATE: return ent_link_encode_update(b, site, round, &m->chunk);
+    case ENT_LINK_STATE: return ent_link_encode_state(b, site, round, &m->chunk);
     case ENT_LINK_LEAVE: return ent_link_encode_leave(b, site, round, &m->reason);
     case ENT_LINK_ERROR: return ent_link_encode_error(b, site, round, &m->reason);
     }
@@ -161,6 +162,7 @@ static ent_status decode_any(int type, const void *p, size_t n, const char *peer
     case ENT_LINK_ROUND_PLAN: return ent_link_decode_round_plan(p, n, peer, h, &m->plan);
     case ENT_LINK_DELTA: return ent_link_decode_delta(p, n, peer, h, &m->chunk);
     case ENT_LINK_UPDATE: return ent_link_decode_update(p, n, peer, h, &m->chunk);
+    case ENT_LINK_STATE: return ent_link_decode_state(p, n, peer, h, &m->chunk);
     case ENT_LINK_LEAVE: return ent_link_decode_leave(p, n, peer, h, &m->reason);
     case ENT_LINK_ERROR: return ent_link_decode_error(p, n, peer, h, &m->reason);
     }
@@ -201,6 +203,7 @@ static void assert_same(int type, const any_msg *a, const any_msg *b) {
         break;
     case ENT_LINK_DELTA:
     case ENT_LINK_UPDATE:
+    case ENT_LINK_STATE:
         assert_int_equal(a->chunk.index, b->chunk.index);
         assert_int_equal(a->chunk.count, b->chunk.count);
         assert_true(a->chunk.total == b->chunk.total);
@@ -265,7 +268,8 @@ static void random_msg(int type, any_msg *m, uint8_t *data, size_t max_data) {
                                         .deadline_ms = rand_u32(1, 0xffffffffu)};
         break;
     case ENT_LINK_DELTA:
-    case ENT_LINK_UPDATE: {
+    case ENT_LINK_UPDATE:
+    case ENT_LINK_STATE: {
         ent_link_chunk *c = &m->chunk;
         c->count = rand_u32(1, test_rand_int(0, 1) ? 16 : ENT_LINK_CHUNKS_MAX);
         c->index = rand_u32(0, c->count - 1);
@@ -548,9 +552,9 @@ static void test_decoder_checks(void **state) {
     expect_decode_refused(ENT_LINK_HELLO, q, n, "bad magic");
     // another version: named, with the one this build speaks, whatever follows
     memcpy(q, p, n);
-    put_le(q + 4, 2, 2);
-    expect_decode_refused(ENT_LINK_HELLO, q, n, "protocol version 2; this build speaks version 1");
-    expect_decode_refused(ENT_LINK_HELLO, q, 6, "protocol version 2");
+    put_le(q + 4, 3, 2);
+    expect_decode_refused(ENT_LINK_HELLO, q, n, "protocol version 3; this build speaks version 2");
+    expect_decode_refused(ENT_LINK_HELLO, q, 6, "protocol version 3");
     memcpy(q, p, n);
     q[17] ^= 1;
     expect_decode_refused(ENT_LINK_HELLO, q, n, "header checksum");
@@ -559,9 +563,9 @@ static void test_decoder_checks(void **state) {
     expect_decode_refused(ENT_LINK_HELLO, q, n, "payload checksum");
     // forged checksums: the field checks
     memcpy(q, p, n);
-    put_le(q + 6, 9, 2);
+    put_le(q + 6, ENT_LINK_TYPE_END, 2);
     reseal(q, n, 0);
-    expect_decode_refused(ENT_LINK_HELLO, q, n, "unknown message type 9");
+    expect_decode_refused(ENT_LINK_HELLO, q, n, "unknown message type 10");
     memcpy(q, p, n);
     put_le(q + 6, ENT_LINK_DELTA, 2);
     reseal(q, n, 0);
@@ -1102,7 +1106,7 @@ static void test_loopback(void **state) {
     memcpy(bad, valid, vlen);
     put_le(bad + 4, 3, 2);
     raw_send(&g, (const void *[]){bad, vp}, (size_t[]){ENT_LINK_HEADER_BYTES, vplen}, 2);
-    await_drop(router, dropped++, "protocol version 3; this build speaks version 1");
+    await_drop(router, dropped++, "protocol version 3; this build speaks version 2");
     await_error_reply(&g, ENT_LINK_ERR_VERSION, "protocol version 3");
     heartbeat_gets_through(router, bsite, &peer_b, 2, &buf);
     // a header that lies about the payload's length (checksums forged)

@@ -29,17 +29,23 @@ void coal_global_to_arena(const coal_layout *l, int tp_rank, const float *global
 // What an endpoint's CURVE options point into: keep it alive as long as the
 // endpoint is open.
 typedef struct {
-    ent_link_keypair self;   // coalition.key
-    ent_link_keypair server; // a site: the coordinator's public key (coalition.coordinator_key)
-    ent_link_keypair *allow; // the coordinator: coalition.allow
+    ent_link_keypair self; // coalition.key
+    // a site: the public key of each coordinator endpoint it may use
+    // (coalition.coordinator_key: one for all, or one per endpoint)
+    ent_link_keypair server[ENT_COAL_ENDPOINTS_MAX];
+    int nserver;
+    ent_link_keypair *allow; // the coordinator: coalition.allow (a standby: and the primary's key)
     int nallow;
+    ent_link_keypair standby; // a primary with coalition.standby: the standby's public key
+    ent_link_keypair primary; // a standby: the primary's public key (coalition.primary_key)
 } coal_keys;
 
 // Loads the keys a coordinator (coordinator = 1) or a site needs and points
-// lo's CURVE fields at them; with cfg->coal_insecure, warns and leaves lo
-// plaintext. A missing setting is ENT_ERR_USAGE saying what to set; a bad
-// key file ENT_ERR_INPUT naming it; a site's key must carry its
-// coalition.site name.
+// lo's CURVE fields at them (a site's at its first endpoint's key); with
+// cfg->coal_insecure, warns and leaves lo plaintext. A missing setting is
+// ENT_ERR_USAGE saying what to set; a bad key file ENT_ERR_INPUT naming it;
+// a site's key must carry its coalition.site name. A standby
+// (cfg->coal_standby_mode) admits the primary's key besides the sites'.
 ent_status coal_keys_load(const ent_config *cfg, int coordinator, coal_keys *k,
                           ent_link_opts *lo);
 void coal_keys_free(coal_keys *k);
@@ -76,8 +82,8 @@ ent_status coal_chunk_params(uint16_t codec, const ent_codec *settings, uint32_t
 // set, plainly when it is NULL.
 ent_status coal_vec_encode(coal_vec *v, uint16_t codec, const ent_codec *settings, float *x,
                            float *residual, size_t total, uint32_t chunk_bytes);
-// Sends every chunk as a DELTA or an UPDATE (type) to `to` (NULL from a
-// DEALER) for site and round.
+// Sends every chunk as a DELTA, an UPDATE or a STATE (type) to `to` (NULL
+// from a DEALER) for site and round.
 ent_status coal_vec_send(ent_link_endpoint_t *ep, const ent_link_peer *to, int type,
                          uint32_t site, uint64_t round, const coal_vec *v);
 // Starts assembling a vector of `total` parameters in codec with the
@@ -147,6 +153,11 @@ void coal_utc_now(char out[32]);
 // The ledger of n sites as JSON text (format "entente-ledger", version 2);
 // the caller owns it (free). NULL when out of memory.
 char *coal_ledger_json(const coal_ledger_site *sites, int n, uint64_t rounds_merged);
+
+// The entries of a ledger's text (checked as `entente ledger` checks it;
+// ENT_ERR_INPUT naming path otherwise); the caller frees *sites (free).
+ent_status coal_ledger_parse(const char *path, const char *text, coal_ledger_site **sites, int *n,
+                             uint64_t *rounds_merged);
 
 // "0123456789abcdef": a hash as 16 hex digits (JSON numbers lose 64-bit values).
 void coal_hash_hex(uint64_t h, char out[17]);

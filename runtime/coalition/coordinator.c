@@ -34,6 +34,7 @@
 // by more than the tolerance beyond the round's median change.
 #include "coalition_impl.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -81,6 +82,7 @@ typedef struct {
 
 typedef struct {
     const ent_config *cfg;
+    const ent_train_opts *opts;
     const char *run_dir;
     ent_backend_t *be;
     ent_model_t *model;
@@ -109,6 +111,28 @@ typedef struct {
     ent_ckpt_saver_t *saver;
     char ckpt_dir[ENT_PATH_MAX];
     double t_start;
+    // a coordinator that continues a coalition (restarted from its
+    // checkpoint, or a standby that took over): it holds the state after
+    // resume_round rounds, merges that round empty once `await` of the
+    // sites it knows are back (or coalition.timeout passed), then goes on
+    int resumed;
+    uint64_t resume_round;
+    int await;
+    char resumed_from[ENT_PATH_MAX + 32];
+    // a primary with coalition.standby: the link its state streams on
+    ent_link_endpoint_t *standby;
+    double standby_beat;  // when it last sent the standby anything
+    int standby_failing;  // a send to the standby failed (logged once until one succeeds)
+    int superseded;       // the standby answered that it has taken over
+    // a standby (--standby): the primary's connection, and its state as it
+    // streams in (st_in) and the last one whole (st_done, after st_round rounds)
+    int taken_over;
+    int primary_known;
+    ent_link_peer primary;
+    double primary_heard, st_done_at;
+    coal_vec st_in, st_done;
+    uint64_t st_in_round, st_round;
+    int st_in_started, st_have;
 } coord;
 
 static ent_status record(coord *c, const ent_json_field *f, int n) {
@@ -526,7 +550,14 @@ static ent_status on_heartbeat(coord *c, csite *s, const ent_link_incoming *in) 
     return lost_on_failure(c, s, st);
 }
 
+static int from_primary(const coord *c, const ent_link_incoming *in);
+
 static ent_status on_message(coord *c, const ent_link_incoming *in) {
+    // a standby that took over: the old primary, if it is back, is told so
+    if (c->taken_over && (from_primary(c, in) || in->header.type == ENT_LINK_STATE))
+        return send_error(c, &in->peer, 0, ENT_LINK_ERR_NOT_PRIMARY, "the standby took over the "
+                          "coalition at round %llu: this coordinator no longer serves it",
+                          (unsigned long long)c->resume_round);
     if (in->header.type == ENT_LINK_HELLO) return on_hello(c, in);
     csite *s = find_site(c, in);
     if (s == NULL)
@@ -583,7 +614,10 @@ static ent_status take_closes(coord *c) {
 // Receives for up to ms, and then whatever else is waiting (so that a site
 // is not taken for silent while its messages queue), then checks that no
 // site has been silent too long.
+static ent_status standby_poll(coord *c);
+
 static ent_status poll_once(coord *c, int ms) {
+    ENT_CHECK(standby_poll(c));
     ent_link_incoming in;
     int got = 0;
     ENT_CHECK(ent_link_recv(c->ep, ms, &in, &got));
@@ -628,8 +662,30 @@ static ent_status eval_anchor(coord *c, double *loss) {
     return ent_eval_loss(c->model, c->val, want, c->micro, NULL, c->inputs, c->targets, loss);
 }
 
+static const coord *sort_c; // by_name's coordinator (qsort takes no context)
 static int by_name(const void *a, const void *b) {
-    return strcmp(((const coal_ledger_site *)a)->name, ((const coal_ledger_site *)b)->name);
+    return strcmp(sort_c->sites[*(const int *)a].name, sort_c->sites[*(const int *)b].name);
+}
+
+// The ledger after `merged` rounds as JSON text, sites in the order of
+// their names (the same text whoever joined first); order (may be NULL)
+// gets the index in c->sites of each entry. The caller frees it; NULL when
+// out of memory.
+static char *ledger_text(coord *c, uint64_t merged, int *order) {
+    coal_ledger_site *led = calloc((size_t)c->nsites + 1, sizeof *led);
+    int *idx = calloc((size_t)c->nsites + 1, sizeof *idx);
+    char *text = NULL;
+    if (led != NULL && idx != NULL) {
+        for (int i = 0; i < c->nsites; i++) idx[i] = i;
+        sort_c = c;
+        qsort(idx, (size_t)c->nsites, sizeof *idx, by_name);
+        for (int i = 0; i < c->nsites; i++) led[i] = c->sites[idx[i]].led;
+        text = coal_ledger_json(led, c->nsites, merged);
+        if (order != NULL) memcpy(order, idx, sizeof *idx * (size_t)c->nsites);
+    }
+    free(led);
+    free(idx);
+    return text;
 }
 
 static ent_status save(coord *c) {
@@ -638,12 +694,7 @@ static ent_status save(coord *c) {
     coal_global_to_arena(&c->lay, 0, c->anchor, p);
     coal_global_to_arena(&c->lay, 0, c->momentum, c->ck_mom);
     coal_global_to_arena(&c->lay, 0, c->resid, c->ck_resid);
-    coal_ledger_site *led = calloc((size_t)c->nsites + 1, sizeof *led);
-    if (led == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the ledger");
-    for (int i = 0; i < c->nsites; i++) led[i] = c->sites[i].led;
-    qsort(led, (size_t)c->nsites, sizeof *led, by_name); // the same file whoever joined first
-    char *ledger = coal_ledger_json(led, c->nsites, c->round);
-    free(led);
+    char *ledger = ledger_text(c, c->round, NULL);
     if (ledger == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the ledger");
     ent_ckpt_coalition co = {.anchor = p, .outer_momentum = c->ck_mom, .residual = c->ck_resid,
                              .round = (int64_t)c->round, .ledger = ledger};
@@ -786,7 +837,10 @@ static ent_status screen_round(coord *c, int *merged, int *nmerged, double *base
     return ENT_OK;
 }
 
+static ent_status merge_empty(coord *c);
+
 static ent_status merge_round(coord *c) {
+    if (c->resumed && c->round == c->resume_round) return merge_empty(c);
     double t0 = ent_now_seconds();
     int k = (int)(c->round % 2);
     int *merged = calloc((size_t)c->nsites, sizeof *merged), nmerged = 0;
@@ -904,15 +958,487 @@ static ent_status merge_round(coord *c) {
 }
 
 // ---------------------------------------------------------------------------
+// continuing a coalition: a restart from a checkpoint, a standby's takeover
+
+// Takes the coalition's state after `round` rounds (anchor, momentum and
+// residual already in their arrays) from `from`: the ledger's sites become
+// known sites, lost until each says HELLO again under its name (then
+// re-admitted under its id: ids[i] for the ledger's i-th site, or i + 1 when
+// ids is NULL). The round `round` is then merged empty (merge_empty): the
+// sites come back as joiners of round + 1, with their unsent progress.
+static ent_status adopt_state(coord *c, uint64_t round, const char *from, const char *ledger,
+                              const uint32_t *ids) {
+    if (round + 1 >= c->rounds)
+        return ent_fail(ENT_ERR_USAGE, "%s: the coalition's state after round %llu of "
+                        "coalition.rounds = %llu: no round is left to continue with", from,
+                        (unsigned long long)round, (unsigned long long)c->rounds);
+    coal_ledger_site *led = NULL;
+    int n = 0;
+    uint64_t merged = 0;
+    ENT_CHECK(coal_ledger_parse(from, ledger, &led, &n, &merged));
+    ent_status st = ENT_OK;
+    if (merged != round)
+        st = ent_fail(ENT_ERR_INPUT, "%s: the ledger counts %llu rounds merged, the state %llu",
+                      from, (unsigned long long)merged, (unsigned long long)round);
+    if (st == ENT_OK && n > c->cap)
+        st = ent_fail(ENT_ERR_USAGE, "%s: %d sites have joined the coalition, more than "
+                      "coalition.max_sites = %d", from, n, c->cap);
+    for (int i = 0; st == ENT_OK && i < c->nsites; i++) {
+        coal_vec_free(&c->sites[i].delta[0]);
+        coal_vec_free(&c->sites[i].delta[1]);
+    }
+    if (st == ENT_OK) {
+        memset(c->sites, 0, sizeof *c->sites * (size_t)c->cap);
+        c->tokens_total = 0;
+        for (int i = 0; i < n; i++) {
+            csite *s = &c->sites[i];
+            s->id = ids != NULL ? ids[i] : (uint32_t)i + 1;
+            memcpy(s->name, led[i].name, sizeof s->name);
+            s->led = led[i];
+            s->lost = 1;
+            s->joins = 1;
+            c->tokens_total += led[i].tokens;
+        }
+        c->nsites = n;
+        c->round = c->resume_round = round;
+        c->hist[round] = ent_anchor_hash(c->anchor, c->n);
+        c->resumed = c->started = 1;
+        snprintf(c->resumed_from, sizeof c->resumed_from, "%s", from);
+    }
+    free(led);
+    return st;
+}
+
+// `entente coordinator --resume FILE`: the file must be a coordinator's
+// checkpoint (the anchor, the outer momentum and residual, the round and the
+// ledger under /coalition) of this configuration's model and coalition.
+static ent_status load_checkpoint(coord *c, const char *path) {
+    ent_ckpt_t *ck = NULL;
+    ENT_CHECK(ent_ckpt_open(path, NULL, &ck));
+    ent_ckpt_state *saved = calloc(1, sizeof *saved);
+    ent_param_table table = {0};
+    char *ledger = NULL;
+    int64_t round = 0;
+    ent_status st = saved == NULL ? ent_fail(ENT_ERR_NOMEM, "out of memory") : ENT_OK;
+    if (st == ENT_OK) st = ent_checkpoint_check(ck, saved, &table);
+    ent_param_table_free(&table);
+    if (st == ENT_OK) st = ent_check_same_model(c->cfg, path, &saved->cfg);
+    // what every member hashes into HELLO must be the checkpoint's too
+    const ent_config *mine = c->cfg, *theirs = saved ? &saved->cfg : NULL;
+    if (st == ENT_OK && coal_config_hash(mine) != coal_config_hash(theirs)) {
+        const char *key = mine->coal_rounds != theirs->coal_rounds ? "coalition.rounds"
+                          : strcmp(mine->coal_codec, theirs->coal_codec) != 0 ? "coalition.codec"
+                          : mine->coal_outer_lr != theirs->coal_outer_lr ? "coalition.outer_lr"
+                          : mine->coal_outer_momentum != theirs->coal_outer_momentum
+                              ? "coalition.outer_momentum"
+                          : mine->coal_overlap != theirs->coal_overlap ? "coalition.overlap"
+                                                                       : "coalition.max_staleness";
+        st = ent_fail(ENT_ERR_USAGE, "%s was saved by a coalition with other settings: %s "
+                      "differs (the sites would be refused)", path, key);
+    }
+    if (st == ENT_OK && !ent_ckpt_has_coalition(ck))
+        st = ent_fail(ENT_ERR_INPUT, "%s holds no coalition state (group /coalition): it is not "
+                      "a coordinator's checkpoint", path);
+    if (st == ENT_OK) st = ent_ckpt_coalition_info(ck, &round, &ledger);
+    if (st == ENT_OK && (ledger == NULL || ledger[0] == '\0'))
+        st = ent_fail(ENT_ERR_INPUT, "%s holds no ledger (/coalition/ledger): a site's "
+                      "checkpoint, not a coordinator's", path);
+    float *p = ent_model_arena(c->model, ENT_ARENA_PARAMS);
+    ent_ckpt_coalition co = {.anchor = p, .outer_momentum = c->ck_mom, .residual = c->ck_resid};
+    ent_ckpt_shard sh = {.table = c->table, .tp_size = 1, .params = p,
+                         .write_count = c->table->total, .coalition = &co};
+    if (st == ENT_OK) st = ent_ckpt_read(ck, &sh);
+    ent_ckpt_close(&ck);
+    free(saved);
+    if (st == ENT_OK) {
+        coal_arena_to_global(&c->lay, 0, p, c->anchor);
+        coal_arena_to_global(&c->lay, 0, c->ck_mom, c->momentum);
+        coal_arena_to_global(&c->lay, 0, c->ck_resid, c->resid);
+        st = adopt_state(c, (uint64_t)round, path, ledger, NULL);
+    }
+    free(ledger);
+    if (st == ENT_OK) {
+        c->await = c->nsites < c->cfg->coal_sites ? c->nsites : c->cfg->coal_sites;
+        ent_log_info("coordinator: resumed from %s: %llu rounds merged, %d site(s) known; "
+                     "waiting for them to come back", path, (unsigned long long)round,
+                     c->nsites);
+    }
+    return st;
+}
+
+// Before the first round after a restart or a takeover: the sites it knows
+// come back (`await` of them, within coalition.timeout; at least
+// coalition.quorum by then).
+static ent_status await_rejoins(coord *c) {
+    double t0 = ent_now_seconds(), until = t0 + c->cfg->coal_timeout;
+    while (active_count(c) < c->await && ent_now_seconds() < until) ENT_CHECK(poll_once(c, 200));
+    int n = active_count(c);
+    if (n < c->cfg->coal_quorum || n == 0)
+        return ent_fail(ENT_ERR_IO, "coordinator: %d of the %d site(s) it knows came back within "
+                        "coalition.timeout = %g s (coalition.quorum = %d): stopping", n,
+                        c->nsites, c->cfg->coal_timeout, c->cfg->coal_quorum);
+    char hash[17];
+    coal_hash_hex(c->hist[c->round], hash);
+    ent_log_info("coordinator: %d of %d site(s) back after %.1f s; round %llu is merged empty, "
+                 "the sites carry their progress into round %llu", n, c->nsites,
+                 ent_now_seconds() - t0, (unsigned long long)c->round,
+                 (unsigned long long)c->round + 1);
+    ent_json_field rec[] = {ENT_JSTR("event", "resumed"), ENT_JINT("round", c->round),
+                            ENT_JSTR("from", c->resumed_from), ENT_JINT("sites_in", n),
+                            ENT_JINT("sites_known", c->nsites), ENT_JSTR("anchor_hash", hash),
+                            ENT_JNUM("wait_s", ent_now_seconds() - t0)};
+    return record(c, rec, (int)(sizeof rec / sizeof rec[0]));
+}
+
+// The round a continuing coordinator starts at: the deltas of it died with
+// the coordinator before, so it merges nothing. The update is zero (the
+// anchor and the outer momentum stay as they are), and every site back gets
+// it, with the plan two rounds ahead, as after any merge.
+static ent_status merge_empty(coord *c) {
+    double t0 = ent_now_seconds();
+    memset(c->g, 0, sizeof(float) * c->n);
+    coal_vec up = {0};
+    ENT_CHECK(coal_vec_encode(&up, (uint16_t)c->codec.kind, &c->codec, c->g, NULL, c->n,
+                              c->chunk_bytes));
+    uint64_t h = c->hist[c->round];
+    up.anchor_hash = h;
+    up.tokens = 0;
+    c->hist[c->round + 1] = h;
+    ent_status st = ENT_OK;
+    for (int i = 0; i < c->nsites && st == ENT_OK; i++) {
+        csite *s = &c->sites[i];
+        if (!active(s)) continue;
+        st = coal_vec_send(c->ep, &s->peer, ENT_LINK_UPDATE, s->id, c->round, &up);
+        if (st == ENT_OK && c->round + 2 < c->rounds) st = send_plan(c, s, c->round + 2);
+        st = lost_on_failure(c, s, st);
+    }
+    size_t up_bytes = up.len;
+    coal_vec_free(&up);
+    ENT_CHECK(st);
+    char hash[17];
+    coal_hash_hex(h, hash);
+    ent_json_field rec[] = {ENT_JSTR("event", "round"), ENT_JINT("round", c->round),
+                            ENT_JRAW("sites", "[]"), ENT_JRAW("site_tokens", "[]"),
+                            ENT_JRAW("members", "[]"), ENT_JINT("tokens", 0),
+                            ENT_JINT("tokens_total", c->tokens_total),
+                            ENT_JSTR("anchor_hash", hash), ENT_JNUM("val_loss", NAN),
+                            ENT_JINT("update_bytes", up_bytes),
+                            ENT_JNUM("merge_s", ent_now_seconds() - t0),
+                            ENT_JNUM("elapsed_s", ent_now_seconds() - c->t_start),
+                            ENT_JSTR("empty", "the coordinator continued from this round")};
+    return record(c, rec, (int)(sizeof rec / sizeof rec[0]));
+}
+
+
+// ---------------------------------------------------------------------------
+// the standby (docs/coalition.md, "A standby coordinator")
+//
+// The primary streams its state to the standby after every merge: one
+// vector of 3n + w floats in f32 STATE chunks, the header's round the rounds
+// merged: the anchor, the outer momentum and the residual (n each, global
+// layout), then w words of JSON text (NUL-padded): the roster (each site's
+// name, id and whether it is in) and the ledger. The standby keeps the last
+// whole one. When the primary's connection closes, or it is silent for
+// coalition.takeover_after, the standby takes that state over as a restarted
+// coordinator takes its checkpoint's (adopt_state) and serves the sites on
+// its endpoint, where it had answered every site with NOT_PRIMARY until then.
+
+#define STATE_TEXT_MAX (64u << 20) // the roster and ledger, bytes
+
+// A primary: the state after `merged` rounds to the standby. A standby that
+// cannot take it (gone, or its queue full) is logged once and never holds
+// up the rounds.
+static ent_status stream_state(coord *c, uint64_t merged) {
+    if (c->standby == NULL) return ENT_OK;
+    int *order = calloc((size_t)c->nsites + 1, sizeof *order);
+    char *ledger = order ? ledger_text(c, merged, order) : NULL;
+    cJSON *root = cJSON_CreateObject(), *roster = cJSON_CreateArray();
+    int ok = ledger != NULL && root != NULL && roster != NULL;
+    if (ok) {
+        cJSON_AddNumberToObject(root, "rounds_merged", (double)merged);
+        cJSON_AddItemToObject(root, "roster", roster);
+        roster = NULL;
+        for (int j = 0; j < c->nsites && ok; j++) {
+            const csite *s = &c->sites[order[j]];
+            cJSON *o = cJSON_CreateObject();
+            ok = o != NULL;
+            if (!ok) break;
+            cJSON_AddStringToObject(o, "site", s->name);
+            cJSON_AddNumberToObject(o, "id", s->id);
+            cJSON_AddBoolToObject(o, "in", active(s));
+            cJSON_AddItemToArray(cJSON_GetObjectItem(root, "roster"), o);
+        }
+        cJSON_AddStringToObject(root, "ledger", ledger);
+    }
+    char *text = ok ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    cJSON_Delete(roster);
+    free(ledger);
+    free(order);
+    if (text == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the standby's state");
+    size_t len = strlen(text), words = len / 4 + 1, total = 3 * c->n + words;
+    float *buf = calloc(total, sizeof(float));
+    ent_status st = buf ? ENT_OK : ent_fail(ENT_ERR_NOMEM, "out of memory for the standby's state");
+    coal_vec v = {0};
+    if (st == ENT_OK) {
+        memcpy(buf, c->anchor, sizeof(float) * c->n);
+        memcpy(buf + c->n, c->momentum, sizeof(float) * c->n);
+        memcpy(buf + 2 * c->n, c->resid, sizeof(float) * c->n);
+        memcpy(buf + 3 * c->n, text, len);
+        st = coal_vec_encode(&v, ENT_LINK_CODEC_F32, NULL, buf, NULL, total, c->chunk_bytes);
+    }
+    free(buf);
+    free(text);
+    ENT_CHECK(st);
+    v.anchor_hash = c->hist[merged];
+    v.tokens = c->tokens_total;
+    if (coal_vec_send(c->standby, NULL, ENT_LINK_STATE, 0, merged, &v) != ENT_OK) {
+        if (!c->standby_failing)
+            ent_log_warn("coordinator: the standby at %s does not take the state after round "
+                         "%llu: %s (the rounds go on; it gets the next one when it can)",
+                         ent_link_address(c->standby), (unsigned long long)merged,
+                         ent_last_error());
+        c->standby_failing = 1;
+    } else {
+        if (c->standby_failing)
+            ent_log_info("coordinator: the standby at %s takes the state again (after round "
+                         "%llu)", ent_link_address(c->standby), (unsigned long long)merged);
+        c->standby_failing = 0;
+        c->standby_beat = ent_now_seconds();
+    }
+    coal_vec_free(&v);
+    return ENT_OK;
+}
+
+// A primary, between messages: a heartbeat to the standby every second (so
+// that its silence means something), and the standby's answers: NOT_PRIMARY
+// means it has taken over, and this coordinator stops.
+static ent_status standby_poll(coord *c) {
+    if (c->standby == NULL) return ENT_OK;
+    if (ent_now_seconds() - c->standby_beat >= 1) {
+        ent_link_heartbeat m = {.time_ns = (uint64_t)(ent_now_seconds() * 1e9)};
+        ent_link_buf msg = {0};
+        ent_status st = ent_link_encode_heartbeat(&msg, 0, c->round, &m);
+        if (st == ENT_OK && ent_link_send(c->standby, NULL, msg.data, msg.len) == ENT_OK)
+            c->standby_beat = ent_now_seconds();
+        ent_link_buf_free(&msg);
+        ENT_CHECK(st);
+    }
+    for (int k = 0; k < 64; k++) {
+        ent_link_incoming in;
+        int got = 0;
+        ENT_CHECK(ent_link_recv(c->standby, 0, &in, &got));
+        if (!got) break;
+        ent_link_reason r;
+        if (in.header.type != ENT_LINK_ERROR ||
+            ent_link_decode_error(in.bytes, in.len, in.peer.name, NULL, &r) != ENT_OK)
+            continue;
+        if (r.code == ENT_LINK_ERR_NOT_PRIMARY) {
+            c->superseded = 1;
+            return ent_fail(ENT_ERR_IO, "coordinator: superseded: the standby at %s says: %s. "
+                            "This coordinator stops (split brain is refused); the coalition "
+                            "goes on at the standby", ent_link_address(c->standby), r.text);
+        }
+        ent_log_warn("coordinator: the standby at %s refused the stream (code %u): %s",
+                     ent_link_address(c->standby), r.code, r.text);
+    }
+    return ENT_OK;
+}
+
+// A standby: is this message the primary's? On a CURVE link, its key's
+// name says so (coalition.primary_key); on a plaintext one, a message
+// without a site id (sites have theirs once welcomed) that is no HELLO.
+static int from_primary(const coord *c, const ent_link_incoming *in) {
+    if (!c->cfg->coal_standby_mode) return 0;
+    if (c->lo.curve != NULL) return strcmp(in->peer.user, c->keys.primary.name) == 0;
+    return in->header.site == 0 && in->header.type != ENT_LINK_HELLO;
+}
+
+// A standby: one STATE chunk; a vector whole becomes the state it would take over.
+static void on_state(coord *c, const ent_link_incoming *in) {
+    ent_link_chunk ch;
+    ent_link_header hd;
+    if (ent_link_decode_state(in->bytes, in->len, in->peer.name, &hd, &ch) != ENT_OK) {
+        ent_log_warn("coordinator: standby: dropped a STATE chunk: %s", ent_last_error());
+        return;
+    }
+    if (!c->st_in_started || hd.round != c->st_in_round || ch.index == 0) {
+        uint64_t words = ch.total > 3 * c->n ? ch.total - 3 * c->n : 0;
+        if (ch.codec != ENT_LINK_CODEC_F32 || words == 0 || words > STATE_TEXT_MAX / 4 ||
+            hd.round >= c->rounds ||
+            coal_vec_expect(&c->st_in, ENT_LINK_CODEC_F32, NULL, ch.total, c->chunk_bytes) != ENT_OK) {
+            ent_log_warn("coordinator: standby: dropped the primary's state of round %llu: %llu "
+                         "values in codec %u, expected 3 x %zu and a text", (unsigned long long)hd.round,
+                         (unsigned long long)ch.total, ch.codec, c->n);
+            c->st_in_started = 0;
+            return;
+        }
+        c->st_in_started = 1;
+        c->st_in_round = hd.round;
+    }
+    int done = 0;
+    if (coal_vec_add(&c->st_in, &ch, "the primary's state", &done) != ENT_OK) {
+        ent_log_warn("coordinator: standby: dropped the primary's state of round %llu: %s",
+                     (unsigned long long)hd.round, ent_last_error());
+        c->st_in_started = 0;
+        coal_vec_free(&c->st_in);
+        return;
+    }
+    if (!done) return;
+    coal_vec_free(&c->st_done);
+    c->st_done = c->st_in;
+    memset(&c->st_in, 0, sizeof c->st_in);
+    c->st_in_started = 0;
+    if (!c->st_have)
+        ent_log_info("coordinator: standby: the primary's state is streaming in (after %llu "
+                     "rounds merged)", (unsigned long long)hd.round);
+    c->st_have = 1;
+    c->st_round = hd.round;
+    c->st_done_at = ent_now_seconds();
+}
+
+// A standby takes the last whole state over (the primary is gone: why).
+static ent_status take_over(coord *c, const char *why) {
+    double t0 = ent_now_seconds();
+    const coal_vec *v = &c->st_done;
+    size_t words = v->total - 3 * c->n;
+    float *buf = calloc(v->total, sizeof(float));
+    if (buf == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the primary's state");
+    ent_status st = coal_vec_apply(v, 1.0f, buf);
+    const char *text = (const char *)(buf + 3 * c->n);
+    if (st == ENT_OK && strnlen(text, words * 4) == words * 4)
+        st = ent_fail(ENT_ERR_INPUT, "the primary's state: its text is not terminated");
+    if (st == ENT_OK) {
+        memcpy(c->anchor, buf, sizeof(float) * c->n);
+        memcpy(c->momentum, buf + c->n, sizeof(float) * c->n);
+        memcpy(c->resid, buf + 2 * c->n, sizeof(float) * c->n);
+        if (ent_anchor_hash(c->anchor, c->n) != v->anchor_hash)
+            st = ent_fail(ENT_ERR_INPUT, "the primary's state: the anchor's hash is not the one "
+                          "its chunks name");
+    }
+    cJSON *root = st == ENT_OK ? cJSON_Parse(text) : NULL;
+    if (st == ENT_OK && root == NULL) st = ent_fail(ENT_ERR_INPUT, "the primary's state: not JSON");
+    const cJSON *roster = cJSON_GetObjectItemCaseSensitive(root, "roster");
+    const cJSON *ledger = cJSON_GetObjectItemCaseSensitive(root, "ledger");
+    const cJSON *merged = cJSON_GetObjectItemCaseSensitive(root, "rounds_merged");
+    int n = cJSON_GetArraySize(roster), in = 0;
+    uint32_t *ids = calloc((size_t)n + 1, sizeof *ids);
+    if (st == ENT_OK && (!cJSON_IsArray(roster) || !cJSON_IsString(ledger) ||
+                         !cJSON_IsNumber(merged) || merged->valuedouble != (double)c->st_round ||
+                         ids == NULL))
+        st = ent_fail(ENT_ERR_INPUT, "the primary's state: no roster, ledger or round %llu",
+                      (unsigned long long)c->st_round);
+    for (int i = 0; st == ENT_OK && i < n; i++) {
+        const cJSON *e = cJSON_GetArrayItem(roster, i);
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
+        if (!cJSON_IsNumber(id) || id->valuedouble < 1 || id->valuedouble > 4096)
+            st = ent_fail(ENT_ERR_INPUT, "the primary's state: roster entry %d has no id", i);
+        else ids[i] = (uint32_t)id->valuedouble;
+    }
+    if (st == ENT_OK) st = adopt_state(c, c->st_round, "the primary's state", ledger->valuestring, ids);
+    // the roster lists the ledger's sites in its order: which were in
+    for (int i = 0; st == ENT_OK && i < n; i++) {
+        const cJSON *e = cJSON_GetArrayItem(roster, i);
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(e, "site");
+        if (i >= c->nsites || !cJSON_IsString(name) || strcmp(name->valuestring, c->sites[i].name) != 0)
+            st = ent_fail(ENT_ERR_INPUT, "the primary's state: its roster and ledger differ");
+        else in += cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "in"));
+    }
+    cJSON_Delete(root);
+    free(ids);
+    free(buf);
+    if (st != ENT_OK) return ent_fail(st, "coordinator: standby: cannot take over: %s", ent_last_error());
+    c->taken_over = 1;
+    c->await = in;
+    coal_vec_free(&c->st_done);
+    double silent = t0 - c->primary_heard;
+    ent_log_warn("coordinator: standby: the primary is gone (%s): taking over the coalition at "
+                 "round %llu, from its state after %llu rounds merged (received %.1f s before); "
+                 "waiting for the %d site(s) it had", why, (unsigned long long)c->round,
+                 (unsigned long long)c->round, t0 - c->st_done_at, in);
+    ent_json_field rec[] = {ENT_JSTR("event", "takeover"), ENT_JINT("round", c->round),
+                            ENT_JSTR("reason", why), ENT_JNUM("silent_s", silent),
+                            ENT_JNUM("state_age_s", t0 - c->st_done_at),
+                            ENT_JNUM("takeover_s", ent_now_seconds() - t0),
+                            ENT_JINT("sites_awaited", in),
+                            ENT_JNUM("elapsed_s", ent_now_seconds() - c->t_start)};
+    return record(c, rec, (int)(sizeof rec / sizeof rec[0]));
+}
+
+// A standby until it takes over: the primary's state streams in; a site
+// that tries this endpoint is told that the primary serves (NOT_PRIMARY).
+// *finished: the primary said it finished (LEAVE), nothing to take over.
+static ent_status standby_wait(coord *c, int *finished) {
+    const ent_config *cfg = c->cfg;
+    *finished = 0;
+    double until = ent_now_seconds() + cfg->coal_timeout;
+    ent_json_field start[] = {ENT_JSTR("event", "standby"),
+                              ENT_JSTR("endpoint", ent_link_address(c->ep)),
+                              ENT_JNUM("takeover_after", cfg->coal_takeover_after)};
+    ENT_CHECK(record(c, start, (int)(sizeof start / sizeof start[0])));
+    for (;;) {
+        ent_link_incoming in;
+        int got = 0;
+        ENT_CHECK(ent_link_recv(c->ep, 200, &in, &got));
+        for (int more = 0; got && more < 1000; more++) {
+            if (!from_primary(c, &in)) {
+                (void)send_error(c, &in.peer, 0, ENT_LINK_ERR_NOT_PRIMARY, "this is the "
+                                 "coalition's standby coordinator: the primary serves the "
+                                 "sites until it is gone");
+            } else {
+                c->primary = in.peer;
+                c->primary_known = 1;
+                c->primary_heard = ent_now_seconds();
+                if (in.header.type == ENT_LINK_STATE) {
+                    on_state(c, &in);
+                } else if (in.header.type == ENT_LINK_LEAVE) {
+                    ent_link_reason r;
+                    ENT_CHECK(ent_link_decode_leave(in.bytes, in.len, in.peer.name, NULL, &r));
+                    if (r.code != ENT_LINK_LEAVE_FINISHED)
+                        return ent_fail(ENT_ERR_IO, "coordinator: standby: the primary stopped "
+                                        "(%s): the standby stops with it", r.text);
+                    ent_log_info("coordinator: standby: the primary finished the coalition's "
+                                 "rounds: nothing to take over");
+                    *finished = 1;
+                    return ENT_OK;
+                }
+            }
+            ENT_CHECK(ent_link_recv(c->ep, 0, &in, &got));
+        }
+        char why[160] = "";
+        int fds[16];
+        for (int n = ent_link_take_disconnects(c->ep, fds, 16), j = 0; j < n; j++)
+            if (c->primary_known && fds[j] == c->primary.fd && fds[j] >= 0)
+                snprintf(why, sizeof why, "its connection closed");
+        double now = ent_now_seconds();
+        if (!why[0] && c->primary_known && now - c->primary_heard > cfg->coal_takeover_after)
+            snprintf(why, sizeof why, "silent for %.1f s (coalition.takeover_after)",
+                     now - c->primary_heard);
+        if (why[0] && c->st_have) return take_over(c, why);
+        if (why[0]) {
+            ent_log_warn("coordinator: standby: the primary is gone (%s) before any state of it "
+                         "came in: nothing to take over yet", why);
+            c->primary_known = 0;
+        }
+        if (!c->primary_known && !c->st_have && now > until)
+            return ent_fail(ENT_ERR_IO, "coordinator: standby: no word from the primary within "
+                            "coalition.timeout = %g s (is it started with coalition.standby = "
+                            "%s, and its key coalition.primary_key?)", cfg->coal_timeout,
+                            ent_link_address(c->ep));
+    }
+}
+
+// ---------------------------------------------------------------------------
 // set-up
 
-static ent_status open_run_dir(coord *c, int force) {
+static ent_status open_run_dir(coord *c) {
     char path[ENT_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->run_dir);
     struct stat sb;
-    if (!force && stat(path, &sb) == 0)
-        return ent_fail(ENT_ERR_USAGE, "%s holds another run (its metrics.jsonl): give another "
-                        "--run-dir, or --force to start over in it", c->run_dir);
+    if (!c->opts->force && !c->opts->continues && stat(path, &sb) == 0)
+        return ent_fail(ENT_ERR_USAGE, "%s holds another run (its metrics.jsonl): continue it "
+                        "with --resume auto, give another --run-dir, or --force to start over "
+                        "in it", c->run_dir);
     ENT_CHECK(ent_mkdirs(c->run_dir));
     snprintf(path, sizeof path, "%s/config.ini", c->run_dir);
     char *text = ent_config_text(c->cfg, NULL);
@@ -921,12 +1447,13 @@ static ent_status open_run_dir(coord *c, int force) {
     free(text);
     ENT_CHECK(st);
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->run_dir);
-    c->metrics = fopen(path, "w");
+    // a coordinator that continues appends to its log
+    c->metrics = fopen(path, c->opts->continues ? "a" : "w");
     if (c->metrics == NULL) return ent_fail(ENT_ERR_IO, "cannot create %s", path);
     return ENT_OK;
 }
 
-static ent_status coord_setup(coord *c, int force) {
+static ent_status coord_setup(coord *c) {
     const ent_config *cfg = c->cfg;
     ENT_CHECK(ent_codec_parse(cfg->coal_codec, &c->codec));
     c->outer = (ent_outer_opt){.lr = (float)cfg->coal_outer_lr,
@@ -937,7 +1464,6 @@ static ent_status coord_setup(coord *c, int force) {
     c->sites = calloc((size_t)c->cap, sizeof *c->sites);
     c->hist = calloc(c->rounds + 1, sizeof *c->hist);
     if (c->sites == NULL || c->hist == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
-    ENT_CHECK(open_run_dir(c, force));
     // the anchor: the model a run of this configuration starts from
     c->micro = cfg->micro_batch > 0 ? cfg->micro_batch : cfg->batch_size;
     ent_model_shape shape = ent_model_shape_from_config(cfg);
@@ -972,13 +1498,17 @@ static ent_status coord_setup(coord *c, int force) {
     // checkpoints of the anchor
     ENT_CHECK(ent_grid_new_self(&c->grid));
     ent_checkpoint_dir(cfg, c->run_dir, c->ckpt_dir, sizeof c->ckpt_dir);
-    ent_ckpt_saver_opts so = {.dir = c->ckpt_dir, .keep = 0, .async = 0};
+    ent_ckpt_saver_opts so = {.dir = c->ckpt_dir, .keep = 0, .async = 0,
+                              .adopt = c->opts->resume != NULL};
     ENT_CHECK(ent_ckpt_saver_new(c->grid->world, &so, &c->saver));
     float *p = ent_model_arena(c->model, ENT_ARENA_PARAMS);
     ent_ckpt_coalition co = {.anchor = p, .outer_momentum = c->ck_mom, .residual = c->ck_resid};
     ent_ckpt_shard sh = {.table = c->table, .tp_size = 1, .params = p,
                          .write_count = c->table->total, .coalition = &co};
     ENT_CHECK(ent_ckpt_saver_check(c->saver, &sh));
+    if (c->opts->resume != NULL) ENT_CHECK(load_checkpoint(c, c->opts->resume));
+    // the run directory's files change only once the checkpoint is taken
+    ENT_CHECK(open_run_dir(c));
     // the link
     const char *bind = cfg->coal_bind[0] ? cfg->coal_bind : cfg->coal_coordinator;
     if (bind[0] == '\0')
@@ -988,6 +1518,16 @@ static ent_status coord_setup(coord *c, int force) {
     c->lo = ent_link_opts_default();
     ENT_CHECK(coal_keys_load(cfg, 1, &c->keys, &c->lo));
     ENT_CHECK(ent_link_router_bind(bind, &c->lo, &c->ep));
+    if (cfg->coal_standby[0] != '\0' && !cfg->coal_standby_mode) {
+        // the state stream: never waits (a standby that is not there costs nothing)
+        ent_link_opts so = ent_link_opts_default();
+        so.send_timeout_ms = 0;
+        if (c->lo.curve != NULL) {
+            so.curve = c->lo.curve;
+            so.server_key = c->keys.standby.public_key;
+        }
+        ENT_CHECK(ent_link_dealer_connect(cfg->coal_standby, &so, &c->standby));
+    }
     char path[ENT_PATH_MAX + 32], line[300];
     snprintf(path, sizeof path, "%s/endpoint", c->run_dir);
     int len = snprintf(line, sizeof line, "%s\n", ent_link_address(c->ep));
@@ -996,6 +1536,9 @@ static ent_status coord_setup(coord *c, int force) {
 }
 
 static void coord_free(coord *c) {
+    ent_link_close(&c->standby);
+    coal_vec_free(&c->st_in);
+    coal_vec_free(&c->st_done);
     if (c->saver) ent_ckpt_saver_free(&c->saver);
     if (c->grid) ent_grid_free(&c->grid);
     ent_link_close(&c->ep);
@@ -1021,14 +1564,66 @@ static void coord_free(coord *c) {
     if (c->metrics) fclose(c->metrics);
 }
 
+static ent_status start_rounds(coord *c);
+static ent_status await_rejoins(coord *c);
+static ent_status finish(coord *c);
+
 static ent_status run(coord *c) {
     const ent_config *cfg = c->cfg;
+    if (cfg->coal_standby_mode)
+        ent_log_info("coordinator: standby on %s: takes the primary's state%s%s and the "
+                     "coalition if the primary is gone (its connection closed, or silent for "
+                     "coalition.takeover_after = %g s)", ent_link_address(c->ep),
+                     c->lo.curve ? " (key " : "", c->lo.curve ? c->keys.primary.name : "",
+                     cfg->coal_takeover_after);
+    else if (c->standby != NULL)
+        ent_log_info("coordinator: streams its state to the standby at %s after every merge",
+                     ent_link_address(c->standby));
     ent_log_info("coordinator: listening on %s for %d site(s); %llu rounds of %d inner steps%s, "
                  "codec %s, outer lr %g, momentum %g; %zu parameters", ent_link_address(c->ep),
                  cfg->coal_sites, (unsigned long long)c->rounds, cfg->coal_inner_steps,
                  cfg->coal_round_seconds > 0 ? " at most (planned from each site's speed)" : "",
                  cfg->coal_codec, cfg->coal_outer_lr, cfg->coal_outer_momentum, c->n);
     c->t_start = ent_now_seconds();
+    if (cfg->coal_standby_mode) {
+        int finished = 0;
+        ENT_CHECK(standby_wait(c, &finished));
+        if (finished) return ENT_OK;
+    }
+    if (c->resumed) ENT_CHECK(await_rejoins(c));
+    else ENT_CHECK(start_rounds(c));
+    if (!c->resumed) ENT_CHECK(stream_state(c, 0));
+    for (; c->round < c->rounds; c->round++) {
+        while (!round_complete(c)) {
+            ENT_CHECK(poll_once(c, 200));
+            // round 1's plan: a site that has shown no speed yet by its delta gets the cap
+            for (int i = 0; c->round == 0 && c->rounds > 1 && i < c->nsites; i++) {
+                csite *s = &c->sites[i];
+                if (!plan_sent(s, 1) && s->delta_used[0] &&
+                    s->delta[0].received == s->delta[0].count)
+                    ENT_CHECK(send_plan(c, s, 1));
+            }
+        }
+        ENT_CHECK(merge_round(c));
+        ENT_CHECK(stream_state(c, c->round + 1));
+        heard_all(c);
+        if (cfg->ckpt_every > 0 && (c->round + 1) % (uint64_t)cfg->ckpt_every == 0 &&
+            c->round + 1 < c->rounds) {
+            uint64_t r = c->round;
+            c->round = r + 1; // the rounds merged
+            ent_status st = save(c);
+            c->round = r;
+            ENT_CHECK(st);
+            heard_all(c);
+        }
+    }
+    return finish(c);
+}
+
+// Round 0: coalition.sites sites join within coalition.timeout; the start
+// anchor is evaluated and recorded, and rounds 0 and 1 planned.
+static ent_status start_rounds(coord *c) {
+    const ent_config *cfg = c->cfg;
     double until = ent_now_seconds() + cfg->coal_timeout;
     while (active_count(c) < cfg->coal_sites) {
         if (ent_now_seconds() > until)
@@ -1056,31 +1651,26 @@ static ent_status run(coord *c) {
         if (st == ENT_OK && c->rounds > 1 && cfg->coal_round_seconds <= 0) st = send_plan(c, s, 1);
         ENT_CHECK(lost_on_failure(c, s, st));
     }
-    for (c->round = 0; c->round < c->rounds; c->round++) {
-        while (!round_complete(c)) {
-            ENT_CHECK(poll_once(c, 200));
-            // round 1's plan: a site that has shown no speed yet by its delta gets the cap
-            for (int i = 0; c->round == 0 && c->rounds > 1 && i < c->nsites; i++) {
-                csite *s = &c->sites[i];
-                if (!plan_sent(s, 1) && s->delta_used[0] &&
-                    s->delta[0].received == s->delta[0].count)
-                    ENT_CHECK(send_plan(c, s, 1));
-            }
-        }
-        ENT_CHECK(merge_round(c));
-        heard_all(c);
-        if (cfg->ckpt_every > 0 && (c->round + 1) % (uint64_t)cfg->ckpt_every == 0 &&
-            c->round + 1 < c->rounds) {
-            uint64_t r = c->round;
-            c->round = r + 1; // the rounds merged
-            ent_status st = save(c);
-            c->round = r;
-            ENT_CHECK(st);
-            heard_all(c);
-        }
+    c->round = 0;
+    return ENT_OK;
+}
+
+// The last round is merged: every site says it is done, the anchor is saved.
+static ent_status finish(coord *c) {
+    const ent_config *cfg = c->cfg;
+    if (c->standby != NULL) {
+        // the standby stops: there is nothing left to take over
+        ent_link_reason r = {.code = ENT_LINK_LEAVE_FINISHED};
+        snprintf(r.text, sizeof r.text, "the coalition's %llu rounds are merged",
+                 (unsigned long long)c->rounds);
+        ent_link_buf msg = {0};
+        if (ent_link_encode_leave(&msg, 0, c->rounds, &r) == ENT_OK)
+            (void)ent_link_send(c->standby, NULL, msg.data, msg.len);
+        ent_link_buf_free(&msg);
     }
+    char hash[17];
     // every site says it is done once it has the last update
-    until = ent_now_seconds() + cfg->coal_timeout;
+    double until = ent_now_seconds() + cfg->coal_timeout;
     for (;;) {
         int waiting = active_count(c);
         if (waiting == 0) break;
@@ -1104,18 +1694,29 @@ static ent_status run(coord *c) {
     return ENT_OK;
 }
 
-ent_status ent_coordinator_run(const ent_config *cfg, const char *run_dir, int force) {
-    coord c = {.cfg = cfg, .run_dir = run_dir};
-    ent_status st = coord_setup(&c, force);
+ent_status ent_coordinator_run(const ent_config *cfg, const ent_train_opts *opts) {
+    coord c = {.cfg = cfg, .opts = opts, .run_dir = opts->run_dir};
+    ent_status st = coord_setup(&c);
     if (st == ENT_OK) st = run(&c);
     if (st != ENT_OK && c.ep != NULL) {
         // tell every site why, so none waits for its timeout
         char why[ENT_LINK_TEXT_MAX + 1];
         snprintf(why, sizeof why, "%s", ent_last_error());
+        // superseded by the standby: the sites go there (NOT_PRIMARY); any
+        // other failure ends them, and the standby with them (LEAVE)
         for (int i = 0; i < c.nsites; i++)
             if (active(&c.sites[i]))
-                (void)send_error(&c, &c.sites[i].peer, c.sites[i].id, ENT_LINK_ERR_INTERNAL,
+                (void)send_error(&c, &c.sites[i].peer, c.sites[i].id,
+                                 c.superseded ? ENT_LINK_ERR_NOT_PRIMARY : ENT_LINK_ERR_INTERNAL,
                                  "the coordinator stopped: %s", why);
+        if (c.standby != NULL && !c.superseded) {
+            ent_link_reason r = {.code = ENT_LINK_LEAVE_FAILED};
+            snprintf(r.text, sizeof r.text, "%.900s", why);
+            ent_link_buf msg = {0};
+            if (ent_link_encode_leave(&msg, 0, c.round, &r) == ENT_OK)
+                (void)ent_link_send(c.standby, NULL, msg.data, msg.len);
+            ent_link_buf_free(&msg);
+        }
         // A site reads the ERROR only when it next waits for a message, and a
         // DEALER drops what it has not read once the connection closes: stay
         // until each site has answered (its LEAVE) or gone, for up to 10 s.

@@ -194,6 +194,64 @@ static void print_table(const cJSON *root, const cJSON *sites, FILE *out) {
     }
 }
 
+// A ledger's text (from a checkpoint, or a primary's state stream) back into
+// entries, after check_ledger: a coordinator that resumes carries it on.
+ent_status coal_ledger_parse(const char *path, const char *text, coal_ledger_site **out, int *n,
+                             uint64_t *rounds_merged) {
+    *out = NULL;
+    *n = 0;
+    if (text == NULL || text[0] == '\0')
+        return ent_fail(ENT_ERR_INPUT, "%s holds no ledger (dataset /coalition/ledger): only a "
+                        "coalition coordinator's checkpoint has one", path);
+    cJSON *root = cJSON_ParseWithOpts(text, NULL, 1);
+    if (root == NULL) return bad(path, "not JSON");
+    const cJSON *sites = NULL, *s;
+    ent_status st = check_ledger(path, root, &sites);
+    int count = st == ENT_OK ? cJSON_GetArraySize(sites) : 0;
+    coal_ledger_site *led = st == ENT_OK ? calloc((size_t)count + 1, sizeof *led) : NULL;
+    if (st == ENT_OK && led == NULL) st = ent_fail(ENT_ERR_NOMEM, "out of memory for the ledger");
+    int i = 0;
+    if (st != ENT_OK) sites = NULL;
+    double v = st == ENT_OK ? num(root, "version") : 0;
+    cJSON_ArrayForEach(s, sites) {
+        coal_ledger_site *e = &led[i++];
+        const char *name = cJSON_GetObjectItemCaseSensitive(s, "site")->valuestring;
+        if (!ent_link_name_ok(name)) {
+            st = bad(path, "a site name that is not a valid name");
+            break;
+        }
+        snprintf(e->name, sizeof e->name, "%s", name);
+        e->tokens = (uint64_t)num(s, "tokens");
+        e->inner_steps = (uint64_t)num(s, "inner_steps");
+        e->compute_s = num(s, "compute_s");
+        e->rounds_joined = (uint64_t)num(s, "rounds_joined");
+        e->accepted = (uint64_t)num(s, "accepted");
+        const cJSON *rej = cJSON_GetObjectItemCaseSensitive(s, "rejected");
+        for (int k = 0; k < kinds_of(v); k++) e->rejected[k] = (uint64_t)num(rej, coal_reject_names[k]);
+        if (v >= 2) { // version 1 had no scores: none counted before
+            e->scored = (uint64_t)num(s, "scored");
+            e->loss_gain = num(s, "loss_gain");
+        }
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(s, "first_seen");
+        const cJSON *l = cJSON_GetObjectItemCaseSensitive(s, "last_seen");
+        snprintf(e->first_time, sizeof e->first_time, "%s",
+                 cJSON_GetObjectItemCaseSensitive(f, "time")->valuestring);
+        snprintf(e->last_time, sizeof e->last_time, "%s",
+                 cJSON_GetObjectItemCaseSensitive(l, "time")->valuestring);
+        e->first_round = (uint64_t)num(f, "round");
+        e->last_round = (uint64_t)num(l, "round");
+    }
+    if (st == ENT_OK) *rounds_merged = (uint64_t)num(root, "rounds_merged");
+    cJSON_Delete(root);
+    if (st != ENT_OK) {
+        free(led);
+        return st;
+    }
+    *out = led;
+    *n = count;
+    return ENT_OK;
+}
+
 ent_status ent_ledger_print(const char *path, const char *text, int json, FILE *out) {
     if (text == NULL || text[0] == '\0')
         return ent_fail(ENT_ERR_INPUT, "%s holds no ledger (dataset /coalition/ledger): only a "

@@ -36,6 +36,33 @@ ent_status coal_keys_load(const ent_config *cfg, int coordinator, coal_keys *k,
             return missing(cfg, "allow", "Set it to a directory of the sites' public keys "
                            "(their NAME.pub files).");
         ENT_CHECK(ent_link_allowlist_load(cfg->coal_allow, &k->allow, &k->nallow));
+        if (cfg->coal_standby_mode) {
+            // the primary's stream comes in on the same endpoint, under its key
+            if (cfg->coal_primary_key[0] == '\0')
+                return missing(cfg, "primary_key", "A standby takes the state only from the "
+                               "primary: set it to the primary's public key (its NAME.pub).");
+            ENT_CHECK(ent_link_key_read(cfg->coal_primary_key, 0, &k->primary));
+            int known = 0;
+            for (int i = 0; i < k->nallow; i++) {
+                if (strcmp(k->allow[i].public_key, k->primary.public_key) == 0) known = 1;
+                else if (strcmp(k->allow[i].name, k->primary.name) == 0)
+                    return ent_fail(ENT_ERR_USAGE, "%s: the primary's key is named '%s', as a "
+                                    "site's key in %s: give it another name", cfg->coal_primary_key,
+                                    k->primary.name, cfg->coal_allow);
+            }
+            if (!known) {
+                ent_link_keypair *more = realloc(k->allow, sizeof *more * (size_t)(k->nallow + 1));
+                if (more == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
+                k->allow = more;
+                k->allow[k->nallow++] = k->primary;
+            }
+        }
+        if (cfg->coal_standby[0] != '\0' && !cfg->coal_standby_mode) {
+            if (cfg->coal_standby_key[0] == '\0')
+                return missing(cfg, "standby_key", "The primary streams its state to the standby "
+                               "over CurveZMQ: set it to the standby's public key (its NAME.pub).");
+            ENT_CHECK(ent_link_key_read(cfg->coal_standby_key, 0, &k->standby));
+        }
         lo->allow = k->allow;
         lo->nallow = k->nallow;
         ent_log_info("coordinator: CURVE on, %d site key(s) admitted from %s", k->nallow,
@@ -48,8 +75,17 @@ ent_status coal_keys_load(const ent_config *cfg, int coordinator, coal_keys *k,
         if (cfg->coal_coordinator_key[0] == '\0')
             return missing(cfg, "coordinator_key", "Set it to the coordinator's public key "
                            "(its NAME.pub, from the coordinator's operator).");
-        ENT_CHECK(ent_link_key_read(cfg->coal_coordinator_key, 0, &k->server));
-        lo->server_key = k->server.public_key;
+        char files[ENT_COAL_ENDPOINTS_MAX][256], eps[ENT_COAL_ENDPOINTS_MAX][256];
+        int n = ent_coal_split_list(cfg->coal_coordinator_key, files);
+        int nep = ent_coal_split_list(cfg->coal_coordinator, eps);
+        if (n < 1 || (n > 1 && n != nep))
+            return ent_fail(ENT_ERR_USAGE, "coalition.coordinator_key = '%s': give one public "
+                            "key file for every coordinator endpoint, or one per endpoint in "
+                            "coalition.coordinator's order (%d endpoint(s))",
+                            cfg->coal_coordinator_key, nep);
+        for (int i = 0; i < n; i++) ENT_CHECK(ent_link_key_read(files[i], 0, &k->server[i]));
+        k->nserver = n;
+        lo->server_key = k->server[0].public_key;
     }
     lo->curve = &k->self;
     return ENT_OK;

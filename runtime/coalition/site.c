@@ -42,9 +42,14 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define PLAN_SLOTS 4
 #define BACKOFF_MAX_S 30.0 // the longest wait between two tries to reconnect
+// With several coordinator endpoints (a primary and its standby), a try at
+// one that takes no connection (TCP and the CurveZMQ handshake: a few round
+// trips) in this long moves on to the next: the dead one is skipped fast.
+#define NO_CONNECTION_MS 2000
 
 // The leader's link, as the site goes from member to cut off and back.
 typedef enum {
@@ -81,7 +86,9 @@ typedef struct {
     ent_link_endpoint_t *ep;
     ent_link_opts lo; // its options, pointing into keys
     coal_keys keys;
-    char endpoint[256];
+    char endpoint[256];   // the coordinator endpoint in use (eps[cur])
+    char eps[ENT_COAL_ENDPOINTS_MAX][256]; // coalition.coordinator: a primary, its standby, ...
+    int nep, cur;
     link_state state;
     char cut_why[600];     // why the link is found broken ("" while it works)
     uint16_t cut_code;     // the ERROR code that broke it (0: none)
@@ -126,8 +133,16 @@ static void link_broken(site *s, uint16_t code, const char *fmt, ...) {
     s->cut_code = code;
 }
 
-// A send; one that fails breaks the link instead of the run.
+static void coordinator_closed(site *s);
+
+// A send; one that fails breaks the link instead of the run. A connection
+// seen closed is not sent on (the send would wait for its timeout).
 static void send_or_break(site *s, ent_link_buf *msg, ent_status st, const char *what) {
+    if (s->ep != NULL) coordinator_closed(s);
+    if (s->cut_why[0] != '\0') {
+        ent_link_buf_free(msg);
+        return;
+    }
     if (st == ENT_OK && s->ep != NULL) st = ent_link_send(s->ep, NULL, msg->data, msg->len);
     ent_link_buf_free(msg);
     if (st != ENT_OK) link_broken(s, 0, "sending %s: %s", what, ent_last_error());
@@ -135,9 +150,10 @@ static void send_or_break(site *s, ent_link_buf *msg, ent_status st, const char 
 
 // Handles one message: plans and update chunks are kept, heartbeats are
 // signs of life; an ERROR saying the coordinator no longer counts this site
-// (4 unknown site, 5 stale round) or already has a connection under its name
-// (6) breaks the link, any other ERROR ends the site; anything else is
-// dropped with a warning.
+// (4 unknown site, 5 stale round), already has a connection under its name
+// (6) or does not serve the coalition (9: a standby, or a primary its
+// standby superseded) breaks the link, any other ERROR ends the site;
+// anything else is dropped with a warning.
 static ent_status handle(site *s, const ent_link_incoming *in) {
     const char *peer = in->peer.name;
     s->last_heard = ent_now_seconds();
@@ -167,7 +183,7 @@ static ent_status handle(site *s, const ent_link_incoming *in) {
         ent_link_reason r;
         ENT_CHECK(ent_link_decode_error(in->bytes, in->len, peer, NULL, &r));
         if (r.code == ENT_LINK_ERR_UNKNOWN_SITE || r.code == ENT_LINK_ERR_STALE_ROUND ||
-            r.code == ENT_LINK_ERR_DUPLICATE_SITE) {
+            r.code == ENT_LINK_ERR_DUPLICATE_SITE || r.code == ENT_LINK_ERR_NOT_PRIMARY) {
             link_broken(s, r.code, "the coordinator answered code %u: %s", r.code, r.text);
             return ENT_OK;
         }
@@ -179,6 +195,16 @@ static ent_status handle(site *s, const ent_link_incoming *in) {
                      ent_link_type_name(in->header.type), peer);
         return ENT_OK;
     }
+}
+
+// A member's connection closed: the coordinator's process ended (a kill, a
+// crash, or it stopped). A coordinator started again on the endpoint would
+// not know this site: it is cut off at once, and comes back with HELLO.
+static void coordinator_closed(site *s) {
+    int fds[4];
+    if (s->ep != NULL && ent_link_take_disconnects(s->ep, fds, 4) > 0)
+        link_broken(s, 0, "the coordinator's connection closed (its process ended, or its "
+                    "host dropped the link)");
 }
 
 typedef int (*wait_done_fn)(const site *s, uint64_t arg);
@@ -221,6 +247,7 @@ static ent_status wait_for(site *s, wait_done_fn done, uint64_t arg, const char 
         int got = 0;
         ENT_CHECK(ent_link_recv(s->ep, 200, &in, &got));
         if (got) ENT_CHECK(handle(s, &in));
+        else coordinator_closed(s);
     }
     return ENT_OK;
 }
@@ -268,6 +295,22 @@ static ent_status send_hello(site *s) {
     return st;
 }
 
+// A new connection to the coordinator endpoint in use (eps[cur]), with its
+// key; send_timeout_ms: how long a send may wait for the connection.
+static ent_status connect_current(site *s, int send_timeout_ms) {
+    snprintf(s->endpoint, sizeof s->endpoint, "%s", s->eps[s->cur]);
+    ent_link_opts lo = s->lo;
+    lo.send_timeout_ms = send_timeout_ms;
+    if (lo.curve != NULL && s->keys.nserver > 1) lo.server_key = s->keys.server[s->cur].public_key;
+    return ent_link_dealer_connect(s->endpoint, &lo, &s->ep);
+}
+
+// The next coordinator endpoint (a site that lists a primary and its standby).
+static void next_endpoint(site *s) {
+    if (s->nep > 1) s->cur = (s->cur + 1) % s->nep;
+    snprintf(s->endpoint, sizeof s->endpoint, "%s", s->eps[s->cur]);
+}
+
 // A WELCOME: this site's id and first round; the anchor's chunks follow.
 static ent_status on_welcome(site *s, const ent_link_incoming *in) {
     ent_link_header hd;
@@ -276,6 +319,11 @@ static ent_status on_welcome(site *s, const ent_link_incoming *in) {
         return ent_fail(ENT_ERR_USAGE, "the coordinator uses codec %u, this site %s",
                         s->welcome.codec, s->cfg->coal_codec);
     s->last_heard = ent_now_seconds();
+    // closes before the welcome (a refused handshake, a coordinator that
+    // was not up yet) are not this membership's
+    int fds[4];
+    while (ent_link_take_disconnects(s->ep, fds, 4) > 0) {
+    }
     s->site_id = hd.site;
     s->first_round = hd.round;
     s->chunk_bytes = s->welcome.chunk_bytes;
@@ -298,27 +346,69 @@ static ent_status anchor_in(site *s) {
 // The first join: HELLO, then WELCOME (or ERROR), then the anchor in f32
 // chunks, each waited for up to coalition.timeout. A site that cannot join
 // at its start has nothing to train from and fails, naming why.
+static ent_status join_at(site *s, double until, int send_timeout_ms);
+
 static ent_status join(site *s) {
     const ent_config *cfg = s->cfg;
     ent_link_opts *lo = &s->lo;
     if (cfg->coal_timeout * 1e3 < lo->send_timeout_ms)
         lo->send_timeout_ms = (int)(cfg->coal_timeout * 1e3);
-    ENT_CHECK(ent_link_dealer_connect(cfg->coal_coordinator, lo, &s->ep));
-    ENT_CHECK(send_hello(s));
     double until = ent_now_seconds() + cfg->coal_timeout;
+    for (;;) {
+        // with several endpoints, each try lasts at most coalition.lost_after
+        double end = until, now = ent_now_seconds();
+        if (s->nep > 1 && now + cfg->coal_lost_after < end) end = now + cfg->coal_lost_after;
+        ent_status st = join_at(s, end, s->nep > 1 && s->lo.send_timeout_ms > NO_CONNECTION_MS
+                                            ? NO_CONNECTION_MS : s->lo.send_timeout_ms);
+        if (st == ENT_OK) return ENT_OK;
+        // a standby that does not serve, or no answer: the next endpoint;
+        // any other refusal (another model, a duplicate name, too late) ends it
+        int retry = s->nep > 1 && (s->cut_code == ENT_LINK_ERR_NOT_PRIMARY ||
+                                   (s->cut_code == 0 && st == ENT_ERR_IO));
+        if (!retry) return st;
+        // refused as not serving (a standby), or no answer: the next endpoint
+        ent_log_info("site %s: no way in at %s (%s): trying %s", cfg->coal_site, s->endpoint,
+                     s->cut_why[0] ? s->cut_why : ent_last_error(),
+                     s->eps[(s->cur + 1) % s->nep]);
+        ent_link_close(&s->ep);
+        s->cut_why[0] = '\0';
+        s->cut_code = 0;
+        s->state = LINK_OFFLINE;
+        coal_vec_free(&s->update);
+        s->update_started = 0;
+        next_endpoint(s);
+        if (ent_now_seconds() >= until)
+            return ent_fail(ENT_ERR_IO, "no coordinator of %s welcomed this site within "
+                            "coalition.timeout = %g s", cfg->coal_coordinator, cfg->coal_timeout);
+        struct timespec pause = {0, 200000000}; // not a busy loop between two refusals
+        nanosleep(&pause, NULL);
+    }
+}
+
+// One try at the endpoint in use, until `until`.
+static ent_status join_at(site *s, double until, int send_timeout_ms) {
+    const ent_config *cfg = s->cfg;
+    ENT_CHECK(connect_current(s, send_timeout_ms));
+    ENT_CHECK(send_hello(s));
     while (s->state != LINK_ANCHOR) {
         double left = until - ent_now_seconds();
         if (left <= 0)
-            return ent_fail(ENT_ERR_IO, "no WELCOME within coalition.timeout = %g s (is the "
-                            "coordinator running, and coalition.coordinator its endpoint?)",
-                            cfg->coal_timeout);
+            return ent_fail(ENT_ERR_IO, "no WELCOME within %s = %g s (is the coordinator "
+                            "running, and coalition.coordinator its endpoint?)",
+                            s->nep > 1 ? "coalition.lost_after" : "coalition.timeout",
+                            s->nep > 1 ? cfg->coal_lost_after : cfg->coal_timeout);
         ent_link_incoming in;
         int got = 0;
         ENT_CHECK(ent_link_recv(s->ep, left > 1 ? 1000 : 1 + (int)(left * 1000), &in, &got));
         if (!got) continue;
-        if (in.header.type == ENT_LINK_WELCOME) ENT_CHECK(on_welcome(s, &in));
-        else ENT_CHECK(handle(s, &in));
-        if (s->cut_why[0] != '\0') // refused as a duplicate, or too late
+        if (in.header.type == ENT_LINK_WELCOME) {
+            ENT_CHECK(on_welcome(s, &in));
+            // in: sends may wait as long as ever (the short wait was for the connection)
+            ENT_CHECK(ent_link_set_send_timeout(s->ep, s->lo.send_timeout_ms));
+        } else {
+            ENT_CHECK(handle(s, &in));
+        }
+        if (s->cut_why[0] != '\0') // refused as a duplicate, too late, or not serving
             return ent_fail(ENT_ERR_INPUT, "%s", s->cut_why);
     }
     ENT_CHECK(wait_for(s, have_update, 0, "anchor"));
@@ -336,7 +426,10 @@ static void go_offline(site *s, uint64_t round) {
                  (unsigned long long)round, s->cut_why);
     ent_link_close(&s->ep);
     int at_once = s->cut_code == ENT_LINK_ERR_UNKNOWN_SITE ||
-                  s->cut_code == ENT_LINK_ERR_STALE_ROUND;
+                  s->cut_code == ENT_LINK_ERR_STALE_ROUND ||
+                  s->cut_code == ENT_LINK_ERR_NOT_PRIMARY;
+    // the coordinator in use is gone (or superseded): the next endpoint first
+    next_endpoint(s);
     s->state = LINK_OFFLINE;
     s->backoff = 1;
     s->next_try = ent_now_seconds() + (at_once ? 0 : s->backoff);
@@ -362,6 +455,7 @@ static void try_failed(site *s) {
         s->state = LINK_OFFLINE;
         s->next_try = ent_now_seconds() + s->backoff;
         s->backoff = s->backoff * 2 < BACKOFF_MAX_S ? s->backoff * 2 : BACKOFF_MAX_S;
+        next_endpoint(s); // the next try goes to the next coordinator endpoint
     }
     s->cut_why[0] = '\0';
     s->cut_code = 0;
@@ -375,9 +469,8 @@ static ent_status rejoin_poll(site *s) {
     double now = ent_now_seconds();
     if (s->state == LINK_OFFLINE) {
         if (now < s->next_try) return ENT_OK;
-        ent_link_opts lo = s->lo;
-        lo.send_timeout_ms = 0; // a HELLO never holds up training
-        if (ent_link_dealer_connect(s->cfg->coal_coordinator, &lo, &s->ep) != ENT_OK) {
+        // a HELLO never holds up training
+        if (connect_current(s, 0) != ENT_OK) {
             link_broken(s, 0, "%s", ent_last_error());
             try_failed(s);
             return ENT_OK;
@@ -403,11 +496,13 @@ static ent_status rejoin_poll(site *s) {
         // stop at the anchor's last chunk: update chunks of another round follow it
         if (s->state == LINK_ANCHOR && have_update(s, 0)) ENT_CHECK(anchor_in(s));
     }
+    // with several endpoints, one that takes no connection is left soon
+    double limit = s->cfg->coal_lost_after;
+    if (s->nep > 1 && !s->hello_sent && limit > NO_CONNECTION_MS / 1e3) limit = NO_CONNECTION_MS / 1e3;
     if (s->cut_why[0] == '\0' && (s->state == LINK_HELLO || s->state == LINK_ANCHOR) &&
-        now - s->last_heard > s->cfg->coal_lost_after)
-        link_broken(s, 0, "%s within coalition.lost_after = %g s",
-                    s->hello_sent ? "no answer to HELLO" : "no connection",
-                    s->cfg->coal_lost_after);
+        now - s->last_heard > limit)
+        link_broken(s, 0, "%s within %g s%s", s->hello_sent ? "no answer to HELLO" : "no connection",
+                    limit, limit == s->cfg->coal_lost_after ? " (coalition.lost_after)" : "");
     if (s->cut_why[0] != '\0') try_failed(s);
     return ENT_OK;
 }
@@ -425,6 +520,7 @@ static ent_status link_poll(site *s) {
         if (!got) break;
         ENT_CHECK(handle(s, &in));
     }
+    coordinator_closed(s);
     double silent = ent_now_seconds() - s->last_heard;
     if (silent > s->cfg->coal_lost_after)
         link_broken(s, 0, "no word from the coordinator for %.0f s (coalition.lost_after)",
@@ -746,7 +842,9 @@ static ent_status end_round(site *s, uint64_t round, uint32_t steps, double comp
         delta.anchor_hash = s->anchor_hash;
         delta.tokens = unsent_tokens(s);
         // a send that fails breaks the link: the site goes on alone
-        if (coal_vec_send(s->ep, NULL, ENT_LINK_DELTA, s->site_id, round, &delta) != ENT_OK)
+        coordinator_closed(s);
+        if (s->cut_why[0] == '\0' &&
+            coal_vec_send(s->ep, NULL, ENT_LINK_DELTA, s->site_id, round, &delta) != ENT_OK)
             link_broken(s, 0, "sending the delta of round %llu: %s", (unsigned long long)round,
                         ent_last_error());
         // the rate this round trained at, for the coordinator's plans
@@ -866,7 +964,9 @@ static ent_status run_rounds(site *s) {
     const ent_config *cfg = s->cfg;
     ent_status st = ENT_OK;
     if (s->leader) {
-        snprintf(s->endpoint, sizeof s->endpoint, "%s", cfg->coal_coordinator);
+        s->nep = ent_coal_split_list(cfg->coal_coordinator, s->eps); // checked with the config
+        if (s->nep < 1) s->nep = 1;
+        snprintf(s->endpoint, sizeof s->endpoint, "%s", s->eps[0]);
         st = join(s);
         if (st != ENT_OK) st = site_fail(s, st, "joining");
     }

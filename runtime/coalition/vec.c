@@ -209,8 +209,9 @@ ent_status coal_vec_send(ent_link_endpoint_t *ep, const ent_link_peer *to, int t
                             .offset = v->poff[i], .length = v->plen[i], .codec = v->codec,
                             .anchor_hash = v->anchor_hash, .tokens = v->tokens,
                             .data = v->data + v->boff[i], .data_len = v->blen[i]};
-        st = type == ENT_LINK_DELTA ? ent_link_encode_delta(&msg, site, round, &c)
-                                    : ent_link_encode_update(&msg, site, round, &c);
+        st = type == ENT_LINK_DELTA   ? ent_link_encode_delta(&msg, site, round, &c)
+             : type == ENT_LINK_STATE ? ent_link_encode_state(&msg, site, round, &c)
+                                      : ent_link_encode_update(&msg, site, round, &c);
         if (st == ENT_OK) st = ent_link_send(ep, to, msg.data, msg.len);
     }
     ent_link_buf_free(&msg);
