@@ -233,7 +233,7 @@ const ent_st_tensor *ent_st_find(const ent_st_t *st, const char *name); // NULL:
 ent_status ent_st_read(ent_st_t *st, const ent_st_tensor *t, float *dst, int transpose);
 // The n tensors of order will be read next, in that order (best in file
 // order): a thread reads them ahead of ent_st_read into the page cache, at
-// most 64 MiB ahead, so that the disk streams while tensors are widened and
+// most 256 MiB ahead, so that the disk streams while tensors are widened and
 // transposed. A hint, once per st: reads in another order stay correct.
 void ent_st_stream(ent_st_t *st, const ent_st_tensor *const *order, int n);
 void ent_st_close(ent_st_t **st);

@@ -33,7 +33,7 @@ enum {
     HEADER_MAX = 100 * 1000 * 1000,
     INDEX_MAX = 64 << 20,
     PIECE = 4 << 20,
-    AHEAD = 64 << 20,
+    AHEAD = 256 << 20,
     FETCH = 4 << 20
 };
 
