@@ -6,6 +6,9 @@
 # set). A coordinator and site a run 8 rounds of 2 inner steps; site x
 # starts once round 1 is merged and prints
 #   site x: joined round R: anchor received in X s, first inner step Y s after its HELLO
+# One thread per process: three processes share the 2 cores this was
+# measured on (with 2 OpenMP threads each, a GPT-2 small step of 64 tokens
+# took 6-9 s and a merge 9-33 s, and a HELLO waits for the merge under way).
 # Context 64 and batch 1 keep the three processes within about 16 GB (each
 # site holds its model, AdamW state and the coalition's vectors); the
 # anchor's size does not depend on them beyond 0.7M of its 124M values.
@@ -40,6 +43,8 @@ batches = 1
 tokens = 0
 [data]
 dir = data-a
+[system]
+threads = 1
 [coalition]
 bind = tcp://127.0.0.1:*
 sites = 1
