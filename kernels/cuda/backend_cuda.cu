@@ -153,35 +153,9 @@ static struct ent_backend_i cuda_iface_make(void) {
     i.synchronize = cuda_synchronize;
     i.available_memory = cuda_available_memory;
     i.stream = cuda_stream;
-    i.encoder_forward = ent_cuda_encoder_forward;
-    i.encoder_backward = ent_cuda_encoder_backward;
-    i.layernorm_forward = ent_cuda_layernorm_forward;
-    i.layernorm_backward = ent_cuda_layernorm_backward;
+    ENT_CUDA_KERNEL_OPS(ENT_CUDA_TABLE_ENTRY)
     i.matmul_forward = ent_cuda_matmul_forward;
     i.matmul_backward = ent_cuda_matmul_backward;
-    i.attention_state_bytes = ent_cuda_attention_state_bytes;
-    i.attention_forward = ent_cuda_attention_forward;
-    i.attention_backward = ent_cuda_attention_backward;
-    i.gelu_forward = ent_cuda_gelu_forward;
-    i.gelu_backward = ent_cuda_gelu_backward;
-    i.residual_forward = ent_cuda_residual_forward;
-    i.residual_backward = ent_cuda_residual_backward;
-    i.softmax_xent_forward = ent_cuda_softmax_xent_forward;
-    i.softmax_xent_backward = ent_cuda_softmax_xent_backward;
-    i.rmsnorm_forward = ent_cuda_rmsnorm_forward;
-    i.rmsnorm_backward = ent_cuda_rmsnorm_backward;
-    i.rope_forward = ent_cuda_rope_forward;
-    i.rope_backward = ent_cuda_rope_backward;
-    i.swiglu_forward = ent_cuda_swiglu_forward;
-    i.swiglu_backward = ent_cuda_swiglu_backward;
-    i.gqa_forward = ent_cuda_gqa_forward;
-    i.gqa_backward = ent_cuda_gqa_backward;
-    i.adamw_update = ent_cuda_adamw_update;
-    i.sum_squares = ent_cuda_sum_squares;
-    i.sub = ent_cuda_sub;
-    i.axpy = ent_cuda_axpy;
-    i.quantize_i8 = ent_cuda_quantize_i8;
-    i.dequantize_i8 = ent_cuda_dequantize_i8;
     return i;
 }
 

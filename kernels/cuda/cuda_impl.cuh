@@ -17,6 +17,18 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+// The ops of the backend table that these kernels implement, all but the
+// matrix products (cuBLASLt): X(op) for each, so that the cuda backend's
+// table and the CPU emulator's (tests/cuda_emu) list them once.
+#define ENT_CUDA_KERNEL_OPS(X) X(encoder_forward) X(encoder_backward) X(layernorm_forward) \
+    X(layernorm_backward) X(attention_state_bytes) X(attention_forward) X(attention_backward) \
+    X(gelu_forward) X(gelu_backward) X(residual_forward) X(residual_backward) \
+    X(softmax_xent_forward) X(softmax_xent_backward) X(rmsnorm_forward) X(rmsnorm_backward) \
+    X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(gqa_forward) \
+    X(gqa_backward) X(adamw_update) X(sum_squares) X(sub) X(axpy) X(quantize_i8) X(dequantize_i8)
+// i.op = ent_cuda_op, in a function that fills a table i
+#define ENT_CUDA_TABLE_ENTRY(op) i.op = ent_cuda_##op;
+
 // ---------------------------------------------------------------------------
 // device state
 

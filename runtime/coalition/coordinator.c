@@ -839,6 +839,20 @@ static ent_status screen_round(coord *c, int *merged, int *nmerged, double *base
 
 static ent_status merge_empty(coord *c);
 
+// The round's update, and the plan two rounds ahead, to every site still in;
+// one that cannot be sent to is lost.
+static ent_status send_update(coord *c, const coal_vec *up) {
+    ent_status st = ENT_OK;
+    for (int i = 0; i < c->nsites && st == ENT_OK; i++) {
+        csite *s = &c->sites[i];
+        if (!active(s)) continue;
+        st = coal_vec_send(c->ep, &s->peer, ENT_LINK_UPDATE, s->id, c->round, up);
+        if (st == ENT_OK && c->round + 2 < c->rounds) st = send_plan(c, s, c->round + 2);
+        st = lost_on_failure(c, s, st);
+    }
+    return st;
+}
+
 static ent_status merge_round(coord *c) {
     if (c->resumed && c->round == c->resume_round) return merge_empty(c);
     double t0 = ent_now_seconds();
@@ -916,16 +930,12 @@ static ent_status merge_round(coord *c) {
     }
     snprintf(members + um, sizeof members - um, "]");
     free(merged);
-    // every site still in gets the update, a site whose delta was rejected too
-    for (int i = 0; i < c->nsites && st == ENT_OK; i++) {
-        csite *s = &c->sites[i];
-        s->delta_used[k] = 0;
-        coal_vec_free(&s->delta[k]);
-        if (!active(s)) continue;
-        st = coal_vec_send(c->ep, &s->peer, ENT_LINK_UPDATE, s->id, c->round, &up);
-        if (st == ENT_OK && c->round + 2 < c->rounds) st = send_plan(c, s, c->round + 2);
-        st = lost_on_failure(c, s, st);
+    for (int i = 0; i < c->nsites; i++) {
+        c->sites[i].delta_used[k] = 0;
+        coal_vec_free(&c->sites[i].delta[k]);
     }
+    // every site still in gets the update, a site whose delta was rejected too
+    st = send_update(c, &up);
     size_t up_bytes = up.len;
     coal_vec_free(&up);
     ENT_CHECK(st);
@@ -1104,14 +1114,7 @@ static ent_status merge_empty(coord *c) {
     up.anchor_hash = h;
     up.tokens = 0;
     c->hist[c->round + 1] = h;
-    ent_status st = ENT_OK;
-    for (int i = 0; i < c->nsites && st == ENT_OK; i++) {
-        csite *s = &c->sites[i];
-        if (!active(s)) continue;
-        st = coal_vec_send(c->ep, &s->peer, ENT_LINK_UPDATE, s->id, c->round, &up);
-        if (st == ENT_OK && c->round + 2 < c->rounds) st = send_plan(c, s, c->round + 2);
-        st = lost_on_failure(c, s, st);
-    }
+    ent_status st = send_update(c, &up);
     size_t up_bytes = up.len;
     coal_vec_free(&up);
     ENT_CHECK(st);
