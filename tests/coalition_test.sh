@@ -871,30 +871,34 @@ case_coord_restart() {
     local killed_at=$KILLED_AT last
     last=$(grep '"event":"round"' "$cm" | tail -1 | sed -n 's/.*"round":\([0-9]*\),.*/\1/p')
     echo "coordinator killed $pause s after round $k was merged (its last round record: $last)"
+    # the sites train on alone meanwhile, their cut-off rounds back to back:
+    # the coordinator comes back on its port at once (a copy of its
+    # checkpoint is read afterwards), before they can finish alone
     local ck=$W/run/coordinator/checkpoints/latest saved
+    cp "$ck" "$W/resumed_from.h5" || { fail "no coordinator checkpoint to resume: $(ls "$W/run/coordinator/checkpoints")"; return; }
+    mv "$W/run/coordinator.log" "$W/run/coordinator.first.log"
+    start_coordinator "$W/run/coordinator" --resume auto --set "coalition.bind=tcp://127.0.0.1:$port" \
+        --set checkpoint.every=3
+    ck=$W/resumed_from.h5
     saved=$("$E" ckpt info "$ck" 2>/dev/null | sed -n 's/^coalition: round \([0-9]*\),.*/\1/p')
-    [ -n "$saved" ] || { fail "no coordinator checkpoint to resume: $(ls "$W/run/coordinator/checkpoints")"; return; }
+    [ -n "$saved" ] || { fail "the coordinator's checkpoint has no coalition round"; return; }
     local tok_a tok_b first_a
     tok_a=$(ledger_field "$ck" a tokens)
     tok_b=$(ledger_field "$ck" b tokens)
     first_a=$(ledger_field "$ck" a first_seen.time)
+    echo "the checkpoint holds $saved rounds: the coalition goes back $((last + 1 - saved)) round(s)"
+    [ $((last + 1 - saved)) -ge 0 ] && [ $((last + 1 - saved)) -le 3 ] ||
+        fail "the latest checkpoint ($saved rounds) is not within 3 rounds of the last merge ($last)"
+    wait_for_line "$cm" '"event":"resumed"' 90
+    BACK_AT=$(date +%s.%N)
+    wait_all a:$PA b:$PB
+    [ "$FAILED" = 0 ] || return
     # a used run directory needs --resume (or --force), and not both
     expect "a second coordinator in the used run directory" 2 "--resume auto" -- \
         "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/coordinator" \
         --set "coalition.key=$W/keys/coordinator.key"
     expect "--resume with --force" 2 "give one of them" -- \
         "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/coordinator" --resume auto --force
-    # the sites train on alone meanwhile; the coordinator comes back on its port
-    mv "$W/run/coordinator.log" "$W/run/coordinator.first.log"
-    echo "the checkpoint holds $saved rounds: the coalition goes back $((last + 1 - saved)) round(s)"
-    [ $((last + 1 - saved)) -ge 0 ] && [ $((last + 1 - saved)) -le 3 ] ||
-        fail "the latest checkpoint ($saved rounds) is not within 3 rounds of the last merge ($last)"
-    start_coordinator "$W/run/coordinator" --resume auto --set "coalition.bind=tcp://127.0.0.1:$port" \
-        --set checkpoint.every=3
-    wait_for_line "$cm" '"event":"resumed"' 90
-    BACK_AT=$(date +%s.%N)
-    wait_all a:$PA b:$PB
-    [ "$FAILED" = 0 ] || return
     grep -q "resumed from .*anchor_round_$(printf %08d "$saved").h5: $saved rounds merged" "$W/run/coordinator.log" ||
         fail "the coordinator's log does not say it resumed from round $saved: $(grep -i resum "$W/run/coordinator.log")"
     grep -q "\"event\":\"resumed\",\"round\":$saved,.*\"sites_in\":2," "$cm" ||
