@@ -270,7 +270,7 @@ case_export() {
 
 case_transformers() {
     local py
-    py=$(python_with "pip install torch transformers in a venv" numpy torch transformers) || exit 77
+    py=$(python_with "pip install torch transformers in a venv" numpy h5py torch transformers) || exit 77
     make_data
     expect "transformers' models imported, trained, exported and loaded back" 0 \
         "out:llama: trained 10 steps in entente" -- "$py" "$SRC/tests/hf_transformers.py" "$E" "$W" "$DATA"

@@ -94,6 +94,7 @@ stop_all() {
     local p
     for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill -9 "$p" 2>/dev/null; done
 }
+# KEEP_W=1 keeps the work directory (logs, run directories) for a look after a failure
 trap 'stop_all; [ -n "${KEEP_W:-}" ] || rm -rf "$W"' EXIT
 
 # Key pairs for the coordinator and every site name a case uses; the

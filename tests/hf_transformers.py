@@ -34,12 +34,11 @@ except ImportError as e:
           "transformers in a venv and set ENT_PYTHON to its python)")
     sys.exit(77)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_crosscheck import rel_err  # noqa: E402  (largest difference over the largest value)
+
 PROMPT = "In the beginning God"
 VOCAB = 257  # the 256 bytes and end-of-text, entente's byte tokenizer
-
-
-def rel_err(a, b):
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
 def run(args):
