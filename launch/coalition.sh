@@ -274,6 +274,9 @@ mpi_env=()
 if [ "$(id -u)" = 0 ]; then
     mpi_env=(OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)
 fi
+# more processes than cores: a rank that waits in a collective yields its
+# core instead of spinning on it (Open MPI spins by default)
+[ $((ranks_total + 1)) -gt "$(nproc)" ] && mpi_env+=(OMPI_MCA_mpi_yield_when_idle=1)
 
 pids=()      # every process started, by PID
 pid_names=() # the same order: coordinator, site a, ...

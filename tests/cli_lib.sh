@@ -246,7 +246,8 @@ need_mpirun() {
     MPIRUN=(mpirun)
     if mpirun --version 2>&1 | grep -qi 'open mpi\|open-mpi\|openrte'; then
         [ "$(id -u)" = 0 ] && MPIRUN+=(--allow-run-as-root)
-        MPIRUN+=(--oversubscribe)
+        # more ranks than cores: a waiting rank yields its core, not spins
+        MPIRUN+=(--oversubscribe --mca mpi_yield_when_idle 1)
     fi
     export OMP_NUM_THREADS=1
 }

@@ -9,7 +9,7 @@ set -u
 T=$1
 MPIEXEC=$2
 command -v "$MPIEXEC" >/dev/null || { echo "SKIP: no mpirun ($MPIEXEC)"; exit 77; }
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_mpi_yield_when_idle=1
 err=$(mktemp)
 trap 'rm -f "$err"' EXIT
 failed=0
