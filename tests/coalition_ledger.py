@@ -127,7 +127,10 @@ def main(argv):
             if r.get("event") == "rejected" and r["site"] == name:
                 rejected[r["kind"]] = rejected.get(r["kind"], 0) + 1
         reports = [r for r in coord if r.get("event") == "report" and r["site"] == name]
-        first = [r for r in coord if r.get("event") == "joined" and r["site"] == name][0]
+        joins = [r for r in coord if r.get("event") == "joined" and r["site"] == name]
+        if not joins:
+            errors.append(f"{name}: no joined record in the coordinators' logs")
+            continue
         check(f"{name}: tokens (coordinator's round records)", e["tokens"], tokens)
         check(f"{name}: accepted", e["accepted"], accepted)
         check(f"{name}: rounds_joined", e["rounds_joined"], joined)
@@ -140,11 +143,15 @@ def main(argv):
         check(f"{name}: compute_s (report records)", e["compute_s"],
               sum(r["compute_s"] for r in reports), approx=True)
         check(f"{name}: first_seen", e["first_seen"],
-              {"time": first["time"], "round": first["first_round"]})
+              {"time": joins[0]["time"], "round": joins[0]["first_round"]})
         if reports:
             check(f"{name}: last_seen", e["last_seen"],
                   {"time": reports[-1]["time"], "round": reports[-1]["round"]})
         e["_merged_rounds"] = merged_rounds
+        print(f"site {name}: {e['tokens']} tokens merged, {e['inner_steps']} inner steps, "
+              f"{e['compute_s']:.2f} s, {e['accepted']} accepted, rejected {e['rejected']}, "
+              f"loss gain {e['loss_gain']:.4f} over {e['scored']} scored "
+              f"(recomputed from {len(rounds)} round records)")
 
     # 2. the sites' own logs
     for arg in site_args:
@@ -156,7 +163,7 @@ def main(argv):
         own = [r for r in records(path) if r.get("event") == "round"]
         before, tokens = 0, 0
         for r in own:
-            if r["round"] in e["_merged_rounds"]:
+            if r["round"] in e.get("_merged_rounds", set()):
                 tokens += r["tokens"] - before
             before = r["tokens"]
         check(f"{name}: tokens (the site's round records)", e["tokens"], tokens)
@@ -164,9 +171,6 @@ def main(argv):
               sum(r["inner_steps"] for r in own))
         check(f"{name}: compute_s (the site's round records)", e["compute_s"],
               sum(r["compute_s"] for r in own), approx=True)
-        print(f"site {name}: {e['tokens']} tokens merged, {e['inner_steps']} inner steps, "
-              f"{e['compute_s']:.2f} s, {e['accepted']} accepted, rejected {e['rejected']}, "
-              f"loss gain {e['loss_gain']:.4f} over {e['scored']} scored")
 
     # 3. expectations
     for x in expects:

@@ -54,7 +54,9 @@
 #   tokens    three sites, one claiming twice the tokens it trained on
 #             (ENTENTE_FAULT_TOKENS=2) from round 1 on: its deltas are
 #             rejected (kind tokens) every round, the honest ones never, and
-#             the ledger counts it.
+#             the ledger counts it; the ledger the coordinator sends after
+#             round 1 comes spoiled (ENTENTE_FAULT_LEDGER=2): every site logs
+#             and drops it, keeps its last good one and goes on.
 #   score     six sites on one distribution (the coordinator's validation
 #             set too): three honest, one sending its delta sign-flipped
 #             (scale:-1), one Gaussian noise 4 times its delta's norm
@@ -194,17 +196,18 @@ hash_of() {
 # with the coordinator's metrics.jsonl (LEDGER_LOGS: the coordinators' logs,
 # comma-separated, a primary's then its standby's; ROUNDS_AT=R: the ledger
 # after R rounds merged, a site's), with each site's own round records and
-# with the expectations given (tests/coalition_ledger.py); with LEDGER_LOGS
-# or ROUNDS_AT, name no SITES whose own log has cuts, restarts or rounds
-# after R
+# with the expectations given (tests/coalition_ledger.py); SITE_LOGS=0: not
+# with the sites' logs (a site that was cut off trained rounds the ledger
+# does not count)
 check_ledger() {
     local ck=${LEDGER_CK:-$W/run/coordinator/checkpoints/latest} sites=() names=() name
     local logs=${LEDGER_LOGS:-$W/run/coordinator/metrics.jsonl} at=()
     [ -n "${ROUNDS_AT:-}" ] && at=(--rounds "$ROUNDS_AT")
     while [ $# -gt 0 ] && [ "$1" != -- ]; do
         names+=("$1")
-        # a site's own log runs to its end: compared with a final ledger only
-        [ -z "${ROUNDS_AT:-}" ] && sites+=("$1=$W/run/site-$1/metrics.jsonl")
+        # a site's own log runs to its end, and counts what it trained alone:
+        # compared with a final ledger of a run without cuts only
+        [ -z "${ROUNDS_AT:-}" ] && [ "${SITE_LOGS:-1}" = 1 ] && sites+=("$1=$W/run/site-$1/metrics.jsonl")
         shift
     done
     expect "entente ledger (table) of $ck" 0 "out:rounds merged: " -- "$E" ledger "$ck"
@@ -771,8 +774,10 @@ case_tokens() {
     make_site_data
     write_coalition "$W/co.ini" 3 4
     mkdir -p "$W/run"
-    start_coordinator "$W/run/coordinator"
-    start_site a 1; local pa=$SPID
+    # the coordinator also sends the ledger after 2 rounds spoiled (not JSON)
+    ENTENTE_FAULT_LEDGER=2 start_coordinator "$W/run/coordinator"
+    # a checkpoints at every round's end (and keeps them)
+    start_site a 1 --set checkpoint.every=6 --set checkpoint.keep=0; local pa=$SPID
     start_site b 1; local pb=$SPID
     ENTENTE_FAULT_TOKENS=2 start_site c 1; local pc=$SPID
     wait_all a:$pa b:$pb c:$pc
@@ -797,6 +802,18 @@ case_tokens() {
     "$E" ledger "$W/run/coordinator/checkpoints" >"$W/ledger.table" 2>&1 ||
         fail "entente ledger failed: $(cat "$W/ledger.table")"
     grep -q "^c .*tokens 3" "$W/ledger.table" || fail "the table does not give site c 3 tokens rejections: $(cat "$W/ledger.table")"
+    # the spoiled ledger: each site logs it and drops it, keeps the last good
+    # one (a's checkpoint after round 2 holds the ledger after 1 round),
+    # goes on (every site ended with the anchor, above), and checkpoints
+    # the next good one (after round 3: 3 rounds)
+    local name
+    for name in a b c; do
+        grep -q "site $name: dropped a LEDGER (it keeps its last good one): the LEDGER from coordinator .*: the ledger (/coalition/ledger) is malformed: not JSON" "$W/site-$name.log" ||
+            fail "site $name does not log that it dropped the spoiled ledger: $(grep -i ledger "$W/site-$name.log")"
+    done
+    ROUNDS_AT=1 LEDGER_CK=$W/run/site-a/checkpoints/step_00000012.h5 check_ledger a b c
+    ROUNDS_AT=1 LEDGER_CK=$W/run/site-a/checkpoints/step_00000018.h5 check_ledger a b c
+    ROUNDS_AT=4 LEDGER_CK=$W/run/site-a/checkpoints/latest check_ledger a b c -- c:tokens=3
 }
 
 case_score() {
@@ -998,7 +1015,7 @@ case_coord_restart() {
     # round, then the second life's (from its restart record); no carried
     # delta rejected for its tokens
     grep -q "\"event\":\"restart\",\"round\":$saved," "$cm" || fail "no restart record at round $saved"
-    LEDGER_CK=$ck2 check_ledger a b -- a:tokens=0 b:tokens=0
+    SITE_LOGS=0 LEDGER_CK=$ck2 check_ledger a b -- a:tokens=0 b:tokens=0
     # a checkpoint of another model, or of other coalition settings, or a
     # site's, is refused, naming the key (or what the file is)
     expect "--resume with another model" 2 "model.width: checkpoint 32, this run 48" -- \
@@ -1110,7 +1127,7 @@ case_failover() {
     # number by number: the primary's log up to the round before the
     # takeover, then the standby's from its takeover record; no carried delta
     # rejected for its tokens
-    LEDGER_CK=$ck LEDGER_LOGS="$W/primary.metrics.jsonl,$sm" check_ledger a b -- \
+    SITE_LOGS=0 LEDGER_CK=$ck LEDGER_LOGS="$W/primary.metrics.jsonl,$sm" check_ledger a b -- \
         a:accepted=47 b:accepted=47 a:tokens=0 b:tokens=0
 }
 
@@ -1147,8 +1164,9 @@ case_rejoin() {
         fail "the restarted site c's first step is not $((saved + 1)) in round $first"
     final_anchor_held_by a b c
     # the ledger keeps c's rounds from before it was lost (the coordinator's
-    # log counts them: a ledger that started c afresh disagrees with it)
-    check_ledger a b
+    # log counts them: a ledger that started c afresh disagrees with it);
+    # no delta, c's first one back included, rejected for its tokens
+    check_ledger a b -- a:tokens=0 b:tokens=0 c:tokens=0
 }
 
 # cut_off_c MAX_STALENESS: sites a and b, and c through wan_proxy; the proxy
@@ -1186,6 +1204,9 @@ cut_off_c() {
     [ -n "$FIRST" ] || { fail "site c did not come back: $(grep -i 'cut off\|coalition' "$W/site-c.log" | tail -3)"; return; }
     grep '"event":"rejoined"' "$sm"
     grep -q '"event":"rejoined","site":"c",.*"steps_alone":[1-9]' "$sm" || fail "site c's rejoined record shows no steps trained alone"
+    # what it carried is within the tokens rule (docs/coalition.md, "Tokens")
+    ! grep -q '"kind":"tokens"' "$W/run/coordinator/metrics.jsonl" ||
+        fail "an honest delta was rejected for its tokens: $(grep '"kind":"tokens"' "$W/run/coordinator/metrics.jsonl" | head -1)"
     final_anchor_held_by a b c
 }
 

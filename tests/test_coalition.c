@@ -1276,6 +1276,16 @@ static void test_ledger(void **state) {
         s->scored = s->accepted;
         s->loss_gain = (double)test_rand_int(-100000, 100000) / 4096.0; // may be negative
     }
+    // the age of a time it wrote (what the tokens rule measures a site's
+    // absence by); anything else is no time
+    char now[32];
+    coal_utc_now(now);
+    double age = coal_utc_age(now);
+    assert_true(age >= 0 && age <= 2);
+    assert_true(coal_utc_age("2026-01-01T00:00:00Z") > 0);
+    assert_true(coal_utc_age("2026-01-01T00:00:00") == -1);
+    assert_true(coal_utc_age("2026-01-01T00:00:00Zx") == -1);
+    assert_true(coal_utc_age("") == -1);
     char *text = coal_ledger_json(sites, 3, 1234);
     assert_non_null(text);
     char *out = NULL;

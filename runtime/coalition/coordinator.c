@@ -31,7 +31,11 @@
 // delta is also scored by the loss change it causes alone on the first
 // coalition.score_batches validation batches (the ledger's loss_gain), and,
 // with coalition.score_tolerance set, rejected when it makes that loss worse
-// by more than the tolerance beyond the round's median change.
+// by more than the tolerance beyond the round's median change. A delta whose
+// tokens its steps cannot have made (the tokens per step its HELLO declared
+// times the steps planned, plus what a site back from a cut may carry) is
+// rejected too (check_tokens). With each update goes the ledger (LEDGER),
+// which the sites keep in their checkpoints.
 #include "coalition_impl.h"
 
 #include <cjson/cJSON.h>
@@ -905,12 +909,25 @@ static ent_status screen_round(coord *c, int *merged, int *nmerged, double *base
 
 static ent_status merge_empty(coord *c);
 
+// Fault injection, for the test of the sites' LEDGER checks only:
+// ENTENTE_FAULT_LEDGER = R spoils the first byte of the ledger sent after R
+// rounds merged ('X': not JSON), as damage or a broken coordinator would.
+// Unset, nothing happens.
+static void spoil_ledger(uint64_t merged, char *text) {
+    const char *f = getenv("ENTENTE_FAULT_LEDGER");
+    if (f == NULL || f[0] == '\0' || strtoull(f, NULL, 10) != merged || text[0] == '\0') return;
+    text[0] = 'X';
+    ent_log_warn("coordinator: ENTENTE_FAULT_LEDGER=%s: the ledger after %llu rounds goes out "
+                 "spoiled on purpose", f, (unsigned long long)merged);
+}
+
 // The round's ledger (LEDGER: the sites checkpoint it), its update, and
 // the plan two rounds ahead, to every site still in; one that cannot be
 // sent to is lost.
 static ent_status send_update(coord *c, const coal_vec *up) {
     char *ledger = ledger_text(c, c->round + 1, NULL);
     if (ledger == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the ledger");
+    spoil_ledger(c->round + 1, ledger);
     ent_link_ledger lm = {.text = ledger, .len = strlen(ledger)};
     ent_status st = ENT_OK;
     if (lm.len > ENT_LINK_LEDGER_MAX) { // 4096 sites take about 2 MB

@@ -32,7 +32,9 @@
 // is dropped otherwise.
 //
 // Only the leader talks to the coordinator; the other ranks get plans,
-// updates and the link's state over the site's own collectives. Every rank
+// updates, the ledger (LEDGER, checked as `entente ledger` checks it, for
+// the site's checkpoints) and the link's state over the site's own
+// collectives. Every rank
 // holds the anchor (and the error-feedback residual) in the global layout and
 // encodes the same bytes, so every rank's anchor is bit-identical to the
 // coordinator's.
@@ -153,22 +155,25 @@ static void send_or_break(site *s, ent_link_buf *msg, ent_status st, const char 
 }
 
 // A LEDGER: its text is kept for the site's checkpoints once it parses as
-// a ledger (coal_ledger_parse, as `entente ledger` checks it); one that does
-// not, or that is older than the one held, is logged and dropped: the text
-// from the wire is never trusted, and never ends the site.
+// a ledger (coal_ledger_parse, as `entente ledger` checks it) of the rounds
+// its header names; one that does not is logged and dropped, the last good
+// one kept: the text from the wire is never trusted, and never ends the
+// site. (A restarted coordinator's ledger may count fewer rounds than the
+// one held: it is the coalition's now, as its anchor is.)
 static void take_ledger(site *s, const ent_link_incoming *in) {
     ent_link_ledger m;
     ent_link_header h;
     char from[sizeof in->peer.name + 40];
     snprintf(from, sizeof from, "the LEDGER from %s", in->peer.name);
     if (ent_link_decode_ledger(in->bytes, in->len, in->peer.name, &h, &m) != ENT_OK) {
-        ent_log_warn("site %s: dropped %s: %s", s->cfg->coal_site, from, ent_last_error());
+        ent_log_warn("site %s: dropped a LEDGER (it keeps its last good one): %s",
+                     s->cfg->coal_site, ent_last_error());
         return;
     }
     char *text = malloc(m.len + 1);
     if (text == NULL) {
-        ent_log_warn("site %s: dropped %s: out of memory for %zu bytes", s->cfg->coal_site, from,
-                     m.len);
+        ent_log_warn("site %s: dropped a LEDGER (it keeps its last good one): %s: out of memory "
+                     "for %zu bytes", s->cfg->coal_site, from, m.len);
         return;
     }
     memcpy(text, m.text, m.len);
@@ -180,7 +185,8 @@ static void take_ledger(site *s, const ent_link_incoming *in) {
         if (sites != NULL)
             ent_fail(ENT_ERR_INPUT, "%s: its ledger counts %llu rounds merged, its header %llu",
                      from, (unsigned long long)merged, (unsigned long long)h.round);
-        ent_log_warn("site %s: dropped %s: %s", s->cfg->coal_site, from, ent_last_error());
+        ent_log_warn("site %s: dropped a LEDGER (it keeps its last good one): %s",
+                     s->cfg->coal_site, ent_last_error());
         free(sites);
         free(text);
         return;
