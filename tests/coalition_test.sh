@@ -57,6 +57,9 @@
 #             the ledger counts it; the ledger the coordinator sends after
 #             round 1 comes spoiled (ENTENTE_FAULT_LEDGER=2): every site logs
 #             and drops it, keeps its last good one and goes on.
+#   carry     the tokens rule across a coordinator restart: the honest
+#             sites' carried deltas merged, a site claiming 50 times the
+#             tokens of its carried delta rejected (kind tokens).
 #   score     six sites on one distribution (the coordinator's validation
 #             set too): three honest, one sending its delta sign-flipped
 #             (scale:-1), one Gaussian noise 4 times its delta's norm
@@ -1032,6 +1035,43 @@ case_coord_restart() {
     expect "--resume of a site's checkpoint" 1 "a site's checkpoint, not a coordinator's" -- \
         "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/other3" \
         --resume "$W/run/site-a/checkpoints/latest" --set "coalition.key=$W/keys/coordinator.key"
+}
+
+# carry: the tokens rule on progress carried across a coordinator restart:
+# three sites, c claiming 50 times the tokens of its first delta back
+# (ENTENTE_FAULT_TOKENS=rejoin:50); the coordinator (checkpointing every
+# round) is killed after round 4 and restarted: a's and b's carried deltas
+# are merged, c's is rejected (kind tokens, over what it may carry), and c
+# is merged again from the next round on
+case_carry() {
+    CO_ARGS=(--set checkpoint.every=1)
+    start_paced 3 48
+    ENTENTE_FAULT_TOKENS=rejoin:50 start_site c 1; local pc=$SPID
+    local cm=$W/run/coordinator/metrics.jsonl port=${EP##*:}
+    wait_for_line "$cm" '"event":"round","round":4,' 120 || { fail "the coordinator did not merge round 4"; return; }
+    kill_coordinator || return
+    mv "$W/run/coordinator.log" "$W/run/coordinator.first.log"
+    start_coordinator "$W/run/coordinator" --resume auto --set "coalition.bind=tcp://127.0.0.1:$port" \
+        --set checkpoint.every=1
+    wait_all a:$PA b:$PB c:$pc
+    [ "$FAILED" = 0 ] || return
+    local j
+    j=$(sed -n 's/.*"event":"resumed","round":\([0-9]*\),.*/\1/p' "$cm")
+    [ -n "$j" ] || { fail "no resumed record"; return; }
+    j=$((j + 1))
+    grep -q "\"event\":\"rejected\",\"site\":\"c\",\"round\":$j,\"reason\":\"[0-9]* tokens: [0-9]* inner steps of [0-9]* tokens, over the [0-9]* planned for round $j and [0-9]* it may carry (twice .* steps/s over the [0-9]* s since its last report, plus 2 s)\",\"kind\":\"tokens\"" "$cm" ||
+        fail "c's first delta back (round $j), claiming 50 times its tokens, was not rejected for them: $(grep '"site":"c"' "$cm" | grep -v report | tail -3)"
+    local r
+    for r in a b; do
+        [ -n "$(tokens_of "$cm" $j $r last)" ] || fail "site $r's first delta back (round $j, carrying its progress) was not merged"
+        grep -q "\"event\":\"rejoined\",\"site\":\"$r\",\"first_round\":$j,.*\"progress\":\"carried\"" \
+            "$W/run/site-$r/metrics.jsonl" || fail "site $r did not carry its progress into round $j"
+    done
+    [ -n "$(tokens_of "$cm" $((j + 1)) c last)" ] || fail "site c was not merged in round $((j + 1)), after its lie"
+    ! grep -q '"event":"rejected","site":"[ab]"' "$cm" ||
+        fail "an honest site's delta was rejected: $(grep rejected "$cm" | grep '"site":"[ab]"' | head -2)"
+    final_anchor_held_by a b c
+    SITE_LOGS=0 check_ledger a b c -- c:tokens=1 a:tokens=0 b:tokens=0
 }
 
 # elapsed FROM TO: TO - FROM in seconds, one decimal

@@ -491,7 +491,15 @@ static ent_status check_tokens(coord *c, csite *s, uint64_t round, const coal_ve
             snprintf(carried, sizeof carried, " and %.0f it may carry (twice %.3g steps/s over the "
                      "%.0f s since its last report, plus 2 s)", more, speed, absent);
         }
-        if (steps <= cap) return ENT_OK;
+        if (steps <= cap) {
+            if (carry && steps > plan) // what it carried, against the bound
+                ent_log_info("coordinator: site '%s' carries %llu inner steps into round %llu "
+                             "beyond the %llu planned (the tokens rule allows %llu more)",
+                             s->name, (unsigned long long)(steps - plan),
+                             (unsigned long long)round, (unsigned long long)plan,
+                             (unsigned long long)(cap - plan));
+            return ENT_OK;
+        }
         snprintf(why, sizeof why, "%llu tokens: %llu inner steps of %llu tokens, over the %llu "
                  "planned for round %llu%s", (unsigned long long)v->tokens,
                  (unsigned long long)steps, (unsigned long long)per, (unsigned long long)plan,

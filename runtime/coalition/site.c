@@ -879,15 +879,19 @@ static void inject_fault(site *s, uint64_t round, coal_vec *encoded) {
 }
 
 // The tokens a delta claims: what it was trained on; a test's lying site
-// (ENTENTE_FAULT_TOKENS = F, from round ENTENTE_FAULT_ROUND, default 1, on)
 // claims F times as many, to earn a bigger share and weight, as a hostile
-// site would. Unset, the truth.
+// site would: ENTENTE_FAULT_TOKENS = F from round ENTENTE_FAULT_ROUND
+// (default 1) on, or = rejoin:F in the first delta that carries progress
+// made before it came back (only there). Unset, the truth.
 static uint64_t claimed_tokens(site *s, uint64_t round, uint64_t tokens) {
     const char *f = getenv("ENTENTE_FAULT_TOKENS");
     if (f == NULL || f[0] == '\0') return tokens;
+    int rejoin = strncmp(f, "rejoin:", 7) == 0;
     const char *r = getenv("ENTENTE_FAULT_ROUND");
-    if (round < (uint64_t)(r != NULL ? strtoull(r, NULL, 10) : 1)) return tokens;
-    double k = strtod(f, NULL);
+    if (rejoin ? s->carried_tokens == 0
+               : round < (uint64_t)(r != NULL ? strtoull(r, NULL, 10) : 1))
+        return tokens;
+    double k = strtod(f + (rejoin ? 7 : 0), NULL);
     uint64_t claim = k > 0 && k * (double)tokens < 1e15 ? (uint64_t)(k * (double)tokens) : tokens;
     ent_log_warn("site %s: ENTENTE_FAULT_TOKENS=%s: round %llu's delta claims %llu tokens, it "
                  "trained on %llu", s->cfg->coal_site, f, (unsigned long long)round,
