@@ -180,7 +180,8 @@ int ent_comm_have_nccl(void);
 // naming the peer; they never read outside the bytes they are given.
 
 #define ENT_LINK_MAGIC 0x4c544e45u     // the bytes "ENTL"
-#define ENT_LINK_VERSION 2             // the protocol version this build speaks (2: STATE, ERROR 9)
+#define ENT_LINK_VERSION 3             // the protocol version this build speaks (2: STATE, ERROR 9;
+                                       // 3: HELLO's tokens_per_step, LEDGER)
 #define ENT_LINK_HEADER_BYTES 36
 #define ENT_LINK_PAYLOAD_MAX (64u << 20) // largest payload of any message
 #define ENT_LINK_NAME_MAX 64           // site name, bytes
@@ -196,6 +197,7 @@ int ent_comm_have_nccl(void);
 #define ENT_LINK_ROUND_SECONDS_MAX 1e6
 #define ENT_LINK_HEARTBEAT_MS_MIN 10
 #define ENT_LINK_HEARTBEAT_MS_MAX 600000
+#define ENT_LINK_LEDGER_MAX (8u << 20) // a LEDGER's text, bytes
 
 typedef enum {
     ENT_LINK_HELLO = 1,  // site -> coordinator: who it is, what it trains
@@ -207,6 +209,7 @@ typedef enum {
     ENT_LINK_LEAVE,      // site -> coordinator: it stops, and why
     ENT_LINK_ERROR,      // either way: a refusal with a reason code and text
     ENT_LINK_STATE,      // primary coordinator -> standby: one chunk of its state
+    ENT_LINK_LEDGER,     // coordinator -> sites: the ledger's text after a merge
     ENT_LINK_TYPE_END    // one past the last type
 } ent_link_type;
 
@@ -246,7 +249,7 @@ typedef enum {
 typedef struct {
     uint16_t version;     // ENT_LINK_VERSION
     uint16_t type;        // ent_link_type
-    uint32_t flags;       // versions 1 and 2 define none: always 0
+    uint32_t flags;       // versions 1 to 3 define none: always 0
     uint32_t site;        // the site it comes from or goes to; 0 before WELCOME
     uint64_t round;       // <= ENT_LINK_ROUND_MAX
     uint32_t payload_len; // bytes after the header
@@ -261,6 +264,8 @@ typedef struct {
     uint64_t config_hash;             // of the settings every site must share
     uint32_t dp_size, tp_size;        // 1..ENT_LINK_RANKS_MAX each, and their product
     double tokens_per_s;              // the site's estimate: finite, 0..ENT_LINK_RATE_MAX
+    uint64_t tokens_per_step;         // tokens of one inner step (batch x context):
+                                      // 1..ENT_LINK_ROUND_MAX
 } ent_link_hello;
 
 // WELCOME: the coordinator's answer. The site id it assigns and the current
@@ -301,6 +306,13 @@ typedef struct {
     const uint8_t *data;    // compressed bytes; after decoding, a view into the message
     size_t data_len;        // 1..ENT_LINK_CHUNK_DATA_MAX
 } ent_link_chunk;
+
+// LEDGER: the coalition's ledger as JSON text (the link checks its size
+// and bytes, not its JSON). The header's round: the rounds merged.
+typedef struct {
+    const char *text; // after decoding, a view into the message (not NUL-terminated)
+    size_t len;       // 1..ENT_LINK_LEDGER_MAX bytes, none below 0x20 nor 0x7f
+} ent_link_ledger;
 
 // LEAVE (code: ent_link_leave_code) and ERROR (code: ent_link_error_code).
 typedef struct {
@@ -368,6 +380,10 @@ ent_status ent_link_encode_state(ent_link_buf *out, uint32_t site, uint64_t roun
                                  const ent_link_chunk *m);
 ent_status ent_link_decode_state(const void *msg, size_t len, const char *peer,
                                  ent_link_header *hdr, ent_link_chunk *m);
+ent_status ent_link_encode_ledger(ent_link_buf *out, uint32_t site, uint64_t round,
+                                  const ent_link_ledger *m);
+ent_status ent_link_decode_ledger(const void *msg, size_t len, const char *peer,
+                                  ent_link_header *hdr, ent_link_ledger *m);
 ent_status ent_link_encode_leave(ent_link_buf *out, uint32_t site, uint64_t round,
                                  const ent_link_reason *m);
 ent_status ent_link_decode_leave(const void *msg, size_t len, const char *peer,

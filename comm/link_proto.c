@@ -1,12 +1,13 @@
-// link_proto.c: the coalition link's wire protocol, version 2 (version 1
-// and the STATE message, type 9, and ERROR code 9).
+// link_proto.c: the coalition link's wire protocol, version 3 (version 2,
+// which added the STATE message, type 9, and ERROR code 9 to version 1,
+// with HELLO's tokens_per_step and the LEDGER message, type 10).
 //
 // Every message is a 36-byte little-endian header followed by its payload
 // (docs/protocol.md, which this file must match byte for byte):
 //
 //   off size field
 //     0    4 magic        "ENTL" (0x4c544e45 read little-endian)
-//     4    2 version      2
+//     4    2 version      3
 //     6    2 type         ent_link_type
 //     8    4 flags        0 (none defined)
 //    12    4 site         site id (0 before WELCOME)
@@ -40,7 +41,7 @@ static const char *const type_names[ENT_LINK_TYPE_END] = {
     [ENT_LINK_HEARTBEAT] = "HEARTBEAT", [ENT_LINK_ROUND_PLAN] = "ROUND_PLAN",
     [ENT_LINK_DELTA] = "DELTA",         [ENT_LINK_UPDATE] = "UPDATE",
     [ENT_LINK_LEAVE] = "LEAVE",         [ENT_LINK_ERROR] = "ERROR",
-    [ENT_LINK_STATE] = "STATE",
+    [ENT_LINK_STATE] = "STATE",         [ENT_LINK_LEDGER] = "LEDGER",
 };
 
 const char *ent_link_type_name(int type) {
@@ -233,6 +234,9 @@ static int check_hello(const ent_link_hello *m, char *why) {
         (uint64_t)m->dp_size * m->tp_size > ENT_LINK_RANKS_MAX)
         return WHY("dp_size %u x tp_size %u: each and their product must be in 1..%u",
                    m->dp_size, m->tp_size, ENT_LINK_RANKS_MAX);
+    if (m->tokens_per_step < 1 || m->tokens_per_step > ENT_LINK_ROUND_MAX)
+        return WHY("tokens_per_step: %llu, not in 1..%llu", (unsigned long long)m->tokens_per_step,
+                   (unsigned long long)ENT_LINK_ROUND_MAX);
     return check_rate(m->tokens_per_s, "tokens_per_s", why);
 }
 
@@ -436,14 +440,14 @@ static ent_status decode_end(const char *peer, int type, const reader *r, int fi
 
 // ---------------------------------------------------------------------------
 // HELLO: u16 max_version, str name, u64 shape_hash, u64 config_hash,
-//        u32 dp_size, u32 tp_size, f64 tokens_per_s
+//        u32 dp_size, u32 tp_size, f64 tokens_per_s, u64 tokens_per_step
 
 ent_status ent_link_encode_hello(ent_link_buf *out, uint32_t site, uint64_t round,
                                  const ent_link_hello *m) {
     char why[WHY_MAX] = "";
     int bad = check_hello(m, why);
     size_t n = bad ? 0 : strlen(m->name);
-    ENT_CHECK(encode_begin(out, ENT_LINK_HELLO, round, 2 + 2 + n + 8 + 8 + 4 + 4 + 8, bad, why));
+    ENT_CHECK(encode_begin(out, ENT_LINK_HELLO, round, 2 + 2 + n + 8 + 8 + 4 + 4 + 8 + 8, bad, why));
     put_u16(out, m->max_version);
     put_str(out, m->name, n);
     put_u64(out, m->shape_hash);
@@ -451,6 +455,7 @@ ent_status ent_link_encode_hello(ent_link_buf *out, uint32_t site, uint64_t roun
     put_u32(out, m->dp_size);
     put_u32(out, m->tp_size);
     put_f64(out, m->tokens_per_s);
+    put_u64(out, m->tokens_per_step);
     header_end(out, ENT_LINK_HELLO, site, round);
     return ENT_OK;
 }
@@ -469,6 +474,7 @@ ent_status ent_link_decode_hello(const void *msg, size_t len, const char *peer,
     v.dp_size = rd_u32(&r);
     v.tp_size = rd_u32(&r);
     v.tokens_per_s = rd_f64(&r);
+    v.tokens_per_step = rd_u64(&r);
     if (!bad && !r.overrun) bad = check_hello(&v, why);
     ENT_CHECK(decode_end(peer, ENT_LINK_HELLO, &r, bad, why));
     if (hdr) *hdr = h;
@@ -662,6 +668,48 @@ ent_status ent_link_encode_state(ent_link_buf *out, uint32_t site, uint64_t roun
 ent_status ent_link_decode_state(const void *msg, size_t len, const char *peer,
                                  ent_link_header *hdr, ent_link_chunk *m) {
     return decode_chunk(msg, len, peer, ENT_LINK_STATE, hdr, m);
+}
+
+// ---------------------------------------------------------------------------
+// LEDGER: the text, the whole payload (1..ENT_LINK_LEDGER_MAX bytes, none
+// below 0x20 nor 0x7f: no NUL, newline or terminal escape)
+
+static int check_ledger_text(const char *text, size_t len, char *why) {
+    if (len < 1 || len > ENT_LINK_LEDGER_MAX)
+        return WHY("text: %zu bytes, not in 1..%u", len, ENT_LINK_LEDGER_MAX);
+    if (text == NULL) return WHY("text: none");
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c < 0x20 || c == 0x7f) return WHY("text: control byte 0x%02x at offset %zu", c, i);
+    }
+    return 0;
+}
+
+ent_status ent_link_encode_ledger(ent_link_buf *out, uint32_t site, uint64_t round,
+                                  const ent_link_ledger *m) {
+    char why[WHY_MAX] = "";
+    int bad = check_ledger_text(m->text, m->len, why);
+    ENT_CHECK(encode_begin(out, ENT_LINK_LEDGER, round, bad ? 0 : m->len, bad, why));
+    put_bytes(out, m->text, m->len);
+    header_end(out, ENT_LINK_LEDGER, site, round);
+    return ENT_OK;
+}
+
+ent_status ent_link_decode_ledger(const void *msg, size_t len, const char *peer,
+                                  ent_link_header *hdr, ent_link_ledger *m) {
+    ent_link_header h = {0};
+    reader r = {0};
+    ENT_CHECK(decode_begin(msg, len, peer, ENT_LINK_LEDGER, &h, &r));
+    char why[WHY_MAX] = "";
+    ent_link_ledger v = {.len = r.len};
+    const uint8_t *q = NULL;
+    rd_take(&r, v.len, &q);
+    v.text = (const char *)q;
+    int bad = r.overrun ? 0 : check_ledger_text(v.text, v.len, why);
+    ENT_CHECK(decode_end(peer, ENT_LINK_LEDGER, &r, bad, why));
+    if (hdr) *hdr = h;
+    *m = v;
+    return ENT_OK;
 }
 
 // ---------------------------------------------------------------------------

@@ -652,13 +652,15 @@ static int cmd_ckpt(int argc, char **argv) {
 static const char *ledger_help =
     "Usage: entente ledger FILE [--json]\n"
     "\n"
-    "Prints the coalition ledger a coordinator's checkpoint holds (its\n"
-    "/coalition/ledger): one row per site with the tokens of its deltas merged,\n"
-    "the inner steps and compute seconds it reported, the rounds it was a\n"
-    "member of, its deltas accepted and rejected (by reason), and when it was\n"
-    "first and last seen (UTC, and the round). docs/coalition.md (\"The ledger\")\n"
-    "says what each number means and how to recompute it from the coordinator's\n"
-    "metrics.jsonl.\n"
+    "Prints the coalition ledger a checkpoint holds (its /coalition/ledger): a\n"
+    "coordinator's, or a site's (the last ledger the coordinator sent it, with\n"
+    "the update of the round before; none before its first merged round).\n"
+    "One row per site with the tokens of its deltas merged, the inner steps and\n"
+    "compute seconds it reported, the rounds it was a member of, its deltas\n"
+    "accepted and rejected (by reason: undecodable, wrong_anchor, norm, stale,\n"
+    "loss, tokens), its loss-change score, and when it was first and last seen\n"
+    "(UTC, and the round). docs/coalition.md (\"The ledger\") says what each\n"
+    "number means and how to recompute it from the coordinator's metrics.jsonl.\n"
     "\n"
     "  FILE      a checkpoint, or a checkpoint directory (its latest)\n"
     "  --json    print the stored JSON instead of the table\n"
@@ -687,8 +689,8 @@ static int cmd_ledger(int argc, char **argv) {
     int64_t round = 0;
     if (st == ENT_OK) st = ent_ckpt_open(path, NULL, &ck);
     if (st == ENT_OK && !ent_ckpt_has_coalition(ck))
-        st = ent_fail(ENT_ERR_INPUT, "%s holds no ledger (no group /coalition): only a "
-                      "coalition coordinator's checkpoint has one", path);
+        st = ent_fail(ENT_ERR_INPUT, "%s holds no ledger (no group /coalition): a coalition's "
+                      "coordinator's and sites' checkpoints have one", path);
     if (st == ENT_OK) st = ent_ckpt_coalition_info(ck, &round, &ledger);
     if (st == ENT_OK) st = ent_ledger_print(path, ledger, json, stdout);
     free(ledger);

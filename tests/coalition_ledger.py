@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""coalition_ledger.py LEDGER_JSON COORDINATOR_METRICS SITE=METRICS... [-- SITE:KEY=N ...]
+"""coalition_ledger.py [--rounds R] LEDGER_JSON COORDINATOR_LOGS SITE=METRICS... [-- SITE:KEY=N ...]
 
-Checks the ledger a coordinator's checkpoint holds (the output of `entente
-ledger --json`) three ways:
+Checks a ledger (the output of `entente ledger --json` of a coordinator's
+checkpoint, or of a site's) three ways:
 
 1. against the coordinator's metrics.jsonl, as docs/coalition.md ("The
    ledger") says to recompute it: tokens = the site's site_tokens in the round
@@ -15,10 +15,24 @@ ledger --json`) three ways:
    its last `report` record;
 2. against each site's own metrics.jsonl: inner_steps and compute_s = the
    sums over its round records, tokens = the tokens it trained in the rounds
-   the coordinator merged it (the difference of its cumulative `tokens`);
+   the coordinator merged it (the difference of its cumulative `tokens`):
+   only for a run without cuts, restarts or takeovers (give no SITE=METRICS
+   otherwise);
 3. against expectations given after `--`: SITE:KEY=N with KEY a top-level
    count or a reason of `rejected` (norm, undecodable, wrong_anchor, stale,
-   loss).
+   loss, tokens).
+
+COORDINATOR_LOGS is one coordinator's metrics.jsonl, or the logs of a
+coalition's coordinators in order, joined by commas: a primary's, then its
+standby's. The records the ledger sums are recomputed across them as
+docs/coalition.md says: a log appended to by a restarted coordinator counts
+the first life's records up to the round record that ends its checkpoint
+(round R - 1, R the `restart` record's round) and every record of the
+second life (from `restart` on); a standby's log continues the primary's
+up to the round record R - 1 (R its `takeover` record's round) from its
+`takeover` record on. --rounds R: the ledger is the one after R rounds
+merged (a site's checkpoint holds the ledger sent with the update of round
+R - 1): the records up to the round record R - 1.
 
 Prints what it compared; exits 1 naming every mismatch.
 """
@@ -31,12 +45,45 @@ def records(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def cut(seq, rounds, what):
+    """The records of seq up to the one that ends the state after `rounds`
+    rounds merged: the last round record of round rounds - 1 (the start
+    record for 0)."""
+    for i in range(len(seq) - 1, -1, -1):
+        r = seq[i]
+        if (rounds == 0 and r.get("event") == "start") or \
+                (rounds > 0 and r.get("event") == "round" and r["round"] == rounds - 1):
+            return seq[:i + 1]
+    raise SystemExit(f"coalition_ledger.py: {what}: no record ends round {rounds - 1} before it")
+
+
+def effective(paths):
+    """The coordinator records the ledger sums, across restarts and takeovers."""
+    seq = []
+    for n, path in enumerate(paths):
+        recs = records(path)
+        if n > 0:  # a standby: from its takeover on
+            at = [i for i, r in enumerate(recs) if r.get("event") == "takeover"]
+            if not at:
+                raise SystemExit(f"coalition_ledger.py: {path} has no takeover record")
+            recs = recs[at[0]:]
+        for r in recs:
+            if r.get("event") in ("restart", "takeover") and (n > 0 or r["event"] == "restart"):
+                seq = cut(seq, r["round"], f"{path}: {r['event']} at round {r['round']}")
+            seq.append(r)
+    return seq
+
+
 def close(a, b):
     return abs(a - b) <= 1e-4 * max(abs(a), abs(b)) + 1e-6
 
 
 def main(argv):
     args = argv[1:]
+    rounds_at = None
+    if args[:1] == ["--rounds"]:
+        rounds_at = int(args[1])
+        args = args[2:]
     expects = []
     if "--" in args:
         expects = args[args.index("--") + 1:]
@@ -44,7 +91,9 @@ def main(argv):
     ledger_path, coord_path, site_args = args[0], args[1], args[2:]
     with open(ledger_path) as f:
         ledger = json.load(f)
-    coord = records(coord_path)
+    coord = effective(coord_path.split(","))
+    if rounds_at is not None:
+        coord = cut(coord, rounds_at, f"--rounds {rounds_at}")
     errors = []
 
     def check(what, got, want, approx=False):
@@ -52,7 +101,7 @@ def main(argv):
         if not ok:
             errors.append(f"{what}: the ledger says {got!r}, want {want!r}")
 
-    if ledger.get("format") != "entente-ledger" or ledger.get("version") != 2:
+    if ledger.get("format") != "entente-ledger" or ledger.get("version") != 3:
         errors.append(f"format/version: {ledger.get('format')!r} {ledger.get('version')!r}")
     rounds = [r for r in coord if r.get("event") == "round"]
     check("rounds_merged", ledger["rounds_merged"], len(rounds))
@@ -78,7 +127,10 @@ def main(argv):
             if r.get("event") == "rejected" and r["site"] == name:
                 rejected[r["kind"]] = rejected.get(r["kind"], 0) + 1
         reports = [r for r in coord if r.get("event") == "report" and r["site"] == name]
-        first = [r for r in coord if r.get("event") == "joined" and r["site"] == name][0]
+        joins = [r for r in coord if r.get("event") == "joined" and r["site"] == name]
+        if not joins:
+            errors.append(f"{name}: no joined record in the coordinators' logs")
+            continue
         check(f"{name}: tokens (coordinator's round records)", e["tokens"], tokens)
         check(f"{name}: accepted", e["accepted"], accepted)
         check(f"{name}: rounds_joined", e["rounds_joined"], joined)
@@ -91,11 +143,15 @@ def main(argv):
         check(f"{name}: compute_s (report records)", e["compute_s"],
               sum(r["compute_s"] for r in reports), approx=True)
         check(f"{name}: first_seen", e["first_seen"],
-              {"time": first["time"], "round": first["first_round"]})
+              {"time": joins[0]["time"], "round": joins[0]["first_round"]})
         if reports:
             check(f"{name}: last_seen", e["last_seen"],
                   {"time": reports[-1]["time"], "round": reports[-1]["round"]})
         e["_merged_rounds"] = merged_rounds
+        print(f"site {name}: {e['tokens']} tokens merged, {e['inner_steps']} inner steps, "
+              f"{e['compute_s']:.2f} s, {e['accepted']} accepted, rejected {e['rejected']}, "
+              f"loss gain {e['loss_gain']:.4f} over {e['scored']} scored "
+              f"(recomputed from {len(rounds)} round records)")
 
     # 2. the sites' own logs
     for arg in site_args:
@@ -107,7 +163,7 @@ def main(argv):
         own = [r for r in records(path) if r.get("event") == "round"]
         before, tokens = 0, 0
         for r in own:
-            if r["round"] in e["_merged_rounds"]:
+            if r["round"] in e.get("_merged_rounds", set()):
                 tokens += r["tokens"] - before
             before = r["tokens"]
         check(f"{name}: tokens (the site's round records)", e["tokens"], tokens)
@@ -115,9 +171,6 @@ def main(argv):
               sum(r["inner_steps"] for r in own))
         check(f"{name}: compute_s (the site's round records)", e["compute_s"],
               sum(r["compute_s"] for r in own), approx=True)
-        print(f"site {name}: {e['tokens']} tokens merged, {e['inner_steps']} inner steps, "
-              f"{e['compute_s']:.2f} s, {e['accepted']} accepted, rejected {e['rejected']}, "
-              f"loss gain {e['loss_gain']:.4f} over {e['scored']} scored")
 
     # 3. expectations
     for x in expects:

@@ -9,7 +9,9 @@
 #             same round; every rank of every site ends with the
 #             coordinator's final anchor; the coordinator's and the sites'
 #             checkpoints verify; a site's checkpoint resumes as a run alone;
-#             the coordinator's anchor samples.
+#             the coordinator's anchor samples; site b's checkpoint after
+#             round 0 holds no ledger (none has come yet), its later ones
+#             the coordinator's ledger of the same round, number by number.
 #   refusals  a site of another model and a second process under the name
 #             (and key) of a connected site are refused by name, logged, and
 #             do not disturb the run (no site lost, both rounds merge a and
@@ -49,6 +51,15 @@
 #             each spoiled delta is rejected every round with its reason
 #             (norm over the median; does not decode), the honest ones never,
 #             and the coalition completes with every site holding the anchor.
+#   tokens    three sites, one claiming twice the tokens it trained on
+#             (ENTENTE_FAULT_TOKENS=2) from round 1 on: its deltas are
+#             rejected (kind tokens) every round, the honest ones never, and
+#             the ledger counts it; the ledger the coordinator sends after
+#             round 1 comes spoiled (ENTENTE_FAULT_LEDGER=2): every site logs
+#             and drops it, keeps its last good one and goes on.
+#   carry     the tokens rule across a coordinator restart: the honest
+#             sites' carried deltas merged, a site claiming 50 times the
+#             tokens of its carried delta rejected (kind tokens).
 #   score     six sites on one distribution (the coordinator's validation
 #             set too): three honest, one sending its delta sign-flipped
 #             (scale:-1), one Gaussian noise 4 times its delta's norm
@@ -183,28 +194,35 @@ hash_of() {
 }
 
 # check_ledger SITES... [-- SITE:KEY=N ...]: the coordinator's checkpoint
-# holds a ledger that `entente ledger` prints as a table (a row per site) and
-# as JSON, and that agrees with the coordinator's metrics.jsonl, with each
-# site's own round records and with the expectations given
-# (tests/coalition_ledger.py)
+# (LEDGER_CK, default its latest) holds a ledger that `entente ledger` prints
+# as a table (a row per site) and as JSON, and that agrees number by number
+# with the coordinator's metrics.jsonl (LEDGER_LOGS: the coordinators' logs,
+# comma-separated, a primary's then its standby's; ROUNDS_AT=R: the ledger
+# after R rounds merged, a site's), with each site's own round records and
+# with the expectations given (tests/coalition_ledger.py); SITE_LOGS=0: not
+# with the sites' logs (a site that was cut off trained rounds the ledger
+# does not count)
 check_ledger() {
-    local ck=$W/run/coordinator/checkpoints/latest sites=() names=() name
+    local ck=${LEDGER_CK:-$W/run/coordinator/checkpoints/latest} sites=() names=() name
+    local logs=${LEDGER_LOGS:-$W/run/coordinator/metrics.jsonl} at=()
+    [ -n "${ROUNDS_AT:-}" ] && at=(--rounds "$ROUNDS_AT")
     while [ $# -gt 0 ] && [ "$1" != -- ]; do
         names+=("$1")
-        sites+=("$1=$W/run/site-$1/metrics.jsonl")
+        # a site's own log runs to its end, and counts what it trained alone:
+        # compared with a final ledger of a run without cuts only
+        [ -z "${ROUNDS_AT:-}" ] && [ "${SITE_LOGS:-1}" = 1 ] && sites+=("$1=$W/run/site-$1/metrics.jsonl")
         shift
     done
-    expect "entente ledger (table)" 0 "out:rounds merged: $(grep -c '"event":"round"' "$W/run/coordinator/metrics.jsonl")" -- \
-        "$E" ledger "$ck"
+    expect "entente ledger (table) of $ck" 0 "out:rounds merged: " -- "$E" ledger "$ck"
     for name in "${names[@]}"; do
         grep -q "^$name " "$W/out" || fail "entente ledger has no row for site $name: $(cat "$W/out")"
     done
     sed 's/^/    | /' "$W/out"
-    expect "entente ledger --json" 0 -- "$E" ledger "$ck" --json
+    expect "entente ledger --json of $ck" 0 -- "$E" ledger "$ck" --json
     cp "$W/out" "$W/ledger.json"
-    /usr/bin/python3 "$SRC/tests/coalition_ledger.py" "$W/ledger.json" \
-        "$W/run/coordinator/metrics.jsonl" "${sites[@]}" "$@" >"$W/ledger.check" 2>&1 ||
-        fail "the ledger disagrees with the logs: $(cat "$W/ledger.check")"
+    /usr/bin/python3 "$SRC/tests/coalition_ledger.py" "${at[@]+"${at[@]}"}" "$W/ledger.json" \
+        "$logs" "${sites[@]+"${sites[@]}"}" "$@" >"$W/ledger.check" 2>&1 ||
+        fail "the ledger of $ck disagrees with the logs: $(cat "$W/ledger.check")"
     sed 's/^/    /' "$W/ledger.check"
 }
 
@@ -216,7 +234,8 @@ case_rounds() {
     start_coordinator "$W/run/coordinator"
     local pa pb pc
     start_site a 1; pa=$SPID
-    start_site b 2 --set parallel.tp=2; pb=$SPID
+    # b also checkpoints after rounds 0, 1 and 2 (and keeps them)
+    start_site b 2 --set parallel.tp=2 --set checkpoint.every=6 --set checkpoint.keep=0; pb=$SPID
     start_site c 2; pc=$SPID
     local p rc name
     wait "$CPID"; rc=$?
@@ -260,6 +279,20 @@ case_rounds() {
     done
     check_ledger a b c -- a:accepted=4 b:accepted=4 c:accepted=4 a:rounds_joined=4 \
         b:rounds_joined=4 c:rounds_joined=4
+    # every site's checkpoint holds the last ledger the coordinator sent it
+    # (with the update of the round before): none after round 0 (no merge
+    # yet), the ledger after 1 round merged after round 1, after 4 at the
+    # end; each agrees with the coordinator's log up to that round (b: TP =
+    # 2, rank 0 writes it, both ranks lay the file out alike)
+    local b0=$W/run/site-b/checkpoints/step_00000006.h5
+    expect "entente ledger of site b's checkpoint before any ledger came" 1 \
+        "err:$b0 holds no ledger (dataset /coalition/ledger): a coordinator's checkpoint has one, and a site's once" -- \
+        "$E" ledger "$b0"
+    ROUNDS_AT=1 LEDGER_CK=$W/run/site-b/checkpoints/step_00000012.h5 check_ledger a b c -- \
+        a:accepted=1 a:rounds_joined=1
+    ROUNDS_AT=4 LEDGER_CK=$W/run/site-b/checkpoints/latest check_ledger a b c -- \
+        a:accepted=4 b:accepted=4 c:accepted=4
+    ROUNDS_AT=4 LEDGER_CK=$W/run/site-c/checkpoints/latest check_ledger a b c
     expect "sample from the coalition's anchor" 0 -- "$E" sample \
         --checkpoint "$W/run/coordinator/checkpoints/latest" --tokens 16
     # a site's checkpoint goes on alone (no coordinator), on another layout
@@ -267,6 +300,9 @@ case_rounds() {
         --resume "$W/run/site-b/checkpoints/latest" --set coalition.coordinator= \
         --set train.steps=28 --run-dir "$W/run/alone"
     grep -q '"step":28,' "$W/run/alone/metrics.jsonl" || fail "the resumed run did not reach step 28"
+    expect "entente ledger of a run alone's checkpoint" 1 \
+        "err:holds no ledger (no group /coalition): a coalition's coordinator's and sites' checkpoints have one" -- \
+        "$E" ledger "$W/run/alone/checkpoints/latest"
 }
 
 case_refusals() {
@@ -541,10 +577,10 @@ case_poison() {
         fail "entente ledger of the checkpoint directory failed: $(cat "$W/ledger.table")"
     grep -q "^c .*norm 4" "$W/ledger.table" || fail "the table does not give site c 4 norm rejections: $(cat "$W/ledger.table")"
     grep -q "^x .*undecodable 4" "$W/ledger.table" || fail "the table does not give site x 4 undecodable rejections"
-    # a checkpoint without a ledger (a site's), and a malformed ledger
-    local site_ck=$W/run/site-a/checkpoints/latest
-    expect "entente ledger of a site's checkpoint (no ledger)" 1 "err:$site_ck holds no ledger" -- \
-        "$E" ledger "$W/run/site-a/checkpoints/latest"
+    # a site's checkpoint holds the ledger after the last round, rejections
+    # included; and a malformed ledger
+    ROUNDS_AT=5 LEDGER_CK=$W/run/site-a/checkpoints/latest check_ledger a b c x -- \
+        c:norm=4 x:undecodable=4 a:norm=0 a:accepted=5
     if /usr/bin/python3 -c 'import h5py' 2>/dev/null; then
         cp "$(readlink -f "$W/run/coordinator/checkpoints/latest")" "$W/bad-ledger.h5"
         /usr/bin/python3 -c '
@@ -734,6 +770,53 @@ start_paced() {
     start_coordinator "$W/run/coordinator" "${CO_ARGS[@]+"${CO_ARGS[@]}"}"
     start_site a 1; PA=$SPID
     start_site b 1; PB=$SPID
+}
+
+case_tokens() {
+    need_mpirun
+    make_site_data
+    write_coalition "$W/co.ini" 3 4
+    mkdir -p "$W/run"
+    # the coordinator also sends the ledger after 2 rounds spoiled (not JSON)
+    ENTENTE_FAULT_LEDGER=2 start_coordinator "$W/run/coordinator"
+    # a checkpoints at every round's end (and keeps them)
+    start_site a 1 --set checkpoint.every=6 --set checkpoint.keep=0; local pa=$SPID
+    start_site b 1; local pb=$SPID
+    ENTENTE_FAULT_TOKENS=2 start_site c 1; local pc=$SPID
+    wait_all a:$pa b:$pb c:$pc
+    [ "$FAILED" = 0 ] || return
+    local cm=$W/run/coordinator/metrics.jsonl r per_step
+    per_step=$(($(sed -n 's/^batch_size = //p' "$W/co.ini") * $(sed -n 's/^context = //p' "$W/co.ini")))
+    grep -q "\"event\":\"joined\",\"site\":\"c\",.*\"tokens_per_step\":$per_step}" "$cm" ||
+        fail "c's joined record does not give its $per_step tokens per step: $(grep '"joined","site":"c"' "$cm")"
+    for r in 1 2 3; do
+        grep -q "\"event\":\"rejected\",\"site\":\"c\",\"round\":$r,\"reason\":\"$((12 * per_step)) tokens: 12 inner steps of $per_step tokens, over the 6 planned for round $r\",\"kind\":\"tokens\"" "$cm" ||
+            fail "site c's claim of round $r was not rejected for its tokens: $(grep "\"round\":$r," "$cm" | grep '"site":"c"')"
+        grep '"event":"round"' "$cm" | grep "\"round\":$r," | grep -q '"sites":\["[ab]","[ab]"\]' ||
+            fail "round $r did not merge exactly sites a and b"
+    done
+    ! grep -q '"event":"rejected","site":"[ab]"' "$cm" ||
+        fail "an honest site's delta was rejected: $(grep rejected "$cm" | grep '"site":"[ab]"' | head -2)"
+    [ "$(tokens_of "$cm" 0 c)" = $((6 * per_step)) ] || fail "round 0 (before the fault) did not merge c's 6 steps"
+    grep -q "rejected the delta of site 'c' for round 1 (tokens)" "$W/run/coordinator.log" ||
+        fail "the coordinator's log does not give the tokens rejection of site c"
+    final_anchor_held_by a b c
+    check_ledger a b c -- c:tokens=3 c:accepted=1 a:tokens=0 b:tokens=0 a:accepted=4 b:accepted=4
+    "$E" ledger "$W/run/coordinator/checkpoints" >"$W/ledger.table" 2>&1 ||
+        fail "entente ledger failed: $(cat "$W/ledger.table")"
+    grep -q "^c .*tokens 3" "$W/ledger.table" || fail "the table does not give site c 3 tokens rejections: $(cat "$W/ledger.table")"
+    # the spoiled ledger: each site logs it and drops it, keeps the last good
+    # one (a's checkpoint after round 2 holds the ledger after 1 round),
+    # goes on (every site ended with the anchor, above), and checkpoints
+    # the next good one (after round 3: 3 rounds)
+    local name
+    for name in a b c; do
+        grep -q "site $name: dropped a LEDGER (it keeps its last good one): the LEDGER from coordinator .*: the ledger (/coalition/ledger) is malformed: not JSON" "$W/site-$name.log" ||
+            fail "site $name does not log that it dropped the spoiled ledger: $(grep -i ledger "$W/site-$name.log")"
+    done
+    ROUNDS_AT=1 LEDGER_CK=$W/run/site-a/checkpoints/step_00000012.h5 check_ledger a b c
+    ROUNDS_AT=1 LEDGER_CK=$W/run/site-a/checkpoints/step_00000018.h5 check_ledger a b c
+    ROUNDS_AT=4 LEDGER_CK=$W/run/site-a/checkpoints/latest check_ledger a b c -- c:tokens=3
 }
 
 case_score() {
@@ -931,6 +1014,11 @@ case_coord_restart() {
     [ "$(ledger_field "$ck2" a first_seen.time)" = "$first_a" ] || fail "site a's first_seen changed across the restart"
     awk -v x="$(ledger_field "$ck2" a tokens)" -v y="$tok_a" -v p="$(ledger_field "$ck2" b tokens)" -v q="$tok_b" \
         'BEGIN { exit !(x > y && p > q) }' || fail "the ledger's tokens did not carry on from the checkpoint's ($tok_a, $tok_b)"
+    # number by number: the first life's records up to the checkpoint's
+    # round, then the second life's (from its restart record); no carried
+    # delta rejected for its tokens
+    grep -q "\"event\":\"restart\",\"round\":$saved," "$cm" || fail "no restart record at round $saved"
+    SITE_LOGS=0 LEDGER_CK=$ck2 check_ledger a b -- a:tokens=0 b:tokens=0
     # a checkpoint of another model, or of other coalition settings, or a
     # site's, is refused, naming the key (or what the file is)
     expect "--resume with another model" 2 "model.width: checkpoint 32, this run 48" -- \
@@ -947,6 +1035,43 @@ case_coord_restart() {
     expect "--resume of a site's checkpoint" 1 "a site's checkpoint, not a coordinator's" -- \
         "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/other3" \
         --resume "$W/run/site-a/checkpoints/latest" --set "coalition.key=$W/keys/coordinator.key"
+}
+
+# carry: the tokens rule on progress carried across a coordinator restart:
+# three sites, c claiming 50 times the tokens of its first delta back
+# (ENTENTE_FAULT_TOKENS=rejoin:50); the coordinator (checkpointing every
+# round) is killed after round 4 and restarted: a's and b's carried deltas
+# are merged, c's is rejected (kind tokens, over what it may carry), and c
+# is merged again from the next round on
+case_carry() {
+    CO_ARGS=(--set checkpoint.every=1)
+    start_paced 3 48
+    ENTENTE_FAULT_TOKENS=rejoin:50 start_site c 1; local pc=$SPID
+    local cm=$W/run/coordinator/metrics.jsonl port=${EP##*:}
+    wait_for_line "$cm" '"event":"round","round":4,' 120 || { fail "the coordinator did not merge round 4"; return; }
+    kill_coordinator || return
+    mv "$W/run/coordinator.log" "$W/run/coordinator.first.log"
+    start_coordinator "$W/run/coordinator" --resume auto --set "coalition.bind=tcp://127.0.0.1:$port" \
+        --set checkpoint.every=1
+    wait_all a:$PA b:$PB c:$pc
+    [ "$FAILED" = 0 ] || return
+    local j
+    j=$(sed -n 's/.*"event":"resumed","round":\([0-9]*\),.*/\1/p' "$cm")
+    [ -n "$j" ] || { fail "no resumed record"; return; }
+    j=$((j + 1))
+    grep -q "\"event\":\"rejected\",\"site\":\"c\",\"round\":$j,\"reason\":\"[0-9]* tokens: [0-9]* inner steps of [0-9]* tokens, over the [0-9]* planned for round $j and [0-9]* it may carry (twice .* steps/s over the [0-9]* s since its last report, plus 2 s)\",\"kind\":\"tokens\"" "$cm" ||
+        fail "c's first delta back (round $j), claiming 50 times its tokens, was not rejected for them: $(grep '"site":"c"' "$cm" | grep -v report | tail -3)"
+    local r
+    for r in a b; do
+        [ -n "$(tokens_of "$cm" $j $r last)" ] || fail "site $r's first delta back (round $j, carrying its progress) was not merged"
+        grep -q "\"event\":\"rejoined\",\"site\":\"$r\",\"first_round\":$j,.*\"progress\":\"carried\"" \
+            "$W/run/site-$r/metrics.jsonl" || fail "site $r did not carry its progress into round $j"
+    done
+    [ -n "$(tokens_of "$cm" $((j + 1)) c last)" ] || fail "site c was not merged in round $((j + 1)), after its lie"
+    ! grep -q '"event":"rejected","site":"[ab]"' "$cm" ||
+        fail "an honest site's delta was rejected: $(grep rejected "$cm" | grep '"site":"[ab]"' | head -2)"
+    final_anchor_held_by a b c
+    SITE_LOGS=0 check_ledger a b c -- c:tokens=1 a:tokens=0 b:tokens=0
 }
 
 # elapsed FROM TO: TO - FROM in seconds, one decimal
@@ -997,7 +1122,9 @@ case_failover() {
     grep '"event":"takeover"' "$sm"
     awk -v d="$(elapsed "$killed_at" "$t_over")" 'BEGIN { exit !(d < 3) }' || fail "the standby took over more than 3 s after the kill"
     # split brain refused: the old primary restarted from its checkpoint on its
-    # port finds the standby in charge and stops, naming it
+    # port finds the standby in charge and stops, naming it (its log as it
+    # was at the kill is kept for the ledger)
+    cp "$pm" "$W/primary.metrics.jsonl"
     mv "$W/run/coordinator.log" "$W/run/coordinator.first.log"
     start_coordinator "$W/run/coordinator" --resume auto --set "coalition.bind=tcp://127.0.0.1:$port" \
         --set "coalition.standby=$eps" --set "coalition.standby_key=$W/keys/standby.pub"
@@ -1037,6 +1164,11 @@ case_failover() {
     expect "entente ledger of the standby's checkpoint" 0 "out:rounds merged: 48" -- "$E" ledger "$ck"
     [ "$(ledger_field "$ck" a accepted)" = 47 ] && [ "$(ledger_field "$ck" b accepted)" = 47 ] ||
         fail "the standby's ledger does not count 47 merged deltas of a and b: $(cat "$W/out")"
+    # number by number: the primary's log up to the round before the
+    # takeover, then the standby's from its takeover record; no carried delta
+    # rejected for its tokens
+    SITE_LOGS=0 LEDGER_CK=$ck LEDGER_LOGS="$W/primary.metrics.jsonl,$sm" check_ledger a b -- \
+        a:accepted=47 b:accepted=47 a:tokens=0 b:tokens=0
 }
 
 case_rejoin() {
@@ -1072,8 +1204,9 @@ case_rejoin() {
         fail "the restarted site c's first step is not $((saved + 1)) in round $first"
     final_anchor_held_by a b c
     # the ledger keeps c's rounds from before it was lost (the coordinator's
-    # log counts them: a ledger that started c afresh disagrees with it)
-    check_ledger a b
+    # log counts them: a ledger that started c afresh disagrees with it);
+    # no delta, c's first one back included, rejected for its tokens
+    check_ledger a b -- a:tokens=0 b:tokens=0 c:tokens=0
 }
 
 # cut_off_c MAX_STALENESS: sites a and b, and c through wan_proxy; the proxy
@@ -1111,6 +1244,9 @@ cut_off_c() {
     [ -n "$FIRST" ] || { fail "site c did not come back: $(grep -i 'cut off\|coalition' "$W/site-c.log" | tail -3)"; return; }
     grep '"event":"rejoined"' "$sm"
     grep -q '"event":"rejoined","site":"c",.*"steps_alone":[1-9]' "$sm" || fail "site c's rejoined record shows no steps trained alone"
+    # what it carried is within the tokens rule (docs/coalition.md, "Tokens")
+    ! grep -q '"kind":"tokens"' "$W/run/coordinator/metrics.jsonl" ||
+        fail "an honest delta was rejected for its tokens: $(grep '"kind":"tokens"' "$W/run/coordinator/metrics.jsonl" | head -1)"
     final_anchor_held_by a b c
 }
 

@@ -1276,6 +1276,16 @@ static void test_ledger(void **state) {
         s->scored = s->accepted;
         s->loss_gain = (double)test_rand_int(-100000, 100000) / 4096.0; // may be negative
     }
+    // the age of a time it wrote (what the tokens rule measures a site's
+    // absence by); anything else is no time
+    char now[32];
+    coal_utc_now(now);
+    double age = coal_utc_age(now);
+    assert_true(age >= 0 && age <= 2);
+    assert_true(coal_utc_age("2026-01-01T00:00:00Z") > 0);
+    assert_true(coal_utc_age("2026-01-01T00:00:00") == -1);
+    assert_true(coal_utc_age("2026-01-01T00:00:00Zx") == -1);
+    assert_true(coal_utc_age("") == -1);
     char *text = coal_ledger_json(sites, 3, 1234);
     assert_non_null(text);
     char *out = NULL;
@@ -1321,9 +1331,35 @@ static void test_ledger(void **state) {
     assert_int_equal(merged, 2);
     assert_int_equal(back[0].rejected[COAL_REJECT_NORM], 1);
     assert_int_equal(back[0].rejected[COAL_REJECT_LOSS], 0);
+    assert_int_equal(back[0].rejected[COAL_REJECT_TOKENS], 0);
     assert_int_equal(back[0].scored, 0);
     free(back);
-    // version 2 round trip: every field back as written
+    // a version 2 ledger (scores, no "tokens" rejections): read, none counted
+    const char *v2ok = "{\"format\":\"entente-ledger\",\"version\":2,\"rounds_merged\":2,"
+                       "\"sites\":[{\"site\":\"old\",\"tokens\":10,\"inner_steps\":2,"
+                       "\"compute_s\":0.5,\"rounds_joined\":2,\"accepted\":2,\"scored\":2,"
+                       "\"loss_gain\":-0.25,\"rejected\":{\"undecodable\":0,\"wrong_anchor\":0,"
+                       "\"norm\":0,\"stale\":0,\"loss\":3},\"first_seen\":{\"time\":"
+                       "\"2026-01-01T00:00:00Z\",\"round\":0},\"last_seen\":{\"time\":"
+                       "\"2026-01-02T00:00:00Z\",\"round\":1}}]}";
+    assert_int_equal(ledger_print(v2ok, 0, &out), ENT_OK);
+    assert_non_null(strstr(out, "loss 3 "));
+    assert_non_null(strstr(out, "-0.2500 "));
+    free(out);
+    assert_int_equal(coal_ledger_parse("ck.h5", v2ok, &back, &nback, &merged), ENT_OK);
+    assert_int_equal(back[0].rejected[COAL_REJECT_LOSS], 3);
+    assert_int_equal(back[0].rejected[COAL_REJECT_TOKENS], 0);
+    assert_true(back[0].loss_gain == -0.25);
+    free(back);
+    // version 3 without its "tokens" rejections: refused
+    char *v3 = strdup(v2ok);
+    assert_non_null(v3);
+    v3[strstr(v3, "\"version\":2") - v3 + 10] = '3';
+    assert_int_equal(ledger_print(v3, 0, &out), ENT_ERR_INPUT);
+    assert_non_null(strstr(ent_last_error(), "site 'old': \"rejected\""));
+    free(out);
+    free(v3);
+    // version 3 round trip: every field back as written
     assert_int_equal(coal_ledger_parse("ck.h5", text, &back, &nback, &merged), ENT_OK);
     assert_int_equal(nback, 3);
     for (int i = 0; i < 3; i++) {
@@ -1345,7 +1381,7 @@ static void test_ledger(void **state) {
     assert_int_equal(ledger_print("", 0, &out), ENT_ERR_INPUT);
     assert_non_null(strstr(ent_last_error(), "ck.h5 holds no ledger"));
     free(out);
-    ledger_refused_edited(text, "\"version\":", '3', "format version is 3; this entente reads versions 1 to 2");
+    ledger_refused_edited(text, "\"version\":", '4', "format version is 4; this entente reads versions 1 to 3");
     ledger_refused_edited(text, "\"tokens\":", '-', "ck.h5: the ledger (/coalition/ledger) is malformed: site 'north': \"tokens\"");
     ledger_refused_edited(text, "\"round\":", 'x', "ck.h5: the ledger (/coalition/ledger) is malformed: not JSON");
     // every truncation, something after the object, and seeded changes of

@@ -134,6 +134,7 @@ typedef union {
     ent_link_round_plan plan;
     ent_link_chunk chunk;
     ent_link_reason reason;
+    ent_link_ledger ledger;
 } any_msg;
 
 static ent_status encode_any(int type, ent_link_buf *b, uint32_t site, uint64_t round,
@@ -148,6 +149,7 @@ static ent_status encode_any(int type, ent_link_buf *b, uint32_t site, uint64_t 
     case ENT_LINK_STATE: return ent_link_encode_state(b, site, round, &m->chunk);
     case ENT_LINK_LEAVE: return ent_link_encode_leave(b, site, round, &m->reason);
     case ENT_LINK_ERROR: return ent_link_encode_error(b, site, round, &m->reason);
+    case ENT_LINK_LEDGER: return ent_link_encode_ledger(b, site, round, &m->ledger);
     }
     fail_msg("no type %d", type);
     return ENT_ERR_INTERNAL;
@@ -165,6 +167,7 @@ static ent_status decode_any(int type, const void *p, size_t n, const char *peer
     case ENT_LINK_STATE: return ent_link_decode_state(p, n, peer, h, &m->chunk);
     case ENT_LINK_LEAVE: return ent_link_decode_leave(p, n, peer, h, &m->reason);
     case ENT_LINK_ERROR: return ent_link_decode_error(p, n, peer, h, &m->reason);
+    case ENT_LINK_LEDGER: return ent_link_decode_ledger(p, n, peer, h, &m->ledger);
     }
     fail_msg("no type %d", type);
     return ENT_ERR_INTERNAL;
@@ -182,6 +185,7 @@ static void assert_same(int type, const any_msg *a, const any_msg *b) {
         assert_int_equal(a->hello.dp_size, b->hello.dp_size);
         assert_int_equal(a->hello.tp_size, b->hello.tp_size);
         assert_true(same_double(a->hello.tokens_per_s, b->hello.tokens_per_s));
+        assert_true(a->hello.tokens_per_step == b->hello.tokens_per_step);
         break;
     case ENT_LINK_WELCOME:
         assert_true(a->welcome.anchor_hash == b->welcome.anchor_hash);
@@ -220,6 +224,10 @@ static void assert_same(int type, const any_msg *a, const any_msg *b) {
         assert_int_equal(a->reason.code, b->reason.code);
         assert_string_equal(a->reason.text, b->reason.text);
         break;
+    case ENT_LINK_LEDGER:
+        assert_int_equal(a->ledger.len, b->ledger.len);
+        assert_memory_equal(a->ledger.text, b->ledger.text, a->ledger.len);
+        break;
     default: fail_msg("no type %d", type);
     }
 }
@@ -243,6 +251,7 @@ static void random_msg(int type, any_msg *m, uint8_t *data, size_t max_data) {
         h->dp_size = rand_u32(1, 1024);
         h->tp_size = rand_u32(1, ENT_LINK_RANKS_MAX / h->dp_size);
         h->tokens_per_s = rand_rate(ENT_LINK_RATE_MAX);
+        h->tokens_per_step = 1 + rand_u64() % ENT_LINK_ROUND_MAX;
         break;
     }
     case ENT_LINK_WELCOME:
@@ -293,6 +302,16 @@ static void random_msg(int type, any_msg *m, uint8_t *data, size_t max_data) {
         for (size_t i = 0; i < n; i++) r->text[i] = (char)rand_u32(0x20, 0xff);
         for (size_t i = 0; i < n; i++)
             if ((unsigned char)r->text[i] == 0x7f) r->text[i] = 'x';
+        break;
+    }
+    case ENT_LINK_LEDGER: {
+        // any text of allowed bytes (the link does not parse the JSON)
+        size_t n = (size_t)test_rand_int(1, (int64_t)max_data);
+        for (size_t i = 0; i < n; i++) {
+            data[i] = (uint8_t)rand_u32(0x20, 0xff);
+            if (data[i] == 0x7f) data[i] = '{';
+        }
+        m->ledger = (ent_link_ledger){.text = (const char *)data, .len = n};
         break;
     }
     default: fail_msg("no type %d", type);
@@ -412,6 +431,11 @@ static void test_encoders_refuse(void **state) {
     expect_encode_refused(ENT_LINK_HELLO, 0, 0, &m, "tokens_per_s");
     m.hello.tokens_per_s = -1;
     expect_encode_refused(ENT_LINK_HELLO, 0, 0, &m, "tokens_per_s");
+    m = ok;
+    m.hello.tokens_per_step = 0;
+    expect_encode_refused(ENT_LINK_HELLO, 0, 0, &m, "tokens_per_step");
+    m.hello.tokens_per_step = ENT_LINK_ROUND_MAX + 1;
+    expect_encode_refused(ENT_LINK_HELLO, 0, 0, &m, "tokens_per_step");
     m = ok;
     m.hello.max_version = 0;
     expect_encode_refused(ENT_LINK_HELLO, 0, 0, &m, "max_version");
@@ -539,7 +563,7 @@ static void test_decoder_checks(void **state) {
     (void)state;
     ent_link_buf b = {0};
     ent_link_hello hello = {.max_version = 1, .name = "north", .dp_size = 2, .tp_size = 2,
-                            .tokens_per_s = 1000};
+                            .tokens_per_s = 1000, .tokens_per_step = 4096};
     assert_int_equal(ent_link_encode_hello(&b, 0, 0, &hello), ENT_OK);
     size_t n = b.len;
     uint8_t *p = malloc(n + 64), *q = malloc(n + 64);
@@ -552,9 +576,11 @@ static void test_decoder_checks(void **state) {
     expect_decode_refused(ENT_LINK_HELLO, q, n, "bad magic");
     // another version: named, with the one this build speaks, whatever follows
     memcpy(q, p, n);
-    put_le(q + 4, 3, 2);
-    expect_decode_refused(ENT_LINK_HELLO, q, n, "protocol version 3; this build speaks version 2");
-    expect_decode_refused(ENT_LINK_HELLO, q, 6, "protocol version 3");
+    put_le(q + 4, 2, 2);
+    expect_decode_refused(ENT_LINK_HELLO, q, n, "protocol version 2; this build speaks version 3");
+    expect_decode_refused(ENT_LINK_HELLO, q, 6, "protocol version 2");
+    put_le(q + 4, 4, 2);
+    expect_decode_refused(ENT_LINK_HELLO, q, n, "protocol version 4; this build speaks version 3");
     memcpy(q, p, n);
     q[17] ^= 1;
     expect_decode_refused(ENT_LINK_HELLO, q, n, "header checksum");
@@ -565,7 +591,7 @@ static void test_decoder_checks(void **state) {
     memcpy(q, p, n);
     put_le(q + 6, ENT_LINK_TYPE_END, 2);
     reseal(q, n, 0);
-    expect_decode_refused(ENT_LINK_HELLO, q, n, "unknown message type 10");
+    expect_decode_refused(ENT_LINK_HELLO, q, n, "unknown message type 11");
     memcpy(q, p, n);
     put_le(q + 6, ENT_LINK_DELTA, 2);
     reseal(q, n, 0);
@@ -612,9 +638,17 @@ static void test_decoder_checks(void **state) {
     memset(q + n, 0xab, 5);
     reseal(q, n + 5, 1);
     expect_decode_refused(ENT_LINK_HELLO, q, n + 5, "5 bytes after the last field");
-    // tokens/s (the last field): NaN
+    // tokens per step (the last field): 0, and over 2^53 - 1
     memcpy(q, p, n);
-    put_le(q + n - 8, 0x7ff8000000000000ull, 8);
+    put_le(q + n - 8, 0, 8);
+    reseal(q, n, 0);
+    expect_decode_refused(ENT_LINK_HELLO, q, n, "tokens_per_step: 0");
+    put_le(q + n - 8, ENT_LINK_ROUND_MAX + 1, 8);
+    reseal(q, n, 0);
+    expect_decode_refused(ENT_LINK_HELLO, q, n, "tokens_per_step: 9007199254740992");
+    // tokens/s (the field before it): NaN
+    memcpy(q, p, n);
+    put_le(q + n - 16, 0x7ff8000000000000ull, 8);
     reseal(q, n, 0);
     expect_decode_refused(ENT_LINK_HELLO, q, n, "tokens_per_s");
     // a NULL peer: the message still says what failed
@@ -825,7 +859,8 @@ static void recv_one(ent_link_endpoint_t *ep, ent_link_incoming *in) {
 }
 
 static void send_hello(ent_link_endpoint_t *site, const char *name, ent_link_buf *b) {
-    ent_link_hello h = {.max_version = 1, .dp_size = 2, .tp_size = 1, .tokens_per_s = 500};
+    ent_link_hello h = {.max_version = 1, .dp_size = 2, .tp_size = 1, .tokens_per_s = 500,
+                        .tokens_per_step = 1024};
     snprintf(h.name, sizeof h.name, "%s", name);
     must(ent_link_encode_hello(b, 0, 0, &h), "encoding HELLO");
     must(ent_link_send(site, NULL, b->data, b->len), "sending HELLO");
@@ -1104,10 +1139,10 @@ static void test_loopback(void **state) {
     heartbeat_gets_through(router, a, &peer_a, 1, &buf);
     // another protocol version
     memcpy(bad, valid, vlen);
-    put_le(bad + 4, 3, 2);
+    put_le(bad + 4, 2, 2); // an older peer's (version 2)
     raw_send(&g, (const void *[]){bad, vp}, (size_t[]){ENT_LINK_HEADER_BYTES, vplen}, 2);
-    await_drop(router, dropped++, "protocol version 3; this build speaks version 2");
-    await_error_reply(&g, ENT_LINK_ERR_VERSION, "protocol version 3");
+    await_drop(router, dropped++, "protocol version 2; this build speaks version 3");
+    await_error_reply(&g, ENT_LINK_ERR_VERSION, "protocol version 2; this build speaks version 3");
     heartbeat_gets_through(router, bsite, &peer_b, 2, &buf);
     // a header that lies about the payload's length (checksums forged)
     memcpy(bad, valid, vlen);
@@ -1373,7 +1408,8 @@ static int curve_hello(ent_link_endpoint_t *router, const ent_link_opts *d, char
     ent_link_endpoint_t *site = NULL;
     must(ent_link_dealer_connect(ent_link_address(router), d, &site), "connecting");
     ent_link_buf b = {0};
-    ent_link_hello h = {.max_version = 1, .dp_size = 1, .tp_size = 1, .tokens_per_s = 1};
+    ent_link_hello h = {.max_version = 1, .dp_size = 1, .tp_size = 1, .tokens_per_s = 1,
+                        .tokens_per_step = 1};
     snprintf(h.name, sizeof h.name, "%s", "hello");
     must(ent_link_encode_hello(&b, 0, 0, &h), "encoding HELLO");
     ent_status st = ent_link_send(site, NULL, b.data, b.len);

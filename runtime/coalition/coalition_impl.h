@@ -128,6 +128,7 @@ typedef enum {
     COAL_REJECT_NORM,        // norm over coalition.max_norm_ratio x the round's median
     COAL_REJECT_STALE,       // a DELTA for a round already merged
     COAL_REJECT_LOSS,        // makes the held-out loss worse by over coalition.score_tolerance
+    COAL_REJECT_TOKENS,      // tokens that its site's steps cannot have made (docs/coalition.md)
     COAL_REJECT_KINDS
 } coal_reject_kind;
 extern const char *const coal_reject_names[COAL_REJECT_KINDS];
@@ -150,7 +151,10 @@ typedef struct {
 
 // The time now, UTC, as 2026-01-31T12:00:00Z.
 void coal_utc_now(char out[32]);
-// The ledger of n sites as JSON text (format "entente-ledger", version 2);
+// Seconds from a time written by coal_utc_now to now (whole seconds), or -1
+// when iso is not such a time.
+double coal_utc_age(const char *iso);
+// The ledger of n sites as JSON text (format "entente-ledger", version 3);
 // the caller owns it (free). NULL when out of memory.
 char *coal_ledger_json(const coal_ledger_site *sites, int n, uint64_t rounds_merged);
 

@@ -31,7 +31,11 @@
 // delta is also scored by the loss change it causes alone on the first
 // coalition.score_batches validation batches (the ledger's loss_gain), and,
 // with coalition.score_tolerance set, rejected when it makes that loss worse
-// by more than the tolerance beyond the round's median change.
+// by more than the tolerance beyond the round's median change. A delta whose
+// tokens its steps cannot have made (the tokens per step its HELLO declared
+// times the steps planned, plus what a site back from a cut may carry) is
+// rejected too (check_tokens). With each update goes the ledger (LEDGER),
+// which the sites keep in their checkpoints.
 #include "coalition_impl.h"
 
 #include <cjson/cJSON.h>
@@ -60,6 +64,11 @@ typedef struct {
     int delta_used[2];
     uint64_t plan_round[PLAN_SLOTS]; // the rounds planned (slot round % 4)
     int plan_sent[PLAN_SLOTS];
+    uint32_t plan_steps[PLAN_SLOTS]; // the most inner steps planned for that round
+    // the tokens rule (check_tokens): its HELLO's tokens per inner step, and
+    // whether its next whole delta may carry progress made before it (re)joined
+    uint64_t tokens_per_step;
+    int may_carry;
     // throughput: two heartbeats of one round give inner steps per second
     uint64_t hb_round, hb_time_ns;
     uint32_t hb_steps;
@@ -285,6 +294,8 @@ static ent_status send_plan(coord *c, csite *s, uint64_t round) {
         double h = floor(c->cfg->coal_round_seconds * s->steps_per_s + 0.5);
         steps = h < 1 ? 1 : h > steps ? steps : (uint32_t)h;
     }
+    if (!(s->plan_sent[k] && s->plan_round[k] == round)) s->plan_steps[k] = 0;
+    if (steps > s->plan_steps[k]) s->plan_steps[k] = steps; // a replan may shorten it
     s->plan_round[k] = round;
     s->plan_sent[k] = 1;
     ent_link_round_plan m = {.inner_steps = steps,
@@ -366,6 +377,12 @@ static ent_status on_hello(coord *c, const ent_link_incoming *in) {
                           cfg->layers, cfg->heads, cfg->width, cfg->context, cfg->vocab,
                           cfg->coal_rounds, cfg->coal_codec, cfg->coal_outer_lr,
                           cfg->coal_outer_momentum);
+    // its tokens per inner step: train.batch_size sequences of model.context tokens
+    if (h.tokens_per_step % (uint64_t)cfg->context != 0)
+        return send_error(c, &in->peer, 0, ENT_LINK_ERR_INCOMPATIBLE,
+                          "site '%s' declares %llu tokens per inner step, not a whole number of "
+                          "sequences of model.context = %d tokens", h.name,
+                          (unsigned long long)h.tokens_per_step, cfg->context);
     // a site that joins once the rounds run is merged from the next round on
     uint64_t first = c->started ? c->round + 1 : 0;
     if (first >= c->rounds)
@@ -404,6 +421,8 @@ static ent_status on_hello(coord *c, const ent_link_incoming *in) {
     s->last_seen = ent_now_seconds();
     s->first_round = first;
     s->joins++;
+    s->tokens_per_step = h.tokens_per_step;
+    s->may_carry = rejoin; // a site back carries what it trained meanwhile (site.c)
     ent_link_welcome w = {.anchor_hash = c->hist[c->round],
                           .inner_steps = (uint32_t)cfg->coal_inner_steps,
                           .round_seconds = cfg->coal_round_seconds,
@@ -427,12 +446,68 @@ static ent_status on_hello(coord *c, const ent_link_incoming *in) {
                             ENT_JSTR("site", s->name), ENT_JINT("first_round", first),
                             ENT_JINT("sites_in", n), ENT_JNUM("anchor_s", ent_now_seconds() - t0),
                             ENT_JNUM("elapsed_s", ent_now_seconds() - c->t_start),
-                            ENT_JSTR("time", rejoin ? now : s->led.first_time)};
+                            ENT_JSTR("time", rejoin ? now : s->led.first_time),
+                            ENT_JINT("tokens_per_step", h.tokens_per_step)};
     return record(c, rec, (int)(sizeof rec / sizeof rec[0]));
 }
 
 // ---------------------------------------------------------------------------
 // messages during the rounds
+
+// The most inner steps planned for site s's round (the coalition's
+// inner_steps, the most any plan gives, when none was sent).
+static uint64_t planned_steps(const coord *c, const csite *s, uint64_t round) {
+    int k = (int)(round % PLAN_SLOTS);
+    if (s->plan_sent[k] && s->plan_round[k] == round) return s->plan_steps[k];
+    return (uint64_t)c->cfg->coal_inner_steps;
+}
+
+// The tokens rule (docs/coalition.md, "Tokens"): a whole delta's tokens
+// must be a whole number of inner steps of the tokens per step its site
+// declared in HELLO, at most the steps planned for the round; the first
+// delta after a site came back may add the progress it made meanwhile: at
+// most twice its fastest speed (steps per compute second, from its
+// heartbeats and the ledger's reports) over the time since its last report,
+// plus 2 s. A delta that breaks it is rejected (kind "tokens"); *ok = 0.
+static ent_status check_tokens(coord *c, csite *s, uint64_t round, const coal_vec *v, int *ok) {
+    *ok = 1;
+    uint64_t per = s->tokens_per_step, steps = per ? v->tokens / per : 0;
+    uint64_t plan = planned_steps(c, s, round), cap = plan;
+    int carry = s->may_carry;
+    s->may_carry = 0;
+    char why[400], carried[200] = "";
+    if (per == 0 || v->tokens == 0 || v->tokens % per != 0) {
+        snprintf(why, sizeof why, "%llu tokens: not a whole number (>= 1) of inner steps of the "
+                 "%llu tokens per step its HELLO declared", (unsigned long long)v->tokens,
+                 (unsigned long long)per);
+    } else {
+        if (carry) {
+            double speed = s->steps_per_s, absent = coal_utc_age(s->led.last_time);
+            if (s->led.compute_s > 0 && s->led.inner_steps / s->led.compute_s > speed)
+                speed = (double)s->led.inner_steps / s->led.compute_s;
+            if (speed <= 0 || absent < 0) return ENT_OK; // nothing to bound the carry by
+            double more = ceil(2 * speed * (absent + 2));
+            cap += more > 1e15 ? (uint64_t)1e15 : (uint64_t)more;
+            snprintf(carried, sizeof carried, " and %.0f it may carry (twice %.3g steps/s over the "
+                     "%.0f s since its last report, plus 2 s)", more, speed, absent);
+        }
+        if (steps <= cap) {
+            if (carry && steps > plan) // what it carried, against the bound
+                ent_log_info("coordinator: site '%s' carries %llu inner steps into round %llu "
+                             "beyond the %llu planned (the tokens rule allows %llu more)",
+                             s->name, (unsigned long long)(steps - plan),
+                             (unsigned long long)round, (unsigned long long)plan,
+                             (unsigned long long)(cap - plan));
+            return ENT_OK;
+        }
+        snprintf(why, sizeof why, "%llu tokens: %llu inner steps of %llu tokens, over the %llu "
+                 "planned for round %llu%s", (unsigned long long)v->tokens,
+                 (unsigned long long)steps, (unsigned long long)per, (unsigned long long)plan,
+                 (unsigned long long)round, carried);
+    }
+    *ok = 0;
+    return reject(c, s, round, COAL_REJECT_TOKENS, why);
+}
 
 static ent_status on_delta(coord *c, csite *s, const ent_link_incoming *in) {
     ent_link_chunk ch;
@@ -486,6 +561,9 @@ static ent_status on_delta(coord *c, csite *s, const ent_link_incoming *in) {
                      (unsigned long long)v->anchor_hash, (unsigned long long)want);
             return reject(c, s, hd.round, COAL_REJECT_ANCHOR, why);
         }
+        int ok = 1;
+        ENT_CHECK(check_tokens(c, s, hd.round, v, &ok));
+        if (!ok) return ENT_OK;
         s->sent_round = hd.round;
         s->sent_tokens = v->tokens;
         s->sent_any = 1;
@@ -839,17 +917,43 @@ static ent_status screen_round(coord *c, int *merged, int *nmerged, double *base
 
 static ent_status merge_empty(coord *c);
 
-// The round's update, and the plan two rounds ahead, to every site still in;
-// one that cannot be sent to is lost.
+// Fault injection, for the test of the sites' LEDGER checks only:
+// ENTENTE_FAULT_LEDGER = R spoils the first byte of the ledger sent after R
+// rounds merged ('X': not JSON), as damage or a broken coordinator would.
+// Unset, nothing happens.
+static void spoil_ledger(uint64_t merged, char *text) {
+    const char *f = getenv("ENTENTE_FAULT_LEDGER");
+    if (f == NULL || f[0] == '\0' || strtoull(f, NULL, 10) != merged || text[0] == '\0') return;
+    text[0] = 'X';
+    ent_log_warn("coordinator: ENTENTE_FAULT_LEDGER=%s: the ledger after %llu rounds goes out "
+                 "spoiled on purpose", f, (unsigned long long)merged);
+}
+
+// The round's ledger (LEDGER: the sites checkpoint it), its update, and
+// the plan two rounds ahead, to every site still in; one that cannot be
+// sent to is lost.
 static ent_status send_update(coord *c, const coal_vec *up) {
+    char *ledger = ledger_text(c, c->round + 1, NULL);
+    if (ledger == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the ledger");
+    spoil_ledger(c->round + 1, ledger);
+    ent_link_ledger lm = {.text = ledger, .len = strlen(ledger)};
     ent_status st = ENT_OK;
+    if (lm.len > ENT_LINK_LEDGER_MAX) { // 4096 sites take about 2 MB
+        ent_log_warn("coordinator: the ledger (%zu bytes) is over the %u a LEDGER carries: the "
+                     "sites do not get it", lm.len, ENT_LINK_LEDGER_MAX);
+        lm.len = 0;
+    }
     for (int i = 0; i < c->nsites && st == ENT_OK; i++) {
         csite *s = &c->sites[i];
         if (!active(s)) continue;
-        st = coal_vec_send(c->ep, &s->peer, ENT_LINK_UPDATE, s->id, c->round, up);
+        ent_link_buf msg = {0};
+        if (lm.len > 0)
+            st = send_msg(c, &s->peer, &msg, ent_link_encode_ledger(&msg, s->id, c->round + 1, &lm));
+        if (st == ENT_OK) st = coal_vec_send(c->ep, &s->peer, ENT_LINK_UPDATE, s->id, c->round, up);
         if (st == ENT_OK && c->round + 2 < c->rounds) st = send_plan(c, s, c->round + 2);
         st = lost_on_failure(c, s, st);
     }
+    free(ledger);
     return st;
 }
 
@@ -1050,9 +1154,12 @@ static ent_status load_checkpoint(coord *c, const char *path) {
         st = ent_fail(ENT_ERR_INPUT, "%s holds no coalition state (group /coalition): it is not "
                       "a coordinator's checkpoint", path);
     if (st == ENT_OK) st = ent_ckpt_coalition_info(ck, &round, &ledger);
-    if (st == ENT_OK && (ledger == NULL || ledger[0] == '\0'))
-        st = ent_fail(ENT_ERR_INPUT, "%s holds no ledger (/coalition/ledger): a site's "
-                      "checkpoint, not a coordinator's", path);
+    // a site's checkpoint holds its inner optimizer's moments (and, once the
+    // coordinator has sent one, a ledger); the coordinator's never
+    if (st == ENT_OK && (ent_ckpt_has_moments(ck) || ledger == NULL || ledger[0] == '\0'))
+        st = ent_fail(ENT_ERR_INPUT, "%s holds %s: a site's checkpoint, not a coordinator's", path,
+                      ent_ckpt_has_moments(ck) ? "AdamW moments (adam_m, adam_v)"
+                                               : "no ledger (/coalition/ledger)");
     float *p = ent_model_arena(c->model, ENT_ARENA_PARAMS);
     ent_ckpt_coalition co = {.anchor = p, .outer_momentum = c->ck_mom, .residual = c->ck_resid};
     ent_ckpt_shard sh = {.table = c->table, .tp_size = 1, .params = p,
@@ -1588,6 +1695,13 @@ static ent_status run(coord *c) {
                  cfg->coal_round_seconds > 0 ? " at most (planned from each site's speed)" : "",
                  cfg->coal_codec, cfg->coal_outer_lr, cfg->coal_outer_momentum, c->n);
     c->t_start = ent_now_seconds();
+    if (c->resumed) {
+        // where the appended log's second life starts (the ledger's sums
+        // skip the first life's records after the checkpoint: docs/coalition.md)
+        ent_json_field rec[] = {ENT_JSTR("event", "restart"), ENT_JINT("round", c->round),
+                                ENT_JSTR("from", c->resumed_from)};
+        ENT_CHECK(record(c, rec, (int)(sizeof rec / sizeof rec[0])));
+    }
     if (cfg->coal_standby_mode) {
         int finished = 0;
         ENT_CHECK(standby_wait(c, &finished));

@@ -13,16 +13,26 @@
 #include <time.h>
 
 #define LEDGER_FORMAT "entente-ledger"
-#define LEDGER_VERSION 2 // 2 added the loss-change score and the "loss" rejections
+#define LEDGER_VERSION 3 // 2 added the loss-change score and the "loss" rejections,
+                         // 3 the "tokens" rejections
 
 const char *const coal_reject_names[COAL_REJECT_KINDS] = {"undecodable", "wrong_anchor", "norm",
-                                                          "stale", "loss"};
+                                                          "stale", "loss", "tokens"};
 
 void coal_utc_now(char out[32]) {
     time_t now = time(NULL);
     struct tm tm;
     if (gmtime_r(&now, &tm) == NULL || strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
         snprintf(out, 32, "unknown");
+}
+
+double coal_utc_age(const char *iso) {
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    const char *end = strptime(iso, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    if (end == NULL || *end != '\0') return -1;
+    time_t t = timegm(&tm);
+    return t == (time_t)-1 ? -1 : difftime(time(NULL), t);
 }
 
 // ---------------------------------------------------------------------------
@@ -99,8 +109,11 @@ static int finite_number(const cJSON *o, const char *key) {
     return cJSON_IsNumber(j) && isfinite(j->valuedouble);
 }
 
-// The reject kinds a ledger of version v has: version 1 had no "loss".
-static int kinds_of(double v) { return v >= 2 ? COAL_REJECT_KINDS : COAL_REJECT_LOSS; }
+// The reject kinds a ledger of version v has: version 1 had no "loss",
+// version 2 no "tokens".
+static int kinds_of(double v) {
+    return v >= 3 ? COAL_REJECT_KINDS : v >= 2 ? COAL_REJECT_TOKENS : COAL_REJECT_LOSS;
+}
 
 static int seen(const cJSON *o, const char *key, const char **time, double *round) {
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(o, key);
@@ -201,8 +214,9 @@ ent_status coal_ledger_parse(const char *path, const char *text, coal_ledger_sit
     *out = NULL;
     *n = 0;
     if (text == NULL || text[0] == '\0')
-        return ent_fail(ENT_ERR_INPUT, "%s holds no ledger (dataset /coalition/ledger): only a "
-                        "coalition coordinator's checkpoint has one", path);
+        return ent_fail(ENT_ERR_INPUT, "%s holds no ledger (dataset /coalition/ledger): a "
+                        "coordinator's checkpoint has one, and a site's once the coordinator "
+                        "has sent it one (after the site's first merged round)", path);
     cJSON *root = cJSON_ParseWithOpts(text, NULL, 1);
     if (root == NULL) return bad(path, "not JSON");
     const cJSON *sites = NULL, *s;
@@ -254,8 +268,9 @@ ent_status coal_ledger_parse(const char *path, const char *text, coal_ledger_sit
 
 ent_status ent_ledger_print(const char *path, const char *text, int json, FILE *out) {
     if (text == NULL || text[0] == '\0')
-        return ent_fail(ENT_ERR_INPUT, "%s holds no ledger (dataset /coalition/ledger): only a "
-                        "coalition coordinator's checkpoint has one", path);
+        return ent_fail(ENT_ERR_INPUT, "%s holds no ledger (dataset /coalition/ledger): a "
+                        "coordinator's checkpoint has one, and a site's once the coordinator "
+                        "has sent it one (after the site's first merged round)", path);
     const char *at = NULL;
     cJSON *root = cJSON_ParseWithOpts(text, &at, 1); // nothing may follow the object
     if (root == NULL) {

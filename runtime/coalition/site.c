@@ -32,7 +32,9 @@
 // is dropped otherwise.
 //
 // Only the leader talks to the coordinator; the other ranks get plans,
-// updates and the link's state over the site's own collectives. Every rank
+// updates, the ledger (LEDGER, checked as `entente ledger` checks it, for
+// the site's checkpoints) and the link's state over the site's own
+// collectives. Every rank
 // holds the anchor (and the error-feedback residual) in the global layout and
 // encodes the same bytes, so every rank's anchor is bit-identical to the
 // coordinator's.
@@ -111,6 +113,10 @@ typedef struct {
     int64_t printed_step;  // the step of the last round line printed
     uint64_t hb_round;     // the round and steps of the last heartbeat sent
     uint32_t hb_steps;
+    // the coalition's ledger: the last LEDGER the leader received and
+    // checked (NULL: none yet), and every rank's copy that checkpoints write
+    char *ledger_in, *ledger_ck;
+    uint64_t ledger_round; // its rounds merged
 } site;
 
 static ent_status site_fail(site *s, ent_status st, const char *what) {
@@ -146,6 +152,49 @@ static void send_or_break(site *s, ent_link_buf *msg, ent_status st, const char 
     if (st == ENT_OK && s->ep != NULL) st = ent_link_send(s->ep, NULL, msg->data, msg->len);
     ent_link_buf_free(msg);
     if (st != ENT_OK) link_broken(s, 0, "sending %s: %s", what, ent_last_error());
+}
+
+// A LEDGER: its text is kept for the site's checkpoints once it parses as
+// a ledger (coal_ledger_parse, as `entente ledger` checks it) of the rounds
+// its header names; one that does not is logged and dropped, the last good
+// one kept: the text from the wire is never trusted, and never ends the
+// site. (A restarted coordinator's ledger may count fewer rounds than the
+// one held: it is the coalition's now, as its anchor is.)
+static void take_ledger(site *s, const ent_link_incoming *in) {
+    ent_link_ledger m;
+    ent_link_header h;
+    char from[sizeof in->peer.name + 40];
+    snprintf(from, sizeof from, "the LEDGER from %s", in->peer.name);
+    if (ent_link_decode_ledger(in->bytes, in->len, in->peer.name, &h, &m) != ENT_OK) {
+        ent_log_warn("site %s: dropped a LEDGER (it keeps its last good one): %s",
+                     s->cfg->coal_site, ent_last_error());
+        return;
+    }
+    char *text = malloc(m.len + 1);
+    if (text == NULL) {
+        ent_log_warn("site %s: dropped a LEDGER (it keeps its last good one): %s: out of memory "
+                     "for %zu bytes", s->cfg->coal_site, from, m.len);
+        return;
+    }
+    memcpy(text, m.text, m.len);
+    text[m.len] = '\0';
+    coal_ledger_site *sites = NULL;
+    int n = 0;
+    uint64_t merged = 0;
+    if (coal_ledger_parse(from, text, &sites, &n, &merged) != ENT_OK || merged != h.round) {
+        if (sites != NULL)
+            ent_fail(ENT_ERR_INPUT, "%s: its ledger counts %llu rounds merged, its header %llu",
+                     from, (unsigned long long)merged, (unsigned long long)h.round);
+        ent_log_warn("site %s: dropped a LEDGER (it keeps its last good one): %s",
+                     s->cfg->coal_site, ent_last_error());
+        free(sites);
+        free(text);
+        return;
+    }
+    free(sites);
+    free(s->ledger_in);
+    s->ledger_in = text;
+    s->ledger_round = merged;
 }
 
 // Handles one message: plans and update chunks are kept, heartbeats are
@@ -190,6 +239,7 @@ static ent_status handle(site *s, const ent_link_incoming *in) {
         return ent_fail(ENT_ERR_INPUT, "%s refused this site (code %u): %s", peer, r.code, r.text);
     }
     case ENT_LINK_HEARTBEAT: return ENT_OK;
+    case ENT_LINK_LEDGER: take_ledger(s, in); return ENT_OK;
     default:
         ent_log_warn("site %s: dropped a %s from %s: not expected by a site", s->cfg->coal_site,
                      ent_link_type_name(in->header.type), peer);
@@ -279,13 +329,21 @@ static ent_status send_leave(site *s, uint64_t round, uint16_t code, const char 
     return st;
 }
 
+// Tokens of one inner step: train.batch_size sequences (the whole site's)
+// of model.context tokens; what HELLO declares and every delta's tokens
+// are counted in (docs/coalition.md, "Tokens").
+static uint64_t tokens_per_step(const ent_config *cfg) {
+    return (uint64_t)cfg->batch_size * (uint64_t)cfg->context;
+}
+
 static ent_status send_hello(site *s) {
     const ent_config *cfg = s->cfg;
     ent_link_hello h = {.max_version = ENT_LINK_VERSION,
                         .shape_hash = ent_model_shape_hash(cfg),
                         .config_hash = coal_config_hash(cfg),
                         .dp_size = (uint32_t)s->grid->dp_size,
-                        .tp_size = (uint32_t)s->grid->tp_size};
+                        .tp_size = (uint32_t)s->grid->tp_size,
+                        .tokens_per_step = tokens_per_step(cfg)};
     snprintf(h.name, sizeof h.name, "%s", cfg->coal_site);
     ent_link_buf msg = {0};
     ent_status st = ent_link_encode_hello(&msg, 0, 0, &h);
@@ -558,6 +616,8 @@ static void site_free(site *s) {
     free(s->gather);
     free(s->ck_anchor);
     free(s->ck_resid);
+    free(s->ledger_in);
+    free(s->ledger_ck);
     coal_vec_free(&s->update);
     ent_link_close(&s->ep);
     coal_keys_free(&s->keys);
@@ -693,13 +753,37 @@ static ent_status record_round(site *s, uint64_t round, uint32_t steps, double c
     return ent_trainer_record(s->tr, rec, (int)(sizeof rec / sizeof rec[0]));
 }
 
-// The arrays checkpoints write, in this rank's arena layout.
-static void refresh_checkpoint_state(site *s, uint64_t round) {
+// Every rank gets the leader's last ledger (collective; the text's length
+// first): every rank of a site lays out the same checkpoint.
+static ent_status share_ledger(site *s) {
+    uint64_t n[2] = {s->leader && s->ledger_in ? strlen(s->ledger_in) : 0, s->ledger_round};
+    ENT_CHECK(ent_broadcast(s->grid->world, n, 2, ENT_U64, 0));
+    if (n[0] == 0) return ENT_OK; // none yet (or none new, below)
+    char *text = malloc(n[0] + 1);
+    if (text == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the ledger");
+    if (s->leader) memcpy(text, s->ledger_in, n[0]);
+    ent_status st = ent_broadcast(s->grid->world, text, n[0], ENT_U8, 0);
+    text[n[0]] = '\0';
+    if (st != ENT_OK) {
+        free(text);
+        return st;
+    }
+    free(s->ledger_ck);
+    s->ledger_ck = text;
+    s->ledger_round = n[1];
+    return ENT_OK;
+}
+
+// The arrays checkpoints write, in this rank's arena layout, and the
+// ledger (every rank: the leader's last).
+static ent_status refresh_checkpoint_state(site *s, uint64_t round) {
     ent_trainer_set_coalition(s->tr, &s->ck, s->cfg->coal_site, (int)round);
     coal_global_to_arena(&s->lay, s->grid->tp_rank, s->anchor, s->ck_anchor);
     coal_global_to_arena(&s->lay, s->grid->tp_rank, s->resid, s->ck_resid);
+    ent_status st = share_ledger(s);
     s->ck = (ent_ckpt_coalition){.anchor = s->ck_anchor, .residual = s->ck_resid,
-                                 .round = (int64_t)round};
+                                 .round = (int64_t)round, .ledger = s->ledger_ck};
+    return st;
 }
 
 // Between inner steps: the leader takes what has arrived without waiting
@@ -794,6 +878,27 @@ static void inject_fault(site *s, uint64_t round, coal_vec *encoded) {
                      s->cfg->coal_site, f, (unsigned long long)round);
 }
 
+// The tokens a delta claims: what it was trained on; a test's lying site
+// claims F times as many, to earn a bigger share and weight, as a hostile
+// site would: ENTENTE_FAULT_TOKENS = F from round ENTENTE_FAULT_ROUND
+// (default 1) on, or = rejoin:F in the first delta that carries progress
+// made before it came back (only there). Unset, the truth.
+static uint64_t claimed_tokens(site *s, uint64_t round, uint64_t tokens) {
+    const char *f = getenv("ENTENTE_FAULT_TOKENS");
+    if (f == NULL || f[0] == '\0') return tokens;
+    int rejoin = strncmp(f, "rejoin:", 7) == 0;
+    const char *r = getenv("ENTENTE_FAULT_ROUND");
+    if (rejoin ? s->carried_tokens == 0
+               : round < (uint64_t)(r != NULL ? strtoull(r, NULL, 10) : 1))
+        return tokens;
+    double k = strtod(f + (rejoin ? 7 : 0), NULL);
+    uint64_t claim = k > 0 && k * (double)tokens < 1e15 ? (uint64_t)(k * (double)tokens) : tokens;
+    ent_log_warn("site %s: ENTENTE_FAULT_TOKENS=%s: round %llu's delta claims %llu tokens, it "
+                 "trained on %llu", s->cfg->coal_site, f, (unsigned long long)round,
+                 (unsigned long long)claim, (unsigned long long)tokens);
+    return claim;
+}
+
 // Tokens in the progress not yet sent (start - theta).
 static uint64_t unsent_tokens(site *s) {
     int64_t steps = ent_trainer_steps_done(s->tr) - s->start_step;
@@ -840,7 +945,7 @@ static ent_status end_round(site *s, uint64_t round, uint32_t steps, double comp
     inject_fault(s, round, &delta);
     if (s->leader && s->state == LINK_ONLINE) {
         delta.anchor_hash = s->anchor_hash;
-        delta.tokens = unsent_tokens(s);
+        delta.tokens = claimed_tokens(s, round, unsent_tokens(s));
         // a send that fails breaks the link: the site goes on alone
         coordinator_closed(s);
         if (s->cut_why[0] == '\0' &&
@@ -981,7 +1086,7 @@ static ent_status run_rounds(site *s) {
                      (unsigned long long)s->anchor_hash);
         ent_link_get_stats(s->ep, &s->marked);
     }
-    refresh_checkpoint_state(s, round);
+    ENT_CHECK(refresh_checkpoint_state(s, round));
     // a site that joins a running coalition starts at once; at round 0 the
     // start is evaluated, as a run alone's is
     if (round == 0) ENT_CHECK(ent_trainer_sync(s->tr, ent_trainer_eval(s->tr, NULL), NULL));
@@ -1020,7 +1125,7 @@ static ent_status run_rounds(site *s) {
         double t1 = ent_now_seconds();
         ENT_CHECK(end_round(s, round, steps, compute_s));
         double wait_s = t_plan + (ent_now_seconds() - t1);
-        refresh_checkpoint_state(s, round + 1);
+        ENT_CHECK(refresh_checkpoint_state(s, round + 1));
         ENT_CHECK(record_round(s, round, steps, compute_s, wait_s, ent_now_seconds() - t0, &last));
         ENT_CHECK(ent_trainer_sync(s->tr, ENT_OK, &stop));
         if (stop) break;
@@ -1044,7 +1149,7 @@ static ent_status run_rounds(site *s) {
         if (cfg->coal_overlap) ENT_CHECK(apply_update(s, rounds - 1));
         coal_global_to_arena(&s->lay, s->grid->tp_rank, s->anchor, s->p);
         ENT_CHECK(ent_trainer_set_params(s->tr, s->p));
-        refresh_checkpoint_state(s, rounds);
+        ENT_CHECK(refresh_checkpoint_state(s, rounds));
         coal_hash_hex(s->anchor_hash, hash);
         // every rank's own copy, for whoever compares them (the tests do)
         ent_log_info("site %s: rank %d holds anchor %s after round %llu", cfg->coal_site,

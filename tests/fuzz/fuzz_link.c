@@ -60,6 +60,8 @@ static void try_all(const uint8_t *d, size_t n) {
     TRY(ent_link_round_plan, ent_link_decode_round_plan, ent_link_encode_round_plan);
     TRY(ent_link_chunk, ent_link_decode_delta, ent_link_encode_delta);
     TRY(ent_link_chunk, ent_link_decode_update, ent_link_encode_update);
+    TRY(ent_link_chunk, ent_link_decode_state, ent_link_encode_state);
+    TRY(ent_link_ledger, ent_link_decode_ledger, ent_link_encode_ledger);
     TRY(ent_link_reason, ent_link_decode_leave, ent_link_encode_leave);
     TRY(ent_link_reason, ent_link_decode_error, ent_link_encode_error);
 #undef TRY

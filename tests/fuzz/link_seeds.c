@@ -27,7 +27,8 @@ int main(int argc, char **argv) {
     ent_link_buf b = {0};
     int bad = 0;
     ent_link_hello hello = {.max_version = 1, .shape_hash = 0x1234, .config_hash = 0x5678,
-                            .dp_size = 2, .tp_size = 2, .tokens_per_s = 1500.5};
+                            .dp_size = 2, .tp_size = 2, .tokens_per_s = 1500.5,
+                            .tokens_per_step = 32768};
     snprintf(hello.name, sizeof hello.name, "north-1");
     bad |= ent_link_encode_hello(&b, 0, 0, &hello) != ENT_OK || save(dir, "hello", &b);
     ent_link_welcome w = {.anchor_hash = 0xabcdef, .inner_steps = 800, .round_seconds = 30,
@@ -46,6 +47,16 @@ int main(int argc, char **argv) {
                          .data = bytes, .data_len = sizeof bytes};
     bad |= ent_link_encode_delta(&b, 3, 7, &ch) != ENT_OK || save(dir, "delta", &b);
     bad |= ent_link_encode_update(&b, 3, 7, &ch) != ENT_OK || save(dir, "update", &b);
+    bad |= ent_link_encode_state(&b, 0, 7, &ch) != ENT_OK || save(dir, "state", &b);
+    static const char text[] =
+        "{\"format\":\"entente-ledger\",\"version\":3,\"rounds_merged\":4,\"sites\":[{\"site\":"
+        "\"north\",\"tokens\":2555904,\"inner_steps\":156,\"compute_s\":44.8,\"rounds_joined\":4,"
+        "\"accepted\":4,\"scored\":4,\"loss_gain\":0.8123,\"rejected\":{\"undecodable\":0,"
+        "\"wrong_anchor\":0,\"norm\":0,\"stale\":0,\"loss\":0,\"tokens\":0},\"first_seen\":"
+        "{\"time\":\"2026-05-04T10:30:21Z\",\"round\":0},\"last_seen\":{\"time\":"
+        "\"2026-05-04T10:31:07Z\",\"round\":3}}]}";
+    ent_link_ledger led = {.text = text, .len = sizeof text - 1};
+    bad |= ent_link_encode_ledger(&b, 3, 4, &led) != ENT_OK || save(dir, "ledger", &b);
     ent_link_reason r = {.code = ENT_LINK_LEAVE_FINISHED};
     snprintf(r.text, sizeof r.text, "the coalition's rounds are done");
     bad |= ent_link_encode_leave(&b, 3, 9, &r) != ENT_OK || save(dir, "leave", &b);
