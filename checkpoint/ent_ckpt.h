@@ -232,10 +232,12 @@ const ent_st_tensor *ent_st_find(const ent_st_t *st, const char *name); // NULL:
 // a [rows, cols] matrix lands as [cols, rows].
 ent_status ent_st_read(ent_st_t *st, const ent_st_tensor *t, float *dst, int transpose);
 // The n tensors of order will be read next, in that order (best in file
-// order): a thread reads them ahead of ent_st_read into the page cache, at
-// most 256 MiB ahead, so that the disk streams while tensors are widened and
-// transposed. A hint, once per st: reads in another order stay correct.
-void ent_st_stream(ent_st_t *st, const ent_st_tensor *const *order, int n);
+// order), order[i] into dst[i] (dst may be NULL): a thread reads them ahead
+// of ent_st_read into the page cache, at most 256 MiB ahead, so that the
+// disk streams while tensors are widened and transposed, and puts the memory
+// at each dst[i] in place before its tensor is read (ent_populate_big). A
+// hint, once per st: reads in another order stay correct.
+void ent_st_stream(ent_st_t *st, const ent_st_tensor *const *order, float *const *dst, int n);
 void ent_st_close(ent_st_t **st);
 // Parses the JSON object in a file of at most max bytes (config.json) into
 // *json, a cJSON object the caller frees with cJSON_Delete.

@@ -64,6 +64,7 @@ struct ent_st {
     int fetching;
     const st_entry **stream;
     uint64_t *stream_at; // each tensor's first byte in the stream
+    float **dst;         // where each lands (NULL: not said)
     int nstream, next;   // next: the tensor of the stream expected next
     _Atomic uint64_t read;
     atomic_int stop;
@@ -419,31 +420,45 @@ static void transpose_band(const float *band, size_t r0, size_t nr, size_t rows,
         }
 }
 
-// The fetcher: reads the stream's tensors into the page cache, staying at
+// The fetcher: brings the stream's tensors into the page cache, staying at
 // most AHEAD ahead of the tensors read, so that the disk streams while the
-// reading thread widens and transposes. What it has not fetched is read on
-// demand: it only ever makes reads faster. It stops at the end, at a read
-// error (the reader then meets it itself) or when told to.
+// reading thread widens and transposes. It asks the kernel to read ahead
+// (readahead(2): no copy; where that is refused, it reads into a scratch
+// buffer) and, before each tensor, puts in place the memory that tensor
+// will land in (its `dst`, ent_populate_big), which the reading thread would
+// otherwise fault in or zero itself: on 2 cores, 0.07-0.1 s of a 0.3-0.4 s
+// read of GPT-2 small. What it has not fetched is read on demand: it only
+// ever makes reads faster. It stops at the end, at a read error (the reader
+// then meets it itself) or when told to.
 static void *fetch_main(void *arg) {
     ent_st_t *st = arg;
-    unsigned char *buf = malloc(FETCH);
-    if (buf == NULL) return NULL;
+    unsigned char *buf = NULL;
+    int copy = 0; // readahead was refused: read into buf instead
     for (int i = 0; i < st->nstream && !atomic_load(&st->stop); i++) {
         const st_entry *t = st->stream[i];
         const st_file *f = &st->files[t->file];
+        int placed = st->dst == NULL;
         for (uint64_t at = 0; at < t->end - t->begin && !atomic_load(&st->stop);) {
             if (st->stream_at[i] + at > atomic_load(&st->read) + AHEAD) {
                 nanosleep(&(struct timespec){.tv_nsec = 200000}, NULL);
                 continue;
             }
+            if (!placed) {
+                ent_populate_big(st->dst[i], sizeof(float) * t->pub.numel);
+                placed = 1;
+            }
             uint64_t left = t->end - t->begin - at;
             size_t k = left < FETCH ? (size_t)left : FETCH;
-            ssize_t r = pread(f->fd, buf, k, (off_t)(f->data_at + t->begin + at));
-            if (r < 0 && errno == EINTR) continue;
-            if (r <= 0) {
-                free(buf);
-                return NULL;
+            off_t from = (off_t)(f->data_at + t->begin + at);
+            if (!copy && readahead(f->fd, from, k) == 0) {
+                at += k;
+                continue;
             }
+            copy = 1;
+            if (buf == NULL && (buf = malloc(FETCH)) == NULL) return NULL;
+            ssize_t r = pread(f->fd, buf, k, from);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) break;
             at += (uint64_t)r;
         }
     }
@@ -451,16 +466,19 @@ static void *fetch_main(void *arg) {
     return NULL;
 }
 
-void ent_st_stream(ent_st_t *st, const ent_st_tensor *const *order, int n) {
+void ent_st_stream(ent_st_t *st, const ent_st_tensor *const *order, float *const *dst, int n) {
     if (st->fetching || n <= 0) return;
     st->stream = malloc(sizeof *st->stream * (size_t)n);
     st->stream_at = malloc(sizeof *st->stream_at * (size_t)n);
-    if (st->stream == NULL || st->stream_at == NULL) return; // read on demand
+    st->dst = dst != NULL ? malloc(sizeof *st->dst * (size_t)n) : NULL;
+    if (st->stream == NULL || st->stream_at == NULL || (dst != NULL && st->dst == NULL))
+        return; // read on demand
     uint64_t at = 0;
     for (int i = 0; i < n; i++) {
         st->stream[i] = (const st_entry *)order[i]; // pub is the first member
         st->stream_at[i] = at;
         at += st->stream[i]->end - st->stream[i]->begin;
+        if (dst != NULL) st->dst[i] = dst[i];
     }
     st->nstream = n;
     st->next = 0;
@@ -544,6 +562,7 @@ void ent_st_close(ent_st_t **stp) {
     }
     free(st->stream);
     free(st->stream_at);
+    free(st->dst);
     for (int i = 0; i < st->nfiles; i++) {
         if (st->files[i].fd >= 0) close(st->files[i].fd);
         free(st->files[i].path);

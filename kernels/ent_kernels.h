@@ -188,6 +188,12 @@ ent_status ent_write_file_atomic(const char *path, const void *data, size_t len)
 // The same for data in several pieces written one after the other.
 ent_status ent_write_file_parts_atomic(const char *path, const void *const *parts,
                                       const size_t *lens, int nparts);
+// Large buffers: asks the kernel to back [p, p + bytes) with huge pages and
+// to fault it in now (both hints, ignored where unsupported), so that the
+// first pass over it does not pay a fault per 4 KiB page (on a virtual
+// machine that hands freed pages back to its host, 0.26 s per 500 MB here,
+// against 0.07 in huge pages). Only the whole pages inside the range.
+void ent_populate_big(void *p, size_t bytes);
 
 // ---------------------------------------------------------------------------
 // element types: one enum for every layer (arenas, table rows, collectives,

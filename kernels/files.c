@@ -1,6 +1,7 @@
 // files.c: file-system helpers every layer uses: mkdir -p, a directory's
 // fsync, and writing a file atomically (NAME.tmp, fsync, rename, fsync of the
-// directory), so that a file appears complete or not at all.
+// directory), so that a file appears complete or not at all; and the memory
+// hint for large buffers that reads land in.
 #include "ent_kernels.h"
 
 #include <errno.h>
@@ -8,6 +9,7 @@
 #include <libgen.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -98,3 +100,12 @@ ent_status ent_write_file_atomic(const char *path, const void *data, size_t len)
     return ent_write_file_parts_atomic(path, parts, lens, 1);
 }
 
+void ent_populate_big(void *p, size_t bytes) {
+    long page = sysconf(_SC_PAGESIZE);
+    if (p == NULL || page <= 0) return;
+    uintptr_t a = ((uintptr_t)p + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+    uintptr_t b = ((uintptr_t)p + bytes) & ~((uintptr_t)page - 1);
+    if (b <= a) return;
+    (void)madvise((void *)a, b - a, MADV_HUGEPAGE);
+    (void)madvise((void *)a, b - a, MADV_POPULATE_WRITE);
+}

@@ -260,14 +260,17 @@ static int file_order(const void *a, const void *b) {
     return c != 0 ? c : (x->at > y->at) - (x->at < y->at);
 }
 
-// The arena for the parameters, mapped in huge pages and put in place
-// (zero-filled) before the reads (ent_populate_big): one fault per 4 KiB
-// page as the reads land cost more than the disk (reads at half of dd's
-// rate), and populating 4 KiB pages took 0.26 s of a 0.7 s read.
+// The arena for the parameters, mapped in huge pages, each tensor's part put
+// in place (zero-filled) by the fetcher ahead of its read (ent_st_stream,
+// ent_populate_big): one fault per 4 KiB page as the reads land cost more
+// than the disk (reads at half of dd's rate), populating 4 KiB pages took
+// 0.26 s of a 0.7 s read, and huge pages 0.07-0.1 s, which the fetcher now
+// takes off the reading thread. Where the hints fail, the pages fault in as
+// the reads land.
 static ent_status map_arena(size_t bytes, float **out) {
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return ent_fail(ENT_ERR_NOMEM, "out of memory: %zu parameters", bytes / 4);
-    ent_populate_big(p, bytes); // where the hints fail, the pages fault in as the reads land
+    (void)madvise(p, bytes, MADV_HUGEPAGE);
     *out = p;
     return ENT_OK;
 }
@@ -323,14 +326,19 @@ static ent_status fill(ent_st_t *st, const arch_map *a, int tied, const char *di
     }
     double bytes = 0;
     const ent_st_tensor **order = calloc((size_t)t->nrows + 1, sizeof *order);
-    if (s == ENT_OK && order == NULL) s = ent_fail(ENT_ERR_NOMEM, "out of memory importing");
+    float **dst = calloc((size_t)t->nrows + 1, sizeof *dst);
+    if (s == ENT_OK && (order == NULL || dst == NULL)) s = ent_fail(ENT_ERR_NOMEM, "out of memory importing");
+    if (s == ENT_OK) s = map_arena(arena, params);
     if (s == ENT_OK) {
         qsort(jobs, (size_t)t->nrows, sizeof *jobs, file_order);
-        for (int i = 0; i < t->nrows; i++) order[i] = jobs[i].x;
-        ent_st_stream(st, order, t->nrows);
+        for (int i = 0; i < t->nrows; i++) {
+            order[i] = jobs[i].x;
+            dst[i] = *params + jobs[i].row->offset;
+        }
+        ent_st_stream(st, order, dst, t->nrows);
     }
-    free(order); // the stream keeps its own list
-    if (s == ENT_OK) s = map_arena(arena, params);
+    free(order); // the stream keeps its own lists
+    free(dst);
     for (int i = 0; i < t->nrows && s == ENT_OK; i++) {
         const job *j = &jobs[i];
         s = ent_st_read(st, j->x, *params + j->row->offset, a->transposed(j->row->name));

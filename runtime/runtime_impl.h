@@ -20,12 +20,6 @@ double ent_rng_uniform(ent_rng *rng); // [0, 1)
 double ent_rng_normal(ent_rng *rng);  // N(0, 1)
 // Seconds on the monotonic clock (for intervals).
 double ent_now_seconds(void);
-// Large buffers: asks the kernel to back [p, p + bytes) with huge pages and
-// to fault it in now (both hints, ignored where unsupported), so that the
-// first pass over it does not pay a fault per 4 KiB page (on a virtual
-// machine that hands freed pages back to its host, 0.26 s per 500 MB here,
-// against 0.07 in huge pages). Only the whole pages inside the range.
-void ent_populate_big(void *p, size_t bytes);
 uint64_t ent_hash64(uint64_t x);      // splitmix64 finaliser
 uint64_t ent_hash_string(const char *s, uint64_t seed);
 uint64_t ent_hash_bytes(const void *data, size_t n, uint64_t seed);

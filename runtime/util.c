@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -138,12 +137,3 @@ double ent_now_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-void ent_populate_big(void *p, size_t bytes) {
-    long page = sysconf(_SC_PAGESIZE);
-    if (p == NULL || page <= 0) return;
-    uintptr_t a = ((uintptr_t)p + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
-    uintptr_t b = ((uintptr_t)p + bytes) & ~((uintptr_t)page - 1);
-    if (b <= a) return;
-    (void)madvise((void *)a, b - a, MADV_HUGEPAGE);
-    (void)madvise((void *)a, b - a, MADV_POPULATE_WRITE);
-}
