@@ -62,6 +62,15 @@
 #             round after), its log gives HELLO -> first inner step, its
 #             first loss is well below a fresh model's and moves, and it ends
 #             with the coordinator's final anchor.
+#   busy      merges that last 6 s (ENTENTE_FAULT_MERGE_S, a test hook:
+#             a merge of a large model on busy cores) and
+#             coalition.lost_after = 4: site x, started once a merge has
+#             begun, is answered (WELCOME and the anchor) while that merge
+#             runs, in less than the merge's time, and merged from the next
+#             round (no norm screen), and in every round after; no site
+#             is lost and none finds itself cut off (the
+#             heartbeats are answered during the merges); every site ends
+#             with the coordinator's final anchor.
 #   rejoin    site c (checkpointing every round) is SIGKILLed after its round
 #             3 and restarted under the same name with --resume: the
 #             coordinator declares it lost, re-admits it under its old id,
@@ -826,6 +835,54 @@ case_join() {
         fail "site x's first loss ($l0) is not well below a fresh model's (site a's first step: $la)"
     n=$(grep '"event":"round"' "$W/run/site-x/metrics.jsonl" | sed -n 's/.*"loss":\([0-9.e+-]*\),.*/\1/p' | sort -u | wc -l)
     [ "$n" -ge 3 ] || fail "site x's loss takes $n value(s) over its rounds"
+    final_anchor_held_by a b x
+}
+
+case_busy() {
+    local merge_s=6
+    # no norm screen: the joiner's first round runs on through the merge
+    # before its speed is known, and its delta can be many times the others'
+    ENTENTE_FAULT_MERGE_S=$merge_s start_paced 2 4 "lost_after = 4
+max_norm_ratio = 0"
+    local cm=$W/run/coordinator/metrics.jsonl
+    cp -r "$W/data-c" "$W/data-x"
+    # round 0 merged, and round 1's merge under way (its deltas take about
+    # 0.3 s to come in; the merge then lasts 6 s)
+    wait_for_line "$cm" '"event":"round","round":0,' 90 || { fail "the coordinator did not merge round 0 within 90 s"; return; }
+    sleep 1
+    start_site x 0; local px=$SPID
+    wait_all a:$PA b:$PB x:$px
+    [ "$FAILED" = 0 ] || return
+    grep -q "ENTENTE_FAULT_MERGE_S=$merge_s" "$W/run/coordinator.log" ||
+        fail "the coordinator does not say that its merges were slowed down"
+    # the joined record came while a merge ran: between the start of a
+    # round's merge (its record's time less merge_s, a later time than the
+    # merge's real start) and its record
+    local joined during
+    joined=$(grep '"event":"joined","site":"x"' "$cm")
+    [ -n "$joined" ] || { fail "no joined record of site x: $(grep '"site":"x"' "$cm" | head -2)"; return; }
+    during=$(grep '"event":"round"' "$cm" | awk -v j="$joined" '
+        function num(line, key) { return match(line, "\"" key "\":[0-9.e+-]+") ? substr(line, RSTART + length(key) + 3, RLENGTH - length(key) - 3) + 0 : -1 }
+        BEGIN { t = num(j, "elapsed_s"); first = num(j, "first_round") }
+        { end = num($0, "elapsed_s"); ms = num($0, "merge_s"); r = num($0, "round")
+          if (ms >= '"$merge_s"' && end - ms <= t && t <= end) print r, first, t, end - ms, end }')
+    echo "site x joined during a merge (round, first round, joined at, merge from, to): ${during:-none}"
+    [ -n "$during" ] || fail "site x's HELLO was not answered while a merge ran: $joined; $(grep '"event":"round"' "$cm" | sed -n 's/.*"round":\([0-9]*\),.*"merge_s":\([0-9.e+-]*\),"elapsed_s":\([0-9.e+-]*\).*/round \1: merge_s \2, at \3/p' | tr '\n' ';')"
+    set -- $during
+    [ "${2:-}" = $(($1 + 1)) ] || fail "site x, answered during round $1's merge, is merged from round ${2:-?}"
+    # the joiner's own clock: HELLO to the anchor in, well under the merge's time
+    local anchor_s
+    anchor_s=$(sed -n 's/.*site x: joined round [0-9]*: anchor received in \([0-9.]*\) s.*/\1/p' "$W/site-x.log")
+    [ -n "$anchor_s" ] && awk -v a="$anchor_s" -v m="$merge_s" 'BEGIN { exit !(a < m - 1) }' ||
+        fail "site x got the anchor '$anchor_s' s after its HELLO (want under $((merge_s - 1)) s, the merge's time less 1 s)"
+    echo "site x: HELLO -> anchor in $anchor_s s, during a merge of $merge_s s"
+    local r
+    for r in $(seq "${2:-1}" 3); do
+        [ -n "$(tokens_of "$cm" $r x)" ] || fail "round $r did not merge site x"
+    done
+    # heartbeats answered while merging: nobody lost, nobody cut off
+    ! grep -q '"event":"lost"' "$cm" || fail "a site was lost: $(grep '"event":"lost"' "$cm")"
+    ! grep -q "cut off" "$W"/site-*.log || fail "a site found itself cut off: $(grep -h "cut off" "$W"/site-*.log | head -3)"
     final_anchor_held_by a b x
 }
 
