@@ -288,8 +288,8 @@ static result run_sites(int S, size_t n, int reps) {
             deltas[i] = &recv[i];
             ids[i] = (uint32_t)i + 1;
         }
-        check(coal_round_merge(deltas, ids, S, &outer, &codec, CHUNK_BYTES, anchor, momentum,
-                               resid, g, n, &up),
+        check(coal_round_merge(deltas, NULL, ids, S, &outer, &codec, CHUNK_BYTES, anchor,
+                               momentum, resid, g, n, &up),
               "coal_round_merge");
         double t2 = bench_now();
         for (int i = 0; i < S; i++)

@@ -8,9 +8,11 @@
 #   site x: joined round R: anchor received in X s, first inner step Y s after its HELLO
 # One thread per process: three processes share the 2 cores this was
 # measured on (with 2 OpenMP threads each, a GPT-2 small step of 64 tokens
-# took 6-9 s and a merge 9-33 s, and a HELLO waits for the merge under way).
-# Context 64 and batch 1 keep the three processes within about 16 GB (each
-# site holds its model, AdamW state and the coalition's vectors); the
+# took 6-9 s and a merge 9-33 s; a HELLO during a merge is answered at once).
+# Context 64 and batch 1 kept the three processes within about 16 GB (each
+# site holds its model, AdamW state and the coalition's vectors; the
+# coordinator, which now merges on a worker thread from decoded deltas,
+# holds about 1 GB more: the next anchor and one decoded delta); the
 # anchor's size does not depend on them beyond 0.7M of its 124M values.
 # Every process is stopped by its PID.
 set -u

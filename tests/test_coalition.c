@@ -1192,8 +1192,8 @@ static void test_round_merge_order(void **state) {
         }
         for (int round = 0; round < 3; round++) {
             coal_vec_free(&up[k]);
-            assert_int_equal(coal_round_merge(list, lids, S, &opt, &codec, 4096, a[k], m[k], r[k],
-                                              g, n, &up[k]), ENT_OK);
+            assert_int_equal(coal_round_merge(list, NULL, lids, S, &opt, &codec, 4096, a[k], m[k],
+                                              r[k], g, n, &up[k]), ENT_OK);
         }
     }
     assert_memory_equal(a[0], a[1], sizeof(float) * n);
@@ -1210,8 +1210,8 @@ static void test_round_merge_order(void **state) {
     d[2].received--;
     const coal_vec *list[4] = {&d[0], &d[1], &d[2], &d[3]};
     coal_vec bad = {0};
-    assert_int_equal(coal_round_merge(list, ids, S, &opt, &codec, 4096, a[0], m[0], r[0], g, n,
-                                      &bad), ENT_ERR_INPUT);
+    assert_int_equal(coal_round_merge(list, NULL, ids, S, &opt, &codec, 4096, a[0], m[0], r[0], g,
+                                      n, &bad), ENT_ERR_INPUT);
     assert_memory_equal(a[0], before, sizeof(float) * n);
     for (int k = 0; k < 2; k++) {
         free(a[k]);
@@ -1223,6 +1223,79 @@ static void test_round_merge_order(void **state) {
     free(before);
     free(a0);
     free(g);
+}
+
+// The coordinator merges from the deltas it decoded once to screen them
+// (coal_vec_norm's output): for every codec, the anchor, momentum, residual
+// and update bytes are those of the merge from the deltas' bytes, bit for
+// bit, over several rounds (the sums and the norms too).
+static void test_round_merge_decoded(void **state) {
+    (void)state;
+    test_reseed(0x65);
+    const size_t n = 5 * 4096 + 77;
+    const int S = 3;
+    const char *names[] = {"int8", "int4", "topk"};
+    for (int c = 0; c < 3; c++) {
+        ent_codec codec;
+        assert_int_equal(ent_codec_parse(names[c], &codec), ENT_OK);
+        ent_outer_opt opt = ent_outer_defaults();
+        float *a[2], *m[2], *r[2], *g = fvec(n), *dec[3];
+        float *a0 = fvec(n);
+        fill_normal(a0, n, 0.02);
+        for (int k = 0; k < 2; k++) {
+            a[k] = fvec(n);
+            m[k] = fvec(n);
+            r[k] = fvec(n);
+            memcpy(a[k], a0, sizeof(float) * n);
+        }
+        for (int i = 0; i < S; i++) dec[i] = fvec(n);
+        uint32_t ids[3] = {2, 3, 1};
+        for (int round = 0; round < 3; round++) {
+            coal_vec d[3] = {{0}}, up[2] = {{0}};
+            const coal_vec *list[3];
+            for (int i = 0; i < S; i++) {
+                float *x = fvec(n);
+                fill_delta(x, n, 256);
+                // a negative zero among the values: the merge's sums must not
+                // tell it from the bytes' path either
+                x[17 + i] = -0.0f;
+                assert_int_equal(coal_vec_encode(&d[i], (uint16_t)codec.kind, &codec, x, NULL,
+                                                 n, 4096), ENT_OK);
+                d[i].tokens = (uint64_t)(37 * (i + 1) + round);
+                list[i] = &d[i];
+                double norm = 0, want = 0;
+                assert_int_equal(coal_vec_norm(&d[i], dec[i], &norm), ENT_OK);
+                assert_int_equal(coal_vec_norm(&d[i], g, &want), ENT_OK);
+                assert_true(norm == want && norm > 0);
+                free(x);
+            }
+            const float *const *decoded = (const float *const *)dec;
+            assert_int_equal(coal_round_merge(list, NULL, ids, S, &opt, &codec, 4096, a[0], m[0],
+                                              r[0], g, n, &up[0]), ENT_OK);
+            assert_int_equal(coal_round_merge(list, decoded, ids, S, &opt, &codec, 4096, a[1],
+                                              m[1], r[1], g, n, &up[1]), ENT_OK);
+            assert_memory_equal(a[0], a[1], sizeof(float) * n);
+            assert_memory_equal(m[0], m[1], sizeof(float) * n);
+            assert_memory_equal(r[0], r[1], sizeof(float) * n);
+            assert_int_equal(up[0].len, up[1].len);
+            assert_memory_equal(up[0].data, up[1].data, up[0].len);
+            assert_int_equal(up[0].anchor_hash, up[1].anchor_hash);
+            assert_int_equal(up[0].tokens, up[1].tokens);
+            for (int i = 0; i < S; i++) coal_vec_free(&d[i]);
+            coal_vec_free(&up[0]);
+            coal_vec_free(&up[1]);
+        }
+        // the anchor moved: the comparison was not of two untouched copies
+        assert_true(memcmp(a[0], a0, sizeof(float) * n) != 0);
+        for (int k = 0; k < 2; k++) {
+            free(a[k]);
+            free(m[k]);
+            free(r[k]);
+        }
+        for (int i = 0; i < S; i++) free(dec[i]);
+        free(a0);
+        free(g);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1431,6 +1504,7 @@ int main(void) {
         cmocka_unit_test(test_anchor_hash),        cmocka_unit_test(test_rounds_identical_anchors),
         cmocka_unit_test(test_global_layout),      cmocka_unit_test(test_vec_chunks),
         cmocka_unit_test(test_vec_hostile_chunks), cmocka_unit_test(test_round_merge_order),
+        cmocka_unit_test(test_round_merge_decoded),
     };
     // one thread, except where a test sets more (determinism compares 1, 2
     // and 3): on a loaded 2-core machine OpenMP's barriers dominate the

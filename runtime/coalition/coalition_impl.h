@@ -109,15 +109,19 @@ ent_status coal_vec_bcast(coal_vec *v, ent_group_t *g, int root);
 
 // The coordinator's arithmetic of one round (coordinator.c; bench_coordinator
 // times it): g = the token-weighted merge of the count sites' complete deltas
-// (site ids[i], one chunking), chunk by chunk in increasing id; the outer
+// (site ids[i], one chunking), chunk by chunk in increasing id, read from
+// their bytes, or, when decoded is set, from decoded[i] (n floats: what
+// coal_vec_norm decoded deltas[i] to; the same bits, without decoding each
+// delta a second time); the outer
 // Nesterov step on momentum (g becomes the update); the update encoded with
 // error feedback into resid as *update (anchor_hash: the anchor after it;
 // tokens: the round's); and anchor -= D(update), exactly as every site
 // applies it. g is scratch of n floats.
-ent_status coal_round_merge(const coal_vec *const *deltas, const uint32_t *ids, int count,
-                            const ent_outer_opt *outer, const ent_codec *codec,
-                            uint32_t chunk_bytes, float *anchor, float *momentum, float *resid,
-                            float *g, size_t n, coal_vec *update);
+ent_status coal_round_merge(const coal_vec *const *deltas, const float *const *decoded,
+                            const uint32_t *ids, int count, const ent_outer_opt *outer,
+                            const ent_codec *codec, uint32_t chunk_bytes, float *anchor,
+                            float *momentum, float *resid, float *g, size_t n,
+                            coal_vec *update);
 
 // ---- the ledger (ledger.c) ----
 // Why a site's delta was left out of a round (the names the ledger and the

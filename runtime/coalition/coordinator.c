@@ -36,11 +36,18 @@
 // times the steps planned, plus what a site back from a cut may carry) is
 // rejected too (check_tokens). With each update goes the ledger (LEDGER),
 // which the sites keep in their checkpoints.
+//
+// A merge (decoding, screening and scoring the deltas, the outer step, the
+// update's encoding, and the evaluations) runs on a worker thread while the
+// main loop keeps serving: HELLOs are answered, heartbeats counted, the next
+// round's deltas collected (docs/coalition.md, "Serving while merging").
 #include "coalition_impl.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -99,6 +106,16 @@ typedef struct {
     coal_layout lay;
     size_t n;
     float *anchor, *momentum, *resid, *g; // global layout
+    // a merge in progress writes the anchor after it here (the anchor stays
+    // as it was, for the joiners the main loop answers meanwhile)
+    float *anchor_next;
+    // each delta of a round decoded once (n floats each), for its screen,
+    // its score and the merge; kept from round to round (ndec of them: the
+    // most deltas a round has merged)
+    float **dec;
+    int ndec;
+    int merging;      // a merge runs: its round's deltas are out of the sites
+    double fault_merge_s; // ENTENTE_FAULT_MERGE_S: a merge lasts at least this (tests)
     float *ck_mom, *ck_resid;             // arena layout, for checkpoints
     uint64_t *hist;                       // anchor hash after each round (hist[0]: initial)
     ent_codec codec;
@@ -208,12 +225,18 @@ static int whole_delta(const csite *s, uint64_t round) {
            s->delta[k].received == s->delta[k].count;
 }
 
+// The round whose deltas the coordinator collects: the one it waits for,
+// or, while that one's merge runs, the next (its deltas are out of the
+// sites by then).
+static uint64_t collecting(const coord *c) { return c->round + (c->merging ? 1 : 0); }
+
 // A site goes (or comes back on a new connection): what it sent of a later
-// round, or in part, is dropped; a whole delta of the round being merged
+// round, or in part, is dropped; a whole delta of the round being collected
 // stays and is merged (its site's data cursor moved past those batches).
 static void drop_partial_deltas(coord *c, csite *s) {
+    uint64_t r = collecting(c);
     for (int j = 0; j < 2; j++) {
-        if (s->delta_used[j] && s->delta_round[j] == c->round && whole_delta(s, c->round))
+        if (s->delta_used[j] && s->delta_round[j] == r && whole_delta(s, r))
             continue;
         s->delta_used[j] = 0;
         coal_vec_free(&s->delta[j]);
@@ -230,8 +253,9 @@ static ent_status site_gone(coord *c, csite *s, const char *event, const char *w
     int n = active_count(c);
     ent_log_warn("coordinator: site '%s' (%s) %s at round %llu: %s; %d of %d site(s) go on%s",
                  s->name, s->peer.name, event, (unsigned long long)c->round, why, n, c->nsites,
-                 whole_delta(s, c->round) ? " (its delta of this round is in, and is merged)"
-                                          : "");
+                 whole_delta(s, collecting(c))
+                     ? " (its delta of the round collected is in, and is merged)"
+                     : "");
     ent_json_field rec[] = {ENT_JSTR("event", event), ENT_JSTR("site", s->name),
                             ENT_JINT("round", c->round), ENT_JSTR("reason", why),
                             ENT_JINT("sites_left", n),
@@ -324,10 +348,11 @@ static csite *find_site(coord *c, const ent_link_incoming *in) {
 
 // The anchor as it is now (after the updates of the rounds before the one
 // being merged), as f32 UPDATE chunks of the site's first round.
+// It reads the anchor only (raw f32 is a copy): a merge may run meanwhile.
 static ent_status send_anchor(coord *c, csite *s) {
     coal_vec v = {0};
-    memcpy(c->g, c->anchor, sizeof(float) * c->n);
-    ENT_CHECK(coal_vec_encode(&v, ENT_LINK_CODEC_F32, NULL, c->g, NULL, c->n, c->chunk_bytes));
+    ENT_CHECK(coal_vec_encode(&v, ENT_LINK_CODEC_F32, NULL, c->anchor, NULL, c->n,
+                              c->chunk_bytes));
     v.anchor_hash = c->hist[c->round];
     ent_status st = coal_vec_send(c->ep, &s->peer, ENT_LINK_UPDATE, s->id, s->first_round, &v);
     coal_vec_free(&v);
@@ -514,12 +539,17 @@ static ent_status on_delta(coord *c, csite *s, const ent_link_incoming *in) {
     ent_link_header hd;
     if (ent_link_decode_delta(in->bytes, in->len, in->peer.name, &hd, &ch) != ENT_OK)
         return send_error(c, &in->peer, s->id, ENT_LINK_ERR_MALFORMED, "%s", ent_last_error());
-    if (hd.round < c->round || hd.round > c->round + 1) {
-        char why[160];
-        snprintf(why, sizeof why, "a DELTA for round %llu while round %llu is being merged",
-                 (unsigned long long)hd.round, (unsigned long long)c->round);
+    // the round collected and the next; while a merge runs, the round after
+    // it only (a delta of the round after that starts from the anchor the
+    // merge makes, which no site has yet)
+    uint64_t open = collecting(c), last = c->merging ? open : open + 1;
+    if (hd.round < open || hd.round > last) {
+        char why[200];
+        snprintf(why, sizeof why, "a DELTA for round %llu while the coordinator collects round "
+                 "%llu%s", (unsigned long long)hd.round, (unsigned long long)open,
+                 c->merging ? " (the round before is being merged)" : "");
         // a round already merged: counted once per round in the ledger
-        if (hd.round < c->round && !(s->stale_any && s->stale_round == hd.round)) {
+        if (hd.round < open && !(s->stale_any && s->stale_round == hd.round)) {
             s->stale_any = 1;
             s->stale_round = hd.round;
             ENT_CHECK(reject_record(c, s, hd.round, COAL_REJECT_STALE, why));
@@ -553,12 +583,19 @@ static ent_status on_delta(coord *c, csite *s, const ent_link_incoming *in) {
         // the anchor a site's delta starts from: before the update of the
         // round before (which it applies after sending this one)
         // (without overlap: the anchor after the update of the round before)
-        uint64_t want = !c->cfg->coal_overlap ? c->hist[hd.round]
-                        : c->hist[hd.round > 0 ? hd.round - 1 : 0];
-        if (v->anchor_hash != want) {
+        uint64_t from = !c->cfg->coal_overlap ? hd.round : hd.round > 0 ? hd.round - 1 : 0;
+        // an anchor not made yet (its merge runs) is one no site can hold
+        int known = from <= c->round;
+        uint64_t want = known ? c->hist[from] : 0;
+        if (!known || v->anchor_hash != want) {
             char why[200];
-            snprintf(why, sizeof why, "computed from anchor %016llx; the coalition's was %016llx",
-                     (unsigned long long)v->anchor_hash, (unsigned long long)want);
+            if (known)
+                snprintf(why, sizeof why, "computed from anchor %016llx; the coalition's was "
+                         "%016llx", (unsigned long long)v->anchor_hash, (unsigned long long)want);
+            else
+                snprintf(why, sizeof why, "computed from anchor %016llx; the coalition's anchor "
+                         "after round %llu is not made yet", (unsigned long long)v->anchor_hash,
+                         (unsigned long long)from - 1);
             return reject(c, s, hd.round, COAL_REJECT_ANCHOR, why);
         }
         int ok = 1;
@@ -664,12 +701,15 @@ static ent_status on_message(coord *c, const ent_link_incoming *in) {
     }
 }
 
-// The coordinator was busy (a merge, an evaluation, a save) and read
-// nothing: no site's silence counts for that time.
-static void heard_all(coord *c) {
-    double now = ent_now_seconds();
-    for (int i = 0; i < c->nsites; i++)
-        if (c->sites[i].last_seen < now) c->sites[i].last_seen = now;
+// The coordinator was busy since `since` (sending the state to the standby,
+// a save) and read nothing: no site's silence counts for that time. (A
+// merge is no such time: the main loop serves while it runs.)
+static void heard_all(coord *c, double since) {
+    double now = ent_now_seconds(), busy = now - since;
+    for (int i = 0; i < c->nsites; i++) {
+        double t = c->sites[i].last_seen + busy;
+        c->sites[i].last_seen = t < now ? t : now;
+    }
 }
 
 // A site whose connection closed: its process is gone (a kill, a crash).
@@ -731,11 +771,12 @@ static int round_complete(const coord *c) {
 // ---------------------------------------------------------------------------
 // a round
 
-static ent_status eval_anchor(coord *c, double *loss) {
+// The validation loss of anchor (the anchor, or the one a merge makes).
+static ent_status eval_anchor(coord *c, const float *anchor, double *loss) {
     *loss = NAN;
     if (c->val == NULL) return ENT_OK;
     float *p = ent_model_arena(c->model, ENT_ARENA_PARAMS);
-    coal_global_to_arena(&c->lay, 0, c->anchor, p);
+    coal_global_to_arena(&c->lay, 0, anchor, p);
     int64_t want = (int64_t)c->cfg->eval_batches * c->cfg->batch_size;
     return ent_eval_loss(c->model, c->val, want, c->micro, NULL, c->inputs, c->targets, loss);
 }
@@ -799,64 +840,111 @@ static int by_value(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-// The loss-change score of site s's delta for the round (coalition.score_batches
-// > 0 and validation shards): the loss of the anchor with this delta alone
+// ---------------------------------------------------------------------------
+// the merge, on a worker thread
+//
+// merge_round takes the round's whole deltas out of the sites into a job
+// and starts merge_work on a thread, which screens, scores and merges them
+// into the next anchor (stage 1), then evaluates it if the round asks for
+// that (stage 2). The main loop serves on (poll_once) meanwhile: at stage 1
+// it records what the merge decided, moves the anchor and sends the update
+// (merge_apply), and serves as in the next round until stage 2, when it
+// writes the round's record (merge_record). The worker reads the anchor
+// it started from and writes only the job, the next anchor, the outer
+// momentum and residual, g, the decoded deltas and the model (its
+// losses); the main loop writes none of those while it runs, and reads
+// only the anchor (a joiner's, send_anchor).
+
+typedef struct {
+    int site;       // index in c->sites
+    uint32_t id;    // the merge's order: 1 + the deltas whose site's name sorts before
+    coal_vec delta; // taken out of the site's slot
+    float *dec;     // decoded (one of c->dec)
+    double norm;
+    double gain; // its loss-change score, L(A) - L(A - d)
+    int scored;
+    int rejected; // left out, for kind and why
+    coal_reject_kind kind;
+    char why[600];
+} mdelta;
+
+typedef struct {
+    coord *c;
+    uint64_t round;
+    const float *anchor; // the anchor the round starts from
+    float *next;         // the anchor after the round
+    int eval;            // the round's anchor is evaluated (coalition.eval_rounds, the last)
+    mdelta *d;
+    int count;
+    int *merged, nmerged; // the deltas merged (indices in d)
+    double base;          // the anchor's loss on the score batches (NaN: no scores)
+    double val;           // the validation loss after the merge (NaN: not evaluated)
+    coal_vec up;
+    double merge_s;
+    ent_status st;
+    char err[1024];
+    atomic_int stage; // 1: merged (or failed), 2: done
+    // the round record's arrays (merge_apply)
+    char names[ENT_LINK_NAME_MAX * 64 + 256], toks[32 * 64 + 256], gains[32 * 64 + 256];
+    char members[ENT_LINK_NAME_MAX * 64 + 256];
+} merge_job;
+
+static void left_out(mdelta *d, coal_reject_kind kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void left_out(mdelta *d, coal_reject_kind kind, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(d->why, sizeof d->why, fmt, ap);
+    va_end(ap);
+    d->rejected = 1;
+    d->kind = kind;
+}
+
+// The loss-change score of delta d (coalition.score_batches > 0 and
+// validation shards): the loss of the anchor with this delta alone
 // applied, A - d, on the first score_batches batches of the validation
 // shards, against the anchor's own loss there (*base, computed at the first
-// call of a round). gain = L(A) - L(A - d): positive, the delta helps. d is
-// in c->g (decoded) and is overwritten.
-static ent_status score_delta(coord *c, csite *s, double *base) {
-    int k = (int)(c->round % 2);
-    s->gain_have[k] = 0;
+// call of a round). gain = L(A) - L(A - d): positive, the delta helps.
+static ent_status score_delta(coord *c, const float *anchor, mdelta *d, double *base) {
+    d->scored = 0;
     if (c->val == NULL || c->cfg->coal_score_batches <= 0) return ENT_OK;
     float *p = ent_model_arena(c->model, ENT_ARENA_PARAMS);
     int64_t want = (int64_t)c->cfg->coal_score_batches * c->cfg->batch_size;
     if (isnan(*base)) {
-        coal_global_to_arena(&c->lay, 0, c->anchor, p);
+        coal_global_to_arena(&c->lay, 0, anchor, p);
         ENT_CHECK(ent_eval_loss(c->model, c->val, want, c->micro, NULL, c->inputs, c->targets,
                                 base));
     }
-    for (size_t i = 0; i < c->n; i++) c->g[i] = c->anchor[i] - c->g[i];
+    for (size_t i = 0; i < c->n; i++) c->g[i] = anchor[i] - d->dec[i];
     coal_global_to_arena(&c->lay, 0, c->g, p);
     double loss = NAN;
     ENT_CHECK(ent_eval_loss(c->model, c->val, want, c->micro, NULL, c->inputs, c->targets, &loss));
     // a loss that is not finite is as bad as a loss can be
-    s->gain[k] = isfinite(loss) ? *base - loss : -INFINITY;
-    s->gain_round[k] = c->round;
-    s->gain_have[k] = 1;
+    d->gain = isfinite(loss) ? *base - loss : -INFINITY;
+    d->scored = 1;
     return ENT_OK;
 }
 
-// Site s's delta for `round` has a loss-change score.
-static int scored_for(const csite *s, uint64_t round) {
-    int k = (int)(round % 2);
-    return s->gain_have[k] && s->gain_round[k] == round;
-}
-
 // The round's contributions that pass the screen: each decodes to finite
-// values, and its norm is at most coalition.max_norm_ratio times the lower
-// median of the round's norms (a site that scales its delta up cannot pull
-// the median with it, even among two). Rejected ones are recorded; the
-// others go into merged[] (count in *nmerged).
-static ent_status screen_round(coord *c, int *merged, int *nmerged, double *base_out) {
-    int k = (int)(c->round % 2), m = 0;
+// values (decoded once, into its d->dec), and its norm is at most
+// coalition.max_norm_ratio times the lower median of the round's norms (a
+// site that scales its delta up cannot pull the median with it, even among
+// two). The others are marked rejected; the rest go into job->merged.
+static ent_status screen_round(merge_job *job) {
+    coord *c = job->c;
+    int m = 0, *merged = job->merged;
     double norms[4096], base = NAN;
-    *nmerged = 0;
-    *base_out = NAN;
-    for (int i = 0; i < c->nsites; i++) {
-        csite *s = &c->sites[i];
-        // a site lost after its delta arrived whole is merged too
-        if (!whole_delta(s, c->round) || rejected_for(s, c->round)) continue;
-        double norm = 0;
-        if (coal_vec_norm(&s->delta[k], c->g, &norm) != ENT_OK) {
-            char why[600];
-            snprintf(why, sizeof why, "it does not decode: %s", ent_last_error());
-            ENT_CHECK(reject(c, s, c->round, COAL_REJECT_UNDECODABLE, why));
+    job->nmerged = 0;
+    job->base = NAN;
+    for (int j = 0; j < job->count; j++) {
+        mdelta *d = &job->d[j];
+        if (coal_vec_norm(&d->delta, d->dec, &d->norm) != ENT_OK) {
+            left_out(d, COAL_REJECT_UNDECODABLE, "it does not decode: %s", ent_last_error());
             continue;
         }
-        ENT_CHECK(score_delta(c, s, &base)); // c->g holds the delta, decoded
-        norms[m] = norm;
-        merged[m++] = i;
+        ENT_CHECK(score_delta(c, job->anchor, d, &base));
+        norms[m] = d->norm;
+        merged[m++] = j;
     }
     double ratio = c->cfg->coal_max_norm_ratio;
     if (m >= 2 && ratio > 0) {
@@ -866,16 +954,12 @@ static ent_status screen_round(coord *c, int *merged, int *nmerged, double *base
         double median = sorted[(m - 1) / 2];
         int kept = 0;
         for (int j = 0; j < m; j++) {
-            csite *s = &c->sites[merged[j]];
-            if (norms[j] > ratio * median) {
-                char why[200];
-                snprintf(why, sizeof why, "its norm %.4g is %.1f times the round's median %.4g "
-                         "(coalition.max_norm_ratio = %g)", norms[j], norms[j] / median, median,
-                         ratio);
-                ENT_CHECK(reject(c, s, c->round, COAL_REJECT_NORM, why));
-            } else {
+            if (norms[j] > ratio * median)
+                left_out(&job->d[merged[j]], COAL_REJECT_NORM, "its norm %.4g is %.1f times the "
+                         "round's median %.4g (coalition.max_norm_ratio = %g)", norms[j],
+                         norms[j] / median, median, ratio);
+            else
                 merged[kept++] = merged[j];
-            }
         }
         m = kept;
     }
@@ -888,34 +972,148 @@ static ent_status screen_round(coord *c, int *merged, int *nmerged, double *base
     double tol = c->cfg->coal_score_tolerance, gains[4096], ref = 0;
     int ng = 0;
     for (int j = 0; j < m; j++)
-        if (scored_for(&c->sites[merged[j]], c->round)) gains[ng++] = c->sites[merged[j]].gain[k];
+        if (job->d[merged[j]].scored) gains[ng++] = job->d[merged[j]].gain;
     if (ng > 0) {
         qsort(gains, (size_t)ng, sizeof *gains, by_value);
         ref = gains[ng / 2] < 0 ? gains[ng / 2] : 0;
     }
     int kept = 0;
     for (int j = 0; j < m; j++) {
-        csite *s = &c->sites[merged[j]];
-        if (tol > 0 && scored_for(s, c->round) && s->gain[k] < ref - tol) {
-            char why[400];
-            snprintf(why, sizeof why, "it makes the held-out loss worse by %.4g (from %.4f to "
-                     "%.4f; the round's median change %+.4g, coalition.score_tolerance = %g)",
-                     -s->gain[k], base, base - s->gain[k], -gains[ng / 2], tol);
-            ENT_CHECK(reject(c, s, c->round, COAL_REJECT_LOSS, why));
-        } else {
+        mdelta *d = &job->d[merged[j]];
+        if (tol > 0 && d->scored && d->gain < ref - tol)
+            left_out(d, COAL_REJECT_LOSS, "it makes the held-out loss worse by %.4g (from %.4f "
+                     "to %.4f; the round's median change %+.4g, coalition.score_tolerance = %g)",
+                     -d->gain, base, base - d->gain, -gains[ng / 2], tol);
+        else
             merged[kept++] = merged[j];
+    }
+    job->nmerged = kept;
+    job->base = base;
+    if (kept < c->cfg->coal_quorum)
+        return ent_fail(ENT_ERR_IO, "%d contribution(s) left to merge, fewer than "
+                        "coalition.quorum = %d: stopping", kept, c->cfg->coal_quorum);
+    return ENT_OK;
+}
+
+// The worker's first part: the screen, and the merge into job->next (from
+// the deltas as decoded).
+static ent_status merge_compute(merge_job *job) {
+    coord *c = job->c;
+    double t0 = ent_now_seconds();
+    if (c->fault_merge_s > 0) { // a merge of a larger model on busier cores (tests)
+        double until = t0 + c->fault_merge_s;
+        while (ent_now_seconds() < until) {
+            struct timespec pause = {0, 10000000};
+            nanosleep(&pause, NULL);
         }
     }
-    m = kept;
-    *nmerged = m;
-    *base_out = base;
-    if (m < c->cfg->coal_quorum)
-        return ent_fail(ENT_ERR_IO, "%d contribution(s) left to merge, fewer than "
-                        "coalition.quorum = %d: stopping", m, c->cfg->coal_quorum);
+    ENT_CHECK(screen_round(job));
+    int m = job->nmerged;
+    const coal_vec **deltas = calloc((size_t)m + 1, sizeof *deltas);
+    const float **dec = calloc((size_t)m + 1, sizeof *dec);
+    uint32_t *ids = calloc((size_t)m + 1, sizeof *ids);
+    ent_status st = deltas && dec && ids ? ENT_OK : ent_fail(ENT_ERR_NOMEM, "out of memory");
+    for (int j = 0; j < m && st == ENT_OK; j++) {
+        const mdelta *d = &job->d[job->merged[j]];
+        deltas[j] = &d->delta;
+        dec[j] = d->dec;
+        ids[j] = d->id;
+    }
+    if (st == ENT_OK) {
+        memcpy(job->next, job->anchor, sizeof(float) * c->n);
+        st = coal_round_merge(deltas, dec, ids, m, &c->outer, &c->codec, c->chunk_bytes,
+                              job->next, c->momentum, c->resid, c->g, c->n, &job->up);
+    }
+    free(deltas);
+    free(dec);
+    free(ids);
+    job->merge_s = ent_now_seconds() - t0;
+    return st;
+}
+
+static void *merge_work(void *arg) {
+    merge_job *job = arg;
+    job->st = merge_compute(job);
+    if (job->st == ENT_OK) {
+        atomic_store(&job->stage, 1);
+        job->val = NAN;
+        if (job->eval) job->st = eval_anchor(job->c, job->next, &job->val);
+    }
+    if (job->st != ENT_OK) snprintf(job->err, sizeof job->err, "%s", ent_last_error());
+    atomic_store(&job->stage, 2);
+    return NULL;
+}
+
+static void merge_job_free(merge_job *job) {
+    for (int j = 0; j < job->count; j++) coal_vec_free(&job->d[j].delta);
+    coal_vec_free(&job->up);
+    free(job->d);
+    free(job->merged);
+}
+
+// The job of the round: its whole deltas (those of sites lost since they
+// sent them too), out of the sites, and a decoded vector for each.
+static ent_status merge_job_new(coord *c, merge_job *job) {
+    memset(job, 0, sizeof *job);
+    job->c = c;
+    job->round = c->round;
+    job->anchor = c->anchor;
+    job->next = c->anchor_next;
+    int every = c->cfg->coal_eval_rounds;
+    job->eval = c->round + 1 == c->rounds || (every > 0 && (c->round + 1) % (uint64_t)every == 0);
+    int k = (int)(c->round % 2);
+    job->d = calloc((size_t)c->nsites + 1, sizeof *job->d);
+    job->merged = calloc((size_t)c->nsites + 1, sizeof *job->merged);
+    if (job->d == NULL || job->merged == NULL) {
+        merge_job_free(job);
+        return ent_fail(ENT_ERR_NOMEM, "out of memory");
+    }
+    for (int i = 0; i < c->nsites; i++) {
+        csite *s = &c->sites[i];
+        if (!whole_delta(s, c->round) || rejected_for(s, c->round)) continue;
+        mdelta *d = &job->d[job->count++];
+        d->site = i;
+        d->delta = s->delta[k];
+        memset(&s->delta[k], 0, sizeof s->delta[k]);
+        s->delta_used[k] = 0;
+    }
+    // the merge sums in the order of the ids it is given: the sites' names'
+    // order, not the order they joined in, so that a coalition gives the
+    // same bits whichever site connected first
+    for (int j = 0; j < job->count; j++) {
+        job->d[j].id = 1;
+        for (int o = 0; o < job->count; o++)
+            job->d[j].id += strcmp(c->sites[job->d[o].site].name,
+                                   c->sites[job->d[j].site].name) < 0;
+    }
+    // what is left of the round in the sites (nothing whole) goes; the slot
+    // takes the round after next, once this merge is done
+    for (int i = 0; i < c->nsites; i++) {
+        c->sites[i].delta_used[k] = 0;
+        coal_vec_free(&c->sites[i].delta[k]);
+    }
+    if (job->count > c->ndec) {
+        float **more = realloc(c->dec, sizeof *more * (size_t)job->count);
+        if (more == NULL) {
+            merge_job_free(job);
+            return ent_fail(ENT_ERR_NOMEM, "out of memory");
+        }
+        c->dec = more;
+        for (; c->ndec < job->count; c->ndec++) {
+            ent_status st = coal_alloc_floats(&c->dec[c->ndec], c->n, "a decoded delta");
+            if (st != ENT_OK) {
+                merge_job_free(job);
+                return st;
+            }
+        }
+    }
+    for (int j = 0; j < job->count; j++) job->d[j].dec = c->dec[j];
     return ENT_OK;
 }
 
 static ent_status merge_empty(coord *c);
+static ent_status merge_apply(coord *c, merge_job *job);
+static ent_status merge_record(coord *c, merge_job *job);
 
 // Fault injection, for the test of the sites' LEDGER checks only:
 // ENTENTE_FAULT_LEDGER = R spoils the first byte of the ledger sent after R
@@ -959,115 +1157,136 @@ static ent_status send_update(coord *c, const coal_vec *up) {
 
 static ent_status merge_round(coord *c) {
     if (c->resumed && c->round == c->resume_round) return merge_empty(c);
-    double t0 = ent_now_seconds();
-    int k = (int)(c->round % 2);
-    int *merged = calloc((size_t)c->nsites, sizeof *merged), nmerged = 0;
-    const coal_vec **deltas = calloc((size_t)c->nsites, sizeof *deltas);
-    uint32_t *ids = calloc((size_t)c->nsites, sizeof *ids);
-    coal_vec up = {0};
-    ent_status st = deltas && ids && merged ? ENT_OK : ent_fail(ENT_ERR_NOMEM, "out of memory");
-    double base = NAN; // the anchor's loss on the score batches (NaN: no scores)
-    if (st == ENT_OK) st = screen_round(c, merged, &nmerged, &base);
-    // the merge sums in the order of the ids it is given: the sites' names'
-    // order, not the order they joined in, so that a coalition gives the
-    // same bits whichever site connected first
-    for (int j = 0; j < nmerged && st == ENT_OK; j++) {
-        deltas[j] = &c->sites[merged[j]].delta[k];
-        ids[j] = 1;
-        for (int o = 0; o < nmerged; o++)
-            ids[j] += strcmp(c->sites[merged[o]].name, c->sites[merged[j]].name) < 0;
+    merge_job job;
+    ENT_CHECK(merge_job_new(c, &job));
+    pthread_t worker;
+    c->merging = 1;
+    if (pthread_create(&worker, NULL, merge_work, &job) != 0) {
+        c->merging = 0;
+        merge_job_free(&job);
+        return ent_fail(ENT_ERR_NOMEM, "coordinator: cannot start the merge of round %llu",
+                        (unsigned long long)c->round);
     }
-    if (st == ENT_OK)
-        st = coal_round_merge(deltas, ids, nmerged, &c->outer, &c->codec, c->chunk_bytes,
-                              c->anchor, c->momentum, c->resid, c->g, c->n, &up);
-    free(deltas);
-    free(ids);
-    if (st != ENT_OK) free(merged);
-    if (st != ENT_OK)
-        return ent_fail(st, "coordinator: round %llu: %s", (unsigned long long)c->round,
-                        ent_last_error());
-    uint64_t h = up.anchor_hash, tokens = up.tokens;
-    c->hist[c->round + 1] = h;
-    double merge_s = ent_now_seconds() - t0;
+    // serving on; a failure here (the quorum lost) waits for the worker
+    ent_status st = ENT_OK;
+    while (st == ENT_OK && atomic_load(&job.stage) < 1) st = poll_once(c, 20);
+    if (st == ENT_OK) st = merge_apply(c, &job);
+    if (st == ENT_OK) {
+        // the update is out: for the sites the coalition is in the next
+        // round while the worker evaluates the new anchor
+        c->merging = 0;
+        c->round = job.round + 1;
+        while (st == ENT_OK && atomic_load(&job.stage) < 2) st = poll_once(c, 20);
+        c->round = job.round;
+    }
+    pthread_join(worker, NULL);
+    c->merging = 0;
+    if (st == ENT_OK && job.st != ENT_OK)
+        st = ent_fail(job.st, "coordinator: round %llu: %s", (unsigned long long)job.round,
+                      job.err);
+    if (st == ENT_OK) st = merge_record(c, &job);
+    merge_job_free(&job);
+    return st;
+}
+
+// The main loop's part once the merge is computed: the rejections and
+// scores recorded, the anchor moved, the ledger counted and the update sent.
+static ent_status merge_apply(coord *c, merge_job *job) {
+    int k = (int)(c->round % 2);
+    for (int j = 0; j < job->count; j++) {
+        mdelta *d = &job->d[j];
+        csite *s = &c->sites[d->site];
+        s->gain_have[k] = d->scored;
+        s->gain[k] = d->gain;
+        s->gain_round[k] = c->round;
+        if (d->rejected) ENT_CHECK(reject(c, s, c->round, d->kind, d->why));
+    }
+    if (atomic_load(&job->stage) == 2 && job->st != ENT_OK)
+        return ent_fail(job->st, "coordinator: round %llu: %s", (unsigned long long)c->round,
+                        job->err);
+    c->anchor = job->next;
+    c->anchor_next = (float *)job->anchor;
+    int nmerged = job->nmerged;
+    c->hist[c->round + 1] = job->up.anchor_hash;
     // names and tokens of the sites merged, as JSON arrays
     // and their loss-change scores (null: not scored)
-    char names[ENT_LINK_NAME_MAX * 64 + 256] = "[", toks[32 * 64 + 256] = "[";
-    char gains[32 * 64 + 256] = "[";
+    char *names = job->names, *toks = job->toks, *gains = job->gains;
     size_t un = 1, ut = 1, ug = 1;
-    for (int j = 0; j < nmerged && un < sizeof names - 80 && ut < sizeof toks - 40 &&
-                    ug < sizeof gains - 40; j++) {
-        const csite *s = &c->sites[merged[j]];
-        un += (size_t)snprintf(names + un, sizeof names - un, "%s\"%s\"", j ? "," : "",
+    snprintf(names, sizeof job->names, "[");
+    snprintf(toks, sizeof job->toks, "[");
+    snprintf(gains, sizeof job->gains, "[");
+    for (int j = 0; j < nmerged && un < sizeof job->names - 80 && ut < sizeof job->toks - 40 &&
+                    ug < sizeof job->gains - 40; j++) {
+        const mdelta *d = &job->d[job->merged[j]];
+        const csite *s = &c->sites[d->site];
+        un += (size_t)snprintf(names + un, sizeof job->names - un, "%s\"%s\"", j ? "," : "",
                                s->name);
-        ut += (size_t)snprintf(toks + ut, sizeof toks - ut, "%s%llu", j ? "," : "",
-                               (unsigned long long)s->delta[k].tokens);
-        if (scored_for(s, c->round))
-            ug += (size_t)snprintf(gains + ug, sizeof gains - ug, "%s%.17g", j ? "," : "",
-                                   s->gain[k]);
+        ut += (size_t)snprintf(toks + ut, sizeof job->toks - ut, "%s%llu", j ? "," : "",
+                               (unsigned long long)d->delta.tokens);
+        if (d->scored)
+            ug += (size_t)snprintf(gains + ug, sizeof job->gains - ug, "%s%.17g", j ? "," : "",
+                                   d->gain);
         else
-            ug += (size_t)snprintf(gains + ug, sizeof gains - ug, "%snull", j ? "," : "");
+            ug += (size_t)snprintf(gains + ug, sizeof job->gains - ug, "%snull", j ? "," : "");
     }
-    snprintf(names + un, sizeof names - un, "]");
-    snprintf(toks + ut, sizeof toks - ut, "]");
-    snprintf(gains + ug, sizeof gains - ug, "]");
+    snprintf(names + un, sizeof job->names - un, "]");
+    snprintf(toks + ut, sizeof job->toks - ut, "]");
+    snprintf(gains + ug, sizeof job->gains - ug, "]");
     // the ledger: tokens and acceptances of the merged, the round for every
     // member (in since before it, and still in or merged)
-    char members[ENT_LINK_NAME_MAX * 64 + 256] = "[";
+    char *members = job->members;
     size_t um = 1;
+    snprintf(members, sizeof job->members, "[");
     for (int i = 0; i < c->nsites; i++) {
         csite *s = &c->sites[i];
-        int in_merge = 0;
-        for (int j = 0; j < nmerged && !in_merge; j++) in_merge = merged[j] == i;
+        const mdelta *in_merge = NULL;
+        for (int j = 0; j < nmerged && in_merge == NULL; j++)
+            if (job->d[job->merged[j]].site == i) in_merge = &job->d[job->merged[j]];
         if (in_merge) {
-            s->led.tokens += s->delta[k].tokens;
+            s->led.tokens += in_merge->delta.tokens;
             s->led.accepted++;
-            if (scored_for(s, c->round)) {
+            if (in_merge->scored) {
                 s->led.scored++;
-                s->led.loss_gain += s->gain[k];
+                s->led.loss_gain += in_merge->gain;
             }
         }
         if (s->first_round > c->round || !(active(s) || in_merge)) continue;
         s->led.rounds_joined++;
-        if (um < sizeof members - 80)
-            um += (size_t)snprintf(members + um, sizeof members - um, "%s\"%s\"",
+        if (um < sizeof job->members - 80)
+            um += (size_t)snprintf(members + um, sizeof job->members - um, "%s\"%s\"",
                                    um > 1 ? "," : "", s->name);
     }
-    snprintf(members + um, sizeof members - um, "]");
-    free(merged);
-    for (int i = 0; i < c->nsites; i++) {
-        c->sites[i].delta_used[k] = 0;
-        coal_vec_free(&c->sites[i].delta[k]);
-    }
+    snprintf(members + um, sizeof job->members - um, "]");
+    c->tokens_total += job->up.tokens;
     // every site still in gets the update, a site whose delta was rejected too
-    st = send_update(c, &up);
-    size_t up_bytes = up.len;
-    coal_vec_free(&up);
-    ENT_CHECK(st);
-    c->tokens_total += tokens;
-    double val = NAN;
-    int every = c->cfg->coal_eval_rounds;
-    if (c->round + 1 == c->rounds || (every > 0 && (c->round + 1) % (uint64_t)every == 0))
-        ENT_CHECK(eval_anchor(c, &val));
+    return send_update(c, &job->up);
+}
+
+// The round's record, once the worker has evaluated the new anchor (if the
+// round asks for it).
+static ent_status merge_record(coord *c, merge_job *job) {
+    uint64_t h = job->up.anchor_hash, tokens = job->up.tokens;
+    double val = job->val, merge_s = job->merge_s;
     char hash[17];
     coal_hash_hex(h, hash);
     ent_json_field rec[] = {ENT_JSTR("event", "round"), ENT_JINT("round", c->round),
-                            ENT_JRAW("sites", names), ENT_JRAW("site_tokens", toks),
-                            ENT_JRAW("site_loss_gain", gains), ENT_JNUM("score_loss", base),
-                            ENT_JRAW("members", members),
+                            ENT_JRAW("sites", job->names), ENT_JRAW("site_tokens", job->toks),
+                            ENT_JRAW("site_loss_gain", job->gains),
+                            ENT_JNUM("score_loss", job->base), ENT_JRAW("members", job->members),
                             ENT_JINT("tokens", tokens), ENT_JINT("tokens_total", c->tokens_total),
                             ENT_JSTR("anchor_hash", hash), ENT_JNUM("val_loss", val),
-                            ENT_JINT("update_bytes", up_bytes), ENT_JNUM("merge_s", merge_s),
+                            ENT_JINT("update_bytes", job->up.len), ENT_JNUM("merge_s", merge_s),
                             ENT_JNUM("elapsed_s", ent_now_seconds() - c->t_start)};
     ENT_CHECK(record(c, rec, (int)(sizeof rec / sizeof rec[0])));
     // a line for every round evaluated (coalition.eval_rounds), the first and the last
     if (isfinite(val))
         ent_log_info("coordinator: round %llu merged (%d sites, %llu tokens, %.3f s): val loss "
-                     "%.4f, anchor %s", (unsigned long long)c->round, nmerged,
+                     "%.4f, anchor %s", (unsigned long long)c->round, job->nmerged,
                      (unsigned long long)tokens, merge_s, val, hash);
     else if (c->round == 0)
         ent_log_info("coordinator: round %llu merged (%d sites, %llu tokens, %.3f s): anchor %s",
-                     (unsigned long long)c->round, nmerged, (unsigned long long)tokens, merge_s,
-                     hash);
+                     (unsigned long long)c->round, job->nmerged, (unsigned long long)tokens,
+                     merge_s, hash);
     return ENT_OK;
 }
 
@@ -1587,6 +1806,18 @@ static ent_status coord_setup(coord *c) {
     ENT_CHECK(coal_alloc_floats(&c->momentum, c->n, "the outer momentum"));
     ENT_CHECK(coal_alloc_floats(&c->resid, c->n, "the residual"));
     ENT_CHECK(coal_alloc_floats(&c->g, c->n, "the merge"));
+    ENT_CHECK(coal_alloc_floats(&c->anchor_next, c->n, "the anchor a merge makes"));
+    const char *fault = getenv("ENTENTE_FAULT_MERGE_S");
+    if (fault != NULL && fault[0] != '\0') {
+        char *end = NULL;
+        c->fault_merge_s = strtod(fault, &end);
+        if (end == fault || *end != '\0' || !(c->fault_merge_s >= 0 && c->fault_merge_s <= 600))
+            return ent_fail(ENT_ERR_USAGE, "ENTENTE_FAULT_MERGE_S=%s: give seconds in [0, 600]",
+                            fault);
+        if (c->fault_merge_s > 0)
+            ent_log_warn("coordinator: ENTENTE_FAULT_MERGE_S=%s: every merge lasts at least "
+                         "%g s on purpose (a test hook)", fault, c->fault_merge_s);
+    }
     ENT_CHECK(coal_alloc_floats(&c->ck_mom, c->table->total, "the checkpoint's momentum"));
     ENT_CHECK(coal_alloc_floats(&c->ck_resid, c->table->total, "the checkpoint's residual"));
     coal_arena_to_global(&c->lay, 0, ent_model_arena(c->model, ENT_ARENA_PARAMS), c->anchor);
@@ -1663,6 +1894,9 @@ static void coord_free(coord *c) {
     free(c->momentum);
     free(c->resid);
     free(c->g);
+    free(c->anchor_next);
+    for (int i = 0; i < c->ndec; i++) free(c->dec[i]);
+    free(c->dec);
     free(c->ck_mom);
     free(c->ck_resid);
     free(c->inputs);
@@ -1722,8 +1956,8 @@ static ent_status run(coord *c) {
             }
         }
         ENT_CHECK(merge_round(c));
+        double busy = ent_now_seconds();
         ENT_CHECK(stream_state(c, c->round + 1));
-        heard_all(c);
         if (cfg->ckpt_every > 0 && (c->round + 1) % (uint64_t)cfg->ckpt_every == 0 &&
             c->round + 1 < c->rounds) {
             uint64_t r = c->round;
@@ -1731,8 +1965,8 @@ static ent_status run(coord *c) {
             ent_status st = save(c);
             c->round = r;
             ENT_CHECK(st);
-            heard_all(c);
         }
+        heard_all(c, busy);
     }
     return finish(c);
 }
@@ -1750,7 +1984,7 @@ static ent_status start_rounds(coord *c) {
         ENT_CHECK(poll_once(c, 500));
     }
     double val = NAN;
-    ENT_CHECK(eval_anchor(c, &val));
+    ENT_CHECK(eval_anchor(c, c->anchor, &val));
     char hash[17];
     coal_hash_hex(c->hist[0], hash);
     ent_json_field start[] = {ENT_JSTR("event", "start"), ENT_JINT("sites", c->nsites),

@@ -91,6 +91,9 @@ typedef struct {
     char endpoint[256];   // the coordinator endpoint in use (eps[cur])
     char eps[ENT_COAL_ENDPOINTS_MAX][256]; // coalition.coordinator: a primary, its standby, ...
     int nep, cur;
+    // with several endpoints: RUN_DIR/coordinator_endpoint, the one that
+    // last welcomed this site (a restart with --resume tries it first)
+    char ep_file[ENT_PATH_MAX + 32];
     link_state state;
     char cut_why[600];     // why the link is found broken ("" while it works)
     uint16_t cut_code;     // the ERROR code that broke it (0: none)
@@ -398,7 +401,33 @@ static ent_status anchor_in(site *s) {
                         (unsigned long long)s->welcome.anchor_hash);
     s->t_anchor = ent_now_seconds();
     s->state = LINK_READY;
+    if (s->ep_file[0] != '\0') {
+        char line[sizeof s->endpoint + 1];
+        int len = snprintf(line, sizeof line, "%s\n", s->endpoint);
+        if (ent_write_file_atomic(s->ep_file, line, (size_t)len) != ENT_OK)
+            ent_log_warn("site %s: %s (a restart tries the first endpoint first)",
+                         s->cfg->coal_site, ent_last_error());
+    }
     return ENT_OK;
+}
+
+// A restarted site (--resume) starts with the endpoint that last welcomed
+// it, when it is one of coalition.coordinator's: after a failover, the
+// standby, not the dead primary's 2 s of silence.
+static void resume_endpoint(site *s, int resuming) {
+    if (s->ep_file[0] == '\0' || !resuming) return;
+    FILE *f = fopen(s->ep_file, "r");
+    if (f == NULL) return;
+    char line[sizeof s->endpoint + 2] = "";
+    if (fgets(line, sizeof line, f) != NULL) line[strcspn(line, "\n")] = '\0';
+    fclose(f);
+    for (int i = 0; i < s->nep; i++)
+        if (i != s->cur && strcmp(line, s->eps[i]) == 0) {
+            s->cur = i;
+            snprintf(s->endpoint, sizeof s->endpoint, "%s", s->eps[i]);
+            ent_log_info("site %s: trying %s first: the coordinator endpoint that last welcomed "
+                         "it (%s)", s->cfg->coal_site, s->endpoint, s->ep_file);
+        }
 }
 
 // The first join: HELLO, then WELCOME (or ERROR), then the anchor in f32
@@ -1065,13 +1094,14 @@ static ent_status rebase(site *s, int first, uint64_t *round) {
     return ent_trainer_record(s->tr, rec, (int)(sizeof rec / sizeof rec[0]));
 }
 
-static ent_status run_rounds(site *s) {
+static ent_status run_rounds(site *s, int resuming) {
     const ent_config *cfg = s->cfg;
     ent_status st = ENT_OK;
     if (s->leader) {
         s->nep = ent_coal_split_list(cfg->coal_coordinator, s->eps); // checked with the config
         if (s->nep < 1) s->nep = 1;
         snprintf(s->endpoint, sizeof s->endpoint, "%s", s->eps[0]);
+        resume_endpoint(s, resuming);
         st = join(s);
         if (st != ENT_OK) st = site_fail(s, st, "joining");
     }
@@ -1205,7 +1235,10 @@ ent_status ent_coalition_site(const ent_config *cfg_in, const ent_train_opts *op
     }
     s.grid = ent_trainer_grid(s.tr);
     st = ent_comm_agree(comm, site_setup(&s));
-    if (st == ENT_OK) st = run_rounds(&s);
+    if (st == ENT_OK && s.leader && opts->run_dir != NULL &&
+        ent_coal_split_list(cfg.coal_coordinator, s.eps) > 1)
+        snprintf(s.ep_file, sizeof s.ep_file, "%s/coordinator_endpoint", opts->run_dir);
+    if (st == ENT_OK) st = run_rounds(&s, opts->resume != NULL || opts->continues);
     if (st != ENT_OK && st != ENT_STOPPED && s.leader && s.ep != NULL) {
         char why[ENT_LINK_TEXT_MAX + 1];
         snprintf(why, sizeof why, "%s", ent_last_error());

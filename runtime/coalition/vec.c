@@ -331,10 +331,11 @@ ent_status coal_vec_norm(const coal_vec *v, float *scratch, double *norm) {
     return ENT_OK;
 }
 
-ent_status coal_round_merge(const coal_vec *const *deltas, const uint32_t *ids, int count,
-                            const ent_outer_opt *outer, const ent_codec *codec,
-                            uint32_t chunk_bytes, float *anchor, float *momentum, float *resid,
-                            float *g, size_t n, coal_vec *update) {
+ent_status coal_round_merge(const coal_vec *const *deltas, const float *const *decoded,
+                            const uint32_t *ids, int count, const ent_outer_opt *outer,
+                            const ent_codec *codec, uint32_t chunk_bytes, float *anchor,
+                            float *momentum, float *resid, float *g, size_t n,
+                            coal_vec *update) {
     if (count < 1) return ent_fail(ENT_ERR_INPUT, "a round with no delta");
     ent_site_delta *d = calloc((size_t)count, sizeof *d);
     if (d == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory");
@@ -352,8 +353,14 @@ ent_status coal_round_merge(const coal_vec *const *deltas, const uint32_t *ids, 
     for (uint32_t ch = 0; ch < first->count && st == ENT_OK; ch++) {
         for (int i = 0; i < count; i++) {
             const coal_vec *v = deltas[i];
-            d[i] = (ent_site_delta){.site = ids[i], .tokens = v->tokens,
-                                    .encoded = v->data + v->boff[ch], .encoded_len = v->blen[ch]};
+            // decoded: the same products w * D(x) added in the same order as
+            // from the bytes, so the same bits (docs/coalition.md)
+            d[i] = decoded != NULL
+                       ? (ent_site_delta){.site = ids[i], .tokens = v->tokens,
+                                          .values = decoded[i] + v->poff[ch]}
+                       : (ent_site_delta){.site = ids[i], .tokens = v->tokens,
+                                          .encoded = v->data + v->boff[ch],
+                                          .encoded_len = v->blen[ch]};
         }
         st = ent_coalition_merge(d, count, g + first->poff[ch], first->plen[ch]);
     }
