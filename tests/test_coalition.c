@@ -1314,6 +1314,22 @@ static ent_status ledger_print(const char *text, int json, char **out) {
 
 // text with the character after the first `key` changed to c is refused
 // with a message that holds want.
+// A ledger of version `from` relabelled as version `to` (lacking that
+// version's fields): refused, naming what is missing.
+static void refused_as_version(const char *text, char from, char to, const char *needle) {
+    char *t = strdup(text), key[] = "\"version\":0";
+    assert_non_null(t);
+    key[10] = from;
+    char *at = strstr(t, key);
+    assert_non_null(at);
+    at[10] = to;
+    char *out = NULL;
+    assert_int_equal(ledger_print(t, 0, &out), ENT_ERR_INPUT);
+    assert_non_null(strstr(ent_last_error(), needle));
+    free(out);
+    free(t);
+}
+
 static void ledger_refused_edited(const char *text, const char *key, char c, const char *want) {
     char *edited = strdup(text), *out = NULL;
     assert_non_null(edited);
@@ -1425,13 +1441,7 @@ static void test_ledger(void **state) {
     assert_true(back[0].loss_gain == -0.25);
     free(back);
     // version 3 without its "tokens" rejections: refused
-    char *v3 = strdup(v2ok);
-    assert_non_null(v3);
-    v3[strstr(v3, "\"version\":2") - v3 + 10] = '3';
-    assert_int_equal(ledger_print(v3, 0, &out), ENT_ERR_INPUT);
-    assert_non_null(strstr(ent_last_error(), "site 'old': \"rejected\""));
-    free(out);
-    free(v3);
+    refused_as_version(v2ok, '2', '3', "site 'old': \"rejected\"");
     // version 3 round trip: every field back as written
     assert_int_equal(coal_ledger_parse("ck.h5", text, &back, &nback, &merged), ENT_OK);
     assert_int_equal(nback, 3);
@@ -1442,13 +1452,7 @@ static void test_ledger(void **state) {
     }
     free(back);
     // version 2 without its scores, or with a score that is not a number
-    char *v2 = strdup(v1);
-    assert_non_null(v2);
-    v2[strstr(v2, "\"version\":1") - v2 + 10] = '2';
-    assert_int_equal(ledger_print(v2, 0, &out), ENT_ERR_INPUT);
-    assert_non_null(strstr(ent_last_error(), "site 'old': \"rejected\""));
-    free(out);
-    free(v2);
+    refused_as_version(v1, '1', '2', "site 'old': \"rejected\"");
     ledger_refused_edited(text, "\"loss_gai", 'X', "site 'north': \"loss_gain\" is missing or not a finite number");
     // refusals that name the file and what is wrong
     assert_int_equal(ledger_print("", 0, &out), ENT_ERR_INPUT);
