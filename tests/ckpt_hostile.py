@@ -18,6 +18,15 @@ Reads GOOD.h5 (written by entente) and writes, with h5py only:
   negative.h5      data.consumed negated (tokens and epoch to match): the
                    data order would walk forever
   tensors.h5       tensors = one less than the table's rows
+  tokens.h5        tokens one more than data.consumed x model.context
+  epoch.h5         data.epoch one more than data.consumed / data.sequences
+  width.h5         model.width twice what the stored configuration says
+  config_width.h5  the stored configuration's width doubled (model.width not)
+  config_text.h5   a stored configuration that does not load (width = wide)
+  architecture.h5  model.architecture 'llama' for a GPT-2
+  model_shape_hash.h5, rng_train_seed.h5, rng_data_order_key.h5
+                   each with its lowest bit flipped
+  saved_by.h5      saved_by.dp = 2 in a world of 1
   extra.h5         one dataset more in /params
   no_fletcher.h5   params/ln_f.bias without its Fletcher32 checksum
   old_format.h5    valid.h5's content in HDF5's oldest format (no metadata checksums)
@@ -132,6 +141,28 @@ def main():
          attrs={"data.consumed": np.int64(neg), "tokens": np.int64(neg * int(attrs["model.context"])),
                 "data.epoch": np.int64(0)})
     case("tensors.h5", "attribute 'tensors' is %d" % (rows - 1), attrs={"tensors": np.int64(rows - 1)})
+    # each attribute cross-checked against the others and the stored
+    # configuration, the digest recomputed: only the cross-check can refuse it
+    tokens = int(attrs["tokens"])
+    case("tokens.h5", "attribute 'tokens' is %d; data.consumed x model.context says %d" %
+         (tokens + 1, tokens), attrs={"tokens": np.int64(tokens + 1)})
+    epoch = int(attrs["data.epoch"])
+    case("epoch.h5", "attribute 'data.epoch' is %d" % (epoch + 1),
+         attrs={"data.epoch": np.int64(epoch + 1)})
+    width = int(attrs["model.width"])
+    case("width.h5", "attribute 'model.width' is %d" % (width * 2),
+         attrs={"model.width": np.int64(width * 2)})
+    case("config_width.h5", "attribute 'model.width' is %d; the stored configuration" % width,
+         attrs={"config": attrs["config"].replace("width = %d" % width, "width = %d" % (width * 2))})
+    case("config_text.h5", "attribute 'config' is not a valid configuration",
+         attrs={"config": attrs["config"].replace("width = %d" % width, "width = wide")})
+    case("architecture.h5", "attribute 'model.architecture' is 'llama'",
+         attrs={"model.architecture": "llama"})
+    for key in ("model.shape_hash", "rng.train_seed", "rng.data_order_key"):
+        case(key.replace(".", "_") + ".h5", "attribute '%s' is %d" % (key, int(attrs[key]) ^ 1),
+             attrs={key: np.uint64(int(attrs[key]) ^ 1)})
+    case("saved_by.h5", "attribute 'saved_by.dp' is 2 (accepted: 1 to 1)",
+         attrs={"saved_by.dp": np.int64(2)})
     case("extra.h5", "group /params holds %d objects" % (rows + 1),
          data={"params/extra.weight": np.zeros((2, 2), np.float32)})
     case("no_fletcher.h5", "params/ln_f.bias is not chunked with a Fletcher32",

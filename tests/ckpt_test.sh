@@ -439,7 +439,7 @@ case_hostile() {
             --run-dir "$W/r_$name" --resume "$W/h/$name" --set train.steps=5
         [ -e "$W/r_$name/checkpoints" ] && fail "resume $name: a refused resume wrote checkpoints"
     done <"$W/cases"
-    [ "$n" -ge 16 ] || fail "ckpt_hostile.py wrote $n cases, expected 16 or more"
+    [ "$n" -ge 26 ] || fail "ckpt_hostile.py wrote $n cases, expected 26 or more"
 }
 
 # SIGKILL 20 times at random moments of a run that saves every step (half of
