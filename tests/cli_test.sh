@@ -489,9 +489,20 @@ case_inputs_not_regular() {
     # a directory as a config, a socket as an input (if python can make one)
     mkdir -p "$W/cfgdir"
     expect "config is a directory" 2 "config $W/cfgdir is a directory" -- "${t[@]}" "$E" train --config "$W/cfgdir"
+    # (a socket file: as an input, a config, a checkpoint and a shard)
     if /usr/bin/python3 -c "import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])" "$W/sock" 2>/dev/null; then
         expect "data prepare --input a socket" 1 "input $W/sock is a socket" -- \
             "${t[@]}" "$E" data prepare --input "$W/sock" --output "$W/p"
+        expect "config is a socket" 2 "config $W/sock is a socket" -- "${t[@]}" "$E" train --config "$W/sock"
+        expect "ckpt info of a socket" 1 "checkpoint $W/sock is a socket" -- "${t[@]}" "$E" ckpt info "$W/sock"
+        rm -rf "$W/d" "$W/r"
+        cp -r "$DATA" "$W/d"
+        ln -s "$W/sock" "$W/d/train_000001.bin"
+        expect "shard a socket" 1 "shard $W/d/train_000001.bin is a socket" -- \
+            "${t[@]}" "$E" train --config "$W/tiny.ini" --set "data.dir=$W/d" --run-dir "$W/r"
+        [ -e "$W/r" ] && fail "a refused shard (a socket) created the run directory"
+    else
+        echo "    (no UNIX socket could be made here: sockets were not tried)"
     fi
     expect "ckpt info of a missing file" 1 "cannot open checkpoint $W/missing.h5: No such file" -- \
         "${t[@]}" "$E" ckpt info "$W/missing.h5"
