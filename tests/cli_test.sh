@@ -194,6 +194,32 @@ case_docs_messages() {
         done
     done <"$W/quoted"
     [ $runs -ge 15 ] || fail "checked only $runs runs of words: the extraction broke"
+    # every mpirun example says, in its block or within 12 lines of it, what
+    # Open MPI needs as root and with more ranks than cores (or links to it)
+    local examples=0
+    for f in "$SRC"/README.md "$SRC"/docs/*.md; do
+        awk -v file="${f#"$SRC"/}" '
+            { line[NR] = $0 }
+            /^```/ { if (inblock) { stop[nb] = NR } else { start[++nb] = NR }; inblock = !inblock }
+            inblock && /^[ \t]*([A-Z_]+=[^ ]+ +)*mpirun / { run[nb] = run[nb] ? run[nb] : NR }
+            END {
+                for (b = 1; b <= nb; b++) {
+                    if (!run[b]) continue
+                    root = over = 0
+                    for (i = start[b] - 12; i <= stop[b] + 12; i++) {
+                        if (line[i] ~ /allow-run-as-root|OMPI_ALLOW_RUN_AS_ROOT|parallel\.md#launching-with-mpirun/) root = 1
+                        if (line[i] ~ /oversubscribe|parallel\.md#launching-with-mpirun/) over = 1
+                    }
+                    print (root && over ? "ok" : "missing") "\t" file ":" run[b]
+                }
+            }' "$f"
+    done >"$W/mpirun_examples"
+    examples=$(grep -c . "$W/mpirun_examples")
+    [ "$examples" -ge 5 ] || fail "found only $examples mpirun examples in the docs: the extraction broke"
+    while IFS=$'\t' read -r verdict where; do
+        [ "$verdict" = ok ] ||
+            fail "$where: an mpirun example with no word on --allow-run-as-root and --oversubscribe near it"
+    done <"$W/mpirun_examples"
 }
 
 # docs_run_printed WORD...: can the words be cut into pieces the sources hold?
