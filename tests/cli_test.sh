@@ -373,6 +373,21 @@ case_print_config_strings() {
         grep -qxF "dir = $dir4095" "$W/out" || fail "data.dir of 4095 bytes did not load whole"
         grep -qxF "prompt = $p1023" "$W/out" || fail "sample.prompt of 1023 bytes did not load whole"
     fi
+    # and used: shards in a directory whose path is 4000 bytes (nested, as a
+    # name is at most 255 bytes; the shards' own names take the path to
+    # about 4018) train, the path given in a file
+    local deep="$W/deep" part
+    part=$(head -c 199 /dev/zero | tr '\0' e)
+    while [ $((${#deep} + 200)) -lt 4000 ]; do deep="$deep/$part"; done
+    deep="$deep/${part:0:$((4000 - ${#deep} - 1))}"
+    [ ${#deep} = 4000 ] || fail "test set-up: the deep path is ${#deep} bytes, not 4000"
+    mkdir -p "$deep" && cp "$DATA"/* "$deep"/ || { fail "cannot make the 4000-byte data directory"; return; }
+    awk -v d="$deep" '/^\[/ { s = $0 } s == "[data]" && $1 == "dir" { $0 = "dir = " d } 1' "$W/tiny.ini" >"$W/deep.ini"
+    grep -qxF "dir = $deep" "$W/deep.ini" || fail "test set-up: no data.dir line to replace in tiny.ini"
+    expect "train on shards under a 4000-byte path" 0 -- "$E" train --config "$W/deep.ini" \
+        --set train.steps=2 --set eval.every=0 --set sample.tokens=0 --run-dir "$W/rdeep"
+    [ "$(grep -c '"loss":' "$W/rdeep/metrics.jsonl" 2>/dev/null)" = 2 ] ||
+        fail "training on shards under a 4000-byte path did not record 2 steps"
     printf "[data]\ndir = %s\n\n[sample]\nprompt = %s\n" "$dir4095" "$p1024" >"$W/long.ini"
     expect "a config with a 1024-byte sample.prompt" 2 "$W/long.ini:5:" "prompt" "at most 1023 bytes" -- \
         "$E" train --config "$W/long.ini" --print-config
