@@ -547,7 +547,9 @@ case_poison() {
     make_site_data
     write_coalition "$W/co.ini" 4 5
     mkdir -p "$W/run"
-    start_coordinator "$W/run/coordinator"
+    # as if memory held only 2 decoded deltas: the 4 of a round are each
+    # decoded twice (screen and score, then the merge), with the same outcome
+    ENTENTE_FAULT_DECODED_MAX=2 start_coordinator "$W/run/coordinator"
     start_site a 1; local pa=$SPID
     start_site b 1; local pb=$SPID
     ENTENTE_FAULT_DELTA=scale:100 start_site c 1; local pc=$SPID
@@ -571,6 +573,8 @@ case_poison() {
             fail "round $r did not merge exactly sites a and b"
     done
     ! grep -q '"event":"rejected","site":"[ab]"' "$cm" || fail "an honest site's delta was rejected: $(grep rejected "$cm" | grep '"site":"[ab]"' | head -2)"
+    grep -q "round 0: 4 deltas of .* each is decoded twice" "$W/run/coordinator.log" ||
+        fail "the coordinator did not say it decodes each delta twice with room for 2 copies"
     grep '"event":"round"' "$cm" | grep '"round":0,' | grep -q '"sites":\["[abcx]","[abcx]","[abcx]","[abcx]"\]' ||
         fail "round 0 (before the faults) did not merge all four sites"
     local want

@@ -111,9 +111,11 @@ typedef struct {
     float *anchor_next;
     // each delta of a round decoded once (n floats each), for its screen,
     // its score and the merge; kept from round to round (ndec of them: the
-    // most deltas a round has merged)
+    // most deltas a round has merged), up to dec_cap of them: a round with
+    // more decodes each delta into one buffer for its screen and score, and
+    // again, from its bytes, in the merge
     float **dec;
-    int ndec;
+    int ndec, dec_cap;
     int merging;      // a merge runs: its round's deltas are out of the sites
     double fault_merge_s; // ENTENTE_FAULT_MERGE_S: a merge lasts at least this (tests)
     float *ck_mom, *ck_resid;             // arena layout, for checkpoints
@@ -876,6 +878,7 @@ typedef struct {
     int eval;            // the round's anchor is evaluated (coalition.eval_rounds, the last)
     mdelta *d;
     int count;
+    int one_buffer;       // more deltas than c->dec_cap: all decode into c->dec[0]
     int *merged, nmerged; // the deltas merged (indices in d)
     double base;          // the anchor's loss on the score batches (NaN: no scores)
     double val;           // the validation loss after the merge (NaN: not evaluated)
@@ -1019,6 +1022,10 @@ static ent_status merge_compute(merge_job *job) {
         dec[j] = d->dec;
         ids[j] = d->id;
     }
+    if (job->one_buffer) { // the buffer holds the last delta screened only
+        free(dec);
+        dec = NULL;
+    }
     if (st == ENT_OK) {
         memcpy(job->next, job->anchor, sizeof(float) * c->n);
         st = coal_round_merge(deltas, dec, ids, m, &c->outer, &c->codec, c->chunk_bytes,
@@ -1092,14 +1099,25 @@ static ent_status merge_job_new(coord *c, merge_job *job) {
         c->sites[i].delta_used[k] = 0;
         coal_vec_free(&c->sites[i].delta[k]);
     }
-    if (job->count > c->ndec) {
-        float **more = realloc(c->dec, sizeof *more * (size_t)job->count);
+    if (c->dec_cap == 0) { // a quarter of the memory free when the first merge runs
+        size_t avail = c->be->iface->available_memory != NULL
+                           ? c->be->iface->available_memory(c->be) : (size_t)1 << 32;
+        size_t cap = avail / 4 / (sizeof(float) * (c->n > 0 ? c->n : 1));
+        c->dec_cap = cap < 1 ? 1 : cap > 4096 ? 4096 : (int)cap;
+        // (tests: ENTENTE_FAULT_DECODED_MAX = K, as if only K copies fitted)
+        const char *f = getenv("ENTENTE_FAULT_DECODED_MAX");
+        if (f != NULL && atoi(f) >= 1) c->dec_cap = atoi(f);
+    }
+    job->one_buffer = job->count > c->dec_cap;
+    int want = job->one_buffer ? 1 : job->count;
+    if (want > c->ndec) {
+        float **more = realloc(c->dec, sizeof *more * (size_t)want);
         if (more == NULL) {
             merge_job_free(job);
             return ent_fail(ENT_ERR_NOMEM, "out of memory");
         }
         c->dec = more;
-        for (; c->ndec < job->count; c->ndec++) {
+        for (; c->ndec < want; c->ndec++) {
             ent_status st = coal_alloc_floats(&c->dec[c->ndec], c->n, "a decoded delta");
             if (st != ENT_OK) {
                 merge_job_free(job);
@@ -1107,7 +1125,11 @@ static ent_status merge_job_new(coord *c, merge_job *job) {
             }
         }
     }
-    for (int j = 0; j < job->count; j++) job->d[j].dec = c->dec[j];
+    for (int j = 0; j < job->count; j++) job->d[j].dec = c->dec[job->one_buffer ? 0 : j];
+    if (job->one_buffer)
+        ent_log_info("coordinator: round %llu: %d deltas of %zu values, over the %d decoded copies "
+                     "a quarter of the free memory holds: each is decoded twice",
+                     (unsigned long long)c->round, job->count, c->n, c->dec_cap);
     return ENT_OK;
 }
 
