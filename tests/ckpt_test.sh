@@ -345,12 +345,15 @@ case_import() {
     expect "the import names its tokenizer" 0 "out:tokenizer = $(cd "$W/hf_tok" && pwd -P)" -- \
         "$E" ckpt info "$W/tok.h5"
     # damaged model directories, and a byte changed in turn
+    [ -x "$CKPT_TOOL" ] || { fail "ckpt_tool is missing ($CKPT_TOOL)"; return; }
     mkdir -p "$W/hostile"
     expect "hostile model directories" 0 "out:single-byte changes" -- \
-        "$py" "$H" hostile "$W/hf_f32" "$E" "$W/hostile" "${ENTENTE_TEST_SEED:-1202}"
+        "$py" "$H" hostile "$W/hf_f32" "$E" "$W/hostile" "${ENTENTE_TEST_SEED:-1202}" \
+        "$CKPT_TOOL"
     grep -E '^(FAIL|ok)|single-byte' "$W/out" | sed 's/^/    /'
     expect "hostile Llama directories" 0 "out:single-byte changes" -- \
-        "$py" "$H" hostile "$W/hf_llama" "$E" "$W/hostile" "${ENTENTE_TEST_SEED:-1202}"
+        "$py" "$H" hostile "$W/hf_llama" "$E" "$W/hostile" "${ENTENTE_TEST_SEED:-1202}" \
+        "$CKPT_TOOL"
     grep -E '^FAIL|single-byte' "$W/out" | sed 's/^/    /'
 }
 
