@@ -510,28 +510,30 @@ case_kill() {
         fail "only $during of $kills kills landed during a save: the test did not test saves"
 }
 
-# A save that cannot fit. A first run saves step 10 normally; a resumed run
-# then cannot save step 20. When the room is checked (DESC *-checked), the
+# A save that cannot fit. A first run saves step 2 normally; a resumed run
+# then cannot save step 4. When the room is checked (DESC *-checked), the
 # resumed run finds that before its first step: it stops at once (on_error =
 # stop), training nothing, or warns and trains on (continue). When the check
-# is skipped (*-midway), the save fails midway: it stops after step 20 or
-# trains on. Step 10 stays the intact latest checkpoint either way.
+# is skipped (*-midway), the save fails midway: it stops after step 4 or
+# trains on. Step 2 stays the intact latest checkpoint either way.
 # disk_full_run DESC DIR ULIMIT_KB EXPECTED_MESSAGE [ENV...]; the resumed runs
 # are started through ${LAUNCH[@]} (empty: one process)
 LAUNCH=()
 disk_full_run() {
     local desc=$1 dir=$2 limit=$3 why=$4
     shift 4
-    local when=("checkpoint at step 20 failed" "the previous checkpoint is intact")
+    # a save every 2 steps: the first run leaves step 2, the save at step 4
+    # fails (each step costs, a guarded one ~15 times a plain one)
+    local when=("checkpoint at step 4 failed" "the previous checkpoint is intact")
     case $desc in *-checked) when=("checked before step 1" "checkpoints cannot be saved in $dir") ;; esac
     local sets=(--set model.layers=4 --set model.width=128 --set checkpoint.dir="$dir"
-        --set eval.every=0 --set sample.tokens=0)
+        --set eval.every=0 --set sample.tokens=0 --set checkpoint.every=2 --set train.steps=4)
     rm -rf "$W/r-$desc"
     # the first run only sets the stage: on the plain backend where a guarded
     # one is under test (the saves that fail below are what it guards)
     expect "$desc: first run" 0 -- "${ENTENTE_REAL:-$E}" train --config "$W/c.ini" --run-dir "$W/r-$desc" \
-        "${sets[@]}" --set train.steps=10 --set checkpoint.keep=0 || return
-    [ "$(readlink "$dir/latest")" = step_00000010.h5 ] || { fail "$desc: no checkpoint at step 10"; return; }
+        "${sets[@]}" --set train.steps=2 --set checkpoint.keep=0 || return
+    [ "$(readlink "$dir/latest")" = step_00000002.h5 ] || { fail "$desc: no checkpoint at step 2"; return; }
     local records
     records=$(grep -c '"loss":' "$W/r-$desc/metrics.jsonl")
     expect "$desc: on_error = stop" 1 "${when[@]}" \
@@ -541,15 +543,15 @@ disk_full_run() {
         [ "$(grep -c '"loss":' "$W/r-$desc/metrics.jsonl")" = "$records" ] ||
             fail "$desc: a run whose checkpoint could not fit trained before it stopped" ;;
     esac
-    [ "$(readlink "$dir/latest")" = step_00000010.h5 ] || fail "$desc: latest moved off step 10"
-    "$E" ckpt verify "$dir/latest" >/dev/null || fail "$desc: step 10 no longer verifies"
-    [ -e "$dir/step_00000020.h5" ] && fail "$desc: the failed save left step_00000020.h5"
+    [ "$(readlink "$dir/latest")" = step_00000002.h5 ] || fail "$desc: latest moved off step 2"
+    "$E" ckpt verify "$dir/latest" >/dev/null || fail "$desc: step 2 no longer verifies"
+    [ -e "$dir/step_00000004.h5" ] && fail "$desc: the failed save left step_00000004.h5"
     ls "$dir"/*.tmp >/dev/null 2>&1 && fail "$desc: the failed save left a .tmp file"
-    expect "$desc: on_error = continue" 0 "err:checkpoint at step 20 failed, training goes on" \
+    expect "$desc: on_error = continue" 0 "err:checkpoint at step 4 failed, training goes on" \
         -- env "$@" bash -c "ulimit -f $limit; exec \"\$@\"" - "${LAUNCH[@]}" "$E" train \
         --config "$W/c.ini" --run-dir "$W/r-$desc" "${sets[@]}" --resume latest \
         --set checkpoint.on_error=continue
-    [ "$(readlink "$dir/latest")" = step_00000010.h5 ] || fail "$desc: latest moved off step 10"
+    [ "$(readlink "$dir/latest")" = step_00000002.h5 ] || fail "$desc: latest moved off step 2"
 }
 
 case_disk_full() {
