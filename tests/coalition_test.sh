@@ -1300,7 +1300,11 @@ cut_off_c() {
     # no norm screen: the progress of hundreds of steps alone can be more
     # than max_norm_ratio times one round's (docs/coalition.md); this case
     # is about the staleness rule
-    start_paced 3 48 "$(printf 'lost_after = 5\nmax_staleness = %s\nmax_norm_ratio = 0' "$1")"
+    # rounds of at least 0.3 s; they wait for c until it is declared lost,
+    # then go on without it: c got back in round 7 (14 when it trained alone
+    # for a fixed 3 s); 32 rounds leave it 8 s or more to find itself cut
+    # off, train and reconnect
+    start_paced 3 32 "$(printf 'lost_after = 5\nmax_staleness = %s\nmax_norm_ratio = 0' "$1")"
     mkdir -p "$W/capture"
     local direct=$EP
     start_proxy
@@ -1313,10 +1317,14 @@ cut_off_c() {
         fail "the coordinator did not declare site c lost while its link was stopped"
     wait_for_line "$W/site-c.log" "cut off from the coordinator" 20 || fail "site c did not find itself cut off"
     # c trains on alone: its step counter moves while the link is still down
-    local s0 s1
+    # (waited for, up to 20 s, rather than a fixed 3 s)
+    local s0 s1 t
     s0=$(grep -c '^{"step":' "$sm")
-    sleep 3
-    s1=$(grep -c '^{"step":' "$sm")
+    for t in $(seq 200); do
+        s1=$(grep -c '^{"step":' "$sm")
+        [ "$s1" -gt $((s0 + 2)) ] && break
+        sleep 0.1
+    done
     [ "$s1" -gt "$s0" ] || fail "site c did not train while cut off ($s0 step records, then $s1)"
     kill -CONT "$PROXY"
     wait_all a:$PA b:$PB c:$PC
