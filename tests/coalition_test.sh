@@ -650,15 +650,17 @@ case_secure() {
     fp=$(sed -n 's/.*stranger.pub (public), key \(.*\)$/\1/p' "$W/keygen.out")
     [ -n "$fp" ] && grep -qF "key not on the allowlist (key $fp)" "$W/run/coordinator.log" ||
         fail "the coordinator did not log the unknown key's fingerprint '$fp'"
-    # no keys at all
+    # no keys at all. This one and the wrong coordinator key get no answer
+    # (the handshake fails): they fail when coalition.timeout runs out, 1 s
+    # here (the key the allowlist refuses is answered, within the 3 s)
     expect "a site without keys" 1 "CURVE" -- timeout 60 "$E" train "${common[@]}" \
-        --set coalition.site=b --insecure --run-dir "$W/run/s2"
+        --set coalition.site=b --insecure --run-dir "$W/run/s2" --set coalition.timeout=1
     grep -q "failed the CURVE handshake" "$W/run/coordinator.log" ||
         fail "the coordinator did not log the plaintext connection"
     # the wrong coordinator key
     expect "the wrong coordinator key" 1 "coalition.coordinator_key) is most likely not the coordinator's" -- timeout 60 "$E" train \
         "${common[@]}" --set coalition.site=b --set "coalition.key=$W/keys/b.key" \
-        --set "coalition.coordinator_key=$W/keys/x.pub" --run-dir "$W/run/s3"
+        --set "coalition.coordinator_key=$W/keys/x.pub" --run-dir "$W/run/s3" --set coalition.timeout=1
     # a site that names itself after another site's key
     expect "a site name that is not its key's" 2 "its own key's name" -- "$E" train \
         "${common[@]}" --set coalition.site=b --set "coalition.key=$W/keys/a.key" \
