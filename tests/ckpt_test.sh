@@ -285,24 +285,33 @@ case_import() {
     # Llama 3's rope bands, a tied output layer), and a width that is not a
     # multiple of 8 (the transposes' edges): logits equal numpy's on the
     # stored values
-    for m in "f32 --dtype F32" "bf16 --dtype BF16 --shards 3 --bare" "f16 --dtype F16 --shards 2" \
-             "llama --llama" "llama3 --llama --llama3 --dtype BF16 --shards 2" \
-             "llama_tied --llama --tied --dtype F16" "odd --width 44 --heads 4" \
-             "odd_bf16 --width 44 --heads 4 --dtype BF16"; do
+    local models=("f32 --dtype F32" "bf16 --dtype BF16 --shards 3 --bare" "f16 --dtype F16 --shards 2"
+        "llama --llama" "llama3 --llama --llama3 --dtype BF16 --shards 2"
+        "llama_tied --llama --tied --dtype F16" "odd --width 44 --heads 4"
+        "odd_bf16 --width 44 --heads 4 --dtype BF16")
+    # one interpreter writes them all, and one checks them all
+    local writes=() checks=()
+    for m in "${models[@]}"; do
+        set -- $m
+        writes+=("$W/hf_$1" "${@:2}" --seed 7 --)
+        checks+=("$W/hf_$1" "$W/logits_$1.txt" "$prompt")
+    done
+    "$py" "$H" write "${writes[@]}" || { fail "writing the models"; return; }
+    for m in "${models[@]}"; do
         set -- $m
         local name=$1 arch="GPT-2"
-        shift
         case $name in llama*) arch="Llama" ;; esac
-        "$py" "$H" write "$W/hf_$name" "$@" --seed 7 || { fail "writing the $name model"; return; }
         expect "import ($name)" 0 "out:wrote $W/$name.h5: $arch, 2 layers" -- \
             "$E" ckpt import --from "$W/hf_$name" --out "$W/$name.h5" || return
         expect "verify the import ($name)" 0 "out:step 0" -- "$E" ckpt verify "$W/$name.h5"
         expect "logits ($name)" 0 -- "$E" sample --checkpoint "$W/$name.h5" --prompt "$prompt" \
             --tokens 0 --logits "$W/logits_$name.txt" || return
-        expect "numpy $arch on the same tensors ($name)" 0 "out:relative error" -- \
-            "$py" "$H" check "$W/hf_$name" "$W/logits_$name.txt" "$prompt"
-        sed -n '1s/^/    /p' "$W/out"
     done
+    expect "numpy GPT-2 and Llama on the same tensors" 0 "out:relative error" -- \
+        "$py" "$H" check "${checks[@]}"
+    grep 'relative error' "$W/out" | sed 's/^/    /'
+    [ "$(grep -c 'vs entente logits: relative error' "$W/out")" = ${#models[@]} ] ||
+        fail "the logits of ${#models[@]} models were not all checked: $(cat "$W/out")"
     expect "an existing FILE is kept" 2 "exists; --force replaces it" -- \
         "$E" ckpt import --from "$W/hf_f32" --out "$W/f32.h5"
     expect "--force replaces it" 0 -- "$E" ckpt import --from "$W/hf_f32" --out "$W/f32.h5" --force
@@ -329,16 +338,18 @@ case_import() {
     awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' ||
         fail "training from the llama import did not lower the loss ($first -> $last)"
     # export, then import again: the same bits, for an import and for a trained model
-    local c
+    local c pairs=() i=0
     for c in "$W/f32.h5" "$W/ft/checkpoints/step_00000010.h5" "$W/llama3.h5" "$W/llama_tied.h5" \
              "$W/lft/checkpoints/step_00000010.h5"; do
-        rm -rf "$W/rt" "$W/rt.h5"
-        expect "export $(basename "$c")" 0 -- "$E" ckpt export "$c" --out "$W/rt" || return
+        i=$((i + 1))
+        expect "export $(basename "$c")" 0 -- "$E" ckpt export "$c" --out "$W/rt$i" || return
         expect "import the export of $(basename "$c")" 0 -- \
-            "$E" ckpt import --from "$W/rt" --out "$W/rt.h5" || return
-        expect "export then import: the same bits" 0 "out:bit-identical" -- \
-            "$py" "$H" same "$c" "$W/rt.h5"
+            "$E" ckpt import --from "$W/rt$i" --out "$W/rt$i.h5" || return
+        pairs+=("$c" "$W/rt$i.h5")
     done
+    expect "export then import: the same bits" 0 "out:bit-identical" -- "$py" "$H" same "${pairs[@]}"
+    [ "$(grep -c 'tensors bit-identical' "$W/out")" = 5 ] ||
+        fail "not every export came back bit-identical: $(cat "$W/out")"
     # the directory's tokenizer.json becomes the checkpoint's data.tokenizer
     cp -r "$W/hf_f32" "$W/hf_tok" && cp "$SRC/tests/tokenizer/gpt2/tokenizer.json" "$W/hf_tok/"
     expect "import with a tokenizer" 0 -- "$E" ckpt import --from "$W/hf_tok" --out "$W/tok.h5"

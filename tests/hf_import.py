@@ -4,6 +4,7 @@
     hf_import.py write DIR [--dtype F32|BF16|F16] [--shards N] [--bare] [--seed S]
                            [--layers L --heads H --width C --context T --vocab V]
     hf_import.py write DIR --llama [--llama3] [--tied] [--dtype ...] [--shards N] [--seed S]
+    hf_import.py write DIR ARGS... -- DIR ARGS... -- ...   (several models)
         A tiny random GPT-2 (by default 2 layers, 4 heads, width 64, context 32,
         the 257 byte tokens) as transformers saves it: config.json, and
         model.safetensors or N shards with model.safetensors.index.json;
@@ -13,12 +14,13 @@
         4 heads over 2 KV heads, width 64, SwiGLU of 160, context 32): --llama3
         Llama 3's rope (theta 500000, frequency bands), --tied an output layer
         tied to the embedding; a rotary_emb.inv_freq buffer as older files have.
-    hf_import.py check DIR LOGITS PROMPT
+    hf_import.py check DIR LOGITS PROMPT [DIR LOGITS PROMPT ...]
         The logits of GPT-2 in numpy (float64, Hugging Face's conventions, on
         the stored values) for the end-of-text token and PROMPT's bytes,
-        against those `entente sample --logits` wrote: relative error < 1e-5.
-    hf_import.py same CKPT_A CKPT_B
-        Every dataset of /params equal, bit for bit, in two checkpoints.
+        against those `entente sample --logits` wrote: relative error < 1e-5
+        (each DIR in turn; fails if any fails).
+    hf_import.py same CKPT_A CKPT_B [CKPT_A CKPT_B ...]
+        Every dataset of /params equal, bit for bit, in each pair.
     hf_import.py hostile DIR ENTENTE WORK SEED CKPT_TOOL
         Damaged copies of DIR, each imported by ENTENTE: the named ones must
         fail (exit 1) with a message naming the file and the tensor or key;
@@ -295,8 +297,8 @@ def cmd_check(args):
     ours = np.loadtxt(logits_file, ndmin=2)
     ref = llama_logits(t, cfg, ids) if cfg["model_type"] == "llama" else gpt2_logits(t, cfg, ids)
     err = rel_err(ours, ref) if ours.shape == ref.shape else float("inf")
-    print(f"numpy {cfg['model_type']} on the imported tensors vs entente logits: relative error {err:.2e} "
-          f"over {ref.shape[0]} positions x {ref.shape[1]} tokens")
+    print(f"{os.path.basename(d)}: numpy {cfg['model_type']} on the imported tensors vs entente logits: "
+          f"relative error {err:.2e} over {ref.shape[0]} positions x {ref.shape[1]} tokens")
     failed = not err < 1e-5
     try:  # transformers itself, where it is installed
         import torch
@@ -318,14 +320,14 @@ def cmd_same(args):
     with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
         na, nb = sorted(fa["params"].keys()), sorted(fb["params"].keys())
         if na != nb:
-            print(f"FAIL: tensor names differ: {na} vs {nb}")
+            print(f"FAIL: {a} and {b}: tensor names differ: {na} vs {nb}")
             return 1
         for n in na:
             x, y = fa["params"][n][:], fb["params"][n][:]
             if x.shape != y.shape or x.tobytes() != y.tobytes():
-                print(f"FAIL: params/{n} differs")
+                print(f"FAIL: {a} and {b}: params/{n} differs")
                 return 1
-    print(f"{len(na)} tensors bit-identical")
+    print(f"{os.path.basename(a)}: {len(na)} tensors bit-identical")
     return 0
 
 
@@ -469,13 +471,32 @@ def cmd_hostile(args):
     return 1 if failed else 0
 
 
+def groups(args, size=None):
+    """ARGS split at each "--" (write), or into groups of SIZE (check, same):
+    one interpreter for many models, not one each."""
+    if size is None:
+        out, cur = [], []
+        for a in args:
+            if a == "--":
+                out.append(cur)
+                cur = []
+            else:
+                cur.append(a)
+        return out + [cur] if cur else out
+    if not args or len(args) % size:
+        raise SystemExit(f"expected groups of {size} arguments, got {len(args)}")
+    return [args[i:i + size] for i in range(0, len(args), size)]
+
+
 def main():
     if len(sys.argv) < 2:
         print(__doc__)
         return 2
     cmd, args = sys.argv[1], sys.argv[2:]
-    return {"write": cmd_write, "check": cmd_check, "same": cmd_same,
-            "hostile": cmd_hostile}[cmd](args)
+    if cmd == "hostile":
+        return cmd_hostile(args)
+    run, size = {"write": (cmd_write, None), "check": (cmd_check, 3), "same": (cmd_same, 2)}[cmd]
+    return max(run(g) for g in groups(args, size))
 
 
 if __name__ == "__main__":
