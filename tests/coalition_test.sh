@@ -1104,7 +1104,11 @@ case_coord_restart() {
 # is merged again from the next round on
 case_carry() {
     CO_ARGS=(--set checkpoint.every=1)
-    start_paced 3 48
+    # 32 rounds: killed after round 4 and back at once (1.5-4 s here), the
+    # coordinator merges the first deltas back in round 5 or so; the sites,
+    # training their rounds back to back meanwhile, cannot finish alone
+    # (27 rounds of 0.3 s or more)
+    start_paced 3 32
     ENTENTE_FAULT_TOKENS=rejoin:50 start_site c 1; local pc=$SPID
     local cm=$W/run/coordinator/metrics.jsonl port=${EP##*:}
     wait_for_line "$cm" '"event":"round","round":4,' 120 || { fail "the coordinator did not merge round 4"; return; }
