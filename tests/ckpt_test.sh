@@ -285,24 +285,33 @@ case_import() {
     # Llama 3's rope bands, a tied output layer), and a width that is not a
     # multiple of 8 (the transposes' edges): logits equal numpy's on the
     # stored values
-    for m in "f32 --dtype F32" "bf16 --dtype BF16 --shards 3 --bare" "f16 --dtype F16 --shards 2" \
-             "llama --llama" "llama3 --llama --llama3 --dtype BF16 --shards 2" \
-             "llama_tied --llama --tied --dtype F16" "odd --width 44 --heads 4" \
-             "odd_bf16 --width 44 --heads 4 --dtype BF16"; do
+    local models=("f32 --dtype F32" "bf16 --dtype BF16 --shards 3 --bare" "f16 --dtype F16 --shards 2"
+        "llama --llama" "llama3 --llama --llama3 --dtype BF16 --shards 2"
+        "llama_tied --llama --tied --dtype F16" "odd --width 44 --heads 4"
+        "odd_bf16 --width 44 --heads 4 --dtype BF16")
+    # one interpreter writes them all, and one checks them all
+    local writes=() checks=()
+    for m in "${models[@]}"; do
+        set -- $m
+        writes+=("$W/hf_$1" "${@:2}" --seed 7 --)
+        checks+=("$W/hf_$1" "$W/logits_$1.txt" "$prompt")
+    done
+    "$py" "$H" write "${writes[@]}" || { fail "writing the models"; return; }
+    for m in "${models[@]}"; do
         set -- $m
         local name=$1 arch="GPT-2"
-        shift
         case $name in llama*) arch="Llama" ;; esac
-        "$py" "$H" write "$W/hf_$name" "$@" --seed 7 || { fail "writing the $name model"; return; }
         expect "import ($name)" 0 "out:wrote $W/$name.h5: $arch, 2 layers" -- \
             "$E" ckpt import --from "$W/hf_$name" --out "$W/$name.h5" || return
         expect "verify the import ($name)" 0 "out:step 0" -- "$E" ckpt verify "$W/$name.h5"
         expect "logits ($name)" 0 -- "$E" sample --checkpoint "$W/$name.h5" --prompt "$prompt" \
             --tokens 0 --logits "$W/logits_$name.txt" || return
-        expect "numpy $arch on the same tensors ($name)" 0 "out:relative error" -- \
-            "$py" "$H" check "$W/hf_$name" "$W/logits_$name.txt" "$prompt"
-        sed -n '1s/^/    /p' "$W/out"
     done
+    expect "numpy GPT-2 and Llama on the same tensors" 0 "out:relative error" -- \
+        "$py" "$H" check "${checks[@]}"
+    grep 'relative error' "$W/out" | sed 's/^/    /'
+    [ "$(grep -c 'vs entente logits: relative error' "$W/out")" = ${#models[@]} ] ||
+        fail "the logits of ${#models[@]} models were not all checked: $(cat "$W/out")"
     expect "an existing FILE is kept" 2 "exists; --force replaces it" -- \
         "$E" ckpt import --from "$W/hf_f32" --out "$W/f32.h5"
     expect "--force replaces it" 0 -- "$E" ckpt import --from "$W/hf_f32" --out "$W/f32.h5" --force
@@ -329,28 +338,33 @@ case_import() {
     awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' ||
         fail "training from the llama import did not lower the loss ($first -> $last)"
     # export, then import again: the same bits, for an import and for a trained model
-    local c
+    local c pairs=() i=0
     for c in "$W/f32.h5" "$W/ft/checkpoints/step_00000010.h5" "$W/llama3.h5" "$W/llama_tied.h5" \
              "$W/lft/checkpoints/step_00000010.h5"; do
-        rm -rf "$W/rt" "$W/rt.h5"
-        expect "export $(basename "$c")" 0 -- "$E" ckpt export "$c" --out "$W/rt" || return
+        i=$((i + 1))
+        expect "export $(basename "$c")" 0 -- "$E" ckpt export "$c" --out "$W/rt$i" || return
         expect "import the export of $(basename "$c")" 0 -- \
-            "$E" ckpt import --from "$W/rt" --out "$W/rt.h5" || return
-        expect "export then import: the same bits" 0 "out:bit-identical" -- \
-            "$py" "$H" same "$c" "$W/rt.h5"
+            "$E" ckpt import --from "$W/rt$i" --out "$W/rt$i.h5" || return
+        pairs+=("$c" "$W/rt$i.h5")
     done
+    expect "export then import: the same bits" 0 "out:bit-identical" -- "$py" "$H" same "${pairs[@]}"
+    [ "$(grep -c 'tensors bit-identical' "$W/out")" = 5 ] ||
+        fail "not every export came back bit-identical: $(cat "$W/out")"
     # the directory's tokenizer.json becomes the checkpoint's data.tokenizer
     cp -r "$W/hf_f32" "$W/hf_tok" && cp "$SRC/tests/tokenizer/gpt2/tokenizer.json" "$W/hf_tok/"
     expect "import with a tokenizer" 0 -- "$E" ckpt import --from "$W/hf_tok" --out "$W/tok.h5"
     expect "the import names its tokenizer" 0 "out:tokenizer = $(cd "$W/hf_tok" && pwd -P)" -- \
         "$E" ckpt info "$W/tok.h5"
     # damaged model directories, and a byte changed in turn
+    [ -x "$CKPT_TOOL" ] || { fail "ckpt_tool is missing ($CKPT_TOOL)"; return; }
     mkdir -p "$W/hostile"
     expect "hostile model directories" 0 "out:single-byte changes" -- \
-        "$py" "$H" hostile "$W/hf_f32" "$E" "$W/hostile" "${ENTENTE_TEST_SEED:-1202}"
+        "$py" "$H" hostile "$W/hf_f32" "$E" "$W/hostile" "${ENTENTE_TEST_SEED:-1202}" \
+        "$CKPT_TOOL"
     grep -E '^(FAIL|ok)|single-byte' "$W/out" | sed 's/^/    /'
     expect "hostile Llama directories" 0 "out:single-byte changes" -- \
-        "$py" "$H" hostile "$W/hf_llama" "$E" "$W/hostile" "${ENTENTE_TEST_SEED:-1202}"
+        "$py" "$H" hostile "$W/hf_llama" "$E" "$W/hostile" "${ENTENTE_TEST_SEED:-1202}" \
+        "$CKPT_TOOL"
     grep -E '^FAIL|single-byte' "$W/out" | sed 's/^/    /'
 }
 
@@ -507,28 +521,30 @@ case_kill() {
         fail "only $during of $kills kills landed during a save: the test did not test saves"
 }
 
-# A save that cannot fit. A first run saves step 10 normally; a resumed run
-# then cannot save step 20. When the room is checked (DESC *-checked), the
+# A save that cannot fit. A first run saves step 2 normally; a resumed run
+# then cannot save step 4. When the room is checked (DESC *-checked), the
 # resumed run finds that before its first step: it stops at once (on_error =
 # stop), training nothing, or warns and trains on (continue). When the check
-# is skipped (*-midway), the save fails midway: it stops after step 20 or
-# trains on. Step 10 stays the intact latest checkpoint either way.
+# is skipped (*-midway), the save fails midway: it stops after step 4 or
+# trains on. Step 2 stays the intact latest checkpoint either way.
 # disk_full_run DESC DIR ULIMIT_KB EXPECTED_MESSAGE [ENV...]; the resumed runs
 # are started through ${LAUNCH[@]} (empty: one process)
 LAUNCH=()
 disk_full_run() {
     local desc=$1 dir=$2 limit=$3 why=$4
     shift 4
-    local when=("checkpoint at step 20 failed" "the previous checkpoint is intact")
+    # a save every 2 steps: the first run leaves step 2, the save at step 4
+    # fails (each step costs, a guarded one ~15 times a plain one)
+    local when=("checkpoint at step 4 failed" "the previous checkpoint is intact")
     case $desc in *-checked) when=("checked before step 1" "checkpoints cannot be saved in $dir") ;; esac
     local sets=(--set model.layers=4 --set model.width=128 --set checkpoint.dir="$dir"
-        --set eval.every=0 --set sample.tokens=0)
+        --set eval.every=0 --set sample.tokens=0 --set checkpoint.every=2 --set train.steps=4)
     rm -rf "$W/r-$desc"
     # the first run only sets the stage: on the plain backend where a guarded
     # one is under test (the saves that fail below are what it guards)
     expect "$desc: first run" 0 -- "${ENTENTE_REAL:-$E}" train --config "$W/c.ini" --run-dir "$W/r-$desc" \
-        "${sets[@]}" --set train.steps=10 --set checkpoint.keep=0 || return
-    [ "$(readlink "$dir/latest")" = step_00000010.h5 ] || { fail "$desc: no checkpoint at step 10"; return; }
+        "${sets[@]}" --set train.steps=2 --set checkpoint.keep=0 || return
+    [ "$(readlink "$dir/latest")" = step_00000002.h5 ] || { fail "$desc: no checkpoint at step 2"; return; }
     local records
     records=$(grep -c '"loss":' "$W/r-$desc/metrics.jsonl")
     expect "$desc: on_error = stop" 1 "${when[@]}" \
@@ -538,15 +554,15 @@ disk_full_run() {
         [ "$(grep -c '"loss":' "$W/r-$desc/metrics.jsonl")" = "$records" ] ||
             fail "$desc: a run whose checkpoint could not fit trained before it stopped" ;;
     esac
-    [ "$(readlink "$dir/latest")" = step_00000010.h5 ] || fail "$desc: latest moved off step 10"
-    "$E" ckpt verify "$dir/latest" >/dev/null || fail "$desc: step 10 no longer verifies"
-    [ -e "$dir/step_00000020.h5" ] && fail "$desc: the failed save left step_00000020.h5"
+    [ "$(readlink "$dir/latest")" = step_00000002.h5 ] || fail "$desc: latest moved off step 2"
+    "$E" ckpt verify "$dir/latest" >/dev/null || fail "$desc: step 2 no longer verifies"
+    [ -e "$dir/step_00000004.h5" ] && fail "$desc: the failed save left step_00000004.h5"
     ls "$dir"/*.tmp >/dev/null 2>&1 && fail "$desc: the failed save left a .tmp file"
-    expect "$desc: on_error = continue" 0 "err:checkpoint at step 20 failed, training goes on" \
+    expect "$desc: on_error = continue" 0 "err:checkpoint at step 4 failed, training goes on" \
         -- env "$@" bash -c "ulimit -f $limit; exec \"\$@\"" - "${LAUNCH[@]}" "$E" train \
         --config "$W/c.ini" --run-dir "$W/r-$desc" "${sets[@]}" --resume latest \
         --set checkpoint.on_error=continue
-    [ "$(readlink "$dir/latest")" = step_00000010.h5 ] || fail "$desc: latest moved off step 10"
+    [ "$(readlink "$dir/latest")" = step_00000002.h5 ] || fail "$desc: latest moved off step 2"
 }
 
 case_disk_full() {

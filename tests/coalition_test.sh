@@ -654,15 +654,17 @@ case_secure() {
     fp=$(sed -n 's/.*stranger.pub (public), key \(.*\)$/\1/p' "$W/keygen.out")
     [ -n "$fp" ] && grep -qF "key not on the allowlist (key $fp)" "$W/run/coordinator.log" ||
         fail "the coordinator did not log the unknown key's fingerprint '$fp'"
-    # no keys at all
+    # no keys at all. This one and the wrong coordinator key get no answer
+    # (the handshake fails): they fail when coalition.timeout runs out, 1 s
+    # here (the key the allowlist refuses is answered, within the 3 s)
     expect "a site without keys" 1 "CURVE" -- timeout 60 "$E" train "${common[@]}" \
-        --set coalition.site=b --insecure --run-dir "$W/run/s2"
+        --set coalition.site=b --insecure --run-dir "$W/run/s2" --set coalition.timeout=1
     grep -q "failed the CURVE handshake" "$W/run/coordinator.log" ||
         fail "the coordinator did not log the plaintext connection"
     # the wrong coordinator key
     expect "the wrong coordinator key" 1 "coalition.coordinator_key) is most likely not the coordinator's" -- timeout 60 "$E" train \
         "${common[@]}" --set coalition.site=b --set "coalition.key=$W/keys/b.key" \
-        --set "coalition.coordinator_key=$W/keys/x.pub" --run-dir "$W/run/s3"
+        --set "coalition.coordinator_key=$W/keys/x.pub" --run-dir "$W/run/s3" --set coalition.timeout=1
     # a site that names itself after another site's key
     expect "a site name that is not its key's" 2 "its own key's name" -- "$E" train \
         "${common[@]}" --set coalition.site=b --set "coalition.key=$W/keys/a.key" \
@@ -1106,7 +1108,11 @@ case_coord_restart() {
 # is merged again from the next round on
 case_carry() {
     CO_ARGS=(--set checkpoint.every=1)
-    start_paced 3 48
+    # 32 rounds: killed after round 4 and back at once (1.5-4 s here), the
+    # coordinator merges the first deltas back in round 5 or so; the sites,
+    # training their rounds back to back meanwhile, cannot finish alone
+    # (27 rounds of 0.3 s or more)
+    start_paced 3 32
     ENTENTE_FAULT_TOKENS=rejoin:50 start_site c 1; local pc=$SPID
     local cm=$W/run/coordinator/metrics.jsonl port=${EP##*:}
     wait_for_line "$cm" '"event":"round","round":4,' 120 || { fail "the coordinator did not merge round 4"; return; }
@@ -1304,7 +1310,11 @@ cut_off_c() {
     # no norm screen: the progress of hundreds of steps alone can be more
     # than max_norm_ratio times one round's (docs/coalition.md); this case
     # is about the staleness rule
-    start_paced 3 48 "$(printf 'lost_after = 5\nmax_staleness = %s\nmax_norm_ratio = 0' "$1")"
+    # rounds of at least 0.3 s; they wait for c until it is declared lost,
+    # then go on without it: c got back in round 7 (14 when it trained alone
+    # for a fixed 3 s); 32 rounds leave it 8 s or more to find itself cut
+    # off, train and reconnect
+    start_paced 3 32 "$(printf 'lost_after = 5\nmax_staleness = %s\nmax_norm_ratio = 0' "$1")"
     mkdir -p "$W/capture"
     local direct=$EP
     start_proxy
@@ -1317,10 +1327,14 @@ cut_off_c() {
         fail "the coordinator did not declare site c lost while its link was stopped"
     wait_for_line "$W/site-c.log" "cut off from the coordinator" 20 || fail "site c did not find itself cut off"
     # c trains on alone: its step counter moves while the link is still down
-    local s0 s1
+    # (waited for, up to 20 s, rather than a fixed 3 s)
+    local s0 s1 t
     s0=$(grep -c '^{"step":' "$sm")
-    sleep 3
-    s1=$(grep -c '^{"step":' "$sm")
+    for t in $(seq 200); do
+        s1=$(grep -c '^{"step":' "$sm")
+        [ "$s1" -gt $((s0 + 2)) ] && break
+        sleep 0.1
+    done
     [ "$s1" -gt "$s0" ] || fail "site c did not train while cut off ($s0 step records, then $s1)"
     kill -CONT "$PROXY"
     wait_all a:$PA b:$PB c:$PC
