@@ -25,6 +25,9 @@
 
 #include "ent_kernels.h"
 #include "ref.h"
+#ifdef ENT_TEST_CUDA_LIBRARY
+#include "cuda/cuda_backend.h" // ent_cuda_lt_version
+#endif
 
 typedef struct {
     const char *name;
@@ -619,6 +622,19 @@ static int run_backend(const char *name) {
 }
 
 int main(int argc, char **argv) {
+#ifdef ENT_TEST_CUDA_LIBRARY
+    // cuBLASLt, which nothing links, opens and has every function the
+    // backend takes from it (no GPU needed)
+    if (argc == 2 && strcmp(argv[1], "--cuda-library") == 0) {
+        size_t v = ent_cuda_lt_version();
+        if (v == 0) {
+            printf("FAIL: %s\n", ent_last_error());
+            return 1;
+        }
+        printf("cuBLASLt %zu opened, its functions found\n", v);
+        return 0;
+    }
+#endif
     if (argc == 3 && strcmp(argv[1], "--available") == 0) {
         ent_backend_t *be = NULL;
         if (backend_new(argv[2], NULL, &be) != ENT_OK) {

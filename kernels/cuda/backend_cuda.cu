@@ -7,8 +7,11 @@
 // once and faults at the next synchronize or copy.
 #include "cuda_impl.cuh"
 
+#include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 // cuBLASLt's workspace: what its heuristics need for the model's shapes
 #define ENT_CUDA_LT_WORKSPACE (32u << 20)
@@ -126,7 +129,7 @@ static void cuda_release(ent_cuda *c) {
     cudaFree(c->lt_workspace);
     cudaFree(c->scratch);
     cudaFreeHost(c->host_scratch);
-    if (c->lt != NULL) cublasLtDestroy(c->lt);
+    if (c->lt != NULL) ent_lt.Destroy(c->lt);
     if (c->stream != NULL) cudaStreamDestroy(c->stream);
     free(c);
 }
@@ -162,6 +165,59 @@ static struct ent_backend_i cuda_iface_make(void) {
 static const struct ent_backend_i cuda_iface = cuda_iface_make();
 
 // ---------------------------------------------------------------------------
+// cuBLASLt, opened at the first backend
+
+ent_lt_api ent_lt;
+
+#define ENT_STR2(x) #x
+#define ENT_STR(x) ENT_STR2(x)
+#ifndef ENT_CUBLASLT_DIR
+#define ENT_CUBLASLT_DIR ""
+#endif
+
+static pthread_mutex_t lt_lock = PTHREAD_MUTEX_INITIALIZER;
+static int lt_state; // 0: not tried, 1: loaded, -1: failed (lt_error says why)
+static char lt_error[600];
+
+ent_status ent_cuda_lt_load(void) {
+    pthread_mutex_lock(&lt_lock);
+    if (lt_state == 0) {
+        // the soname of the cuBLASLt the headers are from, found as the
+        // system finds libraries, then in the toolkit's directory of the build
+        const char *soname = "libcublasLt.so." ENT_STR(CUBLAS_VER_MAJOR);
+        char there[512];
+        snprintf(there, sizeof there, "%s/%s", ENT_CUBLASLT_DIR, soname);
+        void *h = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
+        if (h == NULL && ENT_CUBLASLT_DIR[0] != '\0') h = dlopen(there, RTLD_NOW | RTLD_LOCAL);
+        lt_state = 1;
+        if (h == NULL) {
+            snprintf(lt_error, sizeof lt_error, "cuda backend: cannot load cuBLASLt (%s, nor %s): %s",
+                     soname, there, dlerror());
+            lt_state = -1;
+        }
+#define ENT_LT_LOAD(name)                                                                          \
+        if (lt_state == 1) {                                                                       \
+            void *f = dlsym(h, "cublasLt" #name);                                                  \
+            if (f == NULL) {                                                                       \
+                snprintf(lt_error, sizeof lt_error, "cuda backend: %s lacks cublasLt" #name,       \
+                         soname);                                                                  \
+                lt_state = -1;                                                                     \
+            }                                                                                      \
+            memcpy(&ent_lt.name, &f, sizeof f);                                                    \
+        }
+        ENT_LT_FUNCTIONS(ENT_LT_LOAD)
+#undef ENT_LT_LOAD
+    }
+    int state = lt_state;
+    pthread_mutex_unlock(&lt_lock);
+    return state == 1 ? ENT_OK : ent_fail(ENT_ERR_USAGE, "%s", lt_error);
+}
+
+extern "C" size_t ent_cuda_lt_version(void) {
+    return ent_cuda_lt_load() == ENT_OK ? ent_lt.GetVersion() : 0;
+}
+
+// ---------------------------------------------------------------------------
 // creation
 
 extern "C" int ent_cuda_device_count(char *why, size_t len) {
@@ -182,6 +238,7 @@ extern "C" ent_status ent_cuda_backend_new(const ent_backend_opts *opts, ent_bac
     int count = ent_cuda_device_count(why, sizeof why);
     if (count <= 0)
         return ent_fail(ENT_ERR_USAGE, "backend 'cuda': no CUDA device visible (%s)", why);
+    ENT_CHECK(ent_cuda_lt_load());
     int want = opts != NULL && opts->device > 0 ? opts->device : 0;
     ent_status st = ENT_OK;
     ent_backend_t *be = (ent_backend_t *)calloc(1, sizeof *be);
@@ -195,7 +252,7 @@ extern "C" ent_status ent_cuda_backend_new(const ent_backend_opts *opts, ent_bac
     c->device_count = count;
     ENT_CUDA_CHECK_GOTO(cudaSetDevice(c->device), fail);
     ENT_CUDA_CHECK_GOTO(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), fail);
-    if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS) {
+    if (ent_lt.Create(&c->lt) != CUBLAS_STATUS_SUCCESS) {
         st = ent_fail(ENT_ERR_INTERNAL, "cuda backend: cublasLtCreate failed on GPU %d",
                       c->device);
         goto fail;
@@ -212,7 +269,7 @@ extern "C" ent_status ent_cuda_backend_new(const ent_backend_opts *opts, ent_bac
                  "cuBLASLt %zu; f32 storage, TF32 matrix products",
                  c->device, count, prop.name, prop.major, prop.minor,
                  (double)prop.totalGlobalMem / (1u << 30), prop.multiProcessorCount,
-                 runtime / 1000, runtime % 1000 / 10, cublasLtGetVersion());
+                 runtime / 1000, runtime % 1000 / 10, ent_lt.GetVersion());
     }
     be->iface = &cuda_iface;
     be->impl = c;

@@ -16,6 +16,10 @@ extern "C" {
 ent_status ent_cuda_backend_new(const ent_backend_opts *opts, ent_backend_t **out);
 // GPUs this process sees; 0 when none, with the reason in why (len bytes).
 int ent_cuda_device_count(char *why, size_t len);
+// Opens cuBLASLt (once; the backend does it when it starts, as nothing links
+// it) and returns its version, or 0 with the reason in ent_last_error(). No
+// GPU is needed.
+size_t ent_cuda_lt_version(void);
 
 #ifdef __cplusplus
 }

@@ -17,6 +17,36 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+// cuBLASLt, opened when the first cuda backend starts (ent_cuda_lt_load),
+// not linked: loading it cost every entente process 0.18 s at start, a
+// CPU-only `ckpt verify` or `--help` included. Its functions are called
+// through ent_lt (ent_lt.Matmul for cublasLtMatmul, ...).
+#define ENT_LT_FUNCTIONS(X) \
+    X(Create) \
+    X(Destroy) \
+    X(GetStatusString) \
+    X(GetVersion) \
+    X(Matmul) \
+    X(MatmulAlgoGetHeuristic) \
+    X(MatmulDescCreate) \
+    X(MatmulDescDestroy) \
+    X(MatmulDescSetAttribute) \
+    X(MatmulPreferenceCreate) \
+    X(MatmulPreferenceDestroy) \
+    X(MatmulPreferenceSetAttribute) \
+    X(MatrixLayoutCreate) \
+    X(MatrixLayoutDestroy)
+
+struct ent_lt_api {
+#define ENT_LT_FIELD(name) decltype(&cublasLt##name) name;
+    ENT_LT_FUNCTIONS(ENT_LT_FIELD)
+#undef ENT_LT_FIELD
+};
+extern ent_lt_api ent_lt;
+// Opens cuBLASLt once (the soname of the headers built against, then the
+// toolkit's directory found at build time); an error names the library.
+ent_status ent_cuda_lt_load(void);
+
 // The ops of the backend table that these kernels implement, all but the
 // matrix products (cuBLASLt): X(op) for each, so that the cuda backend's
 // table and the CPU emulator's (tests/cuda_emu) list them once.

@@ -51,52 +51,52 @@ static ent_status lt_matmul(ent_backend_t *be, const char *what, lt_operand a, l
         rc = (call);                                                                               \
         if (rc != CUBLAS_STATUS_SUCCESS) {                                                         \
             st = ent_fail(ENT_ERR_INTERNAL, "cuda backend: %s (%dx%d): %s: %s", what, m, n, #call, \
-                          cublasLtGetStatusString(rc));                                            \
+                          ent_lt.GetStatusString(rc));                                            \
             goto done;                                                                             \
         }                                                                                          \
     } while (0)
-    LT(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F_FAST_TF32, CUDA_R_32F));
-    LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-    LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    LT(ent_lt.MatmulDescCreate(&desc, CUBLAS_COMPUTE_32F_FAST_TF32, CUDA_R_32F));
+    LT(ent_lt.MatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    LT(ent_lt.MatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
     if (bias != NULL) {
         cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
         cudaDataType_t bias_type = CUDA_R_32F;
-        LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-        LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+        LT(ent_lt.MatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+        LT(ent_lt.MatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
                                           sizeof bias));
-        LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+        LT(ent_lt.MatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                           sizeof bias_type));
     }
-    LT(cublasLtMatrixLayoutCreate(&la, a.type, a.rows, a.cols, a.ld));
-    LT(cublasLtMatrixLayoutCreate(&lb, b.type, b.rows, b.cols, b.ld));
-    LT(cublasLtMatrixLayoutCreate(&ld, d_type, m, n, ldd));
-    LT(cublasLtMatmulPreferenceCreate(&pref));
-    LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+    LT(ent_lt.MatrixLayoutCreate(&la, a.type, a.rows, a.cols, a.ld));
+    LT(ent_lt.MatrixLayoutCreate(&lb, b.type, b.rows, b.cols, b.ld));
+    LT(ent_lt.MatrixLayoutCreate(&ld, d_type, m, n, ldd));
+    LT(ent_lt.MatmulPreferenceCreate(&pref));
+    LT(ent_lt.MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                             sizeof ws));
-    LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+    LT(ent_lt.MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
                                             &align_a, sizeof align_a));
-    LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+    LT(ent_lt.MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
                                             &align_b, sizeof align_b));
-    LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+    LT(ent_lt.MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
                                             &align_d, sizeof align_d));
-    LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+    LT(ent_lt.MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                             &align_d, sizeof align_d));
-    LT(cublasLtMatmulAlgoGetHeuristic(cu->lt, desc, la, lb, ld, ld, pref, 1, &heur, &found));
+    LT(ent_lt.MatmulAlgoGetHeuristic(cu->lt, desc, la, lb, ld, ld, pref, 1, &heur, &found));
     if (found == 0) {
         st = ent_fail(ENT_ERR_INTERNAL, "cuda backend: %s: cuBLASLt has no algorithm for "
                       "(%d x %d) = op(%d x %d) @ op(%d x %d)", what, m, n, a.rows, a.cols, b.rows,
                       b.cols);
         goto done;
     }
-    LT(cublasLtMatmul(cu->lt, desc, &alpha, a.ptr, la, b.ptr, lb, &beta, d, ld, d, ld,
+    LT(ent_lt.Matmul(cu->lt, desc, &alpha, a.ptr, la, b.ptr, lb, &beta, d, ld, d, ld,
                       &heur.algo, cu->lt_workspace, cu->lt_workspace_bytes, cu->stream));
 #undef LT
 done:
-    if (pref != NULL) cublasLtMatmulPreferenceDestroy(pref);
-    if (ld != NULL) cublasLtMatrixLayoutDestroy(ld);
-    if (lb != NULL) cublasLtMatrixLayoutDestroy(lb);
-    if (la != NULL) cublasLtMatrixLayoutDestroy(la);
-    if (desc != NULL) cublasLtMatmulDescDestroy(desc);
+    if (pref != NULL) ent_lt.MatmulPreferenceDestroy(pref);
+    if (ld != NULL) ent_lt.MatrixLayoutDestroy(ld);
+    if (lb != NULL) ent_lt.MatrixLayoutDestroy(lb);
+    if (la != NULL) ent_lt.MatrixLayoutDestroy(la);
+    if (desc != NULL) ent_lt.MatmulDescDestroy(desc);
     return st;
 }
 
