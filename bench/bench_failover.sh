@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# bench_failover.sh ENTENTE [WORKDIR] [ROUNDS]: goodput of a coalition under
+# bench_failover.sh ENTENTE [WORKDIR] [ROUNDS] [ROUND_S]: goodput of a coalition under
 # churn, on loopback under CurveZMQ. Two runs of the same 3-site coalition
 # (a small model: 2 layers, width 64, context 64, one thread per process;
-# rounds paced at 0.5 s by coalition.round_seconds; ROUNDS rounds, default 60):
+# rounds paced at ROUND_S seconds by coalition.round_seconds, default 0.5;
+# ROUNDS rounds, default 60):
 #   steady  a coordinator and sites a, b, c; no failure
 #   churn   a primary and a standby coordinator, and the same sites knowing
 #           both endpoints; every 6 rounds (up to 12 before the end) one
@@ -22,6 +23,7 @@ set -u
 E=$(realpath "$1")
 W=${2:-$(mktemp -d "${TMPDIR:-/tmp}/bench-failover.XXXXXX")}
 ROUNDS=${3:-60}
+ROUND_S=${4:-0.5}
 mkdir -p "$W" && cd "$W" || exit 1
 PIDS=()
 trap 'for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill -9 "$p" 2>/dev/null; done' EXIT
@@ -60,7 +62,7 @@ bind = tcp://127.0.0.1:*
 sites = 3
 rounds = $ROUNDS
 inner_steps = 1000
-round_seconds = 0.5
+round_seconds = $ROUND_S
 eval_rounds = 0
 timeout = 120
 lost_after = 10
