@@ -318,8 +318,8 @@ static int fuzz(const char *path, uint64_t seed, long samples) {
 
 // One forked child per change runs what `entente ckpt import` runs
 // (ent_import_hf, then for a success what `ckpt verify` runs): the same
-// checks as a new process each time, without starting the binary anew (its
-// libraries cost ~0.2 s of loading per process, the import itself a few ms).
+// checks as a new process each time, without starting the binary anew for
+// each of the 216 changes (the import itself takes a few ms).
 typedef struct {
     int done, code, verified;
     char msg[512];
