@@ -120,7 +120,6 @@ typedef struct {
     // checked (NULL: none yet), and every rank's copy that checkpoints write
     char *ledger_in, *ledger_ck;
     uint64_t ledger_round; // its rounds merged
-    int ledger_new;        // the leader took one not yet shared with the ranks
 } site;
 
 static ent_status site_fail(site *s, ent_status st, const char *what) {
@@ -199,7 +198,6 @@ static void take_ledger(site *s, const ent_link_incoming *in) {
     free(s->ledger_in);
     s->ledger_in = text;
     s->ledger_round = merged;
-    s->ledger_new = 1;
 }
 
 // Handles one message: plans and update chunks are kept, heartbeats are
@@ -785,14 +783,11 @@ static ent_status record_round(site *s, uint64_t round, uint32_t steps, double c
 }
 
 // Every rank gets the leader's last ledger (collective; the text's length
-// first, 0 when the leader took none since the last call, so an unchanged
-// ledger is not sent again): every rank of a site lays out the same
-// checkpoint.
+// first): every rank of a site lays out the same checkpoint.
 static ent_status share_ledger(site *s) {
-    uint64_t n[2] = {s->leader && s->ledger_new ? strlen(s->ledger_in) : 0, s->ledger_round};
-    s->ledger_new = 0;
+    uint64_t n[2] = {s->leader && s->ledger_in ? strlen(s->ledger_in) : 0, s->ledger_round};
     ENT_CHECK(ent_broadcast(s->grid->world, n, 2, ENT_U64, 0));
-    if (n[0] == 0) return ENT_OK; // none yet, or none new: ledger_ck stands
+    if (n[0] == 0) return ENT_OK; // none yet (or none new, below)
     char *text = malloc(n[0] + 1);
     if (text == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the ledger");
     if (s->leader) memcpy(text, s->ledger_in, n[0]);
