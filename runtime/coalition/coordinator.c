@@ -512,8 +512,8 @@ static ent_status check_tokens(coord *c, csite *s, uint64_t round, const coal_ve
             double speed = s->steps_per_s, absent = coal_utc_age(s->led.last_time);
             if (s->led.compute_s > 0 && s->led.inner_steps / s->led.compute_s > speed)
                 speed = (double)s->led.inner_steps / s->led.compute_s;
-            if (speed <= 0 || absent < 0) return ENT_OK; // nothing to bound the carry by
-            double more = ceil(2 * speed * (absent + 2));
+            // no speed known yet (no report of its own): nothing to carry by
+            double more = speed > 0 && absent >= 0 ? ceil(2 * speed * (absent + 2)) : 0;
             cap += more > 1e15 ? (uint64_t)1e15 : (uint64_t)more;
             snprintf(carried, sizeof carried, " and %.0f it may carry (twice %.3g steps/s over the "
                      "%.0f s since its last report, plus 2 s)", more, speed, absent);
