@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# bench_failover.sh ENTENTE [WORKDIR] [ROUNDS] [ROUND_S]: goodput of a coalition under
-# churn, on loopback under CurveZMQ. Two runs of the same 3-site coalition
-# (a small model: 2 layers, width 64, context 64, one thread per process;
-# rounds paced at ROUND_S seconds by coalition.round_seconds, default 0.5;
-# ROUNDS rounds, default 60):
+# bench_failover.sh ENTENTE [WORKDIR] [ROUNDS] [ROUND_S] [STEP_S]: goodput of a
+# coalition under churn, on loopback under CurveZMQ. Two runs of the same
+# 3-site coalition (a small model: 2 layers, width 64, context 64, one thread
+# per process; rounds paced at ROUND_S seconds by coalition.round_seconds,
+# default 2; ROUNDS rounds, default 48; every inner step lasting at least
+# STEP_S seconds, default 0.05, by the ENTENTE_FAULT_STEP_S hook, so that
+# each site trains at a speed of its own as on its own cluster, not faster
+# when a killed site leaves it a core of the shared machine; STEP_S = 0:
+# unpaced, as fast as the shared cores go):
 #   steady  a coordinator and sites a, b, c; no failure
 #   churn   a primary and a standby coordinator, and the same sites knowing
 #           both endpoints; every 6 rounds (up to 12 before the end) one
@@ -22,8 +26,10 @@
 set -u
 E=$(realpath "$1")
 W=${2:-$(mktemp -d "${TMPDIR:-/tmp}/bench-failover.XXXXXX")}
-ROUNDS=${3:-60}
-ROUND_S=${4:-0.5}
+ROUNDS=${3:-48}
+ROUND_S=${4:-2}
+STEP_S=${5:-0.05}
+export ENTENTE_FAULT_STEP_S=$STEP_S
 mkdir -p "$W" && cd "$W" || exit 1
 PIDS=()
 trap 'for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill -9 "$p" 2>/dev/null; done' EXIT
@@ -119,7 +125,7 @@ t1=$(cat steady/end_time)
 for s in a b c; do wait "${SITE_PID[$s]}"; done
 steady_tokens=$(tokens_total steady/coordinator/metrics.jsonl)
 steady_s=$(dt "$t0" "$t1")
-echo "steady: $steady_tokens tokens merged in $steady_s s"
+echo "steady: $steady_tokens tokens merged in $steady_s s ($ROUNDS rounds of ${ROUND_S} s, inner steps of at least ${STEP_S} s)"
 
 # ---- churn: site kills every 6 rounds, the primary once ----
 mkdir -p churn
@@ -158,19 +164,18 @@ for r in $(seq 6 6 $((ROUNDS - 12))); do
     name=$(echo a b c | cut -d' ' -f$((k % 3 + 1)))
     k=$((k + 1))
     n0=$(rounds_in "$cm")
-    steps0=$(grep -c '^{"step"' "churn/site-$name/metrics.jsonl" 2>/dev/null)
+    starts0=$(grep -c '"event":"start"' "churn/site-$name/metrics.jsonl" 2>/dev/null)
     kill -9 "${SITE_PID[$name]}"
     tk=$(now)
     wait "${SITE_PID[$name]}" 2>/dev/null
     site churn "$name" "${both[@]}"
     tr=$(now)
-    for _ in $(seq 1200); do [ "$(rounds_in "$cm")" -gt "$n0" ] && break; sleep 0.02; done
-    death=$(dt "$tk" "$(now)")
-    deaths+=("$death")
-    echo "churn: site $name killed after round $((n0 - 1)) was merged: the round in flight completed $death s later"
-    # its first inner step back, watched in the background (the kills stay on schedule)
+    # its first inner step back (the first step record after the restarted
+    # process's start record), watched in the background (the kills stay on schedule)
     (for _ in $(seq 2400); do
-         if [ "$(grep -c '^{"step"' "churn/site-$name/metrics.jsonl" 2>/dev/null)" -gt "${steps0:-0}" ]; then
+         if [ "$(awk -v s0="${starts0:-0}" '/"event":"start"/ { n++; k = 0; next }
+                 /^\{"step":[0-9]*,"loss"/ { k++ } END { print (n > s0 && k > 0) }' \
+                 "churn/site-$name/metrics.jsonl" 2>/dev/null)" = 1 ]; then
              echo "$name $(dt "$tr" "$(now)")" >>churn/restarts
              exit 0
          fi
@@ -178,6 +183,10 @@ for r in $(seq 6 6 $((ROUNDS - 12))); do
          sleep 0.05
      done) &
     PIDS+=($!)
+    for _ in $(seq 1200); do [ "$(rounds_in "$cm")" -gt "$n0" ] && break; sleep 0.02; done
+    death=$(dt "$tk" "$(now)")
+    deaths+=("$death")
+    echo "churn: site $name killed after round $((n0 - 1)) was merged: the round in flight completed $death s later"
 done
 wait "$spid"
 sleep 0.2

@@ -40,6 +40,7 @@
 // coordinator's.
 #include "coalition_impl.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -52,6 +53,12 @@
 // one that takes no connection (TCP and the CurveZMQ handshake: a few round
 // trips) in this long moves on to the next: the dead one is skipped fast.
 #define NO_CONNECTION_MS 2000
+// A standby takes over a fraction of a second after its primary's
+// connection closes; a site that saw that connection close first and asked
+// the standby too early (NOT_PRIMARY) asks it again after STANDBY_RETRY_S,
+// for STANDBY_GRACE_S after the cut, before it moves on to the next endpoint.
+#define STANDBY_RETRY_S 0.25
+#define STANDBY_GRACE_S 3.0
 
 // The leader's link, as the site goes from member to cut off and back.
 typedef enum {
@@ -84,6 +91,7 @@ typedef struct {
     ent_ckpt_coalition ck;
     ent_codec codec;
     int online; // every rank: the state the leader last shared (1: a member)
+    double step_floor; // ENTENTE_FAULT_STEP_S: an inner step lasts at least this (0: off)
     // the link (leader only)
     ent_link_endpoint_t *ep;
     ent_link_opts lo; // its options, pointing into keys
@@ -97,6 +105,8 @@ typedef struct {
     link_state state;
     char cut_why[600];     // why the link is found broken ("" while it works)
     uint16_t cut_code;     // the ERROR code that broke it (0: none)
+    int cut_closed;        // it broke because the coordinator's connection closed
+    double standby_until;  // until then, a NOT_PRIMARY answer is asked again (STANDBY_GRACE_S)
     double last_heard;     // when the coordinator last sent anything
     double next_try, try_since, backoff, t_hello, t_anchor, t_cut;
     int64_t cut_step;
@@ -255,9 +265,11 @@ static ent_status handle(site *s, const ent_link_incoming *in) {
 // not know this site: it is cut off at once, and comes back with HELLO.
 static void coordinator_closed(site *s) {
     int fds[4];
-    if (s->ep != NULL && ent_link_take_disconnects(s->ep, fds, 4) > 0)
+    if (s->ep != NULL && ent_link_take_disconnects(s->ep, fds, 4) > 0 && s->cut_why[0] == '\0') {
         link_broken(s, 0, "the coordinator's connection closed (its process ended, or its "
                     "host dropped the link)");
+        s->cut_closed = 1;
+    }
 }
 
 typedef int (*wait_done_fn)(const site *s, uint64_t arg);
@@ -512,16 +524,22 @@ static void go_offline(site *s, uint64_t round) {
                  "alone, and trying to reconnect", s->cfg->coal_site, s->endpoint,
                  (unsigned long long)round, s->cut_why);
     ent_link_close(&s->ep);
+    // with a standby to go to, a closed connection (the primary's process
+    // ended) is a reason to ask the standby at once, as the answers that this
+    // coordinator no longer counts the site or does not serve are
+    int failover = s->cut_closed && s->nep > 1;
     int at_once = s->cut_code == ENT_LINK_ERR_UNKNOWN_SITE ||
                   s->cut_code == ENT_LINK_ERR_STALE_ROUND ||
-                  s->cut_code == ENT_LINK_ERR_NOT_PRIMARY;
+                  s->cut_code == ENT_LINK_ERR_NOT_PRIMARY || failover;
     // the coordinator in use is gone (or superseded): the next endpoint first
     next_endpoint(s);
     s->state = LINK_OFFLINE;
     s->backoff = 1;
     s->next_try = ent_now_seconds() + (at_once ? 0 : s->backoff);
+    s->standby_until = failover ? ent_now_seconds() + STANDBY_GRACE_S : 0;
     s->cut_why[0] = '\0';
     s->cut_code = 0;
+    s->cut_closed = 0;
     coal_vec_free(&s->update);
     s->update_started = 0;
     memset(s->plan_have, 0, sizeof s->plan_have); // the old membership's plans are void
@@ -530,6 +548,18 @@ static void go_offline(site *s, uint64_t round) {
 // A try to reconnect that did not succeed: the next one after twice the
 // wait (at most BACKOFF_MAX_S).
 static void try_failed(site *s) {
+    if (s->cut_code == ENT_LINK_ERR_NOT_PRIMARY && ent_now_seconds() < s->standby_until) {
+        // a standby that has not seen its primary go yet: it will in a moment
+        ent_log_info("site %s: the coordinator %s does not serve yet (%s); asking it again in "
+                     "%.2f s", s->cfg->coal_site, s->endpoint, s->cut_why, STANDBY_RETRY_S);
+        ent_link_close(&s->ep);
+        s->state = LINK_OFFLINE;
+        s->next_try = ent_now_seconds() + STANDBY_RETRY_S;
+        s->cut_why[0] = '\0';
+        s->cut_code = 0;
+        s->cut_closed = 0;
+        return;
+    }
     ent_log_info("site %s: no way back to the coordinator %s yet: %s; next try in %.0f s",
                  s->cfg->coal_site, s->endpoint, s->cut_why, s->backoff);
     ent_link_close(&s->ep);
@@ -546,6 +576,7 @@ static void try_failed(site *s) {
     }
     s->cut_why[0] = '\0';
     s->cut_code = 0;
+    s->cut_closed = 0;
 }
 
 // Between inner steps while cut off, never waiting: a new connection when
@@ -632,7 +663,35 @@ static ent_status site_setup(site *s) {
     ENT_CHECK(coal_alloc_floats(&s->gather, s->arena * (size_t)s->grid->tp_size, "the gather"));
     ENT_CHECK(coal_alloc_floats(&s->ck_anchor, s->arena, "the checkpoint's anchor"));
     ENT_CHECK(coal_alloc_floats(&s->ck_resid, s->arena, "the checkpoint's residual"));
+    // A bench hook: ENTENTE_FAULT_STEP_S = seconds makes every inner step
+    // last at least that long (the rest slept, and counted as the step's
+    // compute), so that sites sharing a few cores each train at a speed of
+    // their own, as sites on their own clusters do (bench/bench_failover.sh)
+    const char *floor_s = getenv("ENTENTE_FAULT_STEP_S");
+    if (floor_s != NULL && floor_s[0] != '\0') {
+        char *end = NULL;
+        s->step_floor = strtod(floor_s, &end);
+        if (end == floor_s || *end != '\0' || !(s->step_floor >= 0 && s->step_floor <= 60))
+            return ent_fail(ENT_ERR_USAGE, "ENTENTE_FAULT_STEP_S=%s: give seconds in [0, 60]",
+                            floor_s);
+        if (s->step_floor > 0 && s->leader)
+            ent_log_warn("site %s: ENTENTE_FAULT_STEP_S=%s: every inner step lasts at least %g s "
+                         "on purpose (a bench hook)", s->cfg->coal_site, floor_s, s->step_floor);
+    }
     return ENT_OK;
+}
+
+// Sleeps what is left of the step floor after a step of `last->seconds`,
+// and counts the step as that long (its speed, reported in heartbeats, too).
+static void pace_step(const site *s, ent_step_stats *last) {
+    if (!(s->step_floor > last->seconds)) return;
+    double rest = s->step_floor - last->seconds;
+    struct timespec pause = {.tv_sec = (time_t)rest,
+                             .tv_nsec = (long)((rest - (double)(time_t)rest) * 1e9)};
+    while (nanosleep(&pause, &pause) != 0 && errno == EINTR) {
+    }
+    last->tokens_per_s *= last->seconds / s->step_floor;
+    last->seconds = s->step_floor;
 }
 
 static void site_free(site *s) {
@@ -847,6 +906,7 @@ static ent_status inner_steps(site *s, uint64_t round, uint32_t *steps, double *
     *rejoin = 0;
     for (uint32_t i = 1; i <= *steps; i++) {
         ENT_CHECK(ent_trainer_step(s->tr, last));
+        pace_step(s, last);
         *compute_s += last->seconds;
         int step = ent_trainer_steps_done(s->tr);
         ent_status io = ENT_OK;
