@@ -24,15 +24,17 @@ checkpoint, or of a site's) three ways:
 
 COORDINATOR_LOGS is one coordinator's metrics.jsonl, or the logs of a
 coalition's coordinators in order, joined by commas: a primary's, then its
-standby's. The records the ledger sums are recomputed across them as
-docs/coalition.md says: a log appended to by a restarted coordinator counts
-the first life's records up to the round record that ends its checkpoint
-(round R - 1, R the `restart` record's round) and every record of the
-second life (from `restart` on); a standby's log continues the primary's
-up to the round record R - 1 (R its `takeover` record's round) from its
-`takeover` record on. --rounds R: the ledger is the one after R rounds
-merged (a site's checkpoint holds the ledger sent with the update of round
-R - 1): the records up to the round record R - 1.
+standby's (then, down a chain of standbys, each next one that took over).
+The records the ledger sums are recomputed across them as docs/coalition.md
+says: a log appended to by a restarted coordinator counts the first life's
+records up to the round record that ends its checkpoint (round R - 1, R the
+`restart` record's round) and every record of the second life (from
+`restart` on); a standby's log continues its streamer's (the primary's, or
+in a chain the standby's before it) up to the round record R - 1 (R its
+`takeover` record's round) from its `takeover` record on. --rounds R: the
+ledger is the one after R rounds merged (a site's checkpoint holds the
+ledger sent with the update of round R - 1): the records up to the round
+record R - 1.
 
 Prints what it compared; exits 1 naming every mismatch.
 """

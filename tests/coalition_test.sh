@@ -1275,6 +1275,147 @@ case_failover() {
         a:accepted=47 b:accepted=$((47 - missed)) a:tokens=0 b:tokens=0
 }
 
+# the last round record's round in METRICS
+last_round_of() {
+    grep '"event":"round"' "$1" | tail -1 | sed -n 's/.*"round":\([0-9]*\),.*/\1/p'
+}
+
+# the anchor_hash of METRICS's last record of round ROUND
+round_hash_of() {
+    grep '"event":"round"' "$1" | grep "\"round\":$2," | tail -1 | sed -n 's/.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p'
+}
+
+case_failover2() {
+    need_mpirun
+    local seed=${ENT_TEST_SEED:-$RANDOM}
+    echo "failover2: seed $seed (ENT_TEST_SEED=$seed reproduces it)"
+    RANDOM=$seed
+    make_site_data
+    "$E" keygen standby2 --dir "$W/keys" >"$W/keygen2.out" 2>&1 ||
+        { fail "keygen standby2 failed: $(cat "$W/keygen2.out")"; return; }
+    local R=40
+    write_coalition "$W/co.ini" 2 $R
+    sed -i 's/^inner_steps = 6/inner_steps = 1000\nround_seconds = 0.3/' "$W/co.ini"
+    mkdir -p "$W/run"
+    # the chain from its end: standby 2 takes state only from standby 1's key
+    start_coordinator "$W/run/standby2" --standby --set "coalition.key=$W/keys/standby2.key" \
+        --set "coalition.primary_key=$W/keys/standby.pub"
+    local p2=$CPID ep2=$EP
+    # standby 1 takes the primary's state, and streams its own to standby 2
+    # once it has taken over (checkpoints every round, for the split-brain
+    # check at the second link)
+    start_coordinator "$W/run/standby1" --standby --set "coalition.key=$W/keys/standby.key" \
+        --set "coalition.primary_key=$W/keys/coordinator.pub" --set "coalition.standby=$ep2" \
+        --set "coalition.standby_key=$W/keys/standby2.pub" --set checkpoint.every=1
+    local p1=$CPID ep1=$EP port1=${EP##*:}
+    start_coordinator "$W/run/coordinator" --set "coalition.standby=$ep1" \
+        --set "coalition.standby_key=$W/keys/standby.pub"
+    local pp=$CPID epp=$EP
+    # sites know the three endpoints, each with its key
+    local all=(--set "coalition.coordinator=$epp,$ep1,$ep2"
+               --set "coalition.coordinator_key=$W/keys/coordinator.pub,$W/keys/standby.pub,$W/keys/standby2.pub")
+    start_site a 1 "${all[@]}"; PA=$SPID
+    start_site b 1 "${all[@]}"; PB=$SPID
+    local pm=$W/run/coordinator/metrics.jsonl m1=$W/run/standby1/metrics.jsonl
+    local m2=$W/run/standby2/metrics.jsonl l1=$W/run/standby1.log l2=$W/run/standby2.log
+    # kill -9 the primary at a seeded moment: after round K (3..8), plus 0-0.29 s
+    local k=$((3 + RANDOM % 6)) pause="0.$((RANDOM % 3))$((RANDOM % 10))"
+    wait_for_line "$pm" "\"event\":\"round\",\"round\":$k," 60 || { fail "the primary did not merge round $k"; return; }
+    grep -q "standby: the primary's state is streaming in" "$l1" ||
+        fail "standby 1's log does not say the primary's state streams in"
+    sleep "$pause"
+    CPID=$pp
+    kill_coordinator || return
+    local killed_at=$KILLED_AT last0 last1 r1 r2 t1 t2
+    last0=$(last_round_of "$pm")
+    echo "primary killed $pause s after round $k was merged (its last round record: $last0)"
+    wait_for_line "$l1" "taking over the coalition" 30 || { fail "standby 1 did not take over"; sed 's/^/    | /' "$l1"; return; }
+    t1=$(elapsed "$killed_at" "$(date +%s.%N)")
+    r1=$(sed -n 's/.*"event":"takeover","round":\([0-9]*\),.*/\1/p' "$m1")
+    [ -n "$r1" ] || { fail "no takeover record in standby 1's metrics"; return; }
+    echo "standby 1 took over at round $r1, $t1 s after the kill"
+    # standby 1 merges on; standby 2 gets its state (the first after its
+    # first merge), and has neither taken over nor heard of the primary
+    local j=$((2 + RANDOM % 5)) pause1="0.$((RANDOM % 3))$((RANDOM % 10))"
+    wait_for_line "$m1" "\"event\":\"round\",\"round\":$((r1 + j))," 60 || { fail "standby 1 did not merge round $((r1 + j))"; return; }
+    wait_for_line "$l2" "standby: the primary's state is streaming in" 10 ||
+        fail "standby 2's log does not say standby 1's state streams in"
+    ! grep -q '"event":"takeover"' "$m2" && ! grep -q "taking over\|standby: the primary is gone" "$l2" ||
+        { fail "standby 2 took the primary's death for its own streamer's"; sed 's/^/    | /' "$l2"; return; }
+    sleep "$pause1"
+    CPID=$p1
+    kill_coordinator || return
+    killed_at=$KILLED_AT
+    last1=$(last_round_of "$m1")
+    echo "standby 1 killed $pause1 s after round $((r1 + j)) was merged (its last round record: $last1)"
+    wait_for_line "$l2" "taking over the coalition" 30 || { fail "standby 2 did not take over"; sed 's/^/    | /' "$l2"; return; }
+    t2=$(elapsed "$killed_at" "$(date +%s.%N)")
+    r2=$(sed -n 's/.*"event":"takeover","round":\([0-9]*\),.*/\1/p' "$m2")
+    [ -n "$r2" ] || { fail "no takeover record in standby 2's metrics"; return; }
+    echo "standby 2 took over at round $r2, $t2 s after the kill"
+    local d
+    for d in "$t1" "$t2"; do
+        awk -v d="$d" 'BEGIN { exit !(d < 3) }' || fail "a takeover came $d s after the kill (over 3 s)"
+    done
+    # both sites back at standby 2 (its resumed record) before the next step
+    wait_for_line "$m2" '"event":"resumed"' 30 || { fail "the sites did not come back to standby 2"; return; }
+    # split brain refused at the second link: standby 1, restarted from its
+    # checkpoint on its port as a coordinator streaming to standby 2, finds it
+    # in charge and stops, naming it (its log as it was at the kill is kept
+    # for the ledger)
+    cp "$m1" "$W/standby1.metrics.jsonl"
+    mv "$l1" "$W/run/standby1.first.log"
+    start_coordinator "$W/run/standby1" --resume auto --set "coalition.bind=tcp://127.0.0.1:$port1" \
+        --set "coalition.key=$W/keys/standby.key" --set "coalition.standby=$ep2" \
+        --set "coalition.standby_key=$W/keys/standby2.pub"
+    local rc
+    wait "$CPID"; rc=$?
+    [ "$rc" = 1 ] && grep -q "superseded: the standby at .* took over the coalition at round $r2" "$l1" ||
+        { fail "standby 1, restarted, did not stop as superseded (exit $rc)"; sed -n '1,20s/^/    | /p' "$l1"; }
+    CPID=$p2
+    wait_all a:$PA b:$PB
+    [ "$FAILED" = 0 ] || return
+    # each takeover continued from its streamer's last merged round (or the
+    # one before, if that state was still on its way), with its anchor bit
+    # for bit, and merged its first round empty
+    local at from last prev mp h0 h1
+    for at in 1:$r1:$last0:$pm 2:$r2:$last1:$W/standby1.metrics.jsonl; do
+        IFS=: read -r d from last mp <<<"$at"
+        [ "$from" = $((last + 1)) ] || [ "$from" = "$last" ] ||
+            fail "standby $d took over at round $from; its streamer had merged up to round $last"
+        prev=$W/run/standby$d/metrics.jsonl
+        h0=$(round_hash_of "$mp" $((from - 1)))
+        h1=$(sed -n 's/.*"event":"resumed",.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$prev")
+        [ -n "$h0" ] && [ "$h0" = "$h1" ] ||
+            fail "standby $d took over anchor '$h1', its streamer's after round $((from - 1)) is '$h0'"
+        grep '"event":"round"' "$prev" | grep "\"round\":$from," | head -1 | grep -q '"sites":\[\],.*"empty"' ||
+            fail "round $from at standby $d is not the empty round"
+        echo "standby $d went on from round $from (its streamer's last merge: $last), anchor $h1"
+    done
+    # every other round merged a and b
+    local r m
+    for r in $(seq 0 $((R - 1))); do
+        [ "$r" = "$r1" ] || [ "$r" = "$r2" ] && continue
+        m=$pm
+        [ "$r" -ge "$r1" ] && m=$W/standby1.metrics.jsonl
+        [ "$r" -ge "$r2" ] && m=$m2
+        [ -n "$(tokens_of "$m" $r a last)" ] && [ -n "$(tokens_of "$m" $r b last)" ] ||
+            { fail "round $r ($m) did not merge both sites"; break; }
+    done
+    grep -q "\"event\":\"end\",\"rounds\":$R," "$m2" || fail "standby 2 did not end after $R rounds"
+    # the sites went down the list of three endpoints to standby 2's
+    for r in a b; do
+        grep -qx "$ep2" "$W/run/site-$r/coordinator_endpoint" ||
+            fail "site $r's run directory does not name standby 2's endpoint $ep2: $(cat "$W/run/site-$r/coordinator_endpoint" 2>&1)"
+    done
+    CM=$m2 final_anchor_held_by a b
+    # the ledger across the three logs: the primary's up to standby 1's
+    # takeover, standby 1's from it up to standby 2's, standby 2's from its own
+    local ck=$W/run/standby2/checkpoints/latest
+    SITE_LOGS=0 LEDGER_CK=$ck LEDGER_LOGS="$pm,$W/standby1.metrics.jsonl,$m2" check_ledger a b -- \
+        a:accepted=$((R - 2)) b:accepted=$((R - 2)) a:tokens=0 b:tokens=0
+}
+
 case_rejoin() {
     start_paced 3 24
     # c checkpoints at every round's end

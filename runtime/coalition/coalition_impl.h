@@ -36,8 +36,8 @@ typedef struct {
     int nserver;
     ent_link_keypair *allow; // the coordinator: coalition.allow (a standby: and the primary's key)
     int nallow;
-    ent_link_keypair standby; // a primary with coalition.standby: the standby's public key
-    ent_link_keypair primary; // a standby: the primary's public key (coalition.primary_key)
+    ent_link_keypair standby; // coalition.standby's public key (a primary's, or a chained standby's)
+    ent_link_keypair primary; // a standby: its streamer's public key (coalition.primary_key)
 } coal_keys;
 
 // Loads the keys a coordinator (coordinator = 1) or a site needs and points
@@ -45,7 +45,8 @@ typedef struct {
 // cfg->coal_insecure, warns and leaves lo plaintext. A missing setting is
 // ENT_ERR_USAGE saying what to set; a bad key file ENT_ERR_INPUT naming it;
 // a site's key must carry its coalition.site name. A standby
-// (cfg->coal_standby_mode) admits the primary's key besides the sites'.
+// (cfg->coal_standby_mode) admits the primary's key besides the sites' (in a
+// chain, the key of the standby that streams to it).
 ent_status coal_keys_load(const ent_config *cfg, int coordinator, coal_keys *k,
                           ent_link_opts *lo);
 void coal_keys_free(coal_keys *k);

@@ -1561,6 +1561,18 @@ static ent_status stream_state(coord *c, uint64_t merged) {
     return ENT_OK;
 }
 
+// A primary that ends, or a standby that ends without taking over: LEAVE
+// tells its standby why (FINISHED: it exits 0; else it stops with it).
+static void leave_standby(coord *c, uint16_t code, uint64_t round, const char *why) {
+    if (c->standby == NULL) return;
+    ent_link_reason r = {.code = code};
+    snprintf(r.text, sizeof r.text, "%.900s", why);
+    ent_link_buf msg = {0};
+    if (ent_link_encode_leave(&msg, 0, round, &r) == ENT_OK)
+        (void)ent_link_send(c->standby, NULL, msg.data, msg.len);
+    ent_link_buf_free(&msg);
+}
+
 // A primary, between messages: a heartbeat to the standby every second (so
 // that its silence means something), and the standby's answers: NOT_PRIMARY
 // means it has taken over, and this coordinator stops.
@@ -1719,6 +1731,16 @@ static ent_status take_over(coord *c, const char *why) {
 // A standby until it takes over: the primary's state streams in; a site
 // that tries this endpoint is told that the primary serves (NOT_PRIMARY).
 // *finished: the primary said it finished (LEAVE), nothing to take over.
+//
+// In a chain (primary -> standby 1 -> standby 2 ...), "the primary" is the
+// coordinator that streams to this one (coalition.primary_key): standby 2's
+// is standby 1, which streams nothing before it has taken over (it has no
+// state of its own) but heartbeats every second from its start. Standby 2
+// therefore never sees the first primary, nor its death: it takes over only
+// once it holds a whole state, and it gets one only from a standby 1 that
+// has taken over and merged a round. A streamer gone before any state came
+// from it leaves this standby waiting (for coalition.timeout from then: a
+// streamer restarted on its endpoint may come back).
 static ent_status standby_wait(coord *c, int *finished) {
     const ent_config *cfg = c->cfg;
     *finished = 0;
@@ -1728,6 +1750,9 @@ static ent_status standby_wait(coord *c, int *finished) {
                               ENT_JNUM("takeover_after", cfg->coal_takeover_after)};
     ENT_CHECK(record(c, start, (int)(sizeof start / sizeof start[0])));
     for (;;) {
+        // a chain's next link: heartbeats (it knows this standby is there);
+        // its NOT_PRIMARY stops this one as superseded
+        ENT_CHECK(standby_poll(c));
         ent_link_incoming in;
         int got = 0;
         ENT_CHECK(ent_link_recv(c->ep, 200, &in, &got));
@@ -1768,8 +1793,10 @@ static ent_status standby_wait(coord *c, int *finished) {
         if (why[0] && c->st_have) return take_over(c, why);
         if (why[0]) {
             ent_log_warn("coordinator: standby: the primary is gone (%s) before any state of it "
-                         "came in: nothing to take over yet", why);
+                         "came in: nothing to take over; waiting up to coalition.timeout = %g s "
+                         "for a primary", why, cfg->coal_timeout);
             c->primary_known = 0;
+            until = now + cfg->coal_timeout;
         }
         if (!c->primary_known && !c->st_have && now > until)
             return ent_fail(ENT_ERR_IO, "coordinator: standby: no word from the primary within "
@@ -1881,8 +1908,11 @@ static ent_status coord_setup(coord *c) {
     c->lo = ent_link_opts_default();
     ENT_CHECK(coal_keys_load(cfg, 1, &c->keys, &c->lo));
     ENT_CHECK(ent_link_router_bind(bind, &c->lo, &c->ep));
-    if (cfg->coal_standby[0] != '\0' && !cfg->coal_standby_mode) {
-        // the state stream: never waits (a standby that is not there costs nothing)
+    if (cfg->coal_standby[0] != '\0') {
+        // the state stream: never waits (a standby that is not there costs
+        // nothing). A standby with a standby of its own (a chain) connects
+        // now too: it heartbeats while it waits, so that the next link knows
+        // it is there, and streams once it has taken over
         ent_link_opts so = ent_link_opts_default();
         so.send_timeout_ms = 0;
         if (c->lo.curve != NULL) {
@@ -1937,11 +1967,14 @@ static ent_status finish(coord *c);
 static ent_status run(coord *c) {
     const ent_config *cfg = c->cfg;
     if (cfg->coal_standby_mode)
-        ent_log_info("coordinator: standby on %s: takes the primary's state%s%s and the "
+        ent_log_info("coordinator: standby on %s: takes the primary's state%s%s%s and the "
                      "coalition if the primary is gone (its connection closed, or silent for "
-                     "coalition.takeover_after = %g s)", ent_link_address(c->ep),
+                     "coalition.takeover_after = %g s)%s%s", ent_link_address(c->ep),
                      c->lo.curve ? " (key " : "", c->lo.curve ? c->keys.primary.name : "",
-                     cfg->coal_takeover_after);
+                     c->lo.curve ? ")" : "", cfg->coal_takeover_after,
+                     c->standby ? "; once it has taken over, streams its state to the standby "
+                                  "at " : "",
+                     c->standby ? ent_link_address(c->standby) : "");
     else if (c->standby != NULL)
         ent_log_info("coordinator: streams its state to the standby at %s after every merge",
                      ent_link_address(c->standby));
@@ -1961,7 +1994,12 @@ static ent_status run(coord *c) {
     if (cfg->coal_standby_mode) {
         int finished = 0;
         ENT_CHECK(standby_wait(c, &finished));
-        if (finished) return ENT_OK;
+        if (finished) {
+            // down a chain: the next standby has nothing to take over either
+            leave_standby(c, ENT_LINK_LEAVE_FINISHED, c->rounds, "the primary finished the "
+                          "coalition's rounds");
+            return ENT_OK;
+        }
     }
     if (c->resumed) ENT_CHECK(await_rejoins(c));
     else ENT_CHECK(start_rounds(c));
@@ -2031,16 +2069,11 @@ static ent_status start_rounds(coord *c) {
 // The last round is merged: every site says it is done, the anchor is saved.
 static ent_status finish(coord *c) {
     const ent_config *cfg = c->cfg;
-    if (c->standby != NULL) {
-        // the standby stops: there is nothing left to take over
-        ent_link_reason r = {.code = ENT_LINK_LEAVE_FINISHED};
-        snprintf(r.text, sizeof r.text, "the coalition's %llu rounds are merged",
-                 (unsigned long long)c->rounds);
-        ent_link_buf msg = {0};
-        if (ent_link_encode_leave(&msg, 0, c->rounds, &r) == ENT_OK)
-            (void)ent_link_send(c->standby, NULL, msg.data, msg.len);
-        ent_link_buf_free(&msg);
-    }
+    // the standby stops: there is nothing left to take over
+    char done[64];
+    snprintf(done, sizeof done, "the coalition's %llu rounds are merged",
+             (unsigned long long)c->rounds);
+    leave_standby(c, ENT_LINK_LEAVE_FINISHED, c->rounds, done);
     char hash[17];
     // every site says it is done once it has the last update
     double until = ent_now_seconds() + cfg->coal_timeout;
@@ -2082,14 +2115,7 @@ ent_status ent_coordinator_run(const ent_config *cfg, const ent_train_opts *opts
                 (void)send_error(&c, &c.sites[i].peer, c.sites[i].id,
                                  c.superseded ? ENT_LINK_ERR_NOT_PRIMARY : ENT_LINK_ERR_INTERNAL,
                                  "the coordinator stopped: %s", why);
-        if (c.standby != NULL && !c.superseded) {
-            ent_link_reason r = {.code = ENT_LINK_LEAVE_FAILED};
-            snprintf(r.text, sizeof r.text, "%.900s", why);
-            ent_link_buf msg = {0};
-            if (ent_link_encode_leave(&msg, 0, c.round, &r) == ENT_OK)
-                (void)ent_link_send(c.standby, NULL, msg.data, msg.len);
-            ent_link_buf_free(&msg);
-        }
+        if (!c.superseded) leave_standby(&c, ENT_LINK_LEAVE_FAILED, c.round, why);
         // A site reads the ERROR only when it next waits for a message, and a
         // DEALER drops what it has not read once the connection closes: stay
         // until each site has answered (its LEAVE) or gone, for up to 10 s.

@@ -57,11 +57,20 @@ ent_status coal_keys_load(const ent_config *cfg, int coordinator, coal_keys *k,
                 k->allow[k->nallow++] = k->primary;
             }
         }
-        if (cfg->coal_standby[0] != '\0' && !cfg->coal_standby_mode) {
+        // a primary, or a standby with a standby of its own (a chain: it
+        // streams to that one once it has taken over)
+        if (cfg->coal_standby[0] != '\0') {
             if (cfg->coal_standby_key[0] == '\0')
                 return missing(cfg, "standby_key", "The primary streams its state to the standby "
                                "over CurveZMQ: set it to the standby's public key (its NAME.pub).");
             ENT_CHECK(ent_link_key_read(cfg->coal_standby_key, 0, &k->standby));
+            if (cfg->coal_standby_mode &&
+                strcmp(k->standby.public_key, k->primary.public_key) == 0)
+                return ent_fail(ENT_ERR_USAGE, "%s: coalition.standby_key is the key of this "
+                                "standby's primary (coalition.primary_key = %s): a standby streams "
+                                "to the next standby down the chain, never back to its primary",
+                                cfg->path[0] ? cfg->path : "configuration",
+                                cfg->coal_primary_key);
         }
         lo->allow = k->allow;
         lo->nallow = k->nallow;
