@@ -34,9 +34,12 @@ typedef struct ent_comm ent_comm_t;
 // world, which the caller owns and releases with ent_comm_finalize. MPI is
 // called from one thread at a time (MPI_THREAD_FUNNELED).
 ent_status ent_comm_init(int *argc, char ***argv, ent_comm_t **out);
-// The same, with MPI_THREAD_MULTIPLE when `multiple` is set (a background
-// thread that also calls MPI, e.g. asynchronous checkpoints); fails with a
-// clear message when the MPI library does not provide it.
+// The same, with MPI_THREAD_MULTIPLE when `multiple` is 1 (a background
+// thread that also calls MPI, e.g. asynchronous checkpoints), or
+// MPI_THREAD_SERIALIZED when it is ENT_COMM_SERIALIZED (one thread at a time,
+// not always the main one: the coordinator's checkpoint thread); fails with
+// a clear message when the MPI library does not provide it.
+#define ENT_COMM_SERIALIZED 2
 ent_status ent_comm_init_threads(int *argc, char ***argv, int multiple, ent_comm_t **out);
 // Finalises MPI and NULLs *comm.
 void ent_comm_finalize(ent_comm_t **comm);

@@ -45,7 +45,9 @@ ent_status ent_comm_init_threads(int *argc, char ***argv, int multiple, ent_comm
         setenv("OMPI_MCA_ess_singleton_isolated", "1", 0);
         int provided = 0;
         // FUNNELED: only the main thread calls MPI; OpenMP threads compute.
-        int want = multiple ? MPI_THREAD_MULTIPLE : MPI_THREAD_FUNNELED;
+        int want = multiple == ENT_COMM_SERIALIZED ? MPI_THREAD_SERIALIZED
+                   : multiple                      ? MPI_THREAD_MULTIPLE
+                                                   : MPI_THREAD_FUNNELED;
         const char *var = NULL;
         long tasks = launcher_tasks(&var);
         if (MPI_Init_thread(argc, argv, want, &provided) != MPI_SUCCESS)
@@ -60,6 +62,10 @@ ent_status ent_comm_init_threads(int *argc, char ***argv, int multiple, ent_comm
                             "each task would train alone; start it with this MPI's own mpirun "
                             "(Open MPI), or under Slurm with srun --mpi=pmix", tasks, var, tasks);
         }
+        if (provided < want && want == MPI_THREAD_SERIALIZED)
+            return ent_fail(ENT_ERR_USAGE, "this MPI library does not provide "
+                            "MPI_THREAD_SERIALIZED, which the coordinator's checkpoint thread "
+                            "needs");
         if (provided < want)
             return ent_fail(ENT_ERR_USAGE, "this MPI library does not provide "
                             "MPI_THREAD_MULTIPLE, which checkpoint.async needs: set "

@@ -471,7 +471,9 @@ static int cmd_coordinator(int argc, char **argv) {
     }
     ent_comm_t *comm = NULL;
     ent_ckpt_library_init(); // before MPI: see ent_ckpt.h
-    st = ent_comm_init_threads(NULL, NULL, 0, &comm);
+    // its checkpoints are written on a thread of their own, the only one
+    // that calls MPI while it runs (docs/coalition.md, "Checkpoints")
+    st = ent_comm_init_threads(NULL, NULL, ENT_COMM_SERIALIZED, &comm);
     ent_train_opts copts = {.run_dir = run_dir, .resume = resume_path[0] ? resume_path : NULL,
                             .continues = resume != NULL, .force = force};
     if (st == ENT_OK) st = ent_coordinator_run(&cfg, &copts);

@@ -82,6 +82,16 @@
 #             is lost and none finds itself cut off (the
 #             heartbeats are answered during the merges); every site ends
 #             with the coordinator's final anchor.
+#   busy_save coordinator checkpoints that take 6 s each
+#             (ENTENTE_FAULT_SAVE_S, a test hook: a large model's file) at
+#             every round (checkpoint.every = 1) and coalition.lost_after =
+#             4: each is written on a thread while the main loop serves (its
+#             record's blocked_s under 0.5 s, the end record's longest pause
+#             under 2 s); site x, started while one is written, gets WELCOME
+#             and the anchor in less than the save's time; no site is lost
+#             and none finds itself cut off; every site ends with the final
+#             anchor; the checkpoints of rounds 1-4 verify and hold their
+#             round, and a coordinator resumes from the one after round 2.
 #   rejoin    site c (checkpointing every round) is SIGKILLed after its round
 #             3 and restarted under the same name with --resume: the
 #             coordinator declares it lost, re-admits it under its old id,
@@ -973,6 +983,69 @@ max_norm_ratio = 0"
     ! grep -q '"event":"lost"' "$cm" || fail "a site was lost: $(grep '"event":"lost"' "$cm")"
     ! grep -q "cut off" "$W"/site-*.log || fail "a site found itself cut off: $(grep -h "cut off" "$W"/site-*.log | head -3)"
     final_anchor_held_by a b x
+}
+
+case_busy_save() {
+    local save_s=6
+    CO_ARGS=(--set checkpoint.every=1)
+    ENTENTE_FAULT_SAVE_S=$save_s start_paced 2 4 "lost_after = 4
+max_norm_ratio = 0"
+    local cm=$W/run/coordinator/metrics.jsonl ck=$W/run/coordinator/checkpoints
+    cp -r "$W/data-c" "$W/data-x"
+    # round 0 merged: the save of the state after it is being written (6 s)
+    wait_for_line "$cm" '"event":"round","round":0,' 90 || { fail "the coordinator did not merge round 0 within 90 s"; return; }
+    sleep 1
+    start_site x 0; local px=$SPID
+    wait_all a:$PA b:$PB x:$px
+    [ "$FAILED" = 0 ] || return
+    grep -q "ENTENTE_FAULT_SAVE_S=$save_s" "$W/run/coordinator.log" ||
+        fail "the coordinator does not say that its saves were slowed down"
+    # x's joined record came while a save was written: between the save's
+    # start (its record's time less write_s) and its end
+    local joined during
+    joined=$(grep '"event":"joined","site":"x"' "$cm")
+    [ -n "$joined" ] || { fail "no joined record of site x"; return; }
+    during=$(grep '"event":"checkpoint"' "$cm" | awk -v j="$joined" '
+        function num(line, key) { return match(line, "\"" key "\":[0-9.e+-]+") ? substr(line, RSTART + length(key) + 3, RLENGTH - length(key) - 3) + 0 : -1 }
+        BEGIN { t = num(j, "elapsed_s") }
+        { end = num($0, "elapsed_s"); ws = num($0, "write_s")
+          if (ws >= '"$save_s"' && end - ws <= t && t <= end) print num($0, "round"), t, end - ws, end }')
+    echo "site x joined during a save (rounds saved, joined at, save from, to): ${during:-none}"
+    [ -n "$during" ] || fail "site x's HELLO was not answered while a save was written: $joined; $(grep '"event":"checkpoint"' "$cm" | tr '\n' ';')"
+    local anchor_s
+    anchor_s=$(sed -n 's/.*site x: joined round [0-9]*: anchor received in \([0-9.]*\) s.*/\1/p' "$W/site-x.log")
+    [ -n "$anchor_s" ] && awk -v a="$anchor_s" -v m="$save_s" 'BEGIN { exit !(a < m - 1) }' ||
+        fail "site x got the anchor '$anchor_s' s after its HELLO (want under $((save_s - 1)) s, the save's time less 1 s)"
+    echo "site x: HELLO -> anchor in $anchor_s s, during a save of $save_s s"
+    # every round's save (1-3, and 4 at the end) on its thread: the main
+    # loop held for a moment each time, and never went 2 s without reading
+    local r n blocked pause
+    n=$(grep -c '"event":"checkpoint","round":[1-4],.*"async":true' "$cm")
+    [ "$n" = 4 ] || fail "$n checkpoint records of rounds 1-4, want 4: $(grep '"event":"checkpoint"' "$cm")"
+    blocked=$(sed -n 's/.*"event":"checkpoint".*"blocked_s":\([0-9.e+-]*\),.*/\1/p' "$cm" | sort -g | tail -1)
+    pause=$(sed -n 's/.*"event":"end".*"longest_pause_s":\([0-9.e+-]*\),.*/\1/p' "$cm")
+    echo "the main loop: held at most ${blocked:-?} s by a save, at most ${pause:-?} s without reading"
+    [ -n "$blocked" ] && awk -v b="$blocked" 'BEGIN { exit !(b < 0.5) }' ||
+        fail "a save held the main loop '$blocked' s (want under 0.5 s)"
+    [ -n "$pause" ] && awk -v p="$pause" 'BEGIN { exit !(p < 2) }' ||
+        fail "the main loop went '$pause' s without reading its socket (want under 2 s)"
+    ! grep -q '"event":"lost"' "$cm" || fail "a site was lost: $(grep '"event":"lost"' "$cm")"
+    ! grep -q "cut off" "$W"/site-*.log || fail "a site found itself cut off: $(grep -h "cut off" "$W"/site-*.log | head -3)"
+    final_anchor_held_by a b x
+    for r in 1 2 3 4; do
+        expect "ckpt verify (the coordinator's after round $r)" 0 "out:metadata digest and checksums good" -- \
+            "$E" ckpt verify "$ck/anchor_round_0000000$r.h5"
+        expect "ckpt info (the coordinator's after round $r)" 0 "out:coalition: round $r" -- \
+            "$E" ckpt info "$ck/anchor_round_0000000$r.h5"
+    done
+    check_ledger a b x
+    # a coordinator resumes from the checkpoint after round 2: it takes the
+    # state and waits for the sites it knows (none comes: coalition.timeout = 2)
+    expect "a coordinator resumed from the checkpoint after round 2" 1 "came back within coalition.timeout" -- \
+        "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/resumed" --resume "$ck/anchor_round_00000002.h5" \
+        --set "coalition.key=$W/keys/coordinator.key" --set coalition.timeout=2
+    cat "$W/out" "$W/err" | grep -q "resumed from .*anchor_round_00000002.h5: 2 rounds merged, 3 site(s) known" ||
+        fail "the coordinator did not resume from the checkpoint after round 2: $(cat "$W/out" "$W/err" | grep -i resum)"
 }
 
 # kill_coordinator: SIGKILL to the coordinator process itself (CPID is the

@@ -96,6 +96,48 @@ typedef struct {
     int gain_have[2];
 } csite;
 
+// A checkpoint written on a thread of its own (save_start, save_work): it
+// copies the state after `round` rounds into its buffers (arena layout),
+// then writes them through the saver, while the main loop serves.
+typedef struct {
+    pthread_t thread;
+    int running;      // started and not joined yet (save_reap)
+    atomic_int stage; // 1: the state is copied (a merge may move it on), 2: written (or failed)
+    uint64_t round;
+    char name[64];
+    const coal_layout *lay;
+    const ent_param_table *table;
+    ent_ckpt_saver_t *saver;
+    const float *anchor, *momentum, *resid; // what it copies (global layout)
+    float *params, *mom, *res;              // the copies (arena layout)
+    char *ledger;
+    ent_run_attrs ra;
+    double fault_s; // ENTENTE_FAULT_SAVE_S: a save lasts at least this (tests)
+    double blocked_s, write_s, done_at;
+    ent_status st;
+    char err[1024];
+} save_job;
+
+// The state after `merged` rounds on its way to the standby (stream_state):
+// a thread copies it and encodes its STATE messages (stream_work), the main
+// loop sends them, a few at a time between its reads (stream_pump): the
+// socket is the main loop's alone.
+typedef struct {
+    pthread_t thread;
+    int running;      // started and not joined yet
+    atomic_int stage; // 1: the state is copied, 2: encoded (or failed)
+    int sending;      // messages [next, count) are left to send
+    uint64_t merged, anchor_hash, tokens;
+    size_t n;
+    uint32_t chunk_bytes;
+    const float *anchor, *momentum, *resid;
+    char *text;
+    ent_link_buf *msgs;
+    uint32_t count, next;
+    ent_status st;
+    char err[1024];
+} stream_job;
+
 typedef struct {
     const ent_config *cfg;
     const ent_train_opts *opts;
@@ -119,6 +161,12 @@ typedef struct {
     int merging;      // a merge runs: its round's deltas are out of the sites
     double fault_merge_s; // ENTENTE_FAULT_MERGE_S: a merge lasts at least this (tests)
     float *ck_mom, *ck_resid;             // arena layout, for checkpoints
+    float *ck_params;                     // the anchor, arena layout, for the save thread
+    save_job save;                        // the checkpoint being written, if any
+    stream_job stream;                    // the state going to the standby, if any
+    // the longest time the main loop went without reading its socket, from
+    // round 0's plans on (the end record's longest_pause_s)
+    double poll_last, pause_max;
     uint64_t *hist;                       // anchor hash after each round (hist[0]: initial)
     ent_codec codec;
     ent_outer_opt outer;
@@ -735,9 +783,17 @@ static ent_status take_closes(coord *c) {
 // is not taken for silent while its messages queue), then checks that no
 // site has been silent too long.
 static ent_status standby_poll(coord *c);
+static ent_status save_reap(coord *c);
+static ent_status stream_pump(coord *c);
 
 static ent_status poll_once(coord *c, int ms) {
+    double start = ent_now_seconds();
+    if (c->poll_last > 0 && start - c->poll_last > c->pause_max)
+        c->pause_max = start - c->poll_last;
     ENT_CHECK(standby_poll(c));
+    ENT_CHECK(save_reap(c));
+    ENT_CHECK(stream_pump(c));
+    if (c->stream.sending) ms = 0; // more of the state to send: back soon
     ent_link_incoming in;
     int got = 0;
     ENT_CHECK(ent_link_recv(c->ep, ms, &in, &got));
@@ -757,7 +813,19 @@ static ent_status poll_once(coord *c, int ms) {
             ENT_CHECK(site_gone(c, s, "lost", why));
         }
     }
+    if (c->poll_last > 0) c->poll_last = ent_now_seconds();
     return ENT_OK;
+}
+
+// poll_once while the coordinator holds the state after `merged` rounds
+// (stream_state and save_start waiting for the one before, after a merge
+// and before the round loop moves on): it serves as in round `merged`.
+static ent_status serve_merged(coord *c, uint64_t merged) {
+    uint64_t r = c->round;
+    c->round = merged;
+    ent_status st = poll_once(c, 20);
+    c->round = r;
+    return st;
 }
 
 // Every site in since before the round has its delta in (or rejected).
@@ -809,32 +877,140 @@ static char *ledger_text(coord *c, uint64_t merged, int *order) {
     return text;
 }
 
-static ent_status save(coord *c) {
-    float *p = ent_model_arena(c->model, ENT_ARENA_PARAMS);
-    ent_ckpt_wait_staged(c->saver);
-    coal_global_to_arena(&c->lay, 0, c->anchor, p);
-    coal_global_to_arena(&c->lay, 0, c->momentum, c->ck_mom);
-    coal_global_to_arena(&c->lay, 0, c->resid, c->ck_resid);
-    char *ledger = ledger_text(c, c->round, NULL);
-    if (ledger == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the ledger");
-    ent_ckpt_coalition co = {.anchor = p, .outer_momentum = c->ck_mom, .residual = c->ck_resid,
-                             .round = (int64_t)c->round, .ledger = ledger};
-    ent_ckpt_shard sh = {.table = c->table, .tp_rank = 0, .tp_size = 1, .params = p,
-                         .write_first = 0, .write_count = c->table->total, .coalition = &co};
-    ent_run_state rs = {.sequences = 1, .world = 1, .dp = 1, .tp = 1};
-    ent_run_attrs ra;
-    ent_status st = ent_run_attrs_build(&ra, c->cfg, &rs);
-    char name[64];
-    snprintf(name, sizeof name, "anchor_round_%08llu.h5", (unsigned long long)c->round);
-    if (st == ENT_OK) {
-        st = ent_ckpt_save(c->saver, name, ra.attrs, ra.count, &sh);
-        ent_run_attrs_free(&ra);
+// ---------------------------------------------------------------------------
+// checkpoints, on a thread (docs/coalition.md, "Checkpoints")
+//
+// save_start takes what only the main loop may read (the ledger, the
+// attributes) and starts save_work, which copies the anchor, the outer
+// momentum and the residual into the save's own buffers (stage 1), then
+// writes the file through the (synchronous) saver (stage 2). The main loop
+// serves meanwhile. The state copied stays as it is until stage 1: a merge
+// waits for it before it starts (state_copied), and the anchor buffer is not
+// written before the merge after next. One save at a time: the next one
+// waits for it, serving; poll_once reaps it (save_reap), and a failure
+// stops the coordinator. The saver's MPI calls run on this thread only
+// while it runs (MPI_THREAD_SERIALIZED).
+
+static void *save_work(void *arg) {
+    save_job *j = arg;
+    double t0 = ent_now_seconds();
+    coal_global_to_arena(j->lay, 0, j->anchor, j->params);
+    coal_global_to_arena(j->lay, 0, j->momentum, j->mom);
+    coal_global_to_arena(j->lay, 0, j->resid, j->res);
+    atomic_store(&j->stage, 1);
+    if (j->fault_s > 0) { // the file of a larger model on a slower disk (tests)
+        double until = t0 + j->fault_s;
+        while (ent_now_seconds() < until) {
+            struct timespec pause = {0, 10000000};
+            nanosleep(&pause, NULL);
+        }
     }
-    free(ledger); // the saver is synchronous: the file holds it now
-    if (st == ENT_OK)
-        ent_log_info("coordinator: saved the anchor after %llu rounds: %s/%s",
-                     (unsigned long long)c->round, c->ckpt_dir, name);
-    return st;
+    ent_ckpt_coalition co = {.anchor = j->params, .outer_momentum = j->mom, .residual = j->res,
+                             .round = (int64_t)j->round, .ledger = j->ledger};
+    ent_ckpt_shard sh = {.table = j->table, .tp_rank = 0, .tp_size = 1, .params = j->params,
+                         .write_first = 0, .write_count = j->table->total, .coalition = &co};
+    j->st = ent_ckpt_save(j->saver, j->name, j->ra.attrs, j->ra.count, &sh);
+    if (j->st != ENT_OK) snprintf(j->err, sizeof j->err, "%s", ent_last_error());
+    j->done_at = ent_now_seconds();
+    j->write_s = j->done_at - t0;
+    atomic_store(&j->stage, 2);
+    return NULL;
+}
+
+static void save_job_clear(save_job *j) {
+    free(j->ledger);
+    j->ledger = NULL;
+    ent_run_attrs_free(&j->ra);
+    memset(&j->ra, 0, sizeof j->ra);
+}
+
+// A save written (or failed): joined, logged and recorded, or its failure
+// returned (the coordinator stops, naming the file).
+static ent_status save_reap(coord *c) {
+    save_job *j = &c->save;
+    if (!j->running || atomic_load(&j->stage) < 2) return ENT_OK;
+    pthread_join(j->thread, NULL);
+    j->running = 0;
+    save_job_clear(j);
+    if (j->st != ENT_OK)
+        return ent_fail(j->st, "coordinator: saving the anchor after %llu rounds as %s/%s: %s",
+                        (unsigned long long)j->round, c->ckpt_dir, j->name, j->err);
+    ent_log_info("coordinator: saved the anchor after %llu rounds: %s/%s (%.2f s on its thread; "
+                 "the main loop held %.3f s)", (unsigned long long)j->round, c->ckpt_dir, j->name,
+                 j->write_s, j->blocked_s);
+    char path[ENT_PATH_MAX + 80];
+    snprintf(path, sizeof path, "%s/%s", c->ckpt_dir, j->name);
+    ent_json_field rec[] = {ENT_JSTR("event", "checkpoint"), ENT_JINT("round", j->round),
+                            ENT_JSTR("file", path), ENT_JBOOL("async", 1),
+                            ENT_JNUM("blocked_s", j->blocked_s), ENT_JNUM("write_s", j->write_s),
+                            ENT_JNUM("elapsed_s", j->done_at - c->t_start)};
+    return record(c, rec, (int)(sizeof rec / sizeof rec[0]));
+}
+
+// The save thread's anchor buffer, and the test hook ENTENTE_FAULT_SAVE_S
+// (every save lasts at least that many seconds: a large model's file).
+static ent_status save_setup(coord *c) {
+    ENT_CHECK(coal_alloc_floats(&c->ck_params, c->table->total, "the checkpoint's anchor"));
+    const char *fault = getenv("ENTENTE_FAULT_SAVE_S");
+    if (fault == NULL || fault[0] == '\0') return ENT_OK;
+    char *end = NULL;
+    c->save.fault_s = strtod(fault, &end);
+    if (end == fault || *end != '\0' || !(c->save.fault_s >= 0 && c->save.fault_s <= 600))
+        return ent_fail(ENT_ERR_USAGE, "ENTENTE_FAULT_SAVE_S=%s: give seconds in [0, 600]", fault);
+    if (c->save.fault_s > 0)
+        ent_log_warn("coordinator: ENTENTE_FAULT_SAVE_S=%s: every save lasts at least %g s on "
+                     "purpose (a test hook)", fault, c->save.fault_s);
+    return ENT_OK;
+}
+
+// Serving until the save in flight, if any, is written.
+static ent_status save_wait(coord *c, uint64_t merged) {
+    while (c->save.running) ENT_CHECK(serve_merged(c, merged));
+    return ENT_OK;
+}
+
+// The checkpoint of the state after `merged` rounds (anchor_round_NNNNNNNN.h5)
+// starts on its thread, once the one before is written.
+static ent_status save_start(coord *c, uint64_t merged) {
+    ENT_CHECK(save_wait(c, merged));
+    double t0 = ent_now_seconds();
+    save_job *j = &c->save;
+    j->round = merged;
+    snprintf(j->name, sizeof j->name, "anchor_round_%08llu.h5", (unsigned long long)merged);
+    j->lay = &c->lay;
+    j->table = c->table;
+    j->saver = c->saver;
+    j->anchor = c->anchor;
+    j->momentum = c->momentum;
+    j->resid = c->resid;
+    j->params = c->ck_params;
+    j->mom = c->ck_mom;
+    j->res = c->ck_resid;
+    j->st = ENT_OK;
+    j->err[0] = '\0';
+    j->ledger = ledger_text(c, merged, NULL);
+    if (j->ledger == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the ledger");
+    ent_run_state rs = {.sequences = 1, .world = 1, .dp = 1, .tp = 1};
+    ent_status st = ent_run_attrs_build(&j->ra, c->cfg, &rs);
+    atomic_store(&j->stage, 0);
+    if (st == ENT_OK && pthread_create(&j->thread, NULL, save_work, j) != 0)
+        st = ent_fail(ENT_ERR_NOMEM, "coordinator: cannot start the thread that saves the anchor "
+                      "after %llu rounds", (unsigned long long)merged);
+    if (st != ENT_OK) {
+        save_job_clear(j);
+        return st;
+    }
+    j->running = 1;
+    j->blocked_s = ent_now_seconds() - t0;
+    heard_all(c, t0);
+    return ENT_OK;
+}
+
+// Whether the state after the last merge has been copied by the save and
+// the standby's stream that read it (a merge moves it on).
+static int state_copied(coord *c) {
+    return (!c->save.running || atomic_load(&c->save.stage) >= 1) &&
+           (!c->stream.running || atomic_load(&c->stream.stage) >= 1);
 }
 
 static int by_value(const void *a, const void *b) {
@@ -1183,6 +1359,16 @@ static ent_status merge_round(coord *c) {
     ENT_CHECK(merge_job_new(c, &job));
     pthread_t worker;
     c->merging = 1;
+    // the merge moves the outer momentum and the residual: the save and the
+    // standby's stream of the state before must have copied them (at once,
+    // but for a model far larger than the time the round took)
+    ent_status wait = ENT_OK;
+    while (wait == ENT_OK && !state_copied(c)) wait = poll_once(c, 20);
+    if (wait != ENT_OK) {
+        c->merging = 0;
+        merge_job_free(&job);
+        return wait;
+    }
     if (pthread_create(&worker, NULL, merge_work, &job) != 0) {
         c->merging = 0;
         merge_job_free(&job);
@@ -1496,11 +1682,113 @@ static ent_status merge_empty(coord *c) {
 
 #define STATE_TEXT_MAX (64u << 20) // the roster and ledger, bytes
 
-// A primary: the state after `merged` rounds to the standby. A standby that
-// cannot take it (gone, or its queue full) is logged once and never holds
-// up the rounds.
+// The state's copy and its STATE messages, on the stream's thread (the
+// text is the main loop's, made before).
+static void *stream_work(void *arg) {
+    stream_job *j = arg;
+    size_t len = strlen(j->text), words = len / 4 + 1, total = 3 * j->n + words;
+    float *buf = calloc(total, sizeof(float));
+    ent_status st = buf ? ENT_OK : ent_fail(ENT_ERR_NOMEM, "out of memory for the standby's state");
+    if (st == ENT_OK) {
+        memcpy(buf, j->anchor, sizeof(float) * j->n);
+        memcpy(buf + j->n, j->momentum, sizeof(float) * j->n);
+        memcpy(buf + 2 * j->n, j->resid, sizeof(float) * j->n);
+        memcpy(buf + 3 * j->n, j->text, len);
+    }
+    atomic_store(&j->stage, 1);
+    coal_vec v = {0};
+    if (st == ENT_OK)
+        st = coal_vec_encode(&v, ENT_LINK_CODEC_F32, NULL, buf, NULL, total, j->chunk_bytes);
+    free(buf);
+    // the messages coal_vec_send would send, chunk by chunk
+    if (st == ENT_OK) {
+        j->msgs = calloc(v.count, sizeof *j->msgs);
+        if (j->msgs == NULL) st = ent_fail(ENT_ERR_NOMEM, "out of memory for the standby's state");
+        else j->count = v.count;
+    }
+    for (uint32_t i = 0; st == ENT_OK && i < v.count; i++) {
+        ent_link_chunk ch = {.index = i, .count = v.count, .total = v.total, .offset = v.poff[i],
+                             .length = v.plen[i], .codec = v.codec, .anchor_hash = j->anchor_hash,
+                             .tokens = j->tokens, .data = v.data + v.boff[i],
+                             .data_len = v.blen[i]};
+        st = ent_link_encode_state(&j->msgs[i], 0, j->merged, &ch);
+    }
+    coal_vec_free(&v);
+    j->st = st;
+    if (st != ENT_OK) snprintf(j->err, sizeof j->err, "%s", ent_last_error());
+    atomic_store(&j->stage, 2);
+    return NULL;
+}
+
+static void stream_job_clear(stream_job *j) {
+    for (uint32_t i = 0; j->msgs != NULL && i < j->count; i++) ent_link_buf_free(&j->msgs[i]);
+    free(j->msgs);
+    j->msgs = NULL;
+    j->count = j->next = 0;
+    j->sending = 0;
+    free(j->text);
+    j->text = NULL;
+}
+
+// The main loop's part of the stream, at every poll: once the messages are
+// encoded, it sends them in order, for up to about 5 ms a poll. A standby
+// that cannot take one (gone, or its queue full: sends never wait) is
+// logged once and gets none of the rest of this state; the rounds go on.
+static ent_status stream_pump(coord *c) {
+    stream_job *j = &c->stream;
+    if (j->running && atomic_load(&j->stage) == 2) {
+        pthread_join(j->thread, NULL);
+        j->running = 0;
+        if (j->st != ENT_OK) {
+            stream_job_clear(j);
+            return ent_fail(j->st, "coordinator: the state after %llu rounds for the standby: %s",
+                            (unsigned long long)j->merged, j->err);
+        }
+        j->sending = 1;
+        j->next = 0;
+    }
+    if (!j->sending) return ENT_OK;
+    double t0 = ent_now_seconds();
+    while (j->next < j->count && ent_now_seconds() - t0 < 0.005) {
+        ent_link_buf *m = &j->msgs[j->next];
+        if (ent_link_send(c->standby, NULL, m->data, m->len) != ENT_OK) {
+            if (!c->standby_failing)
+                ent_log_warn("coordinator: the standby at %s does not take the state after round "
+                             "%llu: %s (the rounds go on; it gets the next one when it can)",
+                             ent_link_address(c->standby), (unsigned long long)j->merged,
+                             ent_last_error());
+            c->standby_failing = 1;
+            stream_job_clear(j);
+            return ENT_OK;
+        }
+        ent_link_buf_free(m);
+        j->next++;
+        c->standby_beat = ent_now_seconds();
+    }
+    if (j->next < j->count) return ENT_OK;
+    if (c->standby_failing)
+        ent_log_info("coordinator: the standby at %s takes the state again (after round %llu)",
+                     ent_link_address(c->standby), (unsigned long long)j->merged);
+    c->standby_failing = 0;
+    stream_job_clear(j);
+    return ENT_OK;
+}
+
+// Serving until the stream's state before is sent (STATE vectors never
+// interleave: the standby would drop both).
+static ent_status stream_wait(coord *c, uint64_t merged) {
+    while (c->stream.running || c->stream.sending) ENT_CHECK(serve_merged(c, merged));
+    return ENT_OK;
+}
+
+// A primary: the state after `merged` rounds to the standby. The text
+// (roster and ledger) is made here; the copy of the state and its encoding
+// run on the stream's thread, and the main loop sends the messages between
+// its reads (stream_pump), after the state before.
 static ent_status stream_state(coord *c, uint64_t merged) {
     if (c->standby == NULL) return ENT_OK;
+    ENT_CHECK(stream_wait(c, merged));
+    double t0 = ent_now_seconds();
     int *order = calloc((size_t)c->nsites + 1, sizeof *order);
     char *ledger = order ? ledger_text(c, merged, order) : NULL;
     cJSON *root = cJSON_CreateObject(), *roster = cJSON_CreateArray();
@@ -1527,37 +1815,25 @@ static ent_status stream_state(coord *c, uint64_t merged) {
     free(ledger);
     free(order);
     if (text == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the standby's state");
-    size_t len = strlen(text), words = len / 4 + 1, total = 3 * c->n + words;
-    float *buf = calloc(total, sizeof(float));
-    ent_status st = buf ? ENT_OK : ent_fail(ENT_ERR_NOMEM, "out of memory for the standby's state");
-    coal_vec v = {0};
-    if (st == ENT_OK) {
-        memcpy(buf, c->anchor, sizeof(float) * c->n);
-        memcpy(buf + c->n, c->momentum, sizeof(float) * c->n);
-        memcpy(buf + 2 * c->n, c->resid, sizeof(float) * c->n);
-        memcpy(buf + 3 * c->n, text, len);
-        st = coal_vec_encode(&v, ENT_LINK_CODEC_F32, NULL, buf, NULL, total, c->chunk_bytes);
+    stream_job *j = &c->stream;
+    j->merged = merged;
+    j->anchor_hash = c->hist[merged];
+    j->tokens = c->tokens_total;
+    j->n = c->n;
+    j->chunk_bytes = c->chunk_bytes;
+    j->anchor = c->anchor;
+    j->momentum = c->momentum;
+    j->resid = c->resid;
+    j->text = text;
+    j->st = ENT_OK;
+    atomic_store(&j->stage, 0);
+    if (pthread_create(&j->thread, NULL, stream_work, j) != 0) {
+        stream_job_clear(j);
+        return ent_fail(ENT_ERR_NOMEM, "coordinator: cannot start the thread that encodes the "
+                        "state after %llu rounds for the standby", (unsigned long long)merged);
     }
-    free(buf);
-    free(text);
-    ENT_CHECK(st);
-    v.anchor_hash = c->hist[merged];
-    v.tokens = c->tokens_total;
-    if (coal_vec_send(c->standby, NULL, ENT_LINK_STATE, 0, merged, &v) != ENT_OK) {
-        if (!c->standby_failing)
-            ent_log_warn("coordinator: the standby at %s does not take the state after round "
-                         "%llu: %s (the rounds go on; it gets the next one when it can)",
-                         ent_link_address(c->standby), (unsigned long long)merged,
-                         ent_last_error());
-        c->standby_failing = 1;
-    } else {
-        if (c->standby_failing)
-            ent_log_info("coordinator: the standby at %s takes the state again (after round "
-                         "%llu)", ent_link_address(c->standby), (unsigned long long)merged);
-        c->standby_failing = 0;
-        c->standby_beat = ent_now_seconds();
-    }
-    coal_vec_free(&v);
+    j->running = 1;
+    heard_all(c, t0);
     return ENT_OK;
 }
 
@@ -1867,6 +2143,7 @@ static ent_status coord_setup(coord *c) {
             ent_log_warn("coordinator: ENTENTE_FAULT_MERGE_S=%s: every merge lasts at least "
                          "%g s on purpose (a test hook)", fault, c->fault_merge_s);
     }
+    ENT_CHECK(save_setup(c));
     ENT_CHECK(coal_alloc_floats(&c->ck_mom, c->table->total, "the checkpoint's momentum"));
     ENT_CHECK(coal_alloc_floats(&c->ck_resid, c->table->total, "the checkpoint's residual"));
     coal_arena_to_global(&c->lay, 0, ent_model_arena(c->model, ENT_ARENA_PARAMS), c->anchor);
@@ -1929,6 +2206,13 @@ static ent_status coord_setup(coord *c) {
 }
 
 static void coord_free(coord *c) {
+    // a save in flight is finished (a checkpoint of an earlier round), the
+    // stream's encoding ends; its messages are dropped
+    if (c->save.running) pthread_join(c->save.thread, NULL);
+    save_job_clear(&c->save);
+    if (c->stream.running) pthread_join(c->stream.thread, NULL);
+    stream_job_clear(&c->stream);
+    free(c->ck_params);
     ent_link_close(&c->standby);
     coal_vec_free(&c->st_in);
     coal_vec_free(&c->st_done);
@@ -2004,6 +2288,7 @@ static ent_status run(coord *c) {
     if (c->resumed) ENT_CHECK(await_rejoins(c));
     else ENT_CHECK(start_rounds(c));
     if (!c->resumed) ENT_CHECK(stream_state(c, 0));
+    c->poll_last = ent_now_seconds(); // the longest pause is counted from here
     for (; c->round < c->rounds; c->round++) {
         while (!round_complete(c)) {
             ENT_CHECK(poll_once(c, 200));
@@ -2016,17 +2301,11 @@ static ent_status run(coord *c) {
             }
         }
         ENT_CHECK(merge_round(c));
-        double busy = ent_now_seconds();
+        // both go on on threads of their own while the main loop serves
         ENT_CHECK(stream_state(c, c->round + 1));
         if (cfg->ckpt_every > 0 && (c->round + 1) % (uint64_t)cfg->ckpt_every == 0 &&
-            c->round + 1 < c->rounds) {
-            uint64_t r = c->round;
-            c->round = r + 1; // the rounds merged
-            ent_status st = save(c);
-            c->round = r;
-            ENT_CHECK(st);
-        }
-        heard_all(c, busy);
+            c->round + 1 < c->rounds)
+            ENT_CHECK(save_start(c, c->round + 1));
     }
     return finish(c);
 }
@@ -2069,6 +2348,7 @@ static ent_status start_rounds(coord *c) {
 // The last round is merged: every site says it is done, the anchor is saved.
 static ent_status finish(coord *c) {
     const ent_config *cfg = c->cfg;
+    ENT_CHECK(stream_wait(c, c->rounds)); // the last state goes out before the LEAVE
     // the standby stops: there is nothing left to take over
     char done[64];
     snprintf(done, sizeof done, "the coalition's %llu rounds are merged",
@@ -2087,11 +2367,16 @@ static ent_status finish(coord *c) {
         }
         ENT_CHECK(poll_once(c, 200));
     }
-    ENT_CHECK(save(c));
+    // the last checkpoint, written before the coordinator ends
+    ENT_CHECK(save_start(c, c->rounds));
+    ENT_CHECK(save_wait(c, c->rounds));
     coal_hash_hex(c->hist[c->rounds], hash);
+    ent_log_info("coordinator: the main loop went at most %.3f s without reading its socket",
+                 c->pause_max);
     ent_json_field end[] = {ENT_JSTR("event", "end"), ENT_JINT("rounds", c->rounds),
                             ENT_JINT("tokens_total", c->tokens_total),
                             ENT_JSTR("anchor_hash", hash),
+                            ENT_JNUM("longest_pause_s", c->pause_max),
                             ENT_JNUM("elapsed_s", ent_now_seconds() - c->t_start)};
     ENT_CHECK(record(c, end, (int)(sizeof end / sizeof end[0])));
     ent_log_info("coordinator: done: %llu rounds, %llu tokens merged in %.1f s; anchor %s",
