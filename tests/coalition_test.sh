@@ -812,7 +812,7 @@ case_tokens() {
     [ "$FAILED" = 0 ] || return
     local cm=$W/run/coordinator/metrics.jsonl r per_step
     per_step=$(($(sed -n 's/^batch_size = //p' "$W/co.ini") * $(sed -n 's/^context = //p' "$W/co.ini")))
-    grep -q "\"event\":\"joined\",\"site\":\"c\",.*\"tokens_per_step\":$per_step}" "$cm" ||
+    grep -q "\"event\":\"joined\",\"site\":\"c\",.*\"tokens_per_step\":$per_step," "$cm" ||
         fail "c's joined record does not give its $per_step tokens per step: $(grep '"joined","site":"c"' "$cm")"
     for r in 1 2 3; do
         grep -q "\"event\":\"rejected\",\"site\":\"c\",\"round\":$r,\"reason\":\"$((12 * per_step)) tokens: 12 inner steps of $per_step tokens, over the 6 planned for round $r\",\"kind\":\"tokens\"" "$cm" ||
@@ -915,6 +915,13 @@ case_join() {
     [ "$FAILED" = 0 ] || return
     grep -q "site 'x' joined as site 3 .*merged from round $first" "$W/run/coordinator.log" ||
         fail "the coordinator's log does not say x joined for round $first"
+    # its first round also spans what was left of the others' round (at
+    # most round_seconds = 0.3 more): the joined record says how much
+    local extra
+    extra=$(sed -n 's/.*"event":"joined","site":"x",.*"first_round_extra_s":\([0-9.e+-]*\)}.*/\1/p' "$cm")
+    [ -n "$extra" ] && awk -v e="$extra" 'BEGIN { exit !(e >= 0 && e <= 0.3) }' ||
+        fail "site x's joined record gives no first-round extra in [0, 0.3] s: $(grep '"joined","site":"x"' "$cm")"
+    echo "site x joined with $extra s added to its first round"
     # not merged before its first round, merged in it and after
     [ -z "$(tokens_of "$cm" $((first - 1)) x)" ] || fail "site x was merged in round $((first - 1)), before its first round"
     local r
@@ -1368,7 +1375,8 @@ case_failover2() {
         { fail "keygen standby2 failed: $(cat "$W/keygen2.out")"; return; }
     local R=40
     write_coalition "$W/co.ini" 2 $R
-    sed -i 's/^inner_steps = 6/inner_steps = 1000\nround_seconds = 0.3/' "$W/co.ini"
+    # paced rounds; no norm screen (see case_failover)
+    sed -i 's/^inner_steps = 6/inner_steps = 1000\nround_seconds = 0.3\nmax_norm_ratio = 0/' "$W/co.ini"
     mkdir -p "$W/run"
     # the chain from its end: standby 2 takes state only from standby 1's key
     start_coordinator "$W/run/standby2" --standby --set "coalition.key=$W/keys/standby2.key" \

@@ -82,6 +82,9 @@ typedef struct {
     int hb_have; // a heartbeat came before
     int replanned; // round 0 planned again from a measured speed
     double steps_per_s;
+    // a joiner's first round, with overlap and round_seconds, also spans what
+    // is left of the round the others train when it joins (planned_seconds)
+    double stretch_s;
     // the ledger: the site's HEARTBEAT right after a delta reports its round
     // (inner steps, and compute seconds as tokens / tokens_per_s)
     coal_ledger_site led;
@@ -187,6 +190,9 @@ typedef struct {
     ent_ckpt_saver_t *saver;
     char ckpt_dir[ENT_PATH_MAX];
     double t_start;
+    // when the sites began the round they train now: with overlap, as the
+    // deltas of the round before were in, at its merge's start (0: unknown)
+    double round_began;
     // a coordinator that continues a coalition (restarted from its
     // checkpoint, or a standby that took over): it holds the state after
     // resume_round rounds, merges that round empty once `await` of the
@@ -365,7 +371,8 @@ static ent_status send_plan(coord *c, csite *s, uint64_t round) {
     int k = (int)(round % PLAN_SLOTS);
     uint32_t steps = (uint32_t)c->cfg->coal_inner_steps;
     if (c->cfg->coal_round_seconds > 0 && s->steps_per_s > 0) {
-        double h = floor(c->cfg->coal_round_seconds * s->steps_per_s + 0.5);
+        double secs = c->cfg->coal_round_seconds + (round == s->first_round ? s->stretch_s : 0);
+        double h = floor(secs * s->steps_per_s + 0.5);
         steps = h < 1 ? 1 : h > steps ? steps : (uint32_t)h;
     }
     if (!(s->plan_sent[k] && s->plan_round[k] == round)) s->plan_steps[k] = 0;
@@ -498,6 +505,15 @@ static ent_status on_hello(coord *c, const ent_link_incoming *in) {
     s->joins++;
     s->tokens_per_step = h.tokens_per_step;
     s->may_carry = rejoin; // a site back carries what it trained meanwhile (site.c)
+    // With overlap a joiner starts its first round at once, from the anchor
+    // it gets, while the others still train theirs; its delta is due when
+    // theirs of that round are, so it trains through what is left of the
+    // others' round too, instead of idling that long at the coalition's end
+    s->stretch_s = 0;
+    if (c->started && cfg->coal_overlap && cfg->coal_round_seconds > 0 && c->round_began > 0) {
+        double left = c->round_began + cfg->coal_round_seconds - ent_now_seconds();
+        s->stretch_s = left < 0 ? 0 : left > cfg->coal_round_seconds ? cfg->coal_round_seconds : left;
+    }
     ent_link_welcome w = {.anchor_hash = c->hist[c->round],
                           .inner_steps = (uint32_t)cfg->coal_inner_steps,
                           .round_seconds = cfg->coal_round_seconds,
@@ -522,7 +538,8 @@ static ent_status on_hello(coord *c, const ent_link_incoming *in) {
                             ENT_JINT("sites_in", n), ENT_JNUM("anchor_s", ent_now_seconds() - t0),
                             ENT_JNUM("elapsed_s", ent_now_seconds() - c->t_start),
                             ENT_JSTR("time", rejoin ? now : s->led.first_time),
-                            ENT_JINT("tokens_per_step", h.tokens_per_step)};
+                            ENT_JINT("tokens_per_step", h.tokens_per_step),
+                            ENT_JNUM("first_round_extra_s", s->stretch_s)};
     return record(c, rec, (int)(sizeof rec / sizeof rec[0]));
 }
 
@@ -1359,6 +1376,7 @@ static ent_status merge_round(coord *c) {
     ENT_CHECK(merge_job_new(c, &job));
     pthread_t worker;
     c->merging = 1;
+    c->round_began = ent_now_seconds(); // the sites train the next round (overlap)
     // the merge moves the outer momentum and the residual: the save and the
     // standby's stream of the state before must have copied them (at once,
     // but for a model far larger than the time the round took)
@@ -2334,6 +2352,7 @@ static ent_status start_rounds(coord *c) {
     // rounds 0 and 1 are planned before any speed is known, unless a fixed
     // number of inner steps needs no measure; later rounds at each merge
     c->started = 1;
+    c->round_began = ent_now_seconds();
     for (int i = 0; i < c->nsites; i++) {
         csite *s = &c->sites[i];
         if (!active(s)) continue;
