@@ -82,9 +82,9 @@ typedef struct {
     int hb_have; // a heartbeat came before
     int replanned; // round 0 planned again from a measured speed
     double steps_per_s;
-    // a joiner's first round, with overlap and round_seconds, also spans what
-    // is left of the round the others train when it joins (planned_seconds)
-    double stretch_s;
+    // a joiner's first round, with overlap and round_seconds: the seconds
+    // until the others' deltas of that round are due (0: round_seconds)
+    double first_round_s;
     // the ledger: the site's HEARTBEAT right after a delta reports its round
     // (inner steps, and compute seconds as tokens / tokens_per_s)
     coal_ledger_site led;
@@ -371,7 +371,8 @@ static ent_status send_plan(coord *c, csite *s, uint64_t round) {
     int k = (int)(round % PLAN_SLOTS);
     uint32_t steps = (uint32_t)c->cfg->coal_inner_steps;
     if (c->cfg->coal_round_seconds > 0 && s->steps_per_s > 0) {
-        double secs = c->cfg->coal_round_seconds + (round == s->first_round ? s->stretch_s : 0);
+        double secs = round == s->first_round && s->first_round_s > 0 ? s->first_round_s
+                                                                      : c->cfg->coal_round_seconds;
         double h = floor(secs * s->steps_per_s + 0.5);
         steps = h < 1 ? 1 : h > steps ? steps : (uint32_t)h;
     }
@@ -506,13 +507,18 @@ static ent_status on_hello(coord *c, const ent_link_incoming *in) {
     s->tokens_per_step = h.tokens_per_step;
     s->may_carry = rejoin; // a site back carries what it trained meanwhile (site.c)
     // With overlap a joiner starts its first round at once, from the anchor
-    // it gets, while the others still train theirs; its delta is due when
-    // theirs of that round are, so it trains through what is left of the
-    // others' round too, instead of idling that long at the coalition's end
-    s->stretch_s = 0;
-    if (c->started && cfg->coal_overlap && cfg->coal_round_seconds > 0 && c->round_began > 0) {
-        double left = c->round_began + cfg->coal_round_seconds - ent_now_seconds();
-        s->stretch_s = left < 0 ? 0 : left > cfg->coal_round_seconds ? cfg->coal_round_seconds : left;
+    // it gets, while the others are in round T (T = the round being
+    // collected, or the next one while a merge computes), begun at
+    // round_began; its delta is due when theirs of round `first` are, at
+    // round_began + (first - T + 1) x round_seconds. Planned that long, it
+    // trains through the time to then instead of sending early, running a
+    // round ahead of the others and idling that long at the last merge.
+    s->first_round_s = 0;
+    double rs = cfg->coal_round_seconds;
+    if (c->started && cfg->coal_overlap && rs > 0 && c->round_began > 0) {
+        uint64_t T = c->round + (c->merging ? 1 : 0);
+        double due = c->round_began + (double)(first - T + 1) * rs - ent_now_seconds();
+        s->first_round_s = due < 1e-3 ? 1e-3 : due > 2 * rs ? 2 * rs : due;
     }
     ent_link_welcome w = {.anchor_hash = c->hist[c->round],
                           .inner_steps = (uint32_t)cfg->coal_inner_steps,
@@ -539,7 +545,8 @@ static ent_status on_hello(coord *c, const ent_link_incoming *in) {
                             ENT_JNUM("elapsed_s", ent_now_seconds() - c->t_start),
                             ENT_JSTR("time", rejoin ? now : s->led.first_time),
                             ENT_JINT("tokens_per_step", h.tokens_per_step),
-                            ENT_JNUM("first_round_extra_s", s->stretch_s)};
+                            ENT_JNUM("first_round_s", s->first_round_s > 0 ? s->first_round_s
+                                                                          : cfg->coal_round_seconds)};
     return record(c, rec, (int)(sizeof rec / sizeof rec[0]));
 }
 
@@ -811,6 +818,10 @@ static ent_status poll_once(coord *c, int ms) {
     ENT_CHECK(save_reap(c));
     ENT_CHECK(stream_pump(c));
     if (c->stream.sending) ms = 0; // more of the state to send: back soon
+    // the state being encoded goes out as soon as it is ready: a primary
+    // that dies before its standby has the state after a merge costs the
+    // coalition that merge (the standby takes over one round earlier)
+    else if (c->stream.running && ms > 1) ms = 1;
     ent_link_incoming in;
     int got = 0;
     ENT_CHECK(ent_link_recv(c->ep, ms, &in, &got));
@@ -989,7 +1000,15 @@ static ent_status save_wait(coord *c, uint64_t merged) {
 // The checkpoint of the state after `merged` rounds (anchor_round_NNNNNNNN.h5)
 // starts on its thread, once the one before is written.
 static ent_status save_start(coord *c, uint64_t merged) {
-    ENT_CHECK(save_wait(c, merged));
+    // the ledger as of this merge: what the main loop records while it waits
+    // for the save before belongs to the rounds after it
+    char *ledger = ledger_text(c, merged, NULL);
+    if (ledger == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the ledger");
+    ent_status waited = save_wait(c, merged);
+    if (waited != ENT_OK) {
+        free(ledger);
+        return waited;
+    }
     double t0 = ent_now_seconds();
     save_job *j = &c->save;
     j->round = merged;
@@ -1005,8 +1024,7 @@ static ent_status save_start(coord *c, uint64_t merged) {
     j->res = c->ck_resid;
     j->st = ENT_OK;
     j->err[0] = '\0';
-    j->ledger = ledger_text(c, merged, NULL);
-    if (j->ledger == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the ledger");
+    j->ledger = ledger;
     ent_run_state rs = {.sequences = 1, .world = 1, .dp = 1, .tp = 1};
     ent_status st = ent_run_attrs_build(&j->ra, c->cfg, &rs);
     atomic_store(&j->stage, 0);
@@ -1805,7 +1823,8 @@ static ent_status stream_wait(coord *c, uint64_t merged) {
 // its reads (stream_pump), after the state before.
 static ent_status stream_state(coord *c, uint64_t merged) {
     if (c->standby == NULL) return ENT_OK;
-    ENT_CHECK(stream_wait(c, merged));
+    // the roster and ledger as of this merge, before waiting for the state
+    // before to go out (the main loop records more meanwhile)
     double t0 = ent_now_seconds();
     int *order = calloc((size_t)c->nsites + 1, sizeof *order);
     char *ledger = order ? ledger_text(c, merged, order) : NULL;
@@ -1833,6 +1852,13 @@ static ent_status stream_state(coord *c, uint64_t merged) {
     free(ledger);
     free(order);
     if (text == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the standby's state");
+    double text_s = ent_now_seconds() - t0; // busy: no message read
+    ent_status waited = stream_wait(c, merged);
+    if (waited != ENT_OK) {
+        free(text);
+        return waited;
+    }
+    t0 = ent_now_seconds() - text_s;
     stream_job *j = &c->stream;
     j->merged = merged;
     j->anchor_hash = c->hist[merged];
@@ -2226,7 +2252,16 @@ static ent_status coord_setup(coord *c) {
 static void coord_free(coord *c) {
     // a save in flight is finished (a checkpoint of an earlier round), the
     // stream's encoding ends; its messages are dropped
-    if (c->save.running) pthread_join(c->save.thread, NULL);
+    if (c->save.running) {
+        pthread_join(c->save.thread, NULL);
+        if (c->save.st == ENT_OK)
+            ent_log_info("coordinator: saved the anchor after %llu rounds: %s/%s",
+                         (unsigned long long)c->save.round, c->ckpt_dir, c->save.name);
+        else
+            ent_log_warn("coordinator: the checkpoint after %llu rounds (%s/%s) was not saved: %s",
+                         (unsigned long long)c->save.round, c->ckpt_dir, c->save.name,
+                         c->save.err);
+    }
     save_job_clear(&c->save);
     if (c->stream.running) pthread_join(c->stream.thread, NULL);
     stream_job_clear(&c->stream);

@@ -472,6 +472,7 @@ static ent_status join(site *s) {
         ent_link_close(&s->ep);
         s->cut_why[0] = '\0';
         s->cut_code = 0;
+        s->cut_closed = 0;
         s->state = LINK_OFFLINE;
         coal_vec_free(&s->update);
         s->update_started = 0;
@@ -690,7 +691,8 @@ static void pace_step(const site *s, ent_step_stats *last) {
                              .tv_nsec = (long)((rest - (double)(time_t)rest) * 1e9)};
     while (nanosleep(&pause, &pause) != 0 && errno == EINTR) {
     }
-    last->tokens_per_s *= last->seconds / s->step_floor;
+    last->tokens_per_s = last->seconds > 0 ? last->tokens_per_s * last->seconds / s->step_floor
+                                           : 0;
     last->seconds = s->step_floor;
 }
 
