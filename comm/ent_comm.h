@@ -446,6 +446,9 @@ typedef struct {
     int send_timeout_ms;  // a send not queued within this fails (default 10000; -1: wait)
     int linger_ms;        // how long closing waits for queued messages to leave (default 2000)
     int reply_errors;     // ROUTER: answer a dropped message with an ERROR (default 1)
+    // messages queued for a peer before a send waits, or fails (ZMQ_SNDHWM;
+    // 0, the default: ZeroMQ's own, 1000)
+    int send_queue;
     // CURVE (CurveZMQ: authentication and encryption). NULL `curve`: plaintext.
     // ROUTER: curve is the coordinator's own key pair, and only the clients
     // whose public keys are in `allow` (nallow of them) get through the
@@ -506,6 +509,10 @@ const char *ent_link_address(const ent_link_endpoint_t *ep);
 // ROUTER sends to `to` (a peer it received from); a DEALER passes NULL.
 ent_status ent_link_send(ent_link_endpoint_t *ep, const ent_link_peer *to, const void *msg,
                          size_t len);
+// 1 when the last ent_link_send on ep failed because the message found no
+// room within the send timeout (the peer's queue full, or no connection
+// yet): nothing of it was queued, and the same send may be tried again.
+int ent_link_send_was_full(const ent_link_endpoint_t *ep);
 // Waits up to timeout_ms (-1: no limit, 0: only what is there) for one
 // message that passes ent_link_decode_header; *got = 1 when *in holds one,
 // 0 when the time ran out or a signal interrupted the wait. Messages that

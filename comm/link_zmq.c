@@ -58,6 +58,7 @@ struct ent_link_endpoint {
     uint64_t refusals_unlogged;
     void *monitor;          // PAIR receiving the socket's handshake and disconnect events
     char handshake_error[256]; // a DEALER's last failed handshake ("" if none)
+    int send_full; // the last send found no room (EAGAIN within its timeout): a retry may do
     int closed[64];         // connections closed, not yet taken (ent_link_take_disconnects)
     int nclosed;
 };
@@ -430,6 +431,8 @@ static ent_status endpoint_open(const char *endpoint, const ent_link_opts *opts,
     ENT_ZMQ_CHECK_GOTO(zmq_setsockopt(ep->sock, ZMQ_LINGER, &o.linger_ms, sizeof(int)), fail);
     ENT_ZMQ_CHECK_GOTO(zmq_setsockopt(ep->sock, ZMQ_SNDTIMEO, &o.send_timeout_ms, sizeof(int)),
                        fail);
+    if (o.send_queue > 0)
+        ENT_ZMQ_CHECK_GOTO(zmq_setsockopt(ep->sock, ZMQ_SNDHWM, &o.send_queue, sizeof(int)), fail);
     // dead links across a WAN or a NAT show up instead of hanging
     ENT_ZMQ_CHECK_GOTO(zmq_setsockopt(ep->sock, ZMQ_TCP_KEEPALIVE, &one, sizeof one), fail);
     if (ep->is_router)
@@ -511,8 +514,12 @@ static const char *dest_name(const ent_link_endpoint_t *ep, const ent_link_peer 
 // One frame; more: another follows.
 static ent_status send_frame(ent_link_endpoint_t *ep, const ent_link_peer *to, const void *p,
                              size_t n, int more, int flags) {
-    if (zmq_send(ep->sock, p, n, (more ? ZMQ_SNDMORE : 0) | flags) >= 0) return ENT_OK;
+    if (zmq_send(ep->sock, p, n, (more ? ZMQ_SNDMORE : 0) | flags) >= 0) {
+        ep->send_full = 0;
+        return ENT_OK;
+    }
     int e = zmq_errno();
+    ep->send_full = e == EAGAIN;
     if (e == EAGAIN && ep->is_router)
         return ent_fail(ENT_ERR_IO, "link: sending to %s: its queue stayed full for %d ms",
                         dest_name(ep, to), ep->opts.send_timeout_ms);
@@ -542,6 +549,8 @@ static ent_status send_message(ent_link_endpoint_t *ep, const ent_link_peer *to,
     ep->stats.bytes_sent += len;
     return ENT_OK;
 }
+
+int ent_link_send_was_full(const ent_link_endpoint_t *ep) { return ep != NULL && ep->send_full; }
 
 ent_status ent_link_send(ent_link_endpoint_t *ep, const ent_link_peer *to, const void *msg,
                          size_t len) {

@@ -1254,11 +1254,15 @@ case_failover() {
     sed -i 's/^inner_steps = 6/inner_steps = 1000\nround_seconds = 0.3\nmax_norm_ratio = 0/' "$W/co.ini"
     mkdir -p "$W/run"
     # the standby first: its own key; it takes state only from the primary's key
-    start_coordinator "$W/run/standby" --standby --set "coalition.key=$W/keys/standby.key" \
+    ENTENTE_FAULT_CHUNK_BYTES=1024 start_coordinator "$W/run/standby" --standby --set "coalition.key=$W/keys/standby.key" \
         --set "coalition.primary_key=$W/keys/coordinator.pub"
     local ps=$CPID eps=$EP
-    # the primary streams to it (and checkpoints every round, for the split-brain check)
-    start_coordinator "$W/run/coordinator" --set "coalition.standby=$eps" \
+    # the primary streams to it (and checkpoints every round, for the split-brain check),
+    # in chunks of 1 KiB (108 messages a state; the standby expects the same)
+    # with room for 8 messages in the link's queue: each state meets a full
+    # queue, as a large model's does (1000 messages of 4 MiB), and goes out
+    # over several polls as the standby takes it
+    ENTENTE_FAULT_CHUNK_BYTES=1024 ENTENTE_FAULT_STANDBY_QUEUE=8 start_coordinator "$W/run/coordinator" --set "coalition.standby=$eps" \
         --set "coalition.standby_key=$W/keys/standby.pub" --set checkpoint.every=1
     local pp=$CPID epp=$EP port=${EP##*:}
     # sites know both endpoints, each with its key
@@ -1273,6 +1277,8 @@ case_failover() {
     wait_for_line "$pm" "\"event\":\"round\",\"round\":$k," 120 || { fail "the primary did not merge round $k"; return; }
     grep -q "standby: the primary's state is streaming in" "$W/run/standby.log" ||
         fail "the standby's log does not say the primary's state streams in"
+    grep -q "takes the state after round [0-9]* slowly" "$W/run/coordinator.log" ||
+        fail "the primary's log does not say that the standby took a state slowly (its queue full)"
     sleep "$pause"
     CPID=$pp
     kill_coordinator || return

@@ -137,6 +137,8 @@ typedef struct {
     char *text;
     ent_link_buf *msgs;
     uint32_t count, next;
+    int slow;         // a send found the standby's queue full: it is tried again at the next poll
+    uint64_t skipped; // states not streamed while this one was on its way (a slow standby)
     ent_status st;
     char err[1024];
 } stream_job;
@@ -205,6 +207,7 @@ typedef struct {
     ent_link_endpoint_t *standby;
     double standby_beat;  // when it last sent the standby anything
     int standby_failing;  // a send to the standby failed (logged once until one succeeds)
+    int standby_slow;     // the standby took a state slowly (logged once)
     int superseded;       // the standby answered that it has taken over
     // a standby (--standby): the primary's connection, and its state as it
     // streams in (st_in) and the last one whole (st_done, after st_round rounds)
@@ -817,7 +820,8 @@ static ent_status poll_once(coord *c, int ms) {
     ENT_CHECK(standby_poll(c));
     ENT_CHECK(save_reap(c));
     ENT_CHECK(stream_pump(c));
-    if (c->stream.sending) ms = 0; // more of the state to send: back soon
+    if (c->stream.sending && !c->stream.slow) ms = 0; // more of the state to send: back soon
+    else if (c->stream.sending && ms > 10) ms = 10; // a slow standby: try again soon
     // the state being encoded goes out as soon as it is ready: a primary
     // that dies before its standby has the state after a merge costs the
     // coalition that merge (the standby takes over one round earlier)
@@ -1762,6 +1766,8 @@ static void stream_job_clear(stream_job *j) {
     j->msgs = NULL;
     j->count = j->next = 0;
     j->sending = 0;
+    j->slow = 0;
+    j->skipped = 0;
     free(j->text);
     j->text = NULL;
 }
@@ -1788,6 +1794,20 @@ static ent_status stream_pump(coord *c) {
     while (j->next < j->count && ent_now_seconds() - t0 < 0.005) {
         ent_link_buf *m = &j->msgs[j->next];
         if (ent_link_send(c->standby, NULL, m->data, m->len) != ENT_OK) {
+            if (ent_link_send_was_full(c->standby)) {
+                // the standby (or the link to it) takes the state slower than
+                // it is made: the rest goes at the next polls, and the states
+                // of merges meanwhile are skipped (stream_state)
+                if (!j->slow && !c->standby_slow)
+                    ent_log_info("coordinator: the standby at %s takes the state after round "
+                                 "%llu slowly (%u of %u messages queued); the rest follows as "
+                                 "it takes them, and states made meanwhile are skipped (said "
+                                 "once)", ent_link_address(c->standby),
+                                 (unsigned long long)j->merged, j->next, j->count);
+                j->slow = 1;
+                c->standby_slow = 1;
+                return ENT_OK;
+            }
             if (!c->standby_failing)
                 ent_log_warn("coordinator: the standby at %s does not take the state after round "
                              "%llu: %s (the rounds go on; it gets the next one when it can)",
@@ -1802,6 +1822,10 @@ static ent_status stream_pump(coord *c) {
         c->standby_beat = ent_now_seconds();
     }
     if (j->next < j->count) return ENT_OK;
+    if (j->skipped)
+        ent_log_info("coordinator: the standby at %s has the state after round %llu (%llu "
+                     "later state(s) skipped while it was on its way)", ent_link_address(c->standby),
+                     (unsigned long long)j->merged, (unsigned long long)j->skipped);
     if (c->standby_failing)
         ent_log_info("coordinator: the standby at %s takes the state again (after round %llu)",
                      ent_link_address(c->standby), (unsigned long long)j->merged);
@@ -1812,8 +1836,11 @@ static ent_status stream_pump(coord *c) {
 
 // Serving until the stream's state before is sent (STATE vectors never
 // interleave: the standby would drop both).
+// It returns early when the standby takes it slowly (its queue is full):
+// stream.sending then still says so.
 static ent_status stream_wait(coord *c, uint64_t merged) {
-    while (c->stream.running || c->stream.sending) ENT_CHECK(serve_merged(c, merged));
+    while (c->stream.running || (c->stream.sending && !c->stream.slow))
+        ENT_CHECK(serve_merged(c, merged));
     return ENT_OK;
 }
 
@@ -1860,6 +1887,13 @@ static ent_status stream_state(coord *c, uint64_t merged) {
     }
     t0 = ent_now_seconds() - text_s;
     stream_job *j = &c->stream;
+    if (j->sending) {
+        // a slow standby still takes the state before: never queue more
+        // behind it (the rounds would wait, or the queue grow without bound)
+        j->skipped++;
+        free(text);
+        return ENT_OK;
+    }
     j->merged = merged;
     j->anchor_hash = c->hist[merged];
     j->tokens = c->tokens_total;
@@ -2158,6 +2192,20 @@ static ent_status coord_setup(coord *c) {
                                .momentum = (float)cfg->coal_outer_momentum};
     c->rounds = (uint64_t)cfg->coal_rounds;
     c->chunk_bytes = 4u << 20;
+    // A test hook: ENTENTE_FAULT_CHUNK_BYTES = B cuts every vector (anchor,
+    // updates, the standby's state) into chunks of B bytes, so that a small
+    // model's state takes more messages than a queue holds
+    const char *chunk = getenv("ENTENTE_FAULT_CHUNK_BYTES");
+    if (chunk != NULL && chunk[0] != '\0') {
+        char *end = NULL;
+        unsigned long b = strtoul(chunk, &end, 10);
+        if (end == chunk || *end != '\0' || b < 256 || b > c->chunk_bytes)
+            return ent_fail(ENT_ERR_USAGE, "ENTENTE_FAULT_CHUNK_BYTES=%s: give bytes in [256, %u]",
+                            chunk, c->chunk_bytes);
+        c->chunk_bytes = (uint32_t)b;
+        ent_log_warn("coordinator: ENTENTE_FAULT_CHUNK_BYTES=%s: vectors go in chunks of %lu "
+                     "bytes (a test hook)", chunk, b);
+    }
     c->cap = cfg->coal_max_sites > cfg->coal_sites ? cfg->coal_max_sites : cfg->coal_sites;
     c->sites = calloc((size_t)c->cap, sizeof *c->sites);
     c->hist = calloc(c->rounds + 1, sizeof *c->hist);
@@ -2236,6 +2284,20 @@ static ent_status coord_setup(coord *c) {
         // it is there, and streams once it has taken over
         ent_link_opts so = ent_link_opts_default();
         so.send_timeout_ms = 0;
+        // A test hook: ENTENTE_FAULT_STANDBY_QUEUE = N messages queued for
+        // the standby at most (ZeroMQ's 1000 by default), so that a small
+        // model's state meets a full queue, as a large one does
+        const char *q = getenv("ENTENTE_FAULT_STANDBY_QUEUE");
+        if (q != NULL && q[0] != '\0') {
+            char *end = NULL;
+            long n = strtol(q, &end, 10);
+            if (end == q || *end != '\0' || n < 1 || n > 1000000)
+                return ent_fail(ENT_ERR_USAGE, "ENTENTE_FAULT_STANDBY_QUEUE=%s: give a number of "
+                                "messages in [1, 1000000]", q);
+            so.send_queue = (int)n;
+            ent_log_warn("coordinator: ENTENTE_FAULT_STANDBY_QUEUE=%s: at most %ld messages queued "
+                         "for the standby (a test hook)", q, n);
+        }
         if (c->lo.curve != NULL) {
             so.curve = c->lo.curve;
             so.server_key = c->keys.standby.public_key;
@@ -2402,7 +2464,15 @@ static ent_status start_rounds(coord *c) {
 // The last round is merged: every site says it is done, the anchor is saved.
 static ent_status finish(coord *c) {
     const ent_config *cfg = c->cfg;
-    ENT_CHECK(stream_wait(c, c->rounds)); // the last state goes out before the LEAVE
+    // the last state goes out before the LEAVE (a slow standby: for up to
+    // coalition.timeout)
+    ENT_CHECK(stream_wait(c, c->rounds));
+    for (double until = ent_now_seconds() + cfg->coal_timeout;
+         c->stream.sending && ent_now_seconds() < until;)
+        ENT_CHECK(serve_merged(c, c->rounds));
+    if (c->stream.sending)
+        ent_log_warn("coordinator: the standby at %s did not take the last state within "
+                     "coalition.timeout = %g s", ent_link_address(c->standby), cfg->coal_timeout);
     // the standby stops: there is nothing left to take over
     char done[64];
     snprintf(done, sizeof done, "the coalition's %llu rounds are merged",
