@@ -960,23 +960,33 @@ none_lost_or_cut() {
     ! grep -q "cut off" "$W"/site-*.log || fail "a site found itself cut off: $(grep -h "cut off" "$W"/site-*.log | head -3)"
 }
 
-case_busy() {
-    local merge_s=6
-    # no norm screen: the joiner's first round runs on through the merge
-    # before its speed is known, and its delta can be many times the others'
-    ENTENTE_FAULT_MERGE_S=$merge_s start_paced 2 4 "lost_after = 4
+# busy_join HOOK SECONDS: two paced sites through 4 rounds (lost_after = 4,
+# no norm screen: a joiner's first round runs on through a slow merge or
+# save before its speed is known, and its delta can be many times the
+# others'), the coordinator slowed by the test hook HOOK=SECONDS; site x (on
+# c's shards) starts a second after round 0 is merged; all three waited for
+busy_join() {
+    export "$1=$2"
+    start_paced 2 4 "lost_after = 4
 max_norm_ratio = 0"
-    local cm=$W/run/coordinator/metrics.jsonl
+    unset "$1"
     cp -r "$W/data-c" "$W/data-x"
-    # round 0 merged, and round 1's merge under way (its deltas take about
-    # 0.3 s to come in; the merge then lasts 6 s)
-    wait_for_line "$cm" '"event":"round","round":0,' 90 || { fail "the coordinator did not merge round 0 within 90 s"; return; }
+    wait_for_line "$W/run/coordinator/metrics.jsonl" '"event":"round","round":0,' 90 ||
+        { fail "the coordinator did not merge round 0 within 90 s"; return 1; }
     sleep 1
     start_site x 0; local px=$SPID
     wait_all a:$PA b:$PB x:$px
-    [ "$FAILED" = 0 ] || return
-    grep -q "ENTENTE_FAULT_MERGE_S=$merge_s" "$W/run/coordinator.log" ||
-        fail "the coordinator does not say that its merges were slowed down"
+    [ "$FAILED" = 0 ] || return 1
+    grep -q "$1=$2" "$W/run/coordinator.log" ||
+        fail "the coordinator does not say that $1=$2 slowed it down on purpose"
+}
+
+case_busy() {
+    local merge_s=6
+    # x comes while round 1's merge is under way (its deltas take about
+    # 0.3 s to come in; the merge then lasts 6 s)
+    busy_join ENTENTE_FAULT_MERGE_S "$merge_s" || return
+    local cm=$W/run/coordinator/metrics.jsonl
     # the joined record came while a merge ran: between the start of a
     # round's merge (its record's time less merge_s, a later time than the
     # merge's real start) and its record
@@ -1012,18 +1022,9 @@ max_norm_ratio = 0"
 case_busy_save() {
     local save_s=6
     CO_ARGS=(--set checkpoint.every=1)
-    ENTENTE_FAULT_SAVE_S=$save_s start_paced 2 4 "lost_after = 4
-max_norm_ratio = 0"
+    # x comes while the save of the state after round 0 is written (6 s)
+    busy_join ENTENTE_FAULT_SAVE_S "$save_s" || return
     local cm=$W/run/coordinator/metrics.jsonl ck=$W/run/coordinator/checkpoints
-    cp -r "$W/data-c" "$W/data-x"
-    # round 0 merged: the save of the state after it is being written (6 s)
-    wait_for_line "$cm" '"event":"round","round":0,' 90 || { fail "the coordinator did not merge round 0 within 90 s"; return; }
-    sleep 1
-    start_site x 0; local px=$SPID
-    wait_all a:$PA b:$PB x:$px
-    [ "$FAILED" = 0 ] || return
-    grep -q "ENTENTE_FAULT_SAVE_S=$save_s" "$W/run/coordinator.log" ||
-        fail "the coordinator does not say that its saves were slowed down"
     # x's joined record came while a save was written: between the save's
     # start (its record's time less write_s) and its end
     local joined during
