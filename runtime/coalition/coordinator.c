@@ -63,6 +63,10 @@ typedef struct {
     int joins;            // times it joined (2 and more: it came back)
     int left;    // said LEAVE
     int lost;    // its connection closed, or silent for coalition.lost_after
+    // a continuing coordinator's site that it awaits back (the adopted
+    // roster had it in; after a restart, every site of the ledger): the
+    // state it streams before its empty round says so (stream_state)
+    int awaited;
     uint64_t rejected_round[2]; // a contribution rejected for this round (slot round % 2)
     int rejected[2];
     double last_seen;
@@ -1620,6 +1624,9 @@ static ent_status load_checkpoint(coord *c, const char *path) {
     }
     free(ledger);
     if (st == ENT_OK) {
+        // which sites were in when it was saved the ledger does not say:
+        // any of them may come back
+        for (int i = 0; i < c->nsites; i++) c->sites[i].awaited = 1;
         c->await = c->nsites < c->cfg->coal_sites ? c->nsites : c->cfg->coal_sites;
         ent_log_info("coordinator: resumed from %s: %llu rounds merged, %d site(s) known; "
                      "waiting for them to come back", path, (unsigned long long)round,
@@ -1799,10 +1806,12 @@ static ent_status stream_wait(coord *c, uint64_t merged) {
     return ENT_OK;
 }
 
-// A primary: the state after `merged` rounds to the standby. The text
-// (roster and ledger) is made here; the copy of the state and its encoding
-// run on the stream's thread, and the main loop sends the messages between
-// its reads (stream_pump), after the state before.
+// A coordinator with a standby: the state after `merged` rounds to it,
+// after every merge (and once as a continuing coordinator starts: the state
+// it continues from). The text (roster and ledger) is made here; the copy
+// of the state and its encoding run on the stream's thread, and the main
+// loop sends the messages between its reads (stream_pump), after the state
+// before.
 static ent_status stream_state(coord *c, uint64_t merged) {
     if (c->standby == NULL) return ENT_OK;
     ENT_CHECK(stream_wait(c, merged));
@@ -1822,7 +1831,12 @@ static ent_status stream_state(coord *c, uint64_t merged) {
             if (!ok) break;
             cJSON_AddStringToObject(o, "site", s->name);
             cJSON_AddNumberToObject(o, "id", s->id);
-            cJSON_AddBoolToObject(o, "in", active(s));
+            // the state a continuing coordinator streams at once, before
+            // its empty round (run): the sites it awaits are in, as in the
+            // roster it adopted (they try the next link if it dies), though
+            // none may be back yet
+            int in = active(s) || (c->resumed && merged == c->resume_round && s->awaited);
+            cJSON_AddBoolToObject(o, "in", in);
             cJSON_AddItemToArray(cJSON_GetObjectItem(root, "roster"), o);
         }
         cJSON_AddStringToObject(root, "ledger", ledger);
@@ -1999,7 +2013,8 @@ static ent_status take_over(coord *c, const char *why) {
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(e, "site");
         if (i >= c->nsites || !cJSON_IsString(name) || strcmp(name->valuestring, c->sites[i].name) != 0)
             st = ent_fail(ENT_ERR_INPUT, "the primary's state: its roster and ledger differ");
-        else in += cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "in"));
+        else c->sites[i].awaited = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "in"));
+        if (st == ENT_OK) in += c->sites[i].awaited;
     }
     cJSON_Delete(root);
     free(ids);
@@ -2303,8 +2318,16 @@ static ent_status run(coord *c) {
             return ENT_OK;
         }
     }
-    if (c->resumed) ENT_CHECK(await_rejoins(c));
-    else ENT_CHECK(start_rounds(c));
+    if (c->resumed) {
+        // the state it continues from goes to its standby at once, while it
+        // waits for the sites: a standby that took over (or a restarted
+        // coordinator) that dies before its first merge leaves the next
+        // link that state to take over, not nothing
+        ENT_CHECK(stream_state(c, c->round));
+        ENT_CHECK(await_rejoins(c));
+    } else {
+        ENT_CHECK(start_rounds(c));
+    }
     if (!c->resumed) ENT_CHECK(stream_state(c, 0));
     c->poll_last = ent_now_seconds(); // the longest pause is counted from here
     for (; c->round < c->rounds; c->round++) {
