@@ -2047,7 +2047,8 @@ static ent_status take_over(coord *c, const char *why) {
 // state of its own) but heartbeats every second from its start. Standby 2
 // therefore never sees the first primary, nor its death: it takes over only
 // once it holds a whole state, and it gets one only from a standby 1 that
-// has taken over and merged a round. A streamer gone before any state came
+// has taken over (the state it adopted, streamed at once: run). A streamer
+// gone before any state came
 // from it leaves this standby waiting (for coalition.timeout from then: a
 // streamer restarted on its endpoint may come back).
 static ent_status standby_wait(coord *c, int *finished) {
