@@ -1524,22 +1524,27 @@ case_failover2() {
 
 # The gap at the second link: standby 1 is killed right after it takes
 # over, before its first merge, while it waits for the sites (site b is
-# SIGSTOPped across both kills, so that standby 1 cannot merge meanwhile).
-# Standby 2 must hold the state standby 1 adopted (streamed at its
-# takeover) and take over from it: at standby 1's takeover round, with the
-# primary's last merged anchor bit for bit, awaiting both sites.
+# SIGSTOPped across its whole life, so that it cannot merge meanwhile; site
+# a has rejoined it). Standby 2 must hold the state standby 1 adopted
+# (streamed at its takeover) and take over from it: at standby 1's takeover
+# round, with the primary's last merged anchor bit for bit, awaiting both
+# sites.
 case_failover2_early() {
     need_mpirun
     local seed=${ENT_TEST_SEED:-$RANDOM}
     echo "failover2_early: seed $seed (ENT_TEST_SEED=$seed reproduces it)"
     RANDOM=$seed
     make_site_data
-    local R=24
+    local R=40
     start_chain $R || return
-    local p2=$P2 ep2=$EP2 p1=$P1 pp=$PP all=("${ALL[@]}")
+    local p2=$P2 ep2=$EP2 p1=$P1 pp=$PP epp=$EPP all=("${ALL[@]}")
     start_site a 1 "${all[@]}"; PA=$SPID
-    # b without mpirun: its PID is the training process (stopped below)
-    start_site b 0 "${all[@]}"; PB=$SPID
+    # b without mpirun: its PID is the training process (stopped below). It
+    # lists the primary and standby 2 only: stopped while standby 1 lives, it
+    # would first spend 2 s on standby 1's dead endpoint, training its rounds
+    # alone back to back meanwhile (it might finish them alone)
+    start_site b 0 --set "coalition.coordinator=$epp,$ep2" \
+        --set "coalition.coordinator_key=$W/keys/coordinator.pub,$W/keys/standby2.pub"; PB=$SPID
     local pm=$W/run/coordinator/metrics.jsonl m1=$W/run/standby1/metrics.jsonl
     local m2=$W/run/standby2/metrics.jsonl l1=$W/run/standby1.log l2=$W/run/standby2.log
     # the primary is killed after a seeded round K (3..6), b stopped just before
@@ -1560,6 +1565,9 @@ case_failover2_early() {
     # standby 2 now, before any merge of its own
     wait_for_line "$l2" "standby: the primary's state is streaming in (after $r1 rounds merged)" 10 ||
         fail "standby 2 holds no state of standby 1 (after $r1 rounds merged) while standby 1 waits for the sites: $(grep "streaming in" "$l2")"
+    # a back at standby 1 (its connection's close then sends it on to
+    # standby 2 at once)
+    wait_for_line "$m1" '"event":"rejoined","site":"a"' 10 || fail "site a did not rejoin standby 1"
     ! grep -q '"event":"round"' "$m1" ||
         fail "standby 1 merged a round before it was killed: $(grep '"event":"round"' "$m1" | head -1)"
     CPID=$p1
@@ -1567,7 +1575,7 @@ case_failover2_early() {
     killed_at=$KILLED_AT
     kill -CONT "$PB"
     [ "$FAILED" = 0 ] || return
-    echo "standby 1 took over at round $r1 and was killed before its first merge"
+    echo "standby 1 took over at round $r1, a rejoined it, and it was killed before its first merge"
     wait_for_line "$l2" "taking over the coalition" 30 || { fail "standby 2 did not take over"; sed 's/^/    | /' "$l2"; return; }
     t2=$(elapsed "$killed_at" "$(date +%s.%N)")
     r2=$(sed -n 's/.*"event":"takeover","round":\([0-9]*\),.*/\1/p' "$m2")

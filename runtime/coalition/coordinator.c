@@ -2048,9 +2048,9 @@ static ent_status take_over(coord *c, const char *why) {
 // therefore never sees the first primary, nor its death: it takes over only
 // once it holds a whole state, and it gets one only from a standby 1 that
 // has taken over (the state it adopted, streamed at once: run). A streamer
-// gone before any state came
-// from it leaves this standby waiting (for coalition.timeout from then: a
-// streamer restarted on its endpoint may come back).
+// gone before any state came from it leaves this standby waiting (for
+// coalition.timeout from then: a streamer restarted on its endpoint may
+// come back).
 static ent_status standby_wait(coord *c, int *finished) {
     const ent_config *cfg = c->cfg;
     *finished = 0;
