@@ -134,6 +134,11 @@ typedef struct {
     int running;      // started and not joined yet
     atomic_int stage; // 1: the state is copied, 2: encoded (or failed)
     int sending;      // messages [next, count) are left to send
+    // the first message waits for the connection (a continuing coordinator's
+    // first state: its link to the standby has just been opened, and a
+    // DEALER takes nothing before its handshake); dropped if the next state
+    // is due first (stream_wait)
+    int hold;
     uint64_t merged, anchor_hash, tokens;
     size_t n;
     uint32_t chunk_bytes;
@@ -806,6 +811,7 @@ static ent_status take_closes(coord *c) {
 static ent_status standby_poll(coord *c);
 static ent_status save_reap(coord *c);
 static ent_status stream_pump(coord *c);
+static int stream_held(const stream_job *j) { return j->sending && j->hold && j->next == 0; }
 
 static ent_status poll_once(coord *c, int ms) {
     double start = ent_now_seconds();
@@ -814,7 +820,8 @@ static ent_status poll_once(coord *c, int ms) {
     ENT_CHECK(standby_poll(c));
     ENT_CHECK(save_reap(c));
     ENT_CHECK(stream_pump(c));
-    if (c->stream.sending) ms = 0; // more of the state to send: back soon
+    // more of the state to send: back soon (not while it waits for the connection)
+    if (c->stream.sending && !stream_held(&c->stream)) ms = 0;
     ent_link_incoming in;
     int got = 0;
     ENT_CHECK(ent_link_recv(c->ep, ms, &in, &got));
@@ -1777,6 +1784,7 @@ static ent_status stream_pump(coord *c) {
     while (j->next < j->count && ent_now_seconds() - t0 < 0.005) {
         ent_link_buf *m = &j->msgs[j->next];
         if (ent_link_send(c->standby, NULL, m->data, m->len) != ENT_OK) {
+            if (stream_held(j)) return ENT_OK; // no connection yet: again at the next poll
             if (!c->standby_failing)
                 ent_log_warn("coordinator: the standby at %s does not take the state after round "
                              "%llu: %s (the rounds go on; it gets the next one when it can)",
@@ -1788,6 +1796,7 @@ static ent_status stream_pump(coord *c) {
         }
         ent_link_buf_free(m);
         j->next++;
+        j->hold = 0;
         c->standby_beat = ent_now_seconds();
     }
     if (j->next < j->count) return ENT_OK;
@@ -1800,9 +1809,20 @@ static ent_status stream_pump(coord *c) {
 }
 
 // Serving until the stream's state before is sent (STATE vectors never
-// interleave: the standby would drop both).
+// interleave: the standby would drop both); one still held for its
+// connection is dropped, the newer state goes in its place.
 static ent_status stream_wait(coord *c, uint64_t merged) {
-    while (c->stream.running || c->stream.sending) ENT_CHECK(serve_merged(c, merged));
+    stream_job *j = &c->stream;
+    while (j->running || j->sending) {
+        if (stream_held(j)) {
+            ent_log_warn("coordinator: the standby at %s was not connected before the state "
+                         "after round %llu could go out: it gets the next one",
+                         ent_link_address(c->standby), (unsigned long long)j->merged);
+            stream_job_clear(j);
+            break;
+        }
+        ENT_CHECK(serve_merged(c, merged));
+    }
     return ENT_OK;
 }
 
@@ -1858,6 +1878,7 @@ static ent_status stream_state(coord *c, uint64_t merged) {
     j->resid = c->resid;
     j->text = text;
     j->st = ENT_OK;
+    j->hold = c->resumed && merged == c->resume_round;
     atomic_store(&j->stage, 0);
     if (pthread_create(&j->thread, NULL, stream_work, j) != 0) {
         stream_job_clear(j);
