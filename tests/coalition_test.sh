@@ -1107,7 +1107,14 @@ case_coord_restart() {
     # is back)
     CO_ARGS=(--set checkpoint.every=3)
     start_paced 2 48
-    local cm=$W/run/coordinator/metrics.jsonl port=${EP##*:}
+    local cm=$W/run/coordinator/metrics.jsonl port=${EP##*:} cpid=$CPID ep=$EP
+    # a standby for the coordinator's second life (the first streams to
+    # none): the restarted coordinator streams it the state it resumed from
+    # at once, before the sites are back and its empty round is merged
+    start_coordinator "$W/run/standby" --standby --set "coalition.key=$W/keys/standby.key" \
+        --set "coalition.primary_key=$W/keys/coordinator.pub"
+    local psb=$CPID esb=$EP
+    CPID=$cpid EP=$ep
     # kill -9 at a seeded moment: after round K (3..10) is merged, plus 0-0.29 s
     local k=$((3 + RANDOM % 8)) pause="0.$((RANDOM % 3))$((RANDOM % 10))"
     wait_for_line "$cm" "\"event\":\"round\",\"round\":$k," 120 || { fail "the coordinator did not merge round $k"; return; }
@@ -1123,7 +1130,8 @@ case_coord_restart() {
     cp "$ck" "$W/resumed_from.h5" || { fail "no coordinator checkpoint to resume: $(ls "$W/run/coordinator/checkpoints")"; return; }
     mv "$W/run/coordinator.log" "$W/run/coordinator.first.log"
     start_coordinator "$W/run/coordinator" --resume auto --set "coalition.bind=tcp://127.0.0.1:$port" \
-        --set checkpoint.every=3
+        --set checkpoint.every=3 --set "coalition.standby=$esb" \
+        --set "coalition.standby_key=$W/keys/standby.pub"
     ck=$W/resumed_from.h5
     saved=$("$E" ckpt info "$ck" 2>/dev/null | sed -n 's/^coalition: round \([0-9]*\),.*/\1/p')
     [ -n "$saved" ] || { fail "the coordinator's checkpoint has no coalition round"; return; }
@@ -1137,7 +1145,14 @@ case_coord_restart() {
     wait_for_line "$cm" '"event":"resumed"' 90
     BACK_AT=$(date +%s.%N)
     wait_all a:$PA b:$PB
+    local rc
+    wait "$psb"; rc=$?
+    [ "$rc" = 0 ] || fail "the standby exited with $rc: $(tail -3 "$W/run/standby.log")"
     [ "$FAILED" = 0 ] || return
+    # the standby's first state is the resumed one (after `saved` rounds), not
+    # the one after the empty round
+    grep -q "standby: the primary's state is streaming in (after $saved rounds merged)" "$W/run/standby.log" ||
+        fail "the standby's first state is not the resumed one (after $saved rounds): $(grep "streaming in" "$W/run/standby.log")"
     # a used run directory needs --resume (or --force), and not both
     expect "a second coordinator in the used run directory" 2 "--resume auto" -- \
         "$E" coordinator --config "$W/co.ini" --run-dir "$W/run/coordinator" \
@@ -1389,36 +1404,45 @@ round_hash_of() {
     grep '"event":"round"' "$1" | grep "\"round\":$2," | tail -1 | sed -n 's/.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p'
 }
 
+# start_chain ROUNDS [STANDBY1_ARGS...]: the coordinators of a chain of
+# standbys (primary -> standby 1 -> standby 2) on paced rounds (no norm
+# screen, see case_failover), started from its end; sets P2/EP2, P1/EP1/PORT1,
+# PP/EPP (pids and endpoints) and ALL (the sites' three endpoints and keys)
+start_chain() {
+    "$E" keygen standby2 --dir "$W/keys" >"$W/keygen2.out" 2>&1 ||
+        { fail "keygen standby2 failed: $(cat "$W/keygen2.out")"; return 1; }
+    write_coalition "$W/co.ini" 2 "$1"
+    shift
+    sed -i 's/^inner_steps = 6/inner_steps = 1000\nround_seconds = 0.3\nmax_norm_ratio = 0/' "$W/co.ini"
+    mkdir -p "$W/run"
+    # the chain from its end: standby 2 takes state only from standby 1's key
+    start_coordinator "$W/run/standby2" --standby --set "coalition.key=$W/keys/standby2.key" \
+        --set "coalition.primary_key=$W/keys/standby.pub"
+    P2=$CPID EP2=$EP
+    # standby 1 takes the primary's state, and streams its own to standby 2
+    # once it has taken over
+    start_coordinator "$W/run/standby1" --standby --set "coalition.key=$W/keys/standby.key" \
+        --set "coalition.primary_key=$W/keys/coordinator.pub" --set "coalition.standby=$EP2" \
+        --set "coalition.standby_key=$W/keys/standby2.pub" "$@"
+    P1=$CPID EP1=$EP PORT1=${EP##*:}
+    start_coordinator "$W/run/coordinator" --set "coalition.standby=$EP1" \
+        --set "coalition.standby_key=$W/keys/standby.pub"
+    PP=$CPID EPP=$EP
+    # sites know the three endpoints, each with its key
+    ALL=(--set "coalition.coordinator=$EPP,$EP1,$EP2"
+         --set "coalition.coordinator_key=$W/keys/coordinator.pub,$W/keys/standby.pub,$W/keys/standby2.pub")
+}
+
 case_failover2() {
     need_mpirun
     local seed=${ENT_TEST_SEED:-$RANDOM}
     echo "failover2: seed $seed (ENT_TEST_SEED=$seed reproduces it)"
     RANDOM=$seed
     make_site_data
-    "$E" keygen standby2 --dir "$W/keys" >"$W/keygen2.out" 2>&1 ||
-        { fail "keygen standby2 failed: $(cat "$W/keygen2.out")"; return; }
     local R=40
-    write_coalition "$W/co.ini" 2 $R
-    # paced rounds; no norm screen (see case_failover)
-    sed -i 's/^inner_steps = 6/inner_steps = 1000\nround_seconds = 0.3\nmax_norm_ratio = 0/' "$W/co.ini"
-    mkdir -p "$W/run"
-    # the chain from its end: standby 2 takes state only from standby 1's key
-    start_coordinator "$W/run/standby2" --standby --set "coalition.key=$W/keys/standby2.key" \
-        --set "coalition.primary_key=$W/keys/standby.pub"
-    local p2=$CPID ep2=$EP
-    # standby 1 takes the primary's state, and streams its own to standby 2
-    # once it has taken over (checkpoints every round, for the split-brain
-    # check at the second link)
-    start_coordinator "$W/run/standby1" --standby --set "coalition.key=$W/keys/standby.key" \
-        --set "coalition.primary_key=$W/keys/coordinator.pub" --set "coalition.standby=$ep2" \
-        --set "coalition.standby_key=$W/keys/standby2.pub" --set checkpoint.every=1
-    local p1=$CPID ep1=$EP port1=${EP##*:}
-    start_coordinator "$W/run/coordinator" --set "coalition.standby=$ep1" \
-        --set "coalition.standby_key=$W/keys/standby.pub"
-    local pp=$CPID epp=$EP
-    # sites know the three endpoints, each with its key
-    local all=(--set "coalition.coordinator=$epp,$ep1,$ep2"
-               --set "coalition.coordinator_key=$W/keys/coordinator.pub,$W/keys/standby.pub,$W/keys/standby2.pub")
+    # standby 1 checkpoints every round, for the split-brain check at the second link
+    start_chain $R --set checkpoint.every=1 || return
+    local p2=$P2 ep2=$EP2 p1=$P1 ep1=$EP1 port1=$PORT1 pp=$PP epp=$EPP all=("${ALL[@]}")
     start_site a 1 "${all[@]}"; PA=$SPID
     start_site b 1 "${all[@]}"; PB=$SPID
     local pm=$W/run/coordinator/metrics.jsonl m1=$W/run/standby1/metrics.jsonl
@@ -1439,8 +1463,9 @@ case_failover2() {
     r1=$(sed -n 's/.*"event":"takeover","round":\([0-9]*\),.*/\1/p' "$m1")
     [ -n "$r1" ] || { fail "no takeover record in standby 1's metrics"; return; }
     echo "standby 1 took over at round $r1, $t1 s after the kill"
-    # standby 1 merges on; standby 2 gets its state (the first after its
-    # first merge), and has neither taken over nor heard of the primary
+    # standby 1 merges on; standby 2 has its state (streamed at its
+    # takeover, and after every merge), and has neither taken over nor heard
+    # of the primary
     local j=$((2 + RANDOM % 5)) pause1="0.$((RANDOM % 3))$((RANDOM % 10))"
     wait_for_line "$m1" "\"event\":\"round\",\"round\":$((r1 + j))," 60 || { fail "standby 1 did not merge round $((r1 + j))"; return; }
     wait_for_line "$l2" "standby: the primary's state is streaming in" 10 ||
@@ -1519,6 +1544,102 @@ case_failover2() {
     local ck=$W/run/standby2/checkpoints/latest
     SITE_LOGS=0 LEDGER_CK=$ck LEDGER_LOGS="$pm,$W/standby1.metrics.jsonl,$m2" check_ledger a b -- \
         a:accepted=$((R - 2)) b:accepted=$((R - 2)) a:tokens=0 b:tokens=0
+}
+
+# The gap at the second link: standby 1 is killed right after it takes
+# over, before its first merge, while it waits for the sites (site b is
+# SIGSTOPped across its whole life, so that it cannot merge meanwhile; site
+# a has rejoined it). Standby 2 must hold the state standby 1 adopted
+# (streamed at its takeover) and take over from it: at standby 1's takeover
+# round, with the primary's last merged anchor bit for bit, awaiting both
+# sites.
+case_failover2_early() {
+    need_mpirun
+    local seed=${ENT_TEST_SEED:-$RANDOM}
+    echo "failover2_early: seed $seed (ENT_TEST_SEED=$seed reproduces it)"
+    RANDOM=$seed
+    make_site_data
+    local R=40
+    start_chain $R || return
+    local p2=$P2 ep2=$EP2 p1=$P1 pp=$PP epp=$EPP all=("${ALL[@]}")
+    start_site a 1 "${all[@]}"; PA=$SPID
+    # b without mpirun: its PID is the training process (stopped below). It
+    # lists the primary and standby 2 only: stopped while standby 1 lives, it
+    # would first spend 2 s on standby 1's dead endpoint, training its rounds
+    # alone back to back meanwhile (it might finish them alone)
+    start_site b 0 --set "coalition.coordinator=$epp,$ep2" \
+        --set "coalition.coordinator_key=$W/keys/coordinator.pub,$W/keys/standby2.pub"; PB=$SPID
+    local pm=$W/run/coordinator/metrics.jsonl m1=$W/run/standby1/metrics.jsonl
+    local m2=$W/run/standby2/metrics.jsonl l1=$W/run/standby1.log l2=$W/run/standby2.log
+    # the primary is killed after a seeded round K (3..6), b stopped just before
+    local k=$((3 + RANDOM % 4))
+    wait_for_line "$pm" "\"event\":\"round\",\"round\":$k," 60 || { fail "the primary did not merge round $k"; return; }
+    grep -q "standby: the primary's state is streaming in" "$l1" ||
+        fail "standby 1's log does not say the primary's state streams in"
+    kill -STOP "$PB"
+    CPID=$pp
+    kill_coordinator || { kill -CONT "$PB"; return; }
+    local last0 r1 r2 t2 killed_at
+    last0=$(last_round_of "$pm")
+    echo "primary killed after round $k was merged (its last round record: $last0); site b stopped"
+    wait_for_line "$l1" "taking over the coalition" 30 || { kill -CONT "$PB"; fail "standby 1 did not take over"; sed 's/^/    | /' "$l1"; return; }
+    r1=$(sed -n 's/.*"event":"takeover","round":\([0-9]*\),.*/\1/p' "$m1")
+    [ -n "$r1" ] || { kill -CONT "$PB"; fail "no takeover record in standby 1's metrics"; return; }
+    # standby 1 waits for b (in its adopted roster): its state must reach
+    # standby 2 now, before any merge of its own
+    wait_for_line "$l2" "standby: the primary's state is streaming in (after $r1 rounds merged)" 10 ||
+        fail "standby 2 holds no state of standby 1 (after $r1 rounds merged) while standby 1 waits for the sites: $(grep "streaming in" "$l2")"
+    # a back at standby 1 (its connection's close then sends it on to
+    # standby 2 at once)
+    wait_for_line "$m1" '"event":"rejoined","site":"a"' 10 || fail "site a did not rejoin standby 1"
+    ! grep -q '"event":"round"' "$m1" ||
+        fail "standby 1 merged a round before it was killed: $(grep '"event":"round"' "$m1" | head -1)"
+    CPID=$p1
+    kill_coordinator || { kill -CONT "$PB"; return; }
+    killed_at=$KILLED_AT
+    kill -CONT "$PB"
+    [ "$FAILED" = 0 ] || return
+    echo "standby 1 took over at round $r1, a rejoined it, and it was killed before its first merge"
+    wait_for_line "$l2" "taking over the coalition" 30 || { fail "standby 2 did not take over"; sed 's/^/    | /' "$l2"; return; }
+    t2=$(elapsed "$killed_at" "$(date +%s.%N)")
+    r2=$(sed -n 's/.*"event":"takeover","round":\([0-9]*\),.*/\1/p' "$m2")
+    echo "standby 2 took over at round $r2, $t2 s after the kill"
+    awk -v d="$t2" 'BEGIN { exit !(d < 3) }' || fail "standby 2 took over $t2 s after the kill (over 3 s)"
+    [ "$r2" = "$r1" ] || fail "standby 2 took over at round $r2, standby 1 at round $r1"
+    grep -q '"event":"takeover",.*"sites_awaited":2,' "$m2" ||
+        fail "standby 2 does not await both sites: $(grep '"event":"takeover"' "$m2")"
+    [ "$r1" = $((last0 + 1)) ] || [ "$r1" = "$last0" ] ||
+        fail "standby 1 took over at round $r1; the primary had merged up to round $last0"
+    CPID=$p2
+    wait_all a:$PA b:$PB
+    [ "$FAILED" = 0 ] || return
+    # standby 2 continued from the primary's anchor after round r1 - 1, bit for bit
+    local h0 h2
+    h0=$(round_hash_of "$pm" $((r1 - 1)))
+    h2=$(sed -n 's/.*"event":"resumed",.*"anchor_hash":"\([0-9a-f]*\)".*/\1/p' "$m2")
+    [ -n "$h0" ] && [ "$h0" = "$h2" ] ||
+        fail "standby 2 took over anchor '$h2', the primary's after round $((r1 - 1)) is '$h0'"
+    echo "standby 2 went on from round $r1 with the primary's anchor $h2"
+    grep '"event":"round"' "$m2" | grep "\"round\":$r1," | head -1 | grep -q '"sites":\[\],.*"empty"' ||
+        fail "round $r1 at standby 2 is not the empty round"
+    # every other round merged a and b
+    local r m
+    for r in $(seq 0 $((R - 1))); do
+        [ "$r" = "$r1" ] && continue
+        m=$pm
+        [ "$r" -ge "$r1" ] && m=$m2
+        [ -n "$(tokens_of "$m" $r a last)" ] && [ -n "$(tokens_of "$m" $r b last)" ] ||
+            { fail "round $r ($m) did not merge both sites"; break; }
+    done
+    grep -q "\"event\":\"end\",\"rounds\":$R," "$m2" || fail "standby 2 did not end after $R rounds"
+    for r in a b; do
+        grep -qx "$ep2" "$W/run/site-$r/coordinator_endpoint" ||
+            fail "site $r's run directory does not name standby 2's endpoint $ep2: $(cat "$W/run/site-$r/coordinator_endpoint" 2>&1)"
+    done
+    CM=$m2 final_anchor_held_by a b
+    # the ledger across the three logs (standby 1's adds no round)
+    SITE_LOGS=0 LEDGER_CK=$W/run/standby2/checkpoints/latest LEDGER_LOGS="$pm,$m1,$m2" \
+        check_ledger a b -- a:accepted=$((R - 1)) b:accepted=$((R - 1)) a:tokens=0 b:tokens=0
 }
 
 case_rejoin() {

@@ -63,6 +63,10 @@ typedef struct {
     int joins;            // times it joined (2 and more: it came back)
     int left;    // said LEAVE
     int lost;    // its connection closed, or silent for coalition.lost_after
+    // a continuing coordinator's site that it awaits back (the adopted
+    // roster had it in; after a restart, every site of the ledger): the
+    // state it streams before its empty round says so (stream_state)
+    int awaited;
     uint64_t rejected_round[2]; // a contribution rejected for this round (slot round % 2)
     int rejected[2];
     double last_seen;
@@ -130,6 +134,11 @@ typedef struct {
     int running;      // started and not joined yet
     atomic_int stage; // 1: the state is copied, 2: encoded (or failed)
     int sending;      // messages [next, count) are left to send
+    // the first message waits for the connection (a continuing coordinator's
+    // first state: its link to the standby has just been opened, and a
+    // DEALER takes nothing before its handshake); dropped if the next state
+    // is due first (stream_wait)
+    int hold;
     uint64_t merged, anchor_hash, tokens;
     size_t n;
     uint32_t chunk_bytes;
@@ -812,6 +821,7 @@ static ent_status take_closes(coord *c) {
 static ent_status standby_poll(coord *c);
 static ent_status save_reap(coord *c);
 static ent_status stream_pump(coord *c);
+static int stream_held(const stream_job *j) { return j->sending && j->hold && j->next == 0; }
 
 static ent_status poll_once(coord *c, int ms) {
     double start = ent_now_seconds();
@@ -820,8 +830,10 @@ static ent_status poll_once(coord *c, int ms) {
     ENT_CHECK(standby_poll(c));
     ENT_CHECK(save_reap(c));
     ENT_CHECK(stream_pump(c));
-    if (c->stream.sending && !c->stream.slow) ms = 0; // more of the state to send: back soon
-    else if (c->stream.sending && ms > 10) ms = 10; // a slow standby: try again soon
+    // more of the state to send: back soon (not while the first message
+    // waits for the connection, nor for a slow standby: every 10 ms)
+    if (c->stream.sending && !c->stream.slow && !stream_held(&c->stream)) ms = 0;
+    else if (c->stream.sending && ms > 10) ms = 10;
     // the state being encoded goes out as soon as it is ready: a primary
     // that dies before its standby has the state after a merge costs the
     // coalition that merge (the standby takes over one round earlier)
@@ -1642,6 +1654,9 @@ static ent_status load_checkpoint(coord *c, const char *path) {
     }
     free(ledger);
     if (st == ENT_OK) {
+        // which sites were in when it was saved the ledger does not say:
+        // any of them may come back
+        for (int i = 0; i < c->nsites; i++) c->sites[i].awaited = 1;
         c->await = c->nsites < c->cfg->coal_sites ? c->nsites : c->cfg->coal_sites;
         ent_log_info("coordinator: resumed from %s: %llu rounds merged, %d site(s) known; "
                      "waiting for them to come back", path, (unsigned long long)round,
@@ -1794,6 +1809,7 @@ static ent_status stream_pump(coord *c) {
     while (j->next < j->count && ent_now_seconds() - t0 < 0.005) {
         ent_link_buf *m = &j->msgs[j->next];
         if (ent_link_send(c->standby, NULL, m->data, m->len) != ENT_OK) {
+            if (stream_held(j)) return ENT_OK; // no connection yet: again at the next poll
             if (ent_link_send_was_full(c->standby)) {
                 // the standby (or the link to it) takes the state slower than
                 // it is made: the rest goes at the next polls, and the states
@@ -1819,6 +1835,7 @@ static ent_status stream_pump(coord *c) {
         }
         ent_link_buf_free(m);
         j->next++;
+        j->hold = 0;
         c->standby_beat = ent_now_seconds();
     }
     if (j->next < j->count) return ENT_OK;
@@ -1835,19 +1852,31 @@ static ent_status stream_pump(coord *c) {
 }
 
 // Serving until the stream's state before is sent (STATE vectors never
-// interleave: the standby would drop both).
-// It returns early when the standby takes it slowly (its queue is full):
-// stream.sending then still says so.
+// interleave: the standby would drop both); one still held for its
+// connection is dropped, the newer state goes in its place. It returns
+// early when the standby takes it slowly (its queue is full): stream.sending
+// then still says so.
 static ent_status stream_wait(coord *c, uint64_t merged) {
-    while (c->stream.running || (c->stream.sending && !c->stream.slow))
+    stream_job *j = &c->stream;
+    while (j->running || (j->sending && !j->slow)) {
+        if (stream_held(j)) {
+            ent_log_warn("coordinator: the standby at %s was not connected before the state "
+                         "after round %llu could go out: it gets the next one",
+                         ent_link_address(c->standby), (unsigned long long)j->merged);
+            stream_job_clear(j);
+            break;
+        }
         ENT_CHECK(serve_merged(c, merged));
+    }
     return ENT_OK;
 }
 
-// A primary: the state after `merged` rounds to the standby. The text
-// (roster and ledger) is made here; the copy of the state and its encoding
-// run on the stream's thread, and the main loop sends the messages between
-// its reads (stream_pump), after the state before.
+// A coordinator with a standby: the state after `merged` rounds to it,
+// after every merge (and once as a continuing coordinator starts: the state
+// it continues from). The text (roster and ledger) is made here; the copy
+// of the state and its encoding run on the stream's thread, and the main
+// loop sends the messages between its reads (stream_pump), after the state
+// before.
 static ent_status stream_state(coord *c, uint64_t merged) {
     if (c->standby == NULL) return ENT_OK;
     // the roster and ledger as of this merge, before waiting for the state
@@ -1868,7 +1897,12 @@ static ent_status stream_state(coord *c, uint64_t merged) {
             if (!ok) break;
             cJSON_AddStringToObject(o, "site", s->name);
             cJSON_AddNumberToObject(o, "id", s->id);
-            cJSON_AddBoolToObject(o, "in", active(s));
+            // the state a continuing coordinator streams at once, before
+            // its empty round (run): the sites it awaits are in, as in the
+            // roster it adopted (they try the next link if it dies), though
+            // none may be back yet
+            int in = active(s) || (c->resumed && merged == c->resume_round && s->awaited);
+            cJSON_AddBoolToObject(o, "in", in);
             cJSON_AddItemToArray(cJSON_GetObjectItem(root, "roster"), o);
         }
         cJSON_AddStringToObject(root, "ledger", ledger);
@@ -1904,6 +1938,7 @@ static ent_status stream_state(coord *c, uint64_t merged) {
     j->resid = c->resid;
     j->text = text;
     j->st = ENT_OK;
+    j->hold = c->resumed && merged == c->resume_round;
     atomic_store(&j->stage, 0);
     if (pthread_create(&j->thread, NULL, stream_work, j) != 0) {
         stream_job_clear(j);
@@ -2059,7 +2094,8 @@ static ent_status take_over(coord *c, const char *why) {
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(e, "site");
         if (i >= c->nsites || !cJSON_IsString(name) || strcmp(name->valuestring, c->sites[i].name) != 0)
             st = ent_fail(ENT_ERR_INPUT, "the primary's state: its roster and ledger differ");
-        else in += cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "in"));
+        else c->sites[i].awaited = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "in"));
+        if (st == ENT_OK) in += c->sites[i].awaited;
     }
     cJSON_Delete(root);
     free(ids);
@@ -2092,9 +2128,10 @@ static ent_status take_over(coord *c, const char *why) {
 // state of its own) but heartbeats every second from its start. Standby 2
 // therefore never sees the first primary, nor its death: it takes over only
 // once it holds a whole state, and it gets one only from a standby 1 that
-// has taken over and merged a round. A streamer gone before any state came
-// from it leaves this standby waiting (for coalition.timeout from then: a
-// streamer restarted on its endpoint may come back).
+// has taken over (the state it adopted, streamed at once: run). A streamer
+// gone before any state came from it leaves this standby waiting (for
+// coalition.timeout from then: a streamer restarted on its endpoint may
+// come back).
 static ent_status standby_wait(coord *c, int *finished) {
     const ent_config *cfg = c->cfg;
     *finished = 0;
@@ -2400,8 +2437,16 @@ static ent_status run(coord *c) {
             return ENT_OK;
         }
     }
-    if (c->resumed) ENT_CHECK(await_rejoins(c));
-    else ENT_CHECK(start_rounds(c));
+    if (c->resumed) {
+        // the state it continues from goes to its standby at once, while it
+        // waits for the sites: a standby that took over (or a restarted
+        // coordinator) that dies before its first merge leaves the next
+        // link that state to take over, not nothing
+        ENT_CHECK(stream_state(c, c->round));
+        ENT_CHECK(await_rejoins(c));
+    } else {
+        ENT_CHECK(start_rounds(c));
+    }
     if (!c->resumed) ENT_CHECK(stream_state(c, 0));
     c->poll_last = ent_now_seconds(); // the longest pause is counted from here
     for (; c->round < c->rounds; c->round++) {
