@@ -1394,6 +1394,56 @@ case_failover() {
         a:accepted=47 b:accepted=$((47 - missed)) a:tokens=0 b:tokens=0
 }
 
+# A primary that cannot write its checkpoint (its directory replaced by a
+# file after round 3: the next save fails) hands the coalition over to its
+# standby: it exits 1 naming the file, tells the sites to go to the standby
+# (NOT_PRIMARY) and does not stop the standby, which takes over; the rounds
+# run to their end there, both sites holding its final anchor.
+case_handover() {
+    need_mpirun
+    make_site_data
+    write_coalition "$W/co.ini" 2 24
+    # paced rounds; no norm screen (see case_failover)
+    sed -i 's/^inner_steps = 6/inner_steps = 1000\nround_seconds = 0.3\nmax_norm_ratio = 0/' "$W/co.ini"
+    mkdir -p "$W/run"
+    start_coordinator "$W/run/standby" --standby --set "coalition.key=$W/keys/standby.key" \
+        --set "coalition.primary_key=$W/keys/coordinator.pub"
+    local ps=$CPID eps=$EP
+    start_coordinator "$W/run/coordinator" --set "coalition.standby=$eps" \
+        --set "coalition.standby_key=$W/keys/standby.pub" --set checkpoint.every=1
+    local pp=$CPID epp=$EP
+    local both=(--set "coalition.coordinator=$epp,$eps"
+                --set "coalition.coordinator_key=$W/keys/coordinator.pub,$W/keys/standby.pub")
+    start_site a 1 "${both[@]}"; PA=$SPID
+    start_site b 0 "${both[@]}"; PB=$SPID
+    local pm=$W/run/coordinator/metrics.jsonl sm=$W/run/standby/metrics.jsonl ck=$W/run/coordinator/checkpoints x
+    wait_for_line "$pm" '"event":"round","round":3,' 120 || { fail "the primary did not merge round 3"; return; }
+    # (a save may make the directory again between the two: until a file stays)
+    for x in $(seq 50); do
+        rm -rf "$ck" && touch "$ck"
+        [ -f "$ck" ] && break
+    done
+    local rc
+    wait "$pp"; rc=$?
+    [ "$rc" = 1 ] || fail "the primary exited with $rc after its checkpoint directory went (want 1)"
+    grep -q "saving the anchor after [0-9]* rounds as $ck/anchor_round_" "$W/run/coordinator.log" ||
+        fail "the primary's log does not name the checkpoint it could not write: $(grep -i "error" "$W/run/coordinator.log")"
+    grep -q "handing the coalition over to the standby at $eps" "$W/run/coordinator.log" ||
+        fail "the primary's log does not say it hands the coalition over"
+    wait_for_line "$W/run/standby.log" "taking over the coalition" 30 || { fail "the standby did not take over"; return; }
+    ! grep -q "stops with it" "$W/run/standby.log" || fail "the standby was told to stop with the primary"
+    CPID=$ps
+    wait_all a:$PA b:$PB
+    [ "$FAILED" = 0 ] || return
+    for x in a b; do
+        grep -q "cut off from the coordinator $epp .*code 9" "$W/site-$x.log" ||
+            fail "site $x was not told to go to the standby (NOT_PRIMARY): $(grep "cut off" "$W/site-$x.log")"
+        grep -q '"event":"rejoined"' "$W/run/site-$x/metrics.jsonl" || fail "site $x did not rejoin at the standby"
+    done
+    grep -q '"event":"end","rounds":24,' "$sm" || fail "the standby did not end after 24 rounds"
+    CM=$sm final_anchor_held_by a b
+}
+
 # the last round record's round in METRICS
 last_round_of() {
     grep '"event":"round"' "$1" | tail -1 | sed -n 's/.*"round":\([0-9]*\),.*/\1/p'

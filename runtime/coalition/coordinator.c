@@ -217,6 +217,7 @@ typedef struct {
     double standby_beat;  // when it last sent the standby anything
     int standby_failing;  // a send to the standby failed (logged once until one succeeds)
     int standby_slow;     // the standby took a state slowly (logged once)
+    int save_failed; // a checkpoint could not be written: with a standby, it takes over
     int superseded;       // the standby answered that it has taken over
     // a standby (--standby): the primary's connection, and its state as it
     // streams in (st_in) and the last one whole (st_done, after st_round rounds)
@@ -976,9 +977,11 @@ static ent_status save_reap(coord *c) {
     pthread_join(j->thread, NULL);
     j->running = 0;
     save_job_clear(j);
-    if (j->st != ENT_OK)
+    if (j->st != ENT_OK) {
+        c->save_failed = 1;
         return ent_fail(j->st, "coordinator: saving the anchor after %llu rounds as %s/%s: %s",
                         (unsigned long long)j->round, c->ckpt_dir, j->name, j->err);
+    }
     ent_log_info("coordinator: saved the anchor after %llu rounds: %s/%s (%.2f s on its thread; "
                  "the main loop held %.3f s)", (unsigned long long)j->round, c->ckpt_dir, j->name,
                  j->write_s, j->blocked_s);
@@ -2562,14 +2565,30 @@ ent_status ent_coordinator_run(const ent_config *cfg, const ent_train_opts *opts
         // tell every site why, so none waits for its timeout
         char why[ENT_LINK_TEXT_MAX + 1];
         snprintf(why, sizeof why, "%s", ent_last_error());
-        // superseded by the standby: the sites go there (NOT_PRIMARY); any
-        // other failure ends them, and the standby with them (LEAVE)
+        // A checkpoint this coordinator cannot write (its disk full, its
+        // directory gone) is its own failure, not the coalition's: with a
+        // standby, the state after the last merge goes out to it, and the
+        // sites and the standby are handed over (the standby takes over as
+        // this process's connection closes)
+        int hand_over = !c.superseded && c.save_failed && c.standby != NULL && c.started &&
+                        (!c.cfg->coal_standby_mode || c.taken_over);
+        if (hand_over) {
+            for (double until = ent_now_seconds() + 5;
+                 (c.stream.running || c.stream.sending) && ent_now_seconds() < until;)
+                if (stream_pump(&c) != ENT_OK || poll_once(&c, 10) != ENT_OK) break;
+            ent_log_warn("coordinator: handing the coalition over to the standby at %s: the "
+                         "sites are told to go there", ent_link_address(c.standby));
+        }
+        // superseded by the standby, or handed over to it: the sites go
+        // there (NOT_PRIMARY); any other failure ends them, and the standby
+        // with them (LEAVE)
         for (int i = 0; i < c.nsites; i++)
             if (active(&c.sites[i]))
                 (void)send_error(&c, &c.sites[i].peer, c.sites[i].id,
-                                 c.superseded ? ENT_LINK_ERR_NOT_PRIMARY : ENT_LINK_ERR_INTERNAL,
+                                 c.superseded || hand_over ? ENT_LINK_ERR_NOT_PRIMARY
+                                                           : ENT_LINK_ERR_INTERNAL,
                                  "the coordinator stopped: %s", why);
-        if (!c.superseded) leave_standby(&c, ENT_LINK_LEAVE_FAILED, c.round, why);
+        if (!c.superseded && !hand_over) leave_standby(&c, ENT_LINK_LEAVE_FAILED, c.round, why);
         // A site reads the ERROR only when it next waits for a message, and a
         // DEALER drops what it has not read once the connection closes: stay
         // until each site has answered (its LEAVE) or gone, for up to 10 s.

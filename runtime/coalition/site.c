@@ -526,9 +526,10 @@ static void go_offline(site *s, uint64_t round) {
                  (unsigned long long)round, s->cut_why);
     ent_link_close(&s->ep);
     // with a standby to go to, a closed connection (the primary's process
-    // ended) is a reason to ask the standby at once, as the answers that this
-    // coordinator no longer counts the site or does not serve are
-    int failover = s->cut_closed && s->nep > 1;
+    // ended) or a primary that says it no longer serves (superseded, or
+    // handing over) is a reason to ask the standby at once, and again while
+    // it has not taken over yet
+    int failover = (s->cut_closed || s->cut_code == ENT_LINK_ERR_NOT_PRIMARY) && s->nep > 1;
     int at_once = s->cut_code == ENT_LINK_ERR_UNKNOWN_SITE ||
                   s->cut_code == ENT_LINK_ERR_STALE_ROUND ||
                   s->cut_code == ENT_LINK_ERR_NOT_PRIMARY || failover;
