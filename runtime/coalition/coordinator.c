@@ -824,10 +824,20 @@ static ent_status save_reap(coord *c);
 static ent_status stream_pump(coord *c);
 static int stream_held(const stream_job *j) { return j->sending && j->hold && j->next == 0; }
 
+// The main loop's longest pause: the time between two reads of its socket
+// (the handling of a message, a send, anything between two polls), from
+// the first round on (poll_last > 0).
+static ent_status recv_timed(coord *c, int ms, ent_link_incoming *in, int *got) {
+    if (c->poll_last > 0) {
+        double gap = ent_now_seconds() - c->poll_last;
+        if (gap > c->pause_max) c->pause_max = gap;
+    }
+    ent_status st = ent_link_recv(c->ep, ms, in, got);
+    if (c->poll_last > 0) c->poll_last = ent_now_seconds();
+    return st;
+}
+
 static ent_status poll_once(coord *c, int ms) {
-    double start = ent_now_seconds();
-    if (c->poll_last > 0 && start - c->poll_last > c->pause_max)
-        c->pause_max = start - c->poll_last;
     ENT_CHECK(standby_poll(c));
     ENT_CHECK(save_reap(c));
     ENT_CHECK(stream_pump(c));
@@ -841,11 +851,11 @@ static ent_status poll_once(coord *c, int ms) {
     else if (c->stream.running && ms > 1) ms = 1;
     ent_link_incoming in;
     int got = 0;
-    ENT_CHECK(ent_link_recv(c->ep, ms, &in, &got));
+    ENT_CHECK(recv_timed(c, ms, &in, &got));
     for (int more = 0; got && more < 1000; more++) {
         ENT_CHECK(take_closes(c));
         ENT_CHECK(on_message(c, &in));
-        ENT_CHECK(ent_link_recv(c->ep, 0, &in, &got));
+        ENT_CHECK(recv_timed(c, 0, &in, &got));
     }
     ENT_CHECK(take_closes(c));
     double now = ent_now_seconds();
@@ -858,7 +868,6 @@ static ent_status poll_once(coord *c, int ms) {
             ENT_CHECK(site_gone(c, s, "lost", why));
         }
     }
-    if (c->poll_last > 0) c->poll_last = ent_now_seconds();
     return ENT_OK;
 }
 
