@@ -705,6 +705,15 @@ print("%08x" % crc(("%s\n%s\n%s\n" % (f["name"], f["public"], f["secret"])).enco
     expect "a coordinator with no allowlist" 2 "coalition.allow is not set" -- "$E" coordinator \
         --config "$W/co.ini" --set coalition.allow= --set "coalition.key=$W/keys/coordinator.key" \
         --run-dir "$W/run/c2"
+    # a chain of coordinators that would stream to itself or back up the chain
+    expect "a coordinator whose standby key is its own" 2 "this coordinator's own public key" -- \
+        "$E" coordinator --config "$W/co.ini" --set "coalition.key=$W/keys/coordinator.key" \
+        --set coalition.standby=tcp://127.0.0.1:9 --set "coalition.standby_key=$W/keys/coordinator.pub" \
+        --run-dir "$W/run/c3"
+    expect "a standby streaming back to its primary" 2 "never back to its primary" -- \
+        "$E" coordinator --standby --config "$W/co.ini" --set "coalition.key=$W/keys/standby.key" \
+        --set "coalition.primary_key=$W/keys/coordinator.pub" --set coalition.standby=tcp://127.0.0.1:9 \
+        --set "coalition.standby_key=$W/keys/coordinator.pub" --run-dir "$W/run/c4"
     expect "a public key given as the site's key pair" 1 "public key only" -- "$E" train \
         "${common[@]}" --set coalition.site=b --set "coalition.key=$W/keys/b.pub" \
         --run-dir "$W/run/s6"

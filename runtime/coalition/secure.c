@@ -64,6 +64,12 @@ ent_status coal_keys_load(const ent_config *cfg, int coordinator, coal_keys *k,
                 return missing(cfg, "standby_key", "The primary streams its state to the standby "
                                "over CurveZMQ: set it to the standby's public key (its NAME.pub).");
             ENT_CHECK(ent_link_key_read(cfg->coal_standby_key, 0, &k->standby));
+            if (strcmp(k->standby.public_key, k->self.public_key) == 0)
+                return ent_fail(ENT_ERR_USAGE, "%s: coalition.standby_key = %s is this "
+                                "coordinator's own public key (coalition.key = %s): the standby "
+                                "is another coordinator, with a key pair of its own",
+                                cfg->path[0] ? cfg->path : "configuration",
+                                cfg->coal_standby_key, cfg->coal_key);
             if (cfg->coal_standby_mode &&
                 strcmp(k->standby.public_key, k->primary.public_key) == 0)
                 return ent_fail(ENT_ERR_USAGE, "%s: coalition.standby_key is the key of this "
