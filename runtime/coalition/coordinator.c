@@ -57,20 +57,19 @@
 
 // A vector encoded once and sent to several sites (a round's update to
 // every site, a joiner's anchor): the sites' queues hold references to it,
-// never copies (an update of a 7B model is 7 GB in f8, its anchor 28 GB).
+// never copies (an update of a 7B model is 7 GB in int8, its anchor 28 GB).
 typedef struct {
     int refs;
     coal_vec v;
 } shared_vec;
 
 // One entry of a site's outgoing queue: a message of its own (vec NULL), or
-// the chunks [chunk, count) of a shared vector as `type` messages, the
-// chunk being sent encoded in msg.
+// the chunks [chunk, count) of a shared vector as UPDATE messages of
+// `round`, the chunk being sent encoded in msg.
 typedef struct qmsg {
     struct qmsg *next;
     ent_link_buf msg;
     shared_vec *vec;
-    int type;
     uint32_t site, chunk;
     uint64_t round;
 } qmsg;
@@ -201,6 +200,10 @@ typedef struct {
     double poll_last, pause_max;
     int pump_next;   // the site pump_queues starts with (each gets its turn first)
     int pump_more;   // a queue had room left when its time ran out: poll again at once
+    // the anchor encoded for the joiners of one round (anchor_sv_round):
+    // those that join before the next merge share it (send_update drops it)
+    shared_vec *anchor_sv;
+    uint64_t anchor_sv_round;
     uint64_t *hist;                       // anchor hash after each round (hist[0]: initial)
     ent_codec codec;
     ent_outer_opt outer;
@@ -321,8 +324,7 @@ static ent_status site_pump(coord *c, csite *s, double until, int *full) {
         s->q_moved = ent_now_seconds();
         s->q_msgs--;
         q->msg.len = 0; // its buffer serves the vector's next chunk
-        if (q->vec != NULL && ++q->chunk < q->vec->v.count) {
-        } else {
+        if (q->vec == NULL || ++q->chunk == q->vec->v.count) {
             s->q_head = q->next;
             if (s->q_head == NULL) s->q_tail = NULL;
             ent_link_buf_free(&q->msg);
@@ -371,7 +373,6 @@ static ent_status site_send_vec(coord *c, csite *s, shared_vec *sv, uint64_t rou
     if (q == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for a message to site '%s'", s->name);
     q->vec = sv;
     sv->refs++;
-    q->type = ENT_LINK_UPDATE;
     q->site = s->id;
     q->round = round;
     return site_queue(c, s, q, sv->v.count);
@@ -598,19 +599,28 @@ static csite *find_site(coord *c, const ent_link_incoming *in) {
 // being merged), as f32 UPDATE chunks of the site's first round, into its
 // queue: they go out as its link takes them.
 // It reads the anchor only (raw f32 is a copy): a merge may run meanwhile.
+// Joiners before the next merge (several sites back after a restart) share
+// one encoding of it.
 static ent_status send_anchor(coord *c, csite *s) {
-    coal_vec v = {0};
-    ENT_CHECK(coal_vec_encode(&v, ENT_LINK_CODEC_F32, NULL, c->anchor, NULL, c->n,
-                              c->chunk_bytes));
-    v.anchor_hash = c->hist[c->round];
-    shared_vec *sv = shared_take(&v);
-    if (sv == NULL) {
-        coal_vec_free(&v);
-        return ent_fail(ENT_ERR_NOMEM, "out of memory for the anchor of site '%s'", s->name);
+    shared_vec *sv = c->anchor_sv;
+    if (sv != NULL && c->anchor_sv_round != c->round) {
+        shared_drop(sv);
+        c->anchor_sv = sv = NULL;
     }
-    ent_status st = site_send_vec(c, s, sv, s->first_round);
-    shared_drop(sv);
-    return st;
+    if (sv == NULL) {
+        coal_vec v = {0};
+        ENT_CHECK(coal_vec_encode(&v, ENT_LINK_CODEC_F32, NULL, c->anchor, NULL, c->n,
+                                  c->chunk_bytes));
+        v.anchor_hash = c->hist[c->round];
+        sv = shared_take(&v);
+        if (sv == NULL) {
+            coal_vec_free(&v);
+            return ent_fail(ENT_ERR_NOMEM, "out of memory for the anchor of site '%s'", s->name);
+        }
+        c->anchor_sv = sv;
+        c->anchor_sv_round = c->round;
+    }
+    return site_send_vec(c, s, sv, s->first_round);
 }
 
 static int same_peer(const ent_link_peer *a, const ent_link_peer *b) {
@@ -1030,8 +1040,13 @@ static ent_status poll_once(coord *c, int ms) {
     int got = 0;
     ENT_CHECK(ent_link_recv(c->ep, ms, &in, &got));
     for (int more = 0; got && more < 1000; more++) {
+        double t = ent_now_seconds();
         ENT_CHECK(take_closes(c));
         ENT_CHECK(on_message(c, &in));
+        // the time a message took to handle is time without reading too
+        // (a send that waited for a slow site's link would show here)
+        t = ent_now_seconds() - t;
+        if (c->poll_last > 0 && t > c->pause_max) c->pause_max = t;
         ENT_CHECK(ent_link_recv(c->ep, 0, &in, &got));
     }
     ENT_CHECK(take_closes(c));
@@ -1591,6 +1606,9 @@ static ent_status send_update(coord *c, coal_vec *up) {
                      "sites do not get it", lm.len, ENT_LINK_LEDGER_MAX);
         lm.len = 0;
     }
+    // the anchor moves with this update: joiners from now on get the new one
+    shared_drop(c->anchor_sv);
+    c->anchor_sv = NULL;
     shared_vec *sv = shared_take(up);
     if (sv == NULL) {
         free(ledger);
@@ -1773,6 +1791,8 @@ static ent_status adopt_state(coord *c, uint64_t round, const char *from, const 
         return ent_fail(ENT_ERR_USAGE, "%s: the coalition's state after round %llu of "
                         "coalition.rounds = %llu: no round is left to continue with", from,
                         (unsigned long long)round, (unsigned long long)c->rounds);
+    shared_drop(c->anchor_sv); // another anchor from now on
+    c->anchor_sv = NULL;
     coal_ledger_site *led = NULL;
     int n = 0;
     uint64_t merged = 0;
@@ -2571,6 +2591,8 @@ static void coord_free(coord *c) {
     if (c->grid) ent_grid_free(&c->grid);
     ent_link_close(&c->ep);
     coal_keys_free(&c->keys);
+    shared_drop(c->anchor_sv);
+    c->anchor_sv = NULL;
     for (int i = 0; c->sites && i < c->cap; i++) {
         queue_clear(&c->sites[i]);
         coal_vec_free(&c->sites[i].delta[0]);
