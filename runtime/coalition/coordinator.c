@@ -12,8 +12,10 @@
 // one metrics record per round, and saves the anchor as a checkpoint.
 // docs/coalition.md ("Rounds") and docs/protocol.md ("Who sends what").
 //
-// Failures: a site whose connection closes (its process died) or that is
-// silent for coalition.lost_after seconds is lost, and one that says LEAVE
+// Failures: a site whose connection closes (its process died), that is
+// silent for coalition.lost_after seconds, or whose link has taken nothing
+// of what is queued for it for as long (sends never wait: what ZeroMQ has
+// no room for waits in the site's own queue) is lost, and one that says LEAVE
 // before the end has left; the rounds go on with the others while at least
 // coalition.quorum remain. A delta that arrived whole before its site was
 // lost is still merged.
