@@ -449,6 +449,9 @@ typedef struct {
     // messages queued for a peer before a send waits, or fails (ZMQ_SNDHWM;
     // 0, the default: ZeroMQ's own, 1000)
     int send_queue;
+    // the kernel's send buffer of each connection, bytes (ZMQ_SNDBUF; 0, the
+    // default: the system's, which grows with the connection)
+    int send_buffer;
     // CURVE (CurveZMQ: authentication and encryption). NULL `curve`: plaintext.
     // ROUTER: curve is the coordinator's own key pair, and only the clients
     // whose public keys are in `allow` (nallow of them) get through the
@@ -509,7 +512,13 @@ const char *ent_link_address(const ent_link_endpoint_t *ep);
 // ROUTER sends to `to` (a peer it received from); a DEALER passes NULL.
 ent_status ent_link_send(ent_link_endpoint_t *ep, const ent_link_peer *to, const void *msg,
                          size_t len);
-// 1 when the last ent_link_send on ep failed because the message found no
+// The same, never waiting: a message that finds no room at once fails
+// (ent_link_send_was_full then says so, and nothing of it was queued). The
+// coordinator sends to its sites this way, keeping what finds no room in a
+// queue of its own per site (docs/coalition.md, "Serving while merging").
+ent_status ent_link_send_now(ent_link_endpoint_t *ep, const ent_link_peer *to, const void *msg,
+                             size_t len);
+// 1 when the last ent_link_send or ent_link_send_now on ep failed because the message found no
 // room within the send timeout (the peer's queue full, or no connection
 // yet): nothing of it was queued, and the same send may be tried again.
 int ent_link_send_was_full(const ent_link_endpoint_t *ep);

@@ -433,6 +433,8 @@ static ent_status endpoint_open(const char *endpoint, const ent_link_opts *opts,
                        fail);
     if (o.send_queue > 0)
         ENT_ZMQ_CHECK_GOTO(zmq_setsockopt(ep->sock, ZMQ_SNDHWM, &o.send_queue, sizeof(int)), fail);
+    if (o.send_buffer > 0)
+        ENT_ZMQ_CHECK_GOTO(zmq_setsockopt(ep->sock, ZMQ_SNDBUF, &o.send_buffer, sizeof(int)), fail);
     // dead links across a WAN or a NAT show up instead of hanging
     ENT_ZMQ_CHECK_GOTO(zmq_setsockopt(ep->sock, ZMQ_TCP_KEEPALIVE, &one, sizeof one), fail);
     if (ep->is_router)
@@ -520,6 +522,8 @@ static ent_status send_frame(ent_link_endpoint_t *ep, const ent_link_peer *to, c
     }
     int e = zmq_errno();
     ep->send_full = e == EAGAIN;
+    if (e == EAGAIN && (flags & ZMQ_DONTWAIT))
+        return ent_fail(ENT_ERR_IO, "link: sending to %s: its queue is full", dest_name(ep, to));
     if (e == EAGAIN && ep->is_router)
         return ent_fail(ENT_ERR_IO, "link: sending to %s: its queue stayed full for %d ms",
                         dest_name(ep, to), ep->opts.send_timeout_ms);
@@ -552,8 +556,8 @@ static ent_status send_message(ent_link_endpoint_t *ep, const ent_link_peer *to,
 
 int ent_link_send_was_full(const ent_link_endpoint_t *ep) { return ep != NULL && ep->send_full; }
 
-ent_status ent_link_send(ent_link_endpoint_t *ep, const ent_link_peer *to, const void *msg,
-                         size_t len) {
+static ent_status link_send(ent_link_endpoint_t *ep, const ent_link_peer *to, const void *msg,
+                            size_t len, int flags) {
     if (ep->is_router && (to == NULL || to->id_len == 0 || to->id_len > ENT_LINK_PEER_ID_MAX))
         return ent_fail(ENT_ERR_USAGE, "link %s: a ROUTER sends to a peer it received from",
                         ep->address);
@@ -568,7 +572,17 @@ ent_status ent_link_send(ent_link_endpoint_t *ep, const ent_link_peer *to, const
         return ent_fail(ENT_ERR_USAGE, "link: refusing to send to %s: a payload of %zu bytes, "
                         "over this link's max_payload of %zu", dest_name(ep, to),
                         len - ENT_LINK_HEADER_BYTES, ep->opts.max_payload);
-    return send_message(ep, to, msg, len, 0);
+    return send_message(ep, to, msg, len, flags);
+}
+
+ent_status ent_link_send(ent_link_endpoint_t *ep, const ent_link_peer *to, const void *msg,
+                         size_t len) {
+    return link_send(ep, to, msg, len, 0);
+}
+
+ent_status ent_link_send_now(ent_link_endpoint_t *ep, const ent_link_peer *to, const void *msg,
+                             size_t len) {
+    return link_send(ep, to, msg, len, ZMQ_DONTWAIT);
 }
 
 // ---------------------------------------------------------------------------

@@ -92,6 +92,17 @@
 #             and none finds itself cut off; every site ends with the final
 #             anchor; the checkpoints of rounds 1-4 verify and hold their
 #             round, and a coordinator resumes from the one after round 2.
+#   slow_join vectors in the smallest chunks and room for 8 messages per
+#             site in ZeroMQ (ENTENTE_FAULT_CHUNK_BYTES, ENTENTE_FAULT_SITE_QUEUE,
+#             test hooks), coalition.lost_after = 4: site x joins through
+#             wan_proxy at 0.1 Mbit/s with 8 KiB buffers, so that its anchor
+#             waits in its queue at the coordinator and takes more than
+#             lost_after to arrive; meanwhile no site is lost or cut off,
+#             x is merged from its first round to the end, the main loop
+#             never pauses 1 s; site g, joining the same way, has its link
+#             SIGSTOPped while its anchor is queued and is lost for its
+#             queue (it has not moved for lost_after); every other site ends
+#             with the coordinator's final anchor.
 #   rejoin    site c (checkpointing every round) is SIGKILLed after its round
 #             3 and restarted under the same name with --resume: the
 #             coordinator declares it lost, re-admits it under its old id,
@@ -1104,6 +1115,100 @@ for s in json.load(sys.stdin)["sites"]:
         for k in sys.argv[2].split("."):
             v = v[k]
         print(v)' "$2" "$3"
+}
+
+# slow_proxy NAME: a wan_proxy in front of the coordinator ($EP) as slow as
+# a poor WAN link (0.1 Mbit/s, 20 ms one way) with little buffered in it
+# (8 KiB), so that a sender is held back at once; sets PROXY (its pid) and
+# SLOW_EP (its endpoint)
+slow_proxy() {
+    local cport=${EP##*:} t
+    "$WAN_PROXY" --listen 127.0.0.1:0 --connect "127.0.0.1:$cport" --latency-ms 20 \
+        --rate-mbit 0.1 --buffer-kib 8 --port-file "$W/proxy-$1.port" >"$W/proxy-$1.log" 2>&1 &
+    PROXY=$!
+    PIDS+=("$PROXY")
+    for t in $(seq 50); do [ -s "$W/proxy-$1.port" ] && break; sleep 0.1; done
+    SLOW_EP=tcp://127.0.0.1:$(cat "$W/proxy-$1.port")
+}
+
+# lost_records METRICS: the coordinator's lost records, one line each
+lost_records() {
+    grep '"event":"lost"' "$1"
+}
+
+case_slow_join() {
+    [ -x "$WAN_PROXY" ] || { echo "SKIP: wan_proxy not given"; exit 77; }
+    # vectors in the smallest chunks (256 bytes asked: one block of 1024
+    # values, 4 KiB of the f32 anchor) and room for 8 messages per site in
+    # ZeroMQ, in 16 KiB send buffers (test hooks): the anchor of this small
+    # model (about 37 k parameters, 36 chunks) overfills a slow site's
+    # queue as a large model's overfills ZeroMQ's 1000 messages of 4 MiB;
+    # topk keeps the updates and deltas small enough for the slow link to
+    # keep up with the rounds
+    export ENTENTE_FAULT_CHUNK_BYTES=256 ENTENTE_FAULT_SITE_QUEUE=8
+    start_paced 2 80 "lost_after = 4
+max_norm_ratio = 0
+codec = topk"
+    unset ENTENTE_FAULT_CHUNK_BYTES ENTENTE_FAULT_SITE_QUEUE
+    local cm=$W/run/coordinator/metrics.jsonl log=$W/run/coordinator.log
+    cp -r "$W/data-c" "$W/data-x"
+    cp -r "$W/data-c" "$W/data-g"
+    wait_for_line "$cm" '"event":"round","round":0,' 90 || { fail "the coordinator did not merge round 0 within 90 s"; return; }
+    grep -q "ENTENTE_FAULT_SITE_QUEUE=8" "$log" ||
+        fail "the coordinator does not say that ENTENTE_FAULT_SITE_QUEUE=8 limits ZeroMQ's queues"
+    # x joins through the slow link: its anchor (about 150 kB on the wire)
+    # takes about 12 s, more than lost_after, to cross it; about half of it
+    # waits in x's queue at the coordinator (a coordinator whose sends
+    # waited for room would stop serving for about 5 s)
+    local direct=$EP
+    slow_proxy x; local proxy_x=$PROXY
+    EP=$SLOW_EP start_site x 0; local px=$SPID
+    wait_for_line "$log" "site 'x' joined as site 3 .*the rest of it is queued" 30 ||
+        fail "the coordinator did not queue x's anchor: $(grep "site 'x'" "$log" | head -2)"
+    wait_for_line "$W/site-x.log" "site x: joined round [0-9]*: anchor received in" 60 ||
+        { fail "site x did not get its anchor within 60 s"; return; }
+    local anchor_s
+    anchor_s=$(sed -n 's/.*site x: joined round [0-9]*: anchor received in \([0-9.]*\) s.*/\1/p' "$W/site-x.log")
+    echo "site x: HELLO -> anchor in $anchor_s s through the slow link (lost_after = 4)"
+    awk -v a="$anchor_s" 'BEGIN { exit !(a > 4) }' ||
+        fail "site x's anchor took $anchor_s s, not more than lost_after: the case tests nothing"
+    # meanwhile nobody was lost or cut off (the others' heartbeats answered)
+    [ -z "$(lost_records "$cm")" ] || fail "a site was lost while x's anchor was in flight: $(lost_records "$cm")"
+    # a second joiner, g, through a link that stops while its anchor is in
+    # flight (the proxy SIGSTOPped for longer than lost_after): g's queue
+    # does not move, and g is lost for it; the others go on
+    local first_x
+    first_x=$(sed -n 's/.*"event":"joined","site":"x","first_round":\([0-9]*\),.*/\1/p' "$cm")
+    wait_for_line "$cm" "\"event\":\"round\",\"round\":$((first_x + 1)),.*\"x\"" 60 ||
+        fail "round $((first_x + 1)) did not merge site x within 60 s"
+    slow_proxy g; local proxy_g=$PROXY
+    EP=$SLOW_EP start_site g 0; local pg=$SPID
+    EP=$direct
+    wait_for_line "$log" "site 'g' joined as site 4 .*the rest of it is queued" 30 ||
+        fail "the coordinator did not queue g's anchor: $(grep "site 'g'" "$log" | head -2)"
+    kill -STOP "$proxy_g"
+    wait_for_line "$cm" '"event":"lost","site":"g",.*has not moved for' 20 ||
+        fail "site g, its link stopped, was not lost for its queue: $(grep "site 'g'" "$log" | tail -2)"
+    grep "site 'g' .* lost at round" "$log"
+    kill -9 "$pg" "$proxy_g" 2>/dev/null; wait "$pg" "$proxy_g" 2>/dev/null
+    wait_all a:$PA b:$PB x:$px
+    kill "$proxy_x"; wait "$proxy_x" 2>/dev/null
+    [ "$FAILED" = 0 ] || return
+    [ -z "$(lost_records "$cm" | grep -v '"site":"g"')" ] || fail "a site other than g was lost: $(lost_records "$cm" | grep -v '"site":"g"')"
+    ! grep -q "cut off" "$W/site-a.log" "$W/site-b.log" "$W/site-x.log" ||
+        fail "a site found itself cut off: $(grep -h "cut off" "$W/site-a.log" "$W/site-b.log" "$W/site-x.log" | head -3)"
+    # x merged from its first round on, to the end
+    local r
+    for r in "$first_x" $((first_x + 1)) 79; do
+        [ -n "$(tokens_of "$cm" "$r" x)" ] || fail "round $r did not merge site x"
+    done
+    # the main loop never stopped for x's or g's link
+    local pause
+    pause=$(sed -n 's/.*"event":"end".*"longest_pause_s":\([0-9.e+-]*\),.*/\1/p' "$cm")
+    echo "the main loop went at most ${pause:-?} s without reading its socket"
+    [ -n "$pause" ] && awk -v p="$pause" 'BEGIN { exit !(p < 1) }' ||
+        fail "the main loop went '$pause' s without reading its socket (want under 1 s)"
+    final_anchor_held_by a b x
 }
 
 case_coord_restart() {

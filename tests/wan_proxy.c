@@ -7,7 +7,8 @@
 // later; released bytes are then paced by a token bucket of --rate-mbit per
 // direction per connection (the bucket holds 5 ms of the rate, so bursts stay
 // short). A direction stops reading while its queue holds more than
-// latency x rate + 1 MiB, so a fast sender is held back by TCP itself rather
+// latency x rate + 1 MiB (--buffer-kib: that many KiB, with kernel socket
+// buffers as small), so a fast sender is held back by TCP itself rather
 // than by the proxy's memory. End of stream travels with the same latency
 // (shutdown of the write side once the queue is empty); a reset or an error
 // on either side resets the other. One thread, poll, non-blocking sockets.
@@ -41,7 +42,7 @@
 
 static const char usage_text[] =
     "usage: wan_proxy --listen HOST:PORT --connect HOST:PORT [--latency-ms N]\n"
-    "                 [--rate-mbit R] [--port-file FILE]\n"
+    "                 [--rate-mbit R] [--buffer-kib N] [--port-file FILE]\n"
     "\n"
     "Forwards every TCP connection accepted on --listen to --connect, both ways,\n"
     "as if over a wide-area link:\n"
@@ -53,6 +54,11 @@ static const char usage_text[] =
     "  --rate-mbit R        bandwidth cap per direction of each connection, in\n"
     "                       megabits (10^6 bits) per second, e.g. 100 or 2.5\n"
     "                       (default: no cap). Bursts are at most 5 ms of R.\n"
+    "  --buffer-kib N       bound each direction's queue at N KiB (1..65536)\n"
+    "                       instead of latency x rate + 1 MiB, and ask the kernel\n"
+    "                       for N KiB socket buffers: a sender is held back after\n"
+    "                       little more than N KiB in flight (tests of a slow\n"
+    "                       link's back-pressure)\n"
     "  --capture-dir DIR    write a copy of every byte each client sends (toward\n"
     "                       --connect) to DIR/conn-N.up, N counting connections\n"
     "                       from 1 (for tests that check what crossed the link)\n"
@@ -61,9 +67,10 @@ static const char usage_text[] =
     "                       rename, so a reader never sees part of it\n"
     "  --help               this text\n"
     "\n"
-    "Each direction buffers at most latency x rate + 1 MiB and then stops reading,\n"
-    "so TCP holds the sender back. End of stream (shutdown) is forwarded after the\n"
-    "latency too; a reset on one side resets the other. SIGTERM or SIGINT stops\n"
+    "Each direction buffers at most latency x rate + 1 MiB (or --buffer-kib) and\n"
+    "then stops reading, so TCP holds the sender back. End of stream (shutdown) is\n"
+    "forwarded after the latency too; a reset on one side resets the other.\n"
+    "SIGTERM or SIGINT stops\n"
     "the proxy; it then prints the connections and bytes forwarded each way on\n"
     "stderr and exits 0. Exit 2: bad arguments; exit 1: a socket error at start.\n"
     "\n"
@@ -97,6 +104,7 @@ typedef struct {
   double rate_bps;        // bytes per second; 0 = no cap
   const char *port_file;  // NULL = none
   const char *capture;    // directory for copies of client -> target bytes; NULL = none
+  size_t buffer;          // --buffer-kib in bytes; 0 = the defaults
 } options_t;
 
 static int bad_arg(const char *flag, const char *fmt, ...) {
@@ -175,7 +183,7 @@ static int parse_args(int argc, char **argv, options_t *o) {
       exit(0);
     }
     const char *known[] = {"--listen", "--connect", "--latency-ms", "--rate-mbit", "--port-file",
-                           "--capture-dir"};
+                           "--capture-dir", "--buffer-kib"};
     bool is_known = false;
     for (size_t k = 0; k < sizeof known / sizeof known[0]; k++) is_known |= strcmp(a, known[k]) == 0;
     if (!is_known) return bad_arg(a, "unknown argument");
@@ -199,6 +207,12 @@ static int parse_args(int argc, char **argv, options_t *o) {
       if (parse_rate(a, v, &mbit) != 0) return -1;
       o->rate_bps = mbit * 1e6 / 8.0;
       have_rate = true;
+    } else if (strcmp(a, "--buffer-kib") == 0) {
+      if (o->buffer) return bad_arg(a, "given twice");
+      uint64_t kib = 0;
+      if (parse_uint(a, v, 65536, &kib) != 0) return -1;
+      if (kib == 0) return bad_arg(a, "must be at least 1");
+      o->buffer = (size_t)kib * 1024;
     } else if (strcmp(a, "--capture-dir") == 0) {
       if (o->capture) return bad_arg(a, "given twice");
       if (v[0] == '\0') return bad_arg(a, "empty directory name");
@@ -233,6 +247,15 @@ static int resolve(const char *flag, const char *hostport, bool passive, struct 
 static void set_nodelay(int fd) {
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+// --buffer-kib: small kernel buffers (before connect or listen, so that the
+// window is sized from them)
+static void set_buffers(const options_t *o, int fd) {
+  if (o->buffer == 0) return;
+  int n = (int)o->buffer;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &n, sizeof n);
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &n, sizeof n);
 }
 
 // Close so that the peer sees a reset, not an orderly end.
@@ -422,6 +445,7 @@ static conn_t *conn_open(proxy_t *p, int client, const struct addrinfo *target, 
     log_msg("connection %llu: socket: %s", (unsigned long long)(p->accepted), strerror(errno));
     return NULL;
   }
+  set_buffers(&p->opt, fd);
   int rc = connect(fd, target->ai_addr, target->ai_addrlen);
   if (rc != 0 && errno != EINPROGRESS) {
     log_msg("connection %llu: connect to %s: %s", (unsigned long long)(p->accepted),
@@ -535,6 +559,7 @@ static int open_listener(const proxy_t *p, unsigned *port) {
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    set_buffers(&p->opt, fd); // accepted connections inherit them
     if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 128) != 0) {
       last_errno = errno;
       close(fd);
@@ -562,12 +587,13 @@ int main(int argc, char **argv) {
 
   double lat_s = (double)p.opt.latency_ns * 1e-9;
   if (p.opt.rate_bps > 0) {
-    p.queue_max = BASE_QUEUE + (size_t)(lat_s * p.opt.rate_bps);
+    p.queue_max = p.opt.buffer ? p.opt.buffer : BASE_QUEUE + (size_t)(lat_s * p.opt.rate_bps);
     p.bucket_cap = p.opt.rate_bps * BUCKET_SECONDS;
     if (p.bucket_cap < 2 * SEND_QUANTUM) p.bucket_cap = 2 * SEND_QUANTUM;
   } else {
     double q = BASE_QUEUE + lat_s * UNCAPPED_RATE_BPS;
     p.queue_max = (size_t)(q < UNCAPPED_QUEUE_MAX ? q : UNCAPPED_QUEUE_MAX);
+    if (p.opt.buffer) p.queue_max = p.opt.buffer;
   }
 
   unsigned port = 0;

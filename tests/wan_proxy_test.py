@@ -282,6 +282,8 @@ def case_bad_args(server):
         (good + ["--latency-ms", "99999999999999999999999"], "--latency-ms"),
         (good + ["--latency-ms"], "--latency-ms"),
         (good + ["--rate-mbit", "0"], "--rate-mbit"),
+        (good + ["--buffer-kib", "0"], "--buffer-kib"),
+        (good + ["--buffer-kib", "65537"], "--buffer-kib"),
         (good + ["--rate-mbit", "nan"], "--rate-mbit"),
         (good + ["--rate-mbit", "1e3"], "--rate-mbit"),
         (good + ["--rate-mbit", "-1"], "--rate-mbit"),

@@ -12,8 +12,10 @@
 // one metrics record per round, and saves the anchor as a checkpoint.
 // docs/coalition.md ("Rounds") and docs/protocol.md ("Who sends what").
 //
-// Failures: a site whose connection closes (its process died) or that is
-// silent for coalition.lost_after seconds is lost, and one that says LEAVE
+// Failures: a site whose connection closes (its process died), that is
+// silent for coalition.lost_after seconds, or whose link has taken nothing
+// of what is queued for it for as long (sends never wait: what ZeroMQ has
+// no room for waits in the site's own queue) is lost, and one that says LEAVE
 // before the end has left; the rounds go on with the others while at least
 // coalition.quorum remain. A delta that arrived whole before its site was
 // lost is still merged.
@@ -54,6 +56,25 @@
 #include <time.h>
 
 #define PLAN_SLOTS 4
+
+// A vector encoded once and sent to several sites (a round's update to
+// every site, a joiner's anchor): the sites' queues hold references to it,
+// never copies (an update of a 7B model is 7 GB in int8, its anchor 28 GB).
+typedef struct {
+    int refs;
+    coal_vec v;
+} shared_vec;
+
+// One entry of a site's outgoing queue: a message of its own (vec NULL), or
+// the chunks [chunk, count) of a shared vector as UPDATE messages of
+// `round`, the chunk being sent encoded in msg.
+typedef struct qmsg {
+    struct qmsg *next;
+    ent_link_buf msg;
+    shared_vec *vec;
+    uint32_t site, chunk;
+    uint64_t round;
+} qmsg;
 
 typedef struct {
     uint32_t id; // 1.. in order of first joining; a site that comes back keeps its id
@@ -101,6 +122,13 @@ typedef struct {
     double gain[2]; // the loss-change score of the round's delta (slot round % 2): L(A) - L(A - d)
     uint64_t gain_round[2];
     int gain_have[2];
+    // what ZeroMQ had no room for yet, in order (site_send): the main loop
+    // sends it as room appears (pump_queues); q_moved: when the queue last
+    // took a message in or sent one out (a queue that has not moved for
+    // coalition.lost_after loses its site)
+    qmsg *q_head, *q_tail;
+    uint64_t q_msgs; // messages in it (a vector's chunks each)
+    double q_moved;
 } csite;
 
 // A checkpoint written on a thread of its own (save_start, save_work): it
@@ -181,6 +209,12 @@ typedef struct {
     // the longest time the main loop went without reading its socket, from
     // round 0's plans on (the end record's longest_pause_s)
     double poll_last, pause_max;
+    int pump_next;   // the site pump_queues starts with (each gets its turn first)
+    int pump_more;   // a queue had room left when its time ran out: poll again at once
+    // the anchor encoded for the joiners of one round (anchor_sv_round):
+    // those that join before the next merge share it (send_update drops it)
+    shared_vec *anchor_sv;
+    uint64_t anchor_sv_round;
     uint64_t *hist;                       // anchor hash after each round (hist[0]: initial)
     ent_codec codec;
     ent_outer_opt outer;
@@ -237,8 +271,163 @@ static ent_status record(coord *c, const ent_json_field *f, int n) {
     return ENT_OK;
 }
 
+// ---------------------------------------------------------------------------
+// the sites' outgoing queues
+//
+// The main loop must never wait for one site's link: a send that waited for
+// room (ZeroMQ's queue of a site behind a slow link full) would stop the
+// answers to every other site for as long as that transfer takes. So every
+// send to a site is tried without waiting; what finds no room waits in the
+// site's own queue, with everything sent to it after (the order of a
+// site's messages is kept), and goes out as room appears (pump_queues, at
+// every poll).
+
+static shared_vec *shared_take(coal_vec *v) {
+    shared_vec *sv = malloc(sizeof *sv);
+    if (sv == NULL) return NULL;
+    sv->refs = 1;
+    sv->v = *v;
+    // v keeps its numbers (count, len, anchor_hash, tokens), not its buffers
+    v->poff = v->plen = NULL;
+    v->boff = v->blen = NULL;
+    v->data = v->have = NULL;
+    return sv;
+}
+
+static void shared_drop(shared_vec *sv) {
+    if (sv == NULL || --sv->refs > 0) return;
+    coal_vec_free(&sv->v);
+    free(sv);
+}
+
+static void queue_clear(csite *s) {
+    while (s->q_head != NULL) {
+        qmsg *q = s->q_head;
+        s->q_head = q->next;
+        ent_link_buf_free(&q->msg);
+        shared_drop(q->vec);
+        free(q);
+    }
+    s->q_tail = NULL;
+    s->q_msgs = 0;
+}
+
+// Sends from s's queue until it is empty, ZeroMQ has no room (*full), or
+// `until`. A failure other than no room (the peer gone) is returned: the
+// caller loses the site (lost_on_failure).
+static ent_status site_pump(coord *c, csite *s, double until, int *full) {
+    *full = 0;
+    while (s->q_head != NULL) {
+        qmsg *q = s->q_head;
+        if (q->vec != NULL && q->msg.len == 0) {
+            const coal_vec *v = &q->vec->v;
+            uint32_t i = q->chunk;
+            ent_link_chunk ch = {.index = i, .count = v->count, .total = v->total,
+                                 .offset = v->poff[i], .length = v->plen[i], .codec = v->codec,
+                                 .anchor_hash = v->anchor_hash, .tokens = v->tokens,
+                                 .data = v->data + v->boff[i], .data_len = v->blen[i]};
+            ENT_CHECK(ent_link_encode_update(&q->msg, q->site, q->round, &ch));
+        }
+        if (ent_link_send_now(c->ep, &s->peer, q->msg.data, q->msg.len) != ENT_OK) {
+            if (!ent_link_send_was_full(c->ep)) return ENT_ERR_IO;
+            *full = 1;
+            return ENT_OK;
+        }
+        s->q_moved = ent_now_seconds();
+        s->q_msgs--;
+        q->msg.len = 0; // its buffer serves the vector's next chunk
+        if (q->vec == NULL || ++q->chunk == q->vec->v.count) {
+            s->q_head = q->next;
+            if (s->q_head == NULL) s->q_tail = NULL;
+            ent_link_buf_free(&q->msg);
+            shared_drop(q->vec);
+            free(q);
+        }
+        if (ent_now_seconds() >= until) break;
+    }
+    return ENT_OK;
+}
+
+// Appends q to s's queue and sends what can go at once (for up to 5 ms:
+// the rest of a large vector goes out between the main loop's reads).
+static ent_status site_queue(coord *c, csite *s, qmsg *q, uint64_t msgs) {
+    if (s->q_head == NULL) s->q_moved = ent_now_seconds();
+    if (s->q_tail != NULL) s->q_tail->next = q;
+    else s->q_head = q;
+    s->q_tail = q;
+    s->q_msgs += msgs;
+    int full = 0;
+    ent_status st = site_pump(c, s, ent_now_seconds() + 0.005, &full);
+    if (st == ENT_OK && s->q_head != NULL && !full) c->pump_more = 1;
+    return st;
+}
+
+// One message (msg's buffer moves into the queue) to site s; st: its encoder's.
+static ent_status site_send(coord *c, csite *s, ent_link_buf *msg, ent_status st) {
+    if (st != ENT_OK) {
+        ent_link_buf_free(msg);
+        return st;
+    }
+    qmsg *q = calloc(1, sizeof *q);
+    if (q == NULL) {
+        ent_link_buf_free(msg);
+        return ent_fail(ENT_ERR_NOMEM, "out of memory for a message to site '%s'", s->name);
+    }
+    q->msg = *msg;
+    memset(msg, 0, sizeof *msg);
+    return site_queue(c, s, q, 1);
+}
+
+// Every chunk of sv as UPDATE messages of `round` to site s (a reference).
+static ent_status site_send_vec(coord *c, csite *s, shared_vec *sv, uint64_t round) {
+    if (sv->v.count == 0) return ENT_OK;
+    qmsg *q = calloc(1, sizeof *q);
+    if (q == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for a message to site '%s'", s->name);
+    q->vec = sv;
+    sv->refs++;
+    q->site = s->id;
+    q->round = round;
+    return site_queue(c, s, q, sv->v.count);
+}
+
+static ent_status lost_on_failure(coord *c, csite *s, ent_status st);
+
+// At every poll: the queues send as their links take, for about 5 ms in all,
+// each site's in turn first.
+static ent_status pump_queues(coord *c) {
+    c->pump_more = 0;
+    double t0 = ent_now_seconds();
+    for (int k = 0; k < c->nsites; k++) {
+        csite *s = &c->sites[(c->pump_next + k) % c->nsites];
+        if (s->q_head == NULL) continue;
+        if (s->left || s->lost) { // it said LEAVE at the end: it has all it needs
+            queue_clear(s);
+            continue;
+        }
+        int full = 0;
+        ENT_CHECK(lost_on_failure(c, s, site_pump(c, s, t0 + 0.005, &full)));
+        if (s->q_head != NULL && !full) c->pump_more = 1;
+    }
+    if (c->nsites > 0) c->pump_next = (c->pump_next + 1) % c->nsites;
+    return ENT_OK;
+}
+
+static int queued(const coord *c) {
+    for (int i = 0; i < c->nsites; i++)
+        if (c->sites[i].q_head != NULL) return 1;
+    return 0;
+}
+
+// A message to a peer that may not be a site (an ERROR): through the queue
+// of the site it is, else at once, never waiting.
 static ent_status send_msg(coord *c, const ent_link_peer *to, ent_link_buf *msg, ent_status st) {
-    if (st == ENT_OK) st = ent_link_send(c->ep, to, msg->data, msg->len);
+    for (int i = 0; st == ENT_OK && i < c->nsites; i++) {
+        csite *s = &c->sites[i];
+        if (!s->left && !s->lost && s->peer.id_len == to->id_len &&
+            memcmp(s->peer.id, to->id, to->id_len) == 0)
+            return site_send(c, s, msg, st);
+    }
+    if (st == ENT_OK) st = ent_link_send_now(c->ep, to, msg->data, msg->len);
     ent_link_buf_free(msg);
     return st;
 }
@@ -318,6 +507,7 @@ static ent_status site_gone(coord *c, csite *s, const char *event, const char *w
     if (!active(s)) return ENT_OK;
     if (strcmp(event, "lost") == 0) s->lost = 1;
     else s->left = 1;
+    queue_clear(s); // nothing is sent to it any more; a rejoin starts afresh
     drop_partial_deltas(c, s);
     int n = active_count(c);
     ent_log_warn("coordinator: site '%s' (%s) %s at round %llu: %s; %d of %d site(s) go on%s",
@@ -396,7 +586,7 @@ static ent_status send_plan(coord *c, csite *s, uint64_t round) {
     ent_link_round_plan m = {.inner_steps = steps,
                              .deadline_ms = (uint32_t)(c->cfg->coal_timeout * 1e3)};
     ent_link_buf msg = {0};
-    return send_msg(c, &s->peer, &msg, ent_link_encode_round_plan(&msg, s->id, round, &m));
+    return site_send(c, s, &msg, ent_link_encode_round_plan(&msg, s->id, round, &m));
 }
 
 static int plan_sent(const csite *s, uint64_t round) {
@@ -418,16 +608,31 @@ static csite *find_site(coord *c, const ent_link_incoming *in) {
 // joining
 
 // The anchor as it is now (after the updates of the rounds before the one
-// being merged), as f32 UPDATE chunks of the site's first round.
+// being merged), as f32 UPDATE chunks of the site's first round, into its
+// queue: they go out as its link takes them.
 // It reads the anchor only (raw f32 is a copy): a merge may run meanwhile.
+// Joiners before the next merge (several sites back after a restart) share
+// one encoding of it.
 static ent_status send_anchor(coord *c, csite *s) {
-    coal_vec v = {0};
-    ENT_CHECK(coal_vec_encode(&v, ENT_LINK_CODEC_F32, NULL, c->anchor, NULL, c->n,
-                              c->chunk_bytes));
-    v.anchor_hash = c->hist[c->round];
-    ent_status st = coal_vec_send(c->ep, &s->peer, ENT_LINK_UPDATE, s->id, s->first_round, &v);
-    coal_vec_free(&v);
-    return st;
+    shared_vec *sv = c->anchor_sv;
+    if (sv != NULL && c->anchor_sv_round != c->round) {
+        shared_drop(sv);
+        c->anchor_sv = sv = NULL;
+    }
+    if (sv == NULL) {
+        coal_vec v = {0};
+        ENT_CHECK(coal_vec_encode(&v, ENT_LINK_CODEC_F32, NULL, c->anchor, NULL, c->n,
+                                  c->chunk_bytes));
+        v.anchor_hash = c->hist[c->round];
+        sv = shared_take(&v);
+        if (sv == NULL) {
+            coal_vec_free(&v);
+            return ent_fail(ENT_ERR_NOMEM, "out of memory for the anchor of site '%s'", s->name);
+        }
+        c->anchor_sv = sv;
+        c->anchor_sv_round = c->round;
+    }
+    return site_send_vec(c, s, sv, s->first_round);
 }
 
 static int same_peer(const ent_link_peer *a, const ent_link_peer *b) {
@@ -437,6 +642,7 @@ static int same_peer(const ent_link_peer *a, const ent_link_peer *b) {
 // A site that comes back: its id and name stay, with the deltas the round
 // being merged still counts (drop_partial_deltas); the rest starts afresh.
 static void readmit(coord *c, csite *s) {
+    queue_clear(s); // its WELCOME and anchor go first, behind nothing of before
     drop_partial_deltas(c, s);
     csite keep = *s;
     memset(s, 0, sizeof *s);
@@ -540,16 +746,17 @@ static ent_status on_hello(coord *c, const ent_link_incoming *in) {
                           .chunk_bytes = c->chunk_bytes};
     ent_link_buf msg = {0};
     double t0 = ent_now_seconds();
-    ent_status st = send_msg(c, &s->peer, &msg, ent_link_encode_welcome(&msg, s->id, first, &w));
+    ent_status st = site_send(c, s, &msg, ent_link_encode_welcome(&msg, s->id, first, &w));
     if (st == ENT_OK) st = send_anchor(c, s);
     if (st == ENT_OK && c->started) st = send_plan(c, s, first);
     if (st != ENT_OK) return lost_on_failure(c, s, st); // gone before its welcome left
     int n = active_count(c);
     ent_log_info("coordinator: site '%s' %s as site %u (%u x %u ranks, from %s), merged from "
                  "round %llu; %d site(s) in, %d awaited before round 0; the anchor took %.2f s "
-                 "to send", s->name, rejoin ? "rejoined" : "joined", s->id, h.dp_size, h.tp_size,
-                 in->peer.name, (unsigned long long)first, n, cfg->coal_sites,
-                 ent_now_seconds() - t0);
+                 "to encode%s", s->name, rejoin ? "rejoined" : "joined", s->id, h.dp_size,
+                 h.tp_size, in->peer.name, (unsigned long long)first, n, cfg->coal_sites,
+                 ent_now_seconds() - t0,
+                 s->q_head != NULL ? " (its link takes it slower: the rest of it is queued)" : "");
     char now[32];
     coal_utc_now(now);
     ent_json_field rec[] = {ENT_JSTR("event", rejoin ? "rejoined" : "joined"),
@@ -748,7 +955,7 @@ static ent_status on_heartbeat(coord *c, csite *s, const ent_link_incoming *in) 
     ent_link_heartbeat e = {.time_ns = (uint64_t)(ent_now_seconds() * 1e9), .echo_ns = m.time_ns};
     ent_link_buf msg = {0};
     if (st == ENT_OK)
-        st = send_msg(c, &s->peer, &msg, ent_link_encode_heartbeat(&msg, s->id, hd.round, &e));
+        st = site_send(c, s, &msg, ent_link_encode_heartbeat(&msg, s->id, hd.round, &e));
     return lost_on_failure(c, s, st);
 }
 
@@ -796,6 +1003,8 @@ static void heard_all(coord *c, double since) {
     for (int i = 0; i < c->nsites; i++) {
         double t = c->sites[i].last_seen + busy;
         c->sites[i].last_seen = t < now ? t : now;
+        t = c->sites[i].q_moved + busy;
+        c->sites[i].q_moved = t < now ? t : now;
     }
 }
 
@@ -841,6 +1050,9 @@ static ent_status poll_once(coord *c, int ms) {
     ENT_CHECK(standby_poll(c));
     ENT_CHECK(save_reap(c));
     ENT_CHECK(stream_pump(c));
+    ENT_CHECK(pump_queues(c));
+    if (c->pump_more) ms = 0; // a queue has more its link would take now
+    else if (queued(c) && ms > 2) ms = 2; // a queue waits for room: try again soon
     // more of the state to send: back soon (not while the first message
     // waits for the connection, nor for a slow standby: every 10 ms)
     if (c->stream.sending && !c->stream.slow && !stream_held(&c->stream)) ms = 0;
@@ -861,8 +1073,19 @@ static ent_status poll_once(coord *c, int ms) {
     double now = ent_now_seconds();
     for (int i = 0; i < c->nsites; i++) {
         csite *s = &c->sites[i];
-        if (active(s) && now - s->last_seen > c->cfg->coal_lost_after) {
-            char why[128];
+        if (!active(s)) continue;
+        // while messages wait for a site, its queue decides: moving, the
+        // site is reading (a joiner takes its anchor for as long as its
+        // link needs); not moved for coalition.lost_after, its link takes
+        // nothing and it is lost. With nothing queued, its silence decides.
+        char why[192];
+        if (s->q_head != NULL) {
+            if (now - s->q_moved <= c->cfg->coal_lost_after) continue;
+            snprintf(why, sizeof why, "its queue of %llu message(s) has not moved for %.0f s "
+                     "(coalition.lost_after): its link takes nothing",
+                     (unsigned long long)s->q_msgs, now - s->q_moved);
+            ENT_CHECK(site_gone(c, s, "lost", why));
+        } else if (now - s->last_seen > c->cfg->coal_lost_after) {
             snprintf(why, sizeof why, "silent for %.0f s (coalition.lost_after)",
                      now - s->last_seen);
             ENT_CHECK(site_gone(c, s, "lost", why));
@@ -1391,7 +1614,9 @@ static void spoil_ledger(uint64_t merged, char *text) {
 // The round's ledger (LEDGER: the sites checkpoint it), its update, and
 // the plan two rounds ahead, to every site still in; one that cannot be
 // sent to is lost.
-static ent_status send_update(coord *c, const coal_vec *up) {
+// The update's buffers move into a vector the sites' queues share (up keeps
+// its numbers).
+static ent_status send_update(coord *c, coal_vec *up) {
     char *ledger = ledger_text(c, c->round + 1, NULL);
     if (ledger == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for the ledger");
     spoil_ledger(c->round + 1, ledger);
@@ -1402,16 +1627,26 @@ static ent_status send_update(coord *c, const coal_vec *up) {
                      "sites do not get it", lm.len, ENT_LINK_LEDGER_MAX);
         lm.len = 0;
     }
+    // the anchor moves with this update: joiners from now on get the new one
+    shared_drop(c->anchor_sv);
+    c->anchor_sv = NULL;
+    shared_vec *sv = shared_take(up);
+    if (sv == NULL) {
+        free(ledger);
+        return ent_fail(ENT_ERR_NOMEM, "out of memory for the update of round %llu",
+                        (unsigned long long)c->round);
+    }
     for (int i = 0; i < c->nsites && st == ENT_OK; i++) {
         csite *s = &c->sites[i];
         if (!active(s)) continue;
         ent_link_buf msg = {0};
         if (lm.len > 0)
-            st = send_msg(c, &s->peer, &msg, ent_link_encode_ledger(&msg, s->id, c->round + 1, &lm));
-        if (st == ENT_OK) st = coal_vec_send(c->ep, &s->peer, ENT_LINK_UPDATE, s->id, c->round, up);
+            st = site_send(c, s, &msg, ent_link_encode_ledger(&msg, s->id, c->round + 1, &lm));
+        if (st == ENT_OK) st = site_send_vec(c, s, sv, c->round);
         if (st == ENT_OK && c->round + 2 < c->rounds) st = send_plan(c, s, c->round + 2);
         st = lost_on_failure(c, s, st);
     }
+    shared_drop(sv);
     free(ledger);
     return st;
 }
@@ -1577,6 +1812,8 @@ static ent_status adopt_state(coord *c, uint64_t round, const char *from, const 
         return ent_fail(ENT_ERR_USAGE, "%s: the coalition's state after round %llu of "
                         "coalition.rounds = %llu: no round is left to continue with", from,
                         (unsigned long long)round, (unsigned long long)c->rounds);
+    shared_drop(c->anchor_sv); // another anchor from now on
+    c->anchor_sv = NULL;
     coal_ledger_site *led = NULL;
     int n = 0;
     uint64_t merged = 0;
@@ -2325,6 +2562,22 @@ static ent_status coord_setup(coord *c) {
                         cfg->path[0] ? cfg->path : "configuration");
     c->lo = ent_link_opts_default();
     ENT_CHECK(coal_keys_load(cfg, 1, &c->keys, &c->lo));
+    // A test hook: ENTENTE_FAULT_SITE_QUEUE = N lets ZeroMQ queue only N
+    // messages per site (ZMQ_SNDHWM), in kernel send buffers of 16 KiB, so
+    // that a small model's vectors (in small chunks: ENTENTE_FAULT_CHUNK_BYTES)
+    // fill a slow site's queue as a large model's fill ZeroMQ's 1000
+    const char *sq = getenv("ENTENTE_FAULT_SITE_QUEUE");
+    if (sq != NULL && sq[0] != '\0') {
+        char *end = NULL;
+        long q = strtol(sq, &end, 10);
+        if (end == sq || *end != '\0' || q < 1 || q > 1000)
+            return ent_fail(ENT_ERR_USAGE, "ENTENTE_FAULT_SITE_QUEUE=%s: give messages in [1, 1000]",
+                            sq);
+        c->lo.send_queue = (int)q;
+        c->lo.send_buffer = 16 << 10;
+        ent_log_warn("coordinator: ENTENTE_FAULT_SITE_QUEUE=%s: ZeroMQ queues %ld message(s) per "
+                     "site, in 16 KiB send buffers (a test hook)", sq, q);
+    }
     ENT_CHECK(ent_link_router_bind(bind, &c->lo, &c->ep));
     if (cfg->coal_standby[0] != '\0') {
         // the state stream: never waits (a standby that is not there costs
@@ -2384,7 +2637,10 @@ static void coord_free(coord *c) {
     if (c->grid) ent_grid_free(&c->grid);
     ent_link_close(&c->ep);
     coal_keys_free(&c->keys);
+    shared_drop(c->anchor_sv);
+    c->anchor_sv = NULL;
     for (int i = 0; c->sites && i < c->cap; i++) {
+        queue_clear(&c->sites[i]);
         coal_vec_free(&c->sites[i].delta[0]);
         coal_vec_free(&c->sites[i].delta[1]);
     }
