@@ -1597,6 +1597,19 @@ start_chain() {
          --set "coalition.coordinator_key=$W/keys/coordinator.pub,$W/keys/standby.pub,$W/keys/standby2.pub")
 }
 
+# chain_ended R METRICS ENDPOINT: standby 2 (its METRICS) ended after R
+# rounds, both sites' run directories name its ENDPOINT as the one that last
+# welcomed them, and both hold its final anchor
+chain_ended() {
+    grep -q "\"event\":\"end\",\"rounds\":$1," "$2" || fail "standby 2 did not end after $1 rounds"
+    local x
+    for x in a b; do
+        grep -qx "$3" "$W/run/site-$x/coordinator_endpoint" ||
+            fail "site $x's run directory does not name standby 2's endpoint $3: $(cat "$W/run/site-$x/coordinator_endpoint" 2>&1)"
+    done
+    CM=$2 final_anchor_held_by a b
+}
+
 case_failover2() {
     need_mpirun
     local seed=${ENT_TEST_SEED:-$RANDOM}
@@ -1696,13 +1709,8 @@ case_failover2() {
         [ -n "$(tokens_of "$m" $r a last)" ] && [ -n "$(tokens_of "$m" $r b last)" ] ||
             { fail "round $r ($m) did not merge both sites"; break; }
     done
-    grep -q "\"event\":\"end\",\"rounds\":$R," "$m2" || fail "standby 2 did not end after $R rounds"
-    # the sites went down the list of three endpoints to standby 2's
-    for r in a b; do
-        grep -qx "$ep2" "$W/run/site-$r/coordinator_endpoint" ||
-            fail "site $r's run directory does not name standby 2's endpoint $ep2: $(cat "$W/run/site-$r/coordinator_endpoint" 2>&1)"
-    done
-    CM=$m2 final_anchor_held_by a b
+    # the sites went down the list of endpoints to standby 2's
+    chain_ended "$R" "$m2" "$ep2"
     # the ledger across the three logs: the primary's up to standby 1's
     # takeover, standby 1's from it up to standby 2's, standby 2's from its own
     local ck=$W/run/standby2/checkpoints/latest
@@ -1795,12 +1803,7 @@ case_failover2_early() {
         [ -n "$(tokens_of "$m" $r a last)" ] && [ -n "$(tokens_of "$m" $r b last)" ] ||
             { fail "round $r ($m) did not merge both sites"; break; }
     done
-    grep -q "\"event\":\"end\",\"rounds\":$R," "$m2" || fail "standby 2 did not end after $R rounds"
-    for r in a b; do
-        grep -qx "$ep2" "$W/run/site-$r/coordinator_endpoint" ||
-            fail "site $r's run directory does not name standby 2's endpoint $ep2: $(cat "$W/run/site-$r/coordinator_endpoint" 2>&1)"
-    done
-    CM=$m2 final_anchor_held_by a b
+    chain_ended "$R" "$m2" "$ep2"
     # the ledger across the three logs (standby 1's adds no round)
     SITE_LOGS=0 LEDGER_CK=$W/run/standby2/checkpoints/latest LEDGER_LOGS="$pm,$m1,$m2" \
         check_ledger a b -- a:accepted=$((R - 1)) b:accepted=$((R - 1)) a:tokens=0 b:tokens=0
