@@ -48,6 +48,7 @@
 #include "ckpt_impl.h" // the digest's own tests
 #include "ent_ckpt.h"
 #include "ent_runtime.h"
+#include "kernel_math.h"
 #include "ref.h"
 
 static char root[64];
@@ -700,6 +701,64 @@ static void test_retention_and_check(void **unused) {
     state_free(&s);
 }
 
+// Every F16 and BF16 bit pattern, read from a safetensors file, widens to
+// the float the scalar conversions give, bit for bit (the F16C path, the
+// blocks that hold a NaN, and a tail of 3 that no vector covers).
+static void test_safetensors_widen(void **unused) {
+    (void)unused;
+    if (rank != 0) return;
+    enum { N = 65536 + 3 };
+    char dir[PATH_MAX], path[PATH_MAX + 32];
+    snprintf(dir, sizeof dir, "%s/st_widen", root);
+    assert_int_equal(ent_mkdirs(dir), ENT_OK);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    char json[256];
+    int len = snprintf(json, sizeof json,
+                       "{\"h\":{\"dtype\":\"F16\",\"shape\":[%d],\"data_offsets\":[0,%d]},"
+                       "\"b\":{\"dtype\":\"BF16\",\"shape\":[%d],\"data_offsets\":[%d,%d]}}",
+                       N, 2 * N, N, 2 * N, 4 * N);
+    while (len % 8 != 0) json[len++] = ' ';
+    uint16_t *bits = malloc(sizeof *bits * N);
+    assert_non_null(bits);
+    for (int i = 0; i < N; i++) bits[i] = (uint16_t)(i < 65536 ? i : 0x7e00 + i); // a NaN tail
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    uint64_t hl = (uint64_t)len;
+    unsigned char le[8];
+    for (int k = 0; k < 8; k++) le[k] = (unsigned char)(hl >> (8 * k));
+    assert_int_equal(fwrite(le, 1, 8, f), 8);
+    assert_int_equal(fwrite(json, 1, (size_t)len, f), (size_t)len);
+    for (int rep = 0; rep < 2; rep++)
+        for (int i = 0; i < N; i++) {
+            unsigned char two[2] = {(unsigned char)(bits[i] & 0xff), (unsigned char)(bits[i] >> 8)};
+            assert_int_equal(fwrite(two, 1, 2, f), 2);
+        }
+    assert_int_equal(fclose(f), 0);
+    ent_st_t *st = NULL;
+    assert_int_equal(ent_st_open(dir, &st), ENT_OK);
+    float *out = malloc(sizeof *out * N);
+    assert_non_null(out);
+    for (int which = 0; which < 2; which++) {
+        const ent_st_tensor *t = ent_st_find(st, which == 0 ? "h" : "b");
+        assert_non_null(t);
+        assert_int_equal(ent_st_read(st, t, out, 0), ENT_OK);
+        int wrong = 0;
+        for (int i = 0; i < N; i++) {
+            float want = which == 0 ? ent_k_f16_to_f32(bits[i]) : ent_k_bf16_to_f32(bits[i]);
+            uint32_t a, b;
+            memcpy(&a, &out[i], 4);
+            memcpy(&b, &want, 4);
+            if (a != b && wrong++ < 5)
+                print_error("%s 0x%04x: 0x%08x, want 0x%08x\n", which == 0 ? "F16" : "BF16",
+                            bits[i], a, b);
+        }
+        assert_int_equal(wrong, 0);
+    }
+    free(out);
+    free(bits);
+    ent_st_close(&st);
+}
+
 int main(int argc, char **argv) {
     ent_ckpt_library_init();
     if (ent_comm_init_threads(&argc, &argv, 1, &comm) != ENT_OK ||
@@ -720,6 +779,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_retention_and_check),
         cmocka_unit_test(test_sha256_vectors),
         cmocka_unit_test(test_metadata),
+        cmocka_unit_test(test_safetensors_widen),
     };
     int failed = cmocka_run_group_tests_name("ckpt", tests, setup, teardown);
     ent_grid_free(&grid);
