@@ -424,6 +424,8 @@ static inline void transpose8(const float *src, size_t ss, float *dst, size_t ds
 static void transpose_band(const float *band, size_t r0, size_t nr, size_t rows, size_t cols,
                            float *t) {
     enum { TILE = 64 };
+    // the tiles of rows on the cores (each writes its own rows of t)
+#pragma omp parallel for schedule(static) if (nr * cols >= (size_t)1 << 18)
     for (size_t i0 = 0; i0 < nr; i0 += TILE)
         for (size_t j0 = 0; j0 < cols; j0 += TILE) {
             size_t i1 = i0 + TILE < nr ? i0 + TILE : nr, j1 = j0 + TILE < cols ? j0 + TILE : cols;

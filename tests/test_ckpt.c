@@ -759,6 +759,59 @@ static void test_safetensors_widen(void **unused) {
     ent_st_close(&st);
 }
 
+// A BF16 matrix large enough for the transpose to share its tiles among
+// threads (rows and columns not multiples of 8 or 64) lands transposed, each
+// value the scalar conversion of its stored bits.
+static void test_safetensors_transpose(void **unused) {
+    (void)unused;
+    if (rank != 0) return;
+    enum { R = 523, C = 1031 };
+    char dir[PATH_MAX], path[PATH_MAX + 32];
+    snprintf(dir, sizeof dir, "%s/st_transpose", root);
+    assert_int_equal(ent_mkdirs(dir), ENT_OK);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    char json[160];
+    int len = snprintf(json, sizeof json,
+                       "{\"w\":{\"dtype\":\"BF16\",\"shape\":[%d,%d],\"data_offsets\":[0,%d]}}",
+                       R, C, 2 * R * C);
+    while (len % 8 != 0) json[len++] = ' ';
+    uint16_t *bits = malloc(sizeof *bits * R * C);
+    float *out = malloc(sizeof *out * R * C);
+    assert_true(bits != NULL && out != NULL);
+    uint32_t x = 12345;
+    for (int i = 0; i < R * C; i++) {
+        x = x * 1664525u + 1013904223u;
+        bits[i] = (uint16_t)(x >> 16);
+    }
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    unsigned char le[8];
+    for (int k = 0; k < 8; k++) le[k] = (unsigned char)((uint64_t)len >> (8 * k));
+    assert_int_equal(fwrite(le, 1, 8, f), 8);
+    assert_int_equal(fwrite(json, 1, (size_t)len, f), (size_t)len);
+    for (int i = 0; i < R * C; i++) {
+        unsigned char two[2] = {(unsigned char)(bits[i] & 0xff), (unsigned char)(bits[i] >> 8)};
+        assert_int_equal(fwrite(two, 1, 2, f), 2);
+    }
+    assert_int_equal(fclose(f), 0);
+    ent_st_t *st = NULL;
+    assert_int_equal(ent_st_open(dir, &st), ENT_OK);
+    const ent_st_tensor *t = ent_st_find(st, "w");
+    assert_non_null(t);
+    assert_int_equal(ent_st_read(st, t, out, 1), ENT_OK);
+    int wrong = 0;
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < C; j++) {
+            float want = ent_k_bf16_to_f32(bits[i * C + j]);
+            if (memcmp(&out[(size_t)j * R + i], &want, 4) != 0 && wrong++ < 5)
+                print_error("[%d, %d] lands wrong\n", i, j);
+        }
+    assert_int_equal(wrong, 0);
+    free(out);
+    free(bits);
+    ent_st_close(&st);
+}
+
 int main(int argc, char **argv) {
     ent_ckpt_library_init();
     if (ent_comm_init_threads(&argc, &argv, 1, &comm) != ENT_OK ||
@@ -780,6 +833,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_sha256_vectors),
         cmocka_unit_test(test_metadata),
         cmocka_unit_test(test_safetensors_widen),
+        cmocka_unit_test(test_safetensors_transpose),
     };
     int failed = cmocka_run_group_tests_name("ckpt", tests, setup, teardown);
     ent_grid_free(&grid);
