@@ -175,5 +175,10 @@ void coal_hash_hex(uint64_t h, char out[17]);
 uint64_t coal_config_hash(const ent_config *cfg);
 // *p = n zeroed floats, or ENT_ERR_NOMEM naming what they are for.
 ent_status coal_alloc_floats(float **p, size_t n, const char *what);
+// A test or bench hook's number from the environment (ENTENTE_FAULT_*):
+// *value = 0 and ENT_OK when NAME is unset or empty; else its value, which
+// must be a number in [lo, hi] (a whole one with `whole`), or ENT_ERR_USAGE
+// naming NAME and the range. The caller logs what the hook does.
+ent_status coal_fault_number(const char *name, double lo, double hi, int whole, double *value);
 
 #endif // ENT_COALITION_IMPL_H

@@ -1230,15 +1230,10 @@ static ent_status save_reap(coord *c) {
 // (every save lasts at least that many seconds: a large model's file).
 static ent_status save_setup(coord *c) {
     ENT_CHECK(coal_alloc_floats(&c->ck_params, c->table->total, "the checkpoint's anchor"));
-    const char *fault = getenv("ENTENTE_FAULT_SAVE_S");
-    if (fault == NULL || fault[0] == '\0') return ENT_OK;
-    char *end = NULL;
-    c->save.fault_s = strtod(fault, &end);
-    if (end == fault || *end != '\0' || !(c->save.fault_s >= 0 && c->save.fault_s <= 600))
-        return ent_fail(ENT_ERR_USAGE, "ENTENTE_FAULT_SAVE_S=%s: give seconds in [0, 600]", fault);
+    ENT_CHECK(coal_fault_number("ENTENTE_FAULT_SAVE_S", 0, 600, 0, &c->save.fault_s));
     if (c->save.fault_s > 0)
-        ent_log_warn("coordinator: ENTENTE_FAULT_SAVE_S=%s: every save lasts at least %g s on "
-                     "purpose (a test hook)", fault, c->save.fault_s);
+        ent_log_warn("coordinator: ENTENTE_FAULT_SAVE_S=%g: every save lasts at least that many "
+                     "seconds on purpose (a test hook)", c->save.fault_s);
     return ENT_OK;
 }
 
@@ -2481,16 +2476,12 @@ static ent_status coord_setup(coord *c) {
     // A test hook: ENTENTE_FAULT_CHUNK_BYTES = B cuts every vector (anchor,
     // updates, the standby's state) into chunks of B bytes, so that a small
     // model's state takes more messages than a queue holds
-    const char *chunk = getenv("ENTENTE_FAULT_CHUNK_BYTES");
-    if (chunk != NULL && chunk[0] != '\0') {
-        char *end = NULL;
-        unsigned long b = strtoul(chunk, &end, 10);
-        if (end == chunk || *end != '\0' || b < 256 || b > c->chunk_bytes)
-            return ent_fail(ENT_ERR_USAGE, "ENTENTE_FAULT_CHUNK_BYTES=%s: give bytes in [256, %u]",
-                            chunk, c->chunk_bytes);
-        c->chunk_bytes = (uint32_t)b;
-        ent_log_warn("coordinator: ENTENTE_FAULT_CHUNK_BYTES=%s: vectors go in chunks of %lu "
-                     "bytes (a test hook)", chunk, b);
+    double chunk;
+    ENT_CHECK(coal_fault_number("ENTENTE_FAULT_CHUNK_BYTES", 256, c->chunk_bytes, 1, &chunk));
+    if (chunk > 0) {
+        c->chunk_bytes = (uint32_t)chunk;
+        ent_log_warn("coordinator: ENTENTE_FAULT_CHUNK_BYTES=%u: vectors go in chunks of that "
+                     "many bytes (a test hook)", c->chunk_bytes);
     }
     c->cap = cfg->coal_max_sites > cfg->coal_sites ? cfg->coal_max_sites : cfg->coal_sites;
     c->sites = calloc((size_t)c->cap, sizeof *c->sites);
@@ -2510,17 +2501,10 @@ static ent_status coord_setup(coord *c) {
     ENT_CHECK(coal_alloc_floats(&c->resid, c->n, "the residual"));
     ENT_CHECK(coal_alloc_floats(&c->g, c->n, "the merge"));
     ENT_CHECK(coal_alloc_floats(&c->anchor_next, c->n, "the anchor a merge makes"));
-    const char *fault = getenv("ENTENTE_FAULT_MERGE_S");
-    if (fault != NULL && fault[0] != '\0') {
-        char *end = NULL;
-        c->fault_merge_s = strtod(fault, &end);
-        if (end == fault || *end != '\0' || !(c->fault_merge_s >= 0 && c->fault_merge_s <= 600))
-            return ent_fail(ENT_ERR_USAGE, "ENTENTE_FAULT_MERGE_S=%s: give seconds in [0, 600]",
-                            fault);
-        if (c->fault_merge_s > 0)
-            ent_log_warn("coordinator: ENTENTE_FAULT_MERGE_S=%s: every merge lasts at least "
-                         "%g s on purpose (a test hook)", fault, c->fault_merge_s);
-    }
+    ENT_CHECK(coal_fault_number("ENTENTE_FAULT_MERGE_S", 0, 600, 0, &c->fault_merge_s));
+    if (c->fault_merge_s > 0)
+        ent_log_warn("coordinator: ENTENTE_FAULT_MERGE_S=%g: every merge lasts at least that "
+                     "many seconds on purpose (a test hook)", c->fault_merge_s);
     ENT_CHECK(save_setup(c));
     ENT_CHECK(coal_alloc_floats(&c->ck_mom, c->table->total, "the checkpoint's momentum"));
     ENT_CHECK(coal_alloc_floats(&c->ck_resid, c->table->total, "the checkpoint's residual"));
@@ -2566,17 +2550,13 @@ static ent_status coord_setup(coord *c) {
     // messages per site (ZMQ_SNDHWM), in kernel send buffers of 16 KiB, so
     // that a small model's vectors (in small chunks: ENTENTE_FAULT_CHUNK_BYTES)
     // fill a slow site's queue as a large model's fill ZeroMQ's 1000
-    const char *sq = getenv("ENTENTE_FAULT_SITE_QUEUE");
-    if (sq != NULL && sq[0] != '\0') {
-        char *end = NULL;
-        long q = strtol(sq, &end, 10);
-        if (end == sq || *end != '\0' || q < 1 || q > 1000)
-            return ent_fail(ENT_ERR_USAGE, "ENTENTE_FAULT_SITE_QUEUE=%s: give messages in [1, 1000]",
-                            sq);
-        c->lo.send_queue = (int)q;
+    double sq;
+    ENT_CHECK(coal_fault_number("ENTENTE_FAULT_SITE_QUEUE", 1, 1000, 1, &sq));
+    if (sq > 0) {
+        c->lo.send_queue = (int)sq;
         c->lo.send_buffer = 16 << 10;
-        ent_log_warn("coordinator: ENTENTE_FAULT_SITE_QUEUE=%s: ZeroMQ queues %ld message(s) per "
-                     "site, in 16 KiB send buffers (a test hook)", sq, q);
+        ent_log_warn("coordinator: ENTENTE_FAULT_SITE_QUEUE=%d: ZeroMQ queues that many "
+                     "message(s) per site, in 16 KiB send buffers (a test hook)", c->lo.send_queue);
     }
     ENT_CHECK(ent_link_router_bind(bind, &c->lo, &c->ep));
     if (cfg->coal_standby[0] != '\0') {
@@ -2589,16 +2569,12 @@ static ent_status coord_setup(coord *c) {
         // A test hook: ENTENTE_FAULT_STANDBY_QUEUE = N messages queued for
         // the standby at most (ZeroMQ's 1000 by default), so that a small
         // model's state meets a full queue, as a large one does
-        const char *q = getenv("ENTENTE_FAULT_STANDBY_QUEUE");
-        if (q != NULL && q[0] != '\0') {
-            char *end = NULL;
-            long n = strtol(q, &end, 10);
-            if (end == q || *end != '\0' || n < 1 || n > 1000000)
-                return ent_fail(ENT_ERR_USAGE, "ENTENTE_FAULT_STANDBY_QUEUE=%s: give a number of "
-                                "messages in [1, 1000000]", q);
-            so.send_queue = (int)n;
-            ent_log_warn("coordinator: ENTENTE_FAULT_STANDBY_QUEUE=%s: at most %ld messages queued "
-                         "for the standby (a test hook)", q, n);
+        double q;
+        ENT_CHECK(coal_fault_number("ENTENTE_FAULT_STANDBY_QUEUE", 1, 1000000, 1, &q));
+        if (q > 0) {
+            so.send_queue = (int)q;
+            ent_log_warn("coordinator: ENTENTE_FAULT_STANDBY_QUEUE=%d: at most that many messages "
+                         "queued for the standby (a test hook)", so.send_queue);
         }
         if (c->lo.curve != NULL) {
             so.curve = c->lo.curve;

@@ -669,17 +669,10 @@ static ent_status site_setup(site *s) {
     // last at least that long (the rest slept, and counted as the step's
     // compute), so that sites sharing a few cores each train at a speed of
     // their own, as sites on their own clusters do (bench/bench_failover.sh)
-    const char *floor_s = getenv("ENTENTE_FAULT_STEP_S");
-    if (floor_s != NULL && floor_s[0] != '\0') {
-        char *end = NULL;
-        s->step_floor = strtod(floor_s, &end);
-        if (end == floor_s || *end != '\0' || !(s->step_floor >= 0 && s->step_floor <= 60))
-            return ent_fail(ENT_ERR_USAGE, "ENTENTE_FAULT_STEP_S=%s: give seconds in [0, 60]",
-                            floor_s);
-        if (s->step_floor > 0 && s->leader)
-            ent_log_warn("site %s: ENTENTE_FAULT_STEP_S=%s: every inner step lasts at least %g s "
-                         "on purpose (a bench hook)", s->cfg->coal_site, floor_s, s->step_floor);
-    }
+    ENT_CHECK(coal_fault_number("ENTENTE_FAULT_STEP_S", 0, 60, 0, &s->step_floor));
+    if (s->step_floor > 0 && s->leader)
+        ent_log_warn("site %s: ENTENTE_FAULT_STEP_S=%g: every inner step lasts at least that many "
+                     "seconds on purpose (a bench hook)", s->cfg->coal_site, s->step_floor);
     return ENT_OK;
 }
 

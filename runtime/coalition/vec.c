@@ -20,6 +20,19 @@ uint64_t coal_config_hash(const ent_config *cfg) {
     return ent_hash_string(text, 0);
 }
 
+ent_status coal_fault_number(const char *name, double lo, double hi, int whole, double *value) {
+    *value = 0;
+    const char *text = getenv(name);
+    if (text == NULL || text[0] == '\0') return ENT_OK;
+    char *end = NULL;
+    double x = strtod(text, &end);
+    if (end == text || *end != '\0' || !(x >= lo && x <= hi) || (whole && x != floor(x)))
+        return ent_fail(ENT_ERR_USAGE, "%s=%s: give a%s number in [%g, %g]", name, text,
+                        whole ? " whole" : "", lo, hi);
+    *value = x;
+    return ENT_OK;
+}
+
 ent_status coal_alloc_floats(float **p, size_t n, const char *what) {
     *p = calloc(n > 0 ? n : 1, sizeof(float));
     if (*p == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory for %s (%zu floats)", what, n);
