@@ -701,6 +701,28 @@ static void test_retention_and_check(void **unused) {
     state_free(&s);
 }
 
+// Writes DIR (under root)/model.safetensors: the JSON header (padded to 8
+// bytes) and then `times` copies of the n 16-bit values, little-endian.
+static void write_st16(const char *dir, const char *header, const uint16_t *v, int n, int times) {
+    char path[PATH_MAX + 32], json[256];
+    assert_int_equal(ent_mkdirs(dir), ENT_OK);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    int len = snprintf(json, sizeof json, "%s", header);
+    while (len % 8 != 0) json[len++] = ' ';
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    unsigned char le[8];
+    for (int k = 0; k < 8; k++) le[k] = (unsigned char)((uint64_t)len >> (8 * k));
+    assert_int_equal(fwrite(le, 1, 8, f), 8);
+    assert_int_equal(fwrite(json, 1, (size_t)len, f), (size_t)len);
+    for (int rep = 0; rep < times; rep++)
+        for (int i = 0; i < n; i++) {
+            unsigned char two[2] = {(unsigned char)(v[i] & 0xff), (unsigned char)(v[i] >> 8)};
+            assert_int_equal(fwrite(two, 1, 2, f), 2);
+        }
+    assert_int_equal(fclose(f), 0);
+}
+
 // Every F16 and BF16 bit pattern, read from a safetensors file, widens to
 // the float the scalar conversions give, bit for bit (the F16C path, the
 // blocks that hold a NaN, and a tail of 3 that no vector covers).
@@ -708,32 +730,16 @@ static void test_safetensors_widen(void **unused) {
     (void)unused;
     if (rank != 0) return;
     enum { N = 65536 + 3 };
-    char dir[PATH_MAX], path[PATH_MAX + 32];
+    char dir[PATH_MAX], json[256];
     snprintf(dir, sizeof dir, "%s/st_widen", root);
-    assert_int_equal(ent_mkdirs(dir), ENT_OK);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    char json[256];
-    int len = snprintf(json, sizeof json,
-                       "{\"h\":{\"dtype\":\"F16\",\"shape\":[%d],\"data_offsets\":[0,%d]},"
-                       "\"b\":{\"dtype\":\"BF16\",\"shape\":[%d],\"data_offsets\":[%d,%d]}}",
-                       N, 2 * N, N, 2 * N, 4 * N);
-    while (len % 8 != 0) json[len++] = ' ';
+    snprintf(json, sizeof json,
+             "{\"h\":{\"dtype\":\"F16\",\"shape\":[%d],\"data_offsets\":[0,%d]},"
+             "\"b\":{\"dtype\":\"BF16\",\"shape\":[%d],\"data_offsets\":[%d,%d]}}",
+             N, 2 * N, N, 2 * N, 4 * N);
     uint16_t *bits = malloc(sizeof *bits * N);
     assert_non_null(bits);
     for (int i = 0; i < N; i++) bits[i] = (uint16_t)(i < 65536 ? i : 0x7e00 + i); // a NaN tail
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    uint64_t hl = (uint64_t)len;
-    unsigned char le[8];
-    for (int k = 0; k < 8; k++) le[k] = (unsigned char)(hl >> (8 * k));
-    assert_int_equal(fwrite(le, 1, 8, f), 8);
-    assert_int_equal(fwrite(json, 1, (size_t)len, f), (size_t)len);
-    for (int rep = 0; rep < 2; rep++)
-        for (int i = 0; i < N; i++) {
-            unsigned char two[2] = {(unsigned char)(bits[i] & 0xff), (unsigned char)(bits[i] >> 8)};
-            assert_int_equal(fwrite(two, 1, 2, f), 2);
-        }
-    assert_int_equal(fclose(f), 0);
+    write_st16(dir, json, bits, N, 2); // h, then b: the same bits
     ent_st_t *st = NULL;
     assert_int_equal(ent_st_open(dir, &st), ENT_OK);
     float *out = malloc(sizeof *out * N);
@@ -766,15 +772,11 @@ static void test_safetensors_transpose(void **unused) {
     (void)unused;
     if (rank != 0) return;
     enum { R = 523, C = 1031 };
-    char dir[PATH_MAX], path[PATH_MAX + 32];
+    char dir[PATH_MAX], json[160];
     snprintf(dir, sizeof dir, "%s/st_transpose", root);
-    assert_int_equal(ent_mkdirs(dir), ENT_OK);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    char json[160];
-    int len = snprintf(json, sizeof json,
-                       "{\"w\":{\"dtype\":\"BF16\",\"shape\":[%d,%d],\"data_offsets\":[0,%d]}}",
-                       R, C, 2 * R * C);
-    while (len % 8 != 0) json[len++] = ' ';
+    snprintf(json, sizeof json,
+             "{\"w\":{\"dtype\":\"BF16\",\"shape\":[%d,%d],\"data_offsets\":[0,%d]}}", R, C,
+             2 * R * C);
     uint16_t *bits = malloc(sizeof *bits * R * C);
     float *out = malloc(sizeof *out * R * C);
     assert_true(bits != NULL && out != NULL);
@@ -783,17 +785,7 @@ static void test_safetensors_transpose(void **unused) {
         x = x * 1664525u + 1013904223u;
         bits[i] = (uint16_t)(x >> 16);
     }
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    unsigned char le[8];
-    for (int k = 0; k < 8; k++) le[k] = (unsigned char)((uint64_t)len >> (8 * k));
-    assert_int_equal(fwrite(le, 1, 8, f), 8);
-    assert_int_equal(fwrite(json, 1, (size_t)len, f), (size_t)len);
-    for (int i = 0; i < R * C; i++) {
-        unsigned char two[2] = {(unsigned char)(bits[i] & 0xff), (unsigned char)(bits[i] >> 8)};
-        assert_int_equal(fwrite(two, 1, 2, f), 2);
-    }
-    assert_int_equal(fclose(f), 0);
+    write_st16(dir, json, bits, R * C, 1);
     ent_st_t *st = NULL;
     assert_int_equal(ent_st_open(dir, &st), ENT_OK);
     const ent_st_tensor *t = ent_st_find(st, "w");
