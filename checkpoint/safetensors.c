@@ -32,7 +32,8 @@
 enum {
     HEADER_MAX = 100 * 1000 * 1000,
     INDEX_MAX = 64 << 20,
-    PIECE = 4 << 20,
+    PIECE = 1 << 20,
+    MAX_READERS = 64,
     AHEAD = 256 << 20,
     FETCH = 4 << 20
 };
@@ -54,9 +55,9 @@ struct ent_st {
     int nfiles;
     st_entry *t;
     int n, cap;
-    unsigned char *piece; // PIECE bytes (or a band's, when larger)
-    float *band;          // the rows being transposed, widened
-    size_t band_floats;
+    unsigned char *bufs[MAX_READERS]; // each reading thread's (ent_st_read)
+    int nbufs;
+    size_t buf_bytes;
     // the fetcher (ent_st_stream): it reads the tensors of `stream`, in
     // that order, into the page cache, up to AHEAD bytes past `read`: the
     // bytes of the stream before the piece being read
@@ -333,7 +334,6 @@ ent_status ent_st_open(const char *dir, ent_st_t **out) {
     else
         s = ent_fail(ENT_ERR_INPUT, "%s holds neither model.safetensors nor "
                      "model.safetensors.index.json", dir);
-    if (s == ENT_OK && (st->piece = malloc(PIECE)) == NULL) s = nomem();
     if (s != ENT_OK) {
         ent_st_close(&st);
         return s;
@@ -355,52 +355,50 @@ const ent_st_tensor *ent_st_find(const ent_st_t *st, const char *name) {
 #ifdef __AVX2__
 #include <immintrin.h>
 #endif
+#include <omp.h>
 
-// n stored values at p as floats (little-endian in the file, whatever the host).
-static void widen(ent_dtype d, const unsigned char *p, size_t n, float *out) {
+// Each stored value as a float (little-endian in the file, whatever the host).
+static inline float value_at(ent_dtype d, const unsigned char *p, size_t i) {
     switch (d) {
-    case ENT_BF16:
-        for (size_t i = 0; i < n; i++) out[i] = ent_k_bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
-        break;
-    case ENT_F16: {
-        size_t i = 0;
-#if defined(__F16C__) && defined(__AVX2__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        // eight at a time by the F16C instruction, which converts exactly;
-        // a block that holds a NaN goes the scalar way, which keeps a
-        // signalling NaN's bits as they are (the instruction quiets it)
-        const __m128i exp = _mm_set1_epi16(0x7c00), man = _mm_set1_epi16(0x03ff);
-        for (; i + 8 <= n; i += 8) {
-            __m128i h = _mm_loadu_si128((const __m128i *)(const void *)(p + 2 * i));
-            __m128i nan = _mm_andnot_si128(_mm_cmpeq_epi16(_mm_and_si128(h, man), _mm_setzero_si128()),
-                                           _mm_cmpeq_epi16(_mm_and_si128(h, exp), exp));
-            if (_mm_movemask_epi8(nan) == 0) {
-                _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
-                continue;
-            }
-            for (size_t j = i; j < i + 8; j++)
-                out[j] = ent_k_f16_to_f32((uint16_t)(p[2 * j] | p[2 * j + 1] << 8));
-        }
-#endif
-        for (; i < n; i++) out[i] = ent_k_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
-        break;
-    }
+    case ENT_BF16: return ent_k_bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+    case ENT_F16: return ent_k_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
     default:
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        if ((const void *)p != (const void *)out) memcpy(out, p, 4 * n);
-#else
-        for (size_t i = 0; i < n; i++)
-            out[i] = ent_k_f32_from_bits((uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 |
-                                         (uint32_t)p[4 * i + 2] << 16 | (uint32_t)p[4 * i + 3] << 24);
-#endif
-        break;
+        return ent_k_f32_from_bits((uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 |
+                                   (uint32_t)p[4 * i + 2] << 16 | (uint32_t)p[4 * i + 3] << 24);
     }
 }
 
-#ifdef __AVX2__
-// An 8 x 8 block: rows of src (stride ss floats) become columns of dst (stride ds).
-static inline void transpose8(const float *src, size_t ss, float *dst, size_t ds) {
+#if defined(__AVX2__) && defined(__F16C__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define ST_VECTOR 1
+// Eight stored values at p as floats in a register. F16 goes by the F16C
+// instruction, which converts exactly but quiets a signalling NaN: the
+// callers send a block holding an F16 NaN the scalar way (has_nan16).
+static inline __attribute__((always_inline)) __m256 load8(ent_dtype d, const unsigned char *p) {
+    switch (d) {
+    case ENT_BF16:
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p)), 16));
+    case ENT_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
+    default: return _mm256_loadu_ps((const float *)(const void *)p);
+    }
+}
+
+// Whether any of the eight F16 values at p is a NaN (all exponent bits set,
+// a mantissa bit set).
+static inline int has_nan16(const unsigned char *p) {
+    const __m128i exp = _mm_set1_epi16(0x7c00), man = _mm_set1_epi16(0x03ff);
+    __m128i h = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m128i nan = _mm_andnot_si128(_mm_cmpeq_epi16(_mm_and_si128(h, man), _mm_setzero_si128()),
+                                   _mm_cmpeq_epi16(_mm_and_si128(h, exp), exp));
+    return _mm_movemask_epi8(nan) != 0;
+}
+
+// An 8 x 8 block: eight rows of stored values (stride ss bytes) become
+// eight rows of floats in dst (stride ds floats), widened in the registers.
+static inline __attribute__((always_inline)) void transpose8(ent_dtype d, const unsigned char *src,
+                                                             size_t ss, float *dst, size_t ds) {
     __m256 r[8], u[8], v[8];
-    for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(src + k * ss);
+    for (int k = 0; k < 8; k++) r[k] = load8(d, src + k * ss);
     for (int k = 0; k < 8; k += 2) {
         u[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
         u[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
@@ -416,32 +414,116 @@ static inline void transpose8(const float *src, size_t ss, float *dst, size_t ds
         _mm256_storeu_ps(dst + (k + 4) * ds, _mm256_permute2f128_ps(v[k], v[k + 4], 0x31));
     }
 }
+#else
+#define ST_VECTOR 0
 #endif
 
-// Rows [r0, r0 + nr) of a [rows, cols] matrix (band, row-major) into the
-// transposed [cols, rows] matrix t, in tiles that stay in the cache; 8 x 8
-// blocks in AVX2 registers where the compiler targets them.
-static void transpose_band(const float *band, size_t r0, size_t nr, size_t rows, size_t cols,
-                           float *t) {
-    enum { TILE = 64 };
-    // the tiles of rows on the cores (each writes its own rows of t)
-#pragma omp parallel for schedule(static) if (nr * cols >= (size_t)1 << 18)
+// n floats from src (32-byte aligned) to dst. The stores go around the
+// cache where dst is aligned for them: the lines they fill are not read
+// again soon (a model is much larger than the cache), and a store that
+// misses the cache would first read the line it overwrites. Without
+// them, transposing a GPT-2 matrix took 2.3-3 ns a value here, with them
+// 0.4-0.5 ns. The caller fences (ST_FENCE) before others read dst.
+static inline void store_run(float *dst, const float *src, size_t n) {
+    size_t i = 0;
+#if ST_VECTOR
+    if (((uintptr_t)dst & 31) == 0)
+        for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_load_ps(src + i));
+#endif
+    for (; i < n; i++) dst[i] = src[i];
+}
+
+#if ST_VECTOR
+#define ST_FENCE() _mm_sfence()
+#else
+#define ST_FENCE() ((void)0)
+#endif
+
+// n stored values at p as floats at out.
+static inline __attribute__((always_inline)) void widen_as(ent_dtype d, const unsigned char *p,
+                                                           size_t n, float *out) {
+    size_t i = 0;
+    if (d == ENT_F32 && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__) {
+        if ((const void *)p != (const void *)out) memcpy(out, p, 4 * n);
+        return;
+    }
+#if ST_VECTOR
+    int stream = ((uintptr_t)out & 31) == 0;
+    for (; i + 8 <= n; i += 8) {
+        if (d == ENT_F16 && has_nan16(p + 2 * i)) {
+            for (size_t j = i; j < i + 8; j++) out[j] = value_at(d, p, j);
+            continue;
+        }
+        if (stream) _mm256_stream_ps(out + i, load8(d, p + 2 * i));
+        else _mm256_storeu_ps(out + i, load8(d, p + 2 * i));
+    }
+#endif
+    for (; i < n; i++) out[i] = value_at(d, p, i);
+}
+
+// Rows [r0, r0 + nr) of a stored [rows, cols] matrix (in: those rows,
+// row-major) into the transposed [cols, rows] float matrix t, widened as
+// they move: a TILE x TILE block at a time is transposed into a buffer
+// (by 8 x 8 blocks in registers), then each of its rows is stored to t
+// as one run (store_run). Storing the 8 x 8 blocks straight to t, whose
+// rows lie a power of two apart in most models, was 5 times slower.
+static inline __attribute__((always_inline)) void transpose_as(ent_dtype d, const unsigned char *in,
+                                                               size_t r0, size_t nr, size_t rows,
+                                                               size_t cols, float *t) {
+    enum { TILE = 32, STRIDE = TILE + 8 };
+    float tile[TILE * STRIDE] __attribute__((aligned(32)));
+    size_t es = ent_dtype_size(d);
     for (size_t i0 = 0; i0 < nr; i0 += TILE)
         for (size_t j0 = 0; j0 < cols; j0 += TILE) {
-            size_t i1 = i0 + TILE < nr ? i0 + TILE : nr, j1 = j0 + TILE < cols ? j0 + TILE : cols;
-            size_t i = i0;
-#ifdef __AVX2__
-            for (; i + 8 <= i1; i += 8) {
-                size_t j = j0;
-                for (; j + 8 <= j1; j += 8)
-                    transpose8(band + i * cols + j, cols, t + j * rows + r0 + i, rows);
-                for (; j < j1; j++)
-                    for (size_t ii = i; ii < i + 8; ii++) t[j * rows + r0 + ii] = band[ii * cols + j];
+            size_t ni = nr - i0 < TILE ? nr - i0 : TILE, nj = cols - j0 < TILE ? cols - j0 : TILE;
+            const unsigned char *s0 = in + (i0 * cols + j0) * es;
+            size_t i = 0;
+#if ST_VECTOR
+            for (; i + 8 <= ni; i += 8) {
+                size_t j = 0;
+                for (; j + 8 <= nj; j += 8) {
+                    const unsigned char *s = s0 + (i * cols + j) * es;
+                    int scalar = 0;
+                    if (d == ENT_F16)
+                        for (int k = 0; k < 8; k++) scalar |= has_nan16(s + k * cols * es);
+                    if (!scalar) {
+                        transpose8(d, s, cols * es, tile + j * STRIDE + i, STRIDE);
+                        continue;
+                    }
+                    for (size_t jj = j; jj < j + 8; jj++)
+                        for (size_t ii = i; ii < i + 8; ii++)
+                            tile[jj * STRIDE + ii] = value_at(d, s0, ii * cols + jj);
+                }
+                for (; j < nj; j++)
+                    for (size_t ii = i; ii < i + 8; ii++) tile[j * STRIDE + ii] = value_at(d, s0, ii * cols + j);
             }
 #endif
-            for (size_t j = j0; j < j1; j++)
-                for (size_t ii = i; ii < i1; ii++) t[j * rows + r0 + ii] = band[ii * cols + j];
+            for (size_t j = 0; j < nj; j++)
+                for (size_t ii = i; ii < ni; ii++) tile[j * STRIDE + ii] = value_at(d, s0, ii * cols + j);
+            for (size_t j = 0; j < nj; j++) store_run(t + (j0 + j) * rows + r0 + i0, tile + j * STRIDE, ni);
         }
+}
+
+// A piece of a tensor as floats: widened into place, or (transpose) its
+// rows [r0, r0 + nr) transposed into the [cols, rows] matrix t. One copy
+// of the loops for each dtype, so that the inner ones know it.
+static void convert_piece(ent_dtype d, const unsigned char *in, size_t n, float *out, int transpose,
+                          size_t r0, size_t rows, size_t cols) {
+    switch (d) {
+    case ENT_BF16:
+        if (transpose) transpose_as(ENT_BF16, in, r0, n / cols, rows, cols, out);
+        else widen_as(ENT_BF16, in, n, out);
+        break;
+    case ENT_F16:
+        if (transpose) transpose_as(ENT_F16, in, r0, n / cols, rows, cols, out);
+        else widen_as(ENT_F16, in, n, out);
+        break;
+    default:
+        if (transpose) transpose_as(ENT_F32, in, r0, n / cols, rows, cols, out);
+        else widen_as(ENT_F32, in, n, out);
+        break;
+    }
+    ST_FENCE();
 }
 
 // The fetcher: brings the stream's tensors into the page cache, staying at
@@ -511,17 +593,30 @@ void ent_st_stream(ent_st_t *st, const ent_st_tensor *const *order, float *const
     st->fetching = pthread_create(&st->fetcher, NULL, fetch_main, st) == 0; // else: read on demand
 }
 
-// The fetcher's window follows the read of t: where t is in the stream (the
-// one expected next, or found), `done` bytes into it.
-static void stream_read_at(ent_st_t *st, const st_entry *t, uint64_t done) {
-    if (!st->fetching) return;
+// Where t is in the fetcher's stream (the one expected next, or found):
+// the stream's byte where t starts, or UINT64_MAX where it is not streamed.
+static uint64_t stream_find(ent_st_t *st, const st_entry *t) {
+    if (!st->fetching) return UINT64_MAX;
     if (st->next >= st->nstream || st->stream[st->next] != t)
         for (int i = 0; i < st->nstream; i++)
             if (st->stream[i] == t) st->next = i;
-    if (st->next < st->nstream && st->stream[st->next] == t)
-        atomic_store(&st->read, st->stream_at[st->next] + done);
+    return st->next < st->nstream && st->stream[st->next] == t ? st->stream_at[st->next] : UINT64_MAX;
 }
 
+// The fetcher's window follows the furthest byte of the stream read (the
+// readers take the pieces of a tensor in order, but finish them in any).
+static void stream_mark(ent_st_t *st, uint64_t at) {
+    uint64_t was = atomic_load(&st->read);
+    while (was < at && !atomic_compare_exchange_weak(&st->read, &was, at)) {
+    }
+}
+
+// A tensor is read in pieces of whole rows when transposed (a row longer
+// than a piece is one alone; rows by eights where a piece holds more, which
+// keeps the tiles whole), shared among the OpenMP threads: each reads its
+// piece into a buffer of its own, small enough to stay in its core's cache
+// while it is widened (and transposed) into dst. float32 not transposed
+// (little-endian) is read straight into dst.
 ent_status ent_st_read(ent_st_t *st, const ent_st_tensor *pub, float *dst, int transpose) {
     const st_entry *t = (const st_entry *)pub; // pub is the first member
     st_file *f = &st->files[t->file];
@@ -532,48 +627,52 @@ ent_status ent_st_read(ent_st_t *st, const ent_st_tensor *pub, float *dst, int t
         rows = (size_t)pub->shape[0];
         cols = (size_t)pub->shape[1];
     }
-    // values a piece: whole rows when transposing (a row longer than a piece
-    // is read alone)
     size_t per = PIECE / sizeof(float);
-    if (transpose) per = cols > per ? cols : per / cols * cols;
-    if (transpose && per > st->band_floats) {
-        float *b = realloc(st->band, sizeof(float) * per);
-        unsigned char *p = realloc(st->piece, per * esize > PIECE ? per * esize : PIECE);
-        if (b != NULL) st->band = b;
-        if (p != NULL) st->piece = p;
-        if (b == NULL || p == NULL) return nomem();
-        st->band_floats = per;
+    if (transpose) {
+        size_t nr = per / cols;
+        per = (nr >= 16 ? nr / 8 * 8 : nr > 0 ? nr : 1) * cols;
     }
-    size_t done = 0;
-    while (done < pub->numel) {
-        size_t k = pub->numel - done < per ? pub->numel - done : per, bytes = k * esize, got = 0;
-        // float32 in place lands where it belongs; the others are widened
-        int direct = pub->dtype == ENT_F32 && !transpose && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
-        unsigned char *in = direct ? (unsigned char *)(dst + done) : st->piece;
-        stream_read_at(st, t, done * esize);
+    size_t npieces = pub->numel == 0 ? 0 : (pub->numel - 1) / per + 1;
+    int direct = pub->dtype == ENT_F32 && !transpose && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
+    int nt = omp_get_max_threads();
+    if (nt > MAX_READERS) nt = MAX_READERS;
+    if ((size_t)nt > npieces) nt = npieces > 0 ? (int)npieces : 1;
+    if (!direct && per * esize > st->buf_bytes) { // larger buffers: a row longer than a piece
+        for (; st->nbufs > 0; st->nbufs--) free(st->bufs[st->nbufs - 1]);
+        st->buf_bytes = per * esize;
+    }
+    for (; !direct && st->nbufs < nt; st->nbufs++)
+        if ((st->bufs[st->nbufs] = malloc(st->buf_bytes)) == NULL) return nomem();
+    uint64_t base = stream_find(st, t);
+    // the first failure (the lowest piece that failed), reported after
+    size_t bad = SIZE_MAX;
+    int bad_errno = 0;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
+    for (size_t p = 0; p < npieces; p++) {
+        size_t done = p * per, k = pub->numel - done < per ? pub->numel - done : per;
+        size_t bytes = k * esize, got = 0;
+        unsigned char *in = direct ? (unsigned char *)(dst + done) : st->bufs[omp_get_thread_num()];
+        if (base != UINT64_MAX) stream_mark(st, base + done * esize);
         while (got < bytes) {
             ssize_t r = pread(f->fd, in + got, bytes - got,
                               (off_t)(f->data_at + t->begin + done * esize + got));
             if (r < 0 && errno == EINTR) continue;
-            if (r <= 0)
-                return ent_fail(ENT_ERR_IO, "%s: cannot read tensor %s: %s", f->path, pub->name,
-                                r == 0 ? "the file ends early (changed while read?)" : strerror(errno));
+            if (r <= 0) {
+                int e = r == 0 ? 0 : errno;
+#pragma omp critical(ent_st_read_failed)
+                if (p < bad) bad = p, bad_errno = e;
+                break;
+            }
             got += (size_t)r;
         }
-        if (!transpose) {
-            if (!direct) widen(pub->dtype, in, k, dst + done);
-        } else {
-            // float32 (little-endian) is transposed straight from the piece
-            const float *band = st->band;
-            if (pub->dtype == ENT_F32 && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
-                band = (const float *)(const void *)in;
-            else
-                widen(pub->dtype, in, k, st->band);
-            transpose_band(band, done / cols, k / cols, rows, cols, dst);
-        }
-        done += k;
+        if (got == bytes && !direct)
+            convert_piece(pub->dtype, in, k, transpose ? dst : dst + done, transpose, done / cols,
+                          rows, cols);
     }
-    if (st->fetching && st->next < st->nstream && st->stream[st->next] == t) st->next++;
+    if (bad != SIZE_MAX)
+        return ent_fail(ENT_ERR_IO, "%s: cannot read tensor %s: %s", f->path, pub->name,
+                        bad_errno == 0 ? "the file ends early (changed while read?)" : strerror(bad_errno));
+    if (base != UINT64_MAX) st->next++;
     return ENT_OK;
 }
 
@@ -593,8 +692,7 @@ void ent_st_close(ent_st_t **stp) {
     }
     free(st->files);
     free(st->t);
-    free(st->piece);
-    free(st->band);
+    for (int i = 0; i < st->nbufs; i++) free(st->bufs[i]);
     free(st);
     *stp = NULL;
 }

@@ -765,40 +765,53 @@ static void test_safetensors_widen(void **unused) {
     ent_st_close(&st);
 }
 
-// A BF16 matrix large enough for the transpose to share its tiles among
-// threads (rows and columns not multiples of 8 or 64) lands transposed, each
-// value the scalar conversion of its stored bits.
+// A matrix large enough for its pieces to be shared among the threads
+// (rows and columns not multiples of 8 or 64), as BF16, F16 and F32, lands
+// transposed, each value the scalar conversion of its stored bits, bit for
+// bit. The F16 copy has a NaN in one value of about 128 (signalling ones
+// too), so that some 8 x 8 blocks take the vector path and some the scalar.
 static void test_safetensors_transpose(void **unused) {
     (void)unused;
     if (rank != 0) return;
-    enum { R = 523, C = 1031 };
-    char dir[PATH_MAX], json[160];
+    enum { R = 523, C = 1031, N = R * C };
+    char dir[PATH_MAX], json[320];
     snprintf(dir, sizeof dir, "%s/st_transpose", root);
     snprintf(json, sizeof json,
-             "{\"w\":{\"dtype\":\"BF16\",\"shape\":[%d,%d],\"data_offsets\":[0,%d]}}", R, C,
-             2 * R * C);
-    uint16_t *bits = malloc(sizeof *bits * R * C);
-    float *out = malloc(sizeof *out * R * C);
+             "{\"b\":{\"dtype\":\"BF16\",\"shape\":[%d,%d],\"data_offsets\":[0,%d]},"
+             "\"h\":{\"dtype\":\"F16\",\"shape\":[%d,%d],\"data_offsets\":[%d,%d]},"
+             "\"f\":{\"dtype\":\"F32\",\"shape\":[%d,%d],\"data_offsets\":[%d,%d]}}",
+             R, C, 2 * N, R, C, 2 * N, 4 * N, R, C, 4 * N, 8 * N);
+    uint16_t *bits = malloc(sizeof *bits * N);
+    float *out = malloc(sizeof *out * N);
     assert_true(bits != NULL && out != NULL);
     uint32_t x = 12345;
-    for (int i = 0; i < R * C; i++) {
+    for (int i = 0; i < N; i++) {
         x = x * 1664525u + 1013904223u;
         bits[i] = (uint16_t)(x >> 16);
+        if ((x >> 8) & 3) bits[i] &= 0xbfff; // no F16 NaN or infinity
     }
-    write_st16(dir, json, bits, R * C, 1);
+    write_st16(dir, json, bits, N, 4); // b, h, then f: its two halves from two copies
     ent_st_t *st = NULL;
     assert_int_equal(ent_st_open(dir, &st), ENT_OK);
-    const ent_st_tensor *t = ent_st_find(st, "w");
-    assert_non_null(t);
-    assert_int_equal(ent_st_read(st, t, out, 1), ENT_OK);
-    int wrong = 0;
-    for (int i = 0; i < R; i++)
-        for (int j = 0; j < C; j++) {
-            float want = ent_k_bf16_to_f32(bits[i * C + j]);
-            if (memcmp(&out[(size_t)j * R + i], &want, 4) != 0 && wrong++ < 5)
-                print_error("[%d, %d] lands wrong\n", i, j);
-        }
-    assert_int_equal(wrong, 0);
+    for (int which = 0; which < 3; which++) {
+        const ent_st_tensor *t = ent_st_find(st, which == 0 ? "b" : which == 1 ? "h" : "f");
+        assert_non_null(t);
+        memset(out, 0xff, sizeof *out * N);
+        assert_int_equal(ent_st_read(st, t, out, 1), ENT_OK);
+        int wrong = 0;
+        for (int i = 0; i < R; i++)
+            for (int j = 0; j < C; j++) {
+                int m = i * C + j;
+                float want = which == 0 ? ent_k_bf16_to_f32(bits[m])
+                             : which == 1
+                                 ? ent_k_f16_to_f32(bits[m])
+                                 : ent_k_f32_from_bits((uint32_t)bits[(2 * m) % N] |
+                                                       (uint32_t)bits[(2 * m + 1) % N] << 16);
+                if (memcmp(&out[(size_t)j * R + i], &want, 4) != 0 && wrong++ < 5)
+                    print_error("%s [%d, %d] lands wrong\n", t->name, i, j);
+            }
+        assert_int_equal(wrong, 0);
+    }
     free(out);
     free(bits);
     ent_st_close(&st);
