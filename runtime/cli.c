@@ -573,8 +573,8 @@ static const char *ckpt_help =
     "  import   reads a Hugging Face model directory (config.json, model.safetensors\n"
     "           or model.safetensors.index.json and its shards; F32, BF16 or F16\n"
     "           tensors; GPT-2 or Llama) and writes FILE, a checkpoint at step 0 that\n"
-    "           train --resume, eval and sample take; --force replaces an existing FILE.\n"
-    "           It converts the tensors on every core (OMP_NUM_THREADS sets how many)\n"
+    "           train --resume, eval and sample take; --force replaces an existing\n"
+    "           FILE. It converts tensors on all cores (OMP_NUM_THREADS: how many)\n"
     "\n"
     "FILE may also be a checkpoint directory: its 'latest' checkpoint is used.\n";
 
