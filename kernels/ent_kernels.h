@@ -413,6 +413,18 @@ struct ent_backend_i {
                                    size_t n);
     ent_status (*residual_backward)(ent_backend_t *be, float *da, float *db, const float *dout,
                                     size_t n);
+    // The residual addition fused with the normalisation that follows it.
+    // Optional (NULL: the caller runs residual_forward, then the norm): res
+    // (N,C) = a + b, then out, mean and rstd of res as layernorm_forward
+    // gives them (rmsnorm's: as rmsnorm_forward with eps), the same bits as
+    // the two ops one after the other, in one pass over the rows.
+    ent_status (*residual_layernorm_forward)(ent_backend_t *be, float *res, float *out,
+                                             float *mean, float *rstd, const float *a,
+                                             const float *b, const float *weight,
+                                             const float *bias, int N, int C);
+    ent_status (*residual_rmsnorm_forward)(ent_backend_t *be, float *res, float *out, float *rstd,
+                                           const float *a, const float *b, const float *weight,
+                                           float eps, int N, int C);
 
     // fused softmax + cross-entropy over the first V of Vp logits per row (the
     // padding columns get probability 0). probs (N,Vp) may alias logits.

@@ -623,7 +623,44 @@ static ent_status tp_sum(ent_model_t *m, float *x, size_t n) {
     return ent_allreduce(m->tp, x, x, n, ENT_F32, ENT_SUM);
 }
 
-// GPT-2's forward pass from the tokens to the logits.
+// A normalisation of the residual stream: its output and statistics (mean
+// NULL: RMSNorm's), and its weights.
+typedef struct {
+    float *out, *mean, *rstd;
+    const float *weight, *bias;
+} norm_at;
+
+// The norm before block l's attention (l < layers), or the final one (l = layers).
+static norm_at block_norm(ent_model_t *m, int l) {
+    if (l == m->shape.layers)
+        return (norm_at){m->lnf, m->lnf_mean, m->lnf_rstd, m->lnfw, m->lnfb};
+    layer_acts *a = &m->a[l];
+    return (norm_at){a->ln1, a->ln1_mean, a->ln1_rstd, m->p[l].ln1w, m->p[l].ln1b};
+}
+
+// The norm of the architecture (layernorm, or RMSNorm for the Llama family)
+// of inp (N rows); with a and b, of inp = a + b, written first: the
+// backend's fused op where it has one, else the residual then the norm.
+static ent_status norm_forward(ent_model_t *m, float *inp, const float *a, const float *b,
+                               norm_at o, int N) {
+    const struct ent_backend_i *k = m->be->iface;
+    ent_backend_t *be = m->be;
+    int C = m->shape.width;
+    float eps = m->shape.rms_eps;
+    int rms = m->shape.arch == ENT_ARCH_LLAMA;
+    if (a != NULL && rms && k->residual_rmsnorm_forward != NULL)
+        return k->residual_rmsnorm_forward(be, inp, o.out, o.rstd, a, b, o.weight, eps, N, C);
+    if (a != NULL && !rms && k->residual_layernorm_forward != NULL)
+        return k->residual_layernorm_forward(be, inp, o.out, o.mean, o.rstd, a, b, o.weight,
+                                             o.bias, N, C);
+    if (a != NULL) ENT_CHECK(k->residual_forward(be, inp, a, b, (size_t)N * C));
+    if (rms) return k->rmsnorm_forward(be, o.out, o.rstd, inp, o.weight, eps, N, C);
+    return k->layernorm_forward(be, o.out, o.mean, o.rstd, inp, o.weight, o.bias, N, C);
+}
+
+// GPT-2's forward pass from the tokens to the logits. Each residual addition
+// comes with the norm that reads it (norm_forward): ln_2 in the block, the
+// next block's ln_1 (or ln_f) at its end.
 static ent_status gpt2_forward(ent_model_t *m, int b, int t) {
     const struct ent_backend_i *k = m->be->iface;
     ent_backend_t *be = m->be;
@@ -632,29 +669,25 @@ static ent_status gpt2_forward(ent_model_t *m, int b, int t) {
     // the output biases of row-parallel layers are added by TP rank 0 alone
     int add_bias = m->tp_rank == 0;
     ENT_CHECK(k->encoder_forward(be, m->encoded, m->tokens, m->wte, m->wpe, b, t, C));
+    ENT_CHECK(norm_forward(m, m->encoded, NULL, NULL, block_norm(m, 0), N));
     for (int l = 0; l < L; l++) {
         const layer_tensors *p = &m->p[l];
         layer_acts *a = &m->a[l];
         const float *residual = l == 0 ? m->encoded : m->a[l - 1].res3;
-        ENT_CHECK(k->layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, residual, p->ln1w,
-                                       p->ln1b, N, C));
         ENT_CHECK(k->matmul_forward(be, a->qkv, a->ln1, p->qkvw, p->qkvb, N, C, 3 * Ca));
         ENT_CHECK(k->attention_forward(be, a->atty, a->att, a->qkv, b, t, Ca, m->NHl));
         ENT_CHECK(k->matmul_forward(be, m->proj, a->atty, p->projw, add_bias ? p->projb : NULL, N,
                                     Ca, C));
         ENT_CHECK(tp_sum(m, m->proj, (size_t)N * C));
-        ENT_CHECK(k->residual_forward(be, a->res2, residual, m->proj, (size_t)N * C));
-        ENT_CHECK(k->layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, p->ln2w,
-                                       p->ln2b, N, C));
+        ENT_CHECK(norm_forward(m, a->res2, residual, m->proj,
+                               (norm_at){a->ln2, a->ln2_mean, a->ln2_rstd, p->ln2w, p->ln2b}, N));
         ENT_CHECK(k->matmul_forward(be, a->fch, a->ln2, p->fcw, p->fcb, N, C, Cf));
         ENT_CHECK(k->gelu_forward(be, a->fch_gelu, a->fch, (size_t)N * Cf));
         ENT_CHECK(k->matmul_forward(be, m->proj, a->fch_gelu, p->fcpw, add_bias ? p->fcpb : NULL, N,
                                     Cf, C));
         ENT_CHECK(tp_sum(m, m->proj, (size_t)N * C));
-        ENT_CHECK(k->residual_forward(be, a->res3, a->res2, m->proj, (size_t)N * C));
+        ENT_CHECK(norm_forward(m, a->res3, a->res2, m->proj, block_norm(m, l + 1), N));
     }
-    ENT_CHECK(k->layernorm_forward(be, m->lnf, m->lnf_mean, m->lnf_rstd, m->a[L - 1].res3, m->lnfw,
-                                   m->lnfb, N, C));
     return k->matmul_forward(be, m->logits, m->lnf, m->wte, NULL, N, C, Vp);
 }
 
@@ -665,17 +698,16 @@ static ent_status llama_forward(ent_model_t *m, int b, int t) {
     int L = m->shape.layers, C = m->shape.width, Ca = m->Ca, Cf = m->Cf;
     int Vp = m->shape.padded_vocab, N = b * t, hd = m->hd;
     int KVw = m->KVl * hd;
-    float eps = m->shape.rms_eps;
     size_t kv0 = (size_t)m->kv0 * hd; // the first KV head this rank's queries use
     ent_gqa_shape g = m->gqa;
     g.B = b;
     g.T = t;
     ENT_CHECK(k->encoder_forward(be, m->encoded, m->tokens, m->wte, NULL, b, t, C));
+    ENT_CHECK(norm_forward(m, m->encoded, NULL, NULL, block_norm(m, 0), N));
     for (int l = 0; l < L; l++) {
         const layer_tensors *p = &m->p[l];
         layer_acts *a = &m->a[l];
         const float *residual = l == 0 ? m->encoded : m->a[l - 1].res3;
-        ENT_CHECK(k->rmsnorm_forward(be, a->ln1, a->ln1_rstd, residual, p->ln1w, eps, N, C));
         ENT_CHECK(k->matmul_forward(be, a->q, a->ln1, p->qw, NULL, N, C, Ca));
         ENT_CHECK(k->matmul_forward(be, a->k, a->ln1, p->kw, NULL, N, C, KVw));
         ENT_CHECK(k->matmul_forward(be, a->v, a->ln1, p->vw, NULL, N, C, KVw));
@@ -684,16 +716,15 @@ static ent_status llama_forward(ent_model_t *m, int b, int t) {
         ENT_CHECK(k->gqa_forward(be, a->atty, a->att, a->q, a->k + kv0, a->v + kv0, g));
         ENT_CHECK(k->matmul_forward(be, m->proj, a->atty, p->projw, NULL, N, Ca, C));
         ENT_CHECK(tp_sum(m, m->proj, (size_t)N * C));
-        ENT_CHECK(k->residual_forward(be, a->res2, residual, m->proj, (size_t)N * C));
-        ENT_CHECK(k->rmsnorm_forward(be, a->ln2, a->ln2_rstd, a->res2, p->ln2w, eps, N, C));
+        ENT_CHECK(norm_forward(m, a->res2, residual, m->proj,
+                               (norm_at){a->ln2, NULL, a->ln2_rstd, p->ln2w, NULL}, N));
         ENT_CHECK(k->matmul_forward(be, a->fch, a->ln2, p->gatew, NULL, N, C, Cf));
         ENT_CHECK(k->matmul_forward(be, a->up, a->ln2, p->upw, NULL, N, C, Cf));
         ENT_CHECK(k->swiglu_forward(be, a->fch_gelu, a->fch, a->up, (size_t)N * Cf));
         ENT_CHECK(k->matmul_forward(be, m->proj, a->fch_gelu, p->fcpw, NULL, N, Cf, C));
         ENT_CHECK(tp_sum(m, m->proj, (size_t)N * C));
-        ENT_CHECK(k->residual_forward(be, a->res3, a->res2, m->proj, (size_t)N * C));
+        ENT_CHECK(norm_forward(m, a->res3, a->res2, m->proj, block_norm(m, l + 1), N));
     }
-    ENT_CHECK(k->rmsnorm_forward(be, m->lnf, m->lnf_rstd, m->a[L - 1].res3, m->lnfw, eps, N, C));
     return k->matmul_forward(be, m->logits, m->lnf, m->lm_head, NULL, N, C, Vp);
 }
 

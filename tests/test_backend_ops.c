@@ -147,13 +147,19 @@ static void compare(const char *what, const twin *t, size_t n, double limit) {
     free(got);
 }
 
-// two copies on the backend under test hold the same bits
-static void same_bits(const char *what, const twin *a, const twin *b) {
-    void *x = host_of(a, 1), *y = host_of(b, 1);
+// two copies on backend k hold the same bits
+static void same_bits_on(int k, const char *what, const twin *a, const twin *b) {
+    void *x = host_of(a, k), *y = host_of(b, k);
     checks++;
-    if (memcmp(x, y, a->bytes) != 0) FAIL("%s: two runs gave different bits", what);
+    if (memcmp(x, y, a->bytes) != 0)
+        FAIL("%s: different bits%s", what, k == 0 ? " on the reference (cpu)" : "");
     free(x);
     free(y);
+}
+
+// two copies on the backend under test hold the same bits (two runs agree)
+static void same_bits(const char *what, const twin *a, const twin *b) {
+    same_bits_on(1, what, a, b);
 }
 
 static twin tw_copy_of(const twin *t, int k) {
@@ -439,6 +445,58 @@ static void test_elementwise(void) {
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tw_free(all[i]);
 }
 
+// The residual fused with the norm after it: on every backend, the same bits
+// as residual_forward then the norm on that backend; against the reference
+// within the f32 tolerance. rms: RMSNorm's (Llama), else layernorm's.
+static void test_residual_norm(int N, int C, int rms) {
+    const struct ent_backend_i *i1 = B[1]->iface;
+    const char *op = rms ? "residual_rmsnorm_forward" : "residual_layernorm_forward";
+    if (rms ? i1->residual_rmsnorm_forward == NULL : i1->residual_layernorm_forward == NULL) {
+        printf("note: %s has no %s (optional): only the reference's is checked\n", i1->name, op);
+    }
+    size_t n = (size_t)N * C;
+    twin a = tw_randn(n, 2.0), b = tw_randn(n, 1.0), w = tw_randn(C, 1.0), bias = tw_randn(C, 1.0);
+    twin res = tw(NULL, sizeof(float) * n), out = tw(NULL, sizeof(float) * n),
+         mean = tw(NULL, sizeof(float) * N), rstd = tw(NULL, sizeof(float) * N);
+    twin res2 = tw(NULL, sizeof(float) * n), out2 = tw(NULL, sizeof(float) * n),
+         mean2 = tw(NULL, sizeof(float) * N), rstd2 = tw(NULL, sizeof(float) * N);
+    float eps = 1e-6f;
+    for (int k = 0; k < 2; k++) {
+        const struct ent_backend_i *i = B[k]->iface;
+        if (rms ? i->residual_rmsnorm_forward == NULL : i->residual_layernorm_forward == NULL)
+            continue;
+        if (rms) {
+            OK(i->residual_rmsnorm_forward(B[k], F(res, k), F(out, k), F(rstd, k), F(a, k), F(b, k),
+                                           F(w, k), eps, N, C));
+            OK(i->residual_forward(B[k], F(res2, k), F(a, k), F(b, k), n));
+            OK(i->rmsnorm_forward(B[k], F(out2, k), F(rstd2, k), F(res2, k), F(w, k), eps, N, C));
+        } else {
+            OK(i->residual_layernorm_forward(B[k], F(res, k), F(out, k), F(mean, k), F(rstd, k),
+                                             F(a, k), F(b, k), F(w, k), F(bias, k), N, C));
+            OK(i->residual_forward(B[k], F(res2, k), F(a, k), F(b, k), n));
+            OK(i->layernorm_forward(B[k], F(out2, k), F(mean2, k), F(rstd2, k), F(res2, k), F(w, k),
+                                    F(bias, k), N, C));
+            same_bits_on(k, "residual_layernorm_forward mean = residual, layernorm", &mean, &mean2);
+        }
+        char what[96];
+        snprintf(what, sizeof what, "%s (%d x %d) = residual, norm: res", op, N, C);
+        same_bits_on(k, what, &res, &res2);
+        snprintf(what, sizeof what, "%s (%d x %d) = residual, norm: out", op, N, C);
+        same_bits_on(k, what, &out, &out2);
+        snprintf(what, sizeof what, "%s (%d x %d) = residual, norm: rstd", op, N, C);
+        same_bits_on(k, what, &rstd, &rstd2);
+        if (k == 1) {
+            snprintf(what, sizeof what, "%s (%d x %d) out", op, N, C);
+            compare(what, &out, n, tol->f32);
+            compare("fused residual: res", &res, n, tol->f32);
+            compare("fused residual: rstd", &rstd, N, tol->f32);
+            if (!rms) compare("fused residual: mean", &mean, N, tol->f32);
+        }
+    }
+    twin *all[] = {&a, &b, &w, &bias, &res, &out, &mean, &rstd, &res2, &out2, &mean2, &rstd2};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tw_free(all[i]);
+}
+
 static void test_softmax_xent(void) {
     int N = 50, V = 1000, Vp = 1024;
     size_t n = (size_t)N * Vp;
@@ -605,6 +663,10 @@ static int run_backend(const char *name) {
     test_attention(2, 70, 128, 2); // 64
     test_attention(1, 33, 96, 1);  // 96
     test_elementwise();
+    test_residual_norm(37, 768, 0);
+    test_residual_norm(5, 100, 0); // rows shorter than a warp's stride, not a multiple of 32
+    test_residual_norm(37, 768, 1);
+    test_residual_norm(3, 17, 1);
     test_llama_ops(2, 37, 8, 2, 16, 4, 0);
     test_llama_ops(3, 20, 3, 2, 32, 2, 1);  // a tensor-parallel rank's heads from mid-group
     test_llama_ops(1, 70, 8, 1, 64, 8, 0);  // every query head on one KV head; 3 key tiles

@@ -38,6 +38,13 @@ ent_status ent_cpu_residual_forward(ent_backend_t *be, float *out, const float *
                                     size_t n);
 ent_status ent_cpu_residual_backward(ent_backend_t *be, float *da, float *db, const float *dout,
                                      size_t n);
+ent_status ent_cpu_residual_layernorm_forward(ent_backend_t *be, float *res, float *out,
+                                              float *mean, float *rstd, const float *a,
+                                              const float *b, const float *weight,
+                                              const float *bias, int N, int C);
+ent_status ent_cpu_residual_rmsnorm_forward(ent_backend_t *be, float *res, float *out,
+                                            float *rstd, const float *a, const float *b,
+                                            const float *weight, float eps, int N, int C);
 ent_status ent_cpu_softmax_xent_forward(ent_backend_t *be, float *losses, float *probs,
                                         const float *logits, const int32_t *targets,
                                         int N, int V, int Vp);

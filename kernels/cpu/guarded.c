@@ -166,6 +166,14 @@ GUARDED(residual_forward,
 GUARDED(residual_backward,
         (ent_backend_t *be, float *da, float *db, const float *dout, size_t n),
         (be, da, db, dout, n))
+GUARDED(residual_layernorm_forward,
+        (ent_backend_t *be, float *res, float *out, float *mean, float *rstd, const float *a,
+         const float *b, const float *weight, const float *bias, int N, int C),
+        (be, res, out, mean, rstd, a, b, weight, bias, N, C))
+GUARDED(residual_rmsnorm_forward,
+        (ent_backend_t *be, float *res, float *out, float *rstd, const float *a, const float *b,
+         const float *weight, float eps, int N, int C),
+        (be, res, out, rstd, a, b, weight, eps, N, C))
 GUARDED(softmax_xent_forward,
         (ent_backend_t *be, float *losses, float *probs, const float *logits,
          const int32_t *targets, int N, int V, int Vp),
@@ -249,6 +257,8 @@ static const struct ent_backend_i guarded_backend_i = {
     .gelu_backward = g_gelu_backward,
     .residual_forward = g_residual_forward,
     .residual_backward = g_residual_backward,
+    .residual_layernorm_forward = g_residual_layernorm_forward,
+    .residual_rmsnorm_forward = g_residual_rmsnorm_forward,
     .softmax_xent_forward = g_softmax_xent_forward,
     .softmax_xent_backward = g_softmax_xent_backward,
     .rmsnorm_forward = g_rmsnorm_forward,

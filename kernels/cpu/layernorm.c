@@ -7,14 +7,24 @@
 #include <math.h>
 
 // out = (inp - mean) * rstd * weight + bias per row; centred = 0: the mean is
-// taken as 0 (and not stored) and bias is NULL.
-static void norm_forward(float *out, float *mean, float *rstd, const float *inp,
-                         const float *weight, const float *bias, double eps, int centred, int N,
-                         int C) {
+// taken as 0 (and not stored) and bias is NULL. Fused with the residual
+// (res non-NULL; inp NULL): each row of res is written first, a + b, and
+// normalised.
+static void norm_forward(float *out, float *mean, float *rstd, const float *inp, float *res,
+                         const float *a, const float *b, const float *weight, const float *bias,
+                         double eps, int centred, int N, int C) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
-        const float *x = inp + (size_t)n * C;
+        const float *x;
         float *o = out + (size_t)n * C;
+        if (res != NULL) {
+            const float *ar = a + (size_t)n * C, *br = b + (size_t)n * C;
+            float *r = res + (size_t)n * C;
+            for (int c = 0; c < C; c++) r[c] = ar[c] + br[c];
+            x = r;
+        } else {
+            x = inp + (size_t)n * C;
+        }
         float m = 0.0f;
         if (centred) {
             double s = 0.0;
@@ -91,7 +101,16 @@ ent_status ent_cpu_layernorm_forward(ent_backend_t *be, float *out, float *mean,
                                      const float *inp, const float *weight, const float *bias,
                                      int N, int C) {
     (void)be;
-    norm_forward(out, mean, rstd, inp, weight, bias, 1e-5, 1, N, C);
+    norm_forward(out, mean, rstd, inp, NULL, NULL, NULL, weight, bias, 1e-5, 1, N, C);
+    return ENT_OK;
+}
+
+ent_status ent_cpu_residual_layernorm_forward(ent_backend_t *be, float *res, float *out,
+                                              float *mean, float *rstd, const float *a,
+                                              const float *b, const float *weight,
+                                              const float *bias, int N, int C) {
+    (void)be;
+    norm_forward(out, mean, rstd, NULL, res, a, b, weight, bias, 1e-5, 1, N, C);
     return ENT_OK;
 }
 
@@ -106,7 +125,15 @@ ent_status ent_cpu_layernorm_backward(ent_backend_t *be, float *dinp, float *dwe
 ent_status ent_cpu_rmsnorm_forward(ent_backend_t *be, float *out, float *rstd, const float *inp,
                                    const float *weight, float eps, int N, int C) {
     (void)be;
-    norm_forward(out, NULL, rstd, inp, weight, NULL, (double)eps, 0, N, C);
+    norm_forward(out, NULL, rstd, inp, NULL, NULL, NULL, weight, NULL, (double)eps, 0, N, C);
+    return ENT_OK;
+}
+
+ent_status ent_cpu_residual_rmsnorm_forward(ent_backend_t *be, float *res, float *out,
+                                            float *rstd, const float *a, const float *b,
+                                            const float *weight, float eps, int N, int C) {
+    (void)be;
+    norm_forward(out, NULL, rstd, NULL, res, a, b, weight, NULL, (double)eps, 0, N, C);
     return ENT_OK;
 }
 

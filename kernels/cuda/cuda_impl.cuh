@@ -53,6 +53,7 @@ ent_status ent_cuda_lt_load(void);
 #define ENT_CUDA_KERNEL_OPS(X) X(encoder_forward) X(encoder_backward) X(layernorm_forward) \
     X(layernorm_backward) X(attention_state_bytes) X(attention_forward) X(attention_backward) \
     X(gelu_forward) X(gelu_backward) X(residual_forward) X(residual_backward) \
+    X(residual_layernorm_forward) X(residual_rmsnorm_forward) \
     X(softmax_xent_forward) X(softmax_xent_backward) X(rmsnorm_forward) X(rmsnorm_backward) \
     X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(gqa_forward) \
     X(gqa_backward) X(adamw_update) X(sum_squares) X(sub) X(axpy) X(quantize_i8) X(dequantize_i8)
@@ -199,6 +200,13 @@ ent_status ent_cuda_residual_forward(ent_backend_t *be, float *out, const float 
                                      const float *b, size_t n);
 ent_status ent_cuda_residual_backward(ent_backend_t *be, float *da, float *db, const float *dout,
                                       size_t n);
+ent_status ent_cuda_residual_layernorm_forward(ent_backend_t *be, float *res, float *out,
+                                               float *mean, float *rstd, const float *a,
+                                               const float *b, const float *weight,
+                                               const float *bias, int N, int C);
+ent_status ent_cuda_residual_rmsnorm_forward(ent_backend_t *be, float *res, float *out,
+                                             float *rstd, const float *a, const float *b,
+                                             const float *weight, float eps, int N, int C);
 ent_status ent_cuda_softmax_xent_forward(ent_backend_t *be, float *losses, float *probs,
                                          const float *logits, const int32_t *targets, int N,
                                          int V, int Vp);

@@ -8,14 +8,26 @@
 // normalisation over the last axis, one warp per row: GPT-2's layernorm (mean
 // removed, eps = 1e-5, bias) and the Llama family's RMSNorm (Centred false:
 // the mean taken as 0 and not stored, eps from the model, no bias), as one
-// pair of kernels, as on the CPU.
+// pair of kernels, as on the CPU. Fused with the residual (res non-NULL, inp
+// NULL): each lane first writes its columns of the row of res, a + b, and
+// then reads them back as the input (its own writes: no barrier), so that
+// the norm sees the values stored in T, as the two ops would.
 
 template <typename T, bool Centred>
-__global__ void norm_forward_kernel(T *out, float *mean, float *rstd, const T *inp,
-                                    const T *weight, const T *bias, float eps, int N, int C) {
+__global__ void norm_forward_kernel(T *out, float *mean, float *rstd, const T *inp, T *res,
+                                    const T *a, const T *b, const T *weight, const T *bias,
+                                    float eps, int N, int C) {
     int n = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return; // whole warps
-    const T *x = inp + (size_t)n * C;
+    const T *x;
+    if (res != NULL) {
+        size_t row = (size_t)n * C;
+        for (int c = lane; c < C; c += 32)
+            ent_store(res + row + c, ent_load(a + row + c) + ent_load(b + row + c));
+        x = res + row;
+    } else {
+        x = inp + (size_t)n * C;
+    }
     float m = 0.0f;
     if (Centred) {
         float s = 0.0f;
@@ -40,28 +52,50 @@ __global__ void norm_forward_kernel(T *out, float *mean, float *rstd, const T *i
     }
 }
 
+// the rows of one normalisation: inp, or (fused) res = a + b
+struct norm_rows {
+    const float *inp;
+    float *res;
+    const float *a, *b;
+};
+
 template <bool Centred>
 static ent_status norm_forward(ent_backend_t *be, const char *op, float *out, float *mean,
-                               float *rstd, const float *inp, const float *weight,
-                               const float *bias, float eps, int N, int C) {
+                               float *rstd, norm_rows in, const float *weight, const float *bias,
+                               float eps, int N, int C) {
     if (N <= 0) return ENT_OK;
     unsigned blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
     norm_forward_kernel<float, Centred><<<blocks, ENT_CUDA_THREADS, 0, ent_cuda_of(be)->stream>>>(
-        out, mean, rstd, inp, weight, bias, eps, N, C);
+        out, mean, rstd, in.inp, in.res, in.a, in.b, weight, bias, eps, N, C);
     return ent_cuda_launched(op);
 }
 
 ent_status ent_cuda_layernorm_forward(ent_backend_t *be, float *out, float *mean, float *rstd,
                                       const float *inp, const float *weight, const float *bias,
                                       int N, int C) {
-    return norm_forward<true>(be, "layernorm_forward", out, mean, rstd, inp, weight, bias, 1e-5f,
-                              N, C);
+    return norm_forward<true>(be, "layernorm_forward", out, mean, rstd, {inp, NULL, NULL, NULL},
+                              weight, bias, 1e-5f, N, C);
 }
 
 ent_status ent_cuda_rmsnorm_forward(ent_backend_t *be, float *out, float *rstd, const float *inp,
                                     const float *weight, float eps, int N, int C) {
-    return norm_forward<false>(be, "rmsnorm_forward", out, NULL, rstd, inp, weight, NULL, eps, N,
-                               C);
+    return norm_forward<false>(be, "rmsnorm_forward", out, NULL, rstd, {inp, NULL, NULL, NULL},
+                               weight, NULL, eps, N, C);
+}
+
+ent_status ent_cuda_residual_layernorm_forward(ent_backend_t *be, float *res, float *out,
+                                               float *mean, float *rstd, const float *a,
+                                               const float *b, const float *weight,
+                                               const float *bias, int N, int C) {
+    return norm_forward<true>(be, "residual_layernorm_forward", out, mean, rstd,
+                              {NULL, res, a, b}, weight, bias, 1e-5f, N, C);
+}
+
+ent_status ent_cuda_residual_rmsnorm_forward(ent_backend_t *be, float *res, float *out,
+                                             float *rstd, const float *a, const float *b,
+                                             const float *weight, float eps, int N, int C) {
+    return norm_forward<false>(be, "residual_rmsnorm_forward", out, NULL, rstd, {NULL, res, a, b},
+                               weight, NULL, eps, N, C);
 }
 
 // dinp, one warp per row: dnorm = dy * weight, dx += ent_k_norm_grad (the
