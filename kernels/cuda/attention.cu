@@ -288,38 +288,38 @@ static ent_status check_grid(const char *op, int B, int heads) {
     return ENT_OK;
 }
 
-static ent_status att_forward(ent_backend_t *be, const char *op, float *out, float *lse,
-                              const float *q, const float *k, const float *v, int B, int T,
-                              const att_layout &L) {
-    if (B <= 0 || T <= 0) return ENT_OK;
+template <typename T>
+static ent_status att_forward(ent_backend_t *be, const char *op, T *out, float *lse, const T *q,
+                              const T *k, const T *v, int B, int T_, const att_layout &L) {
+    if (B <= 0 || T_ <= 0) return ENT_OK;
     ENT_CHECK(check_grid(op, B, L.NH));
     int hs = L.hs;
     size_t shmem = sizeof(float) * (2 * ATT_TILE * (hs + 1) + ATT_ROWS * hs);
-    dim3 grid((T + ATT_ROWS - 1) / ATT_ROWS, B * L.NH);
-    attention_forward_kernel<float><<<grid, 32 * ATT_ROWS, shmem, ent_cuda_of(be)->stream>>>(
-        out, lse, q, k, v, T, L, 1.0f / sqrtf((float)hs));
+    dim3 grid((T_ + ATT_ROWS - 1) / ATT_ROWS, B * L.NH);
+    attention_forward_kernel<T><<<grid, 32 * ATT_ROWS, shmem, ent_cuda_of(be)->stream>>>(
+        out, lse, q, k, v, T_, L, 1.0f / sqrtf((float)hs));
     return ent_cuda_launched(op);
 }
 
-static ent_status att_backward(ent_backend_t *be, const char *op, float *dq, float *dk, float *dv,
-                               float *scratch, const float *dout, const float *q, const float *k,
-                               const float *v, const float *lse, int B, int T,
-                               const att_layout &L) {
-    if (B <= 0 || T <= 0) return ENT_OK;
+template <typename T>
+static ent_status att_backward(ent_backend_t *be, const char *op, T *dq, T *dk, T *dv,
+                               float *scratch, const T *dout, const T *q, const T *k, const T *v,
+                               const float *lse, int B, int T_, const att_layout &L) {
+    if (B <= 0 || T_ <= 0) return ENT_OK;
     ENT_CHECK(check_grid(op, B, L.NH));
     int hs = L.hs;
     float scale = 1.0f / sqrtf((float)hs);
     cudaStream_t s = ent_cuda_of(be)->stream;
-    dim3 grid_q((T + ATT_ROWS - 1) / ATT_ROWS, B * L.NH);
+    dim3 grid_q((T_ + ATT_ROWS - 1) / ATT_ROWS, B * L.NH);
     size_t shmem_dq = sizeof(float) * (2 * ATT_TILE * (hs + 1) + 2 * ATT_ROWS * hs);
-    attention_backward_dq_kernel<float><<<grid_q, 32 * ATT_ROWS, shmem_dq, s>>>(
-        dq, scratch, dout, q, k, v, lse, T, L, scale);
+    attention_backward_dq_kernel<T><<<grid_q, 32 * ATT_ROWS, shmem_dq, s>>>(
+        dq, scratch, dout, q, k, v, lse, T_, L, scale);
     ENT_CHECK(ent_cuda_launched(op));
-    dim3 grid_kv((T + ATT_ROWS - 1) / ATT_ROWS, B * L.nkv);
+    dim3 grid_kv((T_ + ATT_ROWS - 1) / ATT_ROWS, B * L.nkv);
     size_t shmem_dkv =
         sizeof(float) * (2 * ATT_TILE * (hs + 1) + 2 * ATT_ROWS * hs + 2 * ATT_TILE);
-    attention_backward_dkv_kernel<float><<<grid_kv, 32 * ATT_ROWS, shmem_dkv, s>>>(
-        dk, dv, dout, q, k, v, lse, scratch, T, L, scale);
+    attention_backward_dkv_kernel<T><<<grid_kv, 32 * ATT_ROWS, shmem_dkv, s>>>(
+        dk, dv, dout, q, k, v, lse, scratch, T_, L, scale);
     return ent_cuda_launched(op);
 }
 
@@ -353,34 +353,42 @@ static ent_status gqa_layout(const char *op, ent_gqa_shape s, att_layout *L) {
     return ENT_OK;
 }
 
-ent_status ent_cuda_attention_forward(ent_backend_t *be, float *out, float *att,
-                                      const float *qkv, int B, int T, int C, int NH) {
+template <typename T>
+ent_status ent_cuda_attention_forward(ent_backend_t *be, T *out, float *att, const T *qkv, int B,
+                                      int T_, int C, int NH) {
     att_layout L;
     ENT_CHECK(fused_layout("attention_forward", C, NH, &L));
-    return att_forward(be, "attention_forward", out, att, qkv, qkv + C, qkv + 2 * C, B, T, L);
+    return att_forward(be, "attention_forward", out, att, qkv, qkv + C, qkv + 2 * C, B, T_, L);
 }
 
-ent_status ent_cuda_attention_backward(ent_backend_t *be, float *dqkv, float *scratch,
-                                       const float *dout, const float *qkv, const float *att,
-                                       int B, int T, int C, int NH) {
+template <typename T>
+ent_status ent_cuda_attention_backward(ent_backend_t *be, T *dqkv, float *scratch, const T *dout,
+                                       const T *qkv, const float *att, int B, int T_, int C,
+                                       int NH) {
     att_layout L;
     ENT_CHECK(fused_layout("attention_backward", C, NH, &L));
     return att_backward(be, "attention_backward", dqkv, dqkv + C, dqkv + 2 * C, scratch, dout,
-                        qkv, qkv + C, qkv + 2 * C, att, B, T, L);
+                        qkv, qkv + C, qkv + 2 * C, att, B, T_, L);
 }
 
-ent_status ent_cuda_gqa_forward(ent_backend_t *be, float *out, float *att, const float *q,
-                                const float *k, const float *v, ent_gqa_shape s) {
+template <typename T>
+ent_status ent_cuda_gqa_forward(ent_backend_t *be, T *out, float *att, const T *q, const T *k,
+                                const T *v, ent_gqa_shape s) {
     att_layout L;
     ENT_CHECK(gqa_layout("gqa_forward", s, &L));
     return att_forward(be, "gqa_forward", out, att, q, k, v, s.B, s.T, L);
 }
 
-ent_status ent_cuda_gqa_backward(ent_backend_t *be, float *dq, float *dk, float *dv,
-                                 float *scratch, const float *dout, const float *q,
-                                 const float *k, const float *v, const float *att,
-                                 ent_gqa_shape s) {
+template <typename T>
+ent_status ent_cuda_gqa_backward(ent_backend_t *be, T *dq, T *dk, T *dv, float *scratch,
+                                 const T *dout, const T *q, const T *k, const T *v,
+                                 const float *att, ent_gqa_shape s) {
     att_layout L;
     ENT_CHECK(gqa_layout("gqa_backward", s, &L));
     return att_backward(be, "gqa_backward", dq, dk, dv, scratch, dout, q, k, v, att, s.B, s.T, L);
 }
+
+ENT_CUDA_INSTANTIATE(attention_forward)
+ENT_CUDA_INSTANTIATE(attention_backward)
+ENT_CUDA_INSTANTIATE(gqa_forward)
+ENT_CUDA_INSTANTIATE(gqa_backward)

@@ -156,7 +156,7 @@ static struct ent_backend_i cuda_iface_make(void) {
     i.synchronize = cuda_synchronize;
     i.available_memory = cuda_available_memory;
     i.stream = cuda_stream;
-    ENT_CUDA_KERNEL_OPS(ENT_CUDA_TABLE_ENTRY)
+    ENT_CUDA_TABLE_ENTRIES
     i.matmul_forward = ent_cuda_matmul_forward;
     i.matmul_backward = ent_cuda_matmul_backward;
     return i;

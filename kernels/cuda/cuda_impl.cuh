@@ -3,8 +3,9 @@
 // The backend's device state, the storage types, the launch helpers and the
 // ops behind its table. Precision plan of stage 1: every tensor the interface
 // passes is f32 (float *), so each kernel is a template over its storage
-// type T with ent_load / ent_store converting to and from f32, instantiated
-// for float; a __nv_bfloat16 instantiation is what bf16 storage will add.
+// type T with ent_load / ent_store converting to and from f32; the table
+// takes the float instantiation, and the __nv_bfloat16 one, which bf16
+// storage will take, is built beside it and checked by tests/cuda_emu.
 // Arithmetic is f32 throughout, reductions of norms in double.
 #ifndef ENT_CUDA_IMPL_CUH
 #define ENT_CUDA_IMPL_CUH
@@ -49,16 +50,23 @@ ent_status ent_cuda_lt_load(void);
 
 // The ops of the backend table that these kernels implement, all but the
 // matrix products (cuBLASLt): X(op) for each, so that the cuda backend's
-// table and the CPU emulator's (tests/cuda_emu) list them once.
-#define ENT_CUDA_KERNEL_OPS(X) X(encoder_forward) X(encoder_backward) X(layernorm_forward) \
-    X(layernorm_backward) X(attention_state_bytes) X(attention_forward) X(attention_backward) \
+// table and the CPU emulator's (tests/cuda_emu) list them once. The storage
+// ops are templates over the storage type (below); the f32 ops are not.
+#define ENT_CUDA_STORAGE_OPS(X) X(encoder_forward) X(encoder_backward) X(layernorm_forward) \
+    X(layernorm_backward) X(attention_forward) X(attention_backward) \
     X(gelu_forward) X(gelu_backward) X(residual_forward) X(residual_backward) \
     X(residual_layernorm_forward) X(residual_rmsnorm_forward) \
     X(softmax_xent_forward) X(softmax_xent_backward) X(rmsnorm_forward) X(rmsnorm_backward) \
     X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(gqa_forward) \
-    X(gqa_backward) X(adamw_update) X(sum_squares) X(sub) X(axpy) X(quantize_i8) X(dequantize_i8)
-// i.op = ent_cuda_op, in a function that fills a table i
-#define ENT_CUDA_TABLE_ENTRY(op) i.op = ent_cuda_##op;
+    X(gqa_backward) X(adamw_update)
+#define ENT_CUDA_F32_OPS(X) X(attention_state_bytes) X(sum_squares) X(sub) X(axpy) \
+    X(quantize_i8) X(dequantize_i8)
+// i.op = the float instantiation, in a function that fills a table i
+#define ENT_CUDA_STORAGE_ENTRY(op) i.op = ent_cuda_##op<float>;
+#define ENT_CUDA_F32_ENTRY(op) i.op = ent_cuda_##op;
+#define ENT_CUDA_TABLE_ENTRIES                   \
+    ENT_CUDA_STORAGE_OPS(ENT_CUDA_STORAGE_ENTRY) \
+    ENT_CUDA_F32_OPS(ENT_CUDA_F32_ENTRY)
 
 // ---------------------------------------------------------------------------
 // device state
@@ -144,10 +152,10 @@ __global__ void ent_colsum_partial_kernel(float *partial, int N, int C, F f) {
 }
 
 // f(n, c) = x[n * ld + c]: the plain column sums of a row-major matrix
-struct ent_matrix_value {
-    const float *x;
+template <typename T> struct ent_matrix_value {
+    const T *x;
     size_t ld;
-    __device__ float operator()(int n, int c) const { return x[(size_t)n * ld + c]; }
+    __device__ float operator()(int n, int c) const { return ent_load(x + (size_t)n * ld + c); }
 };
 
 __global__ void ent_colsum_finish_kernel(float *acc, const float *partial, int chunks, int C);
@@ -169,74 +177,103 @@ ent_status ent_cuda_column_sums(ent_backend_t *be, float *acc, int N, int C, F f
 
 // ---------------------------------------------------------------------------
 // the ops (signatures of struct ent_backend_i; shapes in ent_kernels.h)
+//
+// The ops of ENT_CUDA_STORAGE_OPS are templates over T, the storage type of
+// the activations and the parameters they read: the table takes their float
+// instantiation; the __nv_bfloat16 one is stage 2's (docs/architecture.md),
+// instantiated now so that tests/cuda_emu checks its arithmetic on the CPU.
+// Parameter gradients, statistics (mean, rstd, losses), attention's state,
+// the rotation tables and AdamW's master and moments are float in both.
 
-ent_status ent_cuda_encoder_forward(ent_backend_t *be, float *out, const int32_t *tokens,
-                                    const float *wte, const float *wpe, int B, int T, int C);
-ent_status ent_cuda_encoder_backward(ent_backend_t *be, float *dwte, float *dwpe,
-                                     const float *dout, const int32_t *tokens, int B, int T,
-                                     int C);
-ent_status ent_cuda_layernorm_forward(ent_backend_t *be, float *out, float *mean, float *rstd,
-                                      const float *inp, const float *weight, const float *bias,
-                                      int N, int C);
-ent_status ent_cuda_layernorm_backward(ent_backend_t *be, float *dinp, float *dweight,
-                                       float *dbias, const float *dout, const float *inp,
-                                       const float *weight, const float *mean, const float *rstd,
-                                       int N, int C);
+template <typename T>
+ent_status ent_cuda_encoder_forward(ent_backend_t *be, T *out, const int32_t *tokens,
+                                    const T *wte, const T *wpe, int B, int T_, int C);
+template <typename T>
+ent_status ent_cuda_encoder_backward(ent_backend_t *be, float *dwte, float *dwpe, const T *dout,
+                                     const int32_t *tokens, int B, int T_, int C);
+template <typename T>
+ent_status ent_cuda_layernorm_forward(ent_backend_t *be, T *out, float *mean, float *rstd,
+                                      const T *inp, const T *weight, const T *bias, int N, int C);
+template <typename T>
+ent_status ent_cuda_layernorm_backward(ent_backend_t *be, T *dinp, float *dweight, float *dbias,
+                                       const T *dout, const T *inp, const T *weight,
+                                       const float *mean, const float *rstd, int N, int C);
 ent_status ent_cuda_matmul_forward(ent_backend_t *be, float *out, const float *inp,
                                    const float *weight, const float *bias, int N, int C, int OC);
 ent_status ent_cuda_matmul_backward(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
                                     const float *dout, const float *inp, const float *weight,
                                     int N, int C, int OC);
 size_t ent_cuda_attention_state_bytes(ent_backend_t *be, int B, int T, int NH);
-ent_status ent_cuda_attention_forward(ent_backend_t *be, float *out, float *att,
-                                      const float *qkv, int B, int T, int C, int NH);
-ent_status ent_cuda_attention_backward(ent_backend_t *be, float *dqkv, float *scratch,
-                                       const float *dout, const float *qkv, const float *att,
-                                       int B, int T, int C, int NH);
-ent_status ent_cuda_gelu_forward(ent_backend_t *be, float *out, const float *inp, size_t n);
-ent_status ent_cuda_gelu_backward(ent_backend_t *be, float *dinp, const float *inp,
-                                  const float *dout, size_t n);
-ent_status ent_cuda_residual_forward(ent_backend_t *be, float *out, const float *a,
-                                     const float *b, size_t n);
-ent_status ent_cuda_residual_backward(ent_backend_t *be, float *da, float *db, const float *dout,
-                                      size_t n);
-ent_status ent_cuda_residual_layernorm_forward(ent_backend_t *be, float *res, float *out,
-                                               float *mean, float *rstd, const float *a,
-                                               const float *b, const float *weight,
-                                               const float *bias, int N, int C);
-ent_status ent_cuda_residual_rmsnorm_forward(ent_backend_t *be, float *res, float *out,
-                                             float *rstd, const float *a, const float *b,
-                                             const float *weight, float eps, int N, int C);
-ent_status ent_cuda_softmax_xent_forward(ent_backend_t *be, float *losses, float *probs,
-                                         const float *logits, const int32_t *targets, int N,
-                                         int V, int Vp);
-ent_status ent_cuda_softmax_xent_backward(ent_backend_t *be, float *dlogits, const float *probs,
+template <typename T>
+ent_status ent_cuda_attention_forward(ent_backend_t *be, T *out, float *att, const T *qkv, int B,
+                                      int T_, int C, int NH);
+template <typename T>
+ent_status ent_cuda_attention_backward(ent_backend_t *be, T *dqkv, float *scratch, const T *dout,
+                                       const T *qkv, const float *att, int B, int T_, int C,
+                                       int NH);
+template <typename T>
+ent_status ent_cuda_gelu_forward(ent_backend_t *be, T *out, const T *inp, size_t n);
+template <typename T>
+ent_status ent_cuda_gelu_backward(ent_backend_t *be, T *dinp, const T *inp, const T *dout,
+                                  size_t n);
+template <typename T>
+ent_status ent_cuda_residual_forward(ent_backend_t *be, T *out, const T *a, const T *b, size_t n);
+template <typename T>
+ent_status ent_cuda_residual_backward(ent_backend_t *be, T *da, T *db, const T *dout, size_t n);
+template <typename T>
+ent_status ent_cuda_residual_layernorm_forward(ent_backend_t *be, T *res, T *out, float *mean,
+                                               float *rstd, const T *a, const T *b,
+                                               const T *weight, const T *bias, int N, int C);
+template <typename T>
+ent_status ent_cuda_residual_rmsnorm_forward(ent_backend_t *be, T *res, T *out, float *rstd,
+                                             const T *a, const T *b, const T *weight, float eps,
+                                             int N, int C);
+template <typename T>
+ent_status ent_cuda_softmax_xent_forward(ent_backend_t *be, float *losses, T *probs,
+                                         const T *logits, const int32_t *targets, int N, int V,
+                                         int Vp);
+template <typename T>
+ent_status ent_cuda_softmax_xent_backward(ent_backend_t *be, T *dlogits, const T *probs,
                                           const int32_t *targets, float dloss, int N, int V,
                                           int Vp);
-ent_status ent_cuda_rmsnorm_forward(ent_backend_t *be, float *out, float *rstd, const float *inp,
-                                    const float *weight, float eps, int N, int C);
-ent_status ent_cuda_rmsnorm_backward(ent_backend_t *be, float *dinp, float *dweight,
-                                     const float *dout, const float *inp, const float *weight,
-                                     const float *rstd, int N, int C);
-ent_status ent_cuda_rope_forward(ent_backend_t *be, float *x, const float *cos_t,
-                                 const float *sin_t, int B, int T, int H, int hd);
-ent_status ent_cuda_rope_backward(ent_backend_t *be, float *dx, const float *cos_t,
-                                  const float *sin_t, int B, int T, int H, int hd);
-ent_status ent_cuda_swiglu_forward(ent_backend_t *be, float *out, const float *gate,
-                                   const float *up, size_t n);
-ent_status ent_cuda_swiglu_backward(ent_backend_t *be, float *dgate, float *dup,
-                                    const float *dout, const float *gate, const float *up,
-                                    size_t n);
-ent_status ent_cuda_gqa_forward(ent_backend_t *be, float *out, float *att, const float *q,
-                                const float *k, const float *v, ent_gqa_shape s);
-ent_status ent_cuda_gqa_backward(ent_backend_t *be, float *dq, float *dk, float *dv,
-                                 float *scratch, const float *dout, const float *q,
-                                 const float *k, const float *v, const float *att,
-                                 ent_gqa_shape s);
-ent_status ent_cuda_adamw_update(ent_backend_t *be, float *params, float *master,
-                                 const float *grads, float *m, float *v, size_t n, float lr,
-                                 float beta1, float beta2, float eps, float weight_decay,
-                                 float grad_scale, int t);
+template <typename T>
+ent_status ent_cuda_rmsnorm_forward(ent_backend_t *be, T *out, float *rstd, const T *inp,
+                                    const T *weight, float eps, int N, int C);
+template <typename T>
+ent_status ent_cuda_rmsnorm_backward(ent_backend_t *be, T *dinp, float *dweight, const T *dout,
+                                     const T *inp, const T *weight, const float *rstd, int N,
+                                     int C);
+template <typename T>
+ent_status ent_cuda_rope_forward(ent_backend_t *be, T *x, const float *cos_t, const float *sin_t,
+                                 int B, int T_, int H, int hd);
+template <typename T>
+ent_status ent_cuda_rope_backward(ent_backend_t *be, T *dx, const float *cos_t,
+                                  const float *sin_t, int B, int T_, int H, int hd);
+template <typename T>
+ent_status ent_cuda_swiglu_forward(ent_backend_t *be, T *out, const T *gate, const T *up,
+                                   size_t n);
+template <typename T>
+ent_status ent_cuda_swiglu_backward(ent_backend_t *be, T *dgate, T *dup, const T *dout,
+                                    const T *gate, const T *up, size_t n);
+template <typename T>
+ent_status ent_cuda_gqa_forward(ent_backend_t *be, T *out, float *att, const T *q, const T *k,
+                                const T *v, ent_gqa_shape s);
+template <typename T>
+ent_status ent_cuda_gqa_backward(ent_backend_t *be, T *dq, T *dk, T *dv, float *scratch,
+                                 const T *dout, const T *q, const T *k, const T *v,
+                                 const float *att, ent_gqa_shape s);
+// params in T beside their f32 master (NULL, or params itself when T is
+// float: the params are their own master)
+template <typename T>
+ent_status ent_cuda_adamw_update(ent_backend_t *be, T *params, float *master, const float *grads,
+                                 float *m, float *v, size_t n, float lr, float beta1, float beta2,
+                                 float eps, float weight_decay, float grad_scale, int t);
+
+// Both instantiations of a storage op, in the file that defines it.
+#define ENT_CUDA_INSTANTIATE(op) \
+    template decltype(ent_cuda_##op<float>) ent_cuda_##op<float>; \
+    template decltype(ent_cuda_##op<__nv_bfloat16>) ent_cuda_##op<__nv_bfloat16>;
+
 ent_status ent_cuda_sum_squares(ent_backend_t *be, const float *x, size_t n, double *out);
 ent_status ent_cuda_sub(ent_backend_t *be, float *out, const float *a, const float *b, size_t n);
 ent_status ent_cuda_axpy(ent_backend_t *be, float *y, float alpha, const float *x, size_t n);

@@ -31,10 +31,11 @@ __global__ void encoder_forward_kernel(T *out, const int32_t *tokens, const T *w
     }
 }
 
-ent_status ent_cuda_encoder_forward(ent_backend_t *be, float *out, const int32_t *tokens,
-                                    const float *wte, const float *wpe, int B, int T, int C) {
-    size_t n = (size_t)B * T * C;
-    LAUNCH(encoder_forward_kernel<float>, n, out, tokens, wte, wpe, T, C, n);
+template <typename T>
+ent_status ent_cuda_encoder_forward(ent_backend_t *be, T *out, const int32_t *tokens,
+                                    const T *wte, const T *wpe, int B, int T_, int C) {
+    size_t n = (size_t)B * T_ * C;
+    LAUNCH(encoder_forward_kernel<T>, n, out, tokens, wte, wpe, T_, C, n);
 }
 
 // dwte: one block row per distinct token, summing its positions in order
@@ -61,14 +62,14 @@ static int by_token_then_position(const void *a, const void *b) {
 // positions are bucketed by token on the host (the tokens are B*T integers)
 // and each bucket summed in position order, which makes the result
 // deterministic. dwpe is the column sums of dout seen as (B, T*C).
-ent_status ent_cuda_encoder_backward(ent_backend_t *be, float *dwte, float *dwpe,
-                                     const float *dout, const int32_t *tokens, int B, int T,
-                                     int C) {
+template <typename T>
+ent_status ent_cuda_encoder_backward(ent_backend_t *be, float *dwte, float *dwpe, const T *dout,
+                                     const int32_t *tokens, int B, int T_, int C) {
     ent_cuda *cu = ent_cuda_of(be);
-    int BT = B * T;
+    int BT = B * T_;
     if (BT <= 0) return ENT_OK;
-    ent_matrix_value rows = {dout, (size_t)T * C};
-    if (dwpe != NULL) ENT_CHECK(ent_cuda_column_sums(be, dwpe, B, T * C, rows));
+    ent_matrix_value<T> rows = {dout, (size_t)T_ * C};
+    if (dwpe != NULL) ENT_CHECK(ent_cuda_column_sums(be, dwpe, B, T_ * C, rows));
     // host: pairs (token, position) sorted, then uniq (U), offsets (U+1), positions (BT)
     size_t ints = (size_t)2 * BT + 2 * BT + 1 + BT;
     void *h = NULL, *d = NULL;
@@ -103,7 +104,7 @@ ent_status ent_cuda_encoder_backward(ent_backend_t *be, float *dwte, float *dwpe
     ENT_CUDA_CHECK(cudaMemcpyAsync(dpositions, positions, sizeof(int32_t) * (size_t)BT,
                                    cudaMemcpyHostToDevice, cu->stream));
     dim3 grid((C + ENT_CUDA_THREADS - 1) / ENT_CUDA_THREADS, U);
-    encoder_backward_wte_kernel<float><<<grid, ENT_CUDA_THREADS, 0, cu->stream>>>(
+    encoder_backward_wte_kernel<T><<<grid, ENT_CUDA_THREADS, 0, cu->stream>>>(
         dwte, dout, duniq, doffsets, dpositions, C);
     ENT_CHECK(ent_cuda_launched("encoder_backward"));
     // the host buckets stay in use until the copies have run
@@ -126,13 +127,15 @@ __global__ void gelu_backward_kernel(T *dinp, const T *inp, const T *dout, size_
     }
 }
 
-ent_status ent_cuda_gelu_forward(ent_backend_t *be, float *out, const float *inp, size_t n) {
-    LAUNCH(gelu_forward_kernel<float>, n, out, inp, n);
+template <typename T>
+ent_status ent_cuda_gelu_forward(ent_backend_t *be, T *out, const T *inp, size_t n) {
+    LAUNCH(gelu_forward_kernel<T>, n, out, inp, n);
 }
 
-ent_status ent_cuda_gelu_backward(ent_backend_t *be, float *dinp, const float *inp,
-                                  const float *dout, size_t n) {
-    LAUNCH(gelu_backward_kernel<float>, n, dinp, inp, dout, n);
+template <typename T>
+ent_status ent_cuda_gelu_backward(ent_backend_t *be, T *dinp, const T *inp, const T *dout,
+                                  size_t n) {
+    LAUNCH(gelu_backward_kernel<T>, n, dinp, inp, dout, n);
 }
 
 template <typename T>
@@ -149,14 +152,14 @@ __global__ void residual_backward_kernel(T *da, T *db, const T *dout, size_t n) 
     }
 }
 
-ent_status ent_cuda_residual_forward(ent_backend_t *be, float *out, const float *a,
-                                     const float *b, size_t n) {
-    LAUNCH(residual_forward_kernel<float>, n, out, a, b, n);
+template <typename T>
+ent_status ent_cuda_residual_forward(ent_backend_t *be, T *out, const T *a, const T *b, size_t n) {
+    LAUNCH(residual_forward_kernel<T>, n, out, a, b, n);
 }
 
-ent_status ent_cuda_residual_backward(ent_backend_t *be, float *da, float *db, const float *dout,
-                                      size_t n) {
-    LAUNCH(residual_backward_kernel<float>, n, da, db, dout, n);
+template <typename T>
+ent_status ent_cuda_residual_backward(ent_backend_t *be, T *da, T *db, const T *dout, size_t n) {
+    LAUNCH(residual_backward_kernel<T>, n, da, db, dout, n);
 }
 
 // ---------------------------------------------------------------------------
@@ -178,15 +181,16 @@ __global__ void swiglu_backward_kernel(T *dgate, T *dup, const T *dout, const T 
     }
 }
 
-ent_status ent_cuda_swiglu_forward(ent_backend_t *be, float *out, const float *gate,
-                                   const float *up, size_t n) {
-    LAUNCH(swiglu_forward_kernel<float>, n, out, gate, up, n);
+template <typename T>
+ent_status ent_cuda_swiglu_forward(ent_backend_t *be, T *out, const T *gate, const T *up,
+                                   size_t n) {
+    LAUNCH(swiglu_forward_kernel<T>, n, out, gate, up, n);
 }
 
-ent_status ent_cuda_swiglu_backward(ent_backend_t *be, float *dgate, float *dup,
-                                    const float *dout, const float *gate, const float *up,
-                                    size_t n) {
-    LAUNCH(swiglu_backward_kernel<float>, n, dgate, dup, dout, gate, up, n);
+template <typename T>
+ent_status ent_cuda_swiglu_backward(ent_backend_t *be, T *dgate, T *dup, const T *dout,
+                                    const T *gate, const T *up, size_t n) {
+    LAUNCH(swiglu_backward_kernel<T>, n, dgate, dup, dout, gate, up, n);
 }
 
 // One thread per pair (i, i + hd/2) of a head of x (B,T,H*hd): pairs =
@@ -210,18 +214,20 @@ __global__ void rope_kernel(T *x, const float *cos_t, const float *sin_t, int T_
     }
 }
 
-ent_status ent_cuda_rope_forward(ent_backend_t *be, float *x, const float *cos_t,
-                                 const float *sin_t, int B, int T, int H, int hd) {
-    size_t pairs = (size_t)B * T * H * (hd / 2);
+template <typename T>
+ent_status ent_cuda_rope_forward(ent_backend_t *be, T *x, const float *cos_t, const float *sin_t,
+                                 int B, int T_, int H, int hd) {
+    size_t pairs = (size_t)B * T_ * H * (hd / 2);
     if (pairs == 0) return ENT_OK;
-    LAUNCH((rope_kernel<float, false>), pairs, x, cos_t, sin_t, T, H, hd, pairs);
+    LAUNCH((rope_kernel<T, false>), pairs, x, cos_t, sin_t, T_, H, hd, pairs);
 }
 
-ent_status ent_cuda_rope_backward(ent_backend_t *be, float *dx, const float *cos_t,
-                                  const float *sin_t, int B, int T, int H, int hd) {
-    size_t pairs = (size_t)B * T * H * (hd / 2);
+template <typename T>
+ent_status ent_cuda_rope_backward(ent_backend_t *be, T *dx, const float *cos_t,
+                                  const float *sin_t, int B, int T_, int H, int hd) {
+    size_t pairs = (size_t)B * T_ * H * (hd / 2);
     if (pairs == 0) return ENT_OK;
-    LAUNCH((rope_kernel<float, true>), pairs, dx, cos_t, sin_t, T, H, hd, pairs);
+    LAUNCH((rope_kernel<T, true>), pairs, dx, cos_t, sin_t, T_, H, hd, pairs);
 }
 
 // ---------------------------------------------------------------------------
@@ -239,13 +245,13 @@ __global__ void adamw_kernel(P *params, float *master, const float *grads, float
     }
 }
 
-ent_status ent_cuda_adamw_update(ent_backend_t *be, float *params, float *master,
-                                 const float *grads, float *m, float *v, size_t n, float lr,
-                                 float beta1, float beta2, float eps, float weight_decay,
-                                 float grad_scale, int t) {
+template <typename T>
+ent_status ent_cuda_adamw_update(ent_backend_t *be, T *params, float *master, const float *grads,
+                                 float *m, float *v, size_t n, float lr, float beta1, float beta2,
+                                 float eps, float weight_decay, float grad_scale, int t) {
     ent_k_adamw_hp h = ent_k_adamw_hparams(lr, beta1, beta2, eps, weight_decay, grad_scale, t);
-    if (master == params) master = NULL;
-    LAUNCH(adamw_kernel<float>, n, params, master, grads, m, v, n, h);
+    if ((void *)master == (void *)params) master = NULL;
+    LAUNCH(adamw_kernel<T>, n, params, master, grads, m, v, n, h);
 }
 
 // ---------------------------------------------------------------------------
@@ -363,3 +369,15 @@ ent_status ent_cuda_dequantize_i8(ent_backend_t *be, float *out, const int8_t *q
                                   const float *scales, size_t n, size_t block) {
     LAUNCH(dequantize_i8_kernel, n, out, q, scales, n, block);
 }
+
+ENT_CUDA_INSTANTIATE(encoder_forward)
+ENT_CUDA_INSTANTIATE(encoder_backward)
+ENT_CUDA_INSTANTIATE(gelu_forward)
+ENT_CUDA_INSTANTIATE(gelu_backward)
+ENT_CUDA_INSTANTIATE(residual_forward)
+ENT_CUDA_INSTANTIATE(residual_backward)
+ENT_CUDA_INSTANTIATE(swiglu_forward)
+ENT_CUDA_INSTANTIATE(swiglu_backward)
+ENT_CUDA_INSTANTIATE(rope_forward)
+ENT_CUDA_INSTANTIATE(rope_backward)
+ENT_CUDA_INSTANTIATE(adamw_update)

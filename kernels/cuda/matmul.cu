@@ -123,6 +123,6 @@ ent_status ent_cuda_matmul_backward(ent_backend_t *be, float *dinp, float *dweig
     ENT_CHECK(lt_matmul(be, "matmul_backward (weight)", x, dyt, dweight, CUDA_R_32F, C, OC, C,
                         NULL, 1.0f));
     if (dbias == NULL) return ENT_OK;
-    ent_matrix_value f = {dout, (size_t)OC};
+    ent_matrix_value<float> f = {dout, (size_t)OC};
     return ent_cuda_column_sums(be, dbias, N, OC, f);
 }

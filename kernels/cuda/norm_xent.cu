@@ -53,49 +53,51 @@ __global__ void norm_forward_kernel(T *out, float *mean, float *rstd, const T *i
 }
 
 // the rows of one normalisation: inp, or (fused) res = a + b
-struct norm_rows {
-    const float *inp;
-    float *res;
-    const float *a, *b;
+template <typename T> struct norm_rows {
+    const T *inp;
+    T *res;
+    const T *a, *b;
 };
 
-template <bool Centred>
-static ent_status norm_forward(ent_backend_t *be, const char *op, float *out, float *mean,
-                               float *rstd, norm_rows in, const float *weight, const float *bias,
+template <bool Centred, typename T>
+static ent_status norm_forward(ent_backend_t *be, const char *op, T *out, float *mean,
+                               float *rstd, norm_rows<T> in, const T *weight, const T *bias,
                                float eps, int N, int C) {
     if (N <= 0) return ENT_OK;
     unsigned blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
-    norm_forward_kernel<float, Centred><<<blocks, ENT_CUDA_THREADS, 0, ent_cuda_of(be)->stream>>>(
+    norm_forward_kernel<T, Centred><<<blocks, ENT_CUDA_THREADS, 0, ent_cuda_of(be)->stream>>>(
         out, mean, rstd, in.inp, in.res, in.a, in.b, weight, bias, eps, N, C);
     return ent_cuda_launched(op);
 }
 
-ent_status ent_cuda_layernorm_forward(ent_backend_t *be, float *out, float *mean, float *rstd,
-                                      const float *inp, const float *weight, const float *bias,
-                                      int N, int C) {
-    return norm_forward<true>(be, "layernorm_forward", out, mean, rstd, {inp, NULL, NULL, NULL},
-                              weight, bias, 1e-5f, N, C);
+template <typename T>
+ent_status ent_cuda_layernorm_forward(ent_backend_t *be, T *out, float *mean, float *rstd,
+                                      const T *inp, const T *weight, const T *bias, int N, int C) {
+    return norm_forward<true, T>(be, "layernorm_forward", out, mean, rstd, {inp, NULL, NULL, NULL},
+                                 weight, bias, 1e-5f, N, C);
 }
 
-ent_status ent_cuda_rmsnorm_forward(ent_backend_t *be, float *out, float *rstd, const float *inp,
-                                    const float *weight, float eps, int N, int C) {
-    return norm_forward<false>(be, "rmsnorm_forward", out, NULL, rstd, {inp, NULL, NULL, NULL},
-                               weight, NULL, eps, N, C);
+template <typename T>
+ent_status ent_cuda_rmsnorm_forward(ent_backend_t *be, T *out, float *rstd, const T *inp,
+                                    const T *weight, float eps, int N, int C) {
+    return norm_forward<false, T>(be, "rmsnorm_forward", out, NULL, rstd, {inp, NULL, NULL, NULL},
+                                  weight, NULL, eps, N, C);
 }
 
-ent_status ent_cuda_residual_layernorm_forward(ent_backend_t *be, float *res, float *out,
-                                               float *mean, float *rstd, const float *a,
-                                               const float *b, const float *weight,
-                                               const float *bias, int N, int C) {
-    return norm_forward<true>(be, "residual_layernorm_forward", out, mean, rstd,
-                              {NULL, res, a, b}, weight, bias, 1e-5f, N, C);
+template <typename T>
+ent_status ent_cuda_residual_layernorm_forward(ent_backend_t *be, T *res, T *out, float *mean,
+                                               float *rstd, const T *a, const T *b,
+                                               const T *weight, const T *bias, int N, int C) {
+    return norm_forward<true, T>(be, "residual_layernorm_forward", out, mean, rstd,
+                                 {NULL, res, a, b}, weight, bias, 1e-5f, N, C);
 }
 
-ent_status ent_cuda_residual_rmsnorm_forward(ent_backend_t *be, float *res, float *out,
-                                             float *rstd, const float *a, const float *b,
-                                             const float *weight, float eps, int N, int C) {
-    return norm_forward<false>(be, "residual_rmsnorm_forward", out, NULL, rstd, {NULL, res, a, b},
-                               weight, NULL, eps, N, C);
+template <typename T>
+ent_status ent_cuda_residual_rmsnorm_forward(ent_backend_t *be, T *res, T *out, float *rstd,
+                                             const T *a, const T *b, const T *weight, float eps,
+                                             int N, int C) {
+    return norm_forward<false, T>(be, "residual_rmsnorm_forward", out, NULL, rstd,
+                                  {NULL, res, a, b}, weight, NULL, eps, N, C);
 }
 
 // dinp, one warp per row: dnorm = dy * weight, dx += ent_k_norm_grad (the
@@ -123,47 +125,48 @@ __global__ void norm_backward_kernel(T *dinp, const T *dout, const T *inp, const
 }
 
 // the values whose column sums are dweight: dout * norm (mean NULL: RMSNorm's)
-struct norm_dweight_value {
-    const float *dout, *inp, *mean, *rstd;
+template <typename T> struct norm_dweight_value {
+    const T *dout, *inp;
+    const float *mean, *rstd;
     int C;
     __device__ float operator()(int n, int c) const {
         size_t i = (size_t)n * C + c;
-        return dout[i] * ent_k_norm(inp[i], mean != NULL ? mean[n] : 0.0f, rstd[n]);
+        return ent_load(dout + i) *
+               ent_k_norm(ent_load(inp + i), mean != NULL ? mean[n] : 0.0f, rstd[n]);
     }
 };
 
 // dinp, then dweight (and dbias, where non-NULL) as deterministic column sums
-template <bool Centred>
-static ent_status norm_backward(ent_backend_t *be, const char *op, float *dinp, float *dweight,
-                                float *dbias, const float *dout, const float *inp,
-                                const float *weight, const float *mean, const float *rstd, int N,
-                                int C) {
+template <bool Centred, typename T>
+static ent_status norm_backward(ent_backend_t *be, const char *op, T *dinp, float *dweight,
+                                float *dbias, const T *dout, const T *inp, const T *weight,
+                                const float *mean, const float *rstd, int N, int C) {
     if (N <= 0) return ENT_OK;
     unsigned blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
-    norm_backward_kernel<float, Centred><<<blocks, ENT_CUDA_THREADS, 0,
-                                            ent_cuda_of(be)->stream>>>(dinp, dout, inp, weight,
-                                                                       mean, rstd, N, C);
+    norm_backward_kernel<T, Centred><<<blocks, ENT_CUDA_THREADS, 0, ent_cuda_of(be)->stream>>>(
+        dinp, dout, inp, weight, mean, rstd, N, C);
     ENT_CHECK(ent_cuda_launched(op));
-    norm_dweight_value fw = {dout, inp, Centred ? mean : NULL, rstd, C};
+    norm_dweight_value<T> fw = {dout, inp, Centred ? mean : NULL, rstd, C};
     ENT_CHECK(ent_cuda_column_sums(be, dweight, N, C, fw));
     if (dbias == NULL) return ENT_OK;
-    ent_matrix_value fb = {dout, (size_t)C};
+    ent_matrix_value<T> fb = {dout, (size_t)C};
     return ent_cuda_column_sums(be, dbias, N, C, fb);
 }
 
-ent_status ent_cuda_layernorm_backward(ent_backend_t *be, float *dinp, float *dweight,
-                                       float *dbias, const float *dout, const float *inp,
-                                       const float *weight, const float *mean, const float *rstd,
-                                       int N, int C) {
-    return norm_backward<true>(be, "layernorm_backward", dinp, dweight, dbias, dout, inp, weight,
-                               mean, rstd, N, C);
+template <typename T>
+ent_status ent_cuda_layernorm_backward(ent_backend_t *be, T *dinp, float *dweight, float *dbias,
+                                       const T *dout, const T *inp, const T *weight,
+                                       const float *mean, const float *rstd, int N, int C) {
+    return norm_backward<true, T>(be, "layernorm_backward", dinp, dweight, dbias, dout, inp,
+                                  weight, mean, rstd, N, C);
 }
 
-ent_status ent_cuda_rmsnorm_backward(ent_backend_t *be, float *dinp, float *dweight,
-                                     const float *dout, const float *inp, const float *weight,
-                                     const float *rstd, int N, int C) {
-    return norm_backward<false>(be, "rmsnorm_backward", dinp, dweight, NULL, dout, inp, weight,
-                                NULL, rstd, N, C);
+template <typename T>
+ent_status ent_cuda_rmsnorm_backward(ent_backend_t *be, T *dinp, float *dweight, const T *dout,
+                                     const T *inp, const T *weight, const float *rstd, int N,
+                                     int C) {
+    return norm_backward<false, T>(be, "rmsnorm_backward", dinp, dweight, NULL, dout, inp, weight,
+                                   NULL, rstd, N, C);
 }
 
 // ---------------------------------------------------------------------------
@@ -199,11 +202,12 @@ __global__ void softmax_xent_forward_kernel(float *losses, T *probs, const T *lo
         losses[n] = logf(row.sum) + row.max - target_logit;
 }
 
-ent_status ent_cuda_softmax_xent_forward(ent_backend_t *be, float *losses, float *probs,
-                                         const float *logits, const int32_t *targets, int N,
-                                         int V, int Vp) {
+template <typename T>
+ent_status ent_cuda_softmax_xent_forward(ent_backend_t *be, float *losses, T *probs,
+                                         const T *logits, const int32_t *targets, int N, int V,
+                                         int Vp) {
     if (N <= 0) return ENT_OK;
-    softmax_xent_forward_kernel<float><<<N, ENT_CUDA_THREADS, 0, ent_cuda_of(be)->stream>>>(
+    softmax_xent_forward_kernel<T><<<N, ENT_CUDA_THREADS, 0, ent_cuda_of(be)->stream>>>(
         losses, probs, logits, targets, V, Vp);
     return ent_cuda_launched("softmax_xent_forward");
 }
@@ -220,12 +224,22 @@ __global__ void softmax_xent_backward_kernel(T *dlogits, const T *probs, const i
     }
 }
 
-ent_status ent_cuda_softmax_xent_backward(ent_backend_t *be, float *dlogits, const float *probs,
+template <typename T>
+ent_status ent_cuda_softmax_xent_backward(ent_backend_t *be, T *dlogits, const T *probs,
                                           const int32_t *targets, float dloss, int N, int V,
                                           int Vp) {
     size_t n = (size_t)N * Vp;
-    softmax_xent_backward_kernel<float><<<ent_cuda_blocks(n), ENT_CUDA_THREADS, 0,
-                                          ent_cuda_of(be)->stream>>>(dlogits, probs, targets,
-                                                                      dloss, V, Vp, n);
+    softmax_xent_backward_kernel<T><<<ent_cuda_blocks(n), ENT_CUDA_THREADS, 0,
+                                      ent_cuda_of(be)->stream>>>(dlogits, probs, targets, dloss, V,
+                                                                 Vp, n);
     return ent_cuda_launched("softmax_xent_backward");
 }
+
+ENT_CUDA_INSTANTIATE(layernorm_forward)
+ENT_CUDA_INSTANTIATE(layernorm_backward)
+ENT_CUDA_INSTANTIATE(rmsnorm_forward)
+ENT_CUDA_INSTANTIATE(rmsnorm_backward)
+ENT_CUDA_INSTANTIATE(residual_layernorm_forward)
+ENT_CUDA_INSTANTIATE(residual_rmsnorm_forward)
+ENT_CUDA_INSTANTIATE(softmax_xent_forward)
+ENT_CUDA_INSTANTIATE(softmax_xent_backward)

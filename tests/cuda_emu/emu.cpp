@@ -274,7 +274,7 @@ struct ent_backend_i emu_iface_make() {
     i.to_device = emu_copy;
     i.to_host = emu_copy;
     i.synchronize = emu_synchronize;
-    ENT_CUDA_KERNEL_OPS(ENT_CUDA_TABLE_ENTRY)
+    ENT_CUDA_TABLE_ENTRIES
     i.matmul_forward = ent_cpu_matmul_forward;
     i.matmul_backward = ent_cpu_matmul_backward;
     return i;
