@@ -628,7 +628,7 @@ ent_status ent_st_read(ent_st_t *st, const ent_st_tensor *pub, float *dst, int t
         cols = (size_t)pub->shape[1];
     }
     size_t per = PIECE / sizeof(float);
-    if (transpose) {
+    if (transpose && cols > 0) { // (a matrix with no columns has no pieces)
         size_t nr = per / cols;
         per = (nr >= 16 ? nr / 8 * 8 : nr > 0 ? nr : 1) * cols;
     }

@@ -766,6 +766,31 @@ static void test_safetensors_widen(void **unused) {
     ent_st_close(&st);
 }
 
+// Tensors with no elements (a dimension of 0), as a file may hold them, read
+// as nothing, transposed or not, and leave the destination alone.
+static void test_safetensors_empty(void **unused) {
+    (void)unused;
+    if (rank != 0) return;
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/st_empty", root);
+    write_st16(dir,
+               "{\"a\":{\"dtype\":\"BF16\",\"shape\":[3,0],\"data_offsets\":[0,0]},"
+               "\"b\":{\"dtype\":\"F32\",\"shape\":[0,4],\"data_offsets\":[0,0]},"
+               "\"c\":{\"dtype\":\"F16\",\"shape\":[0],\"data_offsets\":[0,0]}}",
+               NULL, 0, 0);
+    ent_st_t *st = NULL;
+    assert_int_equal(ent_st_open(dir, &st), ENT_OK);
+    float canary = 7.0f;
+    for (int which = 0; which < 3; which++) {
+        const ent_st_tensor *t = ent_st_find(st, which == 0 ? "a" : which == 1 ? "b" : "c");
+        assert_non_null(t);
+        for (int transpose = 0; transpose < (which < 2 ? 2 : 1); transpose++)
+            assert_int_equal(ent_st_read(st, t, &canary, transpose), ENT_OK);
+    }
+    assert_true(canary == 7.0f);
+    ent_st_close(&st);
+}
+
 // A matrix large enough for its pieces to be shared among the threads
 // (rows and columns not multiples of 8 or 64), as BF16, F16 and F32, lands
 // transposed, each value the scalar conversion of its stored bits, bit for
@@ -862,6 +887,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_metadata),
         cmocka_unit_test(test_safetensors_widen),
         cmocka_unit_test(test_safetensors_transpose),
+        cmocka_unit_test(test_safetensors_empty),
     };
     int failed = cmocka_run_group_tests_name("ckpt", tests, setup, teardown);
     ent_grid_free(&grid);
