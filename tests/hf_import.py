@@ -231,6 +231,9 @@ def save_dir(d, cfg, items, dtype, shards):
 
 
 def cmd_write(args):
+    if not args or args[0].startswith("-"):
+        raise SystemExit("usage: hf_import.py write DIR [--dtype F32|BF16|F16] [--shards N] ... "
+                         "(the first argument is the directory to write)")
     d, dtype, shards, bare, seed = args[0], "F32", 1, False, 1
     llama = any(a in ("--llama", "--llama3", "--tied") for a in args)
     cfg = dict(LLAMA if llama else CFG)
