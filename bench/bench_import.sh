@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# bench_import.sh ENTENTE [WORKDIR] [DTYPE]: `entente ckpt import` of a
-# GPT-2-small-sized Hugging Face directory (124M parameters: 12 layers, 12
+# bench_import.sh ENTENTE [WORKDIR] [DTYPE] [ARCH]: `entente ckpt import` of
+# a GPT-2-small-sized Hugging Face directory (124M parameters: 12 layers, 12
 # heads, width 768, context 1024, vocab 50257; random weights written with
 # numpy by tests/hf_import.py, as transformers lays them out, DTYPE F32 by
-# default, or BF16, F16) against dd on the same file system in the same run:
+# default, or BF16, F16), or with ARCH llama a Llama of the same depth and
+# width (12 heads over 4 KV heads, SwiGLU of 2048, vocab 32000, untied
+# lm_head: 125M parameters, no Conv1D weights to transpose), against dd on
+# the same file system in the same run:
 #   read     the import's own figure for reading and widening every tensor
 #            (its "read N tensors (M MiB as stored) in S s" line), MiB/s of
 #            the bytes it reads, against dd reading model.safetensors (all
@@ -19,20 +22,26 @@ set -u
 E=$(realpath "$1")
 W=${2:-$(mktemp -d "${TMPDIR:-/tmp}/bench-import.XXXXXX")}
 DTYPE=${3:-F32}
+ARCH=${4:-gpt2}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 mkdir -p "$W" || exit 1
 trap 'rm -rf "$W/m" "$W/a.h5" "$W/dd.bin"' EXIT
-"$PY" "$SRC/tests/hf_import.py" write "$W/m" --layers 12 --heads 12 --width 768 \
-    --context 1024 --vocab 50257 --dtype "$DTYPE" || exit 1
+case "$ARCH" in
+gpt2) "$PY" "$SRC/tests/hf_import.py" write "$W/m" --layers 12 --heads 12 --width 768 \
+    --context 1024 --vocab 50257 --dtype "$DTYPE" || exit 1 ;;
+llama) "$PY" "$SRC/tests/hf_import.py" write "$W/m" --llama --layers 12 --heads 12 --kv-heads 4 \
+    --width 768 --ffn 2048 --context 1024 --vocab 32000 --dtype "$DTYPE" || exit 1 ;;
+*) echo "bench_import: ARCH is gpt2 or llama, not $ARCH"; exit 2 ;;
+esac
 drop() { "$PY" -c 'import os, sys
 for p in sys.argv[1:]:
     fd = os.open(p, os.O_RDONLY); os.fdatasync(fd); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)' "$@"; }
 now() { date +%s.%N; }
 ST="$W/m/model.safetensors"
 stbytes=$(stat -c %s "$ST")
-echo "bench_import: GPT-2 small as $DTYPE, model.safetensors $((stbytes / 1048576)) MiB, in $W"
+echo "bench_import: $([ "$ARCH" = llama ] && echo "a GPT-2-small-sized Llama" || echo "GPT-2 small") as $DTYPE, model.safetensors $((stbytes / 1048576)) MiB, in $W"
 echo "host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores;" \
      "disk: $(df -h "$W" | awk 'NR == 2 { print $1 }') ($(df -T "$W" | awk 'NR == 2 { print $2 }'))"
 R=()

@@ -4,6 +4,8 @@
     hf_import.py write DIR [--dtype F32|BF16|F16] [--shards N] [--bare] [--seed S]
                            [--layers L --heads H --width C --context T --vocab V]
     hf_import.py write DIR --llama [--llama3] [--tied] [--dtype ...] [--shards N] [--seed S]
+                           [--layers L --heads H --kv-heads K --width C --ffn F
+                            --context T --vocab V]
     hf_import.py write DIR ARGS... -- DIR ARGS... -- ...   (several models)
         A tiny random GPT-2 (by default 2 layers, 4 heads, width 64, context 32,
         the 257 byte tokens) as transformers saves it: config.json, and
@@ -239,9 +241,14 @@ def cmd_write(args):
     cfg = dict(LLAMA if llama else CFG)
     sizes = {"--layers": "n_layer", "--heads": "n_head", "--width": "n_embd",
              "--context": "n_positions", "--vocab": "vocab_size"}
+    if llama:
+        sizes = {"--layers": "num_hidden_layers", "--heads": "num_attention_heads",
+                 "--kv-heads": "num_key_value_heads", "--width": "hidden_size",
+                 "--ffn": "intermediate_size", "--context": "max_position_embeddings",
+                 "--vocab": "vocab_size"}
     i = 1
     while i < len(args):
-        if args[i] in sizes and not llama:
+        if args[i] in sizes:
             cfg[sizes[args[i]]], i = int(args[i + 1]), i + 2
         elif args[i] == "--dtype":
             dtype, i = args[i + 1], i + 2
