@@ -461,6 +461,15 @@ static inline __attribute__((always_inline)) void widen_as(ent_dtype d, const un
     for (; i < n; i++) out[i] = value_at(d, p, i);
 }
 
+// The scalar way into a transposed tile: stored values (i, j) of the block
+// at s0 (rows cols values apart), i in [i0, i1), j in [j0, j1), to
+// tile[j * stride + i].
+static inline void tile_scalar(ent_dtype d, const unsigned char *s0, size_t cols, float *tile,
+                               size_t stride, size_t i0, size_t i1, size_t j0, size_t j1) {
+    for (size_t j = j0; j < j1; j++)
+        for (size_t i = i0; i < i1; i++) tile[j * stride + i] = value_at(d, s0, i * cols + j);
+}
+
 // Rows [r0, r0 + nr) of a stored [rows, cols] matrix (in: those rows,
 // row-major) into the transposed [cols, rows] float matrix t, widened as
 // they move: a TILE x TILE block at a time is transposed into a buffer
@@ -486,20 +495,13 @@ static inline __attribute__((always_inline)) void transpose_as(ent_dtype d, cons
                     int scalar = 0;
                     if (d == ENT_F16)
                         for (int k = 0; k < 8; k++) scalar |= has_nan16(s + k * cols * es);
-                    if (!scalar) {
-                        transpose8(d, s, cols * es, tile + j * STRIDE + i, STRIDE);
-                        continue;
-                    }
-                    for (size_t jj = j; jj < j + 8; jj++)
-                        for (size_t ii = i; ii < i + 8; ii++)
-                            tile[jj * STRIDE + ii] = value_at(d, s0, ii * cols + jj);
+                    if (scalar) tile_scalar(d, s0, cols, tile, STRIDE, i, i + 8, j, j + 8);
+                    else transpose8(d, s, cols * es, tile + j * STRIDE + i, STRIDE);
                 }
-                for (; j < nj; j++)
-                    for (size_t ii = i; ii < i + 8; ii++) tile[j * STRIDE + ii] = value_at(d, s0, ii * cols + j);
+                tile_scalar(d, s0, cols, tile, STRIDE, i, i + 8, j, nj);
             }
 #endif
-            for (size_t j = 0; j < nj; j++)
-                for (size_t ii = i; ii < ni; ii++) tile[j * STRIDE + ii] = value_at(d, s0, ii * cols + j);
+            tile_scalar(d, s0, cols, tile, STRIDE, i, ni, 0, nj);
             for (size_t j = 0; j < nj; j++) store_run(t + (j0 + j) * rows + r0 + i0, tile + j * STRIDE, ni);
         }
 }

@@ -638,6 +638,12 @@ static norm_at block_norm(ent_model_t *m, int l) {
     return (norm_at){a->ln1, a->ln1_mean, a->ln1_rstd, m->p[l].ln1w, m->p[l].ln1b};
 }
 
+// The norm before block l's MLP (a llama's mean and bias views are NULL).
+static norm_at mlp_norm(ent_model_t *m, int l) {
+    layer_acts *a = &m->a[l];
+    return (norm_at){a->ln2, a->ln2_mean, a->ln2_rstd, m->p[l].ln2w, m->p[l].ln2b};
+}
+
 // The norm of the architecture (layernorm, or RMSNorm for the Llama family)
 // of inp (N rows); with a and b, of inp = a + b, written first: the
 // backend's fused op where it has one, else the residual then the norm.
@@ -679,8 +685,7 @@ static ent_status gpt2_forward(ent_model_t *m, int b, int t) {
         ENT_CHECK(k->matmul_forward(be, m->proj, a->atty, p->projw, add_bias ? p->projb : NULL, N,
                                     Ca, C));
         ENT_CHECK(tp_sum(m, m->proj, (size_t)N * C));
-        ENT_CHECK(norm_forward(m, a->res2, residual, m->proj,
-                               (norm_at){a->ln2, a->ln2_mean, a->ln2_rstd, p->ln2w, p->ln2b}, N));
+        ENT_CHECK(norm_forward(m, a->res2, residual, m->proj, mlp_norm(m, l), N));
         ENT_CHECK(k->matmul_forward(be, a->fch, a->ln2, p->fcw, p->fcb, N, C, Cf));
         ENT_CHECK(k->gelu_forward(be, a->fch_gelu, a->fch, (size_t)N * Cf));
         ENT_CHECK(k->matmul_forward(be, m->proj, a->fch_gelu, p->fcpw, add_bias ? p->fcpb : NULL, N,
@@ -716,8 +721,7 @@ static ent_status llama_forward(ent_model_t *m, int b, int t) {
         ENT_CHECK(k->gqa_forward(be, a->atty, a->att, a->q, a->k + kv0, a->v + kv0, g));
         ENT_CHECK(k->matmul_forward(be, m->proj, a->atty, p->projw, NULL, N, Ca, C));
         ENT_CHECK(tp_sum(m, m->proj, (size_t)N * C));
-        ENT_CHECK(norm_forward(m, a->res2, residual, m->proj,
-                               (norm_at){a->ln2, NULL, a->ln2_rstd, p->ln2w, NULL}, N));
+        ENT_CHECK(norm_forward(m, a->res2, residual, m->proj, mlp_norm(m, l), N));
         ENT_CHECK(k->matmul_forward(be, a->fch, a->ln2, p->gatew, NULL, N, C, Cf));
         ENT_CHECK(k->matmul_forward(be, a->up, a->ln2, p->upw, NULL, N, C, Cf));
         ENT_CHECK(k->swiglu_forward(be, a->fch_gelu, a->fch, a->up, (size_t)N * Cf));
