@@ -73,6 +73,21 @@ ent_status ent_backend_new(const char *name, const ent_backend_opts *opts, ent_b
     return ENT_ERR_INTERNAL; // not reached: check_name knows the same names
 }
 
+static const char *const precision_names[] = {"auto", "f32", "bf16"};
+
+ent_status ent_precision_parse(const char *name, ent_precision *out) {
+    for (int i = 0; i < (int)(sizeof precision_names / sizeof precision_names[0]); i++)
+        if (strcmp(name, precision_names[i]) == 0) {
+            *out = (ent_precision)i;
+            return ENT_OK;
+        }
+    return ent_fail(ENT_ERR_USAGE, "unknown precision '%s' (known: auto, f32, bf16)", name);
+}
+
+const char *ent_precision_name(ent_precision p) {
+    return p >= ENT_PRECISION_AUTO && p <= ENT_PRECISION_BF16 ? precision_names[p] : "invalid";
+}
+
 ent_backend_t *ent_backend_cpu_new(int threads) {
     ent_backend_opts opts = {.threads = threads};
     ent_backend_t *be = NULL;

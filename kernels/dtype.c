@@ -5,6 +5,7 @@
 // without a size or a name is a compiler warning (-Wswitch, an error here),
 // never a wrong size picked silently.
 #include "ent_kernels.h"
+#include "kernel_math.h"
 
 size_t ent_dtype_size(ent_dtype dtype) {
     switch (dtype) {
@@ -45,4 +46,20 @@ int ent_dtype_is_float(ent_dtype dtype) {
 size_t ent_arena_bytes(ent_dtype dtype, size_t numel) {
     size_t bytes = numel * ent_dtype_size(dtype);
     return (bytes + ENT_ARENA_ALIGN - 1) / ENT_ARENA_ALIGN * ENT_ARENA_ALIGN;
+}
+
+ent_status ent_dtype_to_f32(ent_dtype dtype, const void *src, float *dst, size_t n) {
+    const uint16_t *h = src;
+    switch (dtype) {
+    case ENT_F32: memmove(dst, src, n * sizeof(float)); return ENT_OK;
+    case ENT_BF16:
+        for (size_t i = 0; i < n; i++) dst[i] = ent_k_bf16_to_f32(h[i]);
+        return ENT_OK;
+    case ENT_F16:
+        for (size_t i = 0; i < n; i++) dst[i] = ent_k_f16_to_f32(h[i]);
+        return ENT_OK;
+    case ENT_F64: case ENT_I32: case ENT_I64: case ENT_U64: case ENT_I8: case ENT_U8:
+    case ENT_DTYPE_COUNT: break;
+    }
+    return ent_fail(ENT_ERR_USAGE, "cannot widen %s values to f32", ent_dtype_name(dtype));
 }

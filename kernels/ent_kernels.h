@@ -8,7 +8,13 @@
 //      by kernels/cpu (and later kernels/cuda).
 //
 // Conventions of every op:
-//   - tensors are row-major float32; shapes are given in comments as (rows, cols);
+//   - tensors are row-major; shapes are given in comments as (rows, cols);
+//   - element types: an argument declared `void *` is an activation (or its
+//     gradient) in the backend's be->act_dtype, or a parameter in compute in
+//     be->param_dtype (f32 on the CPU; bf16 or f32 on a GPU,
+//     system.precision); an argument declared `float *` is f32 on every
+//     backend: parameters' gradients, norms' statistics, losses, the
+//     attention state, the rotation tables, masters and moments;
 //   - N is the number of token positions in a micro-batch (B*T);
 //   - a matmul weight is (OC, C): out = inp @ weight^T + bias, as in llm.c;
 //   - backward ops ACCUMULATE (+=) into every gradient they produce, so callers
@@ -218,6 +224,10 @@ size_t ent_dtype_size(ent_dtype dtype);
 const char *ent_dtype_name(ent_dtype dtype);
 // 1 for the floating-point types.
 int ent_dtype_is_float(ent_dtype dtype);
+// dst = n values of src in dtype (f32, bf16 or f16) as f32, exactly (a
+// host-side copy of a device's bf16 activations, for instance); ENT_ERR_USAGE
+// for another type.
+ent_status ent_dtype_to_f32(ent_dtype dtype, const void *src, float *dst, size_t n);
 
 // Every tensor in an arena (parameters, their gradients and moments,
 // activations) starts on a 64-byte boundary, 16 floats: its own cache lines,
@@ -368,26 +378,26 @@ struct ent_backend_i {
 
     // out (B,T,C) = wte[tokens] + wpe[position]; tokens (B,T) index wte (Vp,C), wpe (maxT,C).
     // wpe NULL: the token embedding alone (no learned positions), and dwpe NULL in backward.
-    ent_status (*encoder_forward)(ent_backend_t *be, float *out, const int32_t *tokens,
-                                  const float *wte, const float *wpe, int B, int T, int C);
-    ent_status (*encoder_backward)(ent_backend_t *be, float *dwte, float *dwpe, const float *dout,
+    ent_status (*encoder_forward)(ent_backend_t *be, void *out, const int32_t *tokens,
+                                  const void *wte, const void *wpe, int B, int T, int C);
+    ent_status (*encoder_backward)(ent_backend_t *be, float *dwte, float *dwpe, const void *dout,
                                    const int32_t *tokens, int B, int T, int C);
 
     // out (N,C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) saved for backward
-    ent_status (*layernorm_forward)(ent_backend_t *be, float *out, float *mean, float *rstd,
-                                    const float *inp, const float *weight, const float *bias,
+    ent_status (*layernorm_forward)(ent_backend_t *be, void *out, float *mean, float *rstd,
+                                    const void *inp, const void *weight, const void *bias,
                                     int N, int C);
-    ent_status (*layernorm_backward)(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
-                                     const float *dout, const float *inp, const float *weight,
+    ent_status (*layernorm_backward)(ent_backend_t *be, void *dinp, float *dweight, float *dbias,
+                                     const void *dout, const void *inp, const void *weight,
                                      const float *mean, const float *rstd, int N, int C);
 
     // out (N,OC) = inp (N,C) @ weight^T (C,OC) + bias (OC); bias may be NULL
-    ent_status (*matmul_forward)(ent_backend_t *be, float *out, const float *inp,
-                                 const float *weight, const float *bias, int N, int C, int OC);
+    ent_status (*matmul_forward)(ent_backend_t *be, void *out, const void *inp,
+                                 const void *weight, const void *bias, int N, int C, int OC);
     // dinp (N,C), dweight (OC,C), dbias (OC, may be NULL); dinp may be NULL too (only
     // the weight's gradients: a replicated layer whose input gradient another rank adds)
-    ent_status (*matmul_backward)(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
-                                  const float *dout, const float *inp, const float *weight,
+    ent_status (*matmul_backward)(ent_backend_t *be, void *dinp, float *dweight, float *dbias,
+                                  const void *dout, const void *inp, const void *weight,
                                   int N, int C, int OC);
 
     // causal multi-head attention. qkv (B,T,3C) holds Q, K, V side by side, each
@@ -396,45 +406,45 @@ struct ent_backend_i {
     // softmax probabilities (B,NH,T,T), zero above the diagonal; a flash-style
     // kernel may keep only its softmax statistics.
     size_t (*attention_state_bytes)(ent_backend_t *be, int B, int T, int NH);
-    ent_status (*attention_forward)(ent_backend_t *be, float *out, float *att, const float *qkv,
+    ent_status (*attention_forward)(ent_backend_t *be, void *out, float *att, const void *qkv,
                                     int B, int T, int C, int NH);
     // dqkv (B,T,3C) accumulates; scratch (attention_state_bytes) is overwritten.
-    ent_status (*attention_backward)(ent_backend_t *be, float *dqkv, float *scratch,
-                                     const float *dout, const float *qkv, const float *att,
+    ent_status (*attention_backward)(ent_backend_t *be, void *dqkv, float *scratch,
+                                     const void *dout, const void *qkv, const float *att,
                                      int B, int T, int C, int NH);
 
     // GELU, tanh approximation, element-wise over n values
-    ent_status (*gelu_forward)(ent_backend_t *be, float *out, const float *inp, size_t n);
-    ent_status (*gelu_backward)(ent_backend_t *be, float *dinp, const float *inp, const float *dout,
+    ent_status (*gelu_forward)(ent_backend_t *be, void *out, const void *inp, size_t n);
+    ent_status (*gelu_backward)(ent_backend_t *be, void *dinp, const void *inp, const void *dout,
                                 size_t n);
 
     // out = a + b (n values); backward: da += dout, db += dout
-    ent_status (*residual_forward)(ent_backend_t *be, float *out, const float *a, const float *b,
+    ent_status (*residual_forward)(ent_backend_t *be, void *out, const void *a, const void *b,
                                    size_t n);
-    ent_status (*residual_backward)(ent_backend_t *be, float *da, float *db, const float *dout,
+    ent_status (*residual_backward)(ent_backend_t *be, void *da, void *db, const void *dout,
                                     size_t n);
     // The residual addition fused with the normalisation that follows it.
     // Optional (NULL: the caller runs residual_forward, then the norm): res
     // (N,C) = a + b, then out, mean and rstd of res as layernorm_forward
     // gives them (rmsnorm's: as rmsnorm_forward with eps), the same bits as
     // the two ops one after the other, in one pass over the rows.
-    ent_status (*residual_layernorm_forward)(ent_backend_t *be, float *res, float *out,
-                                             float *mean, float *rstd, const float *a,
-                                             const float *b, const float *weight,
-                                             const float *bias, int N, int C);
-    ent_status (*residual_rmsnorm_forward)(ent_backend_t *be, float *res, float *out, float *rstd,
-                                           const float *a, const float *b, const float *weight,
+    ent_status (*residual_layernorm_forward)(ent_backend_t *be, void *res, void *out,
+                                             float *mean, float *rstd, const void *a,
+                                             const void *b, const void *weight,
+                                             const void *bias, int N, int C);
+    ent_status (*residual_rmsnorm_forward)(ent_backend_t *be, void *res, void *out, float *rstd,
+                                           const void *a, const void *b, const void *weight,
                                            float eps, int N, int C);
 
     // fused softmax + cross-entropy over the first V of Vp logits per row (the
     // padding columns get probability 0). probs (N,Vp) may alias logits.
     // targets (N) may be NULL: then only probs are produced and losses is untouched.
-    ent_status (*softmax_xent_forward)(ent_backend_t *be, float *losses, float *probs,
-                                       const float *logits, const int32_t *targets,
+    ent_status (*softmax_xent_forward)(ent_backend_t *be, float *losses, void *probs,
+                                       const void *logits, const int32_t *targets,
                                        int N, int V, int Vp);
     // dlogits (N,Vp) = (probs - onehot(targets)) * dloss. OVERWRITES dlogits, which
     // may alias probs; dloss is the gradient of the total loss w.r.t. each row's loss.
-    ent_status (*softmax_xent_backward)(ent_backend_t *be, float *dlogits, const float *probs,
+    ent_status (*softmax_xent_backward)(ent_backend_t *be, void *dlogits, const void *probs,
                                         const int32_t *targets, float dloss, int N, int V, int Vp);
 
     // ---- the Llama family's ops. Optional: NULL where a backend lacks them
@@ -442,48 +452,54 @@ struct ent_backend_i {
 
     // RMSNorm: out (N,C) = inp * rstd * weight with rstd = 1 / sqrt(mean(inp^2) + eps)
     // per row, saved in rstd (N) for backward. No bias.
-    ent_status (*rmsnorm_forward)(ent_backend_t *be, float *out, float *rstd, const float *inp,
-                                  const float *weight, float eps, int N, int C);
-    ent_status (*rmsnorm_backward)(ent_backend_t *be, float *dinp, float *dweight,
-                                   const float *dout, const float *inp, const float *weight,
+    ent_status (*rmsnorm_forward)(ent_backend_t *be, void *out, float *rstd, const void *inp,
+                                  const void *weight, float eps, int N, int C);
+    ent_status (*rmsnorm_backward)(ent_backend_t *be, void *dinp, float *dweight,
+                                   const void *dout, const void *inp, const void *weight,
                                    const float *rstd, int N, int C);
 
     // rotary embeddings, IN PLACE on x (B,T,H*hd): in every head, the pair
     // (i, i + hd/2) of position t turns by the angle of cos_t, sin_t (T, hd/2)
     // row t (ent_rope_table). Backward turns the gradient dx back, in place
     // (an exception to accumulation: the rotation is its own state).
-    ent_status (*rope_forward)(ent_backend_t *be, float *x, const float *cos_t,
+    ent_status (*rope_forward)(ent_backend_t *be, void *x, const float *cos_t,
                                const float *sin_t, int B, int T, int H, int hd);
-    ent_status (*rope_backward)(ent_backend_t *be, float *dx, const float *cos_t,
+    ent_status (*rope_backward)(ent_backend_t *be, void *dx, const float *cos_t,
                                 const float *sin_t, int B, int T, int H, int hd);
 
     // SwiGLU: out = silu(gate) * up over n values; backward accumulates dgate, dup
-    ent_status (*swiglu_forward)(ent_backend_t *be, float *out, const float *gate,
-                                 const float *up, size_t n);
-    ent_status (*swiglu_backward)(ent_backend_t *be, float *dgate, float *dup, const float *dout,
-                                  const float *gate, const float *up, size_t n);
+    ent_status (*swiglu_forward)(ent_backend_t *be, void *out, const void *gate,
+                                 const void *up, size_t n);
+    ent_status (*swiglu_backward)(ent_backend_t *be, void *dgate, void *dup, const void *dout,
+                                  const void *gate, const void *up, size_t n);
 
     // causal grouped-query attention (ent_gqa_shape): q (B,T,NH*hd), k and v
     // (B,T,kv_heads*hd), out (B,T,NH*hd); att is the state kept for backward,
     // attention_state_bytes(B, T, NH) bytes, as attention_forward's.
-    ent_status (*gqa_forward)(ent_backend_t *be, float *out, float *att, const float *q,
-                              const float *k, const float *v, ent_gqa_shape s);
+    ent_status (*gqa_forward)(ent_backend_t *be, void *out, float *att, const void *q,
+                              const void *k, const void *v, ent_gqa_shape s);
     // dq, dk, dv accumulate (a KV head's gradient sums over its query heads);
     // scratch (attention_state_bytes) is overwritten.
-    ent_status (*gqa_backward)(ent_backend_t *be, float *dq, float *dk, float *dv, float *scratch,
-                               const float *dout, const float *q, const float *k, const float *v,
+    ent_status (*gqa_backward)(ent_backend_t *be, void *dq, void *dk, void *dv, float *scratch,
+                               const void *dout, const void *q, const void *k, const void *v,
                                const float *att, ent_gqa_shape s);
 
     // AdamW with decoupled weight decay over n values; t is the 1-based step.
     // The update reads and writes the f32 master weights `master` (weight
     // decay: master -= lr * weight_decay * master), then writes them to the
-    // model's copy `params` in its dtype; master NULL (or equal to params):
-    // the f32 parameters are their own master, as on the CPU. A GPU backend
-    // keeps bf16 params beside f32 masters. grads are multiplied by
-    // grad_scale first (clipping).
-    ent_status (*adamw_update)(ent_backend_t *be, float *params, float *master, const float *grads,
+    // model's copy `params` in be->param_dtype; master NULL (or equal to
+    // params): the f32 parameters are their own master, as on the CPU. A GPU
+    // backend in bf16 keeps bf16 params beside f32 masters. grads are
+    // multiplied by grad_scale first (clipping).
+    ent_status (*adamw_update)(ent_backend_t *be, void *params, float *master, const float *grads,
                                float *m, float *v, size_t n, float lr, float beta1, float beta2,
                                float eps, float weight_decay, float grad_scale, int t);
+
+    // dst (n values in be->param_dtype) = src (f32), rounded to nearest even:
+    // the compute copy of parameters whose f32 masters changed outside the
+    // backend's ops (a load, an outer update). Optional: NULL on a backend
+    // whose parameters are f32, their own masters.
+    ent_status (*cast)(ent_backend_t *be, void *dst, const float *src, size_t n);
 
     // sum of x[i]^2 in double, in an order that does not depend on thread count
     ent_status (*sum_squares)(ent_backend_t *be, const float *x, size_t n, double *out);
@@ -508,6 +524,10 @@ struct ent_backend {
     const struct ent_backend_i *iface;
     void *impl; // backend-private (stream, handles); NULL for the CPU backend
     int threads; // host threads used by the CPU backend
+    // the element types of the `void *` arguments of its ops (ENT_F32 or
+    // ENT_BF16), set at creation from ent_backend_opts.precision
+    ent_dtype act_dtype;   // activations and their gradients
+    ent_dtype param_dtype; // parameters in compute (their masters are f32)
 };
 
 // The optional vector ops, dispatched: ENT_ERR_USAGE naming the backend and
@@ -534,6 +554,17 @@ ent_status ent_backend_check_llama(ent_backend_t *be);
 // owned by the caller: it lives as long as the backend.
 void *ent_backend_stream(ent_backend_t *be);
 
+// system.precision: the element type a backend computes in.
+typedef enum {
+    ENT_PRECISION_AUTO = 0, // bf16 on cuda, f32 on the CPU backends
+    ENT_PRECISION_F32,      // f32 parameters and activations everywhere
+    ENT_PRECISION_BF16,     // bf16 parameters and activations, f32 masters (cuda only)
+} ent_precision;
+
+// "auto", "f32", "bf16" -> *out; ENT_ERR_USAGE naming the known names otherwise.
+ent_status ent_precision_parse(const char *name, ent_precision *out);
+const char *ent_precision_name(ent_precision p);
+
 typedef struct {
     int threads; // host threads (CPU backends); <= 0: OpenMP's default
     // GPU backends: the device, taken modulo the number of devices this
@@ -541,6 +572,9 @@ typedef struct {
     // trainer passing its node-local rank spreads a node's ranks over its
     // GPUs; negative counts as 0
     int device;
+    // the element type of parameters and activations: a CPU backend refuses
+    // bf16 (ENT_ERR_USAGE); 0 is ENT_PRECISION_AUTO
+    ent_precision precision;
 } ent_backend_opts;
 
 // Creates the backend called `name` (config key system.backend): "cpu", the

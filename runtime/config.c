@@ -114,7 +114,8 @@ static const key_desc keys[] = {
     {"coalition", "takeover_after", K_FLOAT, FIELD(coal_takeover_after), "10", 0.5, 1e6, 0, "a standby takes over when the primary's connection closes, or when the primary has sent nothing for this many seconds (it sends at least every second)"},
     {"coalition", "allow", K_STR, FIELD(coal_allow), "", 0, 0, 0, "the coordinator: the sites admitted, a directory of their NAME.pub files (or one file); required unless --insecure"},
     {"system", "threads", K_INT, FIELD(threads), "0", 0, 4096, 0, "CPU threads per rank; 0 = OMP_NUM_THREADS or all cores"},
-    {"system", "backend", K_STR, FIELD(backend), "cpu", 0, 0, 0, "the device backend that computes: cpu (OpenBLAS + OpenMP); cpu-guarded (the same, its memory locked outside its own calls: for tests, several times slower); cuda (one NVIDIA GPU per rank, the node-local rank's, in a build with the CUDA toolkit; f32 storage, TF32 matrix products; not yet validated on a GPU); or auto (cuda when built with it and a GPU is visible, else cpu)"},
+    {"system", "backend", K_STR, FIELD(backend), "cpu", 0, 0, 0, "the device backend that computes: cpu (OpenBLAS + OpenMP); cpu-guarded (the same, its memory locked outside its own calls: for tests, several times slower); cuda (one NVIDIA GPU per rank, the node-local rank's, in a build with the CUDA toolkit; not yet validated on a GPU); or auto (cuda when built with it and a GPU is visible, else cpu)"},
+    {"system", "precision", K_STR, FIELD(precision), "auto", 0, 0, 0, "the element type the backend computes in: f32; bf16 (parameters and activations in bf16 with f32 master weights, AdamW moments, gradients of the weights and reductions; the cuda backend only); or auto (bf16 on cuda, f32 on the CPU backends). Checkpoints hold the f32 masters whatever the precision"},
 };
 
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))
@@ -693,6 +694,17 @@ ent_status ent_config_validate(const ent_config *cfg) {
         key_origin(cfg, KEY("system", "backend"), a, sizeof a);
         return ent_fail(ENT_ERR_USAGE, "%s: system.backend = '%s': %s", a, cfg->backend,
                         ent_last_error());
+    }
+    ent_precision precision;
+    if (ent_precision_parse(cfg->precision, &precision) != ENT_OK) {
+        key_origin(cfg, KEY("system", "precision"), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE, "%s: system.precision = '%s': expected auto, f32 or bf16",
+                        a, cfg->precision);
+    }
+    if (precision == ENT_PRECISION_BF16 && strncmp(cfg->backend, "cpu", 3) == 0) {
+        key_origin(cfg, KEY("system", "precision"), a, sizeof a);
+        return ent_fail(ENT_ERR_USAGE, "%s: system.precision = bf16 needs system.backend = cuda "
+                        "(or auto on a GPU): backend '%s' computes in f32 only", a, cfg->backend);
     }
     if (strcmp(cfg->ckpt_on_error, "stop") != 0 && strcmp(cfg->ckpt_on_error, "continue") != 0) {
         key_origin(cfg, KEY("checkpoint", "on_error"), a, sizeof a);

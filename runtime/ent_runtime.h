@@ -72,6 +72,7 @@ typedef struct {
     // [system]
     int threads;
     char backend[32];
+    char precision[8]; // auto, f32 or bf16 (ent_precision_parse)
 
     char path[ENT_PATH_MAX]; // the file it was read from ("" for defaults only)
     // where each key's value came from, for messages: its line in path,
@@ -152,13 +153,12 @@ typedef enum { ENT_ARENA_PARAMS = 0, ENT_ARENA_GRADS } ent_arena;
 typedef struct {
     ent_group_t *tp;       // tensor-parallel group (Megatron style); NULL = none
     size_t arena_multiple; // arenas padded to a multiple of this many floats (ZeRO shards)
-    // element type of the activations: ENT_F32 (0, the default) is the one the
-    // kernels take today; another is refused with ENT_ERR_USAGE
-    ent_dtype activations;
 } ent_model_opts;
 
-// Bytes one rank needs on its device: parameters, gradients, AdamW state and
-// f32 activations (with the token ids) for micro-batches of B sequences of T
+// Bytes one rank needs on its device: the parameters' f32 masters, their
+// gradients and AdamW state, the parameters in compute where the backend's
+// param_dtype is not f32, and the activations in its act_dtype (with the
+// token ids and f32 statistics) for micro-batches of B sequences of T
 // tokens, with TP over tp ranks, each tensor rounded up to ENT_ARENA_ALIGN as
 // the arenas lay them out. The backend sizes what it keeps for attention's
 // backward (attention_state_bytes).
@@ -192,8 +192,19 @@ void ent_model_set_grad_hook(ent_model_t *model, ent_grad_hook hook, void *ctx);
 // (padded_vocab floats).
 ent_status ent_model_logits_at(ent_model_t *model, int b, int t, float *host_out);
 // The model's arenas (device memory; ent_model_arena_floats floats each, padded)
-// and its table; not owned by the caller.
+// and its table; not owned by the caller. ENT_ARENA_PARAMS is the f32
+// masters: what checkpoints, data parallelism and the coalition read and
+// write. The rows' dtype in the table is the parameters' in compute.
 float *ent_model_arena(ent_model_t *model, ent_arena which);
+// After the masters were written from outside the model's ops (a load, a
+// broadcast, an all-gather of ZeRO shards, an outer update): refreshes the
+// parameters in compute from them (the backend's cast). Nothing to do, and
+// ENT_OK, where the parameters are f32 and their own masters.
+ent_status ent_model_params_changed(ent_model_t *model);
+// The parameters in compute (device memory, arena_floats elements of the
+// table's dtype, laid out as the masters): the masters themselves when f32.
+// AdamW writes both (adamw_update's params and master).
+void *ent_model_compute_params(ent_model_t *model);
 size_t ent_model_arena_floats(const ent_model_t *model);
 const ent_param_table *ent_model_table(const ent_model_t *model);
 const ent_model_shape *ent_model_get_shape(const ent_model_t *model);

@@ -12,6 +12,18 @@
 // whose rows describe each buffer as the parameter table's describe a
 // tensor: name, dtype, element count, offset.
 //
+// Element types (the backend's precision, system.precision): parameters in
+// compute are in be->param_dtype, activations and their gradients in
+// be->act_dtype, both f32 on the CPU and bf16 or f32 on a GPU; so their
+// views are void *, and sizes and offsets of them count elements of that
+// type (act_at). Everything else is f32 on every backend: the parameters'
+// masters (the arena everything outside the model reads and writes:
+// checkpoints, data parallelism, the coalition, import), their gradients,
+// the norms' statistics, the losses and the rotation tables. Where the
+// compute type is f32 the parameters are their own masters and nothing is
+// copied; else ent_model_params_changed casts the masters into the compute
+// copy after they were written from outside.
+//
 // Tensor parallelism (Megatron style) over the TP group: each rank holds
 // NH/tp heads of the QKV projection (column-parallel) and the matching
 // columns of the attention output projection (row-parallel), and 4C/tp of
@@ -38,30 +50,35 @@
 // A block's tensors. A llama uses ln1w (input_layernorm), qw, kw, vw,
 // projw (o_proj), ln2w (post_attention_layernorm), gatew, upw and fcpw
 // (down_proj); its biases stay NULL.
+// The same struct holds a block's parameters in compute (param_dtype) and
+// its gradients (f32).
 typedef struct {
-    float *ln1w, *ln1b;   // (C)
-    float *qw, *kw, *vw;  // llama: (Ca, C), (KVw, C), (KVw, C)   KVw = KV heads here x hd
-    float *gatew, *upw;   // llama: (Cf, C)
-    float *qkvw, *qkvb;   // (3Ca, C), (3Ca)       Ca = C / tp
-    float *projw, *projb; // (C, Ca), (C)
-    float *ln2w, *ln2b;   // (C)
-    float *fcw, *fcb;     // (Cf, C), (Cf)          Cf = 4C / tp
-    float *fcpw, *fcpb;   // (C, Cf), (C)
+    void *ln1w, *ln1b;   // (C)
+    void *qw, *kw, *vw;  // llama: (Ca, C), (KVw, C), (KVw, C)   KVw = KV heads here x hd
+    void *gatew, *upw;   // llama: (Cf, C)
+    void *qkvw, *qkvb;   // (3Ca, C), (3Ca)       Ca = C / tp
+    void *projw, *projb; // (C, Ca), (C)
+    void *ln2w, *ln2b;   // (C)
+    void *fcw, *fcb;     // (Cf, C), (Cf)          Cf = 4C / tp
+    void *fcpw, *fcpb;   // (C, Cf), (C)
 } layer_tensors;
 
+// Activations (act_dtype) are void *; the statistics f32.
 typedef struct {
-    float *ln1, *ln1_mean, *ln1_rstd; // (B,T,C), (B,T), (B,T)
-    float *qkv;                       // (B,T,3Ca)
-    float *atty;                      // (B,T,Ca)
+    void *ln1;                        // (B,T,C)
+    float *ln1_mean, *ln1_rstd;       // (B,T), (B,T)
+    void *qkv;                        // (B,T,3Ca)
+    void *atty;                       // (B,T,Ca)
     float *att;                       // attention_state_bytes(B,T,NH/tp): (B,NH/tp,T,T) on the CPU
-    float *res2;                      // (B,T,C)
-    float *ln2, *ln2_mean, *ln2_rstd; // (B,T,C), (B,T), (B,T)
-    float *fch, *fch_gelu;            // (B,T,Cf)
-    float *res3;                      // (B,T,C)
+    void *res2;                       // (B,T,C)
+    void *ln2;                        // (B,T,C)
+    float *ln2_mean, *ln2_rstd;       // (B,T), (B,T)
+    void *fch, *fch_gelu;             // (B,T,Cf)
+    void *res3;                       // (B,T,C)
     // llama: ln1, ln1_rstd, atty, att, res2, ln2, ln2_rstd and res3 as
     // above; fch is the gate, fch_gelu SwiGLU's output
-    float *q, *k, *v;                 // (B,T,Ca), (B,T,KVw), (B,T,KVw), after RoPE
-    float *up;                        // (B,T,Cf)
+    void *q, *k, *v;                  // (B,T,Ca), (B,T,KVw), (B,T,KVw), after RoPE
+    void *up;                         // (B,T,Cf)
 } layer_acts;
 
 struct ent_model {
@@ -75,27 +92,34 @@ struct ent_model {
     // the first one its query heads use, and the heads' grouping
     int KVl, kv0, hd, kv_replicated;
     ent_gqa_shape gqa;     // (B and T set per call)
-    float *lm_head, *dlm_head; // llama: lm_head.weight (or embed_tokens when tied)
+    void *lm_head;         // llama: lm_head.weight (or embed_tokens when tied)
+    float *dlm_head;
     float *rope_cos, *rope_sin; // (T, hd/2) each
-    float *arena[2];       // params, grads: arena_floats each
+    float *arena[2];       // params' f32 masters, grads: arena_floats each
     size_t arena_floats;
-    float *wte, *wpe, *lnfw, *lnfb, *dwte, *dwpe, *dlnfw, *dlnfb;
+    void *params;          // the parameters in compute: arena[PARAMS] when f32
+    size_t psize, asize;   // bytes of one parameter in compute, of one activation
+    void *wte, *wpe, *lnfw, *lnfb;
+    float *dwte, *dwpe, *dlnfw, *dlnfb;
     layer_tensors *p, *g;  // per layer: parameter and gradient views
     int B, T;              // capacity of the activation buffers
 
     ent_act_table acts;    // the activations' rows
     void *act_arena[2];    // activations, activation gradients (ent_act_arena)
     layer_acts *a;         // per layer views
-    float *encoded;        // (B,T,C)
-    float *proj;           // (B,T,C) scratch: attention and MLP projections
-    float *lnf, *lnf_mean, *lnf_rstd;
-    float *logits;         // (B,T,Vp); probabilities after a forward with targets
+    void *encoded;         // (B,T,C)
+    void *proj;            // (B,T,C) scratch: attention and MLP projections
+    void *lnf;
+    float *lnf_mean, *lnf_rstd;
+    void *logits;          // (B,T,Vp); probabilities after a forward with targets
     float *losses;         // (B,T)
     int32_t *tokens, *targets; // (B,T) token ids
 
     // activation gradients, one layer's worth
-    float *dres, *dln, *datty, *dqkv, *datt, *dfch_gelu, *dfch;
-    float *dq, *dk, *dv, *dup; // llama
+    void *dres, *dln, *datty, *dqkv, *dfch_gelu, *dfch;
+    float *datt;
+    void *dq, *dk, *dv, *dup; // llama
+    void *host_logits;     // one row of logits in act_dtype (ent_model_logits_at)
 
     ent_grad_hook hook;    // told when a bucket's gradients are complete
     void *hook_ctx;
@@ -270,7 +294,10 @@ static void add_activation(void *ctx, const act_spec *spec, int layer, ent_act_a
     r->arena = arena;
     r->dtype = tb->dtype;
     switch (spec->kind) {
-    case ACT_TOKENS: r->numel = tb->bt; break;
+    case ACT_TOKENS: // statistics and losses: f32 on every backend
+        r->dtype = ENT_F32;
+        r->numel = tb->bt;
+        break;
     case ACT_C: r->numel = tb->bt * tb->C; break;
     case ACT_3CA: r->numel = 3 * tb->bt * tb->Ca; break;
     case ACT_CA: r->numel = tb->bt * tb->Ca; break;
@@ -285,7 +312,10 @@ static void add_activation(void *ctx, const act_spec *spec, int layer, ent_act_a
         r->numel = tb->attention_bytes;
         break;
     case ACT_KV: r->numel = tb->bt * tb->KVw; break;
-    case ACT_ROPE: r->numel = tb->rope; break;
+    case ACT_ROPE:
+        r->dtype = ENT_F32;
+        r->numel = tb->rope;
+        break;
     }
     r->offset = t->bytes[arena];
     t->bytes[arena] += ent_arena_bytes(r->dtype, r->numel);
@@ -329,9 +359,17 @@ void ent_act_table_free(ent_act_table *t) {
     memset(t, 0, sizeof *t);
 }
 
+// The parameter table's rows describe the parameters in compute.
+static void set_compute_dtype(ent_param_table *t, ent_dtype dtype) {
+    for (int i = 0; i < t->nrows; i++) t->rows[i].dtype = dtype;
+}
+
 size_t ent_model_memory_bytes_of(const ent_param_table *params, const ent_act_table *acts) {
-    // parameters, gradients, AdamW m and v: f32 arenas laid out by the table
+    // masters, gradients, AdamW m and v: f32 arenas laid out by the table;
+    // and the parameters in compute, when their type is not f32
     double bytes = 4.0 * (double)params->total * sizeof(float);
+    ent_dtype compute = params->nrows > 0 ? params->rows[0].dtype : ENT_F32;
+    if (compute != ENT_F32) bytes += (double)params->total * ent_dtype_size(compute);
     bytes += (double)acts->bytes[ENT_ACTS] + (double)acts->bytes[ENT_ACT_GRADS];
     return bytes > (double)SIZE_MAX ? SIZE_MAX : (size_t)bytes;
 }
@@ -341,8 +379,9 @@ size_t ent_model_memory_bytes(ent_backend_t *be, const ent_model_shape *s, int t
     ent_param_table params;
     ent_act_table acts;
     if (ent_param_table_build(s, tp, &params) != ENT_OK) return 0; // ent_model_new says why
+    set_compute_dtype(&params, be->param_dtype);
     size_t bytes = 0;
-    if (ent_act_table_build(be, s, tp, B, T, ENT_F32, &acts) == ENT_OK) {
+    if (ent_act_table_build(be, s, tp, B, T, be->act_dtype, &acts) == ENT_OK) {
         bytes = ent_model_memory_bytes_of(&params, &acts);
         ent_act_table_free(&acts);
     }
@@ -368,11 +407,16 @@ static void point_activation(void *ctx, const act_spec *spec, int layer, ent_act
         ENT_ASSERT(r->dtype == ENT_I32);
         int32_t *view = (int32_t *)(void *)at;
         memcpy(holder + spec->view, &view, sizeof view);
-    } else {
-        // the kernels take f32 (and their opaque attention state): ent_model_new
-        // refused any other float type before
+    } else if (spec->kind == ACT_TOKENS || spec->kind == ACT_ROPE ||
+               spec->kind == ACT_ATTENTION) {
+        // f32 (statistics, losses, rotation tables) or the backend's opaque
+        // attention state, handed to the kernels as float *
         ENT_ASSERT(r->dtype == ENT_F32 || spec->kind == ACT_ATTENTION);
         float *view = (float *)(void *)at;
+        memcpy(holder + spec->view, &view, sizeof view);
+    } else {
+        ENT_ASSERT(r->dtype == m->be->act_dtype);
+        void *view = at;
         memcpy(holder + spec->view, &view, sizeof view);
     }
 }
@@ -392,25 +436,29 @@ static ent_status upload_rope_table(ent_model_t *m) {
     return st;
 }
 
-static void point_layer_tensors(const ent_param_table *t, ent_arch arch, float *base, int layer,
-                                layer_tensors *lt) {
+// Points lt at block `layer`'s rows in an arena of elements of `size` bytes.
+static void point_layer_tensors(const ent_param_table *t, ent_arch arch, void *arena, size_t size,
+                                int layer, layer_tensors *lt) {
+    char *base = arena;
     // rows of a layer follow each other in the table (params.c), its norm first
     char name[64];
     if (arch == ENT_ARCH_LLAMA) {
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", layer);
         const ent_param_row *r = ent_param_table_find(t, name);
         ENT_ASSERT(r != NULL);
-        float **views[] = {&lt->ln1w, &lt->qw, &lt->kw, &lt->vw, &lt->projw,
-                           &lt->ln2w, &lt->gatew, &lt->upw, &lt->fcpw};
-        for (size_t i = 0; i < sizeof views / sizeof views[0]; i++) *views[i] = base + r[i].offset;
+        void **views[] = {&lt->ln1w, &lt->qw, &lt->kw, &lt->vw, &lt->projw,
+                          &lt->ln2w, &lt->gatew, &lt->upw, &lt->fcpw};
+        for (size_t i = 0; i < sizeof views / sizeof views[0]; i++)
+            *views[i] = base + r[i].offset * size;
         return;
     }
     snprintf(name, sizeof name, "h.%d.ln_1.weight", layer);
     const ent_param_row *r = ent_param_table_find(t, name);
     ENT_ASSERT(r != NULL);
-    float **views[] = {&lt->ln1w, &lt->ln1b, &lt->qkvw, &lt->qkvb, &lt->projw, &lt->projb,
-                       &lt->ln2w, &lt->ln2b, &lt->fcw, &lt->fcb, &lt->fcpw, &lt->fcpb};
-    for (size_t i = 0; i < sizeof views / sizeof views[0]; i++) *views[i] = base + r[i].offset;
+    void **views[] = {&lt->ln1w, &lt->ln1b, &lt->qkvw, &lt->qkvb, &lt->projw, &lt->projb,
+                      &lt->ln2w, &lt->ln2b, &lt->fcw, &lt->fcb, &lt->fcpw, &lt->fcpb};
+    for (size_t i = 0; i < sizeof views / sizeof views[0]; i++)
+        *views[i] = base + r[i].offset * size;
 }
 
 ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_model_opts *opts,
@@ -419,7 +467,6 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_
     ENT_ASSERT(B >= 1 && T >= 1 && T <= s->context);
     ent_group_t *tpg = opts != NULL ? opts->tp : NULL;
     int tp = tpg != NULL ? ent_group_size(tpg) : 1;
-    ent_dtype act_dtype = opts != NULL ? opts->activations : ENT_F32;
     if ((double)B * T > 2147483647.0)
         return ent_fail(ENT_ERR_USAGE,
                         "micro-batch of %d x %d tokens is too large for this model: lower "
@@ -435,18 +482,12 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_
     m->tp = tp > 1 ? tpg : NULL;
     m->tp_size = tp;
     m->tp_rank = tpg != NULL ? ent_group_rank(tpg) : 0;
+    m->psize = ent_dtype_size(be->param_dtype);
+    m->asize = ent_dtype_size(be->act_dtype);
+    ENT_ASSERT(m->psize > 0 && m->asize > 0);
     ENT_CHECK_GOTO(ent_param_table_build(s, tp, &m->table), fail);
-    ENT_CHECK_GOTO(ent_act_table_build(be, s, tp, B, T, act_dtype, &m->acts), fail);
-    // the kernels take float * views: a float activation in another type would
-    // be read as f32 (the token ids and the attention state have their own)
-    for (int i = 0; i < m->acts.nrows; i++) {
-        const ent_act_row *r = &m->acts.rows[i];
-        if (ent_dtype_is_float(r->dtype) && r->dtype != ENT_F32) {
-            st = ent_fail(ENT_ERR_USAGE, "activation %s in %s: the model's kernels take f32 "
-                          "activations only", r->name, ent_dtype_name(r->dtype));
-            goto fail;
-        }
-    }
+    set_compute_dtype(&m->table, be->param_dtype);
+    ENT_CHECK_GOTO(ent_act_table_build(be, s, tp, B, T, be->act_dtype, &m->acts), fail);
     size_t need = ent_model_memory_bytes_of(&m->table, &m->acts);
     if (be->iface->available_memory != NULL) {
         size_t avail = be->iface->available_memory(be);
@@ -491,35 +532,64 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_
             goto fail;
         }
     }
-    const ent_param_table *t = &m->table;
-    float *P = m->arena[ENT_ARENA_PARAMS], *G = m->arena[ENT_ARENA_GRADS];
-    if (s->arch == ENT_ARCH_LLAMA) {
-        m->wte = P + ent_param_table_find(t, "model.embed_tokens.weight")->offset;
-        m->lnfw = P + ent_param_table_find(t, "model.norm.weight")->offset;
-        const ent_param_row *head = ent_param_table_find(t, "lm_head.weight");
-        m->lm_head = head != NULL ? P + head->offset : m->wte;
-        m->dlm_head = G + (m->lm_head - P);
-    } else {
-        m->wte = P + ent_param_table_find(t, "wte.weight")->offset;
-        m->wpe = P + ent_param_table_find(t, "wpe.weight")->offset;
-        m->lnfw = P + ent_param_table_find(t, "ln_f.weight")->offset;
-        m->lnfb = P + ent_param_table_find(t, "ln_f.bias")->offset;
-        m->dwpe = G + (m->wpe - P);
-        m->dlnfb = G + (m->lnfb - P);
+    // the parameters in compute: the masters themselves when f32
+    m->params = m->arena[ENT_ARENA_PARAMS];
+    if (be->param_dtype != ENT_F32) {
+        m->params = be->iface->alloc(be, m->arena_floats * m->psize);
+        if (m->params == NULL) {
+            st = ent_fail(ENT_ERR_NOMEM, "cannot allocate %s for the parameters in %s",
+                          ent_format_bytes((double)m->arena_floats * m->psize, sz, sizeof sz),
+                          ent_dtype_name(be->param_dtype));
+            goto fail;
+        }
+        if (be->iface->cast == NULL) {
+            st = ent_fail(ENT_ERR_USAGE, "backend %s keeps parameters in %s but has no cast op",
+                          be->iface->name, ent_dtype_name(be->param_dtype));
+            goto fail;
+        }
     }
-    m->dwte = G + (m->wte - P);
-    m->dlnfw = G + (m->lnfw - P);
+    const ent_param_table *t = &m->table;
+    float *G = m->arena[ENT_ARENA_GRADS];
+    char *P = m->params;
+    size_t ps = m->psize;
+    if (s->arch == ENT_ARCH_LLAMA) {
+        size_t wte = ent_param_table_find(t, "model.embed_tokens.weight")->offset;
+        size_t lnfw = ent_param_table_find(t, "model.norm.weight")->offset;
+        const ent_param_row *head = ent_param_table_find(t, "lm_head.weight");
+        size_t lm_head = head != NULL ? head->offset : wte;
+        m->wte = P + wte * ps;
+        m->lnfw = P + lnfw * ps;
+        m->lm_head = P + lm_head * ps;
+        m->dwte = G + wte;
+        m->dlnfw = G + lnfw;
+        m->dlm_head = G + lm_head;
+    } else {
+        size_t wte = ent_param_table_find(t, "wte.weight")->offset;
+        size_t wpe = ent_param_table_find(t, "wpe.weight")->offset;
+        size_t lnfw = ent_param_table_find(t, "ln_f.weight")->offset;
+        size_t lnfb = ent_param_table_find(t, "ln_f.bias")->offset;
+        m->wte = P + wte * ps;
+        m->wpe = P + wpe * ps;
+        m->lnfw = P + lnfw * ps;
+        m->lnfb = P + lnfb * ps;
+        m->dwte = G + wte;
+        m->dwpe = G + wpe;
+        m->dlnfw = G + lnfw;
+        m->dlnfb = G + lnfb;
+    }
     m->p = calloc((size_t)L, sizeof *m->p);
     m->g = calloc((size_t)L, sizeof *m->g);
     m->a = calloc((size_t)L, sizeof *m->a);
     m->host_losses = malloc(sizeof(float) * BT);
-    if (m->p == NULL || m->g == NULL || m->a == NULL || m->host_losses == NULL) {
+    m->host_logits = malloc(m->asize * (size_t)s->padded_vocab);
+    if (m->p == NULL || m->g == NULL || m->a == NULL || m->host_losses == NULL ||
+        m->host_logits == NULL) {
         st = ent_fail(ENT_ERR_NOMEM, "out of memory allocating the model");
         goto fail;
     }
     for (int l = 0; l < L; l++) {
-        point_layer_tensors(t, s->arch, P, l, &m->p[l]);
-        point_layer_tensors(t, s->arch, G, l, &m->g[l]);
+        point_layer_tensors(t, s->arch, P, ps, l, &m->p[l]);
+        point_layer_tensors(t, s->arch, G, sizeof(float), l, &m->g[l]);
     }
 
     // activations: two arenas laid out by the activation table
@@ -548,6 +618,8 @@ void ent_model_free(ent_model_t **model) {
     if (model == NULL || *model == NULL) return;
     ent_model_t *m = *model;
     ent_backend_t *be = m->be;
+    if (m->params != NULL && m->params != m->arena[ENT_ARENA_PARAMS])
+        be->iface->free_mem(be, m->params);
     for (int i = 0; i < 2; i++)
         if (m->arena[i]) be->iface->free_mem(be, m->arena[i]);
     for (int i = 0; i < 2; i++)
@@ -556,6 +628,7 @@ void ent_model_free(ent_model_t **model) {
     free(m->g);
     free(m->a);
     free(m->host_losses);
+    free(m->host_logits);
     ent_param_table_free(&m->table);
     ent_act_table_free(&m->acts);
     free(m);
@@ -611,23 +684,30 @@ ent_status ent_model_init(ent_model_t *m, uint64_t seed) {
     free(global);
     free(local);
     ENT_CHECK(st);
+    ENT_CHECK(ent_model_params_changed(m));
     return ent_model_zero_grad(m);
 }
 
 // ---------------------------------------------------------------------------
 // forward and backward
 
-// Sums the partial results of the TP ranks (no-op without TP).
-static ent_status tp_sum(ent_model_t *m, float *x, size_t n) {
+// The activation n elements past p (act_dtype).
+static void *act_at(const ent_model_t *m, const void *p, size_t n) {
+    return (char *)p + n * m->asize;
+}
+
+// Sums the partial results of the TP ranks (no-op without TP): activations.
+static ent_status tp_sum(ent_model_t *m, void *x, size_t n) {
     if (m->tp == NULL) return ENT_OK;
-    return ent_allreduce(m->tp, x, x, n, ENT_F32, ENT_SUM);
+    return ent_allreduce(m->tp, x, x, n, m->be->act_dtype, ENT_SUM);
 }
 
 // A normalisation of the residual stream: its output and statistics (mean
 // NULL: RMSNorm's), and its weights.
 typedef struct {
-    float *out, *mean, *rstd;
-    const float *weight, *bias;
+    void *out;
+    float *mean, *rstd;
+    const void *weight, *bias;
 } norm_at;
 
 // The norm before block l's attention (l < layers), or the final one (l = layers).
@@ -647,7 +727,7 @@ static norm_at mlp_norm(ent_model_t *m, int l) {
 // The norm of the architecture (layernorm, or RMSNorm for the Llama family)
 // of inp (N rows); with a and b, of inp = a + b, written first: the
 // backend's fused op where it has one, else the residual then the norm.
-static ent_status norm_forward(ent_model_t *m, float *inp, const float *a, const float *b,
+static ent_status norm_forward(ent_model_t *m, void *inp, const void *a, const void *b,
                                norm_at o, int N) {
     const struct ent_backend_i *k = m->be->iface;
     ent_backend_t *be = m->be;
@@ -679,7 +759,7 @@ static ent_status gpt2_forward(ent_model_t *m, int b, int t) {
     for (int l = 0; l < L; l++) {
         const layer_tensors *p = &m->p[l];
         layer_acts *a = &m->a[l];
-        const float *residual = l == 0 ? m->encoded : m->a[l - 1].res3;
+        const void *residual = l == 0 ? m->encoded : m->a[l - 1].res3;
         ENT_CHECK(k->matmul_forward(be, a->qkv, a->ln1, p->qkvw, p->qkvb, N, C, 3 * Ca));
         ENT_CHECK(k->attention_forward(be, a->atty, a->att, a->qkv, b, t, Ca, m->NHl));
         ENT_CHECK(k->matmul_forward(be, m->proj, a->atty, p->projw, add_bias ? p->projb : NULL, N,
@@ -712,13 +792,14 @@ static ent_status llama_forward(ent_model_t *m, int b, int t) {
     for (int l = 0; l < L; l++) {
         const layer_tensors *p = &m->p[l];
         layer_acts *a = &m->a[l];
-        const float *residual = l == 0 ? m->encoded : m->a[l - 1].res3;
+        const void *residual = l == 0 ? m->encoded : m->a[l - 1].res3;
         ENT_CHECK(k->matmul_forward(be, a->q, a->ln1, p->qw, NULL, N, C, Ca));
         ENT_CHECK(k->matmul_forward(be, a->k, a->ln1, p->kw, NULL, N, C, KVw));
         ENT_CHECK(k->matmul_forward(be, a->v, a->ln1, p->vw, NULL, N, C, KVw));
         ENT_CHECK(k->rope_forward(be, a->q, m->rope_cos, m->rope_sin, b, t, m->NHl, hd));
         ENT_CHECK(k->rope_forward(be, a->k, m->rope_cos, m->rope_sin, b, t, m->KVl, hd));
-        ENT_CHECK(k->gqa_forward(be, a->atty, a->att, a->q, a->k + kv0, a->v + kv0, g));
+        ENT_CHECK(k->gqa_forward(be, a->atty, a->att, a->q, act_at(m, a->k, kv0),
+                                 act_at(m, a->v, kv0), g));
         ENT_CHECK(k->matmul_forward(be, m->proj, a->atty, p->projw, NULL, N, Ca, C));
         ENT_CHECK(tp_sum(m, m->proj, (size_t)N * C));
         ENT_CHECK(norm_forward(m, a->res2, residual, m->proj, mlp_norm(m, l), N));
@@ -780,9 +861,9 @@ static ent_status gpt2_backward(ent_model_t *m, int b, int t) {
     int L = m->shape.layers, C = m->shape.width, Ca = m->Ca, Cf = m->Cf;
     int Vp = m->shape.padded_vocab;
     size_t NC = (size_t)N * C;
-    ENT_CHECK(k->zero(be, m->dln, sizeof(float) * NC));
+    ENT_CHECK(k->zero(be, m->dln, m->asize * NC));
     ENT_CHECK(k->matmul_backward(be, m->dln, m->dwte, NULL, m->logits, m->lnf, m->wte, N, C, Vp));
-    ENT_CHECK(k->zero(be, m->dres, sizeof(float) * NC));
+    ENT_CHECK(k->zero(be, m->dres, m->asize * NC));
     ENT_CHECK(k->layernorm_backward(be, m->dres, m->dlnfw, m->dlnfb, m->dln, m->a[L - 1].res3,
                                     m->lnfw, m->lnf_mean, m->lnf_rstd, N, C));
     bucket_done(m, m->dlnfw, m->dlnfb, (size_t)C);
@@ -791,27 +872,27 @@ static ent_status gpt2_backward(ent_model_t *m, int b, int t) {
         const layer_tensors *p = &m->p[l];
         const layer_tensors *g = &m->g[l];
         const layer_acts *a = &m->a[l];
-        const float *residual = l == 0 ? m->encoded : m->a[l - 1].res3;
+        const void *residual = l == 0 ? m->encoded : m->a[l - 1].res3;
         // MLP: res3 = res2 + fcproj(gelu(fc(ln2(res2))))
-        ENT_CHECK(k->zero(be, m->dfch_gelu, sizeof(float) * (size_t)N * Cf));
+        ENT_CHECK(k->zero(be, m->dfch_gelu, m->asize * (size_t)N * Cf));
         ENT_CHECK(k->matmul_backward(be, m->dfch_gelu, g->fcpw, g->fcpb, m->dres, a->fch_gelu,
                                      p->fcpw, N, Cf, C));
-        ENT_CHECK(k->zero(be, m->dfch, sizeof(float) * (size_t)N * Cf));
+        ENT_CHECK(k->zero(be, m->dfch, m->asize * (size_t)N * Cf));
         ENT_CHECK(k->gelu_backward(be, m->dfch, a->fch, m->dfch_gelu, (size_t)N * Cf));
-        ENT_CHECK(k->zero(be, m->dln, sizeof(float) * NC));
+        ENT_CHECK(k->zero(be, m->dln, m->asize * NC));
         ENT_CHECK(
             k->matmul_backward(be, m->dln, g->fcw, g->fcb, m->dfch, a->ln2, p->fcw, N, C, Cf));
         ENT_CHECK(tp_sum(m, m->dln, NC));
         ENT_CHECK(k->layernorm_backward(be, m->dres, g->ln2w, g->ln2b, m->dln, a->res2, p->ln2w,
                                         a->ln2_mean, a->ln2_rstd, N, C));
         // attention: res2 = residual + proj(attn(qkv(ln1(residual))))
-        ENT_CHECK(k->zero(be, m->datty, sizeof(float) * (size_t)N * Ca));
+        ENT_CHECK(k->zero(be, m->datty, m->asize * (size_t)N * Ca));
         ENT_CHECK(k->matmul_backward(be, m->datty, g->projw, g->projb, m->dres, a->atty, p->projw,
                                      N, Ca, C));
-        ENT_CHECK(k->zero(be, m->dqkv, sizeof(float) * (size_t)N * 3 * Ca));
+        ENT_CHECK(k->zero(be, m->dqkv, m->asize * (size_t)N * 3 * Ca));
         ENT_CHECK(k->attention_backward(be, m->dqkv, m->datt, m->datty, a->qkv, a->att, b, t, Ca,
                                         m->NHl));
-        ENT_CHECK(k->zero(be, m->dln, sizeof(float) * NC));
+        ENT_CHECK(k->zero(be, m->dln, m->asize * NC));
         ENT_CHECK(k->matmul_backward(be, m->dln, g->qkvw, g->qkvb, m->dqkv, a->ln1, p->qkvw, N, C,
                                      3 * Ca));
         ENT_CHECK(tp_sum(m, m->dln, NC));
@@ -838,11 +919,11 @@ static ent_status llama_backward(ent_model_t *m, int b, int t) {
     g.T = t;
     // replicated K and V: every rank holds their whole gradient (summed below),
     // and rank 0 alone adds what it sends into the input
-    float *kv_dinp = m->kv_replicated && m->tp_rank != 0 ? NULL : m->dln;
-    ENT_CHECK(k->zero(be, m->dln, sizeof(float) * NC));
+    void *kv_dinp = m->kv_replicated && m->tp_rank != 0 ? NULL : m->dln;
+    ENT_CHECK(k->zero(be, m->dln, m->asize * NC));
     ENT_CHECK(k->matmul_backward(be, m->dln, m->dlm_head, NULL, m->logits, m->lnf, m->lm_head, N,
                                  C, Vp));
-    ENT_CHECK(k->zero(be, m->dres, sizeof(float) * NC));
+    ENT_CHECK(k->zero(be, m->dres, m->asize * NC));
     ENT_CHECK(k->rmsnorm_backward(be, m->dres, m->dlnfw, m->dln, m->a[L - 1].res3, m->lnfw,
                                   m->lnf_rstd, N, C));
     // the final norm, with lm_head after it unless tied (then embed_tokens is
@@ -855,15 +936,15 @@ static ent_status llama_backward(ent_model_t *m, int b, int t) {
         const layer_tensors *p = &m->p[l];
         const layer_tensors *gr = &m->g[l];
         const layer_acts *a = &m->a[l];
-        const float *residual = l == 0 ? m->encoded : m->a[l - 1].res3;
+        const void *residual = l == 0 ? m->encoded : m->a[l - 1].res3;
         // MLP: res3 = res2 + down(swiglu(gate(n2), up(n2))), n2 = post_norm(res2)
-        ENT_CHECK(k->zero(be, m->dfch_gelu, sizeof(float) * NF));
+        ENT_CHECK(k->zero(be, m->dfch_gelu, m->asize * NF));
         ENT_CHECK(k->matmul_backward(be, m->dfch_gelu, gr->fcpw, NULL, m->dres, a->fch_gelu,
                                      p->fcpw, N, Cf, C));
-        ENT_CHECK(k->zero(be, m->dfch, sizeof(float) * NF));
-        ENT_CHECK(k->zero(be, m->dup, sizeof(float) * NF));
+        ENT_CHECK(k->zero(be, m->dfch, m->asize * NF));
+        ENT_CHECK(k->zero(be, m->dup, m->asize * NF));
         ENT_CHECK(k->swiglu_backward(be, m->dfch, m->dup, m->dfch_gelu, a->fch, a->up, NF));
-        ENT_CHECK(k->zero(be, m->dln, sizeof(float) * NC));
+        ENT_CHECK(k->zero(be, m->dln, m->asize * NC));
         ENT_CHECK(k->matmul_backward(be, m->dln, gr->gatew, NULL, m->dfch, a->ln2, p->gatew, N, C,
                                      Cf));
         ENT_CHECK(k->matmul_backward(be, m->dln, gr->upw, NULL, m->dup, a->ln2, p->upw, N, C, Cf));
@@ -871,21 +952,22 @@ static ent_status llama_backward(ent_model_t *m, int b, int t) {
         ENT_CHECK(k->rmsnorm_backward(be, m->dres, gr->ln2w, m->dln, a->res2, p->ln2w,
                                       a->ln2_rstd, N, C));
         // attention: res2 = residual + o(gqa(rope(q(n1)), rope(k(n1)), v(n1))), n1 = input_norm
-        ENT_CHECK(k->zero(be, m->datty, sizeof(float) * (size_t)N * Ca));
+        ENT_CHECK(k->zero(be, m->datty, m->asize * (size_t)N * Ca));
         ENT_CHECK(k->matmul_backward(be, m->datty, gr->projw, NULL, m->dres, a->atty, p->projw, N,
                                      Ca, C));
-        ENT_CHECK(k->zero(be, m->dq, sizeof(float) * (size_t)N * Ca));
-        ENT_CHECK(k->zero(be, m->dk, sizeof(float) * NKV));
-        ENT_CHECK(k->zero(be, m->dv, sizeof(float) * NKV));
-        ENT_CHECK(k->gqa_backward(be, m->dq, m->dk + kv0, m->dv + kv0, m->datt, m->datty, a->q,
-                                  a->k + kv0, a->v + kv0, a->att, g));
+        ENT_CHECK(k->zero(be, m->dq, m->asize * (size_t)N * Ca));
+        ENT_CHECK(k->zero(be, m->dk, m->asize * NKV));
+        ENT_CHECK(k->zero(be, m->dv, m->asize * NKV));
+        ENT_CHECK(k->gqa_backward(be, m->dq, act_at(m, m->dk, kv0), act_at(m, m->dv, kv0),
+                                  m->datt, m->datty, a->q, act_at(m, a->k, kv0),
+                                  act_at(m, a->v, kv0), a->att, g));
         if (m->kv_replicated) {
             ENT_CHECK(tp_sum(m, m->dk, NKV));
             ENT_CHECK(tp_sum(m, m->dv, NKV));
         }
         ENT_CHECK(k->rope_backward(be, m->dq, m->rope_cos, m->rope_sin, b, t, m->NHl, hd));
         ENT_CHECK(k->rope_backward(be, m->dk, m->rope_cos, m->rope_sin, b, t, m->KVl, hd));
-        ENT_CHECK(k->zero(be, m->dln, sizeof(float) * NC));
+        ENT_CHECK(k->zero(be, m->dln, m->asize * NC));
         ENT_CHECK(k->matmul_backward(be, m->dln, gr->qw, NULL, m->dq, a->ln1, p->qw, N, C, Ca));
         ENT_CHECK(k->matmul_backward(be, kv_dinp, gr->kw, NULL, m->dk, a->ln1, p->kw, N, C, KVw));
         ENT_CHECK(k->matmul_backward(be, kv_dinp, gr->vw, NULL, m->dv, a->ln1, p->vw, N, C, KVw));
@@ -914,10 +996,18 @@ ent_status ent_model_backward(ent_model_t *m, float dloss) {
 
 ent_status ent_model_logits_at(ent_model_t *m, int b, int t, float *host_out) {
     ENT_ASSERT(!m->last_has_targets && b < m->last_b && t < m->last_t);
-    int Vp = m->shape.padded_vocab;
-    return m->be->iface->to_host(m->be, host_out, m->logits + ((size_t)b * m->last_t + t) * Vp,
-                                 sizeof(float) * Vp);
+    size_t Vp = (size_t)m->shape.padded_vocab;
+    const void *row = act_at(m, m->logits, ((size_t)b * m->last_t + t) * Vp);
+    ENT_CHECK(m->be->iface->to_host(m->be, m->host_logits, row, m->asize * Vp));
+    return ent_dtype_to_f32(m->be->act_dtype, m->host_logits, host_out, Vp);
 }
+
+ent_status ent_model_params_changed(ent_model_t *m) {
+    if (m->params == m->arena[ENT_ARENA_PARAMS]) return ENT_OK; // their own masters
+    return m->be->iface->cast(m->be, m->params, m->arena[ENT_ARENA_PARAMS], m->arena_floats);
+}
+
+void *ent_model_compute_params(ent_model_t *m) { return m->params; }
 
 float *ent_model_arena(ent_model_t *m, ent_arena which) { return m->arena[which]; }
 size_t ent_model_arena_floats(const ent_model_t *m) { return m->arena_floats; }

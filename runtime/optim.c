@@ -205,16 +205,20 @@ ent_status ent_optim_grad_norm(ent_optim_t *o, double *norm) {
 ent_status ent_optim_update(ent_optim_t *o, const ent_adamw *hp, float grad_scale) {
     int t = o->updates + 1;
     const ent_param_table *tab = ent_model_table(o->model);
-    float *params = ent_model_arena(o->model, ENT_ARENA_PARAMS);
+    // the f32 masters and the parameters in compute (the same memory when f32)
+    float *master = ent_model_arena(o->model, ENT_ARENA_PARAMS);
+    char *compute = ent_model_compute_params(o->model);
+    size_t psize = ent_dtype_size(o->be->param_dtype);
+    int own = (void *)compute == (void *)master;
     for (int i = 0; i < tab->nrows; i++) {
         const ent_param_row *r = &tab->rows[i];
         size_t lo, hi;
         if (!row_in_range(o, r, &lo, &hi)) continue;
         size_t s = lo - o->first;
-        ENT_CHECK(o->be->iface->adamw_update(o->be, params + lo, NULL, grads_at(o, lo), o->m + s,
-                                             o->v + s, hi - lo, hp->lr, hp->beta1, hp->beta2,
-                                             hp->eps, r->decay ? hp->weight_decay : 0.0f,
-                                             grad_scale, t));
+        ENT_CHECK(o->be->iface->adamw_update(o->be, compute + lo * psize, own ? NULL : master + lo,
+                                             grads_at(o, lo), o->m + s, o->v + s, hi - lo, hp->lr,
+                                             hp->beta1, hp->beta2, hp->eps,
+                                             r->decay ? hp->weight_decay : 0.0f, grad_scale, t));
     }
     o->updates = t;
     return ENT_OK;
@@ -223,7 +227,8 @@ ent_status ent_optim_update(ent_optim_t *o, const ent_adamw *hp, float grad_scal
 ent_status ent_optim_share_params(ent_optim_t *o) {
     if (!o->zero) return ENT_OK; // every replica updated the whole arena itself
     float *params = ent_model_arena(o->model, ENT_ARENA_PARAMS);
-    return ent_allgather(o->dp, params + o->first, params, o->count, ENT_F32);
+    ENT_CHECK(ent_allgather(o->dp, params + o->first, params, o->count, ENT_F32));
+    return ent_model_params_changed(o->model); // the other shards' masters arrived
 }
 
 ent_status ent_optim_step(ent_optim_t *o, const ent_adamw *hp, float grad_scale) {

@@ -220,6 +220,7 @@ ent_status ent_model_from_checkpoint(const char *path, int B, ent_backend_t **be
         ent_ckpt_shard sh = {.table = ent_model_table(m), .tp_rank = 0, .tp_size = 1,
                              .params = ent_model_arena(m, ENT_ARENA_PARAMS)};
         st = ent_ckpt_read(ck, &sh);
+        if (st == ENT_OK) st = ent_model_params_changed(m);
     }
     ent_ckpt_close(&ck);
     if (st != ENT_OK) {

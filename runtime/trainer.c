@@ -368,7 +368,7 @@ static ent_status write_run_files(const trainer *tr, size_t nparams) {
     time_t now = time(NULL);
     char when[64];
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S%z", localtime(&now));
-    ent_json_field run[TOPOLOGY_FIELDS + 10] = {
+    ent_json_field run[TOPOLOGY_FIELDS + 12] = {
         ENT_JSTR("entente_version", ENT_VERSION), ENT_JSTR("revision", ENT_GIT_REVISION),
         ENT_JSTR("started", when), ENT_JSTR("host", host), ENT_JSTR("config", tr->cfg->path)};
     int n = 5;
@@ -376,6 +376,7 @@ static ent_status write_run_files(const trainer *tr, size_t nparams) {
     n += TOPOLOGY_FIELDS;
     run[n++] = ENT_JSTR("backend", tr->be->iface->name);
     run[n++] = ENT_JSTR("blas", tr->be->iface->describe(tr->be));
+    run[n++] = ENT_JSTR("precision", ent_dtype_name(tr->be->act_dtype));
     run[n++] = ENT_JINT("parameters", nparams);
     run[n++] = ENT_JINT("micro_batch", tr->micro);
     run[n++] = ENT_JINT("grad_accum", tr->accum);
@@ -534,6 +535,7 @@ static ent_status prepare_model(trainer *tr) {
     const ent_config *cfg = tr->cfg;
     // a GPU backend takes the node-local rank's GPU (modulo the GPUs visible)
     ent_backend_opts bopts = {.threads = tr->threads, .device = ent_comm_local_rank(tr->comm)};
+    ENT_CHECK(ent_precision_parse(cfg->precision, &bopts.precision));
     ENT_CHECK(ent_backend_new(cfg->backend, &bopts, &tr->be));
     // the model's TP all-reduces and the optimizer's DP collectives run on
     // the backend's memory: groups that reach it
@@ -781,6 +783,7 @@ static ent_status resume_from(trainer *tr, const char *path) {
         st = ent_ckpt_read(ck, &sh);
     }
     if (st == ENT_OK) st = state_copy(tr, 1);
+    if (st == ENT_OK) st = ent_model_params_changed(tr->model);
     ent_ckpt_close(&ck);
     if (st == ENT_OK) {
         tr->start_step = (int)saved->step; // within the stored train.steps, an int
@@ -1004,6 +1007,7 @@ ent_status ent_trainer_set_params(ent_trainer_t *tr, const float *params) {
     ent_ckpt_wait_staged(tr->saver);
     ENT_CHECK(tr->be->iface->to_device(tr->be, ent_model_arena(tr->model, ENT_ARENA_PARAMS),
                                        params, sizeof(float) * ent_model_arena_floats(tr->model)));
+    ENT_CHECK(ent_model_params_changed(tr->model));
     tr->saved = -1; // the state of this step changed since its save, if any
     return ENT_OK;
 }

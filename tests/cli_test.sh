@@ -1172,6 +1172,18 @@ case_eval_checkpoint() {
     expect "an unknown backend" 2 \
         "system.backend = 'gpu9000': unknown backend 'gpu9000' (this build has: cpu, cpu-guarded" -- \
         "$E" train --config "$W/tiny.ini" --run-dir "$W/g" --set system.backend=gpu9000
+    # precision: a name it does not know, and bf16 on a backend that computes in f32
+    expect "an unknown precision" 2 \
+        "system.precision = 'fp8': expected auto, f32 or bf16" -- \
+        "$E" train --config "$W/tiny.ini" --run-dir "$W/g" --set system.precision=fp8
+    local b
+    for b in cpu cpu-guarded; do
+        expect "bf16 on $b" 2 \
+            "system.precision = bf16 needs system.backend = cuda (or auto on a GPU): backend '$b' computes in f32 only" -- \
+            "$E" train --config "$W/tiny.ini" --run-dir "$W/g" --set system.precision=bf16 \
+            --set system.backend=$b
+    done
+    [ -e "$W/g" ] && fail "a refused precision left a run directory"
 }
 
 # A llama's checkpoint: it verifies, `entente eval` gives the validation loss

@@ -3,9 +3,10 @@
 #
 #   gpu_test.sh ENTENTE_BINARY SOURCE_DIR CASE
 #
-# train_vs_cpu   20 steps of the tiny model on cuda and on cpu: every loss
-#                within 1e-2 relative (TF32 matrix products), the cuda run
-#                repeated gives the same losses bit for bit
+# train_vs_cpu   20 steps of the tiny model on cuda (bf16, its default
+#                precision) and on cpu: every loss within 1e-2 relative, the
+#                cuda run repeated gives the same losses bit for bit; and
+#                cuda in f32 (TF32 matrix products) within 1e-2 of cpu
 # llama_vs_cpu   the same for a tiny llama (RMSNorm, rotary embeddings with
 #                Llama 3's bands, grouped-query attention with 2 query heads
 #                per KV head, SwiGLU): 20 steps on cuda within 1e-2 of cpu,
@@ -63,8 +64,13 @@ case_train_vs_cpu() {
         "${common[@]}" "${CUDA[@]}" || return
     expect "20 steps on cuda again" 0 -- "$E" train --config "$W/tiny.ini" --run-dir "$W/cuda2" \
         "${common[@]}" "${CUDA[@]}" || return
-    same_curve "cuda vs cpu" "$W/cpu/metrics.jsonl" "$W/cuda/metrics.jsonl" 1 20 1e-2
+    expect "20 steps on cuda in f32" 0 -- "$E" train --config "$W/tiny.ini" --run-dir "$W/cuda32" \
+        "${common[@]}" "${CUDA[@]}" --set system.precision=f32 || return
+    grep -q '"precision":"bf16"' "$W/cuda/run.json" || fail "run.json of the cuda run does not say bf16"
+    grep -q '"precision":"f32"' "$W/cuda32/run.json" || fail "run.json of the f32 cuda run does not say f32"
+    same_curve "cuda (bf16) vs cpu" "$W/cpu/metrics.jsonl" "$W/cuda/metrics.jsonl" 1 20 1e-2
     same_curve "cuda run twice" "$W/cuda/metrics.jsonl" "$W/cuda2/metrics.jsonl" 1 20 0
+    same_curve "cuda (f32) vs cpu" "$W/cpu/metrics.jsonl" "$W/cuda32/metrics.jsonl" 1 20 1e-2
 }
 
 case_llama_vs_cpu() {

@@ -638,7 +638,9 @@ static void test_vector_ops(void) {
 
 static int run_backend(const char *name) {
     ent_backend_t *be = NULL;
-    ent_status st = backend_new(name, NULL, &be);
+    // f32: the ops against the CPU's at f32 tolerances (bf16: test_bf16_emulated, gpu_train_vs_cpu)
+    ent_backend_opts f32 = {.precision = ENT_PRECISION_F32};
+    ent_status st = backend_new(name, &f32, &be);
     if (st != ENT_OK) {
         if (st == ENT_ERR_USAGE && strcmp(name, "cpu") != 0) {
             printf("SKIP: %s\n", ent_last_error());

@@ -74,6 +74,14 @@ static ent_status cpu_synchronize(ent_backend_t *be) {
     return ENT_OK;
 }
 
+// The table's entries: each forwards to the op's kernel, whose float *
+// takes the table's void * (f32: ent_cpu_new refuses another precision).
+#define CPU_ENTRY(op, params, args) \
+    static ent_status cpu_##op params { return ent_cpu_##op args; }
+ENT_CPU_OPS(CPU_ENTRY)
+#undef CPU_ENTRY
+#define CPU_SLOT(op, params, args) .op = cpu_##op,
+
 static const struct ent_backend_i cpu_backend_i = {
     .name = "cpu",
     .is_host = 1,
@@ -87,41 +95,21 @@ static const struct ent_backend_i cpu_backend_i = {
     .synchronize = cpu_synchronize,
     .available_memory = ent_cpu_available_memory,
     .attention_state_bytes = ent_cpu_attention_state_bytes,
-    .encoder_forward = ent_cpu_encoder_forward,
-    .encoder_backward = ent_cpu_encoder_backward,
-    .layernorm_forward = ent_cpu_layernorm_forward,
-    .layernorm_backward = ent_cpu_layernorm_backward,
-    .matmul_forward = ent_cpu_matmul_forward,
-    .matmul_backward = ent_cpu_matmul_backward,
-    .attention_forward = ent_cpu_attention_forward,
-    .attention_backward = ent_cpu_attention_backward,
-    .gelu_forward = ent_cpu_gelu_forward,
-    .gelu_backward = ent_cpu_gelu_backward,
-    .residual_forward = ent_cpu_residual_forward,
-    .residual_backward = ent_cpu_residual_backward,
-    .residual_layernorm_forward = ent_cpu_residual_layernorm_forward,
-    .residual_rmsnorm_forward = ent_cpu_residual_rmsnorm_forward,
-    .softmax_xent_forward = ent_cpu_softmax_xent_forward,
-    .softmax_xent_backward = ent_cpu_softmax_xent_backward,
-    .rmsnorm_forward = ent_cpu_rmsnorm_forward,
-    .rmsnorm_backward = ent_cpu_rmsnorm_backward,
-    .rope_forward = ent_cpu_rope_forward,
-    .rope_backward = ent_cpu_rope_backward,
-    .swiglu_forward = ent_cpu_swiglu_forward,
-    .swiglu_backward = ent_cpu_swiglu_backward,
-    .gqa_forward = ent_cpu_gqa_forward,
-    .gqa_backward = ent_cpu_gqa_backward,
-    .adamw_update = ent_cpu_adamw_update,
-    .sum_squares = ent_cpu_sum_squares,
-    .sub = ent_cpu_sub,
-    .axpy = ent_cpu_axpy,
-    .quantize_i8 = ent_cpu_quantize_i8,
-    .dequantize_i8 = ent_cpu_dequantize_i8,
+    ENT_CPU_OPS(CPU_SLOT)
 };
 
+ent_status ent_cpu_check_precision(const char *name, const ent_backend_opts *opts) {
+    if (opts != NULL && opts->precision == ENT_PRECISION_BF16)
+        return ent_fail(ENT_ERR_USAGE, "backend '%s' computes in f32 only: system.precision = "
+                        "bf16 needs system.backend = cuda (or precision auto or f32)", name);
+    return ENT_OK;
+}
+
 ent_status ent_cpu_new(const ent_backend_opts *opts, ent_backend_t **out) {
+    ENT_CHECK(ent_cpu_check_precision("cpu", opts));
     ent_backend_t *be = calloc(1, sizeof *be);
     if (be == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory creating the cpu backend");
+    be->act_dtype = be->param_dtype = ENT_F32;
     if (opts != NULL && opts->threads > 0) omp_set_num_threads(opts->threads);
     be->iface = &cpu_backend_i;
     be->impl = NULL;

@@ -123,114 +123,8 @@ static ent_status g_synchronize(ent_backend_t *be) {
 
 GUARDED(zero, (ent_backend_t *be, void *p, size_t bytes), (be, p, bytes))
 GUARDED(copy, (ent_backend_t *be, void *dst, const void *src, size_t bytes), (be, dst, src, bytes))
-GUARDED(encoder_forward,
-        (ent_backend_t *be, float *out, const int32_t *tokens, const float *wte, const float *wpe,
-         int B, int T, int C),
-        (be, out, tokens, wte, wpe, B, T, C))
-GUARDED(encoder_backward,
-        (ent_backend_t *be, float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
-         int B, int T, int C),
-        (be, dwte, dwpe, dout, tokens, B, T, C))
-GUARDED(layernorm_forward,
-        (ent_backend_t *be, float *out, float *mean, float *rstd, const float *inp,
-         const float *weight, const float *bias, int N, int C),
-        (be, out, mean, rstd, inp, weight, bias, N, C))
-GUARDED(layernorm_backward,
-        (ent_backend_t *be, float *dinp, float *dweight, float *dbias, const float *dout,
-         const float *inp, const float *weight, const float *mean, const float *rstd, int N,
-         int C),
-        (be, dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C))
-GUARDED(matmul_forward,
-        (ent_backend_t *be, float *out, const float *inp, const float *weight, const float *bias,
-         int N, int C, int OC),
-        (be, out, inp, weight, bias, N, C, OC))
-GUARDED(matmul_backward,
-        (ent_backend_t *be, float *dinp, float *dweight, float *dbias, const float *dout,
-         const float *inp, const float *weight, int N, int C, int OC),
-        (be, dinp, dweight, dbias, dout, inp, weight, N, C, OC))
-GUARDED(attention_forward,
-        (ent_backend_t *be, float *out, float *att, const float *qkv, int B, int T, int C, int NH),
-        (be, out, att, qkv, B, T, C, NH))
-GUARDED(attention_backward,
-        (ent_backend_t *be, float *dqkv, float *scratch, const float *dout, const float *qkv,
-         const float *att, int B, int T, int C, int NH),
-        (be, dqkv, scratch, dout, qkv, att, B, T, C, NH))
-GUARDED(gelu_forward, (ent_backend_t *be, float *out, const float *inp, size_t n),
-        (be, out, inp, n))
-GUARDED(gelu_backward,
-        (ent_backend_t *be, float *dinp, const float *inp, const float *dout, size_t n),
-        (be, dinp, inp, dout, n))
-GUARDED(residual_forward,
-        (ent_backend_t *be, float *out, const float *a, const float *b, size_t n),
-        (be, out, a, b, n))
-GUARDED(residual_backward,
-        (ent_backend_t *be, float *da, float *db, const float *dout, size_t n),
-        (be, da, db, dout, n))
-GUARDED(residual_layernorm_forward,
-        (ent_backend_t *be, float *res, float *out, float *mean, float *rstd, const float *a,
-         const float *b, const float *weight, const float *bias, int N, int C),
-        (be, res, out, mean, rstd, a, b, weight, bias, N, C))
-GUARDED(residual_rmsnorm_forward,
-        (ent_backend_t *be, float *res, float *out, float *rstd, const float *a, const float *b,
-         const float *weight, float eps, int N, int C),
-        (be, res, out, rstd, a, b, weight, eps, N, C))
-GUARDED(softmax_xent_forward,
-        (ent_backend_t *be, float *losses, float *probs, const float *logits,
-         const int32_t *targets, int N, int V, int Vp),
-        (be, losses, probs, logits, targets, N, V, Vp))
-GUARDED(softmax_xent_backward,
-        (ent_backend_t *be, float *dlogits, const float *probs, const int32_t *targets,
-         float dloss, int N, int V, int Vp),
-        (be, dlogits, probs, targets, dloss, N, V, Vp))
-GUARDED(rmsnorm_forward,
-        (ent_backend_t *be, float *out, float *rstd, const float *inp, const float *weight,
-         float eps, int N, int C),
-        (be, out, rstd, inp, weight, eps, N, C))
-GUARDED(rmsnorm_backward,
-        (ent_backend_t *be, float *dinp, float *dweight, const float *dout, const float *inp,
-         const float *weight, const float *rstd, int N, int C),
-        (be, dinp, dweight, dout, inp, weight, rstd, N, C))
-GUARDED(rope_forward,
-        (ent_backend_t *be, float *x, const float *cos_t, const float *sin_t, int B, int T, int H,
-         int hd),
-        (be, x, cos_t, sin_t, B, T, H, hd))
-GUARDED(rope_backward,
-        (ent_backend_t *be, float *dx, const float *cos_t, const float *sin_t, int B, int T,
-         int H, int hd),
-        (be, dx, cos_t, sin_t, B, T, H, hd))
-GUARDED(swiglu_forward,
-        (ent_backend_t *be, float *out, const float *gate, const float *up, size_t n),
-        (be, out, gate, up, n))
-GUARDED(swiglu_backward,
-        (ent_backend_t *be, float *dgate, float *dup, const float *dout, const float *gate,
-         const float *up, size_t n),
-        (be, dgate, dup, dout, gate, up, n))
-GUARDED(gqa_forward,
-        (ent_backend_t *be, float *out, float *att, const float *q, const float *k, const float *v,
-         ent_gqa_shape s),
-        (be, out, att, q, k, v, s))
-GUARDED(gqa_backward,
-        (ent_backend_t *be, float *dq, float *dk, float *dv, float *scratch, const float *dout,
-         const float *q, const float *k, const float *v, const float *att, ent_gqa_shape s),
-        (be, dq, dk, dv, scratch, dout, q, k, v, att, s))
-GUARDED(adamw_update,
-        (ent_backend_t *be, float *params, float *master, const float *grads, float *m, float *v,
-         size_t n, float lr, float beta1, float beta2, float eps, float weight_decay,
-         float grad_scale, int t),
-        (be, params, master, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t))
-GUARDED(sum_squares, (ent_backend_t *be, const float *x, size_t n, double *out),
-        (be, x, n, out))
-GUARDED(sub, (ent_backend_t *be, float *out, const float *a, const float *b, size_t n),
-        (be, out, a, b, n))
-GUARDED(axpy, (ent_backend_t *be, float *y, float alpha, const float *x, size_t n),
-        (be, y, alpha, x, n))
-GUARDED(quantize_i8,
-        (ent_backend_t *be, int8_t *q, float *scales, const float *x, size_t n, size_t block),
-        (be, q, scales, x, n, block))
-GUARDED(dequantize_i8,
-        (ent_backend_t *be, float *out, const int8_t *q, const float *scales, size_t n,
-         size_t block),
-        (be, out, q, scales, n, block))
+ENT_CPU_OPS(GUARDED)
+#define GUARDED_SLOT(op, params, args) .op = g_##op,
 
 static const struct ent_backend_i guarded_backend_i = {
     .name = "cpu-guarded",
@@ -245,39 +139,11 @@ static const struct ent_backend_i guarded_backend_i = {
     .synchronize = g_synchronize,
     .available_memory = ent_cpu_available_memory,
     .attention_state_bytes = ent_cpu_attention_state_bytes,
-    .encoder_forward = g_encoder_forward,
-    .encoder_backward = g_encoder_backward,
-    .layernorm_forward = g_layernorm_forward,
-    .layernorm_backward = g_layernorm_backward,
-    .matmul_forward = g_matmul_forward,
-    .matmul_backward = g_matmul_backward,
-    .attention_forward = g_attention_forward,
-    .attention_backward = g_attention_backward,
-    .gelu_forward = g_gelu_forward,
-    .gelu_backward = g_gelu_backward,
-    .residual_forward = g_residual_forward,
-    .residual_backward = g_residual_backward,
-    .residual_layernorm_forward = g_residual_layernorm_forward,
-    .residual_rmsnorm_forward = g_residual_rmsnorm_forward,
-    .softmax_xent_forward = g_softmax_xent_forward,
-    .softmax_xent_backward = g_softmax_xent_backward,
-    .rmsnorm_forward = g_rmsnorm_forward,
-    .rmsnorm_backward = g_rmsnorm_backward,
-    .rope_forward = g_rope_forward,
-    .rope_backward = g_rope_backward,
-    .swiglu_forward = g_swiglu_forward,
-    .swiglu_backward = g_swiglu_backward,
-    .gqa_forward = g_gqa_forward,
-    .gqa_backward = g_gqa_backward,
-    .adamw_update = g_adamw_update,
-    .sum_squares = g_sum_squares,
-    .sub = g_sub,
-    .axpy = g_axpy,
-    .quantize_i8 = g_quantize_i8,
-    .dequantize_i8 = g_dequantize_i8,
+    ENT_CPU_OPS(GUARDED_SLOT)
 };
 
 ent_status ent_cpu_guarded_new(const ent_backend_opts *opts, ent_backend_t **out) {
+    ENT_CHECK(ent_cpu_check_precision("cpu-guarded", opts));
     ent_backend_t *be = calloc(1, sizeof *be);
     guard *g = calloc(1, sizeof *g);
     if (be == NULL || g == NULL) {
@@ -290,6 +156,7 @@ ent_status ent_cpu_guarded_new(const ent_backend_opts *opts, ent_backend_t **out
     be->threads = omp_get_max_threads();
     be->iface = &guarded_backend_i;
     be->impl = g;
+    be->act_dtype = be->param_dtype = ENT_F32;
     *out = be;
     return ENT_OK;
 }

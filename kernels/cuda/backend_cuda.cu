@@ -240,6 +240,8 @@ extern "C" ent_status ent_cuda_backend_new(const ent_backend_opts *opts, ent_bac
         return ent_fail(ENT_ERR_USAGE, "backend 'cuda': no CUDA device visible (%s)", why);
     ENT_CHECK(ent_cuda_lt_load());
     int want = opts != NULL && opts->device > 0 ? opts->device : 0;
+    // auto is bf16: f32 masters, bf16 parameters in compute and activations
+    int f32 = opts != NULL && opts->precision == ENT_PRECISION_F32;
     ent_status st = ENT_OK;
     ent_backend_t *be = (ent_backend_t *)calloc(1, sizeof *be);
     ent_cuda *c = (ent_cuda *)calloc(1, sizeof *c);
@@ -266,11 +268,14 @@ extern "C" ent_status ent_cuda_backend_new(const ent_backend_opts *opts, ent_bac
         cudaRuntimeGetVersion(&runtime);
         snprintf(c->desc, sizeof c->desc,
                  "cuda: GPU %d of %d, %.96s (sm_%d%d, %.1f GiB, %d SMs), CUDA runtime %d.%d, "
-                 "cuBLASLt %zu; f32 storage, TF32 matrix products",
+                 "cuBLASLt %zu; %s",
                  c->device, count, prop.name, prop.major, prop.minor,
                  (double)prop.totalGlobalMem / (1u << 30), prop.multiProcessorCount,
-                 runtime / 1000, runtime % 1000 / 10, ent_lt.GetVersion());
+                 runtime / 1000, runtime % 1000 / 10, ent_lt.GetVersion(),
+                 f32 ? "f32 storage, TF32 matrix products"
+                     : "bf16 parameters and activations, f32 masters and accumulation");
     }
+    be->act_dtype = be->param_dtype = f32 ? ENT_F32 : ENT_BF16;
     be->iface = &cuda_iface;
     be->impl = c;
     be->threads = 1;

@@ -1,12 +1,13 @@
 // cuda_impl.cuh: private to kernels/cuda (C++, included by its .cu files only).
 //
 // The backend's device state, the storage types, the launch helpers and the
-// ops behind its table. Precision plan of stage 1: every tensor the interface
-// passes is f32 (float *), so each kernel is a template over its storage
-// type T with ent_load / ent_store converting to and from f32; the table
-// takes the float instantiation, and the __nv_bfloat16 one, which bf16
-// storage will take, is built beside it and checked by tests/cuda_emu.
-// Arithmetic is f32 throughout, reductions of norms in double.
+// ops behind its table. Precision: each kernel that reads or writes
+// activations or parameters in compute is a template over its storage type
+// T, with ent_load / ent_store converting to and from f32; the table's entry
+// calls the float or the __nv_bfloat16 instantiation by the backend's
+// precision (system.precision; ent_cuda_entry). Arithmetic is f32
+// throughout, reductions of norms in double; masters, moments, parameters'
+// gradients and statistics are f32 in both.
 #ifndef ENT_CUDA_IMPL_CUH
 #define ENT_CUDA_IMPL_CUH
 
@@ -60,9 +61,12 @@ ent_status ent_cuda_lt_load(void);
     X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(gqa_forward) \
     X(gqa_backward) X(adamw_update)
 #define ENT_CUDA_F32_OPS(X) X(attention_state_bytes) X(sum_squares) X(sub) X(axpy) \
-    X(quantize_i8) X(dequantize_i8)
-// i.op = the float instantiation, in a function that fills a table i
-#define ENT_CUDA_STORAGE_ENTRY(op) i.op = ent_cuda_##op<float>;
+    X(quantize_i8) X(dequantize_i8) X(cast)
+// i.op = the entry that calls the instantiation of the backend's precision
+// (ent_cuda_entry below), in a function that fills a table i
+#define ENT_CUDA_STORAGE_ENTRY(op) \
+    i.op = ent_cuda_entry<decltype(i.op), &ent_cuda_##op<float>, \
+                          &ent_cuda_##op<__nv_bfloat16>>::call;
 #define ENT_CUDA_F32_ENTRY(op) i.op = ent_cuda_##op;
 #define ENT_CUDA_TABLE_ENTRIES                   \
     ENT_CUDA_STORAGE_OPS(ENT_CUDA_STORAGE_ENTRY) \
@@ -179,10 +183,9 @@ ent_status ent_cuda_column_sums(ent_backend_t *be, float *acc, int N, int C, F f
 // the ops (signatures of struct ent_backend_i; shapes in ent_kernels.h)
 //
 // The ops of ENT_CUDA_STORAGE_OPS are templates over T, the storage type of
-// the activations and the parameters they read: the table takes their float
-// instantiation; the __nv_bfloat16 one is stage 2's (docs/architecture.md),
-// instantiated now so that tests/cuda_emu checks its arithmetic on the CPU.
-// Parameter gradients, statistics (mean, rstd, losses), attention's state,
+// the activations and the parameters they read: the table's entry takes the
+// float or the __nv_bfloat16 instantiation by the backend's precision, and
+// tests/cuda_emu checks both on the CPU. Parameter gradients, statistics (mean, rstd, losses), attention's state,
 // the rotation tables and AdamW's master and moments are float in both.
 
 template <typename T>
@@ -198,10 +201,11 @@ template <typename T>
 ent_status ent_cuda_layernorm_backward(ent_backend_t *be, T *dinp, float *dweight, float *dbias,
                                        const T *dout, const T *inp, const T *weight,
                                        const float *mean, const float *rstd, int N, int C);
-ent_status ent_cuda_matmul_forward(ent_backend_t *be, float *out, const float *inp,
-                                   const float *weight, const float *bias, int N, int C, int OC);
-ent_status ent_cuda_matmul_backward(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
-                                    const float *dout, const float *inp, const float *weight,
+// the matrix products take the table's void * and read the types from be
+ent_status ent_cuda_matmul_forward(ent_backend_t *be, void *out, const void *inp,
+                                   const void *weight, const void *bias, int N, int C, int OC);
+ent_status ent_cuda_matmul_backward(ent_backend_t *be, void *dinp, float *dweight, float *dbias,
+                                    const void *dout, const void *inp, const void *weight,
                                     int N, int C, int OC);
 size_t ent_cuda_attention_state_bytes(ent_backend_t *be, int B, int T, int NH);
 template <typename T>
@@ -269,6 +273,24 @@ ent_status ent_cuda_adamw_update(ent_backend_t *be, T *params, float *master, co
                                  float *m, float *v, size_t n, float lr, float beta1, float beta2,
                                  float eps, float weight_decay, float grad_scale, int t);
 
+// The table's entry of a storage op: its instantiation for the backend's
+// precision (be->act_dtype; the parameters in compute have the same type),
+// called with each `void *` of the table turned into a pointer to that type
+// and every other argument as it is.
+template <typename... P, typename... A>
+static inline ent_status ent_cuda_call(ent_status (*op)(ent_backend_t *, P...), ent_backend_t *be,
+                                       A... a) {
+    return op(be, (P)a...);
+}
+template <typename Entry, auto F32, auto BF16> struct ent_cuda_entry;
+template <typename... A, auto F32, auto BF16>
+struct ent_cuda_entry<ent_status (*)(ent_backend_t *, A...), F32, BF16> {
+    static ent_status call(ent_backend_t *be, A... a) {
+        return be->act_dtype == ENT_BF16 ? ent_cuda_call(BF16, be, a...)
+                                         : ent_cuda_call(F32, be, a...);
+    }
+};
+
 // Both instantiations of a storage op, in the file that defines it.
 #define ENT_CUDA_INSTANTIATE(op) \
     template decltype(ent_cuda_##op<float>) ent_cuda_##op<float>; \
@@ -281,5 +303,7 @@ ent_status ent_cuda_quantize_i8(ent_backend_t *be, int8_t *q, float *scales, con
                                 size_t n, size_t block);
 ent_status ent_cuda_dequantize_i8(ent_backend_t *be, float *out, const int8_t *q,
                                   const float *scales, size_t n, size_t block);
+// dst (n values in be->param_dtype) = src, rounded to nearest even
+ent_status ent_cuda_cast(ent_backend_t *be, void *dst, const float *src, size_t n);
 
 #endif // ENT_CUDA_IMPL_CUH

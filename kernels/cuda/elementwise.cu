@@ -370,6 +370,19 @@ ent_status ent_cuda_dequantize_i8(ent_backend_t *be, float *out, const int8_t *q
     LAUNCH(dequantize_i8_kernel, n, out, q, scales, n, block);
 }
 
+// ---------------------------------------------------------------------------
+// the compute copy of the parameters from their f32 masters
+
+template <typename T> __global__ void cast_kernel(T *dst, const float *src, size_t n) {
+    GRID_STRIDE(i, n) ent_store(dst + i, src[i]); // rounded to T
+}
+
+ent_status ent_cuda_cast(ent_backend_t *be, void *dst, const float *src, size_t n) {
+    if (be->param_dtype == ENT_BF16)
+        LAUNCH(cast_kernel<__nv_bfloat16>, n, (__nv_bfloat16 *)dst, src, n);
+    LAUNCH(cast_kernel<float>, n, (float *)dst, src, n);
+}
+
 ENT_CUDA_INSTANTIATE(encoder_forward)
 ENT_CUDA_INSTANTIATE(encoder_backward)
 ENT_CUDA_INSTANTIATE(gelu_forward)

@@ -2,10 +2,12 @@
 //
 // cuBLASLt is column-major: a row-major (R, K) matrix is a column-major
 // (K, R) one, so each product below is written on the transposes. The
-// storage types of A, B and C/D are parameters of lt_matmul (f32 today, bf16
-// when the storage changes); the compute is f32 with TF32 tensor cores
-// (CUBLAS_COMPUTE_32F_FAST_TF32) and f32 accumulation. The forward's bias is
-// cuBLASLt's bias epilogue; the bias gradient is a deterministic column sum.
+// storage types follow the backend's precision: bf16 activations and
+// weights with f32 accumulation (CUBLAS_COMPUTE_32F) and the weights'
+// gradients accumulated into f32 (C and D f32, beta 1); or f32 throughout on
+// TF32 tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32). The forward's bias (in
+// the weights' type) is cuBLASLt's bias epilogue; the bias gradient is a
+// deterministic column sum.
 // cuBLAS gives the same bits on every run on GPUs of one architecture, which
 // the data-parallel check of bit-identical replicas relies on.
 #include "cuda_impl.cuh"
@@ -32,7 +34,7 @@ typedef struct {
 // all column-major. D is read (beta != 0) and written in place.
 static ent_status lt_matmul(ent_backend_t *be, const char *what, lt_operand a, lt_operand b,
                             void *d, cudaDataType_t d_type, int m, int n, int ldd,
-                            const float *bias, float beta) {
+                            const void *bias, float beta) {
     ent_cuda *cu = ent_cuda_of(be);
     cublasLtMatmulDesc_t desc = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
@@ -55,12 +57,14 @@ static ent_status lt_matmul(ent_backend_t *be, const char *what, lt_operand a, l
             goto done;                                                                             \
         }                                                                                          \
     } while (0)
-    LT(ent_lt.MatmulDescCreate(&desc, CUBLAS_COMPUTE_32F_FAST_TF32, CUDA_R_32F));
+    int bf16 = be->act_dtype == ENT_BF16;
+    LT(ent_lt.MatmulDescCreate(&desc, bf16 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32,
+                               CUDA_R_32F));
     LT(ent_lt.MatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
     LT(ent_lt.MatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
     if (bias != NULL) {
         cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-        cudaDataType_t bias_type = CUDA_R_32F;
+        cudaDataType_t bias_type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
         LT(ent_lt.MatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
         LT(ent_lt.MatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
                                           sizeof bias));
@@ -100,29 +104,39 @@ done:
     return st;
 }
 
-ent_status ent_cuda_matmul_forward(ent_backend_t *be, float *out, const float *inp,
-                                   const float *weight, const float *bias, int N, int C, int OC) {
-    // out^T (OC,N) = weight (C,OC col-major)^T @ inp^T (C,N)
-    lt_operand w = {weight, CUDA_R_32F, C, OC, C, 1};
-    lt_operand x = {inp, CUDA_R_32F, C, N, C, 0};
-    return lt_matmul(be, "matmul_forward", w, x, out, CUDA_R_32F, OC, N, OC, bias, 0.0f);
+// the cuBLASLt type of the backend's activations and parameters in compute
+static cudaDataType_t storage_type(ent_backend_t *be) {
+    return be->act_dtype == ENT_BF16 ? CUDA_R_16BF : CUDA_R_32F;
 }
 
-ent_status ent_cuda_matmul_backward(ent_backend_t *be, float *dinp, float *dweight, float *dbias,
-                                    const float *dout, const float *inp, const float *weight,
+ent_status ent_cuda_matmul_forward(ent_backend_t *be, void *out, const void *inp,
+                                   const void *weight, const void *bias, int N, int C, int OC) {
+    // out^T (OC,N) = weight (C,OC col-major)^T @ inp^T (C,N)
+    cudaDataType_t t = storage_type(be);
+    lt_operand w = {weight, t, C, OC, C, 1};
+    lt_operand x = {inp, t, C, N, C, 0};
+    return lt_matmul(be, "matmul_forward", w, x, out, t, OC, N, OC, bias, 0.0f);
+}
+
+ent_status ent_cuda_matmul_backward(ent_backend_t *be, void *dinp, float *dweight, float *dbias,
+                                    const void *dout, const void *inp, const void *weight,
                                     int N, int C, int OC) {
     // dinp^T (C,N) += weight (C,OC col-major) @ dout^T (OC,N)
-    lt_operand w = {weight, CUDA_R_32F, C, OC, C, 0};
-    lt_operand dy = {dout, CUDA_R_32F, OC, N, OC, 0};
+    cudaDataType_t t = storage_type(be);
+    lt_operand w = {weight, t, C, OC, C, 0};
+    lt_operand dy = {dout, t, OC, N, OC, 0};
     if (dinp != NULL)
-        ENT_CHECK(lt_matmul(be, "matmul_backward (input)", w, dy, dinp, CUDA_R_32F, C, N, C,
-                            NULL, 1.0f));
-    // dweight^T (C,OC) += inp^T (C,N) @ dout (N,OC): dout^T (OC,N) transposed
-    lt_operand x = {inp, CUDA_R_32F, C, N, C, 0};
-    lt_operand dyt = {dout, CUDA_R_32F, OC, N, OC, 1};
+        ENT_CHECK(lt_matmul(be, "matmul_backward (input)", w, dy, dinp, t, C, N, C, NULL, 1.0f));
+    // dweight^T (C,OC) += inp^T (C,N) @ dout (N,OC): dout^T (OC,N) transposed; f32 C and D
+    lt_operand x = {inp, t, C, N, C, 0};
+    lt_operand dyt = {dout, t, OC, N, OC, 1};
     ENT_CHECK(lt_matmul(be, "matmul_backward (weight)", x, dyt, dweight, CUDA_R_32F, C, OC, C,
                         NULL, 1.0f));
     if (dbias == NULL) return ENT_OK;
-    ent_matrix_value<float> f = {dout, (size_t)OC};
+    if (be->act_dtype == ENT_BF16) {
+        ent_matrix_value<__nv_bfloat16> f = {(const __nv_bfloat16 *)dout, (size_t)OC};
+        return ent_cuda_column_sums(be, dbias, N, OC, f);
+    }
+    ent_matrix_value<float> f = {(const float *)dout, (size_t)OC};
     return ent_cuda_column_sums(be, dbias, N, OC, f);
 }

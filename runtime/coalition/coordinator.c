@@ -1124,6 +1124,7 @@ static ent_status eval_anchor(coord *c, const float *anchor, double *loss) {
     if (c->val == NULL) return ENT_OK;
     float *p = ent_model_arena(c->model, ENT_ARENA_PARAMS);
     coal_global_to_arena(&c->lay, 0, anchor, p);
+    ENT_CHECK(ent_model_params_changed(c->model));
     int64_t want = (int64_t)c->cfg->eval_batches * c->cfg->batch_size;
     return ent_eval_loss(c->model, c->val, want, c->micro, NULL, c->inputs, c->targets, loss);
 }
@@ -1372,11 +1373,13 @@ static ent_status score_delta(coord *c, const float *anchor, mdelta *d, double *
     int64_t want = (int64_t)c->cfg->coal_score_batches * c->cfg->batch_size;
     if (isnan(*base)) {
         coal_global_to_arena(&c->lay, 0, anchor, p);
+        ENT_CHECK(ent_model_params_changed(c->model));
         ENT_CHECK(ent_eval_loss(c->model, c->val, want, c->micro, NULL, c->inputs, c->targets,
                                 base));
     }
     for (size_t i = 0; i < c->n; i++) c->g[i] = anchor[i] - d->dec[i];
     coal_global_to_arena(&c->lay, 0, c->g, p);
+    ENT_CHECK(ent_model_params_changed(c->model));
     double loss = NAN;
     ENT_CHECK(ent_eval_loss(c->model, c->val, want, c->micro, NULL, c->inputs, c->targets, &loss));
     // a loss that is not finite is as bad as a loss can be

@@ -16,7 +16,9 @@
 // library (expf, logf: the host's; kernel_math.h's host paths).
 //
 // The backend it makes, "cuda-emulated", has host memory, the emulated
-// kernels for every op but the matrix products (cuBLASLt's: the CPU's), and
+// kernels for every op but the matrix products (cuBLASLt's: the CPU's, with
+// bf16 operands widened and the output rounded back in bf16), the cuda
+// backend's precisions (system.precision: auto is bf16), and
 // is handed to tests/test_backend_ops.c, compiled with ent_backend_new
 // renamed to ent_emu_backend_new (tests/CMakeLists.txt).
 #undef _FORTIFY_SOURCE // _longjmp between stacks is the point
@@ -233,6 +235,48 @@ ent_status ent_emu_backend_new(const char *name, const ent_backend_opts *opts,
 
 namespace {
 
+// The matrix products: the CPU's, in f32; in bf16 as cuBLASLt computes them
+// (bf16 operands widened exactly, f32 accumulation, a bf16 output rounded
+// once, after the accumulation into what it held; f32 weight gradients).
+std::vector<float> widen(const void *p, size_t n) {
+    std::vector<float> w(p != NULL ? n : 0);
+    const uint16_t *h = (const uint16_t *)p;
+    for (size_t i = 0; i < w.size(); i++) w[i] = ent_k_bf16_to_f32(h[i]);
+    return w;
+}
+void narrow(void *p, const std::vector<float> &w) {
+    uint16_t *h = (uint16_t *)p;
+    for (size_t i = 0; i < w.size(); i++) h[i] = ent_k_f32_to_bf16(w[i]);
+}
+const float *data_or_null(const std::vector<float> &w) { return w.empty() ? NULL : w.data(); }
+
+ent_status emu_matmul_forward(ent_backend_t *be, void *out, const void *inp, const void *weight,
+                              const void *bias, int N, int C, int OC) {
+    if (be->act_dtype != ENT_BF16)
+        return ent_cpu_matmul_forward(be, (float *)out, (const float *)inp,
+                                      (const float *)weight, (const float *)bias, N, C, OC);
+    std::vector<float> x = widen(inp, (size_t)N * C), w = widen(weight, (size_t)OC * C);
+    std::vector<float> b = widen(bias, (size_t)OC), y((size_t)N * OC);
+    ent_status st = ent_cpu_matmul_forward(be, y.data(), x.data(), w.data(), data_or_null(b), N,
+                                           C, OC);
+    narrow(out, y);
+    return st;
+}
+
+ent_status emu_matmul_backward(ent_backend_t *be, void *dinp, float *dweight, float *dbias,
+                               const void *dout, const void *inp, const void *weight, int N,
+                               int C, int OC) {
+    if (be->act_dtype != ENT_BF16)
+        return ent_cpu_matmul_backward(be, (float *)dinp, dweight, dbias, (const float *)dout,
+                                       (const float *)inp, (const float *)weight, N, C, OC);
+    std::vector<float> dy = widen(dout, (size_t)N * OC), x = widen(inp, (size_t)N * C);
+    std::vector<float> w = widen(weight, (size_t)OC * C), dx = widen(dinp, (size_t)N * C);
+    ent_status st = ent_cpu_matmul_backward(be, dinp != NULL ? dx.data() : NULL, dweight, dbias,
+                                            dy.data(), x.data(), w.data(), N, C, OC);
+    if (dinp != NULL) narrow(dinp, dx);
+    return st;
+}
+
 void *emu_alloc(ent_backend_t *, size_t bytes) {
     size_t n = (bytes + ENT_ARENA_ALIGN - 1) / ENT_ARENA_ALIGN * ENT_ARENA_ALIGN;
     void *p = aligned_alloc(ENT_ARENA_ALIGN, n ? n : ENT_ARENA_ALIGN);
@@ -251,7 +295,7 @@ ent_status emu_copy(ent_backend_t *, void *dst, const void *src, size_t bytes) {
 ent_status emu_synchronize(ent_backend_t *) { return ENT_OK; }
 const char *emu_describe(ent_backend_t *) {
     return "the cuda backend's kernels emulated on the host (tests/cuda_emu), the CPU's matrix "
-           "products";
+           "products (widened from bf16, rounded back, in bf16)";
 }
 void emu_free(ent_backend_t *be) {
     ent_emu::ent_cuda *c = ent_emu::ent_cuda_of(be);
@@ -275,8 +319,8 @@ struct ent_backend_i emu_iface_make() {
     i.to_host = emu_copy;
     i.synchronize = emu_synchronize;
     ENT_CUDA_TABLE_ENTRIES
-    i.matmul_forward = ent_cpu_matmul_forward;
-    i.matmul_backward = ent_cpu_matmul_backward;
+    i.matmul_forward = emu_matmul_forward;
+    i.matmul_backward = emu_matmul_backward;
     return i;
 }
 
@@ -297,6 +341,9 @@ ent_status ent_emu_backend_new(const char *name, const ent_backend_opts *opts,
     }
     be->iface = &emu_iface;
     be->impl = impl;
+    // as the cuda backend: auto is bf16
+    int f32 = opts != NULL && opts->precision == ENT_PRECISION_F32;
+    be->act_dtype = be->param_dtype = f32 ? ENT_F32 : ENT_BF16;
     be->threads = 1;
     *out = be;
     return ENT_OK;
