@@ -552,30 +552,25 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_
     float *G = m->arena[ENT_ARENA_GRADS];
     char *P = m->params;
     size_t ps = m->psize;
-    if (s->arch == ENT_ARCH_LLAMA) {
-        size_t wte = ent_param_table_find(t, "model.embed_tokens.weight")->offset;
-        size_t lnfw = ent_param_table_find(t, "model.norm.weight")->offset;
+    // the embeddings and the final norm, each a parameter view and a gradient
+    // view (a llama has no learned positions and no biases: NULL)
+    static const char *const outer[2][4] = {
+        {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"},
+        {"model.embed_tokens.weight", NULL, "model.norm.weight", NULL}};
+    void **pviews[] = {&m->wte, &m->wpe, &m->lnfw, &m->lnfb};
+    float **gviews[] = {&m->dwte, &m->dwpe, &m->dlnfw, &m->dlnfb};
+    for (int i = 0; i < 4; i++) {
+        const char *name = outer[s->arch == ENT_ARCH_LLAMA][i];
+        if (name == NULL) continue;
+        size_t off = ent_param_table_find(t, name)->offset;
+        *pviews[i] = P + off * ps;
+        *gviews[i] = G + off;
+    }
+    if (s->arch == ENT_ARCH_LLAMA) { // lm_head.weight, or embed_tokens when tied
         const ent_param_row *head = ent_param_table_find(t, "lm_head.weight");
-        size_t lm_head = head != NULL ? head->offset : wte;
-        m->wte = P + wte * ps;
-        m->lnfw = P + lnfw * ps;
-        m->lm_head = P + lm_head * ps;
-        m->dwte = G + wte;
-        m->dlnfw = G + lnfw;
-        m->dlm_head = G + lm_head;
-    } else {
-        size_t wte = ent_param_table_find(t, "wte.weight")->offset;
-        size_t wpe = ent_param_table_find(t, "wpe.weight")->offset;
-        size_t lnfw = ent_param_table_find(t, "ln_f.weight")->offset;
-        size_t lnfb = ent_param_table_find(t, "ln_f.bias")->offset;
-        m->wte = P + wte * ps;
-        m->wpe = P + wpe * ps;
-        m->lnfw = P + lnfw * ps;
-        m->lnfb = P + lnfb * ps;
-        m->dwte = G + wte;
-        m->dwpe = G + wpe;
-        m->dlnfw = G + lnfw;
-        m->dlnfb = G + lnfb;
+        size_t off = head != NULL ? head->offset : (size_t)(m->dwte - G);
+        m->lm_head = P + off * ps;
+        m->dlm_head = G + off;
     }
     m->p = calloc((size_t)L, sizeof *m->p);
     m->g = calloc((size_t)L, sizeof *m->g);
