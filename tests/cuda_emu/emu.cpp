@@ -3,9 +3,10 @@
 //
 // translate.py turns kernels/cuda's files into plain C++ in namespace
 // ent_emu; this file runs their launches. Each CUDA thread of a block is a
-// lightweight context with its own stack (made once with makecontext, then
-// switched with _setjmp/_longjmp, which keep the signal mask alone and so
-// make no system call). The threads of a block run round robin;
+// lightweight context with its own stack (made once per launch with
+// makecontext and reused by the thread of the same index in every block,
+// then switched with _setjmp/_longjmp, which keep the signal mask alone and
+// so make no system call). The threads of a block run round robin;
 // __syncthreads is a barrier of the block's live threads, and a warp shuffle
 // one of the warp's live threads around a shared slot per lane, so the
 // kernels' reductions, tiles and shared memory behave as on a GPU, in one
@@ -107,12 +108,17 @@ __attribute__((noinline)) void make_thread(emu_thread *t, char *stack) {
     makecontext(&t->start, thread_main, 0);
 }
 
+// A thread's context lives for the whole launch: after the kernel returns
+// it waits for the next block and runs the kernel again as the thread of
+// the same index there (a context made once per launch, not per block).
 void thread_main() {
-    (*kernel)();
-    cur->done = 1;
-    live--;
-    warp_live[cur->warp]--;
-    _longjmp(scheduler, 1);
+    for (;;) {
+        (*kernel)();
+        cur->done = 1;
+        live--;
+        warp_live[cur->warp]--;
+        if (_setjmp(cur->resume) == 0) _longjmp(scheduler, 1);
+    }
 }
 
 } // namespace
@@ -148,6 +154,10 @@ void ent_emu_launch(dim3 grid, dim3 block, size_t shmem, cudaStream_t stream,
     kernel = &fn;
     threads.assign(n, emu_thread());
     stacks.resize((size_t)n * STACK_BYTES);
+    for (int t = 0; t < n; t++) {
+        threads[t].started = 0;
+        make_thread(&threads[t], &stacks[(size_t)t * STACK_BYTES]);
+    }
     std::vector<float> smem(shmem / sizeof(float) + 1);
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
@@ -165,11 +175,10 @@ void ent_emu_launch(dim3 grid, dim3 block, size_t shmem, cudaStream_t stream,
                     emu_thread &e = threads[t];
                     e.idx = {(unsigned)t % block.x, (unsigned)t / block.x % block.y,
                              (unsigned)t / (block.x * block.y)};
-                    e.started = e.done = 0;
+                    e.done = 0;
                     e.warp = t / 32;
                     e.lane = t % 32;
                     warp_live[e.warp]++;
-                    make_thread(&e, &stacks[(size_t)t * STACK_BYTES]);
                 }
                 while (live > 0)
                     for (int t = 0; t < n; t++)
