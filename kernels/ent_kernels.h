@@ -399,6 +399,13 @@ struct ent_backend_i {
     ent_status (*matmul_backward)(ent_backend_t *be, void *dinp, float *dweight, float *dbias,
                                   const void *dout, const void *inp, const void *weight,
                                   int N, int C, int OC);
+    // The product fused with the GELU after it (GPT-2's MLP). Optional (NULL:
+    // the caller runs matmul_forward, then gelu_forward): pre (N,OC) = inp @
+    // weight^T + bias (bias may be NULL), kept for backward, and out (N,OC) =
+    // gelu(pre), as the two ops give them.
+    ent_status (*matmul_gelu_forward)(ent_backend_t *be, void *pre, void *out, const void *inp,
+                                      const void *weight, const void *bias, int N, int C,
+                                      int OC);
 
     // causal multi-head attention. qkv (B,T,3C) holds Q, K, V side by side, each
     // split into NH heads of C/NH; out (B,T,C); att is the state kept for

@@ -761,8 +761,13 @@ static ent_status gpt2_forward(ent_model_t *m, int b, int t) {
                                     Ca, C));
         ENT_CHECK(tp_sum(m, m->proj, (size_t)N * C));
         ENT_CHECK(norm_forward(m, a->res2, residual, m->proj, mlp_norm(m, l), N));
-        ENT_CHECK(k->matmul_forward(be, a->fch, a->ln2, p->fcw, p->fcb, N, C, Cf));
-        ENT_CHECK(k->gelu_forward(be, a->fch_gelu, a->fch, (size_t)N * Cf));
+        if (k->matmul_gelu_forward != NULL) { // GELU as the product's epilogue
+            ENT_CHECK(k->matmul_gelu_forward(be, a->fch, a->fch_gelu, a->ln2, p->fcw, p->fcb, N, C,
+                                             Cf));
+        } else {
+            ENT_CHECK(k->matmul_forward(be, a->fch, a->ln2, p->fcw, p->fcb, N, C, Cf));
+            ENT_CHECK(k->gelu_forward(be, a->fch_gelu, a->fch, (size_t)N * Cf));
+        }
         ENT_CHECK(k->matmul_forward(be, m->proj, a->fch_gelu, p->fcpw, add_bias ? p->fcpb : NULL, N,
                                     Cf, C));
         ENT_CHECK(tp_sum(m, m->proj, (size_t)N * C));

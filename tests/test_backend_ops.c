@@ -238,6 +238,25 @@ static void test_matmul(int N, int C, int OC, int with_bias) {
     snprintf(what, sizeof what, "matmul_forward (%d x %d x %d%s)", N, C, OC,
              with_bias ? ", bias" : "");
     compare(what, &out, (size_t)N * OC, tol->matmul);
+    // fused with the GELU after it (optional; the cuda backends have it): the
+    // reference is the two ops
+    if (B[1]->iface->matmul_gelu_forward != NULL) {
+        size_t n = (size_t)N * OC;
+        twin pre = tw(NULL, sizeof(float) * n), act = tw(NULL, sizeof(float) * n);
+        OK(B[0]->iface->matmul_forward(B[0], F(pre, 0), F(inp, 0), F(w, 0),
+                                       with_bias ? F(b, 0) : NULL, N, C, OC));
+        OK(B[0]->iface->gelu_forward(B[0], F(act, 0), F(pre, 0), n));
+        OK(B[1]->iface->matmul_gelu_forward(B[1], F(pre, 1), F(act, 1), F(inp, 1), F(w, 1),
+                                            with_bias ? F(b, 1) : NULL, N, C, OC));
+        snprintf(what, sizeof what, "matmul_gelu_forward (%d x %d x %d%s) pre", N, C, OC,
+                 with_bias ? ", bias" : "");
+        compare(what, &pre, n, tol->matmul);
+        compare("matmul_gelu_forward out", &act, n, tol->matmul);
+        tw_free(&pre);
+        tw_free(&act);
+    } else if (strncmp(B[1]->iface->name, "cuda", 4) == 0) {
+        FAIL("matmul_gelu_forward missing (GELU as the product's epilogue)");
+    }
     twin dout = tw_randn((size_t)N * OC, 1.0), dinp = tw_randn((size_t)N * C, 1.0),
          dw = tw_randn((size_t)OC * C, 1.0), db = tw_randn(OC, 1.0);
     twin dw2 = tw_copy_of(&dw, 1), db2 = tw_copy_of(&db, 1), dinp2 = tw_copy_of(&dinp, 1);
@@ -661,6 +680,7 @@ static int run_backend(const char *name) {
     test_matmul(111, 96, 200, 1);
     test_matmul(111, 96, 288, 0);
     test_matmul(64, 768, 2304, 1);
+    test_matmul(37, 64, 100, 1); // a width cuBLASLt's GELU epilogue cannot take: the two ops
     test_attention(3, 37, 96, 6);  // head size 16
     test_attention(2, 70, 128, 2); // 64
     test_attention(1, 33, 96, 1);  // 96

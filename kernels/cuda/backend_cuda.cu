@@ -159,6 +159,7 @@ static struct ent_backend_i cuda_iface_make(void) {
     ENT_CUDA_TABLE_ENTRIES
     i.matmul_forward = ent_cuda_matmul_forward;
     i.matmul_backward = ent_cuda_matmul_backward;
+    i.matmul_gelu_forward = ent_cuda_matmul_gelu_forward;
     return i;
 }
 

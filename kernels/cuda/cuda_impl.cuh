@@ -207,6 +207,9 @@ ent_status ent_cuda_matmul_forward(ent_backend_t *be, void *out, const void *inp
 ent_status ent_cuda_matmul_backward(ent_backend_t *be, void *dinp, float *dweight, float *dbias,
                                     const void *dout, const void *inp, const void *weight,
                                     int N, int C, int OC);
+ent_status ent_cuda_matmul_gelu_forward(ent_backend_t *be, void *pre, void *out, const void *inp,
+                                        const void *weight, const void *bias, int N, int C,
+                                        int OC);
 size_t ent_cuda_attention_state_bytes(ent_backend_t *be, int B, int T, int NH);
 template <typename T>
 ent_status ent_cuda_attention_forward(ent_backend_t *be, T *out, float *att, const T *qkv, int B,

@@ -272,6 +272,13 @@ ent_status emu_matmul_forward(ent_backend_t *be, void *out, const void *inp, con
     return st;
 }
 
+// the product, then the emulated GELU kernel (cuBLASLt's epilogue is not emulated)
+ent_status emu_matmul_gelu_forward(ent_backend_t *be, void *pre, void *out, const void *inp,
+                                   const void *weight, const void *bias, int N, int C, int OC) {
+    ent_status st = emu_matmul_forward(be, pre, inp, weight, bias, N, C, OC);
+    return st == ENT_OK ? be->iface->gelu_forward(be, out, pre, (size_t)N * OC) : st;
+}
+
 ent_status emu_matmul_backward(ent_backend_t *be, void *dinp, float *dweight, float *dbias,
                                const void *dout, const void *inp, const void *weight, int N,
                                int C, int OC) {
@@ -330,6 +337,7 @@ struct ent_backend_i emu_iface_make() {
     ENT_CUDA_TABLE_ENTRIES
     i.matmul_forward = emu_matmul_forward;
     i.matmul_backward = emu_matmul_backward;
+    i.matmul_gelu_forward = emu_matmul_gelu_forward;
     return i;
 }
 
