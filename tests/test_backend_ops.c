@@ -14,6 +14,13 @@
 // gradient reductions and sum_squares give the same bits when run twice
 // (data-parallel replicas must agree bit for bit).
 //
+// --precision bf16 runs the backend under test in bf16 (where it has it: the
+// cuda backends): activations and parameters in compute go to it as bf16
+// (their reference gets the same values, rounded to bf16 first) and come
+// back widened; every tolerance is then at least 1e-2, the bound for bf16;
+// AdamW's params are checked to be their master rounded, bit for bit, and
+// cast against the host's rounding.
+//
 // Exit 0: all passed; 1: a mismatch (each printed); 77: a named backend
 // cannot run here (no GPU visible, or not in this build), with the reason.
 // test_backend_ops --available NAME only creates the backend: 0 when it can
@@ -24,6 +31,7 @@
 #include <string.h>
 
 #include "ent_kernels.h"
+#include "kernel_math.h"
 #include "ref.h"
 #ifdef ENT_TEST_CUDA_LIBRARY
 #include "cuda/cuda_backend.h" // ent_cuda_lt_version
@@ -59,6 +67,9 @@ ent_status ent_emu_backend_new(const char *name, const ent_backend_opts *opts, e
 static ent_backend_t *B[2]; // B[0] the reference (cpu), B[1] the backend under test
 static const tolerances *tol;
 static int failures, checks;
+static ent_precision precision = ENT_PRECISION_F32; // of B[1] (--precision)
+static int bf16;                                    // B[1] computes in bf16
+#define BF16_TOL 1e-2
 
 #define FAIL(...)                                                                                  \
     do {                                                                                           \
@@ -80,21 +91,55 @@ static int failures, checks;
 // ---------------------------------------------------------------------------
 // a host array with a copy on each backend
 
+// act: an activation or a parameter in compute, which B[1] keeps in its
+// act_dtype (n elements); else plain bytes, the same on both (f32
+// gradients, statistics, token ids)
 typedef struct {
     void *d[2];
-    size_t bytes;
+    size_t bytes[2];
+    size_t n;
+    int act;
 } twin;
 
-static twin tw(const void *host, size_t bytes) {
-    twin t = {{NULL, NULL}, bytes};
+static twin tw_alloc(size_t bytes0, size_t bytes1) {
+    twin t = {{NULL, NULL}, {bytes0, bytes1}, 0, 0};
     for (int k = 0; k < 2; k++) {
-        t.d[k] = B[k]->iface->alloc(B[k], bytes);
+        t.d[k] = B[k]->iface->alloc(B[k], t.bytes[k]);
         if (t.d[k] == NULL) {
-            printf("FAIL: %s: out of memory for %zu bytes\n", B[k]->iface->name, bytes);
+            printf("FAIL: %s: out of memory for %zu bytes\n", B[k]->iface->name, t.bytes[k]);
             exit(1);
         }
-        if (host != NULL) OK(B[k]->iface->to_device(B[k], t.d[k], host, bytes));
     }
+    return t;
+}
+
+static twin tw(const void *host, size_t bytes) {
+    twin t = tw_alloc(bytes, bytes);
+    for (int k = 0; k < 2 && host != NULL; k++)
+        OK(B[k]->iface->to_device(B[k], t.d[k], host, bytes));
+    return t;
+}
+
+// n activations from host (NULL: zeros): in bf16 mode rounded to bf16 for
+// both sides, B[1] given the bf16 bits
+static twin tw_act(const float *host, size_t n) {
+    twin t = tw_alloc(sizeof(float) * n, (bf16 ? sizeof(uint16_t) : sizeof(float)) * n);
+    t.n = n;
+    t.act = 1;
+    if (host == NULL) return t;
+    if (!bf16) {
+        for (int k = 0; k < 2; k++) OK(B[k]->iface->to_device(B[k], t.d[k], host, t.bytes[k]));
+        return t;
+    }
+    uint16_t *h = malloc(sizeof(uint16_t) * (n ? n : 1));
+    float *r = malloc(sizeof(float) * (n ? n : 1));
+    if (h == NULL || r == NULL) exit(1);
+    for (size_t i = 0; i < n; i++) h[i] = ent_k_f32_to_bf16(host[i]);
+    OK(ent_dtype_to_f32(ENT_BF16, h, r, n));
+    OK(B[0]->iface->to_device(B[0], t.d[0], r, t.bytes[0]));
+    OK(B[1]->iface->to_device(B[1], t.d[1], h, t.bytes[1]));
+    free(h);
+    free(r);
     return t;
 }
 
@@ -102,11 +147,23 @@ static void tw_free(twin *t) {
     for (int k = 0; k < 2; k++) B[k]->iface->free_mem(B[k], t->d[k]);
 }
 
+// a copy of side k's bytes
 static void *host_of(const twin *t, int k) {
-    void *h = malloc(t->bytes);
+    void *h = malloc(t->bytes[k] ? t->bytes[k] : 1);
     if (h == NULL) exit(1);
-    OK(B[k]->iface->to_host(B[k], h, t->d[k], t->bytes));
+    OK(B[k]->iface->to_host(B[k], h, t->d[k], t->bytes[k]));
     return h;
+}
+
+// side k as floats (an activation of B[1] in bf16 widened)
+static float *floats_of(const twin *t, int k) {
+    void *h = host_of(t, k);
+    if (!(t->act && k == 1 && bf16)) return h;
+    float *f = malloc(sizeof(float) * (t->n ? t->n : 1));
+    if (f == NULL) exit(1);
+    OK(ent_dtype_to_f32(ENT_BF16, h, f, t->n));
+    free(h);
+    return f;
 }
 
 #define F(t, k) ((float *)(t).d[k])
@@ -126,9 +183,17 @@ static twin tw_randn(size_t n, double std) {
     return t;
 }
 
+static twin tw_arandn(size_t n, double std) {
+    float *h = randn(n, std);
+    twin t = tw_act(h, n);
+    free(h);
+    return t;
+}
+
 // the backend's copy against the reference's: max |got - want| / max |want|
 static void compare(const char *what, const twin *t, size_t n, double limit) {
-    float *want = host_of(t, 0), *got = host_of(t, 1);
+    float *want = floats_of(t, 0), *got = floats_of(t, 1);
+    if (bf16 && limit < BF16_TOL) limit = BF16_TOL;
     double maxdiff = 0.0, scale = 0.0;
     size_t worst = 0;
     for (size_t i = 0; i < n; i++) {
@@ -151,7 +216,7 @@ static void compare(const char *what, const twin *t, size_t n, double limit) {
 static void same_bits_on(int k, const char *what, const twin *a, const twin *b) {
     void *x = host_of(a, k), *y = host_of(b, k);
     checks++;
-    if (memcmp(x, y, a->bytes) != 0)
+    if (a->bytes[k] != b->bytes[k] || memcmp(x, y, a->bytes[k]) != 0)
         FAIL("%s: different bits%s", what, k == 0 ? " on the reference (cpu)" : "");
     free(x);
     free(y);
@@ -162,9 +227,16 @@ static void same_bits(const char *what, const twin *a, const twin *b) {
     same_bits_on(1, what, a, b);
 }
 
+// a twin of t's kind holding side k's bytes on side k (and on the other
+// side too where both sides have the same layout)
 static twin tw_copy_of(const twin *t, int k) {
     void *h = host_of(t, k);
-    twin c = tw(h, t->bytes);
+    twin c = tw_alloc(t->bytes[0], t->bytes[1]);
+    c.n = t->n;
+    c.act = t->act;
+    for (int j = 0; j < 2; j++)
+        if (j == k || c.bytes[j] == c.bytes[k])
+            OK(B[j]->iface->to_device(B[j], c.d[j], h, c.bytes[k]));
     free(h);
     return c;
 }
@@ -176,12 +248,12 @@ static void test_encoder(void) {
     int Bn = 3, T = 37, C = 96, Vp = 64; // B*T > Vp: tokens repeat
     int32_t tokens[3 * 37];
     for (int i = 0; i < Bn * T; i++) tokens[i] = (int32_t)test_rand_int(0, Vp - 1);
-    twin tok = tw(tokens, sizeof tokens), wte = tw_randn((size_t)Vp * C, 1.0),
-         wpe = tw_randn((size_t)T * C, 1.0), out = tw(NULL, sizeof(float) * Bn * T * C);
+    twin tok = tw(tokens, sizeof tokens), wte = tw_arandn((size_t)Vp * C, 1.0),
+         wpe = tw_arandn((size_t)T * C, 1.0), out = tw_act(NULL, (size_t)Bn * T * C);
     for (int k = 0; k < 2; k++)
         OK(B[k]->iface->encoder_forward(B[k], F(out, k), I(tok, k), F(wte, k), F(wpe, k), Bn, T, C));
     compare("encoder_forward", &out, (size_t)Bn * T * C, tol->f32);
-    twin dout = tw_randn((size_t)Bn * T * C, 1.0), dwte = tw_randn((size_t)Vp * C, 1.0),
+    twin dout = tw_arandn((size_t)Bn * T * C, 1.0), dwte = tw_randn((size_t)Vp * C, 1.0),
          dwpe = tw_randn((size_t)T * C, 1.0);
     twin dwte2 = tw_copy_of(&dwte, 1), dwpe2 = tw_copy_of(&dwpe, 1);
     for (int k = 0; k < 2; k++)
@@ -199,8 +271,8 @@ static void test_encoder(void) {
 
 static void test_layernorm(int N, int C) {
     char what[96];
-    twin inp = tw_randn((size_t)N * C, 2.0), w = tw_randn(C, 1.0), b = tw_randn(C, 1.0);
-    twin out = tw(NULL, sizeof(float) * N * C), mean = tw(NULL, sizeof(float) * N),
+    twin inp = tw_arandn((size_t)N * C, 2.0), w = tw_arandn(C, 1.0), b = tw_arandn(C, 1.0);
+    twin out = tw_act(NULL, (size_t)N * C), mean = tw(NULL, sizeof(float) * N),
          rstd = tw(NULL, sizeof(float) * N);
     for (int k = 0; k < 2; k++)
         OK(B[k]->iface->layernorm_forward(B[k], F(out, k), F(mean, k), F(rstd, k), F(inp, k),
@@ -209,7 +281,7 @@ static void test_layernorm(int N, int C) {
     compare(what, &out, (size_t)N * C, tol->f32);
     compare("layernorm_forward mean", &mean, N, tol->f32);
     compare("layernorm_forward rstd", &rstd, N, tol->f32);
-    twin dout = tw_randn((size_t)N * C, 1.0), dinp = tw_randn((size_t)N * C, 1.0),
+    twin dout = tw_arandn((size_t)N * C, 1.0), dinp = tw_arandn((size_t)N * C, 1.0),
          dw = tw_randn(C, 1.0), db = tw_randn(C, 1.0);
     twin dw2 = tw_copy_of(&dw, 1), db2 = tw_copy_of(&db, 1), dinp2 = tw_copy_of(&dinp, 1);
     for (int k = 0; k < 2; k++)
@@ -230,8 +302,8 @@ static void test_layernorm(int N, int C) {
 
 static void test_matmul(int N, int C, int OC, int with_bias) {
     char what[96];
-    twin inp = tw_randn((size_t)N * C, 1.0), w = tw_randn((size_t)OC * C, 0.2),
-         b = tw_randn(OC, 1.0), out = tw(NULL, sizeof(float) * N * OC);
+    twin inp = tw_arandn((size_t)N * C, 1.0), w = tw_arandn((size_t)OC * C, 0.2),
+         b = tw_arandn(OC, 1.0), out = tw_act(NULL, (size_t)N * OC);
     for (int k = 0; k < 2; k++)
         OK(B[k]->iface->matmul_forward(B[k], F(out, k), F(inp, k), F(w, k),
                                        with_bias ? F(b, k) : NULL, N, C, OC));
@@ -242,7 +314,7 @@ static void test_matmul(int N, int C, int OC, int with_bias) {
     // reference is the two ops
     if (B[1]->iface->matmul_gelu_forward != NULL) {
         size_t n = (size_t)N * OC;
-        twin pre = tw(NULL, sizeof(float) * n), act = tw(NULL, sizeof(float) * n);
+        twin pre = tw_act(NULL, n), act = tw_act(NULL, n);
         OK(B[0]->iface->matmul_forward(B[0], F(pre, 0), F(inp, 0), F(w, 0),
                                        with_bias ? F(b, 0) : NULL, N, C, OC));
         OK(B[0]->iface->gelu_forward(B[0], F(act, 0), F(pre, 0), n));
@@ -257,7 +329,7 @@ static void test_matmul(int N, int C, int OC, int with_bias) {
     } else if (strncmp(B[1]->iface->name, "cuda", 4) == 0) {
         FAIL("matmul_gelu_forward missing (GELU as the product's epilogue)");
     }
-    twin dout = tw_randn((size_t)N * OC, 1.0), dinp = tw_randn((size_t)N * C, 1.0),
+    twin dout = tw_arandn((size_t)N * OC, 1.0), dinp = tw_arandn((size_t)N * C, 1.0),
          dw = tw_randn((size_t)OC * C, 1.0), db = tw_randn(OC, 1.0);
     twin dw2 = tw_copy_of(&dw, 1), db2 = tw_copy_of(&db, 1), dinp2 = tw_copy_of(&dinp, 1);
     for (int k = 0; k < 2; k++)
@@ -281,7 +353,7 @@ static void test_matmul(int N, int C, int OC, int with_bias) {
 static void test_attention(int Bn, int T, int C, int NH) {
     char what[96];
     size_t nqkv = (size_t)Bn * T * 3 * C, nout = (size_t)Bn * T * C;
-    twin qkv = tw_randn(nqkv, 1.0), out = tw(NULL, sizeof(float) * nout);
+    twin qkv = tw_arandn(nqkv, 1.0), out = tw_act(NULL, nout);
     void *att[2], *scratch[2], *att2 = NULL;
     for (int k = 0; k < 2; k++) {
         size_t bytes = B[k]->iface->attention_state_bytes(B[k], Bn, T, NH);
@@ -293,7 +365,7 @@ static void test_attention(int Bn, int T, int C, int NH) {
     }
     snprintf(what, sizeof what, "attention_forward (B %d, T %d, C %d, NH %d)", Bn, T, C, NH);
     compare(what, &out, nout, tol->f32);
-    twin dout = tw_randn(nout, 1.0), dqkv = tw_randn(nqkv, 1.0);
+    twin dout = tw_arandn(nout, 1.0), dqkv = tw_arandn(nqkv, 1.0);
     twin dqkv2 = tw_copy_of(&dqkv, 1);
     for (int k = 0; k < 2; k++)
         OK(B[k]->iface->attention_backward(B[k], F(dqkv, k), scratch[k], F(dout, k), F(qkv, k),
@@ -326,15 +398,15 @@ static void test_llama_ops(int Bn, int T, int NH, int KV, int hd, int group, int
     char what[128];
     int N = Bn * T, C = NH * hd;
     // rmsnorm
-    twin inp = tw_randn((size_t)N * C, 2.0), w = tw_randn(C, 1.0);
-    twin out = tw(NULL, sizeof(float) * N * C), rstd = tw(NULL, sizeof(float) * N);
+    twin inp = tw_arandn((size_t)N * C, 2.0), w = tw_arandn(C, 1.0);
+    twin out = tw_act(NULL, (size_t)N * C), rstd = tw(NULL, sizeof(float) * N);
     for (int k = 0; k < 2; k++)
         OK(B[k]->iface->rmsnorm_forward(B[k], F(out, k), F(rstd, k), F(inp, k), F(w, k), 1e-5f,
                                         N, C));
     snprintf(what, sizeof what, "rmsnorm_forward (%d x %d)", N, C);
     compare(what, &out, (size_t)N * C, tol->f32);
     compare("rmsnorm_forward rstd", &rstd, N, tol->f32);
-    twin dout = tw_randn((size_t)N * C, 1.0), dinp = tw_randn((size_t)N * C, 1.0),
+    twin dout = tw_arandn((size_t)N * C, 1.0), dinp = tw_arandn((size_t)N * C, 1.0),
          dw = tw_randn(C, 1.0);
     twin dw2 = tw_copy_of(&dw, 1), dinp2 = tw_copy_of(&dinp, 1);
     for (int k = 0; k < 2; k++)
@@ -355,7 +427,7 @@ static void test_llama_ops(int Bn, int T, int NH, int KV, int hd, int group, int
     twin cos_t = tw(ct, sizeof(float) * (size_t)T * hd / 2), sin_t = tw(st, sizeof(float) * (size_t)T * hd / 2);
     free(ct);
     free(st);
-    twin x = tw_randn((size_t)N * C, 1.0);
+    twin x = tw_arandn((size_t)N * C, 1.0);
     for (int k = 0; k < 2; k++)
         OK(B[k]->iface->rope_forward(B[k], F(x, k), F(cos_t, k), F(sin_t, k), Bn, T, NH, hd));
     compare("rope_forward (in place)", &x, (size_t)N * C, tol->f32);
@@ -364,8 +436,8 @@ static void test_llama_ops(int Bn, int T, int NH, int KV, int hd, int group, int
     compare("rope_backward (in place)", &x, (size_t)N * C, tol->f32);
     // swiglu
     size_t n = (size_t)N * C;
-    twin gate = tw_randn(n, 3.0), up = tw_randn(n, 1.0), dgate = tw_randn(n, 1.0),
-         dup = tw_randn(n, 1.0);
+    twin gate = tw_arandn(n, 3.0), up = tw_arandn(n, 1.0), dgate = tw_arandn(n, 1.0),
+         dup = tw_arandn(n, 1.0);
     for (int k = 0; k < 2; k++) {
         OK(B[k]->iface->swiglu_forward(B[k], F(out, k), F(gate, k), F(up, k), n));
         OK(B[k]->iface->swiglu_backward(B[k], F(dgate, k), F(dup, k), F(dout, k), F(gate, k),
@@ -378,8 +450,8 @@ static void test_llama_ops(int Bn, int T, int NH, int KV, int hd, int group, int
     ent_gqa_shape s = {.B = Bn, .T = T, .NH = NH, .kv_heads = KV, .hd = hd, .group = group,
                        .phase = phase};
     size_t nkv = (size_t)N * KV * hd;
-    twin q = tw_randn(n, 1.0), kk = tw_randn(nkv, 1.0), v = tw_randn(nkv, 1.0);
-    twin dq = tw_randn(n, 1.0), dk = tw_randn(nkv, 1.0), dv = tw_randn(nkv, 1.0);
+    twin q = tw_arandn(n, 1.0), kk = tw_arandn(nkv, 1.0), v = tw_arandn(nkv, 1.0);
+    twin dq = tw_arandn(n, 1.0), dk = tw_arandn(nkv, 1.0), dv = tw_arandn(nkv, 1.0);
     twin dk2 = tw_copy_of(&dk, 1), dv2 = tw_copy_of(&dv, 1), dq2 = tw_copy_of(&dq, 1);
     void *att[2], *scratch[2];
     for (int k = 0; k < 2; k++) {
@@ -445,14 +517,14 @@ static void test_gqa_rejects(void) {
 
 static void test_elementwise(void) {
     size_t n = 10007;
-    twin inp = tw_randn(n, 3.0), out = tw(NULL, sizeof(float) * n);
+    twin inp = tw_arandn(n, 3.0), out = tw_act(NULL, n);
     for (int k = 0; k < 2; k++) OK(B[k]->iface->gelu_forward(B[k], F(out, k), F(inp, k), n));
     compare("gelu_forward", &out, n, tol->f32);
-    twin dout = tw_randn(n, 1.0), dinp = tw_randn(n, 1.0);
+    twin dout = tw_arandn(n, 1.0), dinp = tw_arandn(n, 1.0);
     for (int k = 0; k < 2; k++)
         OK(B[k]->iface->gelu_backward(B[k], F(dinp, k), F(inp, k), F(dout, k), n));
     compare("gelu_backward (accumulated)", &dinp, n, tol->f32);
-    twin b = tw_randn(n, 1.0), da = tw_randn(n, 1.0), db = tw_randn(n, 1.0);
+    twin b = tw_arandn(n, 1.0), da = tw_arandn(n, 1.0), db = tw_arandn(n, 1.0);
     for (int k = 0; k < 2; k++) {
         OK(B[k]->iface->residual_forward(B[k], F(out, k), F(inp, k), F(b, k), n));
         OK(B[k]->iface->residual_backward(B[k], F(da, k), F(db, k), F(dout, k), n));
@@ -474,10 +546,10 @@ static void test_residual_norm(int N, int C, int rms) {
         printf("note: %s has no %s (optional): only the reference's is checked\n", i1->name, op);
     }
     size_t n = (size_t)N * C;
-    twin a = tw_randn(n, 2.0), b = tw_randn(n, 1.0), w = tw_randn(C, 1.0), bias = tw_randn(C, 1.0);
-    twin res = tw(NULL, sizeof(float) * n), out = tw(NULL, sizeof(float) * n),
+    twin a = tw_arandn(n, 2.0), b = tw_arandn(n, 1.0), w = tw_arandn(C, 1.0), bias = tw_arandn(C, 1.0);
+    twin res = tw_act(NULL, n), out = tw_act(NULL, n),
          mean = tw(NULL, sizeof(float) * N), rstd = tw(NULL, sizeof(float) * N);
-    twin res2 = tw(NULL, sizeof(float) * n), out2 = tw(NULL, sizeof(float) * n),
+    twin res2 = tw_act(NULL, n), out2 = tw_act(NULL, n),
          mean2 = tw(NULL, sizeof(float) * N), rstd2 = tw(NULL, sizeof(float) * N);
     float eps = 1e-6f;
     for (int k = 0; k < 2; k++) {
@@ -524,7 +596,7 @@ static void test_softmax_xent(void) {
     float *logits_h = randn(n, 4.0), *sentinel = malloc(sizeof(float) * N);
     if (sentinel == NULL) exit(1);
     for (int i = 0; i < N; i++) sentinel[i] = 12345.0f + (float)i;
-    twin logits = tw(logits_h, sizeof(float) * n), probs = tw(NULL, sizeof(float) * n);
+    twin logits = tw_act(logits_h, n), probs = tw_act(NULL, n);
     twin tgt = tw(targets, sizeof targets), losses = tw(sentinel, sizeof(float) * N);
     // targets NULL: probs only, losses untouched
     for (int k = 0; k < 2; k++)
@@ -542,7 +614,7 @@ static void test_softmax_xent(void) {
     compare("softmax_xent_forward losses", &losses, N, tol->f32);
     compare("softmax_xent_forward probs", &probs, n, tol->f32);
     // padding columns: exactly 0
-    float *p1 = host_of(&probs, 1);
+    float *p1 = floats_of(&probs, 1);
     int bad = 0;
     for (int r = 0; r < N; r++)
         for (int i = V; i < Vp; i++) bad += p1[(size_t)r * Vp + i] != 0.0f;
@@ -550,14 +622,14 @@ static void test_softmax_xent(void) {
     if (bad) FAIL("softmax_xent_forward: %d padding probabilities are not 0", bad);
     free(p1);
     // probs aliasing logits: in place, the same result
-    twin inplace = tw(logits_h, sizeof(float) * n);
+    twin inplace = tw_act(logits_h, n);
     for (int k = 0; k < 2; k++)
         OK(B[k]->iface->softmax_xent_forward(B[k], F(losses, k), F(inplace, k), F(inplace, k),
                                              I(tgt, k), N, V, Vp));
     compare("softmax_xent_forward probs aliasing logits", &inplace, n, tol->f32);
     compare("softmax_xent_forward losses (aliased)", &losses, N, tol->f32);
     // backward overwrites dlogits (garbage before), also in place over probs
-    twin dlogits = tw_randn(n, 100.0);
+    twin dlogits = tw_arandn(n, 100.0);
     for (int k = 0; k < 2; k++) {
         OK(B[k]->iface->softmax_xent_backward(B[k], F(dlogits, k), F(probs, k), I(tgt, k),
                                               1.0f / N, N, V, Vp));
@@ -566,7 +638,7 @@ static void test_softmax_xent(void) {
     }
     compare("softmax_xent_backward (overwrites)", &dlogits, n, tol->f32);
     compare("softmax_xent_backward dlogits aliasing probs", &inplace, n, tol->f32);
-    float *d1 = host_of(&dlogits, 1);
+    float *d1 = floats_of(&dlogits, 1);
     bad = 0;
     for (int r = 0; r < N; r++)
         for (int i = V; i < Vp; i++) bad += d1[(size_t)r * Vp + i] != 0.0f;
@@ -583,8 +655,8 @@ static void test_adamw(void) {
     size_t n = 5003;
     float *w = randn(n, 1.0), *vh = randn(n, 1e-3);
     for (size_t i = 0; i < n; i++) vh[i] = vh[i] * vh[i];
-    twin params = tw(w, sizeof(float) * n), master = tw(w, sizeof(float) * n);
-    twin params2 = tw(w, sizeof(float) * n), grads = tw_randn(n, 0.1), m = tw_randn(n, 0.01),
+    twin params = tw_act(w, n), master = tw(w, sizeof(float) * n);
+    twin params2 = tw_act(w, n), grads = tw_randn(n, 0.1), m = tw_randn(n, 0.01),
          v = tw(vh, sizeof(float) * n), m2 = tw_copy_of(&m, 0), v2 = tw(vh, sizeof(float) * n);
     for (int k = 0; k < 2; k++) {
         // f32 params as their own master, then with a separate master copy
@@ -598,14 +670,61 @@ static void test_adamw(void) {
     compare("adamw_update v", &v, n, tol->f32);
     compare("adamw_update master (separate)", &master, n, tol->f32);
     compare("adamw_update params (separate master)", &params2, n, tol->f32);
-    // f32 params: rounded to f32, they are the master's bits, and the same
-    // as the update with master NULL
-    same_bits("adamw_update params vs master", &params2, &master);
-    same_bits("adamw_update master vs NULL master", &params2, &params);
+    if (bf16) {
+        // bf16 params beside their master: its rounding, bit for bit
+        uint16_t *p = host_of(&params2, 1);
+        float *mh = host_of(&master, 1);
+        size_t wrong = 0;
+        for (size_t i = 0; i < n; i++) wrong += p[i] != ent_k_f32_to_bf16(mh[i]);
+        checks++;
+        if (wrong) FAIL("adamw_update: %zu bf16 params are not their master rounded", wrong);
+        free(p);
+        free(mh);
+    } else {
+        // f32 params: rounded to f32, they are the master's bits, and the same
+        // as the update with master NULL
+        same_bits("adamw_update params vs master", &params2, &master);
+        same_bits("adamw_update master vs NULL master", &params2, &params);
+    }
     free(w);
     free(vh);
     twin *all[] = {&params, &master, &params2, &grads, &m, &v, &m2, &v2};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tw_free(all[i]);
+}
+
+// cast (optional; the cuda backends have it): f32 masters into the
+// parameters in compute, rounded to nearest even (bf16) or copied (f32), bit
+// for bit, infinities, NaN and overflow included
+static void test_cast(void) {
+    if (B[1]->iface->cast == NULL) {
+        if (strncmp(B[1]->iface->name, "cuda", 4) == 0) FAIL("cast missing");
+        return;
+    }
+    size_t n = 5003;
+    float *m = randn(n, 3.0);
+    m[0] = INFINITY;
+    m[1] = -INFINITY;
+    m[2] = NAN;
+    m[3] = 3.4e38f; // past the largest bf16: infinity
+    twin master = tw(m, sizeof(float) * n), p = tw_act(NULL, n);
+    OK(B[1]->iface->cast(B[1], p.d[1], F(master, 1), n));
+    void *got = host_of(&p, 1);
+    size_t wrong = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (bf16) {
+            uint16_t g = ((uint16_t *)got)[i];
+            wrong += i == 2 ? !isnan(ent_k_bf16_to_f32(g)) : g != ent_k_f32_to_bf16(m[i]);
+        } else {
+            float g = ((float *)got)[i];
+            wrong += i == 2 ? !isnan(g) : memcmp(&g, &m[i], sizeof g) != 0;
+        }
+    }
+    checks++;
+    if (wrong) FAIL("cast: %zu values are not their f32 rounded to nearest even", wrong);
+    free(got);
+    free(m);
+    tw_free(&master);
+    tw_free(&p);
 }
 
 static void test_sum_squares(size_t n) {
@@ -657,9 +776,8 @@ static void test_vector_ops(void) {
 
 static int run_backend(const char *name) {
     ent_backend_t *be = NULL;
-    // f32: the ops against the CPU's at f32 tolerances (bf16: test_bf16_emulated, gpu_train_vs_cpu)
-    ent_backend_opts f32 = {.precision = ENT_PRECISION_F32};
-    ent_status st = backend_new(name, &f32, &be);
+    ent_backend_opts opts = {.precision = precision};
+    ent_status st = backend_new(name, &opts, &be);
     if (st != ENT_OK) {
         if (st == ENT_ERR_USAGE && strcmp(name, "cpu") != 0) {
             printf("SKIP: %s\n", ent_last_error());
@@ -672,6 +790,7 @@ static int run_backend(const char *name) {
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (strcmp(known[i].name, be->iface->name) == 0) tol = &known[i];
     B[1] = be;
+    bf16 = be->act_dtype == ENT_BF16;
     printf("%s: %s\n", name, be->iface->describe(be));
     failures = checks = 0;
     test_encoder();
@@ -696,6 +815,7 @@ static int run_backend(const char *name) {
     test_gqa_rejects();
     test_softmax_xent();
     test_adamw();
+    test_cast();
     test_sum_squares(1);
     test_sum_squares(100003);
     test_vector_ops();
@@ -728,6 +848,15 @@ int main(int argc, char **argv) {
         printf("%s: %s\n", argv[2], be->iface->describe(be));
         ent_backend_free(&be);
         return 0;
+    }
+    // --precision P first: the precision of the backends under test
+    if (argc >= 3 && strcmp(argv[1], "--precision") == 0) {
+        if (ent_precision_parse(argv[2], &precision) != ENT_OK) {
+            printf("FAIL: %s\n", ent_last_error());
+            return 2;
+        }
+        argc -= 2;
+        argv += 2;
     }
     test_seed();
     B[0] = ent_backend_cpu_new(0);
