@@ -69,6 +69,9 @@ static const tolerances *tol;
 static int failures, checks;
 static ent_precision precision = ENT_PRECISION_F32; // of B[1] (--precision)
 static int bf16;                                    // B[1] computes in bf16
+// the check that came closest to its limit without failing (err / limit)
+static double closest;
+static char closest_at[128];
 #define BF16_TOL 1e-2
 
 #define FAIL(...)                                                                                  \
@@ -205,6 +208,10 @@ static void compare(const char *what, const twin *t, size_t n, double limit) {
     }
     double err = maxdiff / (scale > 0.0 ? scale : 1.0);
     checks++;
+    if (err <= limit && limit > 0.0 && err / limit > closest) {
+        closest = err / limit;
+        snprintf(closest_at, sizeof closest_at, "%s: %.3g of %.3g", what, err, limit);
+    }
     if (!(err <= limit))
         FAIL("%s: error %.3g > %.3g (at %zu: %.9g, want %.9g)", what, err, limit, worst,
              got[worst], want[worst]);
@@ -793,6 +800,8 @@ static int run_backend(const char *name) {
     bf16 = be->act_dtype == ENT_BF16;
     printf("%s: %s\n", name, be->iface->describe(be));
     failures = checks = 0;
+    closest = 0.0;
+    snprintf(closest_at, sizeof closest_at, "none (every error 0)");
     test_encoder();
     test_layernorm(111, 96);
     test_layernorm(7, 768);
@@ -820,7 +829,8 @@ static int run_backend(const char *name) {
     test_sum_squares(100003);
     test_vector_ops();
     OK(be->iface->synchronize(be));
-    printf("%s: %d checks, %d failed\n", name, checks, failures);
+    printf("%s: %d checks, %d failed; closest to its limit: %s\n", name, checks, failures,
+           closest_at);
     ent_backend_free(&be);
     return failures ? 1 : 0;
 }
