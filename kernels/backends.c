@@ -22,15 +22,16 @@ static const struct {
     const char *name;
     ent_status (*create)(const ent_backend_opts *opts, ent_backend_t **out);
     int built; // 0: known, but this build cannot create it (create says why)
+    int bf16;  // 1: it can compute in bf16 (system.precision)
 } backends[] = {
-    {"cpu", ent_cpu_new, 1},
-    {"cpu-guarded", ent_cpu_guarded_new, 1},
+    {"cpu", ent_cpu_new, 1, 0},
+    {"cpu-guarded", ent_cpu_guarded_new, 1, 0},
 #ifdef ENT_HAVE_CUDA
-    {"cuda", ent_cuda_backend_new, 1},
+    {"cuda", ent_cuda_backend_new, 1, 1},
 #else
-    {"cuda", no_cuda, 0},
+    {"cuda", no_cuda, 0, 1},
 #endif
-    {"auto", auto_new, 1},
+    {"auto", auto_new, 1, 1}, // cuda on a GPU; the cpu it falls back to refuses bf16 itself
 };
 #define NBACKENDS (sizeof backends / sizeof backends[0])
 
@@ -84,8 +85,13 @@ ent_status ent_precision_parse(const char *name, ent_precision *out) {
     return ent_fail(ENT_ERR_USAGE, "unknown precision '%s' (known: auto, f32, bf16)", name);
 }
 
-const char *ent_precision_name(ent_precision p) {
-    return p >= ENT_PRECISION_AUTO && p <= ENT_PRECISION_BF16 ? precision_names[p] : "invalid";
+ent_status ent_backend_check_precision(const char *name, ent_precision p) {
+    if (p != ENT_PRECISION_BF16) return ENT_OK;
+    for (size_t i = 0; i < NBACKENDS; i++)
+        if (strcmp(name, backends[i].name) == 0 && !backends[i].bf16)
+            return ent_fail(ENT_ERR_USAGE, "system.precision = bf16 needs system.backend = cuda "
+                            "(or auto on a GPU): backend '%s' computes in f32 only", name);
+    return ENT_OK;
 }
 
 ent_backend_t *ent_backend_cpu_new(int threads) {

@@ -570,7 +570,11 @@ typedef enum {
 
 // "auto", "f32", "bf16" -> *out; ENT_ERR_USAGE naming the known names otherwise.
 ent_status ent_precision_parse(const char *name, ent_precision *out);
-const char *ent_precision_name(ent_precision p);
+// ENT_ERR_USAGE when the backend called `name` cannot compute in precision p
+// (bf16 on the CPU backends), saying which can; ENT_OK otherwise (an unknown
+// name too: ent_backend_check_name says what is wrong with it). The
+// configuration's check and the backends' own at creation.
+ent_status ent_backend_check_precision(const char *name, ent_precision p);
 
 typedef struct {
     int threads; // host threads (CPU backends); <= 0: OpenMP's default

@@ -701,10 +701,9 @@ ent_status ent_config_validate(const ent_config *cfg) {
         return ent_fail(ENT_ERR_USAGE, "%s: system.precision = '%s': expected auto, f32 or bf16",
                         a, cfg->precision);
     }
-    if (precision == ENT_PRECISION_BF16 && strncmp(cfg->backend, "cpu", 3) == 0) {
+    if (ent_backend_check_precision(cfg->backend, precision) != ENT_OK) {
         key_origin(cfg, KEY("system", "precision"), a, sizeof a);
-        return ent_fail(ENT_ERR_USAGE, "%s: system.precision = bf16 needs system.backend = cuda "
-                        "(or auto on a GPU): backend '%s' computes in f32 only", a, cfg->backend);
+        return ent_fail(ENT_ERR_USAGE, "%s: %s", a, ent_last_error());
     }
     if (strcmp(cfg->ckpt_on_error, "stop") != 0 && strcmp(cfg->ckpt_on_error, "continue") != 0) {
         key_origin(cfg, KEY("checkpoint", "on_error"), a, sizeof a);

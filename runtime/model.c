@@ -535,16 +535,16 @@ ent_status ent_model_new(ent_backend_t *be, const ent_model_shape *s, const ent_
     // the parameters in compute: the masters themselves when f32
     m->params = m->arena[ENT_ARENA_PARAMS];
     if (be->param_dtype != ENT_F32) {
+        if (be->iface->cast == NULL) {
+            st = ent_fail(ENT_ERR_USAGE, "backend %s keeps parameters in %s but has no cast op",
+                          be->iface->name, ent_dtype_name(be->param_dtype));
+            goto fail;
+        }
         m->params = be->iface->alloc(be, m->arena_floats * m->psize);
         if (m->params == NULL) {
             st = ent_fail(ENT_ERR_NOMEM, "cannot allocate %s for the parameters in %s",
                           ent_format_bytes((double)m->arena_floats * m->psize, sz, sizeof sz),
                           ent_dtype_name(be->param_dtype));
-            goto fail;
-        }
-        if (be->iface->cast == NULL) {
-            st = ent_fail(ENT_ERR_USAGE, "backend %s keeps parameters in %s but has no cast op",
-                          be->iface->name, ent_dtype_name(be->param_dtype));
             goto fail;
         }
     }

@@ -98,15 +98,9 @@ static const struct ent_backend_i cpu_backend_i = {
     ENT_CPU_OPS(CPU_SLOT)
 };
 
-ent_status ent_cpu_check_precision(const char *name, const ent_backend_opts *opts) {
-    if (opts != NULL && opts->precision == ENT_PRECISION_BF16)
-        return ent_fail(ENT_ERR_USAGE, "backend '%s' computes in f32 only: system.precision = "
-                        "bf16 needs system.backend = cuda (or precision auto or f32)", name);
-    return ENT_OK;
-}
 
 ent_status ent_cpu_new(const ent_backend_opts *opts, ent_backend_t **out) {
-    ENT_CHECK(ent_cpu_check_precision("cpu", opts));
+    if (opts != NULL) ENT_CHECK(ent_backend_check_precision("cpu", opts->precision));
     ent_backend_t *be = calloc(1, sizeof *be);
     if (be == NULL) return ent_fail(ENT_ERR_NOMEM, "out of memory creating the cpu backend");
     be->act_dtype = be->param_dtype = ENT_F32;

@@ -171,8 +171,6 @@ size_t ent_cpu_attention_state_bytes(ent_backend_t *be, int B, int T, int NH);
 // ent_backend_new("cpu") and ("cpu-guarded").
 ent_status ent_cpu_new(const ent_backend_opts *opts, ent_backend_t **out);
 ent_status ent_cpu_guarded_new(const ent_backend_opts *opts, ent_backend_t **out);
-// ENT_ERR_USAGE naming backend `name` when opts ask for a precision other than f32.
-ent_status ent_cpu_check_precision(const char *name, const ent_backend_opts *opts);
 
 // Adds the column sums of x (N,C) into acc (C), deterministically.
 void ent_cpu_add_column_sums(float *acc, const float *x, int N, int C);

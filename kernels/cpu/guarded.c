@@ -143,7 +143,7 @@ static const struct ent_backend_i guarded_backend_i = {
 };
 
 ent_status ent_cpu_guarded_new(const ent_backend_opts *opts, ent_backend_t **out) {
-    ENT_CHECK(ent_cpu_check_precision("cpu-guarded", opts));
+    if (opts != NULL) ENT_CHECK(ent_backend_check_precision("cpu-guarded", opts->precision));
     ent_backend_t *be = calloc(1, sizeof *be);
     guard *g = calloc(1, sizeof *g);
     if (be == NULL || g == NULL) {

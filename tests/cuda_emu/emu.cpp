@@ -249,8 +249,7 @@ namespace {
 // once, after the accumulation into what it held; f32 weight gradients).
 std::vector<float> widen(const void *p, size_t n) {
     std::vector<float> w(p != NULL ? n : 0);
-    const uint16_t *h = (const uint16_t *)p;
-    for (size_t i = 0; i < w.size(); i++) w[i] = ent_k_bf16_to_f32(h[i]);
+    if (p != NULL) ent_dtype_to_f32(ENT_BF16, p, w.data(), n); // cannot fail for bf16
     return w;
 }
 void narrow(void *p, const std::vector<float> &w) {
